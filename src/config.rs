@@ -1,0 +1,241 @@
+//! Configuration: one struct per role, read from an optional TOML file and then overridden
+//! by `CORRAL_*` environment variables (the variable name is the field name in capitals,
+//! e.g. `CORRAL_REDIS_URL`). Defaults are the single-machine setup of `corral up`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("environment variable {name}: cannot parse {value:?}")]
+    Env { name: String, value: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Where the HTTP API listens. Port 0 picks a free port (printed at start).
+    pub listen: SocketAddr,
+    /// SQLite database file.
+    pub database: PathBuf,
+    pub redis_url: String,
+    /// Directory for the admin token file and other controller state.
+    pub data_dir: PathBuf,
+    /// A node missing heartbeats for this long is offline and its guests read "unknown".
+    pub node_timeout_secs: u64,
+    /// Node jobs in flight per node; the rest of the backlog waits in SQL (apalis-redis
+    /// cannot hold thousands of due jobs in one queue).
+    pub dispatch_window: usize,
+    /// A dispatched node step with no result after this long is dispatched again (steps are
+    /// idempotent); covers a Redis that lost its data.
+    pub step_lease_secs: u64,
+    /// Transient node-step failures are retried this many times before the saga unwinds.
+    pub step_max_attempts: u32,
+    pub vnc_port_min: u16,
+    pub vnc_port_max: u16,
+    /// Password of the `admin` user created at first start; generated and printed when unset.
+    pub admin_password: Option<String>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8620)),
+            database: PathBuf::from("/var/lib/corral/corral.db"),
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            data_dir: PathBuf::from("/var/lib/corral"),
+            node_timeout_secs: 10,
+            dispatch_window: 8,
+            step_lease_secs: 120,
+            step_max_attempts: 3,
+            vnc_port_min: 5900,
+            vnc_port_max: 6899,
+            admin_password: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node identity; defaults to /etc/machine-id (S93) so two nodes with the same
+    /// hostname never collide (S48).
+    pub node_id: Option<String>,
+    pub redis_url: String,
+    /// libvirt URI: `qemu:///system` on a real host, `test:///default` for simulation.
+    pub hypervisor_uri: String,
+    /// The one disk-image directory of this node: system disks and seeds live here.
+    pub storage_dir: PathBuf,
+    /// Bridge guests' NICs attach to (S68).
+    pub vm_network_bridge: String,
+    /// Bridge / address the node's management traffic (VNC, migration) uses (S68).
+    pub vm_manage_network_bridge: String,
+    /// Address VNC listens on.
+    pub vnc_listen: String,
+    /// `kvm`, `qemu` or unset (auto: kvm when the CPU has vmx/svm and /dev/kvm exists, S55).
+    pub domain_type: Option<String>,
+    /// Machine type for new domains.
+    pub machine: String,
+    pub heartbeat_secs: u64,
+    /// Seconds between full inventory reports (the periodic reconcile, S73).
+    pub reconcile_secs: u64,
+    /// Jobs this node executes at once.
+    pub concurrency: usize,
+    /// Optional directory of template overrides (`domain.xml.j2`, ...).
+    pub templates_dir: Option<PathBuf>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: None,
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            hypervisor_uri: "qemu:///system".into(),
+            storage_dir: PathBuf::from("/var/lib/corral/images"),
+            vm_network_bridge: "corral0".into(),
+            vm_manage_network_bridge: "corral0".into(),
+            vnc_listen: "127.0.0.1".into(),
+            domain_type: None,
+            machine: "pc".into(),
+            heartbeat_secs: 2,
+            reconcile_secs: 10,
+            concurrency: 4,
+            templates_dir: None,
+        }
+    }
+}
+
+/// The file format: `[controller]` and `[node]` tables, both optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub controller: ControllerConfig,
+    pub node: NodeConfig,
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str, slot: &mut T) -> Result<(), ConfigError> {
+    if let Some(v) = env_var(name) {
+        *slot = v.parse().map_err(|_| ConfigError::Env {
+            name: name.into(),
+            value: v,
+        })?;
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.into(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: p.into(),
+                    source,
+                })?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self) -> Result<(), ConfigError> {
+        let c = &mut self.controller;
+        env_parse("CORRAL_LISTEN", &mut c.listen)?;
+        env_parse("CORRAL_DATABASE", &mut c.database)?;
+        env_parse("CORRAL_DATA_DIR", &mut c.data_dir)?;
+        env_parse("CORRAL_NODE_TIMEOUT_SECS", &mut c.node_timeout_secs)?;
+        env_parse("CORRAL_DISPATCH_WINDOW", &mut c.dispatch_window)?;
+        env_parse("CORRAL_STEP_LEASE_SECS", &mut c.step_lease_secs)?;
+        env_parse("CORRAL_VNC_PORT_MIN", &mut c.vnc_port_min)?;
+        env_parse("CORRAL_VNC_PORT_MAX", &mut c.vnc_port_max)?;
+        if let Some(v) = env_var("CORRAL_ADMIN_PASSWORD") {
+            c.admin_password = Some(v);
+        }
+        if let Some(v) = env_var("CORRAL_REDIS_URL") {
+            c.redis_url = v.clone();
+            self.node.redis_url = v;
+        }
+        let n = &mut self.node;
+        if let Some(v) = env_var("CORRAL_NODE_ID") {
+            n.node_id = Some(v);
+        }
+        env_parse("CORRAL_HYPERVISOR_URI", &mut n.hypervisor_uri)?;
+        env_parse("CORRAL_STORAGE_DIR", &mut n.storage_dir)?;
+        env_parse("CORRAL_VM_NETWORK_BRIDGE", &mut n.vm_network_bridge)?;
+        env_parse("CORRAL_VM_MANAGE_NETWORK_BRIDGE", &mut n.vm_manage_network_bridge)?;
+        env_parse("CORRAL_VNC_LISTEN", &mut n.vnc_listen)?;
+        if let Some(v) = env_var("CORRAL_DOMAIN_TYPE") {
+            n.domain_type = Some(v);
+        }
+        env_parse("CORRAL_HEARTBEAT_SECS", &mut n.heartbeat_secs)?;
+        env_parse("CORRAL_RECONCILE_SECS", &mut n.reconcile_secs)?;
+        env_parse("CORRAL_CONCURRENCY", &mut n.concurrency)?;
+        if let Some(v) = env_var("CORRAL_TEMPLATES_DIR") {
+            n.templates_dir = Some(v.into());
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.controller;
+        if c.vnc_port_min > c.vnc_port_max {
+            return Err(ConfigError::Invalid(format!(
+                "vnc_port_min {} is above vnc_port_max {}",
+                c.vnc_port_min, c.vnc_port_max
+            )));
+        }
+        if c.dispatch_window == 0 {
+            return Err(ConfigError::Invalid("dispatch_window must be at least 1".into()));
+        }
+        if let Some(t) = &self.node.domain_type {
+            if t != "kvm" && t != "qemu" {
+                return Err(ConfigError::Invalid(format!(
+                    "domain_type must be kvm or qemu, not {t:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[node]\nhypervisor_uri = \"test:///default\"\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.node.hypervisor_uri, "test:///default");
+        std::fs::write(&p, "[node]\nbogus = 1\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

@@ -1,0 +1,209 @@
+//! The one error body and the one mapping from errors to HTTP status.
+//!
+//! Every failure, whether raised by a handler, by request parsing (malformed JSON, unknown
+//! fields, a bad path parameter) or by authentication, leaves as
+//! `{"code": "...", "message": "...", "details": ...}`.
+
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+
+use crate::controller::store::StoreError;
+
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code: `bad_request`, `unauthorized`, `not_found`, `conflict`,
+    /// `unprocessable`, `internal`, `unavailable`.
+    pub code: String,
+    /// What went wrong and what to change.
+    pub message: String,
+    /// Extra structured context, e.g. the operation holding a guest.
+    pub details: Option<serde_json::Value>,
+}
+
+/// Errors a handler can return.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required: send Authorization: Bearer <token> (POST /api/v1/auth/login gives one)")]
+    Unauthorized,
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        details: Option<serde_json::Value>,
+    },
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
+        Error::NotFound { what, id: id.into() }
+    }
+
+    /// The one status mapping.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Store(e) if e.is_unique_violation() => StatusCode::CONFLICT,
+            Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn body(&self) -> ErrorBody {
+        let status = self.status();
+        let (message, details) = match self {
+            Error::Conflict { message, details } => (message.clone(), details.clone()),
+            Error::Store(e) if e.is_unique_violation() => {
+                ("a resource with that name already exists".to_string(), None)
+            }
+            other => (other.to_string(), None),
+        };
+        ErrorBody {
+            code: code_of(status).into(),
+            message,
+            details,
+        }
+    }
+}
+
+pub fn code_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 => "conflict",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        503 => "unavailable",
+        s if s >= 500 => "internal",
+        _ => "error",
+    }
+}
+
+/// How errors appear in the OpenAPI document.
+#[derive(ApiResponse)]
+pub enum ApiError {
+    /// The request is malformed: fix what the message names.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No or an invalid bearer token.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// The resource does not exist.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The resource is busy (another operation holds it) or the name is taken.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// Well-formed but not acceptable (e.g. memory below the template's minimum).
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    /// The server failed; the message says why.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// A dependency (database, Redis) is not ready.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let body = Json(e.body());
+        match e.status().as_u16() {
+            400 => ApiError::BadRequest(body),
+            401 => ApiError::Unauthorized(body),
+            404 => ApiError::NotFound(body),
+            409 => ApiError::Conflict(body),
+            422 => ApiError::Unprocessable(body),
+            503 => ApiError::Unavailable(body),
+            _ => {
+                tracing::error!("internal error: {}", body.0.message);
+                ApiError::Internal(body)
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Error::from(e).into()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Rewrites any non-JSON error response (poem's own parse and auth errors) into the one
+/// error body, keeping its status.
+pub async fn normalize(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(poem::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (_, body) = resp.into_parts();
+    let text = body.into_string().await.unwrap_or_default();
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text.trim().to_string()
+    };
+    let body = ErrorBody {
+        code: code_of(status).into(),
+        message,
+        details: None,
+    };
+    poem::web::Json(body).with_status(status).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_status_and_code() {
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (Error::BadRequest("x".into()), 400, "bad_request"),
+            (Error::Unauthorized, 401, "unauthorized"),
+            (Error::not_found("guest", "g"), 404, "not_found"),
+            (
+                Error::Conflict {
+                    message: "busy".into(),
+                    details: None,
+                },
+                409,
+                "conflict",
+            ),
+            (Error::Unprocessable("x".into()), 422, "unprocessable"),
+            (Error::Unavailable("redis".into()), 503, "unavailable"),
+            (Error::Store(StoreError::Db(sqlx::Error::RowNotFound)), 500, "internal"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e}");
+            assert_eq!(e.body().code, code);
+        }
+    }
+}

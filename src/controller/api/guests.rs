@@ -1,0 +1,454 @@
+//! Guests: create (batch), list, show, delete, power actions. Writes answer 202 with the
+//! operation's URL; the saga engine does the work.
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+
+use super::error::{ApiResult, Error};
+use super::operations::start_op;
+use super::{AppState, Auth};
+use crate::controller::alloc::PoolRange;
+use crate::controller::saga::steps::{CreatePayload, PowerPayload};
+use crate::controller::store::{self as st, GuestRow};
+use crate::guestinit::crypt_password;
+use crate::model::{new_id, now_ms, rfc3339};
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct CreateGuest {
+    /// Guest name (lowercase letters, digits, `-`; starts with a letter; ≤ 63). With
+    /// `count` > 1 it is a prefix: `web` gives `web-1`, `web-2`, ... Default: `vm-<random>`.
+    pub name: Option<String>,
+    /// Template id or name.
+    pub template: String,
+    /// vCPUs, 1–64.
+    pub cpus: u32,
+    /// Memory in MiB; at least the template's minimum.
+    pub memory_mib: u32,
+    /// How many guests, 1–100 (S27: spread over nodes, lightest first).
+    pub count: Option<u32>,
+    /// Node id to place on (S50); default: automatic placement.
+    pub node: Option<String>,
+    /// IP pool id or name; default: the first pool with a free address.
+    pub pool: Option<String>,
+    /// A specific IPv4 address from a pool (only with count 1).
+    pub ip: Option<String>,
+    /// Hostname inside the guest; default: the name.
+    pub hostname: Option<String>,
+    /// Root password, set through the init seed. Stored only as a SHA-512 crypt hash.
+    #[oai(write_only)]
+    pub password: Option<String>,
+    /// SSH public keys for root.
+    pub ssh_keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Object)]
+pub struct Accepted {
+    pub guest_id: String,
+    pub operation_id: String,
+}
+
+#[derive(Debug, Object)]
+pub struct AcceptedList {
+    pub operations: Vec<Accepted>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreateResponse {
+    /// Accepted; `Location` points at the (first) operation.
+    #[oai(status = 202)]
+    Accepted(Json<AcceptedList>, #[oai(header = "Location")] String),
+}
+
+#[derive(ApiResponse)]
+pub enum OpResponse {
+    /// Accepted; follow the operation at `Location`.
+    #[oai(status = 202)]
+    Accepted(Json<Accepted>, #[oai(header = "Location")] String),
+}
+
+#[derive(Debug, Object)]
+pub struct Disk {
+    pub id: String,
+    pub path: String,
+    /// `system` or `seed`.
+    pub kind: String,
+    pub backing: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct Guest {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    /// creating, running, paused, shutoff, crashed, unknown (node lost), missing, error.
+    pub state: String,
+    pub node_id: Option<String>,
+    pub template_id: String,
+    pub os_type: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub ip: Option<String>,
+    pub pool_id: Option<String>,
+    pub mac: Option<String>,
+    pub vnc_port: Option<u16>,
+    /// The operation currently holding the guest.
+    pub operation_id: Option<String>,
+    pub disks: Vec<Disk>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum GuestAction {
+    Start,
+    /// ACPI shutdown; waits until off.
+    Shutdown,
+    /// Force off.
+    Poweroff,
+    /// ACPI reboot.
+    Reboot,
+    /// Force reset.
+    Reset,
+    Suspend,
+    Resume,
+}
+
+fn view(g: &GuestRow, disks: Vec<st::DiskRow>) -> Guest {
+    Guest {
+        id: g.id.clone(),
+        name: g.name.clone(),
+        hostname: g.hostname.clone(),
+        state: g.state.clone(),
+        node_id: g.node_id.clone(),
+        template_id: g.template_id.clone(),
+        os_type: g.os_type.clone(),
+        cpus: g.cpus as u32,
+        memory_mib: g.memory_mib as u32,
+        ip: g.ip.clone(),
+        pool_id: g.pool_id.clone(),
+        mac: g.mac.clone(),
+        vnc_port: g.vnc_port.map(|p| p as u16),
+        operation_id: g.lock_op.clone(),
+        disks: disks
+            .into_iter()
+            .map(|d| Disk {
+                id: d.id,
+                path: d.path,
+                kind: d.kind,
+                backing: d.backing,
+            })
+            .collect(),
+        created_at: rfc3339(g.created_at),
+        updated_at: rfc3339(g.updated_at),
+    }
+}
+
+/// Names and hostnames: RFC 1123 labels, lowercase.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn op_location(id: &str) -> String {
+    format!("/api/v1/operations/{id}")
+}
+
+pub struct GuestApi;
+
+#[OpenApi(tag = "super::system::Tag::Guests")]
+impl GuestApi {
+    /// Create one or more guests. Answers at once with one operation per guest.
+    #[oai(path = "/guests", method = "post", operation_id = "guest_create")]
+    async fn create(&self, auth: Auth, state: Data<&AppState>, body: Json<CreateGuest>) -> ApiResult<CreateResponse> {
+        let req = body.0;
+        let count = req.count.unwrap_or(1);
+        if !(1..=100).contains(&count) {
+            return Err(Error::BadRequest(format!("count must be 1–100, not {count}")).into());
+        }
+        if !(1..=64).contains(&req.cpus) {
+            return Err(Error::BadRequest(format!("cpus must be 1–64, not {}", req.cpus)).into());
+        }
+        let template = state.store.template(&req.template).await?.ok_or_else(|| {
+            Error::Unprocessable(format!(
+                "unknown template {:?}: register it with POST /api/v1/templates or pick one from GET /api/v1/templates",
+                req.template
+            ))
+        })?;
+        if i64::from(req.memory_mib) < template.min_memory_mib.max(64) {
+            return Err(Error::Unprocessable(format!(
+                "memory_mib {} is below the minimum of template {} ({} MiB)",
+                req.memory_mib,
+                template.name,
+                template.min_memory_mib.max(64)
+            ))
+            .into());
+        }
+        if let Some(n) = &req.node {
+            if state.store.node(n).await?.is_none() {
+                return Err(Error::Unprocessable(format!("unknown node {n:?}: see GET /api/v1/nodes")).into());
+            }
+        }
+        let pools = state.store.pools().await?;
+        let pool = match &req.pool {
+            Some(p) => Some(
+                state
+                    .store
+                    .pool_by(p)
+                    .await?
+                    .ok_or_else(|| Error::Unprocessable(format!("unknown IP pool {p:?}: see GET /api/v1/ip-pools")))?,
+            ),
+            None => None,
+        };
+        if let Some(ip) = &req.ip {
+            if count != 1 {
+                return Err(Error::BadRequest("ip can only be given with count 1".into()).into());
+            }
+            let addr: std::net::Ipv4Addr = ip
+                .parse()
+                .map_err(|_| Error::BadRequest(format!("ip {ip:?} is not an IPv4 address")))?;
+            let candidates: Vec<&st::PoolRow> = match &pool {
+                Some(p) => vec![p],
+                None => pools.iter().collect(),
+            };
+            let inside = candidates
+                .iter()
+                .any(|p| PoolRange::parse(p).map(|r| r.contains(addr)).unwrap_or(false));
+            if !inside {
+                return Err(Error::Unprocessable(format!("ip {ip} is not inside an IP pool's allocatable range")).into());
+            }
+        }
+        // Capacity check up front for a clear answer (the saga still guards each lease).
+        if !pools.is_empty() && req.ip.is_none() {
+            let (free, what) = match &pool {
+                Some(p) => (pool_free(&state, p).await?, format!("IP pool {}", p.name)),
+                None => {
+                    let mut n = 0;
+                    for p in &pools {
+                        n += pool_free(&state, p).await?;
+                    }
+                    (n, "the IP pools".to_string())
+                }
+            };
+            if free < i64::from(count) {
+                return Err(Error::Conflict {
+                    message: format!("{what} have {free} free address(es); {count} requested. Add addresses or free some."),
+                    details: Some(serde_json::json!({"free": free, "requested": count})),
+                }
+                .into());
+            }
+        }
+        let base = match &req.name {
+            Some(n) if valid_name(n) => n.clone(),
+            Some(n) => {
+                return Err(Error::BadRequest(format!(
+                    "name {n:?} is invalid: use lowercase letters, digits and '-', start with a letter, at most 63"
+                ))
+                .into())
+            }
+            None => format!("vm-{}", &new_id()[..8]),
+        };
+        if let Some(h) = &req.hostname {
+            if !valid_name(h) {
+                return Err(Error::BadRequest(format!("hostname {h:?} is invalid")).into());
+            }
+        }
+        let password_hash = match &req.password {
+            Some(p) if p.is_empty() => return Err(Error::BadRequest("password must not be empty".into()).into()),
+            Some(p) => Some(crypt_password(p).map_err(|e| Error::Unavailable(e.to_string()))?),
+            None => None,
+        };
+        let payload = serde_json::to_value(CreatePayload {
+            password_hash,
+            ssh_keys: req.ssh_keys.clone().unwrap_or_default(),
+        })
+        .map_err(st::StoreError::from)?;
+
+        let mut tx = state.store.begin().await?;
+        let mut accepted = Vec::new();
+        for i in 1..=count {
+            let name = if count == 1 { base.clone() } else { format!("{base}-{i}") };
+            if name.len() > 63 {
+                return Err(Error::BadRequest(format!("name {name} is longer than 63 characters")).into());
+            }
+            let now = now_ms();
+            let id = new_id();
+            let row = GuestRow {
+                id: id.clone(),
+                name: name.clone(),
+                hostname: req.hostname.clone().unwrap_or(name.clone()),
+                template_id: template.id.clone(),
+                template_path: template.path.clone(),
+                os_type: template.os_type.clone(),
+                cpus: i64::from(req.cpus),
+                memory_mib: i64::from(req.memory_mib),
+                node_id: None,
+                requested_node: req.node.clone(),
+                pool_id: pool.as_ref().map(|p| p.id.clone()),
+                requested_ip: req.ip.clone(),
+                ip: None,
+                vnc_port: None,
+                vnc_password: None,
+                mac: None,
+                state: "creating".into(),
+                lock_op: None,
+                domain_xml: None,
+                created_at: now,
+                updated_at: now,
+            };
+            match st::insert_guest(&mut tx, &row).await {
+                Err(e) if e.is_unique_violation() => {
+                    return Err(Error::Conflict {
+                        message: format!("a guest named {name} already exists"),
+                        details: None,
+                    }
+                    .into())
+                }
+                r => r?,
+            }
+            let op = start_op(&state, &mut tx, "guest.create", &id, payload.clone(), &auth.0.name, true).await?;
+            accepted.push(Accepted {
+                guest_id: id,
+                operation_id: op.id,
+            });
+        }
+        state.store.commit(tx).await?;
+        for a in &accepted {
+            state.waker.wake(&a.operation_id);
+        }
+        let location = op_location(&accepted[0].operation_id);
+        Ok(CreateResponse::Accepted(Json(AcceptedList { operations: accepted }), location))
+    }
+
+    /// List guests.
+    #[oai(path = "/guests", method = "get", operation_id = "guest_list")]
+    async fn list(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        /// Only guests in this state.
+        #[oai(name = "state")]
+        guest_state: Query<Option<String>>,
+        /// Only guests on this node.
+        node: Query<Option<String>>,
+        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "1000")))] limit: Query<i64>,
+        #[oai(default, validator(minimum(value = "0")))] offset: Query<i64>,
+    ) -> ApiResult<Json<Vec<Guest>>> {
+        let rows = state
+            .store
+            .guests(guest_state.0.as_deref(), node.0.as_deref(), limit.0, offset.0)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for g in &rows {
+            out.push(view(g, state.store.disks_of(&g.id).await?));
+        }
+        Ok(Json(out))
+    }
+
+    /// One guest by id or name.
+    #[oai(path = "/guests/:id", method = "get", operation_id = "guest_get")]
+    async fn get(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<Json<Guest>> {
+        let g = state.store.guest(&id).await?.ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let disks = state.store.disks_of(&g.id).await?;
+        Ok(Json(view(&g, disks)))
+    }
+
+    /// Delete a guest with its disk and seed; its IP, VNC port and MAC return to the pools.
+    /// Works for guests whose creation failed (S30).
+    #[oai(path = "/guests/:id", method = "delete", operation_id = "guest_delete")]
+    async fn delete(&self, auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<OpResponse> {
+        let g = state.store.guest(&id).await?.ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let mut tx = state.store.begin().await?;
+        let op = start_op(&state, &mut tx, "guest.delete", &g.id, serde_json::json!({}), &auth.0.name, true).await?;
+        st::set_guest_state(&mut tx, &g.id, "deleting").await?;
+        state.store.commit(tx).await?;
+        state.waker.wake(&op.id);
+        Ok(OpResponse::Accepted(
+            Json(Accepted {
+                guest_id: g.id,
+                operation_id: op.id.clone(),
+            }),
+            op_location(&op.id),
+        ))
+    }
+
+    /// Power actions: start, shutdown, poweroff, reboot, reset, suspend, resume.
+    #[oai(path = "/guests/:id/actions/:action", method = "post", operation_id = "guest_action")]
+    async fn action(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        action: Path<GuestAction>,
+        /// For `shutdown`: seconds to wait for the guest to power off (default 120).
+        #[oai(validator(maximum(value = "3600")))]
+        timeout_secs: Query<Option<u64>>,
+    ) -> ApiResult<OpResponse> {
+        let g = state.store.guest(&id).await?.ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        if matches!(g.state.as_str(), "creating" | "error" | "deleting") && g.lock_op.is_none() {
+            return Err(Error::Conflict {
+                message: format!("guest {} is in state {}; only delete is possible", g.name, g.state),
+                details: None,
+            }
+            .into());
+        }
+        let kind = match action.0 {
+            GuestAction::Start => "guest.start",
+            GuestAction::Shutdown => "guest.shutdown",
+            GuestAction::Poweroff => "guest.poweroff",
+            GuestAction::Reboot => "guest.reboot",
+            GuestAction::Reset => "guest.reset",
+            GuestAction::Suspend => "guest.suspend",
+            GuestAction::Resume => "guest.resume",
+        };
+        let payload = PowerPayload {
+            timeout_secs: timeout_secs.0,
+        };
+        let payload = serde_json::to_value(payload).map_err(st::StoreError::from)?;
+        let mut tx = state.store.begin().await?;
+        let op = start_op(&state, &mut tx, kind, &g.id, payload, &auth.0.name, true).await?;
+        state.store.commit(tx).await?;
+        state.waker.wake(&op.id);
+        Ok(OpResponse::Accepted(
+            Json(Accepted {
+                guest_id: g.id,
+                operation_id: op.id.clone(),
+            }),
+            op_location(&op.id),
+        ))
+    }
+}
+
+async fn pool_free(state: &AppState, p: &st::PoolRow) -> Result<i64, Error> {
+    let size = PoolRange::parse(p)
+        .map(|r| {
+            let n = i64::from(u32::from(r.end)) - i64::from(u32::from(r.start)) + 1;
+            let gw = r.gateway.is_some_and(|g| g >= r.start && g <= r.end);
+            n - i64::from(gw)
+        })
+        .unwrap_or(0);
+    Ok(size - state.store.pool_used(&p.id).await?)
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_name;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("web-1"));
+        for bad in ["", "Web", "1web", "web-", "we_b", &"a".repeat(64)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}

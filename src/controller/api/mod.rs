@@ -1,0 +1,108 @@
+//! The HTTP API: poem-openapi under `/api/v1`, Swagger UI at `/docs`, the spec at
+//! `/openapi.json` (committed as `openapi/corral.json`), liveness at `/healthz`.
+//!
+//! Every handler parses its input into typed values at the edge and either reads the store
+//! or writes rows and wakes the saga engine; nothing here talks to a node. All endpoints but
+//! login and health need a bearer token.
+
+mod auth;
+pub mod error;
+mod events;
+mod guests;
+mod nodes;
+mod operations;
+mod resources;
+mod system;
+
+use std::sync::Arc;
+
+use poem::listener::TcpAcceptor;
+use poem::middleware::Tracing;
+use poem::{Endpoint, EndpointExt, IntoResponse, Route};
+use poem_openapi::OpenApiService;
+
+use super::saga::engine::Waker;
+use super::store::Store;
+use crate::jobs::Catalog;
+
+pub use auth::Auth;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    pub waker: Waker,
+    pub redis_url: String,
+}
+
+type Apis = (
+    system::SystemApi,
+    auth::AuthApi,
+    guests::GuestApi,
+    operations::OperationApi,
+    resources::TemplateApi,
+    resources::PoolApi,
+    nodes::NodeApi,
+    events::EventApi,
+);
+
+fn apis() -> Apis {
+    (
+        system::SystemApi,
+        auth::AuthApi,
+        guests::GuestApi,
+        operations::OperationApi,
+        resources::TemplateApi,
+        resources::PoolApi,
+        nodes::NodeApi,
+        events::EventApi,
+    )
+}
+
+fn service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(apis(), "corral", env!("CARGO_PKG_VERSION"))
+        .description(
+            "corral: a lightweight private cloud for KVM. Every change is an operation \
+             (202 + Location); follow it with /operations/{id}/wait or the /events stream.",
+        )
+        .server("/api/v1")
+}
+
+/// The OpenAPI document as committed in `openapi/corral.json`.
+pub fn spec_json() -> String {
+    service().spec()
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> impl poem::Endpoint {
+    let api = service();
+    let docs = api.swagger_ui();
+    let spec = api.spec_endpoint();
+    Route::new()
+        .nest("/api/v1", api)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .at("/healthz", poem::get(system::healthz))
+        .data(state)
+        .with(Tracing)
+        .around(|ep, req| async move {
+            let resp = match ep.call(req).await {
+                Ok(r) => r.into_response(),
+                Err(e) => e.into_response(),
+            };
+            Ok(error::normalize(resp).await)
+        })
+}
+
+/// Serves until `shutdown` resolves. The caller owns the listener (tests use port 0).
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), std::io::Error> {
+    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app(state), shutdown, Some(std::time::Duration::from_secs(5)))
+        .await
+}

@@ -1,0 +1,116 @@
+//! Nodes: what they reported, whether they are alive, since when they are not (S36, S95).
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::error::{ApiResult, Error};
+use super::{AppState, Auth};
+use crate::controller::store::NodeRow;
+use crate::model::{now_ms, rfc3339};
+
+#[derive(Debug, Object)]
+pub struct Worker {
+    pub name: String,
+    pub state: String,
+}
+
+#[derive(Debug, Object)]
+pub struct Node {
+    /// From /etc/machine-id unless configured (S93).
+    pub id: String,
+    pub hostname: String,
+    pub address: String,
+    pub online: bool,
+    pub offline_since: Option<String>,
+    pub offline_seconds: Option<i64>,
+    /// Node clock of the last heartbeat.
+    pub last_seen: String,
+    /// Accepts automatically placed guests (S51).
+    pub accept_auto: bool,
+    /// `kvm` or `qemu` (TCG), S55.
+    pub domain_type: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub free_memory_mib: u64,
+    pub load1: f64,
+    pub storage_dir: String,
+    pub bridge: String,
+    pub hypervisor_uri: String,
+    pub version: String,
+    pub workers: Vec<Worker>,
+    pub guests: u32,
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct NodeSettings {
+    pub accept_auto: Option<bool>,
+}
+
+async fn view(state: &AppState, n: NodeRow) -> Result<Node, Error> {
+    let f = n.node_facts();
+    let guests = state.store.guests_on_node(&n.id).await?.len() as u32;
+    Ok(Node {
+        offline_seconds: n.offline_since.map(|s| (now_ms() - s) / 1000),
+        offline_since: n.offline_since.map(rfc3339),
+        last_seen: rfc3339(n.last_seen),
+        id: n.id,
+        hostname: n.hostname,
+        address: f.address,
+        online: n.online,
+        accept_auto: n.accept_auto,
+        domain_type: f.domain_type,
+        cpus: f.cpus,
+        memory_mib: f.memory_mib,
+        free_memory_mib: f.free_memory_mib,
+        load1: f.load1,
+        storage_dir: f.storage_dir,
+        bridge: f.bridge,
+        hypervisor_uri: f.hypervisor_uri,
+        version: f.version,
+        workers: f
+            .workers
+            .into_iter()
+            .map(|w| Worker {
+                name: w.name,
+                state: w.state,
+            })
+            .collect(),
+        guests,
+    })
+}
+
+pub struct NodeApi;
+
+#[OpenApi(tag = "super::system::Tag::Nodes")]
+impl NodeApi {
+    /// All nodes that ever reported.
+    #[oai(path = "/nodes", method = "get", operation_id = "node_list")]
+    async fn list(&self, _auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Vec<Node>>> {
+        let mut out = Vec::new();
+        for n in state.store.nodes().await? {
+            out.push(view(&state, n).await?);
+        }
+        Ok(Json(out))
+    }
+
+    #[oai(path = "/nodes/:id", method = "get", operation_id = "node_get")]
+    async fn get(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<Json<Node>> {
+        let n = state.store.node(&id).await?.ok_or_else(|| Error::not_found("node", id.0.clone()))?;
+        Ok(Json(view(&state, n).await?))
+    }
+
+    /// Change node settings (accept automatically placed guests or not).
+    #[oai(path = "/nodes/:id", method = "patch", operation_id = "node_update")]
+    async fn update(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>, body: Json<NodeSettings>) -> ApiResult<Json<Node>> {
+        if let Some(a) = body.0.accept_auto {
+            if !state.store.set_node_accept_auto(&id, a).await? {
+                return Err(Error::not_found("node", id.0.clone()).into());
+            }
+        }
+        let n = state.store.node(&id).await?.ok_or_else(|| Error::not_found("node", id.0.clone()))?;
+        Ok(Json(view(&state, n).await?))
+    }
+}

@@ -1,0 +1,284 @@
+//! Operations: list, show, wait, cancel; and the one helper every writer uses to start one.
+
+use std::time::Duration;
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+
+use super::error::{ApiResult, Error};
+use super::{AppState, Auth};
+use crate::controller::saga::{eta_seconds, new_steps};
+use crate::controller::store::{self as st, events, OpFilter, OpRow, Tx};
+use crate::model::{new_id, now_ms, rfc3339, OpState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum OperationState {
+    Pending,
+    Running,
+    Undoing,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl OperationState {
+    fn as_str(self) -> &'static str {
+        match self {
+            OperationState::Pending => "pending",
+            OperationState::Running => "running",
+            OperationState::Undoing => "undoing",
+            OperationState::Succeeded => "succeeded",
+            OperationState::Failed => "failed",
+            OperationState::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct Step {
+    pub name: String,
+    /// `controller` or `node`.
+    pub runs_on: String,
+    /// pending, running, done, failed, undoing, undone.
+    pub state: String,
+    pub attempt: u32,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct Progress {
+    pub stage: String,
+    pub step: u32,
+    pub steps_total: u32,
+    pub percent: u32,
+    /// Estimate from the pace so far; absent until there is one.
+    pub eta_seconds: Option<i64>,
+    pub message: String,
+}
+
+#[derive(Debug, Object)]
+pub struct Operation {
+    pub id: String,
+    /// e.g. `guest.create`.
+    pub kind: String,
+    pub guest_id: Option<String>,
+    pub node_id: Option<String>,
+    pub state: String,
+    pub progress: Progress,
+    pub steps: Vec<Step>,
+    /// The error chain when the operation failed or an undo could not complete.
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    pub requested_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+}
+
+pub fn view(op: &OpRow) -> Operation {
+    let steps = op.step_records().unwrap_or_default();
+    let now = now_ms();
+    Operation {
+        id: op.id.clone(),
+        kind: op.kind.clone(),
+        guest_id: op.guest_id.clone(),
+        node_id: op.node_id.clone(),
+        state: op.state.clone(),
+        progress: Progress {
+            stage: op.stage.clone(),
+            step: (op.cursor.max(0) as u32 + 1).min(steps.len() as u32),
+            steps_total: steps.len() as u32,
+            percent: op.percent.clamp(0, 100) as u32,
+            eta_seconds: eta_seconds(op.started_at, now, op.percent),
+            message: op.message.clone(),
+        },
+        steps: steps
+            .iter()
+            .map(|s| Step {
+                name: s.name.clone(),
+                runs_on: serde_json::to_value(s.runs_on)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                state: serde_json::to_value(s.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                attempt: s.attempt,
+                started_at: s.started_at.map(rfc3339),
+                finished_at: s.finished_at.map(rfc3339),
+                error: s.error.clone(),
+            })
+            .collect(),
+        error: op.error.clone(),
+        cancel_requested: op.cancel_requested,
+        requested_by: op.requested_by.clone(),
+        created_at: rfc3339(op.created_at),
+        updated_at: rfc3339(op.updated_at),
+        finished_at: op.finished_at.map(rfc3339),
+    }
+}
+
+/// Writes a new pending operation of `kind` for `guest` inside `tx` and takes the guest's
+/// lock; a guest already held answers 409 naming the holder (S76's rule).
+pub async fn start_op(
+    state: &AppState,
+    tx: &mut Tx<'_>,
+    kind: &str,
+    guest: &str,
+    payload: serde_json::Value,
+    user: &str,
+    lock: bool,
+) -> Result<OpRow, Error> {
+    let def = state
+        .catalog
+        .get(kind)
+        .ok_or_else(|| Error::BadRequest(format!("unknown operation kind {kind}")))?;
+    let now = now_ms();
+    let op = OpRow {
+        id: new_id(),
+        kind: kind.into(),
+        guest_id: Some(guest.into()),
+        node_id: None,
+        state: OpState::Pending.as_str().into(),
+        steps: serde_json::to_string(&new_steps(def)).map_err(st::StoreError::from)?,
+        cursor: 0,
+        payload: payload.to_string(),
+        stage: "queued".into(),
+        percent: 0,
+        message: String::new(),
+        error: None,
+        cancel_requested: false,
+        requested_by: user.into(),
+        created_at: now,
+        started_at: None,
+        updated_at: now,
+        finished_at: None,
+    };
+    st::insert_op(tx, &op).await?;
+    if lock {
+        if let Err(holder) = st::lock_guest(tx, guest, &op.id).await? {
+            return Err(Error::Conflict {
+                message: format!("guest {guest} is busy with operation {holder}; wait for it or cancel it"),
+                details: Some(serde_json::json!({"operation_id": holder})),
+            });
+        }
+    }
+    events::append(
+        tx,
+        "operation",
+        &op.id,
+        &serde_json::json!({"operation_id": op.id, "kind": kind, "guest_id": guest, "state": "pending",
+                            "stage": "queued", "percent": 0, "requested_by": user}),
+    )
+    .await?;
+    Ok(op)
+}
+
+#[derive(ApiResponse)]
+pub enum CancelResponse {
+    /// Cancel recorded; it takes effect at the next step boundary.
+    #[oai(status = 202)]
+    Accepted(Json<Operation>),
+}
+
+pub struct OperationApi;
+
+#[OpenApi(tag = "super::system::Tag::Operations")]
+impl OperationApi {
+    /// List operations, oldest first, filtered by typed fields.
+    #[oai(path = "/operations", method = "get", operation_id = "operation_list")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        /// Only this state.
+        #[oai(name = "state")]
+        op_state: Query<Option<OperationState>>,
+        /// Only this kind, e.g. `guest.create`.
+        kind: Query<Option<String>>,
+        /// Only operations on this guest.
+        guest_id: Query<Option<String>>,
+        /// Only pending, running or undoing operations.
+        #[oai(default)]
+        active: Query<bool>,
+        /// Page size, 1–1000.
+        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<i64>,
+        #[oai(default, validator(minimum(value = "0")))] offset: Query<i64>,
+    ) -> ApiResult<Json<Vec<Operation>>> {
+        let rows = state
+            .store
+            .ops(&OpFilter {
+                state: op_state.0.map(|s| s.as_str().to_string()),
+                kind: kind.0,
+                guest_id: guest_id.0,
+                active_only: active.0,
+                limit: limit.0,
+                offset: offset.0,
+            })
+            .await?;
+        Ok(Json(rows.iter().map(view).collect()))
+    }
+
+    /// One operation with its steps and progress.
+    #[oai(path = "/operations/:id", method = "get", operation_id = "operation_get")]
+    async fn get(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<Json<Operation>> {
+        let op = state.store.op(&id).await?.ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
+        Ok(Json(view(&op)))
+    }
+
+    /// Wait until the operation ends or `timeout` seconds pass; returns it either way.
+    #[oai(path = "/operations/:id/wait", method = "get", operation_id = "operation_wait")]
+    async fn wait(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        /// Seconds, 0–600.
+        #[oai(default = "default_wait", validator(minimum(value = "0"), maximum(value = "600")))]
+        timeout: Query<u64>,
+    ) -> ApiResult<Json<Operation>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout.0);
+        loop {
+            let notified = state.store.events_appended.notified();
+            let op = state.store.op(&id).await?.ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
+            if op.op_state().is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(Json(view(&op)));
+            }
+            // Woken by any commit; the short cap also covers commits by other processes.
+            let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)), notified).await;
+        }
+    }
+
+    /// Ask an operation to stop: a pending one never starts; a running one unwinds from
+    /// its next step boundary.
+    #[oai(path = "/operations/:id/cancel", method = "post", operation_id = "operation_cancel")]
+    async fn cancel(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<CancelResponse> {
+        let op = state.store.op(&id).await?.ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
+        if !state.store.request_cancel(&op.id).await? {
+            return Err(Error::Conflict {
+                message: format!("operation {} is {} and can no longer be cancelled", op.id, op.state),
+                details: None,
+            }
+            .into());
+        }
+        state.waker.wake(&op.id);
+        let op = state.store.op(&id).await?.ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
+        Ok(CancelResponse::Accepted(Json(view(&op))))
+    }
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+fn default_wait() -> u64 {
+    30
+}

@@ -1,0 +1,208 @@
+//! Ingest: the controller's side of the node event stream.
+//!
+//! A consumer group on one Redis Stream. At start the consumer first re-reads what it had
+//! been handed but never acknowledged (a crash between read and commit), then new entries.
+//! An entry is acknowledged only after its effect is committed to SQL, so a controller
+//! crash loses nothing and a replayed entry is harmless (results carry attempt numbers,
+//! states are idempotent writes). Redis going away is waited out; the connection manager
+//! reconnects and the group is re-created if Redis lost it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use super::saga::engine::{Engine, Waker};
+use super::store::{events, Store, StoreError};
+use crate::model::{now_ms, NodeEvent};
+use crate::transport::{self, TransportError};
+
+/// Guests in these states are owned by an operation in flight, so the node's view
+/// must not overwrite them.
+const OP_OWNED_STATES: &[&str] = &["creating", "deleting", "error"];
+
+pub struct Ingest {
+    pub store: Store,
+    pub engine: Arc<Engine>,
+    pub waker: Waker,
+    pub consumer: String,
+}
+
+impl Ingest {
+    pub async fn run(self, redis_url: String, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let session = async {
+                let mut conn = transport::connect(&redis_url).await?;
+                transport::ensure_group(&mut conn).await?;
+                self.drain(&mut conn, true).await?;
+                loop {
+                    self.drain(&mut conn, false).await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), TransportError>(())
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                r = session => {
+                    if let Err(e) = r {
+                        tracing::warn!("event stream: {e}; reconnecting");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn drain(&self, conn: &mut ConnectionManager, pending: bool) -> Result<(), TransportError> {
+        loop {
+            let entries = match transport::read_group(conn, &self.consumer, pending, 256, Duration::from_secs(1)).await {
+                Ok(e) => e,
+                Err(TransportError::Redis(e)) if e.code() == Some("NOGROUP") => {
+                    transport::ensure_group(conn).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let mut acked = Vec::with_capacity(entries.len());
+            for (id, event) in entries {
+                match event {
+                    Ok(ev) => {
+                        if let Err(e) = self.handle(ev).await {
+                            // Not acknowledged: it is re-read after the next reconnect.
+                            tracing::warn!("handling node event {id}: {e}");
+                            transport::ack(conn, &acked).await?;
+                            return Err(TransportError::Push(e.to_string()));
+                        }
+                    }
+                    Err(e) => tracing::warn!("dropping undecodable node event {id}: {e}"),
+                }
+                acked.push(id);
+            }
+            transport::ack(conn, &acked).await?;
+            if !pending {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handle(&self, ev: NodeEvent) -> Result<(), HandleError> {
+        match ev {
+            NodeEvent::Heartbeat { node_id, facts, at_ms } => {
+                self.store.heartbeat(&node_id, &facts, at_ms).await?;
+            }
+            NodeEvent::StepStarted { .. } => {}
+            NodeEvent::StepFinished {
+                op_id,
+                step,
+                attempt,
+                undo,
+                outcome,
+                ..
+            } => {
+                if self
+                    .engine
+                    .apply_result(&op_id, step, attempt, undo, &outcome)
+                    .await
+                    .map_err(|e| HandleError::Engine(e.to_string()))?
+                {
+                    self.waker.wake(&op_id);
+                }
+            }
+            NodeEvent::DomainState { node_id, guest_id, state, .. } => {
+                self.observe(&node_id, &[(guest_id, state)]).await?;
+            }
+            NodeEvent::Inventory { node_id, domains, .. } => {
+                let seen: Vec<(String, String)> =
+                    domains.into_iter().map(|d| (d.guest_id, d.state)).collect();
+                self.observe(&node_id, &seen).await?;
+                self.mark_missing(&node_id, &seen).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies observed domain states to guests of that node (events and reconcile, S73).
+    async fn observe(&self, node: &str, seen: &[(String, String)]) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        for (guest, state) in seen {
+            let row: Option<(String, Option<String>)> =
+                sqlx::query_as("SELECT state, lock_op FROM guests WHERE id = ? AND node_id = ?")
+                    .bind(guest)
+                    .bind(node)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((current, _lock)) = row else { continue };
+            if current == *state || OP_OWNED_STATES.contains(&current.as_str()) {
+                continue;
+            }
+            sqlx::query("UPDATE guests SET state = ?, updated_at = ? WHERE id = ?")
+                .bind(state)
+                .bind(now_ms())
+                .bind(guest)
+                .execute(&mut *tx)
+                .await?;
+            events::append(&mut tx, "guest.state", guest, &serde_json::json!({"guest_id": guest, "state": state}))
+                .await?;
+        }
+        self.store.commit(tx).await
+    }
+
+    /// Guests the node should have but does not report.
+    async fn mark_missing(&self, node: &str, seen: &[(String, String)]) -> Result<(), StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, state FROM guests WHERE node_id = ? AND lock_op IS NULL AND domain_xml IS NOT NULL",
+        )
+        .bind(node)
+        .fetch_all(self.store.pool())
+        .await?;
+        let missing: Vec<(String, String)> = rows
+            .into_iter()
+            .filter(|(id, state)| state != "missing" && !seen.iter().any(|(g, _)| g == id))
+            .map(|(id, _)| (id, "missing".to_string()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        for (g, s) in &missing {
+            sqlx::query("UPDATE guests SET state = ?, updated_at = ? WHERE id = ? AND lock_op IS NULL")
+                .bind(s)
+                .bind(now_ms())
+                .bind(g)
+                .execute(&mut *tx)
+                .await?;
+            events::append(&mut tx, "guest.state", g, &serde_json::json!({"guest_id": g, "state": s})).await?;
+        }
+        self.store.commit(tx).await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandleError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// Liveness: nodes silent for longer than the timeout go offline, their guests "unknown".
+pub async fn liveness(store: Store, timeout: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {
+                let deadline = now_ms() - timeout.as_millis() as i64;
+                match store.expire_nodes(deadline).await {
+                    Ok(nodes) => for n in nodes { tracing::warn!(node = %n, "node missed its heartbeats: offline") },
+                    Err(e) => tracing::warn!("liveness: {e}"),
+                }
+            }
+        }
+    }
+}

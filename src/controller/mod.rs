@@ -1,0 +1,153 @@
+//! The controller: owns all state (SQL), decides (placement, allocation), and drives every
+//! operation's saga; nodes only execute (S24).
+//!
+//! Flow of a request: the API validates it into a typed request, writes the guest and
+//! operation rows and answers 202 with the operation's URL; the saga engine runs controller
+//! steps itself and dispatches node steps to the node's queue; the ingest loop reads node
+//! results from the event stream and hands them back to the engine; every change appends to
+//! the event log, which `/api/v1/events` streams.
+
+pub mod alloc;
+pub mod api;
+pub mod auth;
+pub mod ingest;
+pub mod saga;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::ControllerConfig;
+use crate::jobs::Catalog;
+use crate::transport;
+use saga::engine::{self, Engine};
+use saga::steps::StepEnv;
+use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Catalog(#[from] crate::jobs::CatalogError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("serving HTTP: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Fault injection for crash tests: `CORRAL_FAULT=<when>:<kind>:<step>` aborts the process
+/// right after that point (`after`: a controller step committed; `dispatched`: a node step
+/// was committed as dispatched and pushed). Unset in production; parsed once at start.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    when: String,
+    kind: String,
+    step: String,
+}
+
+impl Fault {
+    pub fn from_env() -> Option<Self> {
+        let v = std::env::var("CORRAL_FAULT").ok()?;
+        let mut parts = v.splitn(3, ':');
+        Some(Fault {
+            when: parts.next()?.to_string(),
+            kind: parts.next()?.to_string(),
+            step: parts.next()?.to_string(),
+        })
+    }
+
+    pub fn check(&self, kind: &str, step: &str, when: &str) {
+        if self.when == when && self.kind == kind && self.step == step {
+            eprintln!("CORRAL_FAULT: aborting {when} {kind}/{step}");
+            std::process::abort();
+        }
+    }
+}
+
+/// A running controller's handles, for `corral up` and tests.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub store: Store,
+    pub admin_token: String,
+}
+
+/// Starts the controller on `listener` and runs until `shutdown` flips to true.
+pub async fn run(
+    cfg: ControllerConfig,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    started: Option<tokio::sync::oneshot::Sender<Running>>,
+) -> Result<(), ControllerError> {
+    let store = Store::open(&cfg.database).await?;
+    let admin_token = auth::bootstrap(&store, &cfg).await?;
+    let catalog = Arc::new(Catalog::builtin()?);
+
+    // Redis may not be up yet (S84): the queue producer waits for it lazily.
+    let conn = loop {
+        match transport::connect(&cfg.redis_url).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!("redis at {} not reachable ({e}); retrying", cfg.redis_url);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+        }
+    };
+    let queues = Arc::new(transport::Queues::new(conn));
+    let (waker, wakes) = engine::channel();
+    let engine = Arc::new(Engine {
+        store: store.clone(),
+        catalog: catalog.clone(),
+        queues,
+        env: StepEnv {
+            vnc_port_min: cfg.vnc_port_min,
+            vnc_port_max: cfg.vnc_port_max,
+            placement_grace_ms: (cfg.node_timeout_secs * 3 * 1000) as i64,
+        },
+        lease_ms: (cfg.step_lease_secs * 1000) as i64,
+        max_tries: cfg.step_max_attempts,
+        window: cfg.dispatch_window,
+        fault: Fault::from_env(),
+    });
+
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let engine_task = tokio::spawn(engine.clone().run(wakes, stop(shutdown.clone())));
+    let ingest = ingest::Ingest {
+        store: store.clone(),
+        engine: engine.clone(),
+        waker: waker.clone(),
+        consumer: "controller".into(),
+    };
+    let ingest_task = tokio::spawn(ingest.run(cfg.redis_url.clone(), stop(shutdown.clone())));
+    let live_task = tokio::spawn(ingest::liveness(
+        store.clone(),
+        Duration::from_secs(cfg.node_timeout_secs),
+        stop(shutdown.clone()),
+    ));
+
+    let addr = listener.local_addr()?;
+    let state = api::AppState {
+        store: store.clone(),
+        catalog,
+        waker,
+        redis_url: cfg.redis_url.clone(),
+    };
+    if let Some(tx) = started {
+        let _ = tx.send(Running {
+            addr,
+            store: store.clone(),
+            admin_token,
+        });
+    }
+    api::serve(state, listener, stop(shutdown.clone())).await?;
+    let _ = tokio::join!(engine_task, ingest_task, live_task);
+    Ok(())
+}

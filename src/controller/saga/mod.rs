@@ -1,0 +1,267 @@
+//! Operations as sagas: the pure decision logic.
+//!
+//! An operation is an ordered list of steps (declared in `jobs/`). Going forward, the
+//! cursor walks the steps; each is executed once it is `pending` and awaited while
+//! `running`. When a step fails (or a cancel arrives at a step boundary) the saga turns
+//! around: from the failed step back to the first, every step that did something is undone
+//! in reverse — the failed step included, because it may have half-happened and undo steps
+//! are idempotent. The engine (`engine.rs`) persists every transition before it acts, so
+//! after a crash this same logic, fed the stored state, says what to do next.
+//!
+//! Node results carry the attempt number they answer; a result for an older attempt (a
+//! duplicate delivery, a job re-queued by apalis after a node crash) is ignored.
+
+pub mod engine;
+pub mod steps;
+
+use crate::jobs::KindDef;
+use crate::model::{OpState, RunsOn, StepOutcome, StepRecord, StepState};
+
+/// The mutable part of an operation that the saga logic works on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saga {
+    pub state: OpState,
+    pub cursor: i64,
+    pub steps: Vec<StepRecord>,
+    pub cancel_requested: bool,
+    pub error: Option<String>,
+}
+
+/// What the engine must do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Run (or dispatch) step `step`, forward or as its undo.
+    Execute { step: usize, undo: bool },
+    /// A node step is out; nothing to do until its result or its lease runs out.
+    Wait,
+    /// The operation ended in this state.
+    Finished(OpState),
+}
+
+pub fn new_steps(def: &KindDef) -> Vec<StepRecord> {
+    def.steps
+        .iter()
+        .map(|s| StepRecord {
+            name: s.name.clone(),
+            runs_on: s.runs_on,
+            state: StepState::Pending,
+            attempt: 0,
+            tries: 0,
+            dispatched_at: None,
+            started_at: None,
+            finished_at: None,
+            error: None,
+        })
+        .collect()
+}
+
+impl Saga {
+    fn begin_undo(&mut self, from: i64) {
+        self.state = OpState::Undoing;
+        self.cursor = from;
+        for s in &mut self.steps {
+            s.tries = 0;
+        }
+    }
+
+    fn lease_expired(s: &StepRecord, now: i64, lease_ms: i64) -> bool {
+        s.runs_on == RunsOn::Node && s.dispatched_at.is_some_and(|d| now - d >= lease_ms)
+    }
+
+    /// Decides the next action, applying the bookkeeping transitions (cursor moves,
+    /// skips, the turn to undo) on the way.
+    pub fn next(&mut self, def: &KindDef, now: i64, lease_ms: i64) -> Next {
+        loop {
+            match self.state {
+                OpState::Pending => {
+                    if self.cancel_requested {
+                        self.state = OpState::Cancelled;
+                        continue;
+                    }
+                    self.state = OpState::Running;
+                    self.cursor = 0;
+                }
+                OpState::Running => {
+                    let i = self.cursor.max(0) as usize;
+                    if i >= self.steps.len() {
+                        self.state = OpState::Succeeded;
+                        continue;
+                    }
+                    let step = &self.steps[i];
+                    match step.state {
+                        StepState::Pending if self.cancel_requested => {
+                            self.begin_undo(i as i64 - 1)
+                        }
+                        StepState::Pending => return Next::Execute { step: i, undo: false },
+                        StepState::Running if Self::lease_expired(step, now, lease_ms) => {
+                            return Next::Execute { step: i, undo: false }
+                        }
+                        StepState::Running => return Next::Wait,
+                        StepState::Done => self.cursor += 1,
+                        StepState::Failed | StepState::Undoing | StepState::Undone => {
+                            self.begin_undo(i as i64)
+                        }
+                    }
+                }
+                OpState::Undoing => {
+                    if self.cursor < 0 {
+                        let failed = self.steps.iter().any(|s| s.state == StepState::Failed)
+                            || self.error.is_some();
+                        self.state = if failed || !self.cancel_requested {
+                            OpState::Failed
+                        } else {
+                            OpState::Cancelled
+                        };
+                        continue;
+                    }
+                    let i = self.cursor as usize;
+                    let has_undo = def.steps.get(i).is_some_and(|d| d.undo);
+                    let step = &mut self.steps[i];
+                    match step.state {
+                        StepState::Pending | StepState::Undone => self.cursor -= 1,
+                        StepState::Done | StepState::Failed | StepState::Running => {
+                            if has_undo {
+                                return Next::Execute { step: i, undo: true };
+                            }
+                            if step.state != StepState::Failed {
+                                step.state = StepState::Undone;
+                            }
+                            self.cursor -= 1;
+                        }
+                        StepState::Undoing if Self::lease_expired(step, now, lease_ms) => {
+                            return Next::Execute { step: i, undo: true }
+                        }
+                        StepState::Undoing => return Next::Wait,
+                    }
+                }
+                s => return Next::Finished(s),
+            }
+        }
+    }
+
+    /// Records that step `i` was started (controller) or dispatched (node) now.
+    pub fn mark_started(&mut self, i: usize, undo: bool, now: i64) -> u32 {
+        let s = &mut self.steps[i];
+        s.state = if undo {
+            StepState::Undoing
+        } else {
+            StepState::Running
+        };
+        s.attempt += 1;
+        s.tries += 1;
+        s.dispatched_at = Some(now);
+        s.started_at.get_or_insert(now);
+        s.attempt
+    }
+
+    /// Records the end of step `i` in the direction it ran.
+    pub fn mark_finished(&mut self, i: usize, undo: bool, error: Option<String>, now: i64) {
+        let s = &mut self.steps[i];
+        s.dispatched_at = None;
+        s.finished_at = Some(now);
+        match (undo, error) {
+            (false, None) => s.state = StepState::Done,
+            (false, Some(e)) => {
+                s.state = StepState::Failed;
+                self.error = Some(format!("step {}: {e}", s.name));
+                s.error = Some(e);
+            }
+            (true, None) => s.state = StepState::Undone,
+            (true, Some(e)) => {
+                // An undo that cannot complete is recorded (the operation ends failed and
+                // names the leak) and the unwind goes on with the other steps.
+                s.state = StepState::Undone;
+                let msg = format!("undo of step {} failed: {e}", s.name);
+                self.error = Some(match self.error.take() {
+                    Some(prev) => format!("{prev}; {msg}"),
+                    None => msg,
+                });
+                s.error = Some(e);
+            }
+        }
+    }
+
+    /// Applies a node's result. Returns false when it was stale and ignored.
+    pub fn apply_result(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        undo: bool,
+        outcome: &StepOutcome,
+        max_tries: u32,
+        now: i64,
+    ) -> bool {
+        let Some(s) = self.steps.get(i) else {
+            return false;
+        };
+        let expected = if undo {
+            StepState::Undoing
+        } else {
+            StepState::Running
+        };
+        if s.attempt != attempt || s.state != expected {
+            return false;
+        }
+        match outcome {
+            StepOutcome::Ok { .. } => self.mark_finished(i, undo, None, now),
+            StepOutcome::Failed { error, permanent } => {
+                if !permanent && s.tries < max_tries {
+                    // Transient: put it back; the engine dispatches it again.
+                    let s = &mut self.steps[i];
+                    s.state = if undo {
+                        StepState::Done
+                    } else {
+                        StepState::Pending
+                    };
+                    s.dispatched_at = None;
+                    s.error = Some(error.clone());
+                } else {
+                    self.mark_finished(i, undo, Some(error.clone()), now);
+                }
+            }
+        }
+        true
+    }
+
+    /// Weighted share of the forward work that is done, 0–100.
+    pub fn percent(&self, def: &KindDef) -> i64 {
+        let total: u32 = def.steps.iter().map(|s| s.weight).sum();
+        if total == 0 {
+            return 0;
+        }
+        let done: u32 = def
+            .steps
+            .iter()
+            .zip(&self.steps)
+            .filter(|(_, r)| r.state == StepState::Done)
+            .map(|(d, _)| d.weight)
+            .sum();
+        i64::from(done * 100 / total)
+    }
+
+    /// The stage label for progress: the step in hand, in its direction.
+    pub fn stage(&self, def: &KindDef) -> String {
+        let i = self.cursor.max(0) as usize;
+        let label = def.steps.get(i).map(|d| d.stage.as_str()).unwrap_or("");
+        match self.state {
+            OpState::Undoing => format!("undoing: {label}"),
+            OpState::Succeeded => "done".into(),
+            OpState::Failed => "failed".into(),
+            OpState::Cancelled => "cancelled".into(),
+            _ => label.to_string(),
+        }
+    }
+}
+
+/// Estimated seconds left, from the pace so far. None until there is a pace to go by.
+pub fn eta_seconds(started_at: Option<i64>, now: i64, percent: i64) -> Option<i64> {
+    let started = started_at?;
+    if percent <= 0 || percent >= 100 {
+        return None;
+    }
+    let elapsed = (now - started).max(0);
+    Some(elapsed * (100 - percent) / percent / 1000)
+}
+
+#[cfg(test)]
+mod tests;

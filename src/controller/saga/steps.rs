@@ -1,0 +1,363 @@
+//! How each declared step runs: controller steps (inside the engine's transaction) and the
+//! node action each node step dispatches, forward and undo.
+
+use serde::{Deserialize, Serialize};
+
+use crate::controller::alloc::{self, AllocError};
+use crate::controller::store::{self as st, GuestRow, OpRow, StoreError, Tx};
+use crate::guestinit::{InitFile, InitPlan, InitUser, StaticNetwork};
+use crate::model::{new_id, now_ms, DomainSpec, NodeAction, NodeFacts};
+
+/// Payload of a `guest.create` operation (what the guest row does not hold).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreatePayload {
+    /// SHA-512 crypt of the requested root password; the password itself is never kept.
+    pub password_hash: Option<String>,
+    pub ssh_keys: Vec<String>,
+}
+
+/// Payload of the power operations.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PowerPayload {
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Retry later without failing the step (database busy, node not registered yet).
+    #[error("{0}")]
+    Transient(String),
+    /// The step cannot succeed: fail it and unwind.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<StoreError> for StepError {
+    fn from(e: StoreError) -> Self {
+        StepError::Transient(e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(e: sqlx::Error) -> Self {
+        StepError::Transient(e.to_string())
+    }
+}
+
+impl From<AllocError> for StepError {
+    fn from(e: AllocError) -> Self {
+        match e {
+            AllocError::Store(s) => StepError::Transient(s.to_string()),
+            other => StepError::Permanent(other.to_string()),
+        }
+    }
+}
+
+/// Controller settings the steps need.
+pub struct StepEnv {
+    pub vnc_port_min: u16,
+    pub vnc_port_max: u16,
+    /// How long a create waits for a node to appear before giving up.
+    pub placement_grace_ms: i64,
+}
+
+fn system_disk_path(storage_dir: &str, guest: &str) -> String {
+    format!("{}/{guest}.qcow2", storage_dir.trim_end_matches('/'))
+}
+
+fn seed_path(storage_dir: &str, guest: &str) -> String {
+    format!("{}/{guest}-seed.iso", storage_dir.trim_end_matches('/'))
+}
+
+async fn guest_of(tx: &mut Tx<'_>, op: &OpRow) -> Result<GuestRow, StepError> {
+    let id = op.guest_id.as_deref().unwrap_or_default();
+    st::guest_in(tx, id)
+        .await?
+        .ok_or_else(|| StepError::Permanent(format!("guest {id} no longer exists")))
+}
+
+async fn node_facts(tx: &mut Tx<'_>, node: &str) -> Result<Option<(bool, bool, NodeFacts)>, StepError> {
+    let row: Option<(bool, bool, String)> =
+        sqlx::query_as("SELECT online, accept_auto, facts FROM nodes WHERE id = ?")
+            .bind(node)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(row.map(|(o, a, f)| (o, a, serde_json::from_str(&f).unwrap_or_default())))
+}
+
+/// Runs controller step `name` of `op` (forward or undo) inside `tx`.
+pub async fn run_controller(
+    tx: &mut Tx<'_>,
+    env: &StepEnv,
+    op: &mut OpRow,
+    name: &str,
+    undo: bool,
+) -> Result<(), StepError> {
+    let mut g = guest_of(tx, op).await?;
+    match (name, undo) {
+        ("place", false) => {
+            let node = place(tx, env, op, &g).await?;
+            sqlx::query("UPDATE guests SET node_id = ?, updated_at = ? WHERE id = ?")
+                .bind(&node)
+                .bind(now_ms())
+                .bind(&g.id)
+                .execute(&mut **tx)
+                .await?;
+            op.node_id = Some(node);
+        }
+        ("place", true) => {
+            sqlx::query("UPDATE guests SET node_id = NULL WHERE id = ?")
+                .bind(&g.id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        ("allocate", false) => allocate(tx, env, &mut g).await?,
+        ("allocate", true) | ("release", true) => {
+            alloc::release_all(tx, &g.id).await?;
+            sqlx::query("DELETE FROM disks WHERE guest_id = ?").bind(&g.id).execute(&mut **tx).await?;
+            sqlx::query(
+                "UPDATE guests SET ip = NULL, vnc_port = NULL, vnc_password = NULL, mac = NULL WHERE id = ?",
+            )
+            .bind(&g.id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        ("finish", _) => {
+            sqlx::query("UPDATE guests SET state = 'running', updated_at = ? WHERE id = ? AND state = 'creating'")
+                .bind(now_ms())
+                .bind(&g.id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        ("release", false) => {
+            alloc::release_all(tx, &g.id).await?;
+            st::delete_guest(tx, &g.id).await?;
+        }
+        _ => return Err(StepError::Permanent(format!("no controller step {name}"))),
+    }
+    Ok(())
+}
+
+/// Chooses the node: the requested one (S50) or the one with the most free memory after
+/// counting the guests already placed there, so a batch spreads lightest-first (S27) —
+/// each placement sees the ones before it because each runs in its own transaction.
+async fn place(tx: &mut Tx<'_>, env: &StepEnv, op: &OpRow, g: &GuestRow) -> Result<String, StepError> {
+    if let Some(req) = &g.requested_node {
+        return match node_facts(tx, req).await? {
+            Some((true, _, _)) => Ok(req.clone()),
+            Some((false, _, _)) => Err(StepError::Permanent(format!("node {req} is offline"))),
+            None => Err(StepError::Permanent(format!("node {req} is not registered"))),
+        };
+    }
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT n.id, n.facts, \
+           (SELECT COALESCE(SUM(memory_mib), 0) FROM guests WHERE node_id = n.id AND state != 'error'), \
+           (SELECT COUNT(*) FROM guests WHERE node_id = n.id) \
+         FROM nodes n WHERE n.online = 1 AND n.accept_auto = 1",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let best = rows
+        .into_iter()
+        .map(|(id, facts, used, count)| {
+            let f: NodeFacts = serde_json::from_str(&facts).unwrap_or_default();
+            (f.memory_mib as i64 - used, -count, id)
+        })
+        .max();
+    match best {
+        Some((_, _, id)) => Ok(id),
+        None if now_ms() - op.created_at < env.placement_grace_ms => Err(StepError::Transient(
+            "waiting for a node that is online and accepts guests".into(),
+        )),
+        None => Err(StepError::Permanent(
+            "no node is online and accepting automatically placed guests".into(),
+        )),
+    }
+}
+
+async fn allocate(tx: &mut Tx<'_>, env: &StepEnv, g: &mut GuestRow) -> Result<(), StepError> {
+    let node = g
+        .node_id
+        .clone()
+        .ok_or_else(|| StepError::Permanent("guest has no node".into()))?;
+    let Some((_, _, facts)) = node_facts(tx, &node).await? else {
+        return Err(StepError::Permanent(format!("node {node} is not registered")));
+    };
+    // Pools: the requested one, else every pool in name order; no pools at all means DHCP.
+    let pools: Vec<st::PoolRow> = match &g.pool_id {
+        Some(p) => st::pool_in(tx, p).await?.into_iter().collect(),
+        None => sqlx::query_as(
+            "SELECT id, name, cidr, range_start, range_end, gateway, dns, created_at FROM ip_pools ORDER BY name",
+        )
+        .fetch_all(&mut **tx)
+        .await?,
+    };
+    let (pool_id, ip) = if pools.is_empty() {
+        if g.requested_ip.is_some() {
+            return Err(StepError::Permanent("an IP was requested but no IP pool exists".into()));
+        }
+        (None, None)
+    } else {
+        let (pool, ip) = alloc::allocate_ip(tx, &pools, g.requested_ip.as_deref(), &g.id).await?;
+        (Some(pool.id), Some(ip.to_string()))
+    };
+    let port = alloc::allocate_vnc(tx, &node, env.vnc_port_min, env.vnc_port_max, &g.id).await?;
+    let mac = alloc::allocate_mac(tx, &g.id).await?;
+    let vnc_password = random_secret(8);
+    sqlx::query(
+        "UPDATE guests SET pool_id = ?, ip = ?, vnc_port = ?, vnc_password = ?, mac = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(&pool_id)
+    .bind(&ip)
+    .bind(i64::from(port))
+    .bind(&vnc_password)
+    .bind(&mac)
+    .bind(now_ms())
+    .bind(&g.id)
+    .execute(&mut **tx)
+    .await?;
+    let now = now_ms();
+    for (kind, path, backing) in [
+        ("system", system_disk_path(&facts.storage_dir, &g.id), Some(g.template_path.clone())),
+        ("seed", seed_path(&facts.storage_dir, &g.id), None),
+    ] {
+        st::insert_disk(
+            tx,
+            &st::DiskRow {
+                id: new_id(),
+                guest_id: Some(g.id.clone()),
+                node_id: node.clone(),
+                path,
+                kind: kind.into(),
+                backing,
+                created_at: now,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub fn random_secret(len: usize) -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// The node and action of node step `name` (forward or undo). `None`: nothing to do
+/// (the guest never reached a node, or the step has no undo), so the step is skipped.
+pub async fn node_action(
+    tx: &mut Tx<'_>,
+    op: &OpRow,
+    name: &str,
+    undo: bool,
+) -> Result<Option<(String, NodeAction)>, StepError> {
+    let g = guest_of(tx, op).await?;
+    let Some(node) = g.node_id.clone() else {
+        return Ok(None);
+    };
+    let disks = st::disks_of_in(tx, &g.id).await?;
+    let disk = |kind: &str| disks.iter().find(|d| d.kind == kind).map(|d| d.path.clone());
+    let id = g.id.clone();
+    let action = match (name, undo) {
+        ("create_disk", false) => NodeAction::CreateDisk {
+            path: disk("system").ok_or_else(|| StepError::Permanent("no system disk recorded".into()))?,
+            template_path: g.template_path.clone(),
+        },
+        ("build_seed", false) => {
+            let payload: CreatePayload = serde_json::from_str(&op.payload).unwrap_or_default();
+            NodeAction::BuildSeed {
+                path: disk("seed").ok_or_else(|| StepError::Permanent("no seed recorded".into()))?,
+                plan: Box::new(default_plan(tx, &g, &payload).await?),
+            }
+        }
+        ("define", false) => {
+            let Some((_, _, facts)) = node_facts(tx, &node).await? else {
+                return Err(StepError::Permanent(format!("node {node} is not registered")));
+            };
+            NodeAction::Define {
+                spec: Box::new(DomainSpec {
+                    guest_id: id,
+                    name: g.name.clone(),
+                    cpus: g.cpus as u32,
+                    memory_mib: g.memory_mib as u32,
+                    windows: g.os_type == "windows",
+                    disk_path: disk("system").unwrap_or_default(),
+                    seed_path: disk("seed").unwrap_or_default(),
+                    mac: g.mac.clone().unwrap_or_default(),
+                    bridge: facts.bridge,
+                    vnc_port: g.vnc_port.unwrap_or(0) as u16,
+                    vnc_password: g.vnc_password.clone().unwrap_or_default(),
+                }),
+            }
+        }
+        ("create_disk", true) | ("remove_disk", false) => match disk("system") {
+            Some(path) => NodeAction::RemoveFile { path },
+            None => return Ok(None),
+        },
+        ("build_seed", true) | ("remove_seed", false) => match disk("seed") {
+            Some(path) => NodeAction::RemoveFile { path },
+            None => return Ok(None),
+        },
+        ("define", true) | ("undefine", false) => NodeAction::Undefine { guest_id: id },
+        ("start", true) | ("destroy", false) | ("poweroff", false) => NodeAction::Destroy { guest_id: id },
+        ("start", false) => NodeAction::Start { guest_id: id },
+        ("shutdown", false) => {
+            let p: PowerPayload = serde_json::from_str(&op.payload).unwrap_or_default();
+            NodeAction::Shutdown {
+                guest_id: id,
+                timeout_secs: p.timeout_secs.unwrap_or(120),
+            }
+        }
+        ("reboot", false) => NodeAction::Reboot { guest_id: id },
+        ("reset", false) => NodeAction::Reset { guest_id: id },
+        ("suspend", false) => NodeAction::Suspend { guest_id: id },
+        ("resume", false) => NodeAction::Resume { guest_id: id },
+        _ => return Ok(None),
+    };
+    Ok(Some((node, action)))
+}
+
+/// The built-in init plan (Rhai profiles replace it): hostname, root password, static
+/// network from the allocated address, and a marker file naming the guest.
+async fn default_plan(tx: &mut Tx<'_>, g: &GuestRow, p: &CreatePayload) -> Result<InitPlan, StepError> {
+    let network = match (&g.ip, &g.pool_id, &g.mac) {
+        (Some(ip), Some(pool_id), Some(mac)) => {
+            let pool = st::pool_in(tx, pool_id)
+                .await?
+                .ok_or_else(|| StepError::Permanent(format!("IP pool {pool_id} vanished")))?;
+            let prefix = pool
+                .cidr
+                .split('/')
+                .nth(1)
+                .ok_or_else(|| StepError::Permanent(format!("pool {} has a bad cidr", pool.name)))?;
+            Some(StaticNetwork {
+                mac: mac.clone(),
+                address: format!("{ip}/{prefix}"),
+                gateway: pool.gateway.clone(),
+                dns: pool.dns_list(),
+            })
+        }
+        _ => None,
+    };
+    Ok(InitPlan {
+        instance_id: g.id.clone(),
+        hostname: g.hostname.clone(),
+        users: vec![InitUser {
+            name: "root".into(),
+            password_hash: p.password_hash.clone(),
+            ssh_keys: p.ssh_keys.clone(),
+        }],
+        network,
+        write_files: vec![InitFile::text(
+            "/etc/corral-guest",
+            &format!("id={}\nname={}\n", g.id, g.name),
+            "0644",
+        )],
+        runcmd: vec![],
+    })
+}

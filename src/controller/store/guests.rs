@@ -1,0 +1,221 @@
+//! Guest rows, their disks, and the one-operation-per-guest lock.
+
+use super::{Store, StoreError, Tx};
+use crate::model::now_ms;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GuestRow {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub template_id: String,
+    pub template_path: String,
+    pub os_type: String,
+    pub cpus: i64,
+    pub memory_mib: i64,
+    pub node_id: Option<String>,
+    pub requested_node: Option<String>,
+    pub pool_id: Option<String>,
+    pub requested_ip: Option<String>,
+    pub ip: Option<String>,
+    pub vnc_port: Option<i64>,
+    pub vnc_password: Option<String>,
+    pub mac: Option<String>,
+    pub state: String,
+    pub lock_op: Option<String>,
+    pub domain_xml: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DiskRow {
+    pub id: String,
+    pub guest_id: Option<String>,
+    pub node_id: String,
+    pub path: String,
+    pub kind: String,
+    pub backing: Option<String>,
+    pub created_at: i64,
+}
+
+macro_rules! guest_cols {
+    () => {
+        "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
+    node_id, requested_node, pool_id, requested_ip, ip, vnc_port, vnc_password, mac, state, lock_op, \
+    domain_xml, created_at, updated_at"
+    };
+}
+
+pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO guests (id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
+         requested_node, pool_id, requested_ip, state, lock_op, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&g.id)
+    .bind(&g.name)
+    .bind(&g.hostname)
+    .bind(&g.template_id)
+    .bind(&g.template_path)
+    .bind(&g.os_type)
+    .bind(g.cpus)
+    .bind(g.memory_mib)
+    .bind(&g.requested_node)
+    .bind(&g.pool_id)
+    .bind(&g.requested_ip)
+    .bind(&g.state)
+    .bind(&g.lock_op)
+    .bind(g.created_at)
+    .bind(g.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn guest_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<GuestRow>, StoreError> {
+    Ok(
+        sqlx::query_as::<_, GuestRow>(concat!("SELECT ", guest_cols!(), " FROM guests WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
+}
+
+pub async fn set_guest_state(tx: &mut Tx<'_>, id: &str, state: &str) -> Result<bool, StoreError> {
+    let r = sqlx::query("UPDATE guests SET state = ?, updated_at = ? WHERE id = ? AND state != ?")
+        .bind(state)
+        .bind(now_ms())
+        .bind(id)
+        .bind(state)
+        .execute(&mut **tx)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+pub async fn set_guest_xml(tx: &mut Tx<'_>, id: &str, xml: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET domain_xml = ?, updated_at = ? WHERE id = ?")
+        .bind(xml)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Takes the guest's lock for `op`. Returns the holder when someone else has it.
+pub async fn lock_guest(tx: &mut Tx<'_>, id: &str, op: &str) -> Result<Result<(), String>, StoreError> {
+    let r = sqlx::query("UPDATE guests SET lock_op = ? WHERE id = ? AND lock_op IS NULL")
+        .bind(op)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    if r.rows_affected() == 1 {
+        return Ok(Ok(()));
+    }
+    let holder: Option<(Option<String>,)> = sqlx::query_as("SELECT lock_op FROM guests WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(Err(holder.and_then(|h| h.0).unwrap_or_default()))
+}
+
+pub async fn unlock_guest(tx: &mut Tx<'_>, id: &str, op: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET lock_op = NULL WHERE id = ? AND lock_op = ?")
+        .bind(id)
+        .bind(op)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_guest(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM disks WHERE guest_id = ?").bind(id).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM guests WHERE id = ?").bind(id).execute(&mut **tx).await?;
+    Ok(())
+}
+
+pub async fn insert_disk(tx: &mut Tx<'_>, d: &DiskRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO disks (id, guest_id, node_id, path, kind, backing, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&d.id)
+    .bind(&d.guest_id)
+    .bind(&d.node_id)
+    .bind(&d.path)
+    .bind(&d.kind)
+    .bind(&d.backing)
+    .bind(d.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn disks_of_in(tx: &mut Tx<'_>, guest_id: &str) -> Result<Vec<DiskRow>, StoreError> {
+    Ok(sqlx::query_as::<_, DiskRow>(
+        "SELECT id, guest_id, node_id, path, kind, backing, created_at FROM disks WHERE guest_id = ? ORDER BY kind",
+    )
+    .bind(guest_id)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+impl Store {
+    pub async fn guest(&self, id_or_name: &str) -> Result<Option<GuestRow>, StoreError> {
+        Ok(sqlx::query_as::<_, GuestRow>(concat!("SELECT ", guest_cols!(), " FROM guests WHERE id = ? OR name = ?"))
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    pub async fn guests(
+        &self,
+        state: Option<&str>,
+        node: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<GuestRow>, StoreError> {
+        Ok(sqlx::query_as::<_, GuestRow>(concat!("SELECT ", guest_cols!(), " FROM guests WHERE (? IS NULL OR state = ?) AND (? IS NULL OR node_id = ?) \
+             ORDER BY created_at, name LIMIT ? OFFSET ?"))
+        .bind(state)
+        .bind(state)
+        .bind(node)
+        .bind(node)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn guests_on_node(&self, node: &str) -> Result<Vec<GuestRow>, StoreError> {
+        self.guests(None, Some(node), i64::MAX, 0).await
+    }
+
+    pub async fn disks_of(&self, guest_id: &str) -> Result<Vec<DiskRow>, StoreError> {
+        Ok(sqlx::query_as::<_, DiskRow>(
+            "SELECT id, guest_id, node_id, path, kind, backing, created_at FROM disks WHERE guest_id = ? ORDER BY kind",
+        )
+        .bind(guest_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn disks(&self, include_system: bool) -> Result<Vec<DiskRow>, StoreError> {
+        Ok(sqlx::query_as::<_, DiskRow>(
+            "SELECT id, guest_id, node_id, path, kind, backing, created_at FROM disks \
+             WHERE (? OR kind != 'system') ORDER BY created_at",
+        )
+        .bind(include_system)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn guests_using_template(&self, template_id: &str) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM guests WHERE template_id = ?")
+            .bind(template_id)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,118 @@
+//! The controller's SQL store: the single source of truth for guests, allocations,
+//! operations and the event log. Nodes never touch it.
+//!
+//! SQLite in WAL mode with a busy timeout; every query is parameterised. Writes that must
+//! agree (an operation's step state, the allocation it made, the event announcing it)
+//! happen in one transaction, so a crash at any instant leaves a consistent database.
+
+pub mod events;
+mod guests;
+mod nodes;
+mod ops;
+mod resources;
+mod users;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+pub use events::EventRow;
+pub use guests::*;
+pub use nodes::NodeRow;
+pub use ops::*;
+pub use resources::*;
+pub use users::UserRow;
+
+pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("stored JSON is corrupt: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("creating {path}: {source}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// True when the error is a unique-constraint violation (a lost allocation race).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Db(sqlx::Error::Database(d)) if d.is_unique_violation())
+    }
+}
+
+/// Shared handle; clones share the pool and the event notifier.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    /// Woken after every commit that appended events, so SSE streams follow without polling.
+    pub events_appended: Arc<tokio::sync::Notify>,
+}
+
+impl Store {
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        let url = format!("sqlite://{}", path.display());
+        let opts = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        let store = Store {
+            pool,
+            events_appended: Arc::new(tokio::sync::Notify::new()),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let schema = include_str!("schema.sql");
+        sqlx::raw_sql(schema).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Begins a write transaction. `BEGIN IMMEDIATE` takes the write lock up front so two
+    /// writers never both read and then collide on upgrade (SQLite's SQLITE_BUSY trap).
+    pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Commits and wakes event followers.
+    pub async fn commit(&self, tx: Tx<'_>) -> Result<(), StoreError> {
+        tx.commit().await?;
+        self.events_appended.notify_waiters();
+        Ok(())
+    }
+
+    /// Readiness probe for `/healthz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! Node rows: identity, last reported facts, liveness.
+
+use super::{events, Store, StoreError};
+use crate::model::{now_ms, NodeFacts};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NodeRow {
+    pub id: String,
+    pub hostname: String,
+    pub facts: String,
+    pub accept_auto: bool,
+    pub online: bool,
+    pub last_seen: i64,
+    pub last_seen_local: i64,
+    pub offline_since: Option<i64>,
+    pub created_at: i64,
+}
+
+impl NodeRow {
+    pub fn node_facts(&self) -> NodeFacts {
+        serde_json::from_str(&self.facts).unwrap_or_default()
+    }
+}
+
+macro_rules! node_cols {
+    () => {
+        "id, hostname, facts, accept_auto, online, last_seen, last_seen_local, offline_since, created_at"
+    };
+}
+
+impl Store {
+    /// Records a heartbeat; returns true when the node came (back) online.
+    pub async fn heartbeat(&self, id: &str, facts: &NodeFacts, at_ms: i64) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let now = now_ms();
+        let was: Option<(bool,)> = sqlx::query_as("SELECT online FROM nodes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let json = serde_json::to_string(facts)?;
+        sqlx::query(
+            "INSERT INTO nodes (id, hostname, facts, online, last_seen, last_seen_local, created_at) \
+             VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET hostname = excluded.hostname, \
+             facts = excluded.facts, online = 1, last_seen = excluded.last_seen, \
+             last_seen_local = excluded.last_seen_local, offline_since = NULL",
+        )
+        .bind(id)
+        .bind(&facts.hostname)
+        .bind(&json)
+        .bind(at_ms)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let came_online = !matches!(was, Some((true,)));
+        if came_online {
+            events::append(
+                &mut tx,
+                "node.state",
+                id,
+                &serde_json::json!({"node_id": id, "online": true, "hostname": facts.hostname}),
+            )
+            .await?;
+        }
+        self.commit(tx).await?;
+        Ok(came_online)
+    }
+
+    /// Marks nodes silent since `deadline` offline and their guests `unknown` (S95).
+    pub async fn expire_nodes(&self, deadline: i64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        let stale: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM nodes WHERE online = 1 AND last_seen_local < ?")
+                .bind(deadline)
+                .fetch_all(&mut *tx)
+                .await?;
+        let now = now_ms();
+        for (id,) in &stale {
+            sqlx::query("UPDATE nodes SET online = 0, offline_since = ? WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let guests: Vec<(String,)> = sqlx::query_as(
+                "SELECT id FROM guests WHERE node_id = ? AND state NOT IN ('unknown', 'error')",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE guests SET state = 'unknown', updated_at = ? WHERE node_id = ? AND state NOT IN ('unknown', 'error')")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            events::append(&mut tx, "node.state", id, &serde_json::json!({"node_id": id, "online": false}))
+                .await?;
+            for (g,) in guests {
+                events::append(&mut tx, "guest.state", &g, &serde_json::json!({"guest_id": g, "state": "unknown"}))
+                    .await?;
+            }
+        }
+        self.commit(tx).await?;
+        Ok(stale.into_iter().map(|s| s.0).collect())
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        Ok(sqlx::query_as::<_, NodeRow>(concat!("SELECT ", node_cols!(), " FROM nodes ORDER BY hostname, id"))
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    pub async fn node(&self, id: &str) -> Result<Option<NodeRow>, StoreError> {
+        Ok(sqlx::query_as::<_, NodeRow>(concat!("SELECT ", node_cols!(), " FROM nodes WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    pub async fn set_node_accept_auto(&self, id: &str, accept: bool) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE nodes SET accept_auto = ? WHERE id = ?")
+            .bind(accept)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+}

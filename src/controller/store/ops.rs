@@ -1,0 +1,173 @@
+//! Operation rows: one per saga, with its steps as JSON and its progress columns.
+
+use super::{Store, StoreError, Tx};
+use crate::model::{OpState, StepRecord};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpRow {
+    pub id: String,
+    pub kind: String,
+    pub guest_id: Option<String>,
+    pub node_id: Option<String>,
+    pub state: String,
+    pub steps: String,
+    pub cursor: i64,
+    pub payload: String,
+    pub stage: String,
+    pub percent: i64,
+    pub message: String,
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    pub requested_by: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl OpRow {
+    pub fn op_state(&self) -> OpState {
+        OpState::parse(&self.state).unwrap_or(OpState::Failed)
+    }
+    pub fn step_records(&self) -> Result<Vec<StepRecord>, StoreError> {
+        Ok(serde_json::from_str(&self.steps)?)
+    }
+}
+
+macro_rules! op_cols {
+    () => {
+        "id, kind, guest_id, node_id, state, steps, cursor, payload, stage, percent, message, \
+    error, cancel_requested, requested_by, created_at, started_at, updated_at, finished_at"
+    };
+}
+
+/// Typed list filter: never SQL built from strings.
+#[derive(Debug, Default, Clone)]
+pub struct OpFilter {
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub guest_id: Option<String>,
+    pub active_only: bool,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+pub async fn insert_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
+    sqlx::query(concat!("INSERT INTO operations (", op_cols!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+    .bind(&op.id)
+    .bind(&op.kind)
+    .bind(&op.guest_id)
+    .bind(&op.node_id)
+    .bind(&op.state)
+    .bind(&op.steps)
+    .bind(op.cursor)
+    .bind(&op.payload)
+    .bind(&op.stage)
+    .bind(op.percent)
+    .bind(&op.message)
+    .bind(&op.error)
+    .bind(op.cancel_requested)
+    .bind(&op.requested_by)
+    .bind(op.created_at)
+    .bind(op.started_at)
+    .bind(op.updated_at)
+    .bind(op.finished_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn op_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<OpRow>, StoreError> {
+    Ok(
+        sqlx::query_as::<_, OpRow>(concat!("SELECT ", op_cols!(), " FROM operations WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
+}
+
+/// Writes back everything the saga runner may change.
+pub async fn save_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE operations SET node_id = ?, state = ?, steps = ?, cursor = ?, stage = ?, percent = ?, \
+         message = ?, error = ?, started_at = ?, updated_at = ?, finished_at = ?, payload = ? WHERE id = ?",
+    )
+    .bind(&op.node_id)
+    .bind(&op.state)
+    .bind(&op.steps)
+    .bind(op.cursor)
+    .bind(&op.stage)
+    .bind(op.percent)
+    .bind(&op.message)
+    .bind(&op.error)
+    .bind(op.started_at)
+    .bind(op.updated_at)
+    .bind(op.finished_at)
+    .bind(&op.payload)
+    .bind(&op.id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Node steps currently dispatched to `node` (the in-flight window).
+pub async fn inflight_on_node(tx: &mut Tx<'_>, node: &str) -> Result<i64, StoreError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM operations o, json_each(o.steps) s \
+         WHERE o.node_id = ? AND o.state IN ('running', 'undoing') \
+         AND json_extract(s.value, '$.runs_on') = 'node' \
+         AND json_extract(s.value, '$.state') IN ('running', 'undoing')",
+    )
+    .bind(node)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(n)
+}
+
+impl Store {
+    pub async fn op(&self, id: &str) -> Result<Option<OpRow>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, OpRow>(concat!("SELECT ", op_cols!(), " FROM operations WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    pub async fn ops(&self, f: &OpFilter) -> Result<Vec<OpRow>, StoreError> {
+        Ok(sqlx::query_as::<_, OpRow>(concat!("SELECT ", op_cols!(), " FROM operations WHERE (? IS NULL OR state = ?) AND (? IS NULL OR kind = ?) \
+             AND (? IS NULL OR guest_id = ?) AND (NOT ? OR state IN ('pending', 'running', 'undoing')) \
+             ORDER BY created_at, id LIMIT ? OFFSET ?"))
+        .bind(&f.state)
+        .bind(&f.state)
+        .bind(&f.kind)
+        .bind(&f.kind)
+        .bind(&f.guest_id)
+        .bind(&f.guest_id)
+        .bind(f.active_only)
+        .bind(f.limit)
+        .bind(f.offset)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn active_op_ids(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM operations WHERE state IN ('pending', 'running', 'undoing') ORDER BY created_at, id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Marks a cancel request; the saga runner honours it at the next step boundary.
+    pub async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE operations SET cancel_requested = 1 WHERE id = ? AND state IN ('pending', 'running')",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,135 @@
+//! Templates and IP pools: plain records the API creates and sagas read.
+
+use super::{Store, StoreError, Tx};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TemplateRow {
+    pub id: String,
+    pub name: String,
+    pub path: String,
+    pub os_type: String,
+    pub min_memory_mib: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PoolRow {
+    pub id: String,
+    pub name: String,
+    pub cidr: String,
+    pub range_start: String,
+    pub range_end: String,
+    pub gateway: Option<String>,
+    pub dns: String,
+    pub created_at: i64,
+}
+
+impl PoolRow {
+    pub fn dns_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.dns).unwrap_or_default()
+    }
+}
+
+macro_rules! pool_cols {
+    () => {
+        "id, name, cidr, range_start, range_end, gateway, dns, created_at"
+    };
+}
+
+pub async fn pool_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<PoolRow>, StoreError> {
+    Ok(sqlx::query_as::<_, PoolRow>(concat!("SELECT ", pool_cols!(), " FROM ip_pools WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?)
+}
+
+impl Store {
+    pub async fn insert_template(&self, t: &TemplateRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO templates (id, name, path, os_type, min_memory_mib, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.name)
+        .bind(&t.path)
+        .bind(&t.os_type)
+        .bind(t.min_memory_mib)
+        .bind(t.created_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn template(&self, id_or_name: &str) -> Result<Option<TemplateRow>, StoreError> {
+        Ok(sqlx::query_as::<_, TemplateRow>(
+            "SELECT id, name, path, os_type, min_memory_mib, created_at FROM templates WHERE id = ? OR name = ?",
+        )
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    pub async fn templates(&self) -> Result<Vec<TemplateRow>, StoreError> {
+        Ok(sqlx::query_as::<_, TemplateRow>(
+            "SELECT id, name, path, os_type, min_memory_mib, created_at FROM templates ORDER BY name",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn delete_template(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM templates WHERE id = ?").bind(id).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    pub async fn insert_pool(&self, p: &PoolRow) -> Result<(), StoreError> {
+        sqlx::query(concat!("INSERT INTO ip_pools (", pool_cols!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
+            .bind(&p.id)
+            .bind(&p.name)
+            .bind(&p.cidr)
+            .bind(&p.range_start)
+            .bind(&p.range_end)
+            .bind(&p.gateway)
+            .bind(&p.dns)
+            .bind(p.created_at)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn pool_by(&self, id_or_name: &str) -> Result<Option<PoolRow>, StoreError> {
+        Ok(sqlx::query_as::<_, PoolRow>(concat!("SELECT ", pool_cols!(), " FROM ip_pools WHERE id = ? OR name = ?"))
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    pub async fn pools(&self) -> Result<Vec<PoolRow>, StoreError> {
+        Ok(sqlx::query_as::<_, PoolRow>(concat!("SELECT ", pool_cols!(), " FROM ip_pools ORDER BY name"))
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// Number of addresses of a pool handed out.
+    pub async fn pool_used(&self, id: &str) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ip_leases WHERE pool_id = ?")
+            .bind(id)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n)
+    }
+
+    pub async fn delete_pool(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM ip_pools WHERE id = ?").bind(id).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    /// Leases still held: used by tests and by the delete-guest check for leaks.
+    pub async fn lease_counts(&self) -> Result<(i64, i64, i64), StoreError> {
+        let (ip,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ip_leases").fetch_one(self.pool()).await?;
+        let (vnc,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vnc_leases").fetch_one(self.pool()).await?;
+        let (mac,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM mac_leases").fetch_one(self.pool()).await?;
+        Ok((ip, vnc, mac))
+    }
+}

@@ -1,0 +1,21 @@
+//! corral: a lightweight private cloud for KVM.
+//!
+//! Layout:
+//! * [`controller`]: HTTP API, SQL store, saga engine, allocators, ingest of node events;
+//! * [`node`]: the node agent (job worker, heartbeats, domain watcher, hypervisor trait);
+//! * [`transport`]: Redis queues (apalis-redis) and the event stream;
+//! * [`model`]: types shared by both sides and the wire enums;
+//! * [`jobs`]: the operation-kind catalog from `jobs/*.toml`;
+//! * [`render`], [`guestinit`]: minijinja templates, init plans and NoCloud seeds;
+//! * [`config`]: configuration; [`cli`]: the client subcommands; [`up`]: single-machine mode.
+
+pub mod cli;
+pub mod config;
+pub mod controller;
+pub mod guestinit;
+pub mod jobs;
+pub mod model;
+pub mod node;
+pub mod render;
+pub mod transport;
+pub mod up;

@@ -1,0 +1,135 @@
+//! The `corral` binary: CLI parsing and role dispatch only.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use corral::cli::{self, Client, ClientOpts};
+use corral::config::Config;
+
+#[derive(Parser)]
+#[command(name = "corral", version, about = "A lightweight private cloud for KVM")]
+struct Cli {
+    /// TOML config file ([controller] and [node] tables); CORRAL_* variables override it.
+    #[arg(long, short, env = "CORRAL_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    client: ClientOpts,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Controller and a local node in one process: the single-machine setup.
+    Up {
+        /// Where the database, Redis data, disk images and the admin token live.
+        #[arg(long, env = "CORRAL_DATA_DIR", default_value = "/var/lib/corral")]
+        data_dir: PathBuf,
+    },
+    /// The controller: API, database, saga engine.
+    Controller,
+    /// The node agent for this host.
+    Node,
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Guests.
+    #[command(subcommand)]
+    Guest(cli::GuestCmd),
+    /// Operations.
+    #[command(subcommand)]
+    Op(cli::OpCmd),
+    /// Templates.
+    #[command(subcommand)]
+    Template(cli::TemplateCmd),
+    /// IP pools.
+    #[command(subcommand)]
+    Pool(cli::PoolCmd),
+    /// List nodes.
+    Nodes,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_redis=warn,poem=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let opts = cli.client.clone();
+    let client_opts = move || -> anyhow::Result<Client> { Ok(Client::new(opts.clone())?) };
+    match cli.cmd {
+        Cmd::Up { data_dir } => {
+            init_tracing();
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            // Single-machine defaults, rooted in the data directory unless configured.
+            if std::env::var_os("CORRAL_DATABASE").is_none() && cli.config.is_none() {
+                cfg.controller.database = data_dir.join("corral.db");
+                cfg.controller.data_dir = data_dir.clone();
+                cfg.node.storage_dir = data_dir.join("images");
+            }
+            let _redis = corral::up::ensure_redis(&cfg.controller.redis_url, &data_dir).await?;
+            if !cfg.node.hypervisor_uri.starts_with("test:") {
+                corral::up::ensure_bridge(&cfg.node.vm_network_bridge).await;
+            }
+            let listener = bind(cfg.controller.listen).await?;
+            println!("corral API on http://{}/api/v1 (Swagger UI: /docs, health: /healthz)", listener.local_addr()?);
+            println!("admin token file: {}", cfg.controller.data_dir.join("admin.token").display());
+            let stop = shutdown_signal();
+            let node = tokio::spawn(corral::node::run(cfg.node.clone(), stop.clone()));
+            corral::controller::run(cfg.controller, listener, stop, None).await?;
+            node.await??;
+        }
+        Cmd::Controller => {
+            init_tracing();
+            let cfg = Config::load(cli.config.as_deref())?;
+            let listener = bind(cfg.controller.listen).await?;
+            println!("corral API on http://{}/api/v1", listener.local_addr()?);
+            corral::controller::run(cfg.controller, listener, shutdown_signal(), None).await?;
+        }
+        Cmd::Node => {
+            init_tracing();
+            let cfg = Config::load(cli.config.as_deref())?;
+            corral::node::run(cfg.node, shutdown_signal()).await?;
+        }
+        Cmd::Openapi => println!("{}", corral::controller::api::spec_json()),
+        Cmd::Guest(c) => exit(client_opts()?.guest(c).await)?,
+        Cmd::Op(c) => exit(client_opts()?.op(c).await)?,
+        Cmd::Template(c) => exit(client_opts()?.template(c).await)?,
+        Cmd::Pool(c) => exit(client_opts()?.pool(c).await)?,
+        Cmd::Nodes => exit(client_opts()?.nodes().await)?,
+    }
+    Ok(())
+}
+
+fn exit(r: Result<bool, cli::CliError>) -> anyhow::Result<()> {
+    match r {
+        Ok(true) => Ok(()),
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Shared types: what the controller stores, what travels over Redis, what nodes report.
+//!
+//! The wire between controller and node is two typed enums and nothing else:
+//! [`NodeJob`] goes down a node's own apalis-redis queue, [`NodeEvent`] comes back up the
+//! one Redis Stream (S26). Both are serde JSON so a job survives a Redis restart as data.
+
+use serde::{Deserialize, Serialize};
+
+use crate::guestinit::InitPlan;
+
+/// Milliseconds since the Unix epoch: the one clock format stored in rows and events.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 rendering of a stored timestamp, for the API.
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Where a saga step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunsOn {
+    Controller,
+    Node,
+}
+
+/// The state of one saga step, stored inside the operation row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Undoing,
+    Undone,
+}
+
+/// One step of an operation, as recorded (and shown by `GET /operations/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub runs_on: RunsOn,
+    pub state: StepState,
+    /// Dispatch counter: a node result is accepted only for the current attempt,
+    /// so a duplicate delivery of an old job can never advance the saga twice.
+    pub attempt: u32,
+    /// Tries in the current direction (forward or undo), for the retry budget.
+    #[serde(default)]
+    pub tries: u32,
+    pub dispatched_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// Lifecycle of an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    Pending,
+    Running,
+    /// A step failed or a cancel arrived: completed steps are being undone in reverse.
+    Undoing,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl OpState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpState::Pending => "pending",
+            OpState::Running => "running",
+            OpState::Undoing => "undoing",
+            OpState::Succeeded => "succeeded",
+            OpState::Failed => "failed",
+            OpState::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => OpState::Pending,
+            "running" => OpState::Running,
+            "undoing" => OpState::Undoing,
+            "succeeded" => OpState::Succeeded,
+            "failed" => OpState::Failed,
+            "cancelled" => OpState::Cancelled,
+            _ => return None,
+        })
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            OpState::Succeeded | OpState::Failed | OpState::Cancelled
+        )
+    }
+}
+
+/// Guest states as corral reports them. `unknown` means its node stopped heartbeating (S95).
+pub const GUEST_STATES: &[&str] = &[
+    "creating", "running", "paused", "shutoff", "crashed", "unknown", "error", "deleting",
+];
+
+/// Everything the node needs to define a guest's domain; rendered on the node so that
+/// node facts (domain type, emulator) are applied where they are true.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainSpec {
+    pub guest_id: String,
+    pub name: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub windows: bool,
+    pub disk_path: String,
+    pub seed_path: String,
+    pub mac: String,
+    pub bridge: String,
+    pub vnc_port: u16,
+    pub vnc_password: String,
+}
+
+/// What a node is asked to do. Every action is idempotent: "define unless defined",
+/// "create unless it exists", "remove unless gone", because jobs arrive at least once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum NodeAction {
+    CreateDisk { path: String, template_path: String },
+    RemoveFile { path: String },
+    BuildSeed { path: String, plan: Box<InitPlan> },
+    Define { spec: Box<DomainSpec> },
+    Undefine { guest_id: String },
+    Start { guest_id: String },
+    Destroy { guest_id: String },
+    Shutdown { guest_id: String, timeout_secs: u64 },
+    Reboot { guest_id: String },
+    Reset { guest_id: String },
+    Suspend { guest_id: String },
+    Resume { guest_id: String },
+}
+
+/// A node job: one saga step (or its undo) for one operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeJob {
+    pub op_id: String,
+    pub step: usize,
+    pub attempt: u32,
+    pub undo: bool,
+    pub action: NodeAction,
+}
+
+/// The outcome of a node job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum StepOutcome {
+    Ok {
+        /// Guest state after the action, when the action changes it.
+        guest_state: Option<String>,
+        /// Domain XML after the action (S11), when it changed.
+        domain_xml: Option<String>,
+    },
+    Failed {
+        error: String,
+        /// Permanent failures unwind at once; transient ones are re-dispatched.
+        permanent: bool,
+    },
+}
+
+/// Facts a node reports with every heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct NodeFacts {
+    pub hostname: String,
+    pub address: String,
+    pub domain_type: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub free_memory_mib: u64,
+    pub load1: f64,
+    pub storage_dir: String,
+    pub bridge: String,
+    pub hypervisor_uri: String,
+    pub version: String,
+    pub workers: Vec<WorkerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct WorkerStatus {
+    pub name: String,
+    pub state: String,
+}
+
+/// A domain as the node's hypervisor sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    pub guest_id: String,
+    pub name: String,
+    pub state: String,
+}
+
+/// Everything a node tells the controller, through the Redis Stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeEvent {
+    Heartbeat {
+        node_id: String,
+        facts: Box<NodeFacts>,
+        /// Node clock (S86): the controller stores this, not its own receive time.
+        at_ms: i64,
+    },
+    StepStarted {
+        node_id: String,
+        op_id: String,
+        step: usize,
+        attempt: u32,
+        undo: bool,
+    },
+    StepFinished {
+        node_id: String,
+        op_id: String,
+        step: usize,
+        attempt: u32,
+        undo: bool,
+        outcome: StepOutcome,
+    },
+    /// A guest's state changed (seen by the node's watcher).
+    DomainState {
+        node_id: String,
+        guest_id: String,
+        state: String,
+        at_ms: i64,
+    },
+    /// The node's full view of its corral domains, for the periodic reconcile (S73).
+    Inventory {
+        node_id: String,
+        domains: Vec<DomainInfo>,
+        at_ms: i64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_job_round_trips_as_tagged_json() {
+        let job = NodeJob {
+            op_id: "op".into(),
+            step: 3,
+            attempt: 2,
+            undo: true,
+            action: NodeAction::RemoveFile { path: "/x".into() },
+        };
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(text.contains("\"action\":\"remove_file\""), "{text}");
+        let back: NodeJob = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, job);
+    }
+
+    #[test]
+    fn op_state_parse_is_inverse_of_as_str() {
+        for s in [
+            OpState::Pending,
+            OpState::Running,
+            OpState::Undoing,
+            OpState::Succeeded,
+            OpState::Failed,
+            OpState::Cancelled,
+        ] {
+            assert_eq!(OpState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(OpState::parse("bogus"), None);
+    }
+}

@@ -1,0 +1,255 @@
+//! Node actions: each job's work against the local hypervisor and disk-image directory.
+//!
+//! Every action checks before it acts, because a job may run twice (apalis re-queues a
+//! dead worker's jobs; the controller re-dispatches after a lease): a disk that exists with
+//! the right backing file is kept, a defined domain is not defined again, a running domain
+//! is not started again, a file already gone is fine. Files are written under a temporary
+//! name and renamed, so "exists" always means "complete".
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::hypervisor::{DomState, HvError, Hypervisor};
+use crate::guestinit::{render_seed, write_seed_iso};
+use crate::model::{NodeAction, StepOutcome};
+use crate::render::Renderer;
+
+/// What a node knows that affects how actions run.
+pub struct NodeSettings {
+    pub domain_type: String,
+    pub machine: String,
+    pub vnc_listen: String,
+    pub storage_dir: std::path::PathBuf,
+}
+
+/// Why an action failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("{0}")]
+    Permanent(String),
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl From<HvError> for ActionError {
+    fn from(e: HvError) -> Self {
+        match e {
+            HvError::NoDomain(_) => ActionError::Permanent(e.to_string()),
+            other => ActionError::Transient(other.to_string()),
+        }
+    }
+}
+
+fn ok(state: Option<DomState>) -> StepOutcome {
+    StepOutcome::Ok {
+        guest_state: state.map(|s| s.as_str().to_string()),
+        domain_xml: None,
+    }
+}
+
+pub fn outcome(r: Result<StepOutcome, ActionError>) -> StepOutcome {
+    match r {
+        Ok(o) => o,
+        Err(ActionError::Permanent(error)) => StepOutcome::Failed { error, permanent: true },
+        Err(ActionError::Transient(error)) => StepOutcome::Failed { error, permanent: false },
+    }
+}
+
+/// Refuses paths outside the node's disk-image directory: a job names files to create and
+/// delete, and a node must never be talked into touching anything else.
+fn inside(storage: &Path, path: &str) -> Result<(), ActionError> {
+    let p = Path::new(path);
+    if p.is_absolute() && p.starts_with(storage) && !path.contains("/../") {
+        Ok(())
+    } else {
+        Err(ActionError::Permanent(format!(
+            "{path} is outside the node's disk-image directory {}",
+            storage.display()
+        )))
+    }
+}
+
+pub async fn run(
+    hv: &dyn Hypervisor,
+    renderer: &Renderer,
+    s: &NodeSettings,
+    action: &NodeAction,
+) -> Result<StepOutcome, ActionError> {
+    match action {
+        NodeAction::CreateDisk { path, template_path } => {
+            inside(&s.storage_dir, path)?;
+            create_disk(path, template_path).await?;
+            Ok(ok(None))
+        }
+        NodeAction::RemoveFile { path } => {
+            inside(&s.storage_dir, path)?;
+            match tokio::fs::remove_file(path).await {
+                Ok(()) => Ok(ok(None)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ok(None)),
+                Err(e) => Err(ActionError::Transient(format!("removing {path}: {e}"))),
+            }
+        }
+        NodeAction::BuildSeed { path, plan } => {
+            inside(&s.storage_dir, path)?;
+            if !Path::new(path).exists() {
+                let docs = render_seed(renderer, plan).map_err(|e| ActionError::Permanent(e.to_string()))?;
+                write_seed_iso(&docs, Path::new(path))
+                    .await
+                    .map_err(|e| ActionError::Transient(e.to_string()))?;
+            }
+            Ok(ok(None))
+        }
+        NodeAction::Define { spec } => {
+            let xml = renderer
+                .render(
+                    "domain.xml",
+                    minijinja::context! {
+                        spec => crate::render::val(spec),
+                        domain_type => s.domain_type.clone(),
+                        machine => s.machine.clone(),
+                        vnc_listen => s.vnc_listen.clone(),
+                        tcg_cache_mib => 32,
+                        emulator => None::<String>,
+                    },
+                )
+                .map_err(|e| ActionError::Permanent(e.to_string()))?;
+            if hv.state(&spec.guest_id).await?.is_none() {
+                hv.define(&xml).await.map_err(|e| ActionError::Permanent(e.to_string()))?;
+            }
+            let live = hv.xml(&spec.guest_id).await?;
+            Ok(StepOutcome::Ok {
+                guest_state: Some(DomState::Shutoff.as_str().into()),
+                domain_xml: Some(live),
+            })
+        }
+        NodeAction::Undefine { guest_id } => {
+            match hv.state(guest_id).await? {
+                None => {}
+                Some(st) => {
+                    if st != DomState::Shutoff {
+                        ignore_gone(hv.destroy(guest_id).await)?;
+                    }
+                    ignore_gone(hv.undefine(guest_id).await)?;
+                }
+            }
+            Ok(ok(None))
+        }
+        NodeAction::Start { guest_id } => {
+            match require(hv, guest_id).await? {
+                DomState::Running => {}
+                DomState::Paused => hv.resume(guest_id).await?,
+                _ => hv.start(guest_id).await.map_err(|e| ActionError::Permanent(e.to_string()))?,
+            }
+            Ok(ok(hv.state(guest_id).await?))
+        }
+        NodeAction::Destroy { guest_id } => {
+            match hv.state(guest_id).await? {
+                None | Some(DomState::Shutoff) => {}
+                Some(_) => ignore_gone(hv.destroy(guest_id).await)?,
+            }
+            let st = hv.state(guest_id).await?;
+            Ok(ok(st))
+        }
+        NodeAction::Shutdown { guest_id, timeout_secs } => {
+            if require(hv, guest_id).await? == DomState::Shutoff {
+                return Ok(ok(Some(DomState::Shutoff)));
+            }
+            hv.shutdown(guest_id).await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(*timeout_secs);
+            loop {
+                let st = hv.state(guest_id).await?;
+                if matches!(st, None | Some(DomState::Shutoff)) {
+                    return Ok(ok(st));
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ActionError::Permanent(format!(
+                        "the guest did not power off within {timeout_secs} s of the ACPI request; use poweroff to force it"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        NodeAction::Reboot { guest_id } | NodeAction::Reset { guest_id } => {
+            if require(hv, guest_id).await? != DomState::Running {
+                return Err(ActionError::Permanent("the guest is not running".into()));
+            }
+            if matches!(action, NodeAction::Reboot { .. }) {
+                hv.reboot(guest_id).await?;
+            } else {
+                hv.reset(guest_id).await?;
+            }
+            Ok(ok(hv.state(guest_id).await?))
+        }
+        NodeAction::Suspend { guest_id } => {
+            match require(hv, guest_id).await? {
+                DomState::Paused => {}
+                DomState::Running => hv.suspend(guest_id).await?,
+                other => return Err(ActionError::Permanent(format!("cannot suspend a guest that is {}", other.as_str()))),
+            }
+            Ok(ok(hv.state(guest_id).await?))
+        }
+        NodeAction::Resume { guest_id } => {
+            match require(hv, guest_id).await? {
+                DomState::Running => {}
+                DomState::Paused => hv.resume(guest_id).await?,
+                other => return Err(ActionError::Permanent(format!("cannot resume a guest that is {}", other.as_str()))),
+            }
+            Ok(ok(hv.state(guest_id).await?))
+        }
+    }
+}
+
+async fn require(hv: &dyn Hypervisor, uuid: &str) -> Result<DomState, ActionError> {
+    hv.state(uuid)
+        .await?
+        .ok_or_else(|| ActionError::Permanent(format!("domain {uuid} is not defined on this node")))
+}
+
+fn ignore_gone(r: Result<(), HvError>) -> Result<(), ActionError> {
+    match r {
+        Ok(()) | Err(HvError::NoDomain(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `qemu-img create -f qcow2 -b TEMPLATE -F qcow2`: a linked clone, instant whatever the
+/// template's size.
+async fn create_disk(path: &str, template: &str) -> Result<(), ActionError> {
+    if !Path::new(template).exists() {
+        return Err(ActionError::Permanent(format!("template image {template} does not exist on this node")));
+    }
+    if Path::new(path).exists() {
+        let info = tokio::process::Command::new("qemu-img")
+            .args(["info", "--output=json", "-U", path])
+            .output()
+            .await
+            .map_err(|e| ActionError::Transient(format!("qemu-img: {e}")))?;
+        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap_or_default();
+        if v.get("backing-filename").and_then(|b| b.as_str()) == Some(template) {
+            return Ok(());
+        }
+        return Err(ActionError::Permanent(format!("{path} exists and is not a clone of {template}")));
+    }
+    if let Some(dir) = Path::new(path).parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| ActionError::Transient(format!("creating {}: {e}", dir.display())))?;
+    }
+    let tmp = format!("{path}.tmp");
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", template, &tmp])
+        .output()
+        .await
+        .map_err(|e| ActionError::Transient(format!("qemu-img: {e}")))?;
+    if !out.status.success() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(ActionError::Permanent(format!(
+            "qemu-img create: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| ActionError::Transient(format!("renaming {tmp}: {e}")))
+}
+

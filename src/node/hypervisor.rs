@@ -1,0 +1,309 @@
+//! The hypervisor behind a trait: libvirt for real (`qemu:///system`, `test:///default`),
+//! a fake for unit tests of node logic.
+//!
+//! libvirt calls block, so the libvirt implementation runs each one on the blocking pool.
+//! The connection is opened lazily and re-opened after a failure (libvirtd restarts).
+//! Domains are addressed by UUID, which is the corral guest id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState, DomainStateEnum};
+use virt::enumutil::Enum;
+use virt::sys;
+
+/// Domain states as corral names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomState {
+    Running,
+    Paused,
+    Shutoff,
+    Crashed,
+    Other,
+}
+
+impl DomState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomState::Running => "running",
+            DomState::Paused => "paused",
+            DomState::Shutoff => "shutoff",
+            DomState::Crashed => "crashed",
+            DomState::Other => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HvError {
+    #[error("libvirt: {0}")]
+    Libvirt(String),
+    #[error("domain {0} not found")]
+    NoDomain(String),
+    #[error("hypervisor task failed: {0}")]
+    Join(String),
+}
+
+impl From<virt::error::Error> for HvError {
+    fn from(e: virt::error::Error) -> Self {
+        HvError::Libvirt(e.to_string())
+    }
+}
+
+/// A domain as listed: uuid, name, state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomEntry {
+    pub uuid: String,
+    pub name: String,
+    pub state: DomState,
+}
+
+#[async_trait::async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// State of the domain with this UUID, None when it does not exist.
+    async fn state(&self, uuid: &str) -> Result<Option<DomState>, HvError>;
+    async fn define(&self, xml: &str) -> Result<(), HvError>;
+    async fn undefine(&self, uuid: &str) -> Result<(), HvError>;
+    async fn start(&self, uuid: &str) -> Result<(), HvError>;
+    async fn destroy(&self, uuid: &str) -> Result<(), HvError>;
+    async fn shutdown(&self, uuid: &str) -> Result<(), HvError>;
+    async fn reboot(&self, uuid: &str) -> Result<(), HvError>;
+    async fn reset(&self, uuid: &str) -> Result<(), HvError>;
+    async fn suspend(&self, uuid: &str) -> Result<(), HvError>;
+    async fn resume(&self, uuid: &str) -> Result<(), HvError>;
+    async fn xml(&self, uuid: &str) -> Result<String, HvError>;
+    async fn list(&self) -> Result<Vec<DomEntry>, HvError>;
+    /// libvirt and hypervisor versions, for the node's facts.
+    async fn versions(&self) -> Result<(String, String), HvError>;
+}
+
+pub struct Libvirt {
+    uri: String,
+    conn: Arc<Mutex<Option<Arc<Connect>>>>,
+}
+
+fn map_state(s: DomainStateEnum) -> DomState {
+    match s {
+        Enum::Known(DomainState::Running | DomainState::Blocked) => DomState::Running,
+        Enum::Known(DomainState::Paused | DomainState::PMSuspended) => DomState::Paused,
+        Enum::Known(DomainState::Shutoff | DomainState::Shutdown) => DomState::Shutoff,
+        Enum::Known(DomainState::Crashed) => DomState::Crashed,
+        _ => DomState::Other,
+    }
+}
+
+fn is_no_domain(e: &virt::error::Error) -> bool {
+    e.code() == Enum::Known(virt::error::ErrorNumber::NoDomain)
+}
+
+fn version_string(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
+}
+
+impl Libvirt {
+    pub fn new(uri: &str) -> Self {
+        // libvirt prints every error to stderr by default; we report them ourselves.
+        virt::error::clear_error_callback();
+        Libvirt {
+            uri: uri.to_string(),
+            conn: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Runs `f` with a connection on the blocking pool; drops the connection on a
+    /// connection-level failure so the next call reconnects.
+    async fn with<T, F>(&self, f: F) -> Result<T, HvError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connect) -> Result<T, HvError> + Send + 'static,
+    {
+        let slot = self.conn.clone();
+        let uri = self.uri.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = {
+                let mut guard = slot.lock().map_err(|e| HvError::Join(e.to_string()))?;
+                match guard.as_ref() {
+                    Some(c) if c.is_alive().unwrap_or(false) => c.clone(),
+                    _ => {
+                        let c = Arc::new(Connect::open(Some(&uri))?);
+                        *guard = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            f(&conn)
+        })
+        .await
+        .map_err(|e| HvError::Join(e.to_string()))?
+    }
+
+    async fn on_domain<T, F>(&self, uuid: &str, f: F) -> Result<T, HvError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Domain) -> Result<T, HvError> + Send + 'static,
+    {
+        let uuid = uuid.to_string();
+        self.with(move |c| match c.lookup_domain_by_uuid_string(&uuid) {
+            Ok(d) => f(&d),
+            Err(e) if is_no_domain(&e) => Err(HvError::NoDomain(uuid)),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for Libvirt {
+    async fn state(&self, uuid: &str) -> Result<Option<DomState>, HvError> {
+        match self.on_domain(uuid, |d| Ok(map_state(d.state()?.0))).await {
+            Ok(s) => Ok(Some(s)),
+            Err(HvError::NoDomain(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    async fn define(&self, xml: &str) -> Result<(), HvError> {
+        let xml = xml.to_string();
+        self.with(move |c| c.define_domain_xml(&xml).map(|_| ()).map_err(Into::into)).await
+    }
+    async fn undefine(&self, uuid: &str) -> Result<(), HvError> {
+        self.on_domain(uuid, |d| {
+            let flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+            d.undefine_flags(flags).or_else(|_| d.undefine())?;
+            Ok(())
+        })
+        .await
+    }
+    async fn start(&self, uuid: &str) -> Result<(), HvError> {
+        self.on_domain(uuid, |d| d.create().map(|_| ()).map_err(Into::into)).await
+    }
+    async fn destroy(&self, uuid: &str) -> Result<(), HvError> {
+        self.on_domain(uuid, |d| d.destroy().map_err(Into::into)).await
+    }
+    async fn shutdown(&self, uuid: &str) -> Result<(), HvError> {
+        self.on_domain(uuid, |d| d.shutdown().map(|_| ()).map_err(Into::into)).await
+    }
+    async fn reboot(&self, uuid: &str) -> Result<(), HvError> {
+        self.on_domain(uuid, |d| d.reboot(0).map_err(Into::into)).await
+    }
+    async fn reset(&self, uuid: &str) -> Result<(), HvError> {
+        self.on_domain(uuid, |d| d.reset().map(|_| ()).map_err(Into::into)).await
+    }
+    async fn suspend(&self, uuid: &str) -> Result<(), HvError> {
+        self.on_domain(uuid, |d| d.suspend().map(|_| ()).map_err(Into::into)).await
+    }
+    async fn resume(&self, uuid: &str) -> Result<(), HvError> {
+        self.on_domain(uuid, |d| d.resume().map(|_| ()).map_err(Into::into)).await
+    }
+    async fn xml(&self, uuid: &str) -> Result<String, HvError> {
+        self.on_domain(uuid, |d| d.xml_desc(0).map_err(Into::into)).await
+    }
+    async fn list(&self) -> Result<Vec<DomEntry>, HvError> {
+        self.with(|c| {
+            let mut out = Vec::new();
+            for d in c.list_all_domains(0)? {
+                let (Ok(uuid), Ok(name), Ok((state, _))) = (d.uuid_string(), d.name(), d.state()) else {
+                    continue; // vanished while listing
+                };
+                out.push(DomEntry {
+                    uuid,
+                    name,
+                    state: map_state(state),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+    async fn versions(&self) -> Result<(String, String), HvError> {
+        self.with(|c| {
+            let lib = c.lib_version().map(version_string).unwrap_or_default();
+            let hv = c.hyp_version().map(version_string).unwrap_or_default();
+            Ok((lib, hv))
+        })
+        .await
+    }
+}
+
+/// In-memory hypervisor for unit tests of node logic.
+#[derive(Default)]
+pub struct Fake {
+    pub domains: Mutex<HashMap<String, (String, DomState)>>,
+}
+
+impl Fake {
+    fn with_dom<T>(&self, uuid: &str, f: impl FnOnce(&mut (String, DomState)) -> T) -> Result<T, HvError> {
+        let mut m = self.domains.lock().map_err(|e| HvError::Join(e.to_string()))?;
+        m.get_mut(uuid).map(f).ok_or_else(|| HvError::NoDomain(uuid.into()))
+    }
+    fn set(&self, uuid: &str, s: DomState) -> Result<(), HvError> {
+        self.with_dom(uuid, |d| d.1 = s)
+    }
+}
+
+fn xml_field(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(xml[start..end].to_string())
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for Fake {
+    async fn state(&self, uuid: &str) -> Result<Option<DomState>, HvError> {
+        match self.with_dom(uuid, |d| d.1) {
+            Ok(s) => Ok(Some(s)),
+            Err(HvError::NoDomain(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    async fn define(&self, xml: &str) -> Result<(), HvError> {
+        let uuid = xml_field(xml, "uuid").ok_or_else(|| HvError::Libvirt("no uuid".into()))?;
+        let mut m = self.domains.lock().map_err(|e| HvError::Join(e.to_string()))?;
+        m.entry(uuid).or_insert_with(|| (xml.to_string(), DomState::Shutoff));
+        Ok(())
+    }
+    async fn undefine(&self, uuid: &str) -> Result<(), HvError> {
+        let mut m = self.domains.lock().map_err(|e| HvError::Join(e.to_string()))?;
+        m.remove(uuid).map(|_| ()).ok_or_else(|| HvError::NoDomain(uuid.into()))
+    }
+    async fn start(&self, uuid: &str) -> Result<(), HvError> {
+        self.set(uuid, DomState::Running)
+    }
+    async fn destroy(&self, uuid: &str) -> Result<(), HvError> {
+        self.set(uuid, DomState::Shutoff)
+    }
+    async fn shutdown(&self, uuid: &str) -> Result<(), HvError> {
+        self.set(uuid, DomState::Shutoff)
+    }
+    async fn reboot(&self, uuid: &str) -> Result<(), HvError> {
+        self.set(uuid, DomState::Running)
+    }
+    async fn reset(&self, uuid: &str) -> Result<(), HvError> {
+        self.set(uuid, DomState::Running)
+    }
+    async fn suspend(&self, uuid: &str) -> Result<(), HvError> {
+        self.set(uuid, DomState::Paused)
+    }
+    async fn resume(&self, uuid: &str) -> Result<(), HvError> {
+        self.set(uuid, DomState::Running)
+    }
+    async fn xml(&self, uuid: &str) -> Result<String, HvError> {
+        self.with_dom(uuid, |d| d.0.clone())
+    }
+    async fn list(&self) -> Result<Vec<DomEntry>, HvError> {
+        let m = self.domains.lock().map_err(|e| HvError::Join(e.to_string()))?;
+        Ok(m.iter()
+            .map(|(u, (x, s))| DomEntry {
+                uuid: u.clone(),
+                name: xml_field(x, "name").unwrap_or_default(),
+                state: *s,
+            })
+            .collect())
+    }
+    async fn versions(&self) -> Result<(String, String), HvError> {
+        Ok(("fake".into(), "fake".into()))
+    }
+}

@@ -1,0 +1,289 @@
+//! The node agent: executes jobs from its own queue against the local hypervisor, and
+//! reports everything (results, heartbeats, domain states, inventory) through the event
+//! stream. It holds no state of its own: after a crash it simply starts again, apalis hands
+//! back the jobs its dead worker had in flight, and idempotent actions make re-runs safe.
+//!
+//! Loops, each reported as a worker in the heartbeat (S47):
+//! * `queue`: the apalis worker (restarted with a fresh unique name whenever it exits,
+//!   e.g. when Redis went away);
+//! * `heartbeat`: facts every `heartbeat_secs`;
+//! * `watcher`: polls domain states every second and reports changes at once, plus the full
+//!   inventory every `reconcile_secs` (S73).
+
+pub mod actions;
+pub mod facts;
+pub mod hypervisor;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_redis::RedisStorage;
+use redis::aio::ConnectionManager;
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::model::{now_ms, DomainInfo, NodeEvent, NodeJob, StepOutcome, WorkerStatus};
+use crate::render::Renderer;
+use crate::transport;
+use actions::NodeSettings;
+use hypervisor::{Hypervisor, Libvirt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
+    #[error("node identity: {0}")]
+    Identity(String),
+    #[error("creating the disk-image directory {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything a job handler needs; shared by all loops.
+pub struct NodeCtx {
+    pub node_id: String,
+    pub cfg: NodeConfig,
+    pub settings: NodeSettings,
+    pub hv: Arc<dyn Hypervisor>,
+    pub renderer: Renderer,
+    pub publisher: Publisher,
+    pub workers: Mutex<HashMap<String, String>>,
+}
+
+impl NodeCtx {
+    fn set_worker(&self, name: &str, state: &str) {
+        if let Ok(mut w) = self.workers.lock() {
+            w.insert(name.to_string(), state.to_string());
+        }
+    }
+}
+
+/// Appends events to the stream, reconnecting as needed.
+pub struct Publisher {
+    url: String,
+    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+}
+
+impl Publisher {
+    pub fn new(url: &str) -> Self {
+        Publisher {
+            url: url.to_string(),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn publish(&self, ev: &NodeEvent) -> Result<(), transport::TransportError> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            *guard = Some(transport::connect(&self.url).await?);
+        }
+        let Some(conn) = guard.as_mut() else {
+            return Ok(());
+        };
+        let r = transport::publish(conn, ev).await;
+        if r.is_err() {
+            *guard = None;
+        }
+        r
+    }
+
+    /// Publishes, retrying for up to `patience`; a result must not be dropped lightly.
+    pub async fn publish_patiently(&self, ev: &NodeEvent, patience: Duration) -> Result<(), transport::TransportError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.publish(ev).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!("publishing to the event stream: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The job handler: run the action, report the outcome. It returns an error only when the
+/// outcome could not be reported, so apalis re-queues the job and it runs again (safely).
+async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError> {
+    let ctx: Arc<NodeCtx> = (*ctx).clone();
+    let started = NodeEvent::StepStarted {
+        node_id: ctx.node_id.clone(),
+        op_id: job.op_id.clone(),
+        step: job.step,
+        attempt: job.attempt,
+        undo: job.undo,
+    };
+    let _ = ctx.publisher.publish(&started).await;
+    let outcome = actions::outcome(actions::run(ctx.hv.as_ref(), &ctx.renderer, &ctx.settings, &job.action).await);
+    if let StepOutcome::Failed { error, .. } = &outcome {
+        tracing::warn!(op = %job.op_id, step = job.step, undo = job.undo, "job failed: {error}");
+    }
+    let finished = NodeEvent::StepFinished {
+        node_id: ctx.node_id.clone(),
+        op_id: job.op_id,
+        step: job.step,
+        attempt: job.attempt,
+        undo: job.undo,
+        outcome,
+    };
+    ctx.publisher
+        .publish_patiently(&finished, Duration::from_secs(30))
+        .await
+        .map_err(|e| Box::new(e) as BoxDynError)
+}
+
+/// Runs the node agent until `shutdown` flips to true.
+pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
+    let node_id = match &cfg.node_id {
+        Some(id) => id.clone(),
+        None => facts::machine_id().map_err(NodeError::Identity)?,
+    };
+    std::fs::create_dir_all(&cfg.storage_dir).map_err(|source| NodeError::Storage {
+        path: cfg.storage_dir.display().to_string(),
+        source,
+    })?;
+    let domain_type = facts::domain_type(&cfg);
+    tracing::info!(node = %node_id, %domain_type, uri = %cfg.hypervisor_uri, "node starting");
+    let ctx = Arc::new(NodeCtx {
+        node_id,
+        settings: NodeSettings {
+            domain_type,
+            machine: cfg.machine.clone(),
+            vnc_listen: cfg.vnc_listen.clone(),
+            storage_dir: cfg.storage_dir.clone(),
+        },
+        hv: Arc::new(Libvirt::new(&cfg.hypervisor_uri)),
+        renderer: Renderer::new(cfg.templates_dir.as_deref())?,
+        publisher: Publisher::new(&cfg.redis_url),
+        workers: Mutex::new(HashMap::new()),
+        cfg,
+    });
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let q = tokio::spawn(queue_loop(ctx.clone(), stop(shutdown.clone())));
+    let h = tokio::spawn(heartbeat_loop(ctx.clone(), stop(shutdown.clone())));
+    let w = tokio::spawn(watch_loop(ctx.clone(), stop(shutdown.clone())));
+    let _ = tokio::join!(q, h, w);
+    Ok(())
+}
+
+async fn queue_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        ctx.set_worker("queue", "connecting");
+        let session = async {
+            let conn = transport::connect(&ctx.cfg.redis_url).await.map_err(|e| e.to_string())?;
+            let backend = RedisStorage::<NodeJob>::new(conn)
+                .with_config(transport::queue_config(&ctx.node_id))
+                .poll_with_interval(Duration::from_millis(200));
+            // A unique name per run: apalis refuses a name still marked alive in Redis.
+            let name = format!("{}-{}-{}", ctx.node_id, std::process::id(), &crate::model::new_id()[..8]);
+            let worker = WorkerBuilder::new(name)
+                .backend(backend)
+                .data(ctx.clone())
+                .concurrency(ctx.cfg.concurrency.max(1))
+                .build(handle);
+            ctx.set_worker("queue", "running");
+            worker.run().await.map_err(|e| e.to_string())
+        };
+        tokio::select! {
+            _ = &mut shutdown => return,
+            r = session => {
+                if let Err(e) = r {
+                    tracing::warn!("queue worker stopped: {e}; restarting");
+                }
+                ctx.set_worker("queue", "restarting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_secs(ctx.cfg.heartbeat_secs.max(1)));
+    ctx.set_worker("heartbeat", "running");
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {
+                let mut f = facts::collect(&ctx.cfg, &ctx.settings.domain_type, ctx.hv.as_ref()).await;
+                if let Ok(w) = ctx.workers.lock() {
+                    f.workers = w.iter().map(|(n, s)| WorkerStatus { name: n.clone(), state: s.clone() }).collect();
+                    f.workers.sort_by(|a, b| a.name.cmp(&b.name));
+                }
+                let ev = NodeEvent::Heartbeat { node_id: ctx.node_id.clone(), facts: Box::new(f), at_ms: now_ms() };
+                if let Err(e) = ctx.publisher.publish(&ev).await {
+                    tracing::warn!("heartbeat: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// libguestfs appliances are never ours and never interesting (S72).
+fn ignored(name: &str) -> bool {
+    name.starts_with("guestfs-")
+}
+
+async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last: HashMap<String, String> = HashMap::new();
+    let mut last_inventory = 0i64;
+    ctx.set_worker("watcher", "running");
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        let doms = match ctx.hv.list().await {
+            Ok(d) => d,
+            Err(e) => {
+                ctx.set_worker("watcher", "hypervisor unreachable");
+                tracing::warn!("listing domains: {e}");
+                continue;
+            }
+        };
+        ctx.set_worker("watcher", "running");
+        let mut now_states = HashMap::new();
+        for d in doms.iter().filter(|d| !ignored(&d.name)) {
+            let st = d.state.as_str().to_string();
+            if last.get(&d.uuid) != Some(&st) {
+                let ev = NodeEvent::DomainState {
+                    node_id: ctx.node_id.clone(),
+                    guest_id: d.uuid.clone(),
+                    state: st.clone(),
+                    at_ms: now_ms(),
+                };
+                if ctx.publisher.publish(&ev).await.is_err() {
+                    continue; // not recorded as seen: reported again next tick
+                }
+            }
+            now_states.insert(d.uuid.clone(), st);
+        }
+        last = now_states;
+        let now = now_ms();
+        if now - last_inventory >= (ctx.cfg.reconcile_secs.max(1) * 1000) as i64 {
+            let ev = NodeEvent::Inventory {
+                node_id: ctx.node_id.clone(),
+                domains: doms
+                    .iter()
+                    .filter(|d| !ignored(&d.name))
+                    .map(|d| DomainInfo { guest_id: d.uuid.clone(), name: d.name.clone(), state: d.state.as_str().into() })
+                    .collect(),
+                at_ms: now,
+            };
+            if ctx.publisher.publish(&ev).await.is_ok() {
+                last_inventory = now;
+            }
+        }
+    }
+}
