@@ -21,12 +21,22 @@ pub enum CliError {
 
 #[derive(Debug, Args, Clone)]
 pub struct ClientOpts {
-    #[arg(long, env = "CORRAL_URL", default_value = "http://127.0.0.1:8620", global = true)]
+    #[arg(
+        long,
+        env = "CORRAL_URL",
+        default_value = "http://127.0.0.1:8620",
+        global = true
+    )]
     pub url: String,
     #[arg(long, env = "CORRAL_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
     /// Token file used when no token is given.
-    #[arg(long, env = "CORRAL_TOKEN_FILE", default_value = "/var/lib/corral/admin.token", global = true)]
+    #[arg(
+        long,
+        env = "CORRAL_TOKEN_FILE",
+        default_value = "/var/lib/corral/admin.token",
+        global = true
+    )]
     pub token_file: String,
     /// Print raw JSON.
     #[arg(long, global = true)]
@@ -61,7 +71,9 @@ pub enum GuestCmd {
         wait: bool,
     },
     List,
-    Show { guest: String },
+    Show {
+        guest: String,
+    },
     Delete {
         guest: String,
         #[arg(long)]
@@ -82,13 +94,17 @@ pub enum OpCmd {
         #[arg(long)]
         active: bool,
     },
-    Show { id: String },
+    Show {
+        id: String,
+    },
     Wait {
         id: String,
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
-    Cancel { id: String },
+    Cancel {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,7 +118,9 @@ pub enum TemplateCmd {
         min_memory: Option<u32>,
     },
     List,
-    Delete { template: String },
+    Delete {
+        template: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,11 +152,15 @@ pub fn parse_mib(s: &str) -> Result<u32, CliError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u32 = num.parse().map_err(|_| CliError::Usage(format!("bad size {s:?}")))?;
+    let n: u32 = num
+        .parse()
+        .map_err(|_| CliError::Usage(format!("bad size {s:?}")))?;
     match unit.to_ascii_lowercase().as_str() {
         "" | "m" | "mib" | "mb" => Ok(n),
         "g" | "gib" | "gb" => Ok(n * 1024),
-        _ => Err(CliError::Usage(format!("bad size unit in {s:?}: use MiB or GiB"))),
+        _ => Err(CliError::Usage(format!(
+            "bad size unit in {s:?}: use MiB or GiB"
+        ))),
     }
 }
 
@@ -148,7 +170,12 @@ impl Client {
             Some(t) => t.clone(),
             None => std::fs::read_to_string(&opts.token_file)
                 .map(|t| t.trim().to_string())
-                .map_err(|e| CliError::Usage(format!("no token: set CORRAL_TOKEN or read {}: {e}", opts.token_file)))?,
+                .map_err(|e| {
+                    CliError::Usage(format!(
+                        "no token: set CORRAL_TOKEN or read {}: {e}",
+                        opts.token_file
+                    ))
+                })?,
         };
         Ok(Client {
             http: reqwest::Client::new(),
@@ -157,7 +184,12 @@ impl Client {
         })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CliError> {
         let url = format!("{}/api/v1{path}", self.opts.url.trim_end_matches('/'));
         let mut req = self.http.request(method, url).bearer_auth(&self.token);
         if let Some(b) = body {
@@ -168,7 +200,11 @@ impl Client {
         let text = resp.text().await?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if !status.is_success() {
-            let message = v.get("message").and_then(Value::as_str).unwrap_or(&text).to_string();
+            let message = v
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or(&text)
+                .to_string();
             return Err(CliError::Api {
                 status: status.as_u16(),
                 message,
@@ -186,15 +222,30 @@ impl Client {
         let mut all_ok = true;
         for id in ids {
             loop {
-                let op = self.call(reqwest::Method::GET, &format!("/operations/{id}/wait?timeout=1"), None).await?;
+                let op = self
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("/operations/{id}/wait?timeout=1"),
+                        None,
+                    )
+                    .await?;
                 let state = op["state"].as_str().unwrap_or("");
                 let pct = op["progress"]["percent"].as_u64().unwrap_or(0);
                 let stage = op["progress"]["stage"].as_str().unwrap_or("");
-                let bar: String = (0..20).map(|i| if i * 5 < pct { '#' } else { '.' }).collect();
+                let bar: String = (0..20)
+                    .map(|i| if i * 5 < pct { '#' } else { '.' })
+                    .collect();
                 print!("\r{} [{bar}] {pct:>3}% {stage:<40}", &id[..8.min(id.len())]);
                 let _ = std::io::stdout().flush();
                 if matches!(state, "succeeded" | "failed" | "cancelled") {
-                    println!("\r{} [{bar}] {pct:>3}% {state}{}", &id[..8.min(id.len())], op["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default());
+                    println!(
+                        "\r{} [{bar}] {pct:>3}% {state}{}",
+                        &id[..8.min(id.len())],
+                        op["error"]
+                            .as_str()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    );
                     all_ok &= state == "succeeded";
                     break;
                 }
@@ -206,25 +257,58 @@ impl Client {
     pub async fn guest(&self, cmd: GuestCmd) -> Result<bool, CliError> {
         use reqwest::Method as M;
         let (v, wait) = match cmd {
-            GuestCmd::Create { template, cpu, memory, count, name, node, pool, ip, password, wait } => {
+            GuestCmd::Create {
+                template,
+                cpu,
+                memory,
+                count,
+                name,
+                node,
+                pool,
+                ip,
+                password,
+                wait,
+            } => {
                 let body = json!({"template": template, "cpus": cpu, "memory_mib": parse_mib(&memory)?, "count": count,
                     "name": name, "node": node, "pool": pool, "ip": ip, "password": password});
                 (self.call(M::POST, "/guests", Some(body)).await?, wait)
             }
             GuestCmd::List => (self.call(M::GET, "/guests", None).await?, false),
-            GuestCmd::Show { guest } => (self.call(M::GET, &format!("/guests/{guest}"), None).await?, false),
-            GuestCmd::Delete { guest, wait } => (self.call(M::DELETE, &format!("/guests/{guest}"), None).await?, wait),
-            GuestCmd::Action { action, guest, wait } => {
-                (self.call(M::POST, &format!("/guests/{guest}/actions/{action}"), None).await?, wait)
-            }
+            GuestCmd::Show { guest } => (
+                self.call(M::GET, &format!("/guests/{guest}"), None).await?,
+                false,
+            ),
+            GuestCmd::Delete { guest, wait } => (
+                self.call(M::DELETE, &format!("/guests/{guest}"), None)
+                    .await?,
+                wait,
+            ),
+            GuestCmd::Action {
+                action,
+                guest,
+                wait,
+            } => (
+                self.call(M::POST, &format!("/guests/{guest}/actions/{action}"), None)
+                    .await?,
+                wait,
+            ),
         };
         if !wait || self.opts.json {
             self.print(&v);
             return Ok(true);
         }
         let ids: Vec<String> = match v.get("operations") {
-            Some(list) => list.as_array().into_iter().flatten().filter_map(|a| a["operation_id"].as_str().map(String::from)).collect(),
-            None => v["operation_id"].as_str().map(String::from).into_iter().collect(),
+            Some(list) => list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["operation_id"].as_str().map(String::from))
+                .collect(),
+            None => v["operation_id"]
+                .as_str()
+                .map(String::from)
+                .into_iter()
+                .collect(),
         };
         self.wait_all(&ids).await
     }
@@ -232,12 +316,26 @@ impl Client {
     pub async fn op(&self, cmd: OpCmd) -> Result<bool, CliError> {
         use reqwest::Method as M;
         let v = match cmd {
-            OpCmd::List { active } => self.call(M::GET, &format!("/operations?active={active}"), None).await?,
-            OpCmd::Show { id } => self.call(M::GET, &format!("/operations/{id}"), None).await?,
-            OpCmd::Cancel { id } => self.call(M::POST, &format!("/operations/{id}/cancel"), None).await?,
+            OpCmd::List { active } => {
+                self.call(M::GET, &format!("/operations?active={active}"), None)
+                    .await?
+            }
+            OpCmd::Show { id } => {
+                self.call(M::GET, &format!("/operations/{id}"), None)
+                    .await?
+            }
+            OpCmd::Cancel { id } => {
+                self.call(M::POST, &format!("/operations/{id}/cancel"), None)
+                    .await?
+            }
             OpCmd::Wait { id, timeout } => {
                 if self.opts.json {
-                    self.call(M::GET, &format!("/operations/{id}/wait?timeout={}", timeout.min(600)), None).await?
+                    self.call(
+                        M::GET,
+                        &format!("/operations/{id}/wait?timeout={}", timeout.min(600)),
+                        None,
+                    )
+                    .await?
                 } else {
                     let _ = timeout;
                     return self.wait_all(&[id]).await;
@@ -264,9 +362,21 @@ impl Client {
     pub async fn pool(&self, cmd: PoolCmd) -> Result<bool, CliError> {
         use reqwest::Method as M;
         let v = match cmd {
-            PoolCmd::Add { name, cidr, start, end, gateway, dns } => {
-                self.call(M::POST, "/ip-pools", Some(json!({"name": name, "cidr": cidr, "range_start": start,
-                    "range_end": end, "gateway": gateway, "dns": dns}))).await?
+            PoolCmd::Add {
+                name,
+                cidr,
+                start,
+                end,
+                gateway,
+                dns,
+            } => {
+                self.call(
+                    M::POST,
+                    "/ip-pools",
+                    Some(json!({"name": name, "cidr": cidr, "range_start": start,
+                    "range_end": end, "gateway": gateway, "dns": dns})),
+                )
+                .await?
             }
             PoolCmd::List => self.call(M::GET, "/ip-pools", None).await?,
         };
@@ -284,7 +394,11 @@ impl Client {
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
-            if self.call(reqwest::Method::GET, "/about", None).await.is_ok() {
+            if self
+                .call(reqwest::Method::GET, "/about", None)
+                .await
+                .is_ok()
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -187,7 +187,10 @@ impl Config {
         env_parse("CORRAL_HYPERVISOR_URI", &mut n.hypervisor_uri)?;
         env_parse("CORRAL_STORAGE_DIR", &mut n.storage_dir)?;
         env_parse("CORRAL_VM_NETWORK_BRIDGE", &mut n.vm_network_bridge)?;
-        env_parse("CORRAL_VM_MANAGE_NETWORK_BRIDGE", &mut n.vm_manage_network_bridge)?;
+        env_parse(
+            "CORRAL_VM_MANAGE_NETWORK_BRIDGE",
+            &mut n.vm_manage_network_bridge,
+        )?;
         env_parse("CORRAL_VNC_LISTEN", &mut n.vnc_listen)?;
         if let Some(v) = env_var("CORRAL_DOMAIN_TYPE") {
             n.domain_type = Some(v);
@@ -210,7 +213,9 @@ impl Config {
             )));
         }
         if c.dispatch_window == 0 {
-            return Err(ConfigError::Invalid("dispatch_window must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "dispatch_window must be at least 1".into(),
+            ));
         }
         if let Some(t) = &self.node.domain_type {
             if t != "kvm" && t != "qemu" {

@@ -74,7 +74,8 @@ pub enum InitError {
 
 /// SHA-512 crypt of a password for `/etc/shadow`.
 pub fn crypt_password(password: &str) -> Result<String, InitError> {
-    let params = sha_crypt::Sha512Params::new(5000).map_err(|e| InitError::Hash(format!("{e:?}")))?;
+    let params =
+        sha_crypt::Sha512Params::new(5000).map_err(|e| InitError::Hash(format!("{e:?}")))?;
     sha_crypt::sha512_simple(password, &params).map_err(|e| InitError::Hash(format!("{e:?}")))
 }
 
@@ -130,7 +131,9 @@ pub async fn write_seed_iso(docs: &SeedDocs, path: &Path) -> Result<(), InitErro
     let out = out?;
     if !out.status.success() {
         let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(InitError::Iso(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(InitError::Iso(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     tokio::fs::rename(&tmp, path).await?;
     Ok(())
@@ -171,13 +174,9 @@ mod tests {
     fn seed_documents_match_golden_files() {
         let r = Renderer::new(None).unwrap();
         let docs = render_seed(&r, &plan()).unwrap();
-        let golden = |name: &str| {
-            std::fs::read_to_string(format!("tests/golden/{name}"))
-                .unwrap_or_else(|e| panic!("golden {name}: {e}"))
-        };
-        assert_eq!(docs.meta_data, golden("meta-data"));
-        assert_eq!(docs.user_data, golden("user-data"));
-        assert_eq!(docs.network_config.unwrap(), golden("network-config"));
+        crate::render::golden("meta-data", &docs.meta_data);
+        crate::render::golden("user-data", &docs.user_data);
+        crate::render::golden("network-config", &docs.network_config.unwrap());
     }
 
     #[test]

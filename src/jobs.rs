@@ -82,7 +82,11 @@ mod tests {
         assert!(c.get("guest.create").is_some());
         for k in c.kinds() {
             assert!(!k.steps.is_empty(), "{} has no steps", k.kind);
-            assert!(k.steps.iter().all(|s| s.weight > 0), "{}: zero weight", k.kind);
+            assert!(
+                k.steps.iter().all(|s| s.weight > 0),
+                "{}: zero weight",
+                k.kind
+            );
         }
     }
 }

@@ -10,7 +10,11 @@ use corral::cli::{self, Client, ClientOpts};
 use corral::config::Config;
 
 #[derive(Parser)]
-#[command(name = "corral", version, about = "A lightweight private cloud for KVM")]
+#[command(
+    name = "corral",
+    version,
+    about = "A lightweight private cloud for KVM"
+)]
 struct Cli {
     /// TOML config file ([controller] and [node] tables); CORRAL_* variables override it.
     #[arg(long, short, env = "CORRAL_CONFIG", global = true)]
@@ -52,15 +56,20 @@ enum Cmd {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_redis=warn,poem=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_redis=warn,poem=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
@@ -71,7 +80,9 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 }
 
 async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
 }
 
 #[tokio::main]
@@ -94,8 +105,14 @@ async fn main() -> anyhow::Result<()> {
                 corral::up::ensure_bridge(&cfg.node.vm_network_bridge).await;
             }
             let listener = bind(cfg.controller.listen).await?;
-            println!("corral API on http://{}/api/v1 (Swagger UI: /docs, health: /healthz)", listener.local_addr()?);
-            println!("admin token file: {}", cfg.controller.data_dir.join("admin.token").display());
+            println!(
+                "corral API on http://{}/api/v1 (Swagger UI: /docs, health: /healthz)",
+                listener.local_addr()?
+            );
+            println!(
+                "admin token file: {}",
+                cfg.controller.data_dir.join("admin.token").display()
+            );
             let stop = shutdown_signal();
             let node = tokio::spawn(corral::node::run(cfg.node.clone(), stop.clone()));
             corral::controller::run(cfg.controller, listener, stop, None).await?;

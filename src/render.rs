@@ -52,6 +52,15 @@ impl Renderer {
     pub fn new(override_dir: Option<&Path>) -> Result<Self, RenderError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Files end with a newline, as every tool reading them expects.
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+            .map_err(|source| RenderError::Template {
+                name: "syntax".into(),
+                source,
+            })?;
+        env.set_syntax(syntax);
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".xml") {
                 AutoEscape::Html
@@ -87,4 +96,77 @@ impl Renderer {
 /// A serde value as a template value.
 pub fn val<T: Serialize>(t: T) -> minijinja::Value {
     minijinja::Value::from(minijinja::value::Serde(t))
+}
+
+/// Compares rendered text with `tests/golden/<name>`; `CORRAL_BLESS=1` rewrites the file.
+#[cfg(test)]
+pub fn golden(name: &str, actual: &str) {
+    let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("CORRAL_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("golden {path}: {e}"));
+    assert_eq!(actual, expected, "rendered {name} differs from {path}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DomainSpec;
+
+    fn spec(windows: bool) -> DomainSpec {
+        DomainSpec {
+            guest_id: "6f1c2a8e-0000-4000-8000-000000000001".into(),
+            name: "web-1".into(),
+            cpus: 2,
+            memory_mib: 512,
+            windows,
+            disk_path: "/var/lib/corral/images/g.qcow2".into(),
+            seed_path: "/var/lib/corral/images/g-seed.iso".into(),
+            mac: "52:54:00:12:34:56".into(),
+            bridge: "corral0".into(),
+            vnc_port: 5901,
+            vnc_password: "pa<ss>&\"'".into(),
+        }
+    }
+
+    fn domain(spec: &DomainSpec, domain_type: &str) -> String {
+        Renderer::new(None)
+            .unwrap()
+            .render(
+                "domain.xml",
+                minijinja::context! {
+                    spec => val(spec), domain_type => domain_type, machine => "pc",
+                    vnc_listen => "127.0.0.1", tcg_cache_mib => 32, emulator => None::<String>,
+                },
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn kvm_linux_domain_matches_golden() {
+        let xml = domain(&spec(false), "kvm");
+        assert!(xml.contains("host-passthrough") && xml.contains("offset='utc'"));
+        golden("domain-kvm-linux.xml", &xml);
+    }
+
+    #[test]
+    fn tcg_windows_domain_matches_golden() {
+        let xml = domain(&spec(true), "qemu");
+        // TCG rejects host-passthrough; Windows keeps local time (S38, S55).
+        assert!(!xml.contains("host-passthrough"));
+        assert!(xml.contains("offset='localtime'") && xml.contains("<tb-cache"));
+        assert!(xml.contains("pa&lt;ss&gt;&amp;"), "secrets are escaped");
+        golden("domain-tcg-windows.xml", &xml);
+    }
+
+    #[test]
+    fn strict_mode_rejects_missing_variables() {
+        let r = Renderer::new(None).unwrap();
+        let err = r.render(
+            "domain.xml",
+            minijinja::context! { spec => val(spec(false)) },
+        );
+        assert!(err.is_err());
+    }
 }

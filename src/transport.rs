@@ -86,7 +86,10 @@ impl Queues {
 }
 
 /// Appends one event to the stream (node side).
-pub async fn publish(conn: &mut ConnectionManager, event: &NodeEvent) -> Result<(), TransportError> {
+pub async fn publish(
+    conn: &mut ConnectionManager,
+    event: &NodeEvent,
+) -> Result<(), TransportError> {
     let body = serde_json::to_string(event)?;
     redis::cmd("XADD")
         .arg(EVENT_STREAM)
@@ -132,11 +135,17 @@ pub async fn read_group(
     block: Duration,
 ) -> Result<Vec<StreamEntry>, TransportError> {
     let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP").arg(CONTROLLER_GROUP).arg(consumer).arg("COUNT").arg(count);
+    cmd.arg("GROUP")
+        .arg(CONTROLLER_GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
     if !pending {
         cmd.arg("BLOCK").arg(block.as_millis() as u64);
     }
-    cmd.arg("STREAMS").arg(EVENT_STREAM).arg(if pending { "0" } else { ">" });
+    cmd.arg("STREAMS")
+        .arg(EVENT_STREAM)
+        .arg(if pending { "0" } else { ">" });
     // A BLOCK that times out answers nil.
     let Some(reply): Option<redis::streams::StreamReadReply> = cmd.query_async(conn).await? else {
         return Ok(Vec::new());

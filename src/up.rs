@@ -20,7 +20,10 @@ async fn redis_answers(url: &str) -> bool {
         let mut c = client.get_multiplexed_async_connection().await?;
         redis::cmd("PING").query_async::<String>(&mut c).await
     };
-    matches!(tokio::time::timeout(Duration::from_secs(2), probe).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Makes sure a Redis answers at `url`; starts a private one (port from the URL) in
@@ -29,16 +32,33 @@ pub async fn ensure_redis(url: &str, data_dir: &Path) -> Result<Option<Child>, U
     if redis_answers(url).await {
         return Ok(None);
     }
-    let err = |why: String| UpError::Redis { url: url.into(), why };
+    let err = |why: String| UpError::Redis {
+        url: url.into(),
+        why,
+    };
     let port = url
         .rsplit(':')
         .next()
-        .and_then(|p| p.trim_end_matches('/').split('/').next().and_then(|p| p.parse::<u16>().ok()))
+        .and_then(|p| {
+            p.trim_end_matches('/')
+                .split('/')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
         .unwrap_or(6379);
     let dir = data_dir.join("redis");
     std::fs::create_dir_all(&dir).map_err(|e| err(e.to_string()))?;
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ])
         .arg("--dir")
         .arg(&dir)
         .stdout(Stdio::null())
@@ -47,7 +67,10 @@ pub async fn ensure_redis(url: &str, data_dir: &Path) -> Result<Option<Child>, U
         .map_err(|e| err(format!("{e} (apt-get install redis-server)")))?;
     for _ in 0..50 {
         if redis_answers(url).await {
-            println!("started redis-server on port {port} (data in {})", dir.display());
+            println!(
+                "started redis-server on port {port} (data in {})",
+                dir.display()
+            );
             return Ok(Some(child));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -58,14 +81,27 @@ pub async fn ensure_redis(url: &str, data_dir: &Path) -> Result<Option<Child>, U
 /// Creates the guests' bridge when it is missing (a fresh machine has none), so the first
 /// guest can start. Failure is reported, not fatal: the operator may manage bridges.
 pub async fn ensure_bridge(name: &str) {
-    let exists = Command::new("ip").args(["link", "show", name]).stdout(Stdio::null()).stderr(Stdio::null()).status().await;
+    let exists = Command::new("ip")
+        .args(["link", "show", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
     if matches!(exists, Ok(s) if s.success()) {
         return;
     }
-    let made = Command::new("ip").args(["link", "add", name, "type", "bridge"]).status().await;
-    let up = Command::new("ip").args(["link", "set", name, "up"]).status().await;
+    let made = Command::new("ip")
+        .args(["link", "add", name, "type", "bridge"])
+        .status()
+        .await;
+    let up = Command::new("ip")
+        .args(["link", "set", name, "up"])
+        .status()
+        .await;
     match (made, up) {
         (Ok(a), Ok(b)) if a.success() && b.success() => println!("created bridge {name}"),
-        _ => eprintln!("warning: bridge {name} is missing and could not be created; guests need it"),
+        _ => {
+            eprintln!("warning: bridge {name} is missing and could not be created; guests need it")
+        }
     }
 }

@@ -51,8 +51,14 @@ impl PoolRange {
             why,
         };
         let net: Ipv4Net = p.cidr.parse().map_err(|e| bad(format!("cidr: {e}")))?;
-        let start: Ipv4Addr = p.range_start.parse().map_err(|e| bad(format!("range_start: {e}")))?;
-        let end: Ipv4Addr = p.range_end.parse().map_err(|e| bad(format!("range_end: {e}")))?;
+        let start: Ipv4Addr = p
+            .range_start
+            .parse()
+            .map_err(|e| bad(format!("range_start: {e}")))?;
+        let end: Ipv4Addr = p
+            .range_end
+            .parse()
+            .map_err(|e| bad(format!("range_end: {e}")))?;
         let gateway = match &p.gateway {
             Some(g) => Some(g.parse().map_err(|e| bad(format!("gateway: {e}")))?),
             None => None,
@@ -85,7 +91,12 @@ async fn taken_in(tx: &mut Tx<'_>, pool_id: &str) -> Result<HashSet<Ipv4Addr>, A
     Ok(rows.into_iter().filter_map(|r| r.0.parse().ok()).collect())
 }
 
-async fn lease_ip(tx: &mut Tx<'_>, ip: Ipv4Addr, pool: &str, guest: &str) -> Result<(), AllocError> {
+async fn lease_ip(
+    tx: &mut Tx<'_>,
+    ip: Ipv4Addr,
+    pool: &str,
+    guest: &str,
+) -> Result<(), AllocError> {
     let r = sqlx::query("INSERT INTO ip_leases (ip, pool_id, guest_id) VALUES (?, ?, ?)")
         .bind(ip.to_string())
         .bind(pool)
@@ -94,7 +105,9 @@ async fn lease_ip(tx: &mut Tx<'_>, ip: Ipv4Addr, pool: &str, guest: &str) -> Res
         .await;
     match r {
         Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(AllocError::IpInUse(ip.to_string())),
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+            Err(AllocError::IpInUse(ip.to_string()))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -108,7 +121,9 @@ pub async fn allocate_ip(
     guest: &str,
 ) -> Result<(PoolRow, Ipv4Addr), AllocError> {
     if let Some(req) = requested {
-        let ip: Ipv4Addr = req.parse().map_err(|_| AllocError::NotInPool(req.to_string()))?;
+        let ip: Ipv4Addr = req
+            .parse()
+            .map_err(|_| AllocError::NotInPool(req.to_string()))?;
         for p in pools {
             if PoolRange::parse(p)?.contains(ip) {
                 lease_ip(tx, ip, &p.id, guest).await?;
@@ -229,7 +244,10 @@ mod tests {
         assert_eq!(r.first_free(&taken), Some("192.0.2.4".parse().unwrap()));
         taken.insert("192.0.2.4".parse().unwrap());
         assert_eq!(r.first_free(&taken), None);
-        assert!(!r.contains("192.0.2.1".parse().unwrap()), "gateway is never allocatable");
+        assert!(
+            !r.contains("192.0.2.1".parse().unwrap()),
+            "gateway is never allocatable"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 
 use std::path::PathBuf;
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -40,7 +42,11 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -53,7 +59,9 @@ pub async fn issue_token(store: &Store, user: &UserRow) -> Result<String, AuthEr
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     let token = format!("crl_{}", hex::encode(bytes));
-    store.insert_token(&token_digest(&token), &user.id, now_ms()).await?;
+    store
+        .insert_token(&token_digest(&token), &user.id, now_ms())
+        .await?;
     Ok(token)
 }
 

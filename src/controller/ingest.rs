@@ -54,9 +54,21 @@ impl Ingest {
         }
     }
 
-    async fn drain(&self, conn: &mut ConnectionManager, pending: bool) -> Result<(), TransportError> {
+    async fn drain(
+        &self,
+        conn: &mut ConnectionManager,
+        pending: bool,
+    ) -> Result<(), TransportError> {
         loop {
-            let entries = match transport::read_group(conn, &self.consumer, pending, 256, Duration::from_secs(1)).await {
+            let entries = match transport::read_group(
+                conn,
+                &self.consumer,
+                pending,
+                256,
+                Duration::from_secs(1),
+            )
+            .await
+            {
                 Ok(e) => e,
                 Err(TransportError::Redis(e)) if e.code() == Some("NOGROUP") => {
                     transport::ensure_group(conn).await?;
@@ -91,7 +103,11 @@ impl Ingest {
 
     async fn handle(&self, ev: NodeEvent) -> Result<(), HandleError> {
         match ev {
-            NodeEvent::Heartbeat { node_id, facts, at_ms } => {
+            NodeEvent::Heartbeat {
+                node_id,
+                facts,
+                at_ms,
+            } => {
                 self.store.heartbeat(&node_id, &facts, at_ms).await?;
             }
             NodeEvent::StepStarted { .. } => {}
@@ -112,10 +128,17 @@ impl Ingest {
                     self.waker.wake(&op_id);
                 }
             }
-            NodeEvent::DomainState { node_id, guest_id, state, .. } => {
+            NodeEvent::DomainState {
+                node_id,
+                guest_id,
+                state,
+                ..
+            } => {
                 self.observe(&node_id, &[(guest_id, state)]).await?;
             }
-            NodeEvent::Inventory { node_id, domains, .. } => {
+            NodeEvent::Inventory {
+                node_id, domains, ..
+            } => {
                 let seen: Vec<(String, String)> =
                     domains.into_iter().map(|d| (d.guest_id, d.state)).collect();
                 self.observe(&node_id, &seen).await?;
@@ -135,7 +158,9 @@ impl Ingest {
                     .bind(node)
                     .fetch_optional(&mut *tx)
                     .await?;
-            let Some((current, _lock)) = row else { continue };
+            let Some((current, _lock)) = row else {
+                continue;
+            };
             if current == *state || OP_OWNED_STATES.contains(&current.as_str()) {
                 continue;
             }
@@ -145,8 +170,13 @@ impl Ingest {
                 .bind(guest)
                 .execute(&mut *tx)
                 .await?;
-            events::append(&mut tx, "guest.state", guest, &serde_json::json!({"guest_id": guest, "state": state}))
-                .await?;
+            events::append(
+                &mut tx,
+                "guest.state",
+                guest,
+                &serde_json::json!({"guest_id": guest, "state": state}),
+            )
+            .await?;
         }
         self.store.commit(tx).await
     }
@@ -169,13 +199,21 @@ impl Ingest {
         }
         let mut tx = self.store.begin().await?;
         for (g, s) in &missing {
-            sqlx::query("UPDATE guests SET state = ?, updated_at = ? WHERE id = ? AND lock_op IS NULL")
-                .bind(s)
-                .bind(now_ms())
-                .bind(g)
-                .execute(&mut *tx)
-                .await?;
-            events::append(&mut tx, "guest.state", g, &serde_json::json!({"guest_id": g, "state": s})).await?;
+            sqlx::query(
+                "UPDATE guests SET state = ?, updated_at = ? WHERE id = ? AND lock_op IS NULL",
+            )
+            .bind(s)
+            .bind(now_ms())
+            .bind(g)
+            .execute(&mut *tx)
+            .await?;
+            events::append(
+                &mut tx,
+                "guest.state",
+                g,
+                &serde_json::json!({"guest_id": g, "state": s}),
+            )
+            .await?;
         }
         self.store.commit(tx).await
     }
@@ -190,7 +228,11 @@ enum HandleError {
 }
 
 /// Liveness: nodes silent for longer than the timeout go offline, their guests "unknown".
-pub async fn liveness(store: Store, timeout: Duration, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn liveness(
+    store: Store,
+    timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

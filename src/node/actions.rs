@@ -50,8 +50,14 @@ fn ok(state: Option<DomState>) -> StepOutcome {
 pub fn outcome(r: Result<StepOutcome, ActionError>) -> StepOutcome {
     match r {
         Ok(o) => o,
-        Err(ActionError::Permanent(error)) => StepOutcome::Failed { error, permanent: true },
-        Err(ActionError::Transient(error)) => StepOutcome::Failed { error, permanent: false },
+        Err(ActionError::Permanent(error)) => StepOutcome::Failed {
+            error,
+            permanent: true,
+        },
+        Err(ActionError::Transient(error)) => StepOutcome::Failed {
+            error,
+            permanent: false,
+        },
     }
 }
 
@@ -76,7 +82,10 @@ pub async fn run(
     action: &NodeAction,
 ) -> Result<StepOutcome, ActionError> {
     match action {
-        NodeAction::CreateDisk { path, template_path } => {
+        NodeAction::CreateDisk {
+            path,
+            template_path,
+        } => {
             inside(&s.storage_dir, path)?;
             create_disk(path, template_path).await?;
             Ok(ok(None))
@@ -92,7 +101,8 @@ pub async fn run(
         NodeAction::BuildSeed { path, plan } => {
             inside(&s.storage_dir, path)?;
             if !Path::new(path).exists() {
-                let docs = render_seed(renderer, plan).map_err(|e| ActionError::Permanent(e.to_string()))?;
+                let docs = render_seed(renderer, plan)
+                    .map_err(|e| ActionError::Permanent(e.to_string()))?;
                 write_seed_iso(&docs, Path::new(path))
                     .await
                     .map_err(|e| ActionError::Transient(e.to_string()))?;
@@ -114,7 +124,9 @@ pub async fn run(
                 )
                 .map_err(|e| ActionError::Permanent(e.to_string()))?;
             if hv.state(&spec.guest_id).await?.is_none() {
-                hv.define(&xml).await.map_err(|e| ActionError::Permanent(e.to_string()))?;
+                hv.define(&xml)
+                    .await
+                    .map_err(|e| ActionError::Permanent(e.to_string()))?;
             }
             let live = hv.xml(&spec.guest_id).await?;
             Ok(StepOutcome::Ok {
@@ -138,7 +150,10 @@ pub async fn run(
             match require(hv, guest_id).await? {
                 DomState::Running => {}
                 DomState::Paused => hv.resume(guest_id).await?,
-                _ => hv.start(guest_id).await.map_err(|e| ActionError::Permanent(e.to_string()))?,
+                _ => hv
+                    .start(guest_id)
+                    .await
+                    .map_err(|e| ActionError::Permanent(e.to_string()))?,
             }
             Ok(ok(hv.state(guest_id).await?))
         }
@@ -150,7 +165,10 @@ pub async fn run(
             let st = hv.state(guest_id).await?;
             Ok(ok(st))
         }
-        NodeAction::Shutdown { guest_id, timeout_secs } => {
+        NodeAction::Shutdown {
+            guest_id,
+            timeout_secs,
+        } => {
             if require(hv, guest_id).await? == DomState::Shutoff {
                 return Ok(ok(Some(DomState::Shutoff)));
             }
@@ -184,7 +202,12 @@ pub async fn run(
             match require(hv, guest_id).await? {
                 DomState::Paused => {}
                 DomState::Running => hv.suspend(guest_id).await?,
-                other => return Err(ActionError::Permanent(format!("cannot suspend a guest that is {}", other.as_str()))),
+                other => {
+                    return Err(ActionError::Permanent(format!(
+                        "cannot suspend a guest that is {}",
+                        other.as_str()
+                    )))
+                }
             }
             Ok(ok(hv.state(guest_id).await?))
         }
@@ -192,7 +215,12 @@ pub async fn run(
             match require(hv, guest_id).await? {
                 DomState::Running => {}
                 DomState::Paused => hv.resume(guest_id).await?,
-                other => return Err(ActionError::Permanent(format!("cannot resume a guest that is {}", other.as_str()))),
+                other => {
+                    return Err(ActionError::Permanent(format!(
+                        "cannot resume a guest that is {}",
+                        other.as_str()
+                    )))
+                }
             }
             Ok(ok(hv.state(guest_id).await?))
         }
@@ -216,7 +244,9 @@ fn ignore_gone(r: Result<(), HvError>) -> Result<(), ActionError> {
 /// template's size.
 async fn create_disk(path: &str, template: &str) -> Result<(), ActionError> {
     if !Path::new(template).exists() {
-        return Err(ActionError::Permanent(format!("template image {template} does not exist on this node")));
+        return Err(ActionError::Permanent(format!(
+            "template image {template} does not exist on this node"
+        )));
     }
     if Path::new(path).exists() {
         let info = tokio::process::Command::new("qemu-img")
@@ -228,7 +258,9 @@ async fn create_disk(path: &str, template: &str) -> Result<(), ActionError> {
         if v.get("backing-filename").and_then(|b| b.as_str()) == Some(template) {
             return Ok(());
         }
-        return Err(ActionError::Permanent(format!("{path} exists and is not a clone of {template}")));
+        return Err(ActionError::Permanent(format!(
+            "{path} exists and is not a clone of {template}"
+        )));
     }
     if let Some(dir) = Path::new(path).parent() {
         tokio::fs::create_dir_all(dir)
@@ -237,7 +269,9 @@ async fn create_disk(path: &str, template: &str) -> Result<(), ActionError> {
     }
     let tmp = format!("{path}.tmp");
     let out = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", template, &tmp])
+        .args([
+            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", template, &tmp,
+        ])
         .output()
         .await
         .map_err(|e| ActionError::Transient(format!("qemu-img: {e}")))?;
@@ -252,4 +286,3 @@ async fn create_disk(path: &str, template: &str) -> Result<(), ActionError> {
         .await
         .map_err(|e| ActionError::Transient(format!("renaming {tmp}: {e}")))
 }
-

@@ -55,12 +55,18 @@ pub async fn collect(cfg: &NodeConfig, domain_type: &str, hv: &dyn Hypervisor) -
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
         .unwrap_or(0.0);
-    let hv_version = hv.versions().await.map(|(l, h)| format!("libvirt {l}, hypervisor {h}")).unwrap_or_default();
+    let hv_version = hv
+        .versions()
+        .await
+        .map(|(l, h)| format!("libvirt {l}, hypervisor {h}"))
+        .unwrap_or_default();
     NodeFacts {
         hostname,
         address: cfg.vnc_listen.clone(),
         domain_type: domain_type.into(),
-        cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
         memory_mib: meminfo("MemTotal:"),
         free_memory_mib: meminfo("MemAvailable:"),
         load1,

@@ -164,7 +164,8 @@ impl Hypervisor for Libvirt {
     }
     async fn define(&self, xml: &str) -> Result<(), HvError> {
         let xml = xml.to_string();
-        self.with(move |c| c.define_domain_xml(&xml).map(|_| ()).map_err(Into::into)).await
+        self.with(move |c| c.define_domain_xml(&xml).map(|_| ()).map_err(Into::into))
+            .await
     }
     async fn undefine(&self, uuid: &str) -> Result<(), HvError> {
         self.on_domain(uuid, |d| {
@@ -177,34 +178,43 @@ impl Hypervisor for Libvirt {
         .await
     }
     async fn start(&self, uuid: &str) -> Result<(), HvError> {
-        self.on_domain(uuid, |d| d.create().map(|_| ()).map_err(Into::into)).await
+        self.on_domain(uuid, |d| d.create().map(|_| ()).map_err(Into::into))
+            .await
     }
     async fn destroy(&self, uuid: &str) -> Result<(), HvError> {
-        self.on_domain(uuid, |d| d.destroy().map_err(Into::into)).await
+        self.on_domain(uuid, |d| d.destroy().map_err(Into::into))
+            .await
     }
     async fn shutdown(&self, uuid: &str) -> Result<(), HvError> {
-        self.on_domain(uuid, |d| d.shutdown().map(|_| ()).map_err(Into::into)).await
+        self.on_domain(uuid, |d| d.shutdown().map(|_| ()).map_err(Into::into))
+            .await
     }
     async fn reboot(&self, uuid: &str) -> Result<(), HvError> {
-        self.on_domain(uuid, |d| d.reboot(0).map_err(Into::into)).await
+        self.on_domain(uuid, |d| d.reboot(0).map_err(Into::into))
+            .await
     }
     async fn reset(&self, uuid: &str) -> Result<(), HvError> {
-        self.on_domain(uuid, |d| d.reset().map(|_| ()).map_err(Into::into)).await
+        self.on_domain(uuid, |d| d.reset().map(|_| ()).map_err(Into::into))
+            .await
     }
     async fn suspend(&self, uuid: &str) -> Result<(), HvError> {
-        self.on_domain(uuid, |d| d.suspend().map(|_| ()).map_err(Into::into)).await
+        self.on_domain(uuid, |d| d.suspend().map(|_| ()).map_err(Into::into))
+            .await
     }
     async fn resume(&self, uuid: &str) -> Result<(), HvError> {
-        self.on_domain(uuid, |d| d.resume().map(|_| ()).map_err(Into::into)).await
+        self.on_domain(uuid, |d| d.resume().map(|_| ()).map_err(Into::into))
+            .await
     }
     async fn xml(&self, uuid: &str) -> Result<String, HvError> {
-        self.on_domain(uuid, |d| d.xml_desc(0).map_err(Into::into)).await
+        self.on_domain(uuid, |d| d.xml_desc(0).map_err(Into::into))
+            .await
     }
     async fn list(&self) -> Result<Vec<DomEntry>, HvError> {
         self.with(|c| {
             let mut out = Vec::new();
             for d in c.list_all_domains(0)? {
-                let (Ok(uuid), Ok(name), Ok((state, _))) = (d.uuid_string(), d.name(), d.state()) else {
+                let (Ok(uuid), Ok(name), Ok((state, _))) = (d.uuid_string(), d.name(), d.state())
+                else {
                     continue; // vanished while listing
                 };
                 out.push(DomEntry {
@@ -234,9 +244,18 @@ pub struct Fake {
 }
 
 impl Fake {
-    fn with_dom<T>(&self, uuid: &str, f: impl FnOnce(&mut (String, DomState)) -> T) -> Result<T, HvError> {
-        let mut m = self.domains.lock().map_err(|e| HvError::Join(e.to_string()))?;
-        m.get_mut(uuid).map(f).ok_or_else(|| HvError::NoDomain(uuid.into()))
+    fn with_dom<T>(
+        &self,
+        uuid: &str,
+        f: impl FnOnce(&mut (String, DomState)) -> T,
+    ) -> Result<T, HvError> {
+        let mut m = self
+            .domains
+            .lock()
+            .map_err(|e| HvError::Join(e.to_string()))?;
+        m.get_mut(uuid)
+            .map(f)
+            .ok_or_else(|| HvError::NoDomain(uuid.into()))
     }
     fn set(&self, uuid: &str, s: DomState) -> Result<(), HvError> {
         self.with_dom(uuid, |d| d.1 = s)
@@ -261,13 +280,22 @@ impl Hypervisor for Fake {
     }
     async fn define(&self, xml: &str) -> Result<(), HvError> {
         let uuid = xml_field(xml, "uuid").ok_or_else(|| HvError::Libvirt("no uuid".into()))?;
-        let mut m = self.domains.lock().map_err(|e| HvError::Join(e.to_string()))?;
-        m.entry(uuid).or_insert_with(|| (xml.to_string(), DomState::Shutoff));
+        let mut m = self
+            .domains
+            .lock()
+            .map_err(|e| HvError::Join(e.to_string()))?;
+        m.entry(uuid)
+            .or_insert_with(|| (xml.to_string(), DomState::Shutoff));
         Ok(())
     }
     async fn undefine(&self, uuid: &str) -> Result<(), HvError> {
-        let mut m = self.domains.lock().map_err(|e| HvError::Join(e.to_string()))?;
-        m.remove(uuid).map(|_| ()).ok_or_else(|| HvError::NoDomain(uuid.into()))
+        let mut m = self
+            .domains
+            .lock()
+            .map_err(|e| HvError::Join(e.to_string()))?;
+        m.remove(uuid)
+            .map(|_| ())
+            .ok_or_else(|| HvError::NoDomain(uuid.into()))
     }
     async fn start(&self, uuid: &str) -> Result<(), HvError> {
         self.set(uuid, DomState::Running)
@@ -294,7 +322,10 @@ impl Hypervisor for Fake {
         self.with_dom(uuid, |d| d.0.clone())
     }
     async fn list(&self) -> Result<Vec<DomEntry>, HvError> {
-        let m = self.domains.lock().map_err(|e| HvError::Join(e.to_string()))?;
+        let m = self
+            .domains
+            .lock()
+            .map_err(|e| HvError::Join(e.to_string()))?;
         Ok(m.iter()
             .map(|(u, (x, s))| DomEntry {
                 uuid: u.clone(),

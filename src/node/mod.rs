@@ -93,7 +93,11 @@ impl Publisher {
     }
 
     /// Publishes, retrying for up to `patience`; a result must not be dropped lightly.
-    pub async fn publish_patiently(&self, ev: &NodeEvent, patience: Duration) -> Result<(), transport::TransportError> {
+    pub async fn publish_patiently(
+        &self,
+        ev: &NodeEvent,
+        patience: Duration,
+    ) -> Result<(), transport::TransportError> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             match self.publish(ev).await {
@@ -120,7 +124,9 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
         undo: job.undo,
     };
     let _ = ctx.publisher.publish(&started).await;
-    let outcome = actions::outcome(actions::run(ctx.hv.as_ref(), &ctx.renderer, &ctx.settings, &job.action).await);
+    let outcome = actions::outcome(
+        actions::run(ctx.hv.as_ref(), &ctx.renderer, &ctx.settings, &job.action).await,
+    );
     if let StepOutcome::Failed { error, .. } = &outcome {
         tracing::warn!(op = %job.op_id, step = job.step, undo = job.undo, "job failed: {error}");
     }
@@ -179,12 +185,19 @@ async fn queue_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
     loop {
         ctx.set_worker("queue", "connecting");
         let session = async {
-            let conn = transport::connect(&ctx.cfg.redis_url).await.map_err(|e| e.to_string())?;
+            let conn = transport::connect(&ctx.cfg.redis_url)
+                .await
+                .map_err(|e| e.to_string())?;
             let backend = RedisStorage::<NodeJob>::new(conn)
                 .with_config(transport::queue_config(&ctx.node_id))
                 .poll_with_interval(Duration::from_millis(200));
             // A unique name per run: apalis refuses a name still marked alive in Redis.
-            let name = format!("{}-{}-{}", ctx.node_id, std::process::id(), &crate::model::new_id()[..8]);
+            let name = format!(
+                "{}-{}-{}",
+                ctx.node_id,
+                std::process::id(),
+                &crate::model::new_id()[..8]
+            );
             let worker = WorkerBuilder::new(name)
                 .backend(backend)
                 .data(ctx.clone())
@@ -277,7 +290,11 @@ async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
                 domains: doms
                     .iter()
                     .filter(|d| !ignored(&d.name))
-                    .map(|d| DomainInfo { guest_id: d.uuid.clone(), name: d.name.clone(), state: d.state.as_str().into() })
+                    .map(|d| DomainInfo {
+                        guest_id: d.uuid.clone(),
+                        name: d.name.clone(),
+                        state: d.state.as_str().into(),
+                    })
                     .collect(),
                 at_ms: now,
             };

@@ -17,7 +17,12 @@ pub struct Auth(pub UserRow);
 
 async fn check_token(req: &Request, bearer: Bearer) -> Option<UserRow> {
     let state = req.data::<AppState>()?;
-    state.store.user_by_token(&token_digest(&bearer.token)).await.ok().flatten()
+    state
+        .store
+        .user_by_token(&token_digest(&bearer.token))
+        .await
+        .ok()
+        .flatten()
 }
 
 #[derive(Debug, Object)]
@@ -39,7 +44,11 @@ pub struct AuthApi;
 impl AuthApi {
     /// Exchange a username and password for an API token.
     #[oai(path = "/auth/login", method = "post", operation_id = "auth_login")]
-    async fn login(&self, state: poem::web::Data<&AppState>, body: Json<LoginRequest>) -> ApiResult<Json<LoginResponse>> {
+    async fn login(
+        &self,
+        state: poem::web::Data<&AppState>,
+        body: Json<LoginRequest>,
+    ) -> ApiResult<Json<LoginResponse>> {
         let user = state.store.user_by_name(&body.username).await?;
         let Some(user) = user.filter(|u| verify_password(&body.password, &u.password_hash)) else {
             return Err(Error::Unauthorized.into());

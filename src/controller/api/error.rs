@@ -46,7 +46,10 @@ pub enum Error {
 
 impl Error {
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
-        Error::NotFound { what, id: id.into() }
+        Error::NotFound {
+            what,
+            id: id.into(),
+        }
     }
 
     /// The one status mapping.
@@ -166,7 +169,9 @@ pub async fn normalize(resp: Response) -> Response {
     }
     let (_, body) = resp.into_parts();
     let text = body.into_string().await.unwrap_or_default();
-    let message = if text.trim().is_empty() {
+    let message = if status == StatusCode::UNAUTHORIZED {
+        Error::Unauthorized.to_string()
+    } else if text.trim().is_empty() {
         status.canonical_reason().unwrap_or("error").to_string()
     } else {
         text.trim().to_string()
@@ -199,7 +204,11 @@ mod tests {
             ),
             (Error::Unprocessable("x".into()), 422, "unprocessable"),
             (Error::Unavailable("redis".into()), 503, "unavailable"),
-            (Error::Store(StoreError::Db(sqlx::Error::RowNotFound)), 500, "internal"),
+            (
+                Error::Store(StoreError::Db(sqlx::Error::RowNotFound)),
+                500,
+                "internal",
+            ),
         ];
         for (e, status, code) in cases {
             assert_eq!(e.status().as_u16(), status, "{e}");

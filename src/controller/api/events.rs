@@ -42,10 +42,9 @@ impl EventApi {
         after: Query<Option<i64>>,
     ) -> ApiResult<EventStream<BoxStream<'static, EventItem>>> {
         let start = match (last_event_id.0, after.0) {
-            (Some(h), _) => h
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| Error::BadRequest(format!("Last-Event-ID {h:?} is not a sequence number")))?,
+            (Some(h), _) => h.trim().parse::<i64>().map_err(|_| {
+                Error::BadRequest(format!("Last-Event-ID {h:?} is not a sequence number"))
+            })?,
             (None, Some(a)) => a,
             (None, None) => state.store.last_event_seq().await?,
         };
@@ -64,7 +63,8 @@ impl EventApi {
                                 at: rfc3339(r.at),
                                 kind: r.kind,
                                 subject: r.subject,
-                                data: serde_json::from_str(&r.data).unwrap_or(serde_json::Value::Null),
+                                data: serde_json::from_str(&r.data)
+                                    .unwrap_or(serde_json::Value::Null),
                             })
                             .collect();
                         return Some((futures::stream::iter(items), (store, cursor)));

@@ -153,7 +153,8 @@ pub fn valid_name(s: &str) -> bool {
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn op_location(id: &str) -> String {
@@ -166,7 +167,12 @@ pub struct GuestApi;
 impl GuestApi {
     /// Create one or more guests. Answers at once with one operation per guest.
     #[oai(path = "/guests", method = "post", operation_id = "guest_create")]
-    async fn create(&self, auth: Auth, state: Data<&AppState>, body: Json<CreateGuest>) -> ApiResult<CreateResponse> {
+    async fn create(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        body: Json<CreateGuest>,
+    ) -> ApiResult<CreateResponse> {
         let req = body.0;
         let count = req.count.unwrap_or(1);
         if !(1..=100).contains(&count) {
@@ -192,18 +198,17 @@ impl GuestApi {
         }
         if let Some(n) = &req.node {
             if state.store.node(n).await?.is_none() {
-                return Err(Error::Unprocessable(format!("unknown node {n:?}: see GET /api/v1/nodes")).into());
+                return Err(Error::Unprocessable(format!(
+                    "unknown node {n:?}: see GET /api/v1/nodes"
+                ))
+                .into());
             }
         }
         let pools = state.store.pools().await?;
         let pool = match &req.pool {
-            Some(p) => Some(
-                state
-                    .store
-                    .pool_by(p)
-                    .await?
-                    .ok_or_else(|| Error::Unprocessable(format!("unknown IP pool {p:?}: see GET /api/v1/ip-pools")))?,
-            ),
+            Some(p) => Some(state.store.pool_by(p).await?.ok_or_else(|| {
+                Error::Unprocessable(format!("unknown IP pool {p:?}: see GET /api/v1/ip-pools"))
+            })?),
             None => None,
         };
         if let Some(ip) = &req.ip {
@@ -217,11 +222,16 @@ impl GuestApi {
                 Some(p) => vec![p],
                 None => pools.iter().collect(),
             };
-            let inside = candidates
-                .iter()
-                .any(|p| PoolRange::parse(p).map(|r| r.contains(addr)).unwrap_or(false));
+            let inside = candidates.iter().any(|p| {
+                PoolRange::parse(p)
+                    .map(|r| r.contains(addr))
+                    .unwrap_or(false)
+            });
             if !inside {
-                return Err(Error::Unprocessable(format!("ip {ip} is not inside an IP pool's allocatable range")).into());
+                return Err(Error::Unprocessable(format!(
+                    "ip {ip} is not inside an IP pool's allocatable range"
+                ))
+                .into());
             }
         }
         // Capacity check up front for a clear answer (the saga still guards each lease).
@@ -260,7 +270,9 @@ impl GuestApi {
             }
         }
         let password_hash = match &req.password {
-            Some(p) if p.is_empty() => return Err(Error::BadRequest("password must not be empty".into()).into()),
+            Some(p) if p.is_empty() => {
+                return Err(Error::BadRequest("password must not be empty".into()).into())
+            }
             Some(p) => Some(crypt_password(p).map_err(|e| Error::Unavailable(e.to_string()))?),
             None => None,
         };
@@ -273,9 +285,15 @@ impl GuestApi {
         let mut tx = state.store.begin().await?;
         let mut accepted = Vec::new();
         for i in 1..=count {
-            let name = if count == 1 { base.clone() } else { format!("{base}-{i}") };
+            let name = if count == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{i}")
+            };
             if name.len() > 63 {
-                return Err(Error::BadRequest(format!("name {name} is longer than 63 characters")).into());
+                return Err(
+                    Error::BadRequest(format!("name {name} is longer than 63 characters")).into(),
+                );
             }
             let now = now_ms();
             let id = new_id();
@@ -312,7 +330,16 @@ impl GuestApi {
                 }
                 r => r?,
             }
-            let op = start_op(&state, &mut tx, "guest.create", &id, payload.clone(), &auth.0.name, true).await?;
+            let op = start_op(
+                &state,
+                &mut tx,
+                "guest.create",
+                &id,
+                payload.clone(),
+                &auth.0.name,
+                true,
+            )
+            .await?;
             accepted.push(Accepted {
                 guest_id: id,
                 operation_id: op.id,
@@ -323,7 +350,12 @@ impl GuestApi {
             state.waker.wake(&a.operation_id);
         }
         let location = op_location(&accepted[0].operation_id);
-        Ok(CreateResponse::Accepted(Json(AcceptedList { operations: accepted }), location))
+        Ok(CreateResponse::Accepted(
+            Json(AcceptedList {
+                operations: accepted,
+            }),
+            location,
+        ))
     }
 
     /// List guests.
@@ -337,12 +369,21 @@ impl GuestApi {
         guest_state: Query<Option<String>>,
         /// Only guests on this node.
         node: Query<Option<String>>,
-        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "1000")))] limit: Query<i64>,
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
+        limit: Query<i64>,
         #[oai(default, validator(minimum(value = "0")))] offset: Query<i64>,
     ) -> ApiResult<Json<Vec<Guest>>> {
         let rows = state
             .store
-            .guests(guest_state.0.as_deref(), node.0.as_deref(), limit.0, offset.0)
+            .guests(
+                guest_state.0.as_deref(),
+                node.0.as_deref(),
+                limit.0,
+                offset.0,
+            )
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for g in &rows {
@@ -353,8 +394,17 @@ impl GuestApi {
 
     /// One guest by id or name.
     #[oai(path = "/guests/:id", method = "get", operation_id = "guest_get")]
-    async fn get(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<Json<Guest>> {
-        let g = state.store.guest(&id).await?.ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+    async fn get(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Json<Guest>> {
+        let g = state
+            .store
+            .guest(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
         let disks = state.store.disks_of(&g.id).await?;
         Ok(Json(view(&g, disks)))
     }
@@ -362,10 +412,28 @@ impl GuestApi {
     /// Delete a guest with its disk and seed; its IP, VNC port and MAC return to the pools.
     /// Works for guests whose creation failed (S30).
     #[oai(path = "/guests/:id", method = "delete", operation_id = "guest_delete")]
-    async fn delete(&self, auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<OpResponse> {
-        let g = state.store.guest(&id).await?.ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+    async fn delete(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<OpResponse> {
+        let g = state
+            .store
+            .guest(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
         let mut tx = state.store.begin().await?;
-        let op = start_op(&state, &mut tx, "guest.delete", &g.id, serde_json::json!({}), &auth.0.name, true).await?;
+        let op = start_op(
+            &state,
+            &mut tx,
+            "guest.delete",
+            &g.id,
+            serde_json::json!({}),
+            &auth.0.name,
+            true,
+        )
+        .await?;
         st::set_guest_state(&mut tx, &g.id, "deleting").await?;
         state.store.commit(tx).await?;
         state.waker.wake(&op.id);
@@ -379,7 +447,11 @@ impl GuestApi {
     }
 
     /// Power actions: start, shutdown, poweroff, reboot, reset, suspend, resume.
-    #[oai(path = "/guests/:id/actions/:action", method = "post", operation_id = "guest_action")]
+    #[oai(
+        path = "/guests/:id/actions/:action",
+        method = "post",
+        operation_id = "guest_action"
+    )]
     async fn action(
         &self,
         auth: Auth,
@@ -390,10 +462,17 @@ impl GuestApi {
         #[oai(validator(maximum(value = "3600")))]
         timeout_secs: Query<Option<u64>>,
     ) -> ApiResult<OpResponse> {
-        let g = state.store.guest(&id).await?.ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let g = state
+            .store
+            .guest(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
         if matches!(g.state.as_str(), "creating" | "error" | "deleting") && g.lock_op.is_none() {
             return Err(Error::Conflict {
-                message: format!("guest {} is in state {}; only delete is possible", g.name, g.state),
+                message: format!(
+                    "guest {} is in state {}; only delete is possible",
+                    g.name, g.state
+                ),
                 details: None,
             }
             .into());

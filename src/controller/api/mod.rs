@@ -103,6 +103,10 @@ pub async fn serve(
 ) -> Result<(), std::io::Error> {
     let acceptor = TcpAcceptor::from_tokio(listener)?;
     poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(state), shutdown, Some(std::time::Duration::from_secs(5)))
+        .run_with_graceful_shutdown(
+            app(state),
+            shutdown,
+            Some(std::time::Duration::from_secs(5)),
+        )
         .await
 }

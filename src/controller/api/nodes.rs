@@ -97,20 +97,39 @@ impl NodeApi {
     }
 
     #[oai(path = "/nodes/:id", method = "get", operation_id = "node_get")]
-    async fn get(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<Json<Node>> {
-        let n = state.store.node(&id).await?.ok_or_else(|| Error::not_found("node", id.0.clone()))?;
+    async fn get(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Json<Node>> {
+        let n = state
+            .store
+            .node(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("node", id.0.clone()))?;
         Ok(Json(view(&state, n).await?))
     }
 
     /// Change node settings (accept automatically placed guests or not).
     #[oai(path = "/nodes/:id", method = "patch", operation_id = "node_update")]
-    async fn update(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>, body: Json<NodeSettings>) -> ApiResult<Json<Node>> {
+    async fn update(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<NodeSettings>,
+    ) -> ApiResult<Json<Node>> {
         if let Some(a) = body.0.accept_auto {
             if !state.store.set_node_accept_auto(&id, a).await? {
                 return Err(Error::not_found("node", id.0.clone()).into());
             }
         }
-        let n = state.store.node(&id).await?.ok_or_else(|| Error::not_found("node", id.0.clone()))?;
+        let n = state
+            .store
+            .node(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("node", id.0.clone()))?;
         Ok(Json(view(&state, n).await?))
     }
 }

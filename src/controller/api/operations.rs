@@ -164,7 +164,9 @@ pub async fn start_op(
     if lock {
         if let Err(holder) = st::lock_guest(tx, guest, &op.id).await? {
             return Err(Error::Conflict {
-                message: format!("guest {guest} is busy with operation {holder}; wait for it or cancel it"),
+                message: format!(
+                    "guest {guest} is busy with operation {holder}; wait for it or cancel it"
+                ),
                 details: Some(serde_json::json!({"operation_id": holder})),
             });
         }
@@ -209,7 +211,10 @@ impl OperationApi {
         #[oai(default)]
         active: Query<bool>,
         /// Page size, 1–1000.
-        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "1000")))]
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
         limit: Query<i64>,
         #[oai(default, validator(minimum(value = "0")))] offset: Query<i64>,
     ) -> ApiResult<Json<Vec<Operation>>> {
@@ -228,49 +233,97 @@ impl OperationApi {
     }
 
     /// One operation with its steps and progress.
-    #[oai(path = "/operations/:id", method = "get", operation_id = "operation_get")]
-    async fn get(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<Json<Operation>> {
-        let op = state.store.op(&id).await?.ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
+    #[oai(
+        path = "/operations/:id",
+        method = "get",
+        operation_id = "operation_get"
+    )]
+    async fn get(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Json<Operation>> {
+        let op = state
+            .store
+            .op(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
         Ok(Json(view(&op)))
     }
 
     /// Wait until the operation ends or `timeout` seconds pass; returns it either way.
-    #[oai(path = "/operations/:id/wait", method = "get", operation_id = "operation_wait")]
+    #[oai(
+        path = "/operations/:id/wait",
+        method = "get",
+        operation_id = "operation_wait"
+    )]
     async fn wait(
         &self,
         _auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
         /// Seconds, 0–600.
-        #[oai(default = "default_wait", validator(minimum(value = "0"), maximum(value = "600")))]
+        #[oai(
+            default = "default_wait",
+            validator(minimum(value = "0"), maximum(value = "600"))
+        )]
         timeout: Query<u64>,
     ) -> ApiResult<Json<Operation>> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout.0);
         loop {
             let notified = state.store.events_appended.notified();
-            let op = state.store.op(&id).await?.ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
+            let op = state
+                .store
+                .op(&id)
+                .await?
+                .ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
             if op.op_state().is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(Json(view(&op)));
             }
             // Woken by any commit; the short cap also covers commits by other processes.
-            let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)), notified).await;
+            let _ = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)),
+                notified,
+            )
+            .await;
         }
     }
 
     /// Ask an operation to stop: a pending one never starts; a running one unwinds from
     /// its next step boundary.
-    #[oai(path = "/operations/:id/cancel", method = "post", operation_id = "operation_cancel")]
-    async fn cancel(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<CancelResponse> {
-        let op = state.store.op(&id).await?.ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
+    #[oai(
+        path = "/operations/:id/cancel",
+        method = "post",
+        operation_id = "operation_cancel"
+    )]
+    async fn cancel(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<CancelResponse> {
+        let op = state
+            .store
+            .op(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
         if !state.store.request_cancel(&op.id).await? {
             return Err(Error::Conflict {
-                message: format!("operation {} is {} and can no longer be cancelled", op.id, op.state),
+                message: format!(
+                    "operation {} is {} and can no longer be cancelled",
+                    op.id, op.state
+                ),
                 details: None,
             }
             .into());
         }
         state.waker.wake(&op.id);
-        let op = state.store.op(&id).await?.ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
+        let op = state
+            .store
+            .op(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
         Ok(CancelResponse::Accepted(Json(view(&op))))
     }
 }

@@ -73,7 +73,12 @@ pub struct TemplateApi;
 impl TemplateApi {
     /// Register a template image.
     #[oai(path = "/templates", method = "post", operation_id = "template_create")]
-    async fn create(&self, _auth: Auth, state: Data<&AppState>, body: Json<CreateTemplate>) -> ApiResult<Created<Template>> {
+    async fn create(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        body: Json<CreateTemplate>,
+    ) -> ApiResult<Created<Template>> {
         let b = body.0;
         if !super::guests::valid_name(&b.name) {
             return Err(Error::BadRequest(format!(
@@ -84,7 +89,11 @@ impl TemplateApi {
         }
         let p = std::path::Path::new(&b.path);
         if !p.is_absolute() || b.path.contains("/../") || b.path.ends_with('/') {
-            return Err(Error::BadRequest(format!("path {:?} must be a full path to an image file", b.path)).into());
+            return Err(Error::BadRequest(format!(
+                "path {:?} must be a full path to an image file",
+                b.path
+            ))
+            .into());
         }
         let row = TemplateRow {
             id: new_id(),
@@ -112,24 +121,57 @@ impl TemplateApi {
 
     #[oai(path = "/templates", method = "get", operation_id = "template_list")]
     async fn list(&self, _auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Vec<Template>>> {
-        Ok(Json(state.store.templates().await?.into_iter().map(template_view).collect()))
+        Ok(Json(
+            state
+                .store
+                .templates()
+                .await?
+                .into_iter()
+                .map(template_view)
+                .collect(),
+        ))
     }
 
     #[oai(path = "/templates/:id", method = "get", operation_id = "template_get")]
-    async fn get(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<Json<Template>> {
-        let t = state.store.template(&id).await?.ok_or_else(|| Error::not_found("template", id.0.clone()))?;
+    async fn get(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Json<Template>> {
+        let t = state
+            .store
+            .template(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("template", id.0.clone()))?;
         Ok(Json(template_view(t)))
     }
 
     /// Remove a template record. Refused while guests use it: their disks are linked clones
     /// of the image (S53). The image file itself is never deleted by corral.
-    #[oai(path = "/templates/:id", method = "delete", operation_id = "template_delete")]
-    async fn delete(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<Deleted> {
-        let t = state.store.template(&id).await?.ok_or_else(|| Error::not_found("template", id.0.clone()))?;
+    #[oai(
+        path = "/templates/:id",
+        method = "delete",
+        operation_id = "template_delete"
+    )]
+    async fn delete(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Deleted> {
+        let t = state
+            .store
+            .template(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("template", id.0.clone()))?;
         let n = state.store.guests_using_template(&t.id).await?;
         if n > 0 {
             return Err(Error::Conflict {
-                message: format!("template {} is used by {n} guest(s); delete them first", t.name),
+                message: format!(
+                    "template {} is used by {n} guest(s); delete them first",
+                    t.name
+                ),
                 details: Some(serde_json::json!({"guests": n})),
             }
             .into());
@@ -189,22 +231,30 @@ fn parse_ip(field: &str, v: &str) -> Result<Ipv4Addr, Error> {
 
 /// Checks a pool definition; each error names the field.
 fn validate_pool(b: &CreatePool) -> Result<(Ipv4Net, Ipv4Addr, Ipv4Addr), Error> {
-    let net: Ipv4Net = b
-        .cidr
-        .parse()
-        .map_err(|_| Error::BadRequest(format!("cidr {:?} is not an IPv4 network like 192.0.2.0/24", b.cidr)))?;
+    let net: Ipv4Net = b.cidr.parse().map_err(|_| {
+        Error::BadRequest(format!(
+            "cidr {:?} is not an IPv4 network like 192.0.2.0/24",
+            b.cidr
+        ))
+    })?;
     let start = parse_ip("range_start", &b.range_start)?;
     let end = parse_ip("range_end", &b.range_end)?;
     if !net.contains(&start) || !net.contains(&end) {
-        return Err(Error::BadRequest(format!("range {start}-{end} must lie inside {net}")));
+        return Err(Error::BadRequest(format!(
+            "range {start}-{end} must lie inside {net}"
+        )));
     }
     if start > end {
-        return Err(Error::BadRequest(format!("range_start {start} is after range_end {end}")));
+        return Err(Error::BadRequest(format!(
+            "range_start {start} is after range_end {end}"
+        )));
     }
     if let Some(g) = &b.gateway {
         let g = parse_ip("gateway", g)?;
         if !net.contains(&g) {
-            return Err(Error::BadRequest(format!("gateway {g} must lie inside {net}")));
+            return Err(Error::BadRequest(format!(
+                "gateway {g} must lie inside {net}"
+            )));
         }
     }
     for d in &b.dns {
@@ -219,7 +269,12 @@ pub struct PoolApi;
 impl PoolApi {
     /// Create an IP pool.
     #[oai(path = "/ip-pools", method = "post", operation_id = "pool_create")]
-    async fn create(&self, _auth: Auth, state: Data<&AppState>, body: Json<CreatePool>) -> ApiResult<Created<Pool>> {
+    async fn create(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        body: Json<CreatePool>,
+    ) -> ApiResult<Created<Pool>> {
         let b = body.0;
         if !super::guests::valid_name(&b.name) {
             return Err(Error::BadRequest(format!("name {:?} is invalid", b.name)).into());
@@ -229,7 +284,10 @@ impl PoolApi {
             if let Ok(r) = PoolRange::parse(&other) {
                 if start <= r.end && r.start <= end {
                     return Err(Error::Conflict {
-                        message: format!("range {start}-{end} overlaps pool {} ({}-{})", other.name, r.start, r.end),
+                        message: format!(
+                            "range {start}-{end} overlaps pool {} ({}-{})",
+                            other.name, r.start, r.end
+                        ),
                         details: None,
                     }
                     .into());
@@ -270,16 +328,38 @@ impl PoolApi {
     }
 
     #[oai(path = "/ip-pools/:id", method = "get", operation_id = "pool_get")]
-    async fn get(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<Json<Pool>> {
-        let p = state.store.pool_by(&id).await?.ok_or_else(|| Error::not_found("IP pool", id.0.clone()))?;
+    async fn get(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Json<Pool>> {
+        let p = state
+            .store
+            .pool_by(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("IP pool", id.0.clone()))?;
         let used = state.store.pool_used(&p.id).await?;
         Ok(Json(pool_view(p, used)))
     }
 
     /// Delete an IP pool; refused while any address is in use.
-    #[oai(path = "/ip-pools/:id", method = "delete", operation_id = "pool_delete")]
-    async fn delete(&self, _auth: Auth, state: Data<&AppState>, id: Path<String>) -> ApiResult<Deleted> {
-        let p = state.store.pool_by(&id).await?.ok_or_else(|| Error::not_found("IP pool", id.0.clone()))?;
+    #[oai(
+        path = "/ip-pools/:id",
+        method = "delete",
+        operation_id = "pool_delete"
+    )]
+    async fn delete(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Deleted> {
+        let p = state
+            .store
+            .pool_by(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("IP pool", id.0.clone()))?;
         let used = state.store.pool_used(&p.id).await?;
         if used > 0 {
             return Err(Error::Conflict {

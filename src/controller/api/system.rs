@@ -68,7 +68,11 @@ async fn check(state: &AppState) -> Health {
         Ok(Err(e)) => e.to_string(),
         Err(_) => "timed out".to_string(),
     };
-    let status = if database == "ok" && redis == "ok" { "ok" } else { "degraded" };
+    let status = if database == "ok" && redis == "ok" {
+        "ok"
+    } else {
+        "degraded"
+    };
     Health {
         status: status.into(),
         database,
@@ -85,9 +89,11 @@ pub async fn healthz(state: Data<&AppState>) -> poem::Response {
     } else {
         poem::http::StatusCode::SERVICE_UNAVAILABLE
     };
-    poem::web::Json(serde_json::json!({"status": h.status, "database": h.database, "redis": h.redis}))
-        .with_status(code)
-        .into_response()
+    poem::web::Json(
+        serde_json::json!({"status": h.status, "database": h.database, "redis": h.redis}),
+    )
+    .with_status(code)
+    .into_response()
 }
 
 pub struct SystemApi;

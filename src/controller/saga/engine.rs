@@ -97,10 +97,12 @@ impl Engine {
     }
 
     fn def(&self, op: &OpRow) -> Result<&KindDef, EngineError> {
-        self.catalog.get(&op.kind).ok_or_else(|| EngineError::UnknownKind {
-            op: op.id.clone(),
-            kind: op.kind.clone(),
-        })
+        self.catalog
+            .get(&op.kind)
+            .ok_or_else(|| EngineError::UnknownKind {
+                op: op.id.clone(),
+                kind: op.kind.clone(),
+            })
     }
 
     /// Moves one operation as far as it can go without waiting.
@@ -133,7 +135,10 @@ impl Engine {
                 Next::Execute { step, undo } => {
                     let name = def.steps[step].name.clone();
                     if def.steps[step].runs_on == RunsOn::Controller {
-                        if !self.controller_step(tx, &mut op, saga, &def, step, undo).await? {
+                        if !self
+                            .controller_step(tx, &mut op, saga, &def, step, undo)
+                            .await?
+                        {
                             return Ok(());
                         }
                         self.inject(&op.kind, &name, "after");
@@ -274,11 +279,23 @@ impl Engine {
         if !saga.apply_result(step, attempt, undo, outcome, self.max_tries, now_ms()) {
             return Ok(false);
         }
-        if let (StepOutcome::Ok { guest_state, domain_xml }, Some(g)) = (outcome, op.guest_id.clone()) {
+        if let (
+            StepOutcome::Ok {
+                guest_state,
+                domain_xml,
+            },
+            Some(g),
+        ) = (outcome, op.guest_id.clone())
+        {
             if let Some(state) = guest_state {
                 if st::set_guest_state(&mut tx, &g, state).await? {
-                    events::append(&mut tx, "guest.state", &g, &serde_json::json!({"guest_id": g, "state": state}))
-                        .await?;
+                    events::append(
+                        &mut tx,
+                        "guest.state",
+                        &g,
+                        &serde_json::json!({"guest_id": g, "state": state}),
+                    )
+                    .await?;
                 }
             }
             if let Some(xml) = domain_xml {
@@ -290,7 +307,13 @@ impl Engine {
         Ok(true)
     }
 
-    async fn save(&self, tx: &mut Tx<'_>, op: &mut OpRow, saga: &Saga, def: &KindDef) -> Result<(), EngineError> {
+    async fn save(
+        &self,
+        tx: &mut Tx<'_>,
+        op: &mut OpRow,
+        saga: &Saga,
+        def: &KindDef,
+    ) -> Result<(), EngineError> {
         let now = now_ms();
         op.state = saga.state.as_str().to_string();
         op.steps = serde_json::to_string(&saga.steps).map_err(StoreError::from)?;
@@ -329,7 +352,13 @@ impl Engine {
             };
             if let Some(s) = guest_state {
                 if st::set_guest_state(tx, &g, s).await? {
-                    events::append(tx, "guest.state", &g, &serde_json::json!({"guest_id": g, "state": s})).await?;
+                    events::append(
+                        tx,
+                        "guest.state",
+                        &g,
+                        &serde_json::json!({"guest_id": g, "state": s}),
+                    )
+                    .await?;
                 }
             }
             st::unlock_guest(tx, &g, &op.id).await?;

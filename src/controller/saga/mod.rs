@@ -92,9 +92,17 @@ impl Saga {
                         StepState::Pending if self.cancel_requested => {
                             self.begin_undo(i as i64 - 1)
                         }
-                        StepState::Pending => return Next::Execute { step: i, undo: false },
+                        StepState::Pending => {
+                            return Next::Execute {
+                                step: i,
+                                undo: false,
+                            }
+                        }
                         StepState::Running if Self::lease_expired(step, now, lease_ms) => {
-                            return Next::Execute { step: i, undo: false }
+                            return Next::Execute {
+                                step: i,
+                                undo: false,
+                            }
                         }
                         StepState::Running => return Next::Wait,
                         StepState::Done => self.cursor += 1,
@@ -121,7 +129,10 @@ impl Saga {
                         StepState::Pending | StepState::Undone => self.cursor -= 1,
                         StepState::Done | StepState::Failed | StepState::Running => {
                             if has_undo {
-                                return Next::Execute { step: i, undo: true };
+                                return Next::Execute {
+                                    step: i,
+                                    undo: true,
+                                };
                             }
                             if step.state != StepState::Failed {
                                 step.state = StepState::Undone;
@@ -129,7 +140,10 @@ impl Saga {
                             self.cursor -= 1;
                         }
                         StepState::Undoing if Self::lease_expired(step, now, lease_ms) => {
-                            return Next::Execute { step: i, undo: true }
+                            return Next::Execute {
+                                step: i,
+                                undo: true,
+                            }
                         }
                         StepState::Undoing => return Next::Wait,
                     }

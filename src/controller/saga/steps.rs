@@ -76,7 +76,10 @@ async fn guest_of(tx: &mut Tx<'_>, op: &OpRow) -> Result<GuestRow, StepError> {
         .ok_or_else(|| StepError::Permanent(format!("guest {id} no longer exists")))
 }
 
-async fn node_facts(tx: &mut Tx<'_>, node: &str) -> Result<Option<(bool, bool, NodeFacts)>, StepError> {
+async fn node_facts(
+    tx: &mut Tx<'_>,
+    node: &str,
+) -> Result<Option<(bool, bool, NodeFacts)>, StepError> {
     let row: Option<(bool, bool, String)> =
         sqlx::query_as("SELECT online, accept_auto, facts FROM nodes WHERE id = ?")
             .bind(node)
@@ -114,7 +117,10 @@ pub async fn run_controller(
         ("allocate", false) => allocate(tx, env, &mut g).await?,
         ("allocate", true) | ("release", true) => {
             alloc::release_all(tx, &g.id).await?;
-            sqlx::query("DELETE FROM disks WHERE guest_id = ?").bind(&g.id).execute(&mut **tx).await?;
+            sqlx::query("DELETE FROM disks WHERE guest_id = ?")
+                .bind(&g.id)
+                .execute(&mut **tx)
+                .await?;
             sqlx::query(
                 "UPDATE guests SET ip = NULL, vnc_port = NULL, vnc_password = NULL, mac = NULL WHERE id = ?",
             )
@@ -141,12 +147,19 @@ pub async fn run_controller(
 /// Chooses the node: the requested one (S50) or the one with the most free memory after
 /// counting the guests already placed there, so a batch spreads lightest-first (S27) —
 /// each placement sees the ones before it because each runs in its own transaction.
-async fn place(tx: &mut Tx<'_>, env: &StepEnv, op: &OpRow, g: &GuestRow) -> Result<String, StepError> {
+async fn place(
+    tx: &mut Tx<'_>,
+    env: &StepEnv,
+    op: &OpRow,
+    g: &GuestRow,
+) -> Result<String, StepError> {
     if let Some(req) = &g.requested_node {
         return match node_facts(tx, req).await? {
             Some((true, _, _)) => Ok(req.clone()),
             Some((false, _, _)) => Err(StepError::Permanent(format!("node {req} is offline"))),
-            None => Err(StepError::Permanent(format!("node {req} is not registered"))),
+            None => Err(StepError::Permanent(format!(
+                "node {req} is not registered"
+            ))),
         };
     }
     let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
@@ -181,7 +194,9 @@ async fn allocate(tx: &mut Tx<'_>, env: &StepEnv, g: &mut GuestRow) -> Result<()
         .clone()
         .ok_or_else(|| StepError::Permanent("guest has no node".into()))?;
     let Some((_, _, facts)) = node_facts(tx, &node).await? else {
-        return Err(StepError::Permanent(format!("node {node} is not registered")));
+        return Err(StepError::Permanent(format!(
+            "node {node} is not registered"
+        )));
     };
     // Pools: the requested one, else every pool in name order; no pools at all means DHCP.
     let pools: Vec<st::PoolRow> = match &g.pool_id {
@@ -194,7 +209,9 @@ async fn allocate(tx: &mut Tx<'_>, env: &StepEnv, g: &mut GuestRow) -> Result<()
     };
     let (pool_id, ip) = if pools.is_empty() {
         if g.requested_ip.is_some() {
-            return Err(StepError::Permanent("an IP was requested but no IP pool exists".into()));
+            return Err(StepError::Permanent(
+                "an IP was requested but no IP pool exists".into(),
+            ));
         }
         (None, None)
     } else {
@@ -218,7 +235,11 @@ async fn allocate(tx: &mut Tx<'_>, env: &StepEnv, g: &mut GuestRow) -> Result<()
     .await?;
     let now = now_ms();
     for (kind, path, backing) in [
-        ("system", system_disk_path(&facts.storage_dir, &g.id), Some(g.template_path.clone())),
+        (
+            "system",
+            system_disk_path(&facts.storage_dir, &g.id),
+            Some(g.template_path.clone()),
+        ),
         ("seed", seed_path(&facts.storage_dir, &g.id), None),
     ] {
         st::insert_disk(
@@ -261,23 +282,32 @@ pub async fn node_action(
         return Ok(None);
     };
     let disks = st::disks_of_in(tx, &g.id).await?;
-    let disk = |kind: &str| disks.iter().find(|d| d.kind == kind).map(|d| d.path.clone());
+    let disk = |kind: &str| {
+        disks
+            .iter()
+            .find(|d| d.kind == kind)
+            .map(|d| d.path.clone())
+    };
     let id = g.id.clone();
     let action = match (name, undo) {
         ("create_disk", false) => NodeAction::CreateDisk {
-            path: disk("system").ok_or_else(|| StepError::Permanent("no system disk recorded".into()))?,
+            path: disk("system")
+                .ok_or_else(|| StepError::Permanent("no system disk recorded".into()))?,
             template_path: g.template_path.clone(),
         },
         ("build_seed", false) => {
             let payload: CreatePayload = serde_json::from_str(&op.payload).unwrap_or_default();
             NodeAction::BuildSeed {
-                path: disk("seed").ok_or_else(|| StepError::Permanent("no seed recorded".into()))?,
+                path: disk("seed")
+                    .ok_or_else(|| StepError::Permanent("no seed recorded".into()))?,
                 plan: Box::new(default_plan(tx, &g, &payload).await?),
             }
         }
         ("define", false) => {
             let Some((_, _, facts)) = node_facts(tx, &node).await? else {
-                return Err(StepError::Permanent(format!("node {node} is not registered")));
+                return Err(StepError::Permanent(format!(
+                    "node {node} is not registered"
+                )));
             };
             NodeAction::Define {
                 spec: Box::new(DomainSpec {
@@ -304,7 +334,9 @@ pub async fn node_action(
             None => return Ok(None),
         },
         ("define", true) | ("undefine", false) => NodeAction::Undefine { guest_id: id },
-        ("start", true) | ("destroy", false) | ("poweroff", false) => NodeAction::Destroy { guest_id: id },
+        ("start", true) | ("destroy", false) | ("poweroff", false) => {
+            NodeAction::Destroy { guest_id: id }
+        }
         ("start", false) => NodeAction::Start { guest_id: id },
         ("shutdown", false) => {
             let p: PowerPayload = serde_json::from_str(&op.payload).unwrap_or_default();
@@ -324,17 +356,19 @@ pub async fn node_action(
 
 /// The built-in init plan (Rhai profiles replace it): hostname, root password, static
 /// network from the allocated address, and a marker file naming the guest.
-async fn default_plan(tx: &mut Tx<'_>, g: &GuestRow, p: &CreatePayload) -> Result<InitPlan, StepError> {
+async fn default_plan(
+    tx: &mut Tx<'_>,
+    g: &GuestRow,
+    p: &CreatePayload,
+) -> Result<InitPlan, StepError> {
     let network = match (&g.ip, &g.pool_id, &g.mac) {
         (Some(ip), Some(pool_id), Some(mac)) => {
             let pool = st::pool_in(tx, pool_id)
                 .await?
                 .ok_or_else(|| StepError::Permanent(format!("IP pool {pool_id} vanished")))?;
-            let prefix = pool
-                .cidr
-                .split('/')
-                .nth(1)
-                .ok_or_else(|| StepError::Permanent(format!("pool {} has a bad cidr", pool.name)))?;
+            let prefix = pool.cidr.split('/').nth(1).ok_or_else(|| {
+                StepError::Permanent(format!("pool {} has a bad cidr", pool.name))
+            })?;
             Some(StaticNetwork {
                 mac: mac.clone(),
                 address: format!("{ip}/{prefix}"),

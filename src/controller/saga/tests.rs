@@ -69,14 +69,32 @@ fn stale_and_duplicate_results_are_ignored() {
     let c = Catalog::builtin().unwrap();
     let def = c.get("guest.start").unwrap();
     let mut s = saga(def);
-    assert_eq!(s.next(def, 0, LEASE), Next::Execute { step: 0, undo: false });
+    assert_eq!(
+        s.next(def, 0, LEASE),
+        Next::Execute {
+            step: 0,
+            undo: false
+        }
+    );
     let a1 = s.mark_started(0, false, 0);
     // lease runs out: dispatched again with a new attempt
-    assert_eq!(s.next(def, LEASE, LEASE), Next::Execute { step: 0, undo: false });
+    assert_eq!(
+        s.next(def, LEASE, LEASE),
+        Next::Execute {
+            step: 0,
+            undo: false
+        }
+    );
     let a2 = s.mark_started(0, false, LEASE);
-    assert!(!s.apply_result(0, a1, false, &OK, 3, 1), "old attempt must be ignored");
+    assert!(
+        !s.apply_result(0, a1, false, &OK, 3, 1),
+        "old attempt must be ignored"
+    );
     assert!(s.apply_result(0, a2, false, &OK, 3, 1));
-    assert!(!s.apply_result(0, a2, false, &OK, 3, 1), "duplicate must be ignored");
+    assert!(
+        !s.apply_result(0, a2, false, &OK, 3, 1),
+        "duplicate must be ignored"
+    );
     assert_eq!(s.next(def, 2, LEASE), Next::Finished(OpState::Succeeded));
 }
 
@@ -90,7 +108,14 @@ fn transient_failures_are_retried_then_unwound() {
         permanent: false,
     };
     for round in 1..=3 {
-        assert_eq!(s.next(def, 0, LEASE), Next::Execute { step: 0, undo: false }, "round {round}");
+        assert_eq!(
+            s.next(def, 0, LEASE),
+            Next::Execute {
+                step: 0,
+                undo: false
+            },
+            "round {round}"
+        );
         let a = s.mark_started(0, false, 0);
         assert!(s.apply_result(0, a, false, &transient, 3, 0));
     }
@@ -104,11 +129,23 @@ fn cancel_takes_effect_at_the_next_step_boundary() {
     let def = c.get("guest.create").unwrap();
     let mut s = saga(def);
     // place runs, then a cancel arrives
-    assert_eq!(s.next(def, 0, LEASE), Next::Execute { step: 0, undo: false });
+    assert_eq!(
+        s.next(def, 0, LEASE),
+        Next::Execute {
+            step: 0,
+            undo: false
+        }
+    );
     s.mark_started(0, false, 0);
     s.mark_finished(0, false, None, 0);
     s.cancel_requested = true;
-    assert_eq!(s.next(def, 0, LEASE), Next::Execute { step: 0, undo: true });
+    assert_eq!(
+        s.next(def, 0, LEASE),
+        Next::Execute {
+            step: 0,
+            undo: true
+        }
+    );
     s.mark_started(0, true, 0);
     s.mark_finished(0, true, None, 0);
     assert_eq!(s.next(def, 0, LEASE), Next::Finished(OpState::Cancelled));
@@ -128,7 +165,13 @@ fn resuming_from_stored_state_repeats_nothing_done() {
     }
     // "crash": rebuild from what was stored
     let mut resumed = s.clone();
-    assert_eq!(resumed.next(def, 0, LEASE), Next::Execute { step: 3, undo: false });
+    assert_eq!(
+        resumed.next(def, 0, LEASE),
+        Next::Execute {
+            step: 3,
+            undo: false
+        }
+    );
 }
 
 #[test]

@@ -74,12 +74,14 @@ pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreErro
 }
 
 pub async fn guest_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<GuestRow>, StoreError> {
-    Ok(
-        sqlx::query_as::<_, GuestRow>(concat!("SELECT ", guest_cols!(), " FROM guests WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?,
-    )
+    Ok(sqlx::query_as::<_, GuestRow>(concat!(
+        "SELECT ",
+        guest_cols!(),
+        " FROM guests WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?)
 }
 
 pub async fn set_guest_state(tx: &mut Tx<'_>, id: &str, state: &str) -> Result<bool, StoreError> {
@@ -104,7 +106,11 @@ pub async fn set_guest_xml(tx: &mut Tx<'_>, id: &str, xml: &str) -> Result<(), S
 }
 
 /// Takes the guest's lock for `op`. Returns the holder when someone else has it.
-pub async fn lock_guest(tx: &mut Tx<'_>, id: &str, op: &str) -> Result<Result<(), String>, StoreError> {
+pub async fn lock_guest(
+    tx: &mut Tx<'_>,
+    id: &str,
+    op: &str,
+) -> Result<Result<(), String>, StoreError> {
     let r = sqlx::query("UPDATE guests SET lock_op = ? WHERE id = ? AND lock_op IS NULL")
         .bind(op)
         .bind(id)
@@ -113,10 +119,11 @@ pub async fn lock_guest(tx: &mut Tx<'_>, id: &str, op: &str) -> Result<Result<()
     if r.rows_affected() == 1 {
         return Ok(Ok(()));
     }
-    let holder: Option<(Option<String>,)> = sqlx::query_as("SELECT lock_op FROM guests WHERE id = ?")
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let holder: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT lock_op FROM guests WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
     Ok(Err(holder.and_then(|h| h.0).unwrap_or_default()))
 }
 
@@ -130,8 +137,14 @@ pub async fn unlock_guest(tx: &mut Tx<'_>, id: &str, op: &str) -> Result<(), Sto
 }
 
 pub async fn delete_guest(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM disks WHERE guest_id = ?").bind(id).execute(&mut **tx).await?;
-    sqlx::query("DELETE FROM guests WHERE id = ?").bind(id).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM disks WHERE guest_id = ?")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM guests WHERE id = ?")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -162,7 +175,11 @@ pub async fn disks_of_in(tx: &mut Tx<'_>, guest_id: &str) -> Result<Vec<DiskRow>
 
 impl Store {
     pub async fn guest(&self, id_or_name: &str) -> Result<Option<GuestRow>, StoreError> {
-        Ok(sqlx::query_as::<_, GuestRow>(concat!("SELECT ", guest_cols!(), " FROM guests WHERE id = ? OR name = ?"))
+        Ok(sqlx::query_as::<_, GuestRow>(concat!(
+            "SELECT ",
+            guest_cols!(),
+            " FROM guests WHERE id = ? OR name = ?"
+        ))
         .bind(id_or_name)
         .bind(id_or_name)
         .fetch_optional(self.pool())
@@ -176,8 +193,12 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<GuestRow>, StoreError> {
-        Ok(sqlx::query_as::<_, GuestRow>(concat!("SELECT ", guest_cols!(), " FROM guests WHERE (? IS NULL OR state = ?) AND (? IS NULL OR node_id = ?) \
-             ORDER BY created_at, name LIMIT ? OFFSET ?"))
+        Ok(sqlx::query_as::<_, GuestRow>(concat!(
+            "SELECT ",
+            guest_cols!(),
+            " FROM guests WHERE (? IS NULL OR state = ?) AND (? IS NULL OR node_id = ?) \
+             ORDER BY created_at, name LIMIT ? OFFSET ?"
+        ))
         .bind(state)
         .bind(state)
         .bind(node)

@@ -30,7 +30,12 @@ macro_rules! node_cols {
 
 impl Store {
     /// Records a heartbeat; returns true when the node came (back) online.
-    pub async fn heartbeat(&self, id: &str, facts: &NodeFacts, at_ms: i64) -> Result<bool, StoreError> {
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        facts: &NodeFacts,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         let now = now_ms();
         let was: Option<(bool,)> = sqlx::query_as("SELECT online FROM nodes WHERE id = ?")
@@ -92,11 +97,21 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            events::append(&mut tx, "node.state", id, &serde_json::json!({"node_id": id, "online": false}))
-                .await?;
+            events::append(
+                &mut tx,
+                "node.state",
+                id,
+                &serde_json::json!({"node_id": id, "online": false}),
+            )
+            .await?;
             for (g,) in guests {
-                events::append(&mut tx, "guest.state", &g, &serde_json::json!({"guest_id": g, "state": "unknown"}))
-                    .await?;
+                events::append(
+                    &mut tx,
+                    "guest.state",
+                    &g,
+                    &serde_json::json!({"guest_id": g, "state": "unknown"}),
+                )
+                .await?;
             }
         }
         self.commit(tx).await?;
@@ -104,16 +119,24 @@ impl Store {
     }
 
     pub async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
-        Ok(sqlx::query_as::<_, NodeRow>(concat!("SELECT ", node_cols!(), " FROM nodes ORDER BY hostname, id"))
-            .fetch_all(self.pool())
-            .await?)
+        Ok(sqlx::query_as::<_, NodeRow>(concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM nodes ORDER BY hostname, id"
+        ))
+        .fetch_all(self.pool())
+        .await?)
     }
 
     pub async fn node(&self, id: &str) -> Result<Option<NodeRow>, StoreError> {
-        Ok(sqlx::query_as::<_, NodeRow>(concat!("SELECT ", node_cols!(), " FROM nodes WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?)
+        Ok(sqlx::query_as::<_, NodeRow>(concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM nodes WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
     }
 
     pub async fn set_node_accept_auto(&self, id: &str, accept: bool) -> Result<bool, StoreError> {

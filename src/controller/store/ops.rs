@@ -53,7 +53,11 @@ pub struct OpFilter {
 }
 
 pub async fn insert_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
-    sqlx::query(concat!("INSERT INTO operations (", op_cols!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+    sqlx::query(concat!(
+        "INSERT INTO operations (",
+        op_cols!(),
+        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
     .bind(&op.id)
     .bind(&op.kind)
     .bind(&op.guest_id)
@@ -78,12 +82,14 @@ pub async fn insert_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
 }
 
 pub async fn op_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<OpRow>, StoreError> {
-    Ok(
-        sqlx::query_as::<_, OpRow>(concat!("SELECT ", op_cols!(), " FROM operations WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?,
-    )
+    Ok(sqlx::query_as::<_, OpRow>(concat!(
+        "SELECT ",
+        op_cols!(),
+        " FROM operations WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?)
 }
 
 /// Writes back everything the saga runner may change.
@@ -126,12 +132,14 @@ pub async fn inflight_on_node(tx: &mut Tx<'_>, node: &str) -> Result<i64, StoreE
 
 impl Store {
     pub async fn op(&self, id: &str) -> Result<Option<OpRow>, StoreError> {
-        Ok(
-            sqlx::query_as::<_, OpRow>(concat!("SELECT ", op_cols!(), " FROM operations WHERE id = ?"))
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await?,
-        )
+        Ok(sqlx::query_as::<_, OpRow>(concat!(
+            "SELECT ",
+            op_cols!(),
+            " FROM operations WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
     }
 
     pub async fn ops(&self, f: &OpFilter) -> Result<Vec<OpRow>, StoreError> {

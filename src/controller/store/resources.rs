@@ -37,10 +37,14 @@ macro_rules! pool_cols {
 }
 
 pub async fn pool_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<PoolRow>, StoreError> {
-    Ok(sqlx::query_as::<_, PoolRow>(concat!("SELECT ", pool_cols!(), " FROM ip_pools WHERE id = ?"))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?)
+    Ok(sqlx::query_as::<_, PoolRow>(concat!(
+        "SELECT ",
+        pool_cols!(),
+        " FROM ip_pools WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?)
 }
 
 impl Store {
@@ -78,27 +82,38 @@ impl Store {
     }
 
     pub async fn delete_template(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM templates WHERE id = ?").bind(id).execute(self.pool()).await?;
-        Ok(())
-    }
-
-    pub async fn insert_pool(&self, p: &PoolRow) -> Result<(), StoreError> {
-        sqlx::query(concat!("INSERT INTO ip_pools (", pool_cols!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
-            .bind(&p.id)
-            .bind(&p.name)
-            .bind(&p.cidr)
-            .bind(&p.range_start)
-            .bind(&p.range_end)
-            .bind(&p.gateway)
-            .bind(&p.dns)
-            .bind(p.created_at)
+        sqlx::query("DELETE FROM templates WHERE id = ?")
+            .bind(id)
             .execute(self.pool())
             .await?;
         Ok(())
     }
 
+    pub async fn insert_pool(&self, p: &PoolRow) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "INSERT INTO ip_pools (",
+            pool_cols!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(&p.cidr)
+        .bind(&p.range_start)
+        .bind(&p.range_end)
+        .bind(&p.gateway)
+        .bind(&p.dns)
+        .bind(p.created_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     pub async fn pool_by(&self, id_or_name: &str) -> Result<Option<PoolRow>, StoreError> {
-        Ok(sqlx::query_as::<_, PoolRow>(concat!("SELECT ", pool_cols!(), " FROM ip_pools WHERE id = ? OR name = ?"))
+        Ok(sqlx::query_as::<_, PoolRow>(concat!(
+            "SELECT ",
+            pool_cols!(),
+            " FROM ip_pools WHERE id = ? OR name = ?"
+        ))
         .bind(id_or_name)
         .bind(id_or_name)
         .fetch_optional(self.pool())
@@ -106,9 +121,13 @@ impl Store {
     }
 
     pub async fn pools(&self) -> Result<Vec<PoolRow>, StoreError> {
-        Ok(sqlx::query_as::<_, PoolRow>(concat!("SELECT ", pool_cols!(), " FROM ip_pools ORDER BY name"))
-            .fetch_all(self.pool())
-            .await?)
+        Ok(sqlx::query_as::<_, PoolRow>(concat!(
+            "SELECT ",
+            pool_cols!(),
+            " FROM ip_pools ORDER BY name"
+        ))
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Number of addresses of a pool handed out.
@@ -121,15 +140,24 @@ impl Store {
     }
 
     pub async fn delete_pool(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM ip_pools WHERE id = ?").bind(id).execute(self.pool()).await?;
+        sqlx::query("DELETE FROM ip_pools WHERE id = ?")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 
     /// Leases still held: used by tests and by the delete-guest check for leaks.
     pub async fn lease_counts(&self) -> Result<(i64, i64, i64), StoreError> {
-        let (ip,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ip_leases").fetch_one(self.pool()).await?;
-        let (vnc,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vnc_leases").fetch_one(self.pool()).await?;
-        let (mac,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM mac_leases").fetch_one(self.pool()).await?;
+        let (ip,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ip_leases")
+            .fetch_one(self.pool())
+            .await?;
+        let (vnc,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vnc_leases")
+            .fetch_one(self.pool())
+            .await?;
+        let (mac,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM mac_leases")
+            .fetch_one(self.pool())
+            .await?;
         Ok((ip, vnc, mac))
     }
 }
