@@ -1,0 +1,408 @@
+//! Test harness: a private Redis per test, corral processes (the real binary), an HTTP
+//! client. Every resource is named per test run and removed on drop.
+//!
+//! A test that cannot get a real part (no `redis-server`, no libvirt) says so loudly and
+//! returns; under CI (`CI=true`) a missing part is a failure, never a silent skip.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_corral")
+}
+
+/// Returns false (after a loud message) when `tool` is missing and we are not in CI.
+pub fn require(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").is_ok() {
+            panic!("{tool} is required in CI and is missing");
+        }
+        eprintln!("SKIPPED: {tool} is not installed; this test needs it");
+    }
+    found
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A private redis-server with append-only persistence in its own directory.
+pub struct Redis {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            dir: dir.join("redis"),
+            child: None,
+        };
+        std::fs::create_dir_all(&r.dir).unwrap();
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills Redis hard (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A corral process; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+    }
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    /// Waits for the process to end by itself (e.g. an injected fault).
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A corral installation under one temporary directory.
+pub struct Cloud {
+    pub tmp: tempfile::TempDir,
+    pub redis: Redis,
+    pub port: u16,
+    pub node_id: String,
+    pub controller: Option<Proc>,
+    pub node: Option<Proc>,
+    pub hypervisor_uri: String,
+    pub extra_env: Vec<(String, String)>,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Cloud {
+    fn base(hypervisor_uri: &str) -> Cloud {
+        let tmp = tempfile::Builder::new().prefix("corral-test-").tempdir().unwrap();
+        let redis = Redis::start(tmp.path());
+        Cloud {
+            redis,
+            port: free_port(),
+            node_id: format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            controller: None,
+            node: None,
+            hypervisor_uri: hypervisor_uri.into(),
+            extra_env: vec![],
+            http: reqwest::Client::new(),
+            token: String::new(),
+            tmp,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn images(&self) -> PathBuf {
+        self.dir().join("images")
+    }
+
+    fn command(&self, args: &[&str], extra: &[(&str, &str)]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CORRAL_LOG", "info,sqlx=warn,apalis=warn,apalis_redis=warn")
+            .env("CORRAL_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("CORRAL_DATABASE", self.dir().join("corral.db"))
+            .env("CORRAL_DATA_DIR", self.dir())
+            .env("CORRAL_STORAGE_DIR", self.images())
+            .env("CORRAL_REDIS_URL", self.redis.url())
+            .env("CORRAL_HYPERVISOR_URI", &self.hypervisor_uri)
+            .env("CORRAL_NODE_ID", &self.node_id)
+            .env("CORRAL_ADMIN_PASSWORD", "test-admin-pw")
+            .env("CORRAL_STEP_LEASE_SECS", "5")
+            .env("CORRAL_NODE_TIMEOUT_SECS", "6")
+            .env("CORRAL_HEARTBEAT_SECS", "1")
+            .env("CORRAL_RECONCILE_SECS", "2");
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join(format!("{}.log", args[0])))
+            .unwrap();
+        c.stdout(log.try_clone().unwrap()).stderr(log);
+        c
+    }
+
+    /// Controller and node as separate processes (for crash tests).
+    pub async fn split(hypervisor_uri: &str) -> Cloud {
+        let mut c = Cloud::base(hypervisor_uri);
+        c.start_node(&[]);
+        c.start_controller(&[]).await;
+        c.wait_node_online().await;
+        c
+    }
+
+    /// `corral up`: both roles in one process.
+    pub async fn up() -> Cloud {
+        let mut c = Cloud::base("test:///default");
+        let child = c.command(&["up", "--data-dir", c.dir().to_str().unwrap()], &[]).spawn().unwrap();
+        c.controller = Some(Proc { child, name: "up" });
+        c.login().await;
+        c.wait_node_online().await;
+        c
+    }
+
+    pub fn start_node(&mut self, extra: &[(&str, &str)]) {
+        let child = self.command(&["node"], extra).spawn().unwrap();
+        self.node = Some(Proc { child, name: "node" });
+    }
+
+    pub async fn start_controller(&mut self, extra: &[(&str, &str)]) {
+        let child = self.command(&["controller"], extra).spawn().unwrap();
+        self.controller = Some(Proc { child, name: "controller" });
+        self.login().await;
+    }
+
+    /// Starts the controller and returns without waiting for the API (it may abort early).
+    pub fn spawn_controller(&mut self, extra: &[(&str, &str)]) {
+        let child = self.command(&["controller"], extra).spawn().unwrap();
+        self.controller = Some(Proc { child, name: "controller" });
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/api/v1{path}", self.port)
+    }
+
+    pub async fn login(&mut self) {
+        for _ in 0..300 {
+            let r = self
+                .http
+                .post(self.url("/auth/login"))
+                .json(&json!({"username": "admin", "password": "test-admin-pw"}))
+                .send()
+                .await;
+            if let Ok(r) = r {
+                if r.status().is_success() {
+                    let v: Value = r.json().await.unwrap();
+                    self.token = v["token"].as_str().unwrap().to_string();
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the API did not come up; logs in {}", self.dir().display());
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.http.request(method, self.url(path)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    pub async fn wait_node_online(&self) {
+        for _ in 0..300 {
+            let (s, v) = self.get(&format!("/nodes/{}", self.node_id)).await;
+            if s == 200 && v["online"] == json!(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node {} never came online; logs in {}", self.node_id, self.dir().display());
+    }
+
+    /// Waits for an operation to end; returns it.
+    pub async fn wait_op(&self, id: &str) -> Value {
+        for _ in 0..120 {
+            let (s, v) = self.get(&format!("/operations/{id}/wait?timeout=5")).await;
+            assert_eq!(s, 200, "{v}");
+            if matches!(v["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+                return v;
+            }
+        }
+        panic!("operation {id} did not finish in 10 minutes");
+    }
+
+    /// Registers a template backed by a small qcow2 image made here.
+    pub async fn template(&self, name: &str) -> Value {
+        let path = self.dir().join(format!("{name}.qcow2"));
+        let ok = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&path)
+            .arg("16M")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "qemu-img create failed");
+        let (s, v) = self
+            .post("/templates", json!({"name": name, "path": path, "os_type": "linux"}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    pub async fn pool(&self, name: &str, start: &str, end: &str) -> Value {
+        let (s, v) = self
+            .post(
+                "/ip-pools",
+                json!({"name": name, "cidr": "192.0.2.0/24", "range_start": start, "range_end": end,
+                       "gateway": "192.0.2.1", "dns": ["192.0.2.1"]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    /// Creates guests and returns the accepted (guest_id, operation_id) pairs.
+    pub async fn create(&self, body: Value) -> Vec<(String, String)> {
+        let (s, v) = self.post("/guests", body).await;
+        assert_eq!(s, 202, "{v}");
+        v["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["guest_id"].as_str().unwrap().to_string(), a["operation_id"].as_str().unwrap().to_string()))
+            .collect()
+    }
+
+    pub fn image_files(&self) -> Vec<String> {
+        match std::fs::read_dir(self.images()) {
+            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect(),
+            Err(_) => vec![],
+        }
+    }
+
+    /// Every lease, guest and image must be gone.
+    pub async fn assert_no_leaks(&self) {
+        let (_, guests) = self.get("/guests").await;
+        assert_eq!(guests.as_array().unwrap().len(), 0, "guests left: {guests}");
+        let (_, pools) = self.get("/ip-pools").await;
+        for p in pools.as_array().unwrap() {
+            assert_eq!(p["used"], json!(0), "pool {} still has leases", p["name"]);
+        }
+        assert_eq!(self.image_files(), Vec::<String>::new(), "files left in the disk-image directory");
+        let (_, node) = self.get(&format!("/nodes/{}", self.node_id)).await;
+        assert_eq!(node["guests"], json!(0));
+    }
+}
+
+/// Reads SSE events (id, data) from `resp` until `n` arrive or `timeout` passes.
+pub async fn read_sse(resp: &mut reqwest::Response, buf: &mut String, n: usize, timeout: Duration) -> Vec<(i64, Value)> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Ok(Ok(Some(c))) => c,
+            _ => break,
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut id = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if let Some(id) = id {
+                out.push((id, serde_json::from_str(&data).unwrap_or(Value::Null)));
+            }
+        }
+    }
+    out
+}
