@@ -39,20 +39,47 @@ async fn create_and_delete_many_guests_leaves_nothing_behind() {
     let mut macs = HashSet::new();
     for g in &guests {
         assert_eq!(g["state"], "running", "{g}");
-        assert!(ips.insert(g["ip"].as_str().unwrap().to_string()), "duplicate IP");
-        assert!(ports.insert(g["vnc_port"].as_u64().unwrap()), "duplicate VNC port");
-        assert!(macs.insert(g["mac"].as_str().unwrap().to_string()), "duplicate MAC");
-        let sys = g["disks"].as_array().unwrap().iter().find(|d| d["kind"] == "system").unwrap();
+        assert!(
+            ips.insert(g["ip"].as_str().unwrap().to_string()),
+            "duplicate IP"
+        );
+        assert!(
+            ports.insert(g["vnc_port"].as_u64().unwrap()),
+            "duplicate VNC port"
+        );
+        assert!(
+            macs.insert(g["mac"].as_str().unwrap().to_string()),
+            "duplicate MAC"
+        );
+        let sys = g["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["kind"] == "system")
+            .unwrap();
         let path = sys["path"].as_str().unwrap();
-        assert!(std::path::Path::new(path).exists(), "system disk {path} missing");
-        assert!(g.get("vnc_password").is_none(), "secrets never leave the API");
+        assert!(
+            std::path::Path::new(path).exists(),
+            "system disk {path} missing"
+        );
+        assert!(
+            g.get("vnc_password").is_none(),
+            "secrets never leave the API"
+        );
     }
     assert_eq!(cloud.image_files().len(), 48, "a disk and a seed per guest");
 
     // power actions go through operations too
     let g0 = guests[0]["id"].as_str().unwrap();
-    for (action, state) in [("suspend", "paused"), ("resume", "running"), ("poweroff", "shutoff"), ("start", "running")] {
-        let (s, v) = cloud.post(&format!("/guests/{g0}/actions/{action}"), json!(null)).await;
+    for (action, state) in [
+        ("suspend", "paused"),
+        ("resume", "running"),
+        ("poweroff", "shutoff"),
+        ("start", "running"),
+    ] {
+        let (s, v) = cloud
+            .post(&format!("/guests/{g0}/actions/{action}"), json!(null))
+            .await;
         assert_eq!(s, 202, "{v}");
         let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
         assert_eq!(op["state"], "succeeded", "{op}");
@@ -62,7 +89,9 @@ async fn create_and_delete_many_guests_leaves_nothing_behind() {
 
     let mut ops = Vec::new();
     for g in &guests {
-        let (s, v) = cloud.delete(&format!("/guests/{}", g["id"].as_str().unwrap())).await;
+        let (s, v) = cloud
+            .delete(&format!("/guests/{}", g["id"].as_str().unwrap()))
+            .await;
         assert_eq!(s, 202, "{v}");
         ops.push(v["operation_id"].as_str().unwrap().to_string());
     }
@@ -91,9 +120,17 @@ async fn concurrent_creates_racing_for_a_small_pool_never_share_an_address() {
     let mut refused = 0;
     for (s, v) in answers {
         match s {
-            202 => ops.push(v["operations"][0]["operation_id"].as_str().unwrap().to_string()),
+            202 => ops.push(
+                v["operations"][0]["operation_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            ),
             409 => {
-                assert!(v["message"].as_str().unwrap().contains("free address"), "{v}");
+                assert!(
+                    v["message"].as_str().unwrap().contains("free address"),
+                    "{v}"
+                );
                 refused += 1;
             }
             other => panic!("unexpected {other}: {v}"),
@@ -104,18 +141,37 @@ async fn concurrent_creates_racing_for_a_small_pool_never_share_an_address() {
         let v = cloud.wait_op(op).await;
         match v["state"].as_str().unwrap() {
             "succeeded" => succeeded += 1,
-            "failed" => assert!(v["error"].as_str().unwrap().contains("no free address"), "{v}"),
+            "failed" => assert!(
+                v["error"].as_str().unwrap().contains("no free address"),
+                "{v}"
+            ),
             other => panic!("{other}: {v}"),
         }
     }
-    assert_eq!(succeeded, 5, "exactly the pool's size wins ({refused} refused up front)");
+    assert_eq!(
+        succeeded, 5,
+        "exactly the pool's size wins ({refused} refused up front)"
+    );
     let (_, guests) = cloud.get("/guests").await;
-    let running: Vec<&Value> = guests.as_array().unwrap().iter().filter(|g| g["state"] == "running").collect();
+    let running: Vec<&Value> = guests
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["state"] == "running")
+        .collect();
     let ips: HashSet<&str> = running.iter().map(|g| g["ip"].as_str().unwrap()).collect();
     assert_eq!(ips.len(), 5, "no duplicates");
     // losers hold nothing: their guests are in state error without address or files
-    for g in guests.as_array().unwrap().iter().filter(|g| g["state"] == "error") {
-        assert!(g["ip"].is_null() && g["vnc_port"].is_null() && g["mac"].is_null(), "{g}");
+    for g in guests
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["state"] == "error")
+    {
+        assert!(
+            g["ip"].is_null() && g["vnc_port"].is_null() && g["mac"].is_null(),
+            "{g}"
+        );
         assert!(g["disks"].as_array().unwrap().is_empty());
     }
     let (_, pools) = cloud.get("/ip-pools").await;
@@ -124,7 +180,9 @@ async fn concurrent_creates_racing_for_a_small_pool_never_share_an_address() {
     // a guest whose creation failed can be deleted (S30); then everything is gone
     let mut dels = Vec::new();
     for g in guests.as_array().unwrap() {
-        let (s, v) = cloud.delete(&format!("/guests/{}", g["id"].as_str().unwrap())).await;
+        let (s, v) = cloud
+            .delete(&format!("/guests/{}", g["id"].as_str().unwrap()))
+            .await;
         assert_eq!(s, 202, "{v}");
         dels.push(v["operation_id"].as_str().unwrap().to_string());
     }
@@ -144,8 +202,13 @@ async fn a_busy_guest_answers_409_naming_the_operation_and_cancel_unwinds() {
     cloud.pool("lan", "192.0.2.10", "192.0.2.20").await;
     // Freeze the node: the create stays at its first node step, holding the guest.
     cloud.node.as_ref().unwrap().signal("STOP");
-    let (gid, op) = cloud.create(json!({"name": "busy", "template": "tiny", "cpus": 1, "memory_mib": 128})).await[0].clone();
-    let (s, v) = cloud.post(&format!("/guests/{gid}/actions/reboot"), json!(null)).await;
+    let (gid, op) = cloud
+        .create(json!({"name": "busy", "template": "tiny", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    let (s, v) = cloud
+        .post(&format!("/guests/{gid}/actions/reboot"), json!(null))
+        .await;
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["code"], "conflict");
     assert_eq!(v["details"]["operation_id"], json!(op));
@@ -154,13 +217,23 @@ async fn a_busy_guest_answers_409_naming_the_operation_and_cancel_unwinds() {
     assert_eq!(s, 409);
 
     // Cancel: honoured at the next step boundary, then every completed step is undone.
-    let (s, v) = cloud.post(&format!("/operations/{op}/cancel"), json!(null)).await;
+    let (s, v) = cloud
+        .post(&format!("/operations/{op}/cancel"), json!(null))
+        .await;
     assert_eq!(s, 202, "{v}");
     cloud.node.as_ref().unwrap().signal("CONT");
     let v = cloud.wait_op(&op).await;
     assert_eq!(v["state"], "cancelled", "{v}");
-    let undone: Vec<&str> = v["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
-    assert!(undone.iter().all(|s| *s == "undone" || *s == "pending"), "{undone:?}");
+    let undone: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert!(
+        undone.iter().all(|s| *s == "undone" || *s == "pending"),
+        "{undone:?}"
+    );
     cloud.assert_no_leaks().await;
 }
 
@@ -173,20 +246,55 @@ async fn bad_input_gets_a_4xx_with_a_message_and_creates_nothing() {
     cloud.template("tiny").await;
     cloud.pool("lan", "192.0.2.10", "192.0.2.11").await;
     let cases = [
-        (json!({"template": "nope", "cpus": 1, "memory_mib": 128}), 422, "unknown template"),
-        (json!({"template": "tiny", "cpus": 1, "memory_mib": 16}), 422, "below the minimum"),
-        (json!({"template": "tiny", "cpus": 0, "memory_mib": 128}), 400, "cpus"),
-        (json!({"template": "tiny", "cpus": 1, "memory_mib": 128, "extra": 1}), 400, "unknown field"),
-        (json!({"template": "tiny", "cpus": 1, "memory_mib": 128, "count": 3}), 409, "free address"),
-        (json!({"template": "tiny", "cpus": 1, "memory_mib": 128, "name": "Bad_Name"}), 400, "invalid"),
-        (json!({"template": "tiny", "cpus": 1, "memory_mib": 128, "ip": "10.9.9.9"}), 422, "not inside"),
-        (json!({"template": "tiny", "cpus": 1, "memory_mib": 128, "node": "ghost"}), 422, "unknown node"),
+        (
+            json!({"template": "nope", "cpus": 1, "memory_mib": 128}),
+            422,
+            "unknown template",
+        ),
+        (
+            json!({"template": "tiny", "cpus": 1, "memory_mib": 16}),
+            422,
+            "below the minimum",
+        ),
+        (
+            json!({"template": "tiny", "cpus": 0, "memory_mib": 128}),
+            400,
+            "cpus",
+        ),
+        (
+            json!({"template": "tiny", "cpus": 1, "memory_mib": 128, "extra": 1}),
+            400,
+            "unknown field",
+        ),
+        (
+            json!({"template": "tiny", "cpus": 1, "memory_mib": 128, "count": 3}),
+            409,
+            "free address",
+        ),
+        (
+            json!({"template": "tiny", "cpus": 1, "memory_mib": 128, "name": "Bad_Name"}),
+            400,
+            "invalid",
+        ),
+        (
+            json!({"template": "tiny", "cpus": 1, "memory_mib": 128, "ip": "10.9.9.9"}),
+            422,
+            "not inside",
+        ),
+        (
+            json!({"template": "tiny", "cpus": 1, "memory_mib": 128, "node": "ghost"}),
+            422,
+            "unknown node",
+        ),
     ];
     for (body, status, needle) in cases {
         let (s, v) = cloud.post("/guests", body.clone()).await;
         assert_eq!(s, status, "{body} -> {v}");
         let msg = v["message"].as_str().unwrap_or_default();
-        assert!(msg.contains(needle), "{body}: {msg:?} should mention {needle:?}");
+        assert!(
+            msg.contains(needle),
+            "{body}: {msg:?} should mention {needle:?}"
+        );
         assert!(v["code"].is_string());
     }
     // malformed JSON and no token: same error body
@@ -213,7 +321,10 @@ async fn bad_input_gets_a_4xx_with_a_message_and_creates_nothing() {
     assert_eq!(ops, json!([]));
     // a template in use cannot be deleted (S53)
     cloud.pool("more", "192.0.2.100", "192.0.2.101").await;
-    let (gid, op) = cloud.create(json!({"template": "tiny", "cpus": 1, "memory_mib": 128})).await[0].clone();
+    let (gid, op) = cloud
+        .create(json!({"template": "tiny", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
     cloud.wait_op(&op).await;
     let (s, v) = cloud.delete("/templates/tiny").await;
     assert_eq!(s, 409, "{v}");
@@ -244,7 +355,10 @@ async fn event_stream_resumes_from_last_event_id_without_gaps() {
     let last_seen = first.last().unwrap().0;
     drop(resp); // disconnect
 
-    let (_, op) = cloud.create(json!({"name": "ev", "template": "tiny", "cpus": 1, "memory_mib": 128})).await[0].clone();
+    let (_, op) = cloud
+        .create(json!({"name": "ev", "template": "tiny", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
     cloud.wait_op(&op).await;
 
     let mut resp = http
@@ -260,22 +374,42 @@ async fn event_stream_resumes_from_last_event_id_without_gaps() {
     while tokio::time::Instant::now() < deadline {
         got.extend(read_sse(&mut resp, &mut buf, 1000, Duration::from_secs(1)).await);
         let done = got.iter().any(|(_, e)| {
-            e["kind"] == "operation" && e["data"]["operation_id"] == json!(op) && e["data"]["state"] == "succeeded"
+            e["kind"] == "operation"
+                && e["data"]["operation_id"] == json!(op)
+                && e["data"]["state"] == "succeeded"
         });
         if done {
             break;
         }
     }
     assert!(!got.is_empty());
-    assert_eq!(got[0].0, last_seen + 1, "replay starts right after Last-Event-ID");
+    assert_eq!(
+        got[0].0,
+        last_seen + 1,
+        "replay starts right after Last-Event-ID"
+    );
     for w in got.windows(2) {
         assert_eq!(w[1].0, w[0].0 + 1, "no gaps in the sequence");
     }
-    let op_events: Vec<&Value> = got.iter().map(|(_, e)| e).filter(|e| e["data"]["operation_id"] == json!(op)).collect();
-    assert!(op_events.iter().any(|e| e["data"]["state"] == "succeeded"), "missed the end of the operation");
-    assert!(op_events.iter().any(|e| e["data"]["percent"].as_i64().unwrap_or(0) > 0 && e["data"]["percent"].as_i64().unwrap_or(0) < 100),
-        "progress in between");
-    assert!(got.iter().any(|(_, e)| e["kind"] == "guest.state" && e["data"]["state"] == "running"));
+    let op_events: Vec<&Value> = got
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e["data"]["operation_id"] == json!(op))
+        .collect();
+    assert!(
+        op_events.iter().any(|e| e["data"]["state"] == "succeeded"),
+        "missed the end of the operation"
+    );
+    assert!(
+        op_events
+            .iter()
+            .any(|e| e["data"]["percent"].as_i64().unwrap_or(0) > 0
+                && e["data"]["percent"].as_i64().unwrap_or(0) < 100),
+        "progress in between"
+    );
+    assert!(got
+        .iter()
+        .any(|(_, e)| e["kind"] == "guest.state" && e["data"]["state"] == "running"));
     let r = http
         .get(cloud.url("/events"))
         .bearer_auth(cloud.token())

@@ -40,8 +40,9 @@ pub enum ControllerError {
 }
 
 /// Fault injection for crash tests: `CORRAL_FAULT=<when>:<kind>:<step>` aborts the process
-/// right after that point (`after`: a controller step committed; `dispatched`: a node step
-/// was committed as dispatched and pushed). Unset in production; parsed once at start.
+/// right after that point (`after` / `undone`: a controller step or its undo committed;
+/// `dispatched` / `undo_dispatched`: a node step or its undo was committed as dispatched and
+/// pushed). Unset in production; parsed once at start.
 #[derive(Debug, Clone)]
 pub struct Fault {
     when: String,

@@ -33,7 +33,11 @@ pub fn require(tool: &str) -> bool {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A private redis-server with append-only persistence in its own directory.
@@ -57,7 +61,16 @@ impl Redis {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -108,7 +121,9 @@ impl Proc {
         self.child.id() as i32
     }
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
     }
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -150,7 +165,10 @@ pub struct Cloud {
 
 impl Cloud {
     fn base(hypervisor_uri: &str) -> Cloud {
-        let tmp = tempfile::Builder::new().prefix("corral-test-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("corral-test-")
+            .tempdir()
+            .unwrap();
         let redis = Redis::start(tmp.path());
         Cloud {
             redis,
@@ -219,7 +237,10 @@ impl Cloud {
     /// `corral up`: both roles in one process.
     pub async fn up() -> Cloud {
         let mut c = Cloud::base("test:///default");
-        let child = c.command(&["up", "--data-dir", c.dir().to_str().unwrap()], &[]).spawn().unwrap();
+        let child = c
+            .command(&["up", "--data-dir", c.dir().to_str().unwrap()], &[])
+            .spawn()
+            .unwrap();
         c.controller = Some(Proc { child, name: "up" });
         c.login().await;
         c.wait_node_online().await;
@@ -228,19 +249,28 @@ impl Cloud {
 
     pub fn start_node(&mut self, extra: &[(&str, &str)]) {
         let child = self.command(&["node"], extra).spawn().unwrap();
-        self.node = Some(Proc { child, name: "node" });
+        self.node = Some(Proc {
+            child,
+            name: "node",
+        });
     }
 
     pub async fn start_controller(&mut self, extra: &[(&str, &str)]) {
         let child = self.command(&["controller"], extra).spawn().unwrap();
-        self.controller = Some(Proc { child, name: "controller" });
+        self.controller = Some(Proc {
+            child,
+            name: "controller",
+        });
         self.login().await;
     }
 
     /// Starts the controller and returns without waiting for the API (it may abort early).
     pub fn spawn_controller(&mut self, extra: &[(&str, &str)]) {
         let child = self.command(&["controller"], extra).spawn().unwrap();
-        self.controller = Some(Proc { child, name: "controller" });
+        self.controller = Some(Proc {
+            child,
+            name: "controller",
+        });
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -271,15 +301,26 @@ impl Cloud {
         &self.token
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self.http.request(method, self.url(path)).bearer_auth(&self.token);
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             r = r.json(&b);
         }
         let resp = r.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -300,7 +341,11 @@ impl Cloud {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("node {} never came online; logs in {}", self.node_id, self.dir().display());
+        panic!(
+            "node {} never came online; logs in {}",
+            self.node_id,
+            self.dir().display()
+        );
     }
 
     /// Waits for an operation to end; returns it.
@@ -308,7 +353,10 @@ impl Cloud {
         for _ in 0..120 {
             let (s, v) = self.get(&format!("/operations/{id}/wait?timeout=5")).await;
             assert_eq!(s, 200, "{v}");
-            if matches!(v["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            if matches!(
+                v["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
                 return v;
             }
         }
@@ -327,7 +375,10 @@ impl Cloud {
             .success();
         assert!(ok, "qemu-img create failed");
         let (s, v) = self
-            .post("/templates", json!({"name": name, "path": path, "os_type": "linux"}))
+            .post(
+                "/templates",
+                json!({"name": name, "path": path, "os_type": "linux"}),
+            )
             .await;
         assert_eq!(s, 201, "{v}");
         v
@@ -353,13 +404,21 @@ impl Cloud {
             .as_array()
             .unwrap()
             .iter()
-            .map(|a| (a["guest_id"].as_str().unwrap().to_string(), a["operation_id"].as_str().unwrap().to_string()))
+            .map(|a| {
+                (
+                    a["guest_id"].as_str().unwrap().to_string(),
+                    a["operation_id"].as_str().unwrap().to_string(),
+                )
+            })
             .collect()
     }
 
     pub fn image_files(&self) -> Vec<String> {
         match std::fs::read_dir(self.images()) {
-            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect(),
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect(),
             Err(_) => vec![],
         }
     }
@@ -372,14 +431,23 @@ impl Cloud {
         for p in pools.as_array().unwrap() {
             assert_eq!(p["used"], json!(0), "pool {} still has leases", p["name"]);
         }
-        assert_eq!(self.image_files(), Vec::<String>::new(), "files left in the disk-image directory");
+        assert_eq!(
+            self.image_files(),
+            Vec::<String>::new(),
+            "files left in the disk-image directory"
+        );
         let (_, node) = self.get(&format!("/nodes/{}", self.node_id)).await;
         assert_eq!(node["guests"], json!(0));
     }
 }
 
 /// Reads SSE events (id, data) from `resp` until `n` arrive or `timeout` passes.
-pub async fn read_sse(resp: &mut reqwest::Response, buf: &mut String, n: usize, timeout: Duration) -> Vec<(i64, Value)> {
+pub async fn read_sse(
+    resp: &mut reqwest::Response,
+    buf: &mut String,
+    n: usize,
+    timeout: Duration,
+) -> Vec<(i64, Value)> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < n {

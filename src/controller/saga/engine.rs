@@ -50,6 +50,16 @@ impl From<sqlx::Error> for EngineError {
     }
 }
 
+/// What dispatching a node step came to.
+enum NodeStep {
+    /// Nothing to do on the node (no node yet, or no undo): the saga moved on.
+    Skipped,
+    /// Waiting: the node's in-flight window is full, or a transient error.
+    Blocked,
+    /// The job is out; the saga waits for its result.
+    Dispatched,
+}
+
 /// Handle to wake the engine for one operation.
 #[derive(Clone)]
 pub struct Waker(mpsc::UnboundedSender<String>);
@@ -141,12 +151,24 @@ impl Engine {
                         {
                             return Ok(());
                         }
-                        self.inject(&op.kind, &name, "after");
-                    } else if !self.node_step(tx, &mut op, saga, &def, step, undo).await? {
-                        return Ok(());
+                        self.inject(&op.kind, &name, if undo { "undone" } else { "after" });
                     } else {
-                        self.inject(&op.kind, &name, "dispatched");
-                        return Ok(());
+                        match self.node_step(tx, &mut op, saga, &def, step, undo).await? {
+                            NodeStep::Skipped => {}
+                            NodeStep::Blocked => return Ok(()),
+                            NodeStep::Dispatched => {
+                                self.inject(
+                                    &op.kind,
+                                    &name,
+                                    if undo {
+                                        "undo_dispatched"
+                                    } else {
+                                        "dispatched"
+                                    },
+                                );
+                                return Ok(());
+                            }
+                        }
                     }
                 }
             }
@@ -201,8 +223,7 @@ impl Engine {
         }
     }
 
-    /// Dispatches a node step. Returns true when the saga moved on without dispatching
-    /// (the step had nothing to do) and false when it now waits for the node.
+    /// Dispatches a node step.
     async fn node_step(
         &self,
         mut tx: Tx<'static>,
@@ -211,21 +232,21 @@ impl Engine {
         def: &KindDef,
         step: usize,
         undo: bool,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<NodeStep, EngineError> {
         let name = def.steps[step].name.clone();
         let now = now_ms();
         let action = match steps::node_action(&mut tx, op, &name, undo).await {
             Ok(a) => a,
             Err(StepError::Transient(e)) => {
                 tracing::debug!(op = %op.id, "node step {name}: {e}");
-                return Ok(false);
+                return Ok(NodeStep::Blocked);
             }
             Err(StepError::Permanent(e)) => {
                 saga.mark_started(step, undo, now);
                 saga.mark_finished(step, undo, Some(e), now);
                 self.save(&mut tx, op, &saga, def).await?;
                 self.store.commit(tx).await?;
-                return Ok(true);
+                return Ok(NodeStep::Skipped);
             }
         };
         let Some((node, action)) = action else {
@@ -233,12 +254,12 @@ impl Engine {
             saga.mark_finished(step, undo, None, now);
             self.save(&mut tx, op, &saga, def).await?;
             self.store.commit(tx).await?;
-            return Ok(true);
+            return Ok(NodeStep::Skipped);
         };
         let redispatch = saga.steps[step].dispatched_at.is_some();
         if !redispatch && st::inflight_on_node(&mut tx, &node).await? >= self.window as i64 {
             // The node's window is full: the backlog stays in SQL; the sweep retries.
-            return Ok(false);
+            return Ok(NodeStep::Blocked);
         }
         op.node_id = Some(node.clone());
         let attempt = saga.mark_started(step, undo, now);
@@ -255,7 +276,7 @@ impl Engine {
             // The step stays dispatched; its lease runs out and it is dispatched again.
             tracing::warn!(op = %op.id, step = %name, "pushing to node {node}: {e}");
         }
-        Ok(false)
+        Ok(NodeStep::Dispatched)
     }
 
     /// Applies a node's step result (from the ingest loop). Returns whether it applied.

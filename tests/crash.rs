@@ -1,0 +1,175 @@
+//! Crash tests: the controller killed (abort, as `kill -9`) right after every step of a
+//! guest creation, and Redis restarted or wiped mid-operation. After a restart every
+//! operation must finish or unwind, and nothing may leak.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{require, Cloud};
+use serde_json::json;
+
+fn parts() -> bool {
+    require("redis-server") && require("qemu-img") && require("genisoimage")
+}
+
+const CREATE_FAULTS: &[&str] = &[
+    "after:guest.create:place",
+    "after:guest.create:allocate",
+    "dispatched:guest.create:create_disk",
+    "dispatched:guest.create:build_seed",
+    "dispatched:guest.create:define",
+    "dispatched:guest.create:start",
+    "after:guest.create:finish",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_after_every_create_step_resumes_and_leaks_nothing() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    cloud.pool("lan", "192.0.2.10", "192.0.2.20").await;
+    for (i, fault) in CREATE_FAULTS.iter().enumerate() {
+        cloud.controller.take().unwrap().kill9();
+        cloud.start_controller(&[("CORRAL_FAULT", fault)]).await;
+        let (gid, op) = cloud
+            .create(json!({"name": format!("crash-{i}"), "template": "tiny", "cpus": 1, "memory_mib": 128}))
+            .await[0]
+            .clone();
+        assert!(
+            cloud
+                .controller
+                .as_mut()
+                .unwrap()
+                .wait_exit(Duration::from_secs(30)),
+            "fault {fault} never fired"
+        );
+        cloud.start_controller(&[]).await;
+        let v = cloud.wait_op(&op).await;
+        assert_eq!(v["state"], "succeeded", "after {fault}: {v}");
+        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+        assert_eq!(g["state"], "running", "after {fault}: {g}");
+        let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+        let v = cloud.wait_op(d["operation_id"].as_str().unwrap()).await;
+        assert_eq!(v["state"], "succeeded", "delete after {fault}: {v}");
+        cloud.assert_no_leaks().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_while_unwinding_finishes_the_unwind() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    let t = cloud.template("doomed").await;
+    cloud.pool("lan", "192.0.2.10", "192.0.2.20").await;
+    // The image disappears after registration: create_disk fails on the node, for good.
+    std::fs::remove_file(t["path"].as_str().unwrap()).unwrap();
+    for fault in ["undone:guest.create:allocate", "undone:guest.create:place"] {
+        cloud.controller.take().unwrap().kill9();
+        cloud.start_controller(&[("CORRAL_FAULT", fault)]).await;
+        let (gid, op) = cloud
+            .create(json!({"template": "doomed", "cpus": 1, "memory_mib": 128}))
+            .await[0]
+            .clone();
+        if !cloud
+            .controller
+            .as_mut()
+            .unwrap()
+            .wait_exit(Duration::from_secs(30))
+        {
+            let (_, v) = cloud.get(&format!("/operations/{op}")).await;
+            panic!("{fault} never fired: {v}");
+        }
+        cloud.start_controller(&[]).await;
+        let v = cloud.wait_op(&op).await;
+        assert_eq!(v["state"], "failed", "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("does not exist"),
+            "{v}"
+        );
+        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+        assert_eq!(g["state"], "error");
+        assert!(
+            g["ip"].is_null() && g["vnc_port"].is_null() && g["mac"].is_null(),
+            "{g}"
+        );
+        let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+        assert_eq!(
+            cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+            "succeeded"
+        );
+        cloud.assert_no_leaks().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_operation_loses_nothing() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    cloud.pool("lan", "192.0.2.10", "192.0.2.20").await;
+    let (g1, op1) = cloud
+        .create(json!({"name": "before", "template": "tiny", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op1).await["state"], "succeeded");
+
+    cloud.redis.kill();
+    // The API keeps accepting work while Redis is down: the backlog is in SQL.
+    let (g2, op2) = cloud
+        .create(json!({"name": "during", "template": "tiny", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cloud.redis.restart();
+    let v = cloud.wait_op(&op2).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    for g in [&g1, &g2] {
+        let (_, d) = cloud.delete(&format!("/guests/{g}")).await;
+        assert_eq!(
+            cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+            "succeeded"
+        );
+    }
+    cloud.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_its_data_mid_operation_is_survived() {
+    if !parts() || !require("redis-cli") {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    cloud.pool("lan", "192.0.2.10", "192.0.2.20").await;
+    // Freeze the node so the job sits in Redis, then wipe Redis: job, queue, stream and
+    // consumer group are gone. The step's lease runs out and it is dispatched again.
+    cloud.node.as_ref().unwrap().signal("STOP");
+    let (gid, op) = cloud
+        .create(json!({"name": "wiped", "template": "tiny", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ok = std::process::Command::new("redis-cli")
+        .args(["-p", &cloud.redis.port.to_string(), "FLUSHALL"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    cloud.node.as_ref().unwrap().signal("CONT");
+    let v = cloud.wait_op(&op).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+    assert_eq!(
+        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    cloud.assert_no_leaks().await;
+}
