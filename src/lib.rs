@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod fault;
 pub mod guestinit;
 pub mod jobs;
 pub mod model;

@@ -148,6 +148,26 @@ pub enum NodeAction {
     Resume { guest_id: String },
 }
 
+impl NodeAction {
+    /// The action's name, as in the wire format.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeAction::CreateDisk { .. } => "create_disk",
+            NodeAction::RemoveFile { .. } => "remove_file",
+            NodeAction::BuildSeed { .. } => "build_seed",
+            NodeAction::Define { .. } => "define",
+            NodeAction::Undefine { .. } => "undefine",
+            NodeAction::Start { .. } => "start",
+            NodeAction::Destroy { .. } => "destroy",
+            NodeAction::Shutdown { .. } => "shutdown",
+            NodeAction::Reboot { .. } => "reboot",
+            NodeAction::Reset { .. } => "reset",
+            NodeAction::Suspend { .. } => "suspend",
+            NodeAction::Resume { .. } => "resume",
+        }
+    }
+}
+
 /// A node job: one saga step (or its undo) for one operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeJob {

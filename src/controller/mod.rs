@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ControllerConfig;
+use crate::fault::Fault;
 use crate::jobs::Catalog;
 use crate::transport;
 use saga::engine::{self, Engine};
@@ -37,36 +38,6 @@ pub enum ControllerError {
     Auth(#[from] auth::AuthError),
     #[error("serving HTTP: {0}")]
     Http(#[from] std::io::Error),
-}
-
-/// Fault injection for crash tests: `CORRAL_FAULT=<when>:<kind>:<step>` aborts the process
-/// right after that point (`after` / `undone`: a controller step or its undo committed;
-/// `dispatched` / `undo_dispatched`: a node step or its undo was committed as dispatched and
-/// pushed). Unset in production; parsed once at start.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    when: String,
-    kind: String,
-    step: String,
-}
-
-impl Fault {
-    pub fn from_env() -> Option<Self> {
-        let v = std::env::var("CORRAL_FAULT").ok()?;
-        let mut parts = v.splitn(3, ':');
-        Some(Fault {
-            when: parts.next()?.to_string(),
-            kind: parts.next()?.to_string(),
-            step: parts.next()?.to_string(),
-        })
-    }
-
-    pub fn check(&self, kind: &str, step: &str, when: &str) {
-        if self.when == when && self.kind == kind && self.step == step {
-            eprintln!("CORRAL_FAULT: aborting {when} {kind}/{step}");
-            std::process::abort();
-        }
-    }
 }
 
 /// A running controller's handles, for `corral up` and tests.

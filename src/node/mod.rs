@@ -53,6 +53,7 @@ pub struct NodeCtx {
     pub renderer: Renderer,
     pub publisher: Publisher,
     pub workers: Mutex<HashMap<String, String>>,
+    pub fault: Option<crate::fault::Fault>,
 }
 
 impl NodeCtx {
@@ -127,6 +128,9 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
     let outcome = actions::outcome(
         actions::run(ctx.hv.as_ref(), &ctx.renderer, &ctx.settings, &job.action).await,
     );
+    if let Some(f) = &ctx.fault {
+        f.check("node", job.action.name(), "after");
+    }
     if let StepOutcome::Failed { error, .. } = &outcome {
         tracing::warn!(op = %job.op_id, step = job.step, undo = job.undo, "job failed: {error}");
     }
@@ -168,6 +172,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
         renderer: Renderer::new(cfg.templates_dir.as_deref())?,
         publisher: Publisher::new(&cfg.redis_url),
         workers: Mutex::new(HashMap::new()),
+        fault: crate::fault::Fault::from_env(),
         cfg,
     });
     let stop = |mut rx: watch::Receiver<bool>| async move {

@@ -227,7 +227,13 @@ impl Cloud {
 
     /// Controller and node as separate processes (for crash tests).
     pub async fn split(hypervisor_uri: &str) -> Cloud {
+        Cloud::split_with(hypervisor_uri, vec![]).await
+    }
+
+    /// Like [`Cloud::split`], with extra environment for both processes.
+    pub async fn split_with(hypervisor_uri: &str, env: Vec<(String, String)>) -> Cloud {
         let mut c = Cloud::base(hypervisor_uri);
+        c.extra_env = env;
         c.start_node(&[]);
         c.start_controller(&[]).await;
         c.wait_node_online().await;

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::steps::{self, StepEnv, StepError};
 use super::{eta_seconds, Next, Saga};
 use crate::controller::store::{self as st, events, OpRow, Store, StoreError, Tx};
-use crate::controller::Fault;
+use crate::fault::Fault;
 use crate::jobs::{Catalog, KindDef};
 use crate::model::{now_ms, NodeJob, OpState, RunsOn, StepOutcome};
 use crate::transport::Queues;

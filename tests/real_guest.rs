@@ -1,0 +1,257 @@
+//! Real guests on `qemu:///system` under TCG, booted from the project's tiny test template
+//! (`tests/fixtures/build-test-guest.sh`): what the API says must be true inside the guest,
+//! through the QEMU guest agent; and `kill -9` of the node at every create step must leave
+//! the operation finished and nothing leaked.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{require, Cloud};
+use serde_json::{json, Value};
+
+/// libvirt's system daemon answers; otherwise skip loudly (fail under CI).
+fn libvirt_ready() -> bool {
+    if !require("virsh") || !require("redis-server") || !require("genisoimage") {
+        return false;
+    }
+    let ok = Command::new("virsh")
+        .args(["-c", "qemu:///system", "version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("CI").is_ok() {
+            panic!("libvirtd must run in CI (.ci/host-setup.sh starts it)");
+        }
+        eprintln!("SKIPPED: libvirtd is not running (run .ci/host-setup.sh)");
+    }
+    ok
+}
+
+fn fixture() -> PathBuf {
+    let dir = std::env::var("CORRAL_FIXTURE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/fixtures")));
+    let img = dir.join("template.qcow2");
+    if !img.exists() {
+        let ok = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/build-test-guest.sh"))
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "building the test guest fixture failed");
+    }
+    img
+}
+
+/// A bridge with the pool's gateway address on it; removed on drop.
+struct Bridge {
+    name: String,
+}
+
+impl Bridge {
+    fn new(gateway_cidr: &str) -> Bridge {
+        let name = format!("crl{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        for args in [
+            vec!["link", "add", &name, "type", "bridge"],
+            vec!["addr", "add", gateway_cidr, "dev", &name],
+            vec!["link", "set", &name, "up"],
+        ] {
+            assert!(Command::new("ip").args(&args).status().unwrap().success(), "ip {args:?}");
+        }
+        Bridge { name }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.name]).status();
+    }
+}
+
+fn virsh(args: &[&str]) -> (bool, String) {
+    let out = Command::new("virsh").arg("-c").arg("qemu:///system").args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn agent(dom: &str, cmd: Value) -> Option<Value> {
+    let (ok, out) = virsh(&["qemu-agent-command", dom, &cmd.to_string(), "--timeout", "5"]);
+    if !ok {
+        return None;
+    }
+    serde_json::from_str::<Value>(&out).ok().map(|v| v["return"].clone())
+}
+
+fn wait_agent(dom: &str, timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if agent(dom, json!({"execute": "guest-ping"})).is_some() {
+            return t0.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the guest agent of {dom} never answered");
+}
+
+/// Runs a command in the guest and returns its stdout.
+fn guest_exec(dom: &str, path: &str, args: &[&str]) -> String {
+    let r = agent(
+        dom,
+        json!({"execute": "guest-exec", "arguments": {"path": path, "arg": args, "capture-output": true}}),
+    )
+    .expect("guest-exec");
+    let pid = r["pid"].as_i64().unwrap();
+    for _ in 0..50 {
+        let st = agent(dom, json!({"execute": "guest-exec-status", "arguments": {"pid": pid}})).unwrap();
+        if st["exited"] == json!(true) {
+            let b64 = st["out-data"].as_str().unwrap_or("");
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+            return String::from_utf8_lossy(&bytes).to_string();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("guest-exec {path} did not finish");
+}
+
+fn domain_exists(name: &str) -> bool {
+    virsh(&["dominfo", name]).0
+}
+
+async fn tcg_cloud(bridge: &Bridge, vnc_base: u16) -> Cloud {
+    let cloud = Cloud::split_with(
+        "qemu:///system",
+        vec![
+            ("CORRAL_DOMAIN_TYPE".into(), "qemu".into()),
+            ("CORRAL_VM_NETWORK_BRIDGE".into(), bridge.name.clone()),
+            ("CORRAL_VNC_PORT_MIN".into(), vnc_base.to_string()),
+            ("CORRAL_VNC_PORT_MAX".into(), (vnc_base + 20).to_string()),
+        ],
+    )
+    .await;
+    let img = fixture();
+    let (s, v) = cloud
+        .post("/templates", json!({"name": "gi", "path": img, "os_type": "linux", "min_memory_mib": 96}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    cloud
+}
+
+async fn act(cloud: &Cloud, gid: &str, action: &str) -> Value {
+    let (s, v) = cloud.post(&format!("/guests/{gid}/actions/{action}"), json!(null)).await;
+    assert_eq!(s, 202, "{action}: {v}");
+    let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    assert_eq!(op["state"], "succeeded", "{action}: {op}");
+    cloud.get(&format!("/guests/{gid}")).await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_guest_gets_what_the_api_promised_and_leaves_nothing() {
+    if !libvirt_ready() {
+        return;
+    }
+    let bridge = Bridge::new("198.51.100.1/24");
+    let cloud = tcg_cloud(&bridge, 5960).await;
+    let (s, v) = cloud
+        .post(
+            "/ip-pools",
+            json!({"name": "tnet", "cidr": "198.51.100.0/24", "range_start": "198.51.100.10",
+                   "range_end": "198.51.100.20", "gateway": "198.51.100.1", "dns": ["198.51.100.1"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let name = format!("rg{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let t0 = Instant::now();
+    let (gid, op) = cloud
+        .create(json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 128, "password": "s3cret-pw"}))
+        .await[0]
+        .clone();
+    let v = cloud.wait_op(&op).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let to_running = t0.elapsed();
+    let to_agent = t0.elapsed() + wait_agent(&name, Duration::from_secs(120));
+    eprintln!("API -> running {to_running:?}, API -> agent {to_agent:?}");
+    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+    assert_eq!(g["state"], "running");
+    let ip = g["ip"].as_str().unwrap().to_string();
+
+    // Inside the guest: hostname, address, files, password hash are the ones allocated.
+    let host = agent(&name, json!({"execute": "guest-get-host-name"})).unwrap();
+    assert_eq!(host["host-name"], json!(name));
+    let ifaces = agent(&name, json!({"execute": "guest-network-get-interfaces"})).unwrap();
+    let addrs: Vec<String> = ifaces
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["ip-addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["ip-address"].as_str().map(String::from))
+        .collect();
+    assert!(addrs.contains(&ip), "guest addresses {addrs:?} lack {ip}");
+    let marker = guest_exec(&name, "/bin/cat", &["/etc/corral-guest"]);
+    assert!(marker.contains(&format!("id={gid}")), "{marker}");
+    let shadow = guest_exec(&name, "/bin/cat", &["/etc/shadow"]);
+    let root_hash = shadow.lines().find(|l| l.starts_with("root:")).unwrap().split(':').nth(1).unwrap().to_string();
+    assert!(sha_crypt::sha512_check("s3cret-pw", &root_hash).is_ok(), "root hash {root_hash} is not the requested password");
+    let ping = Command::new("ping").args(["-c", "1", "-W", "3", &ip]).stdout(Stdio::null()).status();
+    if let Ok(p) = ping {
+        assert!(p.success(), "the guest does not answer ping on {ip}");
+    }
+
+    // Power cycle through operations.
+    let g = act(&cloud, &gid, "shutdown").await;
+    assert_eq!(g["state"], "shutoff");
+    let g = act(&cloud, &gid, "start").await;
+    assert_eq!(g["state"], "running");
+    wait_agent(&name, Duration::from_secs(120));
+    let g = act(&cloud, &gid, "reboot").await;
+    assert_eq!(g["state"], "running");
+    wait_agent(&name, Duration::from_secs(120));
+
+    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+    assert_eq!(cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"], "succeeded");
+    assert!(!domain_exists(&name), "domain {name} still defined");
+    cloud.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_killed_after_every_create_step_finishes_without_leaks() {
+    if !libvirt_ready() {
+        return;
+    }
+    let bridge = Bridge::new("203.0.113.1/24");
+    let mut cloud = tcg_cloud(&bridge, 5985).await;
+    let (s, v) = cloud
+        .post(
+            "/ip-pools",
+            json!({"name": "knet", "cidr": "203.0.113.0/24", "range_start": "203.0.113.10",
+                   "range_end": "203.0.113.20", "gateway": "203.0.113.1"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    for action in ["create_disk", "build_seed", "define", "start"] {
+        let fault = format!("after:node:{action}");
+        cloud.node.take().unwrap().kill9();
+        cloud.start_node(&[("CORRAL_FAULT", &fault)]);
+        let name = format!("kn{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let (gid, op) = cloud
+            .create(json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 96}))
+            .await[0]
+            .clone();
+        assert!(cloud.node.as_mut().unwrap().wait_exit(Duration::from_secs(60)), "{fault} never fired");
+        cloud.start_node(&[]);
+        let v = cloud.wait_op(&op).await;
+        assert_eq!(v["state"], "succeeded", "after {fault}: {v}");
+        assert!(domain_exists(&name));
+        let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+        assert_eq!(cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"], "succeeded");
+        assert!(!domain_exists(&name), "domain {name} leaked after {fault}");
+        cloud.assert_no_leaks().await;
+    }
+}
