@@ -42,7 +42,10 @@ fn fixture() -> PathBuf {
     let img = dir.join("template.qcow2");
     if !img.exists() {
         let ok = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/build-test-guest.sh"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/build-test-guest.sh"
+            ))
             .arg(&dir)
             .status()
             .unwrap()
@@ -65,7 +68,10 @@ impl Bridge {
             vec!["addr", "add", gateway_cidr, "dev", &name],
             vec!["link", "set", &name, "up"],
         ] {
-            assert!(Command::new("ip").args(&args).status().unwrap().success(), "ip {args:?}");
+            assert!(
+                Command::new("ip").args(&args).status().unwrap().success(),
+                "ip {args:?}"
+            );
         }
         Bridge { name }
     }
@@ -73,21 +79,39 @@ impl Bridge {
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
     }
 }
 
 fn virsh(args: &[&str]) -> (bool, String) {
-    let out = Command::new("virsh").arg("-c").arg("qemu:///system").args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg("qemu:///system")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
 }
 
 fn agent(dom: &str, cmd: Value) -> Option<Value> {
-    let (ok, out) = virsh(&["qemu-agent-command", dom, &cmd.to_string(), "--timeout", "5"]);
+    let (ok, out) = virsh(&[
+        "qemu-agent-command",
+        dom,
+        &cmd.to_string(),
+        "--timeout",
+        "5",
+    ]);
     if !ok {
         return None;
     }
-    serde_json::from_str::<Value>(&out).ok().map(|v| v["return"].clone())
+    serde_json::from_str::<Value>(&out)
+        .ok()
+        .map(|v| v["return"].clone())
 }
 
 fn wait_agent(dom: &str, timeout: Duration) -> Duration {
@@ -110,10 +134,16 @@ fn guest_exec(dom: &str, path: &str, args: &[&str]) -> String {
     .expect("guest-exec");
     let pid = r["pid"].as_i64().unwrap();
     for _ in 0..50 {
-        let st = agent(dom, json!({"execute": "guest-exec-status", "arguments": {"pid": pid}})).unwrap();
+        let st = agent(
+            dom,
+            json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}),
+        )
+        .unwrap();
         if st["exited"] == json!(true) {
             let b64 = st["out-data"].as_str().unwrap_or("");
-            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
             return String::from_utf8_lossy(&bytes).to_string();
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -133,19 +163,27 @@ async fn tcg_cloud(bridge: &Bridge, vnc_base: u16) -> Cloud {
             ("CORRAL_VM_NETWORK_BRIDGE".into(), bridge.name.clone()),
             ("CORRAL_VNC_PORT_MIN".into(), vnc_base.to_string()),
             ("CORRAL_VNC_PORT_MAX".into(), (vnc_base + 20).to_string()),
+            // A long reconcile period: state changes made behind corral's back must arrive
+            // through libvirt's lifecycle events, not the periodic inventory.
+            ("CORRAL_RECONCILE_SECS".into(), "120".into()),
         ],
     )
     .await;
     let img = fixture();
     let (s, v) = cloud
-        .post("/templates", json!({"name": "gi", "path": img, "os_type": "linux", "min_memory_mib": 96}))
+        .post(
+            "/templates",
+            json!({"name": "gi", "path": img, "os_type": "linux", "min_memory_mib": 96}),
+        )
         .await;
     assert_eq!(s, 201, "{v}");
     cloud
 }
 
 async fn act(cloud: &Cloud, gid: &str, action: &str) -> Value {
-    let (s, v) = cloud.post(&format!("/guests/{gid}/actions/{action}"), json!(null)).await;
+    let (s, v) = cloud
+        .post(&format!("/guests/{gid}/actions/{action}"), json!(null))
+        .await;
     assert_eq!(s, 202, "{action}: {v}");
     let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
     assert_eq!(op["state"], "succeeded", "{action}: {op}");
@@ -197,12 +235,49 @@ async fn a_real_guest_gets_what_the_api_promised_and_leaves_nothing() {
     let marker = guest_exec(&name, "/bin/cat", &["/etc/corral-guest"]);
     assert!(marker.contains(&format!("id={gid}")), "{marker}");
     let shadow = guest_exec(&name, "/bin/cat", &["/etc/shadow"]);
-    let root_hash = shadow.lines().find(|l| l.starts_with("root:")).unwrap().split(':').nth(1).unwrap().to_string();
-    assert!(sha_crypt::sha512_check("s3cret-pw", &root_hash).is_ok(), "root hash {root_hash} is not the requested password");
-    let ping = Command::new("ping").args(["-c", "1", "-W", "3", &ip]).stdout(Stdio::null()).status();
+    let root_hash = shadow
+        .lines()
+        .find(|l| l.starts_with("root:"))
+        .unwrap()
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(
+        sha_crypt::sha512_check("s3cret-pw", &root_hash).is_ok(),
+        "root hash {root_hash} is not the requested password"
+    );
+    let ping = Command::new("ping")
+        .args(["-c", "1", "-W", "3", &ip])
+        .stdout(Stdio::null())
+        .status();
     if let Ok(p) = ping {
         assert!(p.success(), "the guest does not answer ping on {ip}");
     }
+
+    // A change made behind corral's back arrives through libvirt's lifecycle events.
+    assert!(virsh(&["suspend", &name]).0);
+    let t_event = Instant::now();
+    let mut seen = String::new();
+    while t_event.elapsed() < Duration::from_secs(20) {
+        seen = cloud.get(&format!("/guests/{gid}")).await.1["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if seen == "paused" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen, "paused",
+        "the suspend done with virsh never reached corral"
+    );
+    eprintln!(
+        "virsh suspend -> API state paused in {:?}",
+        t_event.elapsed()
+    );
+    assert!(virsh(&["resume", &name]).0);
 
     // Power cycle through operations.
     let g = act(&cloud, &gid, "shutdown").await;
@@ -215,7 +290,10 @@ async fn a_real_guest_gets_what_the_api_promised_and_leaves_nothing() {
     wait_agent(&name, Duration::from_secs(120));
 
     let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
-    assert_eq!(cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"], "succeeded");
+    assert_eq!(
+        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
     assert!(!domain_exists(&name), "domain {name} still defined");
     cloud.assert_no_leaks().await;
 }
@@ -244,13 +322,23 @@ async fn node_killed_after_every_create_step_finishes_without_leaks() {
             .create(json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 96}))
             .await[0]
             .clone();
-        assert!(cloud.node.as_mut().unwrap().wait_exit(Duration::from_secs(60)), "{fault} never fired");
+        assert!(
+            cloud
+                .node
+                .as_mut()
+                .unwrap()
+                .wait_exit(Duration::from_secs(60)),
+            "{fault} never fired"
+        );
         cloud.start_node(&[]);
         let v = cloud.wait_op(&op).await;
         assert_eq!(v["state"], "succeeded", "after {fault}: {v}");
         assert!(domain_exists(&name));
         let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
-        assert_eq!(cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"], "succeeded");
+        assert_eq!(
+            cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+            "succeeded"
+        );
         assert!(!domain_exists(&name), "domain {name} leaked after {fault}");
         cloud.assert_no_leaks().await;
     }

@@ -419,3 +419,51 @@ async fn event_stream_resumes_from_last_event_id_without_gaps() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_goes_offline_and_its_guests_read_unknown_until_it_returns() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    let (gid, op) = cloud
+        .create(json!({"name": "lonely", "template": "tiny", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    cloud.node.as_ref().unwrap().signal("STOP");
+    let node_path = format!("/nodes/{}", cloud.node_id);
+    let mut offline = json!(null);
+    for _ in 0..200 {
+        let (_, n) = cloud.get(&node_path).await;
+        if n["online"] == json!(false) {
+            offline = n;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(offline["online"], json!(false), "node never went offline");
+    assert!(
+        offline["offline_since"].is_string() && offline["offline_seconds"].is_number(),
+        "{offline}"
+    );
+    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+    assert_eq!(g["state"], "unknown");
+    cloud.node.as_ref().unwrap().signal("CONT");
+    let mut back = String::new();
+    for _ in 0..200 {
+        back = cloud.get(&format!("/guests/{gid}")).await.1["state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if back == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back, "running", "the reconcile restores the real state");
+    let (_, n) = cloud.get(&node_path).await;
+    assert_eq!(n["online"], json!(true));
+    assert!(n["offline_since"].is_null());
+}

@@ -7,10 +7,12 @@
 //! * `queue`: the apalis worker (restarted with a fresh unique name whenever it exits,
 //!   e.g. when Redis went away);
 //! * `heartbeat`: facts every `heartbeat_secs`;
-//! * `watcher`: polls domain states every second and reports changes at once, plus the full
-//!   inventory every `reconcile_secs` (S73).
+//! * `watcher`: reports a domain's state as soon as libvirt announces a lifecycle event
+//!   (`events.rs`), and every `reconcile_secs` compares all states and sends the full
+//!   inventory (the periodic reconcile, S73), which also catches anything an event missed.
 
 pub mod actions;
+pub mod events;
 pub mod facts;
 pub mod hypervisor;
 
@@ -158,6 +160,8 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
         path: cfg.storage_dir.display().to_string(),
         source,
     })?;
+    // libvirt's event loop must exist before the first connection is opened.
+    events::init_event_loop();
     let domain_type = facts::domain_type(&cfg);
     tracing::info!(node = %node_id, %domain_type, uri = %cfg.hypervisor_uri, "node starting");
     let ctx = Arc::new(NodeCtx {
@@ -253,13 +257,29 @@ fn ignored(name: &str) -> bool {
 
 async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_secs(ctx.cfg.reconcile_secs.max(1)));
     let mut last: HashMap<String, String> = HashMap::new();
-    let mut last_inventory = 0i64;
+    let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<String>();
+    events::spawn_listener(ctx.cfg.hypervisor_uri.clone(), tx);
     ctx.set_worker("watcher", "running");
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
+            Some(uuid) = changed.recv() => {
+                // One domain changed: report just it, right away.
+                let state = match ctx.hv.state(&uuid).await {
+                    Ok(Some(s)) => s.as_str().to_string(),
+                    Ok(None) => { last.remove(&uuid); continue; }
+                    Err(e) => { tracing::warn!("reading state of {uuid}: {e}"); continue; }
+                };
+                if last.get(&uuid) != Some(&state) {
+                    let ev = NodeEvent::DomainState { node_id: ctx.node_id.clone(), guest_id: uuid.clone(), state: state.clone(), at_ms: now_ms() };
+                    if ctx.publisher.publish(&ev).await.is_ok() {
+                        last.insert(uuid, state);
+                    }
+                }
+                continue;
+            }
             _ = tick.tick() => {}
         }
         let doms = match ctx.hv.list().await {
@@ -288,24 +308,21 @@ async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
             now_states.insert(d.uuid.clone(), st);
         }
         last = now_states;
-        let now = now_ms();
-        if now - last_inventory >= (ctx.cfg.reconcile_secs.max(1) * 1000) as i64 {
-            let ev = NodeEvent::Inventory {
-                node_id: ctx.node_id.clone(),
-                domains: doms
-                    .iter()
-                    .filter(|d| !ignored(&d.name))
-                    .map(|d| DomainInfo {
-                        guest_id: d.uuid.clone(),
-                        name: d.name.clone(),
-                        state: d.state.as_str().into(),
-                    })
-                    .collect(),
-                at_ms: now,
-            };
-            if ctx.publisher.publish(&ev).await.is_ok() {
-                last_inventory = now;
-            }
+        let ev = NodeEvent::Inventory {
+            node_id: ctx.node_id.clone(),
+            domains: doms
+                .iter()
+                .filter(|d| !ignored(&d.name))
+                .map(|d| DomainInfo {
+                    guest_id: d.uuid.clone(),
+                    name: d.name.clone(),
+                    state: d.state.as_str().into(),
+                })
+                .collect(),
+            at_ms: now_ms(),
+        };
+        if let Err(e) = ctx.publisher.publish(&ev).await {
+            tracing::warn!("inventory: {e}");
         }
     }
 }
