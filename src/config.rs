@@ -61,7 +61,7 @@ impl Default for ControllerConfig {
             redis_url: "redis://127.0.0.1:6379/".into(),
             data_dir: PathBuf::from("/var/lib/corral"),
             node_timeout_secs: 10,
-            dispatch_window: 8,
+            dispatch_window: 32,
             step_lease_secs: 120,
             step_max_attempts: 3,
             vnc_port_min: 5900,
@@ -115,7 +115,7 @@ impl Default for NodeConfig {
             machine: "pc".into(),
             heartbeat_secs: 2,
             reconcile_secs: 10,
-            concurrency: 4,
+            concurrency: 16,
             templates_dir: None,
         }
     }

@@ -9,6 +9,7 @@
 //! * [`render`], [`guestinit`]: minijinja templates, init plans and NoCloud seeds;
 //! * [`config`]: configuration; [`cli`]: the client subcommands; [`up`]: single-machine mode.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod controller;

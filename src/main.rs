@@ -39,6 +39,24 @@ enum Cmd {
     Node,
     /// Print the OpenAPI document.
     Openapi,
+    /// Measure: raw vs end-to-end create rate, RSS, TCG guest timings, event latency.
+    Bench {
+        /// guest.create operations timed end to end.
+        #[arg(long, default_value_t = 1000)]
+        guests: usize,
+        /// Total guests held when the controller's RSS is read.
+        #[arg(long, default_value_t = 10000)]
+        rss_guests: usize,
+        /// Domains for the raw test-driver rate.
+        #[arg(long, default_value_t = 2000)]
+        raw: usize,
+        /// Test guest template (tests/fixtures): also time one real TCG guest and events.
+        #[arg(long)]
+        tcg: Option<PathBuf>,
+        /// Lifecycle events timed to the SSE client (with --tcg).
+        #[arg(long, default_value_t = 20)]
+        events: usize,
+    },
     /// Guests.
     #[command(subcommand)]
     Guest(cli::GuestCmd),
@@ -131,6 +149,22 @@ async fn main() -> anyhow::Result<()> {
             corral::node::run(cfg.node, shutdown_signal()).await?;
         }
         Cmd::Openapi => println!("{}", corral::controller::api::spec_json()),
+        Cmd::Bench {
+            guests,
+            rss_guests,
+            raw,
+            tcg,
+            events,
+        } => {
+            corral::bench::run(corral::bench::BenchOpts {
+                guests,
+                rss_guests,
+                raw,
+                tcg,
+                events,
+            })
+            .await?
+        }
         Cmd::Guest(c) => exit(client_opts()?.guest(c).await)?,
         Cmd::Op(c) => exit(client_opts()?.op(c).await)?,
         Cmd::Template(c) => exit(client_opts()?.template(c).await)?,

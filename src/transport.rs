@@ -46,7 +46,7 @@ pub fn queue_config(node_id: &str) -> QueueConfig {
         .queue(queue_name(node_id))
         .heartbeat_interval(Duration::from_secs(2))
         .missed_heartbeats(3)
-        .batch_size(4)
+        .batch_size(16)
         .persist_results(false)
 }
 

@@ -467,3 +467,42 @@ async fn a_silent_node_goes_offline_and_its_guests_read_unknown_until_it_returns
     assert_eq!(n["online"], json!(true));
     assert!(n["offline_since"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_stays_in_sql_and_only_the_window_reaches_the_node() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::split_with(
+        "test:///default",
+        vec![("CORRAL_DISPATCH_WINDOW".into(), "2".into())],
+    )
+    .await;
+    cloud.template("tiny").await;
+    let ops = cloud
+        .create(json!({"name": "w", "template": "tiny", "cpus": 1, "memory_mib": 64, "count": 12}))
+        .await;
+    let mut max_out = 0;
+    loop {
+        let (_, active) = cloud.get("/operations?active=true").await;
+        let active = active.as_array().unwrap();
+        if active.is_empty() {
+            break;
+        }
+        let out = active
+            .iter()
+            .filter(|op| {
+                op["steps"].as_array().unwrap().iter().any(|s| {
+                    s["runs_on"] == "node" && (s["state"] == "running" || s["state"] == "undoing")
+                })
+            })
+            .count();
+        max_out = max_out.max(out);
+        assert!(out <= 2, "{out} node steps in flight with a window of 2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(max_out >= 1);
+    for (_, op) in ops {
+        assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    }
+}

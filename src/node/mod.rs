@@ -199,7 +199,7 @@ async fn queue_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
                 .map_err(|e| e.to_string())?;
             let backend = RedisStorage::<NodeJob>::new(conn)
                 .with_config(transport::queue_config(&ctx.node_id))
-                .poll_with_interval(Duration::from_millis(200));
+                .poll_with_interval(Duration::from_millis(100));
             // A unique name per run: apalis refuses a name still marked alive in Redis.
             let name = format!(
                 "{}-{}-{}",

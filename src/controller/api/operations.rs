@@ -154,6 +154,7 @@ pub async fn start_op(
         message: String::new(),
         error: None,
         cancel_requested: false,
+        inflight_node: None,
         requested_by: user.into(),
         created_at: now,
         started_at: None,

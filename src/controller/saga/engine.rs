@@ -22,7 +22,7 @@ use super::{eta_seconds, Next, Saga};
 use crate::controller::store::{self as st, events, OpRow, Store, StoreError, Tx};
 use crate::fault::Fault;
 use crate::jobs::{Catalog, KindDef};
-use crate::model::{now_ms, NodeJob, OpState, RunsOn, StepOutcome};
+use crate::model::{now_ms, NodeJob, OpState, RunsOn, StepOutcome, StepState};
 use crate::transport::Queues;
 
 pub struct Engine {
@@ -85,13 +85,13 @@ impl Engine {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut sweep = tokio::time::interval(Duration::from_millis(500));
+        let mut sweep = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
                 Some(id) = wakes.recv() => self.advance_logged(&id).await,
                 _ = sweep.tick() => {
-                    match self.store.active_op_ids().await {
+                    match self.store.active_op_ids(now_ms() - self.lease_ms).await {
                         Ok(ids) => for id in ids { self.advance_logged(&id).await },
                         Err(e) => tracing::warn!("sweep: {e}"),
                     }
@@ -340,6 +340,14 @@ impl Engine {
         op.steps = serde_json::to_string(&saga.steps).map_err(StoreError::from)?;
         op.cursor = saga.cursor;
         op.error = saga.error.clone();
+        let waiting_on_node = saga.steps.iter().any(|s| {
+            s.runs_on == RunsOn::Node && matches!(s.state, StepState::Running | StepState::Undoing)
+        });
+        op.inflight_node = if waiting_on_node && !saga.state.is_terminal() {
+            op.node_id.clone()
+        } else {
+            None
+        };
         op.percent = saga.percent(def);
         op.stage = saga.stage(def);
         op.started_at.get_or_insert(now);

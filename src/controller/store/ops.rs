@@ -18,6 +18,7 @@ pub struct OpRow {
     pub message: String,
     pub error: Option<String>,
     pub cancel_requested: bool,
+    pub inflight_node: Option<String>,
     pub requested_by: String,
     pub created_at: i64,
     pub started_at: Option<i64>,
@@ -37,7 +38,7 @@ impl OpRow {
 macro_rules! op_cols {
     () => {
         "id, kind, guest_id, node_id, state, steps, cursor, payload, stage, percent, message, \
-    error, cancel_requested, requested_by, created_at, started_at, updated_at, finished_at"
+    error, cancel_requested, inflight_node, requested_by, created_at, started_at, updated_at, finished_at"
     };
 }
 
@@ -56,7 +57,7 @@ pub async fn insert_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
     sqlx::query(concat!(
         "INSERT INTO operations (",
         op_cols!(),
-        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&op.id)
     .bind(&op.kind)
@@ -71,6 +72,7 @@ pub async fn insert_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
     .bind(&op.message)
     .bind(&op.error)
     .bind(op.cancel_requested)
+    .bind(&op.inflight_node)
     .bind(&op.requested_by)
     .bind(op.created_at)
     .bind(op.started_at)
@@ -96,7 +98,8 @@ pub async fn op_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<OpRow>, StoreErro
 pub async fn save_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE operations SET node_id = ?, state = ?, steps = ?, cursor = ?, stage = ?, percent = ?, \
-         message = ?, error = ?, started_at = ?, updated_at = ?, finished_at = ?, payload = ? WHERE id = ?",
+         message = ?, error = ?, started_at = ?, updated_at = ?, finished_at = ?, payload = ?, \
+         inflight_node = ? WHERE id = ?",
     )
     .bind(&op.node_id)
     .bind(&op.state)
@@ -110,6 +113,7 @@ pub async fn save_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
     .bind(op.updated_at)
     .bind(op.finished_at)
     .bind(&op.payload)
+    .bind(&op.inflight_node)
     .bind(&op.id)
     .execute(&mut **tx)
     .await?;
@@ -118,15 +122,10 @@ pub async fn save_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
 
 /// Node steps currently dispatched to `node` (the in-flight window).
 pub async fn inflight_on_node(tx: &mut Tx<'_>, node: &str) -> Result<i64, StoreError> {
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM operations o, json_each(o.steps) s \
-         WHERE o.node_id = ? AND o.state IN ('running', 'undoing') \
-         AND json_extract(s.value, '$.runs_on') = 'node' \
-         AND json_extract(s.value, '$.state') IN ('running', 'undoing')",
-    )
-    .bind(node)
-    .fetch_one(&mut **tx)
-    .await?;
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM operations WHERE inflight_node = ?")
+        .bind(node)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(n)
 }
 
@@ -159,10 +158,14 @@ impl Store {
         .await?)
     }
 
-    pub async fn active_op_ids(&self) -> Result<Vec<String>, StoreError> {
+    /// Active operations that may have something to do: not waiting on a node, or waiting
+    /// on one since before `stale_before` (a lease that may have run out).
+    pub async fn active_op_ids(&self, stale_before: i64) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM operations WHERE state IN ('pending', 'running', 'undoing') ORDER BY created_at, id",
+            "SELECT id FROM operations WHERE state IN ('pending', 'running', 'undoing') \
+             AND (inflight_node IS NULL OR updated_at < ?) ORDER BY created_at, id",
         )
+        .bind(stale_before)
         .fetch_all(self.pool())
         .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())

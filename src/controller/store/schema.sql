@@ -113,6 +113,7 @@ CREATE TABLE IF NOT EXISTS operations (
     message      TEXT NOT NULL DEFAULT '',
     error        TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    inflight_node TEXT,                  -- node holding one of its steps right now (the window)
     requested_by TEXT NOT NULL,
     created_at   INTEGER NOT NULL,
     started_at   INTEGER,
@@ -121,6 +122,7 @@ CREATE TABLE IF NOT EXISTS operations (
 );
 CREATE INDEX IF NOT EXISTS operations_state ON operations (state);
 CREATE INDEX IF NOT EXISTS operations_guest ON operations (guest_id);
+CREATE INDEX IF NOT EXISTS operations_inflight ON operations (inflight_node);
 
 CREATE TABLE IF NOT EXISTS events (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -1,0 +1,637 @@
+//! `corral bench`: measured figures, printed, never asserted.
+//!
+//! Everything runs on this machine, in a temporary directory, against real parts: a private
+//! Redis, `corral controller` and `corral node` child processes, libvirt's test driver and —
+//! with `--tcg FIXTURE` — a real TCG guest on `qemu:///system`.
+//!
+//! 1. raw test-driver define+start rate (in-process, same domain XML corral renders);
+//! 2. `guest.create` operations per second end to end through the API (test driver);
+//! 3. RSS of the idle node and of the controller holding `--rss-guests` guests;
+//! 4. with `--tcg`: API → running and API → guest agent, each next to the same steps done
+//!    directly (`qemu-img create -b`, `virsh define`, `virsh start`), and the latency from a
+//!    libvirt lifecycle event (`virsh suspend`/`resume`) to an SSE client, p50/p99.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+use crate::model::DomainSpec;
+use crate::render::{val, Renderer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BenchError + '_ {
+    move |e| BenchError::Setup(format!("{what}: {e}"))
+}
+
+pub struct BenchOpts {
+    pub guests: usize,
+    pub rss_guests: usize,
+    pub raw: usize,
+    pub tcg: Option<PathBuf>,
+    pub events: usize,
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn spec(i: usize, dir: &Path) -> DomainSpec {
+    DomainSpec {
+        guest_id: uuid::Uuid::new_v4().to_string(),
+        name: format!("raw-{i}"),
+        cpus: 1,
+        memory_mib: 128,
+        windows: false,
+        disk_path: dir.join("raw.qcow2").display().to_string(),
+        seed_path: dir.join("raw-seed.iso").display().to_string(),
+        mac: crate::controller::alloc::random_mac(),
+        bridge: "corral0".into(),
+        vnc_port: 5900,
+        vnc_password: "x".into(),
+    }
+}
+
+fn render_domain(r: &Renderer, s: &DomainSpec, domain_type: &str) -> Result<String, BenchError> {
+    r.render(
+        "domain.xml",
+        minijinja::context! { spec => val(s), domain_type => domain_type, machine => "pc",
+        vnc_listen => "127.0.0.1", tcg_cache_mib => 32, emulator => None::<String> },
+    )
+    .map_err(setup("render"))
+}
+
+/// Raw define+start rate on an in-process test driver.
+async fn raw_rate(n: usize, dir: &Path) -> Result<f64, BenchError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let r = Renderer::new(None).map_err(setup("renderer"))?;
+        let conn =
+            virt::connect::Connect::open(Some("test:///default")).map_err(setup("test driver"))?;
+        let xmls: Vec<String> = (0..n)
+            .map(|i| render_domain(&r, &spec(i, &dir), "test"))
+            .collect::<Result<_, _>>()?;
+        let t0 = Instant::now();
+        let mut doms = Vec::with_capacity(n);
+        for x in &xmls {
+            let d = conn.define_domain_xml(x).map_err(setup("define"))?;
+            d.create().map_err(setup("start"))?;
+            doms.push(d);
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        for d in doms {
+            let _ = d.destroy();
+            let _ = d.undefine();
+        }
+        Ok(n as f64 / secs)
+    })
+    .await
+    .map_err(setup("raw task"))?
+}
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        m: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), BenchError> {
+        let mut r = self
+            .http
+            .request(m, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await?;
+        let s = resp.status().as_u16();
+        Ok((s, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn create(&self, body: Value) -> Result<Vec<String>, BenchError> {
+        let (s, v) = self
+            .call(reqwest::Method::POST, "/guests", Some(body))
+            .await?;
+        if s != 202 {
+            return Err(BenchError::Setup(format!("create: {s} {v}")));
+        }
+        Ok(v["operations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["operation_id"].as_str().map(String::from))
+            .collect())
+    }
+
+    async fn wait(&self, op: &str) -> Result<Value, BenchError> {
+        loop {
+            let (_, v) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/operations/{op}/wait?timeout=60"),
+                    None,
+                )
+                .await?;
+            if matches!(
+                v["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+struct Procs {
+    children: Vec<Child>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+fn corral(args: &[&str], env: &[(&str, String)], log: &Path) -> Result<Child, BenchError> {
+    let exe = std::env::current_exe()?;
+    let f = std::fs::File::create(log)?;
+    let mut c = Command::new(exe);
+    c.args(args)
+        .stdout(Stdio::null())
+        .stderr(f)
+        .kill_on_drop(true);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Ok(c.spawn()?)
+}
+
+pub async fn run(o: BenchOpts) -> Result<(), BenchError> {
+    let tmp = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let result = run_in(&o, &tmp).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
+    println!(
+        "corral bench ({} cores)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let raw = raw_rate(o.raw, tmp).await?;
+    println!(
+        "raw test driver define+start:          {raw:>10.0} domains/s  ({} domains)",
+        o.raw
+    );
+
+    let rport = free_port()?;
+    let redis_url = format!("redis://127.0.0.1:{rport}/");
+    let _redis = crate::up::ensure_redis(&redis_url, tmp)
+        .await
+        .map_err(setup("redis"))?;
+    let port = free_port()?;
+    let env = vec![
+        ("CORRAL_LISTEN", format!("127.0.0.1:{port}")),
+        (
+            "CORRAL_DATABASE",
+            tmp.join("corral.db").display().to_string(),
+        ),
+        ("CORRAL_DATA_DIR", tmp.display().to_string()),
+        (
+            "CORRAL_STORAGE_DIR",
+            tmp.join("images").display().to_string(),
+        ),
+        ("CORRAL_REDIS_URL", redis_url.clone()),
+        ("CORRAL_HYPERVISOR_URI", "test:///default".into()),
+        ("CORRAL_NODE_ID", "bench-test".into()),
+        ("CORRAL_ADMIN_PASSWORD", "bench-admin".into()),
+        ("CORRAL_VNC_PORT_MAX", "65000".into()),
+        ("CORRAL_LOG", "warn".into()),
+    ];
+    let node = corral(&["node"], &env, &tmp.join("node.log"))?;
+    let controller = corral(&["controller"], &env, &tmp.join("controller.log"))?;
+    let (node_pid, ctl_pid) = (node.id().unwrap_or(0), controller.id().unwrap_or(0));
+    let mut procs = Procs {
+        children: vec![node, controller],
+    };
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let mut token = String::new();
+    for _ in 0..300 {
+        if let Ok(r) = http
+            .post(format!("{base}/auth/login"))
+            .json(&json!({"username": "admin", "password": "bench-admin"}))
+            .send()
+            .await
+        {
+            if r.status().is_success() {
+                token = r.json::<Value>().await?["token"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if token.is_empty() {
+        return Err(BenchError::Setup(format!(
+            "controller did not start; see {}",
+            tmp.display()
+        )));
+    }
+    let api = Api { base, token, http };
+    for _ in 0..100 {
+        let (_, n) = api
+            .call(reqwest::Method::GET, "/nodes/bench-test", None)
+            .await?;
+        if n["online"] == json!(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!(
+        "corral node RSS, idle:                 {:>10.1} MiB",
+        rss_mib(node_pid)
+    );
+
+    let tmpl = tmp.join("tmpl.qcow2");
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&tmpl)
+        .arg("16M")
+        .status()
+        .await?
+        .success();
+    if !ok {
+        return Err(BenchError::Setup("qemu-img create failed".into()));
+    }
+    api.call(
+        reqwest::Method::POST,
+        "/templates",
+        Some(json!({"name": "b", "path": tmpl, "os_type": "linux"})),
+    )
+    .await?;
+    api.call(
+        reqwest::Method::POST,
+        "/ip-pools",
+        Some(json!({"name": "bench", "cidr": "198.18.0.0/15", "range_start": "198.18.0.10", "range_end": "198.19.255.250"})),
+    )
+    .await?;
+
+    // End-to-end creates, in batches of 100 as a client would send them.
+    let t0 = Instant::now();
+    let mut ops = Vec::new();
+    let mut made = 0;
+    while made < o.guests {
+        let n = (o.guests - made).min(100);
+        ops.extend(api.create(json!({"name": format!("b{made}"), "template": "b", "cpus": 1, "memory_mib": 64, "count": n})).await?);
+        made += n;
+    }
+    let mut failed = 0;
+    for op in &ops {
+        if api.wait(op).await?["state"] != "succeeded" {
+            failed += 1;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let rate = o.guests as f64 / secs;
+    println!(
+        "guest.create end to end (API, test drv): {rate:>10.1} ops/s  ({} guests in {secs:.1} s, {failed} failed; {:.3} of raw)",
+        o.guests,
+        rate / raw
+    );
+
+    // Fill up to the RSS target, then read the controller's RSS.
+    while made < o.rss_guests {
+        let n = (o.rss_guests - made).min(100);
+        let batch = api.create(json!({"name": format!("b{made}"), "template": "b", "cpus": 1, "memory_mib": 64, "count": n})).await?;
+        made += n;
+        if let Some(last) = batch.last() {
+            api.wait(last).await?;
+        }
+    }
+    if o.rss_guests > o.guests {
+        loop {
+            let (_, active) = api
+                .call(
+                    reqwest::Method::GET,
+                    "/operations?active=true&limit=1",
+                    None,
+                )
+                .await?;
+            if active.as_array().is_none_or(|a| a.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    println!(
+        "corral controller RSS, {:>6} guests:   {:>10.1} MiB   (node: {:.1} MiB)",
+        made,
+        rss_mib(ctl_pid),
+        rss_mib(node_pid)
+    );
+
+    if let Some(fixture) = &o.tcg {
+        tcg(&api, &env, tmp, fixture, o.events, &mut procs).await?;
+    }
+    Ok(())
+}
+
+async fn sh(cmd: &str, args: &[&str]) -> Result<(), BenchError> {
+    let out = Command::new(cmd).args(args).output().await?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BenchError::Setup(format!(
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+async fn agent_ready(name: &str, timeout: Duration) -> Result<Duration, BenchError> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        let ok = Command::new("virsh")
+            .args([
+                "-c",
+                "qemu:///system",
+                "qemu-agent-command",
+                name,
+                r#"{"execute":"guest-ping"}"#,
+                "--timeout",
+                "2",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await?
+            .success();
+        if ok {
+            return Ok(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(BenchError::Setup(format!(
+        "guest agent of {name} never answered"
+    )))
+}
+
+/// One real TCG guest: through corral and directly, then event latency.
+async fn tcg(
+    api: &Api,
+    env: &[(&str, String)],
+    tmp: &Path,
+    fixture: &Path,
+    events: usize,
+    procs: &mut Procs,
+) -> Result<(), BenchError> {
+    let bridge = format!("crlb{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    sh("ip", &["link", "add", &bridge, "type", "bridge"]).await?;
+    sh("ip", &["link", "set", &bridge, "up"]).await?;
+    let result = tcg_on(api, env, tmp, fixture, events, procs, &bridge).await;
+    let _ = sh("ip", &["link", "del", &bridge]).await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn tcg_on(
+    api: &Api,
+    env: &[(&str, String)],
+    tmp: &Path,
+    fixture: &Path,
+    events: usize,
+    procs: &mut Procs,
+    bridge: &str,
+) -> Result<(), BenchError> {
+    // Direct: the same three steps by hand, the same XML corral renders.
+    let r = Renderer::new(None).map_err(setup("renderer"))?;
+    let mut s = spec(0, tmp);
+    s.name = format!("direct-{}", &s.guest_id[..8]);
+    s.bridge = bridge.into();
+    s.vnc_port = 5999;
+    let disk = tmp.join("direct.qcow2");
+    s.disk_path = disk.display().to_string();
+    s.seed_path = tmp.join("direct-seed.iso").display().to_string();
+    let seed_src = tmp.join("seed");
+    std::fs::create_dir_all(&seed_src)?;
+    std::fs::write(
+        seed_src.join("meta-data"),
+        format!("instance-id: \"{}\"\nlocal-hostname: \"d\"\n", s.guest_id),
+    )?;
+    std::fs::write(seed_src.join("user-data"), "#cloud-config\n")?;
+    sh(
+        "genisoimage",
+        &[
+            "-quiet",
+            "-output",
+            &s.seed_path,
+            "-volid",
+            "cidata",
+            "-joliet",
+            "-rock",
+            &seed_src.join("meta-data").display().to_string(),
+            &seed_src.join("user-data").display().to_string(),
+        ],
+    )
+    .await?;
+    let xml_path = tmp.join("direct.xml");
+    std::fs::write(&xml_path, render_domain(&r, &s, "qemu")?)?;
+    let fx = fixture.display().to_string();
+    let t0 = Instant::now();
+    sh(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            &fx,
+            &s.disk_path,
+        ],
+    )
+    .await?;
+    sh(
+        "virsh",
+        &[
+            "-c",
+            "qemu:///system",
+            "define",
+            &xml_path.display().to_string(),
+        ],
+    )
+    .await?;
+    sh("virsh", &["-c", "qemu:///system", "start", &s.name]).await?;
+    let direct_running = t0.elapsed();
+    let direct_agent = direct_running + agent_ready(&s.name, Duration::from_secs(180)).await?;
+    let _ = sh("virsh", &["-c", "qemu:///system", "destroy", &s.name]).await;
+    let _ = sh("virsh", &["-c", "qemu:///system", "undefine", &s.name]).await;
+
+    // Through corral: a second node on qemu:///system.
+    let mut env2: Vec<(&str, String)> = env
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                *k,
+                "CORRAL_HYPERVISOR_URI" | "CORRAL_NODE_ID" | "CORRAL_STORAGE_DIR"
+            )
+        })
+        .cloned()
+        .collect();
+    env2.push(("CORRAL_HYPERVISOR_URI", "qemu:///system".into()));
+    env2.push(("CORRAL_NODE_ID", "bench-tcg".into()));
+    env2.push((
+        "CORRAL_STORAGE_DIR",
+        tmp.join("tcg-images").display().to_string(),
+    ));
+    env2.push(("CORRAL_DOMAIN_TYPE", "qemu".into()));
+    env2.push(("CORRAL_VM_NETWORK_BRIDGE", bridge.into()));
+    procs
+        .children
+        .push(corral(&["node"], &env2, &tmp.join("node-tcg.log"))?);
+    for _ in 0..100 {
+        let (_, n) = api
+            .call(reqwest::Method::GET, "/nodes/bench-tcg", None)
+            .await?;
+        if n["online"] == json!(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    api.call(
+        reqwest::Method::POST,
+        "/templates",
+        Some(json!({"name": "gi", "path": fixture, "os_type": "linux"})),
+    )
+    .await?;
+    let name = format!("tcg-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let t0 = Instant::now();
+    let ops = api
+        .create(json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 128, "node": "bench-tcg"}))
+        .await?;
+    let op = ops
+        .first()
+        .ok_or_else(|| BenchError::Setup("no operation".into()))?;
+    let v = api.wait(op).await?;
+    if v["state"] != "succeeded" {
+        return Err(BenchError::Setup(format!("tcg create failed: {v}")));
+    }
+    let api_running = t0.elapsed();
+    let api_agent = api_running + agent_ready(&name, Duration::from_secs(180)).await?;
+    println!(
+        "API -> running (1 TCG guest):          {:>10.3} s   direct {:.3} s   ratio {:.2}",
+        api_running.as_secs_f64(),
+        direct_running.as_secs_f64(),
+        api_running.as_secs_f64() / direct_running.as_secs_f64()
+    );
+    println!(
+        "API -> guest agent ready:              {:>10.3} s   direct {:.3} s   ratio {:.2}",
+        api_agent.as_secs_f64(),
+        direct_agent.as_secs_f64(),
+        api_agent.as_secs_f64() / direct_agent.as_secs_f64()
+    );
+
+    // Event latency: virsh suspend/resume behind corral's back, timed to the SSE event.
+    let gid = v["guest_id"].as_str().unwrap_or_default().to_string();
+    let mut sse = api
+        .http
+        .get(format!("{}/events", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await?;
+    let mut lat = Vec::new();
+    let mut buf = String::new();
+    for i in 0..events {
+        let (cmd, want) = if i % 2 == 0 {
+            ("suspend", "paused")
+        } else {
+            ("resume", "running")
+        };
+        sh("virsh", &["-c", "qemu:///system", cmd, &name]).await?;
+        let t = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        'wait: loop {
+            let chunk = match tokio::time::timeout_at(deadline, sse.chunk()).await {
+                Ok(Ok(Some(c))) => c,
+                _ => break 'wait,
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let hit = block.contains("event: guest.state")
+                    && block.contains(&gid)
+                    && block.contains(&format!("\"state\":\"{want}\""));
+                if hit {
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    break 'wait;
+                }
+            }
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "libvirt event -> SSE client latency:   p50 {:>7.1} ms   p99 {:.1} ms   ({} of {} events seen)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.len(),
+        events
+    );
+    let (_, d) = api
+        .call(reqwest::Method::DELETE, &format!("/guests/{gid}"), None)
+        .await?;
+    if let Some(op) = d["operation_id"].as_str() {
+        api.wait(op).await?;
+    }
+    Ok(())
+}
