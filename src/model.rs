@@ -258,6 +258,13 @@ pub enum NodeEvent {
         state: String,
         at_ms: i64,
     },
+    /// A domain's live XML changed (device attached, resized, ...): the controller's copy
+    /// follows (S11).
+    DomainXml {
+        node_id: String,
+        guest_id: String,
+        xml: String,
+    },
     /// The node's full view of its corral domains, for the periodic reconcile (S73).
     Inventory {
         node_id: String,

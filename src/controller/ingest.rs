@@ -136,6 +136,22 @@ impl Ingest {
             } => {
                 self.observe(&node_id, &[(guest_id, state)]).await?;
             }
+            NodeEvent::DomainXml {
+                node_id,
+                guest_id,
+                xml,
+            } => {
+                sqlx::query(
+                    "UPDATE guests SET domain_xml = ?, updated_at = ? WHERE id = ? AND node_id = ?",
+                )
+                .bind(&xml)
+                .bind(now_ms())
+                .bind(&guest_id)
+                .bind(&node_id)
+                .execute(self.store.pool())
+                .await
+                .map_err(StoreError::from)?;
+            }
             NodeEvent::Inventory {
                 node_id, domains, ..
             } => {

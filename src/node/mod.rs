@@ -259,6 +259,7 @@ async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(ctx.cfg.reconcile_secs.max(1)));
     let mut last: HashMap<String, String> = HashMap::new();
+    let mut last_xml: HashMap<String, String> = HashMap::new();
     let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<String>();
     events::spawn_listener(ctx.cfg.hypervisor_uri.clone(), tx);
     ctx.set_worker("watcher", "running");
@@ -272,6 +273,15 @@ async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
                     Ok(None) => { last.remove(&uuid); continue; }
                     Err(e) => { tracing::warn!("reading state of {uuid}: {e}"); continue; }
                 };
+                // The event may come with a changed definition (S11): push it when it differs.
+                if let Ok(xml) = ctx.hv.xml(&uuid).await {
+                    if last_xml.get(&uuid) != Some(&xml) {
+                        let ev = NodeEvent::DomainXml { node_id: ctx.node_id.clone(), guest_id: uuid.clone(), xml: xml.clone() };
+                        if ctx.publisher.publish(&ev).await.is_ok() {
+                            last_xml.insert(uuid.clone(), xml);
+                        }
+                    }
+                }
                 if last.get(&uuid) != Some(&state) {
                     let ev = NodeEvent::DomainState { node_id: ctx.node_id.clone(), guest_id: uuid.clone(), state: state.clone(), at_ms: now_ms() };
                     if ctx.publisher.publish(&ev).await.is_ok() {
