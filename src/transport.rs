@@ -59,6 +59,33 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, TransportError> {
     Ok(ConnectionManager::new_with_config(client, cfg).await?)
 }
 
+/// The fencing key of one dispatched step: it holds the attempt number the controller is
+/// waiting for. A node runs a job only while the key holds the job's attempt, so a stale
+/// copy (re-queued by apalis after a crash, or superseded by a re-dispatch) can never act
+/// after the saga moved on — e.g. re-create a seed that an undo already removed.
+pub fn fence_key(op_id: &str, step: usize, undo: bool) -> String {
+    format!(
+        "corral:fence:{op_id}:{step}:{}",
+        if undo { "undo" } else { "do" }
+    )
+}
+
+/// Whether `attempt` is the one the controller waits for. Errors are Redis errors: the
+/// caller retries later rather than guessing.
+pub async fn fence_holds(
+    conn: &mut ConnectionManager,
+    op_id: &str,
+    step: usize,
+    undo: bool,
+    attempt: u32,
+) -> Result<bool, TransportError> {
+    let v: Option<u32> = redis::cmd("GET")
+        .arg(fence_key(op_id, step, undo))
+        .query_async(conn)
+        .await?;
+    Ok(v == Some(attempt))
+}
+
 /// Producer side of the node queues, used by the controller.
 pub struct Queues {
     conn: ConnectionManager,
@@ -71,6 +98,41 @@ impl Queues {
             conn,
             storages: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records `attempt` as the one to run (expires after `ttl`: older jobs are void).
+    pub async fn fence(
+        &self,
+        op_id: &str,
+        step: usize,
+        undo: bool,
+        attempt: u32,
+        ttl: Duration,
+    ) -> Result<(), TransportError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(fence_key(op_id, step, undo))
+            .arg(attempt)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The step is settled: no copy of its job may run any more.
+    pub async fn unfence(
+        &self,
+        op_id: &str,
+        step: usize,
+        undo: bool,
+    ) -> Result<(), TransportError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DEL")
+            .arg(fence_key(op_id, step, undo))
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
     }
 
     pub async fn push(&self, node_id: &str, job: NodeJob) -> Result<(), TransportError> {

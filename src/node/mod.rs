@@ -95,6 +95,22 @@ impl Publisher {
         r
     }
 
+    /// Whether the job's attempt is still the one the controller waits for.
+    pub async fn fence_holds(&self, job: &NodeJob) -> Result<bool, transport::TransportError> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            *guard = Some(transport::connect(&self.url).await?);
+        }
+        let Some(conn) = guard.as_mut() else {
+            return Ok(false);
+        };
+        let r = transport::fence_holds(conn, &job.op_id, job.step, job.undo, job.attempt).await;
+        if r.is_err() {
+            *guard = None;
+        }
+        r
+    }
+
     /// Publishes, retrying for up to `patience`; a result must not be dropped lightly.
     pub async fn publish_patiently(
         &self,
@@ -119,6 +135,16 @@ impl Publisher {
 /// outcome could not be reported, so apalis re-queues the job and it runs again (safely).
 async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError> {
     let ctx: Arc<NodeCtx> = (*ctx).clone();
+    // Run only the attempt the controller waits for (see transport::fence_key).
+    if !ctx
+        .publisher
+        .fence_holds(&job)
+        .await
+        .map_err(|e| Box::new(e) as BoxDynError)?
+    {
+        tracing::info!(op = %job.op_id, step = job.step, attempt = job.attempt, "skipping a superseded job");
+        return Ok(());
+    }
     let started = NodeEvent::StepStarted {
         node_id: ctx.node_id.clone(),
         op_id: job.op_id.clone(),

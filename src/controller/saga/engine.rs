@@ -265,6 +265,13 @@ impl Engine {
         let attempt = saga.mark_started(step, undo, now);
         self.save(&mut tx, op, &saga, def).await?;
         self.store.commit(tx).await?;
+        // Fence first: the key must name this attempt before any copy of the job can run.
+        // Its lifetime is twice the lease: a job older than that has been superseded.
+        let ttl = std::time::Duration::from_millis((self.lease_ms * 2).max(1) as u64);
+        if let Err(e) = self.queues.fence(&op.id, step, undo, attempt, ttl).await {
+            tracing::warn!(op = %op.id, step = %name, "fencing: {e}; the lease will dispatch it again");
+            return Ok(NodeStep::Dispatched);
+        }
         let job = NodeJob {
             op_id: op.id.clone(),
             step,
@@ -325,6 +332,10 @@ impl Engine {
         }
         self.save(&mut tx, &mut op, &saga, &def).await?;
         self.store.commit(tx).await?;
+        if let Err(e) = self.queues.unfence(op_id, step, undo).await {
+            // The key expires by itself; until then a stale copy could still run once.
+            tracing::warn!(op = op_id, step, "unfencing: {e}");
+        }
         Ok(true)
     }
 
