@@ -191,9 +191,8 @@ impl Engine {
         saga.mark_started(step, undo, now);
         match steps::run_controller(&mut tx, &self.env, op, &name, undo).await {
             Ok(()) => {
-                saga.mark_finished(step, undo, None, now_ms());
-                self.save(&mut tx, op, &saga, def).await?;
-                self.store.commit(tx).await?;
+                self.settle(tx, op, &mut saga, def, step, undo, None)
+                    .await?;
                 Ok(true)
             }
             Err(StepError::Transient(e)) => {
@@ -214,13 +213,30 @@ impl Engine {
                 };
                 let mut saga = load(&fresh)?;
                 saga.mark_started(step, undo, now);
-                saga.mark_finished(step, undo, Some(e), now_ms());
-                self.save(&mut tx, &mut fresh, &saga, def).await?;
-                self.store.commit(tx).await?;
+                self.settle(tx, &mut fresh, &mut saga, def, step, undo, Some(e))
+                    .await?;
                 *op = fresh;
                 Ok(true)
             }
         }
+    }
+
+    /// Records the end of a started step (with its error, if any) and commits.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        mut tx: Tx<'static>,
+        op: &mut OpRow,
+        saga: &mut Saga,
+        def: &KindDef,
+        step: usize,
+        undo: bool,
+        error: Option<String>,
+    ) -> Result<(), EngineError> {
+        saga.mark_finished(step, undo, error, now_ms());
+        self.save(&mut tx, op, saga, def).await?;
+        self.store.commit(tx).await?;
+        Ok(())
     }
 
     /// Dispatches a node step.
@@ -243,17 +259,15 @@ impl Engine {
             }
             Err(StepError::Permanent(e)) => {
                 saga.mark_started(step, undo, now);
-                saga.mark_finished(step, undo, Some(e), now);
-                self.save(&mut tx, op, &saga, def).await?;
-                self.store.commit(tx).await?;
+                self.settle(tx, op, &mut saga, def, step, undo, Some(e))
+                    .await?;
                 return Ok(NodeStep::Skipped);
             }
         };
         let Some((node, action)) = action else {
             saga.mark_started(step, undo, now);
-            saga.mark_finished(step, undo, None, now);
-            self.save(&mut tx, op, &saga, def).await?;
-            self.store.commit(tx).await?;
+            self.settle(tx, op, &mut saga, def, step, undo, None)
+                .await?;
             return Ok(NodeStep::Skipped);
         };
         let redispatch = saga.steps[step].dispatched_at.is_some();
