@@ -87,17 +87,31 @@ pub async fn fence_holds(
 }
 
 /// Producer side of the node queues, used by the controller.
+/// Connects lazily: the controller serves its API and accepts work while Redis is still
+/// down (S84); jobs wait in SQL and go out once Redis answers.
 pub struct Queues {
-    conn: ConnectionManager,
+    url: String,
+    conn: Mutex<Option<ConnectionManager>>,
     storages: Mutex<HashMap<String, RedisStorage<NodeJob>>>,
 }
 
 impl Queues {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(url: &str) -> Self {
         Queues {
-            conn,
+            url: url.to_string(),
+            conn: Mutex::new(None),
             storages: Mutex::new(HashMap::new()),
         }
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, TransportError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = connect(&self.url).await?;
+        *guard = Some(c.clone());
+        Ok(c)
     }
 
     /// Records `attempt` as the one to run (expires after `ttl`: older jobs are void).
@@ -109,7 +123,7 @@ impl Queues {
         attempt: u32,
         ttl: Duration,
     ) -> Result<(), TransportError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         redis::cmd("SET")
             .arg(fence_key(op_id, step, undo))
             .arg(attempt)
@@ -127,7 +141,7 @@ impl Queues {
         step: usize,
         undo: bool,
     ) -> Result<(), TransportError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         redis::cmd("DEL")
             .arg(fence_key(op_id, step, undo))
             .query_async::<()>(&mut conn)
@@ -136,10 +150,11 @@ impl Queues {
     }
 
     pub async fn push(&self, node_id: &str, job: NodeJob) -> Result<(), TransportError> {
+        let conn = self.conn().await?;
         let mut map = self.storages.lock().await;
-        let storage = map.entry(node_id.to_string()).or_insert_with(|| {
-            RedisStorage::new(self.conn.clone()).with_config(queue_config(node_id))
-        });
+        let storage = map
+            .entry(node_id.to_string())
+            .or_insert_with(|| RedisStorage::new(conn).with_config(queue_config(node_id)));
         storage
             .push(job)
             .await

@@ -173,3 +173,37 @@ async fn redis_losing_its_data_mid_operation_is_survived() {
     );
     cloud.assert_no_leaks().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_and_node_started_before_redis_work_once_it_comes() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    cloud.controller.take().unwrap().kill9();
+    cloud.node.take().unwrap().kill9();
+    cloud.redis.kill();
+    // Both start with no Redis: the API answers and accepts work, kept in SQL.
+    cloud.start_node(&[]);
+    cloud.start_controller(&[]).await;
+    let (s, h) = cloud.get("/health").await;
+    assert_eq!(s, 503, "{h}");
+    assert_eq!(h["database"], "ok");
+    let (gid, op) = cloud
+        .create(json!({"name": "early", "template": "tiny", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cloud.redis.restart();
+    let v = cloud.wait_op(&op).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let (s, _) = cloud.get("/health").await;
+    assert_eq!(s, 200);
+    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+    assert_eq!(
+        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    cloud.assert_no_leaks().await;
+}

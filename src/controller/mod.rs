@@ -51,27 +51,16 @@ pub struct Running {
 pub async fn run(
     cfg: ControllerConfig,
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     started: Option<tokio::sync::oneshot::Sender<Running>>,
 ) -> Result<(), ControllerError> {
     let store = Store::open(&cfg.database).await?;
     let admin_token = auth::bootstrap(&store, &cfg).await?;
     let catalog = Arc::new(Catalog::builtin()?);
 
-    // Redis may not be up yet (S84): the queue producer waits for it lazily.
-    let conn = loop {
-        match transport::connect(&cfg.redis_url).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!("redis at {} not reachable ({e}); retrying", cfg.redis_url);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.changed() => return Ok(()),
-                }
-            }
-        }
-    };
-    let queues = Arc::new(transport::Queues::new(conn));
+    // Redis may not be up yet (S84): the queue producer and the ingest loop connect
+    // lazily and keep retrying; the API serves meanwhile.
+    let queues = Arc::new(transport::Queues::new(&cfg.redis_url));
     let (waker, wakes) = engine::channel();
     let engine = Arc::new(Engine {
         store: store.clone(),
