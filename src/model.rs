@@ -236,13 +236,6 @@ pub enum NodeEvent {
         /// Node clock (S86): the controller stores this, not its own receive time.
         at_ms: i64,
     },
-    StepStarted {
-        node_id: String,
-        op_id: String,
-        step: usize,
-        attempt: u32,
-        undo: bool,
-    },
     StepFinished {
         node_id: String,
         op_id: String,

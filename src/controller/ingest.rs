@@ -110,7 +110,6 @@ impl Ingest {
             } => {
                 self.store.heartbeat(&node_id, &facts, at_ms).await?;
             }
-            NodeEvent::StepStarted { .. } => {}
             NodeEvent::StepFinished {
                 op_id,
                 step,

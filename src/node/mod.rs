@@ -145,14 +145,6 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
         tracing::info!(op = %job.op_id, step = job.step, attempt = job.attempt, "skipping a superseded job");
         return Ok(());
     }
-    let started = NodeEvent::StepStarted {
-        node_id: ctx.node_id.clone(),
-        op_id: job.op_id.clone(),
-        step: job.step,
-        attempt: job.attempt,
-        undo: job.undo,
-    };
-    let _ = ctx.publisher.publish(&started).await;
     let outcome = actions::outcome(
         actions::run(ctx.hv.as_ref(), &ctx.renderer, &ctx.settings, &job.action).await,
     );

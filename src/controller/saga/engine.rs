@@ -54,8 +54,10 @@ impl From<sqlx::Error> for EngineError {
 enum NodeStep {
     /// Nothing to do on the node (no node yet, or no undo): the saga moved on.
     Skipped,
-    /// Waiting: the node's in-flight window is full, or a transient error.
+    /// Waiting on a transient error; the sweep retries.
     Blocked,
+    /// Waiting for room in this node's in-flight window.
+    WindowFull(String),
     /// The job is out; the saga waits for its result.
     Dispatched,
 }
@@ -85,14 +87,26 @@ impl Engine {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut sweep = tokio::time::interval(Duration::from_millis(250));
+        let mut sweep = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
-                Some(id) = wakes.recv() => self.advance_logged(&id).await,
+                Some(id) = wakes.recv() => { self.advance_logged(&id).await; }
                 _ = sweep.tick() => {
                     match self.store.active_op_ids(now_ms() - self.lease_ms).await {
-                        Ok(ids) => for id in ids { self.advance_logged(&id).await },
+                        Ok(ids) => {
+                            // Once a node's window is full, the rest of its backlog waits
+                            // for the next sweep without each taking the write lock.
+                            let mut full = std::collections::HashSet::new();
+                            for (id, node) in ids {
+                                if node.as_ref().is_some_and(|n| full.contains(n)) {
+                                    continue;
+                                }
+                                if let Some(n) = self.advance_logged(&id).await {
+                                    full.insert(n);
+                                }
+                            }
+                        }
                         Err(e) => tracing::warn!("sweep: {e}"),
                     }
                 }
@@ -100,9 +114,13 @@ impl Engine {
         }
     }
 
-    async fn advance_logged(&self, id: &str) {
-        if let Err(e) = self.advance(id).await {
-            tracing::warn!(op = id, "advancing operation: {e}");
+    async fn advance_logged(&self, id: &str) -> Option<String> {
+        match self.advance(id).await {
+            Ok(full) => full,
+            Err(e) => {
+                tracing::warn!(op = id, "advancing operation: {e}");
+                None
+            }
         }
     }
 
@@ -116,14 +134,14 @@ impl Engine {
     }
 
     /// Moves one operation as far as it can go without waiting.
-    pub async fn advance(&self, id: &str) -> Result<(), EngineError> {
+    pub async fn advance(&self, id: &str) -> Result<Option<String>, EngineError> {
         for _ in 0..64 {
             let mut tx = self.store.begin().await?;
             let Some(mut op) = st::op_in(&mut tx, id).await? else {
-                return Ok(());
+                return Ok(None);
             };
             if op.op_state().is_terminal() {
-                return Ok(());
+                return Ok(None);
             }
             let def = self.def(&op)?.clone();
             let mut saga = load(&op)?;
@@ -135,12 +153,12 @@ impl Engine {
                         self.save(&mut tx, &mut op, &saga, &def).await?;
                         self.store.commit(tx).await?;
                     }
-                    return Ok(());
+                    return Ok(None);
                 }
                 Next::Finished(state) => {
                     self.finish(&mut tx, &mut op, &saga, &def, state).await?;
                     self.store.commit(tx).await?;
-                    return Ok(());
+                    return Ok(None);
                 }
                 Next::Execute { step, undo } => {
                     let name = def.steps[step].name.clone();
@@ -149,13 +167,14 @@ impl Engine {
                             .controller_step(tx, &mut op, saga, &def, step, undo)
                             .await?
                         {
-                            return Ok(());
+                            return Ok(None);
                         }
                         self.inject(&op.kind, &name, if undo { "undone" } else { "after" });
                     } else {
                         match self.node_step(tx, &mut op, saga, &def, step, undo).await? {
                             NodeStep::Skipped => {}
-                            NodeStep::Blocked => return Ok(()),
+                            NodeStep::Blocked => return Ok(None),
+                            NodeStep::WindowFull(node) => return Ok(Some(node)),
                             NodeStep::Dispatched => {
                                 self.inject(
                                     &op.kind,
@@ -166,14 +185,14 @@ impl Engine {
                                         "dispatched"
                                     },
                                 );
-                                return Ok(());
+                                return Ok(None);
                             }
                         }
                     }
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Returns true when the saga moved on (so the caller loops).
@@ -273,7 +292,7 @@ impl Engine {
         let redispatch = saga.steps[step].dispatched_at.is_some();
         if !redispatch && st::inflight_on_node(&mut tx, &node).await? >= self.window as i64 {
             // The node's window is full: the backlog stays in SQL; the sweep retries.
-            return Ok(NodeStep::Blocked);
+            return Ok(NodeStep::WindowFull(node));
         }
         op.node_id = Some(node.clone());
         let attempt = saga.mark_started(step, undo, now);

@@ -160,15 +160,18 @@ impl Store {
 
     /// Active operations that may have something to do: not waiting on a node, or waiting
     /// on one since before `stale_before` (a lease that may have run out).
-    pub async fn active_op_ids(&self, stale_before: i64) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM operations WHERE state IN ('pending', 'running', 'undoing') \
+    /// Returns (operation, node) pairs, node as far as known.
+    pub async fn active_op_ids(
+        &self,
+        stale_before: i64,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, node_id FROM operations WHERE state IN ('pending', 'running', 'undoing') \
              AND (inflight_node IS NULL OR updated_at < ?) ORDER BY created_at, id",
         )
         .bind(stale_before)
         .fetch_all(self.pool())
-        .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        .await?)
     }
 
     /// Marks a cancel request; the saga runner honours it at the next step boundary.
