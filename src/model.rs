@@ -125,6 +125,9 @@ pub struct DomainSpec {
     pub seed_path: String,
     pub mac: String,
     pub bridge: String,
+    /// 802.1Q tag of the guest's network, when its pool has one.
+    #[serde(default)]
+    pub vlan: Option<u16>,
     pub vnc_port: u16,
     pub vnc_password: String,
 }

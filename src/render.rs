@@ -125,6 +125,7 @@ mod tests {
             seed_path: "/var/lib/corral/images/g-seed.iso".into(),
             mac: "52:54:00:12:34:56".into(),
             bridge: "corral0".into(),
+            vlan: None,
             vnc_port: 5901,
             vnc_password: "pa<ss>&\"'".into(),
         }

@@ -10,6 +10,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use rand::Rng;
 
+use sqlx::SqliteConnection;
+
 use super::store::{PoolRow, StoreError, Tx};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,8 @@ pub enum AllocError {
     NotInPool(String),
     #[error("IP {0} is already in use")]
     IpInUse(String),
+    #[error("IP {0} is {1} and cannot be handed out")]
+    IpMarked(String, String),
     #[error("no free VNC port in {min}-{max} on node {node}")]
     VncExhausted { node: String, min: u16, max: u16 },
     #[error("IP pool {pool} is corrupt: {why}")]
@@ -36,59 +40,158 @@ impl From<sqlx::Error> for AllocError {
     }
 }
 
-/// A parsed pool: network and allocatable range.
+/// A parsed pool: its network, allocatable ranges and gateway.
+#[derive(Debug, Clone)]
 pub struct PoolRange {
     pub net: Ipv4Net,
-    pub start: Ipv4Addr,
-    pub end: Ipv4Addr,
+    pub ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
     pub gateway: Option<Ipv4Addr>,
 }
 
 impl PoolRange {
-    pub fn parse(p: &PoolRow) -> Result<Self, AllocError> {
+    /// Parses a pool and its ranges (`ip_ranges` rows, first range first).
+    pub fn parse(p: &PoolRow, ranges: &[(String, String)]) -> Result<Self, AllocError> {
         let bad = |why: String| AllocError::BadPool {
             pool: p.name.clone(),
             why,
         };
         let net: Ipv4Net = p.cidr.parse().map_err(|e| bad(format!("cidr: {e}")))?;
-        let start: Ipv4Addr = p
-            .range_start
-            .parse()
-            .map_err(|e| bad(format!("range_start: {e}")))?;
-        let end: Ipv4Addr = p
-            .range_end
-            .parse()
-            .map_err(|e| bad(format!("range_end: {e}")))?;
+        let mut parsed = Vec::with_capacity(ranges.len());
+        for (a, b) in ranges {
+            let a: Ipv4Addr = a
+                .parse()
+                .map_err(|e| bad(format!("range start {a}: {e}")))?;
+            let b: Ipv4Addr = b.parse().map_err(|e| bad(format!("range end {b}: {e}")))?;
+            parsed.push((a, b));
+        }
+        parsed.sort();
         let gateway = match &p.gateway {
             Some(g) => Some(g.parse().map_err(|e| bad(format!("gateway: {e}")))?),
             None => None,
         };
         Ok(PoolRange {
             net,
-            start,
-            end,
+            ranges: parsed,
             gateway,
         })
     }
 
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        ip >= self.start && ip <= self.end && Some(ip) != self.gateway
+    /// Loads a pool's ranges and parses it.
+    pub async fn load(conn: &mut SqliteConnection, p: &PoolRow) -> Result<Self, AllocError> {
+        let ranges: Vec<(String, String)> =
+            sqlx::query_as("SELECT start, end FROM ip_ranges WHERE pool_id = ?")
+                .bind(&p.id)
+                .fetch_all(&mut *conn)
+                .await?;
+        PoolRange::parse(p, &ranges)
     }
 
-    /// First address of the range that is neither taken nor the gateway.
+    /// Allocatable: inside a range and not the gateway.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        Some(ip) != self.gateway && self.ranges.iter().any(|(a, b)| ip >= *a && ip <= *b)
+    }
+
+    /// Every allocatable address, in order.
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.ranges
+            .iter()
+            .flat_map(|(a, b)| (u32::from(*a)..=u32::from(*b)).map(Ipv4Addr::from))
+            .filter(move |ip| Some(*ip) != self.gateway)
+    }
+
+    /// How many addresses the ranges hold (gateway excluded).
+    pub fn size(&self) -> u64 {
+        let all: u64 = self
+            .ranges
+            .iter()
+            .map(|(a, b)| u64::from(u32::from(*b)) - u64::from(u32::from(*a)) + 1)
+            .sum();
+        all - u64::from(self.gateway.is_some_and(|g| self.contains_raw(g)))
+    }
+
+    fn contains_raw(&self, ip: Ipv4Addr) -> bool {
+        self.ranges.iter().any(|(a, b)| ip >= *a && ip <= *b)
+    }
+
+    /// First allocatable address that is not taken.
     pub fn first_free(&self, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-        (u32::from(self.start)..=u32::from(self.end))
-            .map(Ipv4Addr::from)
-            .find(|ip| Some(*ip) != self.gateway && !taken.contains(ip))
+        self.addresses().find(|ip| !taken.contains(ip))
     }
 }
 
-async fn taken_in(tx: &mut Tx<'_>, pool_id: &str) -> Result<HashSet<Ipv4Addr>, AllocError> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT ip FROM ip_leases WHERE pool_id = ?")
-        .bind(pool_id)
-        .fetch_all(&mut **tx)
+/// Counts of a pool's addresses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub size: u64,
+    pub allocated: u64,
+    pub reserved: u64,
+    pub disabled: u64,
+}
+
+impl PoolStats {
+    pub fn free(&self) -> u64 {
+        self.size
+            .saturating_sub(self.allocated + self.reserved + self.disabled)
+    }
+}
+
+/// Loads a pool's ranges through a pooled connection (for API reads).
+pub async fn load_pool(store: &super::store::Store, p: &PoolRow) -> Result<PoolRange, AllocError> {
+    let mut conn = store.pool().acquire().await?;
+    PoolRange::load(&mut conn, p).await
+}
+
+/// Size and usage of a pool. Marks and leases outside the ranges (a reserved VIP, a range
+/// since narrowed) are not counted against the size.
+pub async fn pool_stats(
+    store: &super::store::Store,
+    p: &PoolRow,
+) -> Result<(PoolRange, PoolStats), AllocError> {
+    let range = load_pool(store, p).await?;
+    let leases: Vec<(String,)> = sqlx::query_as("SELECT ip FROM ip_leases WHERE pool_id = ?")
+        .bind(&p.id)
+        .fetch_all(store.pool())
         .await?;
+    let marks: Vec<(String, String)> =
+        sqlx::query_as("SELECT ip, state FROM ip_marks WHERE pool_id = ?")
+            .bind(&p.id)
+            .fetch_all(store.pool())
+            .await?;
+    let inside = |ip: &str| ip.parse().map(|a| range.contains(a)).unwrap_or(false);
+    let stats = PoolStats {
+        size: range.size(),
+        allocated: leases.iter().filter(|l| inside(&l.0)).count() as u64,
+        reserved: marks
+            .iter()
+            .filter(|m| m.1 == "reserved" && inside(&m.0))
+            .count() as u64,
+        disabled: marks
+            .iter()
+            .filter(|m| m.1 == "disabled" && inside(&m.0))
+            .count() as u64,
+    };
+    Ok((range, stats))
+}
+
+/// Addresses of a pool that cannot be handed out: leased, reserved or disabled.
+async fn taken_in(tx: &mut Tx<'_>, pool_id: &str) -> Result<HashSet<Ipv4Addr>, AllocError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT ip FROM ip_leases WHERE pool_id = ? UNION SELECT ip FROM ip_marks WHERE pool_id = ?",
+    )
+    .bind(pool_id)
+    .bind(pool_id)
+    .fetch_all(&mut **tx)
+    .await?;
     Ok(rows.into_iter().filter_map(|r| r.0.parse().ok()).collect())
+}
+
+/// Why `ip` may not be handed out even though it is inside a range, if it is marked.
+async fn mark_of(tx: &mut Tx<'_>, ip: Ipv4Addr) -> Result<Option<String>, AllocError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT state FROM ip_marks WHERE ip = ?")
+        .bind(ip.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|r| r.0))
 }
 
 async fn lease_ip(
@@ -125,7 +228,10 @@ pub async fn allocate_ip(
             .parse()
             .map_err(|_| AllocError::NotInPool(req.to_string()))?;
         for p in pools {
-            if PoolRange::parse(p)?.contains(ip) {
+            if PoolRange::load(tx, p).await?.contains(ip) {
+                if let Some(state) = mark_of(tx, ip).await? {
+                    return Err(AllocError::IpMarked(ip.to_string(), state));
+                }
                 lease_ip(tx, ip, &p.id, guest).await?;
                 return Ok((p.clone(), ip));
             }
@@ -133,7 +239,7 @@ pub async fn allocate_ip(
         return Err(AllocError::NotInPool(req.to_string()));
     }
     for p in pools {
-        let range = PoolRange::parse(p)?;
+        let range = PoolRange::load(tx, p).await?;
         let taken = taken_in(tx, &p.id).await?;
         if let Some(ip) = range.first_free(&taken) {
             lease_ip(tx, ip, &p.id, guest).await?;
@@ -231,12 +337,22 @@ mod tests {
             gateway: Some("192.0.2.1".into()),
             dns: "[]".into(),
             created_at: 0,
+            bridge: String::new(),
+            vlan: None,
         }
+    }
+
+    fn range(ranges: &[(&str, &str)]) -> PoolRange {
+        let r: Vec<(String, String)> = ranges
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        PoolRange::parse(&pool(), &r).unwrap()
     }
 
     #[test]
     fn first_free_skips_gateway_and_taken() {
-        let r = PoolRange::parse(&pool()).unwrap();
+        let r = range(&[("192.0.2.1", "192.0.2.4")]);
         let mut taken = HashSet::new();
         assert_eq!(r.first_free(&taken), Some("192.0.2.2".parse().unwrap()));
         taken.insert("192.0.2.2".parse().unwrap());
@@ -248,6 +364,70 @@ mod tests {
             !r.contains("192.0.2.1".parse().unwrap()),
             "gateway is never allocatable"
         );
+    }
+
+    #[test]
+    fn several_ranges_are_walked_in_order_and_sized_without_the_gateway() {
+        let r = range(&[("192.0.2.20", "192.0.2.21"), ("192.0.2.1", "192.0.2.3")]);
+        let all: Vec<String> = r.addresses().map(|a| a.to_string()).collect();
+        assert_eq!(all, ["192.0.2.2", "192.0.2.3", "192.0.2.20", "192.0.2.21"]);
+        assert_eq!(r.size(), 4);
+        assert!(r.contains("192.0.2.21".parse().unwrap()));
+        assert!(!r.contains("192.0.2.10".parse().unwrap()));
+    }
+
+    /// Property: under any random sequence of allocate / free / mark / unmark, an address
+    /// is never handed out twice or while marked, and none is lost (free + used + marked
+    /// always equals the pool's size).
+    #[test]
+    fn random_allocation_sequences_never_duplicate_or_lose_an_address() {
+        use rand::{Rng, SeedableRng};
+        let r = range(&[("192.0.2.1", "192.0.2.12"), ("192.0.2.40", "192.0.2.44")]);
+        for seed in 0..200u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut used: HashSet<Ipv4Addr> = HashSet::new();
+            let mut marked: HashSet<Ipv4Addr> = HashSet::new();
+            for _ in 0..200 {
+                let all: Vec<Ipv4Addr> = r.addresses().collect();
+                let pick = all[rng.gen_range(0..all.len())];
+                match rng.gen_range(0..4) {
+                    0 => {
+                        let taken: HashSet<Ipv4Addr> = used.union(&marked).copied().collect();
+                        if let Some(ip) = r.first_free(&taken) {
+                            assert!(
+                                !used.contains(&ip) && !marked.contains(&ip),
+                                "seed {seed}: {ip} handed out twice"
+                            );
+                            used.insert(ip);
+                        } else {
+                            assert_eq!(
+                                (used.len() + marked.len()) as u64,
+                                r.size(),
+                                "seed {seed}: pool full too early"
+                            );
+                        }
+                    }
+                    1 => {
+                        used.remove(&pick);
+                    }
+                    2 if !used.contains(&pick) => {
+                        marked.insert(pick);
+                    }
+                    _ => {
+                        marked.remove(&pick);
+                    }
+                }
+                let free = r
+                    .addresses()
+                    .filter(|a| !used.contains(a) && !marked.contains(a))
+                    .count();
+                assert_eq!(
+                    (free + used.len() + marked.len()) as u64,
+                    r.size(),
+                    "seed {seed}: an address was lost"
+                );
+            }
+        }
     }
 
     #[test]

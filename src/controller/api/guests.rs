@@ -9,7 +9,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use super::error::{ApiResult, Error};
 use super::operations::start_op;
 use super::{AppState, Auth};
-use crate::controller::alloc::PoolRange;
+use crate::controller::alloc;
 use crate::controller::saga::steps::{CreatePayload, PowerPayload};
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::crypt_password;
@@ -42,6 +42,14 @@ pub struct CreateGuest {
     pub password: Option<String>,
     /// SSH public keys for root.
     pub ssh_keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct CorrectIp {
+    /// The address the guest really uses: inside a pool's range, free, not reserved or
+    /// disabled.
+    pub ip: String,
 }
 
 #[derive(Debug, Object)]
@@ -157,6 +165,14 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// Linux interface names: 1–15 characters, no '/', whitespace or ':'.
+pub fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 fn op_location(id: &str) -> String {
     format!("/api/v1/operations/{id}")
 }
@@ -222,11 +238,13 @@ impl GuestApi {
                 Some(p) => vec![p],
                 None => pools.iter().collect(),
             };
-            let inside = candidates.iter().any(|p| {
-                PoolRange::parse(p)
-                    .map(|r| r.contains(addr))
-                    .unwrap_or(false)
-            });
+            let mut inside = false;
+            for p in candidates {
+                inside |= alloc::load_pool(&state.store, p)
+                    .await
+                    .map_err(alloc_error)?
+                    .contains(addr);
+            }
             if !inside {
                 return Err(Error::Unprocessable(format!(
                     "ip {ip} is not inside an IP pool's allocatable range"
@@ -446,6 +464,82 @@ impl GuestApi {
         ))
     }
 
+    /// Correct a guest's recorded IP (S98): the record and the pools change together; the
+    /// guest itself is not touched (changing the address inside it is a boot job).
+    #[oai(
+        path = "/guests/:id/ip",
+        method = "put",
+        operation_id = "guest_correct_ip"
+    )]
+    async fn correct_ip(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<CorrectIp>,
+    ) -> ApiResult<Json<Guest>> {
+        let g = state
+            .store
+            .guest(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let addr: std::net::Ipv4Addr = body
+            .ip
+            .parse()
+            .map_err(|_| Error::BadRequest(format!("ip {:?} is not an IPv4 address", body.ip)))?;
+        if g.ip.as_deref() == Some(body.ip.as_str()) {
+            let disks = state.store.disks_of(&g.id).await?;
+            return Ok(Json(view(&g, disks)));
+        }
+        let mut tx = state.store.begin().await?;
+        if let Err(holder) = st::lock_guest(&mut tx, &g.id, "ip-correction").await? {
+            return Err(Error::Conflict {
+                message: format!("guest {} is busy with operation {holder}", g.name),
+                details: Some(serde_json::json!({"operation_id": holder})),
+            }
+            .into());
+        }
+        let pools: Vec<st::PoolRow> = state.store.pools().await?;
+        sqlx::query("DELETE FROM ip_leases WHERE guest_id = ?")
+            .bind(&g.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(st::StoreError::from)?;
+        let (pool, ip) = alloc::allocate_ip(&mut tx, &pools, Some(&addr.to_string()), &g.id)
+            .await
+            .map_err(|e| match e {
+                alloc::AllocError::IpInUse(ip) => Error::Conflict {
+                    message: format!("IP {ip} is already in use"),
+                    details: None,
+                },
+                other => alloc_error(other),
+            })?;
+        sqlx::query("UPDATE guests SET ip = ?, pool_id = ?, updated_at = ? WHERE id = ?")
+            .bind(ip.to_string())
+            .bind(&pool.id)
+            .bind(now_ms())
+            .bind(&g.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(st::StoreError::from)?;
+        st::unlock_guest(&mut tx, &g.id, "ip-correction").await?;
+        st::events::append(
+            &mut tx,
+            "guest.ip",
+            &g.id,
+            &serde_json::json!({"guest_id": g.id, "ip": ip.to_string(), "previous": g.ip}),
+        )
+        .await?;
+        state.store.commit(tx).await?;
+        let g = state
+            .store
+            .guest(&g.id)
+            .await?
+            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let disks = state.store.disks_of(&g.id).await?;
+        Ok(Json(view(&g, disks)))
+    }
+
     /// Power actions: start, shutdown, poweroff, reboot, reset, suspend, resume.
     #[oai(
         path = "/guests/:id/actions/:action",
@@ -505,14 +599,18 @@ impl GuestApi {
 }
 
 async fn pool_free(state: &AppState, p: &st::PoolRow) -> Result<i64, Error> {
-    let size = PoolRange::parse(p)
-        .map(|r| {
-            let n = i64::from(u32::from(r.end)) - i64::from(u32::from(r.start)) + 1;
-            let gw = r.gateway.is_some_and(|g| g >= r.start && g <= r.end);
-            n - i64::from(gw)
-        })
-        .unwrap_or(0);
-    Ok(size - state.store.pool_used(&p.id).await?)
+    let (_, stats) = alloc::pool_stats(&state.store, p)
+        .await
+        .map_err(alloc_error)?;
+    Ok(stats.free() as i64)
+}
+
+/// Allocator errors seen at the edge: a corrupt pool is the server's fault, the rest 422.
+fn alloc_error(e: alloc::AllocError) -> Error {
+    match e {
+        alloc::AllocError::Store(s) => Error::Store(s),
+        other => Error::Unprocessable(other.to_string()),
+    }
 }
 
 fn default_limit() -> i64 {

@@ -11,6 +11,7 @@ mod events;
 mod guests;
 mod nodes;
 mod operations;
+mod pools;
 mod resources;
 mod system;
 
@@ -42,7 +43,7 @@ type Apis = (
     guests::GuestApi,
     operations::OperationApi,
     resources::TemplateApi,
-    resources::PoolApi,
+    pools::PoolApi,
     nodes::NodeApi,
     events::EventApi,
 );
@@ -54,7 +55,7 @@ fn apis() -> Apis {
         guests::GuestApi,
         operations::OperationApi,
         resources::TemplateApi,
-        resources::PoolApi,
+        pools::PoolApi,
         nodes::NodeApi,
         events::EventApi,
     )

@@ -202,7 +202,8 @@ async fn allocate(tx: &mut Tx<'_>, env: &StepEnv, g: &mut GuestRow) -> Result<()
     let pools: Vec<st::PoolRow> = match &g.pool_id {
         Some(p) => st::pool_in(tx, p).await?.into_iter().collect(),
         None => sqlx::query_as(
-            "SELECT id, name, cidr, range_start, range_end, gateway, dns, created_at FROM ip_pools ORDER BY name",
+            "SELECT id, name, cidr, range_start, range_end, gateway, dns, created_at, bridge, vlan \
+             FROM ip_pools ORDER BY name",
         )
         .fetch_all(&mut **tx)
         .await?,
@@ -304,6 +305,14 @@ pub async fn node_action(
             }
         }
         ("define", false) => {
+            // The pool's network decides the bridge; without one, the node's default.
+            let network: (String, Option<u16>) = match &g.pool_id {
+                Some(p) => st::pool_in(tx, p)
+                    .await?
+                    .map(|p| (p.bridge, p.vlan.map(|v| v as u16)))
+                    .unwrap_or_default(),
+                None => Default::default(),
+            };
             let Some((_, _, facts)) = node_facts(tx, &node).await? else {
                 return Err(StepError::Permanent(format!(
                     "node {node} is not registered"
@@ -319,7 +328,12 @@ pub async fn node_action(
                     disk_path: disk("system").unwrap_or_default(),
                     seed_path: disk("seed").unwrap_or_default(),
                     mac: g.mac.clone().unwrap_or_default(),
-                    bridge: facts.bridge,
+                    bridge: if network.0.is_empty() {
+                        facts.bridge
+                    } else {
+                        network.0
+                    },
+                    vlan: network.1,
                     vnc_port: g.vnc_port.unwrap_or(0) as u16,
                     vnc_password: g.vnc_password.clone().unwrap_or_default(),
                 }),

@@ -87,9 +87,30 @@ impl Store {
         Ok(store)
     }
 
+    /// Applies `schema.sql` (version 1), then each later migration once, recorded in
+    /// SQLite's `user_version`. Migrations are append-only.
     async fn migrate(&self) -> Result<(), StoreError> {
         let schema = include_str!("schema.sql");
         sqlx::raw_sql(schema).execute(&self.pool).await?;
+        const MIGRATIONS: &[(i64, &str)] = &[(2, include_str!("migrations/002_ip_management.sql"))];
+        let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
+            .fetch_one(&self.pool)
+            .await?;
+        if version == 0 {
+            version = 1;
+        }
+        for (v, sql) in MIGRATIONS {
+            if *v > version {
+                let mut tx = self.begin().await?;
+                sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+                // PRAGMA takes no bound parameters; `v` is a compile-time constant.
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {v}")))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                version = *v;
+            }
+        }
         Ok(())
     }
 

@@ -22,6 +22,10 @@ pub struct PoolRow {
     pub gateway: Option<String>,
     pub dns: String,
     pub created_at: i64,
+    /// Network the pool belongs to: the bridge its guests attach to ('' = the node's default).
+    pub bridge: String,
+    /// 802.1Q tag on that network (needs an Open vSwitch bridge).
+    pub vlan: Option<i64>,
 }
 
 impl PoolRow {
@@ -32,7 +36,7 @@ impl PoolRow {
 
 macro_rules! pool_cols {
     () => {
-        "id, name, cidr, range_start, range_end, gateway, dns, created_at"
+        "id, name, cidr, range_start, range_end, gateway, dns, created_at, bridge, vlan"
     };
 }
 
@@ -89,11 +93,13 @@ impl Store {
         Ok(())
     }
 
+    /// Creates a pool with its first range.
     pub async fn insert_pool(&self, p: &PoolRow) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
         sqlx::query(concat!(
             "INSERT INTO ip_pools (",
             pool_cols!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&p.id)
         .bind(&p.name)
@@ -103,9 +109,17 @@ impl Store {
         .bind(&p.gateway)
         .bind(&p.dns)
         .bind(p.created_at)
-        .execute(self.pool())
+        .bind(&p.bridge)
+        .bind(p.vlan)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        sqlx::query("INSERT INTO ip_ranges (pool_id, start, end) VALUES (?, ?, ?)")
+            .bind(&p.id)
+            .bind(&p.range_start)
+            .bind(&p.range_end)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx).await
     }
 
     pub async fn pool_by(&self, id_or_name: &str) -> Result<Option<PoolRow>, StoreError> {
@@ -140,11 +154,15 @@ impl Store {
     }
 
     pub async fn delete_pool(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM ip_pools WHERE id = ?")
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        let mut tx = self.begin().await?;
+        for sql in [
+            "DELETE FROM ip_ranges WHERE pool_id = ?",
+            "DELETE FROM ip_marks WHERE pool_id = ?",
+            "DELETE FROM ip_pools WHERE id = ?",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        self.commit(tx).await
     }
 
     /// Leases still held: used by tests and by the delete-guest check for leaks.

@@ -1,0 +1,544 @@
+//! IP pools (S62, S81, S97): pools bound to a network, their ranges, every address with its
+//! state (free, allocated, reserved, disabled), and changing those states.
+//!
+//! Reserved addresses are the blacklist (VIPs and the like, with a note): never handed out.
+//! Disabled addresses are out of service. Neither can be set on an allocated address
+//! (409): the guest holding it must give it up first.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Enum, Object, OpenApi};
+
+use super::error::{ApiResult, Error};
+use super::resources::{Created, Deleted};
+use super::{AppState, Auth};
+use crate::controller::alloc::{self, AllocError};
+use crate::controller::store::PoolRow;
+use crate::model::{new_id, now_ms, rfc3339};
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct CreatePool {
+    pub name: String,
+    /// Network, e.g. `198.51.100.0/24`.
+    pub cidr: String,
+    /// First allocatable address of the first range.
+    pub range_start: String,
+    /// Last allocatable address of the first range.
+    pub range_end: String,
+    /// Default gateway: inside the network, outside the allocatable ranges.
+    pub gateway: Option<String>,
+    #[oai(default)]
+    pub dns: Vec<String>,
+    /// Bridge of the network the pool belongs to; guests taking an address from this pool
+    /// attach to it. Empty: the node's `vm_network_bridge`.
+    #[oai(default)]
+    pub bridge: String,
+    /// 802.1Q VLAN tag on that network, 1–4094 (needs an Open vSwitch bridge).
+    pub vlan: Option<u16>,
+}
+
+#[derive(Debug, Object)]
+pub struct Range {
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Object)]
+pub struct Pool {
+    pub id: String,
+    pub name: String,
+    pub cidr: String,
+    pub ranges: Vec<Range>,
+    pub gateway: Option<String>,
+    pub dns: Vec<String>,
+    pub bridge: String,
+    pub vlan: Option<u16>,
+    /// Allocatable addresses (the gateway excluded).
+    pub size: u64,
+    pub free: u64,
+    pub used: u64,
+    pub reserved: u64,
+    pub disabled: u64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum AddressState {
+    Free,
+    Allocated,
+    Reserved,
+    Disabled,
+}
+
+#[derive(Debug, Object)]
+pub struct Address {
+    pub ip: String,
+    pub state: AddressState,
+    /// The guest holding it, when allocated.
+    pub guest_id: Option<String>,
+    /// Why it is reserved or disabled.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct SetAddressState {
+    /// First address.
+    pub start: String,
+    /// Last address (default: `start`); at most 65,536 addresses at once.
+    pub end: Option<String>,
+    /// `free` clears a reservation or re-enables; `reserved` or `disabled` takes addresses
+    /// out of allocation. `allocated` is not accepted: guests allocate.
+    pub state: AddressState,
+    /// Why (shown with the address).
+    #[oai(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Object)]
+pub struct StateChanged {
+    pub changed: u64,
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct AddRange {
+    pub start: String,
+    pub end: String,
+}
+
+fn parse_ip(field: &str, v: &str) -> Result<Ipv4Addr, Error> {
+    v.parse()
+        .map_err(|_| Error::BadRequest(format!("{field} {v:?} is not an IPv4 address")))
+}
+
+fn alloc_err(e: AllocError) -> Error {
+    match e {
+        AllocError::Store(s) => Error::Store(s),
+        other => Error::Unprocessable(other.to_string()),
+    }
+}
+
+async fn view(state: &AppState, p: PoolRow) -> Result<Pool, Error> {
+    let (range, stats) = alloc::pool_stats(&state.store, &p)
+        .await
+        .map_err(alloc_err)?;
+    Ok(Pool {
+        dns: p.dns_list(),
+        ranges: range
+            .ranges
+            .iter()
+            .map(|(a, b)| Range {
+                start: a.to_string(),
+                end: b.to_string(),
+            })
+            .collect(),
+        size: stats.size,
+        free: stats.free(),
+        used: stats.allocated,
+        reserved: stats.reserved,
+        disabled: stats.disabled,
+        id: p.id,
+        name: p.name,
+        cidr: p.cidr,
+        gateway: p.gateway,
+        bridge: p.bridge,
+        vlan: p.vlan.map(|v| v as u16),
+        created_at: rfc3339(p.created_at),
+    })
+}
+
+/// A range must lie in the network, be ordered, leave the gateway out, and not overlap
+/// another range of any pool on the same network (bridge).
+async fn check_range(
+    state: &AppState,
+    net: Ipv4Net,
+    bridge: &str,
+    gateway: Option<Ipv4Addr>,
+    start: Ipv4Addr,
+    end: Ipv4Addr,
+) -> Result<(), Error> {
+    if !net.contains(&start) || !net.contains(&end) {
+        return Err(Error::BadRequest(format!(
+            "range {start}-{end} must lie inside {net}"
+        )));
+    }
+    if start > end {
+        return Err(Error::BadRequest(format!(
+            "range start {start} is after its end {end}"
+        )));
+    }
+    if let Some(g) = gateway {
+        if g >= start && g <= end {
+            return Err(Error::BadRequest(format!(
+                "gateway {g} must lie outside the allocatable range {start}-{end}"
+            )));
+        }
+    }
+    for other in state.store.pools().await? {
+        if other.bridge != bridge {
+            continue;
+        }
+        let r = alloc::load_pool(&state.store, &other)
+            .await
+            .map_err(alloc_err)?;
+        if let Some((a, b)) = r.ranges.iter().find(|(a, b)| start <= *b && *a <= end) {
+            return Err(Error::Conflict {
+                message: format!(
+                    "range {start}-{end} overlaps pool {} ({a}-{b}) on the same network",
+                    other.name
+                ),
+                details: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn pool_of(state: &AppState, id: &str) -> Result<PoolRow, Error> {
+    state
+        .store
+        .pool_by(id)
+        .await?
+        .ok_or_else(|| Error::not_found("IP pool", id.to_string()))
+}
+
+pub struct PoolApi;
+
+#[OpenApi(tag = "super::system::Tag::Resources")]
+impl PoolApi {
+    /// Create an IP pool on a network. Each error names the field at fault.
+    #[oai(path = "/ip-pools", method = "post", operation_id = "pool_create")]
+    async fn create(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        body: Json<CreatePool>,
+    ) -> ApiResult<Created<Pool>> {
+        let b = body.0;
+        if !super::guests::valid_name(&b.name) {
+            return Err(Error::BadRequest(format!("name {:?} is invalid", b.name)).into());
+        }
+        let net: Ipv4Net = b.cidr.parse().map_err(|_| {
+            Error::BadRequest(format!(
+                "cidr {:?} is not an IPv4 network like 198.51.100.0/24",
+                b.cidr
+            ))
+        })?;
+        let start = parse_ip("range_start", &b.range_start)?;
+        let end = parse_ip("range_end", &b.range_end)?;
+        let gateway = match &b.gateway {
+            Some(g) => {
+                let g = parse_ip("gateway", g)?;
+                if !net.contains(&g) {
+                    return Err(
+                        Error::BadRequest(format!("gateway {g} must lie inside {net}")).into(),
+                    );
+                }
+                Some(g)
+            }
+            None => None,
+        };
+        for d in &b.dns {
+            parse_ip("dns", d)?;
+        }
+        if let Some(v) = b.vlan {
+            if !(1..=4094).contains(&v) {
+                return Err(Error::BadRequest(format!("vlan {v} must be 1–4094")).into());
+            }
+        }
+        if !b.bridge.is_empty() && !super::guests::valid_ifname(&b.bridge) {
+            return Err(Error::BadRequest(format!(
+                "bridge {:?} is not a valid interface name",
+                b.bridge
+            ))
+            .into());
+        }
+        check_range(&state, net, &b.bridge, gateway, start, end).await?;
+        let row = PoolRow {
+            id: new_id(),
+            name: b.name.clone(),
+            cidr: net.to_string(),
+            range_start: start.to_string(),
+            range_end: end.to_string(),
+            gateway: gateway.map(|g| g.to_string()),
+            dns: serde_json::to_string(&b.dns).unwrap_or_else(|_| "[]".into()),
+            created_at: now_ms(),
+            bridge: b.bridge,
+            vlan: b.vlan.map(i64::from),
+        };
+        match state.store.insert_pool(&row).await {
+            Err(e) if e.is_unique_violation() => Err(Error::Conflict {
+                message: format!("a pool named {} already exists", b.name),
+                details: None,
+            }
+            .into()),
+            r => {
+                r?;
+                Ok(Created::Created(Json(view(&state, row).await?)))
+            }
+        }
+    }
+
+    #[oai(path = "/ip-pools", method = "get", operation_id = "pool_list")]
+    async fn list(&self, _auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Vec<Pool>>> {
+        let mut out = Vec::new();
+        for p in state.store.pools().await? {
+            out.push(view(&state, p).await?);
+        }
+        Ok(Json(out))
+    }
+
+    #[oai(path = "/ip-pools/:id", method = "get", operation_id = "pool_get")]
+    async fn get(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Json<Pool>> {
+        let p = pool_of(&state, &id).await?;
+        Ok(Json(view(&state, p).await?))
+    }
+
+    /// Delete an IP pool; refused while any address is in use.
+    #[oai(
+        path = "/ip-pools/:id",
+        method = "delete",
+        operation_id = "pool_delete"
+    )]
+    async fn delete(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Deleted> {
+        let p = pool_of(&state, &id).await?;
+        let used = state.store.pool_used(&p.id).await?;
+        if used > 0 {
+            return Err(Error::Conflict {
+                message: format!("pool {} has {used} address(es) in use", p.name),
+                details: None,
+            }
+            .into());
+        }
+        state.store.delete_pool(&p.id).await?;
+        Ok(Deleted::Deleted)
+    }
+
+    /// Add an allocatable range to a pool.
+    #[oai(
+        path = "/ip-pools/:id/ranges",
+        method = "post",
+        operation_id = "pool_add_range"
+    )]
+    async fn add_range(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<AddRange>,
+    ) -> ApiResult<Json<Pool>> {
+        let p = pool_of(&state, &id).await?;
+        let net: Ipv4Net = p
+            .cidr
+            .parse()
+            .map_err(|_| Error::Unprocessable(format!("pool {} has a bad cidr", p.name)))?;
+        let start = parse_ip("start", &body.start)?;
+        let end = parse_ip("end", &body.end)?;
+        let gateway = p.gateway.as_deref().and_then(|g| g.parse().ok());
+        check_range(&state, net, &p.bridge, gateway, start, end).await?;
+        sqlx::query("INSERT INTO ip_ranges (pool_id, start, end) VALUES (?, ?, ?)")
+            .bind(&p.id)
+            .bind(start.to_string())
+            .bind(end.to_string())
+            .execute(state.store.pool())
+            .await
+            .map_err(crate::controller::store::StoreError::from)?;
+        Ok(Json(view(&state, p).await?))
+    }
+
+    /// Every address of the pool's ranges with its state, in order; filter by state.
+    #[oai(
+        path = "/ip-pools/:id/addresses",
+        method = "get",
+        operation_id = "pool_addresses"
+    )]
+    async fn addresses(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        #[oai(name = "state")] filter: Query<Option<AddressState>>,
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "4096"))
+        )]
+        limit: Query<u64>,
+        #[oai(default)] offset: Query<u64>,
+    ) -> ApiResult<Json<Vec<Address>>> {
+        let p = pool_of(&state, &id).await?;
+        let range = alloc::load_pool(&state.store, &p)
+            .await
+            .map_err(alloc_err)?;
+        let leases: HashMap<String, String> =
+            sqlx::query_as("SELECT ip, guest_id FROM ip_leases WHERE pool_id = ?")
+                .bind(&p.id)
+                .fetch_all(state.store.pool())
+                .await
+                .map_err(crate::controller::store::StoreError::from)?
+                .into_iter()
+                .collect();
+        let marks: HashMap<String, (String, String)> =
+            sqlx::query_as::<_, (String, String, String)>(
+                "SELECT ip, state, note FROM ip_marks WHERE pool_id = ?",
+            )
+            .bind(&p.id)
+            .fetch_all(state.store.pool())
+            .await
+            .map_err(crate::controller::store::StoreError::from)?
+            .into_iter()
+            .map(|(ip, s, n)| (ip, (s, n)))
+            .collect();
+        let out = range
+            .addresses()
+            .map(|ip| {
+                let key = ip.to_string();
+                if let Some(g) = leases.get(&key) {
+                    Address {
+                        ip: key,
+                        state: AddressState::Allocated,
+                        guest_id: Some(g.clone()),
+                        note: None,
+                    }
+                } else if let Some((s, n)) = marks.get(&key) {
+                    let st = if s == "reserved" {
+                        AddressState::Reserved
+                    } else {
+                        AddressState::Disabled
+                    };
+                    Address {
+                        ip: key,
+                        state: st,
+                        guest_id: None,
+                        note: Some(n.clone()),
+                    }
+                } else {
+                    Address {
+                        ip: key,
+                        state: AddressState::Free,
+                        guest_id: None,
+                        note: None,
+                    }
+                }
+            })
+            .filter(|a| filter.0.is_none_or(|f| a.state == f))
+            .skip(offset.0 as usize)
+            .take(limit.0 as usize)
+            .collect();
+        Ok(Json(out))
+    }
+
+    /// Reserve (blacklist, S97), disable (S81) or free / re-enable an address or a range of
+    /// addresses. All or nothing: an allocated address in the range refuses the whole
+    /// change with 409.
+    #[oai(
+        path = "/ip-pools/:id/addresses/state",
+        method = "post",
+        operation_id = "pool_set_address_state"
+    )]
+    async fn set_state(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<SetAddressState>,
+    ) -> ApiResult<Json<StateChanged>> {
+        let p = pool_of(&state, &id).await?;
+        let net: Ipv4Net = p
+            .cidr
+            .parse()
+            .map_err(|_| Error::Unprocessable(format!("pool {} has a bad cidr", p.name)))?;
+        let start = parse_ip("start", &body.start)?;
+        let end = match &body.end {
+            Some(e) => parse_ip("end", e)?,
+            None => start,
+        };
+        if start > end || !net.contains(&start) || !net.contains(&end) {
+            return Err(Error::BadRequest(format!(
+                "{start}-{end} must be an ordered range inside {net}"
+            ))
+            .into());
+        }
+        let count = u64::from(u32::from(end)) - u64::from(u32::from(start)) + 1;
+        if count > 65_536 {
+            return Err(
+                Error::BadRequest(format!("{count} addresses at once; at most 65536")).into(),
+            );
+        }
+        let mark = match body.state {
+            AddressState::Allocated => {
+                return Err(Error::BadRequest(
+                    "state allocated cannot be set: guests allocate addresses".into(),
+                )
+                .into())
+            }
+            AddressState::Free => None,
+            AddressState::Reserved => Some("reserved"),
+            AddressState::Disabled => Some("disabled"),
+        };
+        let ips: Vec<String> = (u32::from(start)..=u32::from(end))
+            .map(|a| Ipv4Addr::from(a).to_string())
+            .collect();
+        let mut tx = state.store.begin().await?;
+        let leased: Vec<(String, String)> = sqlx::query_as("SELECT ip, guest_id FROM ip_leases")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(crate::controller::store::StoreError::from)?;
+        let held: Vec<&(String, String)> =
+            leased.iter().filter(|(ip, _)| ips.contains(ip)).collect();
+        if let Some((ip, guest)) = held.first() {
+            return Err(Error::Conflict {
+                message: format!("{ip} is allocated to guest {guest}; delete the guest or change its address first"),
+                details: Some(serde_json::json!({"ip": ip, "guest_id": guest, "allocated_in_range": held.len()})),
+            }
+            .into());
+        }
+        let mut changed = 0;
+        for ip in &ips {
+            let r = match mark {
+                None => sqlx::query("DELETE FROM ip_marks WHERE ip = ? AND pool_id = ?")
+                    .bind(ip)
+                    .bind(&p.id)
+                    .execute(&mut *tx)
+                    .await,
+                Some(m) => sqlx::query(
+                    "INSERT INTO ip_marks (ip, pool_id, state, note, created_at) VALUES (?, ?, ?, ?, ?) \
+                     ON CONFLICT(ip) DO UPDATE SET state = excluded.state, note = excluded.note, pool_id = excluded.pool_id",
+                )
+                .bind(ip)
+                .bind(&p.id)
+                .bind(m)
+                .bind(&body.note)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await,
+            };
+            changed += r
+                .map_err(crate::controller::store::StoreError::from)?
+                .rows_affected();
+        }
+        state.store.commit(tx).await?;
+        Ok(Json(StateChanged { changed }))
+    }
+}
+
+fn default_limit() -> u64 {
+    256
+}
