@@ -97,6 +97,9 @@ pub struct NodeConfig {
     pub reconcile_secs: u64,
     /// Jobs this node executes at once.
     pub concurrency: usize,
+    /// VNC ports of this node's guests; reserved in net.ipv4.ip_local_reserved_ports (S69).
+    pub vnc_port_min: u16,
+    pub vnc_port_max: u16,
     /// Optional directory of template overrides (`domain.xml.j2`, ...).
     pub templates_dir: Option<PathBuf>,
 }
@@ -116,6 +119,8 @@ impl Default for NodeConfig {
             heartbeat_secs: 2,
             reconcile_secs: 10,
             concurrency: 16,
+            vnc_port_min: 5900,
+            vnc_port_max: 6899,
             templates_dir: None,
         }
     }
@@ -173,6 +178,9 @@ impl Config {
         env_parse("CORRAL_STEP_LEASE_SECS", &mut c.step_lease_secs)?;
         env_parse("CORRAL_VNC_PORT_MIN", &mut c.vnc_port_min)?;
         env_parse("CORRAL_VNC_PORT_MAX", &mut c.vnc_port_max)?;
+        // One variable sets the range for both roles (`corral up` runs both).
+        env_parse("CORRAL_VNC_PORT_MIN", &mut self.node.vnc_port_min)?;
+        env_parse("CORRAL_VNC_PORT_MAX", &mut self.node.vnc_port_max)?;
         if let Some(v) = env_var("CORRAL_ADMIN_PASSWORD") {
             c.admin_password = Some(v);
         }
@@ -210,6 +218,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "vnc_port_min {} is above vnc_port_max {}",
                 c.vnc_port_min, c.vnc_port_max
+            )));
+        }
+        if self.node.vnc_port_min > self.node.vnc_port_max || self.node.vnc_port_min < 5900 {
+            return Err(ConfigError::Invalid(format!(
+                "node VNC ports {}-{} must be an ordered range from 5900 up",
+                self.node.vnc_port_min, self.node.vnc_port_max
             )));
         }
         if c.dispatch_window == 0 {

@@ -213,6 +213,9 @@ pub struct NodeFacts {
     pub hypervisor_uri: String,
     pub version: String,
     pub workers: Vec<WorkerStatus>,
+    /// This node's VNC port range (allocation is per node).
+    #[serde(default)]
+    pub vnc_ports: Option<(u16, u16)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -506,3 +506,48 @@ async fn the_backlog_stays_in_sql_and_only_the_window_reaches_the_node() {
         assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_domains_are_listed_and_never_touched() {
+    if !parts() {
+        return;
+    }
+    // libvirt's test driver starts with one domain of its own, named "test".
+    let cloud = Cloud::up().await;
+    cloud.template("tiny").await;
+    let (_, op) = cloud
+        .create(json!({"name": "mine", "template": "tiny", "cpus": 1, "memory_mib": 64}))
+        .await[0]
+        .clone();
+    cloud.wait_op(&op).await;
+    let path = format!("/nodes/{}", cloud.node_id);
+    let mut node = json!(null);
+    for _ in 0..100 {
+        node = cloud.get(&path).await.1;
+        if !node["foreign_domains"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names: Vec<&str> = node["foreign_domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["test"], "{node}");
+    assert_eq!(node["foreign_domains"][0]["state"], "running", "untouched");
+    assert_eq!(
+        (node["vnc_port_min"].as_u64(), node["vnc_port_max"].as_u64()),
+        (Some(5900), Some(6899))
+    );
+    let workers: Vec<&str> = node["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    for w in ["heartbeat", "queue", "watcher", "vnc-ports"] {
+        assert!(workers.contains(&w), "{workers:?}");
+    }
+}

@@ -154,6 +154,7 @@ impl Ingest {
             NodeEvent::Inventory {
                 node_id, domains, ..
             } => {
+                self.record_foreign(&node_id, &domains).await?;
                 let seen: Vec<(String, String)> =
                     domains.into_iter().map(|d| (d.guest_id, d.state)).collect();
                 self.observe(&node_id, &seen).await?;
@@ -194,6 +195,33 @@ impl Ingest {
             .await?;
         }
         self.store.commit(tx).await
+    }
+
+    /// Domains the node reports that are not corral guests (S16, S17): recorded for the
+    /// node's listing, never acted on.
+    async fn record_foreign(
+        &self,
+        node: &str,
+        domains: &[crate::model::DomainInfo],
+    ) -> Result<(), StoreError> {
+        let ours: std::collections::HashSet<String> =
+            sqlx::query_as::<_, (String,)>("SELECT id FROM guests")
+                .fetch_all(self.store.pool())
+                .await?
+                .into_iter()
+                .map(|r| r.0)
+                .collect();
+        let foreign: Vec<serde_json::Value> = domains
+            .iter()
+            .filter(|d| !ours.contains(&d.guest_id))
+            .map(|d| serde_json::json!({"uuid": d.guest_id, "name": d.name, "state": d.state}))
+            .collect();
+        sqlx::query("UPDATE nodes SET foreign_domains = ? WHERE id = ?")
+            .bind(serde_json::Value::Array(foreign).to_string())
+            .bind(node)
+            .execute(self.store.pool())
+            .await?;
+        Ok(())
     }
 
     /// Guests the node should have but does not report.

@@ -75,6 +75,7 @@ pub async fn collect(cfg: &NodeConfig, domain_type: &str, hv: &dyn Hypervisor) -
         hypervisor_uri: cfg.hypervisor_uri.clone(),
         version: format!("corral {}; {hv_version}", env!("CARGO_PKG_VERSION")),
         workers: vec![],
+        vnc_ports: Some((cfg.vnc_port_min, cfg.vnc_port_max)),
     }
 }
 

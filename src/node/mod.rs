@@ -15,6 +15,7 @@ pub mod actions;
 pub mod events;
 pub mod facts;
 pub mod hypervisor;
+pub mod ports;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -200,6 +201,8 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let vnc = ports::reserve(ctx.cfg.vnc_port_min, ctx.cfg.vnc_port_max);
+    ctx.set_worker("vnc-ports", &vnc);
     let q = tokio::spawn(queue_loop(ctx.clone(), stop(shutdown.clone())));
     let h = tokio::spawn(heartbeat_loop(ctx.clone(), stop(shutdown.clone())));
     let w = tokio::spawn(watch_loop(ctx.clone(), stop(shutdown.clone())));

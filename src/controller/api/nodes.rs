@@ -41,6 +41,18 @@ pub struct Node {
     pub version: String,
     pub workers: Vec<Worker>,
     pub guests: u32,
+    /// VNC ports this node hands out.
+    pub vnc_port_min: Option<u16>,
+    pub vnc_port_max: Option<u16>,
+    /// Domains on the node that corral does not manage (S16, S17): never touched.
+    pub foreign_domains: Vec<ForeignDomain>,
+}
+
+#[derive(Debug, Object, serde::Deserialize)]
+pub struct ForeignDomain {
+    pub uuid: String,
+    pub name: String,
+    pub state: String,
 }
 
 #[derive(Debug, Object)]
@@ -52,7 +64,11 @@ pub struct NodeSettings {
 async fn view(state: &AppState, n: NodeRow) -> Result<Node, Error> {
     let f = n.node_facts();
     let guests = state.store.guests_on_node(&n.id).await?.len() as u32;
+    let foreign_domains = serde_json::from_str(&n.foreign_domains).unwrap_or_default();
     Ok(Node {
+        vnc_port_min: f.vnc_ports.map(|p| p.0),
+        vnc_port_max: f.vnc_ports.map(|p| p.1),
+        foreign_domains,
         offline_seconds: n.offline_since.map(|s| (now_ms() - s) / 1000),
         offline_since: n.offline_since.map(rfc3339),
         last_seen: rfc3339(n.last_seen),

@@ -219,7 +219,11 @@ async fn allocate(tx: &mut Tx<'_>, env: &StepEnv, g: &mut GuestRow) -> Result<()
         let (pool, ip) = alloc::allocate_ip(tx, &pools, g.requested_ip.as_deref(), &g.id).await?;
         (Some(pool.id), Some(ip.to_string()))
     };
-    let port = alloc::allocate_vnc(tx, &node, env.vnc_port_min, env.vnc_port_max, &g.id).await?;
+    // The node's own range when it reports one (allocation is per node).
+    let (vmin, vmax) = facts
+        .vnc_ports
+        .unwrap_or((env.vnc_port_min, env.vnc_port_max));
+    let port = alloc::allocate_vnc(tx, &node, vmin, vmax, &g.id).await?;
     let mac = alloc::allocate_mac(tx, &g.id).await?;
     let vnc_password = random_secret(8);
     sqlx::query(

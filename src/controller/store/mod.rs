@@ -92,7 +92,10 @@ impl Store {
     async fn migrate(&self) -> Result<(), StoreError> {
         let schema = include_str!("schema.sql");
         sqlx::raw_sql(schema).execute(&self.pool).await?;
-        const MIGRATIONS: &[(i64, &str)] = &[(2, include_str!("migrations/002_ip_management.sql"))];
+        const MIGRATIONS: &[(i64, &str)] = &[
+            (2, include_str!("migrations/002_ip_management.sql")),
+            (3, include_str!("migrations/003_foreign_domains.sql")),
+        ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)
             .await?;

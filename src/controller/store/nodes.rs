@@ -14,6 +14,7 @@ pub struct NodeRow {
     pub last_seen_local: i64,
     pub offline_since: Option<i64>,
     pub created_at: i64,
+    pub foreign_domains: String,
 }
 
 impl NodeRow {
@@ -24,7 +25,7 @@ impl NodeRow {
 
 macro_rules! node_cols {
     () => {
-        "id, hostname, facts, accept_auto, online, last_seen, last_seen_local, offline_since, created_at"
+        "id, hostname, facts, accept_auto, online, last_seen, last_seen_local, offline_since, created_at, foreign_domains"
     };
 }
 
