@@ -313,6 +313,11 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         ("CORRAL_NODE_ID", "bench-test".into()),
         ("CORRAL_ADMIN_PASSWORD", "bench-admin".into()),
         ("CORRAL_VNC_PORT_MAX", "65000".into()),
+        // A range this wide must not go into the host's reserved ports.
+        ("CORRAL_RESERVE_VNC_PORTS", "false".into()),
+        // Test-driver guests use no memory or CPU: placement capacity must not cap the run.
+        ("CORRAL_CPU_OVERCOMMIT", "100000".into()),
+        ("CORRAL_MEMORY_OVERCOMMIT", "10000".into()),
         ("CORRAL_LOG", "warn".into()),
     ];
     let node = corral(&["node"], &env, &tmp.join("node.log"))?;

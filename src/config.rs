@@ -49,6 +49,11 @@ pub struct ControllerConfig {
     pub step_max_attempts: u32,
     pub vnc_port_min: u16,
     pub vnc_port_max: u16,
+    /// Placement refuses a node whose guests would use more than this share of its
+    /// (over-committed) memory, in percent (S92).
+    pub placement_max_memory_pct: f64,
+    /// Placement refuses a node whose 1-minute load per core is above this (S92).
+    pub placement_max_load_per_cpu: f64,
     /// Password of the `admin` user created at first start; generated and printed when unset.
     pub admin_password: Option<String>,
 }
@@ -66,6 +71,8 @@ impl Default for ControllerConfig {
             step_max_attempts: 3,
             vnc_port_min: 5900,
             vnc_port_max: 6899,
+            placement_max_memory_pct: 90.0,
+            placement_max_load_per_cpu: 4.0,
             admin_password: None,
         }
     }
@@ -97,6 +104,12 @@ pub struct NodeConfig {
     pub reconcile_secs: u64,
     /// Jobs this node executes at once.
     pub concurrency: usize,
+    /// Reserve the VNC range in net.ipv4.ip_local_reserved_ports at start (S69).
+    pub reserve_vnc_ports: bool,
+    /// vCPUs this node may promise per core.
+    pub cpu_overcommit: f64,
+    /// Guest memory this node may promise per MiB of RAM.
+    pub memory_overcommit: f64,
     /// VNC ports of this node's guests; reserved in net.ipv4.ip_local_reserved_ports (S69).
     pub vnc_port_min: u16,
     pub vnc_port_max: u16,
@@ -119,6 +132,9 @@ impl Default for NodeConfig {
             heartbeat_secs: 2,
             reconcile_secs: 10,
             concurrency: 16,
+            reserve_vnc_ports: true,
+            cpu_overcommit: 16.0,
+            memory_overcommit: 1.0,
             vnc_port_min: 5900,
             vnc_port_max: 6899,
             templates_dir: None,
@@ -181,6 +197,14 @@ impl Config {
         // One variable sets the range for both roles (`corral up` runs both).
         env_parse("CORRAL_VNC_PORT_MIN", &mut self.node.vnc_port_min)?;
         env_parse("CORRAL_VNC_PORT_MAX", &mut self.node.vnc_port_max)?;
+        env_parse(
+            "CORRAL_PLACEMENT_MAX_MEMORY_PCT",
+            &mut c.placement_max_memory_pct,
+        )?;
+        env_parse(
+            "CORRAL_PLACEMENT_MAX_LOAD_PER_CPU",
+            &mut c.placement_max_load_per_cpu,
+        )?;
         if let Some(v) = env_var("CORRAL_ADMIN_PASSWORD") {
             c.admin_password = Some(v);
         }
@@ -206,6 +230,9 @@ impl Config {
         env_parse("CORRAL_HEARTBEAT_SECS", &mut n.heartbeat_secs)?;
         env_parse("CORRAL_RECONCILE_SECS", &mut n.reconcile_secs)?;
         env_parse("CORRAL_CONCURRENCY", &mut n.concurrency)?;
+        env_parse("CORRAL_CPU_OVERCOMMIT", &mut n.cpu_overcommit)?;
+        env_parse("CORRAL_RESERVE_VNC_PORTS", &mut n.reserve_vnc_ports)?;
+        env_parse("CORRAL_MEMORY_OVERCOMMIT", &mut n.memory_overcommit)?;
         if let Some(v) = env_var("CORRAL_TEMPLATES_DIR") {
             n.templates_dir = Some(v.into());
         }

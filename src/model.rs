@@ -213,6 +213,11 @@ pub struct NodeFacts {
     pub hypervisor_uri: String,
     pub version: String,
     pub workers: Vec<WorkerStatus>,
+    /// Over-commit ratios the node allows (vCPUs per core, guest memory per MiB).
+    #[serde(default)]
+    pub cpu_overcommit: Option<f64>,
+    #[serde(default)]
+    pub memory_overcommit: Option<f64>,
     /// This node's VNC port range (allocation is per node).
     #[serde(default)]
     pub vnc_ports: Option<(u16, u16)>,

@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod ingest;
+pub mod placement;
 pub mod saga;
 pub mod store;
 
@@ -70,6 +71,10 @@ pub async fn run(
             vnc_port_min: cfg.vnc_port_min,
             vnc_port_max: cfg.vnc_port_max,
             placement_grace_ms: (cfg.node_timeout_secs * 3 * 1000) as i64,
+            thresholds: placement::Thresholds {
+                max_memory_pct: cfg.placement_max_memory_pct,
+                max_load_per_cpu: cfg.placement_max_load_per_cpu,
+            },
         },
         lease_ms: (cfg.step_lease_secs * 1000) as i64,
         max_tries: cfg.step_max_attempts,

@@ -76,6 +76,8 @@ pub async fn collect(cfg: &NodeConfig, domain_type: &str, hv: &dyn Hypervisor) -
         version: format!("corral {}; {hv_version}", env!("CARGO_PKG_VERSION")),
         workers: vec![],
         vnc_ports: Some((cfg.vnc_port_min, cfg.vnc_port_max)),
+        cpu_overcommit: Some(cfg.cpu_overcommit),
+        memory_overcommit: Some(cfg.memory_overcommit),
     }
 }
 

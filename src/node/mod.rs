@@ -201,7 +201,11 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let vnc = ports::reserve(ctx.cfg.vnc_port_min, ctx.cfg.vnc_port_max);
+    let vnc = if ctx.cfg.reserve_vnc_ports {
+        ports::reserve(ctx.cfg.vnc_port_min, ctx.cfg.vnc_port_max)
+    } else {
+        "not reserved: disabled in the configuration".to_string()
+    };
     ctx.set_worker("vnc-ports", &vnc);
     let q = tokio::spawn(queue_loop(ctx.clone(), stop(shutdown.clone())));
     let h = tokio::spawn(heartbeat_loop(ctx.clone(), stop(shutdown.clone())));

@@ -157,6 +157,8 @@ pub struct Cloud {
     pub node_id: String,
     pub controller: Option<Proc>,
     pub node: Option<Proc>,
+    /// More simulated nodes (each its own process and test-driver hypervisor).
+    pub extra_nodes: Vec<Proc>,
     pub hypervisor_uri: String,
     pub extra_env: Vec<(String, String)>,
     http: reqwest::Client,
@@ -176,6 +178,7 @@ impl Cloud {
             node_id: format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             controller: None,
             node: None,
+            extra_nodes: vec![],
             hypervisor_uri: hypervisor_uri.into(),
             extra_env: vec![],
             http: reqwest::Client::new(),
@@ -209,7 +212,10 @@ impl Cloud {
             .env("CORRAL_STEP_LEASE_SECS", "5")
             .env("CORRAL_NODE_TIMEOUT_SECS", "6")
             .env("CORRAL_HEARTBEAT_SECS", "1")
-            .env("CORRAL_RECONCILE_SECS", "2");
+            .env("CORRAL_RECONCILE_SECS", "2")
+            // Test-driver guests use no CPU or memory; tests of capacity set their own.
+            .env("CORRAL_CPU_OVERCOMMIT", "64")
+            .env("CORRAL_MEMORY_OVERCOMMIT", "4");
         for (k, v) in &self.extra_env {
             c.env(k, v);
         }
@@ -259,6 +265,25 @@ impl Cloud {
             child,
             name: "node",
         });
+    }
+
+    /// Starts another node process named `id` and waits until it is online.
+    pub async fn add_node(&mut self, id: &str, extra: &[(&str, &str)]) {
+        let mut env = vec![("CORRAL_NODE_ID", id)];
+        env.extend_from_slice(extra);
+        let child = self.command(&["node"], &env).spawn().unwrap();
+        self.extra_nodes.push(Proc {
+            child,
+            name: "node",
+        });
+        for _ in 0..300 {
+            let (s, v) = self.get(&format!("/nodes/{id}")).await;
+            if s == 200 && v["online"] == json!(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node {id} never came online");
     }
 
     pub async fn start_controller(&mut self, extra: &[(&str, &str)]) {

@@ -59,6 +59,7 @@ pub struct StepEnv {
     pub vnc_port_max: u16,
     /// How long a create waits for a node to appear before giving up.
     pub placement_grace_ms: i64,
+    pub thresholds: crate::controller::placement::Thresholds,
 }
 
 fn system_disk_path(storage_dir: &str, guest: &str) -> String {
@@ -144,47 +145,60 @@ pub async fn run_controller(
     Ok(())
 }
 
-/// Chooses the node: the requested one (S50) or the one with the most free memory after
-/// counting the guests already placed there, so a batch spreads lightest-first (S27) —
-/// each placement sees the ones before it because each runs in its own transaction.
+/// Chooses the node (see `controller::placement`). Waiting for a node that is not there
+/// yet is transient for a grace period (a fresh `corral up`, a node restarting); a node
+/// that is there but cannot take the guest is a permanent refusal naming the reason.
 async fn place(
     tx: &mut Tx<'_>,
     env: &StepEnv,
     op: &OpRow,
     g: &GuestRow,
 ) -> Result<String, StepError> {
-    if let Some(req) = &g.requested_node {
-        return match node_facts(tx, req).await? {
-            Some((true, _, _)) => Ok(req.clone()),
-            Some((false, _, _)) => Err(StepError::Permanent(format!("node {req} is offline"))),
-            None => Err(StepError::Permanent(format!(
-                "node {req} is not registered"
-            ))),
-        };
-    }
-    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT n.id, n.facts, \
+    use crate::controller::placement::{self, Candidate, PlaceError};
+    let rows: Vec<(String, String, bool, bool, i64, i64, i64)> = sqlx::query_as(
+        "SELECT n.id, n.facts, n.online, n.accept_auto, \
            (SELECT COALESCE(SUM(memory_mib), 0) FROM guests WHERE node_id = n.id AND state != 'error'), \
+           (SELECT COALESCE(SUM(cpus), 0) FROM guests WHERE node_id = n.id AND state != 'error'), \
            (SELECT COUNT(*) FROM guests WHERE node_id = n.id) \
-         FROM nodes n WHERE n.online = 1 AND n.accept_auto = 1",
+         FROM nodes n ORDER BY n.id",
     )
     .fetch_all(&mut **tx)
     .await?;
-    let best = rows
+    let candidates: Vec<Candidate> = rows
         .into_iter()
-        .map(|(id, facts, used, count)| {
+        .map(|(id, facts, online, accept_auto, mem, vcpus, guests)| {
             let f: NodeFacts = serde_json::from_str(&facts).unwrap_or_default();
-            (f.memory_mib as i64 - used, -count, id)
+            Candidate {
+                id,
+                online,
+                accept_auto,
+                cpus: f.cpus.max(1),
+                memory_mib: f.memory_mib,
+                load1: f.load1,
+                cpu_overcommit: f.cpu_overcommit.unwrap_or(16.0),
+                memory_overcommit: f.memory_overcommit.unwrap_or(1.0),
+                used_memory_mib: mem.max(0) as u64,
+                used_vcpus: vcpus.max(0) as u64,
+                guests: guests.max(0) as u64,
+            }
         })
-        .max();
-    match best {
-        Some((_, _, id)) => Ok(id),
-        None if now_ms() - op.created_at < env.placement_grace_ms => Err(StepError::Transient(
-            "waiting for a node that is online and accepts guests".into(),
+        .collect();
+    let young = now_ms() - op.created_at < env.placement_grace_ms;
+    match placement::place(
+        &candidates,
+        g.memory_mib as u64,
+        g.cpus as u64,
+        g.requested_node.as_deref(),
+        &env.thresholds,
+    ) {
+        Ok(node) => Ok(node),
+        Err(PlaceError::NoNodes) if young => Err(StepError::Transient(
+            "waiting for a node to register".into(),
         )),
-        None => Err(StepError::Permanent(
-            "no node is online and accepting automatically placed guests".into(),
-        )),
+        Err(PlaceError::Refused(r)) if young && r.iter().all(|r| r.reason == "offline") => Err(
+            StepError::Transient("waiting for a node to come online".into()),
+        ),
+        Err(e) => Err(StepError::Permanent(e.to_string())),
     }
 }
 

@@ -1,0 +1,245 @@
+//! Placement: which node takes a new guest (S24, S27, S50, S51, S92).
+//!
+//! Pure logic over a snapshot of candidate nodes, so it is unit-tested without I/O. The
+//! saga's `place` step builds the snapshot inside its transaction, counting the guests
+//! already placed — including those of the same batch placed a moment earlier — so a batch
+//! spreads lightest-first instead of piling onto one stale "best" node.
+//!
+//! Filters, each refusal naming the node and the reason: online; accepts automatically
+//! placed guests (unless the node was chosen by hand); memory after placement within the
+//! node's capacity (physical × its memory over-commit ratio) and below the memory
+//! threshold; vCPUs within cores × its CPU over-commit ratio; load per core below the load
+//! threshold. Score: most memory left, then fewest guests, then node id.
+
+/// Thresholds from the controller's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Highest share of a node's (over-committed) memory guests may use, in percent.
+    pub max_memory_pct: f64,
+    /// Highest 1-minute load average per core at which a node still takes guests.
+    pub max_load_per_cpu: f64,
+}
+
+/// One node as placement sees it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: String,
+    pub online: bool,
+    pub accept_auto: bool,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub load1: f64,
+    pub cpu_overcommit: f64,
+    pub memory_overcommit: f64,
+    /// Memory and vCPUs of the guests already placed there.
+    pub used_memory_mib: u64,
+    pub used_vcpus: u64,
+    pub guests: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub node: String,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PlaceError {
+    #[error("no node is registered")]
+    NoNodes,
+    #[error("node {0} is not registered")]
+    UnknownNode(String),
+    #[error("no node can take this guest: {}", .0.iter().map(|r| format!("{}: {}", r.node, r.reason)).collect::<Vec<_>>().join("; "))]
+    Refused(Vec<Refusal>),
+}
+
+fn check(
+    c: &Candidate,
+    memory_mib: u64,
+    cpus: u64,
+    by_hand: bool,
+    t: &Thresholds,
+) -> Result<u64, String> {
+    if !c.online {
+        return Err("offline".into());
+    }
+    if !by_hand && !c.accept_auto {
+        return Err("does not accept automatically placed guests".into());
+    }
+    let capacity = (c.memory_mib as f64 * c.memory_overcommit * t.max_memory_pct / 100.0) as u64;
+    let after = c.used_memory_mib + memory_mib;
+    if after > capacity {
+        return Err(format!(
+            "memory {after} MiB after placement exceeds {capacity} MiB ({}% of {} MiB × {})",
+            t.max_memory_pct, c.memory_mib, c.memory_overcommit
+        ));
+    }
+    let vcpu_cap = (f64::from(c.cpus) * c.cpu_overcommit) as u64;
+    if c.used_vcpus + cpus > vcpu_cap {
+        return Err(format!(
+            "{} vCPUs after placement exceed {vcpu_cap} ({} cores × {})",
+            c.used_vcpus + cpus,
+            c.cpus,
+            c.cpu_overcommit
+        ));
+    }
+    let load = c.load1 / f64::from(c.cpus.max(1));
+    if load > t.max_load_per_cpu {
+        return Err(format!(
+            "load {load:.2} per core is above {}",
+            t.max_load_per_cpu
+        ));
+    }
+    Ok(capacity - after)
+}
+
+/// Picks the node for a guest of `memory_mib` and `cpus`, on `requested` if given.
+pub fn place(
+    candidates: &[Candidate],
+    memory_mib: u64,
+    cpus: u64,
+    requested: Option<&str>,
+    t: &Thresholds,
+) -> Result<String, PlaceError> {
+    if let Some(r) = requested {
+        let c = candidates
+            .iter()
+            .find(|c| c.id == r)
+            .ok_or_else(|| PlaceError::UnknownNode(r.to_string()))?;
+        return check(c, memory_mib, cpus, true, t)
+            .map(|_| c.id.clone())
+            .map_err(|reason| {
+                PlaceError::Refused(vec![Refusal {
+                    node: c.id.clone(),
+                    reason,
+                }])
+            });
+    }
+    if candidates.is_empty() {
+        return Err(PlaceError::NoNodes);
+    }
+    let mut refusals = Vec::new();
+    let mut best: Option<(u64, std::cmp::Reverse<u64>, std::cmp::Reverse<&str>)> = None;
+    for c in candidates {
+        match check(c, memory_mib, cpus, false, t) {
+            Ok(left) => {
+                let key = (
+                    left,
+                    std::cmp::Reverse(c.guests),
+                    std::cmp::Reverse(c.id.as_str()),
+                );
+                if best.as_ref().is_none_or(|b| key > *b) {
+                    best = Some(key);
+                }
+            }
+            Err(reason) => refusals.push(Refusal {
+                node: c.id.clone(),
+                reason,
+            }),
+        }
+    }
+    match best {
+        Some((_, _, std::cmp::Reverse(id))) => Ok(id.to_string()),
+        None => Err(PlaceError::Refused(refusals)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Thresholds = Thresholds {
+        max_memory_pct: 90.0,
+        max_load_per_cpu: 2.0,
+    };
+
+    fn node(id: &str) -> Candidate {
+        Candidate {
+            id: id.into(),
+            online: true,
+            accept_auto: true,
+            cpus: 4,
+            memory_mib: 8192,
+            load1: 0.5,
+            cpu_overcommit: 4.0,
+            memory_overcommit: 1.0,
+            used_memory_mib: 0,
+            used_vcpus: 0,
+            guests: 0,
+        }
+    }
+
+    #[test]
+    fn a_batch_spreads_lightest_first() {
+        let mut nodes = vec![node("a"), node("b"), node("c")];
+        nodes[0].used_memory_mib = 1024;
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..30 {
+            let id = place(&nodes, 256, 1, None, &T).unwrap();
+            let n = nodes.iter_mut().find(|n| n.id == id).unwrap();
+            n.used_memory_mib += 256;
+            n.used_vcpus += 1;
+            n.guests += 1;
+            *counts.entry(id).or_insert(0) += 1;
+        }
+        // "a" started 1 GiB (four guests) heavier: it gets about four fewer, and at the end
+        // no node uses more than one guest's memory above another.
+        assert_eq!(counts.values().sum::<i32>(), 30);
+        assert!(
+            counts["a"] + 3 <= counts["b"].min(counts["c"]),
+            "{counts:?}"
+        );
+        let used: Vec<u64> = nodes.iter().map(|n| n.used_memory_mib).collect();
+        assert!(
+            used.iter().max().unwrap() - used.iter().min().unwrap() <= 256,
+            "{used:?}"
+        );
+    }
+
+    #[test]
+    fn refusals_name_each_node_and_reason() {
+        let mut nodes = vec![
+            node("off"),
+            node("manual"),
+            node("full"),
+            node("busy"),
+            node("cpu"),
+        ];
+        nodes[0].online = false;
+        nodes[1].accept_auto = false;
+        nodes[2].used_memory_mib = 7300;
+        nodes[3].load1 = 9.0;
+        nodes[4].used_vcpus = 16;
+        let PlaceError::Refused(r) = place(&nodes, 256, 1, None, &T).unwrap_err() else {
+            panic!("expected a refusal")
+        };
+        let reasons: Vec<String> = r
+            .iter()
+            .map(|r| format!("{}: {}", r.node, r.reason))
+            .collect();
+        assert!(reasons[0].starts_with("off: offline"), "{reasons:?}");
+        assert!(reasons[1].contains("automatically"));
+        assert!(reasons[2].contains("memory"));
+        assert!(reasons[3].contains("load"));
+        assert!(reasons[4].contains("vCPUs"));
+    }
+
+    #[test]
+    fn a_node_chosen_by_hand_ignores_the_switch_but_not_capacity() {
+        let mut nodes = vec![node("a")];
+        nodes[0].accept_auto = false;
+        assert_eq!(place(&nodes, 256, 1, Some("a"), &T).unwrap(), "a");
+        assert!(matches!(
+            place(&nodes, 256, 1, None, &T),
+            Err(PlaceError::Refused(_))
+        ));
+        assert!(matches!(
+            place(&nodes, 9000, 1, Some("a"), &T),
+            Err(PlaceError::Refused(_))
+        ));
+        assert_eq!(
+            place(&nodes, 1, 1, Some("zz"), &T),
+            Err(PlaceError::UnknownNode("zz".into()))
+        );
+    }
+}
