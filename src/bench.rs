@@ -81,6 +81,7 @@ fn spec(i: usize, dir: &Path) -> DomainSpec {
         seed_path: dir.join("raw-seed.iso").display().to_string(),
         mac: crate::controller::alloc::random_mac(),
         bridge: "corral0".into(),
+        bandwidth: None,
         vlan: None,
         vnc_port: 5900,
         vnc_password: "x".into(),

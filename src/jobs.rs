@@ -35,6 +35,7 @@ const SOURCES: &[&str] = &[
     include_str!("../jobs/guest.reset.toml"),
     include_str!("../jobs/guest.suspend.toml"),
     include_str!("../jobs/guest.resume.toml"),
+    include_str!("../jobs/guest.set_bandwidth.toml"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -112,6 +112,46 @@ pub const GUEST_STATES: &[&str] = &[
     "creating", "running", "paused", "shutoff", "crashed", "unknown", "error", "deleting",
 ];
 
+/// Per-guest traffic limits (S54), as libvirt takes them: KiB/s and KiB.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, poem_openapi::Object)]
+#[oai(deny_unknown_fields)]
+pub struct Bandwidth {
+    /// Traffic into the guest.
+    pub inbound: Option<Rate>,
+    /// Traffic out of the guest.
+    pub outbound: Option<Rate>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, poem_openapi::Object)]
+#[oai(deny_unknown_fields)]
+pub struct Rate {
+    /// Average rate, KiB/s (at least 1).
+    pub average_kbps: u32,
+    /// Peak rate, KiB/s.
+    pub peak_kbps: Option<u32>,
+    /// Burst size at peak, KiB.
+    pub burst_kb: Option<u32>,
+}
+
+impl Bandwidth {
+    /// Checks the numbers; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, r) in [("inbound", &self.inbound), ("outbound", &self.outbound)] {
+            if let Some(r) = r {
+                if r.average_kbps == 0 {
+                    return Err(format!("{name}.average_kbps must be at least 1"));
+                }
+                if r.peak_kbps.is_some_and(|p| p < r.average_kbps) {
+                    return Err(format!(
+                        "{name}.peak_kbps must not be below {name}.average_kbps"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything the node needs to define a guest's domain; rendered on the node so that
 /// node facts (domain type, emulator) are applied where they are true.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +165,9 @@ pub struct DomainSpec {
     pub seed_path: String,
     pub mac: String,
     pub bridge: String,
+    /// Traffic limits of the guest's NIC (S54).
+    #[serde(default)]
+    pub bandwidth: Option<Bandwidth>,
     /// 802.1Q tag of the guest's network, when its pool has one.
     #[serde(default)]
     pub vlan: Option<u16>,
@@ -137,18 +180,49 @@ pub struct DomainSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum NodeAction {
-    CreateDisk { path: String, template_path: String },
-    RemoveFile { path: String },
-    BuildSeed { path: String, plan: Box<InitPlan> },
-    Define { spec: Box<DomainSpec> },
-    Undefine { guest_id: String },
-    Start { guest_id: String },
-    Destroy { guest_id: String },
-    Shutdown { guest_id: String, timeout_secs: u64 },
-    Reboot { guest_id: String },
-    Reset { guest_id: String },
-    Suspend { guest_id: String },
-    Resume { guest_id: String },
+    CreateDisk {
+        path: String,
+        template_path: String,
+    },
+    RemoveFile {
+        path: String,
+    },
+    BuildSeed {
+        path: String,
+        plan: Box<InitPlan>,
+    },
+    Define {
+        spec: Box<DomainSpec>,
+    },
+    /// Apply the NIC definition (bandwidth) live when running and to the persistent config.
+    UpdateInterface {
+        spec: Box<DomainSpec>,
+    },
+    Undefine {
+        guest_id: String,
+    },
+    Start {
+        guest_id: String,
+    },
+    Destroy {
+        guest_id: String,
+    },
+    Shutdown {
+        guest_id: String,
+        timeout_secs: u64,
+    },
+    Reboot {
+        guest_id: String,
+    },
+    Reset {
+        guest_id: String,
+    },
+    Suspend {
+        guest_id: String,
+    },
+    Resume {
+        guest_id: String,
+    },
 }
 
 impl NodeAction {
@@ -159,6 +233,7 @@ impl NodeAction {
             NodeAction::RemoveFile { .. } => "remove_file",
             NodeAction::BuildSeed { .. } => "build_seed",
             NodeAction::Define { .. } => "define",
+            NodeAction::UpdateInterface { .. } => "update_interface",
             NodeAction::Undefine { .. } => "undefine",
             NodeAction::Start { .. } => "start",
             NodeAction::Destroy { .. } => "destroy",

@@ -17,6 +17,10 @@ const BUILTIN: &[(&str, &str)] = &[
         "domain.xml",
         include_str!("../jobs/templates/domain.xml.j2"),
     ),
+    (
+        "interface.xml",
+        include_str!("../jobs/templates/interface.xml.j2"),
+    ),
     ("meta-data", include_str!("../jobs/templates/meta-data.j2")),
     ("user-data", include_str!("../jobs/templates/user-data.j2")),
     (
@@ -125,6 +129,18 @@ mod tests {
             seed_path: "/var/lib/corral/images/g-seed.iso".into(),
             mac: "52:54:00:12:34:56".into(),
             bridge: "corral0".into(),
+            bandwidth: Some(crate::model::Bandwidth {
+                inbound: Some(crate::model::Rate {
+                    average_kbps: 1000,
+                    peak_kbps: Some(2000),
+                    burst_kb: Some(512),
+                }),
+                outbound: Some(crate::model::Rate {
+                    average_kbps: 500,
+                    peak_kbps: None,
+                    burst_kb: None,
+                }),
+            }),
             vlan: None,
             vnc_port: 5901,
             vnc_password: "pa<ss>&\"'".into(),

@@ -551,3 +551,38 @@ async fn foreign_domains_are_listed_and_never_touched() {
         assert!(workers.contains(&w), "{workers:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_limits_are_rendered_and_validated() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::up().await;
+    cloud.template("tiny").await;
+    let bw = json!({"inbound": {"average_kbps": 1000, "peak_kbps": 2000, "burst_kb": 256}, "outbound": {"average_kbps": 500}});
+    let (s, v) = cloud
+        .post("/guests", json!({"template": "tiny", "cpus": 1, "memory_mib": 64, "bandwidth": {"inbound": {"average_kbps": 0}}}))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("inbound.average_kbps"),
+        "{v}"
+    );
+    let (gid, op) = cloud
+        .create(json!({"template": "tiny", "cpus": 1, "memory_mib": 64, "bandwidth": bw}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+    assert_eq!(g["bandwidth"]["inbound"]["average_kbps"], 1000);
+    let (_, x) = cloud.get(&format!("/guests/{gid}/domain-xml")).await;
+    let xml = x["xml"].as_str().unwrap();
+    assert!(
+        xml.contains("<inbound average='1000' peak='2000' burst='256'/>"),
+        "{xml}"
+    );
+    assert!(xml.contains("<outbound average='500'/>"), "{xml}");
+}

@@ -134,6 +134,22 @@ pub async fn run(
                 domain_xml: Some(live),
             })
         }
+        NodeAction::UpdateInterface { spec } => {
+            let xml = renderer
+                .render(
+                    "interface.xml",
+                    minijinja::context! { spec => crate::render::val(spec) },
+                )
+                .map_err(|e| ActionError::Permanent(e.to_string()))?;
+            let live = require(hv, &spec.guest_id).await? == DomState::Running;
+            hv.update_device(&spec.guest_id, &xml, live)
+                .await
+                .map_err(|e| ActionError::Permanent(e.to_string()))?;
+            Ok(StepOutcome::Ok {
+                guest_state: None,
+                domain_xml: Some(hv.xml(&spec.guest_id).await?),
+            })
+        }
         NodeAction::Undefine { guest_id } => {
             match hv.state(guest_id).await? {
                 None => {}

@@ -73,6 +73,8 @@ pub trait Hypervisor: Send + Sync {
     async fn suspend(&self, uuid: &str) -> Result<(), HvError>;
     async fn resume(&self, uuid: &str) -> Result<(), HvError>;
     async fn xml(&self, uuid: &str) -> Result<String, HvError>;
+    /// Updates a device in place: live when the domain runs, and in its persistent config.
+    async fn update_device(&self, uuid: &str, xml: &str, live: bool) -> Result<(), HvError>;
     async fn list(&self) -> Result<Vec<DomEntry>, HvError>;
     /// libvirt and hypervisor versions, for the node's facts.
     async fn versions(&self) -> Result<(String, String), HvError>;
@@ -209,6 +211,15 @@ impl Hypervisor for Libvirt {
         self.on_domain(uuid, |d| d.xml_desc(0).map_err(Into::into))
             .await
     }
+    async fn update_device(&self, uuid: &str, xml: &str, live: bool) -> Result<(), HvError> {
+        let xml = xml.to_string();
+        let flags =
+            sys::VIR_DOMAIN_AFFECT_CONFIG | if live { sys::VIR_DOMAIN_AFFECT_LIVE } else { 0 };
+        self.on_domain(uuid, move |d| {
+            d.update_device_flags(&xml, flags).map_err(Into::into)
+        })
+        .await
+    }
     async fn list(&self) -> Result<Vec<DomEntry>, HvError> {
         self.with(|c| {
             let mut out = Vec::new();
@@ -320,6 +331,9 @@ impl Hypervisor for Fake {
     }
     async fn xml(&self, uuid: &str) -> Result<String, HvError> {
         self.with_dom(uuid, |d| d.0.clone())
+    }
+    async fn update_device(&self, uuid: &str, _xml: &str, _live: bool) -> Result<(), HvError> {
+        self.with_dom(uuid, |_| ())
     }
     async fn list(&self) -> Result<Vec<DomEntry>, HvError> {
         let m = self

@@ -13,7 +13,7 @@ use crate::controller::alloc;
 use crate::controller::saga::steps::{CreatePayload, PowerPayload};
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::crypt_password;
-use crate::model::{new_id, now_ms, rfc3339};
+use crate::model::{new_id, now_ms, rfc3339, Bandwidth};
 
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
@@ -42,6 +42,8 @@ pub struct CreateGuest {
     pub password: Option<String>,
     /// SSH public keys for root.
     pub ssh_keys: Option<Vec<String>>,
+    /// NIC traffic limits (S54); default unlimited.
+    pub bandwidth: Option<Bandwidth>,
 }
 
 #[derive(Debug, Object)]
@@ -50,6 +52,12 @@ pub struct CorrectIp {
     /// The address the guest really uses: inside a pool's range, free, not reserved or
     /// disabled.
     pub ip: String,
+}
+
+#[derive(Debug, Object)]
+pub struct DomainXml {
+    /// The domain definition as the node last reported it (S11).
+    pub xml: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -104,6 +112,8 @@ pub struct Guest {
     pub vnc_port: Option<u16>,
     /// The operation currently holding the guest.
     pub operation_id: Option<String>,
+    /// NIC traffic limits; absent when unlimited.
+    pub bandwidth: Option<Bandwidth>,
     pub disks: Vec<Disk>,
     pub created_at: String,
     pub updated_at: String,
@@ -141,6 +151,7 @@ fn view(g: &GuestRow, disks: Vec<st::DiskRow>) -> Guest {
         mac: g.mac.clone(),
         vnc_port: g.vnc_port.map(|p| p as u16),
         operation_id: g.lock_op.clone(),
+        bandwidth: g.bandwidth(),
         disks: disks
             .into_iter()
             .map(|d| Disk {
@@ -287,6 +298,16 @@ impl GuestApi {
                 return Err(Error::BadRequest(format!("hostname {h:?} is invalid")).into());
             }
         }
+        if let Some(b) = &req.bandwidth {
+            b.validate()
+                .map_err(|e| Error::BadRequest(format!("bandwidth: {e}")))?;
+        }
+        let bandwidth_json = req
+            .bandwidth
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(st::StoreError::from)?;
         let password_hash = match &req.password {
             Some(p) if p.is_empty() => {
                 return Err(Error::BadRequest("password must not be empty".into()).into())
@@ -337,6 +358,7 @@ impl GuestApi {
                 domain_xml: None,
                 created_at: now,
                 updated_at: now,
+                bandwidth: bandwidth_json.clone(),
             };
             match st::insert_guest(&mut tx, &row).await {
                 Err(e) if e.is_unique_violation() => {
@@ -538,6 +560,84 @@ impl GuestApi {
             .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
         let disks = state.store.disks_of(&g.id).await?;
         Ok(Json(view(&g, disks)))
+    }
+
+    /// The guest's libvirt domain XML as its node last pushed it (S11).
+    #[oai(
+        path = "/guests/:id/domain-xml",
+        method = "get",
+        operation_id = "guest_domain_xml"
+    )]
+    async fn domain_xml(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Json<DomainXml>> {
+        let g = state
+            .store
+            .guest(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        Ok(Json(DomainXml { xml: g.domain_xml }))
+    }
+
+    /// Change a guest's NIC traffic limits (S54): applied live when it runs and kept in its
+    /// definition. Send `{}` to remove all limits.
+    #[oai(
+        path = "/guests/:id/bandwidth",
+        method = "put",
+        operation_id = "guest_set_bandwidth"
+    )]
+    async fn set_bandwidth(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<Bandwidth>,
+    ) -> ApiResult<OpResponse> {
+        let g = state
+            .store
+            .guest(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        body.validate()
+            .map_err(|e| Error::BadRequest(format!("bandwidth: {e}")))?;
+        if g.domain_xml.is_none() || matches!(g.state.as_str(), "error" | "creating" | "deleting") {
+            return Err(Error::Conflict {
+                message: format!(
+                    "guest {} is {}; its limits can change once it exists on a node",
+                    g.name, g.state
+                ),
+                details: None,
+            }
+            .into());
+        }
+        let empty = body.inbound.is_none() && body.outbound.is_none();
+        let payload = crate::controller::saga::steps::BandwidthPayload {
+            bandwidth: (!empty).then(|| body.0.clone()),
+        };
+        let payload = serde_json::to_value(payload).map_err(st::StoreError::from)?;
+        let mut tx = state.store.begin().await?;
+        let op = start_op(
+            &state,
+            &mut tx,
+            "guest.set_bandwidth",
+            &g.id,
+            payload,
+            &auth.0.name,
+            true,
+        )
+        .await?;
+        state.store.commit(tx).await?;
+        state.waker.wake(&op.id);
+        Ok(OpResponse::Accepted(
+            Json(Accepted {
+                guest_id: g.id,
+                operation_id: op.id.clone(),
+            }),
+            op_location(&op.id),
+        ))
     }
 
     /// Power actions: start, shutdown, poweroff, reboot, reset, suspend, resume.

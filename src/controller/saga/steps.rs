@@ -16,6 +16,12 @@ pub struct CreatePayload {
     pub ssh_keys: Vec<String>,
 }
 
+/// Payload of `guest.set_bandwidth`: the new limits (None: unlimited).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BandwidthPayload {
+    pub bandwidth: Option<crate::model::Bandwidth>,
+}
+
 /// Payload of the power operations.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PowerPayload {
@@ -131,6 +137,20 @@ pub async fn run_controller(
         }
         ("finish", _) => {
             sqlx::query("UPDATE guests SET state = 'running', updated_at = ? WHERE id = ? AND state = 'creating'")
+                .bind(now_ms())
+                .bind(&g.id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        ("record_bandwidth", false) => {
+            let p: BandwidthPayload = serde_json::from_str(&op.payload).unwrap_or_default();
+            let json = p
+                .bandwidth
+                .map(|b| serde_json::to_string(&b))
+                .transpose()
+                .map_err(StoreError::from)?;
+            sqlx::query("UPDATE guests SET bandwidth = ?, updated_at = ? WHERE id = ?")
+                .bind(json)
                 .bind(now_ms())
                 .bind(&g.id)
                 .execute(&mut **tx)
@@ -322,39 +342,13 @@ pub async fn node_action(
                 plan: Box::new(default_plan(tx, &g, &payload).await?),
             }
         }
-        ("define", false) => {
-            // The pool's network decides the bridge; without one, the node's default.
-            let network: (String, Option<u16>) = match &g.pool_id {
-                Some(p) => st::pool_in(tx, p)
-                    .await?
-                    .map(|p| (p.bridge, p.vlan.map(|v| v as u16)))
-                    .unwrap_or_default(),
-                None => Default::default(),
-            };
-            let Some((_, _, facts)) = node_facts(tx, &node).await? else {
-                return Err(StepError::Permanent(format!(
-                    "node {node} is not registered"
-                )));
-            };
-            NodeAction::Define {
-                spec: Box::new(DomainSpec {
-                    guest_id: id,
-                    name: g.name.clone(),
-                    cpus: g.cpus as u32,
-                    memory_mib: g.memory_mib as u32,
-                    windows: g.os_type == "windows",
-                    disk_path: disk("system").unwrap_or_default(),
-                    seed_path: disk("seed").unwrap_or_default(),
-                    mac: g.mac.clone().unwrap_or_default(),
-                    bridge: if network.0.is_empty() {
-                        facts.bridge
-                    } else {
-                        network.0
-                    },
-                    vlan: network.1,
-                    vnc_port: g.vnc_port.unwrap_or(0) as u16,
-                    vnc_password: g.vnc_password.clone().unwrap_or_default(),
-                }),
+        ("define", false) => NodeAction::Define {
+            spec: Box::new(domain_spec(tx, &g, &node, &disks, g.bandwidth()).await?),
+        },
+        ("update_interface", false) => {
+            let p: BandwidthPayload = serde_json::from_str(&op.payload).unwrap_or_default();
+            NodeAction::UpdateInterface {
+                spec: Box::new(domain_spec(tx, &g, &node, &disks, p.bandwidth).await?),
             }
         }
         ("create_disk", true) | ("remove_disk", false) => match disk("system") {
@@ -384,6 +378,54 @@ pub async fn node_action(
         _ => return Ok(None),
     };
     Ok(Some((node, action)))
+}
+
+/// The domain a guest's row describes, on `node`, with NIC limits `bandwidth`.
+async fn domain_spec(
+    tx: &mut Tx<'_>,
+    g: &GuestRow,
+    node: &str,
+    disks: &[st::DiskRow],
+    bandwidth: Option<crate::model::Bandwidth>,
+) -> Result<DomainSpec, StepError> {
+    // The pool's network decides the bridge; without one, the node's default.
+    let (bridge, vlan): (String, Option<u16>) = match &g.pool_id {
+        Some(p) => st::pool_in(tx, p)
+            .await?
+            .map(|p| (p.bridge, p.vlan.map(|v| v as u16)))
+            .unwrap_or_default(),
+        None => Default::default(),
+    };
+    let Some((_, _, facts)) = node_facts(tx, node).await? else {
+        return Err(StepError::Permanent(format!(
+            "node {node} is not registered"
+        )));
+    };
+    let disk = |kind: &str| {
+        disks
+            .iter()
+            .find(|d| d.kind == kind)
+            .map(|d| d.path.clone())
+    };
+    Ok(DomainSpec {
+        guest_id: g.id.clone(),
+        name: g.name.clone(),
+        cpus: g.cpus as u32,
+        memory_mib: g.memory_mib as u32,
+        windows: g.os_type == "windows",
+        disk_path: disk("system").unwrap_or_default(),
+        seed_path: disk("seed").unwrap_or_default(),
+        mac: g.mac.clone().unwrap_or_default(),
+        bridge: if bridge.is_empty() {
+            facts.bridge
+        } else {
+            bridge
+        },
+        bandwidth,
+        vlan,
+        vnc_port: g.vnc_port.unwrap_or(0) as u16,
+        vnc_password: g.vnc_password.clone().unwrap_or_default(),
+    })
 }
 
 /// The built-in init plan (Rhai profiles replace it): hostname, root password, static

@@ -26,6 +26,16 @@ pub struct GuestRow {
     pub domain_xml: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// JSON `model::Bandwidth`, NULL when unlimited.
+    pub bandwidth: Option<String>,
+}
+
+impl GuestRow {
+    pub fn bandwidth(&self) -> Option<crate::model::Bandwidth> {
+        self.bandwidth
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -43,15 +53,15 @@ macro_rules! guest_cols {
     () => {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
     node_id, requested_node, pool_id, requested_ip, ip, vnc_port, vnc_password, mac, state, lock_op, \
-    domain_xml, created_at, updated_at"
+    domain_xml, created_at, updated_at, bandwidth"
     };
 }
 
 pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO guests (id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
-         requested_node, pool_id, requested_ip, state, lock_op, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         requested_node, pool_id, requested_ip, state, lock_op, created_at, updated_at, bandwidth) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&g.id)
     .bind(&g.name)
@@ -68,6 +78,7 @@ pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreErro
     .bind(&g.lock_op)
     .bind(g.created_at)
     .bind(g.updated_at)
+    .bind(&g.bandwidth)
     .execute(&mut **tx)
     .await?;
     Ok(())

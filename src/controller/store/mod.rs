@@ -95,6 +95,7 @@ impl Store {
         const MIGRATIONS: &[(i64, &str)] = &[
             (2, include_str!("migrations/002_ip_management.sql")),
             (3, include_str!("migrations/003_foreign_domains.sql")),
+            (4, include_str!("migrations/004_bandwidth.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)
