@@ -36,6 +36,7 @@ const SOURCES: &[&str] = &[
     include_str!("../jobs/guest.suspend.toml"),
     include_str!("../jobs/guest.resume.toml"),
     include_str!("../jobs/guest.set_bandwidth.toml"),
+    include_str!("../jobs/node.remove.toml"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -288,6 +288,16 @@ pub struct NodeFacts {
     pub hypervisor_uri: String,
     pub version: String,
     pub workers: Vec<WorkerStatus>,
+    /// CPU model and whether it has VT-x/AMD-V.
+    #[serde(default)]
+    pub cpu_model: String,
+    #[serde(default)]
+    pub cpu_virt: bool,
+    /// Disk-image directory's filesystem: size and free space, MiB.
+    #[serde(default)]
+    pub storage_total_mib: u64,
+    #[serde(default)]
+    pub storage_free_mib: u64,
     /// Over-commit ratios the node allows (vCPUs per core, guest memory per MiB).
     #[serde(default)]
     pub cpu_overcommit: Option<f64>,

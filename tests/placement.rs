@@ -111,3 +111,75 @@ async fn batches_spread_and_refusals_say_why() {
     }
     cloud.assert_no_leaks().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_nodes_keeps_or_deletes_their_guests() {
+    if !(require("redis-server") && require("qemu-img") && require("genisoimage")) {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    cloud.pool("lan", "192.0.2.10", "192.0.2.30").await;
+    cloud.add_node("node-keep", &[]).await;
+    cloud.add_node("node-drop", &[]).await;
+    let mut on = HashMap::new();
+    for n in ["node-keep", "node-drop"] {
+        let ops = cloud.create(json!({"name": n.replace("node-", "g-"), "template": "tiny", "cpus": 1, "memory_mib": 64, "count": 2, "node": n})).await;
+        for (gid, op) in &ops {
+            assert_eq!(cloud.wait_op(op).await["state"], "succeeded");
+            on.entry(n).or_insert_with(Vec::new).push(gid.clone());
+        }
+    }
+    let (s, v) = cloud.delete("/nodes/node-keep?guests=keep").await;
+    assert_eq!(s, 409, "online with guests: {v}");
+
+    // both nodes die
+    for p in &mut cloud.extra_nodes {
+        p.kill9();
+    }
+    for n in ["node-keep", "node-drop"] {
+        for _ in 0..200 {
+            if cloud.get(&format!("/nodes/{n}")).await.1["online"] == json!(false) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let (s, v) = cloud.delete("/nodes/node-keep?guests=keep").await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        cloud.wait_op(v["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    assert_eq!(cloud.get("/nodes/node-keep").await.0, 404);
+    for g in &on["node-keep"] {
+        let (s, g) = cloud.get(&format!("/guests/{g}")).await;
+        assert_eq!(
+            (s, g["state"].as_str()),
+            (200, Some("unknown")),
+            "kept: {g}"
+        );
+    }
+    let (s, v) = cloud.delete("/nodes/node-drop?guests=delete").await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        cloud.wait_op(v["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    for g in &on["node-drop"] {
+        assert_eq!(
+            cloud.get(&format!("/guests/{g}")).await.0,
+            404,
+            "deleted with the node"
+        );
+    }
+    let (_, pools) = cloud.get("/ip-pools").await;
+    assert_eq!(
+        pools[0]["used"], 2,
+        "only the kept guests still hold addresses"
+    );
+    let (s, v) = cloud.delete("/nodes/nope?guests=keep").await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = cloud.delete(&format!("/nodes/{}", cloud.node_id)).await;
+    assert_eq!(s, 400, "the guests choice is required: {v}");
+}

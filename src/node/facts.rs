@@ -47,7 +47,33 @@ fn meminfo(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Size and free space of the filesystem holding `dir`, MiB (`statvfs`, through `df`
+/// so this crate stays free of unsafe code outside the events module).
+fn fs_space(dir: &std::path::Path) -> (u64, u64) {
+    let out = std::process::Command::new("df")
+        .args(["-Pk"])
+        .arg(dir)
+        .output();
+    let Ok(out) = out else { return (0, 0) };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().nth(1) else {
+        return (0, 0);
+    };
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let kib = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) / 1024;
+    (kib(1), kib(3))
+}
+
 pub async fn collect(cfg: &NodeConfig, domain_type: &str, hv: &dyn Hypervisor) -> NodeFacts {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let cpu_virt = detect(&cpuinfo, true) == "kvm";
+    let (storage_total_mib, storage_free_mib) = fs_space(&cfg.storage_dir);
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -76,6 +102,10 @@ pub async fn collect(cfg: &NodeConfig, domain_type: &str, hv: &dyn Hypervisor) -
         version: format!("corral {}; {hv_version}", env!("CARGO_PKG_VERSION")),
         workers: vec![],
         vnc_ports: Some((cfg.vnc_port_min, cfg.vnc_port_max)),
+        cpu_model,
+        cpu_virt,
+        storage_total_mib,
+        storage_free_mib,
         cpu_overcommit: Some(cfg.cpu_overcommit),
         memory_overcommit: Some(cfg.memory_overcommit),
     }

@@ -7,7 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
-use super::operations::start_op;
+use super::operations::{start_op, Target};
 use super::{AppState, Auth};
 use crate::controller::alloc;
 use crate::controller::saga::steps::{CreatePayload, PowerPayload};
@@ -374,7 +374,7 @@ impl GuestApi {
                 &state,
                 &mut tx,
                 "guest.create",
-                &id,
+                Target::Guest(&id),
                 payload.clone(),
                 &auth.0.name,
                 true,
@@ -468,7 +468,7 @@ impl GuestApi {
             &state,
             &mut tx,
             "guest.delete",
-            &g.id,
+            Target::Guest(&g.id),
             serde_json::json!({}),
             &auth.0.name,
             true,
@@ -623,7 +623,7 @@ impl GuestApi {
             &state,
             &mut tx,
             "guest.set_bandwidth",
-            &g.id,
+            Target::Guest(&g.id),
             payload,
             &auth.0.name,
             true,
@@ -685,7 +685,16 @@ impl GuestApi {
         };
         let payload = serde_json::to_value(payload).map_err(st::StoreError::from)?;
         let mut tx = state.store.begin().await?;
-        let op = start_op(&state, &mut tx, kind, &g.id, payload, &auth.0.name, true).await?;
+        let op = start_op(
+            &state,
+            &mut tx,
+            kind,
+            Target::Guest(&g.id),
+            payload,
+            &auth.0.name,
+            true,
+        )
+        .await?;
         state.store.commit(tx).await?;
         state.waker.wake(&op.id);
         Ok(OpResponse::Accepted(

@@ -31,11 +31,16 @@ pub struct Node {
     pub accept_auto: bool,
     /// `kvm` or `qemu` (TCG), S55.
     pub domain_type: String,
+    pub cpu_model: String,
+    /// The CPU has VT-x / AMD-V.
+    pub cpu_virt: bool,
     pub cpus: u32,
     pub memory_mib: u64,
     pub free_memory_mib: u64,
     pub load1: f64,
     pub storage_dir: String,
+    pub storage_total_mib: u64,
+    pub storage_free_mib: u64,
     pub bridge: String,
     pub hypervisor_uri: String,
     pub version: String,
@@ -78,11 +83,15 @@ async fn view(state: &AppState, n: NodeRow) -> Result<Node, Error> {
         online: n.online,
         accept_auto: n.accept_auto,
         domain_type: f.domain_type,
+        cpu_model: f.cpu_model,
+        cpu_virt: f.cpu_virt,
         cpus: f.cpus,
         memory_mib: f.memory_mib,
         free_memory_mib: f.free_memory_mib,
         load1: f.load1,
         storage_dir: f.storage_dir,
+        storage_total_mib: f.storage_total_mib,
+        storage_free_mib: f.storage_free_mib,
         bridge: f.bridge,
         hypervisor_uri: f.hypervisor_uri,
         version: f.version,
@@ -96,6 +105,15 @@ async fn view(state: &AppState, n: NodeRow) -> Result<Node, Error> {
             .collect(),
         guests,
     })
+}
+
+#[derive(Debug, Clone, Copy, poem_openapi::Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum GuestRecords {
+    /// Keep the guests' records and disks: they read `unknown` until the node returns.
+    Keep,
+    /// Delete the guests' records, disk records and leases with the node (S58).
+    Delete,
 }
 
 pub struct NodeApi;
@@ -125,6 +143,56 @@ impl NodeApi {
             .await?
             .ok_or_else(|| Error::not_found("node", id.0.clone()))?;
         Ok(Json(view(&state, n).await?))
+    }
+
+    /// Remove a node (S35): allowed when it is offline, or online without guests. Say what
+    /// happens to its guests' records: `keep` or `delete` (S58). Runs as an operation.
+    #[oai(path = "/nodes/:id", method = "delete", operation_id = "node_remove")]
+    async fn remove(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        guests: poem_openapi::param::Query<GuestRecords>,
+    ) -> ApiResult<super::guests::OpResponse> {
+        let n = state
+            .store
+            .node(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("node", id.0.clone()))?;
+        let count = state.store.guests_on_node(&n.id).await?.len();
+        if n.online && count > 0 {
+            return Err(Error::Conflict {
+                message: format!("node {} is online with {count} guest(s): delete or move them first, or stop the node", n.id),
+                details: Some(serde_json::json!({"guests": count})),
+            }
+            .into());
+        }
+        let payload = crate::controller::saga::steps::RemoveNodePayload {
+            delete_guests: matches!(guests.0, GuestRecords::Delete),
+        };
+        let payload =
+            serde_json::to_value(payload).map_err(crate::controller::store::StoreError::from)?;
+        let mut tx = state.store.begin().await?;
+        let op = super::operations::start_op(
+            &state,
+            &mut tx,
+            "node.remove",
+            super::operations::Target::Node(&n.id),
+            payload,
+            &auth.0.name,
+            false,
+        )
+        .await?;
+        state.store.commit(tx).await?;
+        state.waker.wake(&op.id);
+        Ok(super::guests::OpResponse::Accepted(
+            Json(super::guests::Accepted {
+                guest_id: String::new(),
+                operation_id: op.id.clone(),
+            }),
+            format!("/api/v1/operations/{}", op.id),
+        ))
     }
 
     /// Change node settings (accept automatically placed guests or not).

@@ -126,15 +126,26 @@ pub fn view(op: &OpRow) -> Operation {
 
 /// Writes a new pending operation of `kind` for `guest` inside `tx` and takes the guest's
 /// lock; a guest already held answers 409 naming the holder (S76's rule).
+/// What an operation acts on.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Guest(&'a str),
+    Node(&'a str),
+}
+
 pub async fn start_op(
     state: &AppState,
     tx: &mut Tx<'_>,
     kind: &str,
-    guest: &str,
+    target: Target<'_>,
     payload: serde_json::Value,
     user: &str,
     lock: bool,
 ) -> Result<OpRow, Error> {
+    let (guest, node) = match target {
+        Target::Guest(g) => (Some(g), None),
+        Target::Node(n) => (None, Some(n)),
+    };
     let def = state
         .catalog
         .get(kind)
@@ -143,8 +154,8 @@ pub async fn start_op(
     let op = OpRow {
         id: new_id(),
         kind: kind.into(),
-        guest_id: Some(guest.into()),
-        node_id: None,
+        guest_id: guest.map(String::from),
+        node_id: node.map(String::from),
         state: OpState::Pending.as_str().into(),
         steps: serde_json::to_string(&new_steps(def)).map_err(st::StoreError::from)?,
         cursor: 0,
@@ -162,7 +173,7 @@ pub async fn start_op(
         finished_at: None,
     };
     st::insert_op(tx, &op).await?;
-    if lock {
+    if let (true, Some(guest)) = (lock, guest) {
         if let Err(holder) = st::lock_guest(tx, guest, &op.id).await? {
             return Err(Error::Conflict {
                 message: format!(
@@ -176,7 +187,7 @@ pub async fn start_op(
         tx,
         "operation",
         &op.id,
-        &serde_json::json!({"operation_id": op.id, "kind": kind, "guest_id": guest, "state": "pending",
+        &serde_json::json!({"operation_id": op.id, "kind": kind, "guest_id": guest, "node_id": node, "state": "pending",
                             "stage": "queued", "percent": 0, "requested_by": user}),
     )
     .await?;

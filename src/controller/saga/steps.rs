@@ -22,6 +22,14 @@ pub struct BandwidthPayload {
     pub bandwidth: Option<crate::model::Bandwidth>,
 }
 
+/// Payload of `node.remove`: what happens to the records of the node's guests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RemoveNodePayload {
+    /// Delete the guests' records (and disk records, leases) with the node; otherwise keep
+    /// them, reading `unknown`, ready for the node's return under the same id.
+    pub delete_guests: bool,
+}
+
 /// Payload of the power operations.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PowerPayload {
@@ -103,6 +111,9 @@ pub async fn run_controller(
     name: &str,
     undo: bool,
 ) -> Result<(), StepError> {
+    if name == "remove_node" {
+        return remove_node(tx, op).await;
+    }
     let mut g = guest_of(tx, op).await?;
     match (name, undo) {
         ("place", false) => {
@@ -162,6 +173,67 @@ pub async fn run_controller(
         }
         _ => return Err(StepError::Permanent(format!("no controller step {name}"))),
     }
+    Ok(())
+}
+
+/// Removes a node row; with `delete_guests`, its guests' records, disks and leases too.
+/// Files on an unreachable node cannot be deleted from here: the event lists them.
+async fn remove_node(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StepError> {
+    let node = op.node_id.clone().unwrap_or_default();
+    let p: RemoveNodePayload = serde_json::from_str(&op.payload).unwrap_or_default();
+    let row: Option<(bool,)> = sqlx::query_as("SELECT online FROM nodes WHERE id = ?")
+        .bind(&node)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some((online,)) = row else {
+        return Err(StepError::Permanent(format!(
+            "node {node} is not registered"
+        )));
+    };
+    let guests: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, name, lock_op FROM guests WHERE node_id = ?")
+            .bind(&node)
+            .fetch_all(&mut **tx)
+            .await?;
+    if online && !guests.is_empty() {
+        return Err(StepError::Permanent(format!(
+            "node {node} is online with {} guest(s): delete or move them first, or stop the node",
+            guests.len()
+        )));
+    }
+    if let Some((_, name, Some(holder))) = guests.iter().find(|g| g.2.is_some()) {
+        return Err(StepError::Permanent(format!(
+            "guest {name} is busy with operation {holder}"
+        )));
+    }
+    let mut left_files = Vec::new();
+    if p.delete_guests {
+        for (id, _, _) in &guests {
+            let disks = st::disks_of_in(tx, id).await?;
+            left_files.extend(disks.into_iter().map(|d| d.path));
+            alloc::release_all(tx, id).await?;
+            st::delete_guest(tx, id).await?;
+            st::events::append(
+                tx,
+                "guest.state",
+                id,
+                &serde_json::json!({"guest_id": id, "state": "deleted"}),
+            )
+            .await?;
+        }
+    }
+    sqlx::query("DELETE FROM nodes WHERE id = ?")
+        .bind(&node)
+        .execute(&mut **tx)
+        .await?;
+    st::events::append(
+        tx,
+        "node.state",
+        &node,
+        &serde_json::json!({"node_id": node, "removed": true, "guests_deleted": p.delete_guests,
+                            "guests": guests.len(), "files_left_on_node": left_files}),
+    )
+    .await?;
     Ok(())
 }
 
