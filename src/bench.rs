@@ -11,6 +11,7 @@
 //!    directly (`qemu-img create -b`, `virsh define`, `virsh start`), and the latency from a
 //!    libvirt lifecycle event (`virsh suspend`/`resume`) to an SSE client, p50/p99.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -41,12 +42,174 @@ pub struct BenchOpts {
     pub raw: usize,
     pub tcg: Option<PathBuf>,
     pub events: usize,
+    /// Simulated nodes for the fleet figures (0: skip).
+    pub fleet: usize,
 }
 
 fn free_port() -> Result<u16, BenchError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0 // utime, stime in clock ticks (USER_HZ = 100)
+}
+
+/// Placement decisions per second of the pure placement logic: a batch of `guests` over
+/// `nodes` candidates, updating the accounting after each decision as the saga does.
+fn placement_rate(nodes: usize, guests: usize) -> f64 {
+    use crate::controller::placement::{place, Candidate, Thresholds};
+    let mut c: Vec<Candidate> = (0..nodes)
+        .map(|i| Candidate {
+            id: format!("n{i:03}"),
+            online: true,
+            accept_auto: true,
+            cpus: 32,
+            memory_mib: 262_144,
+            load1: 1.0,
+            cpu_overcommit: 4.0,
+            memory_overcommit: 1.0,
+            used_memory_mib: (i as u64 % 7) * 1024,
+            used_vcpus: 0,
+            guests: 0,
+        })
+        .collect();
+    let t = Thresholds {
+        max_memory_pct: 90.0,
+        max_load_per_cpu: 4.0,
+    };
+    let t0 = Instant::now();
+    for _ in 0..guests {
+        if let Ok(id) = place(&c, 1024, 1, None, &t) {
+            if let Some(n) = c.iter_mut().find(|n| n.id == id) {
+                n.used_memory_mib += 1024;
+                n.used_vcpus += 1;
+                n.guests += 1;
+            }
+        }
+    }
+    guests as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Simulated nodes: heartbeats every 5 s through the real stream, for `secs`; returns the
+/// controller's CPU share and RSS over that time, and the place-step rate for a batch of
+/// `guests` spread over those nodes through the API.
+async fn fleet(
+    api: &Api,
+    redis_url: &str,
+    ctl_pid: u32,
+    nodes: usize,
+    guests: usize,
+) -> Result<(), BenchError> {
+    use crate::model::{NodeEvent, NodeFacts};
+    let url = redis_url.to_string();
+    // The simulated nodes heartbeat every 5 s for the whole measurement.
+    let beats = tokio::spawn(async move {
+        let Ok(mut conn) = crate::transport::connect(&url).await else {
+            return;
+        };
+        loop {
+            for i in 0..nodes {
+                let ev = NodeEvent::Heartbeat {
+                    node_id: format!("sim-{i:03}"),
+                    facts: Box::new(NodeFacts {
+                        hostname: format!("sim-{i:03}"),
+                        domain_type: "kvm".into(),
+                        cpus: 32,
+                        memory_mib: 262_144,
+                        free_memory_mib: 200_000,
+                        load1: 1.0,
+                        storage_dir: "/var/lib/corral/images".into(),
+                        bridge: "corral0".into(),
+                        vnc_ports: Some((5900, 6899)),
+                        ..Default::default()
+                    }),
+                    at_ms: crate::model::now_ms(),
+                };
+                let _ = crate::transport::publish(&mut conn, &ev).await;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Only the simulated nodes take guests from now on.
+    api.call(
+        reqwest::Method::PATCH,
+        "/nodes/bench-test",
+        Some(json!({"accept_auto": false})),
+    )
+    .await?;
+    let cpu0 = cpu_secs(ctl_pid);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let share = (cpu_secs(ctl_pid) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    println!(
+        "controller with {nodes} nodes heartbeating every 5 s: {share:>6.2} % of one core, RSS {:.1} MiB (30 s)",
+        rss_mib(ctl_pid)
+    );
+    // A batch through the API: the time until every guest has passed its place step.
+    let t0 = Instant::now();
+    let mut made = 0;
+    while made < guests {
+        let n = (guests - made).min(100);
+        api.create(json!({"name": format!("f{made}"), "template": "b", "cpus": 1, "memory_mib": 64, "count": n}))
+            .await?;
+        made += n;
+    }
+    let mut placed: HashMap<String, usize> = HashMap::new();
+    loop {
+        placed.clear();
+        let mut offset = 0;
+        let mut total = 0;
+        loop {
+            let (_, page) = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/guests?limit=1000&offset={offset}"),
+                    None,
+                )
+                .await?;
+            let page = page.as_array().cloned().unwrap_or_default();
+            for g in &page {
+                if let (Some(n), true) = (
+                    g["node_id"].as_str(),
+                    g["name"].as_str().is_some_and(|x| x.starts_with('f')),
+                ) {
+                    *placed.entry(n.to_string()).or_default() += 1;
+                    total += 1;
+                }
+            }
+            if page.len() < 1000 {
+                break;
+            }
+            offset += 1000;
+        }
+        if total >= guests || t0.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (min, max) = (
+        placed.values().min().copied().unwrap_or(0),
+        placed.values().max().copied().unwrap_or(0),
+    );
+    println!(
+        "batch of {guests} over {nodes} nodes, API to placed:  {:>8.0} decisions/s  ({secs:.1} s; {} nodes used, {min}–{max} guests each)",
+        guests as f64 / secs,
+        placed.len()
+    );
+    beats.abort();
+    Ok(())
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -451,6 +614,14 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         rss_mib(node_pid)
     );
 
+    if o.fleet > 0 {
+        println!(
+            "placement logic, 1000 guests over {} nodes: {:>10.0} decisions/s",
+            o.fleet,
+            placement_rate(o.fleet, 1000)
+        );
+        fleet(&api, &redis_url, ctl_pid, o.fleet, 1000).await?;
+    }
     if let Some(fixture) = &o.tcg {
         tcg(&api, &env, tmp, fixture, o.events, &mut procs).await?;
     }

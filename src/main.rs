@@ -56,6 +56,9 @@ enum Cmd {
         /// Lifecycle events timed to the SSE client (with --tcg).
         #[arg(long, default_value_t = 20)]
         events: usize,
+        /// Simulated nodes for the placement and heartbeat-load figures (0: skip).
+        #[arg(long, default_value_t = 100)]
+        fleet: usize,
     },
     /// Guests.
     #[command(subcommand)]
@@ -155,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
             raw,
             tcg,
             events,
+            fleet,
         } => {
             corral::bench::run(corral::bench::BenchOpts {
                 guests,
@@ -162,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
                 raw,
                 tcg,
                 events,
+                fleet,
             })
             .await?
         }

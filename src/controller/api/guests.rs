@@ -425,11 +425,21 @@ impl GuestApi {
                 offset.0,
             )
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for g in &rows {
-            out.push(view(g, state.store.disks_of(&g.id).await?));
+        // One query for the disks of the whole page, not one per guest.
+        let ids: Vec<&str> = rows.iter().map(|g| g.id.as_str()).collect();
+        let mut disks: std::collections::HashMap<String, Vec<st::DiskRow>> =
+            std::collections::HashMap::new();
+        for d in state.store.disks_of_many(&ids).await? {
+            disks
+                .entry(d.guest_id.clone().unwrap_or_default())
+                .or_default()
+                .push(d);
         }
-        Ok(Json(out))
+        Ok(Json(
+            rows.iter()
+                .map(|g| view(g, disks.remove(&g.id).unwrap_or_default()))
+                .collect(),
+        ))
     }
 
     /// One guest by id or name.

@@ -233,6 +233,18 @@ impl Store {
         .await?)
     }
 
+    /// Disks of several guests at once (the ids travel as one JSON array parameter).
+    pub async fn disks_of_many(&self, guest_ids: &[&str]) -> Result<Vec<DiskRow>, StoreError> {
+        let ids = serde_json::to_string(guest_ids)?;
+        Ok(sqlx::query_as::<_, DiskRow>(
+            "SELECT id, guest_id, node_id, path, kind, backing, created_at FROM disks \
+             WHERE guest_id IN (SELECT value FROM json_each(?)) ORDER BY kind",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     pub async fn disks(&self, include_system: bool) -> Result<Vec<DiskRow>, StoreError> {
         Ok(sqlx::query_as::<_, DiskRow>(
             "SELECT id, guest_id, node_id, path, kind, backing, created_at FROM disks \
