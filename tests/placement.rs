@@ -34,7 +34,7 @@ async fn batches_spread_and_refusals_say_why() {
 
     let ops = cloud
         .create(
-            json!({"name": "spread", "template": "tiny", "cpus": 1, "memory_mib": 64, "count": 10}),
+            json!({"name": "spread", "template": "tiny", "cpus": 1, "memory_mib": 64, "count": 100}),
         )
         .await;
     let mut per_node: HashMap<String, i32> = HashMap::new();
@@ -54,6 +54,8 @@ async fn batches_spread_and_refusals_say_why() {
         (per_node[&a] - per_node["node-d"]).abs() <= 1,
         "spread evenly: {per_node:?}"
     );
+    let (_, live) = cloud.get("/nodes?online=true").await;
+    assert_eq!(live.as_array().unwrap().len(), 4, "live nodes (S09)");
 
     // chosen by hand: the switch does not apply, capacity does
     let (gid, op) = cloud

@@ -116,6 +116,23 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// A bridge with no address on the host side.
+    fn new_bare() -> Bridge {
+        let name = format!("crl{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        for args in [
+            vec!["link", "add", &name, "type", "bridge"],
+            vec!["link", "set", &name, "up"],
+        ] {
+            assert!(
+                Command::new("ip").args(&args).status().unwrap().success(),
+                "ip {args:?}"
+            );
+        }
+        Bridge { name }
+    }
+}
+
 impl Drop for Bridge {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -428,5 +445,133 @@ async fn node_killed_after_every_create_step_finishes_without_leaks() {
         Vec::<String>::new(),
         "domains re-created by stale jobs"
     );
+    cloud.assert_no_leaks().await;
+}
+
+/// A network namespace holding the pool's gateway, wired into the bridge with a veth pair;
+/// removed on drop.
+struct GatewayNs {
+    ns: String,
+    host_end: String,
+}
+
+impl GatewayNs {
+    fn new(bridge: &Bridge, gateway_cidr: &str) -> GatewayNs {
+        let tag = &uuid::Uuid::new_v4().simple().to_string()[..6];
+        let (ns, host_end, ns_end) = (
+            format!("crlns{tag}"),
+            format!("crlh{tag}"),
+            format!("crln{tag}"),
+        );
+        let run = |args: &[&str]| {
+            assert!(
+                Command::new("ip").args(args).status().unwrap().success(),
+                "ip {args:?}"
+            )
+        };
+        run(&["netns", "add", &ns]);
+        run(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
+        ]);
+        run(&["link", "set", &host_end, "master", &bridge.name]);
+        run(&["link", "set", &host_end, "up"]);
+        run(&["link", "set", &ns_end, "netns", &ns]);
+        run(&[
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            gateway_cidr,
+            "dev",
+            &ns_end,
+        ]);
+        run(&["netns", "exec", &ns, "ip", "link", "set", &ns_end, "up"]);
+        GatewayNs { ns, host_end }
+    }
+}
+
+impl Drop for GatewayNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+const NET_C: (&str, &str, &str, &str) = (
+    "198.51.100.33/28",
+    "198.51.100.32/28",
+    "198.51.100.34",
+    "198.51.100.46",
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_guests_on_a_pool_network_see_their_addresses_and_reach_the_gateway() {
+    if !libvirt_ready() {
+        return;
+    }
+    let (gw_cidr, cidr, first, last) = NET_C;
+    let gw = gw_cidr.split('/').next().unwrap();
+    // The host's end of the bridge carries no address: the gateway lives in a namespace.
+    let bridge = Bridge::new_bare();
+    let _gwns = GatewayNs::new(&bridge, gw_cidr);
+    let cloud = tcg_cloud(&bridge, 6010).await;
+    let (s, v) = cloud
+        .post(
+            "/ip-pools",
+            json!({"name": "cnet", "cidr": cidr, "range_start": first, "range_end": last, "gateway": gw,
+                   "bridge": bridge.name}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let prefix = format!("tw{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let sweep = DomainSweep(prefix.clone());
+    let ops = cloud
+        .create(json!({"name": prefix, "template": "gi", "cpus": 1, "memory_mib": 128, "count": 2, "pool": "cnet"}))
+        .await;
+    let mut guests = Vec::new();
+    for (gid, op) in &ops {
+        assert_eq!(cloud.wait_op(op).await["state"], "succeeded");
+        guests.push(cloud.get(&format!("/guests/{gid}")).await.1);
+    }
+    for g in &guests {
+        let (name, ip) = (g["name"].as_str().unwrap(), g["ip"].as_str().unwrap());
+        wait_agent(name, Duration::from_secs(180));
+        let ifaces = agent(name, json!({"execute": "guest-network-get-interfaces"})).unwrap();
+        let addrs: Vec<&str> = ifaces
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i["ip-addresses"].as_array().into_iter().flatten())
+            .filter_map(|a| a["ip-address"].as_str())
+            .collect();
+        assert!(addrs.contains(&ip), "{name} sees {addrs:?}, not {ip}");
+        let out = guest_exec(
+            name,
+            "/bin/sh",
+            &[
+                "-c",
+                &format!("ping -c 1 -W 3 {gw} >/dev/null && echo reached"),
+            ],
+        );
+        assert!(
+            out.contains("reached"),
+            "{name} cannot reach the gateway {gw}: {out:?}"
+        );
+    }
+    assert_ne!(guests[0]["ip"], guests[1]["ip"]);
+    for g in &guests {
+        let (_, d) = cloud
+            .delete(&format!("/guests/{}", g["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(
+            cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+            "succeeded"
+        );
+    }
+    assert_eq!(sweep.left(), Vec::<String>::new());
     cloud.assert_no_leaks().await;
 }

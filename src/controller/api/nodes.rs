@@ -122,9 +122,18 @@ pub struct NodeApi;
 impl NodeApi {
     /// All nodes that ever reported.
     #[oai(path = "/nodes", method = "get", operation_id = "node_list")]
-    async fn list(&self, _auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Vec<Node>>> {
+    async fn list(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        /// `true`: only live nodes (e.g. to choose a migration target, S09).
+        online: poem_openapi::param::Query<Option<bool>>,
+    ) -> ApiResult<Json<Vec<Node>>> {
         let mut out = Vec::new();
         for n in state.store.nodes().await? {
+            if online.0.is_some_and(|o| o != n.online) {
+                continue;
+            }
             out.push(view(&state, n).await?);
         }
         Ok(Json(out))
