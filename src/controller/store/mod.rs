@@ -54,6 +54,10 @@ impl StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// One connection for write transactions: writers queue here, asynchronously, instead
+    /// of spinning in SQLite's busy handler while holding pooled connections (under load
+    /// that ended in "database is locked").
+    writer: SqlitePool,
     /// Woken after every commit that appended events, so SSE streams follow without polling.
     pub events_appended: Arc<tokio::sync::Notify>,
 }
@@ -77,10 +81,16 @@ impl Store {
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .connect_with(opts.clone())
+            .await?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(300))
             .connect_with(opts)
             .await?;
         let store = Store {
             pool,
+            writer,
             events_appended: Arc::new(tokio::sync::Notify::new()),
         };
         store.migrate().await?;
@@ -125,7 +135,7 @@ impl Store {
     /// Begins a write transaction. `BEGIN IMMEDIATE` takes the write lock up front so two
     /// writers never both read and then collide on upgrade (SQLite's SQLITE_BUSY trap).
     pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// Commits and wakes event followers.
