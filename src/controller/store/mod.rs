@@ -106,6 +106,7 @@ impl Store {
             (2, include_str!("migrations/002_ip_management.sql")),
             (3, include_str!("migrations/003_foreign_domains.sql")),
             (4, include_str!("migrations/004_bandwidth.sql")),
+            (5, include_str!("migrations/005_guest_node_index.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)
