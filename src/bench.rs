@@ -81,6 +81,7 @@ fn placement_rate(nodes: usize, guests: usize) -> f64 {
             used_memory_mib: (i as u64 % 7) * 1024,
             used_vcpus: 0,
             guests: 0,
+            bridges: None,
         })
         .collect();
     let t = Thresholds {
@@ -89,7 +90,12 @@ fn placement_rate(nodes: usize, guests: usize) -> f64 {
     };
     let t0 = Instant::now();
     for _ in 0..guests {
-        if let Ok(id) = place(&c, 1024, 1, None, &t) {
+        let need = crate::controller::placement::Need {
+            memory_mib: 1024,
+            cpus: 1,
+            bridge: None,
+        };
+        if let Ok(id) = place(&c, need, None, &t) {
             if let Some(n) = c.iter_mut().find(|n| n.id == id) {
                 n.used_memory_mib += 1024;
                 n.used_vcpus += 1;

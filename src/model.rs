@@ -288,6 +288,9 @@ pub struct NodeFacts {
     pub hypervisor_uri: String,
     pub version: String,
     pub workers: Vec<WorkerStatus>,
+    /// Linux bridges present on the host (placement needs the guest's network there).
+    #[serde(default)]
+    pub bridges: Vec<String>,
     /// CPU model and whether it has VT-x/AMD-V.
     #[serde(default)]
     pub cpu_model: String,

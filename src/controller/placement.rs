@@ -35,6 +35,8 @@ pub struct Candidate {
     pub used_memory_mib: u64,
     pub used_vcpus: u64,
     pub guests: u64,
+    /// Bridges the node has; None when it does not say (simulated or older nodes).
+    pub bridges: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,11 +59,17 @@ fn check(
     c: &Candidate,
     memory_mib: u64,
     cpus: u64,
+    bridge: Option<&str>,
     by_hand: bool,
     t: &Thresholds,
 ) -> Result<u64, String> {
     if !c.online {
         return Err("offline".into());
+    }
+    if let (Some(b), Some(have)) = (bridge, &c.bridges) {
+        if !have.iter().any(|h| h == b) {
+            return Err(format!("has no bridge {b} (the guest's network)"));
+        }
     }
     if !by_hand && !c.accept_auto {
         return Err("does not accept automatically placed guests".into());
@@ -93,20 +101,33 @@ fn check(
     Ok(capacity - after)
 }
 
-/// Picks the node for a guest of `memory_mib` and `cpus`, on `requested` if given.
+/// What the guest needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Need<'a> {
+    pub memory_mib: u64,
+    pub cpus: u64,
+    /// The bridge of the guest's network, when its pool names one.
+    pub bridge: Option<&'a str>,
+}
+
+/// Picks the node for a guest, on `requested` if given.
 pub fn place(
     candidates: &[Candidate],
-    memory_mib: u64,
-    cpus: u64,
+    need: Need<'_>,
     requested: Option<&str>,
     t: &Thresholds,
 ) -> Result<String, PlaceError> {
+    let Need {
+        memory_mib,
+        cpus,
+        bridge,
+    } = need;
     if let Some(r) = requested {
         let c = candidates
             .iter()
             .find(|c| c.id == r)
             .ok_or_else(|| PlaceError::UnknownNode(r.to_string()))?;
-        return check(c, memory_mib, cpus, true, t)
+        return check(c, memory_mib, cpus, bridge, true, t)
             .map(|_| c.id.clone())
             .map_err(|reason| {
                 PlaceError::Refused(vec![Refusal {
@@ -121,7 +142,7 @@ pub fn place(
     let mut refusals = Vec::new();
     let mut best: Option<(u64, std::cmp::Reverse<u64>, std::cmp::Reverse<&str>)> = None;
     for c in candidates {
-        match check(c, memory_mib, cpus, false, t) {
+        match check(c, memory_mib, cpus, bridge, false, t) {
             Ok(left) => {
                 let key = (
                     left,
@@ -166,6 +187,15 @@ mod tests {
             used_memory_mib: 0,
             used_vcpus: 0,
             guests: 0,
+            bridges: None,
+        }
+    }
+
+    fn need(memory_mib: u64) -> Need<'static> {
+        Need {
+            memory_mib,
+            cpus: 1,
+            bridge: None,
         }
     }
 
@@ -175,7 +205,7 @@ mod tests {
         nodes[0].used_memory_mib = 1024;
         let mut counts = std::collections::HashMap::new();
         for _ in 0..30 {
-            let id = place(&nodes, 256, 1, None, &T).unwrap();
+            let id = place(&nodes, need(256), None, &T).unwrap();
             let n = nodes.iter_mut().find(|n| n.id == id).unwrap();
             n.used_memory_mib += 256;
             n.used_vcpus += 1;
@@ -210,7 +240,7 @@ mod tests {
         nodes[2].used_memory_mib = 7300;
         nodes[3].load1 = 9.0;
         nodes[4].used_vcpus = 16;
-        let PlaceError::Refused(r) = place(&nodes, 256, 1, None, &T).unwrap_err() else {
+        let PlaceError::Refused(r) = place(&nodes, need(256), None, &T).unwrap_err() else {
             panic!("expected a refusal")
         };
         let reasons: Vec<String> = r
@@ -225,20 +255,40 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_goes_only_where_its_network_is() {
+        let mut nodes = vec![node("a"), node("b")];
+        nodes[0].bridges = Some(vec!["br-lan".into()]);
+        nodes[1].bridges = Some(vec!["br-dmz".into()]);
+        let n = Need {
+            memory_mib: 256,
+            cpus: 1,
+            bridge: Some("br-dmz"),
+        };
+        assert_eq!(place(&nodes, n, None, &T).unwrap(), "b");
+        let n = Need {
+            memory_mib: 256,
+            cpus: 1,
+            bridge: Some("br-x"),
+        };
+        let err = place(&nodes, n, None, &T).unwrap_err().to_string();
+        assert!(err.contains("a: has no bridge br-x"), "{err}");
+    }
+
+    #[test]
     fn a_node_chosen_by_hand_ignores_the_switch_but_not_capacity() {
         let mut nodes = vec![node("a")];
         nodes[0].accept_auto = false;
-        assert_eq!(place(&nodes, 256, 1, Some("a"), &T).unwrap(), "a");
+        assert_eq!(place(&nodes, need(256), Some("a"), &T).unwrap(), "a");
         assert!(matches!(
-            place(&nodes, 256, 1, None, &T),
+            place(&nodes, need(256), None, &T),
             Err(PlaceError::Refused(_))
         ));
         assert!(matches!(
-            place(&nodes, 9000, 1, Some("a"), &T),
+            place(&nodes, need(9000), Some("a"), &T),
             Err(PlaceError::Refused(_))
         ));
         assert_eq!(
-            place(&nodes, 1, 1, Some("zz"), &T),
+            place(&nodes, need(1), Some("zz"), &T),
             Err(PlaceError::UnknownNode("zz".into()))
         );
     }

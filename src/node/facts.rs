@@ -74,6 +74,15 @@ pub async fn collect(cfg: &NodeConfig, domain_type: &str, hv: &dyn Hypervisor) -
         .unwrap_or_default();
     let cpu_virt = detect(&cpuinfo, true) == "kvm";
     let (storage_total_mib, storage_free_mib) = fs_space(&cfg.storage_dir);
+    let mut bridges: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("bridge").exists())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    bridges.sort();
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -102,6 +111,7 @@ pub async fn collect(cfg: &NodeConfig, domain_type: &str, hv: &dyn Hypervisor) -
         version: format!("corral {}; {hv_version}", env!("CARGO_PKG_VERSION")),
         workers: vec![],
         vnc_ports: Some((cfg.vnc_port_min, cfg.vnc_port_max)),
+        bridges,
         cpu_model,
         cpu_virt,
         storage_total_mib,

@@ -272,14 +272,27 @@ async fn place(
                 used_memory_mib: mem.max(0) as u64,
                 used_vcpus: vcpus.max(0) as u64,
                 guests: guests.max(0) as u64,
+                // Nodes that list their bridges are held to them.
+                bridges: (!f.bridges.is_empty()).then_some(f.bridges),
             }
         })
         .collect();
     let young = now_ms() - op.created_at < env.placement_grace_ms;
+    let pool_bridge = match &g.pool_id {
+        Some(p) => st::pool_in(tx, p)
+            .await?
+            .map(|p| p.bridge)
+            .filter(|b| !b.is_empty()),
+        None => None,
+    };
+    let need = placement::Need {
+        memory_mib: g.memory_mib as u64,
+        cpus: g.cpus as u64,
+        bridge: pool_bridge.as_deref(),
+    };
     match placement::place(
         &candidates,
-        g.memory_mib as u64,
-        g.cpus as u64,
+        need,
         g.requested_node.as_deref(),
         &env.thresholds,
     ) {
