@@ -284,7 +284,11 @@ pub struct NodeFacts {
     pub free_memory_mib: u64,
     pub load1: f64,
     pub storage_dir: String,
+    /// `vm_network_bridge`: where guests' NICs attach by default (S68).
     pub bridge: String,
+    /// `vm_manage_network_bridge`: VNC and migration traffic (S68).
+    #[serde(default)]
+    pub manage_bridge: String,
     pub hypervisor_uri: String,
     pub version: String,
     pub workers: Vec<WorkerStatus>,

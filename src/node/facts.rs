@@ -107,6 +107,7 @@ pub async fn collect(cfg: &NodeConfig, domain_type: &str, hv: &dyn Hypervisor) -
         load1,
         storage_dir: cfg.storage_dir.display().to_string(),
         bridge: cfg.vm_network_bridge.clone(),
+        manage_bridge: cfg.vm_manage_network_bridge.clone(),
         hypervisor_uri: cfg.hypervisor_uri.clone(),
         version: format!("corral {}; {hv_version}", env!("CARGO_PKG_VERSION")),
         workers: vec![],

@@ -41,7 +41,12 @@ pub struct Node {
     pub storage_dir: String,
     pub storage_total_mib: u64,
     pub storage_free_mib: u64,
-    pub bridge: String,
+    /// Where guests' NICs attach unless their pool names a network (S68).
+    pub vm_network_bridge: String,
+    /// Management network: VNC and migration (S68).
+    pub vm_manage_network_bridge: String,
+    /// Linux bridges present on the node.
+    pub bridges: Vec<String>,
     pub hypervisor_uri: String,
     pub version: String,
     pub workers: Vec<Worker>,
@@ -92,7 +97,9 @@ async fn view(state: &AppState, n: NodeRow) -> Result<Node, Error> {
         storage_dir: f.storage_dir,
         storage_total_mib: f.storage_total_mib,
         storage_free_mib: f.storage_free_mib,
-        bridge: f.bridge,
+        vm_network_bridge: f.bridge,
+        vm_manage_network_bridge: f.manage_bridge,
+        bridges: f.bridges,
         hypervisor_uri: f.hypervisor_uri,
         version: f.version,
         workers: f
