@@ -184,6 +184,17 @@ pub fn valid_ifname(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// The 202 answer for an operation on a guest.
+pub fn accepted(guest_id: String, op_id: &str) -> OpResponse {
+    OpResponse::Accepted(
+        Json(Accepted {
+            guest_id,
+            operation_id: op_id.to_string(),
+        }),
+        op_location(op_id),
+    )
+}
+
 fn op_location(id: &str) -> String {
     format!("/api/v1/operations/{id}")
 }
@@ -487,13 +498,7 @@ impl GuestApi {
         st::set_guest_state(&mut tx, &g.id, "deleting").await?;
         state.store.commit(tx).await?;
         state.waker.wake(&op.id);
-        Ok(OpResponse::Accepted(
-            Json(Accepted {
-                guest_id: g.id,
-                operation_id: op.id.clone(),
-            }),
-            op_location(&op.id),
-        ))
+        Ok(accepted(g.id, &op.id))
     }
 
     /// Correct a guest's recorded IP (S98): the record and the pools change together; the
@@ -641,13 +646,7 @@ impl GuestApi {
         .await?;
         state.store.commit(tx).await?;
         state.waker.wake(&op.id);
-        Ok(OpResponse::Accepted(
-            Json(Accepted {
-                guest_id: g.id,
-                operation_id: op.id.clone(),
-            }),
-            op_location(&op.id),
-        ))
+        Ok(accepted(g.id, &op.id))
     }
 
     /// Power actions: start, shutdown, poweroff, reboot, reset, suspend, resume.
@@ -707,13 +706,7 @@ impl GuestApi {
         .await?;
         state.store.commit(tx).await?;
         state.waker.wake(&op.id);
-        Ok(OpResponse::Accepted(
-            Json(Accepted {
-                guest_id: g.id,
-                operation_id: op.id.clone(),
-            }),
-            op_location(&op.id),
-        ))
+        Ok(accepted(g.id, &op.id))
     }
 }
 

@@ -202,13 +202,7 @@ impl NodeApi {
         .await?;
         state.store.commit(tx).await?;
         state.waker.wake(&op.id);
-        Ok(super::guests::OpResponse::Accepted(
-            Json(super::guests::Accepted {
-                guest_id: String::new(),
-                operation_id: op.id.clone(),
-            }),
-            format!("/api/v1/operations/{}", op.id),
-        ))
+        Ok(super::guests::accepted(String::new(), &op.id))
     }
 
     /// Change node settings (accept automatically placed guests or not).
