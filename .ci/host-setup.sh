@@ -53,13 +53,23 @@ set_conf dynamic_ownership 0
 set_conf security_driver '"none"'
 
 mkdir -p /var/log/libvirt /var/run/libvirt
-pgrep -x virtlogd >/dev/null || virtlogd -d
-if ! pgrep -x libvirtd >/dev/null; then
-    say "starting libvirtd"
+alive() { ps -C "$1" -o stat= 2>/dev/null | grep -qv '^Z'; }
+answers() { virsh -c qemu:///system version >/dev/null 2>&1; }
+alive virtlogd || virtlogd -d
+if ! answers; then
+    # Not answering: start it, or restart one that is wedged (a previous run killed).
+    if alive libvirtd; then
+        say "restarting libvirtd"
+        pkill -x libvirtd || true
+        sleep 1
+    else
+        say "starting libvirtd"
+    fi
+    rm -f /var/run/libvirtd.pid
     libvirtd -d
 fi
 for _ in $(seq 1 100); do
-    if virsh -c qemu:///system version >/dev/null 2>&1; then
+    if answers; then
         say "libvirt ready: $(virsh -c qemu:///system version 2>/dev/null | grep -i 'running hypervisor' || true)"
         exit 0
     fi
