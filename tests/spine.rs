@@ -463,8 +463,16 @@ async fn a_silent_node_goes_offline_and_its_guests_read_unknown_until_it_returns
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(back, "running", "the reconcile restores the real state");
-    let (_, n) = cloud.get(&node_path).await;
-    assert_eq!(n["online"], json!(true));
+    // The inventory and the next heartbeat travel separately: wait for the heartbeat too.
+    let mut n = json!(null);
+    for _ in 0..100 {
+        n = cloud.get(&node_path).await.1;
+        if n["online"] == json!(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n["online"], json!(true), "{n}");
     assert!(n["offline_since"].is_null());
 }
 
