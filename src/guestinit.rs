@@ -22,6 +22,183 @@ pub struct InitPlan {
     pub network: Option<StaticNetwork>,
     pub write_files: Vec<InitFile>,
     pub runcmd: Vec<String>,
+    /// How the plan reaches the guest. The seed is always built (it is harmless where
+    /// nothing reads it); `agent` also replays the plan through the guest agent once it
+    /// answers, for images without cloud-init.
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// cloud-init (or cloudbase-init) reads the NoCloud seed at first boot.
+    #[default]
+    Seed,
+    /// The guest agent applies the plan after the first boot.
+    Agent,
+}
+
+/// One thing done inside a running guest through the QEMU guest agent (boot jobs, and
+/// init plans delivered by agent). Commands run under `/bin/sh -c`, so agent actions need a
+/// POSIX guest; Windows guests take their plan from the seed through cloudbase-init.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentAction {
+    WriteFile {
+        path: String,
+        content: String,
+        #[serde(default = "default_mode")]
+        mode: String,
+        #[serde(default)]
+        append: bool,
+    },
+    Exec {
+        command: String,
+    },
+    /// `guest-set-user-password` with `crypted: true`: the hash goes in, never a password.
+    SetPassword {
+        user: String,
+        password_hash: String,
+    },
+}
+
+fn default_mode() -> String {
+    "0644".into()
+}
+
+impl AgentAction {
+    /// A short label for progress and results; never includes file contents or hashes.
+    pub fn label(&self) -> String {
+        match self {
+            AgentAction::WriteFile { path, append, .. } => {
+                format!("{} {path}", if *append { "append" } else { "write" })
+            }
+            AgentAction::Exec { command } => {
+                let c: String = command.chars().take(60).collect();
+                format!("exec {c}")
+            }
+            AgentAction::SetPassword { user, .. } => format!("set password of {user}"),
+        }
+    }
+
+    /// Checks what an untrusted script produced; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            AgentAction::WriteFile { path, mode, .. } => {
+                check_path(path)?;
+                check_mode(mode)
+            }
+            AgentAction::Exec { command } if command.trim().is_empty() => {
+                Err("exec: the command is empty".into())
+            }
+            AgentAction::Exec { .. } => Ok(()),
+            AgentAction::SetPassword {
+                user,
+                password_hash,
+            } => {
+                check_user(user)?;
+                check_hash(password_hash)
+            }
+        }
+    }
+}
+
+pub fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.contains('\0') || path.split('/').any(|c| c == "..") {
+        return Err(format!("file path {path:?} must be absolute, without '..'"));
+    }
+    Ok(())
+}
+
+pub fn check_mode(mode: &str) -> Result<(), String> {
+    let ok = (3..=4).contains(&mode.len()) && mode.chars().all(|c| ('0'..='7').contains(&c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("file mode {mode:?} must be octal, like \"0644\""))
+    }
+}
+
+pub fn check_user(user: &str) -> Result<(), String> {
+    let ok = !user.is_empty()
+        && user.len() <= 32
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("user name {user:?} is not valid"))
+    }
+}
+
+/// A password must arrive as a crypt hash: a script that returns a plain password would
+/// put it in the seed and the job store.
+pub fn check_hash(hash: &str) -> Result<(), String> {
+    if hash.starts_with('$') && hash.len() > 20 && !hash.contains(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err("password_hash must be a crypt hash ($6$...), never a plain password".into())
+    }
+}
+
+impl InitPlan {
+    /// The plan as guest-agent actions, in cloud-init's order: hostname, passwords and
+    /// keys, files, commands. Networking is whatever files and commands the profile wrote
+    /// (ifupdown, netplan, ifcfg): only the profile knows the image.
+    pub fn agent_actions(&self) -> Vec<AgentAction> {
+        let mut out = vec![AgentAction::Exec {
+            command: format!(
+                "hostname {h} && echo {h} > /etc/hostname",
+                h = crate::script::hostapi::shell_quote(&self.hostname)
+            ),
+        }];
+        for u in &self.users {
+            if let Some(h) = &u.password_hash {
+                out.push(AgentAction::SetPassword {
+                    user: u.name.clone(),
+                    password_hash: h.clone(),
+                });
+            }
+            if !u.ssh_keys.is_empty() {
+                out.push(ssh_keys_action(&u.name, &u.ssh_keys));
+            }
+        }
+        for f in &self.write_files {
+            let content = base64::engine::general_purpose::STANDARD
+                .decode(&f.content_b64)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            out.push(AgentAction::WriteFile {
+                path: f.path.clone(),
+                content,
+                mode: f.permissions.clone(),
+                append: f.append,
+            });
+        }
+        out.extend(self.runcmd.iter().map(|c| AgentAction::Exec { command: c.clone() }));
+        out
+    }
+}
+
+/// Appends SSH keys to a user's `authorized_keys` (skipping keys already there).
+pub fn ssh_keys_action(user: &str, keys: &[String]) -> AgentAction {
+    use crate::script::hostapi::shell_quote;
+    let home = if user == "root" {
+        "/root".to_string()
+    } else {
+        format!("/home/{user}")
+    };
+    let mut cmd = format!("mkdir -p {home}/.ssh && chmod 700 {home}/.ssh && touch {home}/.ssh/authorized_keys");
+    for k in keys {
+        let q = shell_quote(k);
+        cmd.push_str(&format!(
+            " && (grep -qxF {q} {home}/.ssh/authorized_keys || echo {q} >> {home}/.ssh/authorized_keys)"
+        ));
+    }
+    cmd.push_str(&format!(" && chmod 600 {home}/.ssh/authorized_keys"));
+    AgentAction::Exec { command: cmd }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +225,9 @@ pub struct InitFile {
     pub content_b64: String,
     /// Octal mode as cloud-init expects it, e.g. `0644`.
     pub permissions: String,
+    /// Append to the file instead of replacing it.
+    #[serde(default)]
+    pub append: bool,
 }
 
 impl InitFile {
@@ -56,6 +236,7 @@ impl InitFile {
             path: path.to_string(),
             content_b64: base64::engine::general_purpose::STANDARD.encode(content),
             permissions: permissions.to_string(),
+            append: false,
         }
     }
 }
@@ -167,6 +348,7 @@ mod tests {
             }),
             write_files: vec![InitFile::text("/etc/motd", "hi\n", "0644")],
             runcmd: vec!["echo \"done\" > /tmp/x".into()],
+            delivery: Delivery::Seed,
         }
     }
 

@@ -7,6 +7,7 @@
 //! * [`model`]: types shared by both sides and the wire enums;
 //! * [`jobs`]: the operation-kind catalog from `jobs/*.toml`;
 //! * [`render`], [`guestinit`]: minijinja templates, init plans and NoCloud seeds;
+//! * [`script`]: the Rhai sandbox, OS-init profiles and boot jobs;
 //! * [`config`]: configuration; [`cli`]: the client subcommands; [`up`]: single-machine mode.
 
 pub mod bench;
@@ -19,5 +20,6 @@ pub mod jobs;
 pub mod model;
 pub mod node;
 pub mod render;
+pub mod script;
 pub mod transport;
 pub mod up;

@@ -552,5 +552,6 @@ async fn default_plan(
             "0644",
         )],
         runcmd: vec![],
+        delivery: Default::default(),
     })
 }
