@@ -56,6 +56,12 @@ pub struct ControllerConfig {
     pub placement_max_load_per_cpu: f64,
     /// Password of the `admin` user created at first start; generated and printed when unset.
     pub admin_password: Option<String>,
+    /// Where plugins live, one directory each (`<dir>/<name>/plugin.toml`).
+    pub plugins_dir: PathBuf,
+    /// The plugins to run; the others are listed as disabled. Empty: none run.
+    pub plugins: Vec<String>,
+    /// Wall-clock limit of one script call (profiles, boot jobs, plugin hooks), ms.
+    pub script_deadline_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -74,6 +80,9 @@ impl Default for ControllerConfig {
             placement_max_memory_pct: 90.0,
             placement_max_load_per_cpu: 4.0,
             admin_password: None,
+            plugins_dir: PathBuf::from("/etc/corral/plugins"),
+            plugins: Vec::new(),
+            script_deadline_ms: 500,
         }
     }
 }
@@ -205,6 +214,16 @@ impl Config {
             "CORRAL_PLACEMENT_MAX_LOAD_PER_CPU",
             &mut c.placement_max_load_per_cpu,
         )?;
+        env_parse("CORRAL_PLUGINS_DIR", &mut c.plugins_dir)?;
+        env_parse("CORRAL_SCRIPT_DEADLINE_MS", &mut c.script_deadline_ms)?;
+        if let Some(v) = env_var("CORRAL_PLUGINS") {
+            // Comma-separated names.
+            c.plugins = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
         if let Some(v) = env_var("CORRAL_ADMIN_PASSWORD") {
             c.admin_password = Some(v);
         }

@@ -177,7 +177,11 @@ impl InitPlan {
                 append: f.append,
             });
         }
-        out.extend(self.runcmd.iter().map(|c| AgentAction::Exec { command: c.clone() }));
+        out.extend(
+            self.runcmd
+                .iter()
+                .map(|c| AgentAction::Exec { command: c.clone() }),
+        );
         out
     }
 }
@@ -190,7 +194,9 @@ pub fn ssh_keys_action(user: &str, keys: &[String]) -> AgentAction {
     } else {
         format!("/home/{user}")
     };
-    let mut cmd = format!("mkdir -p {home}/.ssh && chmod 700 {home}/.ssh && touch {home}/.ssh/authorized_keys");
+    let mut cmd = format!(
+        "mkdir -p {home}/.ssh && chmod 700 {home}/.ssh && touch {home}/.ssh/authorized_keys"
+    );
     for k in keys {
         let q = shell_quote(k);
         cmd.push_str(&format!(

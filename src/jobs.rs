@@ -36,6 +36,8 @@ const SOURCES: &[&str] = &[
     include_str!("../jobs/guest.suspend.toml"),
     include_str!("../jobs/guest.resume.toml"),
     include_str!("../jobs/guest.set_bandwidth.toml"),
+    include_str!("../jobs/guest.boot_jobs.toml"),
+    include_str!("../jobs/guest.change_ip.toml"),
     include_str!("../jobs/node.remove.toml"),
 ];
 

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::guestinit::InitPlan;
+use crate::guestinit::{AgentAction, InitPlan};
 
 /// Milliseconds since the Unix epoch: the one clock format stored in rows and events.
 pub fn now_ms() -> i64 {
@@ -62,6 +62,9 @@ pub struct StepRecord {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub error: Option<String>,
+    /// What the step reported beyond success (a guest-agent run's per-action results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
 }
 
 /// Lifecycle of an operation.
@@ -190,6 +193,9 @@ pub enum NodeAction {
     BuildSeed {
         path: String,
         plan: Box<InitPlan>,
+        /// Write it even if it exists (the guest's record changed: hostname, IP, password).
+        #[serde(default)]
+        replace: bool,
     },
     Define {
         spec: Box<DomainSpec>,
@@ -223,6 +229,51 @@ pub enum NodeAction {
     Resume {
         guest_id: String,
     },
+    /// Runs actions inside the guest through the QEMU guest agent, batch by batch, once the
+    /// agent answers (waiting up to `wait_secs`). A failed action ends its batch only.
+    AgentRun {
+        guest_id: String,
+        batches: Vec<AgentBatch>,
+        wait_secs: u64,
+        /// Fail the step when a batch fails (an init plan); otherwise each batch's outcome
+        /// is only reported (boot jobs succeed or fail one by one).
+        #[serde(default)]
+        strict: bool,
+    },
+}
+
+/// A group of agent actions with one outcome: one boot job, or one init plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentBatch {
+    pub id: String,
+    pub actions: Vec<AgentAction>,
+}
+
+/// What a node reports for an [`NodeAction::AgentRun`] (the step's `output`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentReport {
+    /// How long the agent took to answer after the job arrived.
+    pub agent_wait_ms: u64,
+    /// From the agent's first answer to the last action's end.
+    pub run_ms: u64,
+    pub batches: Vec<BatchReport>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchReport {
+    pub id: String,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub results: Vec<ActionReport>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ActionReport {
+    pub action: String,
+    pub ok: bool,
+    pub exit_code: Option<i64>,
+    /// The first KiB of stdout and stderr.
+    pub output: String,
 }
 
 impl NodeAction {
@@ -242,6 +293,7 @@ impl NodeAction {
             NodeAction::Reset { .. } => "reset",
             NodeAction::Suspend { .. } => "suspend",
             NodeAction::Resume { .. } => "resume",
+            NodeAction::AgentRun { .. } => "agent_run",
         }
     }
 }
@@ -265,6 +317,9 @@ pub enum StepOutcome {
         guest_state: Option<String>,
         /// Domain XML after the action (S11), when it changed.
         domain_xml: Option<String>,
+        /// Structured results ([`AgentReport`] for agent runs).
+        #[serde(default)]
+        output: Option<serde_json::Value>,
     },
     Failed {
         error: String,

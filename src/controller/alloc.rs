@@ -186,7 +186,7 @@ async fn taken_in(tx: &mut Tx<'_>, pool_id: &str) -> Result<HashSet<Ipv4Addr>, A
 }
 
 /// Why `ip` may not be handed out even though it is inside a range, if it is marked.
-async fn mark_of(tx: &mut Tx<'_>, ip: Ipv4Addr) -> Result<Option<String>, AllocError> {
+pub(crate) async fn mark_of(tx: &mut Tx<'_>, ip: Ipv4Addr) -> Result<Option<String>, AllocError> {
     let row: Option<(String,)> = sqlx::query_as("SELECT state FROM ip_marks WHERE ip = ?")
         .bind(ip.to_string())
         .fetch_optional(&mut **tx)
@@ -194,7 +194,7 @@ async fn mark_of(tx: &mut Tx<'_>, ip: Ipv4Addr) -> Result<Option<String>, AllocE
     Ok(row.map(|r| r.0))
 }
 
-async fn lease_ip(
+pub(crate) async fn lease_ip(
     tx: &mut Tx<'_>,
     ip: Ipv4Addr,
     pool: &str,

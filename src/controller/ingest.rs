@@ -180,6 +180,10 @@ impl Ingest {
             if current == *state || OP_OWNED_STATES.contains(&current.as_str()) {
                 continue;
             }
+            if state == "running" && matches!(current.as_str(), "shutoff" | "crashed") {
+                // Booted behind corral's back (or by the guest itself): boot jobs are due.
+                crate::controller::saga::bootjobs::mark_booted(&mut tx, guest).await?;
+            }
             sqlx::query("UPDATE guests SET state = ?, updated_at = ? WHERE id = ?")
                 .bind(state)
                 .bind(now_ms())

@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod ingest;
 pub mod placement;
+pub mod plugins;
 pub mod saga;
 pub mod store;
 
@@ -39,6 +40,8 @@ pub enum ControllerError {
     Auth(#[from] auth::AuthError),
     #[error("serving HTTP: {0}")]
     Http(#[from] std::io::Error),
+    #[error("a shipped script does not compile: {0}")]
+    Script(#[from] crate::script::ScriptError),
 }
 
 /// A running controller's handles, for `corral up` and tests.
@@ -58,6 +61,10 @@ pub async fn run(
     let store = Store::open(&cfg.database).await?;
     let admin_token = auth::bootstrap(&store, &cfg).await?;
     let catalog = Arc::new(Catalog::builtin()?);
+    let scripts = Arc::new(crate::script::Scripts::new(crate::script::Limits {
+        deadline: Duration::from_millis(cfg.script_deadline_ms.max(1)),
+        ..Default::default()
+    })?);
 
     // Redis may not be up yet (S84): the queue producer and the ingest loop connect
     // lazily and keep retrying; the API serves meanwhile.
@@ -75,6 +82,7 @@ pub async fn run(
                 max_memory_pct: cfg.placement_max_memory_pct,
                 max_load_per_cpu: cfg.placement_max_load_per_cpu,
             },
+            scripts: scripts.clone(),
         },
         lease_ms: (cfg.step_lease_secs * 1000) as i64,
         max_tries: cfg.step_max_attempts,
@@ -105,6 +113,7 @@ pub async fn run(
         catalog,
         waker,
         redis_url: cfg.redis_url.clone(),
+        scripts,
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {

@@ -44,6 +44,7 @@ fn ok(state: Option<DomState>) -> StepOutcome {
     StepOutcome::Ok {
         guest_state: state.map(|s| s.as_str().to_string()),
         domain_xml: None,
+        output: None,
     }
 }
 
@@ -98,9 +99,14 @@ pub async fn run(
                 Err(e) => Err(ActionError::Transient(format!("removing {path}: {e}"))),
             }
         }
-        NodeAction::BuildSeed { path, plan } => {
+        NodeAction::BuildSeed {
+            path,
+            plan,
+            replace,
+        } => {
             inside(&s.storage_dir, path)?;
-            if !Path::new(path).exists() {
+            // The write is atomic (rename), so replacing is as idempotent as creating.
+            if *replace || !Path::new(path).exists() {
                 let docs = render_seed(renderer, plan)
                     .map_err(|e| ActionError::Permanent(e.to_string()))?;
                 write_seed_iso(&docs, Path::new(path))
@@ -132,6 +138,7 @@ pub async fn run(
             Ok(StepOutcome::Ok {
                 guest_state: Some(DomState::Shutoff.as_str().into()),
                 domain_xml: Some(live),
+                output: None,
             })
         }
         NodeAction::UpdateInterface { spec } => {
@@ -148,6 +155,28 @@ pub async fn run(
             Ok(StepOutcome::Ok {
                 guest_state: None,
                 domain_xml: Some(hv.xml(&spec.guest_id).await?),
+                output: None,
+            })
+        }
+        NodeAction::AgentRun {
+            guest_id,
+            batches,
+            wait_secs,
+            strict,
+        } => {
+            let report = super::agent::run(hv, guest_id, batches, *wait_secs).await?;
+            if *strict {
+                if let Some(e) = report.batches.iter().find_map(|b| b.error.clone()) {
+                    return Err(ActionError::Permanent(e));
+                }
+            }
+            Ok(StepOutcome::Ok {
+                guest_state: None,
+                domain_xml: None,
+                output: Some(
+                    serde_json::to_value(&report)
+                        .map_err(|e| ActionError::Permanent(e.to_string()))?,
+                ),
             })
         }
         NodeAction::Undefine { guest_id } => {

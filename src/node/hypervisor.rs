@@ -78,6 +78,8 @@ pub trait Hypervisor: Send + Sync {
     async fn list(&self) -> Result<Vec<DomEntry>, HvError>;
     /// libvirt and hypervisor versions, for the node's facts.
     async fn versions(&self) -> Result<(String, String), HvError>;
+    /// Sends one QEMU guest agent command (JSON) and returns the agent's JSON answer.
+    async fn agent(&self, uuid: &str, command: &str, timeout_secs: i32) -> Result<String, HvError>;
 }
 
 pub struct Libvirt {
@@ -238,6 +240,13 @@ impl Hypervisor for Libvirt {
         })
         .await
     }
+    async fn agent(&self, uuid: &str, command: &str, timeout_secs: i32) -> Result<String, HvError> {
+        let command = command.to_string();
+        self.on_domain(uuid, move |d| {
+            Ok(d.qemu_agent_command(&command, timeout_secs, 0)?)
+        })
+        .await
+    }
     async fn versions(&self) -> Result<(String, String), HvError> {
         self.with(|c| {
             let lib = c.lib_version().map(version_string).unwrap_or_default();
@@ -252,6 +261,7 @@ impl Hypervisor for Libvirt {
 #[derive(Default)]
 pub struct Fake {
     pub domains: Mutex<HashMap<String, (String, DomState)>>,
+    pub agent_log: Mutex<Vec<String>>,
 }
 
 impl Fake {
@@ -347,6 +357,31 @@ impl Hypervisor for Fake {
                 state: *s,
             })
             .collect())
+    }
+    /// A well-behaved agent in a running guest: every command succeeds, `guest-exec`
+    /// exits 0 with no output. Commands are recorded in `agent_log`.
+    async fn agent(
+        &self,
+        uuid: &str,
+        command: &str,
+        _timeout_secs: i32,
+    ) -> Result<String, HvError> {
+        if self.with_dom(uuid, |d| d.1)? != DomState::Running {
+            return Err(HvError::Libvirt(
+                "Guest agent is not responding: domain is not running".into(),
+            ));
+        }
+        if let Ok(mut log) = self.agent_log.lock() {
+            log.push(command.to_string());
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(command).map_err(|e| HvError::Libvirt(e.to_string()))?;
+        let answer = match v["execute"].as_str().unwrap_or_default() {
+            "guest-exec" => serde_json::json!({"return": {"pid": 1}}),
+            "guest-exec-status" => serde_json::json!({"return": {"exited": true, "exitcode": 0}}),
+            _ => serde_json::json!({"return": {}}),
+        };
+        Ok(answer.to_string())
     }
     async fn versions(&self) -> Result<(String, String), HvError> {
         Ok(("fake".into(), "fake".into()))

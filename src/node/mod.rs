@@ -12,6 +12,7 @@
 //!   inventory (the periodic reconcile, S73), which also catches anything an event missed.
 
 pub mod actions;
+pub mod agent;
 pub mod events;
 pub mod facts;
 pub mod hypervisor;

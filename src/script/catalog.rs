@@ -43,20 +43,47 @@ impl Kind {
 }
 
 pub const PROFILES: &[(&str, &str)] = &[
-    ("cloud-init", include_str!("../../scripts/os-init/cloud-init.rhai")),
-    ("debian-agent", include_str!("../../scripts/os-init/debian-agent.rhai")),
-    ("rhel-agent", include_str!("../../scripts/os-init/rhel-agent.rhai")),
-    ("windows", include_str!("../../scripts/os-init/windows.rhai")),
-    ("test-guest", include_str!("../../scripts/os-init/test-guest.rhai")),
+    (
+        "cloud-init",
+        include_str!("../../scripts/os-init/cloud-init.rhai"),
+    ),
+    (
+        "debian-agent",
+        include_str!("../../scripts/os-init/debian-agent.rhai"),
+    ),
+    (
+        "rhel-agent",
+        include_str!("../../scripts/os-init/rhel-agent.rhai"),
+    ),
+    (
+        "windows",
+        include_str!("../../scripts/os-init/windows.rhai"),
+    ),
+    (
+        "test-guest",
+        include_str!("../../scripts/os-init/test-guest.rhai"),
+    ),
 ];
 
 /// Shipped boot jobs are system jobs: corral queues them itself (password reset, hostname
 /// and IP changes) and hides them from users' default listings (S21).
 pub const BOOT_JOBS: &[(&str, &str)] = &[
-    ("reset-password", include_str!("../../scripts/boot/reset-password.rhai")),
-    ("set-hostname", include_str!("../../scripts/boot/set-hostname.rhai")),
-    ("change-ip", include_str!("../../scripts/boot/change-ip.rhai")),
-    ("inject-ssh-keys", include_str!("../../scripts/boot/inject-ssh-keys.rhai")),
+    (
+        "reset-password",
+        include_str!("../../scripts/boot/reset-password.rhai"),
+    ),
+    (
+        "set-hostname",
+        include_str!("../../scripts/boot/set-hostname.rhai"),
+    ),
+    (
+        "change-ip",
+        include_str!("../../scripts/boot/change-ip.rhai"),
+    ),
+    (
+        "inject-ssh-keys",
+        include_str!("../../scripts/boot/inject-ssh-keys.rhai"),
+    ),
 ];
 
 /// The profile a template gets when none is named.

@@ -190,7 +190,8 @@ pub fn eval_boot(
         ))
     })?;
     for (i, a) in actions.iter().enumerate() {
-        a.validate().map_err(|m| bad(format!("action {}: {m}", i + 1)))?;
+        a.validate()
+            .map_err(|m| bad(format!("action {}: {m}", i + 1)))?;
     }
     Ok(actions)
 }

@@ -54,11 +54,17 @@ fn every_shipped_boot_job_matches_its_golden_actions() {
     let s = scripts();
     let g = sample_guest();
     let params = |name: &str| match name {
-        "reset-password" => serde_json::json!({"password_hash": "$6$rounds=5000$abc$0123456789abcdefghij"}),
+        "reset-password" => {
+            serde_json::json!({"password_hash": "$6$rounds=5000$abc$0123456789abcdefghij"})
+        }
         "set-hostname" => serde_json::json!({"hostname": "db-2"}),
-        "change-ip" => serde_json::json!({"address": "198.51.100.11/24", "old_address": "198.51.100.10/24",
-                                          "gateway": "198.51.100.1", "dns": ["198.51.100.1"], "mac": "52:54:00:00:00:01"}),
-        "inject-ssh-keys" => serde_json::json!({"keys": ["ssh-ed25519 AAAA one", "ssh-rsa BBBB it's"], "user": "admin"}),
+        "change-ip" => {
+            serde_json::json!({"address": "198.51.100.11/24", "old_address": "198.51.100.10/24",
+                                          "gateway": "198.51.100.1", "dns": ["198.51.100.1"], "mac": "52:54:00:00:00:01"})
+        }
+        "inject-ssh-keys" => {
+            serde_json::json!({"keys": ["ssh-ed25519 AAAA one", "ssh-rsa BBBB it's"], "user": "admin"})
+        }
         other => panic!("no params for boot job {other}"),
     };
     for (name, source) in BOOT_JOBS {
@@ -83,11 +89,26 @@ fn profile_output_is_checked() {
     let s = scripts();
     let cases = [
         (r#"fn plan(g) { #{ hostname: "a b" } }"#, "hostname"),
-        (r#"fn plan(g) { #{ hostname: "a", users: [#{ name: "root", password_hash: "hunter2" }] } }"#, "crypt hash"),
-        (r#"fn plan(g) { #{ hostname: "a", files: [#{ path: "etc/x", content: "" }] } }"#, "absolute"),
-        (r#"fn plan(g) { #{ hostname: "a", files: [#{ path: "/x", content: "", mode: "rw" }] } }"#, "octal"),
-        (r#"fn plan(g) { #{ hostname: "a", fils: [] } }"#, "unknown field"),
-        (r#"fn plan(g) { #{ hostname: "a", delivery: "pigeon" } }"#, "delivery"),
+        (
+            r#"fn plan(g) { #{ hostname: "a", users: [#{ name: "root", password_hash: "hunter2" }] } }"#,
+            "crypt hash",
+        ),
+        (
+            r#"fn plan(g) { #{ hostname: "a", files: [#{ path: "etc/x", content: "" }] } }"#,
+            "absolute",
+        ),
+        (
+            r#"fn plan(g) { #{ hostname: "a", files: [#{ path: "/x", content: "", mode: "rw" }] } }"#,
+            "octal",
+        ),
+        (
+            r#"fn plan(g) { #{ hostname: "a", fils: [] } }"#,
+            "unknown field",
+        ),
+        (
+            r#"fn plan(g) { #{ hostname: "a", delivery: "pigeon" } }"#,
+            "delivery",
+        ),
         (r#"fn plan(g) { 42 }"#, "plan map"),
     ];
     for (src, want) in cases {
@@ -119,7 +140,10 @@ fn compile_errors_say_line_and_column() {
     let e = s
         .validate(Kind::Boot, "nofn", "fn actions(g) { [] }")
         .unwrap_err();
-    assert!(e.to_string().contains("must define fn actions with 2"), "{e}");
+    assert!(
+        e.to_string().contains("must define fn actions with 2"),
+        "{e}"
+    );
 }
 
 /// Hostile scripts: each must stop with an error naming the script, within its deadline.
@@ -135,13 +159,41 @@ fn sandbox_stops_hostile_scripts() {
     let body = |b: &str| format!("fn plan(g) {{ {b} }}\n");
     let cases: &[(&str, String, &str)] = &[
         ("infinite loop", body("loop { }"), "operations"),
-        ("slow loop past the deadline", body("let x = 0; loop { x += 1; if x > 2_000_000_000 { break; } }"), "operations"),
-        ("deep recursion", "fn f(n) { f(n + 1) }\nfn plan(g) { f(0) }\n".into(), "nested deeper"),
-        ("string doubling", body(r#"let s = "x"; loop { s += s; }"#), "exceeds"),
-        ("huge array", body("let a = []; loop { a.push(1); }"), "exceeds"),
-        ("huge map", body("let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }"), "exceeds"),
-        ("unregistered function", body(r#"open_file("/etc/passwd")"#), "Function not found"),
-        ("module import of a file", "import \"/etc/passwd\" as p;\nfn plan(g) { 1 }\n".into(), "imports are not allowed"),
+        (
+            "slow loop past the deadline",
+            body("let x = 0; loop { x += 1; if x > 2_000_000_000 { break; } }"),
+            "operations",
+        ),
+        (
+            "deep recursion",
+            "fn f(n) { f(n + 1) }\nfn plan(g) { f(0) }\n".into(),
+            "nested deeper",
+        ),
+        (
+            "string doubling",
+            body(r#"let s = "x"; loop { s += s; }"#),
+            "exceeds",
+        ),
+        (
+            "huge array",
+            body("let a = []; loop { a.push(1); }"),
+            "exceeds",
+        ),
+        (
+            "huge map",
+            body("let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }"),
+            "exceeds",
+        ),
+        (
+            "unregistered function",
+            body(r#"open_file("/etc/passwd")"#),
+            "Function not found",
+        ),
+        (
+            "module import of a file",
+            "import \"/etc/passwd\" as p;\nfn plan(g) { 1 }\n".into(),
+            "imports are not allowed",
+        ),
         ("eval", body(r#"eval("1")"#), "eval"),
         ("throw", body(r#"throw "no""#), "threw"),
     ];
@@ -174,13 +226,23 @@ fn the_deadline_stops_a_script_within_the_operation_limit() {
     };
     let s = Scripts::new(limits).unwrap();
     let sb = s.sandbox();
-    let sc = sb.compile("spin", "fn plan(g) { loop { } }", &[("plan", 1)]).unwrap();
+    let sc = sb
+        .compile("spin", "fn plan(g) { loop { } }", &[("plan", 1)])
+        .unwrap();
     let started = Instant::now();
     let e = sb.call(&sc, "plan", (rhai::Dynamic::UNIT,)).unwrap_err();
     assert!(matches!(e, ScriptError::Deadline { .. }), "{e:?}");
     assert!(e.to_string().contains("spin"), "{e}");
     assert!(started.elapsed() < Duration::from_millis(500));
     // The engine still serves after a stopped script.
-    let ok = sb.compile("ok", "fn plan(g) { 7 }", &[("plan", 1)]).unwrap();
-    assert_eq!(sb.call(&ok, "plan", (rhai::Dynamic::UNIT,)).unwrap().as_int().unwrap(), 7);
+    let ok = sb
+        .compile("ok", "fn plan(g) { 7 }", &[("plan", 1)])
+        .unwrap();
+    assert_eq!(
+        sb.call(&ok, "plan", (rhai::Dynamic::UNIT,))
+            .unwrap()
+            .as_int()
+            .unwrap(),
+        7
+    );
 }

@@ -38,6 +38,14 @@ pub enum Error {
     },
     #[error("{0}")]
     Unprocessable(String),
+    /// A script (profile, boot job, plugin) was refused; details name the script and where.
+    #[error("{message}")]
+    Script {
+        message: String,
+        details: serde_json::Value,
+    },
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -59,7 +67,8 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
-            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unprocessable(_) | Error::Script { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Store(e) if e.is_unique_violation() => StatusCode::CONFLICT,
             Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,6 +79,7 @@ impl Error {
         let status = self.status();
         let (message, details) = match self {
             Error::Conflict { message, details } => (message.clone(), details.clone()),
+            Error::Script { message, details } => (message.clone(), Some(details.clone())),
             Error::Store(e) if e.is_unique_violation() => {
                 ("a resource with that name already exists".to_string(), None)
             }
@@ -109,6 +119,9 @@ pub enum ApiError {
     /// No or an invalid bearer token.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// The caller may not do this (system jobs need an administrator).
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// The resource does not exist.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -132,6 +145,7 @@ impl From<Error> for ApiError {
         match e.status().as_u16() {
             400 => ApiError::BadRequest(body),
             401 => ApiError::Unauthorized(body),
+            403 => ApiError::Forbidden(body),
             404 => ApiError::NotFound(body),
             409 => ApiError::Conflict(body),
             422 => ApiError::Unprocessable(body),
@@ -140,6 +154,20 @@ impl From<Error> for ApiError {
                 tracing::error!("internal error: {}", body.0.message);
                 ApiError::Internal(body)
             }
+        }
+    }
+}
+
+impl From<crate::script::ScriptError> for Error {
+    fn from(e: crate::script::ScriptError) -> Self {
+        use crate::script::ScriptError as S;
+        let (line, column) = match &e {
+            S::Invalid { line, column, .. } | S::Failed { line, column, .. } => (*line, *column),
+            _ => (None, None),
+        };
+        Error::Script {
+            message: e.to_string(),
+            details: serde_json::json!({"script": e.script(), "line": line, "column": column}),
         }
     }
 }
@@ -203,6 +231,15 @@ mod tests {
                 "conflict",
             ),
             (Error::Unprocessable("x".into()), 422, "unprocessable"),
+            (
+                Error::Script {
+                    message: "x".into(),
+                    details: serde_json::json!({}),
+                },
+                422,
+                "unprocessable",
+            ),
+            (Error::Forbidden("x".into()), 403, "forbidden"),
             (Error::Unavailable("redis".into()), 503, "unavailable"),
             (
                 Error::Store(StoreError::Db(sqlx::Error::RowNotFound)),

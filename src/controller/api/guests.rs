@@ -10,10 +10,11 @@ use super::error::{ApiResult, Error};
 use super::operations::{start_op, Target};
 use super::{AppState, Auth};
 use crate::controller::alloc;
-use crate::controller::saga::steps::{CreatePayload, PowerPayload};
+use crate::controller::saga::steps::PowerPayload;
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::crypt_password;
 use crate::model::{new_id, now_ms, rfc3339, Bandwidth};
+use crate::script::catalog::default_profile;
 
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
@@ -44,6 +45,8 @@ pub struct CreateGuest {
     pub ssh_keys: Option<Vec<String>>,
     /// NIC traffic limits (S54); default unlimited.
     pub bandwidth: Option<Bandwidth>,
+    /// OS-init profile for this guest; default: the template's (S02).
+    pub os_init_profile: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -326,11 +329,34 @@ impl GuestApi {
             Some(p) => Some(crypt_password(p).map_err(|e| Error::Unavailable(e.to_string()))?),
             None => None,
         };
-        let payload = serde_json::to_value(CreatePayload {
-            password_hash,
+        let profile = match req
+            .os_init_profile
+            .clone()
+            .or(template.os_init_profile.clone())
+        {
+            Some(p) => {
+                super::scripts::require_profile(&state, &p).await?;
+                p
+            }
+            None => default_profile(&template.os_type).to_string(),
+        };
+        if template.os_type == "windows" && password_hash.is_some() {
+            return Err(Error::Unprocessable(
+                "Windows guests take no initial password from corral: Windows cannot use a crypt \
+                 hash and corral never keeps a password in plain text. Give ssh_keys, or set the \
+                 password in the template image."
+                    .into(),
+            )
+            .into());
+        }
+        let secrets = serde_json::to_string(&st::InitSecrets {
+            password_hash: password_hash.clone(),
             ssh_keys: req.ssh_keys.clone().unwrap_or_default(),
         })
         .map_err(st::StoreError::from)?;
+        // The hash and keys live on the guest row (profiles need them again for seed
+        // rebuilds); the operation carries nothing secret.
+        let payload = serde_json::json!({});
 
         let mut tx = state.store.begin().await?;
         let mut accepted = Vec::new();
@@ -370,6 +396,8 @@ impl GuestApi {
                 created_at: now,
                 updated_at: now,
                 bandwidth: bandwidth_json.clone(),
+                os_init_profile: Some(profile.clone()),
+                init_secrets: Some(secrets.clone()),
             };
             match st::insert_guest(&mut tx, &row).await {
                 Err(e) if e.is_unique_violation() => {

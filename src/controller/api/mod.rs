@@ -6,13 +6,16 @@
 //! login and health need a bearer token.
 
 mod auth;
+mod bootjobs;
 pub mod error;
 mod events;
+mod guest_config;
 mod guests;
 mod nodes;
 mod operations;
 mod pools;
 mod resources;
+mod scripts;
 mod system;
 
 use std::sync::Arc;
@@ -35,17 +38,21 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub waker: Waker,
     pub redis_url: String,
+    pub scripts: Arc<crate::script::Scripts>,
 }
 
 type Apis = (
     system::SystemApi,
     auth::AuthApi,
     guests::GuestApi,
+    guest_config::GuestConfigApi,
     operations::OperationApi,
     resources::TemplateApi,
     pools::PoolApi,
     nodes::NodeApi,
     events::EventApi,
+    scripts::ScriptApi,
+    bootjobs::BootJobApi,
 );
 
 fn apis() -> Apis {
@@ -53,11 +60,14 @@ fn apis() -> Apis {
         system::SystemApi,
         auth::AuthApi,
         guests::GuestApi,
+        guest_config::GuestConfigApi,
         operations::OperationApi,
         resources::TemplateApi,
         pools::PoolApi,
         nodes::NodeApi,
         events::EventApi,
+        scripts::ScriptApi,
+        bootjobs::BootJobApi,
     )
 }
 

@@ -9,9 +9,9 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
 use super::{AppState, Auth};
-use crate::controller::saga::{eta_seconds, new_steps};
-use crate::controller::store::{self as st, events, OpFilter, OpRow, Tx};
-use crate::model::{new_id, now_ms, rfc3339, OpState};
+use crate::controller::saga::{eta_seconds, launch};
+use crate::controller::store::{OpFilter, OpRow, Tx};
+use crate::model::{now_ms, rfc3339};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "snake_case")]
@@ -127,12 +127,9 @@ pub fn view(op: &OpRow) -> Operation {
 /// Writes a new pending operation of `kind` for `guest` inside `tx` and takes the guest's
 /// lock; a guest already held answers 409 naming the holder (S76's rule).
 /// What an operation acts on.
-#[derive(Debug, Clone, Copy)]
-pub enum Target<'a> {
-    Guest(&'a str),
-    Node(&'a str),
-}
+pub use crate::controller::saga::launch::Target;
 
+/// Creates an operation for a request (see [`launch::create_op`]).
 pub async fn start_op(
     state: &AppState,
     tx: &mut Tx<'_>,
@@ -142,56 +139,22 @@ pub async fn start_op(
     user: &str,
     lock: bool,
 ) -> Result<OpRow, Error> {
-    let (guest, node) = match target {
-        Target::Guest(g) => (Some(g), None),
-        Target::Node(n) => (None, Some(n)),
-    };
-    let def = state
-        .catalog
-        .get(kind)
-        .ok_or_else(|| Error::BadRequest(format!("unknown operation kind {kind}")))?;
-    let now = now_ms();
-    let op = OpRow {
-        id: new_id(),
-        kind: kind.into(),
-        guest_id: guest.map(String::from),
-        node_id: node.map(String::from),
-        state: OpState::Pending.as_str().into(),
-        steps: serde_json::to_string(&new_steps(def)).map_err(st::StoreError::from)?,
-        cursor: 0,
-        payload: payload.to_string(),
-        stage: "queued".into(),
-        percent: 0,
-        message: String::new(),
-        error: None,
-        cancel_requested: false,
-        inflight_node: None,
-        requested_by: user.into(),
-        created_at: now,
-        started_at: None,
-        updated_at: now,
-        finished_at: None,
-    };
-    st::insert_op(tx, &op).await?;
-    if let (true, Some(guest)) = (lock, guest) {
-        if let Err(holder) = st::lock_guest(tx, guest, &op.id).await? {
-            return Err(Error::Conflict {
-                message: format!(
-                    "guest {guest} is busy with operation {holder}; wait for it or cancel it"
-                ),
-                details: Some(serde_json::json!({"operation_id": holder})),
-            });
+    launch::create_op(&state.catalog, tx, kind, target, payload, user, lock)
+        .await
+        .map_err(launch_error)
+}
+
+pub fn launch_error(e: launch::LaunchError) -> Error {
+    match e {
+        launch::LaunchError::UnknownKind(k) => {
+            Error::BadRequest(format!("unknown operation kind {k}"))
         }
+        launch::LaunchError::Busy { ref holder, .. } => Error::Conflict {
+            message: e.to_string(),
+            details: Some(serde_json::json!({"operation_id": holder})),
+        },
+        launch::LaunchError::Store(s) => Error::Store(s),
     }
-    events::append(
-        tx,
-        "operation",
-        &op.id,
-        &serde_json::json!({"operation_id": op.id, "kind": kind, "guest_id": guest, "node_id": node, "state": "pending",
-                            "stage": "queued", "percent": 0, "requested_by": user}),
-    )
-    .await?;
-    Ok(op)
 }
 
 #[derive(ApiResponse)]

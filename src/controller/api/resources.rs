@@ -9,6 +9,7 @@ use super::error::{ApiResult, Error};
 use super::{AppState, Auth};
 use crate::controller::store::TemplateRow;
 use crate::model::{new_id, now_ms, rfc3339};
+use crate::script::catalog::default_profile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
@@ -28,6 +29,17 @@ pub struct CreateTemplate {
     pub os_type: OsType,
     /// Smallest memory a guest of this template may have (default 64).
     pub min_memory_mib: Option<u32>,
+    /// OS-init profile its guests get (S02); default: `cloud-init`, or `windows` for
+    /// Windows templates.
+    pub os_init_profile: Option<String>,
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct UpdateTemplate {
+    /// The OS-init profile new guests of this template get (S02). Guests created earlier
+    /// keep theirs. `null` returns to the default for the template's OS type.
+    pub os_init_profile: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -37,11 +49,17 @@ pub struct Template {
     pub path: String,
     pub os_type: String,
     pub min_memory_mib: u32,
+    /// The OS-init profile its guests get.
+    pub os_init_profile: String,
     pub created_at: String,
 }
 
 fn template_view(t: TemplateRow) -> Template {
     Template {
+        os_init_profile: t
+            .os_init_profile
+            .clone()
+            .unwrap_or_else(|| default_profile(&t.os_type).to_string()),
         id: t.id,
         name: t.name,
         path: t.path,
@@ -101,7 +119,11 @@ impl TemplateApi {
             },
             min_memory_mib: i64::from(b.min_memory_mib.unwrap_or(64)),
             created_at: now_ms(),
+            os_init_profile: b.os_init_profile.clone(),
         };
+        if let Some(p) = &row.os_init_profile {
+            super::scripts::require_profile(&state, p).await?;
+        }
         match state.store.insert_template(&row).await {
             Err(e) if e.is_unique_violation() => Err(Error::Conflict {
                 message: format!("a template named {} already exists", b.name),
@@ -138,6 +160,39 @@ impl TemplateApi {
         let t = state
             .store
             .template(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("template", id.0.clone()))?;
+        Ok(Json(template_view(t)))
+    }
+
+    /// Change a template's OS-init profile (S02).
+    #[oai(
+        path = "/templates/:id",
+        method = "patch",
+        operation_id = "template_update"
+    )]
+    async fn update(
+        &self,
+        _auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<UpdateTemplate>,
+    ) -> ApiResult<Json<Template>> {
+        let t = state
+            .store
+            .template(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("template", id.0.clone()))?;
+        if let Some(p) = &body.os_init_profile {
+            super::scripts::require_profile(&state, p).await?;
+        }
+        state
+            .store
+            .set_template_profile(&t.id, body.os_init_profile.as_deref())
+            .await?;
+        let t = state
+            .store
+            .template(&t.id)
             .await?
             .ok_or_else(|| Error::not_found("template", id.0.clone()))?;
         Ok(Json(template_view(t)))

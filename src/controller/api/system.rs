@@ -25,6 +25,10 @@ pub enum Tag {
     Nodes,
     /// The event stream.
     Events,
+    /// OS-init profiles, boot scripts and boot jobs (Rhai).
+    Scripts,
+    /// Controller plugins.
+    Plugins,
 }
 
 #[derive(Debug, Object)]

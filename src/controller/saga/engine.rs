@@ -109,6 +109,14 @@ impl Engine {
                         }
                         Err(e) => tracing::warn!("sweep: {e}"),
                     }
+                    match super::bootjobs::start_due_runs(&self.store, &self.catalog).await {
+                        Ok(ops) => {
+                            for id in ops {
+                                self.advance_logged(&id).await;
+                            }
+                        }
+                        Err(e) => tracing::warn!("starting boot-job runs: {e}"),
+                    }
                 }
             }
         }
@@ -270,7 +278,7 @@ impl Engine {
     ) -> Result<NodeStep, EngineError> {
         let name = def.steps[step].name.clone();
         let now = now_ms();
-        let action = match steps::node_action(&mut tx, op, &name, undo).await {
+        let action = match steps::node_action(&mut tx, &self.env, op, &name, undo).await {
             Ok(a) => a,
             Err(StepError::Transient(e)) => {
                 tracing::debug!(op = %op.id, "node step {name}: {e}");
@@ -344,6 +352,7 @@ impl Engine {
             StepOutcome::Ok {
                 guest_state,
                 domain_xml,
+                ..
             },
             Some(g),
         ) = (outcome, op.guest_id.clone())
@@ -433,6 +442,15 @@ impl Engine {
                     )
                     .await?;
                 }
+            }
+            // The guest has just booted: its pending boot jobs run once it is free.
+            if state == OpState::Succeeded
+                && matches!(
+                    op.kind.as_str(),
+                    "guest.create" | "guest.start" | "guest.reboot" | "guest.reset"
+                )
+            {
+                super::bootjobs::mark_booted(tx, &g).await?;
             }
             st::unlock_guest(tx, &g, &op.id).await?;
         }

@@ -11,7 +11,11 @@
 //! Node results carry the attempt number they answer; a result for an older attempt (a
 //! duplicate delivery, a job re-queued by apalis after a node crash) is ignored.
 
+pub mod bootjobs;
+pub mod changeip;
 pub mod engine;
+pub mod initplan;
+pub mod launch;
 pub mod steps;
 
 use crate::jobs::KindDef;
@@ -51,6 +55,7 @@ pub fn new_steps(def: &KindDef) -> Vec<StepRecord> {
             started_at: None,
             finished_at: None,
             error: None,
+            output: None,
         })
         .collect()
 }
@@ -217,7 +222,12 @@ impl Saga {
             return false;
         }
         match outcome {
-            StepOutcome::Ok { .. } => self.mark_finished(i, undo, None, now),
+            StepOutcome::Ok { output, .. } => {
+                if output.is_some() {
+                    self.steps[i].output = output.clone();
+                }
+                self.mark_finished(i, undo, None, now)
+            }
             StepOutcome::Failed { error, permanent } => {
                 if !permanent && s.tries < max_tries {
                     // Transient: put it back; the engine dispatches it again.

@@ -3,18 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::initplan::plan_for;
 use crate::controller::alloc::{self, AllocError};
 use crate::controller::store::{self as st, GuestRow, OpRow, StoreError, Tx};
-use crate::guestinit::{InitFile, InitPlan, InitUser, StaticNetwork};
+use crate::guestinit::Delivery;
+use crate::model::AgentBatch;
 use crate::model::{new_id, now_ms, DomainSpec, NodeAction, NodeFacts};
-
-/// Payload of a `guest.create` operation (what the guest row does not hold).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CreatePayload {
-    /// SHA-512 crypt of the requested root password; the password itself is never kept.
-    pub password_hash: Option<String>,
-    pub ssh_keys: Vec<String>,
-}
 
 /// Payload of `guest.set_bandwidth`: the new limits (None: unlimited).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -74,6 +68,8 @@ pub struct StepEnv {
     /// How long a create waits for a node to appear before giving up.
     pub placement_grace_ms: i64,
     pub thresholds: crate::controller::placement::Thresholds,
+    /// OS-init profiles and boot scripts.
+    pub scripts: std::sync::Arc<crate::script::Scripts>,
 }
 
 fn system_disk_path(storage_dir: &str, guest: &str) -> String {
@@ -146,6 +142,12 @@ pub async fn run_controller(
             .execute(&mut **tx)
             .await?;
         }
+        ("claim", false) => super::bootjobs::claim(tx, &env.scripts, op, &g).await?,
+        ("claim", true) => super::bootjobs::unclaim(tx, op).await?,
+        ("complete", false) => super::bootjobs::complete(tx, op, &g).await?,
+        ("reserve", false) => super::changeip::reserve(tx, op, &g).await?,
+        ("reserve", true) => super::changeip::unreserve(tx, op, &g).await?,
+        ("commit", false) => super::changeip::commit(tx, op, &g).await?,
         ("finish", _) => {
             sqlx::query("UPDATE guests SET state = 'running', updated_at = ? WHERE id = ? AND state = 'creating'")
                 .bind(now_ms())
@@ -397,6 +399,7 @@ pub fn random_secret(len: usize) -> String {
 /// (the guest never reached a node, or the step has no undo), so the step is skipped.
 pub async fn node_action(
     tx: &mut Tx<'_>,
+    env: &StepEnv,
     op: &OpRow,
     name: &str,
     undo: bool,
@@ -419,12 +422,47 @@ pub async fn node_action(
                 .ok_or_else(|| StepError::Permanent("no system disk recorded".into()))?,
             template_path: g.template_path.clone(),
         },
-        ("build_seed", false) => {
-            let payload: CreatePayload = serde_json::from_str(&op.payload).unwrap_or_default();
-            NodeAction::BuildSeed {
-                path: disk("seed")
-                    .ok_or_else(|| StepError::Permanent("no seed recorded".into()))?,
-                plan: Box::new(default_plan(tx, &g, &payload).await?),
+        ("build_seed", false) => NodeAction::BuildSeed {
+            path: disk("seed").ok_or_else(|| StepError::Permanent("no seed recorded".into()))?,
+            plan: Box::new(plan_for(tx, &env.scripts, &g, None).await?),
+            replace: false,
+        },
+        ("agent_init", false) => {
+            // Images without cloud-init get the plan through the guest agent.
+            let plan = plan_for(tx, &env.scripts, &g, None).await?;
+            if plan.delivery != Delivery::Agent {
+                return Ok(None);
+            }
+            NodeAction::AgentRun {
+                guest_id: id,
+                batches: vec![AgentBatch {
+                    id: "init".into(),
+                    actions: plan.agent_actions(),
+                }],
+                wait_secs: 600,
+                strict: true,
+            }
+        }
+        ("run", false) => match super::bootjobs::run_action(tx, op, &g).await? {
+            Some(a) => a,
+            None => return Ok(None),
+        },
+        ("refresh_seed", undo) => {
+            // An IP change builds the seed for the new address; its undo, and every other
+            // rebuild, from the record.
+            let new = (op.kind == "guest.change_ip" && !undo)
+                .then(|| super::changeip::new_address(op))
+                .flatten();
+            let ip = new.as_ref().map(|(i, p)| (i.as_str(), p.as_str()));
+            match super::bootjobs::refresh_seed_action(tx, &env.scripts, &g, ip).await? {
+                Some(a) => a,
+                None => return Ok(None),
+            }
+        }
+        ("apply", undo) => {
+            match super::changeip::apply_action(tx, &env.scripts, op, &g, undo).await? {
+                Some(a) => a,
+                None => return Ok(None),
             }
         }
         ("define", false) => NodeAction::Define {
@@ -510,48 +548,5 @@ async fn domain_spec(
         vlan,
         vnc_port: g.vnc_port.unwrap_or(0) as u16,
         vnc_password: g.vnc_password.clone().unwrap_or_default(),
-    })
-}
-
-/// The built-in init plan (Rhai profiles replace it): hostname, root password, static
-/// network from the allocated address, and a marker file naming the guest.
-async fn default_plan(
-    tx: &mut Tx<'_>,
-    g: &GuestRow,
-    p: &CreatePayload,
-) -> Result<InitPlan, StepError> {
-    let network = match (&g.ip, &g.pool_id, &g.mac) {
-        (Some(ip), Some(pool_id), Some(mac)) => {
-            let pool = st::pool_in(tx, pool_id)
-                .await?
-                .ok_or_else(|| StepError::Permanent(format!("IP pool {pool_id} vanished")))?;
-            let prefix = pool.cidr.split('/').nth(1).ok_or_else(|| {
-                StepError::Permanent(format!("pool {} has a bad cidr", pool.name))
-            })?;
-            Some(StaticNetwork {
-                mac: mac.clone(),
-                address: format!("{ip}/{prefix}"),
-                gateway: pool.gateway.clone(),
-                dns: pool.dns_list(),
-            })
-        }
-        _ => None,
-    };
-    Ok(InitPlan {
-        instance_id: g.id.clone(),
-        hostname: g.hostname.clone(),
-        users: vec![InitUser {
-            name: "root".into(),
-            password_hash: p.password_hash.clone(),
-            ssh_keys: p.ssh_keys.clone(),
-        }],
-        network,
-        write_files: vec![InitFile::text(
-            "/etc/corral-guest",
-            &format!("id={}\nname={}\n", g.id, g.name),
-            "0644",
-        )],
-        runcmd: vec![],
-        delivery: Default::default(),
     })
 }

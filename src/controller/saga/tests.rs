@@ -15,6 +15,7 @@ const LEASE: i64 = 60_000;
 const OK: StepOutcome = StepOutcome::Ok {
     guest_state: None,
     domain_xml: None,
+    output: None,
 };
 
 /// Drives a saga, failing step `fail_at` permanently; returns the executed (step, undo) trail.

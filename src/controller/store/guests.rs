@@ -28,6 +28,18 @@ pub struct GuestRow {
     pub updated_at: i64,
     /// JSON `model::Bandwidth`, NULL when unlimited.
     pub bandwidth: Option<String>,
+    /// The OS-init profile the guest was created with (S02).
+    pub os_init_profile: Option<String>,
+    /// JSON [`InitSecrets`]: what a profile needs again when the seed is rebuilt.
+    pub init_secrets: Option<String>,
+}
+
+/// The password hash and SSH keys of a guest's init plan. Only a crypt hash is ever kept.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct InitSecrets {
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
 }
 
 impl GuestRow {
@@ -35,6 +47,13 @@ impl GuestRow {
         self.bandwidth
             .as_deref()
             .and_then(|b| serde_json::from_str(b).ok())
+    }
+
+    pub fn secrets(&self) -> InitSecrets {
+        self.init_secrets
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -53,15 +72,16 @@ macro_rules! guest_cols {
     () => {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
     node_id, requested_node, pool_id, requested_ip, ip, vnc_port, vnc_password, mac, state, lock_op, \
-    domain_xml, created_at, updated_at, bandwidth"
+    domain_xml, created_at, updated_at, bandwidth, os_init_profile, init_secrets"
     };
 }
 
 pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO guests (id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
-         requested_node, pool_id, requested_ip, state, lock_op, created_at, updated_at, bandwidth) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         requested_node, pool_id, requested_ip, state, lock_op, created_at, updated_at, bandwidth, \
+         os_init_profile, init_secrets) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&g.id)
     .bind(&g.name)
@@ -79,6 +99,8 @@ pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreErro
     .bind(g.created_at)
     .bind(g.updated_at)
     .bind(&g.bandwidth)
+    .bind(&g.os_init_profile)
+    .bind(&g.init_secrets)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -10,6 +10,7 @@ mod guests;
 mod nodes;
 mod ops;
 mod resources;
+mod scripts;
 mod users;
 
 use std::path::Path;
@@ -25,6 +26,7 @@ pub use guests::*;
 pub use nodes::NodeRow;
 pub use ops::*;
 pub use resources::*;
+pub use scripts::*;
 pub use users::UserRow;
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
@@ -107,6 +109,7 @@ impl Store {
             (3, include_str!("migrations/003_foreign_domains.sql")),
             (4, include_str!("migrations/004_bandwidth.sql")),
             (5, include_str!("migrations/005_guest_node_index.sql")),
+            (6, include_str!("migrations/006_scripts_boot_jobs.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

@@ -10,6 +10,8 @@ pub struct TemplateRow {
     pub os_type: String,
     pub min_memory_mib: i64,
     pub created_at: i64,
+    /// The OS-init profile its guests get; None: the default for its OS type.
+    pub os_init_profile: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -51,10 +53,20 @@ pub async fn pool_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<PoolRow>, Store
     .await?)
 }
 
+pub async fn pools_in(tx: &mut Tx<'_>) -> Result<Vec<PoolRow>, StoreError> {
+    Ok(sqlx::query_as::<_, PoolRow>(concat!(
+        "SELECT ",
+        pool_cols!(),
+        " FROM ip_pools ORDER BY name"
+    ))
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
 impl Store {
     pub async fn insert_template(&self, t: &TemplateRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO templates (id, name, path, os_type, min_memory_mib, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO templates (id, name, path, os_type, min_memory_mib, created_at, os_init_profile) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.id)
         .bind(&t.name)
@@ -62,6 +74,7 @@ impl Store {
         .bind(&t.os_type)
         .bind(t.min_memory_mib)
         .bind(t.created_at)
+        .bind(&t.os_init_profile)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -69,7 +82,7 @@ impl Store {
 
     pub async fn template(&self, id_or_name: &str) -> Result<Option<TemplateRow>, StoreError> {
         Ok(sqlx::query_as::<_, TemplateRow>(
-            "SELECT id, name, path, os_type, min_memory_mib, created_at FROM templates WHERE id = ? OR name = ?",
+            "SELECT id, name, path, os_type, min_memory_mib, created_at, os_init_profile FROM templates WHERE id = ? OR name = ?",
         )
         .bind(id_or_name)
         .bind(id_or_name)
@@ -79,10 +92,23 @@ impl Store {
 
     pub async fn templates(&self) -> Result<Vec<TemplateRow>, StoreError> {
         Ok(sqlx::query_as::<_, TemplateRow>(
-            "SELECT id, name, path, os_type, min_memory_mib, created_at FROM templates ORDER BY name",
+            "SELECT id, name, path, os_type, min_memory_mib, created_at, os_init_profile FROM templates ORDER BY name",
         )
         .fetch_all(self.pool())
         .await?)
+    }
+
+    pub async fn set_template_profile(
+        &self,
+        id: &str,
+        profile: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE templates SET os_init_profile = ? WHERE id = ?")
+            .bind(profile)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 
     pub async fn delete_template(&self, id: &str) -> Result<(), StoreError> {

@@ -1,0 +1,384 @@
+//! Boot jobs (S12–S14, S18, S19, S21): queue a script's run for one guest or many, list a
+//! guest's jobs, list the guests with pending jobs, withdraw a pending job.
+//!
+//! A job runs at the guest's next boot, or at once when the caller asks (`run_now`) and the
+//! guest is running: then a `guest.boot_jobs` operation claims it right away. A busy guest
+//! (another operation holds it) runs it as soon as it is free. Parameters are stored, so
+//! they must never hold a password: the shipped password reset takes a crypt hash, made by
+//! `POST /guests/{id}/password`.
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::error::{ApiResult, Error};
+use super::operations::{start_op, Target};
+use super::{AppState, Auth};
+use crate::controller::saga::bootjobs::{mark_booted, RunPayload};
+use crate::controller::store::{self as st, BootJobRow, GuestRow, Tx};
+use crate::model::{new_id, now_ms, rfc3339};
+use crate::script::catalog::{self, Kind};
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct QueueBootJobs {
+    /// Guest ids or names (1–1000).
+    pub guests: Vec<String>,
+    /// Boot script name.
+    pub script: String,
+    /// The script's `params` (a JSON object). Never a password: give hashes.
+    pub params: Option<serde_json::Value>,
+    /// Run now on guests that are running, instead of at their next boot.
+    #[oai(default)]
+    pub run_now: bool,
+}
+
+#[derive(Debug, Object)]
+pub struct QueuedJob {
+    pub id: String,
+    pub guest_id: String,
+    /// The run started for it now, if any.
+    pub operation_id: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct QueuedJobs {
+    pub jobs: Vec<QueuedJob>,
+}
+
+#[derive(ApiResponse)]
+pub enum QueueResponse {
+    /// Queued; jobs with an `operation_id` are running now.
+    #[oai(status = 202)]
+    Accepted(Json<QueuedJobs>),
+}
+
+#[derive(Debug, Object)]
+pub struct BootJob {
+    pub id: String,
+    pub guest_id: String,
+    pub script: String,
+    /// The script's parameters; password hashes are shown as `"***"`.
+    pub params: serde_json::Value,
+    /// Queued by corral itself (password reset, hostname, IP change).
+    pub system: bool,
+    /// pending, running, done, failed, cancelled.
+    pub state: String,
+    pub operation_id: Option<String>,
+    /// Per-action results of the last run: action, ok, exit_code, output.
+    pub results: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub requested_by: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct GuestPending {
+    pub guest_id: String,
+    pub name: String,
+    pub pending: u32,
+}
+
+#[derive(ApiResponse)]
+pub enum JobCancelled {
+    #[oai(status = 204)]
+    Cancelled,
+}
+
+fn redact(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(m) = v.as_object_mut() {
+        for (k, val) in m.iter_mut() {
+            if k.contains("password") {
+                *val = serde_json::Value::String("***".into());
+            }
+        }
+    }
+    v
+}
+
+pub fn job_view(j: BootJobRow) -> BootJob {
+    BootJob {
+        params: redact(serde_json::from_str(&j.params).unwrap_or_default()),
+        results: j
+            .results
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
+        id: j.id,
+        guest_id: j.guest_id,
+        script: j.script,
+        system: j.system,
+        state: j.state,
+        operation_id: j.operation_id,
+        error: j.error,
+        attempts: j.attempts.max(0) as u32,
+        requested_by: j.requested_by,
+        created_at: rfc3339(j.created_at),
+        finished_at: j.finished_at.map(rfc3339),
+    }
+}
+
+/// Queues one job in `tx`.
+pub async fn queue(
+    tx: &mut Tx<'_>,
+    guest: &str,
+    script: &str,
+    params: &serde_json::Value,
+    system: bool,
+    user: &str,
+) -> Result<String, Error> {
+    let job = BootJobRow {
+        id: new_id(),
+        guest_id: guest.to_string(),
+        script: script.to_string(),
+        params: params.to_string(),
+        system,
+        state: "pending".into(),
+        operation_id: None,
+        actions: None,
+        results: None,
+        error: None,
+        attempts: 0,
+        requested_by: user.to_string(),
+        created_at: now_ms(),
+        finished_at: None,
+    };
+    st::insert_boot_job(tx, &job).await?;
+    Ok(job.id)
+}
+
+/// Starts a run of `jobs` now if the guest is running and free; a running but busy guest
+/// runs them when it is free. Returns the run's operation.
+pub async fn run_now(
+    state: &AppState,
+    tx: &mut Tx<'_>,
+    g: &GuestRow,
+    jobs: Vec<String>,
+    user: &str,
+) -> Result<Option<String>, Error> {
+    if g.state != "running" {
+        return Ok(None);
+    }
+    if g.lock_op.is_some() {
+        mark_booted(tx, &g.id).await?;
+        return Ok(None);
+    }
+    let payload = serde_json::to_value(RunPayload {
+        job_ids: Some(jobs),
+    })
+    .map_err(st::StoreError::from)?;
+    let op = start_op(
+        state,
+        tx,
+        "guest.boot_jobs",
+        Target::Guest(&g.id),
+        payload,
+        user,
+        true,
+    )
+    .await?;
+    Ok(Some(op.id))
+}
+
+pub struct BootJobApi;
+
+#[OpenApi(tag = "super::system::Tag::Scripts")]
+impl BootJobApi {
+    /// Queue a boot script for one guest or many (S18).
+    #[oai(path = "/boot-jobs", method = "post", operation_id = "boot_job_queue")]
+    async fn queue_many(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        body: Json<QueueBootJobs>,
+    ) -> ApiResult<QueueResponse> {
+        let b = body.0;
+        if b.guests.is_empty() || b.guests.len() > 1000 {
+            return Err(Error::BadRequest("guests must name 1 to 1000 guests".into()).into());
+        }
+        let params = b.params.unwrap_or_else(|| serde_json::json!({}));
+        let Some(obj) = params.as_object() else {
+            return Err(Error::BadRequest("params must be a JSON object".into()).into());
+        };
+        if let Some(k) = obj.keys().find(|k| k.as_str() == "password") {
+            return Err(Error::BadRequest(format!(
+                "params.{k}: boot jobs are stored and never hold a password; POST /guests/{{id}}/password resets one"
+            ))
+            .into());
+        }
+        let system = catalog::shipped(Kind::Boot, &b.script).is_some();
+        if system && !auth.0.is_admin {
+            return Err(Error::Forbidden(format!(
+                "{} is a system job: only administrators queue it",
+                b.script
+            ))
+            .into());
+        }
+        if !system
+            && state
+                .store
+                .script(Kind::Boot.as_str(), &b.script)
+                .await?
+                .is_none()
+        {
+            return Err(Error::Unprocessable(format!(
+                "boot script {} does not exist (GET /boot-scripts lists them)",
+                b.script
+            ))
+            .into());
+        }
+        let mut rows = Vec::new();
+        for name in &b.guests {
+            let g = state
+                .store
+                .guest(name)
+                .await?
+                .ok_or_else(|| Error::not_found("guest", name.clone()))?;
+            rows.push(g);
+        }
+        let mut tx = state.store.begin().await?;
+        let mut out = Vec::new();
+        for g in &rows {
+            let id = queue(&mut tx, &g.id, &b.script, &params, system, &auth.0.name).await?;
+            let operation_id = if b.run_now {
+                run_now(&state, &mut tx, g, vec![id.clone()], &auth.0.name).await?
+            } else {
+                None
+            };
+            out.push(QueuedJob {
+                id,
+                guest_id: g.id.clone(),
+                operation_id,
+            });
+        }
+        state.store.commit(tx).await?;
+        for j in &out {
+            if let Some(op) = &j.operation_id {
+                state.waker.wake(op);
+            }
+        }
+        Ok(QueueResponse::Accepted(Json(QueuedJobs { jobs: out })))
+    }
+
+    /// A guest's boot jobs, newest first (S14). System jobs only for administrators who
+    /// ask (S21).
+    #[oai(
+        path = "/guests/:id/boot-jobs",
+        method = "get",
+        operation_id = "guest_boot_jobs"
+    )]
+    async fn of_guest(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        /// pending, running, done, failed or cancelled.
+        #[oai(name = "state")]
+        job_state: Query<Option<String>>,
+        #[oai(default)] include_system: Query<bool>,
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
+        limit: Query<i64>,
+        #[oai(default, validator(minimum(value = "0")))] offset: Query<i64>,
+    ) -> ApiResult<Json<Vec<BootJob>>> {
+        if let Some(s) = job_state.0.as_deref() {
+            if !["pending", "running", "done", "failed", "cancelled"].contains(&s) {
+                return Err(Error::BadRequest(format!(
+                    "state {s:?} must be pending, running, done, failed or cancelled"
+                ))
+                .into());
+            }
+        }
+        let g = state
+            .store
+            .guest(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let system = auth.0.is_admin && include_system.0;
+        let rows = state
+            .store
+            .boot_jobs_of(&g.id, job_state.0.as_deref(), system, limit.0, offset.0)
+            .await?;
+        Ok(Json(rows.into_iter().map(job_view).collect()))
+    }
+
+    /// Guests with pending boot jobs (S19).
+    #[oai(
+        path = "/boot-jobs/pending",
+        method = "get",
+        operation_id = "boot_job_pending_guests"
+    )]
+    async fn pending(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        #[oai(default)] include_system: Query<bool>,
+    ) -> ApiResult<Json<Vec<GuestPending>>> {
+        let system = auth.0.is_admin && include_system.0;
+        Ok(Json(
+            state
+                .store
+                .guests_with_pending_jobs(system)
+                .await?
+                .into_iter()
+                .map(|(guest_id, name, n)| GuestPending {
+                    guest_id,
+                    name,
+                    pending: n.max(0) as u32,
+                })
+                .collect(),
+        ))
+    }
+
+    #[oai(path = "/boot-jobs/:id", method = "get", operation_id = "boot_job_get")]
+    async fn get(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Json<BootJob>> {
+        let j = state
+            .store
+            .boot_job(&id)
+            .await?
+            .filter(|j| !j.system || auth.0.is_admin)
+            .ok_or_else(|| Error::not_found("boot job", id.0.clone()))?;
+        Ok(Json(job_view(j)))
+    }
+
+    /// Withdraw a pending boot job.
+    #[oai(
+        path = "/boot-jobs/:id",
+        method = "delete",
+        operation_id = "boot_job_cancel"
+    )]
+    async fn cancel(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<JobCancelled> {
+        let j = state
+            .store
+            .boot_job(&id)
+            .await?
+            .filter(|j| !j.system || auth.0.is_admin)
+            .ok_or_else(|| Error::not_found("boot job", id.0.clone()))?;
+        if !state.store.cancel_boot_job(&j.id).await? {
+            return Err(Error::Conflict {
+                message: format!("boot job {} is {}, not pending", j.id, j.state),
+                details: None,
+            }
+            .into());
+        }
+        Ok(JobCancelled::Cancelled)
+    }
+}
+
+fn default_limit() -> i64 {
+    100
+}

@@ -1,0 +1,367 @@
+//! Changes inside a guest: hostname (S78), password (S12, S46) and IP (S63).
+//!
+//! * The hostname is recorded and the `set-hostname` system job queued: it runs now when the
+//!   guest is running (and free), otherwise at its next boot.
+//! * A password reset queues `reset-password` with the SHA-512 crypt hash: the agent sets
+//!   it with `guest-set-user-password` (crypted), online when the guest runs. A generated
+//!   password (24 characters from 62) is returned in this one answer and nowhere else;
+//!   corral keeps only the hash.
+//! * An IP change is the `guest.change_ip` operation (see `saga::changeip`). The request is
+//!   checked here first, so a taken, reserved or disabled address is a 409 at once.
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::bootjobs::{queue, run_now};
+use super::error::{ApiResult, Error};
+use super::guests::{accepted, OpResponse};
+use super::operations::{start_op, Target};
+use super::{AppState, Auth};
+use crate::controller::alloc;
+use crate::controller::saga::changeip::ChangeIpPayload;
+use crate::controller::saga::steps::random_secret;
+use crate::controller::store::{self as st, GuestRow};
+use crate::guestinit::{check_user, crypt_password};
+use crate::model::now_ms;
+use crate::script::guest::check_hostname;
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct UpdateGuest {
+    /// New hostname inside the guest (S78): recorded, and set in the guest now when it is
+    /// running, otherwise at its next boot.
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct GuestChange {
+    pub guest_id: String,
+    /// The boot job that applies the change in the guest.
+    pub boot_job_id: Option<String>,
+    /// The run started now (the guest is running); absent: at its next boot.
+    pub operation_id: Option<String>,
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct ResetPassword {
+    /// Account; default `root`.
+    pub user: Option<String>,
+    /// The new password. Give this or `generate: true`.
+    #[oai(write_only)]
+    pub password: Option<String>,
+    /// Generate a strong random password and return it (once) in the answer.
+    #[oai(default)]
+    pub generate: bool,
+}
+
+#[derive(Debug, Object)]
+pub struct PasswordReset {
+    pub guest_id: String,
+    pub boot_job_id: String,
+    pub operation_id: Option<String>,
+    /// The generated password: shown this once, never stored.
+    pub password: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum PasswordResponse {
+    /// Queued; it runs now when the guest is running (follow `operation_id`).
+    #[oai(status = 202)]
+    Accepted(Json<PasswordReset>),
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct ChangeIp {
+    /// The new address; absent: the next free address of the guest's pool.
+    pub ip: Option<String>,
+}
+
+async fn guest(state: &AppState, id: &str) -> Result<GuestRow, Error> {
+    state
+        .store
+        .guest(id)
+        .await?
+        .ok_or_else(|| Error::not_found("guest", id))
+}
+
+pub struct GuestConfigApi;
+
+#[OpenApi(tag = "super::system::Tag::Guests")]
+impl GuestConfigApi {
+    /// Change a guest's settings inside it: the hostname (S78).
+    #[oai(path = "/guests/:id", method = "patch", operation_id = "guest_update")]
+    async fn update(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<UpdateGuest>,
+    ) -> ApiResult<Json<GuestChange>> {
+        let g = guest(&state, &id).await?;
+        let Some(hostname) = body.0.hostname else {
+            return Ok(Json(GuestChange {
+                guest_id: g.id,
+                boot_job_id: None,
+                operation_id: None,
+            }));
+        };
+        check_hostname(&hostname).map_err(Error::BadRequest)?;
+        if matches!(g.state.as_str(), "creating" | "deleting") {
+            return Err(Error::Conflict {
+                message: format!(
+                    "guest {} is {}; change it once that is done",
+                    g.name, g.state
+                ),
+                details: None,
+            }
+            .into());
+        }
+        let mut tx = state.store.begin().await?;
+        sqlx::query("UPDATE guests SET hostname = ?, updated_at = ? WHERE id = ?")
+            .bind(&hostname)
+            .bind(now_ms())
+            .bind(&g.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(st::StoreError::from)?;
+        let params = serde_json::json!({ "hostname": hostname });
+        let job = queue(&mut tx, &g.id, "set-hostname", &params, true, &auth.0.name).await?;
+        let op = run_now(&state, &mut tx, &g, vec![job.clone()], &auth.0.name).await?;
+        st::events::append(
+            &mut tx,
+            "guest.hostname",
+            &g.id,
+            &serde_json::json!({"guest_id": g.id, "hostname": hostname, "boot_job_id": job}),
+        )
+        .await?;
+        state.store.commit(tx).await?;
+        if let Some(op) = &op {
+            state.waker.wake(op);
+        }
+        Ok(Json(GuestChange {
+            guest_id: g.id,
+            boot_job_id: Some(job),
+            operation_id: op,
+        }))
+    }
+
+    /// Reset a password inside the guest (S12, S46), online when it runs.
+    #[oai(
+        path = "/guests/:id/password",
+        method = "post",
+        operation_id = "guest_reset_password"
+    )]
+    async fn reset_password(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<ResetPassword>,
+    ) -> ApiResult<PasswordResponse> {
+        let g = guest(&state, &id).await?;
+        let b = body.0;
+        let user = b.user.unwrap_or_else(|| "root".into());
+        check_user(&user).map_err(Error::BadRequest)?;
+        if g.os_type == "windows" {
+            return Err(Error::Unprocessable(
+                "Windows guests cannot take a crypt hash and corral never sends a plain password; reset it inside Windows".into(),
+            )
+            .into());
+        }
+        let (password, shown) = match (b.password, b.generate) {
+            (Some(_), true) => {
+                return Err(
+                    Error::BadRequest("give password or generate: true, not both".into()).into(),
+                )
+            }
+            (None, false) => {
+                return Err(Error::BadRequest("give password, or generate: true".into()).into())
+            }
+            (Some(p), false) if p.len() < 8 => {
+                return Err(
+                    Error::BadRequest("password must be at least 8 characters".into()).into(),
+                )
+            }
+            (Some(p), false) => (p, None),
+            (None, true) => {
+                let p = random_secret(24);
+                (p.clone(), Some(p))
+            }
+        };
+        let hash = crypt_password(&password).map_err(|e| Error::Unavailable(e.to_string()))?;
+        drop(password);
+        if matches!(g.state.as_str(), "creating" | "deleting") {
+            return Err(Error::Conflict {
+                message: format!(
+                    "guest {} is {}; reset the password once that is done",
+                    g.name, g.state
+                ),
+                details: None,
+            }
+            .into());
+        }
+        let mut tx = state.store.begin().await?;
+        let params = serde_json::json!({ "user": user, "password_hash": hash });
+        let job = queue(
+            &mut tx,
+            &g.id,
+            "reset-password",
+            &params,
+            true,
+            &auth.0.name,
+        )
+        .await?;
+        let op = run_now(&state, &mut tx, &g, vec![job.clone()], &auth.0.name).await?;
+        state.store.commit(tx).await?;
+        if let Some(op) = &op {
+            state.waker.wake(op);
+        }
+        Ok(PasswordResponse::Accepted(Json(PasswordReset {
+            guest_id: g.id,
+            boot_job_id: job,
+            operation_id: op,
+            password: shown,
+        })))
+    }
+
+    /// Move a guest to another IP (S63): from its pool, or an address given by hand (409
+    /// when a guest or a reservation holds it). Record, pool and guest change together.
+    #[oai(
+        path = "/guests/:id/change-ip",
+        method = "post",
+        operation_id = "guest_change_ip"
+    )]
+    async fn change_ip(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<ChangeIp>,
+    ) -> ApiResult<OpResponse> {
+        let g = guest(&state, &id).await?;
+        if g.ip.is_none() || g.mac.is_none() {
+            return Err(
+                Error::Unprocessable(format!("guest {} has no address to change", g.name)).into(),
+            );
+        }
+        match &body.ip {
+            Some(addr) => precheck_manual(&state, &g, addr).await?,
+            None => {
+                let Some(pid) = &g.pool_id else {
+                    return Err(Error::Unprocessable(format!(
+                        "guest {} has no IP pool: give ip",
+                        g.name
+                    ))
+                    .into());
+                };
+                let pool = state
+                    .store
+                    .pools()
+                    .await?
+                    .into_iter()
+                    .find(|p| &p.id == pid);
+                if let Some(p) = pool {
+                    let range = alloc::load_pool(&state.store, &p)
+                        .await
+                        .map_err(|e| Error::Unprocessable(e.to_string()))?;
+                    if range.size() <= state.store.pool_used(&p.id).await? as u64 {
+                        return Err(Error::Conflict {
+                            message: format!(
+                                "IP pool {} has no free address; add a range or give ip",
+                                p.name
+                            ),
+                            details: None,
+                        }
+                        .into());
+                    }
+                }
+            }
+        }
+        let payload = serde_json::to_value(ChangeIpPayload {
+            address: body.0.ip,
+            ..Default::default()
+        })
+        .map_err(st::StoreError::from)?;
+        let mut tx = state.store.begin().await?;
+        let op = start_op(
+            &state,
+            &mut tx,
+            "guest.change_ip",
+            Target::Guest(&g.id),
+            payload,
+            &auth.0.name,
+            true,
+        )
+        .await?;
+        state.store.commit(tx).await?;
+        state.waker.wake(&op.id);
+        Ok(accepted(g.id, &op.id))
+    }
+}
+
+/// The 409s and 422s of a hand-given address, before any operation starts.
+async fn precheck_manual(state: &AppState, g: &GuestRow, addr: &str) -> Result<(), Error> {
+    let ip: std::net::Ipv4Addr = addr
+        .parse()
+        .map_err(|_| Error::BadRequest(format!("ip {addr:?} is not an IPv4 address")))?;
+    if g.ip.as_deref() == Some(addr) {
+        return Err(Error::Unprocessable(format!(
+            "guest {} already has {addr}",
+            g.name
+        )));
+    }
+    let holder: Option<(String, String)> = sqlx::query_as(
+        "SELECT l.guest_id, COALESCE(g.name, l.guest_id) FROM ip_leases l LEFT JOIN guests g ON g.id = l.guest_id WHERE l.ip = ?",
+    )
+    .bind(addr)
+    .fetch_optional(state.store.pool())
+    .await
+    .map_err(st::StoreError::from)?;
+    if let Some((gid, name)) = holder {
+        return Err(Error::Conflict {
+            message: format!("IP {addr} is used by guest {name}"),
+            details: Some(serde_json::json!({"guest_id": gid})),
+        });
+    }
+    let mark: Option<(String, String)> =
+        sqlx::query_as("SELECT state, note FROM ip_marks WHERE ip = ?")
+            .bind(addr)
+            .fetch_optional(state.store.pool())
+            .await
+            .map_err(st::StoreError::from)?;
+    if let Some((s, note)) = mark {
+        return Err(Error::Conflict {
+            message: format!(
+                "IP {addr} is {s}{}",
+                if note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({note})")
+                }
+            ),
+            details: Some(serde_json::json!({"state": s})),
+        });
+    }
+    for p in state.store.pools().await? {
+        let range = alloc::load_pool(&state.store, &p)
+            .await
+            .map_err(|e| Error::Unprocessable(e.to_string()))?;
+        if range.net.contains(&ip) {
+            if ip == range.net.network() || ip == range.net.broadcast() || Some(ip) == range.gateway
+            {
+                return Err(Error::Unprocessable(format!(
+                    "{ip} is the network, broadcast or gateway address of pool {}",
+                    p.name
+                )));
+            }
+            return Ok(());
+        }
+    }
+    Err(Error::Unprocessable(format!(
+        "{ip} is not inside any IP pool's network"
+    )))
+}

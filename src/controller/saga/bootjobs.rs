@@ -1,0 +1,244 @@
+//! Boot jobs (S12, S13, S14, S18, S19, S21, S78): Rhai scripts that produce guest-agent
+//! actions, queued per guest and run by a `guest.boot_jobs` operation:
+//!
+//! 1. `claim` (controller): the guest's pending jobs (or the ones the request named) are
+//!    evaluated with the guest's current facts and marked `running` under this operation,
+//!    their actions stored. A job whose script fails is marked `failed` with the script's
+//!    error at once; it would fail the same way at every boot. Undo puts the claimed jobs
+//!    back to `pending` with the reason, so a run that could not reach the guest loses
+//!    nothing.
+//! 2. `run` (node): one agent run, one batch per job (see `node::agent`).
+//! 3. `complete` (controller): each job `done` or `failed` with its per-action results;
+//!    a successful password reset or key injection also updates the guest's init secrets,
+//!    so a later seed rebuild does not bring the old password back.
+//! 4. `refresh_seed` (node): the seed is rebuilt from the current record (hostname, IP,
+//!    password hash), for images that read it at every boot.
+//!
+//! When does a run start? At once when the caller asks and the guest runs; otherwise at its
+//! next boot: a guest seen entering `running` (libvirt's lifecycle event, or a start,
+//! reboot or create that succeeded) gets `boot_pending`, and the engine's sweep starts a
+//! run for it once it is free ([`start_due_runs`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::initplan::{guest_facts, plan_for, script_source};
+use super::launch::{create_op, LaunchError, Target};
+use super::steps::StepError;
+use crate::controller::store::{self as st, OpRow, Store, StoreError, Tx};
+use crate::guestinit::AgentAction;
+use crate::jobs::Catalog;
+use crate::model::{AgentBatch, AgentReport, NodeAction};
+use crate::script::catalog::Kind;
+use crate::script::Scripts;
+
+/// How long a run waits for the agent of a guest that just booted.
+pub const AGENT_WAIT_SECS: u64 = 300;
+
+/// Payload of `guest.boot_jobs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunPayload {
+    /// Only these jobs (a "run now" request); None: every pending job of the guest.
+    #[serde(default)]
+    pub job_ids: Option<Vec<String>>,
+}
+
+pub async fn claim(
+    tx: &mut Tx<'_>,
+    scripts: &Scripts,
+    op: &OpRow,
+    g: &st::GuestRow,
+) -> Result<(), StepError> {
+    let p: RunPayload = serde_json::from_str(&op.payload).unwrap_or_default();
+    let facts = guest_facts(tx, g, None).await?;
+    for job in st::pending_jobs_in(tx, &g.id).await? {
+        if p.job_ids.as_ref().is_some_and(|ids| !ids.contains(&job.id)) {
+            continue;
+        }
+        let params: serde_json::Value =
+            serde_json::from_str(&job.params).unwrap_or(serde_json::Value::Null);
+        let evaluated = match script_source(tx, Kind::Boot, &job.script).await? {
+            None => Err(format!("boot script {} no longer exists", job.script)),
+            Some(source) => scripts
+                .actions(&job.script, &source, &facts, &params)
+                .map_err(|e| e.to_string()),
+        };
+        match evaluated {
+            Ok(actions) => {
+                let json = serde_json::to_string(&actions).map_err(StoreError::from)?;
+                st::claim_job(tx, &job.id, &op.id, &json).await?;
+            }
+            Err(e) => st::end_job(tx, &job.id, "failed", None, Some(&e)).await?,
+        }
+    }
+    Ok(())
+}
+
+pub async fn unclaim(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StepError> {
+    let reason = op
+        .step_records()
+        .ok()
+        .and_then(|s| s.into_iter().rev().find_map(|s| s.error))
+        .unwrap_or_else(|| "the run was undone".into());
+    st::release_jobs(tx, &op.id, &reason).await?;
+    Ok(())
+}
+
+/// The node action of `run`: one batch per claimed job. None when nothing was claimed.
+pub async fn run_action(
+    tx: &mut Tx<'_>,
+    op: &OpRow,
+    g: &st::GuestRow,
+) -> Result<Option<NodeAction>, StepError> {
+    let jobs = st::jobs_of_op_in(tx, &op.id).await?;
+    if jobs.is_empty() {
+        return Ok(None);
+    }
+    let batches = jobs
+        .into_iter()
+        .map(|j| {
+            let actions: Vec<AgentAction> =
+                serde_json::from_str(j.actions.as_deref().unwrap_or("[]")).unwrap_or_default();
+            AgentBatch { id: j.id, actions }
+        })
+        .collect();
+    Ok(Some(NodeAction::AgentRun {
+        guest_id: g.id.clone(),
+        batches,
+        wait_secs: AGENT_WAIT_SECS,
+        strict: false,
+    }))
+}
+
+pub async fn complete(tx: &mut Tx<'_>, op: &OpRow, g: &st::GuestRow) -> Result<(), StepError> {
+    let report: AgentReport = op
+        .step_records()
+        .ok()
+        .and_then(|s| s.into_iter().find(|s| s.name == "run"))
+        .and_then(|s| s.output)
+        .and_then(|o| serde_json::from_value(o).ok())
+        .unwrap_or_default();
+    let mut secrets = g.secrets();
+    let mut secrets_changed = false;
+    for job in st::jobs_of_op_in(tx, &op.id).await? {
+        let batch = report.batches.iter().find(|b| b.id == job.id);
+        let results = batch
+            .map(|b| serde_json::to_string(&b.results))
+            .transpose()
+            .map_err(StoreError::from)?;
+        let (state, error) = match batch {
+            Some(b) if b.ok => ("done", None),
+            Some(b) => ("failed", b.error.clone()),
+            None => (
+                "failed",
+                Some("the node did not report this job".to_string()),
+            ),
+        };
+        st::end_job(tx, &job.id, state, results.as_deref(), error.as_deref()).await?;
+        if state == "done" && job.system {
+            let params: serde_json::Value = serde_json::from_str(&job.params).unwrap_or_default();
+            match job.script.as_str() {
+                "reset-password" => {
+                    if let Some(h) = params["password_hash"].as_str() {
+                        secrets.password_hash = Some(h.to_string());
+                        secrets_changed = true;
+                    }
+                }
+                "inject-ssh-keys" => {
+                    for k in params["keys"].as_array().into_iter().flatten() {
+                        if let Some(k) = k
+                            .as_str()
+                            .filter(|k| !secrets.ssh_keys.iter().any(|s| s == k))
+                        {
+                            secrets.ssh_keys.push(k.to_string());
+                            secrets_changed = true;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if secrets_changed {
+        sqlx::query("UPDATE guests SET init_secrets = ? WHERE id = ?")
+            .bind(serde_json::to_string(&secrets).map_err(StoreError::from)?)
+            .bind(&g.id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The node action of a seed rebuild from the current record (None: the guest has no seed).
+pub async fn refresh_seed_action(
+    tx: &mut Tx<'_>,
+    scripts: &Scripts,
+    g: &st::GuestRow,
+    ip: Option<(&str, &str)>,
+) -> Result<Option<NodeAction>, StepError> {
+    let disks = st::disks_of_in(tx, &g.id).await?;
+    let Some(seed) = disks.into_iter().find(|d| d.kind == "seed") else {
+        return Ok(None);
+    };
+    let plan = plan_for(tx, scripts, g, ip).await?;
+    Ok(Some(NodeAction::BuildSeed {
+        path: seed.path,
+        plan: Box::new(plan),
+        replace: true,
+    }))
+}
+
+/// Starts a boot-job run for each guest that booted and is free (called by the engine's
+/// sweep). Returns the operations it created, to wake them.
+pub async fn start_due_runs(store: &Store, catalog: &Catalog) -> Result<Vec<String>, StoreError> {
+    let due: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM guests WHERE boot_pending = 1 AND lock_op IS NULL LIMIT 64")
+            .fetch_all(store.pool())
+            .await?;
+    let mut started = Vec::new();
+    for (guest,) in due {
+        let mut tx = store.begin().await?;
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT state, lock_op FROM guests WHERE id = ? AND boot_pending = 1")
+                .bind(&guest)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((state, None)) = row else {
+            continue;
+        };
+        sqlx::query("UPDATE guests SET boot_pending = 0 WHERE id = ?")
+            .bind(&guest)
+            .execute(&mut *tx)
+            .await?;
+        if state == "running" && st::has_pending_jobs(&mut tx, &guest).await? {
+            match create_op(
+                catalog,
+                &mut tx,
+                "guest.boot_jobs",
+                Target::Guest(&guest),
+                serde_json::json!({}),
+                "corral",
+                true,
+            )
+            .await
+            {
+                Ok(op) => started.push(op.id),
+                Err(LaunchError::Store(e)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(guest, "boot jobs not started: {e}");
+                    continue;
+                }
+            }
+        }
+        store.commit(tx).await?;
+    }
+    Ok(started)
+}
+
+/// Marks a guest as just booted: its pending boot jobs run once it is free.
+pub async fn mark_booted(tx: &mut Tx<'_>, guest: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET boot_pending = 1 WHERE id = ?")
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! Changing a guest's IP (S63) as one `guest.change_ip` operation, so the record, the
+//! guest's network configuration and the pool change together or not at all:
+//!
+//! 1. `reserve` (controller): lease the new address: the next free one of the guest's pool,
+//!    or the one asked for, refused when any guest holds it or it is reserved or disabled.
+//!    Undo releases it.
+//! 2. `refresh_seed` (node): rebuild the seed with the new address. Undo rebuilds it from
+//!    the record (the old address).
+//! 3. `apply` (node, only when the guest runs): the shipped `change-ip` boot script through
+//!    the guest agent: the interface found by MAC moves to the new address, and the
+//!    persistent network files corral's profiles wrote follow. Undo moves it back.
+//! 4. `commit` (controller): the record takes the new address and the old lease is dropped.
+//!    The old address becomes allocatable again only if it lies inside the pool's ranges
+//!    (an address set by hand outside them is simply forgotten). A guest that is not
+//!    running gets the `change-ip` boot job for its next boot instead of step 3.
+
+use serde::{Deserialize, Serialize};
+
+use super::initplan::{guest_facts, script_source};
+use super::steps::StepError;
+use crate::controller::alloc::{self, AllocError};
+use crate::controller::store::{self as st, events, GuestRow, OpRow, StoreError, Tx};
+use crate::model::{new_id, now_ms, AgentBatch, NodeAction};
+use crate::script::catalog::Kind;
+use crate::script::Scripts;
+
+/// Payload of `guest.change_ip`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChangeIpPayload {
+    /// The address asked for; None: the next free one of the guest's pool.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Filled by `reserve`: the leased address and its pool.
+    #[serde(default)]
+    pub new_ip: Option<String>,
+    #[serde(default)]
+    pub pool_id: Option<String>,
+}
+
+fn payload(op: &OpRow) -> ChangeIpPayload {
+    serde_json::from_str(&op.payload).unwrap_or_default()
+}
+
+pub async fn reserve(tx: &mut Tx<'_>, op: &mut OpRow, g: &GuestRow) -> Result<(), StepError> {
+    let mut p = payload(op);
+    if p.new_ip.is_some() {
+        return Ok(()); // already reserved by an earlier run of this step
+    }
+    let pools = st::pools_in(tx).await?;
+    let (pool, ip) = match &p.address {
+        Some(addr) => lease_manual(tx, &pools, addr, &g.id).await?,
+        None => {
+            let own: Vec<st::PoolRow> = pools
+                .into_iter()
+                .filter(|x| Some(&x.id) == g.pool_id.as_ref())
+                .collect();
+            if own.is_empty() {
+                return Err(StepError::Permanent(format!(
+                    "guest {} has no IP pool: give an address",
+                    g.name
+                )));
+            }
+            let (pool, ip) = alloc::allocate_ip(tx, &own, None, &g.id).await?;
+            (pool.id, ip.to_string())
+        }
+    };
+    p.new_ip = Some(ip);
+    p.pool_id = Some(pool);
+    op.payload = serde_json::to_string(&p).map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Leases an address given by hand: inside a pool's network, not its network, broadcast or
+/// gateway address, not held by any guest, not reserved or disabled.
+async fn lease_manual(
+    tx: &mut Tx<'_>,
+    pools: &[st::PoolRow],
+    addr: &str,
+    guest: &str,
+) -> Result<(String, String), StepError> {
+    let ip: std::net::Ipv4Addr = addr
+        .parse()
+        .map_err(|_| StepError::Permanent(format!("{addr:?} is not an IPv4 address")))?;
+    for p in pools {
+        let range = alloc::PoolRange::load(&mut **tx, p).await?;
+        if !range.net.contains(&ip) {
+            continue;
+        }
+        if ip == range.net.network() || ip == range.net.broadcast() || Some(ip) == range.gateway {
+            return Err(StepError::Permanent(format!(
+                "{ip} is the network, broadcast or gateway address of pool {}",
+                p.name
+            )));
+        }
+        if let Some(mark) = alloc::mark_of(tx, ip).await? {
+            return Err(StepError::Permanent(format!(
+                "IP {ip} is {mark} and cannot be handed out"
+            )));
+        }
+        return match alloc::lease_ip(tx, ip, &p.id, guest).await {
+            Ok(()) => Ok((p.id.clone(), ip.to_string())),
+            Err(AllocError::IpInUse(_)) => {
+                Err(StepError::Permanent(format!("IP {ip} is already in use")))
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
+    Err(StepError::Permanent(format!(
+        "{ip} is not inside any IP pool's network"
+    )))
+}
+
+pub async fn unreserve(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepError> {
+    if let Some(ip) = payload(op).new_ip.filter(|ip| Some(ip) != g.ip.as_ref()) {
+        sqlx::query("DELETE FROM ip_leases WHERE ip = ? AND guest_id = ?")
+            .bind(ip)
+            .bind(&g.id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The new address and its pool, once reserved.
+pub fn new_address(op: &OpRow) -> Option<(String, String)> {
+    let p = payload(op);
+    Some((p.new_ip?, p.pool_id?))
+}
+
+/// The `change-ip` boot script's actions, moving the guest from `from` to `to`.
+async fn change_ip_actions(
+    tx: &mut Tx<'_>,
+    scripts: &Scripts,
+    g: &GuestRow,
+    to: (&str, &str),
+    from: Option<(&str, &str)>,
+) -> Result<Vec<crate::guestinit::AgentAction>, StepError> {
+    let params = change_ip_params(tx, g, to, from).await?;
+    let source = script_source(tx, Kind::Boot, "change-ip")
+        .await?
+        .unwrap_or_default();
+    let facts = guest_facts(tx, g, Some(to)).await?;
+    scripts
+        .actions("change-ip", &source, &facts, &params)
+        .map_err(|e| StepError::Permanent(e.to_string()))
+}
+
+/// The parameters of the shipped `change-ip` script.
+pub async fn change_ip_params(
+    tx: &mut Tx<'_>,
+    g: &GuestRow,
+    to: (&str, &str),
+    from: Option<(&str, &str)>,
+) -> Result<serde_json::Value, StepError> {
+    let new = guest_facts(tx, g, Some(to)).await?;
+    let old = match from {
+        Some(f) => guest_facts(tx, g, Some(f)).await?.address,
+        None => None,
+    };
+    Ok(serde_json::json!({
+        "address": new.address, "old_address": old, "gateway": new.gateway,
+        "dns": new.dns, "mac": g.mac,
+    }))
+}
+
+/// `apply` forward (`undo` false) or back: None when the guest does not run.
+pub async fn apply_action(
+    tx: &mut Tx<'_>,
+    scripts: &Scripts,
+    op: &OpRow,
+    g: &GuestRow,
+    undo: bool,
+) -> Result<Option<NodeAction>, StepError> {
+    let (Some((ip, pool)), Some(old_ip), Some(old_pool)) =
+        (new_address(op), g.ip.clone(), g.pool_id.clone())
+    else {
+        return Ok(None);
+    };
+    if g.state != "running" {
+        return Ok(None);
+    }
+    let (to, from) = if undo {
+        (
+            (old_ip.as_str(), old_pool.as_str()),
+            (ip.as_str(), pool.as_str()),
+        )
+    } else {
+        (
+            (ip.as_str(), pool.as_str()),
+            (old_ip.as_str(), old_pool.as_str()),
+        )
+    };
+    let actions = change_ip_actions(tx, scripts, g, to, Some(from)).await?;
+    Ok(Some(NodeAction::AgentRun {
+        guest_id: g.id.clone(),
+        batches: vec![AgentBatch {
+            id: "change-ip".into(),
+            actions,
+        }],
+        wait_secs: 30,
+        strict: !undo,
+    }))
+}
+
+pub async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepError> {
+    let Some((ip, pool)) = new_address(op) else {
+        return Err(StepError::Permanent("no address was reserved".into()));
+    };
+    let old = g.ip.clone();
+    if let Some(old) = &old {
+        if *old != ip {
+            sqlx::query("DELETE FROM ip_leases WHERE ip = ? AND guest_id = ?")
+                .bind(old)
+                .bind(&g.id)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    let returned = match (&old, &g.pool_id) {
+        (Some(old), Some(pid)) => match st::pool_in(tx, pid).await? {
+            Some(p) => {
+                let range = alloc::PoolRange::load(&mut **tx, &p).await?;
+                old.parse().map(|a| range.contains(a)).unwrap_or(false)
+            }
+            None => false,
+        },
+        _ => false,
+    };
+    sqlx::query("UPDATE guests SET ip = ?, pool_id = ?, updated_at = ? WHERE id = ?")
+        .bind(&ip)
+        .bind(&pool)
+        .bind(now_ms())
+        .bind(&g.id)
+        .execute(&mut **tx)
+        .await?;
+    // A guest that is not running learns its new address at its next boot.
+    let queued = if g.state != "running" {
+        let (Some(old_ip), Some(old_pool)) = (old.clone(), g.pool_id.clone()) else {
+            return Ok(());
+        };
+        let params = change_ip_params(
+            tx,
+            g,
+            (ip.as_str(), pool.as_str()),
+            Some((old_ip.as_str(), old_pool.as_str())),
+        )
+        .await?;
+        let job = st::BootJobRow {
+            id: new_id(),
+            guest_id: g.id.clone(),
+            script: "change-ip".into(),
+            params: params.to_string(),
+            system: true,
+            state: "pending".into(),
+            operation_id: None,
+            actions: None,
+            results: None,
+            error: None,
+            attempts: 0,
+            requested_by: op.requested_by.clone(),
+            created_at: now_ms(),
+            finished_at: None,
+        };
+        st::insert_boot_job(tx, &job).await?;
+        Some(job.id)
+    } else {
+        None
+    };
+    events::append(
+        tx,
+        "guest.ip",
+        &g.id,
+        &serde_json::json!({"guest_id": g.id, "ip": ip, "pool_id": pool, "old_ip": old,
+                            "old_ip_returned_to_pool": returned, "boot_job_id": queued}),
+    )
+    .await?;
+    Ok(())
+}

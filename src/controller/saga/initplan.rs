@@ -1,0 +1,111 @@
+//! A guest's init plan, from its OS-init profile: the facts a profile sees, built from the
+//! guest's record, its pool and template, and the script's source (shipped or stored).
+//!
+//! The plan is computed where it is needed (the seed build, the agent delivery, a seed
+//! rebuild after a hostname or IP change), always from the current record, so a re-run
+//! step produces the same seed as the first run.
+
+use super::steps::StepError;
+use crate::controller::store::{self as st, GuestRow, Tx};
+use crate::guestinit::InitPlan;
+use crate::script::catalog::{self, Kind};
+use crate::script::guest::{GuestFacts, TemplateFacts};
+use crate::script::hostapi::netmask;
+use crate::script::Scripts;
+
+/// The source of a shipped or stored script.
+pub async fn script_source(
+    tx: &mut Tx<'_>,
+    kind: Kind,
+    name: &str,
+) -> Result<Option<String>, StepError> {
+    if let Some(s) = catalog::shipped(kind, name) {
+        return Ok(Some(s.to_string()));
+    }
+    Ok(st::script_in(tx, kind.as_str(), name)
+        .await?
+        .map(|r| r.source))
+}
+
+pub fn profile_of(g: &GuestRow) -> String {
+    g.os_init_profile
+        .clone()
+        .unwrap_or_else(|| catalog::default_profile(&g.os_type).to_string())
+}
+
+/// What a script knows about `g`; `ip` overrides the recorded address (an IP change).
+pub async fn guest_facts(
+    tx: &mut Tx<'_>,
+    g: &GuestRow,
+    ip: Option<(&str, &str)>,
+) -> Result<GuestFacts, StepError> {
+    let (ip, pool_id) = match ip {
+        Some((ip, pool)) => (Some(ip.to_string()), Some(pool.to_string())),
+        None => (g.ip.clone(), g.pool_id.clone()),
+    };
+    let mut f = GuestFacts {
+        id: g.id.clone(),
+        name: g.name.clone(),
+        hostname: g.hostname.clone(),
+        os_type: g.os_type.clone(),
+        profile: profile_of(g),
+        mac: g.mac.clone(),
+        user: if g.os_type == "windows" {
+            "Administrator".into()
+        } else {
+            "root".into()
+        },
+        template: TemplateFacts {
+            name: String::new(),
+            path: g.template_path.clone(),
+            os_type: g.os_type.clone(),
+        },
+        ..GuestFacts::default()
+    };
+    let secrets = g.secrets();
+    f.password_hash = secrets.password_hash;
+    f.ssh_keys = secrets.ssh_keys;
+    let t: Option<(String,)> = sqlx::query_as("SELECT name FROM templates WHERE id = ?")
+        .bind(&g.template_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some((name,)) = t {
+        f.template.name = name;
+    }
+    if let (Some(ip), Some(pool_id)) = (ip, pool_id) {
+        let pool = st::pool_in(tx, &pool_id)
+            .await?
+            .ok_or_else(|| StepError::Permanent(format!("IP pool {pool_id} vanished")))?;
+        let prefix: i64 = pool
+            .cidr
+            .split('/')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| StepError::Permanent(format!("pool {} has a bad cidr", pool.name)))?;
+        f.address = Some(format!("{ip}/{prefix}"));
+        f.ip = Some(ip);
+        f.prefix = Some(prefix);
+        f.netmask = Some(netmask(prefix));
+        f.gateway = pool.gateway.clone();
+        f.dns = pool.dns_list();
+    }
+    Ok(f)
+}
+
+/// Runs the guest's profile. A script error is permanent: it names the script and the
+/// line, and retrying would give the same answer.
+pub async fn plan_for(
+    tx: &mut Tx<'_>,
+    scripts: &Scripts,
+    g: &GuestRow,
+    ip: Option<(&str, &str)>,
+) -> Result<InitPlan, StepError> {
+    let profile = profile_of(g);
+    let source = script_source(tx, Kind::Profile, &profile)
+        .await?
+        .ok_or_else(|| StepError::Permanent(format!("OS-init profile {profile} does not exist")))?;
+    let facts = guest_facts(tx, g, ip).await?;
+    scripts
+        .plan(&profile, &source, &facts)
+        .map_err(|e| StepError::Permanent(e.to_string()))
+}

@@ -1,0 +1,81 @@
+//! Creating an operation: the row, the guest's lock, and the "pending" event, in the
+//! caller's transaction. The API uses it for requests; the controller itself uses it for
+//! the operations it starts on its own (boot-job runs after a guest boots).
+
+use crate::controller::store::{self as st, events, OpRow, StoreError, Tx};
+use crate::jobs::Catalog;
+use crate::model::{new_id, now_ms, OpState};
+
+pub enum Target<'a> {
+    Guest(&'a str),
+    Node(&'a str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("unknown operation kind {0}")]
+    UnknownKind(String),
+    /// The guest is held by another operation (named).
+    #[error("guest {guest} is busy with operation {holder}; wait for it or cancel it")]
+    Busy { guest: String, holder: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub async fn create_op(
+    catalog: &Catalog,
+    tx: &mut Tx<'_>,
+    kind: &str,
+    target: Target<'_>,
+    payload: serde_json::Value,
+    user: &str,
+    lock: bool,
+) -> Result<OpRow, LaunchError> {
+    let (guest, node) = match target {
+        Target::Guest(g) => (Some(g), None),
+        Target::Node(n) => (None, Some(n)),
+    };
+    let def = catalog
+        .get(kind)
+        .ok_or_else(|| LaunchError::UnknownKind(kind.to_string()))?;
+    let now = now_ms();
+    let op = OpRow {
+        id: new_id(),
+        kind: kind.into(),
+        guest_id: guest.map(String::from),
+        node_id: node.map(String::from),
+        state: OpState::Pending.as_str().into(),
+        steps: serde_json::to_string(&super::new_steps(def)).map_err(StoreError::from)?,
+        cursor: 0,
+        payload: payload.to_string(),
+        stage: "queued".into(),
+        percent: 0,
+        message: String::new(),
+        error: None,
+        cancel_requested: false,
+        inflight_node: None,
+        requested_by: user.into(),
+        created_at: now,
+        started_at: None,
+        updated_at: now,
+        finished_at: None,
+    };
+    st::insert_op(tx, &op).await?;
+    if let (true, Some(guest)) = (lock, guest) {
+        if let Err(holder) = st::lock_guest(tx, guest, &op.id).await? {
+            return Err(LaunchError::Busy {
+                guest: guest.to_string(),
+                holder,
+            });
+        }
+    }
+    events::append(
+        tx,
+        "operation",
+        &op.id,
+        &serde_json::json!({"operation_id": op.id, "kind": kind, "guest_id": guest, "node_id": node, "state": "pending",
+                            "stage": "queued", "percent": 0, "requested_by": user}),
+    )
+    .await?;
+    Ok(op)
+}
