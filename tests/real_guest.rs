@@ -229,7 +229,8 @@ async fn tcg_cloud(bridge: &Bridge, vnc_base: u16) -> Cloud {
     let (s, v) = cloud
         .post(
             "/templates",
-            json!({"name": "gi", "path": img, "os_type": "linux", "min_memory_mib": 96}),
+            json!({"name": "gi", "path": img, "os_type": "linux", "min_memory_mib": 96,
+                   "os_init_profile": "test-guest"}),
         )
         .await;
     assert_eq!(s, 201, "{v}");
@@ -573,5 +574,231 @@ async fn two_guests_on_a_pool_network_see_their_addresses_and_reach_the_gateway(
         );
     }
     assert_eq!(sweep.left(), Vec::<String>::new());
+    cloud.assert_no_leaks().await;
+}
+
+const NET_D: (&str, &str, &str, &str) = (
+    "198.51.100.49/28",
+    "198.51.100.48/28",
+    "198.51.100.50",
+    "198.51.100.54",
+);
+
+fn addresses(dom: &str) -> Vec<String> {
+    agent(dom, json!({"execute": "guest-network-get-interfaces"}))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["ip-addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["ip-address"].as_str().map(String::from))
+        .collect()
+}
+
+fn root_hash(dom: &str) -> String {
+    let shadow = guest_exec(dom, "/bin/cat", &["/etc/shadow"]);
+    let line = shadow.lines().find(|l| l.starts_with("root:")).unwrap();
+    line.split(':').nth(1).unwrap().to_string()
+}
+
+/// Follows an accepted change to its run, which must succeed; returns the run.
+async fn run_succeeds(cloud: &Cloud, accepted: &Value) -> Value {
+    let op = accepted["operation_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run started: {accepted}"));
+    let op = cloud.wait_op(op).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    op
+}
+
+/// The OS-init profile, password reset, hostname and IP changes, and a boot job queued while
+/// the guest is off: each checked inside a real guest through its agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_and_boot_jobs_change_a_real_guest() {
+    if !libvirt_ready() {
+        return;
+    }
+    let (gw_cidr, cidr, first, last) = NET_D;
+    let gw = gw_cidr.split('/').next().unwrap();
+    let bridge = Bridge::new(gw_cidr);
+    let cloud = tcg_cloud(&bridge, 6035).await;
+    let (s, v) = cloud
+        .post(
+            "/ip-pools",
+            json!({"name": "dnet", "cidr": cidr, "range_start": first, "range_end": last,
+                   "gateway": gw, "dns": [gw]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let name = format!("bj{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let _sweep = DomainSweep(name.clone());
+    let (gid, op) = cloud
+        .create(json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 128, "password": "first-pw-1"}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    wait_agent(&name, Duration::from_secs(180));
+
+    // The test-guest profile's plan, all of it: hostname, password, address, file, command.
+    let g = cloud.get(&format!("/guests/{gid}")).await.1;
+    let ip = g["ip"].as_str().unwrap().to_string();
+    let host = agent(&name, json!({"execute": "guest-get-host-name"})).unwrap();
+    assert_eq!(host["host-name"], json!(name));
+    assert!(sha_crypt::sha512_check("first-pw-1", &root_hash(&name)).is_ok());
+    assert!(addresses(&name).contains(&ip));
+    let marker = guest_exec(&name, "/bin/cat", &["/etc/corral-guest"]);
+    assert!(marker.contains(&format!("id={gid}")), "{marker}");
+    let log = guest_exec(&name, "/bin/cat", &["/run/corral-init.log"]);
+    assert!(log.contains("profile=test-guest"), "{log}");
+
+    // Online password reset with a generated password (S12, S46).
+    let (s, v) = cloud
+        .post(
+            &format!("/guests/{gid}/password"),
+            json!({"generate": true}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let pw = v["password"].as_str().unwrap().to_string();
+    let run = run_succeeds(&cloud, &v).await;
+    let hash = root_hash(&name);
+    assert!(
+        sha_crypt::sha512_check(&pw, &hash).is_ok(),
+        "root hash {hash} is not the new password"
+    );
+    let out = &run["steps"][1]["output"];
+    eprintln!(
+        "password reset: agent answered after {} ms, jobs done in {} ms",
+        out["agent_wait_ms"], out["run_ms"]
+    );
+
+    // Hostname (S78).
+    let new_host = format!("{name}-renamed");
+    let (s, v) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/guests/{gid}"),
+            Some(json!({"hostname": new_host})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    run_succeeds(&cloud, &v).await;
+    let host = agent(&name, json!({"execute": "guest-get-host-name"})).unwrap();
+    assert_eq!(host["host-name"], json!(new_host));
+
+    // IP from the pool, then by hand; a reserved address is refused with 409 (S63).
+    let (s, v) = cloud
+        .post(&format!("/guests/{gid}/change-ip"), json!({}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    run_succeeds(&cloud, &v).await;
+    let ip2 = cloud.get(&format!("/guests/{gid}")).await.1["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(ip2, ip);
+    let inside = addresses(&name);
+    assert!(
+        inside.contains(&ip2) && !inside.contains(&ip),
+        "{inside:?}: want {ip2}, not {ip}"
+    );
+    let (s, _) = cloud
+        .post(
+            "/ip-pools/dnet/addresses/state",
+            json!({"start": "198.51.100.54", "state": "reserved"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = cloud
+        .post(
+            &format!("/guests/{gid}/change-ip"),
+            json!({"ip": "198.51.100.54"}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = cloud
+        .post(
+            &format!("/guests/{gid}/change-ip"),
+            json!({"ip": "198.51.100.60"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    run_succeeds(&cloud, &v).await;
+    let inside = addresses(&name);
+    assert!(
+        inside.contains(&"198.51.100.60".to_string()) && !inside.contains(&ip2),
+        "{inside:?}"
+    );
+    let (_, pool) = cloud.get("/ip-pools/dnet").await;
+    // The hand-given address lies outside the pool's range: the range is all free again
+    // but the reserved address.
+    assert_eq!(
+        (pool["used"].clone(), pool["free"].clone()),
+        (json!(0), json!(4)),
+        "{pool}"
+    );
+    let ping = Command::new("busybox")
+        .args(["ping", "-c", "1", "-W", "3", "198.51.100.60"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        ping.success(),
+        "the guest does not answer on its new address"
+    );
+
+    // A boot job queued while the guest is off runs at its next start (S13, S14).
+    act(&cloud, &gid, "poweroff").await;
+    let (s, v) = cloud
+        .post("/boot-scripts", json!({"name": "stamp", "source":
+            "fn actions(guest, params) { [write_file(\"/run/stamp\", `booted ${guest.hostname}`, \"0600\")] }"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = cloud
+        .post(
+            "/boot-jobs",
+            json!({"guests": [gid], "script": "stamp", "run_now": true}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert!(
+        v["jobs"][0]["operation_id"].is_null(),
+        "the guest is off: {v}"
+    );
+    let job = v["jobs"][0]["id"].as_str().unwrap().to_string();
+    let (_, pending) = cloud
+        .get(&format!("/guests/{gid}/boot-jobs?state=pending"))
+        .await;
+    assert_eq!(pending[0]["id"], json!(job));
+    act(&cloud, &gid, "start").await;
+    let mut done = Value::Null;
+    for _ in 0..600 {
+        done = cloud.get(&format!("/boot-jobs/{job}")).await.1;
+        if matches!(done["state"].as_str(), Some("done" | "failed")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(done["state"], "done", "{done}");
+    let stamp = guest_exec(&name, "/bin/cat", &["/run/stamp"]);
+    assert_eq!(stamp, format!("booted {new_host}"));
+    let run = cloud.wait_op(done["operation_id"].as_str().unwrap()).await;
+    let out = &run["steps"][1]["output"];
+    eprintln!(
+        "boot job at next start: agent answered {} ms after the run began; agent connected -> boot jobs done {} ms",
+        out["agent_wait_ms"], out["run_ms"]
+    );
+    // After the reboot the guest still has its new name and address (the seed followed).
+    assert_eq!(
+        agent(&name, json!({"execute": "guest-get-host-name"})).unwrap()["host-name"],
+        json!(new_host)
+    );
+    assert!(addresses(&name).contains(&"198.51.100.60".to_string()));
+
+    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+    assert_eq!(
+        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
     cloud.assert_no_leaks().await;
 }

@@ -99,6 +99,7 @@ pub fn default_profile(os_type: &str) -> &'static str {
 pub fn description(source: &str) -> String {
     source
         .lines()
+        .skip_while(|l| l.trim().is_empty())
         .take_while(|l| l.trim_start().starts_with("//"))
         .map(|l| l.trim_start().trim_start_matches('/').trim())
         .collect::<Vec<_>>()

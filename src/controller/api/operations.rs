@@ -48,6 +48,9 @@ pub struct Step {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub error: Option<String>,
+    /// What the step reported: for guest-agent runs, `agent_wait_ms`, `run_ms` and each
+    /// batch's per-action results (`batches[].results[]`: action, ok, exit_code, output).
+    pub output: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Object)]
@@ -113,6 +116,7 @@ pub fn view(op: &OpRow) -> Operation {
                 started_at: s.started_at.map(rfc3339),
                 finished_at: s.finished_at.map(rfc3339),
                 error: s.error.clone(),
+                output: s.output.clone(),
             })
             .collect(),
         error: op.error.clone(),
