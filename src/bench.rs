@@ -11,6 +11,8 @@
 //!    directly (`qemu-img create -b`, `virsh define`, `virsh start`), and the latency from a
 //!    libvirt lifecycle event (`virsh suspend`/`resume`) to an SSE client, p50/p99.
 
+mod scripts;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -37,6 +39,10 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BenchError + '_ 
 }
 
 pub struct BenchOpts {
+    /// Evaluations per shipped script for the script-cost figures (0: skip).
+    pub scripts: usize,
+    /// Only the script-cost figures.
+    pub scripts_only: bool,
     pub guests: usize,
     pub rss_guests: usize,
     pub raw: usize,
@@ -455,6 +461,12 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    if o.scripts > 0 {
+        scripts::run(o.scripts).map_err(BenchError::Setup)?;
+    }
+    if o.scripts_only {
+        return Ok(());
+    }
     let raw = raw_rate(o.raw, tmp).await?;
     println!(
         "raw test driver define+start:          {raw:>10.0} domains/s  ({} domains)",

@@ -3,6 +3,10 @@
 //! Server and token come from `--url`/`CORRAL_URL` (default `http://127.0.0.1:8620`) and
 //! `--token`/`CORRAL_TOKEN`, else the admin token file that `corral up` writes.
 
+mod scripts;
+
+pub use scripts::{BootJobCmd, ScriptCmd};
+
 use std::io::Write;
 use std::time::Duration;
 
@@ -86,6 +90,33 @@ pub enum GuestCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Change the hostname inside the guest (now if it runs, else at its next boot).
+    Hostname {
+        guest: String,
+        hostname: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Reset a password inside the guest; `--generate` prints a new random one once.
+    Password {
+        guest: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, conflicts_with = "generate")]
+        password: Option<String>,
+        #[arg(long)]
+        generate: bool,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Move the guest to another address: `--ip`, or the next free one of its pool.
+    ChangeIp {
+        guest: String,
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +151,11 @@ pub enum TemplateCmd {
     List,
     Delete {
         template: String,
+    },
+    /// Set the OS-init profile new guests of the template get (`default` to reset).
+    SetProfile {
+        template: String,
+        profile: String,
     },
 }
 
@@ -292,7 +328,48 @@ impl Client {
                     .await?,
                 wait,
             ),
+            GuestCmd::Hostname {
+                guest,
+                hostname,
+                wait,
+            } => (
+                self.call(
+                    M::PATCH,
+                    &format!("/guests/{guest}"),
+                    Some(json!({"hostname": hostname})),
+                )
+                .await?,
+                wait,
+            ),
+            GuestCmd::Password {
+                guest,
+                user,
+                password,
+                generate,
+                wait,
+            } => (
+                self.call(
+                    M::POST,
+                    &format!("/guests/{guest}/password"),
+                    Some(json!({"user": user, "password": password, "generate": generate})),
+                )
+                .await?,
+                wait,
+            ),
+            GuestCmd::ChangeIp { guest, ip, wait } => (
+                self.call(
+                    M::POST,
+                    &format!("/guests/{guest}/change-ip"),
+                    Some(json!({"ip": ip})),
+                )
+                .await?,
+                wait,
+            ),
         };
+        if let Some(pw) = v["password"].as_str() {
+            // Shown once: corral keeps only its hash.
+            println!("new password: {pw}");
+        }
         if !wait || self.opts.json {
             self.print(&v);
             return Ok(true);
@@ -354,6 +431,10 @@ impl Client {
             }
             TemplateCmd::List => self.call(M::GET, "/templates", None).await?,
             TemplateCmd::Delete { template } => self.call(M::DELETE, &format!("/templates/{template}"), None).await?,
+            TemplateCmd::SetProfile { template, profile } => {
+                let p = if profile == "default" { Value::Null } else { Value::String(profile) };
+                self.call(M::PATCH, &format!("/templates/{template}"), Some(json!({"os_init_profile": p}))).await?
+            }
         };
         self.print(&v);
         Ok(true)
@@ -380,6 +461,12 @@ impl Client {
             }
             PoolCmd::List => self.call(M::GET, "/ip-pools", None).await?,
         };
+        self.print(&v);
+        Ok(true)
+    }
+
+    pub async fn plugins(&self) -> Result<bool, CliError> {
+        let v = self.call(reqwest::Method::GET, "/plugins", None).await?;
         self.print(&v);
         Ok(true)
     }

@@ -41,6 +41,12 @@ enum Cmd {
     Openapi,
     /// Measure: raw vs end-to-end create rate, RSS, TCG guest timings, event latency.
     Bench {
+        /// Evaluations of each shipped Rhai script for the script-cost figures (0: skip).
+        #[arg(long, default_value_t = 2000)]
+        scripts: usize,
+        /// Only the script-cost figures.
+        #[arg(long)]
+        scripts_only: bool,
         /// guest.create operations timed end to end.
         #[arg(long, default_value_t = 1000)]
         guests: usize,
@@ -74,6 +80,17 @@ enum Cmd {
     Pool(cli::PoolCmd),
     /// List nodes.
     Nodes,
+    /// OS-init profiles (Rhai).
+    #[command(subcommand)]
+    Profile(cli::ScriptCmd),
+    /// Boot scripts (Rhai).
+    #[command(subcommand)]
+    Bootscript(cli::ScriptCmd),
+    /// Boot jobs: queue, list, pending, cancel.
+    #[command(subcommand)]
+    Bootjob(cli::BootJobCmd),
+    /// List controller plugins and their state.
+    Plugins,
 }
 
 fn init_tracing() {
@@ -153,6 +170,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Openapi => println!("{}", corral::controller::api::spec_json()),
         Cmd::Bench {
+            scripts,
+            scripts_only,
             guests,
             rss_guests,
             raw,
@@ -161,6 +180,8 @@ async fn main() -> anyhow::Result<()> {
             fleet,
         } => {
             corral::bench::run(corral::bench::BenchOpts {
+                scripts,
+                scripts_only,
                 guests,
                 rss_guests,
                 raw,
@@ -174,6 +195,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Op(c) => exit(client_opts()?.op(c).await)?,
         Cmd::Template(c) => exit(client_opts()?.template(c).await)?,
         Cmd::Pool(c) => exit(client_opts()?.pool(c).await)?,
+        Cmd::Profile(c) => exit(client_opts()?.scripts("/os-init-profiles", c).await)?,
+        Cmd::Bootscript(c) => exit(client_opts()?.scripts("/boot-scripts", c).await)?,
+        Cmd::Bootjob(c) => exit(client_opts()?.boot_jobs(c).await)?,
+        Cmd::Plugins => exit(client_opts()?.plugins().await)?,
         Cmd::Nodes => exit(client_opts()?.nodes().await)?,
     }
     Ok(())

@@ -470,9 +470,7 @@ async fn ip_changes_are_checked_and_atomic() {
     let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
     assert_eq!(op["state"], json!("succeeded"), "{op}");
     assert_eq!(ip_of(a.clone()).await, "198.51.100.14");
-    let (_, addrs) = cloud
-        .get(&format!("/ip-pools/p/addresses?state=free"))
-        .await;
+    let (_, addrs) = cloud.get("/ip-pools/p/addresses?state=free").await;
     assert!(
         addrs.to_string().contains(&format!("\"{ip_a}\"")),
         "the old address is free again: {addrs}"

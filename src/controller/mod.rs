@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod api;
 pub mod auth;
+pub mod hooks;
 pub mod ingest;
 pub mod placement;
 pub mod plugins;
@@ -61,10 +62,22 @@ pub async fn run(
     let store = Store::open(&cfg.database).await?;
     let admin_token = auth::bootstrap(&store, &cfg).await?;
     let catalog = Arc::new(Catalog::builtin()?);
-    let scripts = Arc::new(crate::script::Scripts::new(crate::script::Limits {
+    let limits = crate::script::Limits {
         deadline: Duration::from_millis(cfg.script_deadline_ms.max(1)),
         ..Default::default()
-    })?);
+    };
+    let scripts = Arc::new(crate::script::Scripts::new(limits)?);
+    let plugins = Arc::new(plugins::Plugins::load(
+        &cfg.plugins_dir,
+        &cfg.plugins,
+        limits,
+    ));
+    for p in plugins.list() {
+        match &p.error {
+            Some(e) => tracing::warn!(plugin = %p.name, "plugin not loaded: {e}"),
+            None => tracing::info!(plugin = %p.name, state = %p.state, "plugin found"),
+        }
+    }
 
     // Redis may not be up yet (S84): the queue producer and the ingest loop connect
     // lazily and keep retrying; the API serves meanwhile.
@@ -83,6 +96,7 @@ pub async fn run(
                 max_load_per_cpu: cfg.placement_max_load_per_cpu,
             },
             scripts: scripts.clone(),
+            plugins: plugins.clone(),
         },
         lease_ms: (cfg.step_lease_secs * 1000) as i64,
         max_tries: cfg.step_max_attempts,
@@ -101,6 +115,11 @@ pub async fn run(
         consumer: "controller".into(),
     };
     let ingest_task = tokio::spawn(ingest.run(cfg.redis_url.clone(), stop(shutdown.clone())));
+    let plugin_events = tokio::spawn(hooks::feed_events(
+        store.clone(),
+        plugins.clone(),
+        stop(shutdown.clone()),
+    ));
     let live_task = tokio::spawn(ingest::liveness(
         store.clone(),
         Duration::from_secs(cfg.node_timeout_secs),
@@ -114,6 +133,7 @@ pub async fn run(
         waker,
         redis_url: cfg.redis_url.clone(),
         scripts,
+        plugins: plugins.clone(),
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {
@@ -123,6 +143,6 @@ pub async fn run(
         });
     }
     api::serve(state, listener, stop(shutdown.clone())).await?;
-    let _ = tokio::join!(engine_task, ingest_task, live_task);
+    let _ = tokio::join!(engine_task, ingest_task, live_task, plugin_events);
     Ok(())
 }

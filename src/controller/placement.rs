@@ -10,6 +10,10 @@
 //! node's capacity (physical × its memory over-commit ratio) and below the memory
 //! threshold; vCPUs within cores × its CPU over-commit ratio; load per core below the load
 //! threshold. Score: most memory left, then fewest guests, then node id.
+//!
+//! Placement plugins ([`place_with`]) see the nodes that passed the filters: a veto removes
+//! a node (its reason joins the refusals), scores order the rest, and the built-in order
+//! breaks ties. A node chosen by hand is not put to the plugins: the operator decided.
 
 /// Thresholds from the controller's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +57,18 @@ pub enum PlaceError {
     UnknownNode(String),
     #[error("no node can take this guest: {}", .0.iter().map(|r| format!("{}: {}", r.node, r.reason)).collect::<Vec<_>>().join("; "))]
     Refused(Vec<Refusal>),
+    /// A placement plugin failed; the message names it.
+    #[error("{0}")]
+    Plugin(String),
+}
+
+/// What placement plugins think of one eligible node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Opinion {
+    /// Added to the node's rank; higher wins.
+    Score(f64),
+    /// The node is refused, with the reason (naming the plugin).
+    Veto(String),
 }
 
 fn check(
@@ -117,6 +133,20 @@ pub fn place(
     requested: Option<&str>,
     t: &Thresholds,
 ) -> Result<String, PlaceError> {
+    place_with(candidates, need, requested, t, |eligible| {
+        Ok(vec![Opinion::Score(0.0); eligible.len()])
+    })
+}
+
+/// [`place`], with `opinions` (placement plugins) asked about the eligible nodes: one
+/// opinion per node, in the order given.
+pub fn place_with(
+    candidates: &[Candidate],
+    need: Need<'_>,
+    requested: Option<&str>,
+    t: &Thresholds,
+    opinions: impl FnOnce(&[&Candidate]) -> Result<Vec<Opinion>, String>,
+) -> Result<String, PlaceError> {
     let Need {
         memory_mib,
         cpus,
@@ -140,27 +170,46 @@ pub fn place(
         return Err(PlaceError::NoNodes);
     }
     let mut refusals = Vec::new();
-    let mut best: Option<(u64, std::cmp::Reverse<u64>, std::cmp::Reverse<&str>)> = None;
+    let mut eligible: Vec<(&Candidate, u64)> = Vec::new();
     for c in candidates {
         match check(c, memory_mib, cpus, bridge, false, t) {
-            Ok(left) => {
-                let key = (
-                    left,
-                    std::cmp::Reverse(c.guests),
-                    std::cmp::Reverse(c.id.as_str()),
-                );
-                if best.as_ref().is_none_or(|b| key > *b) {
-                    best = Some(key);
-                }
-            }
+            Ok(left) => eligible.push((c, left)),
             Err(reason) => refusals.push(Refusal {
                 node: c.id.clone(),
                 reason,
             }),
         }
     }
+    if eligible.is_empty() {
+        return Err(PlaceError::Refused(refusals));
+    }
+    let nodes: Vec<&Candidate> = eligible.iter().map(|(c, _)| *c).collect();
+    let views = opinions(&nodes).map_err(PlaceError::Plugin)?;
+    let mut best: Option<(f64, u64, std::cmp::Reverse<u64>, std::cmp::Reverse<&str>)> = None;
+    for ((c, left), opinion) in eligible.iter().zip(views) {
+        match opinion {
+            Opinion::Veto(reason) => refusals.push(Refusal {
+                node: c.id.clone(),
+                reason,
+            }),
+            Opinion::Score(score) => {
+                let key = (
+                    score,
+                    *left,
+                    std::cmp::Reverse(c.guests),
+                    std::cmp::Reverse(c.id.as_str()),
+                );
+                if best
+                    .as_ref()
+                    .is_none_or(|b| key.partial_cmp(b) == Some(std::cmp::Ordering::Greater))
+                {
+                    best = Some(key);
+                }
+            }
+        }
+    }
     match best {
-        Some((_, _, std::cmp::Reverse(id))) => Ok(id.to_string()),
+        Some((_, _, _, std::cmp::Reverse(id))) => Ok(id.to_string()),
         None => Err(PlaceError::Refused(refusals)),
     }
 }
@@ -291,5 +340,41 @@ mod tests {
             place(&nodes, need(1), Some("zz"), &T),
             Err(PlaceError::UnknownNode("zz".into()))
         );
+    }
+
+    #[test]
+    fn plugin_opinions_veto_and_reorder() {
+        let mut nodes = vec![node("a"), node("b"), node("c")];
+        nodes[1].used_memory_mib = 1024;
+        nodes[2].used_memory_mib = 2048;
+        let need = need(512);
+        // Built in, "a" has the most memory left.
+        assert_eq!(place(&nodes, need, None, &T).unwrap(), "a");
+        // A plugin vetoes "a" and prefers "c".
+        let got = place_with(&nodes, need, None, &T, |el| {
+            Ok(el
+                .iter()
+                .map(|c| match c.id.as_str() {
+                    "a" => Opinion::Veto("plugin p: no".into()),
+                    "c" => Opinion::Score(10.0),
+                    _ => Opinion::Score(1.0),
+                })
+                .collect())
+        });
+        assert_eq!(got.unwrap(), "c");
+        // Every node vetoed: the refusal lists each reason.
+        let e = place_with(&nodes, need, None, &T, |el| {
+            Ok(el
+                .iter()
+                .map(|c| Opinion::Veto(format!("plugin p: not {}", c.id)))
+                .collect())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("b: plugin p: not b"), "{e}");
+        // A failing plugin fails placement with its message; a hand-picked node skips plugins.
+        let e = place_with(&nodes, need, None, &T, |_| Err("plugin p: boom".into())).unwrap_err();
+        assert_eq!(e, PlaceError::Plugin("plugin p: boom".into()));
+        let got = place_with(&nodes, need, Some("b"), &T, |_| Err("never asked".into()));
+        assert_eq!(got.unwrap(), "b");
     }
 }

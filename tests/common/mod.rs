@@ -248,7 +248,13 @@ impl Cloud {
 
     /// `corral up`: both roles in one process.
     pub async fn up() -> Cloud {
+        Cloud::up_with(vec![]).await
+    }
+
+    /// [`Cloud::up`] with extra environment.
+    pub async fn up_with(env: Vec<(String, String)>) -> Cloud {
         let mut c = Cloud::base("test:///default");
+        c.extra_env = env;
         let child = c
             .command(&["up", "--data-dir", c.dir().to_str().unwrap()], &[])
             .spawn()

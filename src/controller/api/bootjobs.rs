@@ -269,6 +269,7 @@ impl BootJobApi {
         method = "get",
         operation_id = "guest_boot_jobs"
     )]
+    #[allow(clippy::too_many_arguments)]
     async fn of_guest(
         &self,
         auth: Auth,

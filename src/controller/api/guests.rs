@@ -214,7 +214,8 @@ impl GuestApi {
         state: Data<&AppState>,
         body: Json<CreateGuest>,
     ) -> ApiResult<CreateResponse> {
-        let req = body.0;
+        let mut req = body.0;
+        plugin_before_create(&state, &auth, &mut req)?;
         let count = req.count.unwrap_or(1);
         if !(1..=100).contains(&count) {
             return Err(Error::BadRequest(format!("count must be 1–100, not {count}")).into());
@@ -746,6 +747,25 @@ async fn pool_free(state: &AppState, p: &st::PoolRow) -> Result<i64, Error> {
 }
 
 /// Allocator errors seen at the edge: a corrupt pool is the server's fault, the rest 422.
+/// Runs the plugins' `before:guest.create` hooks: a refusal is a 422 naming the plugin;
+/// the name and hostname may come back adjusted (the rest of the request is checked after).
+fn plugin_before_create(state: &AppState, auth: &Auth, req: &mut CreateGuest) -> Result<(), Error> {
+    let view = serde_json::json!({"name": req.name, "hostname": req.hostname, "template": req.template,
+        "cpus": req.cpus, "memory_mib": req.memory_mib, "count": req.count, "node": req.node,
+        "pool": req.pool, "ip": req.ip, "os_init_profile": req.os_init_profile,
+        "requested_by": auth.0.name});
+    let adjusted = state
+        .plugins
+        .before("guest.create", &view)
+        .map_err(|e| Error::Unprocessable(e.to_string()))?;
+    for (field, slot) in [("name", &mut req.name), ("hostname", &mut req.hostname)] {
+        if adjusted[field] != view[field] {
+            *slot = adjusted[field].as_str().map(String::from);
+        }
+    }
+    Ok(())
+}
+
 fn alloc_error(e: alloc::AllocError) -> Error {
     match e {
         alloc::AllocError::Store(s) => Error::Store(s),

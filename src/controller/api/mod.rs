@@ -13,6 +13,7 @@ mod guest_config;
 mod guests;
 mod nodes;
 mod operations;
+mod plugins;
 mod pools;
 mod resources;
 mod scripts;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub waker: Waker,
     pub redis_url: String,
     pub scripts: Arc<crate::script::Scripts>,
+    pub plugins: Arc<crate::controller::plugins::Plugins>,
 }
 
 type Apis = (
@@ -53,6 +55,7 @@ type Apis = (
     events::EventApi,
     scripts::ScriptApi,
     bootjobs::BootJobApi,
+    plugins::PluginApi,
 );
 
 fn apis() -> Apis {
@@ -68,6 +71,7 @@ fn apis() -> Apis {
         events::EventApi,
         scripts::ScriptApi,
         bootjobs::BootJobApi,
+        plugins::PluginApi,
     )
 }
 

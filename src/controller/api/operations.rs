@@ -143,6 +143,19 @@ pub async fn start_op(
     user: &str,
     lock: bool,
 ) -> Result<OpRow, Error> {
+    // guest.create asks its plugins with the whole request, in its handler.
+    if kind != "guest.create" {
+        let (guest_id, node_id) = match &target {
+            Target::Guest(g) => (Some(*g), None),
+            Target::Node(n) => (None, Some(*n)),
+        };
+        let view = serde_json::json!({"kind": kind, "guest_id": guest_id, "node_id": node_id,
+            "payload": payload, "requested_by": user});
+        state
+            .plugins
+            .before(kind, &view)
+            .map_err(|e| Error::Unprocessable(e.to_string()))?;
+    }
     launch::create_op(&state.catalog, tx, kind, target, payload, user, lock)
         .await
         .map_err(launch_error)

@@ -82,7 +82,7 @@ async fn lease_manual(
         .parse()
         .map_err(|_| StepError::Permanent(format!("{addr:?} is not an IPv4 address")))?;
     for p in pools {
-        let range = alloc::PoolRange::load(&mut **tx, p).await?;
+        let range = alloc::PoolRange::load(tx, p).await?;
         if !range.net.contains(&ip) {
             continue;
         }
@@ -219,7 +219,7 @@ pub async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), Ste
     let returned = match (&old, &g.pool_id) {
         (Some(old), Some(pid)) => match st::pool_in(tx, pid).await? {
             Some(p) => {
-                let range = alloc::PoolRange::load(&mut **tx, &p).await?;
+                let range = alloc::PoolRange::load(tx, &p).await?;
                 old.parse().map(|a| range.contains(a)).unwrap_or(false)
             }
             None => false,

@@ -166,6 +166,7 @@ impl Engine {
                 Next::Finished(state) => {
                     self.finish(&mut tx, &mut op, &saga, &def, state).await?;
                     self.store.commit(tx).await?;
+                    crate::controller::hooks::after_op(&self.env.plugins, &op);
                     return Ok(None);
                 }
                 Next::Execute { step, undo } => {
@@ -263,6 +264,7 @@ impl Engine {
         saga.mark_finished(step, undo, error, now_ms());
         self.save(&mut tx, op, saga, def).await?;
         self.store.commit(tx).await?;
+        crate::controller::hooks::after_step(&self.env.plugins, op, step);
         Ok(())
     }
 
@@ -374,6 +376,7 @@ impl Engine {
         }
         self.save(&mut tx, &mut op, &saga, &def).await?;
         self.store.commit(tx).await?;
+        crate::controller::hooks::after_step(&self.env.plugins, &op, step);
         if let Err(e) = self.queues.unfence(op_id, step, undo).await {
             // The key expires by itself; until then a stale copy could still run once.
             tracing::warn!(op = op_id, step, "unfencing: {e}");

@@ -70,6 +70,7 @@ pub struct StepEnv {
     pub thresholds: crate::controller::placement::Thresholds,
     /// OS-init profiles and boot scripts.
     pub scripts: std::sync::Arc<crate::script::Scripts>,
+    pub plugins: std::sync::Arc<crate::controller::plugins::Plugins>,
 }
 
 fn system_disk_path(storage_dir: &str, guest: &str) -> String {
@@ -292,11 +293,16 @@ async fn place(
         cpus: g.cpus as u64,
         bridge: pool_bridge.as_deref(),
     };
-    match placement::place(
+    let request = serde_json::json!({"guest_id": g.id, "name": g.name, "cpus": g.cpus,
+        "memory_mib": g.memory_mib, "pool_id": g.pool_id, "template_id": g.template_id,
+        "os_type": g.os_type});
+    let opinions = |eligible: &[&Candidate]| plugin_opinions(&env.plugins, &request, eligible);
+    match placement::place_with(
         &candidates,
         need,
         g.requested_node.as_deref(),
         &env.thresholds,
+        opinions,
     ) {
         Ok(node) => Ok(node),
         Err(PlaceError::NoNodes) if young => Err(StepError::Transient(
@@ -307,6 +313,37 @@ async fn place(
         ),
         Err(e) => Err(StepError::Permanent(e.to_string())),
     }
+}
+
+/// Placement plugins' verdicts on the eligible nodes (all zero without plugins).
+fn plugin_opinions(
+    plugins: &crate::controller::plugins::Plugins,
+    request: &serde_json::Value,
+    eligible: &[&crate::controller::placement::Candidate],
+) -> Result<Vec<crate::controller::placement::Opinion>, String> {
+    use crate::controller::placement::Opinion;
+    use crate::controller::plugins::Verdict;
+    if !plugins.has_placement() {
+        return Ok(vec![Opinion::Score(0.0); eligible.len()]);
+    }
+    let nodes: Vec<serde_json::Value> = eligible
+        .iter()
+        .map(|c| {
+            serde_json::json!({"id": c.id, "cpus": c.cpus, "memory_mib": c.memory_mib,
+                "used_memory_mib": c.used_memory_mib, "used_vcpus": c.used_vcpus,
+                // What the node has left for guests: its memory less what its guests have.
+                "free_memory_mib": c.memory_mib.saturating_sub(c.used_memory_mib),
+                "guests": c.guests, "load1": c.load1})
+        })
+        .collect();
+    let verdicts = plugins.score(request, &nodes).map_err(|e| e.to_string())?;
+    Ok(verdicts
+        .into_iter()
+        .map(|v| match v {
+            Verdict::Score(s) => Opinion::Score(s),
+            Verdict::Veto { plugin, reason } => Opinion::Veto(format!("plugin {plugin}: {reason}")),
+        })
+        .collect())
 }
 
 async fn allocate(tx: &mut Tx<'_>, env: &StepEnv, g: &mut GuestRow) -> Result<(), StepError> {

@@ -1,0 +1,63 @@
+//! Script evaluation cost: every shipped OS-init profile and boot job, run `n` times on
+//! a sample guest through the same sandbox the controller uses (compiled once, as the
+//! controller's cache does), plus the cost of a compile.
+
+use std::time::Instant;
+
+use crate::script::catalog::{sample_guest, BOOT_JOBS, PROFILES};
+use crate::script::{Limits, Scripts};
+
+fn params(name: &str) -> serde_json::Value {
+    match name {
+        "reset-password" => {
+            serde_json::json!({"password_hash": "$6$rounds=5000$abc$0123456789abcdefghij"})
+        }
+        "set-hostname" => serde_json::json!({"hostname": "db-2"}),
+        "change-ip" => {
+            serde_json::json!({"address": "198.51.100.11/24", "old_address": "198.51.100.10/24",
+                                          "gateway": "198.51.100.1", "dns": ["198.51.100.1"], "mac": "52:54:00:00:00:01"})
+        }
+        _ => serde_json::json!({"keys": ["ssh-ed25519 AAAA one"]}),
+    }
+}
+
+/// Prints µs per evaluation; returns an error text if a shipped script fails.
+pub fn run(n: usize) -> Result<(), String> {
+    let n = n.max(1);
+    let s = Scripts::new(Limits::default()).map_err(|e| e.to_string())?;
+    let g = sample_guest();
+    let t = Instant::now();
+    for _ in 0..n {
+        s.sandbox()
+            .compile("bench", PROFILES[0].1, &[("plan", 1)])
+            .map_err(|e| e.to_string())?;
+    }
+    println!(
+        "script compile (cloud-init profile):    {:>10.1} µs",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    for (name, src) in PROFILES {
+        s.plan(name, src, &g).map_err(|e| e.to_string())?; // warm the cache
+        let t = Instant::now();
+        for _ in 0..n {
+            s.plan(name, src, &g).map_err(|e| e.to_string())?;
+        }
+        println!(
+            "profile {name:<16} per run:        {:>10.1} µs",
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+    }
+    for (name, src) in BOOT_JOBS {
+        let p = params(name);
+        s.actions(name, src, &g, &p).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        for _ in 0..n {
+            s.actions(name, src, &g, &p).map_err(|e| e.to_string())?;
+        }
+        println!(
+            "boot job {name:<16} per run:       {:>10.1} µs",
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+    }
+    Ok(())
+}
