@@ -686,6 +686,20 @@ async fn profiles_and_boot_jobs_change_a_real_guest() {
     let host = agent(&name, json!({"execute": "guest-get-host-name"})).unwrap();
     assert_eq!(host["host-name"], json!(new_host));
 
+    // SSH keys (the inject-ssh-keys system job), twice: the second adds nothing.
+    for _ in 0..2 {
+        let (s, v) = cloud
+            .post(
+                &format!("/guests/{gid}/ssh-keys"),
+                json!({"keys": ["ssh-ed25519 AAAAC3Nza test@corral"]}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        run_succeeds(&cloud, &v).await;
+    }
+    let keys = guest_exec(&name, "/bin/cat", &["/root/.ssh/authorized_keys"]);
+    assert_eq!(keys, "ssh-ed25519 AAAAC3Nza test@corral\n");
+
     // IP from the pool, then by hand; a reserved address is refused with 409 (S63).
     let (s, v) = cloud
         .post(&format!("/guests/{gid}/change-ip"), json!({}))

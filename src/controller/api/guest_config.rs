@@ -75,6 +75,16 @@ pub enum PasswordResponse {
 
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
+pub struct AddSshKeys {
+    /// Public keys to add to the user's `authorized_keys` (1–100; keys already there are
+    /// skipped).
+    pub keys: Vec<String>,
+    /// Account; default `root`.
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
 pub struct ChangeIp {
     /// The new address; absent: the next free address of the guest's pool.
     pub ip: Option<String>,
@@ -226,6 +236,64 @@ impl GuestConfigApi {
             operation_id: op,
             password: shown,
         })))
+    }
+
+    /// Add SSH public keys inside the guest (the `inject-ssh-keys` system job): now when it
+    /// runs, otherwise at its next boot.
+    #[oai(
+        path = "/guests/:id/ssh-keys",
+        method = "post",
+        operation_id = "guest_add_ssh_keys"
+    )]
+    async fn add_ssh_keys(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<AddSshKeys>,
+    ) -> ApiResult<Json<GuestChange>> {
+        let g = guest(&state, &id).await?;
+        let b = body.0;
+        let user = b.user.unwrap_or_else(|| "root".into());
+        check_user(&user).map_err(Error::BadRequest)?;
+        if b.keys.is_empty() || b.keys.len() > 100 {
+            return Err(Error::BadRequest("keys must hold 1 to 100 public keys".into()).into());
+        }
+        for (i, k) in b.keys.iter().enumerate() {
+            let parts: Vec<&str> = k.split_whitespace().collect();
+            let ok = parts.len() >= 2
+                && (parts[0].starts_with("ssh-")
+                    || parts[0].starts_with("ecdsa-")
+                    || parts[0].starts_with("sk-"))
+                && !k.contains(['\n', '\r']);
+            if !ok {
+                return Err(Error::BadRequest(format!(
+                    "keys[{i}] is not an OpenSSH public key (\"ssh-ed25519 AAAA... comment\")"
+                ))
+                .into());
+            }
+        }
+        let mut tx = state.store.begin().await?;
+        let params = serde_json::json!({ "user": user, "keys": b.keys });
+        let job = queue(
+            &mut tx,
+            &g.id,
+            "inject-ssh-keys",
+            &params,
+            true,
+            &auth.0.name,
+        )
+        .await?;
+        let op = run_now(&state, &mut tx, &g, vec![job.clone()], &auth.0.name).await?;
+        state.store.commit(tx).await?;
+        if let Some(op) = &op {
+            state.waker.wake(op);
+        }
+        Ok(Json(GuestChange {
+            guest_id: g.id,
+            boot_job_id: Some(job),
+            operation_id: op,
+        }))
     }
 
     /// Move a guest to another IP (S63): from its pool, or an address given by hand (409

@@ -134,8 +134,10 @@ pub async fn complete(tx: &mut Tx<'_>, op: &OpRow, g: &st::GuestRow) -> Result<(
             ),
         };
         st::end_job(tx, &job.id, state, results.as_deref(), error.as_deref()).await?;
-        if state == "done" && job.system {
-            let params: serde_json::Value = serde_json::from_str(&job.params).unwrap_or_default();
+        let params: serde_json::Value = serde_json::from_str(&job.params).unwrap_or_default();
+        // Init secrets are the guest's main account's (root): other users' are not replayed.
+        let main_user = params["user"].as_str().is_none_or(|u| u == "root");
+        if state == "done" && job.system && main_user {
             match job.script.as_str() {
                 "reset-password" => {
                     if let Some(h) = params["password_hash"].as_str() {
