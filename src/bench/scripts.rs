@@ -4,22 +4,8 @@
 
 use std::time::Instant;
 
-use crate::script::catalog::{sample_guest, BOOT_JOBS, PROFILES};
+use crate::script::catalog::{sample_guest, sample_params, BOOT_JOBS, PROFILES};
 use crate::script::{Limits, Scripts};
-
-fn params(name: &str) -> serde_json::Value {
-    match name {
-        "reset-password" => {
-            serde_json::json!({"password_hash": "$6$rounds=5000$abc$0123456789abcdefghij"})
-        }
-        "set-hostname" => serde_json::json!({"hostname": "db-2"}),
-        "change-ip" => {
-            serde_json::json!({"address": "198.51.100.11/24", "old_address": "198.51.100.10/24",
-                                          "gateway": "198.51.100.1", "dns": ["198.51.100.1"], "mac": "52:54:00:00:00:01"})
-        }
-        _ => serde_json::json!({"keys": ["ssh-ed25519 AAAA one"]}),
-    }
-}
 
 /// Prints µs per evaluation; returns an error text if a shipped script fails.
 pub fn run(n: usize) -> Result<(), String> {
@@ -48,7 +34,7 @@ pub fn run(n: usize) -> Result<(), String> {
         );
     }
     for (name, src) in BOOT_JOBS {
-        let p = params(name);
+        let p = sample_params(name);
         s.actions(name, src, &g, &p).map_err(|e| e.to_string())?;
         let t = Instant::now();
         for _ in 0..n {

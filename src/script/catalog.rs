@@ -230,3 +230,19 @@ pub fn sample_guest() -> GuestFacts {
         },
     }
 }
+
+/// Parameters for each shipped boot job on [`sample_guest`] (tests and the benchmark).
+pub fn sample_params(job: &str) -> serde_json::Value {
+    match job {
+        "reset-password" => {
+            serde_json::json!({"password_hash": "$6$rounds=5000$abc$0123456789abcdefghij"})
+        }
+        "set-hostname" => serde_json::json!({"hostname": "db-2"}),
+        "change-ip" => serde_json::json!({"address": "198.51.100.11/24",
+            "old_address": "198.51.100.10/24", "gateway": "198.51.100.1",
+            "dns": ["198.51.100.1"], "mac": "52:54:00:00:00:01"}),
+        _ => {
+            serde_json::json!({"keys": ["ssh-ed25519 AAAA one", "ssh-rsa BBBB it's"], "user": "admin"})
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::catalog::{sample_guest, Kind, Scripts, BOOT_JOBS, PROFILES};
+use super::catalog::{sample_guest, sample_params, Kind, Scripts, BOOT_JOBS, PROFILES};
 use super::sandbox::{Limits, ScriptError};
 use crate::guestinit::render_seed;
 use crate::render::{golden, Renderer};
@@ -53,22 +53,8 @@ fn a_profile_without_an_address_plans_no_network() {
 fn every_shipped_boot_job_matches_its_golden_actions() {
     let s = scripts();
     let g = sample_guest();
-    let params = |name: &str| match name {
-        "reset-password" => {
-            serde_json::json!({"password_hash": "$6$rounds=5000$abc$0123456789abcdefghij"})
-        }
-        "set-hostname" => serde_json::json!({"hostname": "db-2"}),
-        "change-ip" => {
-            serde_json::json!({"address": "198.51.100.11/24", "old_address": "198.51.100.10/24",
-                                          "gateway": "198.51.100.1", "dns": ["198.51.100.1"], "mac": "52:54:00:00:00:01"})
-        }
-        "inject-ssh-keys" => {
-            serde_json::json!({"keys": ["ssh-ed25519 AAAA one", "ssh-rsa BBBB it's"], "user": "admin"})
-        }
-        other => panic!("no params for boot job {other}"),
-    };
     for (name, source) in BOOT_JOBS {
-        let actions = s.actions(name, source, &g, &params(name)).unwrap();
+        let actions = s.actions(name, source, &g, &sample_params(name)).unwrap();
         let json = serde_json::to_string_pretty(&actions).unwrap() + "\n";
         golden(&format!("boot/{name}.json"), &json);
     }

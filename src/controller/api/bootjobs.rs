@@ -17,7 +17,7 @@ use super::operations::{start_op, Target};
 use super::{AppState, Auth};
 use crate::controller::saga::bootjobs::{mark_booted, RunPayload};
 use crate::controller::store::{self as st, BootJobRow, GuestRow, Tx};
-use crate::model::{new_id, now_ms, rfc3339};
+use crate::model::rfc3339;
 use crate::script::catalog::{self, Kind};
 
 #[derive(Debug, Object)]
@@ -129,22 +129,7 @@ pub async fn queue(
     system: bool,
     user: &str,
 ) -> Result<String, Error> {
-    let job = BootJobRow {
-        id: new_id(),
-        guest_id: guest.to_string(),
-        script: script.to_string(),
-        params: params.to_string(),
-        system,
-        state: "pending".into(),
-        operation_id: None,
-        actions: None,
-        results: None,
-        error: None,
-        attempts: 0,
-        requested_by: user.to_string(),
-        created_at: now_ms(),
-        finished_at: None,
-    };
+    let job = BootJobRow::pending(guest, script, params, system, user);
     st::insert_boot_job(tx, &job).await?;
     Ok(job.id)
 }
@@ -342,12 +327,7 @@ impl BootJobApi {
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Json<BootJob>> {
-        let j = state
-            .store
-            .boot_job(&id)
-            .await?
-            .filter(|j| !j.system || auth.0.is_admin)
-            .ok_or_else(|| Error::not_found("boot job", id.0.clone()))?;
+        let j = visible_job(&state, &auth, &id).await?;
         Ok(Json(job_view(j)))
     }
 
@@ -363,12 +343,7 @@ impl BootJobApi {
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<JobCancelled> {
-        let j = state
-            .store
-            .boot_job(&id)
-            .await?
-            .filter(|j| !j.system || auth.0.is_admin)
-            .ok_or_else(|| Error::not_found("boot job", id.0.clone()))?;
+        let j = visible_job(&state, &auth, &id).await?;
         if !state.store.cancel_boot_job(&j.id).await? {
             return Err(Error::Conflict {
                 message: format!("boot job {} is {}, not pending", j.id, j.state),
@@ -378,6 +353,16 @@ impl BootJobApi {
         }
         Ok(JobCancelled::Cancelled)
     }
+}
+
+/// A job the caller may see: system jobs only for administrators (S21).
+async fn visible_job(state: &AppState, auth: &Auth, id: &str) -> Result<BootJobRow, Error> {
+    state
+        .store
+        .boot_job(id)
+        .await?
+        .filter(|j| !j.system || auth.0.is_admin)
+        .ok_or_else(|| Error::not_found("boot job", id))
 }
 
 fn default_limit() -> i64 {

@@ -16,8 +16,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::bootjobs::{queue, run_now};
 use super::error::{ApiResult, Error};
-use super::guests::{accepted, OpResponse};
-use super::operations::{start_op, Target};
+use super::guests::{submit, OpResponse};
 use super::{AppState, Auth};
 use crate::controller::alloc;
 use crate::controller::saga::changeip::ChangeIpPayload;
@@ -88,6 +87,24 @@ pub struct AddSshKeys {
 pub struct ChangeIp {
     /// The new address; absent: the next free address of the guest's pool.
     pub ip: Option<String>,
+}
+
+/// Queues a system boot job for `g` and starts its run when the guest is running.
+async fn system_job(
+    state: &AppState,
+    g: &GuestRow,
+    script: &str,
+    params: &serde_json::Value,
+    user: &str,
+) -> Result<(String, Option<String>), Error> {
+    let mut tx = state.store.begin().await?;
+    let job = queue(&mut tx, &g.id, script, params, true, user).await?;
+    let op = run_now(state, &mut tx, g, vec![job.clone()], user).await?;
+    state.store.commit(tx).await?;
+    if let Some(op) = &op {
+        state.waker.wake(op);
+    }
+    Ok((job, op))
 }
 
 async fn guest(state: &AppState, id: &str) -> Result<GuestRow, Error> {
@@ -214,22 +231,8 @@ impl GuestConfigApi {
             }
             .into());
         }
-        let mut tx = state.store.begin().await?;
         let params = serde_json::json!({ "user": user, "password_hash": hash });
-        let job = queue(
-            &mut tx,
-            &g.id,
-            "reset-password",
-            &params,
-            true,
-            &auth.0.name,
-        )
-        .await?;
-        let op = run_now(&state, &mut tx, &g, vec![job.clone()], &auth.0.name).await?;
-        state.store.commit(tx).await?;
-        if let Some(op) = &op {
-            state.waker.wake(op);
-        }
+        let (job, op) = system_job(&state, &g, "reset-password", &params, &auth.0.name).await?;
         Ok(PasswordResponse::Accepted(Json(PasswordReset {
             guest_id: g.id,
             boot_job_id: job,
@@ -273,22 +276,8 @@ impl GuestConfigApi {
                 .into());
             }
         }
-        let mut tx = state.store.begin().await?;
         let params = serde_json::json!({ "user": user, "keys": b.keys });
-        let job = queue(
-            &mut tx,
-            &g.id,
-            "inject-ssh-keys",
-            &params,
-            true,
-            &auth.0.name,
-        )
-        .await?;
-        let op = run_now(&state, &mut tx, &g, vec![job.clone()], &auth.0.name).await?;
-        state.store.commit(tx).await?;
-        if let Some(op) = &op {
-            state.waker.wake(op);
-        }
+        let (job, op) = system_job(&state, &g, "inject-ssh-keys", &params, &auth.0.name).await?;
         Ok(Json(GuestChange {
             guest_id: g.id,
             boot_job_id: Some(job),
@@ -354,20 +343,7 @@ impl GuestConfigApi {
             ..Default::default()
         })
         .map_err(st::StoreError::from)?;
-        let mut tx = state.store.begin().await?;
-        let op = start_op(
-            &state,
-            &mut tx,
-            "guest.change_ip",
-            Target::Guest(&g.id),
-            payload,
-            &auth.0.name,
-            true,
-        )
-        .await?;
-        state.store.commit(tx).await?;
-        state.waker.wake(&op.id);
-        Ok(accepted(g.id, &op.id))
+        Ok(submit(&state, "guest.change_ip", &g.id, payload, &auth.0.name).await?)
     }
 }
 

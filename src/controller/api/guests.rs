@@ -198,6 +198,30 @@ pub fn accepted(guest_id: String, op_id: &str) -> OpResponse {
     )
 }
 
+/// Starts operation `kind` on guest `guest` (taking its lock) and answers 202.
+pub async fn submit(
+    state: &AppState,
+    kind: &str,
+    guest: &str,
+    payload: serde_json::Value,
+    user: &str,
+) -> Result<OpResponse, Error> {
+    let mut tx = state.store.begin().await?;
+    let op = start_op(
+        state,
+        &mut tx,
+        kind,
+        Target::Guest(guest),
+        payload,
+        user,
+        true,
+    )
+    .await?;
+    state.store.commit(tx).await?;
+    state.waker.wake(&op.id);
+    Ok(accepted(guest.to_string(), &op.id))
+}
+
 fn op_location(id: &str) -> String {
     format!("/api/v1/operations/{id}")
 }
@@ -662,20 +686,7 @@ impl GuestApi {
             bandwidth: (!empty).then(|| body.0.clone()),
         };
         let payload = serde_json::to_value(payload).map_err(st::StoreError::from)?;
-        let mut tx = state.store.begin().await?;
-        let op = start_op(
-            &state,
-            &mut tx,
-            "guest.set_bandwidth",
-            Target::Guest(&g.id),
-            payload,
-            &auth.0.name,
-            true,
-        )
-        .await?;
-        state.store.commit(tx).await?;
-        state.waker.wake(&op.id);
-        Ok(accepted(g.id, &op.id))
+        Ok(submit(&state, "guest.set_bandwidth", &g.id, payload, &auth.0.name).await?)
     }
 
     /// Power actions: start, shutdown, poweroff, reboot, reset, suspend, resume.
@@ -722,20 +733,7 @@ impl GuestApi {
             timeout_secs: timeout_secs.0,
         };
         let payload = serde_json::to_value(payload).map_err(st::StoreError::from)?;
-        let mut tx = state.store.begin().await?;
-        let op = start_op(
-            &state,
-            &mut tx,
-            kind,
-            Target::Guest(&g.id),
-            payload,
-            &auth.0.name,
-            true,
-        )
-        .await?;
-        state.store.commit(tx).await?;
-        state.waker.wake(&op.id);
-        Ok(accepted(g.id, &op.id))
+        Ok(submit(&state, kind, &g.id, payload, &auth.0.name).await?)
     }
 }
 

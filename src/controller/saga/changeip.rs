@@ -20,7 +20,7 @@ use super::initplan::{guest_facts, script_source};
 use super::steps::StepError;
 use crate::controller::alloc::{self, AllocError};
 use crate::controller::store::{self as st, events, GuestRow, OpRow, StoreError, Tx};
-use crate::model::{new_id, now_ms, AgentBatch, NodeAction};
+use crate::model::{now_ms, AgentBatch, NodeAction};
 use crate::script::catalog::Kind;
 use crate::script::Scripts;
 
@@ -245,22 +245,7 @@ pub async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), Ste
             Some((old_ip.as_str(), old_pool.as_str())),
         )
         .await?;
-        let job = st::BootJobRow {
-            id: new_id(),
-            guest_id: g.id.clone(),
-            script: "change-ip".into(),
-            params: params.to_string(),
-            system: true,
-            state: "pending".into(),
-            operation_id: None,
-            actions: None,
-            results: None,
-            error: None,
-            attempts: 0,
-            requested_by: op.requested_by.clone(),
-            created_at: now_ms(),
-            finished_at: None,
-        };
+        let job = st::BootJobRow::pending(&g.id, "change-ip", &params, true, &op.requested_by);
         st::insert_boot_job(tx, &job).await?;
         Some(job.id)
     } else {

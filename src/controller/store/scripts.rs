@@ -35,6 +35,34 @@ pub struct BootJobRow {
     pub finished_at: Option<i64>,
 }
 
+impl BootJobRow {
+    /// A new pending job.
+    pub fn pending(
+        guest: &str,
+        script: &str,
+        params: &serde_json::Value,
+        system: bool,
+        user: &str,
+    ) -> Self {
+        BootJobRow {
+            id: crate::model::new_id(),
+            guest_id: guest.to_string(),
+            script: script.to_string(),
+            params: params.to_string(),
+            system,
+            state: "pending".into(),
+            operation_id: None,
+            actions: None,
+            results: None,
+            error: None,
+            attempts: 0,
+            requested_by: user.to_string(),
+            created_at: now_ms(),
+            finished_at: None,
+        }
+    }
+}
+
 macro_rules! job_cols {
     () => {
         "id, guest_id, script, params, system, state, operation_id, actions, results, error, \
