@@ -207,3 +207,113 @@ async fn controller_and_node_started_before_redis_work_once_it_comes() {
     );
     cloud.assert_no_leaks().await;
 }
+
+/// An IP change killed at each of its points resumes after a restart and ends with exactly
+/// one address leased and recorded, and the old one free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_during_an_ip_change_leaves_one_lease() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    cloud.pool("lan", "192.0.2.10", "192.0.2.20").await;
+    let (gid, op) = cloud
+        .create(json!({"name": "mover", "template": "tiny", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let (_, v) = cloud
+        .post(&format!("/guests/{gid}/actions/poweroff"), json!(null))
+        .await;
+    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    for fault in [
+        "after:guest.change_ip:reserve",
+        "dispatched:guest.change_ip:refresh_seed",
+        "after:guest.change_ip:commit",
+    ] {
+        let before = cloud.get(&format!("/guests/{gid}")).await.1["ip"].clone();
+        cloud.controller.take().unwrap().kill9();
+        cloud.start_controller(&[("CORRAL_FAULT", fault)]).await;
+        let (s, v) = cloud
+            .post(&format!("/guests/{gid}/change-ip"), json!({}))
+            .await;
+        assert_eq!(s, 202, "{v}");
+        assert!(
+            cloud
+                .controller
+                .as_mut()
+                .unwrap()
+                .wait_exit(Duration::from_secs(30)),
+            "fault {fault} never fired"
+        );
+        cloud.start_controller(&[]).await;
+        let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+        assert_eq!(op["state"], "succeeded", "after {fault}: {op}");
+        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+        assert_ne!(g["ip"], before, "after {fault}");
+        let (_, pool) = cloud.get("/ip-pools/lan").await;
+        assert_eq!(pool["used"], json!(1), "after {fault}: one lease: {pool}");
+    }
+    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+    cloud.wait_op(d["operation_id"].as_str().unwrap()).await;
+    cloud.assert_no_leaks().await;
+}
+
+/// A boot-job run killed at each point ends, and its jobs are back in the queue (the test
+/// driver has no agent, so every run unwinds): none is left claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_during_a_boot_job_run_loses_no_job() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    let (gid, op) = cloud
+        .create(json!({"name": "jobs", "template": "tiny", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    for (i, fault) in [
+        "after:guest.boot_jobs:claim",
+        "dispatched:guest.boot_jobs:run",
+        "undone:guest.boot_jobs:claim",
+    ]
+    .iter()
+    .enumerate()
+    {
+        cloud.controller.take().unwrap().kill9();
+        cloud.start_controller(&[("CORRAL_FAULT", fault)]).await;
+        let (s, v) = cloud
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/guests/{gid}"),
+                Some(json!({"hostname": format!("name-{i}")})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert!(
+            cloud
+                .controller
+                .as_mut()
+                .unwrap()
+                .wait_exit(Duration::from_secs(30)),
+            "fault {fault} never fired"
+        );
+        cloud.start_controller(&[]).await;
+        let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+        assert_eq!(op["state"], "failed", "after {fault}: {op}");
+        let (_, jobs) = cloud
+            .get(&format!("/guests/{gid}/boot-jobs?include_system=true"))
+            .await;
+        let jobs = jobs.as_array().unwrap();
+        assert_eq!(jobs.len(), i + 1, "{jobs:?}");
+        assert!(
+            jobs.iter().all(|j| j["state"] == "pending"),
+            "after {fault}: {jobs:?}"
+        );
+    }
+    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+    cloud.wait_op(d["operation_id"].as_str().unwrap()).await;
+    cloud.assert_no_leaks().await;
+}

@@ -169,11 +169,14 @@ pub async fn unlock_guest(tx: &mut Tx<'_>, id: &str, op: &str) -> Result<(), Sto
     Ok(())
 }
 
+/// Removes a guest's row with its disk records and boot jobs.
 pub async fn delete_guest(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM disks WHERE guest_id = ?")
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
+    for sql in [
+        "DELETE FROM disks WHERE guest_id = ?",
+        "DELETE FROM boot_jobs WHERE guest_id = ?",
+    ] {
+        sqlx::query(sql).bind(id).execute(&mut **tx).await?;
+    }
     sqlx::query("DELETE FROM guests WHERE id = ?")
         .bind(id)
         .execute(&mut **tx)
