@@ -11,6 +11,7 @@
 //!    directly (`qemu-img create -b`, `virsh define`, `virsh start`), and the latency from a
 //!    libvirt lifecycle event (`virsh suspend`/`resume`) to an SSE client, p50/p99.
 
+mod agent;
 mod scripts;
 
 use std::collections::HashMap;
@@ -641,7 +642,9 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         fleet(&api, &redis_url, ctl_pid, o.fleet, 1000).await?;
     }
     if let Some(fixture) = &o.tcg {
-        tcg(&api, &env, tmp, fixture, o.events, &mut procs).await?;
+        // qemu-img resolves a relative backing file against the new image's directory.
+        let fixture = std::fs::canonicalize(fixture)?;
+        tcg(&api, &env, tmp, &fixture, o.events, &mut procs).await?;
     }
     Ok(())
 }
@@ -898,6 +901,7 @@ async fn tcg_on(
         percentile(&lat_cmd, 0.5),
         percentile(&lat_cmd, 0.99),
     );
+    agent::run(api, &gid, 10).await?;
     let (_, d) = api
         .call(reqwest::Method::DELETE, &format!("/guests/{gid}"), None)
         .await?;
