@@ -255,9 +255,7 @@ async fn controller_killed_during_an_ip_change_leaves_one_lease() {
         let (_, pool) = cloud.get("/ip-pools/lan").await;
         assert_eq!(pool["used"], json!(1), "after {fault}: one lease: {pool}");
     }
-    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
-    cloud.wait_op(d["operation_id"].as_str().unwrap()).await;
-    cloud.assert_no_leaks().await;
+    cloud.delete_all_and_check().await;
 }
 
 /// A boot-job run killed at each point ends, and its jobs are back in the queue (the test
@@ -313,7 +311,5 @@ async fn controller_killed_during_a_boot_job_run_loses_no_job() {
             "after {fault}: {jobs:?}"
         );
     }
-    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
-    cloud.wait_op(d["operation_id"].as_str().unwrap()).await;
-    cloud.assert_no_leaks().await;
+    cloud.delete_all_and_check().await;
 }

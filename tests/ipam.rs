@@ -216,15 +216,5 @@ async fn address_states_ranges_and_ip_correction() {
         (Some(0), Some(0), Some(4))
     );
 
-    let (_, all) = cloud.get("/guests").await;
-    for g in all.as_array().unwrap() {
-        let (_, d) = cloud
-            .delete(&format!("/guests/{}", g["id"].as_str().unwrap()))
-            .await;
-        assert_eq!(
-            cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
-            "succeeded"
-        );
-    }
-    cloud.assert_no_leaks().await;
+    cloud.delete_all_and_check().await;
 }

@@ -77,7 +77,7 @@ async fn plugins_steer_refuse_and_fail_safely() {
         "fn on_event(e, config) { () }",
     );
     let enabled = "naming-policy,spread-by-free-memory,broken,hang,noisy,missing";
-    let mut cloud = Cloud::up_with(vec![
+    let cloud = Cloud::up_with(vec![
         (
             "CORRAL_PLUGINS_DIR".into(),
             dir.path().display().to_string(),
@@ -181,11 +181,5 @@ async fn plugins_steer_refuse_and_fail_safely() {
     let (s, _) = cloud.get("/health").await;
     assert_eq!(s, 200);
 
-    let (_, d) = cloud.delete("/guests/web-1").await;
-    assert_eq!(
-        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
-        json!("succeeded")
-    );
-    cloud.assert_no_leaks().await;
-    cloud.controller.as_mut().unwrap().kill9();
+    cloud.delete_all_and_check().await;
 }

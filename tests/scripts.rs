@@ -387,11 +387,7 @@ async fn boot_jobs_queue_list_hide_and_survive_a_failed_run() {
     let (s, _) = cloud.delete("/boot-scripts/motd").await;
     assert_eq!(s, 409);
 
-    for g in [&g1, &g2] {
-        let (_, d) = cloud.delete(&format!("/guests/{g}")).await;
-        cloud.wait_op(d["operation_id"].as_str().unwrap()).await;
-    }
-    cloud.assert_no_leaks().await;
+    cloud.delete_all_and_check().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,9 +496,5 @@ async fn ip_changes_are_checked_and_atomic() {
     let (_, pool) = cloud.get("/ip-pools/p").await;
     assert_eq!(pool["used"], json!(2), "{pool}");
 
-    for g in [&a, &b] {
-        let (_, d) = cloud.delete(&format!("/guests/{g}")).await;
-        cloud.wait_op(d["operation_id"].as_str().unwrap()).await;
-    }
-    cloud.assert_no_leaks().await;
+    cloud.delete_all_and_check().await;
 }

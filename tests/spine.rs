@@ -87,18 +87,7 @@ async fn create_and_delete_many_guests_leaves_nothing_behind() {
         assert_eq!(g["state"], state, "after {action}");
     }
 
-    let mut ops = Vec::new();
-    for g in &guests {
-        let (s, v) = cloud
-            .delete(&format!("/guests/{}", g["id"].as_str().unwrap()))
-            .await;
-        assert_eq!(s, 202, "{v}");
-        ops.push(v["operation_id"].as_str().unwrap().to_string());
-    }
-    for op in ops {
-        assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
-    }
-    cloud.assert_no_leaks().await;
+    cloud.delete_all_and_check().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -460,6 +460,24 @@ impl Cloud {
         }
     }
 
+    /// Deletes every guest (each delete must succeed), then checks nothing is left.
+    pub async fn delete_all_and_check(&self) {
+        let (_, guests) = self.get("/guests").await;
+        let mut ops = Vec::new();
+        for g in guests.as_array().unwrap() {
+            let (s, v) = self
+                .delete(&format!("/guests/{}", g["id"].as_str().unwrap()))
+                .await;
+            assert_eq!(s, 202, "{v}");
+            ops.push(v["operation_id"].as_str().unwrap().to_string());
+        }
+        for op in ops {
+            let v = self.wait_op(&op).await;
+            assert_eq!(v["state"], "succeeded", "delete: {v}");
+        }
+        self.assert_no_leaks().await;
+    }
+
     /// Every lease, guest and image must be gone.
     pub async fn assert_no_leaks(&self) {
         let (_, guests) = self.get("/guests").await;
