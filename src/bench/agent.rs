@@ -85,15 +85,10 @@ pub async fn run(api: &Api, gid: &str, rounds: usize) -> Result<(), BenchError> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let boot_total = t.elapsed().as_secs_f64();
-    let (_, run) = api
-        .call(
-            reqwest::Method::GET,
-            &format!(
-                "/operations/{}",
-                job["operation_id"].as_str().unwrap_or_default()
-            ),
-            None,
-        )
+    // The job is done before its run ends (the seed is rebuilt last): wait for the run, so
+    // the guest is free again for whatever comes next.
+    let run = api
+        .wait(job["operation_id"].as_str().unwrap_or_default())
         .await?;
     let out = &run["steps"][1]["output"];
     println!(
