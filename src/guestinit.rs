@@ -121,8 +121,10 @@ pub fn check_mode(mode: &str) -> Result<(), String> {
 }
 
 pub fn check_user(user: &str) -> Result<(), String> {
+    // POSIX-portable names: a letter or '_' first, so never '.', '..' or an option.
     let ok = !user.is_empty()
         && user.len() <= 32
+        && user.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && user
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
@@ -200,7 +202,7 @@ pub fn ssh_keys_action(user: &str, keys: &[String]) -> AgentAction {
     for k in keys {
         let q = shell_quote(k);
         cmd.push_str(&format!(
-            " && (grep -qxF {q} {home}/.ssh/authorized_keys || echo {q} >> {home}/.ssh/authorized_keys)"
+            " && (grep -qxF {q} {home}/.ssh/authorized_keys || printf '%s\\n' {q} >> {home}/.ssh/authorized_keys)"
         ));
     }
     cmd.push_str(&format!(" && chmod 600 {home}/.ssh/authorized_keys"));

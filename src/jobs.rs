@@ -15,6 +15,17 @@ pub struct KindDef {
     pub steps: Vec<StepDef>,
 }
 
+impl KindDef {
+    /// The lease of step `i`: its own when longer, else the controller's default.
+    pub fn lease_ms(&self, i: usize, default_ms: i64) -> i64 {
+        self.steps
+            .get(i)
+            .and_then(|s| s.lease_secs)
+            .map(|s| (s as i64).saturating_mul(1000).max(default_ms))
+            .unwrap_or(default_ms)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepDef {
@@ -23,6 +34,10 @@ pub struct StepDef {
     pub stage: String,
     pub weight: u32,
     pub undo: bool,
+    /// The step's own lease, for node steps that may rightly run longer than the
+    /// controller's `step_lease_secs` (guest-agent runs wait for a booting guest).
+    #[serde(default)]
+    pub lease_secs: Option<u64>,
 }
 
 const SOURCES: &[&str] = &[

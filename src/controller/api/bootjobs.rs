@@ -187,7 +187,13 @@ impl BootJobApi {
         let Some(obj) = params.as_object() else {
             return Err(Error::BadRequest("params must be a JSON object".into()).into());
         };
-        if let Some(k) = obj.keys().find(|k| k.as_str() == "password") {
+        let secret = |k: &str| {
+            let k = k.to_ascii_lowercase();
+            ["password", "passwd", "secret"]
+                .iter()
+                .any(|w| k.contains(w))
+        };
+        if let Some(k) = obj.keys().find(|k| secret(k)) {
             return Err(Error::BadRequest(format!(
                 "params.{k}: boot jobs are stored and never hold a password; POST /guests/{{id}}/password resets one"
             ))
@@ -197,6 +203,15 @@ impl BootJobApi {
         if system && !auth.0.is_admin {
             return Err(Error::Forbidden(format!(
                 "{} is a system job: only administrators queue it",
+                b.script
+            ))
+            .into());
+        }
+        if system {
+            // Corral's own jobs take checked parameters: through their endpoints only.
+            return Err(Error::Unprocessable(format!(
+                "{} is a system job: use PATCH /guests/{{id}} (hostname), POST /guests/{{id}}/password, \
+                 /ssh-keys or /change-ip, which check its parameters",
                 b.script
             ))
             .into());

@@ -107,6 +107,16 @@ async fn system_job(
     Ok((job, op))
 }
 
+/// Boot jobs run `/bin/sh` in the guest: Windows guests have none.
+fn posix_only(g: &GuestRow, what: &str) -> Result<(), Error> {
+    if g.os_type == "windows" {
+        return Err(Error::Unprocessable(format!(
+            "{what} runs a shell in the guest, which Windows guests lack; change it inside Windows"
+        )));
+    }
+    Ok(())
+}
+
 async fn guest(state: &AppState, id: &str) -> Result<GuestRow, Error> {
     state
         .store
@@ -137,6 +147,7 @@ impl GuestConfigApi {
             }));
         };
         check_hostname(&hostname).map_err(Error::BadRequest)?;
+        posix_only(&g, "a hostname change")?;
         if matches!(g.state.as_str(), "creating" | "deleting") {
             return Err(Error::Conflict {
                 message: format!(
@@ -259,6 +270,7 @@ impl GuestConfigApi {
         let b = body.0;
         let user = b.user.unwrap_or_else(|| "root".into());
         check_user(&user).map_err(Error::BadRequest)?;
+        posix_only(&g, "adding SSH keys")?;
         if b.keys.is_empty() || b.keys.len() > 100 {
             return Err(Error::BadRequest("keys must hold 1 to 100 public keys".into()).into());
         }
@@ -347,6 +359,16 @@ impl GuestConfigApi {
     }
 }
 
+/// The guest's current pool.
+async fn pools_of(state: &AppState, g: &GuestRow) -> Result<Option<st::PoolRow>, Error> {
+    Ok(state
+        .store
+        .pools()
+        .await?
+        .into_iter()
+        .find(|p| Some(&p.id) == g.pool_id.as_ref()))
+}
+
 /// The 409s and 422s of a hand-given address, before any operation starts.
 async fn precheck_manual(state: &AppState, g: &GuestRow, addr: &str) -> Result<(), Error> {
     let ip: std::net::Ipv4Addr = addr
@@ -395,6 +417,15 @@ async fn precheck_manual(state: &AppState, g: &GuestRow, addr: &str) -> Result<(
             .await
             .map_err(|e| Error::Unprocessable(e.to_string()))?;
         if range.net.contains(&ip) {
+            if let Some(cur) = pools_of(state, g).await? {
+                if (&cur.bridge, cur.vlan) != (&p.bridge, p.vlan) {
+                    return Err(Error::Unprocessable(format!(
+                        "{ip} is in pool {} on another network (bridge {:?}, VLAN {:?}) than the guest's NIC \
+                         (bridge {:?}, VLAN {:?}): an IP change keeps the guest on its network",
+                        p.name, p.bridge, p.vlan, cur.bridge, cur.vlan
+                    )));
+                }
+            }
             if ip == range.net.network() || ip == range.net.broadcast() || Some(ip) == range.gateway
             {
                 return Err(Error::Unprocessable(format!(

@@ -146,12 +146,33 @@ fn read_only(kind: Kind, name: &str) -> Error {
     }
 }
 
+/// Profiles run as root in every guest of the templates that use them: administrators
+/// write them. A boot script runs only where it is queued: its author or an administrator
+/// changes it.
+fn may_write(kind: Kind, auth: &Auth, owner: Option<&str>) -> Result<(), Error> {
+    let ok = auth.0.is_admin || (kind == Kind::Boot && owner.is_none_or(|o| o == auth.0.name));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(format!(
+            "only an administrator{} may change this {}",
+            if kind == Kind::Boot {
+                " or the script's author"
+            } else {
+                ""
+            },
+            what(kind)
+        )))
+    }
+}
+
 async fn create(
     state: &AppState,
     kind: Kind,
     auth: &Auth,
     body: NewScript,
 ) -> ApiResult<ScriptView> {
+    may_write(kind, auth, None)?;
     check_name(&body.name).map_err(Error::BadRequest)?;
     if catalog::shipped(kind, &body.name).is_some() {
         return Err(read_only(kind, &body.name).into());
@@ -192,6 +213,7 @@ async fn create(
 async fn update(
     state: &AppState,
     kind: Kind,
+    auth: &Auth,
     name: &str,
     body: ScriptSource,
 ) -> ApiResult<ScriptView> {
@@ -203,6 +225,7 @@ async fn update(
         .script(kind.as_str(), name)
         .await?
         .ok_or_else(|| Error::not_found(what(kind), name))?;
+    may_write(kind, auth, Some(&row.created_by))?;
     state
         .scripts
         .validate(kind, name, &body.source)
@@ -213,20 +236,22 @@ async fn update(
     Ok(stored_view(row))
 }
 
-async fn delete(state: &AppState, kind: Kind, name: &str) -> ApiResult<ScriptDeleted> {
+async fn delete(state: &AppState, kind: Kind, auth: &Auth, name: &str) -> ApiResult<ScriptDeleted> {
     if catalog::shipped(kind, name).is_some() {
         return Err(read_only(kind, name).into());
     }
-    if state.store.script(kind.as_str(), name).await?.is_none() {
+    let Some(row) = state.store.script(kind.as_str(), name).await? else {
         return Err(Error::not_found(what(kind), name).into());
-    }
+    };
+    may_write(kind, auth, Some(&row.created_by))?;
     let in_use = match kind {
         Kind::Profile => {
             let (templates, creating) = state.store.profile_users(name).await?;
             (!templates.is_empty() || creating > 0).then(|| {
                 format!(
-                    "OS-init profile {name} is used by template(s) [{}] and {creating} guest(s) being created; \
-                     change their profile first (PATCH /templates/{{id}})",
+                    "OS-init profile {name} is used by template(s) [{}] and {creating} guest(s) (their seed \
+                     is rebuilt from it on hostname, password and IP changes); change the templates' \
+                     profile (PATCH /templates/{{id}}) and delete the guests first",
                     templates.join(", ")
                 )
             })
@@ -323,12 +348,14 @@ impl ScriptApi {
     )]
     async fn profile_update(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         name: Path<String>,
         body: Json<ScriptSource>,
     ) -> ApiResult<Json<ScriptView>> {
-        Ok(Json(update(&state, Kind::Profile, &name, body.0).await?))
+        Ok(Json(
+            update(&state, Kind::Profile, &auth, &name, body.0).await?,
+        ))
     }
 
     /// Delete a profile no template uses.
@@ -339,11 +366,11 @@ impl ScriptApi {
     )]
     async fn profile_delete(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         name: Path<String>,
     ) -> ApiResult<ScriptDeleted> {
-        delete(&state, Kind::Profile, &name).await
+        delete(&state, Kind::Profile, &auth, &name).await
     }
 
     /// List boot scripts. Shipped ones are system jobs, listed for administrators who ask
@@ -402,12 +429,14 @@ impl ScriptApi {
     )]
     async fn boot_update(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         name: Path<String>,
         body: Json<ScriptSource>,
     ) -> ApiResult<Json<ScriptView>> {
-        Ok(Json(update(&state, Kind::Boot, &name, body.0).await?))
+        Ok(Json(
+            update(&state, Kind::Boot, &auth, &name, body.0).await?,
+        ))
     }
 
     /// Delete a boot script with no queued jobs.
@@ -418,10 +447,10 @@ impl ScriptApi {
     )]
     async fn boot_delete(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         name: Path<String>,
     ) -> ApiResult<ScriptDeleted> {
-        delete(&state, Kind::Boot, &name).await
+        delete(&state, Kind::Boot, &auth, &name).await
     }
 }

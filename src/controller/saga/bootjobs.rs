@@ -56,6 +56,11 @@ pub async fn claim(
         }
         let params: serde_json::Value =
             serde_json::from_str(&job.params).unwrap_or(serde_json::Value::Null);
+        // Users' scripts never see the guest's password hash.
+        let mut facts = facts.clone();
+        if !job.system {
+            facts.password_hash = None;
+        }
         let evaluated = match script_source(tx, Kind::Boot, &job.script).await? {
             None => Err(format!("boot script {} no longer exists", job.script)),
             Some(source) => scripts
@@ -143,6 +148,19 @@ pub async fn complete(tx: &mut Tx<'_>, op: &OpRow, g: &st::GuestRow) -> Result<(
                     if let Some(h) = params["password_hash"].as_str() {
                         secrets.password_hash = Some(h.to_string());
                         secrets_changed = true;
+                    }
+                }
+                "change-ip" => {
+                    // The guest has left its old address: the pool may hand it out again.
+                    let old = params["old_address"]
+                        .as_str()
+                        .and_then(|a| a.split('/').next());
+                    if let Some(old) = old.filter(|o| Some(*o) != g.ip.as_deref()) {
+                        sqlx::query("DELETE FROM ip_leases WHERE ip = ? AND guest_id = ?")
+                            .bind(old)
+                            .bind(&g.id)
+                            .execute(&mut **tx)
+                            .await?;
                     }
                 }
                 "inject-ssh-keys" => {

@@ -48,7 +48,22 @@ pub async fn reserve(tx: &mut Tx<'_>, op: &mut OpRow, g: &GuestRow) -> Result<()
     }
     let pools = st::pools_in(tx).await?;
     let (pool, ip) = match &p.address {
-        Some(addr) => lease_manual(tx, &pools, addr, &g.id).await?,
+        Some(addr) => {
+            // The NIC stays where it is: only pools on the guest's network qualify.
+            let net = pools
+                .iter()
+                .find(|p| Some(&p.id) == g.pool_id.as_ref())
+                .map(|p| (p.bridge.clone(), p.vlan));
+            let same: Vec<st::PoolRow> = pools
+                .iter()
+                .filter(|p| {
+                    net.as_ref()
+                        .is_none_or(|n| *n == (p.bridge.clone(), p.vlan))
+                })
+                .cloned()
+                .collect();
+            lease_manual(tx, &same, addr, &g.id).await?
+        }
         None => {
             let own: Vec<st::PoolRow> = pools
                 .into_iter()
@@ -207,7 +222,11 @@ pub async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), Ste
         return Err(StepError::Permanent("no address was reserved".into()));
     };
     let old = g.ip.clone();
-    if let Some(old) = &old {
+    // A guest that is not running still uses its old address until its next boot runs the
+    // change-ip job: the old lease is kept until that job is done (`bootjobs::complete`),
+    // so the pool cannot hand the address to another guest meanwhile.
+    let running = g.state == "running";
+    if let (Some(old), true) = (&old, running) {
         if *old != ip {
             sqlx::query("DELETE FROM ip_leases WHERE ip = ? AND guest_id = ?")
                 .bind(old)
@@ -216,16 +235,17 @@ pub async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), Ste
                 .await?;
         }
     }
-    let returned = match (&old, &g.pool_id) {
-        (Some(old), Some(pid)) => match st::pool_in(tx, pid).await? {
-            Some(p) => {
-                let range = alloc::PoolRange::load(tx, &p).await?;
-                old.parse().map(|a| range.contains(a)).unwrap_or(false)
-            }
-            None => false,
-        },
-        _ => false,
-    };
+    let returned = running
+        && match (&old, &g.pool_id) {
+            (Some(old), Some(pid)) => match st::pool_in(tx, pid).await? {
+                Some(p) => {
+                    let range = alloc::PoolRange::load(tx, &p).await?;
+                    old.parse().map(|a| range.contains(a)).unwrap_or(false)
+                }
+                None => false,
+            },
+            _ => false,
+        };
     sqlx::query("UPDATE guests SET ip = ?, pool_id = ?, updated_at = ? WHERE id = ?")
         .bind(&ip)
         .bind(&pool)

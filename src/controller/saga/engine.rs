@@ -310,7 +310,8 @@ impl Engine {
         self.store.commit(tx).await?;
         // Fence first: the key must name this attempt before any copy of the job can run.
         // Its lifetime is twice the lease: a job older than that has been superseded.
-        let ttl = std::time::Duration::from_millis((self.lease_ms * 2).max(1) as u64);
+        let ttl =
+            std::time::Duration::from_millis((def.lease_ms(step, self.lease_ms) * 2).max(1) as u64);
         if let Err(e) = self.queues.fence(&op.id, step, undo, attempt, ttl).await {
             tracing::warn!(op = %op.id, step = %name, "fencing: {e}; the lease will dispatch it again");
             return Ok(NodeStep::Dispatched);

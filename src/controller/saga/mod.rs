@@ -103,7 +103,9 @@ impl Saga {
                                 undo: false,
                             }
                         }
-                        StepState::Running if Self::lease_expired(step, now, lease_ms) => {
+                        StepState::Running
+                            if Self::lease_expired(step, now, def.lease_ms(i, lease_ms)) =>
+                        {
                             return Next::Execute {
                                 step: i,
                                 undo: false,
@@ -144,7 +146,9 @@ impl Saga {
                             }
                             self.cursor -= 1;
                         }
-                        StepState::Undoing if Self::lease_expired(step, now, lease_ms) => {
+                        StepState::Undoing
+                            if Self::lease_expired(step, now, def.lease_ms(i, lease_ms)) =>
+                        {
                             return Next::Execute {
                                 step: i,
                                 undo: true,

@@ -248,12 +248,11 @@ impl Store {
                 .bind(name)
                 .fetch_all(self.pool())
                 .await?;
-        let (creating,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM guests WHERE os_init_profile = ? AND state = 'creating'",
-        )
-        .bind(name)
-        .fetch_one(self.pool())
-        .await?;
+        let (creating,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM guests WHERE os_init_profile = ?")
+                .bind(name)
+                .fetch_one(self.pool())
+                .await?;
         Ok((templates.into_iter().map(|t| t.0).collect(), creating))
     }
 
