@@ -33,21 +33,12 @@ async fn controller_killed_after_every_create_step_resumes_and_leaks_nothing() {
     cloud.template("tiny").await;
     cloud.pool("lan", "192.0.2.10", "192.0.2.20").await;
     for (i, fault) in CREATE_FAULTS.iter().enumerate() {
-        cloud.controller.take().unwrap().kill9();
-        cloud.start_controller(&[("CORRAL_FAULT", fault)]).await;
+        cloud.arm_fault(fault).await;
         let (gid, op) = cloud
             .create(json!({"name": format!("crash-{i}"), "template": "tiny", "cpus": 1, "memory_mib": 128}))
             .await[0]
             .clone();
-        assert!(
-            cloud
-                .controller
-                .as_mut()
-                .unwrap()
-                .wait_exit(Duration::from_secs(30)),
-            "fault {fault} never fired"
-        );
-        cloud.start_controller(&[]).await;
+        cloud.restart_after_fault(fault).await;
         let v = cloud.wait_op(&op).await;
         assert_eq!(v["state"], "succeeded", "after {fault}: {v}");
         let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
@@ -70,8 +61,7 @@ async fn controller_killed_while_unwinding_finishes_the_unwind() {
     // The image disappears after registration: create_disk fails on the node, for good.
     std::fs::remove_file(t["path"].as_str().unwrap()).unwrap();
     for fault in ["undone:guest.create:allocate", "undone:guest.create:place"] {
-        cloud.controller.take().unwrap().kill9();
-        cloud.start_controller(&[("CORRAL_FAULT", fault)]).await;
+        cloud.arm_fault(fault).await;
         let (gid, op) = cloud
             .create(json!({"template": "doomed", "cpus": 1, "memory_mib": 128}))
             .await[0]
@@ -236,21 +226,12 @@ async fn controller_killed_during_an_ip_change_leaves_one_lease() {
     .enumerate()
     {
         let before = cloud.get(&format!("/guests/{gid}")).await.1["ip"].clone();
-        cloud.controller.take().unwrap().kill9();
-        cloud.start_controller(&[("CORRAL_FAULT", fault)]).await;
+        cloud.arm_fault(fault).await;
         let (s, v) = cloud
             .post(&format!("/guests/{gid}/change-ip"), json!({}))
             .await;
         assert_eq!(s, 202, "{v}");
-        assert!(
-            cloud
-                .controller
-                .as_mut()
-                .unwrap()
-                .wait_exit(Duration::from_secs(30)),
-            "fault {fault} never fired"
-        );
-        cloud.start_controller(&[]).await;
+        cloud.restart_after_fault(fault).await;
         let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
         assert_eq!(op["state"], "succeeded", "after {fault}: {op}");
         let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
@@ -285,8 +266,7 @@ async fn controller_killed_during_a_boot_job_run_loses_no_job() {
     .iter()
     .enumerate()
     {
-        cloud.controller.take().unwrap().kill9();
-        cloud.start_controller(&[("CORRAL_FAULT", fault)]).await;
+        cloud.arm_fault(fault).await;
         let (s, v) = cloud
             .call(
                 reqwest::Method::PATCH,
@@ -295,15 +275,7 @@ async fn controller_killed_during_a_boot_job_run_loses_no_job() {
             )
             .await;
         assert_eq!(s, 200, "{v}");
-        assert!(
-            cloud
-                .controller
-                .as_mut()
-                .unwrap()
-                .wait_exit(Duration::from_secs(30)),
-            "fault {fault} never fired"
-        );
-        cloud.start_controller(&[]).await;
+        cloud.restart_after_fault(fault).await;
         let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
         assert_eq!(op["state"], "failed", "after {fault}: {op}");
         let (_, jobs) = cloud

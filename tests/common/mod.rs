@@ -460,6 +460,24 @@ impl Cloud {
         }
     }
 
+    /// Restarts the controller with `CORRAL_FAULT=fault`: it aborts at that point.
+    pub async fn arm_fault(&mut self, fault: &str) {
+        self.controller.take().unwrap().kill9();
+        self.start_controller(&[("CORRAL_FAULT", fault)]).await;
+    }
+
+    /// Waits for the armed fault to abort the controller, then starts a clean one.
+    pub async fn restart_after_fault(&mut self, fault: &str) {
+        assert!(
+            self.controller
+                .as_mut()
+                .unwrap()
+                .wait_exit(Duration::from_secs(30)),
+            "fault {fault} never fired"
+        );
+        self.start_controller(&[]).await;
+    }
+
     /// Deletes every guest (each delete must succeed), then checks nothing is left.
     pub async fn delete_all_and_check(&self) {
         let (_, guests) = self.get("/guests").await;
