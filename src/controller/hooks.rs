@@ -8,11 +8,6 @@ use std::time::Duration;
 use super::plugins::Plugins;
 use super::store::{OpRow, Store};
 
-/// Whether any plugin runs (without plugins nothing is serialised for them).
-fn active(plugins: &Plugins) -> bool {
-    plugins.list().iter().any(|p| p.state == "enabled")
-}
-
 /// What a plugin sees of an operation (no payload: it can hold request details).
 pub fn op_json(op: &OpRow) -> serde_json::Value {
     serde_json::json!({"id": op.id, "kind": op.kind, "guest_id": op.guest_id,
@@ -22,7 +17,7 @@ pub fn op_json(op: &OpRow) -> serde_json::Value {
 
 /// An operation ended: `after:<kind>` hooks.
 pub fn after_op(plugins: &Arc<Plugins>, op: &OpRow) {
-    if !active(plugins) {
+    if !plugins.active() {
         return;
     }
     let (p, kind, j) = (plugins.clone(), op.kind.clone(), op_json(op));
@@ -31,7 +26,7 @@ pub fn after_op(plugins: &Arc<Plugins>, op: &OpRow) {
 
 /// A step of `op` ended (done, failed or undone): `after_step` hooks.
 pub fn after_step(plugins: &Arc<Plugins>, op: &OpRow, step: usize) {
-    if !active(plugins) {
+    if !plugins.active() {
         return;
     }
     let step = op
@@ -50,7 +45,7 @@ pub async fn feed_events(
     plugins: Arc<Plugins>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    if !active(&plugins) {
+    if !plugins.active() {
         return;
     }
     tokio::pin!(shutdown);

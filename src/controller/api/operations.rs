@@ -128,9 +128,6 @@ pub fn view(op: &OpRow) -> Operation {
     }
 }
 
-/// Writes a new pending operation of `kind` for `guest` inside `tx` and takes the guest's
-/// lock; a guest already held answers 409 naming the holder (S76's rule).
-/// What an operation acts on.
 pub use crate::controller::saga::launch::Target;
 
 /// Creates an operation for a request (see [`launch::create_op`]).
@@ -145,10 +142,7 @@ pub async fn start_op(
 ) -> Result<OpRow, Error> {
     // guest.create asks its plugins with the whole request, in its handler.
     if kind != "guest.create" {
-        let (guest_id, node_id) = match &target {
-            Target::Guest(g) => (Some(*g), None),
-            Target::Node(n) => (None, Some(*n)),
-        };
+        let (guest_id, node_id) = target.ids();
         let view = serde_json::json!({"kind": kind, "guest_id": guest_id, "node_id": node_id,
             "payload": payload, "requested_by": user});
         state

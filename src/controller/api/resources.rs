@@ -81,6 +81,14 @@ pub enum Deleted {
     Deleted,
 }
 
+async fn template_or_404(state: &AppState, id: &str) -> Result<TemplateRow, Error> {
+    state
+        .store
+        .template(id)
+        .await?
+        .ok_or_else(|| Error::not_found("template", id))
+}
+
 pub struct TemplateApi;
 
 #[OpenApi(tag = "super::system::Tag::Resources")]
@@ -157,11 +165,7 @@ impl TemplateApi {
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Json<Template>> {
-        let t = state
-            .store
-            .template(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("template", id.0.clone()))?;
+        let t = template_or_404(&state, &id).await?;
         Ok(Json(template_view(t)))
     }
 
@@ -178,11 +182,7 @@ impl TemplateApi {
         id: Path<String>,
         body: Json<UpdateTemplate>,
     ) -> ApiResult<Json<Template>> {
-        let t = state
-            .store
-            .template(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("template", id.0.clone()))?;
+        let t = template_or_404(&state, &id).await?;
         if let Some(p) = &body.os_init_profile {
             super::scripts::require_profile(&state, p).await?;
         }
@@ -190,11 +190,7 @@ impl TemplateApi {
             .store
             .set_template_profile(&t.id, body.os_init_profile.as_deref())
             .await?;
-        let t = state
-            .store
-            .template(&t.id)
-            .await?
-            .ok_or_else(|| Error::not_found("template", id.0.clone()))?;
+        let t = template_or_404(&state, &t.id).await?;
         Ok(Json(template_view(t)))
     }
 
@@ -211,11 +207,7 @@ impl TemplateApi {
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Deleted> {
-        let t = state
-            .store
-            .template(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("template", id.0.clone()))?;
+        let t = template_or_404(&state, &id).await?;
         let n = state.store.guests_using_template(&t.id).await?;
         if n > 0 {
             return Err(Error::Conflict {

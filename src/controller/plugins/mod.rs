@@ -313,6 +313,11 @@ impl Plugins {
         })
     }
 
+    /// Whether any plugin runs (cheap: no allocation, checked on every saga step).
+    pub fn active(&self) -> bool {
+        self.with(|_| true).next().is_some()
+    }
+
     pub fn has_placement(&self) -> bool {
         self.with(|h| *h == Hook::Placement).next().is_some()
     }

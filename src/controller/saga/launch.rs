@@ -11,6 +11,16 @@ pub enum Target<'a> {
     Node(&'a str),
 }
 
+impl Target<'_> {
+    /// The guest and node ids, one of them set.
+    pub fn ids(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Target::Guest(g) => (Some(g), None),
+            Target::Node(n) => (None, Some(n)),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("unknown operation kind {0}")]
@@ -31,10 +41,7 @@ pub async fn create_op(
     user: &str,
     lock: bool,
 ) -> Result<OpRow, LaunchError> {
-    let (guest, node) = match target {
-        Target::Guest(g) => (Some(g), None),
-        Target::Node(n) => (None, Some(n)),
-    };
+    let (guest, node) = target.ids();
     let def = catalog
         .get(kind)
         .ok_or_else(|| LaunchError::UnknownKind(kind.to_string()))?;
