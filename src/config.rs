@@ -45,6 +45,8 @@ pub struct ControllerConfig {
     /// A dispatched node step with no result after this long is dispatched again (steps are
     /// idempotent); covers a Redis that lost its data.
     pub step_lease_secs: u64,
+    /// How long the janitor waits before running a node's failed cleanup items again.
+    pub janitor_secs: u64,
     /// Transient node-step failures are retried this many times before the saga unwinds.
     pub step_max_attempts: u32,
     pub vnc_port_min: u16,
@@ -74,6 +76,7 @@ impl Default for ControllerConfig {
             node_timeout_secs: 10,
             dispatch_window: 32,
             step_lease_secs: 120,
+            janitor_secs: 30,
             step_max_attempts: 3,
             vnc_port_min: 5900,
             vnc_port_max: 6899,
@@ -201,6 +204,7 @@ impl Config {
         env_parse("CORRAL_NODE_TIMEOUT_SECS", &mut c.node_timeout_secs)?;
         env_parse("CORRAL_DISPATCH_WINDOW", &mut c.dispatch_window)?;
         env_parse("CORRAL_STEP_LEASE_SECS", &mut c.step_lease_secs)?;
+        env_parse("CORRAL_JANITOR_SECS", &mut c.janitor_secs)?;
         env_parse("CORRAL_VNC_PORT_MIN", &mut c.vnc_port_min)?;
         env_parse("CORRAL_VNC_PORT_MAX", &mut c.vnc_port_max)?;
         // One variable sets the range for both roles (`corral up` runs both).

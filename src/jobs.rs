@@ -1,10 +1,14 @@
 //! The catalog of operation kinds, declared in `jobs/*.toml` and compiled into the binary.
 //!
-//! A kind is an ordered list of saga steps. The catalog only says *what* the steps are;
-//! `controller::saga::steps` says how each one runs and how it is undone.
+//! A kind is an ordered list of saga steps. The declaration says where each step runs, its
+//! progress label, weight and lease; the kind's module in `controller::saga::kinds` owns
+//! the step enum and how each step runs and is undone. Loading checks one against the
+//! other: a step declared but not in the enum (a typo) or in the enum but not declared
+//! fails the catalog, and so the controller's start and the unit tests.
 
 use serde::Deserialize;
 
+use crate::controller::saga::kinds::OpKind;
 use crate::model::RunsOn;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,54 +44,63 @@ pub struct StepDef {
     pub lease_secs: Option<u64>,
 }
 
-const SOURCES: &[&str] = &[
-    include_str!("../jobs/guest.create.toml"),
-    include_str!("../jobs/guest.delete.toml"),
-    include_str!("../jobs/guest.start.toml"),
-    include_str!("../jobs/guest.shutdown.toml"),
-    include_str!("../jobs/guest.poweroff.toml"),
-    include_str!("../jobs/guest.reboot.toml"),
-    include_str!("../jobs/guest.reset.toml"),
-    include_str!("../jobs/guest.suspend.toml"),
-    include_str!("../jobs/guest.resume.toml"),
-    include_str!("../jobs/guest.set_bandwidth.toml"),
-    include_str!("../jobs/guest.boot_jobs.toml"),
-    include_str!("../jobs/guest.change_ip.toml"),
-    include_str!("../jobs/node.remove.toml"),
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("jobs catalog: {0}")]
-    Parse(#[from] toml::de::Error),
-    #[error("jobs catalog: kind {0} declared twice")]
-    Duplicate(String),
+    #[error("jobs catalog: {kind}: {source}")]
+    Parse {
+        kind: OpKind,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("jobs catalog: jobs/{kind}.toml declares kind {declared}")]
+    Misnamed { kind: OpKind, declared: String },
+    #[error("jobs catalog: {kind} declares steps {declared:?}, its Rust module has {code:?}")]
+    Steps {
+        kind: OpKind,
+        declared: Vec<String>,
+        code: Vec<&'static str>,
+    },
 }
 
+/// Every kind's declaration, checked against its module; indexed by [`OpKind`].
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    kinds: Vec<KindDef>,
+    kinds: Vec<(OpKind, KindDef)>,
 }
 
 impl Catalog {
     pub fn builtin() -> Result<Self, CatalogError> {
-        let mut kinds: Vec<KindDef> = Vec::new();
-        for src in SOURCES {
-            let def: KindDef = toml::from_str(src)?;
-            if kinds.iter().any(|k| k.kind == def.kind) {
-                return Err(CatalogError::Duplicate(def.kind));
+        let mut kinds = Vec::with_capacity(OpKind::ALL.len());
+        for &kind in OpKind::ALL {
+            let def: KindDef = toml::from_str(kind.declaration())
+                .map_err(|source| CatalogError::Parse { kind, source })?;
+            if def.kind != kind.as_str() {
+                return Err(CatalogError::Misnamed {
+                    kind,
+                    declared: def.kind,
+                });
             }
-            kinds.push(def);
+            let declared: Vec<String> = def.steps.iter().map(|s| s.name.clone()).collect();
+            let code = kind.step_names();
+            if declared != code {
+                return Err(CatalogError::Steps {
+                    kind,
+                    declared,
+                    code,
+                });
+            }
+            kinds.push((kind, def));
         }
         Ok(Catalog { kinds })
     }
 
-    pub fn get(&self, kind: &str) -> Option<&KindDef> {
-        self.kinds.iter().find(|k| k.kind == kind)
+    pub fn get(&self, kind: OpKind) -> &KindDef {
+        // Every kind is loaded (builtin() fails otherwise), in OpKind::ALL order.
+        &self.kinds[OpKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)].1
     }
 
     pub fn kinds(&self) -> impl Iterator<Item = &KindDef> {
-        self.kinds.iter()
+        self.kinds.iter().map(|(_, d)| d)
     }
 }
 
@@ -98,7 +111,8 @@ mod tests {
     #[test]
     fn builtin_catalog_parses_and_every_kind_has_steps() {
         let c = Catalog::builtin().unwrap();
-        assert!(c.get("guest.create").is_some());
+        assert_eq!(c.get(OpKind::GuestCreate).kind, "guest.create");
+        assert_eq!(c.kinds().count(), OpKind::ALL.len());
         for k in c.kinds() {
             assert!(!k.steps.is_empty(), "{} has no steps", k.kind);
             assert!(

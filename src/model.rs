@@ -44,6 +44,12 @@ pub enum StepState {
     Failed,
     Undoing,
     Undone,
+    /// Its undo could not complete: what it made may still exist (on the node's cleanup
+    /// list), and the resources it used stay held.
+    UndoFailed,
+    /// Given up while its node was offline (a cancel, the node's removal): what it may
+    /// have made is on the node's cleanup list.
+    Abandoned,
 }
 
 /// One step of an operation, as recorded (and shown by `GET /operations/{id}`).
@@ -59,6 +65,10 @@ pub struct StepRecord {
     #[serde(default)]
     pub tries: u32,
     pub dispatched_at: Option<i64>,
+    /// The lease of the current dispatch, when the action's own time limit makes it longer
+    /// than the step's declared one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<i64>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub error: Option<String>,
@@ -240,6 +250,32 @@ pub enum NodeAction {
         #[serde(default)]
         strict: bool,
     },
+    /// Runs a node's cleanup list: only destroy, undefine (by the guest's uuid) and remove
+    /// file (inside the disk-image directory). Each item is reported on its own in a
+    /// [`CleanupReport`]; the step itself succeeds.
+    Cleanup {
+        items: Vec<CleanupItem>,
+    },
+}
+
+/// One entry of a node's cleanup list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanupItem {
+    pub id: i64,
+    pub action: NodeAction,
+}
+
+/// What a node reports for a [`NodeAction::Cleanup`] (the step's `output`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CleanupReport {
+    pub results: Vec<CleanupResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanupResult {
+    pub id: i64,
+    /// None when the object is gone (removed now, or already).
+    pub error: Option<String>,
 }
 
 /// A group of agent actions with one outcome: one boot job, or one init plan.
@@ -294,6 +330,17 @@ impl NodeAction {
             NodeAction::Suspend { .. } => "suspend",
             NodeAction::Resume { .. } => "resume",
             NodeAction::AgentRun { .. } => "agent_run",
+            NodeAction::Cleanup { .. } => "cleanup",
+        }
+    }
+
+    /// The action's own time limit, when it has one: its step's lease must outlast it,
+    /// or the step would be dispatched again while the first run still waits.
+    pub fn time_limit_secs(&self) -> Option<u64> {
+        match self {
+            NodeAction::Shutdown { timeout_secs, .. } => Some(*timeout_secs),
+            NodeAction::AgentRun { wait_secs, .. } => Some(*wait_secs),
+            _ => None,
         }
     }
 }

@@ -323,6 +323,61 @@ pub async fn release_all(tx: &mut Tx<'_>, guest: &str) -> Result<(), AllocError>
     Ok(())
 }
 
+/// Returns one address a guest held (the old address after an IP change).
+pub async fn release_ip(tx: &mut Tx<'_>, ip: &str, guest: &str) -> Result<(), AllocError> {
+    sqlx::query("DELETE FROM ip_leases WHERE ip = ? AND guest_id = ?")
+        .bind(ip)
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Keeps a guest's leases, marked as waiting for its node's cleanup: an undo on the node
+/// did not complete, so the domain or files using them may still exist there.
+pub async fn mark_for_cleanup(tx: &mut Tx<'_>, guest: &str) -> Result<(), AllocError> {
+    for sql in [
+        "UPDATE ip_leases SET needs_cleanup = 1 WHERE guest_id = ?",
+        "UPDATE vnc_leases SET needs_cleanup = 1 WHERE guest_id = ?",
+        "UPDATE mac_leases SET needs_cleanup = 1 WHERE guest_id = ?",
+    ] {
+        sqlx::query(sql).bind(guest).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Whether any of a guest's leases waits for cleanup.
+pub async fn held_for_cleanup(tx: &mut Tx<'_>, guest: &str) -> Result<bool, StoreError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM ip_leases WHERE guest_id = ?1 AND needs_cleanup = 1) \
+              + (SELECT COUNT(*) FROM vnc_leases WHERE guest_id = ?1 AND needs_cleanup = 1) \
+              + (SELECT COUNT(*) FROM mac_leases WHERE guest_id = ?1 AND needs_cleanup = 1)",
+    )
+    .bind(guest)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(n > 0)
+}
+
+/// Frees the leases a guest held for cleanup, once the node confirmed its objects gone.
+/// Returns whether there were any.
+pub async fn release_cleaned(tx: &mut Tx<'_>, guest: &str) -> Result<bool, AllocError> {
+    let mut any = false;
+    for sql in [
+        "DELETE FROM ip_leases WHERE guest_id = ? AND needs_cleanup = 1",
+        "DELETE FROM vnc_leases WHERE guest_id = ? AND needs_cleanup = 1",
+        "DELETE FROM mac_leases WHERE guest_id = ? AND needs_cleanup = 1",
+    ] {
+        any |= sqlx::query(sql)
+            .bind(guest)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+            > 0;
+    }
+    Ok(any)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,7 +182,7 @@ impl Ingest {
             }
             if state == "running" && matches!(current.as_str(), "shutoff" | "crashed") {
                 // Booted behind corral's back (or by the guest itself): boot jobs are due.
-                crate::controller::saga::bootjobs::mark_booted(&mut tx, guest).await?;
+                crate::controller::saga::kinds::boot_jobs::mark_booted(&mut tx, guest).await?;
             }
             sqlx::query("UPDATE guests SET state = ?, updated_at = ? WHERE id = ?")
                 .bind(state)

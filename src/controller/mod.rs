@@ -101,6 +101,7 @@ pub async fn run(
         lease_ms: (cfg.step_lease_secs * 1000) as i64,
         max_tries: cfg.step_max_attempts,
         window: cfg.dispatch_window,
+        janitor_ms: (cfg.janitor_secs.max(1) * 1000) as i64,
         fault: Fault::from_env(),
     });
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::hypervisor::{DomState, HvError, Hypervisor};
 use crate::guestinit::{render_seed, write_seed_iso};
-use crate::model::{NodeAction, StepOutcome};
+use crate::model::{CleanupReport, CleanupResult, NodeAction, StepOutcome};
 use crate::render::Renderer;
 
 /// What a node knows that affects how actions run.
@@ -255,6 +255,37 @@ pub async fn run(
                 }
             }
             Ok(ok(hv.state(guest_id).await?))
+        }
+        NodeAction::Cleanup { items } => {
+            // Only removals, each by the guest's uuid or a path inside the disk-image
+            // directory (checked by the action itself): a cleanup list cannot be turned
+            // into anything else.
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                let r = match &item.action {
+                    NodeAction::Destroy { .. }
+                    | NodeAction::Undefine { .. }
+                    | NodeAction::RemoveFile { .. } => Box::pin(run(hv, renderer, s, &item.action))
+                        .await
+                        .map(|_| ()),
+                    other => Err(ActionError::Permanent(format!(
+                        "{} is not a cleanup action",
+                        other.name()
+                    ))),
+                };
+                results.push(CleanupResult {
+                    id: item.id,
+                    error: r.err().map(|e| e.to_string()),
+                });
+            }
+            Ok(StepOutcome::Ok {
+                guest_state: None,
+                domain_xml: None,
+                output: Some(
+                    serde_json::to_value(CleanupReport { results })
+                        .map_err(|e| ActionError::Permanent(e.to_string()))?,
+                ),
+            })
         }
         NodeAction::Resume { guest_id } => {
             match require(hv, guest_id).await? {

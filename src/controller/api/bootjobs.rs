@@ -15,7 +15,8 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use super::error::{ApiResult, Error};
 use super::operations::{start_op, Target};
 use super::{AppState, Auth};
-use crate::controller::saga::bootjobs::{mark_booted, RunPayload};
+use crate::controller::saga::kinds::boot_jobs::{mark_booted, RunPayload};
+use crate::controller::saga::kinds::Request;
 use crate::controller::store::{self as st, BootJobRow, GuestRow, Tx};
 use crate::model::rfc3339;
 use crate::script::catalog::{self, Kind};
@@ -150,20 +151,10 @@ pub async fn run_now(
         mark_booted(tx, &g.id).await?;
         return Ok(None);
     }
-    let payload = serde_json::to_value(RunPayload {
+    let req = Request::BootJobs(RunPayload {
         job_ids: Some(jobs),
-    })
-    .map_err(st::StoreError::from)?;
-    let op = start_op(
-        state,
-        tx,
-        "guest.boot_jobs",
-        Target::Guest(&g.id),
-        payload,
-        user,
-        true,
-    )
-    .await?;
+    });
+    let op = start_op(state, tx, &req, Target::Guest(&g.id), user, true).await?;
     Ok(Some(op.id))
 }
 

@@ -6,7 +6,7 @@
 //!   it with `guest-set-user-password` (crypted), online when the guest runs. A generated
 //!   password (24 characters from 62) is returned in this one answer and nowhere else;
 //!   corral keeps only the hash.
-//! * An IP change is the `guest.change_ip` operation (see `saga::changeip`). The request is
+//! * An IP change is the `guest.change_ip` operation (see `saga::kinds::change_ip`). The request is
 //!   checked here first, so a taken, reserved or disabled address is a 409 at once.
 
 use poem::web::Data;
@@ -19,7 +19,8 @@ use super::error::{ApiResult, Error};
 use super::guests::{submit, OpResponse};
 use super::{AppState, Auth};
 use crate::controller::alloc;
-use crate::controller::saga::changeip::ChangeIpPayload;
+use crate::controller::saga::kinds::change_ip::ChangeIpPayload;
+use crate::controller::saga::kinds::Request;
 use crate::controller::saga::steps::random_secret;
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::{check_user, crypt_password};
@@ -350,12 +351,11 @@ impl GuestConfigApi {
                 }
             }
         }
-        let payload = serde_json::to_value(ChangeIpPayload {
+        let req = Request::ChangeIp(ChangeIpPayload {
             address: body.0.ip,
             ..Default::default()
-        })
-        .map_err(st::StoreError::from)?;
-        Ok(submit(&state, "guest.change_ip", &g.id, payload, &auth.0.name).await?)
+        });
+        Ok(submit(&state, &req, &g.id, &auth.0.name).await?)
     }
 }
 

@@ -10,7 +10,8 @@ use super::error::{ApiResult, Error};
 use super::operations::{start_op, Target};
 use super::{AppState, Auth};
 use crate::controller::alloc;
-use crate::controller::saga::steps::PowerPayload;
+use crate::controller::saga::kinds::power::Power;
+use crate::controller::saga::kinds::{set_bandwidth, Request};
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::crypt_password;
 use crate::model::{new_id, now_ms, rfc3339, Bandwidth};
@@ -198,25 +199,15 @@ pub fn accepted(guest_id: String, op_id: &str) -> OpResponse {
     )
 }
 
-/// Starts operation `kind` on guest `guest` (taking its lock) and answers 202.
+/// Starts the operation `req` on guest `guest` (taking its lock) and answers 202.
 pub async fn submit(
     state: &AppState,
-    kind: &str,
+    req: &Request,
     guest: &str,
-    payload: serde_json::Value,
     user: &str,
 ) -> Result<OpResponse, Error> {
     let mut tx = state.store.begin().await?;
-    let op = start_op(
-        state,
-        &mut tx,
-        kind,
-        Target::Guest(guest),
-        payload,
-        user,
-        true,
-    )
-    .await?;
+    let op = start_op(state, &mut tx, req, Target::Guest(guest), user, true).await?;
     state.store.commit(tx).await?;
     state.waker.wake(&op.id);
     Ok(accepted(guest.to_string(), &op.id))
@@ -381,7 +372,6 @@ impl GuestApi {
         .map_err(st::StoreError::from)?;
         // The hash and keys live on the guest row (profiles need them again for seed
         // rebuilds); the operation carries nothing secret.
-        let payload = serde_json::json!({});
 
         let mut tx = state.store.begin().await?;
         let mut accepted = Vec::new();
@@ -437,9 +427,8 @@ impl GuestApi {
             let op = start_op(
                 &state,
                 &mut tx,
-                "guest.create",
+                &Request::GuestCreate,
                 Target::Guest(&id),
-                payload.clone(),
                 &auth.0.name,
                 true,
             )
@@ -541,9 +530,8 @@ impl GuestApi {
         let op = start_op(
             &state,
             &mut tx,
-            "guest.delete",
+            &Request::GuestDelete,
             Target::Guest(&g.id),
-            serde_json::json!({}),
             &auth.0.name,
             true,
         )
@@ -682,11 +670,10 @@ impl GuestApi {
             .into());
         }
         let empty = body.inbound.is_none() && body.outbound.is_none();
-        let payload = crate::controller::saga::steps::BandwidthPayload {
+        let req = Request::SetBandwidth(set_bandwidth::Payload {
             bandwidth: (!empty).then(|| body.0.clone()),
-        };
-        let payload = serde_json::to_value(payload).map_err(st::StoreError::from)?;
-        Ok(submit(&state, "guest.set_bandwidth", &g.id, payload, &auth.0.name).await?)
+        });
+        Ok(submit(&state, &req, &g.id, &auth.0.name).await?)
     }
 
     /// Power actions: start, shutdown, poweroff, reboot, reset, suspend, resume.
@@ -720,20 +707,18 @@ impl GuestApi {
             }
             .into());
         }
-        let kind = match action.0 {
-            GuestAction::Start => "guest.start",
-            GuestAction::Shutdown => "guest.shutdown",
-            GuestAction::Poweroff => "guest.poweroff",
-            GuestAction::Reboot => "guest.reboot",
-            GuestAction::Reset => "guest.reset",
-            GuestAction::Suspend => "guest.suspend",
-            GuestAction::Resume => "guest.resume",
+        let power = match action.0 {
+            GuestAction::Start => Power::Start,
+            GuestAction::Shutdown => Power::Shutdown {
+                timeout_secs: timeout_secs.0,
+            },
+            GuestAction::Poweroff => Power::Poweroff,
+            GuestAction::Reboot => Power::Reboot,
+            GuestAction::Reset => Power::Reset,
+            GuestAction::Suspend => Power::Suspend,
+            GuestAction::Resume => Power::Resume,
         };
-        let payload = PowerPayload {
-            timeout_secs: timeout_secs.0,
-        };
-        let payload = serde_json::to_value(payload).map_err(st::StoreError::from)?;
-        Ok(submit(&state, kind, &g.id, payload, &auth.0.name).await?)
+        Ok(submit(&state, &Request::Power(power), &g.id, &auth.0.name).await?)
     }
 }
 

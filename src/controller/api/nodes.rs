@@ -7,6 +7,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::error::{ApiResult, Error};
 use super::{AppState, Auth};
+use crate::controller::saga::kinds::{node_remove, Request};
 use crate::controller::store::NodeRow;
 use crate::model::{now_ms, rfc3339};
 
@@ -184,18 +185,15 @@ impl NodeApi {
             }
             .into());
         }
-        let payload = crate::controller::saga::steps::RemoveNodePayload {
+        let req = Request::NodeRemove(node_remove::Payload {
             delete_guests: matches!(guests.0, GuestRecords::Delete),
-        };
-        let payload =
-            serde_json::to_value(payload).map_err(crate::controller::store::StoreError::from)?;
+        });
         let mut tx = state.store.begin().await?;
         let op = super::operations::start_op(
             &state,
             &mut tx,
-            "node.remove",
+            &req,
             super::operations::Target::Node(&n.id),
-            payload,
             &auth.0.name,
             false,
         )

@@ -9,6 +9,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
 use super::{AppState, Auth};
+use crate::controller::saga::kinds::{OpKind, Request};
 use crate::controller::saga::{eta_seconds, launch};
 use crate::controller::store::{OpFilter, OpRow, Tx};
 use crate::model::{now_ms, rfc3339};
@@ -134,32 +135,29 @@ pub use crate::controller::saga::launch::Target;
 pub async fn start_op(
     state: &AppState,
     tx: &mut Tx<'_>,
-    kind: &str,
+    req: &Request,
     target: Target<'_>,
-    payload: serde_json::Value,
     user: &str,
     lock: bool,
 ) -> Result<OpRow, Error> {
     // guest.create asks its plugins with the whole request, in its handler.
-    if kind != "guest.create" {
+    if req.kind() != OpKind::GuestCreate {
+        let kind = req.kind().as_str();
         let (guest_id, node_id) = target.ids();
         let view = serde_json::json!({"kind": kind, "guest_id": guest_id, "node_id": node_id,
-            "payload": payload, "requested_by": user});
+            "payload": req.payload()?, "requested_by": user});
         state
             .plugins
             .before(kind, &view)
             .map_err(|e| Error::Unprocessable(e.to_string()))?;
     }
-    launch::create_op(&state.catalog, tx, kind, target, payload, user, lock)
+    launch::create_op(&state.catalog, tx, req, target, user, lock)
         .await
         .map_err(launch_error)
 }
 
 pub fn launch_error(e: launch::LaunchError) -> Error {
     match e {
-        launch::LaunchError::UnknownKind(k) => {
-            Error::BadRequest(format!("unknown operation kind {k}"))
-        }
         launch::LaunchError::Busy { ref holder, .. } => Error::Conflict {
             message: e.to_string(),
             details: Some(serde_json::json!({"operation_id": holder})),

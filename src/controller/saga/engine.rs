@@ -2,27 +2,34 @@
 //!
 //! It wakes on a channel (an operation was created, a node result arrived, a cancel was
 //! asked) and on a sweep timer (leases that ran out, operations waiting for room in a node's
-//! in-flight window, everything that was active when the controller last stopped). For an
-//! operation it repeats: read the row inside a write transaction, ask [`Saga::next`] what to
-//! do, do it, write the result back in the same transaction, commit.
+//! in-flight window or for a node to return, cancels, everything that was active when the
+//! controller last stopped). For an operation it repeats: read the row inside a write
+//! transaction, decode its typed request, ask [`Saga::next`] what to do, do it, write the
+//! result back in the same transaction, commit.
 //!
 //! * Controller steps run inside that transaction: their effect and the "done" mark commit
 //!   together or not at all.
 //! * Node steps are marked dispatched and committed *before* the job is pushed. If the
 //!   push is lost (crash, Redis down) the lease runs out and the step is dispatched again;
-//!   node actions are idempotent, and the attempt number filters duplicate results.
+//!   node actions are idempotent, and the attempt number filters duplicate results. A
+//!   step's lease outlasts its action's own time limit (a shutdown's timeout).
+//! * Nothing is dispatched to an offline node: the operation says it waits for it, and a
+//!   cancel abandons the waiting step, listing its leftovers for the node's cleanup.
+//! * A node with cleanup items it never ran takes no new work until a `node.cleanup`
+//!   operation (started by the janitor in the sweep) has run them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::steps::{self, StepEnv, StepError};
+use super::kinds::{self, Ctx, Effect, OpKind, Request};
+use super::steps::{StepEnv, StepError};
 use super::{eta_seconds, Next, Saga};
 use crate::controller::store::{self as st, events, OpRow, Store, StoreError, Tx};
 use crate::fault::Fault;
 use crate::jobs::{Catalog, KindDef};
-use crate::model::{now_ms, NodeJob, OpState, RunsOn, StepOutcome, StepState};
+use crate::model::{now_ms, rfc3339, NodeAction, NodeJob, OpState, RunsOn, StepOutcome, StepState};
 use crate::transport::Queues;
 
 pub struct Engine {
@@ -33,6 +40,8 @@ pub struct Engine {
     pub lease_ms: i64,
     pub max_tries: u32,
     pub window: usize,
+    /// How long the janitor waits before it runs a node's failed cleanup items again.
+    pub janitor_ms: i64,
     pub fault: Option<Fault>,
 }
 
@@ -40,8 +49,11 @@ pub struct Engine {
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("operation {op} has unknown kind {kind}")]
-    UnknownKind { op: String, kind: String },
+    #[error(transparent)]
+    Launch(#[from] super::launch::LaunchError),
+    /// Try again later (the database was busy).
+    #[error("{0}")]
+    Transient(String),
 }
 
 impl From<sqlx::Error> for EngineError {
@@ -50,16 +62,12 @@ impl From<sqlx::Error> for EngineError {
     }
 }
 
-/// What dispatching a node step came to.
-enum NodeStep {
-    /// Nothing to do on the node (no node yet, or no undo): the saga moved on.
-    Skipped,
-    /// Waiting on a transient error; the sweep retries.
-    Blocked,
+/// Whether `advance` goes on with the same operation.
+enum Flow {
+    Continue,
+    Stop,
     /// Waiting for room in this node's in-flight window.
     WindowFull(String),
-    /// The job is out; the saga waits for its result.
-    Dispatched,
 }
 
 /// Handle to wake the engine for one operation.
@@ -92,34 +100,68 @@ impl Engine {
             tokio::select! {
                 _ = &mut shutdown => return,
                 Some(id) = wakes.recv() => { self.advance_logged(&id).await; }
-                _ = sweep.tick() => {
-                    match self.store.active_op_ids(now_ms() - self.lease_ms).await {
-                        Ok(ids) => {
-                            // Once a node's window is full, the rest of its backlog waits
-                            // for the next sweep without each taking the write lock.
-                            let mut full = std::collections::HashSet::new();
-                            for (id, node) in ids {
-                                if node.as_ref().is_some_and(|n| full.contains(n)) {
-                                    continue;
-                                }
-                                if let Some(n) = self.advance_logged(&id).await {
-                                    full.insert(n);
-                                }
-                            }
-                        }
-                        Err(e) => tracing::warn!("sweep: {e}"),
+                _ = sweep.tick() => self.sweep().await,
+            }
+        }
+    }
+
+    async fn sweep(&self) {
+        match self.store.active_op_ids(now_ms() - self.lease_ms).await {
+            Ok(ids) => {
+                // Once a node's window is full, the rest of its backlog waits for the next
+                // sweep without each taking the write lock.
+                let mut full = std::collections::HashSet::new();
+                for (id, node) in ids {
+                    if node.as_ref().is_some_and(|n| full.contains(n)) {
+                        continue;
                     }
-                    match super::bootjobs::start_due_runs(&self.store, &self.catalog).await {
-                        Ok(ops) => {
-                            for id in ops {
-                                self.advance_logged(&id).await;
-                            }
-                        }
-                        Err(e) => tracing::warn!("starting boot-job runs: {e}"),
+                    if let Some(n) = self.advance_logged(&id).await {
+                        full.insert(n);
                     }
                 }
             }
+            Err(e) => tracing::warn!("sweep: {e}"),
         }
+        match kinds::boot_jobs::start_due_runs(&self.store, &self.catalog).await {
+            Ok(ops) => {
+                for id in ops {
+                    self.advance_logged(&id).await;
+                }
+            }
+            Err(e) => tracing::warn!("starting boot-job runs: {e}"),
+        }
+        match self.janitor().await {
+            Ok(ops) => {
+                for id in ops {
+                    self.advance_logged(&id).await;
+                }
+            }
+            Err(e) => tracing::warn!("janitor: {e}"),
+        }
+    }
+
+    /// Starts a `node.cleanup` for every online node with cleanup items due.
+    async fn janitor(&self) -> Result<Vec<String>, EngineError> {
+        let mut started = Vec::new();
+        for node in self
+            .store
+            .nodes_due_for_cleanup(now_ms() - self.janitor_ms)
+            .await?
+        {
+            let mut tx = self.store.begin().await?;
+            let op = super::launch::create_op(
+                &self.catalog,
+                &mut tx,
+                &Request::NodeCleanup,
+                super::launch::Target::Node(&node),
+                "corral",
+                false,
+            )
+            .await?;
+            self.store.commit(tx).await?;
+            started.push(op.id);
+        }
+        Ok(started)
     }
 
     async fn advance_logged(&self, id: &str) -> Option<String> {
@@ -132,15 +174,6 @@ impl Engine {
         }
     }
 
-    fn def(&self, op: &OpRow) -> Result<&KindDef, EngineError> {
-        self.catalog
-            .get(&op.kind)
-            .ok_or_else(|| EngineError::UnknownKind {
-                op: op.id.clone(),
-                kind: op.kind.clone(),
-            })
-    }
-
     /// Moves one operation as far as it can go without waiting.
     pub async fn advance(&self, id: &str) -> Result<Option<String>, EngineError> {
         for _ in 0..64 {
@@ -151,102 +184,154 @@ impl Engine {
             if op.op_state().is_terminal() {
                 return Ok(None);
             }
-            let def = self.def(&op)?.clone();
+            let req = match Request::of(&op) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.fail_unreadable(tx, &mut op, &e.to_string()).await?;
+                    return Ok(None);
+                }
+            };
+            let def = self.catalog.get(req.kind());
             let mut saga = load(&op)?;
+            let node = node_of(&mut tx, &op).await?;
+            let liveness = match &node {
+                Some(n) => st::node_liveness_in(&mut tx, n).await?,
+                None => None,
+            };
+            saga.node_offline = node.is_some() && !matches!(liveness, Some((true, _)));
             let before = saga.clone();
             let now = now_ms();
-            match saga.next(&def, now, self.lease_ms) {
+            let flow = match saga.next(def, now, self.lease_ms) {
                 Next::Wait => {
                     if saga != before {
-                        self.save(&mut tx, &mut op, &saga, &def).await?;
+                        self.save(&mut tx, &mut op, &saga, def).await?;
                         self.store.commit(tx).await?;
                     }
-                    return Ok(None);
+                    Flow::Stop
                 }
                 Next::Finished(state) => {
-                    self.finish(&mut tx, &mut op, &saga, &def, state).await?;
+                    self.finish(&mut tx, &mut op, &req, &saga, def, state)
+                        .await?;
                     self.store.commit(tx).await?;
                     crate::controller::hooks::after_op(&self.env.plugins, &op);
-                    return Ok(None);
+                    Flow::Stop
+                }
+                Next::Abandon { step, undo } => {
+                    self.abandon(tx, &mut op, &req, saga, def, step, undo)
+                        .await?
+                }
+                Next::Execute { step, .. }
+                    if def.steps[step].runs_on == RunsOn::Node && saga.node_offline =>
+                {
+                    drop(tx);
+                    let n = node.unwrap_or_default();
+                    let msg = match liveness {
+                        Some((_, Some(since))) => {
+                            format!("waiting for node {n}, offline since {}", rfc3339(since))
+                        }
+                        Some(_) => format!("waiting for node {n}, offline"),
+                        None => format!("waiting for node {n}, which is not registered"),
+                    };
+                    self.note(id, &msg).await?;
+                    Flow::Stop
                 }
                 Next::Execute { step, undo } => {
-                    let name = def.steps[step].name.clone();
-                    if def.steps[step].runs_on == RunsOn::Controller {
-                        if !self
-                            .controller_step(tx, &mut op, saga, &def, step, undo)
-                            .await?
-                        {
-                            return Ok(None);
-                        }
-                        self.inject(&op.kind, &name, if undo { "undone" } else { "after" });
-                    } else {
-                        match self.node_step(tx, &mut op, saga, &def, step, undo).await? {
-                            NodeStep::Skipped => {}
-                            NodeStep::Blocked => return Ok(None),
-                            NodeStep::WindowFull(node) => return Ok(Some(node)),
-                            NodeStep::Dispatched => {
-                                self.inject(
-                                    &op.kind,
-                                    &name,
-                                    if undo {
-                                        "undo_dispatched"
-                                    } else {
-                                        "dispatched"
-                                    },
-                                );
-                                return Ok(None);
-                            }
-                        }
-                    }
+                    self.execute(tx, &mut op, &req, saga, def, step, undo)
+                        .await?
                 }
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Stop => return Ok(None),
+                Flow::WindowFull(n) => return Ok(Some(n)),
             }
         }
         Ok(None)
     }
 
-    /// Returns true when the saga moved on (so the caller loops).
-    async fn controller_step(
+    /// Runs step `step` (forward or undo): a controller step to its end in `tx`, a node
+    /// step up to its dispatch.
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
         &self,
         mut tx: Tx<'static>,
         op: &mut OpRow,
+        req: &Request,
         mut saga: Saga,
         def: &KindDef,
         step: usize,
         undo: bool,
-    ) -> Result<bool, EngineError> {
-        let name = def.steps[step].name.clone();
+    ) -> Result<Flow, EngineError> {
+        let name = def.steps[step].name.as_str();
+        let runs_on = def.steps[step].runs_on;
         let now = now_ms();
-        saga.mark_started(step, undo, now);
-        match steps::run_controller(&mut tx, &self.env, op, &name, undo).await {
-            Ok(()) => {
+        let result = {
+            let mut cx = Ctx {
+                tx: &mut tx,
+                env: &self.env,
+                op,
+                keep_leases: saga.keep_leases(),
+            };
+            kinds::run(&mut cx, req, name, undo).await
+        };
+        let result = match result {
+            Ok(Effect::Node { action, .. }) if runs_on == RunsOn::Controller => {
+                Err(StepError::Permanent(format!(
+                    "step {name} runs on the controller but asked a node to {}",
+                    action.name()
+                )))
+            }
+            r => r,
+        };
+        match result {
+            Ok(Effect::Done) => {
+                saga.mark_started(step, undo, now, None);
                 self.settle(tx, op, &mut saga, def, step, undo, None)
                     .await?;
-                Ok(true)
+                if runs_on == RunsOn::Controller {
+                    self.inject(&op.kind, name, if undo { "undone" } else { "after" });
+                }
+                Ok(Flow::Continue)
+            }
+            Ok(Effect::Node { node, action }) => {
+                self.dispatch(tx, op, req, saga, def, step, undo, node, action)
+                    .await
             }
             Err(StepError::Transient(e)) => {
                 drop(tx); // roll back whatever the step wrote
                 tracing::debug!(op = %op.id, step = %name, "transient: {e}");
-                let mut tx = self.store.begin().await?;
-                op.message = e;
-                op.updated_at = now_ms();
-                st::save_op(&mut tx, op).await?;
-                self.store.commit(tx).await?;
-                Ok(false)
+                self.note(&op.id, &e).await?;
+                Ok(Flow::Stop)
             }
             Err(StepError::Permanent(e)) => {
                 drop(tx);
                 let mut tx = self.store.begin().await?;
                 let Some(mut fresh) = st::op_in(&mut tx, &op.id).await? else {
-                    return Ok(false);
+                    return Ok(Flow::Stop);
                 };
                 let mut saga = load(&fresh)?;
-                saga.mark_started(step, undo, now);
+                saga.mark_started(step, undo, now, None);
                 self.settle(tx, &mut fresh, &mut saga, def, step, undo, Some(e))
                     .await?;
                 *op = fresh;
-                Ok(true)
+                Ok(Flow::Continue)
             }
         }
+    }
+
+    /// Records a waiting reason (or a transient error) on the operation, once.
+    async fn note(&self, op_id: &str, message: &str) -> Result<(), EngineError> {
+        let mut tx = self.store.begin().await?;
+        let Some(mut op) = st::op_in(&mut tx, op_id).await? else {
+            return Ok(());
+        };
+        if op.message != message {
+            op.message = message.to_string();
+            op.updated_at = now_ms();
+            st::save_op(&mut tx, &op).await?;
+            self.store.commit(tx).await?;
+        }
+        Ok(())
     }
 
     /// Records the end of a started step (with its error, if any) and commits.
@@ -262,59 +347,59 @@ impl Engine {
         error: Option<String>,
     ) -> Result<(), EngineError> {
         saga.mark_finished(step, undo, error, now_ms());
+        op.message.clear();
         self.save(&mut tx, op, saga, def).await?;
         self.store.commit(tx).await?;
         crate::controller::hooks::after_step(&self.env.plugins, op, step);
         Ok(())
     }
 
-    /// Dispatches a node step.
-    async fn node_step(
+    /// Dispatches a node step's action to its node's queue.
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch(
         &self,
         mut tx: Tx<'static>,
         op: &mut OpRow,
+        req: &Request,
         mut saga: Saga,
         def: &KindDef,
         step: usize,
         undo: bool,
-    ) -> Result<NodeStep, EngineError> {
+        node: String,
+        action: NodeAction,
+    ) -> Result<Flow, EngineError> {
         let name = def.steps[step].name.clone();
-        let now = now_ms();
-        let action = match steps::node_action(&mut tx, &self.env, op, &name, undo).await {
-            Ok(a) => a,
-            Err(StepError::Transient(e)) => {
-                tracing::debug!(op = %op.id, "node step {name}: {e}");
-                return Ok(NodeStep::Blocked);
-            }
-            Err(StepError::Permanent(e)) => {
-                saga.mark_started(step, undo, now);
-                self.settle(tx, op, &mut saga, def, step, undo, Some(e))
-                    .await?;
-                return Ok(NodeStep::Skipped);
-            }
-        };
-        let Some((node, action)) = action else {
-            saga.mark_started(step, undo, now);
-            self.settle(tx, op, &mut saga, def, step, undo, None)
-                .await?;
-            return Ok(NodeStep::Skipped);
-        };
+        if req.kind() != OpKind::NodeCleanup && st::cleanup_holds_node(&mut tx, &node).await? {
+            drop(tx);
+            self.note(
+                &op.id,
+                &format!("waiting for node {node} to remove what earlier operations left there"),
+            )
+            .await?;
+            return Ok(Flow::Stop);
+        }
         let redispatch = saga.steps[step].dispatched_at.is_some();
         if !redispatch && st::inflight_on_node(&mut tx, &node).await? >= self.window as i64 {
             // The node's window is full: the backlog stays in SQL; the sweep retries.
-            return Ok(NodeStep::WindowFull(node));
+            return Ok(Flow::WindowFull(node));
         }
         op.node_id = Some(node.clone());
-        let attempt = saga.mark_started(step, undo, now);
+        let declared = def.lease_ms(step, self.lease_ms);
+        // A minute beyond the action's own limit covers its report's way back.
+        let own = action
+            .time_limit_secs()
+            .map(|s| (s as i64).saturating_add(60).saturating_mul(1000))
+            .filter(|l| *l > declared);
+        let attempt = saga.mark_started(step, undo, now_ms(), own);
+        op.message.clear();
         self.save(&mut tx, op, &saga, def).await?;
         self.store.commit(tx).await?;
         // Fence first: the key must name this attempt before any copy of the job can run.
         // Its lifetime is twice the lease: a job older than that has been superseded.
-        let ttl =
-            std::time::Duration::from_millis((def.lease_ms(step, self.lease_ms) * 2).max(1) as u64);
+        let ttl = Duration::from_millis((own.unwrap_or(declared) * 2).max(1) as u64);
         if let Err(e) = self.queues.fence(&op.id, step, undo, attempt, ttl).await {
             tracing::warn!(op = %op.id, step = %name, "fencing: {e}; the lease will dispatch it again");
-            return Ok(NodeStep::Dispatched);
+            return Ok(Flow::Stop);
         }
         let job = NodeJob {
             op_id: op.id.clone(),
@@ -327,7 +412,90 @@ impl Engine {
             // The step stays dispatched; its lease runs out and it is dispatched again.
             tracing::warn!(op = %op.id, step = %name, "pushing to node {node}: {e}");
         }
-        Ok(NodeStep::Dispatched)
+        self.inject(
+            &op.kind,
+            &name,
+            if undo {
+                "undo_dispatched"
+            } else {
+                "dispatched"
+            },
+        );
+        Ok(Flow::Stop)
+    }
+
+    /// Gives up a node step whose node is offline (a cancel, the node's removal): what its
+    /// undo would remove goes on the node's cleanup list, and the unwind goes on.
+    #[allow(clippy::too_many_arguments)]
+    async fn abandon(
+        &self,
+        mut tx: Tx<'static>,
+        op: &mut OpRow,
+        req: &Request,
+        mut saga: Saga,
+        def: &KindDef,
+        step: usize,
+        undo: bool,
+    ) -> Result<Flow, EngineError> {
+        let reason = op
+            .abandon_reason
+            .clone()
+            .unwrap_or_else(|| "cancelled while its node was offline".into());
+        let why = format!("abandoned: {reason}");
+        if def.steps[step].undo {
+            self.list_leftover(&mut tx, op, req, &saga, def, step, &why)
+                .await?;
+        }
+        tracing::info!(op = %op.id, step = %def.steps[step].name, undo, "{why}");
+        saga.mark_abandoned(step, &why, now_ms());
+        op.message.clear();
+        self.save(&mut tx, op, &saga, def).await?;
+        self.store.commit(tx).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Puts what the undo of node step `step` would remove on its node's cleanup list.
+    #[allow(clippy::too_many_arguments)]
+    async fn list_leftover(
+        &self,
+        tx: &mut Tx<'static>,
+        op: &mut OpRow,
+        req: &Request,
+        saga: &Saga,
+        def: &KindDef,
+        step: usize,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        let name = def.steps[step].name.as_str();
+        let undo_action = {
+            let mut cx = Ctx {
+                tx: &mut *tx,
+                env: &self.env,
+                op,
+                keep_leases: saga.keep_leases(),
+            };
+            kinds::run(&mut cx, req, name, true).await
+        };
+        match undo_action {
+            Ok(Effect::Node { node, action }) => {
+                st::add_cleanup(
+                    tx,
+                    &node,
+                    op.guest_id.as_deref(),
+                    Some(&op.id),
+                    &action,
+                    reason,
+                )
+                .await?;
+            }
+            Ok(Effect::Done) => {}
+            Err(StepError::Transient(e)) => return Err(EngineError::Transient(e)),
+            // The guest is gone: nothing names what could be left.
+            Err(StepError::Permanent(e)) => {
+                tracing::warn!(op = %op.id, step = name, "no leftover recorded: {e}")
+            }
+        }
+        Ok(())
     }
 
     /// Applies a node's step result (from the ingest loop). Returns whether it applied.
@@ -346,10 +514,24 @@ impl Engine {
         if op.op_state().is_terminal() {
             return Ok(false);
         }
-        let def = self.def(&op)?.clone();
+        let Ok(req) = Request::of(&op) else {
+            return Ok(false); // the next advance fails it with the reason
+        };
+        let def = self.catalog.get(req.kind());
         let mut saga = load(&op)?;
         if !saga.apply_result(step, attempt, undo, outcome, self.max_tries, now_ms()) {
             return Ok(false);
+        }
+        if saga.steps[step].state == StepState::UndoFailed {
+            // The janitor retries the undo from the node's cleanup list; until it succeeds
+            // the guest's leases stay held.
+            let why = format!(
+                "undo of step {} failed: {}",
+                def.steps[step].name,
+                saga.steps[step].error.clone().unwrap_or_default()
+            );
+            self.list_leftover(&mut tx, &mut op, &req, &saga, def, step, &why)
+                .await?;
         }
         if let (
             StepOutcome::Ok {
@@ -375,7 +557,8 @@ impl Engine {
                 st::set_guest_xml(&mut tx, &g, xml).await?;
             }
         }
-        self.save(&mut tx, &mut op, &saga, &def).await?;
+        op.message.clear();
+        self.save(&mut tx, &mut op, &saga, def).await?;
         self.store.commit(tx).await?;
         crate::controller::hooks::after_step(&self.env.plugins, &op, step);
         if let Err(e) = self.queues.unfence(op_id, step, undo).await {
@@ -405,7 +588,11 @@ impl Engine {
         } else {
             None
         };
-        op.percent = saga.percent(def);
+        op.percent = if saga.state == OpState::Succeeded {
+            100
+        } else {
+            saga.percent(def)
+        };
         op.stage = saga.stage(def);
         op.started_at.get_or_insert(now);
         op.updated_at = now;
@@ -414,11 +601,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Ends an operation: its final state, the guest's, the lock released, an event.
+    /// Ends an operation: its final state, what its kind does on finish, the lock
+    /// released, an event.
     async fn finish(
         &self,
         tx: &mut Tx<'_>,
         op: &mut OpRow,
+        req: &Request,
         saga: &Saga,
         def: &KindDef,
         state: OpState,
@@ -426,46 +615,48 @@ impl Engine {
         let mut saga = saga.clone();
         saga.state = state;
         op.finished_at = Some(now_ms());
-        if let Some(g) = op.guest_id.clone() {
-            let guest_state = match (op.kind.as_str(), state) {
-                ("guest.create", OpState::Cancelled) => {
-                    // Cancelled before it existed anywhere: nothing to keep.
-                    st::delete_guest(tx, &g).await?;
-                    None
-                }
-                ("guest.create" | "guest.delete", OpState::Failed) => Some("error"),
-                _ => None,
-            };
-            if let Some(s) = guest_state {
-                if st::set_guest_state(tx, &g, s).await? {
-                    events::append(
-                        tx,
-                        "guest.state",
-                        &g,
-                        &serde_json::json!({"guest_id": g, "state": s}),
-                    )
-                    .await?;
-                }
-            }
-            // The guest has just booted: its pending boot jobs run once it is free.
-            if state == OpState::Succeeded
-                && matches!(
-                    op.kind.as_str(),
-                    "guest.create" | "guest.start" | "guest.reboot" | "guest.reset"
-                )
+        if saga.error.is_none() {
+            // A cancel that gave up steps says why and where their leftovers went.
+            if let Some(why) = saga
+                .steps
+                .iter()
+                .find(|s| s.state == StepState::Abandoned)
+                .and_then(|s| s.error.clone())
             {
-                super::bootjobs::mark_booted(tx, &g).await?;
+                saga.error = Some(format!(
+                    "{why}; what its steps may have left on the node is on the node's cleanup list"
+                ));
             }
+        }
+        kinds::on_finish(tx, req, op, state).await?;
+        if let Some(g) = op.guest_id.clone() {
             st::unlock_guest(tx, &g, &op.id).await?;
         }
-        self.save(tx, op, &saga, def).await?;
-        if state == OpState::Succeeded {
-            sqlx::query("UPDATE operations SET percent = 100 WHERE id = ?")
-                .bind(&op.id)
-                .execute(&mut **tx)
-                .await?;
-            op.percent = 100;
+        op.message.clear();
+        self.save(tx, op, &saga, def).await
+    }
+
+    /// Fails an operation whose stored request cannot be read, releasing its guest.
+    async fn fail_unreadable(
+        &self,
+        mut tx: Tx<'static>,
+        op: &mut OpRow,
+        error: &str,
+    ) -> Result<(), EngineError> {
+        tracing::error!(op = %op.id, "{error}");
+        let now = now_ms();
+        op.state = OpState::Failed.as_str().into();
+        op.error = Some(error.to_string());
+        op.inflight_node = None;
+        op.stage = "failed".into();
+        op.finished_at = Some(now);
+        op.updated_at = now;
+        st::save_op(&mut tx, op).await?;
+        if let Some(g) = op.guest_id.clone() {
+            st::unlock_guest(&mut tx, &g, &op.id).await?;
         }
+        events::append(&mut tx, "operation", &op.id, &progress_event(op, now)).await?;
+        self.store.commit(tx).await?;
         Ok(())
     }
 
@@ -476,6 +667,16 @@ impl Engine {
     }
 }
 
+/// The node an operation's node steps run on: its guest's, else its own.
+async fn node_of(tx: &mut Tx<'_>, op: &OpRow) -> Result<Option<String>, StoreError> {
+    if let Some(g) = &op.guest_id {
+        if let Some(n) = st::guest_node_in(tx, g).await? {
+            return Ok(Some(n));
+        }
+    }
+    Ok(op.node_id.clone())
+}
+
 fn load(op: &OpRow) -> Result<Saga, EngineError> {
     Ok(Saga {
         state: op.op_state(),
@@ -483,6 +684,7 @@ fn load(op: &OpRow) -> Result<Saga, EngineError> {
         steps: op.step_records()?,
         cancel_requested: op.cancel_requested,
         error: op.error.clone(),
+        node_offline: false,
     })
 }
 
@@ -497,5 +699,6 @@ pub fn progress_event(op: &OpRow, now: i64) -> serde_json::Value {
         "percent": op.percent,
         "eta_seconds": eta_seconds(op.started_at, now, op.percent),
         "error": op.error,
+        "message": op.message,
     })
 }

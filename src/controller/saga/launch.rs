@@ -2,6 +2,7 @@
 //! caller's transaction. The API uses it for requests; the controller itself uses it for
 //! the operations it starts on its own (boot-job runs after a guest boots).
 
+use super::kinds::Request;
 use crate::controller::store::{self as st, events, OpRow, StoreError, Tx};
 use crate::jobs::Catalog;
 use crate::model::{new_id, now_ms, OpState};
@@ -23,8 +24,6 @@ impl Target<'_> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("unknown operation kind {0}")]
-    UnknownKind(String),
     /// The guest is held by another operation (named).
     #[error("guest {guest} is busy with operation {holder}; wait for it or cancel it")]
     Busy { guest: String, holder: String },
@@ -35,16 +34,15 @@ pub enum LaunchError {
 pub async fn create_op(
     catalog: &Catalog,
     tx: &mut Tx<'_>,
-    kind: &str,
+    req: &Request,
     target: Target<'_>,
-    payload: serde_json::Value,
     user: &str,
     lock: bool,
 ) -> Result<OpRow, LaunchError> {
     let (guest, node) = target.ids();
-    let def = catalog
-        .get(kind)
-        .ok_or_else(|| LaunchError::UnknownKind(kind.to_string()))?;
+    let kind = req.kind().as_str();
+    let def = catalog.get(req.kind());
+    let payload = req.payload()?;
     let now = now_ms();
     let op = OpRow {
         id: new_id(),
@@ -66,6 +64,7 @@ pub async fn create_op(
         started_at: None,
         updated_at: now,
         finished_at: None,
+        abandon_reason: None,
     };
     st::insert_op(tx, &op).await?;
     if let (true, Some(guest)) = (lock, guest) {

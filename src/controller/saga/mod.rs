@@ -10,11 +10,17 @@
 //!
 //! Node results carry the attempt number they answer; a result for an older attempt (a
 //! duplicate delivery, a job re-queued by apalis after a node crash) is ignored.
+//!
+//! A node that is offline never wedges a saga: its steps wait (the engine does not
+//! dispatch to an offline node) and a cancel then *abandons* the node step in hand, forward
+//! or undo, instead of waiting for it: the engine puts what the step may have left on the
+//! node on that node's cleanup list, and the unwind goes on with what the controller can
+//! undo. An undo that fails is `undo_failed`: the unwind goes on, but resources the node
+//! may still use (the guest's leases) are kept, marked for cleanup.
 
-pub mod bootjobs;
-pub mod changeip;
 pub mod engine;
 pub mod initplan;
+pub mod kinds;
 pub mod launch;
 pub mod steps;
 
@@ -29,6 +35,9 @@ pub struct Saga {
     pub steps: Vec<StepRecord>,
     pub cancel_requested: bool,
     pub error: Option<String>,
+    /// The operation's node is offline (or gone): its node steps cannot run now. Not
+    /// stored; the engine sets it before asking [`Saga::next`].
+    pub node_offline: bool,
 }
 
 /// What the engine must do next.
@@ -38,6 +47,8 @@ pub enum Next {
     Execute { step: usize, undo: bool },
     /// A node step is out; nothing to do until its result or its lease runs out.
     Wait,
+    /// Give up node step `step` (forward or undo): its node is offline and a cancel came.
+    Abandon { step: usize, undo: bool },
     /// The operation ended in this state.
     Finished(OpState),
 }
@@ -52,6 +63,7 @@ pub fn new_steps(def: &KindDef) -> Vec<StepRecord> {
             attempt: 0,
             tries: 0,
             dispatched_at: None,
+            lease_ms: None,
             started_at: None,
             finished_at: None,
             error: None,
@@ -70,7 +82,18 @@ impl Saga {
     }
 
     fn lease_expired(s: &StepRecord, now: i64, lease_ms: i64) -> bool {
-        s.runs_on == RunsOn::Node && s.dispatched_at.is_some_and(|d| now - d >= lease_ms)
+        let lease = s.lease_ms.unwrap_or(lease_ms).max(lease_ms);
+        s.runs_on == RunsOn::Node && s.dispatched_at.is_some_and(|d| now - d >= lease)
+    }
+
+    /// A cancel against an offline node: node steps are given up rather than awaited.
+    fn abandons(&self, s: &StepRecord) -> bool {
+        self.cancel_requested && self.node_offline && s.runs_on == RunsOn::Node
+    }
+
+    /// An undo failed: the resources the node may still use must not be given back.
+    pub fn keep_leases(&self) -> bool {
+        self.steps.iter().any(|s| s.state == StepState::UndoFailed)
     }
 
     /// Decides the next action, applying the bookkeeping transitions (cursor moves,
@@ -103,6 +126,12 @@ impl Saga {
                                 undo: false,
                             }
                         }
+                        StepState::Running if self.abandons(step) => {
+                            return Next::Abandon {
+                                step: i,
+                                undo: false,
+                            }
+                        }
                         StepState::Running
                             if Self::lease_expired(step, now, def.lease_ms(i, lease_ms)) =>
                         {
@@ -113,9 +142,11 @@ impl Saga {
                         }
                         StepState::Running => return Next::Wait,
                         StepState::Done => self.cursor += 1,
-                        StepState::Failed | StepState::Undoing | StepState::Undone => {
-                            self.begin_undo(i as i64)
-                        }
+                        StepState::Failed
+                        | StepState::Undoing
+                        | StepState::Undone
+                        | StepState::UndoFailed
+                        | StepState::Abandoned => self.begin_undo(i as i64),
                     }
                 }
                 OpState::Undoing => {
@@ -131,10 +162,21 @@ impl Saga {
                     }
                     let i = self.cursor as usize;
                     let has_undo = def.steps.get(i).is_some_and(|d| d.undo);
+                    let step = &self.steps[i];
+                    let abandon = self.abandons(step);
                     let step = &mut self.steps[i];
                     match step.state {
-                        StepState::Pending | StepState::Undone => self.cursor -= 1,
+                        StepState::Pending
+                        | StepState::Undone
+                        | StepState::UndoFailed
+                        | StepState::Abandoned => self.cursor -= 1,
                         StepState::Done | StepState::Failed | StepState::Running => {
+                            if has_undo && abandon {
+                                return Next::Abandon {
+                                    step: i,
+                                    undo: true,
+                                };
+                            }
                             if has_undo {
                                 return Next::Execute {
                                     step: i,
@@ -145,6 +187,12 @@ impl Saga {
                                 step.state = StepState::Undone;
                             }
                             self.cursor -= 1;
+                        }
+                        StepState::Undoing if abandon => {
+                            return Next::Abandon {
+                                step: i,
+                                undo: true,
+                            }
                         }
                         StepState::Undoing
                             if Self::lease_expired(step, now, def.lease_ms(i, lease_ms)) =>
@@ -162,8 +210,9 @@ impl Saga {
         }
     }
 
-    /// Records that step `i` was started (controller) or dispatched (node) now.
-    pub fn mark_started(&mut self, i: usize, undo: bool, now: i64) -> u32 {
+    /// Records that step `i` was started (controller) or dispatched (node) now, with the
+    /// action's own lease when it needs a longer one than the step's.
+    pub fn mark_started(&mut self, i: usize, undo: bool, now: i64, lease_ms: Option<i64>) -> u32 {
         let s = &mut self.steps[i];
         s.state = if undo {
             StepState::Undoing
@@ -173,6 +222,7 @@ impl Saga {
         s.attempt += 1;
         s.tries += 1;
         s.dispatched_at = Some(now);
+        s.lease_ms = lease_ms;
         s.started_at.get_or_insert(now);
         s.attempt
     }
@@ -192,8 +242,9 @@ impl Saga {
             (true, None) => s.state = StepState::Undone,
             (true, Some(e)) => {
                 // An undo that cannot complete is recorded (the operation ends failed and
-                // names the leak) and the unwind goes on with the other steps.
-                s.state = StepState::Undone;
+                // names the leak) and the unwind goes on with the other steps, keeping
+                // what the node may still use.
+                s.state = StepState::UndoFailed;
                 let msg = format!("undo of step {} failed: {e}", s.name);
                 self.error = Some(match self.error.take() {
                     Some(prev) => format!("{prev}; {msg}"),
@@ -202,6 +253,17 @@ impl Saga {
                 s.error = Some(e);
             }
         }
+    }
+
+    /// Gives up node step `i` (its node is offline and a cancel came); the engine has put
+    /// what it may have left on the node's cleanup list.
+    pub fn mark_abandoned(&mut self, i: usize, why: &str, now: i64) {
+        let s = &mut self.steps[i];
+        s.state = StepState::Abandoned;
+        s.dispatched_at = None;
+        s.lease_ms = None;
+        s.finished_at = Some(now);
+        s.error = Some(why.to_string());
     }
 
     /// Applies a node's result. Returns false when it was stale and ignored.

@@ -1,5 +1,6 @@
 use super::*;
 use crate::jobs::Catalog;
+use kinds::OpKind;
 
 fn saga(def: &KindDef) -> Saga {
     Saga {
@@ -8,6 +9,7 @@ fn saga(def: &KindDef) -> Saga {
         steps: new_steps(def),
         cancel_requested: false,
         error: None,
+        node_offline: false,
     }
 }
 
@@ -26,7 +28,7 @@ fn drive(def: &KindDef, fail_at: Option<usize>) -> (Vec<(usize, bool)>, OpState)
         match s.next(def, 0, LEASE) {
             Next::Execute { step, undo } => {
                 trail.push((step, undo));
-                let attempt = s.mark_started(step, undo, 0);
+                let attempt = s.mark_started(step, undo, 0, None);
                 let outcome = if !undo && Some(step) == fail_at {
                     StepOutcome::Failed {
                         error: "boom".into(),
@@ -38,6 +40,7 @@ fn drive(def: &KindDef, fail_at: Option<usize>) -> (Vec<(usize, bool)>, OpState)
                 assert!(s.apply_result(step, attempt, undo, &outcome, 3, 0));
             }
             Next::Wait => panic!("nothing is out, yet the saga waits"),
+            Next::Abandon { .. } => panic!("no node is offline, yet a step is abandoned"),
             Next::Finished(st) => return (trail, st),
         }
     }
@@ -47,7 +50,7 @@ fn drive(def: &KindDef, fail_at: Option<usize>) -> (Vec<(usize, bool)>, OpState)
 #[test]
 fn forward_run_executes_every_step_once_in_order() {
     let c = Catalog::builtin().unwrap();
-    let def = c.get("guest.create").unwrap();
+    let def = c.get(OpKind::GuestCreate);
     let (trail, st) = drive(def, None);
     assert_eq!(st, OpState::Succeeded);
     let expect: Vec<_> = (0..def.steps.len()).map(|i| (i, false)).collect();
@@ -57,7 +60,7 @@ fn forward_run_executes_every_step_once_in_order() {
 #[test]
 fn failure_unwinds_completed_steps_in_reverse_including_the_failed_one() {
     let c = Catalog::builtin().unwrap();
-    let def = c.get("guest.create").unwrap();
+    let def = c.get(OpKind::GuestCreate);
     // fail "define" (index 4): undo define, build_seed, create_disk, allocate, place
     let (trail, st) = drive(def, Some(4));
     assert_eq!(st, OpState::Failed);
@@ -68,7 +71,7 @@ fn failure_unwinds_completed_steps_in_reverse_including_the_failed_one() {
 #[test]
 fn stale_and_duplicate_results_are_ignored() {
     let c = Catalog::builtin().unwrap();
-    let def = c.get("guest.start").unwrap();
+    let def = c.get(OpKind::GuestStart);
     let mut s = saga(def);
     assert_eq!(
         s.next(def, 0, LEASE),
@@ -77,7 +80,7 @@ fn stale_and_duplicate_results_are_ignored() {
             undo: false
         }
     );
-    let a1 = s.mark_started(0, false, 0);
+    let a1 = s.mark_started(0, false, 0, None);
     // lease runs out: dispatched again with a new attempt
     assert_eq!(
         s.next(def, LEASE, LEASE),
@@ -86,7 +89,7 @@ fn stale_and_duplicate_results_are_ignored() {
             undo: false
         }
     );
-    let a2 = s.mark_started(0, false, LEASE);
+    let a2 = s.mark_started(0, false, LEASE, None);
     assert!(
         !s.apply_result(0, a1, false, &OK, 3, 1),
         "old attempt must be ignored"
@@ -102,7 +105,7 @@ fn stale_and_duplicate_results_are_ignored() {
 #[test]
 fn transient_failures_are_retried_then_unwound() {
     let c = Catalog::builtin().unwrap();
-    let def = c.get("guest.start").unwrap();
+    let def = c.get(OpKind::GuestStart);
     let mut s = saga(def);
     let transient = StepOutcome::Failed {
         error: "busy".into(),
@@ -117,7 +120,7 @@ fn transient_failures_are_retried_then_unwound() {
             },
             "round {round}"
         );
-        let a = s.mark_started(0, false, 0);
+        let a = s.mark_started(0, false, 0, None);
         assert!(s.apply_result(0, a, false, &transient, 3, 0));
     }
     assert_eq!(s.next(def, 0, LEASE), Next::Finished(OpState::Failed));
@@ -127,7 +130,7 @@ fn transient_failures_are_retried_then_unwound() {
 #[test]
 fn cancel_takes_effect_at_the_next_step_boundary() {
     let c = Catalog::builtin().unwrap();
-    let def = c.get("guest.create").unwrap();
+    let def = c.get(OpKind::GuestCreate);
     let mut s = saga(def);
     // place runs, then a cancel arrives
     assert_eq!(
@@ -137,7 +140,7 @@ fn cancel_takes_effect_at_the_next_step_boundary() {
             undo: false
         }
     );
-    s.mark_started(0, false, 0);
+    s.mark_started(0, false, 0, None);
     s.mark_finished(0, false, None, 0);
     s.cancel_requested = true;
     assert_eq!(
@@ -147,7 +150,7 @@ fn cancel_takes_effect_at_the_next_step_boundary() {
             undo: true
         }
     );
-    s.mark_started(0, true, 0);
+    s.mark_started(0, true, 0, None);
     s.mark_finished(0, true, None, 0);
     assert_eq!(s.next(def, 0, LEASE), Next::Finished(OpState::Cancelled));
 }
@@ -155,13 +158,13 @@ fn cancel_takes_effect_at_the_next_step_boundary() {
 #[test]
 fn resuming_from_stored_state_repeats_nothing_done() {
     let c = Catalog::builtin().unwrap();
-    let def = c.get("guest.create").unwrap();
+    let def = c.get(OpKind::GuestCreate);
     let mut s = saga(def);
     for _ in 0..3 {
         let Next::Execute { step, undo } = s.next(def, 0, LEASE) else {
             panic!()
         };
-        s.mark_started(step, undo, 0);
+        s.mark_started(step, undo, 0, None);
         s.mark_finished(step, undo, None, 0);
     }
     // "crash": rebuild from what was stored
@@ -178,13 +181,194 @@ fn resuming_from_stored_state_repeats_nothing_done() {
 #[test]
 fn percent_and_eta() {
     let c = Catalog::builtin().unwrap();
-    let def = c.get("guest.create").unwrap();
+    let def = c.get(OpKind::GuestCreate);
     let mut s = saga(def);
     assert_eq!(s.percent(def), 0);
     s.next(def, 0, LEASE);
-    s.mark_started(0, false, 0);
+    s.mark_started(0, false, 0, None);
     s.mark_finished(0, false, None, 0);
     assert!(s.percent(def) > 0 && s.percent(def) < 100);
     assert_eq!(eta_seconds(Some(0), 10_000, 50), Some(10));
     assert_eq!(eta_seconds(None, 10_000, 50), None);
+}
+
+/// Runs a create forward until node step `running` is dispatched (everything before it done).
+fn create_dispatched_at(def: &KindDef, running: usize) -> Saga {
+    let mut s = saga(def);
+    loop {
+        match s.next(def, 0, LEASE) {
+            Next::Execute { step, undo: false } => {
+                let a = s.mark_started(step, false, 0, None);
+                if step == running {
+                    return s;
+                }
+                assert!(s.apply_result(step, a, false, &OK, 3, 0));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_step_waiting_on_an_offline_node_waits_until_cancelled_then_is_abandoned() {
+    let c = Catalog::builtin().unwrap();
+    let def = c.get(OpKind::GuestCreate);
+    // place, allocate, create_disk, build_seed done; define (4) out when the node dies.
+    let mut s = create_dispatched_at(def, 4);
+    s.node_offline = true;
+    assert_eq!(s.next(def, 1, LEASE), Next::Wait, "no cancel: it waits");
+    s.cancel_requested = true;
+    let mut trail = Vec::new();
+    for _ in 0..20 {
+        match s.next(def, 2, LEASE) {
+            Next::Abandon { step, undo } => {
+                trail.push(("abandon", step, undo));
+                s.mark_abandoned(step, "abandoned: test", 2);
+            }
+            Next::Execute { step, undo } => {
+                assert!(undo, "nothing runs forward after a cancel");
+                assert_eq!(def.steps[step].runs_on, RunsOn::Controller);
+                trail.push(("undo", step, undo));
+                let a = s.mark_started(step, true, 2, None);
+                assert!(s.apply_result(step, a, true, &OK, 3, 2));
+            }
+            Next::Finished(st) => {
+                assert_eq!(st, OpState::Cancelled);
+                assert_eq!(
+                    trail,
+                    vec![
+                        ("abandon", 4, false),
+                        ("abandon", 3, true),
+                        ("abandon", 2, true),
+                        ("undo", 1, true),
+                        ("undo", 0, true),
+                    ]
+                );
+                assert!(!s.keep_leases(), "an abandoned step frees the leases");
+                return;
+            }
+            Next::Wait => panic!("a cancelled saga on an offline node must not wait"),
+        }
+    }
+    panic!("saga never finished");
+}
+
+#[test]
+fn an_undo_waiting_on_an_offline_node_is_abandoned_on_cancel() {
+    let c = Catalog::builtin().unwrap();
+    let def = c.get(OpKind::GuestCreate);
+    let mut s = create_dispatched_at(def, 4);
+    // define fails: the unwind starts with define's undo, dispatched, then the node dies.
+    let a = s.steps[4].attempt;
+    let failed = StepOutcome::Failed {
+        error: "boom".into(),
+        permanent: true,
+    };
+    assert!(s.apply_result(4, a, false, &failed, 3, 0));
+    assert_eq!(
+        s.next(def, 0, LEASE),
+        Next::Execute {
+            step: 4,
+            undo: true
+        }
+    );
+    s.mark_started(4, true, 0, None);
+    s.node_offline = true;
+    assert_eq!(s.next(def, 1, LEASE), Next::Wait);
+    s.cancel_requested = true;
+    assert_eq!(
+        s.next(def, 1, LEASE),
+        Next::Abandon {
+            step: 4,
+            undo: true
+        }
+    );
+}
+
+#[test]
+fn a_failed_undo_keeps_leases_and_fails_the_operation() {
+    let c = Catalog::builtin().unwrap();
+    let def = c.get(OpKind::GuestCreate);
+    let mut s = create_dispatched_at(def, 5);
+    let failed = StepOutcome::Failed {
+        error: "cannot start".into(),
+        permanent: true,
+    };
+    let a = s.steps[5].attempt;
+    assert!(s.apply_result(5, a, false, &failed, 3, 0));
+    // start's undo (destroy) works, define's undo (undefine) cannot.
+    assert_eq!(
+        s.next(def, 0, LEASE),
+        Next::Execute {
+            step: 5,
+            undo: true
+        }
+    );
+    let a = s.mark_started(5, true, 0, None);
+    assert!(s.apply_result(5, a, true, &OK, 3, 0));
+    assert!(!s.keep_leases());
+    assert_eq!(
+        s.next(def, 0, LEASE),
+        Next::Execute {
+            step: 4,
+            undo: true
+        }
+    );
+    let a = s.mark_started(4, true, 0, None);
+    let down = StepOutcome::Failed {
+        error: "libvirt is down".into(),
+        permanent: true,
+    };
+    assert!(s.apply_result(4, a, true, &down, 3, 0));
+    assert_eq!(s.steps[4].state, StepState::UndoFailed);
+    assert!(
+        s.keep_leases(),
+        "the node may still use what the leases name"
+    );
+    let st = drive_undo(def, &mut s);
+    assert_eq!(st, OpState::Failed);
+    let err = s.error.clone().unwrap_or_default();
+    assert!(
+        err.contains("cannot start") && err.contains("libvirt is down"),
+        "{err}"
+    );
+}
+
+/// Finishes an unwind with every remaining undo succeeding.
+fn drive_undo(def: &KindDef, s: &mut Saga) -> OpState {
+    for _ in 0..20 {
+        match s.next(def, 0, LEASE) {
+            Next::Execute { step, undo: true } => {
+                let a = s.mark_started(step, true, 0, None);
+                assert!(s.apply_result(step, a, true, &OK, 3, 0));
+            }
+            Next::Finished(st) => return st,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("unwind never finished");
+}
+
+#[test]
+fn a_step_lease_outlasts_its_actions_own_time_limit() {
+    let c = Catalog::builtin().unwrap();
+    let def = c.get(OpKind::GuestShutdown);
+    let mut s = saga(def);
+    assert_eq!(
+        s.next(def, 0, LEASE),
+        Next::Execute {
+            step: 0,
+            undo: false
+        }
+    );
+    // A shutdown that may wait 600 s gets a lease beyond that.
+    s.mark_started(0, false, 0, Some(660_000));
+    assert_eq!(s.next(def, LEASE * 2, LEASE), Next::Wait);
+    assert_eq!(
+        s.next(def, 660_000, LEASE),
+        Next::Execute {
+            step: 0,
+            undo: false
+        }
+    );
 }

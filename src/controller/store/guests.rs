@@ -139,6 +139,15 @@ pub async fn set_guest_xml(tx: &mut Tx<'_>, id: &str, xml: &str) -> Result<(), S
 }
 
 /// Takes the guest's lock for `op`. Returns the holder when someone else has it.
+/// The node a guest is placed on.
+pub async fn guest_node_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<String>, StoreError> {
+    let row: Option<(Option<String>,)> = sqlx::query_as("SELECT node_id FROM guests WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.and_then(|r| r.0))
+}
+
 pub async fn lock_guest(
     tx: &mut Tx<'_>,
     id: &str,
@@ -205,6 +214,18 @@ pub async fn disks_of_in(tx: &mut Tx<'_>, guest_id: &str) -> Result<Vec<DiskRow>
         "SELECT id, guest_id, node_id, path, kind, backing, created_at FROM disks WHERE guest_id = ? ORDER BY kind",
     )
     .bind(guest_id)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// The guests of a node, for its removal.
+pub async fn guests_of_node_in(tx: &mut Tx<'_>, node: &str) -> Result<Vec<GuestRow>, StoreError> {
+    Ok(sqlx::query_as::<_, GuestRow>(concat!(
+        "SELECT ",
+        guest_cols!(),
+        " FROM guests WHERE node_id = ?"
+    ))
+    .bind(node)
     .fetch_all(&mut **tx)
     .await?)
 }

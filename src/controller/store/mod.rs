@@ -5,11 +5,13 @@
 //! agree (an operation's step state, the allocation it made, the event announcing it)
 //! happen in one transaction, so a crash at any instant leaves a consistent database.
 
+mod cleanup;
 pub mod events;
 mod guests;
 mod nodes;
 mod ops;
 mod resources;
+mod saga;
 mod scripts;
 mod users;
 
@@ -21,11 +23,13 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use cleanup::*;
 pub use events::EventRow;
 pub use guests::*;
 pub use nodes::NodeRow;
 pub use ops::*;
 pub use resources::*;
+pub use saga::*;
 pub use scripts::*;
 pub use users::UserRow;
 
@@ -110,6 +114,7 @@ impl Store {
             (4, include_str!("migrations/004_bandwidth.sql")),
             (5, include_str!("migrations/005_guest_node_index.sql")),
             (6, include_str!("migrations/006_scripts_boot_jobs.sql")),
+            (8, include_str!("migrations/008_node_cleanup.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

@@ -24,6 +24,8 @@ pub struct OpRow {
     pub started_at: Option<i64>,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+    /// Why the operation is being ended from outside (a node's removal).
+    pub abandon_reason: Option<String>,
 }
 
 impl OpRow {
@@ -38,7 +40,8 @@ impl OpRow {
 macro_rules! op_cols {
     () => {
         "id, kind, guest_id, node_id, state, steps, cursor, payload, stage, percent, message, \
-    error, cancel_requested, inflight_node, requested_by, created_at, started_at, updated_at, finished_at"
+    error, cancel_requested, inflight_node, requested_by, created_at, started_at, updated_at, finished_at, \
+    abandon_reason"
     };
 }
 
@@ -57,7 +60,7 @@ pub async fn insert_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
     sqlx::query(concat!(
         "INSERT INTO operations (",
         op_cols!(),
-        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&op.id)
     .bind(&op.kind)
@@ -78,6 +81,7 @@ pub async fn insert_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
     .bind(op.started_at)
     .bind(op.updated_at)
     .bind(op.finished_at)
+    .bind(&op.abandon_reason)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -158,8 +162,9 @@ impl Store {
         .await?)
     }
 
-    /// Active operations that may have something to do: not waiting on a node, or waiting
-    /// on one since before `stale_before` (a lease that may have run out).
+    /// Active operations that may have something to do: not waiting on a node, waiting
+    /// on one since before `stale_before` (a lease that may have run out), or asked to
+    /// cancel (a step waiting on an offline node is abandoned).
     /// Returns (operation, node) pairs, node as far as known.
     pub async fn active_op_ids(
         &self,
@@ -167,17 +172,19 @@ impl Store {
     ) -> Result<Vec<(String, Option<String>)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, node_id FROM operations WHERE state IN ('pending', 'running', 'undoing') \
-             AND (inflight_node IS NULL OR updated_at < ?) ORDER BY created_at, id",
+             AND (inflight_node IS NULL OR updated_at < ? OR cancel_requested = 1) \
+             ORDER BY created_at, id",
         )
         .bind(stale_before)
         .fetch_all(self.pool())
         .await?)
     }
 
-    /// Marks a cancel request; the saga runner honours it at the next step boundary.
+    /// Marks a cancel request; the saga runner honours it at the next step boundary, or at
+    /// once for a step waiting on an offline node (even an undo: it is abandoned).
     pub async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
         let r = sqlx::query(
-            "UPDATE operations SET cancel_requested = 1 WHERE id = ? AND state IN ('pending', 'running')",
+            "UPDATE operations SET cancel_requested = 1 WHERE id = ? AND state IN ('pending', 'running', 'undoing')",
         )
         .bind(id)
         .execute(self.pool())

@@ -21,9 +21,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::initplan::{guest_facts, plan_for, script_source};
-use super::launch::{create_op, LaunchError, Target};
-use super::steps::StepError;
+use super::{Ctx, Effect, Request};
+use crate::controller::alloc;
+use crate::controller::saga::initplan::{guest_facts, plan_for, script_source};
+use crate::controller::saga::launch::{create_op, LaunchError, Target};
+use crate::controller::saga::steps::{guest_of, StepError};
 use crate::controller::store::{self as st, OpRow, Store, StoreError, Tx};
 use crate::guestinit::AgentAction;
 use crate::jobs::Catalog;
@@ -35,20 +37,56 @@ use crate::script::Scripts;
 pub const AGENT_WAIT_SECS: u64 = 300;
 
 /// Payload of `guest.boot_jobs`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunPayload {
     /// Only these jobs (a "run now" request); None: every pending job of the guest.
     #[serde(default)]
     pub job_ids: Option<Vec<String>>,
 }
 
-pub async fn claim(
+super::steps! {
+    pub enum Step {
+        Claim = "claim",
+        Run = "run",
+        Complete = "complete",
+        RefreshSeed = "refresh_seed",
+    }
+}
+
+pub async fn run(
+    cx: &mut Ctx<'_, '_>,
+    p: &RunPayload,
+    step: Step,
+    undo: bool,
+) -> Result<Effect, StepError> {
+    let g = guest_of(cx.tx, cx.op).await?;
+    let action = match (step, undo) {
+        (Step::Claim, false) => {
+            claim(cx.tx, &cx.env.scripts, cx.op, &g, p).await?;
+            None
+        }
+        (Step::Claim, true) => {
+            unclaim(cx.tx, cx.op).await?;
+            None
+        }
+        (Step::Run, false) => run_action(cx.tx, cx.op, &g).await?,
+        (Step::Complete, false) => {
+            complete(cx.tx, cx.op, &g).await?;
+            None
+        }
+        (Step::RefreshSeed, false) => refresh_seed_action(cx.tx, &cx.env.scripts, &g, None).await?,
+        (Step::Run | Step::Complete | Step::RefreshSeed, true) => None,
+    };
+    Ok(super::on_guest_node(&g, action))
+}
+
+async fn claim(
     tx: &mut Tx<'_>,
     scripts: &Scripts,
     op: &OpRow,
     g: &st::GuestRow,
+    p: &RunPayload,
 ) -> Result<(), StepError> {
-    let p: RunPayload = serde_json::from_str(&op.payload).unwrap_or_default();
     let facts = guest_facts(tx, g, None).await?;
     for job in st::pending_jobs_in(tx, &g.id).await? {
         if p.job_ids.as_ref().is_some_and(|ids| !ids.contains(&job.id)) {
@@ -78,7 +116,7 @@ pub async fn claim(
     Ok(())
 }
 
-pub async fn unclaim(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StepError> {
+async fn unclaim(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StepError> {
     let reason = op
         .step_records()
         .ok()
@@ -89,7 +127,7 @@ pub async fn unclaim(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StepError> {
 }
 
 /// The node action of `run`: one batch per claimed job. None when nothing was claimed.
-pub async fn run_action(
+async fn run_action(
     tx: &mut Tx<'_>,
     op: &OpRow,
     g: &st::GuestRow,
@@ -114,7 +152,7 @@ pub async fn run_action(
     }))
 }
 
-pub async fn complete(tx: &mut Tx<'_>, op: &OpRow, g: &st::GuestRow) -> Result<(), StepError> {
+async fn complete(tx: &mut Tx<'_>, op: &OpRow, g: &st::GuestRow) -> Result<(), StepError> {
     let report: AgentReport = op
         .step_records()
         .ok()
@@ -156,11 +194,7 @@ pub async fn complete(tx: &mut Tx<'_>, op: &OpRow, g: &st::GuestRow) -> Result<(
                         .as_str()
                         .and_then(|a| a.split('/').next());
                     if let Some(old) = old.filter(|o| Some(*o) != g.ip.as_deref()) {
-                        sqlx::query("DELETE FROM ip_leases WHERE ip = ? AND guest_id = ?")
-                            .bind(old)
-                            .bind(&g.id)
-                            .execute(&mut **tx)
-                            .await?;
+                        alloc::release_ip(tx, old, &g.id).await?;
                     }
                 }
                 "inject-ssh-keys" => {
@@ -179,11 +213,7 @@ pub async fn complete(tx: &mut Tx<'_>, op: &OpRow, g: &st::GuestRow) -> Result<(
         }
     }
     if secrets_changed {
-        sqlx::query("UPDATE guests SET init_secrets = ? WHERE id = ?")
-            .bind(serde_json::to_string(&secrets).map_err(StoreError::from)?)
-            .bind(&g.id)
-            .execute(&mut **tx)
-            .await?;
+        st::set_guest_secrets(tx, &g.id, &secrets).await?;
     }
     Ok(())
 }
@@ -210,32 +240,19 @@ pub async fn refresh_seed_action(
 /// Starts a boot-job run for each guest that booted and is free (called by the engine's
 /// sweep). Returns the operations it created, to wake them.
 pub async fn start_due_runs(store: &Store, catalog: &Catalog) -> Result<Vec<String>, StoreError> {
-    let due: Vec<(String,)> =
-        sqlx::query_as("SELECT id FROM guests WHERE boot_pending = 1 AND lock_op IS NULL LIMIT 64")
-            .fetch_all(store.pool())
-            .await?;
     let mut started = Vec::new();
-    for (guest,) in due {
+    for guest in store.booted_free_guests(64).await? {
         let mut tx = store.begin().await?;
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT state, lock_op FROM guests WHERE id = ? AND boot_pending = 1")
-                .bind(&guest)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((state, None)) = row else {
+        // Still due and free inside the transaction: the flag is taken once.
+        let Some(state) = st::take_boot_pending(&mut tx, &guest).await? else {
             continue;
         };
-        sqlx::query("UPDATE guests SET boot_pending = 0 WHERE id = ?")
-            .bind(&guest)
-            .execute(&mut *tx)
-            .await?;
         if state == "running" && st::has_pending_jobs(&mut tx, &guest).await? {
             match create_op(
                 catalog,
                 &mut tx,
-                "guest.boot_jobs",
+                &Request::BootJobs(RunPayload::default()),
                 Target::Guest(&guest),
-                serde_json::json!({}),
                 "corral",
                 true,
             )
@@ -256,9 +273,5 @@ pub async fn start_due_runs(store: &Store, catalog: &Catalog) -> Result<Vec<Stri
 
 /// Marks a guest as just booted: its pending boot jobs run once it is free.
 pub async fn mark_booted(tx: &mut Tx<'_>, guest: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE guests SET boot_pending = 1 WHERE id = ?")
-        .bind(guest)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    st::set_boot_pending(tx, guest).await
 }

@@ -16,16 +16,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::initplan::{guest_facts, script_source};
-use super::steps::StepError;
+use super::{Ctx, Effect};
 use crate::controller::alloc::{self, AllocError};
+use crate::controller::saga::initplan::{guest_facts, script_source};
+use crate::controller::saga::kinds::boot_jobs::refresh_seed_action;
+use crate::controller::saga::steps::{guest_of, StepError};
 use crate::controller::store::{self as st, events, GuestRow, OpRow, StoreError, Tx};
-use crate::model::{now_ms, AgentBatch, NodeAction};
+use crate::model::{AgentBatch, NodeAction};
 use crate::script::catalog::Kind;
 use crate::script::Scripts;
 
 /// Payload of `guest.change_ip`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChangeIpPayload {
     /// The address asked for; None: the next free one of the guest's pool.
     #[serde(default)]
@@ -37,12 +39,50 @@ pub struct ChangeIpPayload {
     pub pool_id: Option<String>,
 }
 
-fn payload(op: &OpRow) -> ChangeIpPayload {
-    serde_json::from_str(&op.payload).unwrap_or_default()
+super::steps! {
+    pub enum Step {
+        Reserve = "reserve",
+        RefreshSeed = "refresh_seed",
+        Apply = "apply",
+        Commit = "commit",
+    }
 }
 
-pub async fn reserve(tx: &mut Tx<'_>, op: &mut OpRow, g: &GuestRow) -> Result<(), StepError> {
-    let mut p = payload(op);
+/// The payload as `reserve` left it in the row (it records the leased address there).
+fn payload(op: &OpRow) -> Result<ChangeIpPayload, StepError> {
+    serde_json::from_str(&op.payload)
+        .map_err(|e| StepError::Permanent(format!("payload of guest.change_ip is corrupt: {e}")))
+}
+
+pub async fn run(cx: &mut Ctx<'_, '_>, step: Step, undo: bool) -> Result<Effect, StepError> {
+    let g = guest_of(cx.tx, cx.op).await?;
+    let action = match (step, undo) {
+        (Step::Reserve, false) => {
+            reserve(cx.tx, cx.op, &g).await?;
+            None
+        }
+        (Step::Reserve, true) => {
+            unreserve(cx.tx, cx.op, &g).await?;
+            None
+        }
+        (Step::RefreshSeed, undo) => {
+            // Forward: the seed for the new address; undo: from the record (the old one).
+            let new = if undo { None } else { new_address(cx.op)? };
+            let ip = new.as_ref().map(|(i, p)| (i.as_str(), p.as_str()));
+            refresh_seed_action(cx.tx, &cx.env.scripts, &g, ip).await?
+        }
+        (Step::Apply, undo) => apply_action(cx.tx, &cx.env.scripts, cx.op, &g, undo).await?,
+        (Step::Commit, false) => {
+            commit(cx.tx, cx.op, &g).await?;
+            None
+        }
+        (Step::Commit, true) => None,
+    };
+    Ok(super::on_guest_node(&g, action))
+}
+
+async fn reserve(tx: &mut Tx<'_>, op: &mut OpRow, g: &GuestRow) -> Result<(), StepError> {
+    let mut p = payload(op)?;
     if p.new_ip.is_some() {
         return Ok(()); // already reserved by an earlier run of this step
     }
@@ -125,21 +165,17 @@ async fn lease_manual(
     )))
 }
 
-pub async fn unreserve(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepError> {
-    if let Some(ip) = payload(op).new_ip.filter(|ip| Some(ip) != g.ip.as_ref()) {
-        sqlx::query("DELETE FROM ip_leases WHERE ip = ? AND guest_id = ?")
-            .bind(ip)
-            .bind(&g.id)
-            .execute(&mut **tx)
-            .await?;
+async fn unreserve(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepError> {
+    if let Some(ip) = payload(op)?.new_ip.filter(|ip| Some(ip) != g.ip.as_ref()) {
+        alloc::release_ip(tx, &ip, &g.id).await?;
     }
     Ok(())
 }
 
 /// The new address and its pool, once reserved.
-pub fn new_address(op: &OpRow) -> Option<(String, String)> {
-    let p = payload(op);
-    Some((p.new_ip?, p.pool_id?))
+fn new_address(op: &OpRow) -> Result<Option<(String, String)>, StepError> {
+    let p = payload(op)?;
+    Ok(p.new_ip.zip(p.pool_id))
 }
 
 /// The `change-ip` boot script's actions, moving the guest from `from` to `to`.
@@ -179,7 +215,7 @@ pub async fn change_ip_params(
 }
 
 /// `apply` forward (`undo` false) or back: None when the guest does not run.
-pub async fn apply_action(
+async fn apply_action(
     tx: &mut Tx<'_>,
     scripts: &Scripts,
     op: &OpRow,
@@ -187,7 +223,7 @@ pub async fn apply_action(
     undo: bool,
 ) -> Result<Option<NodeAction>, StepError> {
     let (Some((ip, pool)), Some(old_ip), Some(old_pool)) =
-        (new_address(op), g.ip.clone(), g.pool_id.clone())
+        (new_address(op)?, g.ip.clone(), g.pool_id.clone())
     else {
         return Ok(None);
     };
@@ -217,8 +253,8 @@ pub async fn apply_action(
     }))
 }
 
-pub async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepError> {
-    let Some((ip, pool)) = new_address(op) else {
+async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepError> {
+    let Some((ip, pool)) = new_address(op)? else {
         return Err(StepError::Permanent("no address was reserved".into()));
     };
     let old = g.ip.clone();
@@ -228,11 +264,7 @@ pub async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), Ste
     let running = g.state == "running";
     if let (Some(old), true) = (&old, running) {
         if *old != ip {
-            sqlx::query("DELETE FROM ip_leases WHERE ip = ? AND guest_id = ?")
-                .bind(old)
-                .bind(&g.id)
-                .execute(&mut **tx)
-                .await?;
+            alloc::release_ip(tx, old, &g.id).await?;
         }
     }
     let returned = running
@@ -246,13 +278,7 @@ pub async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), Ste
             },
             _ => false,
         };
-    sqlx::query("UPDATE guests SET ip = ?, pool_id = ?, updated_at = ? WHERE id = ?")
-        .bind(&ip)
-        .bind(&pool)
-        .bind(now_ms())
-        .bind(&g.id)
-        .execute(&mut **tx)
-        .await?;
+    st::set_guest_address(tx, &g.id, &ip, &pool).await?;
     // A guest that is not running learns its new address at its next boot.
     let queued = if g.state != "running" {
         let (Some(old_ip), Some(old_pool)) = (old.clone(), g.pool_id.clone()) else {

@@ -1,0 +1,122 @@
+//! `node.remove` (S35, S58): removes a node's record; with `delete_guests`, its guests'
+//! records, disks and leases too.
+//!
+//! The node is offline (or online without guests). Operations still holding its guests
+//! are ended first: the step asks each to cancel and waits (transiently) until they are
+//! over; against an offline node a cancel abandons the waiting step, records what may be
+//! left on the node in its cleanup list and unwinds what the controller can. With
+//! `delete_guests` the guests' leases are freed and the event lists the files left on the
+//! node, which are also on its cleanup list should it ever return under the same id.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Effect};
+use crate::controller::alloc;
+use crate::controller::saga::steps::StepError;
+use crate::controller::store::{self as st, events};
+use crate::model::NodeAction;
+
+/// Stored payload: what happens to the records of the node's guests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    /// Delete the guests' records (and disk records, leases) with the node; otherwise keep
+    /// them, reading `unknown`, ready for the node's return under the same id.
+    pub delete_guests: bool,
+}
+
+super::steps! {
+    pub enum Step {
+        RemoveNode = "remove_node",
+    }
+}
+
+pub async fn run(
+    cx: &mut Ctx<'_, '_>,
+    p: &Payload,
+    step: Step,
+    undo: bool,
+) -> Result<Effect, StepError> {
+    match (step, undo) {
+        (Step::RemoveNode, false) => remove_node(cx, p).await.map(|_| Effect::Done),
+        (Step::RemoveNode, true) => Ok(Effect::Done),
+    }
+}
+
+async fn remove_node(cx: &mut Ctx<'_, '_>, p: &Payload) -> Result<(), StepError> {
+    let tx = &mut *cx.tx;
+    let node = cx.op.node_id.clone().unwrap_or_default();
+    let Some((online, _)) = st::node_liveness_in(tx, &node).await? else {
+        return Err(StepError::Permanent(format!(
+            "node {node} is not registered"
+        )));
+    };
+    let guests = st::guests_of_node_in(tx, &node).await?;
+    if online && !guests.is_empty() {
+        return Err(StepError::Permanent(format!(
+            "node {node} is online with {} guest(s): delete or move them first, or stop the node",
+            guests.len()
+        )));
+    }
+    // End the operations that hold the node's guests; they finish on their own (an
+    // offline node's steps are abandoned) and this step runs again.
+    let busy: Vec<String> = guests.iter().filter_map(|g| g.lock_op.clone()).collect();
+    if !busy.is_empty() {
+        let reason = format!("node {node} is being removed");
+        for op in &busy {
+            st::request_abandon(tx, op, &reason).await?;
+        }
+        return Err(StepError::Transient(format!(
+            "waiting for {} operation(s) on the node's guests to end",
+            busy.len()
+        )));
+    }
+    let mut left_files = Vec::new();
+    if p.delete_guests {
+        for g in &guests {
+            for d in st::disks_of_in(tx, &g.id).await? {
+                st::add_cleanup(
+                    tx,
+                    &node,
+                    Some(&g.id),
+                    Some(&cx.op.id),
+                    &NodeAction::RemoveFile {
+                        path: d.path.clone(),
+                    },
+                    "the node was removed with its guests",
+                )
+                .await?;
+                left_files.push(d.path);
+            }
+            st::add_cleanup(
+                tx,
+                &node,
+                Some(&g.id),
+                Some(&cx.op.id),
+                &NodeAction::Undefine {
+                    guest_id: g.id.clone(),
+                },
+                "the node was removed with its guests",
+            )
+            .await?;
+            alloc::release_all(tx, &g.id).await?;
+            st::delete_guest(tx, &g.id).await?;
+            events::append(
+                tx,
+                "guest.state",
+                &g.id,
+                &serde_json::json!({"guest_id": g.id, "state": "deleted"}),
+            )
+            .await?;
+        }
+    }
+    st::delete_node(tx, &node).await?;
+    events::append(
+        tx,
+        "node.state",
+        &node,
+        &serde_json::json!({"node_id": node, "removed": true, "guests_deleted": p.delete_guests,
+                            "guests": guests.len(), "files_left_on_node": left_files}),
+    )
+    .await?;
+    Ok(())
+}

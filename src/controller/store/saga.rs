@@ -1,0 +1,211 @@
+//! The writes and reads saga steps make on guests and nodes, inside the engine's
+//! transaction: placement's view of the nodes, the guest's node and allocation columns.
+
+use super::{StoreError, Tx};
+use crate::model::{now_ms, NodeFacts};
+
+/// A node as placement sees it: its facts and what its guests already take.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NodeLoad {
+    pub id: String,
+    pub facts: String,
+    pub online: bool,
+    pub accept_auto: bool,
+    pub used_memory_mib: i64,
+    pub used_vcpus: i64,
+    pub guests: i64,
+}
+
+pub async fn node_loads(tx: &mut Tx<'_>) -> Result<Vec<NodeLoad>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT n.id, n.facts, n.online, n.accept_auto, \
+           (SELECT COALESCE(SUM(memory_mib), 0) FROM guests WHERE node_id = n.id AND state != 'error') AS used_memory_mib, \
+           (SELECT COALESCE(SUM(cpus), 0) FROM guests WHERE node_id = n.id AND state != 'error') AS used_vcpus, \
+           (SELECT COUNT(*) FROM guests WHERE node_id = n.id) AS guests \
+         FROM nodes n ORDER BY n.id",
+    )
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// A registered node's last reported facts.
+pub async fn node_facts_in(tx: &mut Tx<'_>, node: &str) -> Result<Option<NodeFacts>, StoreError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT facts FROM nodes WHERE id = ?")
+        .bind(node)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|(f,)| serde_json::from_str(&f).unwrap_or_default()))
+}
+
+/// Whether a node is registered and online, and since when it is offline.
+pub async fn node_liveness_in(
+    tx: &mut Tx<'_>,
+    node: &str,
+) -> Result<Option<(bool, Option<i64>)>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT online, offline_since FROM nodes WHERE id = ?")
+            .bind(node)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
+}
+
+pub async fn set_guest_node(
+    tx: &mut Tx<'_>,
+    guest: &str,
+    node: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET node_id = ?, updated_at = ? WHERE id = ?")
+        .bind(node)
+        .bind(now_ms())
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// What `allocate` handed a guest.
+pub struct Allocation<'a> {
+    pub pool_id: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    pub vnc_port: u16,
+    pub vnc_password: &'a str,
+    pub mac: &'a str,
+}
+
+pub async fn set_guest_allocation(
+    tx: &mut Tx<'_>,
+    guest: &str,
+    a: &Allocation<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE guests SET pool_id = ?, ip = ?, vnc_port = ?, vnc_password = ?, mac = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(a.pool_id)
+    .bind(a.ip)
+    .bind(i64::from(a.vnc_port))
+    .bind(a.vnc_password)
+    .bind(a.mac)
+    .bind(now_ms())
+    .bind(guest)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Forgets a guest's allocation and disk records (its leases are the allocator's).
+pub async fn clear_guest_allocation(tx: &mut Tx<'_>, guest: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM disks WHERE guest_id = ?")
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE guests SET ip = NULL, vnc_port = NULL, vnc_password = NULL, mac = NULL WHERE id = ?",
+    )
+    .bind(guest)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A created guest turns `running` (unless something else already changed its state).
+pub async fn finish_creating(tx: &mut Tx<'_>, guest: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE guests SET state = 'running', updated_at = ? WHERE id = ? AND state = 'creating'",
+    )
+    .bind(now_ms())
+    .bind(guest)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_guest_bandwidth(
+    tx: &mut Tx<'_>,
+    guest: &str,
+    json: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET bandwidth = ?, updated_at = ? WHERE id = ?")
+        .bind(json)
+        .bind(now_ms())
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_guest_address(
+    tx: &mut Tx<'_>,
+    guest: &str,
+    ip: &str,
+    pool: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET ip = ?, pool_id = ?, updated_at = ? WHERE id = ?")
+        .bind(ip)
+        .bind(pool)
+        .bind(now_ms())
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_guest_secrets(
+    tx: &mut Tx<'_>,
+    guest: &str,
+    secrets: &super::InitSecrets,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET init_secrets = ? WHERE id = ?")
+        .bind(serde_json::to_string(secrets)?)
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Marks a guest as just booted: its pending boot jobs run once it is free.
+pub async fn set_boot_pending(tx: &mut Tx<'_>, guest: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET boot_pending = 1 WHERE id = ?")
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Clears a free guest's boot flag; returns its state when the flag was set.
+pub async fn take_boot_pending(tx: &mut Tx<'_>, guest: &str) -> Result<Option<String>, StoreError> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT state FROM guests WHERE id = ? AND boot_pending = 1 AND lock_op IS NULL",
+    )
+    .bind(guest)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if row.is_some() {
+        sqlx::query("UPDATE guests SET boot_pending = 0 WHERE id = ?")
+            .bind(guest)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(row.map(|r| r.0))
+}
+
+pub async fn delete_node(tx: &mut Tx<'_>, node: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM nodes WHERE id = ?")
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl super::Store {
+    /// Guests that booted and are free: their boot jobs are due.
+    pub async fn booted_free_guests(&self, limit: i64) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM guests WHERE boot_pending = 1 AND lock_op IS NULL LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+}
