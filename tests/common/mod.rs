@@ -387,7 +387,12 @@ impl Cloud {
 
     /// Waits for an operation to end; returns it.
     pub async fn wait_op(&self, id: &str) -> Value {
-        for _ in 0..120 {
+        // Ten minutes; less when debugging a hang (`CORRAL_TEST_WAIT_ROUNDS`, 5 s each).
+        let rounds: u32 = std::env::var("CORRAL_TEST_WAIT_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(120);
+        for _ in 0..rounds {
             let (s, v) = self.get(&format!("/operations/{id}/wait?timeout=5")).await;
             assert_eq!(s, 200, "{v}");
             if matches!(
@@ -397,7 +402,25 @@ impl Cloud {
                 return v;
             }
         }
-        panic!("operation {id} did not finish in 10 minutes");
+        let (_, v) = self.get(&format!("/operations/{id}")).await;
+        panic!(
+            "operation {id} did not finish in 10 minutes: {v}\n{}",
+            self.log_tail(40)
+        );
+    }
+
+    /// The last `n` lines of each process log, for a failing test's message.
+    pub fn log_tail(&self, n: usize) -> String {
+        let mut out = String::new();
+        for name in ["up", "controller", "node"] {
+            if let Ok(text) = std::fs::read_to_string(self.dir().join(format!("{name}.log"))) {
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!("--- {name}.log\n"));
+                out.push_str(&lines[lines.len().saturating_sub(n)..].join("\n"));
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// Registers a template backed by a small qcow2 image made here.
@@ -511,6 +534,26 @@ impl Cloud {
         );
         let (_, node) = self.get(&format!("/nodes/{}", self.node_id)).await;
         assert_eq!(node["guests"], json!(0));
+    }
+}
+
+impl Cloud {
+    /// The event log's entries of `kind` so far (`data` of each).
+    pub async fn events(&self, kind: &str) -> Vec<Value> {
+        let mut resp = self
+            .http
+            .get(self.url("/events?after=0"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let mut buf = String::new();
+        read_sse(&mut resp, &mut buf, 100_000, Duration::from_secs(2))
+            .await
+            .into_iter()
+            .filter(|(_, e)| e["kind"] == kind)
+            .map(|(_, e)| e["data"].clone())
+            .collect()
     }
 }
 

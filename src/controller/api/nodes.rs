@@ -8,8 +8,8 @@ use poem_openapi::{Object, OpenApi};
 use super::error::{ApiResult, Error};
 use super::{AppState, Auth};
 use crate::controller::saga::kinds::{node_remove, Request};
-use crate::controller::store::NodeRow;
-use crate::model::{now_ms, rfc3339};
+use crate::controller::store::{CleanupRow, NodeRow};
+use crate::model::{now_ms, rfc3339, NodeAction};
 
 #[derive(Debug, Object)]
 pub struct Worker {
@@ -57,6 +57,48 @@ pub struct Node {
     pub vnc_port_max: Option<u16>,
     /// Domains on the node that corral does not manage (S16, S17): never touched.
     pub foreign_domains: Vec<ForeignDomain>,
+    /// What abandoned steps and failed undos left on the node: removed (by the guest's
+    /// uuid or a recorded path) when the node is online, first thing after it returns,
+    /// and retried by the janitor until it succeeds.
+    pub cleanup: Vec<CleanupEntry>,
+}
+
+#[derive(Debug, Object)]
+pub struct CleanupEntry {
+    pub id: i64,
+    /// The guest the object belonged to.
+    pub guest_id: Option<String>,
+    /// The operation that left it.
+    pub operation_id: Option<String>,
+    /// `destroy`, `undefine` (the guest's domain) or `remove_file`.
+    pub action: String,
+    /// The domain's uuid or the file's path.
+    pub target: String,
+    pub reason: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: String,
+}
+
+fn cleanup_entry(r: CleanupRow) -> CleanupEntry {
+    let (action, target) = match r.node_action() {
+        Ok(NodeAction::RemoveFile { path }) => ("remove_file".to_string(), path),
+        Ok(NodeAction::Undefine { guest_id }) => ("undefine".to_string(), guest_id),
+        Ok(NodeAction::Destroy { guest_id }) => ("destroy".to_string(), guest_id),
+        Ok(other) => (other.name().to_string(), String::new()),
+        Err(e) => ("unreadable".to_string(), e.to_string()),
+    };
+    CleanupEntry {
+        id: r.id,
+        guest_id: r.guest_id,
+        operation_id: r.op_id,
+        action,
+        target,
+        reason: r.reason,
+        attempts: r.attempts,
+        last_error: r.last_error,
+        created_at: rfc3339(r.created_at),
+    }
 }
 
 #[derive(Debug, Object, serde::Deserialize)]
@@ -76,7 +118,15 @@ async fn view(state: &AppState, n: NodeRow) -> Result<Node, Error> {
     let f = n.node_facts();
     let guests = state.store.guests_on_node(&n.id).await?.len() as u32;
     let foreign_domains = serde_json::from_str(&n.foreign_domains).unwrap_or_default();
+    let cleanup = state
+        .store
+        .cleanup_of_node(&n.id)
+        .await?
+        .into_iter()
+        .map(cleanup_entry)
+        .collect();
     Ok(Node {
+        cleanup,
         vnc_port_min: f.vnc_ports.map(|p| p.0),
         vnc_port_max: f.vnc_ports.map(|p| p.1),
         foreign_domains,

@@ -43,7 +43,9 @@ pub struct Step {
     pub name: String,
     /// `controller` or `node`.
     pub runs_on: String,
-    /// pending, running, done, failed, undoing, undone.
+    /// pending, running, done, failed, undoing, undone, undo_failed (its undo could not
+    /// complete: what it made is on the node's cleanup list and its resources stay held),
+    /// abandoned (given up while its node was offline).
     pub state: String,
     pub attempt: u32,
     pub started_at: Option<String>,
@@ -168,7 +170,8 @@ pub fn launch_error(e: launch::LaunchError) -> Error {
 
 #[derive(ApiResponse)]
 pub enum CancelResponse {
-    /// Cancel recorded; it takes effect at the next step boundary.
+    /// Cancel recorded; it takes effect at the next step boundary, or at once for a step
+    /// waiting on an offline node (that step is abandoned, its leftovers listed for the node).
     #[oai(status = 202)]
     Accepted(Json<Operation>),
 }

@@ -297,6 +297,14 @@ impl Engine {
                 self.dispatch(tx, op, req, saga, def, step, undo, node, action)
                     .await
             }
+            Err(StepError::Waiting(e)) => {
+                // What the step asked for commits; the sweep runs the step again.
+                op.message = e;
+                op.updated_at = now_ms();
+                st::save_op(&mut tx, op).await?;
+                self.store.commit(tx).await?;
+                Ok(Flow::Stop)
+            }
             Err(StepError::Transient(e)) => {
                 drop(tx); // roll back whatever the step wrote
                 tracing::debug!(op = %op.id, step = %name, "transient: {e}");
@@ -489,7 +497,9 @@ impl Engine {
                 .await?;
             }
             Ok(Effect::Done) => {}
-            Err(StepError::Transient(e)) => return Err(EngineError::Transient(e)),
+            Err(StepError::Transient(e) | StepError::Waiting(e)) => {
+                return Err(EngineError::Transient(e))
+            }
             // The guest is gone: nothing names what could be left.
             Err(StepError::Permanent(e)) => {
                 tracing::warn!(op = %op.id, step = name, "no leftover recorded: {e}")

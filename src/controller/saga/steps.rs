@@ -11,6 +11,10 @@ pub enum StepError {
     /// Retry later without failing the step (database busy, node not registered yet).
     #[error("{0}")]
     Transient(String),
+    /// Keep what the step wrote (it asked for something to happen first) and run it again
+    /// later; the message says what it waits for.
+    #[error("{0}")]
+    Waiting(String),
     /// The step cannot succeed: fail it and unwind.
     #[error("{0}")]
     Permanent(String),

@@ -87,6 +87,18 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            // Operations whose step is out on the node say so; a cancel abandons it.
+            sqlx::query(
+                "UPDATE operations SET message = ? WHERE inflight_node = ? \
+                 AND state IN ('pending', 'running', 'undoing')",
+            )
+            .bind(format!(
+                "waiting for node {id}, offline since {}",
+                crate::model::rfc3339(now)
+            ))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
             let guests: Vec<(String,)> = sqlx::query_as(
                 "SELECT id FROM guests WHERE node_id = ? AND state NOT IN ('unknown', 'error')",
             )

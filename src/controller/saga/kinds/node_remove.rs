@@ -2,7 +2,7 @@
 //! records, disks and leases too.
 //!
 //! The node is offline (or online without guests). Operations still holding its guests
-//! are ended first: the step asks each to cancel and waits (transiently) until they are
+//! are ended first: the step asks each to cancel and waits until they are
 //! over; against an offline node a cancel abandons the waiting step, records what may be
 //! left on the node in its cleanup list and unwinds what the controller can. With
 //! `delete_guests` the guests' leases are freed and the event lists the files left on the
@@ -65,12 +65,11 @@ async fn remove_node(cx: &mut Ctx<'_, '_>, p: &Payload) -> Result<(), StepError>
         for op in &busy {
             st::request_abandon(tx, op, &reason).await?;
         }
-        return Err(StepError::Transient(format!(
+        return Err(StepError::Waiting(format!(
             "waiting for {} operation(s) on the node's guests to end",
             busy.len()
         )));
     }
-    let mut left_files = Vec::new();
     if p.delete_guests {
         for g in &guests {
             for d in st::disks_of_in(tx, &g.id).await? {
@@ -85,7 +84,6 @@ async fn remove_node(cx: &mut Ctx<'_, '_>, p: &Payload) -> Result<(), StepError>
                     "the node was removed with its guests",
                 )
                 .await?;
-                left_files.push(d.path);
             }
             st::add_cleanup(
                 tx,
@@ -107,6 +105,14 @@ async fn remove_node(cx: &mut Ctx<'_, '_>, p: &Payload) -> Result<(), StepError>
                 &serde_json::json!({"guest_id": g.id, "state": "deleted"}),
             )
             .await?;
+        }
+    }
+    // Everything listed for the node: these guests' files and what earlier operations
+    // (abandoned when the node went away) left there.
+    let mut left_files = Vec::new();
+    for item in st::cleanup_of_node_in(tx, &node).await? {
+        if let Ok(NodeAction::RemoveFile { path }) = item.node_action() {
+            left_files.push(path);
         }
     }
     st::delete_node(tx, &node).await?;

@@ -1,0 +1,293 @@
+//! A node that dies for good wedges nothing (real Redis, separate `corral node` processes on
+//! libvirt's test driver):
+//! * its operations say they wait for it and stay cancellable: a cancel abandons the
+//!   waiting step, unwinds what the controller can and lists the node-side leftovers;
+//! * removing it with `guests=delete` ends its guests' operations and frees their leases;
+//! * with `guests=keep`, a node that returns runs its cleanup list before new work.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{require, Cloud};
+use serde_json::{json, Value};
+
+async fn wait_online(cloud: &Cloud, node: &str, online: bool) {
+    for _ in 0..300 {
+        if cloud.get(&format!("/nodes/{node}")).await.1["online"] == json!(online) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node {node} never read online={online}");
+}
+
+/// Polls `path` until `check` holds (30 s at most); returns the last answer.
+async fn wait_for(cloud: &Cloud, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        last = cloud.get(path).await.1;
+        if check(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never reached the expected state: {last}");
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().display().to_string())
+            .collect(),
+        Err(_) => vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_returns_wedges_nothing() {
+    if !(require("redis-server") && require("qemu-img") && require("genisoimage")) {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    cloud.pool("lan", "192.0.2.10", "192.0.2.30").await;
+    let lost_dir = cloud.dir().join("images-lost");
+    let lost_dir_s = lost_dir.display().to_string();
+    cloud
+        .add_node(
+            "node-lost",
+            &[
+                ("CORRAL_FAULT", "after:node:define"),
+                ("CORRAL_STORAGE_DIR", &lost_dir_s),
+            ],
+        )
+        .await;
+    let ops = cloud
+        .create(
+            json!({"name": "lost", "template": "tiny", "cpus": 1, "memory_mib": 64,
+                       "count": 3, "node": "node-lost"}),
+        )
+        .await;
+    // The node dies after its first define and never comes back.
+    assert!(
+        cloud.extra_nodes[0].wait_exit(Duration::from_secs(60)),
+        "the fault never fired"
+    );
+    wait_online(&cloud, "node-lost", false).await;
+
+    // Every operation says what it waits for, and none has ended.
+    for (_, op) in &ops {
+        let v = wait_for(&cloud, &format!("/operations/{op}"), |v| {
+            v["progress"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("waiting for node node-lost"))
+        })
+        .await;
+        assert_eq!(v["state"], "running", "{v}");
+    }
+
+    // A cancel ends the first at once: abandoned, unwound, leftovers listed.
+    let (gid, first) = &ops[0];
+    let (s, v) = cloud
+        .post(&format!("/operations/{first}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let v = cloud.wait_op(first).await;
+    assert_eq!(v["state"], "cancelled", "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("abandoned"),
+        "{v}"
+    );
+    assert!(
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["state"] == "abandoned"),
+        "{v}"
+    );
+    assert_eq!(cloud.get(&format!("/guests/{gid}")).await.0, 404);
+    let (_, node) = cloud.get("/nodes/node-lost").await;
+    let listed: Vec<&Value> = node["cleanup"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["guest_id"] == json!(gid))
+        .collect();
+    assert!(!listed.is_empty(), "leftovers of {gid} listed: {node}");
+
+    // Removing the node with its guests ends the other operations and frees everything.
+    let (s, v) = cloud.delete("/nodes/node-lost?guests=delete").await;
+    assert_eq!(s, 202, "{v}");
+    let removal = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    assert_eq!(removal["state"], "succeeded", "{removal}");
+    for (_, op) in &ops[1..] {
+        let v = cloud.wait_op(op).await;
+        assert_eq!(v["state"], "cancelled", "{v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains("being removed"),
+            "{v}"
+        );
+    }
+    let (_, active) = cloud.get("/operations?active=true").await;
+    assert_eq!(active, json!([]), "no operation is left active");
+    let (_, pools) = cloud.get("/ip-pools").await;
+    assert_eq!(pools[0]["used"], 0, "every address is free again");
+    let (_, guests) = cloud.get("/guests").await;
+    assert_eq!(guests, json!([]));
+    // Whatever is still in the dead node's directory is named in the removal's event.
+    let removed = cloud.events("node.state").await;
+    let left: Vec<String> = removed
+        .iter()
+        .find(|e| e["node_id"] == "node-lost" && e["removed"] == true)
+        .and_then(|e| e["files_left_on_node"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    for f in files_in(&lost_dir) {
+        assert!(
+            left.contains(&f),
+            "{f} left on the node but not reported: {left:?}"
+        );
+    }
+
+    // The other node kept serving throughout.
+    let fine = cloud
+        .create(
+            json!({"name": "fine", "template": "tiny", "cpus": 1, "memory_mib": 64,
+                       "node": cloud.node_id}),
+        )
+        .await;
+    assert_eq!(cloud.wait_op(&fine[0].1).await["state"], "succeeded");
+    cloud.delete_all_and_check().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_returns_cleans_up_before_new_work() {
+    if !(require("redis-server") && require("qemu-img") && require("genisoimage")) {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    cloud.pool("lan", "192.0.2.10", "192.0.2.30").await;
+    let dir = cloud.dir().join("images-back");
+    let dir_s = dir.display().to_string();
+    cloud
+        .add_node("node-back", &[("CORRAL_STORAGE_DIR", &dir_s)])
+        .await;
+    // One guest is fully there before the node dies: its record is kept.
+    let kept = cloud
+        .create(
+            json!({"name": "kept", "template": "tiny", "cpus": 1, "memory_mib": 64,
+                       "node": "node-back"}),
+        )
+        .await;
+    assert_eq!(cloud.wait_op(&kept[0].1).await["state"], "succeeded");
+    let kept_files = files_in(&dir);
+    assert_eq!(kept_files.len(), 2, "disk and seed: {kept_files:?}");
+
+    // The node dies during a batch.
+    cloud.extra_nodes.pop().unwrap().kill9();
+    cloud
+        .add_node(
+            "node-back",
+            &[
+                ("CORRAL_FAULT", "after:node:define"),
+                ("CORRAL_STORAGE_DIR", &dir_s),
+            ],
+        )
+        .await;
+    let ops = cloud
+        .create(
+            json!({"name": "lost", "template": "tiny", "cpus": 1, "memory_mib": 64,
+                       "count": 3, "node": "node-back"}),
+        )
+        .await;
+    assert!(
+        cloud
+            .extra_nodes
+            .last_mut()
+            .unwrap()
+            .wait_exit(Duration::from_secs(60)),
+        "the fault never fired"
+    );
+    wait_online(&cloud, "node-back", false).await;
+
+    // Removal keeping the records ends the batch; the kept guest reads unknown.
+    let (s, v) = cloud.delete("/nodes/node-back?guests=keep").await;
+    assert_eq!(s, 202, "{v}");
+    let removal = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    assert_eq!(removal["state"], "succeeded", "{removal}");
+    for (_, op) in &ops {
+        assert_eq!(cloud.wait_op(op).await["state"], "cancelled");
+    }
+    let (_, g) = cloud.get(&format!("/guests/{}", kept[0].0)).await;
+    assert_eq!(g["state"], "unknown", "{g}");
+    let (_, pools) = cloud.get("/ip-pools").await;
+    assert_eq!(pools[0]["used"], 1, "only the kept guest holds an address");
+    let leftovers: Vec<String> = files_in(&dir)
+        .into_iter()
+        .filter(|f| !kept_files.contains(f))
+        .collect();
+    assert!(!leftovers.is_empty(), "the batch left files on the node");
+
+    // The node returns under the same id: it cleans up first, then takes new work.
+    cloud
+        .add_node("node-back", &[("CORRAL_STORAGE_DIR", &dir_s)])
+        .await;
+    let after = cloud
+        .create(
+            json!({"name": "after", "template": "tiny", "cpus": 1, "memory_mib": 64,
+                       "node": "node-back"}),
+        )
+        .await;
+    let after_op = cloud.wait_op(&after[0].1).await;
+    assert_eq!(after_op["state"], "succeeded", "{after_op}");
+    wait_for(&cloud, "/nodes/node-back", |n| n["cleanup"] == json!([])).await;
+    for f in &leftovers {
+        assert!(
+            !std::path::Path::new(f).exists(),
+            "{f} is still on the node"
+        );
+    }
+    for f in &kept_files {
+        assert!(
+            std::path::Path::new(f).exists(),
+            "{f} of the kept guest was removed"
+        );
+    }
+    let cleanups = cloud.events("node.cleanup").await;
+    let removed: usize = cleanups
+        .iter()
+        .filter(|e| e["node_id"] == "node-back")
+        .map(|e| e["removed"].as_array().map_or(0, |r| r.len()))
+        .sum();
+    assert!(
+        removed >= leftovers.len(),
+        "the event log names the removals: {cleanups:?}"
+    );
+    // Cleanup ran before the new guest's first node step.
+    let (_, cleanup_ops) = cloud.get("/operations?kind=node.cleanup").await;
+    let cleaned_at = cleanup_ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["finished_at"].as_str().map(String::from))
+        .min()
+        .expect("a node.cleanup operation finished");
+    let disk_started = after_op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "create_disk")
+        .and_then(|s| s["started_at"].as_str().map(String::from))
+        .unwrap();
+    assert!(
+        cleaned_at <= disk_started,
+        "cleanup finished {cleaned_at}, new work started {disk_started}"
+    );
+}
