@@ -255,7 +255,7 @@ pub enum InitError {
     Render(#[from] RenderError),
     #[error("writing the seed: {0}")]
     Io(#[from] std::io::Error),
-    #[error("genisoimage failed: {0}")]
+    #[error("building the seed image: {0}")]
     Iso(String),
     #[error("hashing the password: {0}")]
     Hash(String),
@@ -294,45 +294,21 @@ pub fn render_seed(renderer: &Renderer, plan: &InitPlan) -> Result<SeedDocs, Ini
 }
 
 /// Writes the seed ISO at `path` (atomically: a crash never leaves half an ISO under the
-/// final name, so "exists" means "complete").
+/// final name, so "exists" means "complete"). The image is built in-process
+/// ([`crate::iso`]): no subprocess per guest.
 pub async fn write_seed_iso(docs: &SeedDocs, path: &Path) -> Result<(), InitError> {
-    let work = tempfile_dir(path)?;
-    let mut files = vec![
-        (work.join("meta-data"), docs.meta_data.as_str()),
-        (work.join("user-data"), docs.user_data.as_str()),
+    let mut files: Vec<(&str, &[u8])> = vec![
+        ("meta-data", docs.meta_data.as_bytes()),
+        ("user-data", docs.user_data.as_bytes()),
     ];
     if let Some(net) = &docs.network_config {
-        files.push((work.join("network-config"), net.as_str()));
+        files.push(("network-config", net.as_bytes()));
     }
-    for (p, content) in &files {
-        tokio::fs::write(p, content).await?;
-    }
+    let image = crate::iso::build("cidata", &files).map_err(|e| InitError::Iso(e.to_string()))?;
     let tmp = path.with_extension("iso.tmp");
-    let out = tokio::process::Command::new("genisoimage")
-        .arg("-quiet")
-        .arg("-output")
-        .arg(&tmp)
-        .args(["-volid", "cidata", "-joliet", "-rock"])
-        .args(files.iter().map(|(p, _)| p.as_os_str()))
-        .output()
-        .await;
-    let _ = tokio::fs::remove_dir_all(&work).await;
-    let out = out?;
-    if !out.status.success() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(InitError::Iso(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
+    tokio::fs::write(&tmp, &image).await?;
     tokio::fs::rename(&tmp, path).await?;
     Ok(())
-}
-
-fn tempfile_dir(near: &Path) -> Result<std::path::PathBuf, std::io::Error> {
-    let parent = near.parent().unwrap_or(Path::new("."));
-    let dir = parent.join(format!(".seed-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod config;
 pub mod controller;
 pub mod fault;
 pub mod guestinit;
+pub mod iso;
 pub mod jobs;
 pub mod model;
 pub mod node;

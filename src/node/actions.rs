@@ -316,49 +316,52 @@ fn ignore_gone(r: Result<(), HvError>) -> Result<(), ActionError> {
     }
 }
 
-/// `qemu-img create -f qcow2 -b TEMPLATE -F qcow2`: a linked clone, instant whatever the
-/// template's size.
+/// A linked clone of the template (a qcow2 overlay naming it as backing file, written
+/// in-process, see [`super::qcow2`]): instant whatever the template's size.
 async fn create_disk(path: &str, template: &str) -> Result<(), ActionError> {
+    let (path, template) = (path.to_string(), template.to_string());
+    tokio::task::spawn_blocking(move || create_disk_blocking(&path, &template))
+        .await
+        .map_err(|e| ActionError::Transient(format!("creating the disk: {e}")))?
+}
+
+fn create_disk_blocking(path: &str, template: &str) -> Result<(), ActionError> {
+    use super::qcow2;
+    let permanent = |e: qcow2::Qcow2Error| ActionError::Permanent(e.to_string());
     if !Path::new(template).exists() {
         return Err(ActionError::Permanent(format!(
             "template image {template} does not exist on this node"
         )));
     }
     if Path::new(path).exists() {
-        let info = tokio::process::Command::new("qemu-img")
-            .args(["info", "--output=json", "-U", path])
-            .output()
-            .await
-            .map_err(|e| ActionError::Transient(format!("qemu-img: {e}")))?;
-        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap_or_default();
-        if v.get("backing-filename").and_then(|b| b.as_str()) == Some(template) {
+        if qcow2::backing_of(Path::new(path))
+            .map_err(permanent)?
+            .as_deref()
+            == Some(template)
+        {
             return Ok(());
         }
         return Err(ActionError::Permanent(format!(
             "{path} exists and is not a clone of {template}"
         )));
     }
+    let transient = |what: &str, e: std::io::Error| ActionError::Transient(format!("{what}: {e}"));
     if let Some(dir) = Path::new(path).parent() {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| ActionError::Transient(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| transient(&format!("creating {}", dir.display()), e))?;
     }
+    let size = qcow2::virtual_size(Path::new(template)).map_err(permanent)?;
+    let image = qcow2::overlay(template, size).map_err(permanent)?;
     let tmp = format!("{path}.tmp");
-    let out = tokio::process::Command::new("qemu-img")
-        .args([
-            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", template, &tmp,
-        ])
-        .output()
-        .await
-        .map_err(|e| ActionError::Transient(format!("qemu-img: {e}")))?;
-    if !out.status.success() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(ActionError::Permanent(format!(
-            "qemu-img create: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+    let written = std::fs::write(&tmp, &image).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&tmp)?
+            .set_len(qcow2::overlay_len(size))
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(transient(&format!("writing {tmp}"), e));
     }
-    tokio::fs::rename(&tmp, path)
-        .await
-        .map_err(|e| ActionError::Transient(format!("renaming {tmp}: {e}")))
+    std::fs::rename(&tmp, path).map_err(|e| transient(&format!("renaming {tmp}"), e))
 }

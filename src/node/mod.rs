@@ -17,6 +17,7 @@ pub mod events;
 pub mod facts;
 pub mod hypervisor;
 pub mod ports;
+pub mod qcow2;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
