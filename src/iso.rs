@@ -51,7 +51,7 @@ fn ucs2(s: &str) -> Vec<u8> {
 
 /// A directory record (ECMA-119 9.1).
 fn record(extent: usize, len: usize, dir: bool, id: &[u8]) -> Vec<u8> {
-    let pad = usize::from(id.len() % 2 == 0);
+    let pad = usize::from(id.len().is_multiple_of(2));
     let total = 33 + id.len() + pad;
     let mut r = Vec::with_capacity(total);
     r.push(total as u8);
