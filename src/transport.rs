@@ -2,7 +2,9 @@
 //! consumer group) up.
 //!
 //! apalis-redis 1.0 has defects we design around (see docs/ARCHITECTURE.md):
-//! * the worker's idle pickup waits a whole heartbeat unless polled: nodes poll every 200 ms;
+//! * the worker's idle pickup waits a whole heartbeat unless polled: the controller
+//!   publishes a wake-up on the node's channel after each push, and nodes poll every
+//!   500 ms only as the fallback;
 //! * orphaned jobs come back after `heartbeat × missed`: 2 s × 3 here, not 300 s;
 //! * a queue holding thousands of due jobs breaks fetching: the controller keeps the
 //!   backlog in SQL and only dispatches a small window per node;
@@ -38,6 +40,12 @@ pub enum TransportError {
 /// The queue a node consumes. Nodes read only their own.
 pub fn queue_name(node_id: &str) -> String {
     format!("corral:node:{node_id}")
+}
+
+/// The pub/sub channel that wakes a node's queue worker as soon as a job is pushed (its
+/// poll is only the fallback for a wake it missed).
+pub fn wake_channel(node_id: &str) -> String {
+    format!("corral:wake:{node_id}")
 }
 
 /// The one apalis-redis configuration, shared by producer and consumer so both agree on keys.
@@ -158,7 +166,19 @@ impl Queues {
         storage
             .push(job)
             .await
-            .map_err(|e| TransportError::Push(e.to_string()))
+            .map_err(|e| TransportError::Push(e.to_string()))?;
+        drop(map);
+        // A lost wake costs one fallback poll interval, nothing more.
+        let mut conn = self.conn().await?;
+        if let Err(e) = redis::cmd("PUBLISH")
+            .arg(wake_channel(node_id))
+            .arg(1)
+            .query_async::<i64>(&mut conn)
+            .await
+        {
+            tracing::debug!(node = node_id, "waking the node's worker: {e}");
+        }
+        Ok(())
     }
 }
 

@@ -216,6 +216,50 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     Ok(())
 }
 
+/// Yields once per wake-up published on the node's channel (see
+/// [`transport::wake_channel`]); ends when the subscription does.
+struct WakeStream {
+    rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+    _task: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl futures::Stream for WakeStream {
+    type Item = ();
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<()>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+async fn wake_stream(url: &str, node_id: &str) -> Result<WakeStream, redis::RedisError> {
+    use futures::StreamExt;
+    let mut pubsub = redis::Client::open(url)?.get_async_pubsub().await?;
+    pubsub.subscribe(transport::wake_channel(node_id)).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut messages = pubsub.into_on_message();
+        while messages.next().await.is_some() {
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(WakeStream {
+        rx,
+        _task: AbortOnDrop(task),
+    })
+}
+
 async fn queue_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
@@ -224,9 +268,16 @@ async fn queue_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
             let conn = transport::connect(&ctx.cfg.redis_url)
                 .await
                 .map_err(|e| e.to_string())?;
+            // Woken by the controller's publish after each push; polled as a fallback.
+            let wakes = wake_stream(&ctx.cfg.redis_url, &ctx.node_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let strategy = Strategy::new()
+                .stream(wakes)
+                .interval(Duration::from_millis(500));
             let backend = RedisStorage::<NodeJob>::new(conn)
                 .with_config(transport::queue_config(&ctx.node_id))
-                .poll_with_interval(Duration::from_millis(100));
+                .poll_with_strategy(strategy);
             // A unique name per run: apalis refuses a name still marked alive in Redis.
             let name = format!(
                 "{}-{}-{}",
