@@ -115,6 +115,7 @@ impl Store {
             (5, include_str!("migrations/005_guest_node_index.sql")),
             (6, include_str!("migrations/006_scripts_boot_jobs.sql")),
             (8, include_str!("migrations/008_node_cleanup.sql")),
+            (9, include_str!("migrations/009_node_usage.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

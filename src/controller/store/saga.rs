@@ -17,12 +17,12 @@ pub struct NodeLoad {
 }
 
 pub async fn node_loads(tx: &mut Tx<'_>) -> Result<Vec<NodeLoad>, StoreError> {
+    // `node_usage` is kept by triggers on `guests` (migration 009): one row per node.
     Ok(sqlx::query_as(
         "SELECT n.id, n.facts, n.online, n.accept_auto, \
-           (SELECT COALESCE(SUM(memory_mib), 0) FROM guests WHERE node_id = n.id AND state != 'error') AS used_memory_mib, \
-           (SELECT COALESCE(SUM(cpus), 0) FROM guests WHERE node_id = n.id AND state != 'error') AS used_vcpus, \
-           (SELECT COUNT(*) FROM guests WHERE node_id = n.id) AS guests \
-         FROM nodes n ORDER BY n.id",
+           COALESCE(u.memory_mib, 0) AS used_memory_mib, COALESCE(u.cpus, 0) AS used_vcpus, \
+           COALESCE(u.guests, 0) AS guests \
+         FROM nodes n LEFT JOIN node_usage u ON u.node_id = n.id ORDER BY n.id",
     )
     .fetch_all(&mut **tx)
     .await?)
@@ -207,5 +207,102 @@ impl super::Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{insert_guest, GuestRow, Store};
+    use super::*;
+
+    fn guest(id: &str, node: Option<&str>, state: &str, mem: i64, cpus: i64) -> GuestRow {
+        GuestRow {
+            id: id.into(),
+            name: id.into(),
+            hostname: id.into(),
+            template_id: "t".into(),
+            template_path: "/t.qcow2".into(),
+            os_type: "linux".into(),
+            cpus,
+            memory_mib: mem,
+            node_id: node.map(String::from),
+            requested_node: None,
+            pool_id: None,
+            requested_ip: None,
+            ip: None,
+            vnc_port: None,
+            vnc_password: None,
+            mac: None,
+            state: state.into(),
+            lock_op: None,
+            domain_xml: None,
+            created_at: 0,
+            updated_at: 0,
+            bandwidth: None,
+            os_init_profile: None,
+            init_secrets: None,
+        }
+    }
+
+    /// node_usage, kept by triggers, against the sums over every guest.
+    async fn check(store: &Store) {
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("INSERT OR IGNORE INTO nodes (id, hostname, facts, last_seen, last_seen_local, created_at) VALUES ('a', 'a', '{}', 0, 0, 0), ('b', 'b', '{}', 0, 0, 0)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let loads = node_loads(&mut tx).await.unwrap();
+        for l in loads {
+            let (mem, cpus, n): (i64, i64, i64) = sqlx::query_as(
+                "SELECT COALESCE(SUM(CASE WHEN state != 'error' THEN memory_mib END), 0), \
+                 COALESCE(SUM(CASE WHEN state != 'error' THEN cpus END), 0), COUNT(*) \
+                 FROM guests WHERE node_id = ?",
+            )
+            .bind(&l.id)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            assert_eq!(
+                (l.used_memory_mib, l.used_vcpus, l.guests),
+                (mem, cpus, n),
+                "{}",
+                l.id
+            );
+        }
+        store.commit(tx).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn node_usage_follows_every_change_to_guests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        insert_guest(&mut tx, &guest("g1", None, "creating", 64, 1))
+            .await
+            .unwrap();
+        insert_guest(&mut tx, &guest("g2", Some("a"), "running", 128, 2))
+            .await
+            .unwrap();
+        insert_guest(&mut tx, &guest("g3", Some("a"), "error", 256, 4))
+            .await
+            .unwrap();
+        store.commit(tx).await.unwrap();
+        check(&store).await;
+        let mut tx = store.begin().await.unwrap();
+        set_guest_node(&mut tx, "g1", Some("b")).await.unwrap();
+        set_guest_node(&mut tx, "g2", Some("b")).await.unwrap();
+        super::super::set_guest_state(&mut tx, "g3", "running")
+            .await
+            .unwrap();
+        store.commit(tx).await.unwrap();
+        check(&store).await;
+        let mut tx = store.begin().await.unwrap();
+        super::super::set_guest_state(&mut tx, "g2", "error")
+            .await
+            .unwrap();
+        super::super::delete_guest(&mut tx, "g3").await.unwrap();
+        set_guest_node(&mut tx, "g1", None).await.unwrap();
+        store.commit(tx).await.unwrap();
+        check(&store).await;
     }
 }
