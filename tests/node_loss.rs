@@ -291,3 +291,53 @@ async fn a_node_that_returns_cleans_up_before_new_work() {
         "cleanup finished {cleaned_at}, new work started {disk_started}"
     );
 }
+
+/// `node.cleanup` is a saga like any other: a controller killed after dispatching its node
+/// step, or after recording the results, finishes it on restart and leaks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanup_survives_a_controller_crash_at_each_step() {
+    if !(require("redis-server") && require("qemu-img") && require("genisoimage")) {
+        return;
+    }
+    for fault in ["dispatched:node.cleanup:clean", "after:node.cleanup:record"] {
+        let mut cloud = Cloud::split("test:///default").await;
+        cloud.template("tiny").await;
+        cloud.pool("lan", "192.0.2.10", "192.0.2.30").await;
+        let dir = cloud.dir().join("images-c");
+        let dir_s = dir.display().to_string();
+        cloud
+            .add_node(
+                "node-c",
+                &[
+                    ("CORRAL_FAULT", "after:node:define"),
+                    ("CORRAL_STORAGE_DIR", &dir_s),
+                ],
+            )
+            .await;
+        let ops = cloud
+            .create(
+                json!({"name": "c", "template": "tiny", "cpus": 1, "memory_mib": 64,
+                           "node": "node-c"}),
+            )
+            .await;
+        assert!(cloud.extra_nodes[0].wait_exit(Duration::from_secs(60)));
+        wait_online(&cloud, "node-c", false).await;
+        cloud
+            .post(&format!("/operations/{}/cancel", ops[0].1), json!({}))
+            .await;
+        assert_eq!(cloud.wait_op(&ops[0].1).await["state"], "cancelled");
+        assert!(!files_in(&dir).is_empty(), "the create left files");
+
+        // The node returns while the controller is armed to die in the cleanup.
+        cloud.arm_fault(fault).await;
+        cloud.start_node(&[("CORRAL_NODE_ID", "node-c"), ("CORRAL_STORAGE_DIR", &dir_s)]);
+        cloud.restart_after_fault(fault).await;
+        let node = wait_for(&cloud, "/nodes/node-c", |n| n["cleanup"] == json!([])).await;
+        assert_eq!(node["online"], true, "{node}");
+        assert_eq!(files_in(&dir), Vec::<String>::new(), "{fault}: files left");
+        let (_, active) = cloud.get("/operations?active=true").await;
+        assert_eq!(active, json!([]), "{fault}: nothing left running");
+        let (_, pools) = cloud.get("/ip-pools").await;
+        assert_eq!(pools[0]["used"], 0, "{fault}");
+    }
+}
