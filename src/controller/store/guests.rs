@@ -222,6 +222,9 @@ impl Store {
         .await?)
     }
 
+    /// A page of guests in list order (creation, then name). One statement per filter
+    /// combination, so each walks the index in that order (migration 007) and stops after
+    /// the page: a `(? IS NULL OR col = ?)` filter would defeat the filtered indexes.
     pub async fn guests(
         &self,
         state: Option<&str>,
@@ -229,20 +232,24 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<GuestRow>, StoreError> {
-        Ok(sqlx::query_as::<_, GuestRow>(concat!(
-            "SELECT ",
-            guest_cols!(),
-            " FROM guests WHERE (? IS NULL OR state = ?) AND (? IS NULL OR node_id = ?) \
-             ORDER BY created_at, name LIMIT ? OFFSET ?"
-        ))
-        .bind(state)
-        .bind(state)
-        .bind(node)
-        .bind(node)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
-        .await?)
+        macro_rules! page {
+            ($filter:literal) => {
+                sqlx::query_as::<_, GuestRow>(concat!(
+                    "SELECT ",
+                    guest_cols!(),
+                    " FROM guests ",
+                    $filter,
+                    " ORDER BY created_at, name LIMIT ? OFFSET ?"
+                ))
+            };
+        }
+        let q = match (state, node) {
+            (None, None) => page!(""),
+            (Some(s), None) => page!("WHERE state = ?").bind(s),
+            (None, Some(n)) => page!("WHERE node_id = ?").bind(n),
+            (Some(s), Some(n)) => page!("WHERE node_id = ? AND state = ?").bind(n).bind(s),
+        };
+        Ok(q.bind(limit).bind(offset).fetch_all(self.pool()).await?)
     }
 
     pub async fn guests_on_node(&self, node: &str) -> Result<Vec<GuestRow>, StoreError> {

@@ -110,6 +110,7 @@ impl Store {
             (4, include_str!("migrations/004_bandwidth.sql")),
             (5, include_str!("migrations/005_guest_node_index.sql")),
             (6, include_str!("migrations/006_scripts_boot_jobs.sql")),
+            (7, include_str!("migrations/007_list_indexes.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)
