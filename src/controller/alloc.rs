@@ -237,11 +237,13 @@ fn parse_holders(rows: Vec<HolderRow>) -> impl Iterator<Item = (Ipv4Addr, Holder
 const HOLDERS: &str = "SELECT ip, guest_id, NULL, NULL FROM ip_leases WHERE pool_id = ? \
      UNION ALL SELECT ip, NULL, state, note FROM ip_marks WHERE pool_id = ?";
 
-/// Leases and marks of some addresses of a pool (the addresses as one JSON array).
-const HOLDERS_OF: &str = "SELECT ip, guest_id, NULL, NULL FROM ip_leases \
-     WHERE pool_id = ? AND ip IN (SELECT value FROM json_each(?)) \
-     UNION ALL SELECT ip, NULL, state, note FROM ip_marks \
-     WHERE pool_id = ? AND ip IN (SELECT value FROM json_each(?))";
+/// Leases and marks of some addresses of a pool (the addresses as one JSON array). The
+/// addresses drive the join (`CROSS JOIN` fixes the order): one primary-key lookup each,
+/// never a walk over all the pool's leases.
+const HOLDERS_OF: &str = "SELECT l.ip, l.guest_id, NULL, NULL FROM json_each(?) AS a \
+     CROSS JOIN ip_leases AS l ON l.ip = a.value WHERE l.pool_id = ? \
+     UNION ALL SELECT m.ip, NULL, m.state, m.note FROM json_each(?) AS a \
+     CROSS JOIN ip_marks AS m ON m.ip = a.value WHERE m.pool_id = ?";
 
 /// Holders of every leased or marked address of a pool, in address order.
 pub async fn holders(
@@ -265,10 +267,10 @@ pub async fn holders_of(
     let list = serde_json::to_string(&ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>())
         .map_err(StoreError::from)?;
     let rows = sqlx::query_as(HOLDERS_OF)
-        .bind(pool_id)
         .bind(&list)
         .bind(pool_id)
         .bind(&list)
+        .bind(pool_id)
         .fetch_all(store.pool())
         .await?;
     Ok(parse_holders(rows).collect())

@@ -282,7 +282,8 @@ fn moved(current: &str, observed: &str) -> bool {
     current != observed && !OP_OWNED_STATES.contains(&current)
 }
 
-/// Stored states of the `seen` guests that are on `node`, by guest id.
+/// Stored states of the `seen` guests that are on `node`, by guest id: one primary-key
+/// lookup per reported guest (`CROSS JOIN` fixes the order), never a walk over the node.
 async fn states_on<'e, E: sqlx::SqliteExecutor<'e>>(
     ex: E,
     node: &str,
@@ -290,10 +291,11 @@ async fn states_on<'e, E: sqlx::SqliteExecutor<'e>>(
 ) -> Result<HashMap<String, String>, StoreError> {
     let ids: Vec<&str> = seen.iter().map(|(g, _)| g.as_str()).collect();
     let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, state FROM guests WHERE node_id = ? AND id IN (SELECT value FROM json_each(?))",
+        "SELECT g.id, g.state FROM json_each(?) AS s CROSS JOIN guests AS g ON g.id = s.value \
+         WHERE g.node_id = ?",
     )
-    .bind(node)
     .bind(serde_json::to_string(&ids)?)
+    .bind(node)
     .fetch_all(ex)
     .await?;
     Ok(rows.into_iter().collect())
