@@ -9,6 +9,11 @@ use tokio::sync::watch;
 use corral::cli::{self, Client, ClientOpts};
 use corral::config::Config;
 
+/// The controller makes many short-lived allocations on many threads (HTTP, SQLite rows,
+/// JSON); under load glibc's malloc spent much of its time consolidating and locking.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "corral",

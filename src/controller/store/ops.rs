@@ -163,9 +163,10 @@ impl Store {
         if f.active_only {
             q.push(" AND state IN ('pending', 'running', 'undoing')");
         }
-        q.push(" ORDER BY created_at, id LIMIT ")
+        // `+?` as in `page_clause!`: a bare `LIMIT ?` is re-prepared at every execution.
+        q.push(" ORDER BY created_at, id LIMIT +")
             .push_bind(f.limit)
-            .push(" OFFSET ")
+            .push(" OFFSET +")
             .push_bind(f.offset);
         Ok(q.build_query_as::<OpRow>().fetch_all(self.pool()).await?)
     }
