@@ -473,14 +473,22 @@ async fn run_on(server: &Server, o: &ReadOpts) -> Result<(), BenchError> {
         o.secs
     );
     println!(
-        "  {:<40} {:>25}   {:>25}",
+        "  {:<40} {:>28}  {:>28}",
         "",
         "empty cloud",
         format!("{records} records")
     );
     println!(
-        "  {:<40} {:>7} {:>6} {:>6} {:>5}   {:>7} {:>6} {:>6} {:>5}",
-        "endpoint", "req/s", "p50", "p99", "/about", "req/s", "p50", "p99", "/about"
+        "  {:<40} {:>7} {:>6} {:>6} {:>6}  {:>7} {:>6} {:>6} {:>6}",
+        "endpoint (p50, p99 in ms)",
+        "req/s",
+        "p50",
+        "p99",
+        "/about",
+        "req/s",
+        "p50",
+        "p99",
+        "/about"
     );
     for (i, (label, _)) in endpoints(pool).iter().enumerate() {
         let (e, l) = (empty[i], loaded[i]);
@@ -502,7 +510,7 @@ async fn run_on(server: &Server, o: &ReadOpts) -> Result<(), BenchError> {
         );
     }
     println!(
-        "  GET /guests?limit=1 with {records} guests vs none: {:.2}x the rate (latencies in ms)",
+        "  GET /guests?limit=1 with {records} guests vs none: {:.2}x the rate",
         loaded[1].rate / empty[1].rate
     );
     Ok(())
