@@ -9,9 +9,12 @@
 //! 3. RSS of the idle node and of the controller holding `--rss-guests` guests;
 //! 4. with `--tcg`: API → running and API → guest agent, each next to the same steps done
 //!    directly (`qemu-img create -b`, `virsh define`, `virsh start`), and the latency from a
-//!    libvirt lifecycle event (`virsh suspend`/`resume`) to an SSE client, p50/p99.
+//!    libvirt lifecycle event (`virsh suspend`/`resume`) to an SSE client, p50/p99;
+//! 5. `--reads`: the list endpoints under 64 connections, empty and with N records, as
+//!    ratios to `GET /about` in the same run (see [`reads`]).
 
 mod agent;
+pub mod reads;
 mod scripts;
 
 use std::collections::HashMap;
@@ -51,6 +54,12 @@ pub struct BenchOpts {
     pub events: usize,
     /// Simulated nodes for the fleet figures (0: skip).
     pub fleet: usize,
+    /// Records of each kind for the read figures (0: skip).
+    pub reads: usize,
+    /// Only the read figures.
+    pub reads_only: bool,
+    /// Timed seconds per endpoint for the read figures.
+    pub reads_secs: f64,
 }
 
 fn free_port() -> Result<u16, BenchError> {
@@ -466,6 +475,19 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         scripts::run(o.scripts).map_err(BenchError::Setup)?;
     }
     if o.scripts_only {
+        return Ok(());
+    }
+    if o.reads > 0 || o.reads_only {
+        reads::run(
+            &reads::ReadOpts {
+                records: o.reads,
+                secs: o.reads_secs,
+            },
+            tmp,
+        )
+        .await?;
+    }
+    if o.reads_only {
         return Ok(());
     }
     let raw = raw_rate(o.raw, tmp).await?;

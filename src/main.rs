@@ -9,6 +9,11 @@ use tokio::sync::watch;
 use corral::cli::{self, Client, ClientOpts};
 use corral::config::Config;
 
+/// The controller makes many short-lived allocations on many threads (HTTP, SQLite rows,
+/// JSON); under load glibc's malloc spent much of its time consolidating and locking.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "corral",
@@ -39,7 +44,7 @@ enum Cmd {
     Node,
     /// Print the OpenAPI document.
     Openapi,
-    /// Measure: raw vs end-to-end create rate, RSS, TCG guest timings, event latency.
+    /// Measure: raw vs end-to-end create rate, RSS, TCG guest timings, event latency, reads.
     Bench {
         /// Evaluations of each shipped Rhai script for the script-cost figures (0: skip).
         #[arg(long, default_value_t = 2000)]
@@ -65,6 +70,16 @@ enum Cmd {
         /// Simulated nodes for the placement and heartbeat-load figures (0: skip).
         #[arg(long, default_value_t = 100)]
         fleet: usize,
+        /// Records of each kind (guests, operations, leased addresses) for the read
+        /// figures: list endpoints under 64 connections, empty and loaded (0: skip).
+        #[arg(long, default_value_t = 10000)]
+        reads: usize,
+        /// Only the read figures.
+        #[arg(long)]
+        reads_only: bool,
+        /// Timed seconds per endpoint for the read figures.
+        #[arg(long, default_value_t = 3.0)]
+        reads_secs: f64,
     },
     /// Guests.
     #[command(subcommand)]
@@ -178,6 +193,9 @@ async fn main() -> anyhow::Result<()> {
             tcg,
             events,
             fleet,
+            reads,
+            reads_only,
+            reads_secs,
         } => {
             corral::bench::run(corral::bench::BenchOpts {
                 scripts,
@@ -188,6 +206,9 @@ async fn main() -> anyhow::Result<()> {
                 tcg,
                 events,
                 fleet,
+                reads,
+                reads_only,
+                reads_secs,
             })
             .await?
         }

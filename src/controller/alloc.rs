@@ -99,6 +99,35 @@ impl PoolRange {
             .filter(move |ip| Some(*ip) != self.gateway)
     }
 
+    /// `addresses().skip(skip)`, without walking the skipped addresses: a page of a large
+    /// pool costs its own length.
+    pub fn addresses_from(&self, skip: u64) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let mut left = skip;
+        let mut first = (self.ranges.len(), 0u32);
+        for (i, (a, b)) in self.ranges.iter().enumerate() {
+            let (a, b) = (u32::from(*a), u32::from(*b));
+            let gateway = self.gateway.map(u32::from).filter(|g| (a..=b).contains(g));
+            let count = u64::from(b - a) + 1 - u64::from(gateway.is_some());
+            if left < count {
+                // The left-th allocatable address: one further on once past the gateway.
+                let at = a + left as u32;
+                first = (i, at + u32::from(gateway.is_some_and(|g| g <= at)));
+                break;
+            }
+            left -= count;
+        }
+        let (start, from) = first;
+        self.ranges
+            .iter()
+            .enumerate()
+            .skip(start)
+            .flat_map(move |(i, (a, b))| {
+                let lo = if i == start { from } else { u32::from(*a) };
+                (lo..=u32::from(*b)).map(Ipv4Addr::from)
+            })
+            .filter(move |ip| Some(*ip) != self.gateway)
+    }
+
     /// How many addresses the ranges hold (gateway excluded).
     pub fn size(&self) -> u64 {
         let all: u64 = self
@@ -171,6 +200,80 @@ pub async fn pool_stats(
             .count() as u64,
     };
     Ok((range, stats))
+}
+
+/// Who holds an address of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Leased to this guest.
+    Guest(String),
+    /// Marked `reserved` or `disabled`, with its note.
+    Mark { state: String, note: String },
+}
+
+/// A lease or mark row: (ip, guest, mark state, note).
+type HolderRow = (String, Option<String>, Option<String>, Option<String>);
+
+/// Parsed holders, marks before leases: collected into a map, a lease overrides a mark on
+/// the same address (as allocation sees it).
+fn parse_holders(rows: Vec<HolderRow>) -> impl Iterator<Item = (Ipv4Addr, Holder)> {
+    let (leases, marks): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.1.is_some());
+    marks
+        .into_iter()
+        .chain(leases)
+        .filter_map(|(ip, guest, state, note)| {
+            let h = match guest {
+                Some(g) => Holder::Guest(g),
+                None => Holder::Mark {
+                    state: state.unwrap_or_default(),
+                    note: note.unwrap_or_default(),
+                },
+            };
+            Some((ip.parse().ok()?, h))
+        })
+}
+
+/// Leases and marks of a pool.
+const HOLDERS: &str = "SELECT ip, guest_id, NULL, NULL FROM ip_leases WHERE pool_id = ? \
+     UNION ALL SELECT ip, NULL, state, note FROM ip_marks WHERE pool_id = ?";
+
+/// Leases and marks of some addresses of a pool (the addresses as one JSON array). The
+/// addresses drive the join (`CROSS JOIN` fixes the order): one primary-key lookup each,
+/// never a walk over all the pool's leases.
+const HOLDERS_OF: &str = "SELECT l.ip, l.guest_id, NULL, NULL FROM json_each(?) AS a \
+     CROSS JOIN ip_leases AS l ON l.ip = a.value WHERE l.pool_id = ? \
+     UNION ALL SELECT m.ip, NULL, m.state, m.note FROM json_each(?) AS a \
+     CROSS JOIN ip_marks AS m ON m.ip = a.value WHERE m.pool_id = ?";
+
+/// Holders of every leased or marked address of a pool, in address order.
+pub async fn holders(
+    store: &super::store::Store,
+    pool_id: &str,
+) -> Result<std::collections::BTreeMap<Ipv4Addr, Holder>, AllocError> {
+    let rows = sqlx::query_as(HOLDERS)
+        .bind(pool_id)
+        .bind(pool_id)
+        .fetch_all(store.pool())
+        .await?;
+    Ok(parse_holders(rows).collect())
+}
+
+/// Holders of `ips` in a pool: one indexed lookup per address, whatever the pool's size.
+pub async fn holders_of(
+    store: &super::store::Store,
+    pool_id: &str,
+    ips: &[Ipv4Addr],
+) -> Result<std::collections::HashMap<Ipv4Addr, Holder>, AllocError> {
+    let list = serde_json::to_string(&ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>())
+        .map_err(StoreError::from)?;
+    let rows = sqlx::query_as(HOLDERS_OF)
+        .bind(&list)
+        .bind(pool_id)
+        .bind(&list)
+        .bind(pool_id)
+        .fetch_all(store.pool())
+        .await?;
+    Ok(parse_holders(rows).collect())
 }
 
 /// Addresses of a pool that cannot be handed out: leased, reserved or disabled.
@@ -419,6 +522,21 @@ mod tests {
             !r.contains("192.0.2.1".parse().unwrap()),
             "gateway is never allocatable"
         );
+    }
+
+    #[test]
+    fn addresses_from_is_addresses_skipped() {
+        for r in [
+            range(&[("192.0.2.20", "192.0.2.21"), ("192.0.2.1", "192.0.2.3")]),
+            range(&[("192.0.2.1", "192.0.2.1"), ("192.0.2.9", "192.0.2.12")]),
+            range(&[("192.0.2.5", "192.0.2.5")]),
+        ] {
+            let all: Vec<Ipv4Addr> = r.addresses().collect();
+            for n in 0..=all.len() as u64 + 2 {
+                let from: Vec<Ipv4Addr> = r.addresses_from(n).collect();
+                assert_eq!(from, all[(n as usize).min(all.len())..], "skip {n}");
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! states are idempotent writes). Redis going away is waited out; the connection manager
 //! reconnects and the group is re-created if Redis lost it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,22 +166,26 @@ impl Ingest {
     }
 
     /// Applies observed domain states to guests of that node (events and reconcile, S73).
+    /// Most reports change nothing: the reported guests are read in one query first, and
+    /// the write lock is taken only when one of them moved (then read again under it).
     async fn observe(&self, node: &str, seen: &[(String, String)]) -> Result<(), StoreError> {
+        let current = states_on(self.store.pool(), node, seen).await?;
+        if !seen
+            .iter()
+            .any(|(g, s)| current.get(g).is_some_and(|c| moved(c, s)))
+        {
+            return Ok(());
+        }
         let mut tx = self.store.begin().await?;
+        let mut current = states_on(&mut *tx, node, seen).await?;
         for (guest, state) in seen {
-            let row: Option<(String, Option<String>)> =
-                sqlx::query_as("SELECT state, lock_op FROM guests WHERE id = ? AND node_id = ?")
-                    .bind(guest)
-                    .bind(node)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let Some((current, _lock)) = row else {
+            let Some(cur) = current.get_mut(guest) else {
                 continue;
             };
-            if current == *state || OP_OWNED_STATES.contains(&current.as_str()) {
+            if !moved(cur, state) {
                 continue;
             }
-            if state == "running" && matches!(current.as_str(), "shutoff" | "crashed") {
+            if state == "running" && matches!(cur.as_str(), "shutoff" | "crashed") {
                 // Booted behind corral's back (or by the guest itself): boot jobs are due.
                 crate::controller::saga::kinds::boot_jobs::mark_booted(&mut tx, guest).await?;
             }
@@ -197,24 +202,28 @@ impl Ingest {
                 &serde_json::json!({"guest_id": guest, "state": state}),
             )
             .await?;
+            cur.clone_from(state);
         }
         self.store.commit(tx).await
     }
 
     /// Domains the node reports that are not corral guests (S16, S17): recorded for the
-    /// node's listing, never acted on.
+    /// node's listing, never acted on. Only the reported ids are looked up.
     async fn record_foreign(
         &self,
         node: &str,
         domains: &[crate::model::DomainInfo],
     ) -> Result<(), StoreError> {
-        let ours: std::collections::HashSet<String> =
-            sqlx::query_as::<_, (String,)>("SELECT id FROM guests")
-                .fetch_all(self.store.pool())
-                .await?
-                .into_iter()
-                .map(|r| r.0)
-                .collect();
+        let ids: Vec<&str> = domains.iter().map(|d| d.guest_id.as_str()).collect();
+        let ours: HashSet<String> = sqlx::query_as::<_, (String,)>(
+            "SELECT id FROM guests WHERE id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(serde_json::to_string(&ids)?)
+        .fetch_all(self.store.pool())
+        .await?
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
         let foreign: Vec<serde_json::Value> = domains
             .iter()
             .filter(|d| !ours.contains(&d.guest_id))
@@ -236,9 +245,10 @@ impl Ingest {
         .bind(node)
         .fetch_all(self.store.pool())
         .await?;
+        let seen: HashSet<&str> = seen.iter().map(|(g, _)| g.as_str()).collect();
         let missing: Vec<(String, String)> = rows
             .into_iter()
-            .filter(|(id, state)| state != "missing" && !seen.iter().any(|(g, _)| g == id))
+            .filter(|(id, state)| state != "missing" && !seen.contains(id.as_str()))
             .map(|(id, _)| (id, "missing".to_string()))
             .collect();
         if missing.is_empty() {
@@ -264,6 +274,31 @@ impl Ingest {
         }
         self.store.commit(tx).await
     }
+}
+
+/// Whether an observed state should replace the stored one: it differs, and no
+/// operation in flight owns the guest's state.
+fn moved(current: &str, observed: &str) -> bool {
+    current != observed && !OP_OWNED_STATES.contains(&current)
+}
+
+/// Stored states of the `seen` guests that are on `node`, by guest id: one primary-key
+/// lookup per reported guest (`CROSS JOIN` fixes the order), never a walk over the node.
+async fn states_on<'e, E: sqlx::SqliteExecutor<'e>>(
+    ex: E,
+    node: &str,
+    seen: &[(String, String)],
+) -> Result<HashMap<String, String>, StoreError> {
+    let ids: Vec<&str> = seen.iter().map(|(g, _)| g.as_str()).collect();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT g.id, g.state FROM json_each(?) AS s CROSS JOIN guests AS g ON g.id = s.value \
+         WHERE g.node_id = ?",
+    )
+    .bind(serde_json::to_string(&ids)?)
+    .bind(node)
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -132,7 +132,7 @@ pub async fn run(
         store: store.clone(),
         catalog,
         waker,
-        redis_url: cfg.redis_url.clone(),
+        redis: Arc::new(api::RedisProbe::new(&cfg.redis_url)),
         scripts,
         plugins: plugins.clone(),
     };

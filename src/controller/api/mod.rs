@@ -31,6 +31,7 @@ use super::store::Store;
 use crate::jobs::Catalog;
 
 pub use auth::Auth;
+pub use system::RedisProbe;
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -38,7 +39,8 @@ pub struct AppState {
     pub store: Store,
     pub catalog: Arc<Catalog>,
     pub waker: Waker,
-    pub redis_url: String,
+    /// Redis as the health probes see it: one connection, kept.
+    pub redis: Arc<RedisProbe>,
     pub scripts: Arc<crate::script::Scripts>,
     pub plugins: Arc<crate::controller::plugins::Plugins>,
 }

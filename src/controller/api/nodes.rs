@@ -116,7 +116,7 @@ pub struct NodeSettings {
 
 async fn view(state: &AppState, n: NodeRow) -> Result<Node, Error> {
     let f = n.node_facts();
-    let guests = state.store.guests_on_node(&n.id).await?.len() as u32;
+    let guests = state.store.guest_count_on_node(&n.id).await? as u32;
     let foreign_domains = serde_json::from_str(&n.foreign_domains).unwrap_or_default();
     let cleanup = state
         .store
@@ -227,7 +227,7 @@ impl NodeApi {
             .node(&id)
             .await?
             .ok_or_else(|| Error::not_found("node", id.0.clone()))?;
-        let count = state.store.guests_on_node(&n.id).await?.len();
+        let count = state.store.guest_count_on_node(&n.id).await?;
         if n.online && count > 0 {
             return Err(Error::Conflict {
                 message: format!("node {} is online with {count} guest(s): delete or move them first, or stop the node", n.id),

@@ -5,7 +5,6 @@
 //! Disabled addresses are out of service. Neither can be set on an allocated address
 //! (409): the guest holding it must give it up first.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -17,7 +16,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use super::error::{ApiResult, Error};
 use super::resources::{Created, Deleted};
 use super::{AppState, Auth};
-use crate::controller::alloc::{self, AllocError};
+use crate::controller::alloc::{self, AllocError, Holder};
 use crate::controller::store::PoolRow;
 use crate::model::{new_id, now_ms, rfc3339};
 
@@ -123,6 +122,30 @@ fn alloc_err(e: AllocError) -> Error {
     match e {
         AllocError::Store(s) => Error::Store(s),
         other => Error::Unprocessable(other.to_string()),
+    }
+}
+
+fn state_of(h: Option<&Holder>) -> AddressState {
+    match h {
+        None => AddressState::Free,
+        Some(Holder::Guest(_)) => AddressState::Allocated,
+        Some(Holder::Mark { state, .. }) if state == "reserved" => AddressState::Reserved,
+        Some(Holder::Mark { .. }) => AddressState::Disabled,
+    }
+}
+
+fn address(ip: Ipv4Addr, h: Option<&Holder>) -> Address {
+    Address {
+        ip: ip.to_string(),
+        state: state_of(h),
+        guest_id: match h {
+            Some(Holder::Guest(g)) => Some(g.clone()),
+            _ => None,
+        },
+        note: match h {
+            Some(Holder::Mark { note, .. }) => Some(note.clone()),
+            _ => None,
+        },
     }
 }
 
@@ -387,61 +410,46 @@ impl PoolApi {
         let range = alloc::load_pool(&state.store, &p)
             .await
             .map_err(alloc_err)?;
-        let leases: HashMap<String, String> =
-            sqlx::query_as("SELECT ip, guest_id FROM ip_leases WHERE pool_id = ?")
-                .bind(&p.id)
-                .fetch_all(state.store.pool())
-                .await
-                .map_err(crate::controller::store::StoreError::from)?
-                .into_iter()
-                .collect();
-        let marks: HashMap<String, (String, String)> =
-            sqlx::query_as::<_, (String, String, String)>(
-                "SELECT ip, state, note FROM ip_marks WHERE pool_id = ?",
-            )
-            .bind(&p.id)
-            .fetch_all(state.store.pool())
-            .await
-            .map_err(crate::controller::store::StoreError::from)?
-            .into_iter()
-            .map(|(ip, s, n)| (ip, (s, n)))
-            .collect();
-        let out = range
-            .addresses()
-            .map(|ip| {
-                let key = ip.to_string();
-                if let Some(g) = leases.get(&key) {
-                    Address {
-                        ip: key,
-                        state: AddressState::Allocated,
-                        guest_id: Some(g.clone()),
-                        note: None,
-                    }
-                } else if let Some((s, n)) = marks.get(&key) {
-                    let st = if s == "reserved" {
-                        AddressState::Reserved
-                    } else {
-                        AddressState::Disabled
-                    };
-                    Address {
-                        ip: key,
-                        state: st,
-                        guest_id: None,
-                        note: Some(n.clone()),
-                    }
-                } else {
-                    Address {
-                        ip: key,
-                        state: AddressState::Free,
-                        guest_id: None,
-                        note: None,
-                    }
-                }
-            })
-            .filter(|a| filter.0.is_none_or(|f| a.state == f))
-            .skip(offset.0 as usize)
-            .take(limit.0 as usize)
-            .collect();
+        let (offset, limit) = (offset.0, limit.0 as usize);
+        let out = match filter.0 {
+            // The page's addresses are computed; only their holders are looked up.
+            None => {
+                let ips: Vec<Ipv4Addr> = range.addresses_from(offset).take(limit).collect();
+                let held = alloc::holders_of(&state.store, &p.id, &ips)
+                    .await
+                    .map_err(alloc_err)?;
+                ips.into_iter()
+                    .map(|ip| address(ip, held.get(&ip)))
+                    .collect()
+            }
+            Some(AddressState::Free) => {
+                let held = alloc::holders(&state.store, &p.id)
+                    .await
+                    .map_err(alloc_err)?;
+                range
+                    .addresses()
+                    .filter(|ip| !held.contains_key(ip))
+                    .skip(offset as usize)
+                    .take(limit)
+                    .map(|ip| address(ip, None))
+                    .collect()
+            }
+            // Held addresses in list order: range by range, ascending, gateway excluded.
+            Some(want) => {
+                let held = alloc::holders(&state.store, &p.id)
+                    .await
+                    .map_err(alloc_err)?;
+                range
+                    .ranges
+                    .iter()
+                    .flat_map(|(a, b)| held.range(*a..=*b))
+                    .filter(|(ip, h)| Some(**ip) != range.gateway && state_of(Some(h)) == want)
+                    .skip(offset as usize)
+                    .take(limit)
+                    .map(|(ip, h)| address(*ip, Some(h)))
+                    .collect()
+            }
+        };
         Ok(Json(out))
     }
 

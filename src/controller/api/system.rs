@@ -7,7 +7,10 @@ use poem::IntoResponse;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
+use redis::aio::ConnectionManager;
+
 use super::{AppState, Auth};
+use crate::transport::{self, TransportError};
 
 #[derive(Tags)]
 pub enum Tag {
@@ -57,21 +60,56 @@ pub struct About {
     pub operation_kinds: Vec<String>,
 }
 
+/// How long a probe waits for Redis before reporting it unavailable.
+const REDIS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The health probes' Redis connection: made on first use (Redis may be down when the
+/// controller starts), then kept and shared by every probe. The connection manager
+/// reconnects by itself after Redis comes back; a probe never waits longer than
+/// [`REDIS_PROBE_TIMEOUT`].
+pub struct RedisProbe {
+    url: String,
+    conn: tokio::sync::OnceCell<ConnectionManager>,
+}
+
+impl RedisProbe {
+    pub fn new(url: &str) -> Self {
+        RedisProbe {
+            url: url.to_string(),
+            conn: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// `ok`, or why Redis did not answer a PING.
+    async fn ping(&self) -> String {
+        let ping = async {
+            let conn = self
+                .conn
+                .get_or_try_init(|| transport::connect(&self.url))
+                .await
+                .map_err(|e| match e {
+                    TransportError::Redis(e) => e.to_string(),
+                    other => other.to_string(),
+                })?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn.clone())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(REDIS_PROBE_TIMEOUT, ping).await {
+            Ok(Ok(_)) => "ok".to_string(),
+            Ok(Err(why)) => why,
+            Err(_) => "timed out".to_string(),
+        }
+    }
+}
+
 async fn check(state: &AppState) -> Health {
     let database = match state.store.ping().await {
         Ok(()) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
-    let redis = async {
-        let client = redis::Client::open(state.redis_url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
-    let redis = match tokio::time::timeout(Duration::from_secs(2), redis).await {
-        Ok(Ok(_)) => "ok".to_string(),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out".to_string(),
-    };
+    let redis = state.redis.ping().await;
     let status = if database == "ok" && redis == "ok" {
         "ok"
     } else {

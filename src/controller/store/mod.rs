@@ -5,6 +5,15 @@
 //! agree (an operation's step state, the allocation it made, the event announcing it)
 //! happen in one transaction, so a crash at any instant leaves a consistent database.
 
+/// The paging clause of every list: `+?` rather than a bare `?`, because SQLite plans a
+/// bare `LIMIT ?` with the bound value and so prepares the statement again at every
+/// execution; `+?` is the same number to SQL but opaque to the planner.
+macro_rules! page_clause {
+    () => {
+        "LIMIT +? OFFSET +?"
+    };
+}
+
 mod cleanup;
 pub mod events;
 mod guests;
@@ -85,9 +94,12 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
+        // Readers hand rows to the async side through a bounded channel; at the default
+        // 50 a page of guests with their disks parked the connection's thread on every
+        // row past the 50th. A page of the largest size fits without waiting.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts.clone())
+            .connect_with(opts.clone().row_buffer_size(4096))
             .await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -114,6 +126,7 @@ impl Store {
             (4, include_str!("migrations/004_bandwidth.sql")),
             (5, include_str!("migrations/005_guest_node_index.sql")),
             (6, include_str!("migrations/006_scripts_boot_jobs.sql")),
+            (7, include_str!("migrations/007_list_indexes.sql")),
             (8, include_str!("migrations/008_node_cleanup.sql")),
             (9, include_str!("migrations/009_node_usage.sql")),
         ];

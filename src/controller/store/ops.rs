@@ -145,21 +145,34 @@ impl Store {
         .await?)
     }
 
+    /// A page of operations in list order (creation, then id). Only the filters given
+    /// become conditions, so SQLite can walk the matching index (migration 007) in list
+    /// order and stop after the page. The statement is assembled from fixed fragments;
+    /// every value is bound.
     pub async fn ops(&self, f: &OpFilter) -> Result<Vec<OpRow>, StoreError> {
-        Ok(sqlx::query_as::<_, OpRow>(concat!("SELECT ", op_cols!(), " FROM operations WHERE (? IS NULL OR state = ?) AND (? IS NULL OR kind = ?) \
-             AND (? IS NULL OR guest_id = ?) AND (NOT ? OR state IN ('pending', 'running', 'undoing')) \
-             ORDER BY created_at, id LIMIT ? OFFSET ?"))
-        .bind(&f.state)
-        .bind(&f.state)
-        .bind(&f.kind)
-        .bind(&f.kind)
-        .bind(&f.guest_id)
-        .bind(&f.guest_id)
-        .bind(f.active_only)
-        .bind(f.limit)
-        .bind(f.offset)
-        .fetch_all(self.pool())
-        .await?)
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(concat!(
+            "SELECT ",
+            op_cols!(),
+            " FROM operations WHERE 1 = 1"
+        ));
+        if let Some(state) = &f.state {
+            q.push(" AND state = ").push_bind(state);
+        }
+        if let Some(kind) = &f.kind {
+            q.push(" AND kind = ").push_bind(kind);
+        }
+        if let Some(guest) = &f.guest_id {
+            q.push(" AND guest_id = ").push_bind(guest);
+        }
+        if f.active_only {
+            q.push(" AND state IN ('pending', 'running', 'undoing')");
+        }
+        // `+?` as in `page_clause!`: a bare `LIMIT ?` is re-prepared at every execution.
+        q.push(" ORDER BY created_at, id LIMIT +")
+            .push_bind(f.limit)
+            .push(" OFFSET +")
+            .push_bind(f.offset);
+        Ok(q.build_query_as::<OpRow>().fetch_all(self.pool()).await?)
     }
 
     /// Active operations that may have something to do: not waiting on a node, waiting

@@ -291,7 +291,8 @@ impl Store {
             "SELECT ",
             job_cols!(),
             " FROM boot_jobs WHERE guest_id = ? AND (? IS NULL OR state = ?) AND (? OR system = 0) \
-             ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
+             ORDER BY created_at DESC, id ",
+            page_clause!()
         ))
         .bind(guest)
         .bind(state)
