@@ -192,7 +192,7 @@ pub async fn run(
             Ok(ok(None))
         }
         NodeAction::Start { guest_id } => {
-            match require(hv, guest_id).await? {
+            match settled(hv, guest_id).await? {
                 DomState::Running => {}
                 DomState::Paused => hv.resume(guest_id).await?,
                 _ => hv
@@ -300,6 +300,19 @@ pub async fn run(
             }
             Ok(ok(hv.state(guest_id).await?))
         }
+    }
+}
+
+/// The domain's state once it is not on its way down (a shutdown just requested, by
+/// corral or inside the guest, leaves QEMU running for a moment).
+async fn settled(hv: &dyn Hypervisor, uuid: &str) -> Result<DomState, ActionError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = require(hv, uuid).await?;
+        if st != DomState::ShuttingDown || tokio::time::Instant::now() >= deadline {
+            return Ok(st);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

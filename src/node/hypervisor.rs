@@ -19,6 +19,9 @@ pub enum DomState {
     Running,
     Paused,
     Shutoff,
+    /// Still running, on its way down (libvirt's "shutdown" state): neither off yet nor
+    /// startable.
+    ShuttingDown,
     Crashed,
     Other,
 }
@@ -29,6 +32,7 @@ impl DomState {
             DomState::Running => "running",
             DomState::Paused => "paused",
             DomState::Shutoff => "shutoff",
+            DomState::ShuttingDown => "running",
             DomState::Crashed => "crashed",
             DomState::Other => "unknown",
         }
@@ -91,7 +95,8 @@ fn map_state(s: DomainStateEnum) -> DomState {
     match s {
         Enum::Known(DomainState::Running | DomainState::Blocked) => DomState::Running,
         Enum::Known(DomainState::Paused | DomainState::PMSuspended) => DomState::Paused,
-        Enum::Known(DomainState::Shutoff | DomainState::Shutdown) => DomState::Shutoff,
+        Enum::Known(DomainState::Shutoff) => DomState::Shutoff,
+        Enum::Known(DomainState::Shutdown) => DomState::ShuttingDown,
         Enum::Known(DomainState::Crashed) => DomState::Crashed,
         _ => DomState::Other,
     }
