@@ -120,10 +120,75 @@ impl OpState {
     }
 }
 
-/// Guest states as corral reports them. `unknown` means its node stopped heartbeating (S95).
-pub const GUEST_STATES: &[&str] = &[
-    "creating", "running", "paused", "shutoff", "crashed", "unknown", "error", "deleting",
-];
+/// Guest states as corral stores and reports them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, poem_openapi::Enum, sqlx::Type,
+)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum GuestState {
+    /// Its `guest.create` operation is under way.
+    Creating,
+    Running,
+    Paused,
+    Shutoff,
+    Crashed,
+    /// Its node stopped heartbeating (S95).
+    Unknown,
+    /// Its node no longer has the domain (reconcile, S73).
+    Missing,
+    /// A create or delete failed; only delete is possible.
+    Error,
+    /// Its `guest.delete` operation is under way.
+    Deleting,
+}
+
+impl GuestState {
+    pub const ALL: &'static [GuestState] = &[
+        GuestState::Creating,
+        GuestState::Running,
+        GuestState::Paused,
+        GuestState::Shutoff,
+        GuestState::Crashed,
+        GuestState::Unknown,
+        GuestState::Missing,
+        GuestState::Error,
+        GuestState::Deleting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestState::Creating => "creating",
+            GuestState::Running => "running",
+            GuestState::Paused => "paused",
+            GuestState::Shutoff => "shutoff",
+            GuestState::Crashed => "crashed",
+            GuestState::Unknown => "unknown",
+            GuestState::Missing => "missing",
+            GuestState::Error => "error",
+            GuestState::Deleting => "deleting",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        GuestState::ALL.iter().copied().find(|g| g.as_str() == s)
+    }
+
+    /// States an operation in flight owns: what a node reports must not overwrite them.
+    pub fn owned_by_operation(self) -> bool {
+        matches!(
+            self,
+            GuestState::Creating | GuestState::Deleting | GuestState::Error
+        )
+    }
+}
+
+impl std::fmt::Display for GuestState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Per-guest traffic limits (S54), as libvirt takes them: KiB/s and KiB.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, poem_openapi::Object)]

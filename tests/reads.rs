@@ -70,7 +70,7 @@ async fn seed(store: &Store, pool: &str, template: &str) -> Seeded {
                 vnc_port: None,
                 vnc_password: None,
                 mac: None,
-                state: state.into(),
+                state: corral::model::GuestState::parse(state).unwrap(),
                 lock_op: None,
                 domain_xml: None,
                 created_at: at,

@@ -283,7 +283,7 @@ async fn seed(
                     vnc_port: None,
                     vnc_password: None,
                     mac: None,
-                    state: "running".into(),
+                    state: crate::model::GuestState::Running,
                     lock_op: None,
                     domain_xml: None,
                     created_at: at,

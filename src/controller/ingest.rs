@@ -15,12 +15,8 @@ use redis::aio::ConnectionManager;
 
 use super::saga::engine::{Engine, Waker};
 use super::store::{events, Store, StoreError};
-use crate::model::{now_ms, NodeEvent};
+use crate::model::{now_ms, GuestState, NodeEvent};
 use crate::transport::{self, TransportError};
-
-/// Guests in these states are owned by an operation in flight, so the node's view
-/// must not overwrite them.
-const OP_OWNED_STATES: &[&str] = &["creating", "deleting", "error"];
 
 pub struct Ingest {
     pub store: Store,
@@ -134,7 +130,8 @@ impl Ingest {
                 state,
                 ..
             } => {
-                self.observe(&node_id, &[(guest_id, state)]).await?;
+                self.observe(&node_id, &typed_states(std::iter::once((guest_id, state))))
+                    .await?;
             }
             NodeEvent::DomainXml {
                 node_id,
@@ -156,8 +153,7 @@ impl Ingest {
                 node_id, domains, ..
             } => {
                 self.record_foreign(&node_id, &domains).await?;
-                let seen: Vec<(String, String)> =
-                    domains.into_iter().map(|d| (d.guest_id, d.state)).collect();
+                let seen = typed_states(domains.into_iter().map(|d| (d.guest_id, d.state)));
                 self.observe(&node_id, &seen).await?;
                 self.mark_missing(&node_id, &seen).await?;
             }
@@ -168,11 +164,11 @@ impl Ingest {
     /// Applies observed domain states to guests of that node (events and reconcile, S73).
     /// Most reports change nothing: the reported guests are read in one query first, and
     /// the write lock is taken only when one of them moved (then read again under it).
-    async fn observe(&self, node: &str, seen: &[(String, String)]) -> Result<(), StoreError> {
+    async fn observe(&self, node: &str, seen: &[(String, GuestState)]) -> Result<(), StoreError> {
         let current = states_on(self.store.pool(), node, seen).await?;
         if !seen
             .iter()
-            .any(|(g, s)| current.get(g).is_some_and(|c| moved(c, s)))
+            .any(|(g, s)| current.get(g).is_some_and(|c| moved(*c, *s)))
         {
             return Ok(());
         }
@@ -182,15 +178,17 @@ impl Ingest {
             let Some(cur) = current.get_mut(guest) else {
                 continue;
             };
-            if !moved(cur, state) {
+            if !moved(*cur, *state) {
                 continue;
             }
-            if state == "running" && matches!(cur.as_str(), "shutoff" | "crashed") {
+            if *state == GuestState::Running
+                && matches!(cur, GuestState::Shutoff | GuestState::Crashed)
+            {
                 // Booted behind corral's back (or by the guest itself): boot jobs are due.
                 crate::controller::saga::kinds::boot_jobs::mark_booted(&mut tx, guest).await?;
             }
             sqlx::query("UPDATE guests SET state = ?, updated_at = ? WHERE id = ?")
-                .bind(state)
+                .bind(state.as_str())
                 .bind(now_ms())
                 .bind(guest)
                 .execute(&mut *tx)
@@ -202,7 +200,7 @@ impl Ingest {
                 &serde_json::json!({"guest_id": guest, "state": state}),
             )
             .await?;
-            cur.clone_from(state);
+            *cur = *state;
         }
         self.store.commit(tx).await
     }
@@ -238,28 +236,33 @@ impl Ingest {
     }
 
     /// Guests the node should have but does not report.
-    async fn mark_missing(&self, node: &str, seen: &[(String, String)]) -> Result<(), StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
+    async fn mark_missing(
+        &self,
+        node: &str,
+        seen: &[(String, GuestState)],
+    ) -> Result<(), StoreError> {
+        let rows: Vec<(String, GuestState)> = sqlx::query_as(
             "SELECT id, state FROM guests WHERE node_id = ? AND lock_op IS NULL AND domain_xml IS NOT NULL",
         )
         .bind(node)
         .fetch_all(self.store.pool())
         .await?;
         let seen: HashSet<&str> = seen.iter().map(|(g, _)| g.as_str()).collect();
-        let missing: Vec<(String, String)> = rows
+        let missing: Vec<String> = rows
             .into_iter()
-            .filter(|(id, state)| state != "missing" && !seen.contains(id.as_str()))
-            .map(|(id, _)| (id, "missing".to_string()))
+            .filter(|(id, state)| *state != GuestState::Missing && !seen.contains(id.as_str()))
+            .map(|(id, _)| id)
             .collect();
+        let s = GuestState::Missing;
         if missing.is_empty() {
             return Ok(());
         }
         let mut tx = self.store.begin().await?;
-        for (g, s) in &missing {
+        for g in &missing {
             sqlx::query(
                 "UPDATE guests SET state = ?, updated_at = ? WHERE id = ? AND lock_op IS NULL",
             )
-            .bind(s)
+            .bind(s.as_str())
             .bind(now_ms())
             .bind(g)
             .execute(&mut *tx)
@@ -278,8 +281,22 @@ impl Ingest {
 
 /// Whether an observed state should replace the stored one: it differs, and no
 /// operation in flight owns the guest's state.
-fn moved(current: &str, observed: &str) -> bool {
-    current != observed && !OP_OWNED_STATES.contains(&current)
+fn moved(current: GuestState, observed: GuestState) -> bool {
+    current != observed && !current.owned_by_operation()
+}
+
+/// The states a node reports, typed; a state this controller does not know (a newer
+/// node's) is left out rather than stored.
+fn typed_states(reported: impl Iterator<Item = (String, String)>) -> Vec<(String, GuestState)> {
+    reported
+        .filter_map(|(g, s)| match GuestState::parse(&s) {
+            Some(state) => Some((g, state)),
+            None => {
+                tracing::warn!(guest = %g, "ignoring unknown domain state {s}");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Stored states of the `seen` guests that are on `node`, by guest id: one primary-key
@@ -287,10 +304,10 @@ fn moved(current: &str, observed: &str) -> bool {
 async fn states_on<'e, E: sqlx::SqliteExecutor<'e>>(
     ex: E,
     node: &str,
-    seen: &[(String, String)],
-) -> Result<HashMap<String, String>, StoreError> {
+    seen: &[(String, GuestState)],
+) -> Result<HashMap<String, GuestState>, StoreError> {
     let ids: Vec<&str> = seen.iter().map(|(g, _)| g.as_str()).collect();
-    let rows: Vec<(String, String)> = sqlx::query_as(
+    let rows: Vec<(String, GuestState)> = sqlx::query_as(
         "SELECT g.id, g.state FROM json_each(?) AS s CROSS JOIN guests AS g ON g.id = s.value \
          WHERE g.node_id = ?",
     )

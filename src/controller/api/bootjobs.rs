@@ -19,6 +19,7 @@ use crate::controller::saga::kinds::boot_jobs::{mark_booted, RunPayload};
 use crate::controller::saga::kinds::Request;
 use crate::controller::store::{self as st, BootJobRow, GuestRow, Tx};
 use crate::model::rfc3339;
+use crate::model::GuestState;
 use crate::script::catalog::{self, Kind};
 
 #[derive(Debug, Object)]
@@ -144,7 +145,7 @@ pub async fn run_now(
     jobs: Vec<String>,
     user: &str,
 ) -> Result<Option<String>, Error> {
-    if g.state != "running" {
+    if g.state != GuestState::Running {
         return Ok(None);
     }
     if g.lock_op.is_some() {

@@ -25,6 +25,7 @@ use crate::controller::saga::steps::random_secret;
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::{check_user, crypt_password};
 use crate::model::now_ms;
+use crate::model::GuestState;
 use crate::script::guest::check_hostname;
 
 #[derive(Debug, Object)]
@@ -149,7 +150,7 @@ impl GuestConfigApi {
         };
         check_hostname(&hostname).map_err(Error::BadRequest)?;
         posix_only(&g, "a hostname change")?;
-        if matches!(g.state.as_str(), "creating" | "deleting") {
+        if matches!(g.state, GuestState::Creating | GuestState::Deleting) {
             return Err(Error::Conflict {
                 message: format!(
                     "guest {} is {}; change it once that is done",
@@ -233,7 +234,7 @@ impl GuestConfigApi {
         };
         let hash = crypt_password(&password).map_err(|e| Error::Unavailable(e.to_string()))?;
         drop(password);
-        if matches!(g.state.as_str(), "creating" | "deleting") {
+        if matches!(g.state, GuestState::Creating | GuestState::Deleting) {
             return Err(Error::Conflict {
                 message: format!(
                     "guest {} is {}; reset the password once that is done",

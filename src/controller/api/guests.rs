@@ -14,6 +14,7 @@ use crate::controller::saga::kinds::power::Power;
 use crate::controller::saga::kinds::{set_bandwidth, Request};
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::crypt_password;
+use crate::model::GuestState;
 use crate::model::{new_id, now_ms, rfc3339, Bandwidth};
 use crate::script::catalog::default_profile;
 
@@ -103,8 +104,7 @@ pub struct Guest {
     pub id: String,
     pub name: String,
     pub hostname: String,
-    /// creating, running, paused, shutoff, crashed, unknown (node lost), missing, error.
-    pub state: String,
+    pub state: GuestState,
     pub node_id: Option<String>,
     pub template_id: String,
     pub os_type: String,
@@ -144,7 +144,7 @@ fn view(g: &GuestRow, disks: Vec<st::DiskRow>) -> Guest {
         id: g.id.clone(),
         name: g.name.clone(),
         hostname: g.hostname.clone(),
-        state: g.state.clone(),
+        state: g.state,
         node_id: g.node_id.clone(),
         template_id: g.template_id.clone(),
         os_type: g.os_type.clone(),
@@ -405,7 +405,7 @@ impl GuestApi {
                 vnc_port: None,
                 vnc_password: None,
                 mac: None,
-                state: "creating".into(),
+                state: GuestState::Creating,
                 lock_op: None,
                 domain_xml: None,
                 created_at: now,
@@ -459,7 +459,7 @@ impl GuestApi {
         state: Data<&AppState>,
         /// Only guests in this state.
         #[oai(name = "state")]
-        guest_state: Query<Option<String>>,
+        guest_state: Query<Option<GuestState>>,
         /// Only guests on this node.
         node: Query<Option<String>>,
         #[oai(
@@ -472,7 +472,7 @@ impl GuestApi {
         let rows = state
             .store
             .guests(
-                guest_state.0.as_deref(),
+                guest_state.0.map(GuestState::as_str),
                 node.0.as_deref(),
                 limit.0,
                 offset.0,
@@ -536,7 +536,7 @@ impl GuestApi {
             true,
         )
         .await?;
-        st::set_guest_state(&mut tx, &g.id, "deleting").await?;
+        st::set_guest_state(&mut tx, &g.id, GuestState::Deleting).await?;
         state.store.commit(tx).await?;
         state.waker.wake(&op.id);
         Ok(accepted(g.id, &op.id))
@@ -659,7 +659,7 @@ impl GuestApi {
             .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
         body.validate()
             .map_err(|e| Error::BadRequest(format!("bandwidth: {e}")))?;
-        if g.domain_xml.is_none() || matches!(g.state.as_str(), "error" | "creating" | "deleting") {
+        if g.domain_xml.is_none() || g.state.owned_by_operation() {
             return Err(Error::Conflict {
                 message: format!(
                     "guest {} is {}; its limits can change once it exists on a node",
@@ -697,7 +697,7 @@ impl GuestApi {
             .guest(&id)
             .await?
             .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
-        if matches!(g.state.as_str(), "creating" | "error" | "deleting") && g.lock_op.is_none() {
+        if g.state.owned_by_operation() && g.lock_op.is_none() {
             return Err(Error::Conflict {
                 message: format!(
                     "guest {} is in state {}; only delete is possible",

@@ -29,7 +29,9 @@ use super::{eta_seconds, Next, Saga};
 use crate::controller::store::{self as st, events, OpRow, Store, StoreError, Tx};
 use crate::fault::Fault;
 use crate::jobs::{Catalog, KindDef};
-use crate::model::{now_ms, rfc3339, NodeAction, NodeJob, OpState, RunsOn, StepOutcome, StepState};
+use crate::model::{
+    now_ms, rfc3339, GuestState, NodeAction, NodeJob, OpState, RunsOn, StepOutcome, StepState,
+};
 use crate::transport::Queues;
 
 pub struct Engine {
@@ -552,7 +554,9 @@ impl Engine {
             Some(g),
         ) = (outcome, op.guest_id.clone())
         {
-            if let Some(state) = guest_state {
+            // A state this controller does not know (a newer node) is left for the
+            // node's next report rather than stored.
+            if let Some(state) = guest_state.as_deref().and_then(GuestState::parse) {
                 if st::set_guest_state(&mut tx, &g, state).await? {
                     events::append(
                         &mut tx,

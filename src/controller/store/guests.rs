@@ -21,7 +21,7 @@ pub struct GuestRow {
     pub vnc_port: Option<i64>,
     pub vnc_password: Option<String>,
     pub mac: Option<String>,
-    pub state: String,
+    pub state: crate::model::GuestState,
     pub lock_op: Option<String>,
     pub domain_xml: Option<String>,
     pub created_at: i64,
@@ -104,7 +104,7 @@ pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreErro
     .bind(&g.requested_node)
     .bind(&g.pool_id)
     .bind(&g.requested_ip)
-    .bind(&g.state)
+    .bind(g.state.as_str())
     .bind(&g.lock_op)
     .bind(g.created_at)
     .bind(g.updated_at)
@@ -127,12 +127,16 @@ pub async fn guest_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<GuestRow>, Sto
     .await?)
 }
 
-pub async fn set_guest_state(tx: &mut Tx<'_>, id: &str, state: &str) -> Result<bool, StoreError> {
+pub async fn set_guest_state(
+    tx: &mut Tx<'_>,
+    id: &str,
+    state: crate::model::GuestState,
+) -> Result<bool, StoreError> {
     let r = sqlx::query("UPDATE guests SET state = ?, updated_at = ? WHERE id = ? AND state != ?")
-        .bind(state)
+        .bind(state.as_str())
         .bind(now_ms())
         .bind(id)
-        .bind(state)
+        .bind(state.as_str())
         .execute(&mut **tx)
         .await?;
     Ok(r.rows_affected() > 0)

@@ -214,6 +214,7 @@ impl super::Store {
 mod tests {
     use super::super::{insert_guest, GuestRow, Store};
     use super::*;
+    use crate::model::GuestState;
 
     fn guest(id: &str, node: Option<&str>, state: &str, mem: i64, cpus: i64) -> GuestRow {
         GuestRow {
@@ -233,7 +234,7 @@ mod tests {
             vnc_port: None,
             vnc_password: None,
             mac: None,
-            state: state.into(),
+            state: GuestState::parse(state).unwrap(),
             lock_op: None,
             domain_xml: None,
             created_at: 0,
@@ -291,13 +292,13 @@ mod tests {
         let mut tx = store.begin().await.unwrap();
         set_guest_node(&mut tx, "g1", Some("b")).await.unwrap();
         set_guest_node(&mut tx, "g2", Some("b")).await.unwrap();
-        super::super::set_guest_state(&mut tx, "g3", "running")
+        super::super::set_guest_state(&mut tx, "g3", GuestState::Running)
             .await
             .unwrap();
         store.commit(tx).await.unwrap();
         check(&store).await;
         let mut tx = store.begin().await.unwrap();
-        super::super::set_guest_state(&mut tx, "g2", "error")
+        super::super::set_guest_state(&mut tx, "g2", GuestState::Error)
             .await
             .unwrap();
         super::super::delete_guest(&mut tx, "g3").await.unwrap();

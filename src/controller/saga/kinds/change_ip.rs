@@ -22,7 +22,7 @@ use crate::controller::saga::initplan::{guest_facts, script_source};
 use crate::controller::saga::kinds::boot_jobs::refresh_seed_action;
 use crate::controller::saga::steps::{guest_of, StepError};
 use crate::controller::store::{self as st, events, GuestRow, OpRow, StoreError, Tx};
-use crate::model::{AgentBatch, NodeAction};
+use crate::model::{AgentBatch, GuestState, NodeAction};
 use crate::script::catalog::Kind;
 use crate::script::Scripts;
 
@@ -227,7 +227,7 @@ async fn apply_action(
     else {
         return Ok(None);
     };
-    if g.state != "running" {
+    if g.state != GuestState::Running {
         return Ok(None);
     }
     let (to, from) = if undo {
@@ -261,7 +261,7 @@ async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepErr
     // A guest that is not running still uses its old address until its next boot runs the
     // change-ip job: the old lease is kept until that job is done (`bootjobs::complete`),
     // so the pool cannot hand the address to another guest meanwhile.
-    let running = g.state == "running";
+    let running = g.state == GuestState::Running;
     if let (Some(old), true) = (&old, running) {
         if *old != ip {
             alloc::release_ip(tx, old, &g.id).await?;
@@ -280,7 +280,7 @@ async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepErr
         };
     st::set_guest_address(tx, &g.id, &ip, &pool).await?;
     // A guest that is not running learns its new address at its next boot.
-    let queued = if g.state != "running" {
+    let queued = if g.state != GuestState::Running {
         let (Some(old_ip), Some(old_pool)) = (old.clone(), g.pool_id.clone()) else {
             return Ok(());
         };

@@ -22,7 +22,7 @@ use crate::controller::saga::steps::{
 };
 use crate::controller::store::{self as st, events, GuestRow, OpRow, StoreError, Tx};
 use crate::guestinit::Delivery;
-use crate::model::{new_id, now_ms, AgentBatch, NodeAction, OpState};
+use crate::model::{new_id, now_ms, AgentBatch, GuestState, NodeAction, OpState};
 
 super::steps! {
     pub enum Step {
@@ -153,7 +153,7 @@ pub async fn on_finish(tx: &mut Tx<'_>, guest: &str, state: OpState) -> Result<(
 }
 
 pub async fn set_error(tx: &mut Tx<'_>, guest: &str) -> Result<(), StoreError> {
-    if st::set_guest_state(tx, guest, "error").await? {
+    if st::set_guest_state(tx, guest, GuestState::Error).await? {
         events::append(
             tx,
             "guest.state",
