@@ -2,6 +2,7 @@
 //!
 //! `CORRAL_FAULT=<when>:<kind>:<step>` makes the process abort (like `kill -9`) at that
 //! point. Controller points: `after` / `undone` (a controller step or its undo committed),
+//! `unpushed` (a node step's dispatch was committed but its job not yet pushed),
 //! `dispatched` / `undo_dispatched` (a node step was recorded and pushed), with the
 //! operation kind, e.g. `after:guest.create:allocate`. Node points: `after:node:<action>`
 //! (the action ran but its result was not reported yet), e.g. `after:node:create_disk`.

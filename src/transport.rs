@@ -142,6 +142,19 @@ impl Queues {
         Ok(())
     }
 
+    /// Whether the fence names `attempt` (the job was fenced, so about to be or already
+    /// pushed).
+    pub async fn fence_is(
+        &self,
+        op_id: &str,
+        step: usize,
+        undo: bool,
+        attempt: u32,
+    ) -> Result<bool, TransportError> {
+        let mut conn = self.conn().await?;
+        fence_holds(&mut conn, op_id, step, undo, attempt).await
+    }
+
     /// The step is settled: no copy of its job may run any more.
     pub async fn unfence(
         &self,

@@ -18,9 +18,12 @@ const CREATE_FAULTS: &[&str] = &[
     "after:guest.create:place",
     "after:guest.create:allocate",
     "dispatched:guest.create:create_disk",
+    // Committed as dispatched, never pushed: restart sends it at once, not after a lease.
+    "unpushed:guest.create:build_seed",
     "dispatched:guest.create:build_seed",
     "dispatched:guest.create:define",
     "dispatched:guest.create:start",
+    "unpushed:guest.create:start",
     "after:guest.create:finish",
 ];
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::saga::engine::{Engine, Waker};
+use super::saga::engine::Engine;
 use super::store::{events, Store, StoreError};
 use crate::model::{now_ms, GuestState, NodeEvent};
 use crate::transport::{self, TransportError};
@@ -21,7 +21,6 @@ use crate::transport::{self, TransportError};
 pub struct Ingest {
     pub store: Store,
     pub engine: Arc<Engine>,
-    pub waker: Waker,
     pub consumer: String,
 }
 
@@ -115,14 +114,11 @@ impl Ingest {
                 outcome,
                 ..
             } => {
-                if self
-                    .engine
+                // Applying the result also moves the saga on (same transaction).
+                self.engine
                     .apply_result(&op_id, step, attempt, undo, &outcome)
                     .await
-                    .map_err(|e| HandleError::Engine(e.to_string()))?
-                {
-                    self.waker.wake(&op_id);
-                }
+                    .map_err(|e| HandleError::Engine(e.to_string()))?;
             }
             NodeEvent::DomainState {
                 node_id,

@@ -112,7 +112,6 @@ pub async fn run(
     let ingest = ingest::Ingest {
         store: store.clone(),
         engine: engine.clone(),
-        waker: waker.clone(),
         consumer: "controller".into(),
     };
     let ingest_task = tokio::spawn(ingest.run(cfg.redis_url.clone(), stop(shutdown.clone())));

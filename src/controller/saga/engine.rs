@@ -64,6 +64,40 @@ impl From<sqlx::Error> for EngineError {
     }
 }
 
+/// What may only happen once the transaction that recorded it has committed.
+enum Post {
+    /// A dispatched step's job, fenced then pushed.
+    Push {
+        node: String,
+        job: NodeJob,
+        ttl: Duration,
+    },
+    /// A step's result is applied: no copy of its job may run any more.
+    Unfence {
+        op: String,
+        step: usize,
+        undo: bool,
+    },
+    AfterStep(Box<OpRow>, usize),
+    AfterOp(Box<OpRow>),
+    /// A crash-test fault point (`CORRAL_FAULT`): the state before it is committed.
+    Inject {
+        kind: String,
+        step: String,
+        when: &'static str,
+    },
+}
+
+impl Post {
+    fn inject(kind: &str, step: &str, when: &'static str) -> Post {
+        Post::Inject {
+            kind: kind.to_string(),
+            step: step.to_string(),
+            when,
+        }
+    }
+}
+
 /// Whether `advance` goes on with the same operation.
 enum Flow {
     Continue,
@@ -97,6 +131,11 @@ impl Engine {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        if let Err(e) = self.recover_unpushed().await {
+            tracing::warn!(
+                "looking for dispatches that never reached Redis: {e}; their leases cover them"
+            );
+        }
         let mut sweep = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
@@ -166,6 +205,49 @@ impl Engine {
         Ok(started)
     }
 
+    /// At start: a step recorded as dispatched whose fence is not in Redis never reached
+    /// its node (the controller died between the commit and the push, or Redis lost its
+    /// data). Its lease is treated as run out, so it goes out again now instead of after
+    /// a whole lease (up to the action's own time limit).
+    async fn recover_unpushed(&self) -> Result<(), EngineError> {
+        for op in self.store.dispatched_ops().await? {
+            let saga = load(&op)?;
+            for (i, s) in saga.steps.iter().enumerate() {
+                let undo = match s.state {
+                    StepState::Running => false,
+                    StepState::Undoing => true,
+                    _ => continue,
+                };
+                if s.runs_on != RunsOn::Node || s.dispatched_at.is_none() {
+                    continue;
+                }
+                let fenced = self
+                    .queues
+                    .fence_is(&op.id, i, undo, s.attempt)
+                    .await
+                    .map_err(|e| EngineError::Transient(e.to_string()))?;
+                if fenced {
+                    continue;
+                }
+                let mut tx = self.store.begin().await?;
+                let Some(mut fresh) = st::op_in(&mut tx, &op.id).await? else {
+                    continue;
+                };
+                let mut again = load(&fresh)?;
+                if again.steps[i].attempt != s.attempt || again.steps[i].state != s.state {
+                    continue;
+                }
+                tracing::info!(op = %op.id, step = i, undo, "dispatch never reached Redis: sending it again");
+                again.steps[i].dispatched_at = Some(0);
+                fresh.steps = serde_json::to_string(&again.steps).map_err(StoreError::from)?;
+                st::save_op(&mut tx, &fresh).await?;
+                self.store.commit(tx).await?;
+                self.advance_logged(&op.id).await;
+            }
+        }
+        Ok(())
+    }
+
     async fn advance_logged(&self, id: &str) -> Option<String> {
         match self.advance(id).await {
             Ok(full) => full,
@@ -178,19 +260,35 @@ impl Engine {
 
     /// Moves one operation as far as it can go without waiting.
     pub async fn advance(&self, id: &str) -> Result<Option<String>, EngineError> {
+        let tx = self.store.begin().await?;
+        self.run_from(tx, id, Vec::new()).await
+    }
+
+    /// Runs the saga of `id` inside `tx` until it must wait, then commits once and does
+    /// what may only happen after the commit (`post`, then whatever the run added: a job
+    /// pushed to a node, hooks, fault points). Consecutive controller steps, a node
+    /// result and the dispatch it makes possible thus share one transaction; each step
+    /// still runs in its own savepoint, so a failed step rolls back alone.
+    async fn run_from(
+        &self,
+        mut tx: Tx<'static>,
+        id: &str,
+        mut post: Vec<Post>,
+    ) -> Result<Option<String>, EngineError> {
+        let mut full = None;
         for _ in 0..64 {
-            let mut tx = self.store.begin().await?;
             let Some(mut op) = st::op_in(&mut tx, id).await? else {
-                return Ok(None);
+                break;
             };
             if op.op_state().is_terminal() {
-                return Ok(None);
+                break;
             }
             let req = match Request::of(&op) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.fail_unreadable(tx, &mut op, &e.to_string()).await?;
-                    return Ok(None);
+                    self.fail_unreadable(&mut tx, &mut op, &e.to_string())
+                        .await?;
+                    break;
                 }
             };
             let def = self.catalog.get(req.kind());
@@ -202,30 +300,27 @@ impl Engine {
             };
             saga.node_offline = node.is_some() && !matches!(liveness, Some((true, _)));
             let before = saga.clone();
-            let now = now_ms();
-            let flow = match saga.next(def, now, self.lease_ms) {
+            let flow = match saga.next(def, now_ms(), self.lease_ms) {
                 Next::Wait => {
                     if saga != before {
                         self.save(&mut tx, &mut op, &saga, def).await?;
-                        self.store.commit(tx).await?;
                     }
                     Flow::Stop
                 }
                 Next::Finished(state) => {
                     self.finish(&mut tx, &mut op, &req, &saga, def, state)
                         .await?;
-                    self.store.commit(tx).await?;
-                    crate::controller::hooks::after_op(&self.env.plugins, &op);
+                    post.push(Post::AfterOp(Box::new(op)));
                     Flow::Stop
                 }
                 Next::Abandon { step, undo } => {
-                    self.abandon(tx, &mut op, &req, saga, def, step, undo)
-                        .await?
+                    self.abandon(&mut tx, &mut op, &req, saga, def, step, undo)
+                        .await?;
+                    Flow::Continue
                 }
                 Next::Execute { step, .. }
                     if def.steps[step].runs_on == RunsOn::Node && saga.node_offline =>
                 {
-                    drop(tx);
                     let n = node.unwrap_or_default();
                     let msg = match liveness {
                         Some((_, Some(since))) => {
@@ -234,42 +329,89 @@ impl Engine {
                         Some(_) => format!("waiting for node {n}, offline"),
                         None => format!("waiting for node {n}, which is not registered"),
                     };
-                    self.note(id, &msg).await?;
+                    note(&mut tx, &mut op, &msg).await?;
                     Flow::Stop
                 }
                 Next::Execute { step, undo } => {
-                    self.execute(tx, &mut op, &req, saga, def, step, undo)
+                    self.execute(&mut tx, &mut op, &req, saga, def, step, undo, &mut post)
                         .await?
                 }
             };
             match flow {
                 Flow::Continue => {}
-                Flow::Stop => return Ok(None),
-                Flow::WindowFull(n) => return Ok(Some(n)),
+                Flow::Stop => break,
+                Flow::WindowFull(n) => {
+                    full = Some(n);
+                    break;
+                }
             }
         }
-        Ok(None)
+        self.store.commit(tx).await?;
+        for p in post {
+            self.after_commit(p).await;
+        }
+        Ok(full)
     }
 
-    /// Runs step `step` (forward or undo): a controller step to its end in `tx`, a node
-    /// step up to its dispatch.
+    /// What follows a commit, in order.
+    async fn after_commit(&self, p: Post) {
+        match p {
+            Post::Push { node, job, ttl } => {
+                // Fence first: the key must name this attempt before any copy of the job
+                // can run. If either fails the step stays dispatched; its lease runs out
+                // and it is dispatched again.
+                if let Err(e) = self
+                    .queues
+                    .fence(&job.op_id, job.step, job.undo, job.attempt, ttl)
+                    .await
+                {
+                    tracing::warn!(op = %job.op_id, step = job.step, "fencing: {e}; the lease will dispatch it again");
+                    return;
+                }
+                let op_id = job.op_id.clone();
+                if let Err(e) = self.queues.push(&node, job).await {
+                    tracing::warn!(op = %op_id, "pushing to node {node}: {e}");
+                }
+            }
+            Post::Unfence { op, step, undo } => {
+                if let Err(e) = self.queues.unfence(&op, step, undo).await {
+                    // The key expires by itself; until then a stale copy could still run once.
+                    tracing::warn!(op = %op, step, "unfencing: {e}");
+                }
+            }
+            Post::AfterStep(op, step) => {
+                crate::controller::hooks::after_step(&self.env.plugins, &op, step)
+            }
+            Post::AfterOp(op) => crate::controller::hooks::after_op(&self.env.plugins, &op),
+            Post::Inject { kind, step, when } => {
+                if let Some(f) = &self.fault {
+                    f.check(&kind, &step, when);
+                }
+            }
+        }
+    }
+
+    /// Runs step `step` (forward or undo): a controller step to its end, a node step up to
+    /// its dispatch.
     #[allow(clippy::too_many_arguments)]
     async fn execute(
         &self,
-        mut tx: Tx<'static>,
+        tx: &mut Tx<'static>,
         op: &mut OpRow,
         req: &Request,
         mut saga: Saga,
         def: &KindDef,
         step: usize,
         undo: bool,
+        post: &mut Vec<Post>,
     ) -> Result<Flow, EngineError> {
         let name = def.steps[step].name.as_str();
         let runs_on = def.steps[step].runs_on;
         let now = now_ms();
+        let mut sp = sqlx::Connection::begin(&mut **tx).await?;
         let result = {
             let mut cx = Ctx {
-                tx: &mut tx,
+                tx: &mut sp,
                 env: &self.env,
                 op,
                 keep_leases: saga.keep_leases(),
@@ -287,41 +429,49 @@ impl Engine {
         };
         match result {
             Ok(Effect::Done) => {
+                sp.commit().await?;
                 saga.mark_started(step, undo, now, None);
-                self.settle(tx, op, &mut saga, def, step, undo, None)
+                self.settle(tx, op, &mut saga, def, step, undo, None, post)
                     .await?;
                 if runs_on == RunsOn::Controller {
-                    self.inject(&op.kind, name, if undo { "undone" } else { "after" });
+                    post.push(Post::inject(
+                        &op.kind,
+                        name,
+                        if undo { "undone" } else { "after" },
+                    ));
                 }
                 Ok(Flow::Continue)
             }
             Ok(Effect::Node { node, action }) => {
-                self.dispatch(tx, op, req, saga, def, step, undo, node, action)
+                // Computing the action wrote nothing worth keeping.
+                sp.rollback().await?;
+                self.dispatch(tx, op, req, saga, def, step, undo, node, action, post)
                     .await
             }
             Err(StepError::Waiting(e)) => {
-                // What the step asked for commits; the sweep runs the step again.
-                op.message = e;
-                op.updated_at = now_ms();
-                st::save_op(&mut tx, op).await?;
-                self.store.commit(tx).await?;
+                // What the step asked for stays; the sweep runs the step again.
+                sp.commit().await?;
+                note(tx, op, &e).await?;
                 Ok(Flow::Stop)
             }
             Err(StepError::Transient(e)) => {
-                drop(tx); // roll back whatever the step wrote
+                sp.rollback().await?; // whatever the step wrote
                 tracing::debug!(op = %op.id, step = %name, "transient: {e}");
-                self.note(&op.id, &e).await?;
+                let Some(mut fresh) = st::op_in(tx, &op.id).await? else {
+                    return Ok(Flow::Stop);
+                };
+                note(tx, &mut fresh, &e).await?;
+                *op = fresh;
                 Ok(Flow::Stop)
             }
             Err(StepError::Permanent(e)) => {
-                drop(tx);
-                let mut tx = self.store.begin().await?;
-                let Some(mut fresh) = st::op_in(&mut tx, &op.id).await? else {
+                sp.rollback().await?;
+                let Some(mut fresh) = st::op_in(tx, &op.id).await? else {
                     return Ok(Flow::Stop);
                 };
                 let mut saga = load(&fresh)?;
                 saga.mark_started(step, undo, now, None);
-                self.settle(tx, &mut fresh, &mut saga, def, step, undo, Some(e))
+                self.settle(tx, &mut fresh, &mut saga, def, step, undo, Some(e), post)
                     .await?;
                 *op = fresh;
                 Ok(Flow::Continue)
@@ -329,46 +479,31 @@ impl Engine {
         }
     }
 
-    /// Records a waiting reason (or a transient error) on the operation, once.
-    async fn note(&self, op_id: &str, message: &str) -> Result<(), EngineError> {
-        let mut tx = self.store.begin().await?;
-        let Some(mut op) = st::op_in(&mut tx, op_id).await? else {
-            return Ok(());
-        };
-        if op.message != message {
-            op.message = message.to_string();
-            op.updated_at = now_ms();
-            st::save_op(&mut tx, &op).await?;
-            self.store.commit(tx).await?;
-        }
-        Ok(())
-    }
-
-    /// Records the end of a started step (with its error, if any) and commits.
+    /// Records the end of a started step (with its error, if any).
     #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
-        mut tx: Tx<'static>,
+        tx: &mut Tx<'_>,
         op: &mut OpRow,
         saga: &mut Saga,
         def: &KindDef,
         step: usize,
         undo: bool,
         error: Option<String>,
+        post: &mut Vec<Post>,
     ) -> Result<(), EngineError> {
         saga.mark_finished(step, undo, error, now_ms());
         op.message.clear();
-        self.save(&mut tx, op, saga, def).await?;
-        self.store.commit(tx).await?;
-        crate::controller::hooks::after_step(&self.env.plugins, op, step);
+        self.save(tx, op, saga, def).await?;
+        post.push(Post::AfterStep(Box::new(op.clone()), step));
         Ok(())
     }
 
-    /// Dispatches a node step's action to its node's queue.
+    /// Marks a node step dispatched; the job goes to the node's queue after the commit.
     #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
-        mut tx: Tx<'static>,
+        tx: &mut Tx<'static>,
         op: &mut OpRow,
         req: &Request,
         mut saga: Saga,
@@ -377,21 +512,22 @@ impl Engine {
         undo: bool,
         node: String,
         action: NodeAction,
+        post: &mut Vec<Post>,
     ) -> Result<Flow, EngineError> {
         let name = def.steps[step].name.clone();
-        if req.kind() != OpKind::NodeCleanup && st::cleanup_holds_node(&mut tx, &node).await? {
-            drop(tx);
-            self.note(
-                &op.id,
-                &format!("waiting for node {node} to remove what earlier operations left there"),
-            )
-            .await?;
-            return Ok(Flow::Stop);
-        }
         let redispatch = saga.steps[step].dispatched_at.is_some();
-        if !redispatch && st::inflight_on_node(&mut tx, &node).await? >= self.window as i64 {
+        match st::dispatch_gate(tx, &node, req.kind() != OpKind::NodeCleanup).await? {
+            st::Gate::Cleanup => {
+                let msg =
+                    format!("waiting for node {node} to remove what earlier operations left there");
+                note(tx, op, &msg).await?;
+                return Ok(Flow::Stop);
+            }
             // The node's window is full: the backlog stays in SQL; the sweep retries.
-            return Ok(Flow::WindowFull(node));
+            st::Gate::Inflight(n) if !redispatch && n >= self.window as i64 => {
+                return Ok(Flow::WindowFull(node));
+            }
+            st::Gate::Inflight(_) => {}
         }
         op.node_id = Some(node.clone());
         let declared = def.lease_ms(step, self.lease_ms);
@@ -402,27 +538,23 @@ impl Engine {
             .filter(|l| *l > declared);
         let attempt = saga.mark_started(step, undo, now_ms(), own);
         op.message.clear();
-        self.save(&mut tx, op, &saga, def).await?;
-        self.store.commit(tx).await?;
-        // Fence first: the key must name this attempt before any copy of the job can run.
-        // Its lifetime is twice the lease: a job older than that has been superseded.
+        self.save(tx, op, &saga, def).await?;
+        // Committed, not yet pushed: the window `recover_unpushed` closes.
+        post.push(Post::inject(&op.kind, &name, "unpushed"));
+        // The fence lives twice the lease: a job older than that has been superseded.
         let ttl = Duration::from_millis((own.unwrap_or(declared) * 2).max(1) as u64);
-        if let Err(e) = self.queues.fence(&op.id, step, undo, attempt, ttl).await {
-            tracing::warn!(op = %op.id, step = %name, "fencing: {e}; the lease will dispatch it again");
-            return Ok(Flow::Stop);
-        }
-        let job = NodeJob {
-            op_id: op.id.clone(),
-            step,
-            attempt,
-            undo,
-            action,
-        };
-        if let Err(e) = self.queues.push(&node, job).await {
-            // The step stays dispatched; its lease runs out and it is dispatched again.
-            tracing::warn!(op = %op.id, step = %name, "pushing to node {node}: {e}");
-        }
-        self.inject(
+        post.push(Post::Push {
+            node,
+            job: NodeJob {
+                op_id: op.id.clone(),
+                step,
+                attempt,
+                undo,
+                action,
+            },
+            ttl,
+        });
+        post.push(Post::inject(
             &op.kind,
             &name,
             if undo {
@@ -430,7 +562,7 @@ impl Engine {
             } else {
                 "dispatched"
             },
-        );
+        ));
         Ok(Flow::Stop)
     }
 
@@ -439,29 +571,27 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn abandon(
         &self,
-        mut tx: Tx<'static>,
+        tx: &mut Tx<'static>,
         op: &mut OpRow,
         req: &Request,
         mut saga: Saga,
         def: &KindDef,
         step: usize,
         undo: bool,
-    ) -> Result<Flow, EngineError> {
+    ) -> Result<(), EngineError> {
         let reason = op
             .abandon_reason
             .clone()
             .unwrap_or_else(|| "cancelled while its node was offline".into());
         let why = format!("abandoned: {reason}");
         if def.steps[step].undo {
-            self.list_leftover(&mut tx, op, req, &saga, def, step, &why)
+            self.list_leftover(tx, op, req, &saga, def, step, &why)
                 .await?;
         }
         tracing::info!(op = %op.id, step = %def.steps[step].name, undo, "{why}");
         saga.mark_abandoned(step, &why, now_ms());
         op.message.clear();
-        self.save(&mut tx, op, &saga, def).await?;
-        self.store.commit(tx).await?;
-        Ok(Flow::Continue)
+        self.save(tx, op, &saga, def).await
     }
 
     /// Puts what the undo of node step `step` would remove on its node's cleanup list.
@@ -510,7 +640,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies a node's step result (from the ingest loop). Returns whether it applied.
+    /// Applies a node's step result (from the ingest loop) and goes on with the saga in
+    /// the same transaction. Returns whether the result applied.
     pub async fn apply_result(
         &self,
         op_id: &str,
@@ -573,12 +704,15 @@ impl Engine {
         }
         op.message.clear();
         self.save(&mut tx, &mut op, &saga, def).await?;
-        self.store.commit(tx).await?;
-        crate::controller::hooks::after_step(&self.env.plugins, &op, step);
-        if let Err(e) = self.queues.unfence(op_id, step, undo).await {
-            // The key expires by itself; until then a stale copy could still run once.
-            tracing::warn!(op = op_id, step, "unfencing: {e}");
-        }
+        let post = vec![
+            Post::AfterStep(Box::new(op.clone()), step),
+            Post::Unfence {
+                op: op_id.to_string(),
+                step,
+                undo,
+            },
+        ];
+        self.run_from(tx, op_id, post).await?;
         Ok(true)
     }
 
@@ -653,7 +787,7 @@ impl Engine {
     /// Fails an operation whose stored request cannot be read, releasing its guest.
     async fn fail_unreadable(
         &self,
-        mut tx: Tx<'static>,
+        tx: &mut Tx<'_>,
         op: &mut OpRow,
         error: &str,
     ) -> Result<(), EngineError> {
@@ -665,20 +799,23 @@ impl Engine {
         op.stage = "failed".into();
         op.finished_at = Some(now);
         op.updated_at = now;
-        st::save_op(&mut tx, op).await?;
+        st::save_op(tx, op).await?;
         if let Some(g) = op.guest_id.clone() {
-            st::unlock_guest(&mut tx, &g, &op.id).await?;
+            st::unlock_guest(tx, &g, &op.id).await?;
         }
-        events::append(&mut tx, "operation", &op.id, &progress_event(op, now)).await?;
-        self.store.commit(tx).await?;
+        events::append(tx, "operation", &op.id, &progress_event(op, now)).await?;
         Ok(())
     }
+}
 
-    fn inject(&self, kind: &str, step: &str, when: &str) {
-        if let Some(f) = &self.fault {
-            f.check(kind, step, when);
-        }
+/// Records a waiting reason (or a transient error) on the operation, once.
+async fn note(tx: &mut Tx<'_>, op: &mut OpRow, message: &str) -> Result<(), EngineError> {
+    if op.message != message {
+        op.message = message.to_string();
+        op.updated_at = now_ms();
+        st::save_op(tx, op).await?;
     }
+    Ok(())
 }
 
 /// The node an operation's node steps run on: its guest's, else its own.

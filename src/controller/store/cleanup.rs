@@ -79,18 +79,33 @@ pub async fn end_cleanup(tx: &mut Tx<'_>, id: i64, error: Option<&str>) -> Resul
     Ok(())
 }
 
-/// Whether new work for `node` must wait: its cleanup list has items never tried since
-/// they were recorded (a node that returns cleans up first), or a cleanup runs.
-pub async fn cleanup_holds_node(tx: &mut Tx<'_>, node: &str) -> Result<bool, StoreError> {
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM node_cleanup WHERE node_id = ?1 AND attempts = 0) \
-             OR EXISTS (SELECT 1 FROM operations WHERE kind = 'node.cleanup' AND node_id = ?1 \
-                        AND state IN ('pending', 'running', 'undoing'))",
+/// What decides whether a step may go to `node` now.
+pub enum Gate {
+    /// Its cleanup list has items never tried since they were recorded (a node that
+    /// returns cleans up first), or a cleanup runs: new work waits.
+    Cleanup,
+    /// Node steps in flight there (the window).
+    Inflight(i64),
+}
+
+/// One query for both: whether `node`'s cleanup holds new work (when `held` applies) and
+/// how many steps are in flight there.
+pub async fn dispatch_gate(tx: &mut Tx<'_>, node: &str, held: bool) -> Result<Gate, StoreError> {
+    let (cleanup, inflight): (bool, i64) = sqlx::query_as(
+        "SELECT ?2 AND (EXISTS (SELECT 1 FROM node_cleanup WHERE node_id = ?1 AND attempts = 0) \
+                OR EXISTS (SELECT 1 FROM operations WHERE kind = 'node.cleanup' AND node_id = ?1 \
+                           AND state IN ('pending', 'running', 'undoing'))), \
+                (SELECT COUNT(*) FROM operations WHERE inflight_node = ?1)",
     )
     .bind(node)
+    .bind(held)
     .fetch_one(&mut **tx)
     .await?;
-    Ok(n != 0)
+    Ok(if cleanup {
+        Gate::Cleanup
+    } else {
+        Gate::Inflight(inflight)
+    })
 }
 
 /// Items still listed for a guest.

@@ -124,15 +124,6 @@ pub async fn save_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Node steps currently dispatched to `node` (the in-flight window).
-pub async fn inflight_on_node(tx: &mut Tx<'_>, node: &str) -> Result<i64, StoreError> {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM operations WHERE inflight_node = ?")
-        .bind(node)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(n)
-}
-
 impl Store {
     pub async fn op(&self, id: &str) -> Result<Option<OpRow>, StoreError> {
         Ok(sqlx::query_as::<_, OpRow>(concat!(
@@ -189,6 +180,18 @@ impl Store {
              ORDER BY created_at, id",
         )
         .bind(stale_before)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Active operations with a node step recorded as dispatched.
+    pub async fn dispatched_ops(&self) -> Result<Vec<OpRow>, StoreError> {
+        Ok(sqlx::query_as::<_, OpRow>(concat!(
+            "SELECT ",
+            op_cols!(),
+            " FROM operations WHERE inflight_node IS NOT NULL \
+              AND state IN ('pending', 'running', 'undoing')"
+        ))
         .fetch_all(self.pool())
         .await?)
     }
