@@ -261,7 +261,7 @@ impl Engine {
     /// Moves one operation as far as it can go without waiting.
     pub async fn advance(&self, id: &str) -> Result<Option<String>, EngineError> {
         let tx = self.store.begin().await?;
-        self.run_from(tx, id, Vec::new()).await
+        self.run_from(tx, id, None, Vec::new()).await
     }
 
     /// Runs the saga of `id` inside `tx` until it must wait, then commits once and does
@@ -269,16 +269,27 @@ impl Engine {
     /// pushed to a node, hooks, fault points). Consecutive controller steps, a node
     /// result and the dispatch it makes possible thus share one transaction; each step
     /// still runs in its own savepoint, so a failed step rolls back alone.
+    ///
+    /// The operation row is read once (or handed over, `loaded`) and carried from step to
+    /// step: every write to it in the run goes through this copy.
     async fn run_from(
         &self,
         mut tx: Tx<'static>,
         id: &str,
+        loaded: Option<OpRow>,
         mut post: Vec<Post>,
     ) -> Result<Option<String>, EngineError> {
         let mut full = None;
+        let mut carried = loaded;
+        let mut liveness_of: std::collections::HashMap<String, Option<(bool, Option<i64>)>> =
+            std::collections::HashMap::new();
         for _ in 0..64 {
-            let Some(mut op) = st::op_in(&mut tx, id).await? else {
-                break;
+            let mut op = match carried.take() {
+                Some(op) => op,
+                None => match st::op_in(&mut tx, id).await? {
+                    Some(op) => op,
+                    None => break,
+                },
             };
             if op.op_state().is_terminal() {
                 break;
@@ -295,7 +306,14 @@ impl Engine {
             let mut saga = load(&op)?;
             let node = node_of(&mut tx, &op).await?;
             let liveness = match &node {
-                Some(n) => st::node_liveness_in(&mut tx, n).await?,
+                Some(n) => match liveness_of.get(n) {
+                    Some(l) => *l,
+                    None => {
+                        let l = st::node_liveness_in(&mut tx, n).await?;
+                        liveness_of.insert(n.clone(), l);
+                        l
+                    }
+                },
                 None => None,
             };
             saga.node_offline = node.is_some() && !matches!(liveness, Some((true, _)));
@@ -310,7 +328,7 @@ impl Engine {
                 Next::Finished(state) => {
                     self.finish(&mut tx, &mut op, &req, &saga, def, state)
                         .await?;
-                    post.push(Post::AfterOp(Box::new(op)));
+                    post.push(Post::AfterOp(Box::new(op.clone())));
                     Flow::Stop
                 }
                 Next::Abandon { step, undo } => {
@@ -338,7 +356,7 @@ impl Engine {
                 }
             };
             match flow {
-                Flow::Continue => {}
+                Flow::Continue => carried = Some(op),
                 Flow::Stop => break,
                 Flow::WindowFull(n) => {
                     full = Some(n);
@@ -712,7 +730,7 @@ impl Engine {
                 undo,
             },
         ];
-        self.run_from(tx, op_id, post).await?;
+        self.run_from(tx, op_id, Some(op), post).await?;
         Ok(true)
     }
 
@@ -818,8 +836,12 @@ async fn note(tx: &mut Tx<'_>, op: &mut OpRow, message: &str) -> Result<(), Engi
     Ok(())
 }
 
-/// The node an operation's node steps run on: its guest's, else its own.
+/// The node an operation's node steps run on: its own once it has one (placement and
+/// dispatch record it), else its guest's.
 async fn node_of(tx: &mut Tx<'_>, op: &OpRow) -> Result<Option<String>, StoreError> {
+    if op.node_id.is_some() {
+        return Ok(op.node_id.clone());
+    }
     if let Some(g) = &op.guest_id {
         if let Some(n) = st::guest_node_in(tx, g).await? {
             return Ok(Some(n));
