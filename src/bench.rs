@@ -80,6 +80,37 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0 // utime, stime in clock ticks (USER_HZ = 100)
 }
 
+/// Creates `n` guests through the API in batches of 100 and waits for all of them.
+/// Returns the rate (ops/s) and the controller's CPU per create (ms).
+async fn timed_creates(
+    api: &Api,
+    n: usize,
+    made: &mut usize,
+    ctl_pid: u32,
+) -> Result<(f64, f64), BenchError> {
+    let cpu0 = cpu_secs(ctl_pid);
+    let t0 = Instant::now();
+    let mut ops = Vec::new();
+    let end = *made + n;
+    while *made < end {
+        let k = (end - *made).min(100);
+        ops.extend(api.create(json!({"name": format!("b{made}"), "template": "b", "cpus": 1, "memory_mib": 64, "count": k})).await?);
+        *made += k;
+    }
+    let mut failed = 0;
+    for op in &ops {
+        if api.wait(op).await?["state"] != "succeeded" {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(BenchError::Setup(format!("{failed} of {n} creates failed")));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu_ms = (cpu_secs(ctl_pid) - cpu0) * 1000.0 / n.max(1) as f64;
+    Ok((n as f64 / secs, cpu_ms))
+}
+
 /// Placement decisions per second of the pure placement logic: a batch of `guests` over
 /// `nodes` candidates, updating the accounting after each decision as the saga does.
 fn placement_rate(nodes: usize, guests: usize) -> f64 {
@@ -600,25 +631,11 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
     .await?;
 
     // End-to-end creates, in batches of 100 as a client would send them.
-    let t0 = Instant::now();
-    let mut ops = Vec::new();
     let mut made = 0;
-    while made < o.guests {
-        let n = (o.guests - made).min(100);
-        ops.extend(api.create(json!({"name": format!("b{made}"), "template": "b", "cpus": 1, "memory_mib": 64, "count": n})).await?);
-        made += n;
-    }
-    let mut failed = 0;
-    for op in &ops {
-        if api.wait(op).await?["state"] != "succeeded" {
-            failed += 1;
-        }
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let rate = o.guests as f64 / secs;
+    let (rate, cpu_ms) = timed_creates(&api, o.guests, &mut made, ctl_pid).await?;
     println!(
-        "guest.create end to end (API, test drv): {rate:>10.1} ops/s  ({} guests in {secs:.1} s, {failed} failed; \
-         {:.3} of raw define+start, {:.2} of the same work by hand)",
+        "guest.create end to end (API, test drv): {rate:>10.1} ops/s  ({} guests; {:.3} of raw \
+         define+start, {:.2} of the same work by hand; controller CPU {cpu_ms:.2} ms per create)",
         o.guests,
         rate / raw,
         rate / full
@@ -647,6 +664,16 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+    if o.rss_guests > o.guests {
+        // The same batch again with the cloud full: a controller must not slow as it fills.
+        let held = made;
+        let (rate_full, cpu_full) = timed_creates(&api, o.guests, &mut made, ctl_pid).await?;
+        println!(
+            "guest.create with {held} guests present: {rate_full:>10.1} ops/s  ({:.2} of the rate on an \
+             empty cloud; controller CPU {cpu_full:.2} ms per create, {cpu_ms:.2} when empty)",
+            rate_full / rate
+        );
     }
     println!(
         "corral controller RSS, {:>6} guests:   {:>10.1} MiB   (node: {:.1} MiB)",
