@@ -4,7 +4,7 @@
 //! impossible, inside the saga step's transaction: two creates racing for the last address
 //! cannot both win, and an undo (or a crash before commit) returns everything.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -26,6 +26,16 @@ pub enum AllocError {
     IpInUse(String),
     #[error("IP {0} is {1} and cannot be handed out")]
     IpMarked(String, String),
+    #[error("{ip} is the {what} address of pool {pool}")]
+    IpSpecial {
+        ip: String,
+        what: &'static str,
+        pool: String,
+    },
+    #[error("{0:?} is not an IPv4 address")]
+    NotAnAddress(String),
+    #[error("{0} is not inside any IP pool's network")]
+    NotInNetwork(String),
     #[error("no free VNC port in {min}-{max} on node {node}")]
     VncExhausted { node: String, min: u16, max: u16 },
     #[error("IP pool {pool} is corrupt: {why}")]
@@ -276,6 +286,54 @@ pub async fn holders_of(
     Ok(parse_holders(rows).collect())
 }
 
+/// Where each pool's last allocation was: the next search starts just after it (next
+/// fit), so a large, mostly allocated pool costs a few point lookups per allocation
+/// instead of reading every lease. Only a hint, in memory: a lost or stale one costs a
+/// longer search, never a wrong answer (every candidate is checked, and the lease's
+/// primary key has the last word).
+static LAST_ALLOCATED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Ipv4Addr>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Point lookups tried from the hint before reading the whole pool.
+const PROBES: usize = 32;
+
+fn remember(pool: &str, ip: Ipv4Addr) {
+    if let Ok(mut m) = LAST_ALLOCATED.lock() {
+        m.insert(pool.to_string(), ip);
+    }
+}
+
+/// The first free address among the `PROBES` after the pool's hint (wrapping round).
+async fn probe_from_hint(
+    tx: &mut Tx<'_>,
+    p: &PoolRow,
+    range: &PoolRange,
+) -> Result<Option<Ipv4Addr>, AllocError> {
+    let last = LAST_ALLOCATED
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&p.id).copied());
+    let after = range
+        .addresses()
+        .skip_while(|a| last.is_some_and(|l| *a <= l));
+    let before = range
+        .addresses()
+        .take_while(|a| last.is_some_and(|l| *a <= l));
+    for ip in after.chain(before).take(PROBES) {
+        let (taken,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM ip_leases WHERE ip = ?1) \
+                 OR EXISTS (SELECT 1 FROM ip_marks WHERE ip = ?1)",
+        )
+        .bind(ip.to_string())
+        .fetch_one(&mut **tx)
+        .await?;
+        if !taken {
+            return Ok(Some(ip));
+        }
+    }
+    Ok(None)
+}
+
 /// Addresses of a pool that cannot be handed out: leased, reserved or disabled.
 async fn taken_in(tx: &mut Tx<'_>, pool_id: &str) -> Result<HashSet<Ipv4Addr>, AllocError> {
     let rows: Vec<(String,)> = sqlx::query_as(
@@ -289,7 +347,7 @@ async fn taken_in(tx: &mut Tx<'_>, pool_id: &str) -> Result<HashSet<Ipv4Addr>, A
 }
 
 /// Why `ip` may not be handed out even though it is inside a range, if it is marked.
-pub(crate) async fn mark_of(tx: &mut Tx<'_>, ip: Ipv4Addr) -> Result<Option<String>, AllocError> {
+async fn mark_of(tx: &mut Tx<'_>, ip: Ipv4Addr) -> Result<Option<String>, AllocError> {
     let row: Option<(String,)> = sqlx::query_as("SELECT state FROM ip_marks WHERE ip = ?")
         .bind(ip.to_string())
         .fetch_optional(&mut **tx)
@@ -318,8 +376,78 @@ pub(crate) async fn lease_ip(
     }
 }
 
-/// Allocates an address for `guest`: the requested one (checked) or the next free one of
-/// `pools`, tried in order. Returns the pool and the address.
+/// Where an address given by hand may lie in a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Within {
+    /// Inside one of the pool's allocatable ranges (a create asking for an address, a
+    /// correction of the record).
+    Ranges,
+    /// Anywhere in the pool's network but its network, broadcast and gateway addresses (an
+    /// IP change may leave the ranges, e.g. for a VIP).
+    Network,
+}
+
+/// The rules for handing out an address given by hand, in one place: it parses, lies in
+/// one of `pools` (`within`), is not marked reserved or disabled and no guest holds it.
+/// Leases it to `guest` and returns the pool.
+pub async fn lease_given(
+    tx: &mut Tx<'_>,
+    pools: &[PoolRow],
+    addr: &str,
+    within: Within,
+    guest: &str,
+) -> Result<(PoolRow, Ipv4Addr), AllocError> {
+    let ip: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| AllocError::NotAnAddress(addr.to_string()))?;
+    for p in pools {
+        let range = PoolRange::load(tx, p).await?;
+        let inside = match within {
+            Within::Ranges => range.contains(ip),
+            Within::Network => range.net.contains(&ip),
+        };
+        if !inside {
+            continue;
+        }
+        let special = if ip == range.net.network() {
+            Some("network")
+        } else if ip == range.net.broadcast() {
+            Some("broadcast")
+        } else if Some(ip) == range.gateway {
+            Some("gateway")
+        } else {
+            None
+        };
+        if let Some(what) = special {
+            return Err(AllocError::IpSpecial {
+                ip: ip.to_string(),
+                what,
+                pool: p.name.clone(),
+            });
+        }
+        if let Some(state) = mark_of(tx, ip).await? {
+            return Err(AllocError::IpMarked(ip.to_string(), state));
+        }
+        lease_ip(tx, ip, &p.id, guest).await?;
+        return Ok((p.clone(), ip));
+    }
+    Err(match within {
+        Within::Ranges => AllocError::NotInPool(ip.to_string()),
+        Within::Network => AllocError::NotInNetwork(ip.to_string()),
+    })
+}
+
+/// Returns every address a guest holds (its record is being corrected).
+pub async fn release_ips(tx: &mut Tx<'_>, guest: &str) -> Result<(), AllocError> {
+    sqlx::query("DELETE FROM ip_leases WHERE guest_id = ?")
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Allocates an address for `guest`: the requested one (see [`lease_given`]) or the next
+/// free one of `pools`, tried in order. Returns the pool and the address.
 pub async fn allocate_ip(
     tx: &mut Tx<'_>,
     pools: &[PoolRow],
@@ -327,25 +455,19 @@ pub async fn allocate_ip(
     guest: &str,
 ) -> Result<(PoolRow, Ipv4Addr), AllocError> {
     if let Some(req) = requested {
-        let ip: Ipv4Addr = req
-            .parse()
-            .map_err(|_| AllocError::NotInPool(req.to_string()))?;
-        for p in pools {
-            if PoolRange::load(tx, p).await?.contains(ip) {
-                if let Some(state) = mark_of(tx, ip).await? {
-                    return Err(AllocError::IpMarked(ip.to_string(), state));
-                }
-                lease_ip(tx, ip, &p.id, guest).await?;
-                return Ok((p.clone(), ip));
-            }
-        }
-        return Err(AllocError::NotInPool(req.to_string()));
+        return lease_given(tx, pools, req, Within::Ranges, guest).await;
     }
     for p in pools {
         let range = PoolRange::load(tx, p).await?;
-        let taken = taken_in(tx, &p.id).await?;
-        if let Some(ip) = range.first_free(&taken) {
+        let found = match probe_from_hint(tx, p, &range).await? {
+            Some(ip) => Some(ip),
+            // No luck near the hint (a nearly full pool, a lost hint): read the pool's
+            // leases and marks once and take the first free address.
+            None => range.first_free(&taken_in(tx, &p.id).await?),
+        };
+        if let Some(ip) = found {
             lease_ip(tx, ip, &p.id, guest).await?;
+            remember(&p.id, ip);
             return Ok((p.clone(), ip));
         }
     }
@@ -363,6 +485,27 @@ pub async fn allocate_vnc(
     max: u16,
     guest: &str,
 ) -> Result<u16, AllocError> {
+    // Usually the port after the node's highest one is free: one indexed lookup.
+    let (highest,): (Option<i64>,) =
+        sqlx::query_as("SELECT MAX(port) FROM vnc_leases WHERE node_id = ?")
+            .bind(node)
+            .fetch_one(&mut **tx)
+            .await?;
+    let next = highest.map_or(i64::from(min), |h| h + 1);
+    if (i64::from(min)..=i64::from(max)).contains(&next) {
+        let r = sqlx::query(
+            "INSERT OR IGNORE INTO vnc_leases (node_id, port, guest_id) VALUES (?, ?, ?)",
+        )
+        .bind(node)
+        .bind(next)
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+        if r.rows_affected() == 1 {
+            return Ok(next as u16);
+        }
+    }
+    // Past the top of the range: the first gap, from every lease of the node.
     let rows: Vec<(i64,)> = sqlx::query_as("SELECT port FROM vnc_leases WHERE node_id = ?")
         .bind(node)
         .fetch_all(&mut **tx)

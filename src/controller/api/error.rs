@@ -158,6 +158,29 @@ impl From<Error> for ApiError {
     }
 }
 
+/// The allocators' refusals, mapped once: a taken or exhausted resource is a conflict, an
+/// address that may not be handed out is unprocessable.
+impl From<crate::controller::alloc::AllocError> for Error {
+    fn from(e: crate::controller::alloc::AllocError) -> Self {
+        use crate::controller::alloc::AllocError as A;
+        match e {
+            A::Store(s) => Error::Store(s),
+            A::IpInUse(_) | A::PoolExhausted(_) | A::NoFreeAddress | A::VncExhausted { .. } => {
+                Error::Conflict {
+                    message: e.to_string(),
+                    details: None,
+                }
+            }
+            A::NotAnAddress(_) => Error::BadRequest(e.to_string()),
+            A::NotInPool(_)
+            | A::NotInNetwork(_)
+            | A::IpMarked(..)
+            | A::IpSpecial { .. }
+            | A::BadPool { .. } => Error::Unprocessable(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::script::ScriptError> for Error {
     fn from(e: crate::script::ScriptError) -> Self {
         use crate::script::ScriptError as S;

@@ -283,7 +283,7 @@ impl GuestApi {
             for p in candidates {
                 inside |= alloc::load_pool(&state.store, p)
                     .await
-                    .map_err(alloc_error)?
+                    .map_err(Error::from)?
                     .contains(addr);
             }
             if !inside {
@@ -578,28 +578,19 @@ impl GuestApi {
             .into());
         }
         let pools: Vec<st::PoolRow> = state.store.pools().await?;
-        sqlx::query("DELETE FROM ip_leases WHERE guest_id = ?")
-            .bind(&g.id)
-            .execute(&mut *tx)
+        alloc::release_ips(&mut tx, &g.id)
             .await
-            .map_err(st::StoreError::from)?;
-        let (pool, ip) = alloc::allocate_ip(&mut tx, &pools, Some(&addr.to_string()), &g.id)
-            .await
-            .map_err(|e| match e {
-                alloc::AllocError::IpInUse(ip) => Error::Conflict {
-                    message: format!("IP {ip} is already in use"),
-                    details: None,
-                },
-                other => alloc_error(other),
-            })?;
-        sqlx::query("UPDATE guests SET ip = ?, pool_id = ?, updated_at = ? WHERE id = ?")
-            .bind(ip.to_string())
-            .bind(&pool.id)
-            .bind(now_ms())
-            .bind(&g.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(st::StoreError::from)?;
+            .map_err(Error::from)?;
+        let (pool, ip) = alloc::lease_given(
+            &mut tx,
+            &pools,
+            &addr.to_string(),
+            alloc::Within::Ranges,
+            &g.id,
+        )
+        .await
+        .map_err(Error::from)?;
+        st::set_guest_address(&mut tx, &g.id, &ip.to_string(), &pool.id).await?;
         st::unlock_guest(&mut tx, &g.id, "ip-correction").await?;
         st::events::append(
             &mut tx,
@@ -725,7 +716,7 @@ impl GuestApi {
 async fn pool_free(state: &AppState, p: &st::PoolRow) -> Result<i64, Error> {
     let (_, stats) = alloc::pool_stats(&state.store, p)
         .await
-        .map_err(alloc_error)?;
+        .map_err(Error::from)?;
     Ok(stats.free() as i64)
 }
 
@@ -747,13 +738,6 @@ fn plugin_before_create(state: &AppState, auth: &Auth, req: &mut CreateGuest) ->
         }
     }
     Ok(())
-}
-
-fn alloc_error(e: alloc::AllocError) -> Error {
-    match e {
-        alloc::AllocError::Store(s) => Error::Store(s),
-        other => Error::Unprocessable(other.to_string()),
-    }
 }
 
 fn default_limit() -> i64 {

@@ -16,7 +16,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use super::error::{ApiResult, Error};
 use super::resources::{Created, Deleted};
 use super::{AppState, Auth};
-use crate::controller::alloc::{self, AllocError, Holder};
+use crate::controller::alloc::{self, Holder};
 use crate::controller::store::PoolRow;
 use crate::model::{new_id, now_ms, rfc3339};
 
@@ -118,13 +118,6 @@ fn parse_ip(field: &str, v: &str) -> Result<Ipv4Addr, Error> {
         .map_err(|_| Error::BadRequest(format!("{field} {v:?} is not an IPv4 address")))
 }
 
-fn alloc_err(e: AllocError) -> Error {
-    match e {
-        AllocError::Store(s) => Error::Store(s),
-        other => Error::Unprocessable(other.to_string()),
-    }
-}
-
 fn state_of(h: Option<&Holder>) -> AddressState {
     match h {
         None => AddressState::Free,
@@ -152,7 +145,7 @@ fn address(ip: Ipv4Addr, h: Option<&Holder>) -> Address {
 async fn view(state: &AppState, p: PoolRow) -> Result<Pool, Error> {
     let (range, stats) = alloc::pool_stats(&state.store, &p)
         .await
-        .map_err(alloc_err)?;
+        .map_err(Error::from)?;
     Ok(Pool {
         dns: p.dns_list(),
         ranges: range
@@ -211,7 +204,7 @@ async fn check_range(
         }
         let r = alloc::load_pool(&state.store, &other)
             .await
-            .map_err(alloc_err)?;
+            .map_err(Error::from)?;
         if let Some((a, b)) = r.ranges.iter().find(|(a, b)| start <= *b && *a <= end) {
             return Err(Error::Conflict {
                 message: format!(
@@ -409,7 +402,7 @@ impl PoolApi {
         let p = pool_of(&state, &id).await?;
         let range = alloc::load_pool(&state.store, &p)
             .await
-            .map_err(alloc_err)?;
+            .map_err(Error::from)?;
         let (offset, limit) = (offset.0, limit.0 as usize);
         let out = match filter.0 {
             // The page's addresses are computed; only their holders are looked up.
@@ -417,7 +410,7 @@ impl PoolApi {
                 let ips: Vec<Ipv4Addr> = range.addresses_from(offset).take(limit).collect();
                 let held = alloc::holders_of(&state.store, &p.id, &ips)
                     .await
-                    .map_err(alloc_err)?;
+                    .map_err(Error::from)?;
                 ips.into_iter()
                     .map(|ip| address(ip, held.get(&ip)))
                     .collect()
@@ -425,7 +418,7 @@ impl PoolApi {
             Some(AddressState::Free) => {
                 let held = alloc::holders(&state.store, &p.id)
                     .await
-                    .map_err(alloc_err)?;
+                    .map_err(Error::from)?;
                 range
                     .addresses()
                     .filter(|ip| !held.contains_key(ip))
@@ -438,7 +431,7 @@ impl PoolApi {
             Some(want) => {
                 let held = alloc::holders(&state.store, &p.id)
                     .await
-                    .map_err(alloc_err)?;
+                    .map_err(Error::from)?;
                 range
                     .ranges
                     .iter()

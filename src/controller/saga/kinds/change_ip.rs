@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Effect};
-use crate::controller::alloc::{self, AllocError};
+use crate::controller::alloc;
 use crate::controller::saga::initplan::{guest_facts, script_source};
 use crate::controller::saga::kinds::boot_jobs::refresh_seed_action;
 use crate::controller::saga::steps::{guest_of, StepError};
@@ -102,7 +102,9 @@ async fn reserve(tx: &mut Tx<'_>, op: &mut OpRow, g: &GuestRow) -> Result<(), St
                 })
                 .cloned()
                 .collect();
-            lease_manual(tx, &same, addr, &g.id).await?
+            let (pool, ip) =
+                alloc::lease_given(tx, &same, addr, alloc::Within::Network, &g.id).await?;
+            (pool.id, ip.to_string())
         }
         None => {
             let own: Vec<st::PoolRow> = pools
@@ -123,46 +125,6 @@ async fn reserve(tx: &mut Tx<'_>, op: &mut OpRow, g: &GuestRow) -> Result<(), St
     p.pool_id = Some(pool);
     op.payload = serde_json::to_string(&p).map_err(StoreError::from)?;
     Ok(())
-}
-
-/// Leases an address given by hand: inside a pool's network, not its network, broadcast or
-/// gateway address, not held by any guest, not reserved or disabled.
-async fn lease_manual(
-    tx: &mut Tx<'_>,
-    pools: &[st::PoolRow],
-    addr: &str,
-    guest: &str,
-) -> Result<(String, String), StepError> {
-    let ip: std::net::Ipv4Addr = addr
-        .parse()
-        .map_err(|_| StepError::Permanent(format!("{addr:?} is not an IPv4 address")))?;
-    for p in pools {
-        let range = alloc::PoolRange::load(tx, p).await?;
-        if !range.net.contains(&ip) {
-            continue;
-        }
-        if ip == range.net.network() || ip == range.net.broadcast() || Some(ip) == range.gateway {
-            return Err(StepError::Permanent(format!(
-                "{ip} is the network, broadcast or gateway address of pool {}",
-                p.name
-            )));
-        }
-        if let Some(mark) = alloc::mark_of(tx, ip).await? {
-            return Err(StepError::Permanent(format!(
-                "IP {ip} is {mark} and cannot be handed out"
-            )));
-        }
-        return match alloc::lease_ip(tx, ip, &p.id, guest).await {
-            Ok(()) => Ok((p.id.clone(), ip.to_string())),
-            Err(AllocError::IpInUse(_)) => {
-                Err(StepError::Permanent(format!("IP {ip} is already in use")))
-            }
-            Err(e) => Err(e.into()),
-        };
-    }
-    Err(StepError::Permanent(format!(
-        "{ip} is not inside any IP pool's network"
-    )))
 }
 
 async fn unreserve(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepError> {
