@@ -186,11 +186,12 @@ pub async fn release_jobs(tx: &mut Tx<'_>, op: &str, error: &str) -> Result<(), 
 }
 
 pub async fn has_pending_jobs(tx: &mut Tx<'_>, guest: &str) -> Result<bool, StoreError> {
-    let (n,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM boot_jobs WHERE guest_id = ? AND state = 'pending'")
-            .bind(guest)
-            .fetch_one(&mut **tx)
-            .await?;
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM boot_jobs WHERE guest_id = ? AND state = 'pending')",
+    )
+    .bind(guest)
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(n > 0)
 }
 

@@ -271,7 +271,11 @@ pub async fn start_due_runs(store: &Store, catalog: &Catalog) -> Result<Vec<Stri
     Ok(started)
 }
 
-/// Marks a guest as just booted: its pending boot jobs run once it is free.
+/// Marks a guest as just booted: its pending boot jobs run once it is free. A guest
+/// without pending jobs is not flagged, so a boot costs the sweep nothing.
 pub async fn mark_booted(tx: &mut Tx<'_>, guest: &str) -> Result<(), StoreError> {
-    st::set_boot_pending(tx, guest).await
+    if st::has_pending_jobs(tx, guest).await? {
+        st::set_boot_pending(tx, guest).await?;
+    }
+    Ok(())
 }
