@@ -24,7 +24,6 @@ use crate::controller::saga::kinds::Request;
 use crate::controller::saga::steps::random_secret;
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::{check_user, crypt_password};
-use crate::model::now_ms;
 use crate::model::GuestState;
 use crate::script::guest::check_hostname;
 
@@ -161,13 +160,7 @@ impl GuestConfigApi {
             .into());
         }
         let mut tx = state.store.begin().await?;
-        sqlx::query("UPDATE guests SET hostname = ?, updated_at = ? WHERE id = ?")
-            .bind(&hostname)
-            .bind(now_ms())
-            .bind(&g.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(st::StoreError::from)?;
+        st::set_guest_hostname(&mut tx, &g.id, &hostname).await?;
         let params = serde_json::json!({ "hostname": hostname });
         let job = queue(&mut tx, &g.id, "set-hostname", &params, true, &auth.0.name).await?;
         let op = run_now(&state, &mut tx, &g, vec![job.clone()], &auth.0.name).await?;
@@ -381,26 +374,13 @@ async fn precheck_manual(state: &AppState, g: &GuestRow, addr: &str) -> Result<(
             g.name
         )));
     }
-    let holder: Option<(String, String)> = sqlx::query_as(
-        "SELECT l.guest_id, COALESCE(g.name, l.guest_id) FROM ip_leases l LEFT JOIN guests g ON g.id = l.guest_id WHERE l.ip = ?",
-    )
-    .bind(addr)
-    .fetch_optional(state.store.pool())
-    .await
-    .map_err(st::StoreError::from)?;
-    if let Some((gid, name)) = holder {
+    if let Some((gid, name)) = state.store.address_holder(addr).await? {
         return Err(Error::Conflict {
             message: format!("IP {addr} is used by guest {name}"),
             details: Some(serde_json::json!({"guest_id": gid})),
         });
     }
-    let mark: Option<(String, String)> =
-        sqlx::query_as("SELECT state, note FROM ip_marks WHERE ip = ?")
-            .bind(addr)
-            .fetch_optional(state.store.pool())
-            .await
-            .map_err(st::StoreError::from)?;
-    if let Some((s, note)) = mark {
+    if let Some((s, note)) = state.store.address_mark(addr).await? {
         return Err(Error::Conflict {
             message: format!(
                 "IP {addr} is {s}{}",

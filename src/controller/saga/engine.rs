@@ -427,15 +427,7 @@ impl Engine {
         let runs_on = def.steps[step].runs_on;
         let now = now_ms();
         let mut sp = sqlx::Connection::begin(&mut **tx).await?;
-        let result = {
-            let mut cx = Ctx {
-                tx: &mut sp,
-                env: &self.env,
-                op,
-                keep_leases: saga.keep_leases(),
-            };
-            kinds::run(&mut cx, req, name, undo).await
-        };
+        let result = self.run_step(&mut sp, op, req, &saga, name, undo).await;
         let result = match result {
             Ok(Effect::Node { action, .. }) if runs_on == RunsOn::Controller => {
                 Err(StepError::Permanent(format!(
@@ -495,6 +487,25 @@ impl Engine {
                 Ok(Flow::Continue)
             }
         }
+    }
+
+    /// Runs the kind's handler of step `name` (forward or undo) in `tx`.
+    async fn run_step(
+        &self,
+        tx: &mut Tx<'_>,
+        op: &mut OpRow,
+        req: &Request,
+        saga: &Saga,
+        name: &str,
+        undo: bool,
+    ) -> Result<Effect, StepError> {
+        let mut cx = Ctx {
+            tx,
+            env: &self.env,
+            op,
+            keep_leases: saga.keep_leases(),
+        };
+        kinds::run(&mut cx, req, name, undo).await
     }
 
     /// Records the end of a started step (with its error, if any).
@@ -625,15 +636,7 @@ impl Engine {
         reason: &str,
     ) -> Result<(), EngineError> {
         let name = def.steps[step].name.as_str();
-        let undo_action = {
-            let mut cx = Ctx {
-                tx: &mut *tx,
-                env: &self.env,
-                op,
-                keep_leases: saga.keep_leases(),
-            };
-            kinds::run(&mut cx, req, name, true).await
-        };
+        let undo_action = self.run_step(tx, op, req, saga, name, true).await;
         match undo_action {
             Ok(Effect::Node { node, action }) => {
                 st::add_cleanup(

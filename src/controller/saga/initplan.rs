@@ -65,11 +65,7 @@ pub async fn guest_facts(
     let secrets = g.secrets();
     f.password_hash = secrets.password_hash;
     f.ssh_keys = secrets.ssh_keys;
-    let t: Option<(String,)> = sqlx::query_as("SELECT name FROM templates WHERE id = ?")
-        .bind(&g.template_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    if let Some((name,)) = t {
+    if let Some(name) = st::template_name_in(tx, &g.template_id).await? {
         f.template.name = name;
     }
     if let (Some(ip), Some(pool_id)) = (ip, pool_id) {

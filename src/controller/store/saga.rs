@@ -197,7 +197,50 @@ pub async fn delete_node(tx: &mut Tx<'_>, node: &str) -> Result<(), StoreError> 
     Ok(())
 }
 
+pub async fn set_guest_hostname(
+    tx: &mut Tx<'_>,
+    guest: &str,
+    hostname: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET hostname = ?, updated_at = ? WHERE id = ?")
+        .bind(hostname)
+        .bind(now_ms())
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn template_name_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<String>, StoreError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT name FROM templates WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|r| r.0))
+}
+
 impl super::Store {
+    /// The guest holding address `ip` (id and name), if any.
+    pub async fn address_holder(&self, ip: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT l.guest_id, COALESCE(g.name, l.guest_id) FROM ip_leases l \
+             LEFT JOIN guests g ON g.id = l.guest_id WHERE l.ip = ?",
+        )
+        .bind(ip)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// The mark on address `ip` (reserved or disabled, with its note), if any.
+    pub async fn address_mark(&self, ip: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT state, note FROM ip_marks WHERE ip = ?")
+                .bind(ip)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
     /// Guests that booted and are free: their boot jobs are due.
     pub async fn booted_free_guests(&self, limit: i64) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = sqlx::query_as(
