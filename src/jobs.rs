@@ -62,6 +62,28 @@ pub enum CatalogError {
     },
 }
 
+/// Parses `kind`'s declaration and checks it against the kind's step enum.
+fn declared(kind: OpKind, src: &str) -> Result<KindDef, CatalogError> {
+    let def: KindDef =
+        toml::from_str(src).map_err(|source| CatalogError::Parse { kind, source })?;
+    if def.kind != kind.as_str() {
+        return Err(CatalogError::Misnamed {
+            kind,
+            declared: def.kind,
+        });
+    }
+    let declared: Vec<String> = def.steps.iter().map(|s| s.name.clone()).collect();
+    let code = kind.step_names();
+    if declared != code {
+        return Err(CatalogError::Steps {
+            kind,
+            declared,
+            code,
+        });
+    }
+    Ok(def)
+}
+
 /// Every kind's declaration, checked against its module; indexed by [`OpKind`].
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -72,24 +94,7 @@ impl Catalog {
     pub fn builtin() -> Result<Self, CatalogError> {
         let mut kinds = Vec::with_capacity(OpKind::ALL.len());
         for &kind in OpKind::ALL {
-            let def: KindDef = toml::from_str(kind.declaration())
-                .map_err(|source| CatalogError::Parse { kind, source })?;
-            if def.kind != kind.as_str() {
-                return Err(CatalogError::Misnamed {
-                    kind,
-                    declared: def.kind,
-                });
-            }
-            let declared: Vec<String> = def.steps.iter().map(|s| s.name.clone()).collect();
-            let code = kind.step_names();
-            if declared != code {
-                return Err(CatalogError::Steps {
-                    kind,
-                    declared,
-                    code,
-                });
-            }
-            kinds.push((kind, def));
+            kinds.push((kind, declared(kind, kind.declaration())?));
         }
         Ok(Catalog { kinds })
     }
@@ -107,6 +112,26 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelled_or_missing_step_or_another_kinds_table_is_refused() {
+        let src = OpKind::GuestCreate.declaration();
+        let typo = src.replacen("name = \"build_seed\"", "name = \"biuld_seed\"", 1);
+        assert!(matches!(
+            declared(OpKind::GuestCreate, &typo),
+            Err(CatalogError::Steps { .. })
+        ));
+        let start = src.find("[[steps]]\nname = \"start\"").unwrap();
+        let end = start + src[start + 1..].find("[[steps]]").unwrap() + 1;
+        let missing = format!("{}{}", &src[..start], &src[end..]);
+        assert!(declared(OpKind::GuestCreate, &missing).is_err());
+        let other = OpKind::GuestDelete.declaration();
+        assert!(matches!(
+            declared(OpKind::GuestCreate, other),
+            Err(CatalogError::Misnamed { .. })
+        ));
+        assert!(declared(OpKind::GuestCreate, src).is_ok());
+    }
 
     #[test]
     fn builtin_catalog_parses_and_every_kind_has_steps() {
