@@ -124,10 +124,10 @@ impl Ingest {
                 node_id,
                 guest_id,
                 state,
-                ..
+                at_ms,
             } => {
-                self.observe(&node_id, &typed_states(std::iter::once((guest_id, state))))
-                    .await?;
+                let seen = typed_states(std::iter::once((guest_id, state)));
+                self.observe(&node_id, &seen, at_ms).await?;
             }
             NodeEvent::DomainXml {
                 node_id,
@@ -146,12 +146,14 @@ impl Ingest {
                 .map_err(StoreError::from)?;
             }
             NodeEvent::Inventory {
-                node_id, domains, ..
+                node_id,
+                domains,
+                at_ms,
             } => {
                 self.record_foreign(&node_id, &domains).await?;
                 let seen = typed_states(domains.into_iter().map(|d| (d.guest_id, d.state)));
-                self.observe(&node_id, &seen).await?;
-                self.mark_missing(&node_id, &seen).await?;
+                self.observe(&node_id, &seen, at_ms).await?;
+                self.mark_missing(&node_id, &seen, at_ms).await?;
             }
         }
         Ok(())
@@ -160,11 +162,18 @@ impl Ingest {
     /// Applies observed domain states to guests of that node (events and reconcile, S73).
     /// Most reports change nothing: the reported guests are read in one query first, and
     /// the write lock is taken only when one of them moved (then read again under it).
-    async fn observe(&self, node: &str, seen: &[(String, GuestState)]) -> Result<(), StoreError> {
+    /// An observation made (`at_ms`, the node's clock) before the guest's state last
+    /// changed is stale: an operation's result is newer, and the next report catches up.
+    async fn observe(
+        &self,
+        node: &str,
+        seen: &[(String, GuestState)],
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
         let current = states_on(self.store.pool(), node, seen).await?;
         if !seen
             .iter()
-            .any(|(g, s)| current.get(g).is_some_and(|c| moved(*c, *s)))
+            .any(|(g, s)| current.get(g).is_some_and(|c| moved(*c, *s, at_ms)))
         {
             return Ok(());
         }
@@ -174,9 +183,10 @@ impl Ingest {
             let Some(cur) = current.get_mut(guest) else {
                 continue;
             };
-            if !moved(*cur, *state) {
+            if !moved(*cur, *state, at_ms) {
                 continue;
             }
+            let cur = &mut cur.0;
             if *state == GuestState::Running
                 && matches!(cur, GuestState::Shutoff | GuestState::Crashed)
             {
@@ -236,11 +246,14 @@ impl Ingest {
         &self,
         node: &str,
         seen: &[(String, GuestState)],
+        at_ms: i64,
     ) -> Result<(), StoreError> {
         let rows: Vec<(String, GuestState)> = sqlx::query_as(
-            "SELECT id, state FROM guests WHERE node_id = ? AND lock_op IS NULL AND domain_xml IS NOT NULL",
+            "SELECT id, state FROM guests WHERE node_id = ? AND lock_op IS NULL \
+             AND domain_xml IS NOT NULL AND state_at <= ?",
         )
         .bind(node)
+        .bind(at_ms)
         .fetch_all(self.store.pool())
         .await?;
         let seen: HashSet<&str> = seen.iter().map(|(g, _)| g.as_str()).collect();
@@ -277,8 +290,8 @@ impl Ingest {
 
 /// Whether an observed state should replace the stored one: it differs, and no
 /// operation in flight owns the guest's state.
-fn moved(current: GuestState, observed: GuestState) -> bool {
-    current != observed && !current.owned_by_operation()
+fn moved(current: (GuestState, i64), observed: GuestState, at_ms: i64) -> bool {
+    current.0 != observed && !current.0.owned_by_operation() && at_ms >= current.1
 }
 
 /// The states a node reports, typed; a state this controller does not know (a newer
@@ -301,17 +314,17 @@ async fn states_on<'e, E: sqlx::SqliteExecutor<'e>>(
     ex: E,
     node: &str,
     seen: &[(String, GuestState)],
-) -> Result<HashMap<String, GuestState>, StoreError> {
+) -> Result<HashMap<String, (GuestState, i64)>, StoreError> {
     let ids: Vec<&str> = seen.iter().map(|(g, _)| g.as_str()).collect();
-    let rows: Vec<(String, GuestState)> = sqlx::query_as(
-        "SELECT g.id, g.state FROM json_each(?) AS s CROSS JOIN guests AS g ON g.id = s.value \
-         WHERE g.node_id = ?",
+    let rows: Vec<(String, GuestState, i64)> = sqlx::query_as(
+        "SELECT g.id, g.state, g.state_at FROM json_each(?) AS s CROSS JOIN guests AS g \
+         ON g.id = s.value WHERE g.node_id = ?",
     )
     .bind(serde_json::to_string(&ids)?)
     .bind(node)
     .fetch_all(ex)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows.into_iter().map(|(g, s, at)| (g, (s, at))).collect())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -129,6 +129,7 @@ impl Store {
             (7, include_str!("migrations/007_list_indexes.sql")),
             (8, include_str!("migrations/008_node_cleanup.sql")),
             (9, include_str!("migrations/009_node_usage.sql")),
+            (10, include_str!("migrations/010_state_at.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)
