@@ -134,6 +134,7 @@ pub async fn run(
         redis: Arc::new(api::RedisProbe::new(&cfg.redis_url)),
         scripts,
         plugins: plugins.clone(),
+        pages: Arc::new(api::Pages::new(store.changes.clone())),
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {

@@ -1,4 +1,5 @@
-//! libvirt domain lifecycle events: the one module with `unsafe` code.
+//! libvirt domain lifecycle events: one of the two modules with `unsafe` code (the other
+//! is the controller store's WAL hook, `controller/store/changes.rs`).
 //!
 //! The `virt` crate does not wrap event callbacks, so this module calls the C API
 //! directly: it registers libvirt's default event loop (before any connection is opened),

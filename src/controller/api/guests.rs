@@ -8,6 +8,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
 use super::operations::{start_op, Target};
+use super::pages::{Cached, Clock};
 use super::{AppState, Auth};
 use crate::controller::alloc;
 use crate::controller::saga::kinds::power::Power;
@@ -468,31 +469,40 @@ impl GuestApi {
         )]
         limit: Query<i64>,
         #[oai(default, validator(minimum(value = "0")))] offset: Query<i64>,
-    ) -> ApiResult<Json<Vec<Guest>>> {
-        let rows = state
-            .store
-            .guests(
-                guest_state.0.map(GuestState::as_str),
-                node.0.as_deref(),
-                limit.0,
-                offset.0,
-            )
-            .await?;
-        // One query for the disks of the whole page, not one per guest.
-        let ids: Vec<&str> = rows.iter().map(|g| g.id.as_str()).collect();
-        let mut disks: std::collections::HashMap<String, Vec<st::DiskRow>> =
-            std::collections::HashMap::new();
-        for d in state.store.disks_of_many(&ids).await? {
-            disks
-                .entry(d.guest_id.clone().unwrap_or_default())
-                .or_default()
-                .push(d);
-        }
-        Ok(Json(
-            rows.iter()
-                .map(|g| view(g, disks.remove(&g.id).unwrap_or_default()))
-                .collect(),
-        ))
+    ) -> ApiResult<Cached<Vec<Guest>>> {
+        let key = format!(
+            "guests?{:?}&{:?}&{}&{}",
+            guest_state.0, node.0, limit.0, offset.0
+        );
+        let store = &state.store;
+        state
+            .pages
+            .page(key, &["guests", "disks"], async {
+                let rows = store
+                    .guests(
+                        guest_state.0.map(GuestState::as_str),
+                        node.0.as_deref(),
+                        limit.0,
+                        offset.0,
+                    )
+                    .await?;
+                // One query for the disks of the whole page, not one per guest.
+                let ids: Vec<&str> = rows.iter().map(|g| g.id.as_str()).collect();
+                let mut disks: std::collections::HashMap<String, Vec<st::DiskRow>> =
+                    std::collections::HashMap::new();
+                for d in store.disks_of_many(&ids).await? {
+                    disks
+                        .entry(d.guest_id.clone().unwrap_or_default())
+                        .or_default()
+                        .push(d);
+                }
+                let page: Vec<Guest> = rows
+                    .iter()
+                    .map(|g| view(g, disks.remove(&g.id).unwrap_or_default()))
+                    .collect();
+                Ok((page, Clock::Independent))
+            })
+            .await
     }
 
     /// One guest by id or name.

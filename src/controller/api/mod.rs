@@ -13,6 +13,7 @@ mod guest_config;
 mod guests;
 mod nodes;
 mod operations;
+mod pages;
 mod plugins;
 mod pools;
 mod resources;
@@ -31,6 +32,7 @@ use super::store::Store;
 use crate::jobs::Catalog;
 
 pub use auth::Auth;
+pub use pages::Pages;
 pub use system::RedisProbe;
 
 /// Shared by every handler.
@@ -43,6 +45,8 @@ pub struct AppState {
     pub redis: Arc<RedisProbe>,
     pub scripts: Arc<crate::script::Scripts>,
     pub plugins: Arc<crate::controller::plugins::Plugins>,
+    /// Rendered list pages, kept until their tables change.
+    pub pages: Arc<pages::Pages>,
 }
 
 type Apis = (

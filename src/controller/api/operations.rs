@@ -8,6 +8,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
+use super::pages::{Cached, Clock};
 use super::{AppState, Auth};
 use crate::controller::saga::kinds::{OpKind, Request};
 use crate::controller::saga::{eta_seconds, launch};
@@ -204,19 +205,30 @@ impl OperationApi {
         )]
         limit: Query<i64>,
         #[oai(default, validator(minimum(value = "0")))] offset: Query<i64>,
-    ) -> ApiResult<Json<Vec<Operation>>> {
-        let rows = state
-            .store
-            .ops(&OpFilter {
-                state: op_state.0.map(|s| s.as_str().to_string()),
-                kind: kind.0,
-                guest_id: guest_id.0,
-                active_only: active.0,
-                limit: limit.0,
-                offset: offset.0,
+    ) -> ApiResult<Cached<Vec<Operation>>> {
+        let filter = OpFilter {
+            state: op_state.0.map(|s| s.as_str().to_string()),
+            kind: kind.0,
+            guest_id: guest_id.0,
+            active_only: active.0,
+            limit: limit.0,
+            offset: offset.0,
+        };
+        let key = format!("operations?{filter:?}");
+        let store = &state.store;
+        state
+            .pages
+            .page(key, &["operations"], async {
+                let rows = store.ops(&filter).await?;
+                // An active operation's ETA moves with the clock.
+                let clock = if rows.iter().all(|op| op.op_state().is_terminal()) {
+                    Clock::Independent
+                } else {
+                    Clock::Dependent
+                };
+                Ok((rows.iter().map(view).collect::<Vec<_>>(), clock))
             })
-            .await?;
-        Ok(Json(rows.iter().map(view).collect()))
+            .await
     }
 
     /// One operation with its steps and progress.

@@ -14,6 +14,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
+use super::pages::{Cached, Clock};
 use super::resources::{Created, Deleted};
 use super::{AppState, Auth};
 use crate::controller::alloc::{self, Holder};
@@ -398,52 +399,61 @@ impl PoolApi {
         )]
         limit: Query<u64>,
         #[oai(default)] offset: Query<u64>,
-    ) -> ApiResult<Json<Vec<Address>>> {
-        let p = pool_of(&state, &id).await?;
-        let range = alloc::load_pool(&state.store, &p)
+    ) -> ApiResult<Cached<Vec<Address>>> {
+        let key = format!("addresses/{}?{:?}&{}&{}", id.0, filter.0, limit.0, offset.0);
+        let tables = ["ip_pools", "ip_ranges", "ip_leases", "ip_marks"];
+        state
+            .pages
+            .page(key, &tables, async {
+                let p = pool_of(&state, &id).await?;
+                let range = alloc::load_pool(&state.store, &p)
+                    .await
+                    .map_err(Error::from)?;
+                let (offset, limit) = (offset.0, limit.0 as usize);
+                let out = match filter.0 {
+                    // The page's addresses are computed; only their holders are looked up.
+                    None => {
+                        let ips: Vec<Ipv4Addr> = range.addresses_from(offset).take(limit).collect();
+                        let held = alloc::holders_of(&state.store, &p.id, &ips)
+                            .await
+                            .map_err(Error::from)?;
+                        ips.into_iter()
+                            .map(|ip| address(ip, held.get(&ip)))
+                            .collect()
+                    }
+                    Some(AddressState::Free) => {
+                        let held = alloc::holders(&state.store, &p.id)
+                            .await
+                            .map_err(Error::from)?;
+                        range
+                            .addresses()
+                            .filter(|ip| !held.contains_key(ip))
+                            .skip(offset as usize)
+                            .take(limit)
+                            .map(|ip| address(ip, None))
+                            .collect()
+                    }
+                    // Held addresses in list order: range by range, ascending, gateway excluded.
+                    Some(want) => {
+                        let held = alloc::holders(&state.store, &p.id)
+                            .await
+                            .map_err(Error::from)?;
+                        range
+                            .ranges
+                            .iter()
+                            .flat_map(|(a, b)| held.range(*a..=*b))
+                            .filter(|(ip, h)| {
+                                Some(**ip) != range.gateway && state_of(Some(h)) == want
+                            })
+                            .skip(offset as usize)
+                            .take(limit)
+                            .map(|(ip, h)| address(*ip, Some(h)))
+                            .collect()
+                    }
+                };
+                Ok((out, Clock::Independent))
+            })
             .await
-            .map_err(Error::from)?;
-        let (offset, limit) = (offset.0, limit.0 as usize);
-        let out = match filter.0 {
-            // The page's addresses are computed; only their holders are looked up.
-            None => {
-                let ips: Vec<Ipv4Addr> = range.addresses_from(offset).take(limit).collect();
-                let held = alloc::holders_of(&state.store, &p.id, &ips)
-                    .await
-                    .map_err(Error::from)?;
-                ips.into_iter()
-                    .map(|ip| address(ip, held.get(&ip)))
-                    .collect()
-            }
-            Some(AddressState::Free) => {
-                let held = alloc::holders(&state.store, &p.id)
-                    .await
-                    .map_err(Error::from)?;
-                range
-                    .addresses()
-                    .filter(|ip| !held.contains_key(ip))
-                    .skip(offset as usize)
-                    .take(limit)
-                    .map(|ip| address(ip, None))
-                    .collect()
-            }
-            // Held addresses in list order: range by range, ascending, gateway excluded.
-            Some(want) => {
-                let held = alloc::holders(&state.store, &p.id)
-                    .await
-                    .map_err(Error::from)?;
-                range
-                    .ranges
-                    .iter()
-                    .flat_map(|(a, b)| held.range(*a..=*b))
-                    .filter(|(ip, h)| Some(**ip) != range.gateway && state_of(Some(h)) == want)
-                    .skip(offset as usize)
-                    .take(limit)
-                    .map(|(ip, h)| address(*ip, Some(h)))
-                    .collect()
-            }
-        };
-        Ok(Json(out))
     }
 
     /// Reserve (blacklist, S97), disable (S81) or free / re-enable an address or a range of

@@ -14,6 +14,7 @@ macro_rules! page_clause {
     };
 }
 
+mod changes;
 mod cleanup;
 pub mod events;
 mod guests;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use changes::{Changes, Stamp};
 pub use cleanup::*;
 pub use events::EventRow;
 pub use guests::*;
@@ -75,6 +77,8 @@ pub struct Store {
     writer: SqlitePool,
     /// Woken after every commit that appended events, so SSE streams follow without polling.
     pub events_appended: Arc<tokio::sync::Notify>,
+    /// Per-table commit counters, for read caches.
+    pub changes: Arc<Changes>,
 }
 
 impl Store {
@@ -97,12 +101,24 @@ impl Store {
         // Readers hand rows to the async side through a bounded channel; at the default
         // 50 a page of guests with their disks parked the connection's thread on every
         // row past the 50th. A page of the largest size fits without waiting.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+        let changes = Arc::new(Changes::default());
+        // Connections live as long as the store: each carries the change hooks (see
+        // `changes`), and keeps its prepared statements warm.
+        let watched = |n: u32| {
+            let changes = changes.clone();
+            SqlitePoolOptions::new()
+                .max_connections(n)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .after_connect(move |conn, _| {
+                    let changes = changes.clone();
+                    Box::pin(async move { changes.watch(conn).await })
+                })
+        };
+        let pool = watched(4)
             .connect_with(opts.clone().row_buffer_size(4096))
             .await?;
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
+        let writer = watched(1)
             .acquire_timeout(Duration::from_secs(300))
             .connect_with(opts)
             .await?;
@@ -110,6 +126,7 @@ impl Store {
             pool,
             writer,
             events_appended: Arc::new(tokio::sync::Notify::new()),
+            changes,
         };
         store.migrate().await?;
         Ok(store)
