@@ -9,7 +9,7 @@ say() { echo "host-setup: $*"; }
 
 PKGS="libvirt-dev pkg-config redis-server redis-tools libvirt-daemon libvirt-daemon-driver-qemu
       libvirt-clients genisoimage iptables dnsmasq-base fdisk e2fsprogs extlinux syslinux-common
-      busybox-static iproute2 qemu-system-x86 qemu-utils procps"
+      busybox-static iproute2 qemu-system-x86 qemu-utils procps python3-venv curl"
 
 missing=""
 for p in $PKGS; do

@@ -305,7 +305,7 @@ pub async fn write_seed_iso(docs: &SeedDocs, path: &Path) -> Result<(), InitErro
         files.push(("network-config", net.as_bytes()));
     }
     let image = crate::iso::build("cidata", &files).map_err(|e| InitError::Iso(e.to_string()))?;
-    let tmp = path.with_extension("iso.tmp");
+    let tmp = crate::node::staged(&path.to_string_lossy());
     tokio::fs::write(&tmp, &image).await?;
     tokio::fs::rename(&tmp, path).await?;
     Ok(())

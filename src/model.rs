@@ -192,7 +192,7 @@ impl std::fmt::Display for GuestState {
 
 /// Per-guest traffic limits (S54), as libvirt takes them: KiB/s and KiB.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, poem_openapi::Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct Bandwidth {
     /// Traffic into the guest.
     pub inbound: Option<Rate>,
@@ -201,7 +201,7 @@ pub struct Bandwidth {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, poem_openapi::Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct Rate {
     /// Average rate, KiB/s (at least 1).
     pub average_kbps: u32,

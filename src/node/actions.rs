@@ -93,11 +93,14 @@ pub async fn run(
         }
         NodeAction::RemoveFile { path } => {
             inside(&s.storage_dir, path)?;
-            match tokio::fs::remove_file(path).await {
-                Ok(()) => Ok(ok(None)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ok(None)),
-                Err(e) => Err(ActionError::Transient(format!("removing {path}: {e}"))),
+            for file in [super::staged(path), path.clone()] {
+                match tokio::fs::remove_file(&file).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(ActionError::Transient(format!("removing {file}: {e}"))),
+                }
             }
+            Ok(ok(None))
         }
         NodeAction::BuildSeed {
             path,
@@ -365,7 +368,7 @@ fn create_disk_blocking(path: &str, template: &str) -> Result<(), ActionError> {
     }
     let size = qcow2::virtual_size(Path::new(template)).map_err(permanent)?;
     let image = qcow2::overlay(template, size).map_err(permanent)?;
-    let tmp = format!("{path}.tmp");
+    let tmp = super::staged(path);
     let written = std::fs::write(&tmp, &image).and_then(|()| {
         std::fs::OpenOptions::new()
             .write(true)

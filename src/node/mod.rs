@@ -414,3 +414,11 @@ async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
         }
     }
 }
+
+/// Where a file the node writes at `path` is staged until it is complete and renamed into
+/// place: a crash never leaves half a file under the final name, so "exists" means
+/// "complete". Removing a file also removes its staged copy, which a crash mid-write
+/// leaves behind.
+pub fn staged(path: &str) -> String {
+    format!("{path}.tmp")
+}

@@ -26,13 +26,14 @@ async fn check_token(req: &Request, bearer: Bearer) -> Option<UserRow> {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct LoginResponse {
     /// Send as `Authorization: Bearer <token>`. Shown once; corral keeps only a digest.
     pub token: String,

@@ -23,7 +23,7 @@ use crate::model::GuestState;
 use crate::script::catalog::{self, Kind};
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct QueueBootJobs {
     /// Guest ids or names (1–1000).
     pub guests: Vec<String>,
@@ -37,6 +37,7 @@ pub struct QueueBootJobs {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct QueuedJob {
     pub id: String,
     pub guest_id: String,
@@ -45,6 +46,7 @@ pub struct QueuedJob {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct QueuedJobs {
     pub jobs: Vec<QueuedJob>,
 }
@@ -57,6 +59,7 @@ pub enum QueueResponse {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct BootJob {
     pub id: String,
     pub guest_id: String,
@@ -78,6 +81,7 @@ pub struct BootJob {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct GuestPending {
     pub guest_id: String,
     pub name: String,

@@ -12,6 +12,7 @@ use poem_openapi::{ApiResponse, Object};
 use crate::controller::store::StoreError;
 
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ErrorBody {
     /// Machine-readable code: `bad_request`, `unauthorized`, `not_found`, `conflict`,
     /// `unprocessable`, `internal`, `unavailable`.
@@ -128,6 +129,9 @@ pub enum ApiError {
     /// The resource is busy (another operation holds it) or the name is taken.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The body is not JSON, or its `Content-Type` is missing or not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// Well-formed but not acceptable (e.g. memory below the template's minimum).
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
@@ -148,6 +152,7 @@ impl From<Error> for ApiError {
             403 => ApiError::Forbidden(body),
             404 => ApiError::NotFound(body),
             409 => ApiError::Conflict(body),
+            415 => ApiError::UnsupportedMediaType(body),
             422 => ApiError::Unprocessable(body),
             503 => ApiError::Unavailable(body),
             _ => {

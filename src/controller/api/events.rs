@@ -16,6 +16,7 @@ use super::{AppState, Auth};
 use crate::model::rfc3339;
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct EventItem {
     /// Monotonic sequence number; also the SSE event id.
     pub seq: i64,

@@ -28,7 +28,7 @@ use crate::model::GuestState;
 use crate::script::guest::check_hostname;
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct UpdateGuest {
     /// New hostname inside the guest (S78): recorded, and set in the guest now when it is
     /// running, otherwise at its next boot.
@@ -36,6 +36,7 @@ pub struct UpdateGuest {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct GuestChange {
     pub guest_id: String,
     /// The boot job that applies the change in the guest.
@@ -45,7 +46,7 @@ pub struct GuestChange {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct ResetPassword {
     /// Account; default `root`.
     pub user: Option<String>,
@@ -58,6 +59,7 @@ pub struct ResetPassword {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PasswordReset {
     pub guest_id: String,
     pub boot_job_id: String,
@@ -74,7 +76,7 @@ pub enum PasswordResponse {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct AddSshKeys {
     /// Public keys to add to the user's `authorized_keys` (1–100; keys already there are
     /// skipped).
@@ -84,7 +86,7 @@ pub struct AddSshKeys {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct ChangeIp {
     /// The new address; absent: the next free address of the guest's pool.
     pub ip: Option<String>,
@@ -130,58 +132,6 @@ pub struct GuestConfigApi;
 
 #[OpenApi(tag = "super::system::Tag::Guests")]
 impl GuestConfigApi {
-    /// Change a guest's settings inside it: the hostname (S78).
-    #[oai(path = "/guests/:id", method = "patch", operation_id = "guest_update")]
-    async fn update(
-        &self,
-        auth: Auth,
-        state: Data<&AppState>,
-        id: Path<String>,
-        body: Json<UpdateGuest>,
-    ) -> ApiResult<Json<GuestChange>> {
-        let g = guest(&state, &id).await?;
-        let Some(hostname) = body.0.hostname else {
-            return Ok(Json(GuestChange {
-                guest_id: g.id,
-                boot_job_id: None,
-                operation_id: None,
-            }));
-        };
-        check_hostname(&hostname).map_err(Error::BadRequest)?;
-        posix_only(&g, "a hostname change")?;
-        if matches!(g.state, GuestState::Creating | GuestState::Deleting) {
-            return Err(Error::Conflict {
-                message: format!(
-                    "guest {} is {}; change it once that is done",
-                    g.name, g.state
-                ),
-                details: None,
-            }
-            .into());
-        }
-        let mut tx = state.store.begin().await?;
-        st::set_guest_hostname(&mut tx, &g.id, &hostname).await?;
-        let params = serde_json::json!({ "hostname": hostname });
-        let job = queue(&mut tx, &g.id, "set-hostname", &params, true, &auth.0.name).await?;
-        let op = run_now(&state, &mut tx, &g, vec![job.clone()], &auth.0.name).await?;
-        st::events::append(
-            &mut tx,
-            "guest.hostname",
-            &g.id,
-            &serde_json::json!({"guest_id": g.id, "hostname": hostname, "boot_job_id": job}),
-        )
-        .await?;
-        state.store.commit(tx).await?;
-        if let Some(op) = &op {
-            state.waker.wake(op);
-        }
-        Ok(Json(GuestChange {
-            guest_id: g.id,
-            boot_job_id: Some(job),
-            operation_id: op,
-        }))
-    }
-
     /// Reset a password inside the guest (S12, S46), online when it runs.
     #[oai(
         path = "/guests/:id/password",
@@ -420,4 +370,55 @@ async fn precheck_manual(state: &AppState, g: &GuestRow, addr: &str) -> Result<(
     Err(Error::Unprocessable(format!(
         "{ip} is not inside any IP pool's network"
     )))
+}
+
+/// `PATCH /guests/{id}`: change a guest's settings inside it, the hostname (S78). The
+/// route lives with the guest's other methods in `guests.rs`, so the path is declared once.
+pub(super) async fn update(
+    auth: Auth,
+    state: &AppState,
+    id: &str,
+    body: UpdateGuest,
+) -> ApiResult<Json<GuestChange>> {
+    let g = guest(state, id).await?;
+    let Some(hostname) = body.hostname else {
+        return Ok(Json(GuestChange {
+            guest_id: g.id,
+            boot_job_id: None,
+            operation_id: None,
+        }));
+    };
+    check_hostname(&hostname).map_err(Error::BadRequest)?;
+    posix_only(&g, "a hostname change")?;
+    if matches!(g.state, GuestState::Creating | GuestState::Deleting) {
+        return Err(Error::Conflict {
+            message: format!(
+                "guest {} is {}; change it once that is done",
+                g.name, g.state
+            ),
+            details: None,
+        }
+        .into());
+    }
+    let mut tx = state.store.begin().await?;
+    st::set_guest_hostname(&mut tx, &g.id, &hostname).await?;
+    let params = serde_json::json!({ "hostname": hostname });
+    let job = queue(&mut tx, &g.id, "set-hostname", &params, true, &auth.0.name).await?;
+    let op = run_now(state, &mut tx, &g, vec![job.clone()], &auth.0.name).await?;
+    st::events::append(
+        &mut tx,
+        "guest.hostname",
+        &g.id,
+        &serde_json::json!({"guest_id": g.id, "hostname": hostname, "boot_job_id": job}),
+    )
+    .await?;
+    state.store.commit(tx).await?;
+    if let Some(op) = &op {
+        state.waker.wake(op);
+    }
+    Ok(Json(GuestChange {
+        guest_id: g.id,
+        boot_job_id: Some(job),
+        operation_id: op,
+    }))
 }

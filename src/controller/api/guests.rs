@@ -7,6 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
+use super::guest_config;
 use super::operations::{start_op, Target};
 use super::pages::{Cached, Clock};
 use super::{AppState, Auth};
@@ -20,7 +21,7 @@ use crate::model::{new_id, now_ms, rfc3339, Bandwidth};
 use crate::script::catalog::default_profile;
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct CreateGuest {
     /// Guest name (lowercase letters, digits, `-`; starts with a letter; ≤ 63). With
     /// `count` > 1 it is a prefix: `web` gives `web-1`, `web-2`, ... Default: `vm-<random>`.
@@ -53,7 +54,7 @@ pub struct CreateGuest {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct CorrectIp {
     /// The address the guest really uses: inside a pool's range, free, not reserved or
     /// disabled.
@@ -61,18 +62,21 @@ pub struct CorrectIp {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct DomainXml {
     /// The domain definition as the node last reported it (S11).
     pub xml: Option<String>,
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Accepted {
     pub guest_id: String,
     pub operation_id: String,
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct AcceptedList {
     pub operations: Vec<Accepted>,
 }
@@ -92,6 +96,7 @@ pub enum OpResponse {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Disk {
     pub id: String,
     pub path: String,
@@ -101,6 +106,7 @@ pub struct Disk {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Guest {
     pub id: String,
     pub name: String,
@@ -520,6 +526,18 @@ impl GuestApi {
             .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
         let disks = state.store.disks_of(&g.id).await?;
         Ok(Json(view(&g, disks)))
+    }
+
+    /// Change a guest's settings inside it: the hostname (S78).
+    #[oai(path = "/guests/:id", method = "patch", operation_id = "guest_update")]
+    async fn update(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<guest_config::UpdateGuest>,
+    ) -> ApiResult<Json<guest_config::GuestChange>> {
+        guest_config::update(auth, &state, &id, body.0).await
     }
 
     /// Delete a guest with its disk and seed; its IP, VNC port and MAC return to the pools.

@@ -18,6 +18,8 @@ mod plugins;
 mod pools;
 mod resources;
 mod scripts;
+mod spec;
+mod strict;
 mod system;
 
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use poem_openapi::OpenApiService;
 use super::saga::engine::Waker;
 use super::store::Store;
 use crate::jobs::Catalog;
+use error::Error;
 
 pub use auth::Auth;
 pub use pages::Pages;
@@ -92,27 +95,61 @@ fn service() -> OpenApiService<Apis, ()> {
 
 /// The OpenAPI document as committed in `openapi/corral.json`.
 pub fn spec_json() -> String {
-    service().spec()
+    spec::finish(&service().spec())
 }
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> impl poem::Endpoint {
     let api = service();
     let docs = api.swagger_ui();
-    let spec = api.spec_endpoint();
+    let spec = spec_json();
+    let methods = Arc::new(spec::Methods::of(&spec, "/api/v1"));
+    let bodies = Arc::new(strict::Bodies::of(&spec, "/api/v1"));
     Route::new()
         .nest("/api/v1", api)
         .nest("/docs", docs)
-        .at("/openapi.json", spec)
+        .at(
+            "/openapi.json",
+            poem::get(poem::endpoint::make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("application/json")
+                    .body(spec.clone())
+            })),
+        )
         .at("/healthz", poem::get(system::healthz))
         .data(state)
         .with(Tracing)
-        .around(|ep, req| async move {
-            let resp = match ep.call(req).await {
-                Ok(r) => r.into_response(),
-                Err(e) => e.into_response(),
-            };
-            Ok(error::normalize(resp).await)
+        .around(move |ep, mut req| {
+            let methods = methods.clone();
+            let bodies = bodies.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                if let Some(schema) = bodies.schema(req.method().as_str(), &path) {
+                    let bytes = req.take_body().into_bytes().await?;
+                    // Unparsable JSON is left to the payload parser and its message.
+                    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        if let Err(message) = bodies.check(&value, schema) {
+                            return Ok(
+                                error::ApiError::from(Error::BadRequest(message)).into_response()
+                            );
+                        }
+                    }
+                    req.set_body(bytes);
+                }
+                let resp = match ep.call(req).await {
+                    Ok(r) => r.into_response(),
+                    Err(e) => e.into_response(),
+                };
+                let mut resp = error::normalize(resp).await;
+                if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+                    if let Some(allow) = methods.allow(&path) {
+                        if let Ok(v) = poem::http::HeaderValue::from_str(allow) {
+                            resp.headers_mut().insert(poem::http::header::ALLOW, v);
+                        }
+                    }
+                }
+                Ok(resp)
+            }
         })
 }
 

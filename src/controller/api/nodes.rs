@@ -12,12 +12,14 @@ use crate::controller::store::{CleanupRow, NodeRow};
 use crate::model::{now_ms, rfc3339, NodeAction};
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Worker {
     pub name: String,
     pub state: String,
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Node {
     /// From /etc/machine-id unless configured (S93).
     pub id: String,
@@ -64,6 +66,7 @@ pub struct Node {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CleanupEntry {
     pub id: i64,
     /// The guest the object belonged to.
@@ -102,6 +105,7 @@ fn cleanup_entry(r: CleanupRow) -> CleanupEntry {
 }
 
 #[derive(Debug, Object, serde::Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ForeignDomain {
     pub uuid: String,
     pub name: String,
@@ -109,7 +113,7 @@ pub struct ForeignDomain {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct NodeSettings {
     pub accept_auto: Option<bool>,
 }

@@ -40,6 +40,7 @@ impl OperationState {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Step {
     pub name: String,
     /// `controller` or `node`.
@@ -58,6 +59,7 @@ pub struct Step {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Progress {
     pub stage: String,
     pub step: u32,
@@ -69,6 +71,7 @@ pub struct Progress {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Operation {
     pub id: String,
     /// e.g. `guest.create`.

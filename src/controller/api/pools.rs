@@ -22,7 +22,7 @@ use crate::controller::store::PoolRow;
 use crate::model::{new_id, now_ms, rfc3339};
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct CreatePool {
     pub name: String,
     /// Network, e.g. `198.51.100.0/24`.
@@ -44,12 +44,14 @@ pub struct CreatePool {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Range {
     pub start: String,
     pub end: String,
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Pool {
     pub id: String,
     pub name: String,
@@ -78,6 +80,7 @@ pub enum AddressState {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Address {
     pub ip: String,
     pub state: AddressState,
@@ -88,7 +91,7 @@ pub struct Address {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct SetAddressState {
     /// First address.
     pub start: String,
@@ -103,12 +106,13 @@ pub struct SetAddressState {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct StateChanged {
     pub changed: u64,
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct AddRange {
     pub start: String,
     pub end: String,

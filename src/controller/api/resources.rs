@@ -20,7 +20,7 @@ pub enum OsType {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct CreateTemplate {
     /// Unique name.
     pub name: String,
@@ -35,7 +35,7 @@ pub struct CreateTemplate {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct UpdateTemplate {
     /// The OS-init profile new guests of this template get (S02). Guests created earlier
     /// keep theirs. `null` returns to the default for the template's OS type.
@@ -43,6 +43,7 @@ pub struct UpdateTemplate {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Template {
     pub id: String,
     pub name: String,

@@ -19,6 +19,7 @@ use crate::model::{now_ms, rfc3339};
 use crate::script::catalog::{self, check_name, description, Kind};
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ScriptView {
     pub name: String,
     /// `os-init` or `boot`.
@@ -35,7 +36,7 @@ pub struct ScriptView {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct NewScript {
     /// 1–64 lowercase letters, digits, `-` or `_`.
     pub name: String,
@@ -45,7 +46,7 @@ pub struct NewScript {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct ScriptSource {
     pub source: String,
 }

@@ -9,6 +9,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
 use redis::aio::ConnectionManager;
 
+use super::error::ApiResult;
 use super::{AppState, Auth};
 use crate::transport::{self, TransportError};
 
@@ -35,6 +36,7 @@ pub enum Tag {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Health {
     /// `ok` when every dependency answers.
     pub status: String,
@@ -53,6 +55,7 @@ pub enum HealthResponse {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct About {
     pub name: String,
     pub version: String,
@@ -155,11 +158,11 @@ impl SystemApi {
 
     /// Version and capabilities.
     #[oai(path = "/about", method = "get", operation_id = "about")]
-    async fn about(&self, _auth: Auth, state: Data<&AppState>) -> Json<About> {
-        Json(About {
+    async fn about(&self, _auth: Auth, state: Data<&AppState>) -> ApiResult<Json<About>> {
+        Ok(Json(About {
             name: "corral".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             operation_kinds: state.catalog.kinds().map(|k| k.kind.clone()).collect(),
-        })
+        }))
     }
 }

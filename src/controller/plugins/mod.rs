@@ -39,6 +39,7 @@ use load::{Hook, Loaded};
 
 /// One plugin as the API lists it.
 #[derive(Debug, Clone, serde::Serialize, poem_openapi::Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PluginInfo {
     pub name: String,
     pub version: String,

@@ -1,0 +1,273 @@
+//! The OpenAPI document as clients get it: poem-openapi's, with three corrections that
+//! its derive macros cannot express, so that what the document says is what the server
+//! does.
+//!
+//! 1. **Request bodies are closed.** Every request object refuses unknown fields (a typo
+//!    must not be silently ignored), so its schema says `additionalProperties: false`.
+//! 2. **`null` is accepted where the server accepts it.** An optional request field
+//!    without a default takes `null` as "not given" (`PATCH /templates/{id}` with
+//!    `"os_init_profile": null` returns to the default), so it is declared `nullable`.
+//!    Responses never carry `null`: an absent value is left out (every response object
+//!    is `skip_serializing_if_is_none`).
+//! 3. **The event stream is described event by event.** poem-openapi writes `type: array,
+//!    format: event-stream`; what arrives is a sequence of server-sent events whose
+//!    `data` is one `EventItem` as JSON, so the schema describes one such event.
+//!
+//! 4. **Path parameters are never empty.** `/guests//ip` is not `PUT /guests/{id}/ip` with
+//!    an empty id: the URL collapses into another route. So string path parameters say
+//!    `minLength: 1`.
+//!
+//! Both `/openapi.json` and `openapi/corral.json` are this document.
+
+use serde_json::{json, Map, Value};
+
+/// The corrected document, pretty-printed.
+pub fn finish(raw: &str) -> String {
+    let Ok(mut spec) = serde_json::from_str::<Value>(raw) else {
+        // poem-openapi wrote it; unparsable would be a bug there, and the raw text is
+        // still the best description available.
+        return raw.to_string();
+    };
+    close_requests(&mut spec);
+    describe_events(&mut spec);
+    non_empty_path_params(&mut spec);
+    serde_json::to_string_pretty(&spec).unwrap_or_else(|_| raw.to_string())
+}
+
+/// The component schemas reachable from any request body.
+fn request_schemas(spec: &Value) -> Vec<String> {
+    fn walk(v: &Value, comps: &Map<String, Value>, seen: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(name) = m
+                    .get("$ref")
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                {
+                    if !seen.iter().any(|s| s == name) {
+                        seen.push(name.to_string());
+                        if let Some(schema) = comps.get(name) {
+                            walk(schema, comps, seen);
+                        }
+                    }
+                }
+                m.values().for_each(|x| walk(x, comps, seen));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, comps, seen)),
+            _ => {}
+        }
+    }
+    let empty = Map::new();
+    let comps = spec["components"]["schemas"].as_object().unwrap_or(&empty);
+    let mut seen = Vec::new();
+    for item in spec["paths"]
+        .as_object()
+        .into_iter()
+        .flat_map(|p| p.values())
+    {
+        for op in item.as_object().into_iter().flat_map(|o| o.values()) {
+            if let Some(body) = op.get("requestBody") {
+                walk(body, comps, &mut seen);
+            }
+        }
+    }
+    seen
+}
+
+fn close_requests(spec: &mut Value) {
+    for name in request_schemas(spec) {
+        let Some(schema) = spec["components"]["schemas"]
+            .get_mut(&name)
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        if schema.get("type").and_then(Value::as_str) != Some("object") {
+            continue;
+        }
+        let required: Vec<String> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        schema.insert("additionalProperties".into(), Value::Bool(false));
+        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+            for (field, prop) in props.iter_mut() {
+                let optional = !required.contains(field);
+                if let Some(prop) = prop.as_object_mut() {
+                    if optional && !prop.contains_key("default") {
+                        // A `$ref` admits no siblings in OpenAPI 3.0: wrap it.
+                        if let Some(r) = prop.remove("$ref") {
+                            prop.insert("allOf".into(), json!([{ "$ref": r }]));
+                        }
+                        prop.insert("nullable".into(), Value::Bool(true));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn describe_events(spec: &mut Value) {
+    let Some(paths) = spec["paths"].as_object_mut() else {
+        return;
+    };
+    for item in paths.values_mut() {
+        for op in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|o| o.values_mut())
+        {
+            let Some(media) = op
+                .pointer_mut("/responses/200/content/text~1event-stream")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            let item_ref = media
+                .get("schema")
+                .and_then(|s| s.pointer("/items/$ref"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let name = item_ref.rsplit('/').next().unwrap_or("");
+            media.insert(
+                "schema".into(),
+                json!({
+                    "type": "object",
+                    "description": format!(
+                        "One server-sent event: `id` is its sequence number (send it back as \
+                         `Last-Event-ID` to resume), `event` its kind, `data` one {name} as JSON."
+                    ),
+                    "required": ["data"],
+                    "properties": {
+                        "id": { "type": "string" },
+                        "event": { "type": "string" },
+                        "data": { "type": "string", "description": format!("A {name}, as JSON.") },
+                        "retry": { "type": "integer" }
+                    }
+                }),
+            );
+        }
+    }
+}
+
+fn non_empty_path_params(spec: &mut Value) {
+    let Some(paths) = spec["paths"].as_object_mut() else {
+        return;
+    };
+    for op in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+    {
+        for param in op
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if param["in"] == "path" && param["schema"]["type"] == "string" {
+                if let Some(schema) = param["schema"].as_object_mut() {
+                    schema.insert("minLength".into(), json!(1));
+                }
+            }
+        }
+    }
+}
+
+/// The methods each path of the document answers, for the `Allow` header that RFC 9110
+/// requires on a 405.
+pub struct Methods(Vec<(Vec<String>, String)>);
+
+impl Methods {
+    /// From the finished document; `prefix` is where the API is mounted (`/api/v1`).
+    pub fn of(spec: &str, prefix: &str) -> Self {
+        let spec: Value = serde_json::from_str(spec).unwrap_or(Value::Null);
+        let mut out = Vec::new();
+        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+            let methods: Vec<String> = item
+                .as_object()
+                .into_iter()
+                .flat_map(|o| o.keys())
+                .map(|m| m.to_uppercase())
+                .collect();
+            let segments = format!("{prefix}{path}")
+                .split('/')
+                .map(String::from)
+                .collect();
+            out.push((segments, methods.join(", ")));
+        }
+        Methods(out)
+    }
+
+    /// The `Allow` value for a request path, if the path is one of the document's.
+    pub fn allow(&self, path: &str) -> Option<&str> {
+        let got: Vec<&str> = path.split('/').collect();
+        self.0
+            .iter()
+            .find(|(want, _)| {
+                want.len() == got.len()
+                    && want
+                        .iter()
+                        .zip(&got)
+                        .all(|(w, g)| w == g || (w.starts_with('{') && !g.is_empty()))
+            })
+            .map(|(_, m)| m.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_template_matches_its_paths_and_names_its_methods() {
+        let spec = r#"{"paths": {"/guests": {"get": {}, "post": {}},
+            "/guests/{id}": {"get": {}, "patch": {}, "delete": {}},
+            "/guests/{id}/actions/{action}": {"post": {}}}}"#;
+        let m = Methods::of(spec, "/api/v1");
+        assert_eq!(m.allow("/api/v1/guests"), Some("GET, POST"));
+        assert_eq!(m.allow("/api/v1/guests/web-1"), Some("DELETE, GET, PATCH"));
+        assert_eq!(m.allow("/api/v1/guests/web-1/actions/start"), Some("POST"));
+        assert_eq!(m.allow("/api/v1/guests/"), None);
+        assert_eq!(m.allow("/api/v1/nothing"), None);
+    }
+
+    #[test]
+    fn request_objects_are_closed_and_their_optional_fields_nullable() {
+        let raw = r##"{"paths": {"/t": {"post": {"requestBody": {"content": {"application/json":
+            {"schema": {"$ref": "#/components/schemas/New"}}}}}}},
+            "components": {"schemas": {
+              "New": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string"}, "note": {"type": "string"},
+                "tags": {"type": "array", "default": []},
+                "rate": {"$ref": "#/components/schemas/Rate"}}},
+              "Rate": {"type": "object", "properties": {"bps": {"type": "integer"}}},
+              "Answer": {"type": "object", "properties": {"x": {"type": "string"}}}}}}"##;
+        let spec: Value = serde_json::from_str(&finish(raw)).unwrap();
+        let s = &spec["components"]["schemas"];
+        assert_eq!(s["New"]["additionalProperties"], false);
+        assert_eq!(
+            s["Rate"]["additionalProperties"], false,
+            "nested request object"
+        );
+        assert!(
+            s["Answer"].get("additionalProperties").is_none(),
+            "response object"
+        );
+        assert!(s["New"]["properties"]["name"].get("nullable").is_none());
+        assert_eq!(s["New"]["properties"]["note"]["nullable"], true);
+        assert!(s["New"]["properties"]["tags"].get("nullable").is_none());
+        assert_eq!(s["New"]["properties"]["rate"]["nullable"], true);
+        assert_eq!(
+            s["New"]["properties"]["rate"]["allOf"][0]["$ref"],
+            "#/components/schemas/Rate"
+        );
+    }
+}
