@@ -88,6 +88,53 @@ enum Post {
     },
 }
 
+/// What a run does once its transaction is committed.
+struct Poster {
+    queues: Arc<Queues>,
+    plugins: Arc<crate::controller::plugins::Plugins>,
+    fault: Option<Fault>,
+}
+
+impl Poster {
+    /// What follows a commit, in order.
+    async fn after_commit(&self, p: Post) {
+        match p {
+            Post::Push { node, job, ttl } => {
+                // Fence first: the key must name this attempt before any copy of the job
+                // can run. If either fails the step stays dispatched; its lease runs out
+                // and it is dispatched again.
+                if let Err(e) = self
+                    .queues
+                    .fence(&job.op_id, job.step, job.undo, job.attempt, ttl)
+                    .await
+                {
+                    tracing::warn!(op = %job.op_id, step = job.step, "fencing: {e}; the lease will dispatch it again");
+                    return;
+                }
+                let op_id = job.op_id.clone();
+                if let Err(e) = self.queues.push(&node, job).await {
+                    tracing::warn!(op = %op_id, "pushing to node {node}: {e}");
+                }
+            }
+            Post::Unfence { op, step, undo } => {
+                if let Err(e) = self.queues.unfence(&op, step, undo).await {
+                    // The key expires by itself; until then a stale copy could still run once.
+                    tracing::warn!(op = %op, step, "unfencing: {e}");
+                }
+            }
+            Post::AfterStep(op, step) => {
+                crate::controller::hooks::after_step(&self.plugins, &op, step)
+            }
+            Post::AfterOp(op) => crate::controller::hooks::after_op(&self.plugins, &op),
+            Post::Inject { kind, step, when } => {
+                if let Some(f) = &self.fault {
+                    f.check(&kind, &step, when);
+                }
+            }
+        }
+    }
+}
+
 impl Post {
     fn inject(kind: &str, step: &str, when: &'static str) -> Post {
         Post::Inject {
@@ -365,48 +412,22 @@ impl Engine {
             }
         }
         self.store.commit(tx).await?;
-        for p in post {
-            self.after_commit(p).await;
+        // The run's effects on Redis happen in order, on their own task: the next
+        // operation's transaction need not wait for this one's round trips. A crash
+        // before they happen is the case `recover_unpushed` and the step lease cover.
+        if !post.is_empty() {
+            let poster = Poster {
+                queues: self.queues.clone(),
+                plugins: self.env.plugins.clone(),
+                fault: self.fault.clone(),
+            };
+            tokio::spawn(async move {
+                for p in post {
+                    poster.after_commit(p).await;
+                }
+            });
         }
         Ok(full)
-    }
-
-    /// What follows a commit, in order.
-    async fn after_commit(&self, p: Post) {
-        match p {
-            Post::Push { node, job, ttl } => {
-                // Fence first: the key must name this attempt before any copy of the job
-                // can run. If either fails the step stays dispatched; its lease runs out
-                // and it is dispatched again.
-                if let Err(e) = self
-                    .queues
-                    .fence(&job.op_id, job.step, job.undo, job.attempt, ttl)
-                    .await
-                {
-                    tracing::warn!(op = %job.op_id, step = job.step, "fencing: {e}; the lease will dispatch it again");
-                    return;
-                }
-                let op_id = job.op_id.clone();
-                if let Err(e) = self.queues.push(&node, job).await {
-                    tracing::warn!(op = %op_id, "pushing to node {node}: {e}");
-                }
-            }
-            Post::Unfence { op, step, undo } => {
-                if let Err(e) = self.queues.unfence(&op, step, undo).await {
-                    // The key expires by itself; until then a stale copy could still run once.
-                    tracing::warn!(op = %op, step, "unfencing: {e}");
-                }
-            }
-            Post::AfterStep(op, step) => {
-                crate::controller::hooks::after_step(&self.env.plugins, &op, step)
-            }
-            Post::AfterOp(op) => crate::controller::hooks::after_op(&self.env.plugins, &op),
-            Post::Inject { kind, step, when } => {
-                if let Some(f) = &self.fault {
-                    f.check(&kind, &step, when);
-                }
-            }
-        }
     }
 
     /// Runs step `step` (forward or undo): a controller step to its end, a node step up to
