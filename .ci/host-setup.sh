@@ -33,6 +33,19 @@ if [ -n "$missing" ]; then
     apt-get install -y -q --allow-downgrades $others $QEMU_PIN >/dev/null
 fi
 
+# The SDKs: openapi-generator runs on a Java runtime; the TypeScript SDK builds with npm.
+# Installed only when the command is missing (a NodeSource node ships its own npm, which
+# Debian's npm package would conflict with).
+need_cmd() {
+    if ! command -v "$1" >/dev/null; then
+        say "installing ${*:2} for $1"
+        apt-get update -qq
+        apt-get install -y -q "${@:2}" >/dev/null
+    fi
+}
+need_cmd java default-jre-headless
+need_cmd npm nodejs npm
+
 # libvirt refuses to start without its qemu user and groups.
 getent group kvm >/dev/null || groupadd -r kvm
 getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu

@@ -4,11 +4,12 @@
 //!
 //! 1. **Request bodies are closed.** Every request object refuses unknown fields (a typo
 //!    must not be silently ignored), so its schema says `additionalProperties: false`.
-//! 2. **`null` is accepted where the server accepts it.** An optional request field
-//!    without a default takes `null` as "not given" (`PATCH /templates/{id}` with
-//!    `"os_init_profile": null` returns to the default), so it is declared `nullable`.
-//!    Responses never carry `null`: an absent value is left out (every response object
-//!    is `skip_serializing_if_is_none`).
+//! 2. **`null` only where it means something.** An absent value is left out, in requests
+//!    and responses alike (every response object is `skip_serializing_if_is_none`). The
+//!    fields of [`NULL_MEANS`], where `null` asks for something (`PATCH /templates/{id}`
+//!    with `"os_init_profile": null` returns to the default), are declared `nullable`;
+//!    elsewhere a `null` is refused with a 400 saying to leave the field out (see
+//!    `strict`). Generated SDKs thus get plain optional fields, not optional-of-optional.
 //! 3. **The event stream is described event by event.** poem-openapi writes `type: array,
 //!    format: event-stream`; what arrives is a sequence of server-sent events whose
 //!    `data` is one `EventItem` as JSON, so the schema describes one such event.
@@ -20,6 +21,9 @@
 //! Both `/openapi.json` and `openapi/corral.json` are this document.
 
 use serde_json::{json, Map, Value};
+
+/// Request fields where `null` is a value (schema, field): "back to the default".
+pub const NULL_MEANS: &[(&str, &str)] = &[("UpdateTemplate", "os_init_profile")];
 
 /// The corrected document, pretty-printed.
 pub fn finish(raw: &str) -> String {
@@ -99,8 +103,9 @@ fn close_requests(spec: &mut Value) {
         if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
             for (field, prop) in props.iter_mut() {
                 let optional = !required.contains(field);
+                let null_means = NULL_MEANS.contains(&(name.as_str(), field.as_str()));
                 if let Some(prop) = prop.as_object_mut() {
-                    if optional && !prop.contains_key("default") {
+                    if optional && null_means {
                         // A `$ref` admits no siblings in OpenAPI 3.0: wrap it.
                         if let Some(r) = prop.remove("$ref") {
                             prop.insert("allOf".into(), json!([{ "$ref": r }]));
@@ -240,19 +245,21 @@ mod tests {
     }
 
     #[test]
-    fn request_objects_are_closed_and_their_optional_fields_nullable() {
+    fn request_objects_are_closed_and_null_is_declared_only_where_it_means_something() {
         let raw = r##"{"paths": {"/t": {"post": {"requestBody": {"content": {"application/json":
-            {"schema": {"$ref": "#/components/schemas/New"}}}}}}},
+            {"schema": {"$ref": "#/components/schemas/UpdateTemplate"}}}}}}},
             "components": {"schemas": {
-              "New": {"type": "object", "required": ["name"], "properties": {
-                "name": {"type": "string"}, "note": {"type": "string"},
+              "UpdateTemplate": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string"}, "os_init_profile": {"type": "string"},
+                "note": {"type": "string"},
                 "tags": {"type": "array", "default": []},
                 "rate": {"$ref": "#/components/schemas/Rate"}}},
               "Rate": {"type": "object", "properties": {"bps": {"type": "integer"}}},
               "Answer": {"type": "object", "properties": {"x": {"type": "string"}}}}}}"##;
         let spec: Value = serde_json::from_str(&finish(raw)).unwrap();
         let s = &spec["components"]["schemas"];
-        assert_eq!(s["New"]["additionalProperties"], false);
+        let t = &s["UpdateTemplate"];
+        assert_eq!(t["additionalProperties"], false);
         assert_eq!(
             s["Rate"]["additionalProperties"], false,
             "nested request object"
@@ -261,13 +268,9 @@ mod tests {
             s["Answer"].get("additionalProperties").is_none(),
             "response object"
         );
-        assert!(s["New"]["properties"]["name"].get("nullable").is_none());
-        assert_eq!(s["New"]["properties"]["note"]["nullable"], true);
-        assert!(s["New"]["properties"]["tags"].get("nullable").is_none());
-        assert_eq!(s["New"]["properties"]["rate"]["nullable"], true);
-        assert_eq!(
-            s["New"]["properties"]["rate"]["allOf"][0]["$ref"],
-            "#/components/schemas/Rate"
-        );
+        assert_eq!(t["properties"]["os_init_profile"]["nullable"], true);
+        for plain in ["name", "note", "tags", "rate"] {
+            assert!(t["properties"][plain].get("nullable").is_none(), "{plain}");
+        }
     }
 }

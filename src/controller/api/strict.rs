@@ -86,7 +86,10 @@ impl Bodies {
             return if schema.get("nullable") == Some(&Value::Bool(true)) {
                 Ok(())
             } else {
-                Err(format!("{} must not be null", field()))
+                Err(format!(
+                    "{} must not be null: leave the field out instead",
+                    field()
+                ))
             };
         }
         for part in schema
