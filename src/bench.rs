@@ -1,7 +1,7 @@
 //! `corral bench`: measured figures, printed, never asserted.
 //!
 //! Everything runs on this machine, in a temporary directory, against real parts: a private
-//! Redis, `corral controller` and `corral node` child processes, libvirt's test driver and —
+//! Redis, `corral controller` and `corral agent` child processes, libvirt's test driver and —
 //! with `--tcg FIXTURE` — a real TCG guest on `qemu:///system`.
 //!
 //! 1. raw test-driver define+start rate (in-process, same domain XML corral renders);
@@ -556,7 +556,7 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         ("CORRAL_MEMORY_OVERCOMMIT", "10000".into()),
         ("CORRAL_LOG", "warn".into()),
     ];
-    let node = corral(&["node"], &env, &tmp.join("node.log"))?;
+    let node = corral(&["agent"], &env, &tmp.join("node.log"))?;
     let controller = corral(&["controller"], &env, &tmp.join("controller.log"))?;
     let (node_pid, ctl_pid) = (node.id().unwrap_or(0), controller.id().unwrap_or(0));
     let mut procs = Procs {
@@ -850,7 +850,7 @@ async fn tcg_on(
     env2.push(("CORRAL_VM_NETWORK_BRIDGE", bridge.into()));
     procs
         .children
-        .push(corral(&["node"], &env2, &tmp.join("node-tcg.log"))?);
+        .push(corral(&["agent"], &env2, &tmp.join("node-tcg.log"))?);
     for _ in 0..100 {
         let (_, n) = api
             .call(reqwest::Method::GET, "/nodes/bench-tcg", None)

@@ -1,26 +1,71 @@
-//! The `corral` client subcommands: a thin HTTP client of the API with progress display.
+//! The `corral` client subcommands, for people and for scripts: every call goes through
+//! the generated Rust SDK (`sdk/rust`), the same client the tests and other programs use.
 //!
 //! Server and token come from `--url`/`CORRAL_URL` (default `http://127.0.0.1:8620`) and
-//! `--token`/`CORRAL_TOKEN`, else the admin token file that `corral up` writes.
+//! `--token`/`CORRAL_TOKEN`, else the admin token file that `corral up` writes. Lists and
+//! records print as tables; `-o json` and `-o yaml` print the API's records for scripts.
+//! `--wait` follows the operations a command started: progress bars on a terminal, one line
+//! per change otherwise. Commands that take several guests act on each and report each.
+//!
+//! Exit status: 0 when everything succeeded, 1 when an operation or one of several guests
+//! failed, 2 when the command could not be carried out at all.
 
+mod guests;
+mod nodes;
+mod ops;
+pub mod output;
+mod progress;
+mod resources;
 mod scripts;
 
-pub use scripts::{BootJobCmd, ScriptCmd};
+pub use guests::GuestCmd;
+pub use nodes::{NodeCmd, PluginCmd};
+pub use ops::OpCmd;
+pub use output::Output;
+pub use resources::{PoolCmd, TemplateCmd};
+pub use scripts::{BootJobCmd, ScriptCmd, ScriptKind};
 
-use std::io::Write;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use clap::Args;
+use corral_client::apis::configuration::Configuration;
+use corral_client::session::{Session, SessionError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("{0}")]
-    Http(#[from] reqwest::Error),
-    #[error("{status}: {message}")]
+    /// The server refused: its message, and what to do about it when that is clear.
+    #[error("{message}{}", hint(*.status))]
     Api { status: u16, message: String },
+    #[error("cannot reach corral at {url}: {reason} (is `corral up` running? --url or CORRAL_URL names another server)")]
+    Unreachable { url: String, reason: String },
     #[error("{0}")]
     Usage(String),
+}
+
+fn hint(status: u16) -> &'static str {
+    match status {
+        401 => " (the token is not accepted: set CORRAL_TOKEN, or --token-file to the file `corral up` wrote)",
+        403 => " (this needs an administrator's token)",
+        _ => "",
+    }
+}
+
+impl<T> From<corral_client::apis::Error<T>> for CliError {
+    fn from(e: corral_client::apis::Error<T>) -> Self {
+        SessionError::from(e).into()
+    }
+}
+
+impl From<SessionError> for CliError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Api { status, message } => CliError::Api { status, message },
+            SessionError::Transport(reason) => CliError::Unreachable {
+                url: String::new(),
+                reason,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone)]
@@ -42,145 +87,15 @@ pub struct ClientOpts {
         global = true
     )]
     pub token_file: String,
-    /// Print raw JSON.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum GuestCmd {
-    /// Create guests (one operation each).
-    Create {
-        #[arg(long)]
-        template: String,
-        #[arg(long, default_value_t = 1)]
-        cpu: u32,
-        /// e.g. 128MiB, 1GiB, or a number of MiB.
-        #[arg(long, default_value = "128MiB")]
-        memory: String,
-        #[arg(long, default_value_t = 1)]
-        count: u32,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        node: Option<String>,
-        #[arg(long)]
-        pool: Option<String>,
-        #[arg(long)]
-        ip: Option<String>,
-        #[arg(long)]
-        password: Option<String>,
-        /// Wait and show progress.
-        #[arg(long)]
-        wait: bool,
-    },
-    List,
-    Show {
-        guest: String,
-    },
-    Delete {
-        guest: String,
-        #[arg(long)]
-        wait: bool,
-    },
-    /// start | shutdown | poweroff | reboot | reset | suspend | resume
-    Action {
-        action: String,
-        guest: String,
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Change the hostname inside the guest (now if it runs, else at its next boot).
-    Hostname {
-        guest: String,
-        hostname: String,
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Reset a password inside the guest; `--generate` prints a new random one once.
-    Password {
-        guest: String,
-        #[arg(long)]
-        user: Option<String>,
-        #[arg(long, conflicts_with = "generate")]
-        password: Option<String>,
-        #[arg(long)]
-        generate: bool,
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Move the guest to another address: `--ip`, or the next free one of its pool.
-    ChangeIp {
-        guest: String,
-        #[arg(long)]
-        ip: Option<String>,
-        #[arg(long)]
-        wait: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum OpCmd {
-    List {
-        #[arg(long)]
-        active: bool,
-    },
-    Show {
-        id: String,
-    },
-    Wait {
-        id: String,
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
-    },
-    Cancel {
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum TemplateCmd {
-    Add {
-        name: String,
-        path: String,
-        #[arg(long, default_value = "linux")]
-        os: String,
-        #[arg(long)]
-        min_memory: Option<u32>,
-    },
-    List,
-    Delete {
-        template: String,
-    },
-    /// Set the OS-init profile new guests of the template get (`default` to reset).
-    SetProfile {
-        template: String,
-        profile: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PoolCmd {
-    Add {
-        name: String,
-        #[arg(long)]
-        cidr: String,
-        #[arg(long)]
-        start: String,
-        #[arg(long)]
-        end: String,
-        #[arg(long)]
-        gateway: Option<String>,
-        #[arg(long)]
-        dns: Vec<String>,
-    },
-    List,
+    /// Output format: a table for people, or the API's records as JSON or YAML.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    pub output: Output,
 }
 
 pub struct Client {
-    http: reqwest::Client,
-    opts: ClientOpts,
-    token: String,
+    session: Session,
+    out: Output,
+    url: String,
 }
 
 /// Parses `128MiB`, `1GiB`, `512M`, `2G` or a bare number of MiB.
@@ -190,7 +105,7 @@ pub fn parse_mib(s: &str) -> Result<u32, CliError> {
     let (num, unit) = t.split_at(split);
     let n: u32 = num
         .parse()
-        .map_err(|_| CliError::Usage(format!("bad size {s:?}")))?;
+        .map_err(|_| CliError::Usage(format!("bad size {s:?}: write e.g. 512MiB or 2GiB")))?;
     match unit.to_ascii_lowercase().as_str() {
         "" | "m" | "mib" | "mb" => Ok(n),
         "g" | "gib" | "gb" => Ok(n * 1024),
@@ -208,281 +123,45 @@ impl Client {
                 .map(|t| t.trim().to_string())
                 .map_err(|e| {
                     CliError::Usage(format!(
-                        "no token: set CORRAL_TOKEN or read {}: {e}",
+                        "no token: set CORRAL_TOKEN, or run `corral up`, which writes {} ({e})",
                         opts.token_file
                     ))
                 })?,
         };
+        // The server's root or its API base, either works.
+        let root = opts.url.trim_end_matches('/');
+        let base = if root.ends_with("/api/v1") {
+            root.to_string()
+        } else {
+            format!("{root}/api/v1")
+        };
         Ok(Client {
-            http: reqwest::Client::new(),
-            opts,
-            token,
+            session: Session::with_token(&base, &token),
+            out: opts.output,
+            url: opts.url,
         })
     }
 
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, CliError> {
-        let url = format!("{}/api/v1{path}", self.opts.url.trim_end_matches('/'));
-        let mut req = self.http.request(method, url).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
+    fn config(&self) -> &Configuration {
+        &self.session.config
+    }
+
+    /// Names the server in an unreachable error.
+    pub fn explain(&self, e: CliError) -> CliError {
+        match e {
+            CliError::Unreachable { reason, .. } => CliError::Unreachable {
+                url: self.url.clone(),
+                reason,
+            },
+            other => other,
         }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = v
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or(&text)
-                .to_string();
-            return Err(CliError::Api {
-                status: status.as_u16(),
-                message,
-            });
-        }
-        Ok(v)
-    }
-
-    fn print(&self, v: &Value) {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-    }
-
-    /// Polls operations until they end, drawing one progress line per operation.
-    async fn wait_all(&self, ids: &[String]) -> Result<bool, CliError> {
-        let mut all_ok = true;
-        for id in ids {
-            loop {
-                let op = self
-                    .call(
-                        reqwest::Method::GET,
-                        &format!("/operations/{id}/wait?timeout=1"),
-                        None,
-                    )
-                    .await?;
-                let state = op["state"].as_str().unwrap_or("");
-                let pct = op["progress"]["percent"].as_u64().unwrap_or(0);
-                let stage = op["progress"]["stage"].as_str().unwrap_or("");
-                let bar: String = (0..20)
-                    .map(|i| if i * 5 < pct { '#' } else { '.' })
-                    .collect();
-                print!("\r{} [{bar}] {pct:>3}% {stage:<40}", &id[..8.min(id.len())]);
-                let _ = std::io::stdout().flush();
-                if matches!(state, "succeeded" | "failed" | "cancelled") {
-                    println!(
-                        "\r{} [{bar}] {pct:>3}% {state}{}",
-                        &id[..8.min(id.len())],
-                        op["error"]
-                            .as_str()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default()
-                    );
-                    all_ok &= state == "succeeded";
-                    break;
-                }
-            }
-        }
-        Ok(all_ok)
-    }
-
-    pub async fn guest(&self, cmd: GuestCmd) -> Result<bool, CliError> {
-        use reqwest::Method as M;
-        let (v, wait) = match cmd {
-            GuestCmd::Create {
-                template,
-                cpu,
-                memory,
-                count,
-                name,
-                node,
-                pool,
-                ip,
-                password,
-                wait,
-            } => {
-                let body = json!({"template": template, "cpus": cpu, "memory_mib": parse_mib(&memory)?, "count": count,
-                    "name": name, "node": node, "pool": pool, "ip": ip, "password": password});
-                (self.call(M::POST, "/guests", Some(body)).await?, wait)
-            }
-            GuestCmd::List => (self.call(M::GET, "/guests", None).await?, false),
-            GuestCmd::Show { guest } => (
-                self.call(M::GET, &format!("/guests/{guest}"), None).await?,
-                false,
-            ),
-            GuestCmd::Delete { guest, wait } => (
-                self.call(M::DELETE, &format!("/guests/{guest}"), None)
-                    .await?,
-                wait,
-            ),
-            GuestCmd::Action {
-                action,
-                guest,
-                wait,
-            } => (
-                self.call(M::POST, &format!("/guests/{guest}/actions/{action}"), None)
-                    .await?,
-                wait,
-            ),
-            GuestCmd::Hostname {
-                guest,
-                hostname,
-                wait,
-            } => (
-                self.call(
-                    M::PATCH,
-                    &format!("/guests/{guest}"),
-                    Some(json!({"hostname": hostname})),
-                )
-                .await?,
-                wait,
-            ),
-            GuestCmd::Password {
-                guest,
-                user,
-                password,
-                generate,
-                wait,
-            } => (
-                self.call(
-                    M::POST,
-                    &format!("/guests/{guest}/password"),
-                    Some(json!({"user": user, "password": password, "generate": generate})),
-                )
-                .await?,
-                wait,
-            ),
-            GuestCmd::ChangeIp { guest, ip, wait } => (
-                self.call(
-                    M::POST,
-                    &format!("/guests/{guest}/change-ip"),
-                    Some(json!({"ip": ip})),
-                )
-                .await?,
-                wait,
-            ),
-        };
-        if let Some(pw) = v["password"].as_str() {
-            // Shown once: corral keeps only its hash.
-            println!("new password: {pw}");
-        }
-        if !wait || self.opts.json {
-            self.print(&v);
-            return Ok(true);
-        }
-        let ids: Vec<String> = match v.get("operations") {
-            Some(list) => list
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a["operation_id"].as_str().map(String::from))
-                .collect(),
-            None => v["operation_id"]
-                .as_str()
-                .map(String::from)
-                .into_iter()
-                .collect(),
-        };
-        self.wait_all(&ids).await
-    }
-
-    pub async fn op(&self, cmd: OpCmd) -> Result<bool, CliError> {
-        use reqwest::Method as M;
-        let v = match cmd {
-            OpCmd::List { active } => {
-                self.call(M::GET, &format!("/operations?active={active}"), None)
-                    .await?
-            }
-            OpCmd::Show { id } => {
-                self.call(M::GET, &format!("/operations/{id}"), None)
-                    .await?
-            }
-            OpCmd::Cancel { id } => {
-                self.call(M::POST, &format!("/operations/{id}/cancel"), None)
-                    .await?
-            }
-            OpCmd::Wait { id, timeout } => {
-                if self.opts.json {
-                    self.call(
-                        M::GET,
-                        &format!("/operations/{id}/wait?timeout={}", timeout.min(600)),
-                        None,
-                    )
-                    .await?
-                } else {
-                    let _ = timeout;
-                    return self.wait_all(&[id]).await;
-                }
-            }
-        };
-        self.print(&v);
-        Ok(true)
-    }
-
-    pub async fn template(&self, cmd: TemplateCmd) -> Result<bool, CliError> {
-        use reqwest::Method as M;
-        let v = match cmd {
-            TemplateCmd::Add { name, path, os, min_memory } => {
-                self.call(M::POST, "/templates", Some(json!({"name": name, "path": path, "os_type": os, "min_memory_mib": min_memory}))).await?
-            }
-            TemplateCmd::List => self.call(M::GET, "/templates", None).await?,
-            TemplateCmd::Delete { template } => self.call(M::DELETE, &format!("/templates/{template}"), None).await?,
-            TemplateCmd::SetProfile { template, profile } => {
-                let p = if profile == "default" { Value::Null } else { Value::String(profile) };
-                self.call(M::PATCH, &format!("/templates/{template}"), Some(json!({"os_init_profile": p}))).await?
-            }
-        };
-        self.print(&v);
-        Ok(true)
-    }
-
-    pub async fn pool(&self, cmd: PoolCmd) -> Result<bool, CliError> {
-        use reqwest::Method as M;
-        let v = match cmd {
-            PoolCmd::Add {
-                name,
-                cidr,
-                start,
-                end,
-                gateway,
-                dns,
-            } => {
-                self.call(
-                    M::POST,
-                    "/ip-pools",
-                    Some(json!({"name": name, "cidr": cidr, "range_start": start,
-                    "range_end": end, "gateway": gateway, "dns": dns})),
-                )
-                .await?
-            }
-            PoolCmd::List => self.call(M::GET, "/ip-pools", None).await?,
-        };
-        self.print(&v);
-        Ok(true)
-    }
-
-    pub async fn plugins(&self) -> Result<bool, CliError> {
-        let v = self.call(reqwest::Method::GET, "/plugins", None).await?;
-        self.print(&v);
-        Ok(true)
-    }
-
-    pub async fn nodes(&self) -> Result<bool, CliError> {
-        let v = self.call(reqwest::Method::GET, "/nodes", None).await?;
-        self.print(&v);
-        Ok(true)
     }
 
     /// Polls until the API answers, for scripts that start `corral up` in the background.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
-            if self
-                .call(reqwest::Method::GET, "/about", None)
+            if corral_client::apis::system_api::about(self.config())
                 .await
                 .is_ok()
             {
@@ -491,6 +170,27 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         false
+    }
+
+    /// Runs `each` for every item; failures are reported per item and the rest go on.
+    /// Returns the results that succeeded and whether all did.
+    async fn each<T, F, Fut>(&self, items: &[String], mut each: F) -> (Vec<T>, bool)
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CliError>>,
+    {
+        let mut done = Vec::new();
+        let mut all = true;
+        for item in items {
+            match each(item.clone()).await {
+                Ok(v) => done.push(v),
+                Err(e) => {
+                    all = false;
+                    eprintln!("{item}: {}", self.explain(e));
+                }
+            }
+        }
+        (done, all)
     }
 }
 

@@ -40,8 +40,8 @@ enum Cmd {
     },
     /// The controller: API, database, saga engine.
     Controller,
-    /// The node agent for this host.
-    Node,
+    /// The node agent for this host (the hosts as the controller sees them: `corral node`).
+    Agent,
     /// Print the OpenAPI document.
     Openapi,
     /// Measure: raw vs end-to-end create rate, RSS, TCG guest timings, event latency, reads.
@@ -93,8 +93,9 @@ enum Cmd {
     /// IP pools.
     #[command(subcommand)]
     Pool(cli::PoolCmd),
-    /// List nodes.
-    Nodes,
+    /// Nodes: the hosts guests run on.
+    #[command(subcommand)]
+    Node(cli::NodeCmd),
     /// OS-init profiles (Rhai).
     #[command(subcommand)]
     Profile(cli::ScriptCmd),
@@ -104,8 +105,11 @@ enum Cmd {
     /// Boot jobs: queue, list, pending, cancel.
     #[command(subcommand)]
     Bootjob(cli::BootJobCmd),
-    /// List controller plugins and their state.
-    Plugins,
+    /// Controller plugins.
+    #[command(subcommand)]
+    Plugin(cli::PluginCmd),
+    /// Print a shell completion script: `corral completions bash > /etc/bash_completion.d/corral`.
+    Completions { shell: clap_complete::Shell },
 }
 
 fn init_tracing() {
@@ -178,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
             println!("corral API on http://{}/api/v1", listener.local_addr()?);
             corral::controller::run(cfg.controller, listener, shutdown_signal(), None).await?;
         }
-        Cmd::Node => {
+        Cmd::Agent => {
             init_tracing();
             let cfg = Config::load(cli.config.as_deref())?;
             corral::node::run(cfg.node, shutdown_signal()).await?;
@@ -212,25 +216,52 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?
         }
-        Cmd::Guest(c) => exit(client_opts()?.guest(c).await)?,
-        Cmd::Op(c) => exit(client_opts()?.op(c).await)?,
-        Cmd::Template(c) => exit(client_opts()?.template(c).await)?,
-        Cmd::Pool(c) => exit(client_opts()?.pool(c).await)?,
-        Cmd::Profile(c) => exit(client_opts()?.scripts("/os-init-profiles", c).await)?,
-        Cmd::Bootscript(c) => exit(client_opts()?.scripts("/boot-scripts", c).await)?,
-        Cmd::Bootjob(c) => exit(client_opts()?.boot_jobs(c).await)?,
-        Cmd::Plugins => exit(client_opts()?.plugins().await)?,
-        Cmd::Nodes => exit(client_opts()?.nodes().await)?,
+        Cmd::Guest(c) => client(client_opts, |k| async move { k.guest(c).await }).await?,
+        Cmd::Op(c) => client(client_opts, |k| async move { k.op(c).await }).await?,
+        Cmd::Template(c) => client(client_opts, |k| async move { k.template(c).await }).await?,
+        Cmd::Pool(c) => client(client_opts, |k| async move { k.pool(c).await }).await?,
+        Cmd::Profile(c) => {
+            client(client_opts, |k| async move {
+                k.scripts(cli::ScriptKind::Profile, c).await
+            })
+            .await?
+        }
+        Cmd::Bootscript(c) => {
+            client(client_opts, |k| async move {
+                k.scripts(cli::ScriptKind::Boot, c).await
+            })
+            .await?
+        }
+        Cmd::Bootjob(c) => client(client_opts, |k| async move { k.boot_jobs(c).await }).await?,
+        Cmd::Node(c) => client(client_opts, |k| async move { k.node(c).await }).await?,
+        Cmd::Plugin(c) => client(client_opts, |k| async move { k.plugin(c).await }).await?,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
+        }
     }
     Ok(())
 }
 
-fn exit(r: Result<bool, cli::CliError>) -> anyhow::Result<()> {
-    match r {
+/// Runs a client command; exit status 1 when an operation or one of several items failed,
+/// 2 when the command could not be carried out.
+async fn client<F, Fut>(opts: impl FnOnce() -> anyhow::Result<Client>, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(std::sync::Arc<Client>) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, cli::CliError>>,
+{
+    let k = match opts() {
+        Ok(k) => std::sync::Arc::new(k),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        }
+    };
+    match run(k.clone()).await {
         Ok(true) => Ok(()),
         Ok(false) => std::process::exit(1),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", k.explain(e));
             std::process::exit(2)
         }
     }

@@ -1,4 +1,4 @@
-//! A node that dies for good wedges nothing (real Redis, separate `corral node` processes on
+//! A node that dies for good wedges nothing (real Redis, separate `corral agent` processes on
 //! libvirt's test driver):
 //! * its operations say they wait for it and stay cancellable: a cancel abandons the
 //!   waiting step, unwinds what the controller can and lists the node-side leftovers;

@@ -1,4 +1,4 @@
-//! Placement across several simulated nodes (separate `corral node` processes, each with
+//! Placement across several simulated nodes (separate `corral agent` processes, each with
 //! its own libvirt test driver): a batch spreads, the auto-placement switch and capacity
 //! thresholds are honoured, refusals name each node and why.
 #![allow(clippy::unwrap_used)]

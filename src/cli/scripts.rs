@@ -1,9 +1,11 @@
-//! Client subcommands for Rhai scripts: OS-init profiles, boot scripts and boot jobs, and
-//! the in-guest changes built on them (hostname, password, IP).
+//! `corral profile …`, `corral bootscript …` (Rhai scripts) and `corral bootjob …`.
 
 use clap::Subcommand;
-use serde_json::{json, Value};
+use corral_client::apis::scripts_api as api;
+use corral_client::models::{NewScript, QueueBootJobs, ScriptSource, ScriptView};
+use serde_json::Value;
 
+use super::output::{age, emit, emit_record, opt, Table};
 use super::{CliError, Client};
 
 #[derive(Debug, Subcommand)]
@@ -13,9 +15,8 @@ pub enum ScriptCmd {
         #[arg(long)]
         system: bool,
     },
-    Show {
-        name: String,
-    },
+    /// Print a script's source (`-o json|yaml`: the whole record).
+    Show { name: String },
     /// Create from a Rhai file; it is compiled and tried first.
     Create {
         name: String,
@@ -27,9 +28,17 @@ pub enum ScriptCmd {
         #[arg(long)]
         file: String,
     },
-    Delete {
-        name: String,
-    },
+    #[command(alias = "remove")]
+    Delete { name: String },
+}
+
+/// Which scripts a [`ScriptCmd`] is about.
+#[derive(Debug, Clone, Copy)]
+pub enum ScriptKind {
+    /// OS-init profiles: how a guest's first boot is planned.
+    Profile,
+    /// Boot scripts: jobs queued on guests.
+    Boot,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +46,7 @@ pub enum BootJobCmd {
     /// Queue a boot script for guests: at their next boot, or now with `--now`.
     Queue {
         script: String,
+        #[arg(required = true)]
         guests: Vec<String>,
         /// `key=value` (repeatable); a value that parses as JSON is taken as JSON.
         #[arg(long = "param")]
@@ -58,7 +68,8 @@ pub enum BootJobCmd {
         system: bool,
     },
     Cancel {
-        id: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
     },
 }
 
@@ -80,101 +91,130 @@ pub fn parse_params(pairs: &[String]) -> Result<Value, CliError> {
 }
 
 impl Client {
-    /// `base` is `/os-init-profiles` or `/boot-scripts`.
-    pub async fn scripts(&self, base: &str, cmd: ScriptCmd) -> Result<bool, CliError> {
-        use reqwest::Method as M;
-        let v = match cmd {
-            ScriptCmd::List { system } => {
-                let list = self
-                    .call(M::GET, &format!("{base}?include_system={system}"), None)
-                    .await?;
-                if !self.opts.json {
-                    for s in list.as_array().into_iter().flatten() {
-                        println!(
-                            "{:<20} {:<8} {}",
-                            s["name"].as_str().unwrap_or(""),
-                            if s["shipped"] == json!(true) {
-                                "shipped"
-                            } else {
-                                "user"
-                            },
-                            s["description"].as_str().unwrap_or("")
-                        );
-                    }
-                    return Ok(true);
-                }
-                list
-            }
-            ScriptCmd::Show { name } => {
-                let s = self.call(M::GET, &format!("{base}/{name}"), None).await?;
-                if !self.opts.json {
-                    println!("{}", s["source"].as_str().unwrap_or(""));
-                    return Ok(true);
-                }
-                s
-            }
-            ScriptCmd::Create { name, file } => {
-                self.call(
-                    M::POST,
-                    base,
-                    Some(json!({"name": name, "source": read(&file)?})),
-                )
-                .await?
-            }
-            ScriptCmd::Update { name, file } => {
-                self.call(
-                    M::PUT,
-                    &format!("{base}/{name}"),
-                    Some(json!({"source": read(&file)?})),
-                )
-                .await?
-            }
-            ScriptCmd::Delete { name } => {
-                self.call(M::DELETE, &format!("{base}/{name}"), None)
-                    .await?
-            }
+    pub async fn scripts(&self, kind: ScriptKind, cmd: ScriptCmd) -> Result<bool, CliError> {
+        let c = self.config();
+        let one = |v: ScriptView| {
+            emit_record(self.out, &v);
+            Ok(true)
         };
-        self.print(&v);
-        Ok(true)
+        match (kind, cmd) {
+            (kind, ScriptCmd::List { system }) => {
+                let list = match kind {
+                    ScriptKind::Profile => api::profile_list(c).await?,
+                    ScriptKind::Boot => api::boot_script_list(c, Some(system)).await?,
+                };
+                emit(self.out, &list, || {
+                    let mut t = Table::new(&["name", "origin", "description"]);
+                    for s in &list {
+                        t.row(vec![
+                            s.name.clone(),
+                            if s.shipped { "shipped" } else { "user" }.into(),
+                            super::output::first_sentence(&s.description),
+                        ]);
+                    }
+                    t
+                });
+                Ok(true)
+            }
+            (kind, ScriptCmd::Show { name }) => {
+                let s = match kind {
+                    ScriptKind::Profile => api::profile_get(c, &name).await?,
+                    ScriptKind::Boot => api::boot_script_get(c, &name).await?,
+                };
+                if self.out == super::Output::Table {
+                    println!("{}", s.source);
+                    return Ok(true);
+                }
+                one(s)
+            }
+            (ScriptKind::Profile, ScriptCmd::Create { name, file }) => {
+                one(api::profile_create(c, NewScript::new(name, read(&file)?)).await?)
+            }
+            (ScriptKind::Boot, ScriptCmd::Create { name, file }) => {
+                one(api::boot_script_create(c, NewScript::new(name, read(&file)?)).await?)
+            }
+            (ScriptKind::Profile, ScriptCmd::Update { name, file }) => {
+                one(api::profile_update(c, &name, ScriptSource::new(read(&file)?)).await?)
+            }
+            (ScriptKind::Boot, ScriptCmd::Update { name, file }) => {
+                one(api::boot_script_update(c, &name, ScriptSource::new(read(&file)?)).await?)
+            }
+            (kind, ScriptCmd::Delete { name }) => {
+                match kind {
+                    ScriptKind::Profile => api::profile_delete(c, &name).await?,
+                    ScriptKind::Boot => api::boot_script_delete(c, &name).await?,
+                }
+                eprintln!("{name} deleted");
+                Ok(true)
+            }
+        }
     }
 
     pub async fn boot_jobs(&self, cmd: BootJobCmd) -> Result<bool, CliError> {
-        use reqwest::Method as M;
-        let v = match cmd {
+        let c = self.config();
+        match cmd {
             BootJobCmd::Queue {
                 script,
                 guests,
                 params,
                 now,
             } => {
-                let body = json!({"guests": guests, "script": script, "params": parse_params(&params)?, "run_now": now});
-                self.call(M::POST, "/boot-jobs", Some(body)).await?
+                let mut q = QueueBootJobs::new(guests, script);
+                q.params = Some(Some(parse_params(&params)?));
+                q.run_now = Some(now);
+                let queued = api::boot_job_queue(c, q).await?;
+                emit(self.out, &queued, || {
+                    let mut t = Table::new(&["job", "guest", "operation"]);
+                    for j in &queued.jobs {
+                        t.row(vec![j.id.clone(), j.guest_id.clone(), opt(&j.operation_id)]);
+                    }
+                    t
+                });
             }
             BootJobCmd::List {
                 guest,
                 state,
                 system,
             } => {
-                let mut path = format!("/guests/{guest}/boot-jobs?include_system={system}");
-                if let Some(s) = state {
-                    path.push_str(&format!("&state={s}"));
-                }
-                self.call(M::GET, &path, None).await?
+                let jobs =
+                    api::guest_boot_jobs(c, &guest, state.as_deref(), Some(system), None, None)
+                        .await?;
+                emit(self.out, &jobs, || {
+                    let mut t = Table::new(&["id", "script", "state", "attempts", "age", "error"]);
+                    for j in &jobs {
+                        t.row(vec![
+                            j.id.clone(),
+                            j.script.clone(),
+                            j.state.clone(),
+                            j.attempts.to_string(),
+                            age(&j.created_at),
+                            opt(&j.error),
+                        ]);
+                    }
+                    t
+                });
             }
             BootJobCmd::Pending { system } => {
-                self.call(
-                    M::GET,
-                    &format!("/boot-jobs/pending?include_system={system}"),
-                    None,
-                )
-                .await?
+                let list = api::boot_job_pending_guests(c, Some(system)).await?;
+                emit(self.out, &list, || {
+                    let mut t = Table::new(&["guest", "pending"]);
+                    for g in &list {
+                        t.row(vec![g.name.clone(), g.pending.to_string()]);
+                    }
+                    t
+                });
             }
-            BootJobCmd::Cancel { id } => {
-                self.call(M::DELETE, &format!("/boot-jobs/{id}"), None)
-                    .await?
+            BootJobCmd::Cancel { ids } => {
+                let (_, all) = self
+                    .each(&ids, |id| async move {
+                        api::boot_job_cancel(c, &id).await?;
+                        eprintln!("{id} cancelled");
+                        Ok(())
+                    })
+                    .await;
+                return Ok(all);
             }
-        };
-        self.print(&v);
+        }
         Ok(true)
     }
 }

@@ -40,7 +40,7 @@ pids+=($!)
     export CORRAL_NODE_ID=test-node
     export CORRAL_ADMIN_PASSWORD=live-admin
     export CORRAL_LOG=warn
-    exec "$bin" node
+    exec "$bin" agent
 ) >"$work/node.log" 2>&1 &
 pids+=($!)
 (

@@ -266,7 +266,7 @@ impl Cloud {
     }
 
     pub fn start_node(&mut self, extra: &[(&str, &str)]) {
-        let child = self.command(&["node"], extra).spawn().unwrap();
+        let child = self.command(&["agent"], extra).spawn().unwrap();
         self.node = Some(Proc {
             child,
             name: "node",
@@ -277,7 +277,7 @@ impl Cloud {
     pub async fn add_node(&mut self, id: &str, extra: &[(&str, &str)]) {
         let mut env = vec![("CORRAL_NODE_ID", id)];
         env.extend_from_slice(extra);
-        let child = self.command(&["node"], &env).spawn().unwrap();
+        let child = self.command(&["agent"], &env).spawn().unwrap();
         self.extra_nodes.push(Proc {
             child,
             name: "node",

@@ -1,0 +1,306 @@
+//! `corral guest …`: create, list, show, delete, power actions on several guests at once,
+//! and the in-guest changes (hostname, password, address).
+
+use clap::Subcommand;
+use corral_client::apis::guests_api;
+use corral_client::models::{
+    self, ChangeIp, CreateGuest, GuestAction, GuestState, ResetPassword, UpdateGuest,
+};
+
+use super::output::{age, emit, emit_record, mib, opt, Table};
+use super::{parse_mib, CliError, Client};
+
+#[derive(Debug, Subcommand)]
+pub enum GuestCmd {
+    /// Create guests (one operation each). With --count N and --name web: web-1 … web-N.
+    Create {
+        #[arg(long)]
+        template: String,
+        #[arg(long, default_value_t = 1)]
+        cpu: u32,
+        /// e.g. 128MiB, 1GiB, or a number of MiB.
+        #[arg(long, default_value = "128MiB")]
+        memory: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// The guest's name; with --count, the prefix of the names.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        password: Option<String>,
+        /// An SSH public key for the guest's user (repeatable).
+        #[arg(long = "ssh-key")]
+        ssh_keys: Vec<String>,
+        /// Follow the operations to their end.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List guests: name, state, node, address, CPUs, memory, age.
+    List {
+        /// Only guests in this state (running, shutoff, …).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only guests on this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// One guest, every field.
+    Show { guest: String },
+    /// Delete guests with their disks; their addresses return to the pool.
+    Delete {
+        #[arg(required = true)]
+        guests: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Start guests.
+    Start(Power),
+    /// Shut guests down cleanly (ACPI), powering off after --timeout seconds.
+    Shutdown {
+        #[command(flatten)]
+        power: Power,
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Power guests off at once.
+    Poweroff(Power),
+    /// Reboot guests cleanly.
+    Reboot(Power),
+    /// Reset guests (hard reboot).
+    Reset(Power),
+    /// Pause guests in memory.
+    Suspend(Power),
+    /// Resume paused guests.
+    Resume(Power),
+    /// Change the hostname inside the guest (now if it runs, else at its next boot).
+    Hostname {
+        guest: String,
+        hostname: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Reset a password inside the guest; `--generate` prints a new random one once.
+    Password {
+        guest: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, conflicts_with = "generate")]
+        password: Option<String>,
+        #[arg(long)]
+        generate: bool,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Move the guest to another address: `--ip`, or the next free one of its pool.
+    ChangeIp {
+        guest: String,
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Power {
+    /// Guest names or ids.
+    #[arg(required = true)]
+    guests: Vec<String>,
+    /// Follow the operations to their end.
+    #[arg(long)]
+    wait: bool,
+}
+
+fn state(s: &GuestState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+fn parse_state(s: &str) -> Result<GuestState, CliError> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+        CliError::Usage(format!(
+            "no guest state {s:?}: use creating, running, shutoff, paused, error, …"
+        ))
+    })
+}
+
+impl Client {
+    pub async fn guest(&self, cmd: GuestCmd) -> Result<bool, CliError> {
+        let c = self.config();
+        match cmd {
+            GuestCmd::Create {
+                template,
+                cpu,
+                memory,
+                count,
+                name,
+                node,
+                pool,
+                ip,
+                password,
+                ssh_keys,
+                wait,
+            } => {
+                let mut g = CreateGuest::new(cpu, parse_mib(&memory)?, template);
+                g.count = (count != 1).then_some(count);
+                g.name = name;
+                g.node = node;
+                g.pool = pool;
+                g.ip = ip;
+                g.password = password;
+                g.ssh_keys = (!ssh_keys.is_empty()).then_some(ssh_keys);
+                let accepted = guests_api::guest_create(c, g).await?;
+                let ids: Vec<String> = accepted
+                    .operations
+                    .iter()
+                    .map(|a| a.operation_id.clone())
+                    .collect();
+                self.accepted(&accepted.operations, wait, &ids).await
+            }
+            GuestCmd::List { state: s, node } => {
+                let s = s.as_deref().map(parse_state).transpose()?;
+                let guests =
+                    guests_api::guest_list(c, s, node.as_deref(), Some(1000), None).await?;
+                emit(self.out, &guests, || {
+                    let mut t =
+                        Table::new(&["name", "state", "node", "ip", "cpus", "memory", "age"]);
+                    for g in &guests {
+                        t.row(vec![
+                            g.name.clone(),
+                            state(&g.state),
+                            opt(&g.node_id),
+                            opt(&g.ip),
+                            g.cpus.to_string(),
+                            mib(u64::from(g.memory_mib)),
+                            age(&g.created_at),
+                        ]);
+                    }
+                    t
+                });
+                Ok(true)
+            }
+            GuestCmd::Show { guest } => {
+                let g = guests_api::guest_get(c, &guest).await?;
+                emit_record(self.out, &g);
+                Ok(true)
+            }
+            GuestCmd::Delete { guests, wait } => {
+                let (accepted, all) = self
+                    .each(&guests, |g| async move {
+                        Ok(guests_api::guest_delete(c, &g).await?)
+                    })
+                    .await;
+                Ok(self.started(&accepted, wait).await? && all)
+            }
+            GuestCmd::Start(p) => self.power(p, GuestAction::Start, None).await,
+            GuestCmd::Shutdown { power, timeout } => {
+                self.power(power, GuestAction::Shutdown, timeout).await
+            }
+            GuestCmd::Poweroff(p) => self.power(p, GuestAction::Poweroff, None).await,
+            GuestCmd::Reboot(p) => self.power(p, GuestAction::Reboot, None).await,
+            GuestCmd::Reset(p) => self.power(p, GuestAction::Reset, None).await,
+            GuestCmd::Suspend(p) => self.power(p, GuestAction::Suspend, None).await,
+            GuestCmd::Resume(p) => self.power(p, GuestAction::Resume, None).await,
+            GuestCmd::Hostname {
+                guest,
+                hostname,
+                wait,
+            } => {
+                let mut u = UpdateGuest::new();
+                u.hostname = Some(hostname);
+                let change = guests_api::guest_update(c, &guest, u).await?;
+                emit_record(self.out, &change);
+                self.then_follow(change.operation_id, wait).await
+            }
+            GuestCmd::Password {
+                guest,
+                user,
+                password,
+                generate,
+                wait,
+            } => {
+                let mut r = ResetPassword::new();
+                r.user = user;
+                r.password = password;
+                r.generate = generate.then_some(true);
+                let reset = guests_api::guest_reset_password(c, &guest, r).await?;
+                if let Some(pw) = &reset.password {
+                    // Shown once: corral keeps only its hash.
+                    eprintln!("new password (shown once): {pw}");
+                }
+                emit_record(self.out, &reset);
+                self.then_follow(reset.operation_id, wait).await
+            }
+            GuestCmd::ChangeIp { guest, ip, wait } => {
+                let mut body = ChangeIp::new();
+                body.ip = ip;
+                let a = guests_api::guest_change_ip(c, &guest, body).await?;
+                self.started(&[a], wait).await
+            }
+        }
+    }
+
+    async fn power(
+        &self,
+        p: Power,
+        action: GuestAction,
+        timeout: Option<u64>,
+    ) -> Result<bool, CliError> {
+        let c = self.config();
+        let (accepted, all) = self
+            .each(&p.guests, |g| async move {
+                Ok(guests_api::guest_action(c, &g, action, timeout).await?)
+            })
+            .await;
+        Ok(self.started(&accepted, p.wait).await? && all)
+    }
+
+    /// Operations started, one per guest: a table of them, or followed to their end.
+    async fn started(&self, accepted: &[models::Accepted], wait: bool) -> Result<bool, CliError> {
+        let ids: Vec<String> = accepted.iter().map(|a| a.operation_id.clone()).collect();
+        self.accepted(accepted, wait, &ids).await
+    }
+
+    async fn accepted(
+        &self,
+        accepted: &[models::Accepted],
+        wait: bool,
+        ids: &[String],
+    ) -> Result<bool, CliError> {
+        if wait && self.out == super::Output::Table {
+            return if ids.is_empty() {
+                Ok(true)
+            } else {
+                self.follow(ids).await
+            };
+        }
+        emit(self.out, &accepted, || {
+            let mut t = Table::new(&["operation", "guest"]);
+            for a in accepted {
+                t.row(vec![a.operation_id.clone(), a.guest_id.clone()]);
+            }
+            t
+        });
+        if wait {
+            for id in ids {
+                self.session.wait(id).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn then_follow(&self, op: Option<String>, wait: bool) -> Result<bool, CliError> {
+        match op {
+            Some(id) if wait => self.follow(&[id]).await,
+            _ => Ok(true),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! `corral node …` (the hosts, as the controller sees them) and `corral plugin list`.
+//! The node agent itself is started with `corral agent`.
+
+use clap::Subcommand;
+use corral_client::apis::{nodes_api, plugins_api};
+use corral_client::models::GuestRecords;
+
+use super::output::{emit, emit_record, mib, opt, Table};
+use super::{CliError, Client};
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List nodes: name, online, guests, CPUs, free memory, storage free.
+    List,
+    /// One node, every field (its cleanup list included).
+    Show { node: String },
+    /// Remove a node from the cloud; its guests' records are kept (`--guests keep`, for
+    /// its return) or deleted with their addresses freed (`--guests delete`).
+    Remove {
+        node: String,
+        #[arg(long, value_parser = ["keep", "delete"], default_value = "keep")]
+        guests: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCmd {
+    /// Controller plugins and their state.
+    List,
+}
+
+impl Client {
+    pub async fn node(&self, cmd: NodeCmd) -> Result<bool, CliError> {
+        let c = self.config();
+        match cmd {
+            NodeCmd::List => {
+                let list = nodes_api::node_list(c, None).await?;
+                emit(self.out, &list, || {
+                    let mut t = Table::new(&[
+                        "id",
+                        "hostname",
+                        "online",
+                        "guests",
+                        "cpus",
+                        "free memory",
+                        "storage free",
+                    ]);
+                    for n in &list {
+                        t.row(vec![
+                            n.id.clone(),
+                            n.hostname.clone(),
+                            if n.online {
+                                "yes".into()
+                            } else {
+                                format!("no, for {}s", opt(&n.offline_seconds))
+                            },
+                            n.guests.to_string(),
+                            n.cpus.to_string(),
+                            mib(n.free_memory_mib),
+                            mib(n.storage_free_mib),
+                        ]);
+                    }
+                    t
+                });
+                Ok(true)
+            }
+            NodeCmd::Show { node } => {
+                emit_record(self.out, &nodes_api::node_get(c, &node).await?);
+                Ok(true)
+            }
+            NodeCmd::Remove { node, guests, wait } => {
+                let records = if guests == "delete" {
+                    GuestRecords::Delete
+                } else {
+                    GuestRecords::Keep
+                };
+                let a = nodes_api::node_remove(c, &node, records).await?;
+                if wait {
+                    return self.follow(&[a.operation_id]).await;
+                }
+                emit_record(self.out, &a);
+                Ok(true)
+            }
+        }
+    }
+
+    pub async fn plugin(&self, cmd: PluginCmd) -> Result<bool, CliError> {
+        let PluginCmd::List = cmd;
+        let list = plugins_api::plugin_list(self.config()).await?;
+        emit(self.out, &list, || {
+            let mut t = Table::new(&["name", "state", "hooks", "calls", "failures", "error"]);
+            for p in &list {
+                t.row(vec![
+                    p.name.clone(),
+                    p.state.clone(),
+                    p.hooks.join(","),
+                    p.calls.to_string(),
+                    p.failures.to_string(),
+                    opt(&p.last_error.clone().or(p.error.clone())),
+                ]);
+            }
+            t
+        });
+        Ok(true)
+    }
+}
