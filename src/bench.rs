@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
+use corral_client::apis::configuration::Configuration;
+use corral_client::apis::{guests_api, nodes_api, operations_api, resources_api};
+use corral_client::models::{CreateGuest, CreatePool, CreateTemplate, NodeSettings, OsType};
+use corral_client::session::Session;
+
 use crate::model::DomainSpec;
 use crate::render::{val, Renderer};
 
@@ -36,6 +41,14 @@ pub enum BenchError {
     Http(#[from] reqwest::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("api: {0}")]
+    Api(#[from] corral_client::session::SessionError),
+}
+
+impl<T> From<corral_client::apis::Error<T>> for BenchError {
+    fn from(e: corral_client::apis::Error<T>) -> Self {
+        BenchError::Api(e.into())
+    }
 }
 
 fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BenchError + '_ {
@@ -195,12 +208,9 @@ async fn fleet(
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Only the simulated nodes take guests from now on.
-    api.call(
-        reqwest::Method::PATCH,
-        "/nodes/bench-test",
-        Some(json!({"accept_auto": false})),
-    )
-    .await?;
+    let mut no_auto = NodeSettings::new();
+    no_auto.accept_auto = Some(false);
+    nodes_api::node_update(api.c(), "bench-test", no_auto).await?;
     let cpu0 = cpu_secs(ctl_pid);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -224,20 +234,11 @@ async fn fleet(
         let mut offset = 0;
         let mut total = 0;
         loop {
-            let (_, page) = api
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/guests?limit=1000&offset={offset}"),
-                    None,
-                )
-                .await?;
-            let page = page.as_array().cloned().unwrap_or_default();
+            let page =
+                guests_api::guest_list(api.c(), None, None, Some(1000), Some(offset)).await?;
             for g in &page {
-                if let (Some(n), true) = (
-                    g["node_id"].as_str(),
-                    g["name"].as_str().is_some_and(|x| x.starts_with('f')),
-                ) {
-                    *placed.entry(n.to_string()).or_default() += 1;
+                if let (Some(n), true) = (&g.node_id, g.name.starts_with('f')) {
+                    *placed.entry(n.clone()).or_default() += 1;
                     total += 1;
                 }
             }
@@ -402,62 +403,37 @@ async fn raw_full_rate(n: usize, dir: &Path, template: &Path) -> Result<f64, Ben
     Ok(n as f64 / secs)
 }
 
+/// The bench's client: the generated SDK, through its session layer.
 struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
+    s: Session,
 }
 
 impl Api {
-    async fn call(
-        &self,
-        m: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value), BenchError> {
-        let mut r = self
-            .http
-            .request(m, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await?;
-        let s = resp.status().as_u16();
-        Ok((s, resp.json().await.unwrap_or(Value::Null)))
+    fn c(&self) -> &Configuration {
+        &self.s.config
     }
 
+    /// Creates guests from a `POST /guests` body; the operations' ids.
     async fn create(&self, body: Value) -> Result<Vec<String>, BenchError> {
-        let (s, v) = self
-            .call(reqwest::Method::POST, "/guests", Some(body))
-            .await?;
-        if s != 202 {
-            return Err(BenchError::Setup(format!("create: {s} {v}")));
-        }
-        Ok(v["operations"]
-            .as_array()
+        let g: CreateGuest = serde_json::from_value(body).map_err(setup("guest request"))?;
+        let accepted = guests_api::guest_create(self.c(), g).await?;
+        Ok(accepted
+            .operations
             .into_iter()
-            .flatten()
-            .filter_map(|a| a["operation_id"].as_str().map(String::from))
+            .map(|a| a.operation_id)
             .collect())
     }
 
+    /// Waits for an operation to end; the operation as JSON.
     async fn wait(&self, op: &str) -> Result<Value, BenchError> {
-        loop {
-            let (_, v) = self
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/operations/{op}/wait?timeout=60"),
-                    None,
-                )
-                .await?;
-            if matches!(
-                v["state"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            ) {
-                return Ok(v);
-            }
-        }
+        let op = self.s.wait(op).await?;
+        serde_json::to_value(op).map_err(setup("operation"))
+    }
+
+    async fn node_online(&self, id: &str) -> bool {
+        nodes_api::node_get(self.c(), id)
+            .await
+            .is_ok_and(|n| n.online)
     }
 }
 
@@ -562,38 +538,24 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
     let mut procs = Procs {
         children: vec![node, controller],
     };
-    let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}/api/v1");
-    let mut token = String::new();
+    let mut session = None;
     for _ in 0..300 {
-        if let Ok(r) = http
-            .post(format!("{base}/auth/login"))
-            .json(&json!({"username": "admin", "password": "bench-admin"}))
-            .send()
-            .await
-        {
-            if r.status().is_success() {
-                token = r.json::<Value>().await?["token"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
-                break;
-            }
+        if let Ok(s) = Session::login(&base, "admin", "bench-admin").await {
+            session = Some(s);
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if token.is_empty() {
+    let Some(s) = session else {
         return Err(BenchError::Setup(format!(
             "controller did not start; see {}",
             tmp.display()
         )));
-    }
-    let api = Api { base, token, http };
+    };
+    let api = Api { s };
     for _ in 0..100 {
-        let (_, n) = api
-            .call(reqwest::Method::GET, "/nodes/bench-test", None)
-            .await?;
-        if n["online"] == json!(true) {
+        if api.node_online("bench-test").await {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -617,16 +579,19 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
     }
     let full = raw_full_rate(200, tmp, &tmpl).await?;
     println!("raw disk+seed+define+start, sequential:{full:>10.1} guests/s  (200 guests, by hand)");
-    api.call(
-        reqwest::Method::POST,
-        "/templates",
-        Some(json!({"name": "b", "path": tmpl, "os_type": "linux"})),
+    resources_api::template_create(
+        api.c(),
+        CreateTemplate::new("b".into(), OsType::Linux, tmpl.display().to_string()),
     )
     .await?;
-    api.call(
-        reqwest::Method::POST,
-        "/ip-pools",
-        Some(json!({"name": "bench", "cidr": "198.18.0.0/15", "range_start": "198.18.0.10", "range_end": "198.19.255.250"})),
+    resources_api::pool_create(
+        api.c(),
+        CreatePool::new(
+            "198.18.0.0/15".into(),
+            "bench".into(),
+            "198.19.255.250".into(),
+            "198.18.0.10".into(),
+        ),
     )
     .await?;
 
@@ -652,14 +617,17 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
     }
     if o.rss_guests > o.guests {
         loop {
-            let (_, active) = api
-                .call(
-                    reqwest::Method::GET,
-                    "/operations?active=true&limit=1",
-                    None,
-                )
-                .await?;
-            if active.as_array().is_none_or(|a| a.is_empty()) {
+            let active = operations_api::operation_list(
+                api.c(),
+                None,
+                None,
+                None,
+                Some(true),
+                Some(1),
+                None,
+            )
+            .await?;
+            if active.is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -761,7 +729,7 @@ async fn tcg_on(
     env: &[(&str, String)],
     tmp: &Path,
     fixture: &Path,
-    events: usize,
+    events_n: usize,
     procs: &mut Procs,
     bridge: &str,
 ) -> Result<(), BenchError> {
@@ -852,18 +820,14 @@ async fn tcg_on(
         .children
         .push(corral(&["agent"], &env2, &tmp.join("node-tcg.log"))?);
     for _ in 0..100 {
-        let (_, n) = api
-            .call(reqwest::Method::GET, "/nodes/bench-tcg", None)
-            .await?;
-        if n["online"] == json!(true) {
+        if api.node_online("bench-tcg").await {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    api.call(
-        reqwest::Method::POST,
-        "/templates",
-        Some(json!({"name": "gi", "path": fixture, "os_type": "linux"})),
+    resources_api::template_create(
+        api.c(),
+        CreateTemplate::new("gi".into(), OsType::Linux, fixture.display().to_string()),
     )
     .await?;
     let name = format!("tcg-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
@@ -895,18 +859,12 @@ async fn tcg_on(
 
     // Event latency: virsh suspend/resume behind corral's back, timed to the SSE event.
     let gid = v["guest_id"].as_str().unwrap_or_default().to_string();
-    let mut sse = api
-        .http
-        .get(format!("{}/events", api.base))
-        .bearer_auth(&api.token)
-        .send()
-        .await?;
+    let mut events = api.s.events(None);
     // From virsh's return (the event already happened) and from before virsh ran (an upper
     // bound that includes virsh's own start-up and the action itself).
     let mut lat = Vec::new();
     let mut lat_cmd = Vec::new();
-    let mut buf = String::new();
-    for i in 0..events {
+    for i in 0..events_n {
         let (cmd, want) = if i % 2 == 0 {
             ("suspend", "paused")
         } else {
@@ -916,23 +874,14 @@ async fn tcg_on(
         sh("virsh", &["-c", "qemu:///system", cmd, &name]).await?;
         let t = Instant::now();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        'wait: loop {
-            let chunk = match tokio::time::timeout_at(deadline, sse.chunk()).await {
-                Ok(Ok(Some(c))) => c,
-                _ => break 'wait,
-            };
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let block: String = buf.drain(..end + 2).collect();
-                let hit = block.contains("event: guest.state")
-                    && block.contains(&gid)
-                    && block.contains(&format!("\"state\":\"{want}\""));
-                if hit {
-                    let now = Instant::now();
-                    lat.push((now - t).as_secs_f64() * 1000.0);
-                    lat_cmd.push((now - before).as_secs_f64() * 1000.0);
-                    break 'wait;
-                }
+        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, events.next()).await {
+            let data = ev.data.unwrap_or_default();
+            if ev.kind == "guest.state" && data["guest_id"] == gid.as_str() && data["state"] == want
+            {
+                let now = Instant::now();
+                lat.push((now - t).as_secs_f64() * 1000.0);
+                lat_cmd.push((now - before).as_secs_f64() * 1000.0);
+                break;
             }
         }
     }
@@ -943,7 +892,7 @@ async fn tcg_on(
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         lat.len(),
-        events
+        events_n
     );
     println!(
         "virsh suspend/resume -> SSE client:    p50 {:>7.1} ms   p99 {:.1} ms   from before virsh ran",
@@ -951,11 +900,7 @@ async fn tcg_on(
         percentile(&lat_cmd, 0.99),
     );
     agent::run(api, &gid, 10).await?;
-    let (_, d) = api
-        .call(reqwest::Method::DELETE, &format!("/guests/{gid}"), None)
-        .await?;
-    if let Some(op) = d["operation_id"].as_str() {
-        api.wait(op).await?;
-    }
+    let d = guests_api::guest_delete(api.c(), &gid).await?;
+    api.wait(&d.operation_id).await?;
     Ok(())
 }

@@ -5,15 +5,18 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use corral_client::apis::{guests_api, scripts_api};
+use corral_client::models::{GuestAction, GuestChange, UpdateGuest};
+use serde_json::Value;
 
 use super::{Api, BenchError};
 
-async fn run_output(api: &Api, accepted: &Value) -> Result<(Value, f64), BenchError> {
+async fn run_output(api: &Api, change: &GuestChange) -> Result<(Value, f64), BenchError> {
     let t = Instant::now();
-    let op = accepted["operation_id"]
-        .as_str()
-        .ok_or_else(|| BenchError::Setup(format!("no run started: {accepted}")))?;
+    let op = change
+        .operation_id
+        .as_deref()
+        .ok_or_else(|| BenchError::Setup(format!("no run started: {change:?}")))?;
     let v = api.wait(op).await?;
     if v["state"] != "succeeded" {
         return Err(BenchError::Setup(format!("boot-job run failed: {v}")));
@@ -24,13 +27,17 @@ async fn run_output(api: &Api, accepted: &Value) -> Result<(Value, f64), BenchEr
     ))
 }
 
-async fn act(api: &Api, gid: &str, a: &str) -> Result<(u16, Value), BenchError> {
-    api.call(
-        reqwest::Method::POST,
-        &format!("/guests/{gid}/actions/{a}"),
-        None,
-    )
-    .await
+/// Runs a power action to its end.
+async fn act(api: &Api, gid: &str, a: GuestAction) -> Result<(), BenchError> {
+    let accepted = guests_api::guest_action(api.c(), gid, a, None).await?;
+    api.wait(&accepted.operation_id).await?;
+    Ok(())
+}
+
+async fn set_hostname(api: &Api, gid: &str, hostname: String) -> Result<GuestChange, BenchError> {
+    let mut u = UpdateGuest::new();
+    u.hostname = Some(hostname);
+    Ok(guests_api::guest_update(api.c(), gid, u).await?)
 }
 
 pub async fn run(api: &Api, gid: &str, rounds: usize) -> Result<(), BenchError> {
@@ -38,13 +45,7 @@ pub async fn run(api: &Api, gid: &str, rounds: usize) -> Result<(), BenchError> 
     let mut totals = Vec::new();
     for i in 0..rounds.max(1) {
         let t = Instant::now();
-        let (_, v) = api
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/guests/{gid}"),
-                Some(json!({"hostname": format!("bench-{i}")})),
-            )
-            .await?;
+        let v = set_hostname(api, gid, format!("bench-{i}")).await?;
         let (out, _) = run_output(api, &v).await?;
         runs.push(out["run_ms"].as_f64().unwrap_or(0.0));
         totals.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -59,27 +60,15 @@ pub async fn run(api: &Api, gid: &str, rounds: usize) -> Result<(), BenchError> 
     );
 
     // Off, queue, start: the run begins at the boot and waits for the agent.
-    let (_, v) = act(api, gid, "poweroff").await?;
-    api.wait(v["operation_id"].as_str().unwrap_or_default())
-        .await?;
-    let (_, v) = api
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/guests/{gid}"),
-            Some(json!({"hostname": "bench-boot"})),
-        )
-        .await?;
-    let job = v["boot_job_id"].as_str().unwrap_or_default().to_string();
+    act(api, gid, GuestAction::Poweroff).await?;
+    let v = set_hostname(api, gid, "bench-boot".into()).await?;
+    let job = v.boot_job_id.unwrap_or_default();
     let t = Instant::now();
-    let (_, v) = act(api, gid, "start").await?;
-    api.wait(v["operation_id"].as_str().unwrap_or_default())
-        .await?;
+    act(api, gid, GuestAction::Start).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let job = loop {
-        let (_, j) = api
-            .call(reqwest::Method::GET, &format!("/boot-jobs/{job}"), None)
-            .await?;
-        if matches!(j["state"].as_str(), Some("done" | "failed")) || Instant::now() > deadline {
+        let j = scripts_api::boot_job_get(api.c(), &job).await?;
+        if matches!(j.state.as_str(), "done" | "failed") || Instant::now() > deadline {
             break j;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -88,12 +77,12 @@ pub async fn run(api: &Api, gid: &str, rounds: usize) -> Result<(), BenchError> 
     // The job is done before its run ends (the seed is rebuilt last): wait for the run, so
     // the guest is free again for whatever comes next.
     let run = api
-        .wait(job["operation_id"].as_str().unwrap_or_default())
+        .wait(job.operation_id.as_deref().unwrap_or_default())
         .await?;
     let out = &run["steps"][1]["output"];
     println!(
         "boot job at next start:                {:>10.3} s start -> job {}   agent answered after {} ms, agent connected -> boot jobs done {} ms",
-        boot_total, job["state"].as_str().unwrap_or("?"), out["agent_wait_ms"], out["run_ms"]
+        boot_total, job.state, out["agent_wait_ms"], out["run_ms"]
     );
     Ok(())
 }
