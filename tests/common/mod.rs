@@ -1,5 +1,11 @@
-//! Test harness: a private Redis per test, corral processes (the real binary), an HTTP
-//! client. Every resource is named per test run and removed on drop.
+//! Test harness: a private Redis per test, corral processes (the real binary), and the
+//! Rust SDK (`corral_client`) as the client. Every resource is named per test run and
+//! removed on drop.
+//!
+//! The helpers (log in, templates, pools, creating guests, waiting for operations, leak
+//! checks) go through the SDK, as any program using corral would. `call`/`get`/`post`/
+//! `delete` send raw HTTP and return the status and JSON: tests use them where the wire
+//! itself is under test (status codes, bad input an SDK cannot even express, headers, SSE).
 //!
 //! A test that cannot get a real part (no `redis-server`, no libvirt) says so loudly and
 //! returns; under CI (`CI=true`) a missing part is a failure, never a silent skip.
@@ -9,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use corral_client::apis::{guests_api, nodes_api, operations_api, resources_api};
+use corral_client::models::{CreateGuest, CreatePool, CreateTemplate, OsType};
+use corral_client::session::Session;
 use serde_json::{json, Value};
 
 pub fn bin() -> &'static str {
@@ -163,6 +172,8 @@ pub struct Cloud {
     pub extra_env: Vec<(String, String)>,
     http: reqwest::Client,
     token: String,
+    /// The SDK's session, logged in as the administrator.
+    session: Option<Session>,
 }
 
 impl Cloud {
@@ -183,6 +194,7 @@ impl Cloud {
             extra_env: vec![],
             http: reqwest::Client::new(),
             token: String::new(),
+            session: None,
             tmp,
         }
     }
@@ -316,22 +328,23 @@ impl Cloud {
 
     pub async fn login(&mut self) {
         for _ in 0..300 {
-            let r = self
-                .http
-                .post(self.url("/auth/login"))
-                .json(&json!({"username": "admin", "password": "test-admin-pw"}))
-                .send()
-                .await;
-            if let Ok(r) = r {
-                if r.status().is_success() {
-                    let v: Value = r.json().await.unwrap();
-                    self.token = v["token"].as_str().unwrap().to_string();
-                    return;
-                }
+            if let Ok(s) = Session::login(&self.url(""), "admin", "test-admin-pw").await {
+                self.token = s.config.bearer_access_token.clone().unwrap_or_default();
+                self.session = Some(s);
+                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("the API did not come up; logs in {}", self.dir().display());
+    }
+
+    /// The SDK session (after `login`).
+    pub fn sdk(&self) -> &Session {
+        self.session.as_ref().expect("not logged in")
+    }
+
+    fn c(&self) -> &corral_client::apis::configuration::Configuration {
+        &self.sdk().config
     }
 
     pub fn token(&self) -> &str {
@@ -372,8 +385,10 @@ impl Cloud {
 
     pub async fn wait_node_online(&self) {
         for _ in 0..300 {
-            let (s, v) = self.get(&format!("/nodes/{}", self.node_id)).await;
-            if s == 200 && v["online"] == json!(true) {
+            if nodes_api::node_get(self.c(), &self.node_id)
+                .await
+                .is_ok_and(|n| n.online)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -385,7 +400,7 @@ impl Cloud {
         );
     }
 
-    /// Waits for an operation to end; returns it.
+    /// Waits for an operation to end; returns it (as JSON, for the tests' assertions).
     pub async fn wait_op(&self, id: &str) -> Value {
         // Ten minutes; less when debugging a hang (`CORRAL_TEST_WAIT_ROUNDS`, 5 s each).
         let rounds: u32 = std::env::var("CORRAL_TEST_WAIT_ROUNDS")
@@ -393,13 +408,15 @@ impl Cloud {
             .and_then(|r| r.parse().ok())
             .unwrap_or(120);
         for _ in 0..rounds {
-            let (s, v) = self.get(&format!("/operations/{id}/wait?timeout=5")).await;
-            assert_eq!(s, 200, "{v}");
-            if matches!(
-                v["state"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            ) {
-                return v;
+            let op = match operations_api::operation_wait(self.c(), id, Some(5)).await {
+                Ok(op) => op,
+                Err(e) => panic!(
+                    "waiting for {id}: {}",
+                    corral_client::session::SessionError::from(e)
+                ),
+            };
+            if matches!(op.state.as_str(), "succeeded" | "failed" | "cancelled") {
+                return serde_json::to_value(op).unwrap();
             }
         }
         let (_, v) = self.get(&format!("/operations/{id}")).await;
@@ -434,42 +451,44 @@ impl Cloud {
             .unwrap()
             .success();
         assert!(ok, "qemu-img create failed");
-        let (s, v) = self
-            .post(
-                "/templates",
-                json!({"name": name, "path": path, "os_type": "linux"}),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
-        v
+        let t = resources_api::template_create(
+            self.c(),
+            CreateTemplate::new(name.into(), OsType::Linux, path.display().to_string()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("template {name}: {}", sdk_error(e)));
+        serde_json::to_value(t).unwrap()
     }
 
     pub async fn pool(&self, name: &str, start: &str, end: &str) -> Value {
-        let (s, v) = self
-            .post(
-                "/ip-pools",
-                json!({"name": name, "cidr": "192.0.2.0/24", "range_start": start, "range_end": end,
-                       "gateway": "192.0.2.1", "dns": ["192.0.2.1"]}),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
-        v
+        let mut p = CreatePool::new("192.0.2.0/24".into(), name.into(), end.into(), start.into());
+        p.gateway = Some("192.0.2.1".into());
+        p.dns = Some(vec!["192.0.2.1".into()]);
+        let p = resources_api::pool_create(self.c(), p)
+            .await
+            .unwrap_or_else(|e| panic!("pool {name}: {}", sdk_error(e)));
+        serde_json::to_value(p).unwrap()
     }
 
-    /// Creates guests and returns the accepted (guest_id, operation_id) pairs.
+    /// Creates guests from a `POST /guests` body and returns the accepted (guest_id,
+    /// operation_id) pairs. A field the SDK's model does not know fails the test rather than
+    /// being dropped.
     pub async fn create(&self, body: Value) -> Vec<(String, String)> {
-        let (s, v) = self.post("/guests", body).await;
-        assert_eq!(s, 202, "{v}");
-        v["operations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| {
-                (
-                    a["guest_id"].as_str().unwrap().to_string(),
-                    a["operation_id"].as_str().unwrap().to_string(),
-                )
-            })
+        let g: CreateGuest = serde_json::from_value(body.clone()).unwrap();
+        let sent = serde_json::to_value(&g).unwrap();
+        for k in body.as_object().unwrap().keys() {
+            assert!(
+                sent.get(k).is_some() || body[k].is_null(),
+                "the SDK's CreateGuest has no field {k:?}"
+            );
+        }
+        let accepted = guests_api::guest_create(self.c(), g)
+            .await
+            .unwrap_or_else(|e| panic!("create {body}: {}", sdk_error(e)));
+        accepted
+            .operations
+            .into_iter()
+            .map(|a| (a.guest_id, a.operation_id))
             .collect()
     }
 
@@ -503,14 +522,15 @@ impl Cloud {
 
     /// Deletes every guest (each delete must succeed), then checks nothing is left.
     pub async fn delete_all_and_check(&self) {
-        let (_, guests) = self.get("/guests").await;
+        let guests = guests_api::guest_list(self.c(), None, None, Some(1000), None)
+            .await
+            .unwrap();
         let mut ops = Vec::new();
-        for g in guests.as_array().unwrap() {
-            let (s, v) = self
-                .delete(&format!("/guests/{}", g["id"].as_str().unwrap()))
-                .await;
-            assert_eq!(s, 202, "{v}");
-            ops.push(v["operation_id"].as_str().unwrap().to_string());
+        for g in guests {
+            let a = guests_api::guest_delete(self.c(), &g.id)
+                .await
+                .unwrap_or_else(|e| panic!("delete {}: {}", g.name, sdk_error(e)));
+            ops.push(a.operation_id);
         }
         for op in ops {
             let v = self.wait_op(&op).await;
@@ -521,20 +541,26 @@ impl Cloud {
 
     /// Every lease, guest and image must be gone.
     pub async fn assert_no_leaks(&self) {
-        let (_, guests) = self.get("/guests").await;
-        assert_eq!(guests.as_array().unwrap().len(), 0, "guests left: {guests}");
-        let (_, pools) = self.get("/ip-pools").await;
-        for p in pools.as_array().unwrap() {
-            assert_eq!(p["used"], json!(0), "pool {} still has leases", p["name"]);
+        let guests = guests_api::guest_list(self.c(), None, None, Some(1000), None)
+            .await
+            .unwrap();
+        assert!(guests.is_empty(), "guests left: {guests:?}");
+        for p in resources_api::pool_list(self.c()).await.unwrap() {
+            assert_eq!(p.used, 0, "pool {} still has leases", p.name);
         }
         assert_eq!(
             self.image_files(),
             Vec::<String>::new(),
             "files left in the disk-image directory"
         );
-        let (_, node) = self.get(&format!("/nodes/{}", self.node_id)).await;
-        assert_eq!(node["guests"], json!(0));
+        let node = nodes_api::node_get(self.c(), &self.node_id).await.unwrap();
+        assert_eq!(node.guests, 0);
     }
+}
+
+/// An SDK error as the server's status and message.
+pub fn sdk_error<T>(e: corral_client::apis::Error<T>) -> corral_client::session::SessionError {
+    e.into()
 }
 
 impl Cloud {
