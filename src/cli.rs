@@ -17,6 +17,7 @@ pub mod output;
 mod progress;
 mod resources;
 mod scripts;
+mod tokens;
 
 pub use guests::GuestCmd;
 pub use nodes::{NodeCmd, PluginCmd};
@@ -24,6 +25,7 @@ pub use ops::OpCmd;
 pub use output::Output;
 pub use resources::{PoolCmd, TemplateCmd};
 pub use scripts::{BootJobCmd, ScriptCmd, ScriptKind};
+pub use tokens::TokenCmd;
 
 use std::time::Duration;
 

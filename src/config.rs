@@ -47,6 +47,8 @@ pub struct ControllerConfig {
     pub step_lease_secs: u64,
     /// How long the janitor waits before running a node's failed cleanup items again.
     pub janitor_secs: u64,
+    /// How long a token from `POST /auth/login` works, hours.
+    pub login_token_hours: u64,
     /// Transient node-step failures are retried this many times before the saga unwinds.
     pub step_max_attempts: u32,
     pub vnc_port_min: u16,
@@ -77,6 +79,7 @@ impl Default for ControllerConfig {
             dispatch_window: 32,
             step_lease_secs: 120,
             janitor_secs: 30,
+            login_token_hours: 12,
             step_max_attempts: 3,
             vnc_port_min: 5900,
             vnc_port_max: 6899,
@@ -205,6 +208,7 @@ impl Config {
         env_parse("CORRAL_DISPATCH_WINDOW", &mut c.dispatch_window)?;
         env_parse("CORRAL_STEP_LEASE_SECS", &mut c.step_lease_secs)?;
         env_parse("CORRAL_JANITOR_SECS", &mut c.janitor_secs)?;
+        env_parse("CORRAL_LOGIN_TOKEN_HOURS", &mut c.login_token_hours)?;
         env_parse("CORRAL_VNC_PORT_MIN", &mut c.vnc_port_min)?;
         env_parse("CORRAL_VNC_PORT_MAX", &mut c.vnc_port_max)?;
         // One variable sets the range for both roles (`corral up` runs both).

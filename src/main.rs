@@ -108,6 +108,9 @@ enum Cmd {
     /// Controller plugins.
     #[command(subcommand)]
     Plugin(cli::PluginCmd),
+    /// Your API tokens: create (named, optionally expiring), list, revoke.
+    #[command(subcommand)]
+    Token(cli::TokenCmd),
     /// Print a shell completion script: `corral completions bash > /etc/bash_completion.d/corral`.
     Completions { shell: clap_complete::Shell },
 }
@@ -235,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Bootjob(c) => client(client_opts, |k| async move { k.boot_jobs(c).await }).await?,
         Cmd::Node(c) => client(client_opts, |k| async move { k.node(c).await }).await?,
         Cmd::Plugin(c) => client(client_opts, |k| async move { k.plugin(c).await }).await?,
+        Cmd::Token(c) => client(client_opts, |k| async move { k.token(c).await }).await?,
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());

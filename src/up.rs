@@ -47,7 +47,16 @@ pub async fn ensure_redis(url: &str, data_dir: &Path) -> Result<Option<Child>, U
         })
         .unwrap_or(6379);
     let dir = data_dir.join("redis");
-    std::fs::create_dir_all(&dir).map_err(|e| err(e.to_string()))?;
+    {
+        // Redis's data holds every queued job: only its owner reads it.
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| err(e.to_string()))?;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    }
     let child = Command::new("redis-server")
         .args([
             "--port",

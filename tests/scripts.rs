@@ -306,9 +306,14 @@ async fn boot_jobs_queue_list_hide_and_survive_a_failed_run() {
         .unwrap();
     store
         .insert_token(
+            &corral::controller::store::TokenRow {
+                id: "t-2".into(),
+                user_id: "u-2".into(),
+                name: "test".into(),
+                created_at: 0,
+                expires_at: None,
+            },
             &corral::controller::auth::token_digest("alice-token"),
-            "u-2",
-            0,
         )
         .await
         .unwrap();

@@ -135,6 +135,8 @@ pub async fn run(
         scripts,
         plugins: plugins.clone(),
         pages: Arc::new(api::Pages::new(store.changes.clone())),
+        throttle: Arc::new(auth::Throttle::default()),
+        login_token_hours: cfg.login_token_hours,
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {

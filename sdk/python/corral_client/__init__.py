@@ -51,6 +51,7 @@ __all__ = [
     "CreateGuest",
     "CreatePool",
     "CreateTemplate",
+    "CreatedToken",
     "Disk",
     "DomainXml",
     "ErrorBody",
@@ -67,6 +68,7 @@ __all__ = [
     "LoginRequest",
     "LoginResponse",
     "NewScript",
+    "NewToken",
     "Node",
     "NodeSettings",
     "Operation",
@@ -88,6 +90,7 @@ __all__ = [
     "StateChanged",
     "Step",
     "Template",
+    "Token",
     "UpdateGuest",
     "UpdateTemplate",
     "Worker",
@@ -131,6 +134,7 @@ from corral_client.models.correct_ip import CorrectIp as CorrectIp
 from corral_client.models.create_guest import CreateGuest as CreateGuest
 from corral_client.models.create_pool import CreatePool as CreatePool
 from corral_client.models.create_template import CreateTemplate as CreateTemplate
+from corral_client.models.created_token import CreatedToken as CreatedToken
 from corral_client.models.disk import Disk as Disk
 from corral_client.models.domain_xml import DomainXml as DomainXml
 from corral_client.models.error_body import ErrorBody as ErrorBody
@@ -147,6 +151,7 @@ from corral_client.models.health import Health as Health
 from corral_client.models.login_request import LoginRequest as LoginRequest
 from corral_client.models.login_response import LoginResponse as LoginResponse
 from corral_client.models.new_script import NewScript as NewScript
+from corral_client.models.new_token import NewToken as NewToken
 from corral_client.models.node import Node as Node
 from corral_client.models.node_settings import NodeSettings as NodeSettings
 from corral_client.models.operation import Operation as Operation
@@ -168,6 +173,7 @@ from corral_client.models.set_address_state import SetAddressState as SetAddress
 from corral_client.models.state_changed import StateChanged as StateChanged
 from corral_client.models.step import Step as Step
 from corral_client.models.template import Template as Template
+from corral_client.models.token import Token as Token
 from corral_client.models.update_guest import UpdateGuest as UpdateGuest
 from corral_client.models.update_template import UpdateTemplate as UpdateTemplate
 from corral_client.models.worker import Worker as Worker

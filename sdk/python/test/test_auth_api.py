@@ -29,7 +29,35 @@ class TestAuthApi(unittest.TestCase):
     def test_auth_login(self) -> None:
         """Test case for auth_login
 
-        Exchange a username and password for an API token.
+        Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes a user name is locked for 5 minutes, and one address may try 30 logins a minute (429).
+        """
+        pass
+
+    def test_auth_logout(self) -> None:
+        """Test case for auth_logout
+
+        Revoke the token this request is sent with.
+        """
+        pass
+
+    def test_token_create(self) -> None:
+        """Test case for token_create
+
+        Create a named API token for yourself (for scripts and CI), optionally expiring. Its value is in this answer only.
+        """
+        pass
+
+    def test_token_list(self) -> None:
+        """Test case for token_list
+
+        Your API tokens (never their values), newest first.
+        """
+        pass
+
+    def test_token_revoke(self) -> None:
+        """Test case for token_revoke
+
+        Revoke one of your tokens by id; it stops working at once.
         """
         pass
 

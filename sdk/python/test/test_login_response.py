@@ -35,6 +35,7 @@ class TestLoginResponse(unittest.TestCase):
         model = LoginResponse()
         if include_optional:
             return LoginResponse(
+                expires_at = '',
                 token = ''
             )
         else:

@@ -47,6 +47,12 @@ pub enum Error {
     },
     #[error("{0}")]
     Forbidden(String),
+    /// The request body is larger than the API takes.
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// Too many attempts (failed logins); `retry_after` seconds until the next is heard.
+    #[error("{message}; try again in {retry_after} s")]
+    TooMany { message: String, retry_after: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -70,6 +76,8 @@ impl Error {
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Unprocessable(_) | Error::Script { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Store(e) if e.is_unique_violation() => StatusCode::CONFLICT,
             Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -81,6 +89,10 @@ impl Error {
         let (message, details) = match self {
             Error::Conflict { message, details } => (message.clone(), details.clone()),
             Error::Script { message, details } => (message.clone(), Some(details.clone())),
+            Error::TooMany { retry_after, .. } => (
+                self.to_string(),
+                Some(serde_json::json!({ "retry_after_secs": retry_after })),
+            ),
             Error::Store(e) if e.is_unique_violation() => {
                 ("a resource with that name already exists".to_string(), None)
             }
@@ -104,6 +116,7 @@ pub fn code_of(status: StatusCode) -> &'static str {
         409 => "conflict",
         413 => "payload_too_large",
         415 => "unsupported_media_type",
+        429 => "too_many_requests",
         422 => "unprocessable",
         503 => "unavailable",
         s if s >= 500 => "internal",
@@ -129,6 +142,9 @@ pub enum ApiError {
     /// The resource is busy (another operation holds it) or the name is taken.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The body is larger than the API takes (1 MiB).
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
     /// The body is not JSON, or its `Content-Type` is missing or not `application/json`.
     #[oai(status = 415)]
     UnsupportedMediaType(Json<ErrorBody>),
@@ -138,6 +154,9 @@ pub enum ApiError {
     /// The server failed; the message says why.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// Too many attempts (failed logins from this user name or address): `details.retry_after_secs`.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>),
     /// A dependency (database, Redis) is not ready.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -152,7 +171,9 @@ impl From<Error> for ApiError {
             403 => ApiError::Forbidden(body),
             404 => ApiError::NotFound(body),
             409 => ApiError::Conflict(body),
+            413 => ApiError::PayloadTooLarge(body),
             415 => ApiError::UnsupportedMediaType(body),
+            429 => ApiError::TooManyRequests(body),
             422 => ApiError::Unprocessable(body),
             503 => ApiError::Unavailable(body),
             _ => {
@@ -268,6 +289,15 @@ mod tests {
                 "unprocessable",
             ),
             (Error::Forbidden("x".into()), 403, "forbidden"),
+            (Error::TooLarge { limit: 1 }, 413, "payload_too_large"),
+            (
+                Error::TooMany {
+                    message: "x".into(),
+                    retry_after: 1,
+                },
+                429,
+                "too_many_requests",
+            ),
             (Error::Unavailable("redis".into()), 503, "unavailable"),
             (
                 Error::Store(StoreError::Db(sqlx::Error::RowNotFound)),

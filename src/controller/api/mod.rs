@@ -24,6 +24,7 @@ mod system;
 
 use std::sync::Arc;
 
+use poem::http::header::CONTENT_LENGTH;
 use poem::listener::TcpAcceptor;
 use poem::middleware::Tracing;
 use poem::{Endpoint, EndpointExt, IntoResponse, Route};
@@ -50,6 +51,9 @@ pub struct AppState {
     pub plugins: Arc<crate::controller::plugins::Plugins>,
     /// Rendered list pages, kept until their tables change.
     pub pages: Arc<pages::Pages>,
+    /// Failed-login counts.
+    pub throttle: Arc<crate::controller::auth::Throttle>,
+    pub login_token_hours: u64,
 }
 
 type Apis = (
@@ -98,6 +102,10 @@ pub fn spec_json() -> String {
     spec::finish(&service().spec())
 }
 
+/// The largest request body the API reads, bytes. Scripts are the largest bodies it takes
+/// (a script's source is capped at 256 KiB by the sandbox).
+pub const MAX_BODY: usize = 1 << 20;
+
 /// The whole HTTP application.
 pub fn app(state: AppState) -> impl poem::Endpoint {
     let api = service();
@@ -124,14 +132,33 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
             let bodies = bodies.clone();
             async move {
                 let path = req.uri().path().to_string();
-                if let Some(schema) = bodies.schema(req.method().as_str(), &path) {
-                    let bytes = req.take_body().into_bytes().await?;
-                    // Unparsable JSON is left to the payload parser and its message.
-                    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                        if let Err(message) = bodies.check(&value, schema) {
-                            return Ok(
-                                error::ApiError::from(Error::BadRequest(message)).into_response()
-                            );
+                let has_body = matches!(
+                    *req.method(),
+                    poem::http::Method::POST | poem::http::Method::PUT | poem::http::Method::PATCH
+                );
+                if has_body {
+                    // Every body is read here, bounded, before a handler sees it.
+                    let declared = req
+                        .headers()
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let too_large = || {
+                        error::ApiError::from(Error::TooLarge { limit: MAX_BODY }).into_response()
+                    };
+                    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+                        return Ok(too_large());
+                    }
+                    let Ok(bytes) = req.take_body().into_bytes_limit(MAX_BODY).await else {
+                        return Ok(too_large());
+                    };
+                    if let Some(schema) = bodies.schema(req.method().as_str(), &path) {
+                        // Unparsable JSON is left to the payload parser and its message.
+                        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                            if let Err(message) = bodies.check(&value, schema) {
+                                return Ok(error::ApiError::from(Error::BadRequest(message))
+                                    .into_response());
+                            }
                         }
                     }
                     req.set_body(bytes);

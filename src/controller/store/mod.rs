@@ -42,7 +42,7 @@ pub use ops::*;
 pub use resources::*;
 pub use saga::*;
 pub use scripts::*;
-pub use users::UserRow;
+pub use users::{TokenRow, UserRow};
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
@@ -83,13 +83,39 @@ pub struct Store {
 
 impl Store {
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        // The database holds password and token digests and guests' secrets: its directory
+        // is created 0700 and the file kept 0600 (SQLite gives its WAL and shared-memory
+        // files the database file's mode). An existing directory keeps its mode: the disk
+        // images may live under it for a hypervisor that runs as another user.
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-                    path: dir.display().to_string(),
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|source| StoreError::Dir {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+            }
+        }
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| StoreError::Dir {
+                    path: path.display().to_string(),
                     source,
                 })?;
-            }
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
         let url = format!("sqlite://{}", path.display());
         let opts = SqliteConnectOptions::from_str(&url)?
@@ -147,6 +173,7 @@ impl Store {
             (8, include_str!("migrations/008_node_cleanup.sql")),
             (9, include_str!("migrations/009_node_usage.sql")),
             (10, include_str!("migrations/010_state_at.sql")),
+            (11, include_str!("migrations/011_tokens.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

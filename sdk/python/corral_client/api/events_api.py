@@ -101,8 +101,10 @@ class EventsApi:
             '403': "ErrorBody",
             '404': "ErrorBody",
             '409': "ErrorBody",
+            '413': "ErrorBody",
             '415': "ErrorBody",
             '422': "ErrorBody",
+            '429': "ErrorBody",
             '500': "ErrorBody",
             '503': "ErrorBody",
         }
@@ -180,8 +182,10 @@ class EventsApi:
             '403': "ErrorBody",
             '404': "ErrorBody",
             '409': "ErrorBody",
+            '413': "ErrorBody",
             '415': "ErrorBody",
             '422': "ErrorBody",
+            '429': "ErrorBody",
             '500': "ErrorBody",
             '503': "ErrorBody",
         }
@@ -259,8 +263,10 @@ class EventsApi:
             '403': "ErrorBody",
             '404': "ErrorBody",
             '409': "ErrorBody",
+            '413': "ErrorBody",
             '415': "ErrorBody",
             '422': "ErrorBody",
+            '429': "ErrorBody",
             '500': "ErrorBody",
             '503': "ErrorBody",
         }

@@ -91,8 +91,10 @@ class SystemApi:
             '403': "ErrorBody",
             '404': "ErrorBody",
             '409': "ErrorBody",
+            '413': "ErrorBody",
             '415': "ErrorBody",
             '422': "ErrorBody",
+            '429': "ErrorBody",
             '500': "ErrorBody",
             '503': "ErrorBody",
         }
@@ -162,8 +164,10 @@ class SystemApi:
             '403': "ErrorBody",
             '404': "ErrorBody",
             '409': "ErrorBody",
+            '413': "ErrorBody",
             '415': "ErrorBody",
             '422': "ErrorBody",
+            '429': "ErrorBody",
             '500': "ErrorBody",
             '503': "ErrorBody",
         }
@@ -233,8 +237,10 @@ class SystemApi:
             '403': "ErrorBody",
             '404': "ErrorBody",
             '409': "ErrorBody",
+            '413': "ErrorBody",
             '415': "ErrorBody",
             '422': "ErrorBody",
+            '429': "ErrorBody",
             '500': "ErrorBody",
             '503': "ErrorBody",
         }

@@ -28,6 +28,7 @@ from corral_client.models.correct_ip import CorrectIp
 from corral_client.models.create_guest import CreateGuest
 from corral_client.models.create_pool import CreatePool
 from corral_client.models.create_template import CreateTemplate
+from corral_client.models.created_token import CreatedToken
 from corral_client.models.disk import Disk
 from corral_client.models.domain_xml import DomainXml
 from corral_client.models.error_body import ErrorBody
@@ -44,6 +45,7 @@ from corral_client.models.health import Health
 from corral_client.models.login_request import LoginRequest
 from corral_client.models.login_response import LoginResponse
 from corral_client.models.new_script import NewScript
+from corral_client.models.new_token import NewToken
 from corral_client.models.node import Node
 from corral_client.models.node_settings import NodeSettings
 from corral_client.models.operation import Operation
@@ -65,6 +67,7 @@ from corral_client.models.set_address_state import SetAddressState
 from corral_client.models.state_changed import StateChanged
 from corral_client.models.step import Step
 from corral_client.models.template import Template
+from corral_client.models.token import Token
 from corral_client.models.update_guest import UpdateGuest
 from corral_client.models.update_template import UpdateTemplate
 from corral_client.models.worker import Worker

@@ -18,7 +18,7 @@ import re  # noqa: F401
 import json
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
-from typing import Any, ClassVar, Dict, List
+from typing import Any, ClassVar, Dict, List, Optional
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -27,8 +27,9 @@ class LoginResponse(BaseModel):
     """
     LoginResponse
     """ # noqa: E501
+    expires_at: Optional[StrictStr] = Field(default=None, description="When the token stops working (RFC 3339).")
     token: StrictStr = Field(description="Send as `Authorization: Bearer <token>`. Shown once; corral keeps only a digest.")
-    __properties: ClassVar[List[str]] = ["token"]
+    __properties: ClassVar[List[str]] = ["expires_at", "token"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -81,6 +82,7 @@ class LoginResponse(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
+            "expires_at": obj.get("expires_at"),
             "token": obj.get("token")
         })
         return _obj

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoginResponse {
+    /// When the token stops working (RFC 3339).
+    #[serde(rename = "expires_at", skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
     /// Send as `Authorization: Bearer <token>`. Shown once; corral keeps only a digest.
     #[serde(rename = "token")]
     pub token: String,
@@ -20,6 +23,9 @@ pub struct LoginResponse {
 
 impl LoginResponse {
     pub fn new(token: String) -> LoginResponse {
-        LoginResponse { token }
+        LoginResponse {
+            expires_at: None,
+            token,
+        }
     }
 }

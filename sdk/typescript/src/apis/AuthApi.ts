@@ -14,6 +14,11 @@
 
 import * as runtime from '../runtime';
 import {
+    type CreatedToken,
+    CreatedTokenFromJSON,
+    CreatedTokenToJSON,
+} from '../models/CreatedToken';
+import {
     type ErrorBody,
     ErrorBodyFromJSON,
     ErrorBodyToJSON,
@@ -28,12 +33,36 @@ import {
     LoginResponseFromJSON,
     LoginResponseToJSON,
 } from '../models/LoginResponse';
+import {
+    type NewToken,
+    NewTokenFromJSON,
+    NewTokenToJSON,
+} from '../models/NewToken';
+import {
+    type Token,
+    TokenFromJSON,
+    TokenToJSON,
+} from '../models/Token';
 
 export interface AuthLoginRequest {
     /**
      * 
      */
     loginRequest: LoginRequest;
+}
+
+export interface TokenCreateRequest {
+    /**
+     * 
+     */
+    newToken: NewToken;
+}
+
+export interface TokenRevokeRequest {
+    /**
+     * 
+     */
+    id: string;
 }
 
 /**
@@ -71,7 +100,7 @@ export class AuthApi extends runtime.BaseAPI {
     }
 
     /**
-     * Exchange a username and password for an API token.
+     * Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes a user name is locked for 5 minutes, and one address may try 30 logins a minute (429).
      */
     async authLoginRaw(requestParameters: AuthLoginRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<LoginResponse>> {
         const requestOptions = await this.authLoginRequestOpts(requestParameters);
@@ -81,11 +110,207 @@ export class AuthApi extends runtime.BaseAPI {
     }
 
     /**
-     * Exchange a username and password for an API token.
+     * Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes a user name is locked for 5 minutes, and one address may try 30 logins a minute (429).
      */
     async authLogin(requestParameters: AuthLoginRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<LoginResponse> {
         const response = await this.authLoginRaw(requestParameters, initOverrides);
         return await response.value();
+    }
+
+    /**
+     * Creates request options for authLogout without sending the request
+     */
+    async authLogoutRequestOpts(): Promise<runtime.RequestOpts> {
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/auth/logout`;
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Revoke the token this request is sent with.
+     */
+    async authLogoutRaw(initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<void>> {
+        const requestOptions = await this.authLogoutRequestOpts();
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.VoidApiResponse(response);
+    }
+
+    /**
+     * Revoke the token this request is sent with.
+     */
+    async authLogout(initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<void> {
+        await this.authLogoutRaw(initOverrides);
+    }
+
+    /**
+     * Creates request options for tokenCreate without sending the request
+     */
+    async tokenCreateRequestOpts(requestParameters: TokenCreateRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['newToken'] == null) {
+            throw new runtime.RequiredError(
+                'newToken',
+                'Required parameter "newToken" was null or undefined when calling tokenCreate().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/tokens`;
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+            body: NewTokenToJSON(requestParameters['newToken']),
+        };
+    }
+
+    /**
+     * Create a named API token for yourself (for scripts and CI), optionally expiring. Its value is in this answer only.
+     */
+    async tokenCreateRaw(requestParameters: TokenCreateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<CreatedToken>> {
+        const requestOptions = await this.tokenCreateRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => CreatedTokenFromJSON(jsonValue));
+    }
+
+    /**
+     * Create a named API token for yourself (for scripts and CI), optionally expiring. Its value is in this answer only.
+     */
+    async tokenCreate(requestParameters: TokenCreateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<CreatedToken> {
+        const response = await this.tokenCreateRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for tokenList without sending the request
+     */
+    async tokenListRequestOpts(): Promise<runtime.RequestOpts> {
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/tokens`;
+
+        return {
+            path: urlPath,
+            method: 'GET',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Your API tokens (never their values), newest first.
+     */
+    async tokenListRaw(initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Array<Token>>> {
+        const requestOptions = await this.tokenListRequestOpts();
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => jsonValue.map(TokenFromJSON));
+    }
+
+    /**
+     * Your API tokens (never their values), newest first.
+     */
+    async tokenList(initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Array<Token>> {
+        const response = await this.tokenListRaw(initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for tokenRevoke without sending the request
+     */
+    async tokenRevokeRequestOpts(requestParameters: TokenRevokeRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling tokenRevoke().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/tokens/{id}`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'DELETE',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Revoke one of your tokens by id; it stops working at once.
+     */
+    async tokenRevokeRaw(requestParameters: TokenRevokeRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<void>> {
+        const requestOptions = await this.tokenRevokeRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.VoidApiResponse(response);
+    }
+
+    /**
+     * Revoke one of your tokens by id; it stops working at once.
+     */
+    async tokenRevoke(requestParameters: TokenRevokeRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<void> {
+        await this.tokenRevokeRaw(requestParameters, initOverrides);
     }
 
 }

@@ -20,6 +20,10 @@ import { mapValues } from '../runtime';
  */
 export interface LoginResponse {
     /**
+     * When the token stops working (RFC 3339).
+     */
+    expiresAt?: string;
+    /**
      * Send as `Authorization: Bearer <token>`. Shown once; corral keeps only a digest.
      */
     token: string;
@@ -43,6 +47,7 @@ export function LoginResponseFromJSONTyped(json: any, ignoreDiscriminator: boole
     }
     return {
         
+        'expiresAt': json['expires_at'] == null ? undefined : json['expires_at'],
         'token': json['token'],
     };
 }
@@ -58,6 +63,7 @@ export function LoginResponseToJSONTyped(value?: LoginResponse | null, ignoreDis
 
     return {
         
+        'expires_at': value['expiresAt'],
         'token': value['token'],
     };
 }

@@ -1,0 +1,221 @@
+//! Logging in and tokens against a real corral (Redis + libvirt test driver): failed
+//! logins lock a user name, bodies over the limit are refused before anything reads them,
+//! named tokens expire and are revoked, and `corral up`'s admin token survives restarts.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{require, Cloud};
+use serde_json::{json, Value};
+
+fn parts() -> bool {
+    require("redis-server")
+}
+
+async fn login(cloud: &Cloud, user: &str, password: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(cloud.url("/auth/login"))
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get_with(cloud: &Cloud, token: &str, path: &str) -> u16 {
+    reqwest::Client::new()
+        .get(cloud.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_lock_the_name_and_tokens_expire_and_are_revoked() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+
+    // A login token says when it expires: 12 hours by default.
+    let (s, v) = login(&cloud, "admin", "test-admin-pw").await;
+    assert_eq!(s, 200, "{v}");
+    let expires = humantime::parse_rfc3339(v["expires_at"].as_str().unwrap()).unwrap();
+    let left = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs();
+    assert!((11 * 3600..=12 * 3600).contains(&left), "{left}");
+
+    // Five wrong passwords lock the name: even the right one is refused, with a 429 that
+    // says for how long. An unknown name answers like a wrong password.
+    for _ in 0..5 {
+        let (s, v) = login(&cloud, "admin", "wrong").await;
+        assert_eq!(s, 401, "{v}");
+    }
+    let (s, v) = login(&cloud, "admin", "test-admin-pw").await;
+    assert_eq!(s, 429, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("locked"), "{v}");
+    assert!(
+        v["details"]["retry_after_secs"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    let (s, _) = login(&cloud, "nobody", "x").await;
+    assert_eq!(s, 401);
+    // Tokens issued before keep working: the lock is on logging in.
+    assert_eq!(get_with(&cloud, cloud.token(), "/about").await, 200);
+
+    // A named token that expires in 2 s: listed without its value, then refused.
+    let (s, v) = cloud
+        .post("/tokens", json!({"name": "ci", "expires_in_secs": 2}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let short = v["token"].as_str().unwrap().to_string();
+    assert_eq!(get_with(&cloud, &short, "/about").await, 200);
+    let (_, list) = cloud.get("/tokens").await;
+    let listed: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "ci")
+        .collect();
+    assert_eq!(listed.len(), 1, "{list}");
+    assert!(
+        listed[0].get("token").is_none(),
+        "a token's value was listed: {list}"
+    );
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["current"] == true),
+        "{list}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(get_with(&cloud, &short, "/about").await, 401);
+
+    // Revoked by id: refused at once; someone else's id (or none) is a 404.
+    let (_, v) = cloud.post("/tokens", json!({"name": "deploy"})).await;
+    let (deploy, id) = (
+        v["token"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    );
+    assert!(v.get("expires_at").is_none(), "{v}");
+    assert_eq!(get_with(&cloud, &deploy, "/about").await, 200);
+    let (s, _) = cloud.delete(&format!("/tokens/{id}")).await;
+    assert_eq!(s, 204);
+    assert_eq!(get_with(&cloud, &deploy, "/about").await, 401);
+    let (s, _) = cloud.delete(&format!("/tokens/{id}")).await;
+    assert_eq!(s, 404);
+
+    // Logging out revokes the token the request carries.
+    let (_, v) = cloud.post("/tokens", json!({"name": "session"})).await;
+    let session = v["token"].as_str().unwrap().to_string();
+    let s = reqwest::Client::new()
+        .post(cloud.url("/auth/logout"))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(s, 204);
+    assert_eq!(get_with(&cloud, &session, "/about").await, 401);
+
+    // Bad token requests: a blank name, an expiry out of range.
+    for bad in [
+        json!({"name": " "}),
+        json!({"name": "x", "expires_in_secs": 0}),
+        json!({"name": "x", "expires_in_secs": 99_999_999}),
+    ] {
+        let (s, v) = cloud.post("/tokens", bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_refused_and_changes_nothing() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    let big = "// padding\n".repeat(200_000); // 2.2 MB
+    let source = format!("{big}fn actions(guest, params) {{ [] }}");
+    let (s, v) = cloud
+        .post("/boot-scripts", json!({"name": "huge", "source": source}))
+        .await;
+    assert_eq!(s, 413, "{v}");
+    assert_eq!(v["code"], "payload_too_large", "{v}");
+
+    // The same without a Content-Length (a chunked body): read only up to the limit.
+    let mut chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(b"{\"name\": \"huge\", \"source\": \"".to_vec())];
+    chunks.extend((0..2000).map(|_| Ok(vec![b'a'; 1024])));
+    chunks.push(Ok(b"\"}".to_vec()));
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let r = reqwest::Client::new()
+        .post(cloud.url("/boot-scripts"))
+        .bearer_auth(cloud.token())
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+
+    let (s, _) = cloud.get("/boot-scripts/huge").await;
+    assert_eq!(s, 404, "a refused body created the script");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_file_is_written_once_and_private() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    let file = cloud.dir().join("admin.token");
+    let first = std::fs::read_to_string(&file).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600, "admin.token");
+    assert_eq!(mode(&cloud.dir().join("corral.db")), 0o600, "the database");
+    assert_eq!(get_with(&cloud, first.trim(), "/about").await, 200);
+
+    // A restart keeps the file and its token: no token is minted per start.
+    cloud.controller.take().unwrap().kill9();
+    cloud.start_controller(&[]).await;
+    let second = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(first, second, "the admin token changed at a restart");
+    let (_, tokens) = cloud.get("/tokens").await;
+    let admin_tokens = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "admin.token")
+        .count();
+    assert_eq!(admin_tokens, 1, "{tokens}");
+
+    // A revoked admin token is replaced at the next start.
+    let id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "admin.token")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _) = cloud.delete(&format!("/tokens/{id}")).await;
+    assert_eq!(s, 204);
+    cloud.controller.take().unwrap().kill9();
+    cloud.start_controller(&[]).await;
+    let third = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(third, first);
+    assert_eq!(get_with(&cloud, third.trim(), "/about").await, 200);
+}
