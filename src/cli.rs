@@ -18,6 +18,7 @@ mod progress;
 mod resources;
 mod scripts;
 mod tokens;
+mod users;
 
 pub use guests::GuestCmd;
 pub use nodes::{NodeCmd, PluginCmd};
@@ -26,6 +27,7 @@ pub use output::Output;
 pub use resources::{PoolCmd, TemplateCmd};
 pub use scripts::{BootJobCmd, ScriptCmd, ScriptKind};
 pub use tokens::TokenCmd;
+pub use users::UserCmd;
 
 use std::time::Duration;
 

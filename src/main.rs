@@ -111,6 +111,9 @@ enum Cmd {
     /// Your API tokens: create (named, optionally expiring), list, revoke.
     #[command(subcommand)]
     Token(cli::TokenCmd),
+    /// Users and roles; `corral user passwd` changes your own password.
+    #[command(subcommand)]
+    User(cli::UserCmd),
     /// Print a shell completion script: `corral completions bash > /etc/bash_completion.d/corral`.
     Completions { shell: clap_complete::Shell },
 }
@@ -239,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Node(c) => client(client_opts, |k| async move { k.node(c).await }).await?,
         Cmd::Plugin(c) => client(client_opts, |k| async move { k.plugin(c).await }).await?,
         Cmd::Token(c) => client(client_opts, |k| async move { k.token(c).await }).await?,
+        Cmd::User(c) => client(client_opts, |k| async move { k.user(c).await }).await?,
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());

@@ -78,6 +78,7 @@ async fn seed(store: &Store, pool: &str, template: &str) -> Seeded {
                 bandwidth: None,
                 os_init_profile: None,
                 init_secrets: None,
+                owner_id: None,
             },
         )
         .await

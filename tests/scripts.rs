@@ -301,6 +301,7 @@ async fn boot_jobs_queue_list_hide_and_survive_a_failed_run() {
             password_hash: "x".into(),
             is_admin: false,
             created_at: 0,
+            role: "user".into(),
         })
         .await
         .unwrap();

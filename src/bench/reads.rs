@@ -291,6 +291,7 @@ async fn seed(
                     bandwidth: None,
                     os_init_profile: Some("linux-default".into()),
                     init_secrets: None,
+                    owner_id: None,
                 },
             )
             .await

@@ -128,6 +128,7 @@ pub async fn bootstrap(store: &Store, cfg: &ControllerConfig) -> Result<String, 
                 password_hash: hash_password_blocking(password.clone()).await?,
                 is_admin: true,
                 created_at: now_ms(),
+                role: "admin".into(),
             })
             .await?;
         if generated {
@@ -310,6 +311,7 @@ mod tests {
             password_hash: h,
             is_admin: false,
             created_at: 0,
+            role: "user".into(),
         };
         assert!(verify_login("pw".into(), Some(known.clone()))
             .await

@@ -27,6 +27,7 @@ __all__ = [
     "ResourcesApi",
     "ScriptsApi",
     "SystemApi",
+    "UsersApi",
     "ApiResponse",
     "ApiClient",
     "Configuration",
@@ -69,11 +70,13 @@ __all__ = [
     "LoginResponse",
     "NewScript",
     "NewToken",
+    "NewUser",
     "Node",
     "NodeSettings",
     "Operation",
     "OperationState",
     "OsType",
+    "PasswordChange",
     "PasswordReset",
     "PluginInfo",
     "Pool",
@@ -93,6 +96,9 @@ __all__ = [
     "Token",
     "UpdateGuest",
     "UpdateTemplate",
+    "User",
+    "UserChange",
+    "UserRole",
     "Worker",
 ]
 
@@ -106,6 +112,7 @@ from corral_client.api.plugins_api import PluginsApi as PluginsApi
 from corral_client.api.resources_api import ResourcesApi as ResourcesApi
 from corral_client.api.scripts_api import ScriptsApi as ScriptsApi
 from corral_client.api.system_api import SystemApi as SystemApi
+from corral_client.api.users_api import UsersApi as UsersApi
 
 # import ApiClient
 from corral_client.api_response import ApiResponse as ApiResponse
@@ -152,11 +159,13 @@ from corral_client.models.login_request import LoginRequest as LoginRequest
 from corral_client.models.login_response import LoginResponse as LoginResponse
 from corral_client.models.new_script import NewScript as NewScript
 from corral_client.models.new_token import NewToken as NewToken
+from corral_client.models.new_user import NewUser as NewUser
 from corral_client.models.node import Node as Node
 from corral_client.models.node_settings import NodeSettings as NodeSettings
 from corral_client.models.operation import Operation as Operation
 from corral_client.models.operation_state import OperationState as OperationState
 from corral_client.models.os_type import OsType as OsType
+from corral_client.models.password_change import PasswordChange as PasswordChange
 from corral_client.models.password_reset import PasswordReset as PasswordReset
 from corral_client.models.plugin_info import PluginInfo as PluginInfo
 from corral_client.models.pool import Pool as Pool
@@ -176,5 +185,8 @@ from corral_client.models.template import Template as Template
 from corral_client.models.token import Token as Token
 from corral_client.models.update_guest import UpdateGuest as UpdateGuest
 from corral_client.models.update_template import UpdateTemplate as UpdateTemplate
+from corral_client.models.user import User as User
+from corral_client.models.user_change import UserChange as UserChange
+from corral_client.models.user_role import UserRole as UserRole
 from corral_client.models.worker import Worker as Worker
 

@@ -39,7 +39,8 @@ class TestCreateTemplate(unittest.TestCase):
                 name = '',
                 os_init_profile = '',
                 os_type = 'linux',
-                path = ''
+                path = '',
+                public = True
             )
         else:
             return CreateTemplate(

@@ -41,7 +41,9 @@ class TestTemplate(unittest.TestCase):
                 name = '',
                 os_init_profile = '',
                 os_type = '',
-                path = ''
+                owner_id = '',
+                path = '',
+                public = True
             )
         else:
             return Template(
@@ -52,6 +54,7 @@ class TestTemplate(unittest.TestCase):
                 os_init_profile = '',
                 os_type = '',
                 path = '',
+                public = True,
         )
         """
 

@@ -227,12 +227,7 @@ impl BootJobApi {
         }
         let mut rows = Vec::new();
         for name in &b.guests {
-            let g = state
-                .store
-                .guest(name)
-                .await?
-                .ok_or_else(|| Error::not_found("guest", name.clone()))?;
-            rows.push(g);
+            rows.push(super::access::guest(&state, &auth.0, name).await?);
         }
         let mut tx = state.store.begin().await?;
         let mut out = Vec::new();
@@ -290,11 +285,7 @@ impl BootJobApi {
                 .into());
             }
         }
-        let g = state
-            .store
-            .guest(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let g = super::access::guest(&state, &auth.0, &id).await?;
         let system = auth.0.is_admin && include_system.0;
         let rows = state
             .store
@@ -316,11 +307,21 @@ impl BootJobApi {
         #[oai(default)] include_system: Query<bool>,
     ) -> ApiResult<Json<Vec<GuestPending>>> {
         let system = auth.0.is_admin && include_system.0;
+        let owner = auth.0.owner_scope();
+        let mut visible = Vec::new();
+        for (guest_id, name, n) in state.store.guests_with_pending_jobs(system).await? {
+            let shown = match owner {
+                None => true,
+                Some(_) => super::access::guest(&state, &auth.0, &guest_id)
+                    .await
+                    .is_ok(),
+            };
+            if shown {
+                visible.push((guest_id, name, n));
+            }
+        }
         Ok(Json(
-            state
-                .store
-                .guests_with_pending_jobs(system)
-                .await?
+            visible
                 .into_iter()
                 .map(|(guest_id, name, n)| GuestPending {
                     guest_id,
@@ -366,14 +367,20 @@ impl BootJobApi {
     }
 }
 
-/// A job the caller may see: system jobs only for administrators (S21).
+/// A job the caller may see: on a guest they may see, and system jobs only for
+/// administrators (S21).
 async fn visible_job(state: &AppState, auth: &Auth, id: &str) -> Result<BootJobRow, Error> {
-    state
+    let missing = || Error::not_found("boot job", id);
+    let j = state
         .store
         .boot_job(id)
         .await?
         .filter(|j| !j.system || auth.0.is_admin)
-        .ok_or_else(|| Error::not_found("boot job", id))
+        .ok_or_else(missing)?;
+    super::access::guest(state, &auth.0, &j.guest_id)
+        .await
+        .map_err(|_| missing())?;
+    Ok(j)
 }
 
 fn default_limit() -> i64 {

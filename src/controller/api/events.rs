@@ -36,7 +36,7 @@ impl EventApi {
     #[oai(path = "/events", method = "get", operation_id = "event_stream")]
     async fn stream(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<String>>,
         /// Start after this sequence number (0: from the beginning). Default: only new events.
@@ -50,31 +50,53 @@ impl EventApi {
             (None, None) => state.store.last_event_seq().await?,
         };
         let store = state.store.clone();
-        let stream = futures::stream::unfold((store, start), |(store, mut cursor)| async move {
-            let notify = store.events_appended.clone();
-            loop {
-                let notified = notify.notified();
-                match store.events_after(cursor, 500).await {
-                    Ok(rows) if !rows.is_empty() => {
-                        cursor = rows.last().map(|r| r.seq).unwrap_or(cursor);
-                        let items: Vec<EventItem> = rows
-                            .into_iter()
-                            .map(|r| EventItem {
-                                seq: r.seq,
-                                at: rfc3339(r.at),
-                                kind: r.kind,
-                                subject: r.subject,
-                                data: serde_json::from_str(&r.data)
-                                    .unwrap_or(serde_json::Value::Null),
-                            })
-                            .collect();
-                        return Some((futures::stream::iter(items), (store, cursor)));
+        // A user sees the events of their own guests and requests only.
+        let viewer = auth
+            .0
+            .owner_scope()
+            .map(|id| (id.to_string(), auth.0.name.clone()));
+        let stream = futures::stream::unfold((store, start), move |(store, mut cursor)| {
+            let viewer = viewer.clone();
+            async move {
+                let notify = store.events_appended.clone();
+                loop {
+                    let notified = notify.notified();
+                    match store.events_after(cursor, 500).await {
+                        Ok(rows) if !rows.is_empty() => {
+                            cursor = rows.last().map(|r| r.seq).unwrap_or(cursor);
+                            let items: Vec<EventItem> = rows
+                                .into_iter()
+                                .map(|r| EventItem {
+                                    seq: r.seq,
+                                    at: rfc3339(r.at),
+                                    kind: r.kind,
+                                    subject: r.subject,
+                                    data: serde_json::from_str(&r.data)
+                                        .unwrap_or(serde_json::Value::Null),
+                                })
+                                .collect();
+                            let items = match &viewer {
+                                None => items,
+                                Some((id, name)) => {
+                                    let owned =
+                                        store.guest_ids_of_owner(id).await.unwrap_or_default();
+                                    items
+                                        .into_iter()
+                                        .filter(|e| visible(e, &owned, name))
+                                        .collect()
+                                }
+                            };
+                            if items.is_empty() {
+                                continue;
+                            }
+                            return Some((futures::stream::iter(items), (store, cursor)));
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("event stream: {e}"),
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("event stream: {e}"),
+                    // Woken by local commits; the cap covers writers in other processes.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
                 }
-                // Woken by local commits; the cap covers writers in other processes.
-                let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
             }
         })
         .flatten()
@@ -89,4 +111,12 @@ impl EventApi {
                 poem::web::sse::Event::message(data).id(item.seq.to_string()).event_type(item.kind)
             }))
     }
+}
+
+/// Whether a user sees an event: one naming a guest they own, or a request they made.
+fn visible(e: &EventItem, owned: &std::collections::HashSet<String>, name: &str) -> bool {
+    let guest = e.data["guest_id"]
+        .as_str()
+        .or(e.kind.starts_with("guest.").then_some(e.subject.as_str()));
+    guest.is_some_and(|g| owned.contains(g)) || e.data["requested_by"] == name
 }

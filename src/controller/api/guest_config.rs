@@ -120,12 +120,8 @@ fn posix_only(g: &GuestRow, what: &str) -> Result<(), Error> {
     Ok(())
 }
 
-async fn guest(state: &AppState, id: &str) -> Result<GuestRow, Error> {
-    state
-        .store
-        .guest(id)
-        .await?
-        .ok_or_else(|| Error::not_found("guest", id))
+async fn guest(state: &AppState, auth: &Auth, id: &str) -> Result<GuestRow, Error> {
+    super::access::guest(state, &auth.0, id).await
 }
 
 pub struct GuestConfigApi;
@@ -145,7 +141,7 @@ impl GuestConfigApi {
         id: Path<String>,
         body: Json<ResetPassword>,
     ) -> ApiResult<PasswordResponse> {
-        let g = guest(&state, &id).await?;
+        let g = guest(&state, &auth, &id).await?;
         let b = body.0;
         let user = b.user.unwrap_or_else(|| "root".into());
         check_user(&user).map_err(Error::BadRequest)?;
@@ -211,7 +207,7 @@ impl GuestConfigApi {
         id: Path<String>,
         body: Json<AddSshKeys>,
     ) -> ApiResult<Json<GuestChange>> {
-        let g = guest(&state, &id).await?;
+        let g = guest(&state, &auth, &id).await?;
         let b = body.0;
         let user = b.user.unwrap_or_else(|| "root".into());
         check_user(&user).map_err(Error::BadRequest)?;
@@ -256,7 +252,7 @@ impl GuestConfigApi {
         id: Path<String>,
         body: Json<ChangeIp>,
     ) -> ApiResult<OpResponse> {
-        let g = guest(&state, &id).await?;
+        let g = guest(&state, &auth, &id).await?;
         if g.ip.is_none() || g.mac.is_none() {
             return Err(
                 Error::Unprocessable(format!("guest {} has no address to change", g.name)).into(),
@@ -380,7 +376,7 @@ pub(super) async fn update(
     id: &str,
     body: UpdateGuest,
 ) -> ApiResult<Json<GuestChange>> {
-    let g = guest(state, id).await?;
+    let g = guest(state, &auth, id).await?;
     let Some(hostname) = body.hostname else {
         return Ok(Json(GuestChange {
             guest_id: g.id,

@@ -10,7 +10,7 @@ use super::error::{ApiResult, Error};
 use super::guest_config;
 use super::operations::{start_op, Target};
 use super::pages::{Cached, Clock};
-use super::{AppState, Auth};
+use super::{access, AppState, Auth};
 use crate::controller::alloc;
 use crate::controller::saga::kinds::power::Power;
 use crate::controller::saga::kinds::{set_bandwidth, Request};
@@ -245,7 +245,15 @@ impl GuestApi {
         if !(1..=64).contains(&req.cpus) {
             return Err(Error::BadRequest(format!("cpus must be 1–64, not {}", req.cpus)).into());
         }
-        let template = state.store.template(&req.template).await?.ok_or_else(|| {
+        if req.node.is_some() {
+            access::operator(&auth.0, "placing a guest on a chosen node")?;
+        }
+        let template = state
+            .store
+            .template(&req.template)
+            .await?
+            .filter(|t| access::sees_template(&auth.0, t))
+            .ok_or_else(|| {
             Error::Unprocessable(format!(
                 "unknown template {:?}: register it with POST /api/v1/templates or pick one from GET /api/v1/templates",
                 req.template
@@ -420,6 +428,7 @@ impl GuestApi {
                 bandwidth: bandwidth_json.clone(),
                 os_init_profile: Some(profile.clone()),
                 init_secrets: Some(secrets.clone()),
+                owner_id: Some(auth.0.id.clone()),
             };
             match st::insert_guest(&mut tx, &row).await {
                 Err(e) if e.is_unique_violation() => {
@@ -462,7 +471,7 @@ impl GuestApi {
     #[oai(path = "/guests", method = "get", operation_id = "guest_list")]
     async fn list(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         /// Only guests in this state.
         #[oai(name = "state")]
@@ -477,9 +486,14 @@ impl GuestApi {
         #[oai(default, validator(minimum(value = "0")))] offset: Query<i64>,
     ) -> ApiResult<Cached<Vec<Guest>>> {
         let key = format!(
-            "guests?{:?}&{:?}&{}&{}",
-            guest_state.0, node.0, limit.0, offset.0
+            "guests/{}?{:?}&{:?}&{}&{}",
+            access::view_key(&auth.0),
+            guest_state.0,
+            node.0,
+            limit.0,
+            offset.0
         );
+        let owner = auth.0.owner_scope().map(String::from);
         let store = &state.store;
         state
             .pages
@@ -488,6 +502,7 @@ impl GuestApi {
                     .guests(
                         guest_state.0.map(GuestState::as_str),
                         node.0.as_deref(),
+                        owner.as_deref(),
                         limit.0,
                         offset.0,
                     )
@@ -515,15 +530,11 @@ impl GuestApi {
     #[oai(path = "/guests/:id", method = "get", operation_id = "guest_get")]
     async fn get(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Json<Guest>> {
-        let g = state
-            .store
-            .guest(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let g = access::guest(&state, &auth.0, &id).await?;
         let disks = state.store.disks_of(&g.id).await?;
         Ok(Json(view(&g, disks)))
     }
@@ -549,11 +560,7 @@ impl GuestApi {
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<OpResponse> {
-        let g = state
-            .store
-            .guest(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let g = access::guest(&state, &auth.0, &id).await?;
         let mut tx = state.store.begin().await?;
         let op = start_op(
             &state,
@@ -579,16 +586,13 @@ impl GuestApi {
     )]
     async fn correct_ip(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
         body: Json<CorrectIp>,
     ) -> ApiResult<Json<Guest>> {
-        let g = state
-            .store
-            .guest(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        access::operator(&auth.0, "correcting a guest's recorded address")?;
+        let g = access::guest(&state, &auth.0, &id).await?;
         let addr: std::net::Ipv4Addr = body
             .ip
             .parse()
@@ -645,15 +649,11 @@ impl GuestApi {
     )]
     async fn domain_xml(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Json<DomainXml>> {
-        let g = state
-            .store
-            .guest(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let g = access::guest(&state, &auth.0, &id).await?;
         Ok(Json(DomainXml { xml: g.domain_xml }))
     }
 
@@ -671,11 +671,7 @@ impl GuestApi {
         id: Path<String>,
         body: Json<Bandwidth>,
     ) -> ApiResult<OpResponse> {
-        let g = state
-            .store
-            .guest(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let g = access::guest(&state, &auth.0, &id).await?;
         body.validate()
             .map_err(|e| Error::BadRequest(format!("bandwidth: {e}")))?;
         if g.domain_xml.is_none() || g.state.owned_by_operation() {
@@ -711,11 +707,7 @@ impl GuestApi {
         #[oai(validator(maximum(value = "3600")))]
         timeout_secs: Query<Option<u64>>,
     ) -> ApiResult<OpResponse> {
-        let g = state
-            .store
-            .guest(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("guest", id.0.clone()))?;
+        let g = access::guest(&state, &auth.0, &id).await?;
         if g.state.owned_by_operation() && g.lock_op.is_none() {
             return Err(Error::Conflict {
                 message: format!(

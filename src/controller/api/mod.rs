@@ -5,6 +5,7 @@
 //! or writes rows and wakes the saga engine; nothing here talks to a node. All endpoints but
 //! login and health need a bearer token.
 
+mod access;
 mod auth;
 mod bootjobs;
 pub mod error;
@@ -21,6 +22,7 @@ mod scripts;
 mod spec;
 mod strict;
 mod system;
+mod users;
 
 use std::sync::Arc;
 
@@ -69,6 +71,7 @@ type Apis = (
     scripts::ScriptApi,
     bootjobs::BootJobApi,
     plugins::PluginApi,
+    users::UserApi,
 );
 
 fn apis() -> Apis {
@@ -85,6 +88,7 @@ fn apis() -> Apis {
         scripts::ScriptApi,
         bootjobs::BootJobApi,
         plugins::PluginApi,
+        users::UserApi,
     )
 }
 

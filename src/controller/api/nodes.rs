@@ -6,7 +6,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
 use super::error::{ApiResult, Error};
-use super::{AppState, Auth};
+use super::{access, AppState, Auth};
 use crate::controller::saga::kinds::{node_remove, Request};
 use crate::controller::store::{CleanupRow, NodeRow};
 use crate::model::{now_ms, rfc3339, NodeAction};
@@ -186,11 +186,12 @@ impl NodeApi {
     #[oai(path = "/nodes", method = "get", operation_id = "node_list")]
     async fn list(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         /// `true`: only live nodes (e.g. to choose a migration target, S09).
         online: poem_openapi::param::Query<Option<bool>>,
     ) -> ApiResult<Json<Vec<Node>>> {
+        access::operator(&auth.0, "listing nodes")?;
         let mut out = Vec::new();
         for n in state.store.nodes().await? {
             if online.0.is_some_and(|o| o != n.online) {
@@ -204,10 +205,11 @@ impl NodeApi {
     #[oai(path = "/nodes/:id", method = "get", operation_id = "node_get")]
     async fn get(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Json<Node>> {
+        access::operator(&auth.0, "reading a node")?;
         let n = state
             .store
             .node(&id)
@@ -226,6 +228,7 @@ impl NodeApi {
         id: Path<String>,
         guests: poem_openapi::param::Query<GuestRecords>,
     ) -> ApiResult<super::guests::OpResponse> {
+        access::admin(&auth.0, "removing a node")?;
         let n = state
             .store
             .node(&id)
@@ -261,11 +264,12 @@ impl NodeApi {
     #[oai(path = "/nodes/:id", method = "patch", operation_id = "node_update")]
     async fn update(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
         body: Json<NodeSettings>,
     ) -> ApiResult<Json<Node>> {
+        access::admin(&auth.0, "changing a node's settings")?;
         if let Some(a) = body.0.accept_auto {
             if !state.store.set_node_accept_auto(&id, a).await? {
                 return Err(Error::not_found("node", id.0.clone()).into());

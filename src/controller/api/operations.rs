@@ -9,7 +9,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
 use super::pages::{Cached, Clock};
-use super::{AppState, Auth};
+use super::{access, AppState, Auth};
 use crate::controller::saga::kinds::{OpKind, Request};
 use crate::controller::saga::{eta_seconds, launch};
 use crate::controller::store::{OpFilter, OpRow, Tx};
@@ -189,7 +189,7 @@ impl OperationApi {
     #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         /// Only this state.
         #[oai(name = "state")]
@@ -216,12 +216,22 @@ impl OperationApi {
             active_only: active.0,
             limit: limit.0,
             offset: offset.0,
+            visible_to: auth
+                .0
+                .owner_scope()
+                .map(|id| (auth.0.name.clone(), id.to_string())),
         };
         let key = format!("operations?{filter:?}");
+        // A user's view also follows who owns which guest.
+        let tables: &[&str] = if filter.visible_to.is_some() {
+            &["operations", "guests"]
+        } else {
+            &["operations"]
+        };
         let store = &state.store;
         state
             .pages
-            .page(key, &["operations"], async {
+            .page(key, tables, async {
                 let rows = store.ops(&filter).await?;
                 // An active operation's ETA moves with the clock.
                 let clock = if rows.iter().all(|op| op.op_state().is_terminal()) {
@@ -242,15 +252,11 @@ impl OperationApi {
     )]
     async fn get(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Json<Operation>> {
-        let op = state
-            .store
-            .op(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
+        let op = access::op(&state, &auth.0, &id).await?;
         Ok(Json(view(&op)))
     }
 
@@ -262,7 +268,7 @@ impl OperationApi {
     )]
     async fn wait(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
         /// Seconds, 0–600.
@@ -272,6 +278,7 @@ impl OperationApi {
         )]
         timeout: Query<u64>,
     ) -> ApiResult<Json<Operation>> {
+        access::op(&state, &auth.0, &id).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout.0);
         loop {
             let notified = state.store.events_appended.notified();
@@ -301,15 +308,11 @@ impl OperationApi {
     )]
     async fn cancel(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<CancelResponse> {
-        let op = state
-            .store
-            .op(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
+        let op = access::op(&state, &auth.0, &id).await?;
         if !state.store.request_cancel(&op.id).await? {
             return Err(Error::Conflict {
                 message: format!(

@@ -6,7 +6,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::OpenApi;
 
 use super::error::ApiResult;
-use super::{AppState, Auth};
+use super::{access, AppState, Auth};
 use crate::controller::plugins::PluginInfo;
 
 pub struct PluginApi;
@@ -15,7 +15,8 @@ pub struct PluginApi;
 impl PluginApi {
     /// List plugins found in the plugins directory.
     #[oai(path = "/plugins", method = "get", operation_id = "plugin_list")]
-    async fn list(&self, _auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Vec<PluginInfo>>> {
+    async fn list(&self, auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Vec<PluginInfo>>> {
+        access::operator(&auth.0, "listing plugins")?;
         Ok(Json(state.plugins.list()))
     }
 }

@@ -16,7 +16,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use super::error::{ApiResult, Error};
 use super::pages::{Cached, Clock};
 use super::resources::{Created, Deleted};
-use super::{AppState, Auth};
+use super::{access, AppState, Auth};
 use crate::controller::alloc::{self, Holder};
 use crate::controller::store::PoolRow;
 use crate::model::{new_id, now_ms, rfc3339};
@@ -239,10 +239,11 @@ impl PoolApi {
     #[oai(path = "/ip-pools", method = "post", operation_id = "pool_create")]
     async fn create(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         body: Json<CreatePool>,
     ) -> ApiResult<Created<Pool>> {
+        access::admin(&auth.0, "creating a pool")?;
         let b = body.0;
         if !super::guests::valid_name(&b.name) {
             return Err(Error::BadRequest(format!("name {:?} is invalid", b.name)).into());
@@ -336,10 +337,11 @@ impl PoolApi {
     )]
     async fn delete(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Deleted> {
+        access::admin(&auth.0, "deleting a pool")?;
         let p = pool_of(&state, &id).await?;
         let used = state.store.pool_used(&p.id).await?;
         if used > 0 {
@@ -361,11 +363,12 @@ impl PoolApi {
     )]
     async fn add_range(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
         body: Json<AddRange>,
     ) -> ApiResult<Json<Pool>> {
+        access::admin(&auth.0, "changing a pool's ranges")?;
         let p = pool_of(&state, &id).await?;
         let net: Ipv4Net = p
             .cidr
@@ -470,11 +473,12 @@ impl PoolApi {
     )]
     async fn set_state(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
         body: Json<SetAddressState>,
     ) -> ApiResult<Json<StateChanged>> {
+        access::admin(&auth.0, "reserving or disabling addresses")?;
         let p = pool_of(&state, &id).await?;
         let net: Ipv4Net = p
             .cidr

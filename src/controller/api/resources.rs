@@ -6,7 +6,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
-use super::{AppState, Auth};
+use super::{access, AppState, Auth};
 use crate::controller::store::TemplateRow;
 use crate::model::{new_id, now_ms, rfc3339};
 use crate::script::catalog::default_profile;
@@ -32,6 +32,9 @@ pub struct CreateTemplate {
     /// OS-init profile its guests get (S02); default: `cloud-init`, or `windows` for
     /// Windows templates.
     pub os_init_profile: Option<String>,
+    /// Whether every user may use it. Default: public when an administrator or operator
+    /// registers it, private (the owner's) when a user does; users cannot publish.
+    pub public: Option<bool>,
 }
 
 #[derive(Debug, Object)]
@@ -53,6 +56,10 @@ pub struct Template {
     /// The OS-init profile its guests get.
     pub os_init_profile: String,
     pub created_at: String,
+    /// Every user may use a public template; a private one is its owner's.
+    pub public: bool,
+    /// The user who registered it; absent for templates from before owners existed.
+    pub owner_id: Option<String>,
 }
 
 fn template_view(t: TemplateRow) -> Template {
@@ -67,6 +74,8 @@ fn template_view(t: TemplateRow) -> Template {
         os_type: t.os_type,
         min_memory_mib: t.min_memory_mib as u32,
         created_at: rfc3339(t.created_at),
+        public: t.public,
+        owner_id: t.owner_id,
     }
 }
 
@@ -82,12 +91,34 @@ pub enum Deleted {
     Deleted,
 }
 
-async fn template_or_404(state: &AppState, id: &str) -> Result<TemplateRow, Error> {
+/// The template if the caller may see it (its own, a public one, or any for operators).
+async fn template_or_404(
+    state: &AppState,
+    caller: &super::auth::Caller,
+    id: &str,
+) -> Result<TemplateRow, Error> {
     state
         .store
         .template(id)
         .await?
+        .filter(|t| access::sees_template(caller, t))
         .ok_or_else(|| Error::not_found("template", id))
+}
+
+/// The template if the caller may change it; 403 for a public one that is not theirs.
+async fn owned_template(
+    state: &AppState,
+    caller: &super::auth::Caller,
+    id: &str,
+) -> Result<TemplateRow, Error> {
+    let t = template_or_404(state, caller, id).await?;
+    if !access::owns_template(caller, &t) {
+        return Err(Error::Forbidden(format!(
+            "template {} is not yours: only its owner or an operator changes it",
+            t.name
+        )));
+    }
+    Ok(t)
 }
 
 pub struct TemplateApi;
@@ -98,11 +129,18 @@ impl TemplateApi {
     #[oai(path = "/templates", method = "post", operation_id = "template_create")]
     async fn create(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         body: Json<CreateTemplate>,
     ) -> ApiResult<Created<Template>> {
         let b = body.0;
+        let public = b.public.unwrap_or(auth.0.sees_all());
+        if public && !auth.0.sees_all() {
+            return Err(Error::Forbidden(
+                "publishing a template needs an operator or an administrator".into(),
+            )
+            .into());
+        }
         if !super::guests::valid_name(&b.name) {
             return Err(Error::BadRequest(format!(
                 "name {:?} is invalid: lowercase letters, digits and '-', starting with a letter",
@@ -129,6 +167,8 @@ impl TemplateApi {
             min_memory_mib: i64::from(b.min_memory_mib.unwrap_or(64)),
             created_at: now_ms(),
             os_init_profile: b.os_init_profile.clone(),
+            owner_id: Some(auth.0.id.clone()),
+            public,
         };
         if let Some(p) = &row.os_init_profile {
             super::scripts::require_profile(&state, p).await?;
@@ -147,13 +187,14 @@ impl TemplateApi {
     }
 
     #[oai(path = "/templates", method = "get", operation_id = "template_list")]
-    async fn list(&self, _auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Vec<Template>>> {
+    async fn list(&self, auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Vec<Template>>> {
         Ok(Json(
             state
                 .store
                 .templates()
                 .await?
                 .into_iter()
+                .filter(|t| access::sees_template(&auth.0, t))
                 .map(template_view)
                 .collect(),
         ))
@@ -162,11 +203,11 @@ impl TemplateApi {
     #[oai(path = "/templates/:id", method = "get", operation_id = "template_get")]
     async fn get(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Json<Template>> {
-        let t = template_or_404(&state, &id).await?;
+        let t = template_or_404(&state, &auth.0, &id).await?;
         Ok(Json(template_view(t)))
     }
 
@@ -178,12 +219,12 @@ impl TemplateApi {
     )]
     async fn update(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
         body: Json<UpdateTemplate>,
     ) -> ApiResult<Json<Template>> {
-        let t = template_or_404(&state, &id).await?;
+        let t = owned_template(&state, &auth.0, &id).await?;
         if let Some(p) = &body.os_init_profile {
             super::scripts::require_profile(&state, p).await?;
         }
@@ -191,7 +232,7 @@ impl TemplateApi {
             .store
             .set_template_profile(&t.id, body.os_init_profile.as_deref())
             .await?;
-        let t = template_or_404(&state, &t.id).await?;
+        let t = template_or_404(&state, &auth.0, &t.id).await?;
         Ok(Json(template_view(t)))
     }
 
@@ -204,11 +245,11 @@ impl TemplateApi {
     )]
     async fn delete(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Deleted> {
-        let t = template_or_404(&state, &id).await?;
+        let t = owned_template(&state, &auth.0, &id).await?;
         let n = state.store.guests_using_template(&t.id).await?;
         if n > 0 {
             return Err(Error::Conflict {

@@ -17,8 +17,10 @@ use crate::transport::{self, TransportError};
 pub enum Tag {
     /// Health and version.
     System,
-    /// Login.
+    /// Login, logout and API tokens.
     Auth,
+    /// Users and roles.
+    Users,
     /// Guests (virtual machines) and their power actions.
     Guests,
     /// Operations: every change, with its steps and progress.

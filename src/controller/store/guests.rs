@@ -32,6 +32,8 @@ pub struct GuestRow {
     pub os_init_profile: Option<String>,
     /// JSON [`InitSecrets`]: what a profile needs again when the seed is rebuilt.
     pub init_secrets: Option<String>,
+    /// The user who created it; None: from before owners existed (administrators').
+    pub owner_id: Option<String>,
 }
 
 /// The password hash and SSH keys of a guest's init plan. Only a crypt hash is ever kept.
@@ -72,7 +74,7 @@ macro_rules! guest_cols {
     () => {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
     node_id, requested_node, pool_id, requested_ip, ip, vnc_port, vnc_password, mac, state, lock_op, \
-    domain_xml, created_at, updated_at, bandwidth, os_init_profile, init_secrets"
+    domain_xml, created_at, updated_at, bandwidth, os_init_profile, init_secrets, owner_id"
     };
 }
 
@@ -82,7 +84,7 @@ macro_rules! guest_list_cols {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
     node_id, requested_node, pool_id, requested_ip, ip, vnc_port, NULL AS vnc_password, mac, state, \
     lock_op, NULL AS domain_xml, created_at, updated_at, bandwidth, os_init_profile, \
-    NULL AS init_secrets"
+    NULL AS init_secrets, owner_id"
     };
 }
 
@@ -90,8 +92,8 @@ pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreErro
     sqlx::query(
         "INSERT INTO guests (id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
          requested_node, pool_id, requested_ip, state, lock_op, created_at, updated_at, bandwidth, \
-         os_init_profile, init_secrets) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         os_init_profile, init_secrets, owner_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&g.id)
     .bind(&g.name)
@@ -111,6 +113,7 @@ pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreErro
     .bind(&g.bandwidth)
     .bind(&g.os_init_profile)
     .bind(&g.init_secrets)
+    .bind(&g.owner_id)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -262,32 +265,50 @@ impl Store {
     /// the page: a `(? IS NULL OR col = ?)` filter would defeat the filtered indexes.
     /// List rows leave out what no list shows (domain XML, VNC password, init secrets:
     /// None) — the XML alone is kilobytes per guest.
+    /// A page of guests in list order, narrowed to an owner's when `owner` is given. The
+    /// statement is assembled from fixed fragments; every value is bound.
     pub async fn guests(
         &self,
         state: Option<&str>,
         node: Option<&str>,
+        owner: Option<&str>,
         limit: i64,
         offset: i64,
     ) -> Result<Vec<GuestRow>, StoreError> {
-        macro_rules! page {
-            ($filter:literal) => {
-                sqlx::query_as::<_, GuestRow>(concat!(
-                    "SELECT ",
-                    guest_list_cols!(),
-                    " FROM guests ",
-                    $filter,
-                    " ORDER BY created_at, name ",
-                    page_clause!()
-                ))
-            };
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(concat!(
+            "SELECT ",
+            guest_list_cols!(),
+            " FROM guests WHERE 1 = 1"
+        ));
+        if let Some(n) = node {
+            q.push(" AND node_id = ").push_bind(n);
         }
-        let q = match (state, node) {
-            (None, None) => page!(""),
-            (Some(s), None) => page!("WHERE state = ?").bind(s),
-            (None, Some(n)) => page!("WHERE node_id = ?").bind(n),
-            (Some(s), Some(n)) => page!("WHERE node_id = ? AND state = ?").bind(n).bind(s),
-        };
-        Ok(q.bind(limit).bind(offset).fetch_all(self.pool()).await?)
+        if let Some(s) = state {
+            q.push(" AND state = ").push_bind(s);
+        }
+        if let Some(o) = owner {
+            q.push(" AND owner_id = ").push_bind(o);
+        }
+        // `+?` as in `page_clause!`: a bare `LIMIT ?` is re-prepared at every execution.
+        q.push(" ORDER BY created_at, name LIMIT +")
+            .push_bind(limit)
+            .push(" OFFSET +")
+            .push_bind(offset);
+        Ok(q.build_query_as::<GuestRow>()
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// The ids of a user's guests.
+    pub async fn guest_ids_of_owner(
+        &self,
+        owner: &str,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM guests WHERE owner_id = ?")
+            .bind(owner)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     pub async fn guests_on_node(&self, node: &str) -> Result<Vec<GuestRow>, StoreError> {

@@ -42,7 +42,7 @@ pub use ops::*;
 pub use resources::*;
 pub use saga::*;
 pub use scripts::*;
-pub use users::{TokenRow, UserRow};
+pub use users::{Role, TokenRow, UserRow};
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
 
@@ -174,6 +174,7 @@ impl Store {
             (9, include_str!("migrations/009_node_usage.sql")),
             (10, include_str!("migrations/010_state_at.sql")),
             (11, include_str!("migrations/011_tokens.sql")),
+            (12, include_str!("migrations/012_ownership.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

@@ -54,6 +54,9 @@ pub struct OpFilter {
     pub active_only: bool,
     pub limit: i64,
     pub offset: i64,
+    /// Only what this user (name, id) may see: their requests and operations on their
+    /// guests. None: everything.
+    pub visible_to: Option<(String, String)>,
 }
 
 pub async fn insert_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
@@ -157,6 +160,13 @@ impl Store {
         }
         if f.active_only {
             q.push(" AND state IN ('pending', 'running', 'undoing')");
+        }
+        if let Some((name, id)) = &f.visible_to {
+            q.push(" AND (requested_by = ")
+                .push_bind(name)
+                .push(" OR guest_id IN (SELECT id FROM guests WHERE owner_id = ")
+                .push_bind(id)
+                .push("))");
         }
         // `+?` as in `page_clause!`: a bare `LIMIT ?` is re-prepared at every execution.
         q.push(" ORDER BY created_at, id LIMIT +")

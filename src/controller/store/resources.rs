@@ -12,6 +12,10 @@ pub struct TemplateRow {
     pub created_at: i64,
     /// The OS-init profile its guests get; None: the default for its OS type.
     pub os_init_profile: Option<String>,
+    /// Who registered it; None: from before owners existed (administrators').
+    pub owner_id: Option<String>,
+    /// Every user may use a public template; a private one is its owner's.
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -66,7 +70,8 @@ pub async fn pools_in(tx: &mut Tx<'_>) -> Result<Vec<PoolRow>, StoreError> {
 impl Store {
     pub async fn insert_template(&self, t: &TemplateRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO templates (id, name, path, os_type, min_memory_mib, created_at, os_init_profile) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO templates (id, name, path, os_type, min_memory_mib, created_at, \
+             os_init_profile, owner_id, public) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.id)
         .bind(&t.name)
@@ -75,6 +80,8 @@ impl Store {
         .bind(t.min_memory_mib)
         .bind(t.created_at)
         .bind(&t.os_init_profile)
+        .bind(&t.owner_id)
+        .bind(t.public)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -82,7 +89,8 @@ impl Store {
 
     pub async fn template(&self, id_or_name: &str) -> Result<Option<TemplateRow>, StoreError> {
         Ok(sqlx::query_as::<_, TemplateRow>(
-            "SELECT id, name, path, os_type, min_memory_mib, created_at, os_init_profile FROM templates WHERE id = ? OR name = ?",
+            "SELECT id, name, path, os_type, min_memory_mib, created_at, os_init_profile, \
+             owner_id, public FROM templates WHERE id = ? OR name = ?",
         )
         .bind(id_or_name)
         .bind(id_or_name)
@@ -92,7 +100,8 @@ impl Store {
 
     pub async fn templates(&self) -> Result<Vec<TemplateRow>, StoreError> {
         Ok(sqlx::query_as::<_, TemplateRow>(
-            "SELECT id, name, path, os_type, min_memory_mib, created_at, os_init_profile FROM templates ORDER BY name",
+            "SELECT id, name, path, os_type, min_memory_mib, created_at, os_init_profile, \
+             owner_id, public FROM templates ORDER BY name",
         )
         .fetch_all(self.pool())
         .await?)

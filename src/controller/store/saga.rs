@@ -285,6 +285,7 @@ mod tests {
             bandwidth: None,
             os_init_profile: None,
             init_secrets: None,
+            owner_id: None,
         }
     }
 

@@ -10,6 +10,55 @@ pub struct UserRow {
     pub password_hash: String,
     pub is_admin: bool,
     pub created_at: i64,
+    /// `admin`, `operator` or `user` (see [`Role`]).
+    pub role: String,
+}
+
+/// What a user may do. `admin`: everything. `operator`: every guest, template, operation
+/// and boot job, and reading nodes and plugins; no users, pools or node changes. `user`:
+/// their own guests and templates (and public templates), the operations and boot jobs
+/// of their guests, their own scripts and tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Operator,
+    User,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            "user" => Some(Role::User),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::User => "user",
+        }
+    }
+}
+
+impl UserRow {
+    /// The user's role; an unreadable one is the least privileged.
+    pub fn role(&self) -> Role {
+        Role::parse(&self.role).unwrap_or(Role::User)
+    }
+
+    /// Admins and operators see every guest, template and operation.
+    pub fn sees_all(&self) -> bool {
+        matches!(self.role(), Role::Admin | Role::Operator)
+    }
+
+    /// The owner a list is narrowed to: none for admins and operators.
+    pub fn owner_scope(&self) -> Option<&str> {
+        (!self.sees_all()).then_some(self.id.as_str())
+    }
 }
 
 impl Store {
@@ -21,24 +70,93 @@ impl Store {
     }
 
     pub async fn insert_user(&self, u: &UserRow) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO users (id, name, password_hash, is_admin, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(&u.id)
-            .bind(&u.name)
-            .bind(&u.password_hash)
-            .bind(u.is_admin)
-            .bind(u.created_at)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, name, password_hash, is_admin, created_at, role) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&u.id)
+        .bind(&u.name)
+        .bind(&u.password_hash)
+        .bind(u.role() == Role::Admin)
+        .bind(u.created_at)
+        .bind(u.role().as_str())
+        .execute(&mut *tx)
+        .await?;
+        self.commit(tx).await
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
         Ok(sqlx::query_as::<_, UserRow>(
-            "SELECT id, name, password_hash, is_admin, created_at FROM users WHERE name = ?",
+            "SELECT id, name, password_hash, is_admin, created_at, role FROM users WHERE name = ?",
         )
         .bind(name)
         .fetch_optional(self.pool())
         .await?)
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+        Ok(sqlx::query_as::<_, UserRow>(
+            "SELECT id, name, password_hash, is_admin, created_at, role FROM users ORDER BY name",
+        )
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn user(&self, id_or_name: &str) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as::<_, UserRow>(
+            "SELECT id, name, password_hash, is_admin, created_at, role FROM users \
+             WHERE id = ? OR name = ?",
+        )
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Changes a user's role and/or password hash.
+    pub async fn update_user(
+        &self,
+        id: &str,
+        role: Option<Role>,
+        password_hash: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        if let Some(r) = role {
+            sqlx::query("UPDATE users SET role = ?, is_admin = ? WHERE id = ?")
+                .bind(r.as_str())
+                .bind(r == Role::Admin)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(h) = password_hash {
+            sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+                .bind(h)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.commit(tx).await
+    }
+
+    /// Deletes a user with their tokens. Their guests and templates stay (an administrator
+    /// sees them, and deletes or keeps them).
+    pub async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx).await
+    }
+
+    /// How many administrators there are (the last one may not be demoted or deleted).
+    pub async fn admin_count(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n)
     }
 
     /// Stores a token's digest; `id` names it for listing and revoking.
@@ -65,8 +183,8 @@ impl Store {
         hash: &str,
         now: i64,
     ) -> Result<Option<(UserRow, String)>, StoreError> {
-        let row: Option<(String, String, String, bool, i64, String)> = sqlx::query_as(
-            "SELECT u.id, u.name, u.password_hash, u.is_admin, u.created_at, t.id \
+        let row: Option<(String, String, String, bool, i64, String, String)> = sqlx::query_as(
+            "SELECT u.id, u.name, u.password_hash, u.is_admin, u.created_at, u.role, t.id \
              FROM tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.hash = ? AND (t.expires_at IS NULL OR t.expires_at > ?)",
         )
@@ -74,8 +192,8 @@ impl Store {
         .bind(now)
         .fetch_optional(self.pool())
         .await?;
-        Ok(
-            row.map(|(id, name, password_hash, is_admin, created_at, token)| {
+        Ok(row.map(
+            |(id, name, password_hash, is_admin, created_at, role, token)| {
                 (
                     UserRow {
                         id,
@@ -83,11 +201,12 @@ impl Store {
                         password_hash,
                         is_admin,
                         created_at,
+                        role,
                     },
                     token,
                 )
-            }),
-        )
+            },
+        ))
     }
 
     /// Whether the token with this digest exists and has not expired.

@@ -10,4 +10,5 @@ from corral_client.api.plugins_api import PluginsApi
 from corral_client.api.resources_api import ResourcesApi
 from corral_client.api.scripts_api import ScriptsApi
 from corral_client.api.system_api import SystemApi
+from corral_client.api.users_api import UsersApi
 

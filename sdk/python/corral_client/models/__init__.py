@@ -46,11 +46,13 @@ from corral_client.models.login_request import LoginRequest
 from corral_client.models.login_response import LoginResponse
 from corral_client.models.new_script import NewScript
 from corral_client.models.new_token import NewToken
+from corral_client.models.new_user import NewUser
 from corral_client.models.node import Node
 from corral_client.models.node_settings import NodeSettings
 from corral_client.models.operation import Operation
 from corral_client.models.operation_state import OperationState
 from corral_client.models.os_type import OsType
+from corral_client.models.password_change import PasswordChange
 from corral_client.models.password_reset import PasswordReset
 from corral_client.models.plugin_info import PluginInfo
 from corral_client.models.pool import Pool
@@ -70,5 +72,8 @@ from corral_client.models.template import Template
 from corral_client.models.token import Token
 from corral_client.models.update_guest import UpdateGuest
 from corral_client.models.update_template import UpdateTemplate
+from corral_client.models.user import User
+from corral_client.models.user_change import UserChange
+from corral_client.models.user_role import UserRole
 from corral_client.models.worker import Worker
 

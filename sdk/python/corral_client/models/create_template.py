@@ -17,7 +17,7 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from typing import Any, ClassVar, Dict, List, Optional
 from corral_client.models.os_type import OsType
 from typing import Optional, Set
@@ -33,7 +33,8 @@ class CreateTemplate(BaseModel):
     os_init_profile: Optional[StrictStr] = Field(default=None, description="OS-init profile its guests get (S02); default: `cloud-init`, or `windows` for Windows templates.")
     os_type: OsType
     path: StrictStr = Field(description="Full path of the qcow2 image on the nodes (S07). Guests get linked clones of it.")
-    __properties: ClassVar[List[str]] = ["min_memory_mib", "name", "os_init_profile", "os_type", "path"]
+    public: Optional[StrictBool] = Field(default=None, description="Whether every user may use it. Default: public when an administrator or operator registers it, private (the owner's) when a user does; users cannot publish.")
+    __properties: ClassVar[List[str]] = ["min_memory_mib", "name", "os_init_profile", "os_type", "path", "public"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -90,7 +91,8 @@ class CreateTemplate(BaseModel):
             "name": obj.get("name"),
             "os_init_profile": obj.get("os_init_profile"),
             "os_type": obj.get("os_type"),
-            "path": obj.get("path")
+            "path": obj.get("path"),
+            "public": obj.get("public")
         })
         return _obj
 

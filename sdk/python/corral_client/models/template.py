@@ -17,8 +17,8 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
-from typing import Any, ClassVar, Dict, List
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from typing import Any, ClassVar, Dict, List, Optional
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -33,8 +33,10 @@ class Template(BaseModel):
     name: StrictStr
     os_init_profile: StrictStr = Field(description="The OS-init profile its guests get.")
     os_type: StrictStr
+    owner_id: Optional[StrictStr] = Field(default=None, description="The user who registered it; absent for templates from before owners existed.")
     path: StrictStr
-    __properties: ClassVar[List[str]] = ["created_at", "id", "min_memory_mib", "name", "os_init_profile", "os_type", "path"]
+    public: StrictBool = Field(description="Every user may use a public template; a private one is its owner's.")
+    __properties: ClassVar[List[str]] = ["created_at", "id", "min_memory_mib", "name", "os_init_profile", "os_type", "owner_id", "path", "public"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -93,7 +95,9 @@ class Template(BaseModel):
             "name": obj.get("name"),
             "os_init_profile": obj.get("os_init_profile"),
             "os_type": obj.get("os_type"),
-            "path": obj.get("path")
+            "owner_id": obj.get("owner_id"),
+            "path": obj.get("path"),
+            "public": obj.get("public")
         })
         return _obj
 

@@ -122,5 +122,6 @@ pub mod plugins_api;
 pub mod resources_api;
 pub mod scripts_api;
 pub mod system_api;
+pub mod users_api;
 
 pub mod configuration;

@@ -27,6 +27,9 @@ pub struct CreateTemplate {
     /// Full path of the qcow2 image on the nodes (S07). Guests get linked clones of it.
     #[serde(rename = "path")]
     pub path: String,
+    /// Whether every user may use it. Default: public when an administrator or operator registers it, private (the owner's) when a user does; users cannot publish.
+    #[serde(rename = "public", skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
 }
 
 impl CreateTemplate {
@@ -37,6 +40,7 @@ impl CreateTemplate {
             os_init_profile: None,
             os_type,
             path,
+            public: None,
         }
     }
 }

@@ -26,8 +26,14 @@ pub struct Template {
     pub os_init_profile: String,
     #[serde(rename = "os_type")]
     pub os_type: String,
+    /// The user who registered it; absent for templates from before owners existed.
+    #[serde(rename = "owner_id", skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<String>,
     #[serde(rename = "path")]
     pub path: String,
+    /// Every user may use a public template; a private one is its owner's.
+    #[serde(rename = "public")]
+    pub public: bool,
 }
 
 impl Template {
@@ -39,6 +45,7 @@ impl Template {
         os_init_profile: String,
         os_type: String,
         path: String,
+        public: bool,
     ) -> Template {
         Template {
             created_at,
@@ -47,7 +54,9 @@ impl Template {
             name,
             os_init_profile,
             os_type,
+            owner_id: None,
             path,
+            public,
         }
     }
 }

@@ -9,3 +9,4 @@ export * from './PluginsApi';
 export * from './ResourcesApi';
 export * from './ScriptsApi';
 export * from './SystemApi';
+export * from './UsersApi';

@@ -48,6 +48,11 @@ export interface CreateTemplate {
      * Full path of the qcow2 image on the nodes (S07). Guests get linked clones of it.
      */
     path: string;
+    /**
+     * Whether every user may use it. Default: public when an administrator or operator
+     * registers it, private (the owner's) when a user does; users cannot publish.
+     */
+    _public?: boolean;
 }
 
 
@@ -77,6 +82,7 @@ export function CreateTemplateFromJSONTyped(json: any, ignoreDiscriminator: bool
         'osInitProfile': json['os_init_profile'] == null ? undefined : json['os_init_profile'],
         'osType': OsTypeFromJSON(json['os_type']),
         'path': json['path'],
+        '_public': json['public'] == null ? undefined : json['public'],
     };
 }
 
@@ -96,6 +102,7 @@ export function CreateTemplateToJSONTyped(value?: CreateTemplate | null, ignoreD
         'os_init_profile': value['osInitProfile'],
         'os_type': OsTypeToJSON(value['osType']),
         'path': value['path'],
+        'public': value['_public'],
     };
 }
 

@@ -44,9 +44,17 @@ export interface Template {
      */
     osType: string;
     /**
+     * The user who registered it; absent for templates from before owners existed.
+     */
+    ownerId?: string;
+    /**
      * 
      */
     path: string;
+    /**
+     * Every user may use a public template; a private one is its owner's.
+     */
+    _public: boolean;
 }
 
 /**
@@ -60,6 +68,7 @@ export function instanceOfTemplate(value: object): value is Template {
     if ((!('osInitProfile' in (value as Record<string, any>)) && !('os_init_profile' in (value as Record<string, any>))) || ((value as Record<string, any>)['osInitProfile'] === undefined && (value as Record<string, any>)['os_init_profile'] === undefined)) return false;
     if ((!('osType' in (value as Record<string, any>)) && !('os_type' in (value as Record<string, any>))) || ((value as Record<string, any>)['osType'] === undefined && (value as Record<string, any>)['os_type'] === undefined)) return false;
     if (!('path' in value) || value['path'] === undefined) return false;
+    if ((!('_public' in (value as Record<string, any>)) && !('public' in (value as Record<string, any>))) || ((value as Record<string, any>)['_public'] === undefined && (value as Record<string, any>)['public'] === undefined)) return false;
     return true;
 }
 
@@ -79,7 +88,9 @@ export function TemplateFromJSONTyped(json: any, ignoreDiscriminator: boolean): 
         'name': json['name'],
         'osInitProfile': json['os_init_profile'],
         'osType': json['os_type'],
+        'ownerId': json['owner_id'] == null ? undefined : json['owner_id'],
         'path': json['path'],
+        '_public': json['public'],
     };
 }
 
@@ -100,7 +111,9 @@ export function TemplateToJSONTyped(value?: Template | null, ignoreDiscriminator
         'name': value['name'],
         'os_init_profile': value['osInitProfile'],
         'os_type': value['osType'],
+        'owner_id': value['ownerId'],
         'path': value['path'],
+        'public': value['_public'],
     };
 }
 
