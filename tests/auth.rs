@@ -219,3 +219,42 @@ async fn the_admin_token_file_is_written_once_and_private() {
     assert_ne!(third, first);
     assert_eq!(get_with(&cloud, third.trim(), "/about").await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_holds_a_bounded_number_of_pending_boot_jobs() {
+    if !(parts() && require("qemu-img")) {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    let ops = cloud
+        .create(json!({"name": "q", "template": "tiny", "cpus": 1, "memory_mib": 64}))
+        .await;
+    assert_eq!(cloud.wait_op(&ops[0].1).await["state"], "succeeded");
+    let (s, v) = cloud
+        .post(
+            "/boot-scripts",
+            json!({"name": "noop", "source": "fn actions(guest, params) { [] }"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    for i in 0..64 {
+        let (s, v) = cloud
+            .post("/boot-jobs", json!({"guests": ["q"], "script": "noop"}))
+            .await;
+        assert_eq!(s, 202, "job {i}: {v}");
+    }
+    let (s, v) = cloud
+        .post("/boot-jobs", json!({"guests": ["q"], "script": "noop"}))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("64 pending"), "{v}");
+    let (_, jobs) = cloud
+        .get("/guests/q/boot-jobs?state=pending&limit=1000")
+        .await;
+    assert_eq!(
+        jobs.as_array().unwrap().len(),
+        64,
+        "the refused job was queued"
+    );
+}

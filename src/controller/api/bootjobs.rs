@@ -127,6 +127,10 @@ pub fn job_view(j: BootJobRow) -> BootJob {
 }
 
 /// Queues one job in `tx`.
+/// Pending boot jobs one guest may hold: a run replays all of them at its next boot, so an
+/// unbounded queue would let one caller make every boot of that guest arbitrarily long.
+pub const MAX_PENDING_PER_GUEST: usize = 64;
+
 pub async fn queue(
     tx: &mut Tx<'_>,
     guest: &str,
@@ -135,6 +139,16 @@ pub async fn queue(
     system: bool,
     user: &str,
 ) -> Result<String, Error> {
+    let pending = st::pending_jobs_in(tx, guest).await?.len();
+    if pending >= MAX_PENDING_PER_GUEST {
+        return Err(Error::Conflict {
+            message: format!(
+                "guest {guest} already has {pending} pending boot jobs (at most \
+                 {MAX_PENDING_PER_GUEST}); let them run or cancel some"
+            ),
+            details: Some(serde_json::json!({"pending": pending})),
+        });
+    }
     let job = BootJobRow::pending(guest, script, params, system, user);
     st::insert_boot_job(tx, &job).await?;
     Ok(job.id)
