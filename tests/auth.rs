@@ -258,3 +258,45 @@ async fn a_guest_holds_a_bounded_number_of_pending_boot_jobs() {
         "the refused job was queued"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_boot_job_keeps_the_script_it_was_queued_with() {
+    use sha2::Digest;
+    if !(parts() && require("qemu-img")) {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    let ops = cloud
+        .create(json!({"name": "pin", "template": "tiny", "cpus": 1, "memory_mib": 64}))
+        .await;
+    assert_eq!(cloud.wait_op(&ops[0].1).await["state"], "succeeded");
+    let v1 = "fn actions(guest, params) { [write_file(\"/etc/v1\", \"1\")] }";
+    let v2 = "fn actions(guest, params) { [exec(\"rm -rf /srv\")] }";
+    let sha = |s: &str| hex::encode(sha2::Sha256::digest(s.as_bytes()));
+    let (s, v) = cloud
+        .post("/boot-scripts", json!({"name": "pinned", "source": v1}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (_, q) = cloud
+        .post("/boot-jobs", json!({"guests": ["pin"], "script": "pinned"}))
+        .await;
+    let first = q["jobs"][0]["id"].as_str().unwrap().to_string();
+    // The author changes the script after the job was queued.
+    let (s, v) = cloud
+        .call(
+            reqwest::Method::PUT,
+            "/boot-scripts/pinned",
+            Some(json!({"source": v2})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, q) = cloud
+        .post("/boot-jobs", json!({"guests": ["pin"], "script": "pinned"}))
+        .await;
+    let second = q["jobs"][0]["id"].as_str().unwrap().to_string();
+    let (_, j1) = cloud.get(&format!("/boot-jobs/{first}")).await;
+    let (_, j2) = cloud.get(&format!("/boot-jobs/{second}")).await;
+    assert_eq!(j1["script_sha256"], json!(sha(v1)), "{j1}");
+    assert_eq!(j2["script_sha256"], json!(sha(v2)), "{j2}");
+}

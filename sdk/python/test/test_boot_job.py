@@ -46,6 +46,7 @@ class TestBootJob(unittest.TestCase):
                 requested_by = '',
                 results = None,
                 script = '',
+                script_sha256 = '',
                 state = '',
                 system = True
             )

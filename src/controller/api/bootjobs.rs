@@ -15,6 +15,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use super::error::{ApiResult, Error};
 use super::operations::{start_op, Target};
 use super::{AppState, Auth};
+use crate::controller::saga::initplan::script_source;
 use crate::controller::saga::kinds::boot_jobs::{mark_booted, RunPayload};
 use crate::controller::saga::kinds::Request;
 use crate::controller::store::{self as st, BootJobRow, GuestRow, Tx};
@@ -78,6 +79,8 @@ pub struct BootJob {
     pub requested_by: String,
     pub created_at: String,
     pub finished_at: Option<String>,
+    /// SHA-256 of the script source pinned when the job was queued: what runs.
+    pub script_sha256: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -123,14 +126,19 @@ pub fn job_view(j: BootJobRow) -> BootJob {
         requested_by: j.requested_by,
         created_at: rfc3339(j.created_at),
         finished_at: j.finished_at.map(rfc3339),
+        script_sha256: j
+            .source
+            .as_deref()
+            .map(|s| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(s.as_bytes()))),
     }
 }
 
-/// Queues one job in `tx`.
 /// Pending boot jobs one guest may hold: a run replays all of them at its next boot, so an
 /// unbounded queue would let one caller make every boot of that guest arbitrarily long.
 pub const MAX_PENDING_PER_GUEST: usize = 64;
 
+/// Queues one job in `tx`, pinning the script's current source: the job runs that, even
+/// if the script changes before the guest boots.
 pub async fn queue(
     tx: &mut Tx<'_>,
     guest: &str,
@@ -149,7 +157,15 @@ pub async fn queue(
             details: Some(serde_json::json!({"pending": pending})),
         });
     }
-    let job = BootJobRow::pending(guest, script, params, system, user);
+    let mut job = BootJobRow::pending(guest, script, params, system, user);
+    job.source = script_source(tx, Kind::Boot, script)
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    if job.source.is_none() {
+        return Err(Error::Unprocessable(format!(
+            "boot script {script} does not exist (GET /boot-scripts lists them)"
+        )));
+    }
     st::insert_boot_job(tx, &job).await?;
     Ok(job.id)
 }

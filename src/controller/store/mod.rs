@@ -175,6 +175,7 @@ impl Store {
             (10, include_str!("migrations/010_state_at.sql")),
             (11, include_str!("migrations/011_tokens.sql")),
             (12, include_str!("migrations/012_ownership.sql")),
+            (13, include_str!("migrations/013_boot_job_source.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

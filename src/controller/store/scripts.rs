@@ -33,6 +33,9 @@ pub struct BootJobRow {
     pub requested_by: String,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// The script's source when the job was queued (what runs); None for jobs queued
+    /// before sources were pinned.
+    pub source: Option<String>,
 }
 
 impl BootJobRow {
@@ -59,6 +62,7 @@ impl BootJobRow {
             requested_by: user.to_string(),
             created_at: now_ms(),
             finished_at: None,
+            source: None,
         }
     }
 }
@@ -66,7 +70,7 @@ impl BootJobRow {
 macro_rules! job_cols {
     () => {
         "id, guest_id, script, params, system, state, operation_id, actions, results, error, \
-         attempts, requested_by, created_at, finished_at"
+         attempts, requested_by, created_at, finished_at, source"
     };
 }
 
@@ -88,7 +92,7 @@ pub async fn insert_boot_job(tx: &mut Tx<'_>, j: &BootJobRow) -> Result<(), Stor
     sqlx::query(concat!(
         "INSERT INTO boot_jobs (",
         job_cols!(),
-        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&j.id)
     .bind(&j.guest_id)
@@ -104,6 +108,7 @@ pub async fn insert_boot_job(tx: &mut Tx<'_>, j: &BootJobRow) -> Result<(), Stor
     .bind(&j.requested_by)
     .bind(j.created_at)
     .bind(j.finished_at)
+    .bind(&j.source)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -38,9 +38,10 @@ class BootJob(BaseModel):
     requested_by: StrictStr
     results: Optional[Any] = Field(default=None, description="Per-action results of the last run: action, ok, exit_code, output.")
     script: StrictStr
+    script_sha256: Optional[StrictStr] = Field(default=None, description="SHA-256 of the script source pinned when the job was queued: what runs.")
     state: StrictStr = Field(description="pending, running, done, failed, cancelled.")
     system: StrictBool = Field(description="Queued by corral itself (password reset, hostname, IP change).")
-    __properties: ClassVar[List[str]] = ["attempts", "created_at", "error", "finished_at", "guest_id", "id", "operation_id", "params", "requested_by", "results", "script", "state", "system"]
+    __properties: ClassVar[List[str]] = ["attempts", "created_at", "error", "finished_at", "guest_id", "id", "operation_id", "params", "requested_by", "results", "script", "script_sha256", "state", "system"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -114,6 +115,7 @@ class BootJob(BaseModel):
             "requested_by": obj.get("requested_by"),
             "results": obj.get("results"),
             "script": obj.get("script"),
+            "script_sha256": obj.get("script_sha256"),
             "state": obj.get("state"),
             "system": obj.get("system")
         })

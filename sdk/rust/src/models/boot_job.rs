@@ -42,6 +42,9 @@ pub struct BootJob {
     pub results: Option<Option<serde_json::Value>>,
     #[serde(rename = "script")]
     pub script: String,
+    /// SHA-256 of the script source pinned when the job was queued: what runs.
+    #[serde(rename = "script_sha256", skip_serializing_if = "Option::is_none")]
+    pub script_sha256: Option<String>,
     /// pending, running, done, failed, cancelled.
     #[serde(rename = "state")]
     pub state: String,
@@ -74,6 +77,7 @@ impl BootJob {
             requested_by,
             results: None,
             script,
+            script_sha256: None,
             state,
             system,
         }

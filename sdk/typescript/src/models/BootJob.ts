@@ -64,6 +64,10 @@ export interface BootJob {
      */
     script: string;
     /**
+     * SHA-256 of the script source pinned when the job was queued: what runs.
+     */
+    scriptSha256?: string;
+    /**
      * pending, running, done, failed, cancelled.
      */
     state: string;
@@ -110,6 +114,7 @@ export function BootJobFromJSONTyped(json: any, ignoreDiscriminator: boolean): B
         'requestedBy': json['requested_by'],
         'results': json['results'] === undefined ? undefined : json['results'] === null ? null : json['results'],
         'script': json['script'],
+        'scriptSha256': json['script_sha256'] == null ? undefined : json['script_sha256'],
         'state': json['state'],
         'system': json['system'],
     };
@@ -137,6 +142,7 @@ export function BootJobToJSONTyped(value?: BootJob | null, ignoreDiscriminator: 
         'requested_by': value['requestedBy'],
         'results': value['results'],
         'script': value['script'],
+        'script_sha256': value['scriptSha256'],
         'state': value['state'],
         'system': value['system'],
     };

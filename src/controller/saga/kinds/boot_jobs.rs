@@ -99,7 +99,12 @@ async fn claim(
         if !job.system {
             facts.password_hash = None;
         }
-        let evaluated = match script_source(tx, Kind::Boot, &job.script).await? {
+        // The source pinned at queue time; jobs from before pinning take the current one.
+        let source = match &job.source {
+            Some(s) => Some(s.clone()),
+            None => script_source(tx, Kind::Boot, &job.script).await?,
+        };
+        let evaluated = match source {
             None => Err(format!("boot script {} no longer exists", job.script)),
             Some(source) => scripts
                 .actions(&job.script, &source, &facts, &params)

@@ -253,7 +253,10 @@ async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepErr
             Some((old_ip.as_str(), old_pool.as_str())),
         )
         .await?;
-        let job = st::BootJobRow::pending(&g.id, "change-ip", &params, true, &op.requested_by);
+        let mut job = st::BootJobRow::pending(&g.id, "change-ip", &params, true, &op.requested_by);
+        job.source =
+            crate::script::catalog::shipped(crate::script::catalog::Kind::Boot, "change-ip")
+                .map(String::from);
         st::insert_boot_job(tx, &job).await?;
         Some(job.id)
     } else {
