@@ -290,7 +290,8 @@ async fn boot_jobs_queue_list_hide_and_survive_a_failed_run() {
         .await;
     assert_eq!(s, 400);
 
-    // A non-admin user sees no system jobs and may not queue them.
+    // An operator (all guests, but not an administrator) sees no system jobs and may not
+    // queue them.
     let store = corral::controller::store::Store::open(&cloud.dir().join("corral.db"))
         .await
         .unwrap();
@@ -301,7 +302,7 @@ async fn boot_jobs_queue_list_hide_and_survive_a_failed_run() {
             password_hash: "x".into(),
             is_admin: false,
             created_at: 0,
-            role: "user".into(),
+            role: "operator".into(),
         })
         .await
         .unwrap();
