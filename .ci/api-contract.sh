@@ -10,7 +10,7 @@ bin=${1:-target/debug/corral}
 venv=target/ci-venv
 if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator" ]; then
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q schemathesis==4.32.5 openapi-spec-validator==0.9.0
+    "$venv/bin/pip" install -q -r tests/api/requirements.txt
 fi
 "$venv/bin/openapi-spec-validator" openapi/corral.json
 PATH="$PWD/$venv/bin:$PATH" tests/api/fuzz.sh "$bin" "${CORRAL_FUZZ_SECS:-120}"

@@ -172,6 +172,33 @@ async fn a_body_over_the_limit_is_refused_and_changes_nothing() {
 
     let (s, _) = cloud.get("/boot-scripts/huge").await;
     assert_eq!(s, 404, "a refused body created the script");
+
+    // A body of the wrong shape: 400 naming the field for a known caller, and 401 first
+    // for an unknown one (nothing about the body is said to a caller without a token).
+    let (s, v) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            "/guests/anything",
+            Some(json!({"hostname": false})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("`hostname` must be a string"),
+        "{v}"
+    );
+    for token in [None, Some("crl_not-a-token")] {
+        let mut r = reqwest::Client::new()
+            .patch(cloud.url("/guests/anything"))
+            .json(&json!({"hostname": false}));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        assert_eq!(r.send().await.unwrap().status().as_u16(), 401, "{token:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

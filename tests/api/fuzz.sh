@@ -9,6 +9,14 @@
 # schema, every status documented, bad input refused, 405s with `Allow`. Exits non-zero on
 # any finding. Needs `schemathesis` on PATH (PyPI).
 #
+# One worker: with two, hypothesis's description of its own strategies (an AST cache shared
+# between threads) fails now and then with "AST constructor recursion depth mismatch", an
+# error of the tool, not of the API.
+#
+# Not fuzzed: `POST /auth/logout`, `PATCH /users/{id}` and `DELETE /users/{id}`, which
+# would revoke or demote the very token the run uses (tests/auth.rs and tests/authz.rs
+# cover them).
+#
 # Not run: `positive_data_acceptance` (it counts a 422 for a well-formed but meaningless
 # value, a template that does not exist or a script that does not compile, as a failure:
 # such checks cannot be written in JSON Schema), and the checks that need a second user
@@ -41,4 +49,6 @@ schemathesis run "$spec" --url "$CORRAL_URL" \
     -H "Authorization: Bearer $token" \
     --checks all \
     --exclude-checks ignored_auth,use_after_free,ensure_resource_availability,positive_data_acceptance \
-    --max-time "$secs" --workers 2 --no-color --report junit --report-dir "$report"
+    --exclude-operation-id auth_logout --exclude-operation-id user_update \
+    --exclude-operation-id user_delete \
+    --max-time "$secs" --workers 1 --no-color --report junit --report-dir "$report"

@@ -106,6 +106,28 @@ pub fn spec_json() -> String {
     spec::finish(&service().spec())
 }
 
+/// Whether the request carries a token that works: an unknown caller's body is not
+/// looked at, so that the handler answers 401 before anything about the body.
+async fn caller_known(store: &Store, req: &poem::Request) -> bool {
+    let Some(token) = req
+        .headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    store
+        .user_by_token(
+            &crate::controller::auth::token_digest(token.trim()),
+            crate::model::now_ms(),
+        )
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
 /// The largest request body the API reads, bytes. Scripts are the largest bodies it takes
 /// (a script's source is capped at 256 KiB by the sandbox).
 pub const MAX_BODY: usize = 1 << 20;
@@ -117,6 +139,7 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
     let spec = spec_json();
     let methods = Arc::new(spec::Methods::of(&spec, "/api/v1"));
     let bodies = Arc::new(strict::Bodies::of(&spec, "/api/v1"));
+    let store = state.store.clone();
     Route::new()
         .nest("/api/v1", api)
         .nest("/docs", docs)
@@ -134,6 +157,7 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         .around(move |ep, mut req| {
             let methods = methods.clone();
             let bodies = bodies.clone();
+            let store = store.clone();
             async move {
                 let path = req.uri().path().to_string();
                 let has_body = matches!(
@@ -156,7 +180,12 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
                     let Ok(bytes) = req.take_body().into_bytes_limit(MAX_BODY).await else {
                         return Ok(too_large());
                     };
-                    if let Some(schema) = bodies.schema(req.method().as_str(), &path) {
+                    let known = match bodies.schema(req.method().as_str(), &path) {
+                        Some((schema, true)) => caller_known(&store, &req).await.then_some(schema),
+                        Some((schema, false)) => Some(schema),
+                        None => None,
+                    };
+                    if let Some(schema) = known {
                         // Unparsable JSON is left to the payload parser and its message.
                         if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
                             if let Err(message) = bodies.check(&value, schema) {

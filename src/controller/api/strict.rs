@@ -10,9 +10,11 @@
 
 use serde_json::Value;
 
-/// Each operation's request body schema, by path template and method.
+/// Each operation's request body schema, by path template and method, and whether the
+/// operation needs a token (a body is checked only once the caller is known: a request
+/// without a valid token gets its 401 first, whatever its body).
 pub struct Bodies {
-    routes: Vec<(Vec<String>, String, Value)>,
+    routes: Vec<(Vec<String>, String, Value, bool)>,
     schemas: Value,
 }
 
@@ -33,7 +35,8 @@ impl Bodies {
                         .split('/')
                         .map(String::from)
                         .collect();
-                    routes.push((segments, method.to_uppercase(), schema.clone()));
+                    let secured = op.get("security").is_some();
+                    routes.push((segments, method.to_uppercase(), schema.clone(), secured));
                 }
             }
         }
@@ -43,12 +46,13 @@ impl Bodies {
         }
     }
 
-    /// The request schema of `method path`, if it takes a JSON body.
-    pub fn schema(&self, method: &str, path: &str) -> Option<&Value> {
+    /// The request schema of `method path`, if it takes a JSON body, and whether the
+    /// operation needs a token.
+    pub fn schema(&self, method: &str, path: &str) -> Option<(&Value, bool)> {
         let got: Vec<&str> = path.split('/').collect();
         self.routes
             .iter()
-            .find(|(want, m, _)| {
+            .find(|(want, m, _, _)| {
                 m == method
                     && want.len() == got.len()
                     && want
@@ -56,7 +60,7 @@ impl Bodies {
                         .zip(&got)
                         .all(|(w, g)| w == g || (w.starts_with('{') && !g.is_empty()))
             })
-            .map(|(_, _, s)| s)
+            .map(|(_, _, s, secured)| (s, *secured))
     }
 
     /// Checks `value` against `schema`; the error names the field and what it must be.
@@ -192,7 +196,7 @@ mod tests {
     #[test]
     fn a_body_of_the_wrong_shape_is_refused_with_the_field_named() {
         let b = bodies();
-        let s = b.schema("PATCH", "/api/v1/guests/web-1").unwrap().clone();
+        let s = b.schema("PATCH", "/api/v1/guests/web-1").unwrap().0.clone();
         assert!(b.schema("GET", "/api/v1/guests/web-1").is_none());
         assert!(b.check(&json!({"cpus": 2, "hostname": "db"}), &s).is_ok());
         assert!(b.check(&json!({"cpus": 2, "hostname": null}), &s).is_ok());
