@@ -509,8 +509,20 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         .await
         .map_err(setup("redis"))?;
     let port = free_port()?;
+    // Templates: the bench's own image in `tmp`, and the TCG fixture's directory.
+    let mut image_dirs = tmp.display().to_string();
+    if let Some(dir) = o
+        .tcg
+        .as_deref()
+        .and_then(|f| std::fs::canonicalize(f).ok())
+        .and_then(|f| f.parent().map(|d| d.display().to_string()))
+    {
+        image_dirs.push(',');
+        image_dirs.push_str(&dir);
+    }
     let env = vec![
         ("CORRAL_LISTEN", format!("127.0.0.1:{port}")),
+        ("CORRAL_IMAGE_DIRS", image_dirs),
         (
             "CORRAL_DATABASE",
             tmp.join("corral.db").display().to_string(),

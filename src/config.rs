@@ -49,6 +49,10 @@ pub struct ControllerConfig {
     pub janitor_secs: u64,
     /// How long a token from `POST /auth/login` works, hours.
     pub login_token_hours: u64,
+    /// Directories template images may be registered from (`CORRAL_IMAGE_DIRS`, comma
+    /// separated). A template path anywhere else is refused: otherwise any user could
+    /// register another guest's disk as a template and boot a copy of it.
+    pub image_dirs: Vec<PathBuf>,
     /// Transient node-step failures are retried this many times before the saga unwinds.
     pub step_max_attempts: u32,
     pub vnc_port_min: u16,
@@ -80,6 +84,7 @@ impl Default for ControllerConfig {
             step_lease_secs: 120,
             janitor_secs: 30,
             login_token_hours: 12,
+            image_dirs: vec![PathBuf::from(DEFAULT_IMAGE_DIR)],
             step_max_attempts: 3,
             vnc_port_min: 5900,
             vnc_port_max: 6899,
@@ -130,6 +135,9 @@ pub struct NodeConfig {
     pub vnc_port_max: u16,
     /// Optional directory of template overrides (`domain.xml.j2`, ...).
     pub templates_dir: Option<PathBuf>,
+    /// Directories a disk may be cloned from (`CORRAL_IMAGE_DIRS`): the node refuses a
+    /// job naming a template image anywhere else, whoever queued it.
+    pub image_dirs: Vec<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -153,6 +161,7 @@ impl Default for NodeConfig {
             vnc_port_min: 5900,
             vnc_port_max: 6899,
             templates_dir: None,
+            image_dirs: vec![PathBuf::from(DEFAULT_IMAGE_DIR)],
         }
     }
 }
@@ -167,6 +176,29 @@ pub struct Config {
 
 fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Where template images live by default (the README's first template goes there).
+pub const DEFAULT_IMAGE_DIR: &str = "/var/lib/corral/templates";
+
+/// A comma-separated list of directories.
+fn dir_list(v: &str) -> Vec<PathBuf> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Whether `path` lies inside one of `dirs`, judged on its text: absolute, no `..`.
+/// (A symbolic link inside an image directory is the administrator's own choice.)
+pub fn in_dirs(dirs: &[PathBuf], path: &str) -> bool {
+    let p = std::path::Path::new(path);
+    p.is_absolute()
+        && !p
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        && dirs.iter().any(|d| p.starts_with(d) && p != d.as_path())
 }
 
 fn env_parse<T: std::str::FromStr>(name: &str, slot: &mut T) -> Result<(), ConfigError> {
@@ -209,6 +241,9 @@ impl Config {
         env_parse("CORRAL_STEP_LEASE_SECS", &mut c.step_lease_secs)?;
         env_parse("CORRAL_JANITOR_SECS", &mut c.janitor_secs)?;
         env_parse("CORRAL_LOGIN_TOKEN_HOURS", &mut c.login_token_hours)?;
+        if let Some(v) = env_var("CORRAL_IMAGE_DIRS") {
+            c.image_dirs = dir_list(&v);
+        }
         env_parse("CORRAL_VNC_PORT_MIN", &mut c.vnc_port_min)?;
         env_parse("CORRAL_VNC_PORT_MAX", &mut c.vnc_port_max)?;
         // One variable sets the range for both roles (`corral up` runs both).
@@ -263,6 +298,9 @@ impl Config {
         if let Some(v) = env_var("CORRAL_TEMPLATES_DIR") {
             n.templates_dir = Some(v.into());
         }
+        if let Some(v) = env_var("CORRAL_IMAGE_DIRS") {
+            n.image_dirs = dir_list(&v);
+        }
         Ok(())
     }
 
@@ -299,6 +337,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_path_is_inside_a_directory_by_its_text() {
+        let dirs = vec![
+            PathBuf::from("/var/lib/corral/templates"),
+            PathBuf::from("/srv/img"),
+        ];
+        assert!(in_dirs(&dirs, "/var/lib/corral/templates/debian.qcow2"));
+        assert!(in_dirs(&dirs, "/srv/img/a/b.qcow2"));
+        assert!(!in_dirs(&dirs, "/var/lib/corral/templates"));
+        assert!(!in_dirs(
+            &dirs,
+            "/var/lib/corral/templates/../images/g.qcow2"
+        ));
+        assert!(!in_dirs(&dirs, "/var/lib/corral/templates-other/x.qcow2"));
+        assert!(!in_dirs(&dirs, "relative/x.qcow2"));
+        assert!(!in_dirs(&dirs, "/etc/shadow"));
+    }
 
     #[test]
     fn file_values_and_unknown_keys() {

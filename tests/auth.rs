@@ -327,3 +327,40 @@ async fn a_queued_boot_job_keeps_the_script_it_was_queued_with() {
     assert_eq!(j1["script_sha256"], json!(sha(v1)), "{j1}");
     assert_eq!(j2["script_sha256"], json!(sha(v2)), "{j2}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_comes_only_from_the_image_directories() {
+    if !(parts() && require("qemu-img")) {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    // Another guest's disk, or any host file: refused, naming the directories.
+    for path in [
+        "/etc/shadow".to_string(),
+        cloud
+            .images()
+            .join("some-guest.qcow2")
+            .display()
+            .to_string(),
+        format!("{}/../../etc/passwd", cloud.dir().display()),
+    ] {
+        let (s, v) = cloud
+            .post(
+                "/templates",
+                json!({"name": "stolen", "path": path, "os_type": "linux"}),
+            )
+            .await;
+        assert!(s == 422 || s == 400, "{path}: {s} {v}");
+        if s == 422 {
+            let m = v["message"].as_str().unwrap();
+            assert!(
+                m.contains("image directories") || m.contains("disk-image directory"),
+                "{v}"
+            );
+        }
+    }
+    let (s, _) = cloud.get("/templates/stolen").await;
+    assert_eq!(s, 404, "a refused template was registered");
+    // Inside one: accepted.
+    cloud.template("fine").await;
+}

@@ -137,6 +137,7 @@ pub async fn run(
         pages: Arc::new(api::Pages::new(store.changes.clone())),
         throttle: Arc::new(auth::Throttle::default()),
         login_token_hours: cfg.login_token_hours,
+        image_dirs: Arc::new(cfg.image_dirs.clone()),
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {

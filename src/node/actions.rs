@@ -20,6 +20,8 @@ pub struct NodeSettings {
     pub machine: String,
     pub vnc_listen: String,
     pub storage_dir: std::path::PathBuf,
+    /// Where a disk may be cloned from (`image_dirs`).
+    pub image_dirs: Vec<std::path::PathBuf>,
 }
 
 /// Why an action failed, and whether trying again can help.
@@ -88,6 +90,15 @@ pub async fn run(
             template_path,
         } => {
             inside(&s.storage_dir, path)?;
+            // Never from another guest's disk, even when an image directory holds the
+            // disk-image directory.
+            if !crate::config::in_dirs(&s.image_dirs, template_path)
+                || crate::config::in_dirs(std::slice::from_ref(&s.storage_dir), template_path)
+            {
+                return Err(ActionError::Permanent(format!(
+                    "template image {template_path} is outside this node's image directories"
+                )));
+            }
             create_disk(path, template_path).await?;
             Ok(ok(None))
         }

@@ -39,6 +39,7 @@ pids+=($!)
     export CORRAL_HYPERVISOR_URI=test:///default
     export CORRAL_NODE_ID=test-node
     export CORRAL_ADMIN_PASSWORD=live-admin
+    export CORRAL_IMAGE_DIRS=$work,/var/lib/corral/templates
     export CORRAL_LOG=warn
     exec "$bin" agent
 ) >"$work/node.log" 2>&1 &
@@ -49,6 +50,7 @@ pids+=($!)
     export CORRAL_DATA_DIR=$work
     export CORRAL_REDIS_URL=redis://127.0.0.1:$rport
     export CORRAL_ADMIN_PASSWORD=live-admin
+    export CORRAL_IMAGE_DIRS=$work,/var/lib/corral/templates
     export CORRAL_LOG=warn
     exec "$bin" controller
 ) >"$work/controller.log" 2>&1 &

@@ -158,6 +158,13 @@ impl Drop for Proc {
     }
 }
 
+/// Where the test guest image is built (`tests/fixtures/build-test-guest.sh`).
+pub fn fixture_dir() -> PathBuf {
+    std::env::var("CORRAL_FIXTURE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures"))
+}
+
 /// A corral installation under one temporary directory.
 pub struct Cloud {
     pub tmp: tempfile::TempDir,
@@ -221,6 +228,11 @@ impl Cloud {
             .env("CORRAL_HYPERVISOR_URI", &self.hypervisor_uri)
             .env("CORRAL_NODE_ID", &self.node_id)
             .env("CORRAL_ADMIN_PASSWORD", "test-admin-pw")
+            // Templates come from the test's directory and the fixture image's.
+            .env(
+                "CORRAL_IMAGE_DIRS",
+                format!("{},{}", self.dir().display(), fixture_dir().display()),
+            )
             .env("CORRAL_STEP_LEASE_SECS", "5")
             .env("CORRAL_NODE_TIMEOUT_SECS", "6")
             .env("CORRAL_HEARTBEAT_SECS", "1")

@@ -56,6 +56,8 @@ pub struct AppState {
     /// Failed-login counts.
     pub throttle: Arc<crate::controller::auth::Throttle>,
     pub login_token_hours: u64,
+    /// Where template images may come from.
+    pub image_dirs: Arc<Vec<std::path::PathBuf>>,
 }
 
 type Apis = (

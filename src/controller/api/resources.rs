@@ -156,6 +156,35 @@ impl TemplateApi {
             ))
             .into());
         }
+        // Never a guest's disk: nothing inside a node's disk-image directory, even when an
+        // image directory contains it.
+        for n in state.store.nodes().await? {
+            let storage = n.node_facts().storage_dir;
+            if !storage.is_empty()
+                && crate::config::in_dirs(&[std::path::PathBuf::from(&storage)], &b.path)
+            {
+                return Err(Error::Unprocessable(format!(
+                    "path {} is inside node {}'s disk-image directory {storage}: guests' disks \
+                     are not templates (make one from a guest instead)",
+                    b.path, n.id
+                ))
+                .into());
+            }
+        }
+        if !crate::config::in_dirs(&state.image_dirs, &b.path) {
+            let dirs: Vec<String> = state
+                .image_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            return Err(Error::Unprocessable(format!(
+                "path {} is outside the template image directories ({}): put the image in \
+                 one of them, or an administrator adds its directory to image_dirs",
+                b.path,
+                dirs.join(", ")
+            ))
+            .into());
+        }
         let row = TemplateRow {
             id: new_id(),
             name: b.name.clone(),
