@@ -155,6 +155,23 @@ pub async fn bootstrap(store: &Store, cfg: &ControllerConfig) -> Result<String, 
     Ok(token)
 }
 
+/// Drops expired tokens every ten minutes (they already stop working at their expiry;
+/// this keeps the table from growing with every login), until `shutdown`.
+pub async fn purge_expired(store: Store, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => match store.purge_expired_tokens(now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("purged {n} expired token(s)"),
+                Err(e) => tracing::warn!("purging expired tokens: {e}"),
+            },
+        }
+    }
+}
+
 /// Failures of one user name or address.
 #[derive(Debug, Clone, Copy)]
 struct Tries {
@@ -318,6 +335,44 @@ mod tests {
             .is_some());
         assert!(verify_login("no".into(), Some(known)).await.is_none());
         assert!(verify_login("pw".into(), None).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn purging_drops_expired_tokens_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).await.unwrap();
+        let user = UserRow {
+            id: "u".into(),
+            name: "ann".into(),
+            password_hash: "x".into(),
+            is_admin: false,
+            created_at: 0,
+            role: "user".into(),
+        };
+        store.insert_user(&user).await.unwrap();
+        let now = now_ms();
+        let (_, old) = issue_token(&store, &user, "old", Some(now - 1))
+            .await
+            .unwrap();
+        let (_, live) = issue_token(&store, &user, "live", Some(now + 60_000))
+            .await
+            .unwrap();
+        let (_, forever) = issue_token(&store, &user, "forever", None).await.unwrap();
+        assert_eq!(store.purge_expired_tokens(now).await.unwrap(), 1);
+        let names: Vec<String> = store
+            .tokens_of("u")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert!(!names.contains(&"old".to_string()), "{names:?}");
+        assert!(!store.token_valid(&token_digest(&old), now).await.unwrap());
+        assert!(store.token_valid(&token_digest(&live), now).await.unwrap());
+        assert!(store
+            .token_valid(&token_digest(&forever), now)
+            .await
+            .unwrap());
     }
 
     #[test]

@@ -125,6 +125,7 @@ pub async fn run(
         Duration::from_secs(cfg.node_timeout_secs),
         stop(shutdown.clone()),
     ));
+    let purge_task = tokio::spawn(auth::purge_expired(store.clone(), stop(shutdown.clone())));
 
     let addr = listener.local_addr()?;
     let state = api::AppState {
@@ -147,6 +148,12 @@ pub async fn run(
         });
     }
     api::serve(state, listener, stop(shutdown.clone())).await?;
-    let _ = tokio::join!(engine_task, ingest_task, live_task, plugin_events);
+    let _ = tokio::join!(
+        engine_task,
+        ingest_task,
+        live_task,
+        plugin_events,
+        purge_task
+    );
     Ok(())
 }
