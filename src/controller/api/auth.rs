@@ -13,7 +13,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
 use super::error::{ApiResult, Error};
 use super::AppState;
 use crate::controller::auth::{issue_token, token_digest, verify_login};
-use crate::controller::store::{TokenRow, UserRow};
+use crate::controller::store::{Store, TokenRow, UserRow};
 use crate::model::{now_ms, rfc3339};
 
 /// Who is calling, and with which token.
@@ -37,10 +37,13 @@ impl Deref for Caller {
 pub struct Auth(pub Caller);
 
 async fn check_token(req: &Request, bearer: Bearer) -> Option<Caller> {
-    let state = req.data::<AppState>()?;
-    state
-        .store
-        .user_by_token(&token_digest(&bearer.token), now_ms())
+    caller(&req.data::<AppState>()?.store, &bearer.token).await
+}
+
+/// The caller a bearer token stands for, if it exists and has not expired.
+pub async fn caller(store: &Store, token: &str) -> Option<Caller> {
+    store
+        .user_by_token(&token_digest(token), now_ms())
         .await
         .ok()
         .flatten()

@@ -111,23 +111,15 @@ pub fn spec_json() -> String {
 /// Whether the request carries a token that works: an unknown caller's body is not
 /// looked at, so that the handler answers 401 before anything about the body.
 async fn caller_known(store: &Store, req: &poem::Request) -> bool {
-    let Some(token) = req
+    let token = req
         .headers()
         .get(poem::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    store
-        .user_by_token(
-            &crate::controller::auth::token_digest(token.trim()),
-            crate::model::now_ms(),
-        )
-        .await
-        .ok()
-        .flatten()
-        .is_some()
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(t) => auth::caller(store, t.trim()).await.is_some(),
+        None => false,
+    }
 }
 
 /// The largest request body the API reads, bytes. Scripts are the largest bodies it takes

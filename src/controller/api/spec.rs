@@ -186,9 +186,34 @@ fn non_empty_path_params(spec: &mut Value) {
     }
 }
 
+/// A path of the document (`/guests/{id}`) under the API's mount point, matched segment by
+/// segment against request paths; a `{parameter}` matches any non-empty segment.
+pub struct Template(Vec<String>);
+
+impl Template {
+    pub fn new(prefix: &str, path: &str) -> Self {
+        Template(
+            format!("{prefix}{path}")
+                .split('/')
+                .map(String::from)
+                .collect(),
+        )
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        let got: Vec<&str> = path.split('/').collect();
+        self.0.len() == got.len()
+            && self
+                .0
+                .iter()
+                .zip(&got)
+                .all(|(w, g)| w == g || (w.starts_with('{') && !g.is_empty()))
+    }
+}
+
 /// The methods each path of the document answers, for the `Allow` header that RFC 9110
 /// requires on a 405.
-pub struct Methods(Vec<(Vec<String>, String)>);
+pub struct Methods(Vec<(Template, String)>);
 
 impl Methods {
     /// From the finished document; `prefix` is where the API is mounted (`/api/v1`).
@@ -202,27 +227,16 @@ impl Methods {
                 .flat_map(|o| o.keys())
                 .map(|m| m.to_uppercase())
                 .collect();
-            let segments = format!("{prefix}{path}")
-                .split('/')
-                .map(String::from)
-                .collect();
-            out.push((segments, methods.join(", ")));
+            out.push((Template::new(prefix, path), methods.join(", ")));
         }
         Methods(out)
     }
 
     /// The `Allow` value for a request path, if the path is one of the document's.
     pub fn allow(&self, path: &str) -> Option<&str> {
-        let got: Vec<&str> = path.split('/').collect();
         self.0
             .iter()
-            .find(|(want, _)| {
-                want.len() == got.len()
-                    && want
-                        .iter()
-                        .zip(&got)
-                        .all(|(w, g)| w == g || (w.starts_with('{') && !g.is_empty()))
-            })
+            .find(|(t, _)| t.matches(path))
             .map(|(_, m)| m.as_str())
     }
 }

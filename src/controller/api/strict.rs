@@ -10,11 +10,13 @@
 
 use serde_json::Value;
 
+use super::spec::Template;
+
 /// Each operation's request body schema, by path template and method, and whether the
 /// operation needs a token (a body is checked only once the caller is known: a request
 /// without a valid token gets its 401 first, whatever its body).
 pub struct Bodies {
-    routes: Vec<(Vec<String>, String, Value, bool)>,
+    routes: Vec<(Template, String, Value, bool)>,
     schemas: Value,
 }
 
@@ -31,12 +33,13 @@ impl Bodies {
                     .and_then(|c| c.iter().find(|(media, _)| media.contains("json")))
                     .and_then(|(_, m)| m.get("schema"));
                 if let Some(schema) = schema {
-                    let segments = format!("{prefix}{path}")
-                        .split('/')
-                        .map(String::from)
-                        .collect();
                     let secured = op.get("security").is_some();
-                    routes.push((segments, method.to_uppercase(), schema.clone(), secured));
+                    routes.push((
+                        Template::new(prefix, path),
+                        method.to_uppercase(),
+                        schema.clone(),
+                        secured,
+                    ));
                 }
             }
         }
@@ -49,17 +52,9 @@ impl Bodies {
     /// The request schema of `method path`, if it takes a JSON body, and whether the
     /// operation needs a token.
     pub fn schema(&self, method: &str, path: &str) -> Option<(&Value, bool)> {
-        let got: Vec<&str> = path.split('/').collect();
         self.routes
             .iter()
-            .find(|(want, m, _, _)| {
-                m == method
-                    && want.len() == got.len()
-                    && want
-                        .iter()
-                        .zip(&got)
-                        .all(|(w, g)| w == g || (w.starts_with('{') && !g.is_empty()))
-            })
+            .find(|(t, m, _, _)| m == method && t.matches(path))
             .map(|(_, _, s, secured)| (s, *secured))
     }
 
