@@ -467,7 +467,10 @@ pub async fn run(o: BenchOpts) -> Result<(), BenchError> {
     let tmp = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let result = run_in(&o, &tmp).await;
-    let _ = std::fs::remove_dir_all(&tmp);
+    // `CORRAL_BENCH_KEEP` keeps the run's directory (its logs and database) for diagnosis.
+    if std::env::var_os("CORRAL_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
     result
 }
 
@@ -542,7 +545,11 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         // Test-driver guests use no memory or CPU: placement capacity must not cap the run.
         ("CORRAL_CPU_OVERCOMMIT", "100000".into()),
         ("CORRAL_MEMORY_OVERCOMMIT", "10000".into()),
-        ("CORRAL_LOG", "warn".into()),
+        // `CORRAL_BENCH_LOG` sets the log filter of the bench's controller and node.
+        (
+            "CORRAL_LOG",
+            std::env::var("CORRAL_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
     ];
     let node = corral(&["agent"], &env, &tmp.join("node.log"))?;
     let controller = corral(&["controller"], &env, &tmp.join("controller.log"))?;

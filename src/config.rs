@@ -138,6 +138,9 @@ pub struct NodeConfig {
     /// Directories a disk may be cloned from (`CORRAL_IMAGE_DIRS`): the node refuses a
     /// job naming a template image anywhere else, whoever queued it.
     pub image_dirs: Vec<PathBuf>,
+    /// Wall-clock limit of one OS-init profile run on this node (the node computes each
+    /// guest's init plan), as the controller's `script_deadline_ms` is for its scripts.
+    pub script_deadline_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -162,6 +165,7 @@ impl Default for NodeConfig {
             vnc_port_max: 6899,
             templates_dir: None,
             image_dirs: vec![PathBuf::from(DEFAULT_IMAGE_DIR)],
+            script_deadline_ms: 500,
         }
     }
 }
@@ -291,6 +295,7 @@ impl Config {
         }
         env_parse("CORRAL_HEARTBEAT_SECS", &mut n.heartbeat_secs)?;
         env_parse("CORRAL_RECONCILE_SECS", &mut n.reconcile_secs)?;
+        env_parse("CORRAL_SCRIPT_DEADLINE_MS", &mut n.script_deadline_ms)?;
         env_parse("CORRAL_CONCURRENCY", &mut n.concurrency)?;
         env_parse("CORRAL_CPU_OVERCOMMIT", &mut n.cpu_overcommit)?;
         env_parse("CORRAL_RESERVE_VNC_PORTS", &mut n.reserve_vnc_ports)?;

@@ -116,12 +116,12 @@ mod tests {
     #[test]
     fn a_misspelled_or_missing_step_or_another_kinds_table_is_refused() {
         let src = OpKind::GuestCreate.declaration();
-        let typo = src.replacen("name = \"build_seed\"", "name = \"biuld_seed\"", 1);
+        let typo = src.replacen("name = \"build\"", "name = \"biuld\"", 1);
         assert!(matches!(
             declared(OpKind::GuestCreate, &typo),
             Err(CatalogError::Steps { .. })
         ));
-        let start = src.find("[[steps]]\nname = \"start\"").unwrap();
+        let start = src.find("[[steps]]\nname = \"allocate\"").unwrap();
         let end = start + src[start + 1..].find("[[steps]]").unwrap() + 1;
         let missing = format!("{}{}", &src[..start], &src[end..]);
         assert!(declared(OpKind::GuestCreate, &missing).is_err());

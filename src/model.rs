@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::guestinit::{AgentAction, InitPlan};
+use crate::guestinit::AgentAction;
 
 /// Milliseconds since the Unix epoch: the one clock format stored in rows and events.
 pub fn now_ms() -> i64 {
@@ -265,9 +265,10 @@ pub enum NodeAction {
     RemoveFile {
         path: String,
     },
+    /// Writes the NoCloud seed of the plan the node computes from `init`.
     BuildSeed {
         path: String,
-        plan: Box<InitPlan>,
+        init: Box<InitInput>,
         /// Write it even if it exists (the guest's record changed: hostname, IP, password).
         #[serde(default)]
         replace: bool,
@@ -315,12 +316,43 @@ pub enum NodeAction {
         #[serde(default)]
         strict: bool,
     },
+    /// Applies the init plan through the guest agent when the plan asks for that delivery
+    /// (images without cloud-init); otherwise there is nothing to do.
+    AgentInit {
+        guest_id: String,
+        init: Box<InitInput>,
+        wait_secs: u64,
+    },
+    /// Runs its sub-steps in order as one job, reporting each one's end as progress, and
+    /// stops at the first failure. Every sub-step is idempotent, so the whole is too: a
+    /// re-run skips what is already there.
+    Sequence {
+        steps: Vec<SubStep>,
+    },
     /// Runs a node's cleanup list: only destroy, undefine (by the guest's uuid) and remove
     /// file (inside the disk-image directory). Each item is reported on its own in a
     /// [`CleanupReport`]; the step itself succeeds.
     Cleanup {
         items: Vec<CleanupItem>,
     },
+}
+
+/// One part of a [`NodeAction::Sequence`]: what it does and how the operation's stage
+/// names it while it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubStep {
+    pub stage: String,
+    pub action: NodeAction,
+}
+
+/// What a node needs to compute a guest's init plan itself: the profile, its source as
+/// it was when the step was dispatched, and the facts the profile sees. Profiles run on
+/// the node, never inside the controller's write transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitInput {
+    pub profile: String,
+    pub source: String,
+    pub facts: crate::script::guest::GuestFacts,
 }
 
 /// One entry of a node's cleanup list.
@@ -395,7 +427,19 @@ impl NodeAction {
             NodeAction::Suspend { .. } => "suspend",
             NodeAction::Resume { .. } => "resume",
             NodeAction::AgentRun { .. } => "agent_run",
+            NodeAction::AgentInit { .. } => "agent_init",
+            NodeAction::Sequence { .. } => "sequence",
             NodeAction::Cleanup { .. } => "cleanup",
+        }
+    }
+
+    /// The single actions this one consists of, in order (a sequence's sub-steps).
+    pub fn flatten(&self) -> Vec<&NodeAction> {
+        match self {
+            NodeAction::Sequence { steps } => {
+                steps.iter().flat_map(|s| s.action.flatten()).collect()
+            }
+            other => vec![other],
         }
     }
 
@@ -404,7 +448,13 @@ impl NodeAction {
     pub fn time_limit_secs(&self) -> Option<u64> {
         match self {
             NodeAction::Shutdown { timeout_secs, .. } => Some(*timeout_secs),
-            NodeAction::AgentRun { wait_secs, .. } => Some(*wait_secs),
+            NodeAction::AgentRun { wait_secs, .. } | NodeAction::AgentInit { wait_secs, .. } => {
+                Some(*wait_secs)
+            }
+            NodeAction::Sequence { steps } => steps
+                .iter()
+                .filter_map(|s| s.action.time_limit_secs())
+                .reduce(u64::saturating_add),
             _ => None,
         }
     }
@@ -513,6 +563,18 @@ pub enum NodeEvent {
         attempt: u32,
         undo: bool,
         outcome: StepOutcome,
+    },
+    /// A sub-step of a [`NodeAction::Sequence`] ended; `done` of `of` are now done.
+    StepProgress {
+        node_id: String,
+        op_id: String,
+        step: usize,
+        attempt: u32,
+        undo: bool,
+        done: u32,
+        of: u32,
+        /// The stage of the sub-step that runs next.
+        stage: String,
     },
     /// A guest's state changed (seen by the node's watcher).
     DomainState {

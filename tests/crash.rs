@@ -17,13 +17,9 @@ fn parts() -> bool {
 const CREATE_FAULTS: &[&str] = &[
     "after:guest.create:place",
     "after:guest.create:allocate",
-    "dispatched:guest.create:create_disk",
+    "dispatched:guest.create:build",
     // Committed as dispatched, never pushed: restart sends it at once, not after a lease.
-    "unpushed:guest.create:build_seed",
-    "dispatched:guest.create:build_seed",
-    "dispatched:guest.create:define",
-    "dispatched:guest.create:start",
-    "unpushed:guest.create:start",
+    "unpushed:guest.create:build",
     "after:guest.create:finish",
 ];
 
@@ -61,7 +57,7 @@ async fn controller_killed_while_unwinding_finishes_the_unwind() {
     let mut cloud = Cloud::split("test:///default").await;
     let t = cloud.template("doomed").await;
     cloud.pool("lan", "192.0.2.10", "192.0.2.20").await;
-    // The image disappears after registration: create_disk fails on the node, for good.
+    // The image disappears after registration: the build's first sub-step fails on the node, for good.
     std::fs::remove_file(t["path"].as_str().unwrap()).unwrap();
     for fault in ["undone:guest.create:allocate", "undone:guest.create:place"] {
         cloud.arm_fault(fault).await;

@@ -285,7 +285,7 @@ async fn a_node_that_returns_cleans_up_before_new_work() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["name"] == "create_disk")
+        .find(|s| s["name"] == "build")
         .and_then(|s| s["started_at"].as_str().map(String::from))
         .unwrap();
     assert!(

@@ -110,12 +110,12 @@ async fn an_undo_failing_against_a_stopped_libvirtd_keeps_its_lease() {
     let v = cloud.wait_op(&op).await;
     assert_eq!(v["state"], "failed", "{v}");
     let err = v["error"].as_str().unwrap_or("");
-    assert!(err.contains("undo of step define failed"), "{v}");
+    assert!(err.contains("undo of step build failed"), "{v}");
     let steps = v["steps"].as_array().unwrap();
     assert!(
         steps
             .iter()
-            .any(|s| s["name"] == "define" && s["state"] == "undo_failed"),
+            .any(|s| s["name"] == "build" && s["state"] == "undo_failed"),
         "{v}"
     );
     let (_, pools) = cloud.get("/ip-pools").await;

@@ -75,8 +75,13 @@ impl Ingest {
             if entries.is_empty() {
                 return Ok(());
             }
+            let superseded = superseded_progress(&entries);
             let mut acked = Vec::with_capacity(entries.len());
-            for (id, event) in entries {
+            for (i, (id, event)) in entries.into_iter().enumerate() {
+                if superseded.contains(&i) {
+                    acked.push(id);
+                    continue;
+                }
                 match event {
                     Ok(ev) => {
                         if let Err(e) = self.handle(ev).await {
@@ -117,6 +122,21 @@ impl Ingest {
                 // Applying the result also moves the saga on (same transaction).
                 self.engine
                     .apply_result(&op_id, step, attempt, undo, &outcome)
+                    .await
+                    .map_err(|e| HandleError::Engine(e.to_string()))?;
+            }
+            NodeEvent::StepProgress {
+                op_id,
+                step,
+                attempt,
+                undo,
+                done,
+                of,
+                stage,
+                ..
+            } => {
+                self.engine
+                    .progress(&op_id, step, attempt, undo, done, of, &stage)
                     .await
                     .map_err(|e| HandleError::Engine(e.to_string()))?;
             }
@@ -288,6 +308,43 @@ impl Ingest {
     }
 }
 
+/// The positions in a batch of progress reports that a later entry of the same batch makes
+/// moot: a later report of the same step attempt, or that attempt's result. Under load a
+/// sequence's reports often arrive together; only what they end at is written.
+fn superseded_progress(entries: &[transport::StreamEntry]) -> std::collections::HashSet<usize> {
+    type Key<'a> = (&'a str, usize, u32, bool);
+    let mut latest: std::collections::HashMap<Key<'_>, usize> = Default::default();
+    let mut moot = std::collections::HashSet::new();
+    for (i, (_, ev)) in entries.iter().enumerate().rev() {
+        let key = match ev {
+            Ok(NodeEvent::StepProgress {
+                op_id,
+                step,
+                attempt,
+                undo,
+                ..
+            }) => (op_id.as_str(), *step, *attempt, *undo),
+            Ok(NodeEvent::StepFinished {
+                op_id,
+                step,
+                attempt,
+                undo,
+                ..
+            }) => {
+                latest.insert((op_id.as_str(), *step, *attempt, *undo), i);
+                continue;
+            }
+            _ => continue,
+        };
+        if latest.contains_key(&key) {
+            moot.insert(i);
+        } else {
+            latest.insert(key, i);
+        }
+    }
+    moot
+}
+
 /// Whether an observed state should replace the stored one: it differs, and no
 /// operation in flight owns the guest's state.
 fn moved(current: (GuestState, i64), observed: GuestState, at_ms: i64) -> bool {
@@ -354,5 +411,57 @@ pub async fn liveness(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::StepOutcome;
+
+    fn progress(op: &str, attempt: u32, done: u32) -> transport::StreamEntry {
+        (
+            format!("{op}-{attempt}-{done}"),
+            Ok(NodeEvent::StepProgress {
+                node_id: "n".into(),
+                op_id: op.into(),
+                step: 2,
+                attempt,
+                undo: false,
+                done,
+                of: 5,
+                stage: "s".into(),
+            }),
+        )
+    }
+
+    #[test]
+    fn only_the_last_progress_of_an_unfinished_attempt_is_written() {
+        let finished = (
+            "f".to_string(),
+            Ok(NodeEvent::StepFinished {
+                node_id: "n".into(),
+                op_id: "a".into(),
+                step: 2,
+                attempt: 1,
+                undo: false,
+                outcome: StepOutcome::Ok {
+                    guest_state: None,
+                    domain_xml: None,
+                    output: None,
+                },
+            }),
+        );
+        let batch = vec![
+            progress("a", 1, 1), // 0: its result follows
+            progress("b", 1, 1), // 1: a later report follows
+            progress("a", 1, 2), // 2: its result follows
+            finished,            // 3
+            progress("b", 1, 2), // 4: kept
+            progress("b", 2, 1), // 5: another attempt, kept
+        ];
+        let mut moot: Vec<usize> = superseded_progress(&batch).into_iter().collect();
+        moot.sort();
+        assert_eq!(moot, vec![0, 1, 2]);
     }
 }

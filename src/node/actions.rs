@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::hypervisor::{DomState, HvError, Hypervisor};
-use crate::guestinit::{render_seed, write_seed_iso};
-use crate::model::{CleanupReport, CleanupResult, NodeAction, StepOutcome};
+use crate::guestinit::{render_seed, write_seed_iso, Delivery, InitPlan};
+use crate::model::{AgentBatch, CleanupReport, CleanupResult, InitInput, NodeAction, StepOutcome};
 use crate::render::Renderer;
 
 /// What a node knows that affects how actions run.
@@ -22,6 +22,33 @@ pub struct NodeSettings {
     pub storage_dir: std::path::PathBuf,
     /// Where a disk may be cloned from (`image_dirs`).
     pub image_dirs: Vec<std::path::PathBuf>,
+    /// Runs OS-init profiles (under the node's own script limits).
+    pub scripts: std::sync::Arc<crate::script::Scripts>,
+}
+
+/// The init plan last computed in one job: a sequence's seed and agent delivery share
+/// one run of the profile.
+#[derive(Default)]
+pub struct Plans(Option<(InitInput, InitPlan)>);
+
+impl Plans {
+    fn get(
+        &mut self,
+        scripts: &crate::script::Scripts,
+        init: &InitInput,
+    ) -> Result<InitPlan, ActionError> {
+        if let Some((input, plan)) = &self.0 {
+            if input == init {
+                return Ok(plan.clone());
+            }
+        }
+        // A script error names the script and the line; running it again gives the same.
+        let plan = scripts
+            .plan(&init.profile, &init.source, &init.facts)
+            .map_err(|e| ActionError::Permanent(e.to_string()))?;
+        self.0 = Some((init.clone(), plan.clone()));
+        Ok(plan)
+    }
 }
 
 /// Why an action failed, and whether trying again can help.
@@ -83,6 +110,7 @@ pub async fn run(
     renderer: &Renderer,
     s: &NodeSettings,
     action: &NodeAction,
+    plans: &mut Plans,
 ) -> Result<StepOutcome, ActionError> {
     match action {
         NodeAction::CreateDisk {
@@ -115,13 +143,14 @@ pub async fn run(
         }
         NodeAction::BuildSeed {
             path,
-            plan,
+            init,
             replace,
         } => {
             inside(&s.storage_dir, path)?;
             // The write is atomic (rename), so replacing is as idempotent as creating.
             if *replace || !Path::new(path).exists() {
-                let docs = render_seed(renderer, plan)
+                let plan = plans.get(&s.scripts, init)?;
+                let docs = render_seed(renderer, &plan)
                     .map_err(|e| ActionError::Permanent(e.to_string()))?;
                 write_seed_iso(&docs, Path::new(path))
                     .await
@@ -193,6 +222,37 @@ pub async fn run(
                 ),
             })
         }
+        NodeAction::AgentInit {
+            guest_id,
+            init,
+            wait_secs,
+        } => {
+            let plan = plans.get(&s.scripts, init)?;
+            if plan.delivery != Delivery::Agent {
+                // cloud-init applies the seed at first boot.
+                return Ok(ok(None));
+            }
+            let batches = [AgentBatch {
+                id: "init".into(),
+                actions: plan.agent_actions(),
+            }];
+            let report = super::agent::run(hv, guest_id, &batches, *wait_secs).await?;
+            if let Some(e) = report.batches.iter().find_map(|b| b.error.clone()) {
+                return Err(ActionError::Permanent(e));
+            }
+            Ok(StepOutcome::Ok {
+                guest_state: None,
+                domain_xml: None,
+                output: Some(
+                    serde_json::to_value(&report)
+                        .map_err(|e| ActionError::Permanent(e.to_string()))?,
+                ),
+            })
+        }
+        // The node's job handler runs a sequence sub-step by sub-step; one never nests.
+        NodeAction::Sequence { .. } => Err(ActionError::Permanent(
+            "a sequence runs only as a whole job".into(),
+        )),
         NodeAction::Undefine { guest_id } => {
             match hv.state(guest_id).await? {
                 None => {}
@@ -279,9 +339,11 @@ pub async fn run(
                 let r = match &item.action {
                     NodeAction::Destroy { .. }
                     | NodeAction::Undefine { .. }
-                    | NodeAction::RemoveFile { .. } => Box::pin(run(hv, renderer, s, &item.action))
-                        .await
-                        .map(|_| ()),
+                    | NodeAction::RemoveFile { .. } => {
+                        Box::pin(run(hv, renderer, s, &item.action, plans))
+                            .await
+                            .map(|_| ())
+                    }
                     other => Err(ActionError::Permanent(format!(
                         "{} is not a cleanup action",
                         other.name()

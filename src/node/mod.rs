@@ -29,7 +29,9 @@ use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
 use crate::config::NodeConfig;
-use crate::model::{now_ms, DomainInfo, NodeEvent, NodeJob, StepOutcome, WorkerStatus};
+use crate::model::{
+    now_ms, DomainInfo, NodeAction, NodeEvent, NodeJob, StepOutcome, SubStep, WorkerStatus,
+};
 use crate::render::Renderer;
 use crate::transport;
 use actions::NodeSettings;
@@ -41,6 +43,8 @@ pub enum NodeError {
     Render(#[from] crate::render::RenderError),
     #[error("node identity: {0}")]
     Identity(String),
+    #[error("the script engine: {0}")]
+    Scripts(String),
     #[error("creating the disk-image directory {path}: {source}")]
     Storage {
         path: String,
@@ -148,12 +152,23 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
         tracing::info!(op = %job.op_id, step = job.step, attempt = job.attempt, "skipping a superseded job");
         return Ok(());
     }
-    let outcome = actions::outcome(
-        actions::run(ctx.hv.as_ref(), &ctx.renderer, &ctx.settings, &job.action).await,
-    );
-    if let Some(f) = &ctx.fault {
-        f.check("node", job.action.name(), "after");
-    }
+    let outcome = match &job.action {
+        NodeAction::Sequence { steps } => run_sequence(&ctx, &job, steps).await?,
+        action => {
+            let r = actions::run(
+                ctx.hv.as_ref(),
+                &ctx.renderer,
+                &ctx.settings,
+                action,
+                &mut actions::Plans::default(),
+            )
+            .await;
+            if let Some(f) = &ctx.fault {
+                f.check("node", action.name(), "after");
+            }
+            actions::outcome(r)
+        }
+    };
     if let StepOutcome::Failed { error, .. } = &outcome {
         tracing::warn!(op = %job.op_id, step = job.step, undo = job.undo, "job failed: {error}");
     }
@@ -169,6 +184,84 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
         .publish_patiently(&finished, Duration::from_secs(30))
         .await
         .map_err(|e| Box::new(e) as BoxDynError)
+}
+
+/// Runs a sequence's sub-steps in order and reports each one's end as progress (best
+/// effort: the step's result is what counts). The first failure ends the sequence, its
+/// error prefixed with the sub-step's stage. Before each sub-step after the first, the
+/// fence is checked again, so a superseded copy of a long sequence stops early.
+async fn run_sequence(
+    ctx: &NodeCtx,
+    job: &NodeJob,
+    steps: &[SubStep],
+) -> Result<StepOutcome, BoxDynError> {
+    let mut plans = actions::Plans::default();
+    let mut merged = (None, None, None);
+    for (i, sub) in steps.iter().enumerate() {
+        if i > 0
+            && !ctx
+                .publisher
+                .fence_holds(job)
+                .await
+                .map_err(|e| Box::new(e) as BoxDynError)?
+        {
+            tracing::info!(op = %job.op_id, step = job.step, attempt = job.attempt, "a newer attempt took over; stopping");
+            return Ok(StepOutcome::Failed {
+                error: "superseded by a newer attempt".into(),
+                permanent: false,
+            });
+        }
+        let r = actions::run(
+            ctx.hv.as_ref(),
+            &ctx.renderer,
+            &ctx.settings,
+            &sub.action,
+            &mut plans,
+        )
+        .await;
+        if let Some(f) = &ctx.fault {
+            f.check("node", sub.action.name(), "after");
+        }
+        match actions::outcome(r) {
+            StepOutcome::Failed { error, permanent } => {
+                return Ok(StepOutcome::Failed {
+                    error: format!("{}: {error}", sub.stage),
+                    permanent,
+                })
+            }
+            StepOutcome::Ok {
+                guest_state,
+                domain_xml,
+                output,
+            } => {
+                merged = (
+                    guest_state.or(merged.0),
+                    domain_xml.or(merged.1),
+                    output.or(merged.2),
+                );
+            }
+        }
+        if let Some(next) = steps.get(i + 1) {
+            let progress = NodeEvent::StepProgress {
+                node_id: ctx.node_id.clone(),
+                op_id: job.op_id.clone(),
+                step: job.step,
+                attempt: job.attempt,
+                undo: job.undo,
+                done: i as u32 + 1,
+                of: steps.len() as u32,
+                stage: next.stage.clone(),
+            };
+            if let Err(e) = ctx.publisher.publish(&progress).await {
+                tracing::debug!(op = %job.op_id, "progress not reported: {e}");
+            }
+        }
+    }
+    Ok(StepOutcome::Ok {
+        guest_state: merged.0,
+        domain_xml: merged.1,
+        output: merged.2,
+    })
 }
 
 /// Runs the node agent until `shutdown` flips to true.
@@ -193,6 +286,13 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
             vnc_listen: cfg.vnc_listen.clone(),
             storage_dir: cfg.storage_dir.clone(),
             image_dirs: cfg.image_dirs.clone(),
+            scripts: Arc::new(
+                crate::script::Scripts::new(crate::script::Limits {
+                    deadline: Duration::from_millis(cfg.script_deadline_ms.max(1)),
+                    ..Default::default()
+                })
+                .map_err(|e| NodeError::Scripts(e.to_string()))?,
+            ),
         },
         hv: Arc::new(Libvirt::new(&cfg.hypervisor_uri)),
         renderer: Renderer::new(cfg.templates_dir.as_deref())?,

@@ -29,7 +29,7 @@ use crate::guestinit::{
 };
 
 /// What a script knows about its guest. Absent values are `()` in Rhai.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GuestFacts {
     pub id: String,
     pub name: String,
@@ -54,7 +54,7 @@ pub struct GuestFacts {
     pub template: TemplateFacts,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TemplateFacts {
     pub name: String,
     pub path: String,

@@ -64,6 +64,11 @@ impl From<sqlx::Error> for EngineError {
     }
 }
 
+/// How often (in 100 ms sweep ticks) the engine looks for dispatches Redis does not hold.
+const UNPUSHED_EVERY_TICKS: u64 = 30;
+/// A dispatch younger than this may still be on its way to Redis.
+const UNPUSHED_GRACE_MS: i64 = 2_000;
+
 /// What may only happen once the transaction that recorded it has committed.
 enum Post {
     /// A dispatched step's job, fenced then pushed.
@@ -178,17 +183,23 @@ impl Engine {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        if let Err(e) = self.recover_unpushed().await {
-            tracing::warn!(
-                "looking for dispatches that never reached Redis: {e}; their leases cover them"
-            );
-        }
         let mut sweep = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
                 Some(id) = wakes.recv() => { self.advance_logged(&id).await; }
-                _ = sweep.tick() => self.sweep().await,
+                _ = sweep.tick() => {
+                    // At start, then every few seconds: dispatches Redis does not hold.
+                    if ticks % UNPUSHED_EVERY_TICKS == 0 {
+                        let grace = if ticks == 0 { 0 } else { UNPUSHED_GRACE_MS };
+                        if let Err(e) = self.recover_unpushed(grace).await {
+                            tracing::debug!("looking for dispatches that never reached Redis: {e}");
+                        }
+                    }
+                    ticks = ticks.wrapping_add(1);
+                    self.sweep().await
+                }
             }
         }
     }
@@ -252,11 +263,15 @@ impl Engine {
         Ok(started)
     }
 
-    /// At start: a step recorded as dispatched whose fence is not in Redis never reached
-    /// its node (the controller died between the commit and the push, or Redis lost its
-    /// data). Its lease is treated as run out, so it goes out again now instead of after
-    /// a whole lease (up to the action's own time limit).
-    async fn recover_unpushed(&self) -> Result<(), EngineError> {
+    /// A step recorded as dispatched (at least `grace_ms` ago) whose fence is not in Redis
+    /// never reached its node: the controller died between the commit and the push, the
+    /// push failed while Redis was down, or Redis lost its data. Its lease is treated as
+    /// run out, so it goes out again now instead of after a whole lease (which follows
+    /// the action's own time limit, ten minutes for a create's build). Run at start and
+    /// every few seconds; the fence is written before the push, so a job in Redis always
+    /// has one.
+    async fn recover_unpushed(&self, grace_ms: i64) -> Result<(), EngineError> {
+        let now = now_ms();
         for op in self.store.dispatched_ops().await? {
             let saga = load(&op)?;
             for (i, s) in saga.steps.iter().enumerate() {
@@ -265,7 +280,9 @@ impl Engine {
                     StepState::Undoing => true,
                     _ => continue,
                 };
-                if s.runs_on != RunsOn::Node || s.dispatched_at.is_none() {
+                if s.runs_on != RunsOn::Node
+                    || s.dispatched_at.is_none_or(|d| now - d < grace_ms)
+                {
                     continue;
                 }
                 let fenced = self
@@ -323,35 +340,42 @@ impl Engine {
         &self,
         mut tx: Tx<'static>,
         id: &str,
-        loaded: Option<OpRow>,
+        loaded: Option<(OpRow, Option<OpRow>)>,
         mut post: Vec<Post>,
     ) -> Result<Option<String>, EngineError> {
         let mut full = None;
-        let mut carried = loaded;
+        // The operation as the database has it (None: not read yet, or already changed in
+        // this transaction), and the run's working copy.
+        let (mut current, stored) = match loaded {
+            Some((op, stored)) => (Some(op), stored),
+            None => match st::op_in(&mut tx, id).await? {
+                Some(op) => (Some(op.clone()), Some(op)),
+                None => (None, None),
+            },
+        };
         let mut liveness_of: std::collections::HashMap<String, Option<(bool, Option<i64>)>> =
             std::collections::HashMap::new();
         for _ in 0..64 {
-            let mut op = match carried.take() {
-                Some(op) => op,
-                None => match st::op_in(&mut tx, id).await? {
-                    Some(op) => op,
-                    None => break,
-                },
+            let Some(op) = current.as_mut() else {
+                break;
             };
             if op.op_state().is_terminal() {
                 break;
             }
-            let req = match Request::of(&op) {
+            let req = match Request::of(op) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.fail_unreadable(&mut tx, &mut op, &e.to_string())
-                        .await?;
+                    fail_unreadable(&mut tx, op, &e.to_string()).await?;
                     break;
                 }
             };
             let def = self.catalog.get(req.kind());
-            let mut saga = load(&op)?;
-            let node = node_of(&mut tx, &op).await?;
+            let mut saga = load(op)?;
+            if let Some(why) = foreign_steps(&saga, def) {
+                fail_unreadable(&mut tx, op, &why).await?;
+                break;
+            }
+            let node = node_of(&mut tx, op).await?;
             let liveness = match &node {
                 Some(n) => match liveness_of.get(n) {
                     Some(l) => *l,
@@ -368,18 +392,17 @@ impl Engine {
             let flow = match saga.next(def, now_ms(), self.lease_ms) {
                 Next::Wait => {
                     if saga != before {
-                        self.save(&mut tx, &mut op, &saga, def).await?;
+                        self.save(op, &saga, def);
                     }
                     Flow::Stop
                 }
                 Next::Finished(state) => {
-                    self.finish(&mut tx, &mut op, &req, &saga, def, state)
-                        .await?;
+                    self.finish(&mut tx, op, &req, &saga, def, state).await?;
                     post.push(Post::AfterOp(Box::new(op.clone())));
                     Flow::Stop
                 }
                 Next::Abandon { step, undo } => {
-                    self.abandon(&mut tx, &mut op, &req, saga, def, step, undo)
+                    self.abandon(&mut tx, op, &req, saga, def, step, undo)
                         .await?;
                     Flow::Continue
                 }
@@ -394,21 +417,35 @@ impl Engine {
                         Some(_) => format!("waiting for node {n}, offline"),
                         None => format!("waiting for node {n}, which is not registered"),
                     };
-                    note(&mut tx, &mut op, &msg).await?;
+                    note(op, &msg);
                     Flow::Stop
                 }
                 Next::Execute { step, undo } => {
-                    self.execute(&mut tx, &mut op, &req, saga, def, step, undo, &mut post)
+                    self.execute(&mut tx, op, &req, saga, def, step, undo, &mut post)
                         .await?
                 }
             };
             match flow {
-                Flow::Continue => carried = Some(op),
+                Flow::Continue => {}
                 Flow::Stop => break,
                 Flow::WindowFull(n) => {
                     full = Some(n);
                     break;
                 }
+            }
+        }
+        // The run's changes to the operation go to the database once, with one progress
+        // event: what happened between two commits is never visible anyway.
+        if let Some(op) = current.as_mut() {
+            if stored.as_ref() != Some(&*op) {
+                st::save_op(&mut tx, op).await?;
+                events::append(
+                    &mut tx,
+                    "operation",
+                    &op.id,
+                    &progress_event(op, op.updated_at),
+                )
+                .await?;
             }
         }
         self.store.commit(tx).await?;
@@ -447,6 +484,8 @@ impl Engine {
         let name = def.steps[step].name.as_str();
         let runs_on = def.steps[step].runs_on;
         let now = now_ms();
+        // What the operation was before the step: a step rolled back leaves it so.
+        let unchanged = op.clone();
         let mut sp = sqlx::Connection::begin(&mut **tx).await?;
         let result = self.run_step(&mut sp, op, req, &saga, name, undo).await;
         let result = match result {
@@ -462,8 +501,7 @@ impl Engine {
             Ok(Effect::Done) => {
                 sp.commit().await?;
                 saga.mark_started(step, undo, now, None);
-                self.settle(tx, op, &mut saga, def, step, undo, None, post)
-                    .await?;
+                self.settle(op, &mut saga, def, step, undo, None, post);
                 if runs_on == RunsOn::Controller {
                     post.push(Post::inject(
                         &op.kind,
@@ -482,29 +520,22 @@ impl Engine {
             Err(StepError::Waiting(e)) => {
                 // What the step asked for stays; the sweep runs the step again.
                 sp.commit().await?;
-                note(tx, op, &e).await?;
+                note(op, &e);
                 Ok(Flow::Stop)
             }
             Err(StepError::Transient(e)) => {
                 sp.rollback().await?; // whatever the step wrote
                 tracing::debug!(op = %op.id, step = %name, "transient: {e}");
-                let Some(mut fresh) = st::op_in(tx, &op.id).await? else {
-                    return Ok(Flow::Stop);
-                };
-                note(tx, &mut fresh, &e).await?;
-                *op = fresh;
+                *op = unchanged;
+                note(op, &e);
                 Ok(Flow::Stop)
             }
             Err(StepError::Permanent(e)) => {
                 sp.rollback().await?;
-                let Some(mut fresh) = st::op_in(tx, &op.id).await? else {
-                    return Ok(Flow::Stop);
-                };
-                let mut saga = load(&fresh)?;
+                *op = unchanged;
+                let mut saga = load(op)?;
                 saga.mark_started(step, undo, now, None);
-                self.settle(tx, &mut fresh, &mut saga, def, step, undo, Some(e), post)
-                    .await?;
-                *op = fresh;
+                self.settle(op, &mut saga, def, step, undo, Some(e), post);
                 Ok(Flow::Continue)
             }
         }
@@ -531,9 +562,8 @@ impl Engine {
 
     /// Records the end of a started step (with its error, if any).
     #[allow(clippy::too_many_arguments)]
-    async fn settle(
+    fn settle(
         &self,
-        tx: &mut Tx<'_>,
         op: &mut OpRow,
         saga: &mut Saga,
         def: &KindDef,
@@ -541,12 +571,11 @@ impl Engine {
         undo: bool,
         error: Option<String>,
         post: &mut Vec<Post>,
-    ) -> Result<(), EngineError> {
+    ) {
         saga.mark_finished(step, undo, error, now_ms());
         op.message.clear();
-        self.save(tx, op, saga, def).await?;
+        self.save(op, saga, def);
         post.push(Post::AfterStep(Box::new(op.clone()), step));
-        Ok(())
     }
 
     /// Marks a node step dispatched; the job goes to the node's queue after the commit.
@@ -570,7 +599,7 @@ impl Engine {
             st::Gate::Cleanup => {
                 let msg =
                     format!("waiting for node {node} to remove what earlier operations left there");
-                note(tx, op, &msg).await?;
+                note(op, &msg);
                 return Ok(Flow::Stop);
             }
             // The node's window is full: the backlog stays in SQL; the sweep retries.
@@ -588,7 +617,17 @@ impl Engine {
             .filter(|l| *l > declared);
         let attempt = saga.mark_started(step, undo, now_ms(), own);
         op.message.clear();
-        self.save(tx, op, &saga, def).await?;
+        self.save(op, &saga, def);
+        // A sequence's stage is its first sub-step's until the node reports progress.
+        if let NodeAction::Sequence { steps } = &action {
+            if let Some(first) = steps.first() {
+                op.stage = if undo {
+                    format!("undoing: {}", first.stage)
+                } else {
+                    first.stage.clone()
+                };
+            }
+        }
         // Committed, not yet pushed: the window `recover_unpushed` closes.
         post.push(Post::inject(&op.kind, &name, "unpushed"));
         // The fence lives twice the lease: a job older than that has been superseded.
@@ -641,7 +680,8 @@ impl Engine {
         tracing::info!(op = %op.id, step = %def.steps[step].name, undo, "{why}");
         saga.mark_abandoned(step, &why, now_ms());
         op.message.clear();
-        self.save(tx, op, &saga, def).await
+        self.save(op, &saga, def);
+        Ok(())
     }
 
     /// Puts what the undo of node step `step` would remove on its node's cleanup list.
@@ -699,6 +739,7 @@ impl Engine {
         if op.op_state().is_terminal() {
             return Ok(false);
         }
+        let stored = op.clone();
         let Ok(req) = Request::of(&op) else {
             return Ok(false); // the next advance fails it with the reason
         };
@@ -745,7 +786,7 @@ impl Engine {
             }
         }
         op.message.clear();
-        self.save(&mut tx, &mut op, &saga, def).await?;
+        self.save(&mut op, &saga, def);
         let post = vec![
             Post::AfterStep(Box::new(op.clone()), step),
             Post::Unfence {
@@ -754,20 +795,69 @@ impl Engine {
                 undo,
             },
         ];
-        self.run_from(tx, op_id, Some(op), post).await?;
+        self.run_from(tx, op_id, Some((op, Some(stored))), post)
+            .await?;
         Ok(true)
     }
 
-    async fn save(
+    /// Records a node's report that sub-steps of a running step are done: the operation's
+    /// stage names the next one and its percent moves in proportion. A report for another
+    /// attempt, or for a step that already ended, changes nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn progress(
         &self,
-        tx: &mut Tx<'_>,
-        op: &mut OpRow,
-        saga: &Saga,
-        def: &KindDef,
+        op_id: &str,
+        step: usize,
+        attempt: u32,
+        undo: bool,
+        done: u32,
+        of: u32,
+        stage: &str,
     ) -> Result<(), EngineError> {
+        let mut tx = self.store.begin().await?;
+        let Some(mut op) = st::op_in(&mut tx, op_id).await? else {
+            return Ok(());
+        };
+        let Ok(req) = Request::of(&op) else {
+            return Ok(());
+        };
+        let def = self.catalog.get(req.kind());
+        let saga = load(&op)?;
+        let expected = if undo {
+            StepState::Undoing
+        } else {
+            StepState::Running
+        };
+        if op.op_state().is_terminal()
+            || saga
+                .steps
+                .get(step)
+                .is_none_or(|s| s.attempt != attempt || s.state != expected)
+        {
+            return Ok(());
+        }
+        let now = now_ms();
+        if undo {
+            op.stage = format!("undoing: {stage}");
+        } else {
+            op.stage = stage.to_string();
+            op.percent = saga.percent_within(def, Some((step, done, of)));
+        }
+        op.updated_at = now;
+        st::save_op(&mut tx, &op).await?;
+        events::append(&mut tx, "operation", &op.id, &progress_event(&op, now)).await?;
+        self.store.commit(tx).await?;
+        Ok(())
+    }
+
+    /// Brings the operation's row up to the saga: state, steps, stage, percent, the node
+    /// it waits on. Only the copy changes; the run writes it once before its commit.
+    fn save(&self, op: &mut OpRow, saga: &Saga, def: &KindDef) {
         let now = now_ms();
         op.state = saga.state.as_str().to_string();
-        op.steps = serde_json::to_string(&saga.steps).map_err(StoreError::from)?;
+        // Step records always serialize (plain data); an empty list would be caught by
+        // `foreign_steps` at the next read rather than lost silently.
+        op.steps = serde_json::to_string(&saga.steps).unwrap_or_default();
         op.cursor = saga.cursor;
         op.error = saga.error.clone();
         let waiting_on_node = saga.steps.iter().any(|s| {
@@ -786,9 +876,6 @@ impl Engine {
         op.stage = saga.stage(def);
         op.started_at.get_or_insert(now);
         op.updated_at = now;
-        st::save_op(tx, op).await?;
-        events::append(tx, "operation", &op.id, &progress_event(op, now)).await?;
-        Ok(())
     }
 
     /// Ends an operation: its final state, what its kind does on finish, the lock
@@ -823,41 +910,50 @@ impl Engine {
             st::unlock_guest(tx, &g, &op.id).await?;
         }
         op.message.clear();
-        self.save(tx, op, &saga, def).await
-    }
-
-    /// Fails an operation whose stored request cannot be read, releasing its guest.
-    async fn fail_unreadable(
-        &self,
-        tx: &mut Tx<'_>,
-        op: &mut OpRow,
-        error: &str,
-    ) -> Result<(), EngineError> {
-        tracing::error!(op = %op.id, "{error}");
-        let now = now_ms();
-        op.state = OpState::Failed.as_str().into();
-        op.error = Some(error.to_string());
-        op.inflight_node = None;
-        op.stage = "failed".into();
-        op.finished_at = Some(now);
-        op.updated_at = now;
-        st::save_op(tx, op).await?;
-        if let Some(g) = op.guest_id.clone() {
-            st::unlock_guest(tx, &g, &op.id).await?;
-        }
-        events::append(tx, "operation", &op.id, &progress_event(op, now)).await?;
+        self.save(op, &saga, def);
         Ok(())
     }
 }
 
-/// Records a waiting reason (or a transient error) on the operation, once.
-async fn note(tx: &mut Tx<'_>, op: &mut OpRow, message: &str) -> Result<(), EngineError> {
+/// Fails an operation that cannot be resumed (its stored request or steps cannot be
+/// read), releasing its guest so that it can be inspected and deleted.
+async fn fail_unreadable(tx: &mut Tx<'_>, op: &mut OpRow, error: &str) -> Result<(), EngineError> {
+    tracing::error!(op = %op.id, "{error}");
+    let now = now_ms();
+    op.state = OpState::Failed.as_str().into();
+    op.error = Some(error.to_string());
+    op.inflight_node = None;
+    op.stage = "failed".into();
+    op.finished_at = Some(now);
+    op.updated_at = now;
+    if let Some(g) = op.guest_id.clone() {
+        st::unlock_guest(tx, &g, &op.id).await?;
+    }
+    Ok(())
+}
+
+/// Why stored step records do not belong to the kind's current step list (an operation
+/// left by a corral whose kind had other steps), if they do not.
+fn foreign_steps(saga: &Saga, def: &KindDef) -> Option<String> {
+    let stored: Vec<&str> = saga.steps.iter().map(|s| s.name.as_str()).collect();
+    let known: Vec<&str> = def.steps.iter().map(|s| s.name.as_str()).collect();
+    (stored != known).then(|| {
+        format!(
+            "this operation's steps ({}) are not those of {} in this version of corral ({}); \
+             it cannot be resumed: inspect its guest and delete it",
+            stored.join(", "),
+            def.kind,
+            known.join(", ")
+        )
+    })
+}
+
+/// Records a waiting reason (or a transient error) on the operation.
+fn note(op: &mut OpRow, message: &str) {
     if op.message != message {
         op.message = message.to_string();
         op.updated_at = now_ms();
-        st::save_op(tx, op).await?;
     }
-    Ok(())
 }
 
 /// The node an operation's node steps run on: its own once it has one (placement and

@@ -1,17 +1,19 @@
-//! A guest's init plan, from its OS-init profile: the facts a profile sees, built from the
-//! guest's record, its pool and template, and the script's source (shipped or stored).
+//! What a guest's init plan is computed from: its OS-init profile's source (shipped or
+//! stored) and the facts the profile sees, built from the guest's record, its pool and
+//! its template.
 //!
-//! The plan is computed where it is needed (the seed build, the agent delivery, a seed
-//! rebuild after a hostname or IP change), always from the current record, so a re-run
-//! step produces the same seed as the first run.
+//! The controller only gathers this [`InitInput`]; the node runs the profile where the
+//! plan is needed (the seed build, the agent delivery, a seed rebuild after a hostname or
+//! IP change). A profile thus never runs inside the controller's write transaction, and
+//! its cost lands on the node doing the work. The input is taken from the current record
+//! at each dispatch, so a re-run step produces the same seed as the first run.
 
 use super::steps::StepError;
 use crate::controller::store::{self as st, GuestRow, Tx};
-use crate::guestinit::InitPlan;
+use crate::model::InitInput;
 use crate::script::catalog::{self, Kind};
 use crate::script::guest::{GuestFacts, TemplateFacts};
 use crate::script::hostapi::netmask;
-use crate::script::Scripts;
 
 /// The source of a shipped or stored script.
 pub async fn script_source(
@@ -88,20 +90,19 @@ pub async fn guest_facts(
     Ok(f)
 }
 
-/// Runs the guest's profile. A script error is permanent: it names the script and the
-/// line, and retrying would give the same answer.
-pub async fn plan_for(
+/// The input of `g`'s init plan; `ip` overrides the recorded address (an IP change).
+pub async fn init_input(
     tx: &mut Tx<'_>,
-    scripts: &Scripts,
     g: &GuestRow,
     ip: Option<(&str, &str)>,
-) -> Result<InitPlan, StepError> {
+) -> Result<InitInput, StepError> {
     let profile = profile_of(g);
     let source = script_source(tx, Kind::Profile, &profile)
         .await?
         .ok_or_else(|| StepError::Permanent(format!("OS-init profile {profile} does not exist")))?;
-    let facts = guest_facts(tx, g, ip).await?;
-    scripts
-        .plan(&profile, &source, &facts)
-        .map_err(|e| StepError::Permanent(e.to_string()))
+    Ok(InitInput {
+        facts: guest_facts(tx, g, ip).await?,
+        profile,
+        source,
+    })
 }

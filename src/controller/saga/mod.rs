@@ -315,18 +315,33 @@ impl Saga {
 
     /// Weighted share of the forward work that is done, 0–100.
     pub fn percent(&self, def: &KindDef) -> i64 {
-        let total: u32 = def.steps.iter().map(|s| s.weight).sum();
+        self.percent_within(def, None)
+    }
+
+    /// The percent while step `step` has `done` of its `of` sub-steps behind it: the
+    /// step's weight counts in proportion.
+    pub fn percent_within(&self, def: &KindDef, part: Option<(usize, u32, u32)>) -> i64 {
+        let total: u64 = def.steps.iter().map(|s| u64::from(s.weight)).sum();
         if total == 0 {
             return 0;
         }
-        let done: u32 = def
+        let done: u64 = def
             .steps
             .iter()
             .zip(&self.steps)
             .filter(|(_, r)| r.state == StepState::Done)
-            .map(|(d, _)| d.weight)
+            .map(|(d, _)| u64::from(d.weight))
             .sum();
-        i64::from(done * 100 / total)
+        let (within, of) = match part {
+            Some((i, done, of)) if of > 0 => (
+                def.steps
+                    .get(i)
+                    .map_or(0, |d| u64::from(d.weight) * u64::from(done.min(of))),
+                u64::from(of),
+            ),
+            _ => (0, 1),
+        };
+        ((done * of + within) * 100 / (total * of)) as i64
     }
 
     /// The stage label for progress: the step in hand, in its direction.

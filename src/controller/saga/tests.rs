@@ -61,11 +61,11 @@ fn forward_run_executes_every_step_once_in_order() {
 fn failure_unwinds_completed_steps_in_reverse_including_the_failed_one() {
     let c = Catalog::builtin().unwrap();
     let def = c.get(OpKind::GuestCreate);
-    // fail "define" (index 4): undo define, build_seed, create_disk, allocate, place
-    let (trail, st) = drive(def, Some(4));
+    // fail "build" (index 2): undo build, allocate, place
+    let (trail, st) = drive(def, Some(2));
     assert_eq!(st, OpState::Failed);
     let undo: Vec<_> = trail.iter().filter(|(_, u)| *u).map(|(i, _)| *i).collect();
-    assert_eq!(undo, vec![4, 3, 2, 1, 0]);
+    assert_eq!(undo, vec![2, 1, 0]);
 }
 
 #[test]
@@ -179,6 +179,29 @@ fn resuming_from_stored_state_repeats_nothing_done() {
 }
 
 #[test]
+fn a_steps_sub_steps_move_the_percent_in_proportion() {
+    let c = Catalog::builtin().unwrap();
+    let def = c.get(OpKind::GuestCreate);
+    let s = create_dispatched_at(def, 2);
+    let before = s.percent(def);
+    let mut last = before;
+    for done in 1..=5 {
+        let p = s.percent_within(def, Some((2, done, 5)));
+        assert!(p > last, "{done}/5: {p} after {last}");
+        last = p;
+    }
+    // All sub-steps done is the step done.
+    let mut finished = s.clone();
+    finished.mark_finished(2, false, None, 0);
+    assert_eq!(last, finished.percent(def));
+    assert_eq!(
+        s.percent_within(def, Some((2, 9, 0))),
+        before,
+        "no sub-steps: no share"
+    );
+}
+
+#[test]
 fn percent_and_eta() {
     let c = Catalog::builtin().unwrap();
     let def = c.get(OpKind::GuestCreate);
@@ -213,8 +236,8 @@ fn create_dispatched_at(def: &KindDef, running: usize) -> Saga {
 fn a_step_waiting_on_an_offline_node_waits_until_cancelled_then_is_abandoned() {
     let c = Catalog::builtin().unwrap();
     let def = c.get(OpKind::GuestCreate);
-    // place, allocate, create_disk, build_seed done; define (4) out when the node dies.
-    let mut s = create_dispatched_at(def, 4);
+    // place, allocate done; build (2) out when the node dies.
+    let mut s = create_dispatched_at(def, 2);
     s.node_offline = true;
     assert_eq!(s.next(def, 1, LEASE), Next::Wait, "no cancel: it waits");
     s.cancel_requested = true;
@@ -236,13 +259,7 @@ fn a_step_waiting_on_an_offline_node_waits_until_cancelled_then_is_abandoned() {
                 assert_eq!(st, OpState::Cancelled);
                 assert_eq!(
                     trail,
-                    vec![
-                        ("abandon", 4, false),
-                        ("abandon", 3, true),
-                        ("abandon", 2, true),
-                        ("undo", 1, true),
-                        ("undo", 0, true),
-                    ]
+                    vec![("abandon", 2, false), ("undo", 1, true), ("undo", 0, true),]
                 );
                 assert!(!s.keep_leases(), "an abandoned step frees the leases");
                 return;
@@ -257,29 +274,29 @@ fn a_step_waiting_on_an_offline_node_waits_until_cancelled_then_is_abandoned() {
 fn an_undo_waiting_on_an_offline_node_is_abandoned_on_cancel() {
     let c = Catalog::builtin().unwrap();
     let def = c.get(OpKind::GuestCreate);
-    let mut s = create_dispatched_at(def, 4);
-    // define fails: the unwind starts with define's undo, dispatched, then the node dies.
-    let a = s.steps[4].attempt;
+    let mut s = create_dispatched_at(def, 2);
+    // build fails: the unwind starts with its undo, dispatched, then the node dies.
+    let a = s.steps[2].attempt;
     let failed = StepOutcome::Failed {
         error: "boom".into(),
         permanent: true,
     };
-    assert!(s.apply_result(4, a, false, &failed, 3, 0));
+    assert!(s.apply_result(2, a, false, &failed, 3, 0));
     assert_eq!(
         s.next(def, 0, LEASE),
         Next::Execute {
-            step: 4,
+            step: 2,
             undo: true
         }
     );
-    s.mark_started(4, true, 0, None);
+    s.mark_started(2, true, 0, None);
     s.node_offline = true;
     assert_eq!(s.next(def, 1, LEASE), Next::Wait);
     s.cancel_requested = true;
     assert_eq!(
         s.next(def, 1, LEASE),
         Next::Abandon {
-            step: 4,
+            step: 2,
             undo: true
         }
     );
@@ -289,38 +306,29 @@ fn an_undo_waiting_on_an_offline_node_is_abandoned_on_cancel() {
 fn a_failed_undo_keeps_leases_and_fails_the_operation() {
     let c = Catalog::builtin().unwrap();
     let def = c.get(OpKind::GuestCreate);
-    let mut s = create_dispatched_at(def, 5);
+    let mut s = create_dispatched_at(def, 2);
     let failed = StepOutcome::Failed {
         error: "cannot start".into(),
         permanent: true,
     };
-    let a = s.steps[5].attempt;
-    assert!(s.apply_result(5, a, false, &failed, 3, 0));
-    // start's undo (destroy) works, define's undo (undefine) cannot.
+    let a = s.steps[2].attempt;
+    assert!(s.apply_result(2, a, false, &failed, 3, 0));
+    // The build's undo (stop, undefine, remove files) cannot complete.
     assert_eq!(
         s.next(def, 0, LEASE),
         Next::Execute {
-            step: 5,
+            step: 2,
             undo: true
         }
     );
-    let a = s.mark_started(5, true, 0, None);
-    assert!(s.apply_result(5, a, true, &OK, 3, 0));
     assert!(!s.keep_leases());
-    assert_eq!(
-        s.next(def, 0, LEASE),
-        Next::Execute {
-            step: 4,
-            undo: true
-        }
-    );
-    let a = s.mark_started(4, true, 0, None);
+    let a = s.mark_started(2, true, 0, None);
     let down = StepOutcome::Failed {
         error: "libvirt is down".into(),
         permanent: true,
     };
-    assert!(s.apply_result(4, a, true, &down, 3, 0));
-    assert_eq!(s.steps[4].state, StepState::UndoFailed);
+    assert!(s.apply_result(2, a, true, &down, 3, 0));
+    assert_eq!(s.steps[2].state, StepState::UndoFailed);
     assert!(
         s.keep_leases(),
         "the node may still use what the leases name"

@@ -35,18 +35,21 @@ pub async fn add_cleanup(
     action: &NodeAction,
     reason: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO node_cleanup (node_id, guest_id, op_id, action, reason, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(node)
-    .bind(guest)
-    .bind(op)
-    .bind(serde_json::to_string(action)?)
-    .bind(reason)
-    .bind(now_ms())
-    .execute(&mut **tx)
-    .await?;
+    // A sequence's removals become one item each: each is tried, and reported, alone.
+    for action in action.flatten() {
+        sqlx::query(
+            "INSERT INTO node_cleanup (node_id, guest_id, op_id, action, reason, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(node)
+        .bind(guest)
+        .bind(op)
+        .bind(serde_json::to_string(action)?)
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 

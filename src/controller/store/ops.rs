@@ -3,7 +3,7 @@
 use super::{Store, StoreError, Tx};
 use crate::model::{OpState, StepRecord};
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct OpRow {
     pub id: String,
     pub kind: String,

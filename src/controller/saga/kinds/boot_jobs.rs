@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Effect, Request};
 use crate::controller::alloc;
-use crate::controller::saga::initplan::{guest_facts, plan_for, script_source};
+use crate::controller::saga::initplan::{guest_facts, init_input, script_source};
 use crate::controller::saga::launch::{create_op, LaunchError, Target};
 use crate::controller::saga::steps::{guest_of, StepError};
 use crate::controller::store::{self as st, OpRow, Store, StoreError, Tx};
@@ -74,7 +74,7 @@ pub async fn run(
             complete(cx.tx, cx.op, &g).await?;
             None
         }
-        (Step::RefreshSeed, false) => refresh_seed_action(cx.tx, &cx.env.scripts, &g, None).await?,
+        (Step::RefreshSeed, false) => refresh_seed_action(cx.tx, &g, None).await?,
         (Step::Run | Step::Complete | Step::RefreshSeed, true) => None,
     };
     Ok(super::on_guest_node(&g, action))
@@ -226,7 +226,6 @@ async fn complete(tx: &mut Tx<'_>, op: &OpRow, g: &st::GuestRow) -> Result<(), S
 /// The node action of a seed rebuild from the current record (None: the guest has no seed).
 pub async fn refresh_seed_action(
     tx: &mut Tx<'_>,
-    scripts: &Scripts,
     g: &st::GuestRow,
     ip: Option<(&str, &str)>,
 ) -> Result<Option<NodeAction>, StepError> {
@@ -234,10 +233,9 @@ pub async fn refresh_seed_action(
     let Some(seed) = disks.into_iter().find(|d| d.kind == "seed") else {
         return Ok(None);
     };
-    let plan = plan_for(tx, scripts, g, ip).await?;
     Ok(Some(NodeAction::BuildSeed {
         path: seed.path,
-        plan: Box::new(plan),
+        init: Box::new(init_input(tx, g, ip).await?),
         replace: true,
     }))
 }

@@ -69,7 +69,7 @@ pub async fn run(cx: &mut Ctx<'_, '_>, step: Step, undo: bool) -> Result<Effect,
             // Forward: the seed for the new address; undo: from the record (the old one).
             let new = if undo { None } else { new_address(cx.op)? };
             let ip = new.as_ref().map(|(i, p)| (i.as_str(), p.as_str()));
-            refresh_seed_action(cx.tx, &cx.env.scripts, &g, ip).await?
+            refresh_seed_action(cx.tx, &g, ip).await?
         }
         (Step::Apply, undo) => apply_action(cx.tx, &cx.env.scripts, cx.op, &g, undo).await?,
         (Step::Commit, false) => {

@@ -1,55 +1,45 @@
-//! `guest.create`: place, allocate, build the disk and seed, define and start a new guest.
+//! `guest.create`: place, allocate, build the guest on its node, record it.
 //!
 //! 1. `place` (controller): choose the node (`controller::placement`); undo forgets it.
 //! 2. `allocate` (controller): IP, VNC port, MAC under unique constraints, and the disk
 //!    records; undo releases them, or keeps them marked for cleanup when a node-side undo
 //!    before it could not complete (the node may still use them).
-//! 3. `create_disk`, `build_seed`, `define`, `start` (node); each undo removes what its
-//!    step made, by the guest's uuid or recorded path.
-//! 4. `agent_init` (node): images without cloud-init get their init plan through the
-//!    guest agent.
-//! 5. `finish` (controller): the guest reads `running`.
+//! 3. `build` (node): one job of five sub-steps, each idempotent and each reported as
+//!    progress when it ends: create the system disk, build the init seed, define the
+//!    domain, start it, and (images without cloud-init) apply the init plan through the
+//!    guest agent. One job instead of five saves four round trips through the
+//!    controller's single writer per guest. A failure at any sub-step fails the step,
+//!    and its undo removes everything the sub-steps may have made (stop, undefine by the
+//!    guest's uuid, remove both recorded files), whichever of them ran.
+//! 4. `finish` (controller): the guest reads `running`.
 //!
 //! On finish: cancelled before anything existed, the record goes; failed, it reads
 //! `error` (the user deletes it); succeeded, its boot jobs are due.
 
 use super::{Ctx, Effect};
 use crate::controller::alloc;
-use crate::controller::saga::initplan::plan_for;
+use crate::controller::saga::initplan::init_input;
 use crate::controller::saga::steps::{
     disk_path, domain_spec, facts_of, guest_of, random_secret, seed_path, system_disk_path,
     StepEnv, StepError,
 };
 use crate::controller::store::{self as st, events, GuestRow, OpRow, StoreError, Tx};
-use crate::guestinit::Delivery;
-use crate::model::{new_id, now_ms, AgentBatch, GuestState, NodeAction, OpState};
+use crate::model::{new_id, now_ms, GuestState, NodeAction, OpState, SubStep};
 
 super::steps! {
     pub enum Step {
         Place = "place",
         Allocate = "allocate",
-        CreateDisk = "create_disk",
-        BuildSeed = "build_seed",
-        Define = "define",
-        Start = "start",
-        AgentInit = "agent_init",
+        Build = "build",
         Finish = "finish",
     }
 }
 
+/// How long the agent delivery waits for the guest agent to answer.
+const AGENT_WAIT_SECS: u64 = 600;
+
 pub async fn run(cx: &mut Ctx<'_, '_>, step: Step, undo: bool) -> Result<Effect, StepError> {
     let g = guest_of(cx.tx, cx.op).await?;
-    let node = g.node_id.clone();
-    let disks = st::disks_of_in(cx.tx, &g.id).await?;
-    let on_node = |action: NodeAction| match &node {
-        Some(n) => Effect::Node {
-            node: n.clone(),
-            action,
-        },
-        // The guest never got a node: nothing exists anywhere to act on.
-        None => Effect::Done,
-    };
-    let id = g.id.clone();
     Ok(match (step, undo) {
         (Step::Place, false) => {
             let node = place(cx.tx, cx.env, cx.op, &g).await?;
@@ -71,57 +61,111 @@ pub async fn run(cx: &mut Ctx<'_, '_>, step: Step, undo: bool) -> Result<Effect,
             release(cx.tx, &g.id, cx.keep_leases).await?;
             Effect::Done
         }
-        (Step::CreateDisk, false) => on_node(NodeAction::CreateDisk {
-            path: disk_path(&disks, "system")
-                .ok_or_else(|| StepError::Permanent("no system disk recorded".into()))?,
-            template_path: g.template_path.clone(),
-        }),
-        (Step::CreateDisk, true) => match disk_path(&disks, "system") {
-            Some(path) => on_node(NodeAction::RemoveFile { path }),
+        (Step::Build, false) => match &g.node_id {
+            Some(node) => Effect::Node {
+                node: node.clone(),
+                action: build(cx.tx, &g, node).await?,
+            },
+            // The guest never got a node: nothing exists anywhere to act on.
             None => Effect::Done,
         },
-        (Step::BuildSeed, false) => on_node(NodeAction::BuildSeed {
-            path: disk_path(&disks, "seed")
-                .ok_or_else(|| StepError::Permanent("no seed recorded".into()))?,
-            plan: Box::new(plan_for(cx.tx, &cx.env.scripts, &g, None).await?),
-            replace: false,
-        }),
-        (Step::BuildSeed, true) => match disk_path(&disks, "seed") {
-            Some(path) => on_node(NodeAction::RemoveFile { path }),
+        (Step::Build, true) => match &g.node_id {
+            Some(node) => Effect::Node {
+                node: node.clone(),
+                action: unbuild(cx.tx, &g).await?,
+            },
             None => Effect::Done,
         },
-        (Step::Define, false) => match &node {
-            Some(n) => on_node(NodeAction::Define {
-                spec: Box::new(domain_spec(cx.tx, &g, n, g.bandwidth()).await?),
-            }),
-            None => Effect::Done,
-        },
-        (Step::Define, true) => on_node(NodeAction::Undefine { guest_id: id }),
-        (Step::Start, false) => on_node(NodeAction::Start { guest_id: id }),
-        (Step::Start, true) => on_node(NodeAction::Destroy { guest_id: id }),
-        (Step::AgentInit, false) => {
-            // Images without cloud-init get the plan through the guest agent.
-            let plan = plan_for(cx.tx, &cx.env.scripts, &g, None).await?;
-            if plan.delivery != Delivery::Agent {
-                return Ok(Effect::Done);
-            }
-            on_node(NodeAction::AgentRun {
-                guest_id: id,
-                batches: vec![AgentBatch {
-                    id: "init".into(),
-                    actions: plan.agent_actions(),
-                }],
-                wait_secs: 600,
-                strict: true,
-            })
-        }
-        (Step::AgentInit, true) => Effect::Done,
         (Step::Finish, false) => {
             st::finish_creating(cx.tx, &g.id).await?;
             Effect::Done
         }
         (Step::Finish, true) => Effect::Done,
     })
+}
+
+/// The build job: disk, seed, domain, start, agent delivery.
+async fn build(tx: &mut Tx<'_>, g: &GuestRow, node: &str) -> Result<NodeAction, StepError> {
+    let disks = st::disks_of_in(tx, &g.id).await?;
+    let init = Box::new(init_input(tx, g, None).await?);
+    let sub = |stage: &str, action: NodeAction| SubStep {
+        stage: stage.into(),
+        action,
+    };
+    Ok(NodeAction::Sequence {
+        steps: vec![
+            sub(
+                "creating the system disk",
+                NodeAction::CreateDisk {
+                    path: disk_path(&disks, "system")
+                        .ok_or_else(|| StepError::Permanent("no system disk recorded".into()))?,
+                    template_path: g.template_path.clone(),
+                },
+            ),
+            sub(
+                "building the init seed",
+                NodeAction::BuildSeed {
+                    path: disk_path(&disks, "seed")
+                        .ok_or_else(|| StepError::Permanent("no seed recorded".into()))?,
+                    init: init.clone(),
+                    replace: false,
+                },
+            ),
+            sub(
+                "defining the domain",
+                NodeAction::Define {
+                    spec: Box::new(domain_spec(tx, g, node, g.bandwidth()).await?),
+                },
+            ),
+            sub(
+                "starting",
+                NodeAction::Start {
+                    guest_id: g.id.clone(),
+                },
+            ),
+            sub(
+                "applying the init plan through the guest agent",
+                NodeAction::AgentInit {
+                    guest_id: g.id.clone(),
+                    init,
+                    wait_secs: AGENT_WAIT_SECS,
+                },
+            ),
+        ],
+    })
+}
+
+/// The build's undo: whatever of it exists goes, in reverse order. Each removal is a no-op
+/// when its object is already gone, so it fits a build that stopped anywhere.
+async fn unbuild(tx: &mut Tx<'_>, g: &GuestRow) -> Result<NodeAction, StepError> {
+    let disks = st::disks_of_in(tx, &g.id).await?;
+    let sub = |stage: &str, action: NodeAction| SubStep {
+        stage: stage.into(),
+        action,
+    };
+    let mut steps = vec![
+        sub(
+            "stopping the domain",
+            NodeAction::Destroy {
+                guest_id: g.id.clone(),
+            },
+        ),
+        sub(
+            "undefining the domain",
+            NodeAction::Undefine {
+                guest_id: g.id.clone(),
+            },
+        ),
+    ];
+    for (kind, stage) in [
+        ("seed", "removing the init seed"),
+        ("system", "removing the system disk"),
+    ] {
+        if let Some(path) = disk_path(&disks, kind) {
+            steps.push(sub(stage, NodeAction::RemoveFile { path }));
+        }
+    }
+    Ok(NodeAction::Sequence { steps })
 }
 
 /// Returns a guest's leases and forgets its allocation, or, with `keep`, leaves them held
