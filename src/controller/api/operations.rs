@@ -280,8 +280,9 @@ impl OperationApi {
     ) -> ApiResult<Json<Operation>> {
         access::op(&state, &auth.0, &id).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout.0);
+        // Subscribed before the first read: an end committed after it is not missed.
+        let mut ended = state.store.ops_ended.subscribe();
         loop {
-            let notified = state.store.events_appended.notified();
             let op = state
                 .store
                 .op(&id)
@@ -290,12 +291,19 @@ impl OperationApi {
             if op.op_state().is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(Json(view(&op)));
             }
-            // Woken by any commit; the short cap also covers commits by other processes.
-            let _ = tokio::time::timeout_at(
-                deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)),
-                notified,
-            )
-            .await;
+            // Woken when this operation ends; the cap re-reads it now and then whatever
+            // happens (a lagging subscriber, an end announced by another process).
+            let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            loop {
+                match tokio::time::timeout_at(until, ended.recv()).await {
+                    Ok(Ok(done)) if done != id.0 => continue,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                        tokio::time::sleep_until(until).await;
+                        break;
+                    }
+                    _ => break,
+                }
+            }
         }
     }
 

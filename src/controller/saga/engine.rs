@@ -85,6 +85,8 @@ enum Post {
     },
     AfterStep(Box<OpRow>, usize),
     AfterOp(Box<OpRow>),
+    /// The operation ended: its waiters wake.
+    Ended(String),
     /// A crash-test fault point (`CORRAL_FAULT`): the state before it is committed.
     Inject {
         kind: String,
@@ -96,6 +98,7 @@ enum Post {
 /// What a run does once its transaction is committed.
 struct Poster {
     queues: Arc<Queues>,
+    ended: tokio::sync::broadcast::Sender<String>,
     plugins: Arc<crate::controller::plugins::Plugins>,
     fault: Option<Fault>,
 }
@@ -131,6 +134,10 @@ impl Poster {
                 crate::controller::hooks::after_step(&self.plugins, &op, step)
             }
             Post::AfterOp(op) => crate::controller::hooks::after_op(&self.plugins, &op),
+            Post::Ended(id) => {
+                // No receiver (nobody waits) is fine.
+                let _ = self.ended.send(id);
+            }
             Post::Inject { kind, step, when } => {
                 if let Some(f) = &self.fault {
                     f.check(&kind, &step, when);
@@ -280,9 +287,7 @@ impl Engine {
                     StepState::Undoing => true,
                     _ => continue,
                 };
-                if s.runs_on != RunsOn::Node
-                    || s.dispatched_at.is_none_or(|d| now - d < grace_ms)
-                {
+                if s.runs_on != RunsOn::Node || s.dispatched_at.is_none_or(|d| now - d < grace_ms) {
                     continue;
                 }
                 let fenced = self
@@ -366,6 +371,7 @@ impl Engine {
                 Ok(r) => r,
                 Err(e) => {
                     fail_unreadable(&mut tx, op, &e.to_string()).await?;
+                    post.push(Post::Ended(op.id.clone()));
                     break;
                 }
             };
@@ -373,6 +379,7 @@ impl Engine {
             let mut saga = load(op)?;
             if let Some(why) = foreign_steps(&saga, def) {
                 fail_unreadable(&mut tx, op, &why).await?;
+                post.push(Post::Ended(op.id.clone()));
                 break;
             }
             let node = node_of(&mut tx, op).await?;
@@ -399,6 +406,7 @@ impl Engine {
                 Next::Finished(state) => {
                     self.finish(&mut tx, op, &req, &saga, def, state).await?;
                     post.push(Post::AfterOp(Box::new(op.clone())));
+                    post.push(Post::Ended(op.id.clone()));
                     Flow::Stop
                 }
                 Next::Abandon { step, undo } => {
@@ -421,8 +429,25 @@ impl Engine {
                     Flow::Stop
                 }
                 Next::Execute { step, undo } => {
-                    self.execute(&mut tx, op, &req, saga, def, step, undo, &mut post)
-                        .await?
+                    // A node step's room on its node is checked before its action is
+                    // computed: a full window costs one query, not the whole step.
+                    let gate = match (&node, def.steps[step].runs_on) {
+                        (Some(n), RunsOn::Node) => {
+                            let redispatch = saga.steps[step].dispatched_at.is_some();
+                            match self.gate(&mut tx, op, &req, n, redispatch).await? {
+                                Some(flow) => Err(flow),
+                                None => Ok(Some(n.clone())),
+                            }
+                        }
+                        _ => Ok(None),
+                    };
+                    match gate {
+                        Err(flow) => flow,
+                        Ok(gated) => {
+                            self.execute(&mut tx, op, &req, saga, def, step, undo, gated, &mut post)
+                                .await?
+                        }
+                    }
                 }
             };
             match flow {
@@ -455,6 +480,7 @@ impl Engine {
         if !post.is_empty() {
             let poster = Poster {
                 queues: self.queues.clone(),
+                ended: self.store.ops_ended.clone(),
                 plugins: self.env.plugins.clone(),
                 fault: self.fault.clone(),
             };
@@ -479,6 +505,7 @@ impl Engine {
         def: &KindDef,
         step: usize,
         undo: bool,
+        gated: Option<String>,
         post: &mut Vec<Post>,
     ) -> Result<Flow, EngineError> {
         let name = def.steps[step].name.as_str();
@@ -514,7 +541,13 @@ impl Engine {
             Ok(Effect::Node { node, action }) => {
                 // Computing the action wrote nothing worth keeping.
                 sp.rollback().await?;
-                self.dispatch(tx, op, req, saga, def, step, undo, node, action, post)
+                if gated.as_deref() != Some(node.as_str()) {
+                    let redispatch = saga.steps[step].dispatched_at.is_some();
+                    if let Some(flow) = self.gate(tx, op, req, &node, redispatch).await? {
+                        return Ok(flow);
+                    }
+                }
+                self.dispatch(op, saga, def, step, undo, node, action, post)
                     .await
             }
             Err(StepError::Waiting(e)) => {
@@ -578,13 +611,40 @@ impl Engine {
         post.push(Post::AfterStep(Box::new(op.clone()), step));
     }
 
-    /// Marks a node step dispatched; the job goes to the node's queue after the commit.
-    #[allow(clippy::too_many_arguments)]
-    async fn dispatch(
+    /// Whether a node step may go to `node` now: `None` if so, else what the run does
+    /// instead (wait for the node's cleanup, or for room in its in-flight window; a step
+    /// sent again after its lease needs no room, it already holds its place).
+    async fn gate(
         &self,
         tx: &mut Tx<'static>,
         op: &mut OpRow,
         req: &Request,
+        node: &str,
+        redispatch: bool,
+    ) -> Result<Option<Flow>, EngineError> {
+        Ok(
+            match st::dispatch_gate(tx, node, req.kind() != OpKind::NodeCleanup).await? {
+                st::Gate::Cleanup => {
+                    let msg = format!(
+                        "waiting for node {node} to remove what earlier operations left there"
+                    );
+                    note(op, &msg);
+                    Some(Flow::Stop)
+                }
+                // The node's window is full: the backlog stays in SQL; the sweep retries.
+                st::Gate::Inflight(n) if !redispatch && n >= self.window as i64 => {
+                    Some(Flow::WindowFull(node.to_string()))
+                }
+                st::Gate::Inflight(_) => None,
+            },
+        )
+    }
+
+    /// Marks a node step dispatched; the job goes to the node's queue after the commit.
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch(
+        &self,
+        op: &mut OpRow,
         mut saga: Saga,
         def: &KindDef,
         step: usize,
@@ -594,20 +654,6 @@ impl Engine {
         post: &mut Vec<Post>,
     ) -> Result<Flow, EngineError> {
         let name = def.steps[step].name.clone();
-        let redispatch = saga.steps[step].dispatched_at.is_some();
-        match st::dispatch_gate(tx, &node, req.kind() != OpKind::NodeCleanup).await? {
-            st::Gate::Cleanup => {
-                let msg =
-                    format!("waiting for node {node} to remove what earlier operations left there");
-                note(op, &msg);
-                return Ok(Flow::Stop);
-            }
-            // The node's window is full: the backlog stays in SQL; the sweep retries.
-            st::Gate::Inflight(n) if !redispatch && n >= self.window as i64 => {
-                return Ok(Flow::WindowFull(node));
-            }
-            st::Gate::Inflight(_) => {}
-        }
         op.node_id = Some(node.clone());
         let declared = def.lease_ms(step, self.lease_ms);
         // A minute beyond the action's own limit covers its report's way back.

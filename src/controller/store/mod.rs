@@ -77,6 +77,9 @@ pub struct Store {
     writer: SqlitePool,
     /// Woken after every commit that appended events, so SSE streams follow without polling.
     pub events_appended: Arc<tokio::sync::Notify>,
+    /// The ids of operations that just ended (sent after the commit), so that waiters wake
+    /// for their own operation rather than for every commit.
+    pub ops_ended: tokio::sync::broadcast::Sender<String>,
     /// Per-table commit counters, for read caches.
     pub changes: Arc<Changes>,
 }
@@ -152,6 +155,7 @@ impl Store {
             pool,
             writer,
             events_appended: Arc::new(tokio::sync::Notify::new()),
+            ops_ended: tokio::sync::broadcast::channel(4096).0,
             changes,
         };
         store.migrate().await?;
