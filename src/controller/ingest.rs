@@ -336,10 +336,10 @@ fn superseded_progress(entries: &[transport::StreamEntry]) -> std::collections::
             }
             _ => continue,
         };
-        if latest.contains_key(&key) {
-            moot.insert(i);
+        if let std::collections::hash_map::Entry::Vacant(e) = latest.entry(key) {
+            e.insert(i);
         } else {
-            latest.insert(key, i);
+            moot.insert(i);
         }
     }
     moot

@@ -198,7 +198,7 @@ impl Engine {
                 Some(id) = wakes.recv() => { self.advance_logged(&id).await; }
                 _ = sweep.tick() => {
                     // At start, then every few seconds: dispatches Redis does not hold.
-                    if ticks % UNPUSHED_EVERY_TICKS == 0 {
+                    if ticks.is_multiple_of(UNPUSHED_EVERY_TICKS) {
                         let grace = if ticks == 0 { 0 } else { UNPUSHED_GRACE_MS };
                         if let Err(e) = self.recover_unpushed(grace).await {
                             tracing::debug!("looking for dispatches that never reached Redis: {e}");
