@@ -211,6 +211,15 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
         (m("GET"), "/health".into(), None, [A, A, A, A]),
         (m("GET"), "/users/me".into(), None, [A, A, A, A]),
         (m("GET"), "/users".into(), None, [A, F, F, F]),
+        (m("GET"), "/audit".into(), None, [A, F, F, F]),
+        (m("GET"), "/settings".into(), None, [A, F, F, F]),
+        (
+            m("PATCH"),
+            "/settings".into(),
+            Some(json!({})),
+            [A, F, F, F],
+        ),
+        (m("POST"), "/settings/purge".into(), None, [A, F, F, F]),
         (m("GET"), format!("/users/{ann_id}"), None, [A, F, F, F]),
         (
             m("POST"),

@@ -126,6 +126,7 @@ pub async fn run(
         stop(shutdown.clone()),
     ));
     let purge_task = tokio::spawn(auth::purge_expired(store.clone(), stop(shutdown.clone())));
+    let retention_task = tokio::spawn(api::retention_loop(store.clone(), stop(shutdown.clone())));
 
     let addr = listener.local_addr()?;
     let state = api::AppState {
@@ -153,7 +154,8 @@ pub async fn run(
         ingest_task,
         live_task,
         plugin_events,
-        purge_task
+        purge_task,
+        retention_task
     );
     Ok(())
 }

@@ -44,6 +44,7 @@ __all__ = [
     "AddSshKeys",
     "Address",
     "AddressState",
+    "AuditEntry",
     "Bandwidth",
     "BootJob",
     "ChangeIp",
@@ -81,15 +82,19 @@ __all__ = [
     "PluginInfo",
     "Pool",
     "Progress",
+    "Purged",
     "QueueBootJobs",
     "QueuedJob",
     "QueuedJobs",
     "Range",
     "Rate",
     "ResetPassword",
+    "Retention",
     "ScriptSource",
     "ScriptView",
     "SetAddressState",
+    "Settings",
+    "SettingsChange",
     "StateChanged",
     "Step",
     "Template",
@@ -133,6 +138,7 @@ from corral_client.models.add_range import AddRange as AddRange
 from corral_client.models.add_ssh_keys import AddSshKeys as AddSshKeys
 from corral_client.models.address import Address as Address
 from corral_client.models.address_state import AddressState as AddressState
+from corral_client.models.audit_entry import AuditEntry as AuditEntry
 from corral_client.models.bandwidth import Bandwidth as Bandwidth
 from corral_client.models.boot_job import BootJob as BootJob
 from corral_client.models.change_ip import ChangeIp as ChangeIp
@@ -170,15 +176,19 @@ from corral_client.models.password_reset import PasswordReset as PasswordReset
 from corral_client.models.plugin_info import PluginInfo as PluginInfo
 from corral_client.models.pool import Pool as Pool
 from corral_client.models.progress import Progress as Progress
+from corral_client.models.purged import Purged as Purged
 from corral_client.models.queue_boot_jobs import QueueBootJobs as QueueBootJobs
 from corral_client.models.queued_job import QueuedJob as QueuedJob
 from corral_client.models.queued_jobs import QueuedJobs as QueuedJobs
 from corral_client.models.range import Range as Range
 from corral_client.models.rate import Rate as Rate
 from corral_client.models.reset_password import ResetPassword as ResetPassword
+from corral_client.models.retention import Retention as Retention
 from corral_client.models.script_source import ScriptSource as ScriptSource
 from corral_client.models.script_view import ScriptView as ScriptView
 from corral_client.models.set_address_state import SetAddressState as SetAddressState
+from corral_client.models.settings import Settings as Settings
+from corral_client.models.settings_change import SettingsChange as SettingsChange
 from corral_client.models.state_changed import StateChanged as StateChanged
 from corral_client.models.step import Step as Step
 from corral_client.models.template import Template as Template

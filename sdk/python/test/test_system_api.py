@@ -33,10 +33,38 @@ class TestSystemApi(unittest.TestCase):
         """
         pass
 
+    def test_audit_list(self) -> None:
+        """Test case for audit_list
+
+        The audit trail, newest first (administrators only). Page with `before` (the smallest `seq` of the previous page).
+        """
+        pass
+
     def test_health(self) -> None:
         """Test case for health
 
         Readiness: the database and Redis answer. No authentication.
+        """
+        pass
+
+    def test_settings_get(self) -> None:
+        """Test case for settings_get
+
+        System settings (administrators only).
+        """
+        pass
+
+    def test_settings_purge(self) -> None:
+        """Test case for settings_purge
+
+        Purge now what the retention settings let go (administrators only); it also happens every hour.
+        """
+        pass
+
+    def test_settings_update(self) -> None:
+        """Test case for settings_update
+
+        Change system settings (administrators only); what is left out stays.
         """
         pass
 

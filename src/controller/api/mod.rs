@@ -6,6 +6,7 @@
 //! login and health need a bearer token.
 
 mod access;
+mod audit;
 mod auth;
 mod bootjobs;
 pub mod error;
@@ -37,6 +38,7 @@ use super::store::Store;
 use crate::jobs::Catalog;
 use error::Error;
 
+pub use audit::purge_loop as retention_loop;
 pub use auth::Auth;
 pub use pages::Pages;
 pub use system::RedisProbe;
@@ -74,6 +76,7 @@ type Apis = (
     bootjobs::BootJobApi,
     plugins::PluginApi,
     users::UserApi,
+    audit::AuditApi,
 );
 
 fn apis() -> Apis {
@@ -91,6 +94,7 @@ fn apis() -> Apis {
         bootjobs::BootJobApi,
         plugins::PluginApi,
         users::UserApi,
+        audit::AuditApi,
     )
 }
 
@@ -108,18 +112,14 @@ pub fn spec_json() -> String {
     spec::finish(&service().spec())
 }
 
-/// Whether the request carries a token that works: an unknown caller's body is not
-/// looked at, so that the handler answers 401 before anything about the body.
-async fn caller_known(store: &Store, req: &poem::Request) -> bool {
+/// The caller of a request, if it carries a token that works.
+async fn caller_of(store: &Store, req: &poem::Request) -> Option<auth::Caller> {
     let token = req
         .headers()
         .get(poem::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match token {
-        Some(t) => auth::caller(store, t.trim()).await.is_some(),
-        None => false,
-    }
+        .and_then(|v| v.strip_prefix("Bearer "))?;
+    auth::caller(store, token.trim()).await
 }
 
 /// The largest request body the API reads, bytes. Scripts are the largest bodies it takes
@@ -133,6 +133,7 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
     let spec = spec_json();
     let methods = Arc::new(spec::Methods::of(&spec, "/api/v1"));
     let bodies = Arc::new(strict::Bodies::of(&spec, "/api/v1"));
+    let trail = Arc::new(audit::Trail::of(&spec, "/api/v1"));
     let store = state.store.clone();
     Route::new()
         .nest("/api/v1", api)
@@ -151,56 +152,103 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         .around(move |ep, mut req| {
             let methods = methods.clone();
             let bodies = bodies.clone();
+            let trail = trail.clone();
             let store = store.clone();
             async move {
                 let path = req.uri().path().to_string();
-                let has_body = matches!(
-                    *req.method(),
-                    poem::http::Method::POST | poem::http::Method::PUT | poem::http::Method::PATCH
-                );
-                if has_body {
-                    // Every body is read here, bounded, before a handler sees it.
-                    let declared = req
-                        .headers()
-                        .get(CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok());
-                    let too_large = || {
-                        error::ApiError::from(Error::TooLarge { limit: MAX_BODY }).into_response()
-                    };
-                    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-                        return Ok(too_large());
+                let method = req.method().clone();
+                // A write is attributed to the token's user as it was before the request
+                // ran (a logout revokes the very token).
+                let audited = audit::Trail::records(&method, &path);
+                let caller = if audited {
+                    caller_of(&store, &req).await
+                } else {
+                    None
+                };
+                let address = match req.remote_addr().as_socket_addr() {
+                    Some(a) => a.ip().to_string(),
+                    None => req.remote_addr().to_string(),
+                };
+                let mut login_name = None;
+                // The answer, from the handler or from the checks before it.
+                let mut resp = 'answer: {
+                    let has_body = matches!(
+                        *req.method(),
+                        poem::http::Method::POST
+                            | poem::http::Method::PUT
+                            | poem::http::Method::PATCH
+                    );
+                    if has_body {
+                        // Every body is read here, bounded, before a handler sees it.
+                        let declared = req
+                            .headers()
+                            .get(CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok());
+                        let too_large = || {
+                            error::ApiError::from(Error::TooLarge { limit: MAX_BODY })
+                                .into_response()
+                        };
+                        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+                            break 'answer too_large();
+                        }
+                        let Ok(bytes) = req.take_body().into_bytes_limit(MAX_BODY).await else {
+                            break 'answer too_large();
+                        };
+                        // An unknown caller's body is not looked at, so that the handler
+                        // answers 401 before anything about the body.
+                        let known = match bodies.schema(req.method().as_str(), &path) {
+                            Some((schema, true)) => caller.is_some().then_some(schema),
+                            Some((schema, false)) => Some(schema),
+                            None => None,
+                        };
+                        if path == "/api/v1/auth/login" {
+                            // Who tried: the trail names the account a login was for.
+                            login_name = serde_json::from_slice::<serde_json::Value>(&bytes)
+                                .ok()
+                                .and_then(|v| {
+                                    v["username"].as_str().map(|n| n.chars().take(64).collect())
+                                });
+                        }
+                        if let Some(schema) = known {
+                            // Unparsable JSON is left to the payload parser and its message.
+                            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                                if let Err(message) = bodies.check(&value, schema) {
+                                    break 'answer error::ApiError::from(Error::BadRequest(
+                                        message,
+                                    ))
+                                    .into_response();
+                                }
+                            }
+                        }
+                        req.set_body(bytes);
                     }
-                    let Ok(bytes) = req.take_body().into_bytes_limit(MAX_BODY).await else {
-                        return Ok(too_large());
+                    let resp = match ep.call(req).await {
+                        Ok(r) => r.into_response(),
+                        Err(e) => e.into_response(),
                     };
-                    let known = match bodies.schema(req.method().as_str(), &path) {
-                        Some((schema, true)) => caller_known(&store, &req).await.then_some(schema),
-                        Some((schema, false)) => Some(schema),
-                        None => None,
-                    };
-                    if let Some(schema) = known {
-                        // Unparsable JSON is left to the payload parser and its message.
-                        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                            if let Err(message) = bodies.check(&value, schema) {
-                                return Ok(error::ApiError::from(Error::BadRequest(message))
-                                    .into_response());
+                    let mut resp = error::normalize(resp).await;
+                    if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+                        if let Some(allow) = methods.allow(&path) {
+                            if let Ok(v) = poem::http::HeaderValue::from_str(allow) {
+                                resp.headers_mut().insert(poem::http::header::ALLOW, v);
                             }
                         }
                     }
-                    req.set_body(bytes);
-                }
-                let resp = match ep.call(req).await {
-                    Ok(r) => r.into_response(),
-                    Err(e) => e.into_response(),
+                    resp
                 };
-                let mut resp = error::normalize(resp).await;
-                if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
-                    if let Some(allow) = methods.allow(&path) {
-                        if let Ok(v) = poem::http::HeaderValue::from_str(allow) {
-                            resp.headers_mut().insert(poem::http::header::ALLOW, v);
-                        }
-                    }
+                if audited {
+                    trail
+                        .record(
+                            &store,
+                            method.as_str(),
+                            &path,
+                            caller.as_ref(),
+                            login_name,
+                            address,
+                            &mut resp,
+                        )
+                        .await;
                 }
                 Ok(resp)
             }

@@ -209,6 +209,15 @@ impl Template {
                 .zip(&got)
                 .all(|(w, g)| w == g || (w.starts_with('{') && !g.is_empty()))
     }
+
+    /// The segment of `path` in the template's first `{parameter}`.
+    pub fn first_param(&self, path: &str) -> Option<String> {
+        self.0
+            .iter()
+            .zip(path.split('/'))
+            .find(|(w, _)| w.starts_with('{'))
+            .map(|(_, g)| g.to_string())
+    }
 }
 
 /// The methods each path of the document answers, for the `Allow` header that RFC 9110

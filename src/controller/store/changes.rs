@@ -54,6 +54,8 @@ const TABLES: &[&str] = &[
     "boot_jobs",
     "node_cleanup",
     "node_usage",
+    "audit",
+    "settings",
 ];
 
 /// One counter per table, and one shared by any table missing from the list.

@@ -14,6 +14,7 @@ macro_rules! page_clause {
     };
 }
 
+mod audit;
 mod changes;
 mod cleanup;
 pub mod events;
@@ -33,6 +34,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use audit::{AuditFilter, AuditRow};
 pub use changes::{Changes, Stamp};
 pub use cleanup::*;
 pub use events::EventRow;
@@ -180,6 +182,7 @@ impl Store {
             (11, include_str!("migrations/011_tokens.sql")),
             (12, include_str!("migrations/012_ownership.sql")),
             (13, include_str!("migrations/013_boot_job_source.sql")),
+            (14, include_str!("migrations/014_audit_settings.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

@@ -20,6 +20,7 @@ from corral_client.models.add_range import AddRange
 from corral_client.models.add_ssh_keys import AddSshKeys
 from corral_client.models.address import Address
 from corral_client.models.address_state import AddressState
+from corral_client.models.audit_entry import AuditEntry
 from corral_client.models.bandwidth import Bandwidth
 from corral_client.models.boot_job import BootJob
 from corral_client.models.change_ip import ChangeIp
@@ -57,15 +58,19 @@ from corral_client.models.password_reset import PasswordReset
 from corral_client.models.plugin_info import PluginInfo
 from corral_client.models.pool import Pool
 from corral_client.models.progress import Progress
+from corral_client.models.purged import Purged
 from corral_client.models.queue_boot_jobs import QueueBootJobs
 from corral_client.models.queued_job import QueuedJob
 from corral_client.models.queued_jobs import QueuedJobs
 from corral_client.models.range import Range
 from corral_client.models.rate import Rate
 from corral_client.models.reset_password import ResetPassword
+from corral_client.models.retention import Retention
 from corral_client.models.script_source import ScriptSource
 from corral_client.models.script_view import ScriptView
 from corral_client.models.set_address_state import SetAddressState
+from corral_client.models.settings import Settings
+from corral_client.models.settings_change import SettingsChange
 from corral_client.models.state_changed import StateChanged
 from corral_client.models.step import Step
 from corral_client.models.template import Template

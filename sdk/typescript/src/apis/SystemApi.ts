@@ -19,6 +19,11 @@ import {
     AboutToJSON,
 } from '../models/About';
 import {
+    type AuditEntry,
+    AuditEntryFromJSON,
+    AuditEntryToJSON,
+} from '../models/AuditEntry';
+import {
     type ErrorBody,
     ErrorBodyFromJSON,
     ErrorBodyToJSON,
@@ -28,6 +33,55 @@ import {
     HealthFromJSON,
     HealthToJSON,
 } from '../models/Health';
+import {
+    type Purged,
+    PurgedFromJSON,
+    PurgedToJSON,
+} from '../models/Purged';
+import {
+    type Settings,
+    SettingsFromJSON,
+    SettingsToJSON,
+} from '../models/Settings';
+import {
+    type SettingsChange,
+    SettingsChangeFromJSON,
+    SettingsChangeToJSON,
+} from '../models/SettingsChange';
+
+export interface AuditListRequest {
+    /**
+     * A user's id or name.
+     */
+    user?: string;
+    /**
+     * The object's id.
+     */
+    object?: string;
+    /**
+     * The API operation, e.g. `guest_delete`.
+     */
+    action?: string;
+    /**
+     * Only entries at or after this time (RFC 3339).
+     */
+    since?: string;
+    /**
+     * Only entries older than this sequence number.
+     */
+    before?: number;
+    /**
+     * 1–1000.
+     */
+    limit?: number;
+}
+
+export interface SettingsUpdateRequest {
+    /**
+     * 
+     */
+    settingsChange: SettingsChange;
+}
 
 /**
  * 
@@ -80,6 +134,75 @@ export class SystemApi extends runtime.BaseAPI {
     }
 
     /**
+     * Creates request options for auditList without sending the request
+     */
+    async auditListRequestOpts(requestParameters: AuditListRequest): Promise<runtime.RequestOpts> {
+        const queryParameters: any = {};
+
+        if (requestParameters['user'] != null) {
+            queryParameters['user'] = requestParameters['user'];
+        }
+
+        if (requestParameters['object'] != null) {
+            queryParameters['object'] = requestParameters['object'];
+        }
+
+        if (requestParameters['action'] != null) {
+            queryParameters['action'] = requestParameters['action'];
+        }
+
+        if (requestParameters['since'] != null) {
+            queryParameters['since'] = requestParameters['since'];
+        }
+
+        if (requestParameters['before'] != null) {
+            queryParameters['before'] = requestParameters['before'];
+        }
+
+        if (requestParameters['limit'] != null) {
+            queryParameters['limit'] = requestParameters['limit'];
+        }
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/audit`;
+
+        return {
+            path: urlPath,
+            method: 'GET',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * The audit trail, newest first (administrators only). Page with `before` (the smallest `seq` of the previous page).
+     */
+    async auditListRaw(requestParameters: AuditListRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Array<AuditEntry>>> {
+        const requestOptions = await this.auditListRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => jsonValue.map(AuditEntryFromJSON));
+    }
+
+    /**
+     * The audit trail, newest first (administrators only). Page with `before` (the smallest `seq` of the previous page).
+     */
+    async auditList(requestParameters: AuditListRequest = {}, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Array<AuditEntry>> {
+        const response = await this.auditListRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
      * Creates request options for health without sending the request
      */
     async healthRequestOpts(): Promise<runtime.RequestOpts> {
@@ -113,6 +236,151 @@ export class SystemApi extends runtime.BaseAPI {
      */
     async health(initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Health> {
         const response = await this.healthRaw(initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for settingsGet without sending the request
+     */
+    async settingsGetRequestOpts(): Promise<runtime.RequestOpts> {
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/settings`;
+
+        return {
+            path: urlPath,
+            method: 'GET',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * System settings (administrators only).
+     */
+    async settingsGetRaw(initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Settings>> {
+        const requestOptions = await this.settingsGetRequestOpts();
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => SettingsFromJSON(jsonValue));
+    }
+
+    /**
+     * System settings (administrators only).
+     */
+    async settingsGet(initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Settings> {
+        const response = await this.settingsGetRaw(initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for settingsPurge without sending the request
+     */
+    async settingsPurgeRequestOpts(): Promise<runtime.RequestOpts> {
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/settings/purge`;
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Purge now what the retention settings let go (administrators only); it also happens every hour.
+     */
+    async settingsPurgeRaw(initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Purged>> {
+        const requestOptions = await this.settingsPurgeRequestOpts();
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => PurgedFromJSON(jsonValue));
+    }
+
+    /**
+     * Purge now what the retention settings let go (administrators only); it also happens every hour.
+     */
+    async settingsPurge(initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Purged> {
+        const response = await this.settingsPurgeRaw(initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for settingsUpdate without sending the request
+     */
+    async settingsUpdateRequestOpts(requestParameters: SettingsUpdateRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['settingsChange'] == null) {
+            throw new runtime.RequiredError(
+                'settingsChange',
+                'Required parameter "settingsChange" was null or undefined when calling settingsUpdate().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/settings`;
+
+        return {
+            path: urlPath,
+            method: 'PATCH',
+            headers: headerParameters,
+            query: queryParameters,
+            body: SettingsChangeToJSON(requestParameters['settingsChange']),
+        };
+    }
+
+    /**
+     * Change system settings (administrators only); what is left out stays.
+     */
+    async settingsUpdateRaw(requestParameters: SettingsUpdateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Settings>> {
+        const requestOptions = await this.settingsUpdateRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => SettingsFromJSON(jsonValue));
+    }
+
+    /**
+     * Change system settings (administrators only); what is left out stays.
+     */
+    async settingsUpdate(requestParameters: SettingsUpdateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Settings> {
+        const response = await this.settingsUpdateRaw(requestParameters, initOverrides);
         return await response.value();
     }
 

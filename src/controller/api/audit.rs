@@ -1,0 +1,388 @@
+//! The audit trail (S67), system settings (S94) and retention (S71), for administrators.
+//!
+//! The trail is written by the HTTP layer (`Trail::record`, called from `api::app` after
+//! each write request is answered), so no handler can forget it: every POST, PUT, PATCH
+//! and DELETE under `/api/v1` leaves a row naming who (the token's user, resolved before
+//! the request runs, so a logout is still attributed; or the name a login tried), from
+//! where (the peer address), what (the OpenAPI operation, method and path), on which object
+//! (the path's identifier, or the `Location` of what was created) and the HTTP status.
+//!
+//! Retention (`GET`/`PATCH /settings`, `retention`): audit rows, ended operations and
+//! events older than their limit in days are purged every hour, or at once with
+//! `POST /settings/purge`. Zero keeps them for ever.
+
+use poem::web::Data;
+use poem_openapi::param::Query;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+use serde::{Deserialize, Serialize};
+
+use super::access;
+use super::auth::Caller;
+use super::error::{ApiResult, Error};
+use super::spec::Template;
+use super::{AppState, Auth};
+use crate::controller::store::{AuditFilter, AuditRow, Store, StoreError};
+use crate::model::{now_ms, rfc3339};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// How long records are kept, in days (0: for ever).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Object)]
+#[serde(default)]
+#[oai(deny_unknown_fields)]
+pub struct Retention {
+    /// The audit trail. Default 365.
+    pub audit_days: u32,
+    /// Operations that ended. Default 90.
+    pub operations_days: u32,
+    /// The event log (`/events`). Default 30.
+    pub events_days: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            audit_days: 365,
+            operations_days: 90,
+            events_days: 30,
+        }
+    }
+}
+
+impl Retention {
+    /// The purge cutoffs (ms) at `now`.
+    pub fn cutoffs(&self, now: i64) -> (Option<i64>, Option<i64>, Option<i64>) {
+        let cut = |days: u32| (days > 0).then(|| now - i64::from(days) * DAY_MS);
+        (
+            cut(self.audit_days),
+            cut(self.operations_days),
+            cut(self.events_days),
+        )
+    }
+}
+
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: String,
+    /// The caller's user id (absent for a login, or a request without a working token).
+    pub user_id: Option<String>,
+    /// The caller's name, or the name a login tried.
+    pub user: Option<String>,
+    /// The peer address the request came from.
+    pub address: String,
+    pub method: String,
+    pub path: String,
+    /// The API operation (`guest_create`, `auth_login`, ...); `unknown` for a path the
+    /// API does not have.
+    pub action: String,
+    /// The object acted on: the path's identifier, or what the request created.
+    pub object: Option<String>,
+    /// The HTTP status of the answer.
+    pub status: u16,
+}
+
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct Purged {
+    pub audit: u64,
+    pub operations: u64,
+    pub events: u64,
+}
+
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct Settings {
+    pub retention: Retention,
+}
+
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
+pub struct SettingsChange {
+    pub retention: Option<Retention>,
+}
+
+pub struct AuditApi;
+
+#[OpenApi(tag = "super::system::Tag::System")]
+impl AuditApi {
+    /// The audit trail, newest first (administrators only). Page with `before` (the
+    /// smallest `seq` of the previous page).
+    #[oai(path = "/audit", method = "get", operation_id = "audit_list")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        /// A user's id or name.
+        user: Query<Option<String>>,
+        /// The object's id.
+        object: Query<Option<String>>,
+        /// The API operation, e.g. `guest_delete`.
+        action: Query<Option<String>>,
+        /// Only entries at or after this time (RFC 3339).
+        since: Query<Option<String>>,
+        /// Only entries older than this sequence number.
+        before: Query<Option<i64>>,
+        /// 1–1000.
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
+        limit: Query<i64>,
+    ) -> ApiResult<Json<Vec<AuditEntry>>> {
+        access::admin(&auth.0, "reading the audit trail")?;
+        let since = match since.0 {
+            Some(s) => Some(
+                humantime::parse_rfc3339_weak(&s)
+                    .map_err(|e| {
+                        Error::BadRequest(format!(
+                            "since {s:?} is not an RFC 3339 time ({e}); e.g. 2026-01-31T12:00:00Z"
+                        ))
+                    })?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            ),
+            None => None,
+        };
+        let rows = state
+            .store
+            .audit(&AuditFilter {
+                user: user.0,
+                object: object.0,
+                action: action.0,
+                since,
+                before: before.0,
+                limit: limit.0,
+            })
+            .await?;
+        Ok(Json(rows.into_iter().map(entry).collect()))
+    }
+
+    /// System settings (administrators only).
+    #[oai(path = "/settings", method = "get", operation_id = "settings_get")]
+    async fn settings(&self, auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Settings>> {
+        access::admin(&auth.0, "reading the system settings")?;
+        Ok(Json(Settings {
+            retention: state.store.setting("retention").await?,
+        }))
+    }
+
+    /// Change system settings (administrators only); what is left out stays.
+    #[oai(path = "/settings", method = "patch", operation_id = "settings_update")]
+    async fn update(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        body: Json<SettingsChange>,
+    ) -> ApiResult<Json<Settings>> {
+        access::admin(&auth.0, "changing the system settings")?;
+        if let Some(r) = &body.retention {
+            state.store.set_setting("retention", r).await?;
+        }
+        self.settings(auth, state).await
+    }
+
+    /// Purge now what the retention settings let go (administrators only); it also
+    /// happens every hour.
+    #[oai(
+        path = "/settings/purge",
+        method = "post",
+        operation_id = "settings_purge"
+    )]
+    async fn purge(&self, auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Purged>> {
+        access::admin(&auth.0, "purging old records")?;
+        let (audit, operations, events) = purge(&state.store).await?;
+        Ok(Json(Purged {
+            audit,
+            operations,
+            events,
+        }))
+    }
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+fn entry(r: AuditRow) -> AuditEntry {
+    AuditEntry {
+        seq: r.seq,
+        at: rfc3339(r.at),
+        user_id: r.user_id,
+        user: r.user_name,
+        address: r.address,
+        method: r.method,
+        path: r.path,
+        action: r.action,
+        object: r.object,
+        status: u16::try_from(r.status).unwrap_or(0),
+    }
+}
+
+/// Purges by the stored retention settings.
+pub async fn purge(store: &Store) -> Result<(u64, u64, u64), StoreError> {
+    let r: Retention = store.setting("retention").await?;
+    let (a, o, e) = r.cutoffs(now_ms());
+    store.purge_older(a, o, e).await
+}
+
+/// Purges every hour until `shutdown` resolves.
+pub async fn purge_loop(store: Store, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => match purge(&store).await {
+                Ok((0, 0, 0)) => {}
+                Ok((a, o, e)) => tracing::info!("retention: purged {a} audit entries, {o} operations, {e} events"),
+                Err(e) => tracing::warn!("retention purge: {e}"),
+            },
+        }
+    }
+}
+
+/// Names the API operation of each request path, for the trail.
+pub struct Trail(Vec<(Template, String, String, usize)>);
+
+impl Trail {
+    /// From the finished document; `prefix` is where the API is mounted.
+    pub fn of(spec: &str, prefix: &str) -> Self {
+        let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let mut out = Vec::new();
+        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let id = op["operationId"].as_str().unwrap_or("unknown").to_string();
+                let params = path.matches('{').count();
+                out.push((
+                    Template::new(prefix, path),
+                    method.to_uppercase(),
+                    id,
+                    params,
+                ));
+            }
+        }
+        // A literal segment beats a parameter (`/users/me` before `/users/{id}`).
+        out.sort_by_key(|(_, _, _, params)| *params);
+        Trail(out)
+    }
+
+    /// The operation of a request, and the identifier its path names (the first
+    /// parameter's segment), if the path is one of the API's.
+    pub fn action(&self, method: &str, path: &str) -> Option<(&str, Option<String>)> {
+        let (t, _, id, _) = self
+            .0
+            .iter()
+            .find(|(t, m, _, _)| m == method && t.matches(path))?;
+        Some((id.as_str(), t.first_param(path)))
+    }
+
+    /// Whether a request is a write the trail records.
+    pub fn records(method: &poem::http::Method, path: &str) -> bool {
+        use poem::http::Method;
+        path.starts_with("/api/v1/")
+            && matches!(
+                *method,
+                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            )
+    }
+
+    /// Writes the row of one answered write request.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record(
+        &self,
+        store: &Store,
+        method: &str,
+        path: &str,
+        caller: Option<&Caller>,
+        login_name: Option<String>,
+        address: String,
+        resp: &mut poem::Response,
+    ) {
+        let (action, object) = match self.action(method, path) {
+            Some((a, o)) => (a.to_string(), o),
+            None => ("unknown".to_string(), None),
+        };
+        // What a request created is where its answer points, or the `id` of the record
+        // a 201 returns (a small JSON body, read and put back).
+        let mut object = object.or_else(|| {
+            resp.headers()
+                .get(poem::http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.rsplit('/').next())
+                .map(String::from)
+        });
+        if object.is_none() && resp.status() == poem::http::StatusCode::CREATED {
+            if let Ok(bytes) = resp.take_body().into_bytes().await {
+                object = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(String::from));
+                resp.set_body(bytes);
+            }
+        }
+        let row = AuditRow {
+            seq: 0,
+            at: now_ms(),
+            user_id: caller.map(|c| c.user.id.clone()),
+            user_name: caller.map(|c| c.user.name.clone()).or(login_name),
+            address,
+            method: method.to_string(),
+            path: path.to_string(),
+            action,
+            object,
+            status: i64::from(resp.status().as_u16()),
+        };
+        if let Err(e) = store.record_audit(&row).await {
+            // The answer is already decided; the log keeps what the trail could not.
+            tracing::error!(?row, "audit trail: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_named_by_its_operation_literal_paths_first() {
+        let spec = r#"{"paths": {
+            "/users/{id}": {"get": {"operationId": "user_get"}, "delete": {"operationId": "user_delete"}},
+            "/users/me/password": {"post": {"operationId": "user_change_password"}},
+            "/guests/{id}/actions/{action}": {"post": {"operationId": "guest_action"}},
+            "/guests": {"post": {"operationId": "guest_create"}}}}"#;
+        let t = Trail::of(spec, "/api/v1");
+        assert_eq!(
+            t.action("DELETE", "/api/v1/users/u1"),
+            Some(("user_delete", Some("u1".into())))
+        );
+        assert_eq!(
+            t.action("POST", "/api/v1/users/me/password"),
+            Some(("user_change_password", None))
+        );
+        assert_eq!(
+            t.action("POST", "/api/v1/guests/g1/actions/start"),
+            Some(("guest_action", Some("g1".into())))
+        );
+        assert_eq!(
+            t.action("POST", "/api/v1/guests"),
+            Some(("guest_create", None))
+        );
+        assert_eq!(t.action("PUT", "/api/v1/guests"), None);
+    }
+
+    #[test]
+    fn retention_cutoffs_keep_for_ever_at_zero() {
+        let r = Retention {
+            audit_days: 1,
+            operations_days: 0,
+            events_days: 2,
+        };
+        assert_eq!(
+            r.cutoffs(10 * DAY_MS),
+            (Some(9 * DAY_MS), None, Some(8 * DAY_MS))
+        );
+    }
+}
