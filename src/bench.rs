@@ -235,7 +235,7 @@ async fn fleet(
         let mut total = 0;
         loop {
             let page =
-                guests_api::guest_list(api.c(), None, None, Some(1000), Some(offset)).await?;
+                guests_api::guest_list(api.c(), None, None, None, Some(1000), Some(offset)).await?;
             for g in &page {
                 if let (Some(n), true) = (&g.node_id, g.name.starts_with('f')) {
                     *placed.entry(n.clone()).or_default() += 1;

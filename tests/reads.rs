@@ -79,6 +79,7 @@ async fn seed(store: &Store, pool: &str, template: &str) -> Seeded {
                 os_init_profile: None,
                 init_secrets: None,
                 owner_id: None,
+                tags: "[]".into(),
             },
         )
         .await

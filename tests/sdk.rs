@@ -64,7 +64,7 @@ async fn the_rust_sdk_drives_a_guest_through_its_life() {
     let op = s.wait(&accepted.operations[0].operation_id).await.unwrap();
     assert_eq!(op.state, "succeeded", "{op:?}");
 
-    let listed: Vec<_> = guests_api::guest_list(c, None, None, None, None)
+    let listed: Vec<_> = guests_api::guest_list(c, None, None, None, None, None)
         .await
         .unwrap()
         .into_iter()

@@ -292,6 +292,7 @@ async fn seed(
                     os_init_profile: Some("linux-default".into()),
                     init_secrets: None,
                     owner_id: None,
+                    tags: "[]".into(),
                 },
             )
             .await

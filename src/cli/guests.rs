@@ -37,6 +37,9 @@ pub enum GuestCmd {
         /// An SSH public key for the guest's user (repeatable).
         #[arg(long = "ssh-key")]
         ssh_keys: Vec<String>,
+        /// A tag for grouping and filtering (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
         /// Follow the operations to their end.
         #[arg(long)]
         wait: bool,
@@ -49,6 +52,9 @@ pub enum GuestCmd {
         /// Only guests on this node.
         #[arg(long)]
         node: Option<String>,
+        /// Only guests with this tag.
+        #[arg(long)]
+        tag: Option<String>,
     },
     /// One guest, every field.
     Show { guest: String },
@@ -147,6 +153,7 @@ impl Client {
                 ip,
                 password,
                 ssh_keys,
+                tags,
                 wait,
             } => {
                 let mut g = CreateGuest::new(cpu, parse_mib(&memory)?, template);
@@ -157,6 +164,7 @@ impl Client {
                 g.ip = ip;
                 g.password = password;
                 g.ssh_keys = (!ssh_keys.is_empty()).then_some(ssh_keys);
+                g.tags = (!tags.is_empty()).then_some(tags);
                 let accepted = guests_api::guest_create(c, g).await?;
                 let ids: Vec<String> = accepted
                     .operations
@@ -165,10 +173,15 @@ impl Client {
                     .collect();
                 self.accepted(&accepted.operations, wait, &ids).await
             }
-            GuestCmd::List { state: s, node } => {
+            GuestCmd::List {
+                state: s,
+                node,
+                tag,
+            } => {
                 let s = s.as_deref().map(parse_state).transpose()?;
                 let guests =
-                    guests_api::guest_list(c, s, node.as_deref(), Some(1000), None).await?;
+                    guests_api::guest_list(c, s, node.as_deref(), tag.as_deref(), Some(1000), None)
+                        .await?;
                 emit(self.out, &guests, || {
                     let mut t =
                         Table::new(&["name", "state", "node", "ip", "cpus", "memory", "age"]);

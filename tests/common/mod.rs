@@ -534,7 +534,7 @@ impl Cloud {
 
     /// Deletes every guest (each delete must succeed), then checks nothing is left.
     pub async fn delete_all_and_check(&self) {
-        let guests = guests_api::guest_list(self.c(), None, None, Some(1000), None)
+        let guests = guests_api::guest_list(self.c(), None, None, None, Some(1000), None)
             .await
             .unwrap();
         let mut ops = Vec::new();
@@ -553,7 +553,7 @@ impl Cloud {
 
     /// Every lease, guest and image must be gone.
     pub async fn assert_no_leaks(&self) {
-        let guests = guests_api::guest_list(self.c(), None, None, Some(1000), None)
+        let guests = guests_api::guest_list(self.c(), None, None, None, Some(1000), None)
             .await
             .unwrap();
         assert!(guests.is_empty(), "guests left: {guests:?}");

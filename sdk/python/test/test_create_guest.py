@@ -51,6 +51,9 @@ class TestCreateGuest(unittest.TestCase):
                 ssh_keys = [
                     ''
                     ],
+                tags = [
+                    ''
+                    ],
                 template = ''
             )
         else:

@@ -58,6 +58,9 @@ class TestGuest(unittest.TestCase):
                 os_type = '',
                 pool_id = '',
                 state = 'creating',
+                tags = [
+                    ''
+                    ],
                 template_id = '',
                 updated_at = '',
                 vnc_port = 56
@@ -79,6 +82,9 @@ class TestGuest(unittest.TestCase):
                 name = '',
                 os_type = '',
                 state = 'creating',
+                tags = [
+                    ''
+                    ],
                 template_id = '',
                 updated_at = '',
         )

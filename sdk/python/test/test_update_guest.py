@@ -35,7 +35,10 @@ class TestUpdateGuest(unittest.TestCase):
         model = UpdateGuest()
         if include_optional:
             return UpdateGuest(
-                hostname = ''
+                hostname = '',
+                tags = [
+                    ''
+                    ]
             )
         else:
             return UpdateGuest(

@@ -33,6 +33,8 @@ pub struct UpdateGuest {
     /// New hostname inside the guest (S78): recorded, and set in the guest now when it is
     /// running, otherwise at its next boot.
     pub hostname: Option<String>,
+    /// The guest's tags, all of them (S61): recorded at once; the guest is not touched.
+    pub tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Object)]
@@ -377,26 +379,45 @@ pub(super) async fn update(
     body: UpdateGuest,
 ) -> ApiResult<Json<GuestChange>> {
     let g = guest(state, &auth, id).await?;
+    // Everything is checked before anything is written: a bad field changes nothing.
+    let tags = body
+        .tags
+        .as_deref()
+        .map(super::guests::check_tags)
+        .transpose()?;
+    if let Some(hostname) = &body.hostname {
+        check_hostname(hostname).map_err(Error::BadRequest)?;
+        posix_only(&g, "a hostname change")?;
+        if matches!(g.state, GuestState::Creating | GuestState::Deleting) {
+            return Err(Error::Conflict {
+                message: format!(
+                    "guest {} is {}; change it once that is done",
+                    g.name, g.state
+                ),
+                details: None,
+            }
+            .into());
+        }
+    }
+    let mut tx = state.store.begin().await?;
+    if let Some(tags) = &tags {
+        st::set_guest_tags(&mut tx, &g.id, tags).await?;
+        st::events::append(
+            &mut tx,
+            "guest.tags",
+            &g.id,
+            &serde_json::json!({"guest_id": g.id, "tags": tags}),
+        )
+        .await?;
+    }
     let Some(hostname) = body.hostname else {
+        state.store.commit(tx).await?;
         return Ok(Json(GuestChange {
             guest_id: g.id,
             boot_job_id: None,
             operation_id: None,
         }));
     };
-    check_hostname(&hostname).map_err(Error::BadRequest)?;
-    posix_only(&g, "a hostname change")?;
-    if matches!(g.state, GuestState::Creating | GuestState::Deleting) {
-        return Err(Error::Conflict {
-            message: format!(
-                "guest {} is {}; change it once that is done",
-                g.name, g.state
-            ),
-            details: None,
-        }
-        .into());
-    }
-    let mut tx = state.store.begin().await?;
     st::set_guest_hostname(&mut tx, &g.id, &hostname).await?;
     let params = serde_json::json!({ "hostname": hostname });
     let job = queue(&mut tx, &g.id, "set-hostname", &params, true, &auth.0.name).await?;

@@ -51,6 +51,9 @@ pub struct CreateGuest {
     pub bandwidth: Option<Bandwidth>,
     /// OS-init profile for this guest; default: the template's (S02).
     pub os_init_profile: Option<String>,
+    /// Labels for grouping and filtering (S61): up to 32, each 1–64 of letters, digits and
+    /// `.`, `_`, `-`, `:`, `=`, `/`.
+    pub tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Object)]
@@ -125,6 +128,7 @@ pub struct Guest {
     pub operation_id: Option<String>,
     /// NIC traffic limits; absent when unlimited.
     pub bandwidth: Option<Bandwidth>,
+    pub tags: Vec<String>,
     pub disks: Vec<Disk>,
     pub created_at: String,
     pub updated_at: String,
@@ -163,6 +167,7 @@ fn view(g: &GuestRow, disks: Vec<st::DiskRow>) -> Guest {
         vnc_port: g.vnc_port.map(|p| p as u16),
         operation_id: g.lock_op.clone(),
         bandwidth: g.bandwidth(),
+        tags: g.tags(),
         disks: disks
             .into_iter()
             .map(|d| Disk {
@@ -175,6 +180,35 @@ fn view(g: &GuestRow, disks: Vec<st::DiskRow>) -> Guest {
         created_at: rfc3339(g.created_at),
         updated_at: rfc3339(g.updated_at),
     }
+}
+
+/// The most tags a guest carries.
+const MAX_TAGS: usize = 32;
+
+/// A guest's tags as given, checked; duplicates go, the order stays.
+pub fn check_tags(tags: &[String]) -> Result<Vec<String>, Error> {
+    if tags.len() > MAX_TAGS {
+        return Err(Error::BadRequest(format!(
+            "{} tags given; a guest carries at most {MAX_TAGS}",
+            tags.len()
+        )));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for t in tags {
+        let ok = !t.is_empty()
+            && t.len() <= 64
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-:=/".contains(c));
+        if !ok {
+            return Err(Error::BadRequest(format!(
+                "tag {t:?} is not 1–64 letters, digits or . _ - : = /"
+            )));
+        }
+        if !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// Names and hostnames: RFC 1123 labels, lowercase.
@@ -347,6 +381,9 @@ impl GuestApi {
             b.validate()
                 .map_err(|e| Error::BadRequest(format!("bandwidth: {e}")))?;
         }
+        let tags_json =
+            serde_json::to_string(&check_tags(req.tags.as_deref().unwrap_or_default())?)
+                .map_err(st::StoreError::from)?;
         let bandwidth_json = req
             .bandwidth
             .as_ref()
@@ -429,6 +466,7 @@ impl GuestApi {
                 os_init_profile: Some(profile.clone()),
                 init_secrets: Some(secrets.clone()),
                 owner_id: Some(auth.0.id.clone()),
+                tags: tags_json.clone(),
             };
             match st::insert_guest(&mut tx, &row).await {
                 Err(e) if e.is_unique_violation() => {
@@ -478,6 +516,8 @@ impl GuestApi {
         guest_state: Query<Option<GuestState>>,
         /// Only guests on this node.
         node: Query<Option<String>>,
+        /// Only guests carrying this tag.
+        tag: Query<Option<String>>,
         #[oai(
             default = "default_limit",
             validator(minimum(value = "1"), maximum(value = "1000"))
@@ -486,10 +526,11 @@ impl GuestApi {
         #[oai(default, validator(minimum(value = "0")))] offset: Query<i64>,
     ) -> ApiResult<Cached<Vec<Guest>>> {
         let key = format!(
-            "guests/{}?{:?}&{:?}&{}&{}",
+            "guests/{}?{:?}&{:?}&{:?}&{}&{}",
             access::view_key(&auth.0),
             guest_state.0,
             node.0,
+            tag.0,
             limit.0,
             offset.0
         );
@@ -503,6 +544,7 @@ impl GuestApi {
                         guest_state.0.map(GuestState::as_str),
                         node.0.as_deref(),
                         owner.as_deref(),
+                        tag.0.as_deref(),
                         limit.0,
                         offset.0,
                     )

@@ -34,6 +34,8 @@ pub struct GuestRow {
     pub init_secrets: Option<String>,
     /// The user who created it; None: from before owners existed (administrators').
     pub owner_id: Option<String>,
+    /// JSON array of the guest's tags (S61).
+    pub tags: String,
 }
 
 /// The password hash and SSH keys of a guest's init plan. Only a crypt hash is ever kept.
@@ -45,6 +47,10 @@ pub struct InitSecrets {
 }
 
 impl GuestRow {
+    pub fn tags(&self) -> Vec<String> {
+        serde_json::from_str(&self.tags).unwrap_or_default()
+    }
+
     pub fn bandwidth(&self) -> Option<crate::model::Bandwidth> {
         self.bandwidth
             .as_deref()
@@ -74,7 +80,7 @@ macro_rules! guest_cols {
     () => {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
     node_id, requested_node, pool_id, requested_ip, ip, vnc_port, vnc_password, mac, state, lock_op, \
-    domain_xml, created_at, updated_at, bandwidth, os_init_profile, init_secrets, owner_id"
+    domain_xml, created_at, updated_at, bandwidth, os_init_profile, init_secrets, owner_id, tags"
     };
 }
 
@@ -84,7 +90,7 @@ macro_rules! guest_list_cols {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
     node_id, requested_node, pool_id, requested_ip, ip, vnc_port, NULL AS vnc_password, mac, state, \
     lock_op, NULL AS domain_xml, created_at, updated_at, bandwidth, os_init_profile, \
-    NULL AS init_secrets, owner_id"
+    NULL AS init_secrets, owner_id, tags"
     };
 }
 
@@ -92,8 +98,8 @@ pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreErro
     sqlx::query(
         "INSERT INTO guests (id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
          requested_node, pool_id, requested_ip, state, lock_op, created_at, updated_at, bandwidth, \
-         os_init_profile, init_secrets, owner_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         os_init_profile, init_secrets, owner_id, tags) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&g.id)
     .bind(&g.name)
@@ -114,8 +120,24 @@ pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreErro
     .bind(&g.os_init_profile)
     .bind(&g.init_secrets)
     .bind(&g.owner_id)
+    .bind(&g.tags)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Replaces a guest's tags (a JSON array).
+pub async fn set_guest_tags(
+    tx: &mut Tx<'_>,
+    guest: &str,
+    tags: &[String],
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET tags = ?, updated_at = ? WHERE id = ?")
+        .bind(serde_json::to_string(tags)?)
+        .bind(crate::model::now_ms())
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -272,6 +294,7 @@ impl Store {
         state: Option<&str>,
         node: Option<&str>,
         owner: Option<&str>,
+        tag: Option<&str>,
         limit: i64,
         offset: i64,
     ) -> Result<Vec<GuestRow>, StoreError> {
@@ -288,6 +311,11 @@ impl Store {
         }
         if let Some(o) = owner {
             q.push(" AND owner_id = ").push_bind(o);
+        }
+        if let Some(t) = tag {
+            q.push(" AND EXISTS (SELECT 1 FROM json_each(guests.tags) WHERE value = ")
+                .push_bind(t)
+                .push(")");
         }
         // `+?` as in `page_clause!`: a bare `LIMIT ?` is re-prepared at every execution.
         q.push(" ORDER BY created_at, name LIMIT +")

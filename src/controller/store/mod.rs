@@ -183,6 +183,7 @@ impl Store {
             (12, include_str!("migrations/012_ownership.sql")),
             (13, include_str!("migrations/013_boot_job_source.sql")),
             (14, include_str!("migrations/014_audit_settings.sql")),
+            (15, include_str!("migrations/015_guest_tags.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

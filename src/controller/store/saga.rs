@@ -286,6 +286,7 @@ mod tests {
             os_init_profile: None,
             init_secrets: None,
             owner_id: None,
+            tags: "[]".into(),
         }
     }
 

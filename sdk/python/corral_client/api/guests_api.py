@@ -2514,6 +2514,7 @@ class GuestsApi:
         self,
         state: Annotated[Optional[GuestState], Field(description="Only guests in this state.")] = None,
         node: Annotated[Optional[StrictStr], Field(description="Only guests on this node.")] = None,
+        tag: Annotated[Optional[StrictStr], Field(description="Only guests carrying this tag.")] = None,
         limit: Optional[Annotated[int, Field(le=1000, strict=True, ge=1)]] = None,
         offset: Optional[Annotated[int, Field(strict=True, ge=0)]] = None,
         _request_timeout: Union[
@@ -2536,6 +2537,8 @@ class GuestsApi:
         :type state: GuestState
         :param node: Only guests on this node.
         :type node: str
+        :param tag: Only guests carrying this tag.
+        :type tag: str
         :param limit:
         :type limit: int
         :param offset:
@@ -2565,6 +2568,7 @@ class GuestsApi:
         _param = self._guest_list_serialize(
             state=state,
             node=node,
+            tag=tag,
             limit=limit,
             offset=offset,
             _request_auth=_request_auth,
@@ -2603,6 +2607,7 @@ class GuestsApi:
         self,
         state: Annotated[Optional[GuestState], Field(description="Only guests in this state.")] = None,
         node: Annotated[Optional[StrictStr], Field(description="Only guests on this node.")] = None,
+        tag: Annotated[Optional[StrictStr], Field(description="Only guests carrying this tag.")] = None,
         limit: Optional[Annotated[int, Field(le=1000, strict=True, ge=1)]] = None,
         offset: Optional[Annotated[int, Field(strict=True, ge=0)]] = None,
         _request_timeout: Union[
@@ -2625,6 +2630,8 @@ class GuestsApi:
         :type state: GuestState
         :param node: Only guests on this node.
         :type node: str
+        :param tag: Only guests carrying this tag.
+        :type tag: str
         :param limit:
         :type limit: int
         :param offset:
@@ -2654,6 +2661,7 @@ class GuestsApi:
         _param = self._guest_list_serialize(
             state=state,
             node=node,
+            tag=tag,
             limit=limit,
             offset=offset,
             _request_auth=_request_auth,
@@ -2692,6 +2700,7 @@ class GuestsApi:
         self,
         state: Annotated[Optional[GuestState], Field(description="Only guests in this state.")] = None,
         node: Annotated[Optional[StrictStr], Field(description="Only guests on this node.")] = None,
+        tag: Annotated[Optional[StrictStr], Field(description="Only guests carrying this tag.")] = None,
         limit: Optional[Annotated[int, Field(le=1000, strict=True, ge=1)]] = None,
         offset: Optional[Annotated[int, Field(strict=True, ge=0)]] = None,
         _request_timeout: Union[
@@ -2714,6 +2723,8 @@ class GuestsApi:
         :type state: GuestState
         :param node: Only guests on this node.
         :type node: str
+        :param tag: Only guests carrying this tag.
+        :type tag: str
         :param limit:
         :type limit: int
         :param offset:
@@ -2743,6 +2754,7 @@ class GuestsApi:
         _param = self._guest_list_serialize(
             state=state,
             node=node,
+            tag=tag,
             limit=limit,
             offset=offset,
             _request_auth=_request_auth,
@@ -2776,6 +2788,7 @@ class GuestsApi:
         self,
         state,
         node,
+        tag,
         limit,
         offset,
         _request_auth,
@@ -2807,6 +2820,10 @@ class GuestsApi:
         if node is not None:
             
             _query_params.append(('node', node))
+            
+        if tag is not None:
+            
+            _query_params.append(('tag', tag))
             
         if limit is not None:
             

@@ -40,8 +40,9 @@ class CreateGuest(BaseModel):
     password: Optional[StrictStr] = Field(default=None, description="Root password, set through the init seed. Stored only as a SHA-512 crypt hash.")
     pool: Optional[StrictStr] = Field(default=None, description="IP pool id or name; default: the first pool with a free address.")
     ssh_keys: Optional[List[StrictStr]] = Field(default=None, description="SSH public keys for root.")
+    tags: Optional[List[StrictStr]] = Field(default=None, description="Labels for grouping and filtering (S61): up to 32, each 1–64 of letters, digits and `.`, `_`, `-`, `:`, `=`, `/`.")
     template: StrictStr = Field(description="Template id or name.")
-    __properties: ClassVar[List[str]] = ["bandwidth", "count", "cpus", "hostname", "ip", "memory_mib", "name", "node", "os_init_profile", "password", "pool", "ssh_keys", "template"]
+    __properties: ClassVar[List[str]] = ["bandwidth", "count", "cpus", "hostname", "ip", "memory_mib", "name", "node", "os_init_profile", "password", "pool", "ssh_keys", "tags", "template"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -109,6 +110,7 @@ class CreateGuest(BaseModel):
             "password": obj.get("password"),
             "pool": obj.get("pool"),
             "ssh_keys": obj.get("ssh_keys"),
+            "tags": obj.get("tags"),
             "template": obj.get("template")
         })
         return _obj

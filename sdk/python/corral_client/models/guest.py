@@ -45,10 +45,11 @@ class Guest(BaseModel):
     os_type: StrictStr
     pool_id: Optional[StrictStr] = None
     state: GuestState
+    tags: List[StrictStr]
     template_id: StrictStr
     updated_at: StrictStr
     vnc_port: Optional[StrictInt] = None
-    __properties: ClassVar[List[str]] = ["bandwidth", "cpus", "created_at", "disks", "hostname", "id", "ip", "mac", "memory_mib", "name", "node_id", "operation_id", "os_type", "pool_id", "state", "template_id", "updated_at", "vnc_port"]
+    __properties: ClassVar[List[str]] = ["bandwidth", "cpus", "created_at", "disks", "hostname", "id", "ip", "mac", "memory_mib", "name", "node_id", "operation_id", "os_type", "pool_id", "state", "tags", "template_id", "updated_at", "vnc_port"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -125,6 +126,7 @@ class Guest(BaseModel):
             "os_type": obj.get("os_type"),
             "pool_id": obj.get("pool_id"),
             "state": obj.get("state"),
+            "tags": obj.get("tags"),
             "template_id": obj.get("template_id"),
             "updated_at": obj.get("updated_at"),
             "vnc_port": obj.get("vnc_port")

@@ -28,7 +28,8 @@ class UpdateGuest(BaseModel):
     UpdateGuest
     """ # noqa: E501
     hostname: Optional[StrictStr] = Field(default=None, description="New hostname inside the guest (S78): recorded, and set in the guest now when it is running, otherwise at its next boot.")
-    __properties: ClassVar[List[str]] = ["hostname"]
+    tags: Optional[List[StrictStr]] = Field(default=None, description="The guest's tags, all of them (S61): recorded at once; the guest is not touched.")
+    __properties: ClassVar[List[str]] = ["hostname", "tags"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -81,7 +82,8 @@ class UpdateGuest(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
-            "hostname": obj.get("hostname")
+            "hostname": obj.get("hostname"),
+            "tags": obj.get("tags")
         })
         return _obj
 

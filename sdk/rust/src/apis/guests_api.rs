@@ -657,12 +657,14 @@ pub async fn guest_list(
     configuration: &configuration::Configuration,
     state: Option<models::GuestState>,
     node: Option<&str>,
+    tag: Option<&str>,
     limit: Option<u64>,
     offset: Option<u64>,
 ) -> Result<Vec<models::Guest>, Error<GuestListError>> {
     // add a prefix to parameters to efficiently prevent name collisions
     let p_query_state = state;
     let p_query_node = node;
+    let p_query_tag = tag;
     let p_query_limit = limit;
     let p_query_offset = offset;
 
@@ -674,6 +676,9 @@ pub async fn guest_list(
     }
     if let Some(ref param_value) = p_query_node {
         req_builder = req_builder.query(&[("node", &param_value.to_string())]);
+    }
+    if let Some(ref param_value) = p_query_tag {
+        req_builder = req_builder.query(&[("tag", &param_value.to_string())]);
     }
     if let Some(ref param_value) = p_query_limit {
         req_builder = req_builder.query(&[("limit", &param_value.to_string())]);

@@ -49,6 +49,9 @@ pub struct CreateGuest {
     /// SSH public keys for root.
     #[serde(rename = "ssh_keys", skip_serializing_if = "Option::is_none")]
     pub ssh_keys: Option<Vec<String>>,
+    /// Labels for grouping and filtering (S61): up to 32, each 1–64 of letters, digits and `.`, `_`, `-`, `:`, `=`, `/`.
+    #[serde(rename = "tags", skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
     /// Template id or name.
     #[serde(rename = "template")]
     pub template: String,
@@ -69,6 +72,7 @@ impl CreateGuest {
             password: None,
             pool: None,
             ssh_keys: None,
+            tags: None,
             template,
         }
     }

@@ -45,6 +45,8 @@ pub struct Guest {
     pub pool_id: Option<String>,
     #[serde(rename = "state")]
     pub state: models::GuestState,
+    #[serde(rename = "tags")]
+    pub tags: Vec<String>,
     #[serde(rename = "template_id")]
     pub template_id: String,
     #[serde(rename = "updated_at")]
@@ -64,6 +66,7 @@ impl Guest {
         name: String,
         os_type: String,
         state: models::GuestState,
+        tags: Vec<String>,
         template_id: String,
         updated_at: String,
     ) -> Guest {
@@ -83,6 +86,7 @@ impl Guest {
             os_type,
             pool_id: None,
             state,
+            tags,
             template_id,
             updated_at,
             vnc_port: None,

@@ -16,10 +16,16 @@ pub struct UpdateGuest {
     /// New hostname inside the guest (S78): recorded, and set in the guest now when it is running, otherwise at its next boot.
     #[serde(rename = "hostname", skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// The guest's tags, all of them (S61): recorded at once; the guest is not touched.
+    #[serde(rename = "tags", skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
 }
 
 impl UpdateGuest {
     pub fn new() -> UpdateGuest {
-        UpdateGuest { hostname: None }
+        UpdateGuest {
+            hostname: None,
+            tags: None,
+        }
     }
 }

@@ -180,6 +180,10 @@ export interface GuestListRequest {
      */
     node?: string;
     /**
+     * Only guests carrying this tag.
+     */
+    tag?: string;
+    /**
      * 
      */
     limit?: number;
@@ -707,6 +711,10 @@ export class GuestsApi extends runtime.BaseAPI {
 
         if (requestParameters['node'] != null) {
             queryParameters['node'] = requestParameters['node'];
+        }
+
+        if (requestParameters['tag'] != null) {
+            queryParameters['tag'] = requestParameters['tag'];
         }
 
         if (requestParameters['limit'] != null) {

@@ -77,6 +77,11 @@ export interface CreateGuest {
      */
     sshKeys?: Array<string>;
     /**
+     * Labels for grouping and filtering (S61): up to 32, each 1–64 of letters, digits and
+     * `.`, `_`, `-`, `:`, `=`, `/`.
+     */
+    tags?: Array<string>;
+    /**
      * Template id or name.
      */
     template: string;
@@ -114,6 +119,7 @@ export function CreateGuestFromJSONTyped(json: any, ignoreDiscriminator: boolean
         'password': json['password'] == null ? undefined : json['password'],
         'pool': json['pool'] == null ? undefined : json['pool'],
         'sshKeys': json['ssh_keys'] == null ? undefined : json['ssh_keys'],
+        'tags': json['tags'] == null ? undefined : json['tags'],
         'template': json['template'],
     };
 }
@@ -141,6 +147,7 @@ export function CreateGuestToJSONTyped(value?: CreateGuest | null, ignoreDiscrim
         'password': value['password'],
         'pool': value['pool'],
         'ssh_keys': value['sshKeys'],
+        'tags': value['tags'],
         'template': value['template'],
     };
 }

@@ -104,6 +104,10 @@ export interface Guest {
     /**
      * 
      */
+    tags: Array<string>;
+    /**
+     * 
+     */
     templateId: string;
     /**
      * 
@@ -130,6 +134,7 @@ export function instanceOfGuest(value: object): value is Guest {
     if (!('name' in value) || value['name'] === undefined) return false;
     if ((!('osType' in (value as Record<string, any>)) && !('os_type' in (value as Record<string, any>))) || ((value as Record<string, any>)['osType'] === undefined && (value as Record<string, any>)['os_type'] === undefined)) return false;
     if (!('state' in value) || value['state'] === undefined) return false;
+    if (!('tags' in value) || value['tags'] === undefined) return false;
     if ((!('templateId' in (value as Record<string, any>)) && !('template_id' in (value as Record<string, any>))) || ((value as Record<string, any>)['templateId'] === undefined && (value as Record<string, any>)['template_id'] === undefined)) return false;
     if ((!('updatedAt' in (value as Record<string, any>)) && !('updated_at' in (value as Record<string, any>))) || ((value as Record<string, any>)['updatedAt'] === undefined && (value as Record<string, any>)['updated_at'] === undefined)) return false;
     return true;
@@ -160,6 +165,7 @@ export function GuestFromJSONTyped(json: any, ignoreDiscriminator: boolean): Gue
         'osType': json['os_type'],
         'poolId': json['pool_id'] == null ? undefined : json['pool_id'],
         'state': GuestStateFromJSON(json['state']),
+        'tags': json['tags'],
         'templateId': json['template_id'],
         'updatedAt': json['updated_at'],
         'vncPort': json['vnc_port'] == null ? undefined : json['vnc_port'],
@@ -192,6 +198,7 @@ export function GuestToJSONTyped(value?: Guest | null, ignoreDiscriminator: bool
         'os_type': value['osType'],
         'pool_id': value['poolId'],
         'state': GuestStateToJSON(value['state']),
+        'tags': value['tags'],
         'template_id': value['templateId'],
         'updated_at': value['updatedAt'],
         'vnc_port': value['vncPort'],

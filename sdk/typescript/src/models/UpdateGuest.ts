@@ -24,6 +24,10 @@ export interface UpdateGuest {
      * running, otherwise at its next boot.
      */
     hostname?: string;
+    /**
+     * The guest's tags, all of them (S61): recorded at once; the guest is not touched.
+     */
+    tags?: Array<string>;
 }
 
 /**
@@ -44,6 +48,7 @@ export function UpdateGuestFromJSONTyped(json: any, ignoreDiscriminator: boolean
     return {
         
         'hostname': json['hostname'] == null ? undefined : json['hostname'],
+        'tags': json['tags'] == null ? undefined : json['tags'],
     };
 }
 
@@ -59,6 +64,7 @@ export function UpdateGuestToJSONTyped(value?: UpdateGuest | null, ignoreDiscrim
     return {
         
         'hostname': value['hostname'],
+        'tags': value['tags'],
     };
 }
 
