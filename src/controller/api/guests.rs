@@ -507,6 +507,7 @@ impl GuestApi {
 
     /// List guests.
     #[oai(path = "/guests", method = "get", operation_id = "guest_list")]
+    #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
         auth: Auth,
