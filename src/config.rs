@@ -141,6 +141,21 @@ pub struct NodeConfig {
     /// Wall-clock limit of one OS-init profile run on this node (the node computes each
     /// guest's init plan), as the controller's `script_deadline_ms` is for its scripts.
     pub script_deadline_ms: u64,
+    /// The bridges guests may be attached to (`CORRAL_ALLOWED_BRIDGES`, comma separated).
+    /// Empty: `vm_network_bridge` alone. The node refuses a domain on any other bridge
+    /// (the management bridge above all), and reports only these for placement.
+    pub allowed_bridges: Vec<String>,
+}
+
+impl NodeConfig {
+    /// The bridges guests may use on this node.
+    pub fn bridges_allowed(&self) -> Vec<String> {
+        if self.allowed_bridges.is_empty() {
+            vec![self.vm_network_bridge.clone()]
+        } else {
+            self.allowed_bridges.clone()
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -166,6 +181,7 @@ impl Default for NodeConfig {
             templates_dir: None,
             image_dirs: vec![PathBuf::from(DEFAULT_IMAGE_DIR)],
             script_deadline_ms: 500,
+            allowed_bridges: Vec::new(),
         }
     }
 }
@@ -305,6 +321,14 @@ impl Config {
         }
         if let Some(v) = env_var("CORRAL_IMAGE_DIRS") {
             n.image_dirs = dir_list(&v);
+        }
+        if let Some(v) = env_var("CORRAL_ALLOWED_BRIDGES") {
+            n.allowed_bridges = v
+                .split(',')
+                .map(str::trim)
+                .filter(|b| !b.is_empty())
+                .map(String::from)
+                .collect();
         }
         Ok(())
     }

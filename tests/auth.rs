@@ -364,3 +364,41 @@ async fn a_template_comes_only_from_the_image_directories() {
     // Inside one: accepted.
     cloud.template("fine").await;
 }
+
+/// A pool may name any bridge, but a node puts guests only on the bridges it allows
+/// (`allowed_bridges`, by default its guest bridge): a guest on the management bridge is
+/// refused by the node with the reason, and its failed creation leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_bridge_it_does_not_allow() {
+    if !(parts() && common::require("qemu-img")) {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    let (s, v) = cloud
+        .post(
+            "/ip-pools",
+            json!({"name": "mgmt", "cidr": "198.51.100.0/24", "range_start": "198.51.100.10",
+                   "range_end": "198.51.100.20", "bridge": "br-mgmt"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (gid, op) = cloud
+        .create(json!({"name": "sneaky", "template": "tiny", "cpus": 1, "memory_mib": 64, "pool": "mgmt"}))
+        .await[0]
+        .clone();
+    let v = cloud.wait_op(&op).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    let err = v["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("bridge br-mgmt is not one this node lets guests use"),
+        "{v}"
+    );
+    let (s, d) = cloud.delete(&format!("/guests/{gid}")).await;
+    assert_eq!(s, 202, "{d}");
+    assert_eq!(
+        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    cloud.assert_no_leaks().await;
+}

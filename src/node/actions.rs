@@ -24,6 +24,20 @@ pub struct NodeSettings {
     pub image_dirs: Vec<std::path::PathBuf>,
     /// Runs OS-init profiles (under the node's own script limits).
     pub scripts: std::sync::Arc<crate::script::Scripts>,
+    /// The bridges a guest may be attached to.
+    pub allowed_bridges: Vec<String>,
+}
+
+/// Refuses a NIC on a bridge this node does not allow guests on.
+fn bridge_allowed(s: &NodeSettings, bridge: &str) -> Result<(), ActionError> {
+    if s.allowed_bridges.iter().any(|b| b == bridge) {
+        Ok(())
+    } else {
+        Err(ActionError::Permanent(format!(
+            "bridge {bridge} is not one this node lets guests use (allowed_bridges: {})",
+            s.allowed_bridges.join(", ")
+        )))
+    }
 }
 
 /// The init plan last computed in one job: a sequence's seed and agent delivery share
@@ -159,6 +173,7 @@ pub async fn run(
             Ok(ok(None))
         }
         NodeAction::Define { spec } => {
+            bridge_allowed(s, &spec.bridge)?;
             let xml = renderer
                 .render(
                     "domain.xml",
@@ -185,6 +200,7 @@ pub async fn run(
             })
         }
         NodeAction::UpdateInterface { spec } => {
+            bridge_allowed(s, &spec.bridge)?;
             let xml = renderer
                 .render(
                     "interface.xml",

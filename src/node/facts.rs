@@ -74,11 +74,14 @@ pub async fn collect(cfg: &NodeConfig, domain_type: &str, hv: &dyn Hypervisor) -
         .unwrap_or_default();
     let cpu_virt = detect(&cpuinfo, true) == "kvm";
     let (storage_total_mib, storage_free_mib) = fs_space(&cfg.storage_dir);
+    let allowed = cfg.bridges_allowed();
     let mut bridges: Vec<String> = std::fs::read_dir("/sys/class/net")
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter(|e| e.path().join("bridge").exists())
                 .map(|e| e.file_name().to_string_lossy().to_string())
+                // Only the bridges guests may use count for placement.
+                .filter(|b| allowed.contains(b))
                 .collect()
         })
         .unwrap_or_default();

@@ -286,6 +286,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
             vnc_listen: cfg.vnc_listen.clone(),
             storage_dir: cfg.storage_dir.clone(),
             image_dirs: cfg.image_dirs.clone(),
+            allowed_bridges: cfg.bridges_allowed(),
             scripts: Arc::new(
                 crate::script::Scripts::new(crate::script::Limits {
                     deadline: Duration::from_millis(cfg.script_deadline_ms.max(1)),
