@@ -65,6 +65,13 @@ pub fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// A new random secret (256 bits), as tokens and reset links carry it.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("crl_{}", hex::encode(bytes))
+}
+
 /// Creates a token for `user` and returns it with its record (the only time the value
 /// exists in clear).
 pub async fn issue_token(
@@ -73,9 +80,7 @@ pub async fn issue_token(
     name: &str,
     expires_at: Option<i64>,
 ) -> Result<(TokenRow, String), AuthError> {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    let token = format!("crl_{}", hex::encode(bytes));
+    let token = new_token();
     let row = TokenRow {
         id: new_id(),
         user_id: user.id.clone(),
@@ -163,11 +168,16 @@ pub async fn purge_expired(store: Store, shutdown: impl std::future::Future<Outp
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = tick.tick() => match store.purge_expired_tokens(now_ms()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!("purged {n} expired token(s)"),
-                Err(e) => tracing::warn!("purging expired tokens: {e}"),
-            },
+            _ = tick.tick() => {
+                match store.purge_expired_tokens(now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("purged {n} expired token(s)"),
+                    Err(e) => tracing::warn!("purging expired tokens: {e}"),
+                }
+                if let Err(e) = store.purge_expired_resets(now_ms()).await {
+                    tracing::warn!("purging expired reset links: {e}");
+                }
+            }
         }
     }
 }

@@ -88,13 +88,19 @@ __all__ = [
     "QueuedJobs",
     "Range",
     "Rate",
+    "RecoverAccepted",
+    "RecoverRequest",
     "ResetPassword",
+    "ResetRequest",
     "Retention",
     "ScriptSource",
     "ScriptView",
     "SetAddressState",
     "Settings",
     "SettingsChange",
+    "SmtpChange",
+    "SmtpSecurity",
+    "SmtpView",
     "StateChanged",
     "Step",
     "Template",
@@ -182,13 +188,19 @@ from corral_client.models.queued_job import QueuedJob as QueuedJob
 from corral_client.models.queued_jobs import QueuedJobs as QueuedJobs
 from corral_client.models.range import Range as Range
 from corral_client.models.rate import Rate as Rate
+from corral_client.models.recover_accepted import RecoverAccepted as RecoverAccepted
+from corral_client.models.recover_request import RecoverRequest as RecoverRequest
 from corral_client.models.reset_password import ResetPassword as ResetPassword
+from corral_client.models.reset_request import ResetRequest as ResetRequest
 from corral_client.models.retention import Retention as Retention
 from corral_client.models.script_source import ScriptSource as ScriptSource
 from corral_client.models.script_view import ScriptView as ScriptView
 from corral_client.models.set_address_state import SetAddressState as SetAddressState
 from corral_client.models.settings import Settings as Settings
 from corral_client.models.settings_change import SettingsChange as SettingsChange
+from corral_client.models.smtp_change import SmtpChange as SmtpChange
+from corral_client.models.smtp_security import SmtpSecurity as SmtpSecurity
+from corral_client.models.smtp_view import SmtpView as SmtpView
 from corral_client.models.state_changed import StateChanged as StateChanged
 from corral_client.models.step import Step as Step
 from corral_client.models.template import Template as Template

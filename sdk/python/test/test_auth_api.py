@@ -40,6 +40,20 @@ class TestAuthApi(unittest.TestCase):
         """
         pass
 
+    def test_auth_recover(self) -> None:
+        """Test case for auth_recover
+
+        Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 503 when the cloud has no mail settings.
+        """
+        pass
+
+    def test_auth_reset(self) -> None:
+        """Test case for auth_reset
+
+        Choose a new password with the token of a mailed link; the link works once.
+        """
+        pass
+
     def test_token_create(self) -> None:
         """Test case for token_create
 

@@ -35,6 +35,7 @@ class TestNewUser(unittest.TestCase):
         model = NewUser()
         if include_optional:
             return NewUser(
+                email = '',
                 name = '',
                 password = '',
                 role = 'admin'

@@ -38,7 +38,15 @@ class TestSettings(unittest.TestCase):
                 retention = corral_client.models.retention.Retention(
                     audit_days = 56, 
                     events_days = 56, 
-                    operations_days = 56, )
+                    operations_days = 56, ),
+                smtp = corral_client.models.smtp_view.SmtpView(
+                    from = '', 
+                    host = '', 
+                    password_set = True, 
+                    port = 56, 
+                    reset_url = '', 
+                    security = 'none', 
+                    username = '', )
             )
         else:
             return Settings(
@@ -46,6 +54,14 @@ class TestSettings(unittest.TestCase):
                     audit_days = 56, 
                     events_days = 56, 
                     operations_days = 56, ),
+                smtp = corral_client.models.smtp_view.SmtpView(
+                    from = '', 
+                    host = '', 
+                    password_set = True, 
+                    port = 56, 
+                    reset_url = '', 
+                    security = 'none', 
+                    username = '', ),
         )
         """
 

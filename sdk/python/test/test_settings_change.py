@@ -38,7 +38,15 @@ class TestSettingsChange(unittest.TestCase):
                 retention = corral_client.models.retention.Retention(
                     audit_days = 56, 
                     events_days = 56, 
-                    operations_days = 56, )
+                    operations_days = 56, ),
+                smtp = corral_client.models.smtp_change.SmtpChange(
+                    from = '', 
+                    host = '', 
+                    password = '', 
+                    port = 56, 
+                    reset_url = '', 
+                    security = 'none', 
+                    username = '', )
             )
         else:
             return SettingsChange(

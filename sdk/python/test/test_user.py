@@ -36,6 +36,7 @@ class TestUser(unittest.TestCase):
         if include_optional:
             return User(
                 created_at = '',
+                email = '',
                 id = '',
                 name = '',
                 role = 'admin'

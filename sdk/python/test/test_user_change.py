@@ -35,6 +35,7 @@ class TestUserChange(unittest.TestCase):
         model = UserChange()
         if include_optional:
             return UserChange(
+                email = '',
                 password = '',
                 role = 'admin'
             )

@@ -96,12 +96,15 @@ pub struct Purged {
 #[oai(skip_serializing_if_is_none)]
 pub struct Settings {
     pub retention: Retention,
+    /// Mail, for password recovery (S33, S94).
+    pub smtp: super::recovery::SmtpView,
 }
 
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct SettingsChange {
     pub retention: Option<Retention>,
+    pub smtp: Option<super::recovery::SmtpChange>,
 }
 
 pub struct AuditApi;
@@ -165,8 +168,10 @@ impl AuditApi {
     #[oai(path = "/settings", method = "get", operation_id = "settings_get")]
     async fn settings(&self, auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Settings>> {
         access::admin(&auth.0, "reading the system settings")?;
+        let smtp: super::recovery::Smtp = state.store.setting("smtp").await?;
         Ok(Json(Settings {
             retention: state.store.setting("retention").await?,
+            smtp: smtp.view(),
         }))
     }
 
@@ -179,8 +184,20 @@ impl AuditApi {
         body: Json<SettingsChange>,
     ) -> ApiResult<Json<Settings>> {
         access::admin(&auth.0, "changing the system settings")?;
-        if let Some(r) = &body.retention {
+        let SettingsChange { retention, smtp } = body.0;
+        // Both are checked before either is written.
+        let smtp = match smtp {
+            Some(c) => {
+                let stored: super::recovery::Smtp = state.store.setting("smtp").await?;
+                Some(stored.changed(c)?)
+            }
+            None => None,
+        };
+        if let Some(r) = &retention {
             state.store.set_setting("retention", r).await?;
+        }
+        if let Some(s) = &smtp {
+            state.store.set_setting("smtp", s).await?;
         }
         self.settings(auth, state).await
     }

@@ -18,6 +18,7 @@ mod operations;
 mod pages;
 mod plugins;
 mod pools;
+mod recovery;
 mod resources;
 mod scripts;
 mod spec;
@@ -77,6 +78,7 @@ type Apis = (
     plugins::PluginApi,
     users::UserApi,
     audit::AuditApi,
+    recovery::RecoveryApi,
 );
 
 fn apis() -> Apis {
@@ -95,6 +97,7 @@ fn apis() -> Apis {
         plugins::PluginApi,
         users::UserApi,
         audit::AuditApi,
+        recovery::RecoveryApi,
     )
 }
 
@@ -202,8 +205,9 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
                             Some((schema, false)) => Some(schema),
                             None => None,
                         };
-                        if path == "/api/v1/auth/login" {
-                            // Who tried: the trail names the account a login was for.
+                        if path == "/api/v1/auth/login" || path == "/api/v1/auth/recover" {
+                            // Who tried: the trail names the account a login (or a
+                            // recovery) was for.
                             login_name = serde_json::from_slice::<serde_json::Value>(&bytes)
                                 .ok()
                                 .and_then(|v| {

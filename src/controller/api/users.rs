@@ -53,6 +53,8 @@ pub struct User {
     pub id: String,
     pub name: String,
     pub role: UserRole,
+    /// Where password-reset links go (S33).
+    pub email: Option<String>,
     pub created_at: String,
 }
 
@@ -64,6 +66,8 @@ pub struct NewUser {
     /// At least 8 characters.
     pub password: String,
     pub role: UserRole,
+    /// Where password-reset links go.
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -72,6 +76,8 @@ pub struct UserChange {
     pub role: Option<UserRole>,
     /// A new password (at least 8 characters).
     pub password: Option<String>,
+    /// A new mail address; empty removes it.
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -94,13 +100,32 @@ pub enum Done {
     Done,
 }
 
-fn view(u: &UserRow) -> User {
+fn view(u: &UserRow, email: Option<String>) -> User {
     User {
         id: u.id.clone(),
         name: u.name.clone(),
         role: u.role().into(),
+        email,
         created_at: rfc3339(u.created_at),
     }
+}
+
+/// A user with their mail address.
+async fn full_view(state: &AppState, u: &UserRow) -> Result<User, Error> {
+    Ok(view(u, state.store.user_email(&u.id).await?))
+}
+
+/// A mail address as given: `None` for empty, else checked.
+fn check_email(e: &str) -> Result<Option<String>, Error> {
+    if e.is_empty() {
+        return Ok(None);
+    }
+    if e.len() > 254 || e.parse::<lettre::Address>().is_err() {
+        return Err(Error::BadRequest(format!(
+            "email {e:?} is not a mail address; e.g. ann@example.com"
+        )));
+    }
+    Ok(Some(e.to_string()))
 }
 
 fn admin_only(auth: &Auth) -> Result<(), Error> {
@@ -113,7 +138,7 @@ fn admin_only(auth: &Auth) -> Result<(), Error> {
     }
 }
 
-fn check_password(p: &str) -> Result<(), Error> {
+pub(super) fn check_password(p: &str) -> Result<(), Error> {
     if p.chars().count() < MIN_PASSWORD {
         return Err(Error::BadRequest(format!(
             "a password needs at least {MIN_PASSWORD} characters"
@@ -166,7 +191,16 @@ impl UserApi {
     #[oai(path = "/users", method = "get", operation_id = "user_list")]
     async fn list(&self, auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Vec<User>>> {
         admin_only(&auth)?;
-        Ok(Json(state.store.users().await?.iter().map(view).collect()))
+        let mut emails = state.store.user_emails().await?;
+        Ok(Json(
+            state
+                .store
+                .users()
+                .await?
+                .iter()
+                .map(|u| view(u, emails.remove(&u.id)))
+                .collect(),
+        ))
     }
 
     /// Create a user with a role (administrators only).
@@ -180,6 +214,7 @@ impl UserApi {
         admin_only(&auth)?;
         check_name(&body.name)?;
         check_password(&body.password)?;
+        let email = check_email(body.email.as_deref().unwrap_or_default())?;
         if state.store.user(&body.name).await?.is_some() {
             return Err(Error::Conflict {
                 message: format!("user {} exists", body.name),
@@ -199,13 +234,19 @@ impl UserApi {
             role: role.as_str().into(),
         };
         state.store.insert_user(&row).await?;
-        Ok(UserCreated::Created(Json(view(&row))))
+        if email.is_some() {
+            state
+                .store
+                .set_user_email(&row.id, email.as_deref())
+                .await?;
+        }
+        Ok(UserCreated::Created(Json(view(&row, email))))
     }
 
     /// Yourself: name and role.
     #[oai(path = "/users/me", method = "get", operation_id = "user_me")]
-    async fn me(&self, auth: Auth) -> ApiResult<Json<User>> {
-        Ok(Json(view(&auth.0.user)))
+    async fn me(&self, auth: Auth, state: Data<&AppState>) -> ApiResult<Json<User>> {
+        Ok(Json(full_view(&state, &auth.0.user).await?))
     }
 
     /// Change your own password: give the current one.
@@ -245,7 +286,7 @@ impl UserApi {
         id: Path<String>,
     ) -> ApiResult<Json<User>> {
         admin_only(&auth)?;
-        Ok(Json(view(&user_of(&state, &id).await?)))
+        Ok(Json(full_view(&state, &user_of(&state, &id).await?).await?))
     }
 
     /// Change a user's role or set a new password (administrators only).
@@ -260,6 +301,7 @@ impl UserApi {
         admin_only(&auth)?;
         let u = user_of(&state, &id).await?;
         let role = body.role.map(Role::from);
+        let email = body.email.as_deref().map(check_email).transpose()?;
         if role.is_some_and(|r| r != Role::Admin) {
             keeps_an_admin(&state, &u).await?;
         }
@@ -278,7 +320,12 @@ impl UserApi {
             .store
             .update_user(&u.id, role, hash.as_deref())
             .await?;
-        Ok(Json(view(&user_of(&state, &u.id).await?)))
+        if let Some(e) = email {
+            state.store.set_user_email(&u.id, e.as_deref()).await?;
+        }
+        Ok(Json(
+            full_view(&state, &user_of(&state, &u.id).await?).await?,
+        ))
     }
 
     /// Delete a user and their tokens (administrators only).

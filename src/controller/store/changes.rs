@@ -56,6 +56,7 @@ const TABLES: &[&str] = &[
     "node_usage",
     "audit",
     "settings",
+    "password_resets",
 ];
 
 /// One counter per table, and one shared by any table missing from the list.

@@ -21,6 +21,7 @@ pub mod events;
 mod guests;
 mod nodes;
 mod ops;
+mod recovery;
 mod resources;
 mod saga;
 mod scripts;
@@ -184,6 +185,7 @@ impl Store {
             (13, include_str!("migrations/013_boot_job_source.sql")),
             (14, include_str!("migrations/014_audit_settings.sql")),
             (15, include_str!("migrations/015_guest_tags.sql")),
+            (16, include_str!("migrations/016_recovery.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

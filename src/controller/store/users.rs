@@ -238,6 +238,18 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Revokes every token of a user (their password was reset).
+    pub async fn revoke_all_tokens(&self, user_id: &str) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query("DELETE FROM tokens WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        self.commit(tx).await?;
+        Ok(n)
+    }
+
     /// Drops tokens that expired before `now`.
     pub async fn purge_expired_tokens(&self, now: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;

@@ -18,7 +18,7 @@ import re  # noqa: F401
 import json
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
-from typing import Any, ClassVar, Dict, List
+from typing import Any, ClassVar, Dict, List, Optional
 from corral_client.models.user_role import UserRole
 from typing import Optional, Set
 from typing_extensions import Self
@@ -28,10 +28,11 @@ class NewUser(BaseModel):
     """
     NewUser
     """ # noqa: E501
+    email: Optional[StrictStr] = Field(default=None, description="Where password-reset links go.")
     name: StrictStr = Field(description="Lowercase letters, digits, `.`, `_` and `-`; 1–64 characters.")
     password: StrictStr = Field(description="At least 8 characters.")
     role: UserRole
-    __properties: ClassVar[List[str]] = ["name", "password", "role"]
+    __properties: ClassVar[List[str]] = ["email", "name", "password", "role"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -84,6 +85,7 @@ class NewUser(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
+            "email": obj.get("email"),
             "name": obj.get("name"),
             "password": obj.get("password"),
             "role": obj.get("role")

@@ -17,9 +17,10 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from typing import Any, ClassVar, Dict, List
 from corral_client.models.retention import Retention
+from corral_client.models.smtp_view import SmtpView
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -29,7 +30,8 @@ class Settings(BaseModel):
     Settings
     """ # noqa: E501
     retention: Retention
-    __properties: ClassVar[List[str]] = ["retention"]
+    smtp: SmtpView = Field(description="Mail, for password recovery (S33, S94).")
+    __properties: ClassVar[List[str]] = ["retention", "smtp"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -73,6 +75,9 @@ class Settings(BaseModel):
         # override the default output from pydantic by calling `to_dict()` of retention
         if self.retention:
             _dict['retention'] = self.retention.to_dict()
+        # override the default output from pydantic by calling `to_dict()` of smtp
+        if self.smtp:
+            _dict['smtp'] = self.smtp.to_dict()
         return _dict
 
     @classmethod
@@ -85,7 +90,8 @@ class Settings(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
-            "retention": Retention.from_dict(obj["retention"]) if obj.get("retention") is not None else None
+            "retention": Retention.from_dict(obj["retention"]) if obj.get("retention") is not None else None,
+            "smtp": SmtpView.from_dict(obj["smtp"]) if obj.get("smtp") is not None else None
         })
         return _obj
 

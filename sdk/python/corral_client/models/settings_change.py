@@ -20,6 +20,7 @@ import json
 from pydantic import BaseModel, ConfigDict
 from typing import Any, ClassVar, Dict, List, Optional
 from corral_client.models.retention import Retention
+from corral_client.models.smtp_change import SmtpChange
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -29,7 +30,8 @@ class SettingsChange(BaseModel):
     SettingsChange
     """ # noqa: E501
     retention: Optional[Retention] = None
-    __properties: ClassVar[List[str]] = ["retention"]
+    smtp: Optional[SmtpChange] = None
+    __properties: ClassVar[List[str]] = ["retention", "smtp"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -73,6 +75,9 @@ class SettingsChange(BaseModel):
         # override the default output from pydantic by calling `to_dict()` of retention
         if self.retention:
             _dict['retention'] = self.retention.to_dict()
+        # override the default output from pydantic by calling `to_dict()` of smtp
+        if self.smtp:
+            _dict['smtp'] = self.smtp.to_dict()
         return _dict
 
     @classmethod
@@ -85,7 +90,8 @@ class SettingsChange(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
-            "retention": Retention.from_dict(obj["retention"]) if obj.get("retention") is not None else None
+            "retention": Retention.from_dict(obj["retention"]) if obj.get("retention") is not None else None,
+            "smtp": SmtpChange.from_dict(obj["smtp"]) if obj.get("smtp") is not None else None
         })
         return _obj
 

@@ -17,8 +17,8 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, StrictStr
-from typing import Any, ClassVar, Dict, List
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from typing import Any, ClassVar, Dict, List, Optional
 from corral_client.models.user_role import UserRole
 from typing import Optional, Set
 from typing_extensions import Self
@@ -29,10 +29,11 @@ class User(BaseModel):
     User
     """ # noqa: E501
     created_at: StrictStr
+    email: Optional[StrictStr] = Field(default=None, description="Where password-reset links go (S33).")
     id: StrictStr
     name: StrictStr
     role: UserRole
-    __properties: ClassVar[List[str]] = ["created_at", "id", "name", "role"]
+    __properties: ClassVar[List[str]] = ["created_at", "email", "id", "name", "role"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -86,6 +87,7 @@ class User(BaseModel):
 
         _obj = cls.model_validate({
             "created_at": obj.get("created_at"),
+            "email": obj.get("email"),
             "id": obj.get("id"),
             "name": obj.get("name"),
             "role": obj.get("role")

@@ -28,9 +28,10 @@ class UserChange(BaseModel):
     """
     UserChange
     """ # noqa: E501
+    email: Optional[StrictStr] = Field(default=None, description="A new mail address; empty removes it.")
     password: Optional[StrictStr] = Field(default=None, description="A new password (at least 8 characters).")
     role: Optional[UserRole] = None
-    __properties: ClassVar[List[str]] = ["password", "role"]
+    __properties: ClassVar[List[str]] = ["email", "password", "role"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -83,6 +84,7 @@ class UserChange(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
+            "email": obj.get("email"),
             "password": obj.get("password"),
             "role": obj.get("role")
         })

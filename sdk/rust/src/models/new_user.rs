@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewUser {
+    /// Where password-reset links go.
+    #[serde(rename = "email", skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     /// Lowercase letters, digits, `.`, `_` and `-`; 1–64 characters.
     #[serde(rename = "name")]
     pub name: String,
@@ -26,6 +29,7 @@ pub struct NewUser {
 impl NewUser {
     pub fn new(name: String, password: String, role: models::UserRole) -> NewUser {
         NewUser {
+            email: None,
             name,
             password,
             role,

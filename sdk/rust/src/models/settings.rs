@@ -15,12 +15,16 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     #[serde(rename = "retention")]
     pub retention: Box<models::Retention>,
+    /// Mail, for password recovery (S33, S94).
+    #[serde(rename = "smtp")]
+    pub smtp: Box<models::SmtpView>,
 }
 
 impl Settings {
-    pub fn new(retention: models::Retention) -> Settings {
+    pub fn new(retention: models::Retention, smtp: models::SmtpView) -> Settings {
         Settings {
             retention: Box::new(retention),
+            smtp: Box::new(smtp),
         }
     }
 }

@@ -15,10 +15,15 @@ use serde::{Deserialize, Serialize};
 pub struct SettingsChange {
     #[serde(rename = "retention", skip_serializing_if = "Option::is_none")]
     pub retention: Option<Box<models::Retention>>,
+    #[serde(rename = "smtp", skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<Box<models::SmtpChange>>,
 }
 
 impl SettingsChange {
     pub fn new() -> SettingsChange {
-        SettingsChange { retention: None }
+        SettingsChange {
+            retention: None,
+            smtp: None,
+        }
     }
 }

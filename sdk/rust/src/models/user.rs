@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub struct User {
     #[serde(rename = "created_at")]
     pub created_at: String,
+    /// Where password-reset links go (S33).
+    #[serde(rename = "email", skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     #[serde(rename = "id")]
     pub id: String,
     #[serde(rename = "name")]
@@ -27,6 +30,7 @@ impl User {
     pub fn new(created_at: String, id: String, name: String, role: models::UserRole) -> User {
         User {
             created_at,
+            email: None,
             id,
             name,
             role,

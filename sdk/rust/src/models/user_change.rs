@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserChange {
+    /// A new mail address; empty removes it.
+    #[serde(rename = "email", skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     /// A new password (at least 8 characters).
     #[serde(rename = "password", skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
@@ -23,6 +26,7 @@ pub struct UserChange {
 impl UserChange {
     pub fn new() -> UserChange {
         UserChange {
+            email: None,
             password: None,
             role: None,
         }

@@ -39,6 +39,21 @@ import {
     NewTokenToJSON,
 } from '../models/NewToken';
 import {
+    type RecoverAccepted,
+    RecoverAcceptedFromJSON,
+    RecoverAcceptedToJSON,
+} from '../models/RecoverAccepted';
+import {
+    type RecoverRequest,
+    RecoverRequestFromJSON,
+    RecoverRequestToJSON,
+} from '../models/RecoverRequest';
+import {
+    type ResetRequest,
+    ResetRequestFromJSON,
+    ResetRequestToJSON,
+} from '../models/ResetRequest';
+import {
     type Token,
     TokenFromJSON,
     TokenToJSON,
@@ -49,6 +64,20 @@ export interface AuthLoginRequest {
      * 
      */
     loginRequest: LoginRequest;
+}
+
+export interface AuthRecoverRequest {
+    /**
+     * 
+     */
+    recoverRequest: RecoverRequest;
+}
+
+export interface AuthResetRequest {
+    /**
+     * 
+     */
+    resetRequest: ResetRequest;
 }
 
 export interface TokenCreateRequest {
@@ -159,6 +188,99 @@ export class AuthApi extends runtime.BaseAPI {
      */
     async authLogout(initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<void> {
         await this.authLogoutRaw(initOverrides);
+    }
+
+    /**
+     * Creates request options for authRecover without sending the request
+     */
+    async authRecoverRequestOpts(requestParameters: AuthRecoverRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['recoverRequest'] == null) {
+            throw new runtime.RequiredError(
+                'recoverRequest',
+                'Required parameter "recoverRequest" was null or undefined when calling authRecover().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+
+        let urlPath = `/auth/recover`;
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+            body: RecoverRequestToJSON(requestParameters['recoverRequest']),
+        };
+    }
+
+    /**
+     * Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 503 when the cloud has no mail settings.
+     */
+    async authRecoverRaw(requestParameters: AuthRecoverRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<RecoverAccepted>> {
+        const requestOptions = await this.authRecoverRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => RecoverAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 503 when the cloud has no mail settings.
+     */
+    async authRecover(requestParameters: AuthRecoverRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<RecoverAccepted> {
+        const response = await this.authRecoverRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for authReset without sending the request
+     */
+    async authResetRequestOpts(requestParameters: AuthResetRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['resetRequest'] == null) {
+            throw new runtime.RequiredError(
+                'resetRequest',
+                'Required parameter "resetRequest" was null or undefined when calling authReset().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+
+        let urlPath = `/auth/reset`;
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+            body: ResetRequestToJSON(requestParameters['resetRequest']),
+        };
+    }
+
+    /**
+     * Choose a new password with the token of a mailed link; the link works once.
+     */
+    async authResetRaw(requestParameters: AuthResetRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<void>> {
+        const requestOptions = await this.authResetRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.VoidApiResponse(response);
+    }
+
+    /**
+     * Choose a new password with the token of a mailed link; the link works once.
+     */
+    async authReset(requestParameters: AuthResetRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<void> {
+        await this.authResetRaw(requestParameters, initOverrides);
     }
 
     /**

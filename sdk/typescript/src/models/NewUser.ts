@@ -28,6 +28,10 @@ import {
  */
 export interface NewUser {
     /**
+     * Where password-reset links go.
+     */
+    email?: string;
+    /**
      * Lowercase letters, digits, `.`, `_` and `-`; 1–64 characters.
      */
     name: string;
@@ -63,6 +67,7 @@ export function NewUserFromJSONTyped(json: any, ignoreDiscriminator: boolean): N
     }
     return {
         
+        'email': json['email'] == null ? undefined : json['email'],
         'name': json['name'],
         'password': json['password'],
         'role': UserRoleFromJSON(json['role']),
@@ -80,6 +85,7 @@ export function NewUserToJSONTyped(value?: NewUser | null, ignoreDiscriminator: 
 
     return {
         
+        'email': value['email'],
         'name': value['name'],
         'password': value['password'],
         'role': UserRoleToJSON(value['role']),

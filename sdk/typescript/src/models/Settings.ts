@@ -13,6 +13,13 @@
  */
 
 import { mapValues } from '../runtime';
+import type { SmtpView } from './SmtpView';
+import {
+    SmtpViewFromJSON,
+    SmtpViewFromJSONTyped,
+    SmtpViewToJSON,
+    SmtpViewToJSONTyped,
+} from './SmtpView';
 import type { Retention } from './Retention';
 import {
     RetentionFromJSON,
@@ -31,6 +38,10 @@ export interface Settings {
      * 
      */
     retention: Retention;
+    /**
+     * Mail, for password recovery (S33, S94).
+     */
+    smtp: SmtpView;
 }
 
 /**
@@ -38,6 +49,7 @@ export interface Settings {
  */
 export function instanceOfSettings(value: object): value is Settings {
     if (!('retention' in value) || value['retention'] === undefined) return false;
+    if (!('smtp' in value) || value['smtp'] === undefined) return false;
     return true;
 }
 
@@ -52,6 +64,7 @@ export function SettingsFromJSONTyped(json: any, ignoreDiscriminator: boolean): 
     return {
         
         'retention': RetentionFromJSON(json['retention']),
+        'smtp': SmtpViewFromJSON(json['smtp']),
     };
 }
 
@@ -67,6 +80,7 @@ export function SettingsToJSONTyped(value?: Settings | null, ignoreDiscriminator
     return {
         
         'retention': RetentionToJSON(value['retention']),
+        'smtp': SmtpViewToJSON(value['smtp']),
     };
 }
 

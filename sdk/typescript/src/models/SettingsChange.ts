@@ -13,6 +13,13 @@
  */
 
 import { mapValues } from '../runtime';
+import type { SmtpChange } from './SmtpChange';
+import {
+    SmtpChangeFromJSON,
+    SmtpChangeFromJSONTyped,
+    SmtpChangeToJSON,
+    SmtpChangeToJSONTyped,
+} from './SmtpChange';
 import type { Retention } from './Retention';
 import {
     RetentionFromJSON,
@@ -31,6 +38,10 @@ export interface SettingsChange {
      * 
      */
     retention?: Retention;
+    /**
+     * 
+     */
+    smtp?: SmtpChange;
 }
 
 /**
@@ -51,6 +62,7 @@ export function SettingsChangeFromJSONTyped(json: any, ignoreDiscriminator: bool
     return {
         
         'retention': json['retention'] == null ? undefined : RetentionFromJSON(json['retention']),
+        'smtp': json['smtp'] == null ? undefined : SmtpChangeFromJSON(json['smtp']),
     };
 }
 
@@ -66,6 +78,7 @@ export function SettingsChangeToJSONTyped(value?: SettingsChange | null, ignoreD
     return {
         
         'retention': RetentionToJSON(value['retention']),
+        'smtp': SmtpChangeToJSON(value['smtp']),
     };
 }
 

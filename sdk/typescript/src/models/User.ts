@@ -32,6 +32,10 @@ export interface User {
      */
     createdAt: string;
     /**
+     * Where password-reset links go (S33).
+     */
+    email?: string;
+    /**
      * 
      */
     id: string;
@@ -69,6 +73,7 @@ export function UserFromJSONTyped(json: any, ignoreDiscriminator: boolean): User
     return {
         
         'createdAt': json['created_at'],
+        'email': json['email'] == null ? undefined : json['email'],
         'id': json['id'],
         'name': json['name'],
         'role': UserRoleFromJSON(json['role']),
@@ -87,6 +92,7 @@ export function UserToJSONTyped(value?: User | null, ignoreDiscriminator: boolea
     return {
         
         'created_at': value['createdAt'],
+        'email': value['email'],
         'id': value['id'],
         'name': value['name'],
         'role': UserRoleToJSON(value['role']),

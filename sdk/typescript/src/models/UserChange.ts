@@ -28,6 +28,10 @@ import {
  */
 export interface UserChange {
     /**
+     * A new mail address; empty removes it.
+     */
+    email?: string;
+    /**
      * A new password (at least 8 characters).
      */
     password?: string;
@@ -56,6 +60,7 @@ export function UserChangeFromJSONTyped(json: any, ignoreDiscriminator: boolean)
     }
     return {
         
+        'email': json['email'] == null ? undefined : json['email'],
         'password': json['password'] == null ? undefined : json['password'],
         'role': json['role'] == null ? undefined : UserRoleFromJSON(json['role']),
     };
@@ -72,6 +77,7 @@ export function UserChangeToJSONTyped(value?: UserChange | null, ignoreDiscrimin
 
     return {
         
+        'email': value['email'],
         'password': value['password'],
         'role': UserRoleToJSON(value['role']),
     };
