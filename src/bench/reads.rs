@@ -221,28 +221,18 @@ async fn measure(server: &Server, path: &str, secs: f64) -> Result<Figure, Bench
     })
 }
 
-/// The steps of a finished `guest.create`, as the operation row holds them.
-fn finished_steps(at: i64) -> String {
-    let steps: Vec<Value> = [
-        ("place", "controller"),
-        ("allocate_ip", "controller"),
-        ("allocate_vnc", "controller"),
-        ("allocate_mac", "controller"),
-        ("render", "controller"),
-        ("create_disk", "node"),
-        ("build_seed", "node"),
-        ("define", "node"),
-        ("start", "node"),
-        ("wait_agent", "node"),
-        ("finish", "controller"),
-    ]
-    .iter()
-    .map(|(name, runs_on)| {
-        json!({"name": name, "runs_on": runs_on, "state": "done", "attempt": 1, "tries": 1,
-               "dispatched_at": at, "started_at": at, "finished_at": at + 5, "error": null})
-    })
-    .collect();
-    Value::Array(steps).to_string()
+/// The steps of a finished `guest.create`, as the operation row holds them: the kind's own
+/// step list from the catalog, each done.
+fn finished_steps(def: &crate::jobs::KindDef, at: i64) -> Result<String, BenchError> {
+    let mut steps = crate::controller::saga::new_steps(def);
+    for s in &mut steps {
+        s.state = crate::model::StepState::Done;
+        s.attempt = 1;
+        s.tries = 1;
+        s.started_at = Some(at);
+        s.finished_at = Some(at + 5);
+    }
+    serde_json::to_string(&steps).map_err(setup("the operation steps"))
 }
 
 /// Writes `n` guests (two disks each), one finished operation per guest and one address
@@ -255,12 +245,15 @@ async fn seed(
     first_ip: Ipv4Addr,
 ) -> Result<(), BenchError> {
     let base = now_ms() - n as i64;
+    let catalog = crate::jobs::Catalog::builtin().map_err(setup("the operation catalog"))?;
+    let create = catalog.get(crate::controller::saga::kinds::OpKind::GuestCreate);
     let mut done = 0;
     while done < n {
         let mut tx = store.begin().await.map_err(setup("seeding"))?;
         for i in done..(done + SEED_BATCH).min(n) {
             // Guests made by one batched create share a timestamp; the name breaks the tie.
             let at = base + (i / 100) as i64 * 100;
+            let steps = finished_steps(create, at)?;
             let id = new_id();
             let name = format!("r{i:06}");
             let ip = Ipv4Addr::from(u32::from(first_ip) + i as u32);
@@ -337,7 +330,7 @@ async fn seed(
                     guest_id: Some(id),
                     node_id: Some("bench-node".into()),
                     state: "succeeded".into(),
-                    steps: finished_steps(at),
+                    steps: steps.clone(),
                     cursor: 11,
                     payload: payload.to_string(),
                     stage: "done".into(),
