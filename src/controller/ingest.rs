@@ -308,15 +308,25 @@ impl Ingest {
     }
 }
 
-/// The positions in a batch of progress reports that a later entry of the same batch makes
-/// moot: a later report of the same step attempt, or that attempt's result. Under load a
-/// sequence's reports often arrive together; only what they end at is written.
+/// The positions in a batch of reports that a later entry of the same batch makes moot: a
+/// later progress report of the same step attempt or that attempt's result, a later
+/// definition of the same guest from the same node. Under load they often arrive together;
+/// only what they end at is written.
 fn superseded_progress(entries: &[transport::StreamEntry]) -> std::collections::HashSet<usize> {
     type Key<'a> = (&'a str, usize, u32, bool);
     let mut latest: std::collections::HashMap<Key<'_>, usize> = Default::default();
+    let mut xml_seen: std::collections::HashSet<(&str, &str)> = Default::default();
     let mut moot = std::collections::HashSet::new();
     for (i, (_, ev)) in entries.iter().enumerate().rev() {
         let key = match ev {
+            Ok(NodeEvent::DomainXml {
+                node_id, guest_id, ..
+            }) => {
+                if !xml_seen.insert((node_id.as_str(), guest_id.as_str())) {
+                    moot.insert(i);
+                }
+                continue;
+            }
             Ok(NodeEvent::StepProgress {
                 op_id,
                 step,
@@ -435,8 +445,19 @@ mod tests {
         )
     }
 
+    fn xml(guest: &str, xml: &str) -> transport::StreamEntry {
+        (
+            format!("{guest}-{xml}"),
+            Ok(NodeEvent::DomainXml {
+                node_id: "n".into(),
+                guest_id: guest.into(),
+                xml: xml.into(),
+            }),
+        )
+    }
+
     #[test]
-    fn only_the_last_progress_of_an_unfinished_attempt_is_written() {
+    fn only_the_last_progress_of_an_unfinished_attempt_and_definition_is_written() {
         let finished = (
             "f".to_string(),
             Ok(NodeEvent::StepFinished {
@@ -459,9 +480,12 @@ mod tests {
             finished,            // 3
             progress("b", 1, 2), // 4: kept
             progress("b", 2, 1), // 5: another attempt, kept
+            xml("g", "<1>"),     // 6: a later definition of g follows
+            xml("h", "<1>"),     // 7: kept
+            xml("g", "<2>"),     // 8: kept
         ];
         let mut moot: Vec<usize> = superseded_progress(&batch).into_iter().collect();
         moot.sort();
-        assert_eq!(moot, vec![0, 1, 2]);
+        assert_eq!(moot, vec![0, 1, 2, 6]);
     }
 }

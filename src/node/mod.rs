@@ -186,10 +186,17 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
         .map_err(|e| Box::new(e) as BoxDynError)
 }
 
-/// Runs a sequence's sub-steps in order and reports each one's end as progress (best
-/// effort: the step's result is what counts). The first failure ends the sequence, its
-/// error prefixed with the sub-step's stage. Before each sub-step after the first, the
-/// fence is checked again, so a superseded copy of a long sequence stops early.
+/// How often at most a sequence reports progress: sub-steps that end sooner are covered
+/// by the next report (or the result), so fast sequences cost the controller nothing extra.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How long a sequence runs before it checks its fence again between sub-steps.
+const REFENCE_AFTER: Duration = Duration::from_secs(1);
+
+/// Runs a sequence's sub-steps in order and reports progress as sub-steps end (at most
+/// every [`PROGRESS_EVERY`], best effort: the step's result is what counts). The first
+/// failure ends the sequence, its error prefixed with the sub-step's stage. Once it has run
+/// for [`REFENCE_AFTER`], the fence is checked again before each sub-step, so a superseded
+/// copy of a long sequence stops early.
 async fn run_sequence(
     ctx: &NodeCtx,
     job: &NodeJob,
@@ -197,8 +204,11 @@ async fn run_sequence(
 ) -> Result<StepOutcome, BoxDynError> {
     let mut plans = actions::Plans::default();
     let mut merged = (None, None, None);
+    let started = tokio::time::Instant::now();
+    let mut reported = started;
     for (i, sub) in steps.iter().enumerate() {
         if i > 0
+            && started.elapsed() >= REFENCE_AFTER
             && !ctx
                 .publisher
                 .fence_holds(job)
@@ -241,7 +251,11 @@ async fn run_sequence(
                 );
             }
         }
-        if let Some(next) = steps.get(i + 1) {
+        if let Some(next) = steps
+            .get(i + 1)
+            .filter(|_| reported.elapsed() >= PROGRESS_EVERY)
+        {
+            reported = tokio::time::Instant::now();
             let progress = NodeEvent::StepProgress {
                 node_id: ctx.node_id.clone(),
                 op_id: job.op_id.clone(),
