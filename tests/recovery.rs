@@ -146,9 +146,16 @@ async fn a_forgotten_password_is_reset_through_a_mailed_single_use_link() {
     let cloud = Cloud::split("test:///default").await;
     let sink = Sink::start(&py, cloud.dir());
 
-    // No mail settings: recovery says to ask an administrator.
+    // No mail settings: recovery is off and says to ask an administrator.
     let (s, v) = anon(&cloud, "/auth/recover", json!({"username": "admin"})).await;
-    assert_eq!(s, 503, "{v}");
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("ask an administrator"),
+        "{v}"
+    );
 
     // Settings through the API; a bad one is refused and changes nothing.
     let (s, v) = cloud

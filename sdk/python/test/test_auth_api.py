@@ -43,7 +43,7 @@ class TestAuthApi(unittest.TestCase):
     def test_auth_recover(self) -> None:
         """Test case for auth_recover
 
-        Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 503 when the cloud has no mail settings.
+        Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 403 when the cloud has no mail settings (recovery is off).
         """
         pass
 

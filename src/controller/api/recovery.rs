@@ -10,8 +10,9 @@
 //! 2. `POST /auth/reset {token, password}` takes the link (it works once, expired or
 //!    not), sets the new password and revokes every token of the user.
 //!
-//! Without SMTP settings (`host` empty) recovery answers 503: an administrator resets the
-//! password instead (`PATCH /users/{id}`).
+//! Without SMTP settings (`host` empty) recovery is off and answers 403 saying so: an
+//! administrator resets the password instead (`PATCH /users/{id}`). Not a 5xx: nothing
+//! failed, the cloud's policy is that recovery goes through an administrator.
 
 use poem::web::{Data, RemoteAddr};
 use poem_openapi::payload::Json;
@@ -216,7 +217,7 @@ pub struct RecoveryApi;
 #[OpenApi(tag = "super::system::Tag::Auth")]
 impl RecoveryApi {
     /// Ask for a password-reset link by mail. The answer is the same whether or not the
-    /// account exists; 503 when the cloud has no mail settings.
+    /// account exists; 403 when the cloud has no mail settings (recovery is off).
     #[oai(path = "/auth/recover", method = "post", operation_id = "auth_recover")]
     async fn recover(
         &self,
@@ -237,8 +238,8 @@ impl RecoveryApi {
             })?;
         let smtp: Smtp = state.store.setting("smtp").await?;
         if smtp.host.is_empty() {
-            return Err(Error::Unavailable(
-                "this cloud has no mail settings; ask an administrator to reset the password"
+            return Err(Error::Forbidden(
+                "password recovery is off: this cloud has no mail settings; ask an administrator to reset the password"
                     .into(),
             )
             .into());

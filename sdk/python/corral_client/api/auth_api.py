@@ -641,7 +641,7 @@ class AuthApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RecoverAccepted:
-        """Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 503 when the cloud has no mail settings.
+        """Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 403 when the cloud has no mail settings (recovery is off).
 
 
         :param recover_request: (required)
@@ -718,7 +718,7 @@ class AuthApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[RecoverAccepted]:
-        """Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 503 when the cloud has no mail settings.
+        """Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 403 when the cloud has no mail settings (recovery is off).
 
 
         :param recover_request: (required)
@@ -795,7 +795,7 @@ class AuthApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 503 when the cloud has no mail settings.
+        """Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 403 when the cloud has no mail settings (recovery is off).
 
 
         :param recover_request: (required)

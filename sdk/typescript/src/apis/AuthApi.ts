@@ -220,7 +220,7 @@ export class AuthApi extends runtime.BaseAPI {
     }
 
     /**
-     * Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 503 when the cloud has no mail settings.
+     * Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 403 when the cloud has no mail settings (recovery is off).
      */
     async authRecoverRaw(requestParameters: AuthRecoverRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<RecoverAccepted>> {
         const requestOptions = await this.authRecoverRequestOpts(requestParameters);
@@ -230,7 +230,7 @@ export class AuthApi extends runtime.BaseAPI {
     }
 
     /**
-     * Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 503 when the cloud has no mail settings.
+     * Ask for a password-reset link by mail. The answer is the same whether or not the account exists; 403 when the cloud has no mail settings (recovery is off).
      */
     async authRecover(requestParameters: AuthRecoverRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<RecoverAccepted> {
         const response = await this.authRecoverRaw(requestParameters, initOverrides);
