@@ -10,6 +10,7 @@
 //! Exit status: 0 when everything succeeded, 1 when an operation or one of several guests
 //! failed, 2 when the command could not be carried out at all.
 
+mod admin;
 mod guests;
 mod nodes;
 mod ops;
@@ -20,6 +21,7 @@ mod scripts;
 mod tokens;
 mod users;
 
+pub use admin::{AuditArgs, SettingsCmd};
 pub use guests::GuestCmd;
 pub use nodes::{NodeCmd, PluginCmd};
 pub use ops::OpCmd;

@@ -114,6 +114,11 @@ enum Cmd {
     /// Users and roles; `corral user passwd` changes your own password.
     #[command(subcommand)]
     User(cli::UserCmd),
+    /// The audit trail, newest first: who did what, from where, to what (administrators).
+    Audit(cli::AuditArgs),
+    /// System settings: retention, mail for password recovery (administrators).
+    #[command(subcommand)]
+    Settings(cli::SettingsCmd),
     /// Print a shell completion script: `corral completions bash > /etc/bash_completion.d/corral`.
     Completions { shell: clap_complete::Shell },
 }
@@ -243,6 +248,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Plugin(c) => client(client_opts, |k| async move { k.plugin(c).await }).await?,
         Cmd::Token(c) => client(client_opts, |k| async move { k.token(c).await }).await?,
         Cmd::User(c) => client(client_opts, |k| async move { k.user(c).await }).await?,
+        Cmd::Audit(a) => client(client_opts, |k| async move { k.audit(a).await }).await?,
+        Cmd::Settings(c) => client(client_opts, |k| async move { k.settings(c).await }).await?,
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());

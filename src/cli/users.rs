@@ -8,7 +8,7 @@ use clap::Subcommand;
 use corral_client::apis::users_api;
 use corral_client::models::{NewUser, PasswordChange, UserChange, UserRole};
 
-use super::output::{age, emit, emit_record, Table};
+use super::output::{age, emit, emit_record, opt, Table};
 use super::{CliError, Client};
 
 #[derive(Debug, Subcommand)]
@@ -23,9 +23,14 @@ pub enum UserCmd {
         /// admin, operator or user.
         #[arg(long, default_value = "user")]
         role: String,
+        /// Where password-reset links go.
+        #[arg(long)]
+        email: Option<String>,
     },
     /// Change a user's role (administrators).
     SetRole { user: String, role: String },
+    /// Set a user's mail address for password recovery; '' removes it (administrators).
+    SetEmail { user: String, email: String },
     /// Delete users and their tokens (administrators).
     #[command(alias = "remove")]
     Delete {
@@ -71,7 +76,7 @@ impl Client {
             UserCmd::List => {
                 let list = users_api::user_list(c).await?;
                 emit(self.out, &list, || {
-                    let mut t = Table::new(&["name", "role", "id", "age"]);
+                    let mut t = Table::new(&["name", "role", "email", "id", "age"]);
                     for u in &list {
                         t.row(vec![
                             u.name.clone(),
@@ -79,6 +84,7 @@ impl Client {
                                 .ok()
                                 .and_then(|v| v.as_str().map(String::from))
                                 .unwrap_or_default(),
+                            opt(&u.email),
                             u.id.clone(),
                             age(&u.created_at),
                         ]);
@@ -87,13 +93,21 @@ impl Client {
                 });
             }
             UserCmd::Me => emit_record(self.out, &users_api::user_me(c).await?),
-            UserCmd::Create { name, role: r } => {
+            UserCmd::Create {
+                name,
+                role: r,
+                email,
+            } => {
                 let r = role(&r)?;
                 let password = read_line("password")?;
-                emit_record(
-                    self.out,
-                    &users_api::user_create(c, NewUser::new(name, password, r)).await?,
-                );
+                let mut u = NewUser::new(name, password, r);
+                u.email = email;
+                emit_record(self.out, &users_api::user_create(c, u).await?);
+            }
+            UserCmd::SetEmail { user, email } => {
+                let mut ch = UserChange::new();
+                ch.email = Some(email);
+                emit_record(self.out, &users_api::user_update(c, &user, ch).await?);
             }
             UserCmd::SetRole { user, role: r } => {
                 let mut ch = UserChange::new();

@@ -41,7 +41,7 @@ pub enum SmtpSecurity {
 }
 
 /// The SMTP settings as stored (the password included).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Smtp {
     pub host: String,
@@ -51,6 +51,21 @@ pub struct Smtp {
     pub password: Option<String>,
     pub from: String,
     pub reset_url: Option<String>,
+}
+
+impl Default for Smtp {
+    /// Mail off; the submission port with STARTTLS once a host is set.
+    fn default() -> Self {
+        Smtp {
+            host: String::new(),
+            port: 587,
+            security: SmtpSecurity::Starttls,
+            username: None,
+            password: None,
+            from: String::new(),
+            reset_url: None,
+        }
+    }
 }
 
 /// The SMTP settings as shown: never the password.
