@@ -224,19 +224,7 @@ pub async fn run(
             strict,
         } => {
             let report = super::agent::run(hv, guest_id, batches, *wait_secs).await?;
-            if *strict {
-                if let Some(e) = report.batches.iter().find_map(|b| b.error.clone()) {
-                    return Err(ActionError::Permanent(e));
-                }
-            }
-            Ok(StepOutcome::Ok {
-                guest_state: None,
-                domain_xml: None,
-                output: Some(
-                    serde_json::to_value(&report)
-                        .map_err(|e| ActionError::Permanent(e.to_string()))?,
-                ),
-            })
+            agent_outcome(report, *strict)
         }
         NodeAction::AgentInit {
             guest_id,
@@ -253,17 +241,7 @@ pub async fn run(
                 actions: plan.agent_actions(),
             }];
             let report = super::agent::run(hv, guest_id, &batches, *wait_secs).await?;
-            if let Some(e) = report.batches.iter().find_map(|b| b.error.clone()) {
-                return Err(ActionError::Permanent(e));
-            }
-            Ok(StepOutcome::Ok {
-                guest_state: None,
-                domain_xml: None,
-                output: Some(
-                    serde_json::to_value(&report)
-                        .map_err(|e| ActionError::Permanent(e.to_string()))?,
-                ),
-            })
+            agent_outcome(report, true)
         }
         // The node's job handler runs a sequence sub-step by sub-step; one never nests.
         NodeAction::Sequence { .. } => Err(ActionError::Permanent(
@@ -393,6 +371,26 @@ pub async fn run(
             Ok(ok(hv.state(guest_id).await?))
         }
     }
+}
+
+/// An agent run's outcome, its report as the step's output; `strict`: a failed batch
+/// fails the step (an init plan), otherwise each batch's result is only reported.
+fn agent_outcome(
+    report: crate::model::AgentReport,
+    strict: bool,
+) -> Result<StepOutcome, ActionError> {
+    if strict {
+        if let Some(e) = report.batches.iter().find_map(|b| b.error.clone()) {
+            return Err(ActionError::Permanent(e));
+        }
+    }
+    Ok(StepOutcome::Ok {
+        guest_state: None,
+        domain_xml: None,
+        output: Some(
+            serde_json::to_value(&report).map_err(|e| ActionError::Permanent(e.to_string()))?,
+        ),
+    })
 }
 
 /// The domain's state once it is not on its way down (a shutdown just requested, by

@@ -122,6 +122,26 @@ fn view(t: &TokenRow, current: &str) -> Token {
     }
 }
 
+/// The peer's IP address, as the throttle and the audit trail name it.
+pub fn peer_ip(remote: &RemoteAddr) -> String {
+    remote
+        .as_socket_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| remote.to_string())
+}
+
+/// Counts a login (or a recovery request) for `name` from `remote` against the throttle:
+/// 429 when the address or the name is over its limit.
+pub(super) fn admit(state: &AppState, name: &str, remote: &RemoteAddr) -> Result<(), Error> {
+    state
+        .throttle
+        .admit(name, &peer_ip(remote))
+        .map_err(|r| Error::TooMany {
+            message: r.message,
+            retry_after: r.retry_after,
+        })
+}
+
 pub struct AuthApi;
 
 #[OpenApi(tag = "super::system::Tag::Auth")]
@@ -137,17 +157,7 @@ impl AuthApi {
         body: Json<LoginRequest>,
     ) -> ApiResult<Json<LoginResponse>> {
         let LoginRequest { username, password } = body.0;
-        let address = remote
-            .as_socket_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|| remote.to_string());
-        state
-            .throttle
-            .admit(&username, &address)
-            .map_err(|r| Error::TooMany {
-                message: r.message,
-                retry_after: r.retry_after,
-            })?;
+        admit(&state, &username, remote)?;
         let user = state.store.user_by_name(&username).await?;
         let Some(user) = verify_login(password, user).await else {
             state.throttle.failed(&username);

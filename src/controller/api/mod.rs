@@ -168,10 +168,7 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
                 } else {
                     None
                 };
-                let address = match req.remote_addr().as_socket_addr() {
-                    Some(a) => a.ip().to_string(),
-                    None => req.remote_addr().to_string(),
-                };
+                let address = auth::peer_ip(req.remote_addr());
                 let mut login_name = None;
                 // The answer, from the handler or from the checks before it.
                 let mut resp = 'answer: {

@@ -240,17 +240,7 @@ impl RecoveryApi {
         remote: &RemoteAddr,
         body: Json<RecoverRequest>,
     ) -> ApiResult<Recovering> {
-        let address = remote
-            .as_socket_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|| remote.to_string());
-        state
-            .throttle
-            .admit(&body.username, &address)
-            .map_err(|r| Error::TooMany {
-                message: r.message,
-                retry_after: r.retry_after,
-            })?;
+        super::auth::admit(&state, &body.username, remote)?;
         let smtp: Smtp = state.store.setting("smtp").await?;
         if smtp.host.is_empty() {
             return Err(Error::Forbidden(

@@ -547,8 +547,7 @@ impl Engine {
                         return Ok(flow);
                     }
                 }
-                self.dispatch(op, saga, def, step, undo, node, action, post)
-                    .await
+                Ok(self.dispatch(op, saga, def, step, undo, node, action, post))
             }
             Err(StepError::Waiting(e)) => {
                 // What the step asked for stays; the sweep runs the step again.
@@ -642,7 +641,7 @@ impl Engine {
 
     /// Marks a node step dispatched; the job goes to the node's queue after the commit.
     #[allow(clippy::too_many_arguments)]
-    async fn dispatch(
+    fn dispatch(
         &self,
         op: &mut OpRow,
         mut saga: Saga,
@@ -652,7 +651,7 @@ impl Engine {
         node: String,
         action: NodeAction,
         post: &mut Vec<Post>,
-    ) -> Result<Flow, EngineError> {
+    ) -> Flow {
         let name = def.steps[step].name.clone();
         op.node_id = Some(node.clone());
         let declared = def.lease_ms(step, self.lease_ms);
@@ -698,7 +697,7 @@ impl Engine {
                 "dispatched"
             },
         ));
-        Ok(Flow::Stop)
+        Flow::Stop
     }
 
     /// Gives up a node step whose node is offline (a cancel, the node's removal): what its

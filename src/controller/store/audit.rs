@@ -118,41 +118,30 @@ impl Store {
         ops_before: Option<i64>,
         events_before: Option<i64>,
     ) -> Result<(u64, u64, u64), StoreError> {
-        let audit = match audit_before {
-            Some(t) => {
-                self.purge_batches(
-                    "DELETE FROM audit WHERE seq IN \
-                     (SELECT seq FROM audit WHERE at < ? LIMIT ?)",
-                    t,
-                )
-                .await?
-            }
-            None => 0,
-        };
         // Only ended operations go; a guest's lock never names one of them.
-        let ops = match ops_before {
-            Some(t) => {
-                self.purge_batches(
-                    "DELETE FROM operations WHERE id IN \
-                     (SELECT id FROM operations WHERE finished_at < ? \
-                      AND state IN ('succeeded', 'failed', 'cancelled') LIMIT ?)",
-                    t,
-                )
-                .await?
+        let kinds: [(&'static str, Option<i64>); 3] = [
+            (
+                "DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE at < ? LIMIT ?)",
+                audit_before,
+            ),
+            (
+                "DELETE FROM operations WHERE id IN \
+                 (SELECT id FROM operations WHERE finished_at < ? \
+                  AND state IN ('succeeded', 'failed', 'cancelled') LIMIT ?)",
+                ops_before,
+            ),
+            (
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE at < ? LIMIT ?)",
+                events_before,
+            ),
+        ];
+        let mut counts = [0u64; 3];
+        for (n, (sql, before)) in counts.iter_mut().zip(kinds) {
+            if let Some(t) = before {
+                *n = self.purge_batches(sql, t).await?;
             }
-            None => 0,
-        };
-        let events = match events_before {
-            Some(t) => {
-                self.purge_batches(
-                    "DELETE FROM events WHERE seq IN \
-                     (SELECT seq FROM events WHERE at < ? LIMIT ?)",
-                    t,
-                )
-                .await?
-            }
-            None => 0,
-        };
+        }
+        let [audit, ops, events] = counts;
         Ok((audit, ops, events))
     }
 
