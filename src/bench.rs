@@ -27,7 +27,9 @@ use tokio::process::{Child, Command};
 
 use corral_client::apis::configuration::Configuration;
 use corral_client::apis::{guests_api, nodes_api, operations_api, resources_api};
-use corral_client::models::{CreateGuest, CreatePool, CreateTemplate, NodeSettings, OsType};
+use corral_client::models::{
+    CreateGuest, CreatePool, CreateTemplate, EnrollNode, NodeSettings, OsType,
+};
 use corral_client::session::Session;
 
 use crate::model::DomainSpec;
@@ -177,6 +179,11 @@ async fn fleet(
     guests: usize,
 ) -> Result<(), BenchError> {
     use crate::model::{NodeEvent, NodeFacts};
+    // Enrolled like real nodes, so the controller reads their streams; the bench writes
+    // those streams with the controller's own Redis access.
+    for i in 0..nodes {
+        nodes_api::node_enroll(api.c(), EnrollNode::new(format!("sim-{i:03}"))).await?;
+    }
     let url = redis_url.to_string();
     // The simulated nodes heartbeat every 5 s for the whole measurement.
     let beats = tokio::spawn(async move {
@@ -201,7 +208,7 @@ async fn fleet(
                     }),
                     at_ms: crate::model::now_ms(),
                 };
-                let _ = crate::transport::publish(&mut conn, &ev).await;
+                let _ = crate::transport::publish(&mut conn, &format!("sim-{i:03}"), &ev).await;
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
@@ -301,7 +308,6 @@ fn spec(i: usize, dir: &Path) -> DomainSpec {
         bandwidth: None,
         vlan: None,
         vnc_port: 5900,
-        vnc_password: "x".into(),
     }
 }
 
@@ -430,6 +436,22 @@ impl Api {
         serde_json::to_value(op).map_err(setup("operation"))
     }
 
+    /// `env` with `CORRAL_REDIS_URL` set to node `id`'s own, after enrolling it.
+    async fn enrolled_env<'a>(
+        &self,
+        env: &[(&'a str, String)],
+        id: &str,
+    ) -> Result<Vec<(&'a str, String)>, BenchError> {
+        let cred = nodes_api::node_enroll(self.c(), EnrollNode::new(id.into())).await?;
+        let mut out: Vec<_> = env
+            .iter()
+            .filter(|(k, _)| *k != "CORRAL_REDIS_URL")
+            .cloned()
+            .collect();
+        out.push(("CORRAL_REDIS_URL", cred.redis_url));
+        Ok(out)
+    }
+
     async fn node_online(&self, id: &str) -> bool {
         nodes_api::node_get(self.c(), id)
             .await
@@ -551,11 +573,10 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
             std::env::var("CORRAL_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
         ),
     ];
-    let node = corral(&["agent"], &env, &tmp.join("node.log"))?;
     let controller = corral(&["controller"], &env, &tmp.join("controller.log"))?;
-    let (node_pid, ctl_pid) = (node.id().unwrap_or(0), controller.id().unwrap_or(0));
+    let ctl_pid = controller.id().unwrap_or(0);
     let mut procs = Procs {
-        children: vec![node, controller],
+        children: vec![controller],
     };
     let base = format!("http://127.0.0.1:{port}/api/v1");
     let mut session = None;
@@ -573,6 +594,11 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         )));
     };
     let api = Api { s };
+    // The node reports through its own Redis user: enrolled first, started with its URL.
+    let node_env = api.enrolled_env(&env, "bench-test").await?;
+    let node = corral(&["agent"], &node_env, &tmp.join("node.log"))?;
+    let node_pid = node.id().unwrap_or(0);
+    procs.children.push(node);
     for _ in 0..100 {
         if api.node_online("bench-test").await {
             break;
@@ -840,6 +866,7 @@ async fn tcg_on(
     ));
     env2.push(("CORRAL_DOMAIN_TYPE", "qemu".into()));
     env2.push(("CORRAL_VM_NETWORK_BRIDGE", bridge.into()));
+    let env2 = api.enrolled_env(&env2, "bench-tcg").await?;
     procs
         .children
         .push(corral(&["agent"], &env2, &tmp.join("node-tcg.log"))?);

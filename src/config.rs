@@ -35,6 +35,9 @@ pub struct ControllerConfig {
     /// SQLite database file.
     pub database: PathBuf,
     pub redis_url: String,
+    /// `corral up` only: the local node, enrolled anew (a fresh secret) at every start.
+    #[serde(skip)]
+    pub local_node: Option<String>,
     /// Directory for the admin token file and other controller state.
     pub data_dir: PathBuf,
     /// A node missing heartbeats for this long is offline and its guests read "unknown".
@@ -78,6 +81,7 @@ impl Default for ControllerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8620)),
             database: PathBuf::from("/var/lib/corral/corral.db"),
             redis_url: "redis://127.0.0.1:6379/".into(),
+            local_node: None,
             data_dir: PathBuf::from("/var/lib/corral"),
             node_timeout_secs: 10,
             dispatch_window: 32,

@@ -168,7 +168,11 @@ async fn main() -> anyhow::Result<()> {
                 cfg.controller.data_dir = data_dir.clone();
                 cfg.node.storage_dir = data_dir.join("images");
             }
-            let _redis = corral::up::ensure_redis(&cfg.controller.redis_url, &data_dir).await?;
+            let (redis_url, _redis) =
+                corral::up::ensure_redis(&cfg.controller.redis_url, &data_dir).await?;
+            cfg.controller.redis_url = redis_url;
+            let node_id = corral::node::identity(&cfg.node)?;
+            cfg.controller.local_node = Some(node_id.clone());
             if !cfg.node.hypervisor_uri.starts_with("test:") {
                 corral::up::ensure_bridge(&cfg.node.vm_network_bridge).await;
             }
@@ -182,8 +186,25 @@ async fn main() -> anyhow::Result<()> {
                 cfg.controller.data_dir.join("admin.token").display()
             );
             let stop = shutdown_signal();
-            let node = tokio::spawn(corral::node::run(cfg.node.clone(), stop.clone()));
-            corral::controller::run(cfg.controller, listener, stop, None).await?;
+            // The local node starts once the controller enrolled it (its Redis user).
+            let (started, running) = tokio::sync::oneshot::channel();
+            let controller = tokio::spawn(corral::controller::run(
+                cfg.controller,
+                listener,
+                stop.clone(),
+                Some(started),
+            ));
+            let Ok(running) = running.await else {
+                controller.await??;
+                anyhow::bail!("the controller stopped before it started");
+            };
+            let mut node_cfg = cfg.node.clone();
+            node_cfg.node_id = Some(node_id);
+            if let Some(url) = running.local_node_redis_url {
+                node_cfg.redis_url = url;
+            }
+            let node = tokio::spawn(corral::node::run(node_cfg, stop));
+            controller.await??;
             node.await??;
         }
         Cmd::Controller => {

@@ -250,7 +250,6 @@ pub struct DomainSpec {
     #[serde(default)]
     pub vlan: Option<u16>,
     pub vnc_port: u16,
-    pub vnc_password: String,
 }
 
 /// What a node is asked to do. Every action is idempotent: "define unless defined",
@@ -335,6 +334,14 @@ pub enum NodeAction {
     Cleanup {
         items: Vec<CleanupItem>,
     },
+    /// Sets a console ticket's password on the running domain, live only, expiring at
+    /// `valid_until_ms` (libvirt's `passwdValidTo`).
+    ConsoleTicket {
+        guest_id: String,
+        vnc_port: u16,
+        password: String,
+        valid_until_ms: i64,
+    },
 }
 
 /// One part of a [`NodeAction::Sequence`]: what it does and how the operation's stage
@@ -380,6 +387,20 @@ pub struct CleanupResult {
 pub struct AgentBatch {
     pub id: String,
     pub actions: Vec<AgentAction>,
+    /// A boot job's script (source pinned at queue time), evaluated by the node right
+    /// before the run, under its own deadline: its actions replace `actions`. No user
+    /// script runs in the controller, so none holds its writer transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<Box<BatchScript>>,
+}
+
+/// What a node needs to evaluate a boot job's script.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchScript {
+    pub name: String,
+    pub source: String,
+    pub params: serde_json::Value,
+    pub facts: crate::script::guest::GuestFacts,
 }
 
 /// What a node reports for an [`NodeAction::AgentRun`] (the step's `output`).
@@ -430,6 +451,7 @@ impl NodeAction {
             NodeAction::AgentInit { .. } => "agent_init",
             NodeAction::Sequence { .. } => "sequence",
             NodeAction::Cleanup { .. } => "cleanup",
+            NodeAction::ConsoleTicket { .. } => "console_ticket",
         }
     }
 
@@ -596,6 +618,32 @@ pub enum NodeEvent {
         domains: Vec<DomainInfo>,
         at_ms: i64,
     },
+}
+
+impl NodeEvent {
+    /// The node the event says it comes from; the controller believes it only when it is
+    /// the node whose stream carried it.
+    pub fn node_id(&self) -> &str {
+        match self {
+            NodeEvent::Heartbeat { node_id, .. }
+            | NodeEvent::StepFinished { node_id, .. }
+            | NodeEvent::StepProgress { node_id, .. }
+            | NodeEvent::DomainState { node_id, .. }
+            | NodeEvent::DomainXml { node_id, .. }
+            | NodeEvent::Inventory { node_id, .. } => node_id,
+        }
+    }
+}
+
+/// A random alphanumeric secret of `len` characters.
+pub fn random_secret(len: usize) -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 #[cfg(test)]

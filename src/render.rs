@@ -143,7 +143,6 @@ mod tests {
             }),
             vlan: None,
             vnc_port: 5901,
-            vnc_password: "pa<ss>&\"'".into(),
         }
     }
 
@@ -155,6 +154,7 @@ mod tests {
                 minijinja::context! {
                     spec => val(spec), domain_type => domain_type, machine => "pc",
                     vnc_listen => "127.0.0.1", tcg_cache_mib => 32, emulator => None::<String>,
+                    vnc_password => "pa<ss>&\"'",
                 },
             )
             .unwrap()

@@ -1,5 +1,9 @@
-//! Redis transport: per-node job queues (apalis-redis) down, one event stream (XADD /
-//! consumer group) up.
+//! Redis transport: per-node job queues (apalis-redis) down, one event stream per node
+//! (XADD / consumer group) up.
+//!
+//! Every key a node touches carries its id, so a per-node Redis ACL user (see [`acl`])
+//! confines it to its own queue, its own stream, read-only access to its own fences and
+//! its own wake channel. The stream an event arrives on therefore names its sender.
 //!
 //! apalis-redis 1.0 has defects we design around (see docs/ARCHITECTURE.md):
 //! * the worker's idle pickup waits a whole heartbeat unless polled: the controller
@@ -20,9 +24,9 @@ use tokio::sync::Mutex;
 
 use crate::model::{NodeEvent, NodeJob};
 
-/// The stream every node appends its reports to.
-pub const EVENT_STREAM: &str = "corral:events";
-/// The controller's consumer group on [`EVENT_STREAM`].
+pub mod acl;
+
+/// The controller's consumer group on every node's event stream.
 pub const CONTROLLER_GROUP: &str = "controller";
 /// Cap on the stream length: acknowledged history beyond this is trimmed.
 const STREAM_MAXLEN: usize = 100_000;
@@ -42,6 +46,11 @@ pub fn queue_name(node_id: &str) -> String {
     format!("corral:node:{node_id}")
 }
 
+/// The stream node `node_id` appends its reports to; only that node may write it.
+pub fn events_stream(node_id: &str) -> String {
+    format!("corral:events:{node_id}")
+}
+
 /// The pub/sub channel that wakes a node's queue worker as soon as a job is pushed (its
 /// poll is only the fallback for a wake it missed).
 pub fn wake_channel(node_id: &str) -> String {
@@ -56,6 +65,8 @@ pub fn queue_config(node_id: &str) -> QueueConfig {
         .missed_heartbeats(3)
         .batch_size(16)
         .persist_results(false)
+        // No `tasks:*` pub/sub: nothing listens, and a node's ACL allows no such channel.
+        .emit_events(false)
 }
 
 pub async fn connect(url: &str) -> Result<ConnectionManager, TransportError> {
@@ -71,9 +82,10 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, TransportError> {
 /// waiting for. A node runs a job only while the key holds the job's attempt, so a stale
 /// copy (re-queued by apalis after a crash, or superseded by a re-dispatch) can never act
 /// after the saga moved on — e.g. re-create a seed that an undo already removed.
-pub fn fence_key(op_id: &str, step: usize, undo: bool) -> String {
+/// The key carries the node's id: a node may read its own fences, never write them.
+pub fn fence_key(node_id: &str, op_id: &str, step: usize, undo: bool) -> String {
     format!(
-        "corral:fence:{op_id}:{step}:{}",
+        "corral:fence:{node_id}:{op_id}:{step}:{}",
         if undo { "undo" } else { "do" }
     )
 }
@@ -82,13 +94,12 @@ pub fn fence_key(op_id: &str, step: usize, undo: bool) -> String {
 /// caller retries later rather than guessing.
 pub async fn fence_holds(
     conn: &mut ConnectionManager,
-    op_id: &str,
-    step: usize,
-    undo: bool,
-    attempt: u32,
+    node_id: &str,
+    job: &NodeJob,
 ) -> Result<bool, TransportError> {
+    let attempt = job.attempt;
     let v: Option<u32> = redis::cmd("GET")
-        .arg(fence_key(op_id, step, undo))
+        .arg(fence_key(node_id, &job.op_id, job.step, job.undo))
         .query_async(conn)
         .await?;
     Ok(v == Some(attempt))
@@ -125,6 +136,7 @@ impl Queues {
     /// Records `attempt` as the one to run (expires after `ttl`: older jobs are void).
     pub async fn fence(
         &self,
+        node_id: &str,
         op_id: &str,
         step: usize,
         undo: bool,
@@ -133,7 +145,7 @@ impl Queues {
     ) -> Result<(), TransportError> {
         let mut conn = self.conn().await?;
         redis::cmd("SET")
-            .arg(fence_key(op_id, step, undo))
+            .arg(fence_key(node_id, op_id, step, undo))
             .arg(attempt)
             .arg("PX")
             .arg(ttl.as_millis().max(1) as u64)
@@ -146,25 +158,31 @@ impl Queues {
     /// pushed).
     pub async fn fence_is(
         &self,
+        node_id: &str,
         op_id: &str,
         step: usize,
         undo: bool,
         attempt: u32,
     ) -> Result<bool, TransportError> {
         let mut conn = self.conn().await?;
-        fence_holds(&mut conn, op_id, step, undo, attempt).await
+        let v: Option<u32> = redis::cmd("GET")
+            .arg(fence_key(node_id, op_id, step, undo))
+            .query_async(&mut conn)
+            .await?;
+        Ok(v == Some(attempt))
     }
 
     /// The step is settled: no copy of its job may run any more.
     pub async fn unfence(
         &self,
+        node_id: &str,
         op_id: &str,
         step: usize,
         undo: bool,
     ) -> Result<(), TransportError> {
         let mut conn = self.conn().await?;
         redis::cmd("DEL")
-            .arg(fence_key(op_id, step, undo))
+            .arg(fence_key(node_id, op_id, step, undo))
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
@@ -195,14 +213,15 @@ impl Queues {
     }
 }
 
-/// Appends one event to the stream (node side).
+/// Appends one event to node `node_id`'s stream (node side).
 pub async fn publish(
     conn: &mut ConnectionManager,
+    node_id: &str,
     event: &NodeEvent,
 ) -> Result<(), TransportError> {
     let body = serde_json::to_string(event)?;
     redis::cmd("XADD")
-        .arg(EVENT_STREAM)
+        .arg(events_stream(node_id))
         .arg("MAXLEN")
         .arg("~")
         .arg(STREAM_MAXLEN)
@@ -214,36 +233,51 @@ pub async fn publish(
     Ok(())
 }
 
-/// Creates the consumer group (and the stream) unless it exists.
-pub async fn ensure_group(conn: &mut ConnectionManager) -> Result<(), TransportError> {
-    let r: Result<String, _> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(EVENT_STREAM)
-        .arg(CONTROLLER_GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match r {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        Err(e) => Err(e.into()),
+/// Creates the consumer group (and the stream) of each node unless it exists.
+pub async fn ensure_groups(
+    conn: &mut ConnectionManager,
+    nodes: &[String],
+) -> Result<(), TransportError> {
+    for node in nodes {
+        let r: Result<String, _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(events_stream(node))
+            .arg(CONTROLLER_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(())
 }
 
-/// One stream entry: its id (for XACK) and the decoded event, or the decode error.
-pub type StreamEntry = (String, Result<NodeEvent, serde_json::Error>);
+/// One stream entry: the node whose stream it came from (its sender: only that node may
+/// write there), its id (for XACK) and the decoded event, or the decode error.
+pub struct StreamEntry {
+    pub node: String,
+    pub id: String,
+    pub event: Result<NodeEvent, serde_json::Error>,
+}
 
-/// Reads entries for `consumer`. `pending = true` re-reads entries delivered before but not
-/// acknowledged (what a crashed controller had in hand); otherwise new ones, blocking up to
-/// `block`.
+/// Reads entries for `consumer` from the streams of `nodes` (at least one). `pending =
+/// true` re-reads entries delivered before but not acknowledged (what a crashed controller
+/// had in hand); otherwise new ones, blocking up to `block`.
 pub async fn read_group(
     conn: &mut ConnectionManager,
     consumer: &str,
+    nodes: &[String],
     pending: bool,
     count: usize,
     block: Duration,
 ) -> Result<Vec<StreamEntry>, TransportError> {
+    if nodes.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP")
         .arg(CONTROLLER_GROUP)
@@ -253,30 +287,46 @@ pub async fn read_group(
     if !pending {
         cmd.arg("BLOCK").arg(block.as_millis() as u64);
     }
-    cmd.arg("STREAMS")
-        .arg(EVENT_STREAM)
-        .arg(if pending { "0" } else { ">" });
+    cmd.arg("STREAMS");
+    for node in nodes {
+        cmd.arg(events_stream(node));
+    }
+    for _ in nodes {
+        cmd.arg(if pending { "0" } else { ">" });
+    }
     // A BLOCK that times out answers nil.
     let Some(reply): Option<redis::streams::StreamReadReply> = cmd.query_async(conn).await? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for key in reply.keys {
+        let Some(node) = key.key.strip_prefix("corral:events:") else {
+            continue;
+        };
         for entry in key.ids {
             let body: Option<String> = entry.get("e");
-            let decoded = serde_json::from_str::<NodeEvent>(body.as_deref().unwrap_or(""));
-            out.push((entry.id, decoded));
+            let event = serde_json::from_str::<NodeEvent>(body.as_deref().unwrap_or(""));
+            out.push(StreamEntry {
+                node: node.to_string(),
+                id: entry.id,
+                event,
+            });
         }
     }
     Ok(out)
 }
 
-pub async fn ack(conn: &mut ConnectionManager, ids: &[String]) -> Result<(), TransportError> {
+/// Acknowledges entries of node `node`'s stream.
+pub async fn ack(
+    conn: &mut ConnectionManager,
+    node: &str,
+    ids: &[String],
+) -> Result<(), TransportError> {
     if ids.is_empty() {
         return Ok(());
     }
     redis::cmd("XACK")
-        .arg(EVENT_STREAM)
+        .arg(events_stream(node))
         .arg(CONTROLLER_GROUP)
         .arg(ids)
         .query_async::<i64>(conn)

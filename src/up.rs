@@ -1,6 +1,11 @@
 //! `corral up`: the single-machine setup in one process — controller, a node on the local
 //! libvirt, SQLite in the data directory, and a local Redis (started as a child process
-//! with append-only persistence when none answers at the configured URL).
+//! with append-only persistence and a password when none answers at the configured URL).
+//!
+//! The Redis password is generated once into `<data dir>/redis.secret` (0600) and used by
+//! the controller as Redis's `default` user; the local node gets its own ACL user like any
+//! node (see `controller::enroll`). A Redis already answering at the URL is used as
+//! configured, with a warning when it lets anyone in without a password.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -26,16 +31,80 @@ async fn redis_answers(url: &str) -> bool {
     )
 }
 
-/// Makes sure a Redis answers at `url`; starts a private one (port from the URL) in
-/// `data_dir` when it does not. The child dies with us (`kill_on_drop`).
-pub async fn ensure_redis(url: &str, data_dir: &Path) -> Result<Option<Child>, UpError> {
-    if redis_answers(url).await {
-        return Ok(None);
+/// `url` with `password` for Redis's `default` user (any user or password it had replaced).
+pub fn with_password(url: &str, password: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) if !scheme.contains("unix") => {
+            let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://:{password}@{host}{tail}")
+        }
+        _ => url.to_string(),
     }
+}
+
+/// The password in `url`, if it has one.
+fn password_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let userinfo = authority.rsplit_once('@')?.0;
+    let pw = userinfo.split_once(':').map_or("", |(_, p)| p);
+    (!pw.is_empty()).then_some(pw)
+}
+
+/// Reads the data directory's Redis password, creating it (0600) at first use.
+fn redis_secret(data_dir: &Path) -> std::io::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("redis.secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        if !s.trim().is_empty() {
+            return Ok(s.trim().to_string());
+        }
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let secret = crate::transport::acl::new_secret();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(secret.as_bytes())?;
+    Ok(secret)
+}
+
+/// Makes sure a Redis answers at `url` and returns the URL to use: `url` itself when it
+/// carries a password or an open Redis answers there (with a warning), else the URL with
+/// the data directory's password, starting a private Redis that requires it (port from
+/// the URL, data in `data_dir`) when none answers. The child dies with us (`kill_on_drop`).
+pub async fn ensure_redis(url: &str, data_dir: &Path) -> Result<(String, Option<Child>), UpError> {
     let err = |why: String| UpError::Redis {
         url: url.into(),
         why,
     };
+    let (url, password) = match password_of(url) {
+        Some(p) => (url.to_string(), p.to_string()),
+        None => {
+            let secret = redis_secret(data_dir).map_err(|e| err(e.to_string()))?;
+            let ours = with_password(url, &secret);
+            if redis_answers(&ours).await {
+                return Ok((ours, None));
+            }
+            if redis_answers(url).await {
+                eprintln!(
+                    "warning: the Redis at {url} takes clients without a password: whoever \
+                     reaches it can queue jobs for every node. Set `requirepass` and give the \
+                     password in CORRAL_REDIS_URL."
+                );
+                return Ok((url.to_string(), None));
+            }
+            (ours, secret)
+        }
+    };
+    if redis_answers(&url).await {
+        return Ok((url, None));
+    }
     let port = url
         .rsplit(':')
         .next()
@@ -57,8 +126,10 @@ pub async fn ensure_redis(url: &str, data_dir: &Path) -> Result<Option<Child>, U
             .map_err(|e| err(e.to_string()))?;
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
     }
-    let child = Command::new("redis-server")
+    // The password goes in on stdin (`redis-server -`), never on a command line `ps` shows.
+    let mut child = Command::new("redis-server")
         .args([
+            "-",
             "--port",
             &port.to_string(),
             "--bind",
@@ -70,17 +141,25 @@ pub async fn ensure_redis(url: &str, data_dir: &Path) -> Result<Option<Child>, U
         ])
         .arg("--dir")
         .arg(&dir)
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| err(format!("{e} (apt-get install redis-server)")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin
+            .write_all(format!("requirepass {password}\n").as_bytes())
+            .await
+            .map_err(|e| err(format!("passing the password: {e}")))?;
+    }
     for _ in 0..50 {
-        if redis_answers(url).await {
+        if redis_answers(&url).await {
             println!(
-                "started redis-server on port {port} (data in {})",
+                "started redis-server on port {port} with a password (data in {})",
                 dir.display()
             );
-            return Ok(Some(child));
+            return Ok((url, Some(child)));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -112,5 +191,26 @@ pub async fn ensure_bridge(name: &str) {
         _ => {
             eprintln!("warning: bridge {name} is missing and could not be created; guests need it")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_go_into_and_come_out_of_urls() {
+        assert_eq!(
+            with_password("redis://127.0.0.1:6379/", "pw"),
+            "redis://:pw@127.0.0.1:6379/"
+        );
+        assert_eq!(
+            with_password("redis://u:old@h:1/2", "pw"),
+            "redis://:pw@h:1/2"
+        );
+        assert_eq!(password_of("redis://:pw@h:1/"), Some("pw"));
+        assert_eq!(password_of("redis://u:pw@h"), Some("pw"));
+        assert_eq!(password_of("redis://h:1/"), None);
+        assert_eq!(password_of("redis://u@h:1/"), None);
     }
 }

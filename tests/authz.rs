@@ -256,6 +256,13 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
             None,
             [A, A, A, H],
         ),
+        // The test driver cannot change a live device: the ticket's operation fails (409).
+        (
+            m("POST"),
+            format!("/guests/{g}/console"),
+            Some(json!({})),
+            [S(409), S(409), S(409), H],
+        ),
         (
             m("PUT"),
             format!("/guests/{g}/bandwidth"),
@@ -415,6 +422,24 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
         (
             m("DELETE"),
             "/nodes/no-such-node?guests=keep".into(),
+            None,
+            [H, F, F, F],
+        ),
+        (
+            m("POST"),
+            "/nodes".into(),
+            Some(json!({"id": "not*valid"})),
+            [S(400), F, F, F],
+        ),
+        (
+            m("POST"),
+            "/nodes/no-such-node/credential".into(),
+            None,
+            [H, F, F, F],
+        ),
+        (
+            m("DELETE"),
+            "/nodes/no-such-node/credential".into(),
             None,
             [H, F, F, F],
         ),

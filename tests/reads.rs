@@ -68,7 +68,6 @@ async fn seed(store: &Store, pool: &str, template: &str) -> Seeded {
                 requested_ip: None,
                 ip: None,
                 vnc_port: None,
-                vnc_password: None,
                 mac: None,
                 state: corral::model::GuestState::parse(state).unwrap(),
                 lock_op: None,

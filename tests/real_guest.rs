@@ -328,6 +328,50 @@ async fn a_real_guest_gets_what_the_api_promised_and_leaves_nothing() {
         .unwrap();
     assert!(ping.success(), "the guest does not answer ping on {ip}");
 
+    // The console is closed until a ticket: its password is set live on the running
+    // domain with an expiry, never in the definition, and forgotten when its operation
+    // ends.
+    let (_, before) = virsh(&["dumpxml", "--security-info", &name]);
+    let (s, t) = cloud
+        .post(
+            &format!("/guests/{gid}/console"),
+            json!({"valid_seconds": 120}),
+        )
+        .await;
+    assert_eq!(s, 201, "{t}");
+    let pw = t["password"].as_str().unwrap().to_string();
+    assert_eq!(t["port"], g["vnc_port"], "{t}");
+    assert!(!before.contains(&format!("passwd='{pw}'")));
+    let (_, live) = virsh(&["dumpxml", "--security-info", &name]);
+    assert!(live.contains(&format!("passwd='{pw}'")), "{live}");
+    assert!(live.contains("passwdValidTo="), "{live}");
+    let (_, config) = virsh(&["dumpxml", "--inactive", "--security-info", &name]);
+    assert!(
+        !config.contains(&pw),
+        "the ticket reached the definition: {config}"
+    );
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        cloud.dir().join("corral.db").display()
+    ))
+    .await
+    .unwrap();
+    let stored: Vec<(String,)> = sqlx::query_as("SELECT payload FROM operations")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert!(
+        stored.iter().all(|(p,)| !p.contains(&pw)),
+        "an operation keeps the ticket: {stored:?}"
+    );
+    let (s, t) = cloud
+        .post(
+            &format!("/guests/{gid}/console"),
+            json!({"valid_seconds": 0}),
+        )
+        .await;
+    assert_eq!(s, 400, "{t}");
+
     // A change made behind corral's back arrives through libvirt's lifecycle events.
     assert!(virsh(&["suspend", &name]).0);
     let t_event = Instant::now();

@@ -274,7 +274,6 @@ async fn seed(
                     requested_ip: None,
                     ip: None,
                     vnc_port: None,
-                    vnc_password: None,
                     mac: None,
                     state: crate::model::GuestState::Running,
                     lock_op: None,

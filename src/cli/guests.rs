@@ -58,6 +58,13 @@ pub enum GuestCmd {
     },
     /// One guest, every field.
     Show { guest: String },
+    /// Open a running guest's VNC console: prints where to connect and a one-time
+    /// password that stops working after --valid seconds.
+    Console {
+        guest: String,
+        #[arg(long, default_value_t = 60)]
+        valid: u64,
+    },
     /// Delete guests with their disks; their addresses return to the pool.
     Delete {
         #[arg(required = true)]
@@ -203,6 +210,13 @@ impl Client {
             GuestCmd::Show { guest } => {
                 let g = guests_api::guest_get(c, &guest).await?;
                 emit_record(self.out, &g);
+                Ok(true)
+            }
+            GuestCmd::Console { guest, valid } => {
+                let req = models::ConsoleRequest {
+                    valid_seconds: Some(valid),
+                };
+                emit_record(self.out, &guests_api::guest_console(c, &guest, req).await?);
                 Ok(true)
             }
             GuestCmd::Delete { guests, wait } => {

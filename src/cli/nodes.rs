@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 use corral_client::apis::{nodes_api, plugins_api};
-use corral_client::models::GuestRecords;
+use corral_client::models::{EnrollNode, GuestRecords};
 
 use super::output::{emit, emit_record, mib, opt, Table};
 use super::{CliError, Client};
@@ -14,6 +14,13 @@ pub enum NodeCmd {
     List,
     /// One node, every field (its cleanup list included).
     Show { node: String },
+    /// Enroll a node (its configured `node_id`, else its /etc/machine-id): prints its own
+    /// Redis credentials once, as the `redis_url` to give the agent (`CORRAL_REDIS_URL`).
+    Enroll { node: String },
+    /// Give an enrolled node a new Redis secret (printed once); the old one stops working.
+    Rotate { node: String },
+    /// Revoke a node's Redis credential: it can no longer reach its queue or report.
+    Revoke { node: String },
     /// Remove a node from the cloud; its guests' records are kept (`--guests keep`, for
     /// its return) or deleted with their addresses freed (`--guests delete`).
     Remove {
@@ -68,6 +75,24 @@ impl Client {
             }
             NodeCmd::Show { node } => {
                 emit_record(self.out, &nodes_api::node_get(c, &node).await?);
+                Ok(true)
+            }
+            NodeCmd::Enroll { node } => {
+                emit_record(
+                    self.out,
+                    &nodes_api::node_enroll(c, EnrollNode::new(node)).await?,
+                );
+                Ok(true)
+            }
+            NodeCmd::Rotate { node } => {
+                emit_record(
+                    self.out,
+                    &nodes_api::node_rotate_credential(c, &node).await?,
+                );
+                Ok(true)
+            }
+            NodeCmd::Revoke { node } => {
+                nodes_api::node_revoke_credential(c, &node).await?;
                 Ok(true)
             }
             NodeCmd::Remove { node, guests, wait } => {

@@ -104,7 +104,7 @@ pub async fn hash_password_blocking(password: String) -> Result<String, AuthErro
 pub async fn verify_login(password: String, user: Option<UserRow>) -> Option<UserRow> {
     /// The hash of a random string: what an unknown name's password is compared with.
     static DUMMY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        hash_password(&super::saga::steps::random_secret(20)).unwrap_or_default()
+        hash_password(&crate::model::random_secret(20)).unwrap_or_default()
     });
     tokio::task::spawn_blocking(move || {
         let hash = user
@@ -124,7 +124,7 @@ pub async fn bootstrap(store: &Store, cfg: &ControllerConfig) -> Result<String, 
     if store.user_count().await? == 0 {
         let (password, generated) = match &cfg.admin_password {
             Some(p) => (p.clone(), false),
-            None => (super::saga::steps::random_secret(20), true),
+            None => (crate::model::random_secret(20), true),
         };
         store
             .insert_user(&UserRow {

@@ -1,6 +1,12 @@
-//! Ingest: the controller's side of the node event stream.
+//! Ingest: the controller's side of the node event streams.
 //!
-//! A consumer group on one Redis Stream. At start the consumer first re-reads what it had
+//! A consumer group on each enrolled node's Redis Stream, read together. Only that node's
+//! Redis user may append to its stream, so the stream names the sender: an event that
+//! claims another node, or a step result for an operation whose node steps went to
+//! another node, is refused (logged, and recorded as a `node.refused` event) and never
+//! applied. Guest states and definitions are applied only to guests on the sender.
+//!
+//! At start the consumer first re-reads what it had
 //! been handed but never acknowledged (a crash between read and commit), then new entries.
 //! An entry is acknowledged only after its effect is committed to SQL, so a controller
 //! crash loses nothing and a replayed entry is harmless (results carry attempt numbers,
@@ -12,28 +18,51 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use tokio::sync::watch;
 
-use super::saga::engine::Engine;
+use super::saga::engine::{Engine, EngineError};
 use super::store::{events, Store, StoreError};
 use crate::model::{now_ms, GuestState, NodeEvent};
 use crate::transport::{self, TransportError};
+
+/// Refused events recorded per node and minute; more are only counted in the log.
+const REFUSALS_PER_MINUTE: u32 = 20;
 
 pub struct Ingest {
     pub store: Store,
     pub engine: Arc<Engine>,
     pub consumer: String,
+    /// Refusals recorded per node in the current minute: (its start, count).
+    pub refusals: std::sync::Mutex<HashMap<String, (i64, u32)>>,
 }
 
 impl Ingest {
-    pub async fn run(self, redis_url: String, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(
+        self,
+        redis_url: String,
+        mut nodes: watch::Receiver<Arc<Vec<String>>>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         loop {
             let session = async {
                 let mut conn = transport::connect(&redis_url).await?;
-                transport::ensure_group(&mut conn).await?;
-                self.drain(&mut conn, true).await?;
+                let first = nodes.borrow_and_update().clone();
+                transport::ensure_groups(&mut conn, &first).await?;
+                self.drain(&mut conn, &first, true).await?;
                 loop {
-                    self.drain(&mut conn, false).await?;
+                    // A node enrolled since: its stream joins (with its backlog).
+                    if nodes.has_changed().unwrap_or(false) {
+                        let now = nodes.borrow_and_update().clone();
+                        transport::ensure_groups(&mut conn, &now).await?;
+                        self.drain(&mut conn, &now, true).await?;
+                    }
+                    let list = nodes.borrow().clone();
+                    if list.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    self.drain(&mut conn, &list, false).await?;
                 }
                 #[allow(unreachable_code)]
                 Ok::<(), TransportError>(())
@@ -42,7 +71,7 @@ impl Ingest {
                 _ = &mut shutdown => return,
                 r = session => {
                     if let Err(e) = r {
-                        tracing::warn!("event stream: {e}; reconnecting");
+                        tracing::warn!("event streams: {e}; reconnecting");
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -53,12 +82,14 @@ impl Ingest {
     async fn drain(
         &self,
         conn: &mut ConnectionManager,
+        nodes: &[String],
         pending: bool,
     ) -> Result<(), TransportError> {
         loop {
             let entries = match transport::read_group(
                 conn,
                 &self.consumer,
+                nodes,
                 pending,
                 256,
                 Duration::from_secs(1),
@@ -67,7 +98,7 @@ impl Ingest {
             {
                 Ok(e) => e,
                 Err(TransportError::Redis(e)) if e.code() == Some("NOGROUP") => {
-                    transport::ensure_group(conn).await?;
+                    transport::ensure_groups(conn, nodes).await?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -76,33 +107,71 @@ impl Ingest {
                 return Ok(());
             }
             let superseded = superseded_progress(&entries);
-            let mut acked = Vec::with_capacity(entries.len());
-            for (i, (id, event)) in entries.into_iter().enumerate() {
-                if superseded.contains(&i) {
-                    acked.push(id);
-                    continue;
-                }
-                match event {
-                    Ok(ev) => {
-                        if let Err(e) = self.handle(ev).await {
-                            // Not acknowledged: it is re-read after the next reconnect.
-                            tracing::warn!("handling node event {id}: {e}");
-                            transport::ack(conn, &acked).await?;
-                            return Err(TransportError::Push(e.to_string()));
+            let mut acked: HashMap<String, Vec<String>> = HashMap::new();
+            for (i, entry) in entries.into_iter().enumerate() {
+                let transport::StreamEntry { node, id, event } = entry;
+                if !superseded.contains(&i) {
+                    match event {
+                        Ok(ev) => match self.handle(&node, ev).await {
+                            Ok(()) => {}
+                            Err(HandleError::Refused(why)) => self.refuse(&node, &why).await,
+                            Err(e) => {
+                                // Not acknowledged: it is re-read after the next reconnect.
+                                tracing::warn!("handling node event {id} of {node}: {e}");
+                                ack_all(conn, &acked).await?;
+                                return Err(TransportError::Push(e.to_string()));
+                            }
+                        },
+                        Err(e) => {
+                            tracing::warn!("dropping undecodable event {id} of node {node}: {e}")
                         }
                     }
-                    Err(e) => tracing::warn!("dropping undecodable node event {id}: {e}"),
                 }
-                acked.push(id);
+                acked.entry(node).or_default().push(id);
             }
-            transport::ack(conn, &acked).await?;
+            ack_all(conn, &acked).await?;
             if !pending {
                 return Ok(());
             }
         }
     }
 
-    async fn handle(&self, ev: NodeEvent) -> Result<(), HandleError> {
+    /// A refused event is logged and recorded (`node.refused`), at most
+    /// [`REFUSALS_PER_MINUTE`] per node, so a misbehaving node cannot flood the log.
+    async fn refuse(&self, node: &str, why: &str) {
+        tracing::warn!(node, "refused a node event: {why}");
+        let now = now_ms();
+        {
+            let Ok(mut seen) = self.refusals.lock() else {
+                return;
+            };
+            let (since, n) = seen.entry(node.to_string()).or_insert((now, 0));
+            if now - *since > 60_000 {
+                (*since, *n) = (now, 0);
+            }
+            *n += 1;
+            if *n > REFUSALS_PER_MINUTE {
+                return;
+            }
+        }
+        let body = serde_json::json!({"node_id": node, "reason": why});
+        let record = async {
+            let mut tx = self.store.begin().await?;
+            events::append(&mut tx, "node.refused", node, &body).await?;
+            self.store.commit(tx).await
+        };
+        if let Err(e) = record.await {
+            tracing::warn!(node, "recording a refused event: {e}");
+        }
+    }
+
+    async fn handle(&self, from: &str, ev: NodeEvent) -> Result<(), HandleError> {
+        if ev.node_id() != from {
+            return Err(HandleError::Refused(format!(
+                "an event claiming node {} came on the stream of node {from}",
+                ev.node_id()
+            )));
+        }
         match ev {
             NodeEvent::Heartbeat {
                 node_id,
@@ -121,9 +190,9 @@ impl Ingest {
             } => {
                 // Applying the result also moves the saga on (same transaction).
                 self.engine
-                    .apply_result(&op_id, step, attempt, undo, &outcome)
+                    .apply_result(from, &op_id, step, attempt, undo, &outcome)
                     .await
-                    .map_err(|e| HandleError::Engine(e.to_string()))?;
+                    .map_err(HandleError::engine)?;
             }
             NodeEvent::StepProgress {
                 op_id,
@@ -136,9 +205,9 @@ impl Ingest {
                 ..
             } => {
                 self.engine
-                    .progress(&op_id, step, attempt, undo, done, of, &stage)
+                    .progress(from, &op_id, step, attempt, undo, done, of, &stage)
                     .await
-                    .map_err(|e| HandleError::Engine(e.to_string()))?;
+                    .map_err(HandleError::engine)?;
             }
             NodeEvent::DomainState {
                 node_id,
@@ -313,16 +382,17 @@ impl Ingest {
 /// definition of the same guest from the same node. Under load they often arrive together;
 /// only what they end at is written.
 fn superseded_progress(entries: &[transport::StreamEntry]) -> std::collections::HashSet<usize> {
-    type Key<'a> = (&'a str, usize, u32, bool);
+    type Key<'a> = (&'a str, &'a str, usize, u32, bool);
     let mut latest: std::collections::HashMap<Key<'_>, usize> = Default::default();
     let mut xml_seen: std::collections::HashSet<(&str, &str)> = Default::default();
     let mut moot = std::collections::HashSet::new();
-    for (i, (_, ev)) in entries.iter().enumerate().rev() {
-        let key = match ev {
-            Ok(NodeEvent::DomainXml {
-                node_id, guest_id, ..
-            }) => {
-                if !xml_seen.insert((node_id.as_str(), guest_id.as_str())) {
+    for (i, e) in entries.iter().enumerate().rev() {
+        let node = e.node.as_str();
+        let key = match &e.event {
+            // Another node's claim is refused on its own, never allowed to hide a report.
+            Ok(ev) if ev.node_id() != node => continue,
+            Ok(NodeEvent::DomainXml { guest_id, .. }) => {
+                if !xml_seen.insert((node, guest_id.as_str())) {
                     moot.insert(i);
                 }
                 continue;
@@ -333,7 +403,7 @@ fn superseded_progress(entries: &[transport::StreamEntry]) -> std::collections::
                 attempt,
                 undo,
                 ..
-            }) => (op_id.as_str(), *step, *attempt, *undo),
+            }) => (node, op_id.as_str(), *step, *attempt, *undo),
             Ok(NodeEvent::StepFinished {
                 op_id,
                 step,
@@ -341,7 +411,7 @@ fn superseded_progress(entries: &[transport::StreamEntry]) -> std::collections::
                 undo,
                 ..
             }) => {
-                latest.insert((op_id.as_str(), *step, *attempt, *undo), i);
+                latest.insert((node, op_id.as_str(), *step, *attempt, *undo), i);
                 continue;
             }
             _ => continue,
@@ -400,6 +470,28 @@ enum HandleError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Engine(String),
+    /// The sender may not report this: acknowledged and dropped, never retried.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl HandleError {
+    fn engine(e: EngineError) -> Self {
+        match e {
+            EngineError::NotYours { .. } => HandleError::Refused(e.to_string()),
+            e => HandleError::Engine(e.to_string()),
+        }
+    }
+}
+
+async fn ack_all(
+    conn: &mut ConnectionManager,
+    acked: &HashMap<String, Vec<String>>,
+) -> Result<(), TransportError> {
+    for (node, ids) in acked {
+        transport::ack(conn, node, ids).await?;
+    }
+    Ok(())
 }
 
 /// Liveness: nodes silent for longer than the timeout go offline, their guests "unknown".
@@ -429,10 +521,18 @@ mod tests {
     use super::*;
     use crate::model::StepOutcome;
 
+    fn entry(id: String, ev: NodeEvent) -> transport::StreamEntry {
+        transport::StreamEntry {
+            node: "n".into(),
+            id,
+            event: Ok(ev),
+        }
+    }
+
     fn progress(op: &str, attempt: u32, done: u32) -> transport::StreamEntry {
-        (
+        entry(
             format!("{op}-{attempt}-{done}"),
-            Ok(NodeEvent::StepProgress {
+            NodeEvent::StepProgress {
                 node_id: "n".into(),
                 op_id: op.into(),
                 step: 2,
@@ -441,26 +541,26 @@ mod tests {
                 done,
                 of: 5,
                 stage: "s".into(),
-            }),
+            },
         )
     }
 
     fn xml(guest: &str, xml: &str) -> transport::StreamEntry {
-        (
+        entry(
             format!("{guest}-{xml}"),
-            Ok(NodeEvent::DomainXml {
+            NodeEvent::DomainXml {
                 node_id: "n".into(),
                 guest_id: guest.into(),
                 xml: xml.into(),
-            }),
+            },
         )
     }
 
     #[test]
     fn only_the_last_progress_of_an_unfinished_attempt_and_definition_is_written() {
-        let finished = (
+        let finished = entry(
             "f".to_string(),
-            Ok(NodeEvent::StepFinished {
+            NodeEvent::StepFinished {
                 node_id: "n".into(),
                 op_id: "a".into(),
                 step: 2,
@@ -471,7 +571,7 @@ mod tests {
                     domain_xml: None,
                     output: None,
                 },
-            }),
+            },
         );
         let batch = vec![
             progress("a", 1, 1), // 0: its result follows

@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod api;
 pub mod auth;
+pub mod enroll;
 pub mod hooks;
 pub mod ingest;
 pub mod placement;
@@ -43,6 +44,8 @@ pub enum ControllerError {
     Http(#[from] std::io::Error),
     #[error("a shipped script does not compile: {0}")]
     Script(#[from] crate::script::ScriptError),
+    #[error("enrolling the local node: {0}")]
+    Enroll(#[from] enroll::EnrollError),
 }
 
 /// A running controller's handles, for `corral up` and tests.
@@ -50,6 +53,8 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     pub store: Store,
     pub admin_token: String,
+    /// The `redis_url` of `cfg.local_node`, with its fresh credentials.
+    pub local_node_redis_url: Option<String>,
 }
 
 /// Starts the controller on `listener` and runs until `shutdown` flips to true.
@@ -108,13 +113,24 @@ pub async fn run(
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let enroller = enroll::Enroller::new(store.clone(), &cfg.redis_url).await?;
+    let local_node_redis_url = match &cfg.local_node {
+        Some(id) => Some(enroller.enroll_local(id).await?.redis_url),
+        None => None,
+    };
+    let enroll_task = tokio::spawn(enroller.clone().run(stop(shutdown.clone())));
     let engine_task = tokio::spawn(engine.clone().run(wakes, stop(shutdown.clone())));
     let ingest = ingest::Ingest {
         store: store.clone(),
         engine: engine.clone(),
         consumer: "controller".into(),
+        refusals: Default::default(),
     };
-    let ingest_task = tokio::spawn(ingest.run(cfg.redis_url.clone(), stop(shutdown.clone())));
+    let ingest_task = tokio::spawn(ingest.run(
+        cfg.redis_url.clone(),
+        enroller.nodes(),
+        stop(shutdown.clone()),
+    ));
     let plugin_events = tokio::spawn(hooks::feed_events(
         store.clone(),
         plugins.clone(),
@@ -140,12 +156,14 @@ pub async fn run(
         throttle: Arc::new(auth::Throttle::default()),
         login_token_hours: cfg.login_token_hours,
         image_dirs: Arc::new(cfg.image_dirs.clone()),
+        enroller,
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {
             addr,
             store: store.clone(),
             admin_token,
+            local_node_redis_url,
         });
     }
     api::serve(state, listener, stop(shutdown.clone())).await?;
@@ -155,7 +173,8 @@ pub async fn run(
         live_task,
         plugin_events,
         purge_task,
-        retention_task
+        retention_task,
+        enroll_task
     );
     Ok(())
 }

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use super::hypervisor::{DomState, HvError, Hypervisor};
 use crate::guestinit::{render_seed, write_seed_iso, Delivery, InitPlan};
-use crate::model::{AgentBatch, CleanupReport, CleanupResult, InitInput, NodeAction, StepOutcome};
+use crate::model::{
+    AgentBatch, AgentReport, BatchReport, CleanupReport, CleanupResult, InitInput, NodeAction,
+    StepOutcome,
+};
 use crate::render::Renderer;
 
 /// What a node knows that affects how actions run.
@@ -182,6 +185,9 @@ pub async fn run(
                         domain_type => s.domain_type.clone(),
                         machine => s.machine.clone(),
                         vnc_listen => s.vnc_listen.clone(),
+                        // Made here and never sent anywhere: nobody knows it, so the
+                        // console opens only with a console ticket's password.
+                        vnc_password => crate::model::random_secret(8),
                         tcg_cache_mib => 32,
                         emulator => None::<String>,
                     },
@@ -198,6 +204,38 @@ pub async fn run(
                 domain_xml: Some(live),
                 output: None,
             })
+        }
+        NodeAction::ConsoleTicket {
+            guest_id,
+            vnc_port,
+            password,
+            valid_until_ms,
+        } => {
+            // Only what the controller makes (alphanumeric) goes into the XML.
+            if password.is_empty() || !password.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(ActionError::Permanent(
+                    "a console password must be letters and digits".into(),
+                ));
+            }
+            if require(hv, guest_id).await? != DomState::Running {
+                return Err(ActionError::Permanent(
+                    "the guest is not running: its console opens once it runs".into(),
+                ));
+            }
+            // libvirt reads `passwdValidTo` as UTC `YYYY-MM-DDTHH:MM:SS`.
+            let until: String = crate::model::rfc3339(*valid_until_ms)
+                .chars()
+                .take(19)
+                .collect();
+            let xml = format!(
+                "<graphics type='vnc' port='{vnc_port}' autoport='no' listen='{}' \
+                 passwd='{password}' passwdValidTo='{until}'/>",
+                s.vnc_listen
+            );
+            hv.update_graphics_live(guest_id, &xml)
+                .await
+                .map_err(|e| ActionError::Permanent(e.to_string()))?;
+            Ok(ok(None))
         }
         NodeAction::UpdateInterface { spec } => {
             bridge_allowed(s, &spec.bridge)?;
@@ -223,7 +261,36 @@ pub async fn run(
             wait_secs,
             strict,
         } => {
-            let report = super::agent::run(hv, guest_id, batches, *wait_secs).await?;
+            // Boot jobs' scripts are evaluated here; one that fails fails its own job.
+            let mut refused = Vec::new();
+            let mut runnable = Vec::with_capacity(batches.len());
+            for b in batches {
+                match &b.script {
+                    None => runnable.push(b.clone()),
+                    Some(sc) => match s
+                        .scripts
+                        .actions(&sc.name, &sc.source, &sc.facts, &sc.params)
+                    {
+                        Ok(actions) => runnable.push(AgentBatch {
+                            id: b.id.clone(),
+                            actions,
+                            script: None,
+                        }),
+                        Err(e) => refused.push(BatchReport {
+                            id: b.id.clone(),
+                            ok: false,
+                            error: Some(e.to_string()),
+                            results: Vec::new(),
+                        }),
+                    },
+                }
+            }
+            let mut report = if runnable.is_empty() {
+                AgentReport::default()
+            } else {
+                super::agent::run(hv, guest_id, &runnable, *wait_secs).await?
+            };
+            report.batches.extend(refused);
             agent_outcome(report, *strict)
         }
         NodeAction::AgentInit {
@@ -239,6 +306,7 @@ pub async fn run(
             let batches = [AgentBatch {
                 id: "init".into(),
                 actions: plan.agent_actions(),
+                script: None,
             }];
             let report = super::agent::run(hv, guest_id, &batches, *wait_secs).await?;
             agent_outcome(report, true)

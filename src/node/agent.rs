@@ -245,6 +245,7 @@ mod tests {
         let fake = Fake::default();
         running(&fake, "g");
         let batches = vec![AgentBatch {
+            script: None,
             id: "j1".into(),
             actions: vec![
                 AgentAction::SetPassword {

@@ -79,6 +79,9 @@ pub trait Hypervisor: Send + Sync {
     async fn xml(&self, uuid: &str) -> Result<String, HvError>;
     /// Updates a device in place: live when the domain runs, and in its persistent config.
     async fn update_device(&self, uuid: &str, xml: &str, live: bool) -> Result<(), HvError>;
+    /// Updates the running domain's graphics device only, never its definition: a
+    /// console ticket's password lives as long as the domain runs, at most.
+    async fn update_graphics_live(&self, uuid: &str, xml: &str) -> Result<(), HvError>;
     async fn list(&self) -> Result<Vec<DomEntry>, HvError>;
     /// libvirt and hypervisor versions, for the node's facts.
     async fn versions(&self) -> Result<(String, String), HvError>;
@@ -227,6 +230,14 @@ impl Hypervisor for Libvirt {
         })
         .await
     }
+    async fn update_graphics_live(&self, uuid: &str, xml: &str) -> Result<(), HvError> {
+        let xml = xml.to_string();
+        self.on_domain(uuid, move |d| {
+            d.update_device_flags(&xml, sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map_err(Into::into)
+        })
+        .await
+    }
     async fn list(&self) -> Result<Vec<DomEntry>, HvError> {
         self.with(|c| {
             let mut out = Vec::new();
@@ -348,6 +359,9 @@ impl Hypervisor for Fake {
         self.with_dom(uuid, |d| d.0.clone())
     }
     async fn update_device(&self, uuid: &str, _xml: &str, _live: bool) -> Result<(), HvError> {
+        self.with_dom(uuid, |_| ())
+    }
+    async fn update_graphics_live(&self, uuid: &str, _xml: &str) -> Result<(), HvError> {
         self.with_dom(uuid, |_| ())
     }
     async fn list(&self) -> Result<Vec<DomEntry>, HvError> {

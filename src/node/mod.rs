@@ -73,16 +73,18 @@ impl NodeCtx {
     }
 }
 
-/// Appends events to the stream, reconnecting as needed.
+/// Appends events to this node's stream, reconnecting as needed.
 pub struct Publisher {
     url: String,
+    node_id: String,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
 }
 
 impl Publisher {
-    pub fn new(url: &str) -> Self {
+    pub fn new(url: &str, node_id: &str) -> Self {
         Publisher {
             url: url.to_string(),
+            node_id: node_id.to_string(),
             conn: tokio::sync::Mutex::new(None),
         }
     }
@@ -95,7 +97,7 @@ impl Publisher {
         let Some(conn) = guard.as_mut() else {
             return Ok(());
         };
-        let r = transport::publish(conn, ev).await;
+        let r = transport::publish(conn, &self.node_id, ev).await;
         if r.is_err() {
             *guard = None;
         }
@@ -111,7 +113,7 @@ impl Publisher {
         let Some(conn) = guard.as_mut() else {
             return Ok(false);
         };
-        let r = transport::fence_holds(conn, &job.op_id, job.step, job.undo, job.attempt).await;
+        let r = transport::fence_holds(conn, &self.node_id, job).await;
         if r.is_err() {
             *guard = None;
         }
@@ -278,12 +280,24 @@ async fn run_sequence(
     })
 }
 
-/// Runs the node agent until `shutdown` flips to true.
-pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
+/// This node's id: configured, else /etc/machine-id (S93). It names the node's Redis user
+/// and keys, so it is checked the way enrollment checks it.
+pub fn identity(cfg: &NodeConfig) -> Result<String, NodeError> {
     let node_id = match &cfg.node_id {
         Some(id) => id.clone(),
         None => facts::machine_id().map_err(NodeError::Identity)?,
     };
+    if !transport::acl::valid_node_id(&node_id) {
+        return Err(NodeError::Identity(format!(
+            "node id {node_id:?} must be 1-64 letters, digits, '.', '_' or '-'"
+        )));
+    }
+    Ok(node_id)
+}
+
+/// Runs the node agent until `shutdown` flips to true.
+pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
+    let node_id = identity(&cfg)?;
     std::fs::create_dir_all(&cfg.storage_dir).map_err(|source| NodeError::Storage {
         path: cfg.storage_dir.display().to_string(),
         source,
@@ -292,6 +306,10 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     events::init_event_loop();
     let domain_type = facts::domain_type(&cfg);
     tracing::info!(node = %node_id, %domain_type, uri = %cfg.hypervisor_uri, "node starting");
+    // The controller reads this node's stream only once an administrator enrolled it
+    // (`corral node enroll <id>`), which also gives the Redis credentials of `redis_url`.
+    tracing::info!(node = %node_id, stream = %transport::events_stream(&node_id), "reporting");
+    let publisher = Publisher::new(&cfg.redis_url, &node_id);
     let ctx = Arc::new(NodeCtx {
         node_id,
         settings: NodeSettings {
@@ -311,7 +329,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
         },
         hv: Arc::new(Libvirt::new(&cfg.hypervisor_uri)),
         renderer: Renderer::new(cfg.templates_dir.as_deref())?,
-        publisher: Publisher::new(&cfg.redis_url),
+        publisher,
         workers: Mutex::new(HashMap::new()),
         fault: crate::fault::Fault::from_env(),
         cfg,

@@ -34,20 +34,6 @@ pids+=($!)
     export CORRAL_LISTEN=127.0.0.1:$port
     export CORRAL_DATABASE=$work/corral.db
     export CORRAL_DATA_DIR=$work
-    export CORRAL_STORAGE_DIR=$work/images
-    export CORRAL_REDIS_URL=redis://127.0.0.1:$rport
-    export CORRAL_HYPERVISOR_URI=test:///default
-    export CORRAL_NODE_ID=test-node
-    export CORRAL_ADMIN_PASSWORD=live-admin
-    export CORRAL_IMAGE_DIRS=$work,/var/lib/corral/templates
-    export CORRAL_LOG=warn
-    exec "$bin" agent
-) >"$work/node.log" 2>&1 &
-pids+=($!)
-(
-    export CORRAL_LISTEN=127.0.0.1:$port
-    export CORRAL_DATABASE=$work/corral.db
-    export CORRAL_DATA_DIR=$work
     export CORRAL_REDIS_URL=redis://127.0.0.1:$rport
     export CORRAL_ADMIN_PASSWORD=live-admin
     export CORRAL_IMAGE_DIRS=$work,/var/lib/corral/templates
@@ -59,14 +45,32 @@ pids+=($!)
 export CORRAL_URL=http://127.0.0.1:$port/api/v1
 export CORRAL_USER=admin CORRAL_PASSWORD=live-admin
 for _ in $(seq 300); do
-    curl -sf "$CORRAL_URL/health" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-# The node registers itself with its first heartbeat.
-for _ in $(seq 300); do
     curl -sf -H 'content-type: application/json' \
         -d "{\"username\":\"admin\",\"password\":\"live-admin\"}" "$CORRAL_URL/auth/login" \
         >"$work/login.json" 2>/dev/null && break
+    sleep 0.1
+done
+token=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$work/login.json")
+# The node is enrolled first: it reports through its own Redis user.
+curl -sf -H "authorization: Bearer $token" -H 'content-type: application/json' \
+    -d '{"id":"test-node"}' "$CORRAL_URL/nodes" >"$work/node-credential.json"
+node_url=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["redis_url"])' \
+    "$work/node-credential.json")
+(
+    export CORRAL_LISTEN=127.0.0.1:$port
+    export CORRAL_DATA_DIR=$work
+    export CORRAL_STORAGE_DIR=$work/images
+    export CORRAL_REDIS_URL=$node_url
+    export CORRAL_HYPERVISOR_URI=test:///default
+    export CORRAL_NODE_ID=test-node
+    export CORRAL_IMAGE_DIRS=$work,/var/lib/corral/templates
+    export CORRAL_LOG=warn
+    exec "$bin" agent
+) >"$work/node.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 300); do
+    curl -sf -H "authorization: Bearer $token" "$CORRAL_URL/nodes/test-node" 2>/dev/null |
+        grep -q '"online":true' && break
     sleep 0.1
 done
 qemu-img create -q -f qcow2 "$work/base.qcow2" 16M

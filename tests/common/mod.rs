@@ -177,6 +177,8 @@ pub struct Cloud {
     pub extra_nodes: Vec<Proc>,
     pub hypervisor_uri: String,
     pub extra_env: Vec<(String, String)>,
+    /// Each enrolled node's `redis_url` (its own Redis user), by node id.
+    pub node_urls: std::collections::HashMap<String, String>,
     http: reqwest::Client,
     token: String,
     /// The SDK's session, logged in as the administrator.
@@ -199,6 +201,7 @@ impl Cloud {
             extra_nodes: vec![],
             hypervisor_uri: hypervisor_uri.into(),
             extra_env: vec![],
+            node_urls: Default::default(),
             http: reqwest::Client::new(),
             token: String::new(),
             session: None,
@@ -240,6 +243,18 @@ impl Cloud {
             // Test-driver guests use no CPU or memory; tests of capacity set their own.
             .env("CORRAL_CPU_OVERCOMMIT", "64")
             .env("CORRAL_MEMORY_OVERCOMMIT", "4");
+        if args[0] == "agent" {
+            // A node reports through its own Redis user, given at enrollment.
+            let id = extra
+                .iter()
+                .find(|(k, _)| *k == "CORRAL_NODE_ID")
+                .map_or(self.node_id.as_str(), |(_, v)| *v);
+            let url = self
+                .node_urls
+                .get(id)
+                .unwrap_or_else(|| panic!("node {id} is not enrolled: call Cloud::enroll first"));
+            c.env("CORRAL_REDIS_URL", url);
+        }
         for (k, v) in &self.extra_env {
             c.env(k, v);
         }
@@ -264,10 +279,20 @@ impl Cloud {
     pub async fn split_with(hypervisor_uri: &str, env: Vec<(String, String)>) -> Cloud {
         let mut c = Cloud::base(hypervisor_uri);
         c.extra_env = env;
-        c.start_node(&[]);
         c.start_controller(&[]).await;
+        let id = c.node_id.clone();
+        c.enroll(&id).await;
+        c.start_node(&[]);
         c.wait_node_online().await;
         c
+    }
+
+    /// Enrolls node `id` (`POST /nodes`) and keeps its `redis_url` for starting it.
+    pub async fn enroll(&mut self, id: &str) {
+        let (s, v) = self.post("/nodes", json!({ "id": id })).await;
+        assert_eq!(s, 201, "enrolling {id}: {v}");
+        let url = v["redis_url"].as_str().expect("redis_url").to_string();
+        self.node_urls.insert(id.to_string(), url);
     }
 
     /// `corral up`: both roles in one process.
@@ -299,6 +324,9 @@ impl Cloud {
 
     /// Starts another node process named `id` and waits until it is online.
     pub async fn add_node(&mut self, id: &str, extra: &[(&str, &str)]) {
+        if !self.node_urls.contains_key(id) {
+            self.enroll(id).await;
+        }
         let mut env = vec![("CORRAL_NODE_ID", id)];
         env.extend_from_slice(extra);
         let child = self.command(&["agent"], &env).spawn().unwrap();

@@ -49,6 +49,8 @@ __all__ = [
     "BootJob",
     "ChangeIp",
     "CleanupEntry",
+    "ConsoleRequest",
+    "ConsoleTicket",
     "CorrectIp",
     "CreateGuest",
     "CreatePool",
@@ -56,6 +58,7 @@ __all__ = [
     "CreatedToken",
     "Disk",
     "DomainXml",
+    "EnrollNode",
     "ErrorBody",
     "EventItem",
     "EventStream200Response",
@@ -73,6 +76,7 @@ __all__ = [
     "NewToken",
     "NewUser",
     "Node",
+    "NodeCredential",
     "NodeSettings",
     "Operation",
     "OperationState",
@@ -149,6 +153,8 @@ from corral_client.models.bandwidth import Bandwidth as Bandwidth
 from corral_client.models.boot_job import BootJob as BootJob
 from corral_client.models.change_ip import ChangeIp as ChangeIp
 from corral_client.models.cleanup_entry import CleanupEntry as CleanupEntry
+from corral_client.models.console_request import ConsoleRequest as ConsoleRequest
+from corral_client.models.console_ticket import ConsoleTicket as ConsoleTicket
 from corral_client.models.correct_ip import CorrectIp as CorrectIp
 from corral_client.models.create_guest import CreateGuest as CreateGuest
 from corral_client.models.create_pool import CreatePool as CreatePool
@@ -156,6 +162,7 @@ from corral_client.models.create_template import CreateTemplate as CreateTemplat
 from corral_client.models.created_token import CreatedToken as CreatedToken
 from corral_client.models.disk import Disk as Disk
 from corral_client.models.domain_xml import DomainXml as DomainXml
+from corral_client.models.enroll_node import EnrollNode as EnrollNode
 from corral_client.models.error_body import ErrorBody as ErrorBody
 from corral_client.models.event_item import EventItem as EventItem
 from corral_client.models.event_stream200_response import EventStream200Response as EventStream200Response
@@ -173,6 +180,7 @@ from corral_client.models.new_script import NewScript as NewScript
 from corral_client.models.new_token import NewToken as NewToken
 from corral_client.models.new_user import NewUser as NewUser
 from corral_client.models.node import Node as Node
+from corral_client.models.node_credential import NodeCredential as NodeCredential
 from corral_client.models.node_settings import NodeSettings as NodeSettings
 from corral_client.models.operation import Operation as Operation
 from corral_client.models.operation_state import OperationState as OperationState

@@ -47,6 +47,13 @@ class TestGuestsApi(unittest.TestCase):
         """
         pass
 
+    def test_guest_console(self) -> None:
+        """Test case for guest_console
+
+        Open a running guest's VNC console for a short while: answers a one-time password (and where to connect) that stops working after `valid_seconds`.
+        """
+        pass
+
     def test_guest_correct_ip(self) -> None:
         """Test case for guest_correct_ip
 

@@ -26,6 +26,13 @@ class TestNodesApi(unittest.TestCase):
     def tearDown(self) -> None:
         pass
 
+    def test_node_enroll(self) -> None:
+        """Test case for node_enroll
+
+        Enroll a node: it gets its own Redis user and the controller starts reading its event stream. The answer holds the node's `redis_url`, secret included, shown this once.
+        """
+        pass
+
     def test_node_get(self) -> None:
         """Test case for node_get
 
@@ -43,6 +50,20 @@ class TestNodesApi(unittest.TestCase):
         """Test case for node_remove
 
         Remove a node (S35): allowed when it is offline, or online without guests. Say what happens to its guests' records: `keep` or `delete` (S58). Runs as an operation.
+        """
+        pass
+
+    def test_node_revoke_credential(self) -> None:
+        """Test case for node_revoke_credential
+
+        Revoke a node's credential: Redis drops its user and connections within seconds, and the controller stops reading its stream. Its guests' records stay (the node reads offline); enroll it again to let it back.
+        """
+        pass
+
+    def test_node_rotate_credential(self) -> None:
+        """Test case for node_rotate_credential
+
+        Give an enrolled node a new Redis secret; the old one stops working at once. The node needs the new `redis_url` to report again.
         """
         pass
 

@@ -207,6 +207,21 @@ impl From<crate::controller::alloc::AllocError> for Error {
     }
 }
 
+impl From<crate::controller::enroll::EnrollError> for Error {
+    fn from(e: crate::controller::enroll::EnrollError) -> Self {
+        use crate::controller::enroll::EnrollError as E;
+        match e {
+            E::InvalidId(_) => Error::BadRequest(e.to_string()),
+            E::Enrolled(_) => Error::Conflict {
+                message: e.to_string(),
+                details: None,
+            },
+            E::NotEnrolled(id) => Error::not_found("enrolled node", id),
+            E::Store(s) => Error::Store(s),
+        }
+    }
+}
+
 impl From<crate::script::ScriptError> for Error {
     fn from(e: crate::script::ScriptError) -> Self {
         use crate::script::ScriptError as S;

@@ -21,9 +21,9 @@ use super::{AppState, Auth};
 use crate::controller::alloc;
 use crate::controller::saga::kinds::change_ip::ChangeIpPayload;
 use crate::controller::saga::kinds::Request;
-use crate::controller::saga::steps::random_secret;
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::{check_user, crypt_password};
+use crate::model::random_secret;
 use crate::model::GuestState;
 use crate::script::guest::check_hostname;
 

@@ -455,7 +455,6 @@ impl GuestApi {
                 requested_ip: req.ip.clone(),
                 ip: None,
                 vnc_port: None,
-                vnc_password: None,
                 mac: None,
                 state: GuestState::Creating,
                 lock_op: None,

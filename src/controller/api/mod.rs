@@ -9,6 +9,7 @@ mod access;
 mod audit;
 mod auth;
 mod bootjobs;
+mod console;
 pub mod error;
 mod events;
 mod guest_config;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub login_token_hours: u64,
     /// Where template images may come from.
     pub image_dirs: Arc<Vec<std::path::PathBuf>>,
+    /// Node enrollment and the nodes' Redis users.
+    pub enroller: Arc<crate::controller::enroll::Enroller>,
 }
 
 type Apis = (
@@ -68,6 +71,7 @@ type Apis = (
     auth::AuthApi,
     guests::GuestApi,
     guest_config::GuestConfigApi,
+    console::ConsoleApi,
     operations::OperationApi,
     resources::TemplateApi,
     pools::PoolApi,
@@ -87,6 +91,7 @@ fn apis() -> Apis {
         auth::AuthApi,
         guests::GuestApi,
         guest_config::GuestConfigApi,
+        console::ConsoleApi,
         operations::OperationApi,
         resources::TemplateApi,
         pools::PoolApi,

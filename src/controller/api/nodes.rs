@@ -3,7 +3,7 @@
 use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
 use super::{access, AppState, Auth};
@@ -178,6 +178,50 @@ pub enum GuestRecords {
     Delete,
 }
 
+/// A node to enroll.
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct EnrollNode {
+    /// The node's id: its configured `node_id`, else its `/etc/machine-id`. 1-64 letters,
+    /// digits, `.`, `_` or `-`, starting with a letter or a digit.
+    pub id: String,
+}
+
+/// A node's Redis credentials. The secret is shown once, here; corral keeps only its
+/// SHA-256.
+#[derive(Debug, Object)]
+pub struct NodeCredential {
+    pub node_id: String,
+    /// The node's own Redis user: it may use only its own queue, event stream, fences
+    /// and wake channel.
+    pub redis_user: String,
+    pub redis_password: String,
+    /// The controller's Redis URL with these credentials: the node's `redis_url`
+    /// (`CORRAL_REDIS_URL`). A node on another host may need another host part.
+    pub redis_url: String,
+}
+
+#[derive(ApiResponse)]
+pub enum CredentialIssued {
+    #[oai(status = 201)]
+    Created(Json<NodeCredential>),
+}
+
+#[derive(ApiResponse)]
+pub enum Revoked {
+    #[oai(status = 204)]
+    Done,
+}
+
+fn issued(c: crate::controller::enroll::Credential) -> CredentialIssued {
+    CredentialIssued::Created(Json(NodeCredential {
+        node_id: c.node_id,
+        redis_user: c.user,
+        redis_password: c.secret,
+        redis_url: c.redis_url,
+    }))
+}
+
 pub struct NodeApi;
 
 #[OpenApi(tag = "super::system::Tag::Nodes")]
@@ -281,5 +325,67 @@ impl NodeApi {
             .await?
             .ok_or_else(|| Error::not_found("node", id.0.clone()))?;
         Ok(Json(view(&state, n).await?))
+    }
+
+    /// Enroll a node: it gets its own Redis user and the controller starts reading its
+    /// event stream. The answer holds the node's `redis_url`, secret included, shown this
+    /// once.
+    #[oai(path = "/nodes", method = "post", operation_id = "node_enroll")]
+    async fn enroll(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        body: Json<EnrollNode>,
+    ) -> ApiResult<CredentialIssued> {
+        access::admin(&auth.0, "enrolling a node")?;
+        Ok(issued(
+            state
+                .enroller
+                .enroll(&body.0.id, false)
+                .await
+                .map_err(Error::from)?,
+        ))
+    }
+
+    /// Give an enrolled node a new Redis secret; the old one stops working at once. The
+    /// node needs the new `redis_url` to report again.
+    #[oai(
+        path = "/nodes/:id/credential",
+        method = "post",
+        operation_id = "node_rotate_credential"
+    )]
+    async fn rotate(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<CredentialIssued> {
+        access::admin(&auth.0, "rotating a node's credential")?;
+        Ok(issued(
+            state
+                .enroller
+                .enroll(&id, true)
+                .await
+                .map_err(Error::from)?,
+        ))
+    }
+
+    /// Revoke a node's credential: Redis drops its user and connections within seconds,
+    /// and the controller stops reading its stream. Its guests' records stay (the node
+    /// reads offline); enroll it again to let it back.
+    #[oai(
+        path = "/nodes/:id/credential",
+        method = "delete",
+        operation_id = "node_revoke_credential"
+    )]
+    async fn revoke(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Revoked> {
+        access::admin(&auth.0, "revoking a node's credential")?;
+        state.enroller.revoke(&id).await.map_err(Error::from)?;
+        Ok(Revoked::Done)
     }
 }

@@ -150,8 +150,13 @@ pub async fn start_op(
     if req.kind() != OpKind::GuestCreate {
         let kind = req.kind().as_str();
         let (guest_id, node_id) = target.ids();
+        let mut payload = req.payload()?;
+        // A console ticket's password is for its caller only.
+        if let Some(p) = payload.as_object_mut() {
+            p.remove("password");
+        }
         let view = serde_json::json!({"kind": kind, "guest_id": guest_id, "node_id": node_id,
-            "payload": req.payload()?, "requested_by": user});
+            "payload": payload, "requested_by": user});
         state
             .plugins
             .before(kind, &view)
@@ -280,31 +285,7 @@ impl OperationApi {
     ) -> ApiResult<Json<Operation>> {
         access::op(&state, &auth.0, &id).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout.0);
-        // Subscribed before the first read: an end committed after it is not missed.
-        let mut ended = state.store.ops_ended.subscribe();
-        loop {
-            let op = state
-                .store
-                .op(&id)
-                .await?
-                .ok_or_else(|| Error::not_found("operation", id.0.clone()))?;
-            if op.op_state().is_terminal() || tokio::time::Instant::now() >= deadline {
-                return Ok(Json(view(&op)));
-            }
-            // Woken when this operation ends; the cap re-reads it now and then whatever
-            // happens (a lagging subscriber, an end announced by another process).
-            let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
-            loop {
-                match tokio::time::timeout_at(until, ended.recv()).await {
-                    Ok(Ok(done)) if done != id.0 => continue,
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
-                        tokio::time::sleep_until(until).await;
-                        break;
-                    }
-                    _ => break,
-                }
-            }
-        }
+        Ok(Json(view(&wait_end(&state, &id, deadline).await?)))
     }
 
     /// Ask an operation to stop: a pending one never starts; a running one unwinds from
@@ -347,4 +328,37 @@ fn default_limit() -> i64 {
 
 fn default_wait() -> u64 {
     30
+}
+
+/// Operation `id` once it ended, or as it is at `deadline`.
+pub async fn wait_end(
+    state: &AppState,
+    id: &str,
+    deadline: tokio::time::Instant,
+) -> Result<OpRow, Error> {
+    // Subscribed before the first read: an end committed after it is not missed.
+    let mut ended = state.store.ops_ended.subscribe();
+    loop {
+        let op = state
+            .store
+            .op(id)
+            .await?
+            .ok_or_else(|| Error::not_found("operation", id))?;
+        if op.op_state().is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(op);
+        }
+        // Woken when this operation ends; the cap re-reads it now and then whatever
+        // happens (a lagging subscriber, an end announced by another process).
+        let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+        loop {
+            match tokio::time::timeout_at(until, ended.recv()).await {
+                Ok(Ok(done)) if done != id => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                    tokio::time::sleep_until(until).await;
+                    break;
+                }
+                _ => break,
+            }
+        }
+    }
 }

@@ -56,6 +56,10 @@ pub enum EngineError {
     /// Try again later (the database was busy).
     #[error("{0}")]
     Transient(String),
+    /// A node reported on a step that was dispatched to another node (or to none): the
+    /// report is refused, whatever it says.
+    #[error("node {node} reported on operation {op}, which it does not hold")]
+    NotYours { node: String, op: String },
 }
 
 impl From<sqlx::Error> for EngineError {
@@ -69,6 +73,19 @@ const UNPUSHED_EVERY_TICKS: u64 = 30;
 /// A dispatch younger than this may still be on its way to Redis.
 const UNPUSHED_GRACE_MS: i64 = 2_000;
 
+/// A node's report counts only if its operation's node steps were dispatched to that
+/// node: the stream it came on names the sender, so one node cannot finish, fail or move
+/// another node's steps.
+fn holder_is(op: &OpRow, from: &str) -> Result<(), EngineError> {
+    if op.node_id.as_deref() == Some(from) {
+        return Ok(());
+    }
+    Err(EngineError::NotYours {
+        node: from.to_string(),
+        op: op.id.clone(),
+    })
+}
+
 /// What may only happen once the transaction that recorded it has committed.
 enum Post {
     /// A dispatched step's job, fenced then pushed.
@@ -79,6 +96,7 @@ enum Post {
     },
     /// A step's result is applied: no copy of its job may run any more.
     Unfence {
+        node: String,
         op: String,
         step: usize,
         undo: bool,
@@ -113,7 +131,7 @@ impl Poster {
                 // and it is dispatched again.
                 if let Err(e) = self
                     .queues
-                    .fence(&job.op_id, job.step, job.undo, job.attempt, ttl)
+                    .fence(&node, &job.op_id, job.step, job.undo, job.attempt, ttl)
                     .await
                 {
                     tracing::warn!(op = %job.op_id, step = job.step, "fencing: {e}; the lease will dispatch it again");
@@ -124,8 +142,13 @@ impl Poster {
                     tracing::warn!(op = %op_id, "pushing to node {node}: {e}");
                 }
             }
-            Post::Unfence { op, step, undo } => {
-                if let Err(e) = self.queues.unfence(&op, step, undo).await {
+            Post::Unfence {
+                node,
+                op,
+                step,
+                undo,
+            } => {
+                if let Err(e) = self.queues.unfence(&node, &op, step, undo).await {
                     // The key expires by itself; until then a stale copy could still run once.
                     tracing::warn!(op = %op, step, "unfencing: {e}");
                 }
@@ -290,9 +313,12 @@ impl Engine {
                 if s.runs_on != RunsOn::Node || s.dispatched_at.is_none_or(|d| now - d < grace_ms) {
                     continue;
                 }
+                let Some(node) = op.node_id.as_deref() else {
+                    continue;
+                };
                 let fenced = self
                     .queues
-                    .fence_is(&op.id, i, undo, s.attempt)
+                    .fence_is(node, &op.id, i, undo, s.attempt)
                     .await
                     .map_err(|e| EngineError::Transient(e.to_string()))?;
                 if fenced {
@@ -771,6 +797,7 @@ impl Engine {
     /// the same transaction. Returns whether the result applied.
     pub async fn apply_result(
         &self,
+        from: &str,
         op_id: &str,
         step: usize,
         attempt: u32,
@@ -781,6 +808,7 @@ impl Engine {
         let Some(mut op) = st::op_in(&mut tx, op_id).await? else {
             return Ok(false);
         };
+        holder_is(&op, from)?;
         if op.op_state().is_terminal() {
             return Ok(false);
         }
@@ -835,6 +863,7 @@ impl Engine {
         let post = vec![
             Post::AfterStep(Box::new(op.clone()), step),
             Post::Unfence {
+                node: from.to_string(),
                 op: op_id.to_string(),
                 step,
                 undo,
@@ -851,6 +880,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub async fn progress(
         &self,
+        from: &str,
         op_id: &str,
         step: usize,
         attempt: u32,
@@ -863,6 +893,7 @@ impl Engine {
         let Some(mut op) = st::op_in(&mut tx, op_id).await? else {
             return Ok(());
         };
+        holder_is(&op, from)?;
         let Ok(req) = Request::of(&op) else {
             return Ok(());
         };

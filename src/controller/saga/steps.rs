@@ -118,16 +118,5 @@ pub async fn domain_spec(
         bandwidth,
         vlan,
         vnc_port: g.vnc_port.unwrap_or(0) as u16,
-        vnc_password: g.vnc_password.clone().unwrap_or_default(),
     })
-}
-
-pub fn random_secret(len: usize) -> String {
-    use rand::distributions::Alphanumeric;
-    use rand::Rng;
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
 }

@@ -57,6 +57,7 @@ const TABLES: &[&str] = &[
     "audit",
     "settings",
     "password_resets",
+    "node_credentials",
 ];
 
 /// One counter per table, and one shared by any table missing from the list.

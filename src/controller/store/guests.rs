@@ -19,7 +19,6 @@ pub struct GuestRow {
     pub requested_ip: Option<String>,
     pub ip: Option<String>,
     pub vnc_port: Option<i64>,
-    pub vnc_password: Option<String>,
     pub mac: Option<String>,
     pub state: crate::model::GuestState,
     pub lock_op: Option<String>,
@@ -79,7 +78,7 @@ pub struct DiskRow {
 macro_rules! guest_cols {
     () => {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
-    node_id, requested_node, pool_id, requested_ip, ip, vnc_port, vnc_password, mac, state, lock_op, \
+    node_id, requested_node, pool_id, requested_ip, ip, vnc_port, mac, state, lock_op, \
     domain_xml, created_at, updated_at, bandwidth, os_init_profile, init_secrets, owner_id, tags"
     };
 }
@@ -88,7 +87,7 @@ macro_rules! guest_cols {
 macro_rules! guest_list_cols {
     () => {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
-    node_id, requested_node, pool_id, requested_ip, ip, vnc_port, NULL AS vnc_password, mac, state, \
+    node_id, requested_node, pool_id, requested_ip, ip, vnc_port, mac, state, \
     lock_op, NULL AS domain_xml, created_at, updated_at, bandwidth, os_init_profile, \
     NULL AS init_secrets, owner_id, tags"
     };

@@ -186,6 +186,8 @@ impl Store {
             (14, include_str!("migrations/014_audit_settings.sql")),
             (15, include_str!("migrations/015_guest_tags.sql")),
             (16, include_str!("migrations/016_recovery.sql")),
+            (17, include_str!("migrations/017_node_credentials.sql")),
+            (18, include_str!("migrations/018_no_vnc_passwords.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

@@ -161,3 +161,74 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 }
+
+/// An enrolled node's credential: only the digest of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct NodeCredential {
+    pub node_id: String,
+    pub secret_sha256: String,
+}
+
+impl Store {
+    /// Records (or replaces, `rotate`) node `id`'s credential. Without `rotate`, an
+    /// existing one is kept and `false` is answered.
+    pub async fn set_node_credential(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        rotate: bool,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let sql = if rotate {
+            "INSERT INTO node_credentials (node_id, secret_sha256, created_at, rotated_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE SET \
+             secret_sha256 = excluded.secret_sha256, rotated_at = excluded.rotated_at"
+        } else {
+            "INSERT INTO node_credentials (node_id, secret_sha256, created_at, rotated_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT(node_id) DO NOTHING"
+        };
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(sql)
+            .bind(id)
+            .bind(secret_sha256)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        self.commit(tx).await?;
+        Ok(done)
+    }
+
+    /// Forgets node `id`'s credential; `false` if it had none.
+    pub async fn drop_node_credential(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query("DELETE FROM node_credentials WHERE node_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        self.commit(tx).await?;
+        Ok(gone)
+    }
+
+    /// Whether node `id` is enrolled.
+    pub async fn node_enrolled(&self, id: &str) -> Result<bool, StoreError> {
+        let r: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM node_credentials WHERE node_id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.is_some())
+    }
+
+    /// Every enrolled node's credential, by id.
+    pub async fn node_credentials(&self) -> Result<Vec<NodeCredential>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT node_id, secret_sha256 FROM node_credentials ORDER BY node_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+}

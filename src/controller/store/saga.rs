@@ -69,7 +69,6 @@ pub struct Allocation<'a> {
     pub pool_id: Option<&'a str>,
     pub ip: Option<&'a str>,
     pub vnc_port: u16,
-    pub vnc_password: &'a str,
     pub mac: &'a str,
 }
 
@@ -79,12 +78,11 @@ pub async fn set_guest_allocation(
     a: &Allocation<'_>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE guests SET pool_id = ?, ip = ?, vnc_port = ?, vnc_password = ?, mac = ?, updated_at = ? WHERE id = ?",
+        "UPDATE guests SET pool_id = ?, ip = ?, vnc_port = ?, mac = ?, updated_at = ? WHERE id = ?",
     )
     .bind(a.pool_id)
     .bind(a.ip)
     .bind(i64::from(a.vnc_port))
-    .bind(a.vnc_password)
     .bind(a.mac)
     .bind(now_ms())
     .bind(guest)
@@ -99,12 +97,10 @@ pub async fn clear_guest_allocation(tx: &mut Tx<'_>, guest: &str) -> Result<(), 
         .bind(guest)
         .execute(&mut **tx)
         .await?;
-    sqlx::query(
-        "UPDATE guests SET ip = NULL, vnc_port = NULL, vnc_password = NULL, mac = NULL WHERE id = ?",
-    )
-    .bind(guest)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("UPDATE guests SET ip = NULL, vnc_port = NULL, mac = NULL WHERE id = ?")
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -189,8 +185,14 @@ pub async fn take_boot_pending(tx: &mut Tx<'_>, guest: &str) -> Result<Option<St
     Ok(row.map(|r| r.0))
 }
 
+/// Forgets a node, its credential with it: the controller stops reading its stream and
+/// removes its Redis user (see `controller::enroll`).
 pub async fn delete_node(tx: &mut Tx<'_>, node: &str) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM nodes WHERE id = ?")
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM node_credentials WHERE node_id = ?")
         .bind(node)
         .execute(&mut **tx)
         .await?;
@@ -275,7 +277,6 @@ mod tests {
             requested_ip: None,
             ip: None,
             vnc_port: None,
-            vnc_password: None,
             mac: None,
             state: GuestState::parse(state).unwrap(),
             lock_op: None,

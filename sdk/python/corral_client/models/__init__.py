@@ -25,6 +25,8 @@ from corral_client.models.bandwidth import Bandwidth
 from corral_client.models.boot_job import BootJob
 from corral_client.models.change_ip import ChangeIp
 from corral_client.models.cleanup_entry import CleanupEntry
+from corral_client.models.console_request import ConsoleRequest
+from corral_client.models.console_ticket import ConsoleTicket
 from corral_client.models.correct_ip import CorrectIp
 from corral_client.models.create_guest import CreateGuest
 from corral_client.models.create_pool import CreatePool
@@ -32,6 +34,7 @@ from corral_client.models.create_template import CreateTemplate
 from corral_client.models.created_token import CreatedToken
 from corral_client.models.disk import Disk
 from corral_client.models.domain_xml import DomainXml
+from corral_client.models.enroll_node import EnrollNode
 from corral_client.models.error_body import ErrorBody
 from corral_client.models.event_item import EventItem
 from corral_client.models.event_stream200_response import EventStream200Response
@@ -49,6 +52,7 @@ from corral_client.models.new_script import NewScript
 from corral_client.models.new_token import NewToken
 from corral_client.models.new_user import NewUser
 from corral_client.models.node import Node
+from corral_client.models.node_credential import NodeCredential
 from corral_client.models.node_settings import NodeSettings
 from corral_client.models.operation import Operation
 from corral_client.models.operation_state import OperationState

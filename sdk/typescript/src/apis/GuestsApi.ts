@@ -39,6 +39,16 @@ import {
     ChangeIpToJSON,
 } from '../models/ChangeIp';
 import {
+    type ConsoleRequest,
+    ConsoleRequestFromJSON,
+    ConsoleRequestToJSON,
+} from '../models/ConsoleRequest';
+import {
+    type ConsoleTicket,
+    ConsoleTicketFromJSON,
+    ConsoleTicketToJSON,
+} from '../models/ConsoleTicket';
+import {
     type CorrectIp,
     CorrectIpFromJSON,
     CorrectIpToJSON,
@@ -129,6 +139,17 @@ export interface GuestChangeIpRequest {
      * 
      */
     changeIp: ChangeIp;
+}
+
+export interface GuestConsoleRequest {
+    /**
+     * 
+     */
+    id: string;
+    /**
+     * 
+     */
+    consoleRequest: ConsoleRequest;
 }
 
 export interface GuestCorrectIpRequest {
@@ -419,6 +440,69 @@ export class GuestsApi extends runtime.BaseAPI {
      */
     async guestChangeIp(requestParameters: GuestChangeIpRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Accepted> {
         const response = await this.guestChangeIpRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for guestConsole without sending the request
+     */
+    async guestConsoleRequestOpts(requestParameters: GuestConsoleRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling guestConsole().'
+            );
+        }
+
+        if (requestParameters['consoleRequest'] == null) {
+            throw new runtime.RequiredError(
+                'consoleRequest',
+                'Required parameter "consoleRequest" was null or undefined when calling guestConsole().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/guests/{id}/console`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+            body: ConsoleRequestToJSON(requestParameters['consoleRequest']),
+        };
+    }
+
+    /**
+     * Open a running guest\'s VNC console for a short while: answers a one-time password (and where to connect) that stops working after `valid_seconds`.
+     */
+    async guestConsoleRaw(requestParameters: GuestConsoleRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<ConsoleTicket>> {
+        const requestOptions = await this.guestConsoleRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => ConsoleTicketFromJSON(jsonValue));
+    }
+
+    /**
+     * Open a running guest\'s VNC console for a short while: answers a one-time password (and where to connect) that stops working after `valid_seconds`.
+     */
+    async guestConsole(requestParameters: GuestConsoleRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<ConsoleTicket> {
+        const response = await this.guestConsoleRaw(requestParameters, initOverrides);
         return await response.value();
     }
 

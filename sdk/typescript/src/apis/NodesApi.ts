@@ -19,6 +19,11 @@ import {
     AcceptedToJSON,
 } from '../models/Accepted';
 import {
+    type EnrollNode,
+    EnrollNodeFromJSON,
+    EnrollNodeToJSON,
+} from '../models/EnrollNode';
+import {
     type ErrorBody,
     ErrorBodyFromJSON,
     ErrorBodyToJSON,
@@ -34,10 +39,22 @@ import {
     NodeToJSON,
 } from '../models/Node';
 import {
+    type NodeCredential,
+    NodeCredentialFromJSON,
+    NodeCredentialToJSON,
+} from '../models/NodeCredential';
+import {
     type NodeSettings,
     NodeSettingsFromJSON,
     NodeSettingsToJSON,
 } from '../models/NodeSettings';
+
+export interface NodeEnrollRequest {
+    /**
+     * 
+     */
+    enrollNode: EnrollNode;
+}
 
 export interface NodeGetRequest {
     /**
@@ -64,6 +81,20 @@ export interface NodeRemoveRequest {
     guests: GuestRecords;
 }
 
+export interface NodeRevokeCredentialRequest {
+    /**
+     * 
+     */
+    id: string;
+}
+
+export interface NodeRotateCredentialRequest {
+    /**
+     * 
+     */
+    id: string;
+}
+
 export interface NodeUpdateRequest {
     /**
      * 
@@ -79,6 +110,61 @@ export interface NodeUpdateRequest {
  * 
  */
 export class NodesApi extends runtime.BaseAPI {
+
+    /**
+     * Creates request options for nodeEnroll without sending the request
+     */
+    async nodeEnrollRequestOpts(requestParameters: NodeEnrollRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['enrollNode'] == null) {
+            throw new runtime.RequiredError(
+                'enrollNode',
+                'Required parameter "enrollNode" was null or undefined when calling nodeEnroll().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/nodes`;
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+            body: EnrollNodeToJSON(requestParameters['enrollNode']),
+        };
+    }
+
+    /**
+     * Enroll a node: it gets its own Redis user and the controller starts reading its event stream. The answer holds the node\'s `redis_url`, secret included, shown this once.
+     */
+    async nodeEnrollRaw(requestParameters: NodeEnrollRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<NodeCredential>> {
+        const requestOptions = await this.nodeEnrollRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => NodeCredentialFromJSON(jsonValue));
+    }
+
+    /**
+     * Enroll a node: it gets its own Redis user and the controller starts reading its event stream. The answer holds the node\'s `redis_url`, secret included, shown this once.
+     */
+    async nodeEnroll(requestParameters: NodeEnrollRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<NodeCredential> {
+        const response = await this.nodeEnrollRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
 
     /**
      * Creates request options for nodeGet without sending the request
@@ -241,6 +327,111 @@ export class NodesApi extends runtime.BaseAPI {
      */
     async nodeRemove(requestParameters: NodeRemoveRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Accepted> {
         const response = await this.nodeRemoveRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for nodeRevokeCredential without sending the request
+     */
+    async nodeRevokeCredentialRequestOpts(requestParameters: NodeRevokeCredentialRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling nodeRevokeCredential().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/nodes/{id}/credential`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'DELETE',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Revoke a node\'s credential: Redis drops its user and connections within seconds, and the controller stops reading its stream. Its guests\' records stay (the node reads offline); enroll it again to let it back.
+     */
+    async nodeRevokeCredentialRaw(requestParameters: NodeRevokeCredentialRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<void>> {
+        const requestOptions = await this.nodeRevokeCredentialRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.VoidApiResponse(response);
+    }
+
+    /**
+     * Revoke a node\'s credential: Redis drops its user and connections within seconds, and the controller stops reading its stream. Its guests\' records stay (the node reads offline); enroll it again to let it back.
+     */
+    async nodeRevokeCredential(requestParameters: NodeRevokeCredentialRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<void> {
+        await this.nodeRevokeCredentialRaw(requestParameters, initOverrides);
+    }
+
+    /**
+     * Creates request options for nodeRotateCredential without sending the request
+     */
+    async nodeRotateCredentialRequestOpts(requestParameters: NodeRotateCredentialRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling nodeRotateCredential().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/nodes/{id}/credential`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Give an enrolled node a new Redis secret; the old one stops working at once. The node needs the new `redis_url` to report again.
+     */
+    async nodeRotateCredentialRaw(requestParameters: NodeRotateCredentialRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<NodeCredential>> {
+        const requestOptions = await this.nodeRotateCredentialRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => NodeCredentialFromJSON(jsonValue));
+    }
+
+    /**
+     * Give an enrolled node a new Redis secret; the old one stops working at once. The node needs the new `redis_url` to report again.
+     */
+    async nodeRotateCredential(requestParameters: NodeRotateCredentialRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<NodeCredential> {
+        const response = await this.nodeRotateCredentialRaw(requestParameters, initOverrides);
         return await response.value();
     }
 

@@ -2,12 +2,15 @@
 //! actions, queued per guest and run by a `guest.boot_jobs` operation:
 //!
 //! 1. `claim` (controller): the guest's pending jobs (or the ones the request named) are
-//!    evaluated with the guest's current facts and marked `running` under this operation,
-//!    their actions stored. A job whose script fails is marked `failed` with the script's
-//!    error at once; it would fail the same way at every boot. Undo puts the claimed jobs
-//!    back to `pending` with the reason, so a run that could not reach the guest loses
-//!    nothing.
-//! 2. `run` (node): one agent run, one batch per job (see `node::agent`).
+//!    marked `running` under this operation. A job whose script is gone is marked `failed`
+//!    at once. Undo puts the claimed jobs back to `pending` with the reason, so a run that
+//!    could not reach the guest loses nothing.
+//! 2. `run` (node): one agent run, one batch per job (see `node::agent`). Each batch
+//!    carries its job's script (the source pinned at queue time), parameters and the
+//!    guest's current facts; the node evaluates it under its own deadline just before the
+//!    run, so no user script ever runs in the controller's writer transaction. A script
+//!    that fails fails its job with the script's error (it would fail the same way at
+//!    every boot); the other jobs run.
 //! 3. `complete` (controller): each job `done` or `failed` with its per-action results;
 //!    a successful password reset or key injection also updates the guest's init secrets,
 //!    so a later seed rebuild does not bring the old password back.
@@ -27,11 +30,9 @@ use crate::controller::saga::initplan::{guest_facts, init_input, script_source};
 use crate::controller::saga::launch::{create_op, LaunchError, Target};
 use crate::controller::saga::steps::{guest_of, StepError};
 use crate::controller::store::{self as st, OpRow, Store, StoreError, Tx};
-use crate::guestinit::AgentAction;
 use crate::jobs::Catalog;
-use crate::model::{AgentBatch, AgentReport, NodeAction};
+use crate::model::{AgentBatch, AgentReport, BatchScript, NodeAction};
 use crate::script::catalog::Kind;
-use crate::script::Scripts;
 
 /// How long a run waits for the agent of a guest that just booted.
 pub const AGENT_WAIT_SECS: u64 = 300;
@@ -62,7 +63,7 @@ pub async fn run(
     let g = guest_of(cx.tx, cx.op).await?;
     let action = match (step, undo) {
         (Step::Claim, false) => {
-            claim(cx.tx, &cx.env.scripts, cx.op, &g, p).await?;
+            claim(cx.tx, cx.op, &g, p).await?;
             None
         }
         (Step::Claim, true) => {
@@ -82,40 +83,22 @@ pub async fn run(
 
 async fn claim(
     tx: &mut Tx<'_>,
-    scripts: &Scripts,
     op: &OpRow,
     g: &st::GuestRow,
     p: &RunPayload,
 ) -> Result<(), StepError> {
-    let facts = guest_facts(tx, g, None).await?;
     for job in st::pending_jobs_in(tx, &g.id).await? {
         if p.job_ids.as_ref().is_some_and(|ids| !ids.contains(&job.id)) {
             continue;
         }
-        let params: serde_json::Value =
-            serde_json::from_str(&job.params).unwrap_or(serde_json::Value::Null);
-        // Users' scripts never see the guest's password hash.
-        let mut facts = facts.clone();
-        if !job.system {
-            facts.password_hash = None;
-        }
         // The source pinned at queue time; jobs from before pinning take the current one.
-        let source = match &job.source {
-            Some(s) => Some(s.clone()),
-            None => script_source(tx, Kind::Boot, &job.script).await?,
-        };
-        let evaluated = match source {
-            None => Err(format!("boot script {} no longer exists", job.script)),
-            Some(source) => scripts
-                .actions(&job.script, &source, &facts, &params)
-                .map_err(|e| e.to_string()),
-        };
-        match evaluated {
-            Ok(actions) => {
-                let json = serde_json::to_string(&actions).map_err(StoreError::from)?;
-                st::claim_job(tx, &job.id, &op.id, &json).await?;
-            }
-            Err(e) => st::end_job(tx, &job.id, "failed", None, Some(&e)).await?,
+        let pinned =
+            job.source.is_some() || script_source(tx, Kind::Boot, &job.script).await?.is_some();
+        if pinned {
+            st::claim_job(tx, &job.id, &op.id, "[]").await?;
+        } else {
+            let e = format!("boot script {} no longer exists", job.script);
+            st::end_job(tx, &job.id, "failed", None, Some(&e)).await?;
         }
     }
     Ok(())
@@ -132,6 +115,8 @@ async fn unclaim(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StepError> {
 }
 
 /// The node action of `run`: one batch per claimed job. None when nothing was claimed.
+/// The node action of `run`: one batch per claimed job, each with its script to evaluate
+/// on the node. None when nothing was claimed.
 async fn run_action(
     tx: &mut Tx<'_>,
     op: &OpRow,
@@ -141,14 +126,31 @@ async fn run_action(
     if jobs.is_empty() {
         return Ok(None);
     }
-    let batches = jobs
-        .into_iter()
-        .map(|j| {
-            let actions: Vec<AgentAction> =
-                serde_json::from_str(j.actions.as_deref().unwrap_or("[]")).unwrap_or_default();
-            AgentBatch { id: j.id, actions }
-        })
-        .collect();
+    let facts = guest_facts(tx, g, None).await?;
+    let mut batches = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let source = match j.source {
+            Some(s) => s,
+            None => script_source(tx, Kind::Boot, &j.script)
+                .await?
+                .unwrap_or_default(),
+        };
+        // Users' scripts never see the guest's password hash.
+        let mut facts = facts.clone();
+        if !j.system {
+            facts.password_hash = None;
+        }
+        batches.push(AgentBatch {
+            id: j.id,
+            actions: Vec::new(),
+            script: Some(Box::new(BatchScript {
+                name: j.script,
+                source,
+                params: serde_json::from_str(&j.params).unwrap_or(serde_json::Value::Null),
+                facts,
+            })),
+        });
+    }
     Ok(Some(NodeAction::AgentRun {
         guest_id: g.id.clone(),
         batches,

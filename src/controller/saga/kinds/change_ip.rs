@@ -24,7 +24,6 @@ use crate::controller::saga::steps::{guest_of, StepError};
 use crate::controller::store::{self as st, events, GuestRow, OpRow, StoreError, Tx};
 use crate::model::{AgentBatch, GuestState, NodeAction};
 use crate::script::catalog::Kind;
-use crate::script::Scripts;
 
 /// Payload of `guest.change_ip`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -71,7 +70,7 @@ pub async fn run(cx: &mut Ctx<'_, '_>, step: Step, undo: bool) -> Result<Effect,
             let ip = new.as_ref().map(|(i, p)| (i.as_str(), p.as_str()));
             refresh_seed_action(cx.tx, &g, ip).await?
         }
-        (Step::Apply, undo) => apply_action(cx.tx, &cx.env.scripts, cx.op, &g, undo).await?,
+        (Step::Apply, undo) => apply_action(cx.tx, cx.op, &g, undo).await?,
         (Step::Commit, false) => {
             commit(cx.tx, cx.op, &g).await?;
             None
@@ -141,21 +140,29 @@ fn new_address(op: &OpRow) -> Result<Option<(String, String)>, StepError> {
 }
 
 /// The `change-ip` boot script's actions, moving the guest from `from` to `to`.
-async fn change_ip_actions(
+/// The `change-ip` batch: the script (possibly an administrator's version) with its
+/// parameters and the guest's facts, evaluated by the node, never in this transaction.
+async fn change_ip_batch(
     tx: &mut Tx<'_>,
-    scripts: &Scripts,
     g: &GuestRow,
     to: (&str, &str),
     from: Option<(&str, &str)>,
-) -> Result<Vec<crate::guestinit::AgentAction>, StepError> {
+) -> Result<AgentBatch, StepError> {
     let params = change_ip_params(tx, g, to, from).await?;
     let source = script_source(tx, Kind::Boot, "change-ip")
         .await?
         .unwrap_or_default();
     let facts = guest_facts(tx, g, Some(to)).await?;
-    scripts
-        .actions("change-ip", &source, &facts, &params)
-        .map_err(|e| StepError::Permanent(e.to_string()))
+    Ok(AgentBatch {
+        id: "change-ip".into(),
+        actions: Vec::new(),
+        script: Some(Box::new(crate::model::BatchScript {
+            name: "change-ip".into(),
+            source,
+            params,
+            facts,
+        })),
+    })
 }
 
 /// The parameters of the shipped `change-ip` script.
@@ -179,7 +186,6 @@ pub async fn change_ip_params(
 /// `apply` forward (`undo` false) or back: None when the guest does not run.
 async fn apply_action(
     tx: &mut Tx<'_>,
-    scripts: &Scripts,
     op: &OpRow,
     g: &GuestRow,
     undo: bool,
@@ -203,13 +209,10 @@ async fn apply_action(
             (old_ip.as_str(), old_pool.as_str()),
         )
     };
-    let actions = change_ip_actions(tx, scripts, g, to, Some(from)).await?;
+    let batch = change_ip_batch(tx, g, to, Some(from)).await?;
     Ok(Some(NodeAction::AgentRun {
         guest_id: g.id.clone(),
-        batches: vec![AgentBatch {
-            id: "change-ip".into(),
-            actions,
-        }],
+        batches: vec![batch],
         wait_secs: 30,
         strict: !undo,
     }))

@@ -20,8 +20,7 @@ use super::{Ctx, Effect};
 use crate::controller::alloc;
 use crate::controller::saga::initplan::init_input;
 use crate::controller::saga::steps::{
-    disk_path, domain_spec, facts_of, guest_of, random_secret, seed_path, system_disk_path,
-    StepEnv, StepError,
+    disk_path, domain_spec, facts_of, guest_of, seed_path, system_disk_path, StepEnv, StepError,
 };
 use crate::controller::store::{self as st, events, GuestRow, OpRow, StoreError, Tx};
 use crate::model::{new_id, now_ms, GuestState, NodeAction, OpState, SubStep};
@@ -336,7 +335,6 @@ async fn allocate(tx: &mut Tx<'_>, env: &StepEnv, g: &GuestRow) -> Result<(), St
         .unwrap_or((env.vnc_port_min, env.vnc_port_max));
     let port = alloc::allocate_vnc(tx, &node, vmin, vmax, &g.id).await?;
     let mac = alloc::allocate_mac(tx, &g.id).await?;
-    let vnc_password = random_secret(8);
     st::set_guest_allocation(
         tx,
         &g.id,
@@ -344,7 +342,6 @@ async fn allocate(tx: &mut Tx<'_>, env: &StepEnv, g: &GuestRow) -> Result<(), St
             pool_id: pool_id.as_deref(),
             ip: ip.as_deref(),
             vnc_port: port,
-            vnc_password: &vnc_password,
             mac: &mac,
         },
     )

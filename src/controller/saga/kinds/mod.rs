@@ -17,6 +17,7 @@
 
 pub mod boot_jobs;
 pub mod change_ip;
+pub mod console;
 pub mod create;
 pub mod delete;
 pub mod node_cleanup;
@@ -69,6 +70,7 @@ pub enum OpKind {
     GuestChangeIp,
     NodeRemove,
     NodeCleanup,
+    GuestConsole,
 }
 
 impl OpKind {
@@ -87,6 +89,7 @@ impl OpKind {
         OpKind::GuestChangeIp,
         OpKind::NodeRemove,
         OpKind::NodeCleanup,
+        OpKind::GuestConsole,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +108,7 @@ impl OpKind {
             OpKind::GuestChangeIp => "guest.change_ip",
             OpKind::NodeRemove => "node.remove",
             OpKind::NodeCleanup => "node.cleanup",
+            OpKind::GuestConsole => "guest.console",
         }
     }
 
@@ -128,6 +132,7 @@ impl OpKind {
             | OpKind::GuestSuspend
             | OpKind::GuestResume => vec![power::Power::step_of(self).name()],
             OpKind::GuestSetBandwidth => names(set_bandwidth::Step::ALL, set_bandwidth::Step::name),
+            OpKind::GuestConsole => names(console::Step::ALL, console::Step::name),
             OpKind::GuestBootJobs => names(boot_jobs::Step::ALL, boot_jobs::Step::name),
             OpKind::GuestChangeIp => names(change_ip::Step::ALL, change_ip::Step::name),
             OpKind::NodeRemove => names(node_remove::Step::ALL, node_remove::Step::name),
@@ -147,6 +152,7 @@ impl OpKind {
             OpKind::GuestReset => include_str!("../../../../jobs/guest.reset.toml"),
             OpKind::GuestSuspend => include_str!("../../../../jobs/guest.suspend.toml"),
             OpKind::GuestResume => include_str!("../../../../jobs/guest.resume.toml"),
+            OpKind::GuestConsole => include_str!("../../../../jobs/guest.console.toml"),
             OpKind::GuestSetBandwidth => {
                 include_str!("../../../../jobs/guest.set_bandwidth.toml")
             }
@@ -182,6 +188,7 @@ pub enum Request {
     GuestDelete,
     Power(power::Power),
     SetBandwidth(set_bandwidth::Payload),
+    Console(console::Payload),
     BootJobs(boot_jobs::RunPayload),
     ChangeIp(change_ip::ChangeIpPayload),
     NodeRemove(node_remove::Payload),
@@ -216,6 +223,7 @@ impl Request {
             Request::GuestDelete => OpKind::GuestDelete,
             Request::Power(p) => p.kind(),
             Request::SetBandwidth(_) => OpKind::GuestSetBandwidth,
+            Request::Console(_) => OpKind::GuestConsole,
             Request::BootJobs(_) => OpKind::GuestBootJobs,
             Request::ChangeIp(_) => OpKind::GuestChangeIp,
             Request::NodeRemove(_) => OpKind::NodeRemove,
@@ -231,6 +239,7 @@ impl Request {
             }
             Request::Power(p) => p.payload(),
             Request::SetBandwidth(p) => serde_json::to_value(p)?,
+            Request::Console(p) => serde_json::to_value(p)?,
             Request::BootJobs(p) => serde_json::to_value(p)?,
             Request::ChangeIp(p) => serde_json::to_value(p)?,
             Request::NodeRemove(p) => serde_json::to_value(p)?,
@@ -254,6 +263,7 @@ impl Request {
                 Request::Power(power::Power::from_kind(k, p.timeout_secs))
             }
             OpKind::GuestSetBandwidth => Request::SetBandwidth(typed(k, payload)?),
+            OpKind::GuestConsole => Request::Console(typed(k, payload)?),
             OpKind::GuestBootJobs => Request::BootJobs(typed(k, payload)?),
             OpKind::GuestChangeIp => Request::ChangeIp(typed(k, payload)?),
             OpKind::NodeRemove => Request::NodeRemove(typed(k, payload)?),
@@ -331,6 +341,10 @@ pub async fn run(
             let s = set_bandwidth::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             set_bandwidth::run(cx, p, s, undo).await
         }
+        Request::Console(p) => {
+            let s = console::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            console::run(cx, p, s, undo).await
+        }
         Request::BootJobs(p) => {
             let s = boot_jobs::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             boot_jobs::run(cx, p, s, undo).await
@@ -354,9 +368,16 @@ pub async fn run(
 pub async fn on_finish(
     tx: &mut Tx<'_>,
     req: &Request,
-    op: &OpRow,
+    op: &mut OpRow,
     state: OpState,
 ) -> Result<(), StoreError> {
+    if let Request::Console(p) = req {
+        // The ticket's password is forgotten as soon as its operation ends.
+        op.payload = serde_json::to_string(&console::Payload {
+            password: String::new(),
+            ..p.clone()
+        })?;
+    }
     let Some(guest) = op.guest_id.as_deref() else {
         return Ok(());
     };
@@ -365,6 +386,7 @@ pub async fn on_finish(
         Request::GuestDelete => delete::on_finish(tx, guest, state).await?,
         Request::Power(_)
         | Request::SetBandwidth(_)
+        | Request::Console(_)
         | Request::BootJobs(_)
         | Request::ChangeIp(_)
         | Request::NodeRemove(_)
@@ -401,6 +423,10 @@ mod tests {
             }),
             Request::Power(power::Power::Reset),
             Request::SetBandwidth(set_bandwidth::Payload { bandwidth: None }),
+            Request::Console(console::Payload {
+                password: "p".into(),
+                valid_until_ms: 1,
+            }),
             Request::BootJobs(boot_jobs::RunPayload {
                 job_ids: Some(vec!["j".into()]),
             }),

@@ -1,0 +1,377 @@
+//! Nodes obey only the controller: each node's own Redis user reaches only its own keys,
+//! and the controller believes an event only from the node it concerns.
+//!
+//! Two enrolled nodes on the libvirt test driver and a real Redis. With node A's
+//! credentials (what an intruder on node A holds) the test forges jobs and events against
+//! node B and checks that Redis or the controller refuses every one, and that nothing
+//! they would have changed changed.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use apalis::prelude::TaskSink;
+use apalis_redis::RedisStorage;
+use common::{require, Cloud};
+use corral::model::{NodeAction, NodeEvent, NodeFacts, NodeJob, StepOutcome};
+use corral::transport;
+use serde_json::{json, Value};
+
+fn parts() -> bool {
+    require("redis-server") && require("virsh")
+}
+
+/// Whether a Redis reply is an ACL refusal.
+fn refused<T: std::fmt::Debug>(r: Result<T, redis::RedisError>) -> bool {
+    match r {
+        Err(e) => e.code() == Some("NOPERM") || e.to_string().to_lowercase().contains("noperm"),
+        Ok(v) => panic!("Redis allowed it: {v:?}"),
+    }
+}
+
+async fn forge(conn: &mut redis::aio::ConnectionManager, stream_of: &str, ev: &NodeEvent) {
+    transport::publish(conn, stream_of, ev).await.unwrap();
+}
+
+async fn wait_refusals(cloud: &Cloud, n: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let r = cloud.events("node.refused").await;
+        if r.len() >= n {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the controller recorded fewer than {n} refusals")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nodes_credentials_cannot_act_for_another_node() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    let a = cloud.node_id.clone();
+    cloud.add_node("node-b", &[]).await;
+    cloud.template("tiny").await;
+    let client = redis::Client::open(cloud.node_urls[&a].as_str()).unwrap();
+    let mut conn = transport::connect(&cloud.node_urls[&a]).await.unwrap();
+
+    // 1. Redis refuses A's user everything of B's: queue, stream, fences, wake channel.
+    let job = NodeJob {
+        op_id: "forged".into(),
+        step: 0,
+        attempt: 1,
+        undo: false,
+        action: NodeAction::RemoveFile {
+            path: "/etc/hostname".into(),
+        },
+    };
+    let mut b_queue: RedisStorage<NodeJob> =
+        RedisStorage::new(conn.clone()).with_config(transport::queue_config("node-b"));
+    let pushed = b_queue.push(job.clone()).await;
+    assert!(
+        pushed
+            .as_ref()
+            .is_err_and(|e| e.to_string().to_lowercase().contains("noperm")),
+        "a job pushed onto B's queue: {pushed:?}"
+    );
+    let cmds: Vec<(&str, redis::Cmd)> = vec![
+        (
+            "write B's queue",
+            redis::cmd("HSET")
+                .arg("corral:node:node-b:data")
+                .arg("x")
+                .arg("y")
+                .clone(),
+        ),
+        (
+            "append to B's stream",
+            redis::cmd("XADD")
+                .arg("corral:events:node-b")
+                .arg("*")
+                .arg("e")
+                .arg("{}")
+                .clone(),
+        ),
+        (
+            "read B's fence",
+            redis::cmd("GET").arg("corral:fence:node-b:op:0:do").clone(),
+        ),
+        (
+            "write its own fence",
+            redis::cmd("SET")
+                .arg(format!("corral:fence:{a}:op:0:do"))
+                .arg(1)
+                .clone(),
+        ),
+        (
+            "wake B",
+            redis::cmd("PUBLISH")
+                .arg("corral:wake:node-b")
+                .arg(1)
+                .clone(),
+        ),
+        ("list keys", redis::cmd("KEYS").arg("*").clone()),
+        ("scan keys", redis::cmd("SCAN").arg(0).clone()),
+        ("flush", redis::cmd("FLUSHALL").clone()),
+        (
+            "read the config",
+            redis::cmd("CONFIG").arg("GET").arg("requirepass").clone(),
+        ),
+        ("list users", redis::cmd("ACL").arg("LIST").clone()),
+        ("flush scripts", redis::cmd("SCRIPT").arg("FLUSH").clone()),
+    ];
+    let mut table = Vec::new();
+    for (what, cmd) in cmds {
+        let r: Result<Value, _> = cmd
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .map(|v| json!(format!("{v:?}")));
+        assert!(refused(r), "{what}");
+        table.push(what);
+    }
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    assert!(
+        refused(pubsub.subscribe("corral:wake:node-b").await),
+        "subscribe to B's wake channel"
+    );
+    // Its own fence it may read (that is how it checks a job).
+    let own: Option<String> = redis::cmd("GET")
+        .arg(format!("corral:fence:{a}:op:0:do"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(own, None);
+
+    // 2. A job forged onto A's own queue never runs: no fence names it, and A cannot
+    //    write one.
+    let victim = cloud.images().join("victim.qcow2");
+    std::fs::create_dir_all(cloud.images()).unwrap();
+    std::fs::write(&victim, b"data").unwrap();
+    let mut own_queue: RedisStorage<NodeJob> =
+        RedisStorage::new(conn.clone()).with_config(transport::queue_config(&a));
+    own_queue
+        .push(NodeJob {
+            action: NodeAction::RemoveFile {
+                path: victim.display().to_string(),
+            },
+            ..job
+        })
+        .await
+        .unwrap();
+    redis::cmd("PUBLISH")
+        .arg(transport::wake_channel(&a))
+        .arg(1)
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap();
+
+    // 3. Events forged on A's stream about B.
+    let (_, b_before) = cloud.get("/nodes/node-b").await;
+    forge(
+        &mut conn,
+        &a,
+        &NodeEvent::Heartbeat {
+            node_id: "node-b".into(),
+            facts: Box::new(NodeFacts {
+                hostname: "forged".into(),
+                ..Default::default()
+            }),
+            at_ms: corral::model::now_ms(),
+        },
+    )
+    .await;
+    let (gid, op) = cloud
+        .create(json!({"name": "on-b", "template": "tiny", "cpus": 1, "memory_mib": 64, "node": "node-b"}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let (_, guest) = cloud.get(&format!("/guests/{gid}")).await;
+    assert_eq!(guest["state"], "running", "{guest}");
+    forge(
+        &mut conn,
+        &a,
+        &NodeEvent::DomainState {
+            node_id: a.clone(),
+            guest_id: gid.clone(),
+            state: "shutoff".into(),
+            at_ms: corral::model::now_ms() + 1000,
+        },
+    )
+    .await;
+    forge(
+        &mut conn,
+        &a,
+        &NodeEvent::DomainXml {
+            node_id: "node-b".into(),
+            guest_id: gid.clone(),
+            xml: "<domain>forged</domain>".into(),
+        },
+    )
+    .await;
+
+    // 4. A step result for B's operation, sent by A while B's build is in flight: B is
+    //    frozen, so the real result cannot come first.
+    cloud.extra_nodes[0].signal("STOP");
+    let (gid2, op2) = cloud
+        .create(json!({"name": "held", "template": "tiny", "cpus": 1, "memory_mib": 64, "node": "node-b"}))
+        .await[0]
+        .clone();
+    let mut build = None;
+    for _ in 0..100 {
+        let (_, v) = cloud.get(&format!("/operations/{op2}")).await;
+        if let Some((i, s)) = v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s["name"] == "build" && s["state"] == "running")
+        {
+            build = Some((i, s["attempt"].as_u64().unwrap() as u32));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (step, attempt) = build.expect("the build step was dispatched to node-b");
+    forge(
+        &mut conn,
+        &a,
+        &NodeEvent::StepFinished {
+            node_id: a.clone(),
+            op_id: op2.clone(),
+            step,
+            attempt,
+            undo: false,
+            outcome: StepOutcome::Ok {
+                guest_state: Some("running".into()),
+                domain_xml: None,
+                output: None,
+            },
+        },
+    )
+    .await;
+    let refusals = wait_refusals(&cloud, 3).await;
+    let reasons: Vec<&str> = refusals
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("claiming node node-b")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(&format!("operation {op2}"))),
+        "{reasons:?}"
+    );
+    let (_, v) = cloud.get(&format!("/operations/{op2}")).await;
+    assert_eq!(
+        v["steps"][step]["state"], "running",
+        "the forged result was applied: {v}"
+    );
+
+    // Nothing the forgeries named changed.
+    let (_, b_after) = cloud.get("/nodes/node-b").await;
+    assert_eq!(b_after["hostname"], b_before["hostname"]);
+    let (_, guest) = cloud.get(&format!("/guests/{gid}")).await;
+    assert_eq!(guest["state"], "running", "{guest}");
+    assert!(!guest.to_string().contains("forged"), "{guest}");
+    assert!(
+        victim.exists(),
+        "a job A queued for itself ran without a fence"
+    );
+
+    // B thaws and finishes its own work.
+    cloud.extra_nodes[0].signal("CONT");
+    assert_eq!(cloud.wait_op(&op2).await["state"], "succeeded");
+    let (_, g2) = cloud.get(&format!("/guests/{gid2}")).await;
+    assert_eq!(g2["state"], "running", "{g2}");
+    println!(
+        "refused by Redis: a queue push, {} commands and a subscription; refused by the controller: {} events ({reasons:?})",
+        table.len(),
+        refusals.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_or_rotated_credential_stops_working_and_enrollment_checks_its_input() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    let a = cloud.node_id.clone();
+    let old = cloud.node_urls[&a].clone();
+
+    for (body, want) in [
+        (json!({"id": "bad*id"}), 400),
+        (json!({"id": ""}), 400),
+        (json!({"id": "x".repeat(65)}), 400),
+        (json!({"id": a}), 409),
+        (json!({}), 400),
+    ] {
+        let (s, v) = cloud.post("/nodes", body.clone()).await;
+        assert_eq!(s, want, "{body}: {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    assert_eq!(
+        cloud.post("/nodes/nobody/credential", json!({})).await.0,
+        404
+    );
+    assert_eq!(cloud.delete("/nodes/nobody/credential").await.0, 404);
+
+    // Rotation: the old secret is refused at once.
+    let (s, v) = cloud
+        .post(&format!("/nodes/{a}/credential"), json!({}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let new = v["redis_url"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    let ping = |url: String| async move {
+        let c = redis::Client::open(url.as_str()).unwrap();
+        match c.get_multiplexed_async_connection().await {
+            Ok(mut c) => redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    };
+    assert!(!ping(old.clone()).await, "the old secret still works");
+    assert!(ping(new.clone()).await, "the new secret does not work");
+
+    // Revocation: the user goes within a sync round.
+    assert_eq!(cloud.delete(&format!("/nodes/{a}/credential")).await.0, 204);
+    let mut gone = false;
+    for _ in 0..50 {
+        if !ping(new.clone()).await {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the revoked secret still works");
+    // The secret is never shown again.
+    let (_, n) = cloud.get(&format!("/nodes/{a}")).await;
+    assert!(!n
+        .to_string()
+        .contains(new.rsplit_once(':').unwrap().1.split('@').next().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_users_come_back_after_redis_restarts_without_them() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    // Redis forgets ACL users on restart; the controller installs them again.
+    cloud.redis.restart();
+    let (_, op) = cloud
+        .create(json!({"name": "after", "template": "tiny", "cpus": 1, "memory_mib": 64}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+}
