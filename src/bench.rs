@@ -807,6 +807,7 @@ async fn tcg_on(
         write_files: vec![],
         runcmd: vec![],
         delivery: Default::default(),
+        seed_secrets: Default::default(),
     };
     let docs = crate::guestinit::render_seed(&r, &plan).map_err(setup("seed"))?;
     let xml_path = tmp.join("direct.xml");

@@ -27,6 +27,48 @@ pub struct InitPlan {
     /// answers, for images without cloud-init.
     #[serde(default)]
     pub delivery: Delivery,
+    /// Which of the guest's seeds hold its password hashes and SSH keys.
+    #[serde(default)]
+    pub seed_secrets: SeedSecrets,
+}
+
+/// Which seeds carry secrets (with `delivery: seed`; an agent delivers them otherwise and
+/// no seed holds them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeedSecrets {
+    /// Only the first seed: cloud-init sets users once per instance, so every rebuild
+    /// after the first boot leaves them out.
+    #[default]
+    FirstBoot,
+    /// Every seed: for images that keep no state and apply their seed at every boot
+    /// (corral's test guest); their seed must keep the secrets or lose the password.
+    Always,
+}
+
+impl InitPlan {
+    /// The plan a seed is written from: with secrets only when cloud-init reads them from
+    /// it (`delivery: seed`) and, after the first seed (`rebuild`), only when the profile
+    /// asks for them at every boot.
+    pub fn for_seed(&self, rebuild: bool) -> InitPlan {
+        let keep = self.delivery == Delivery::Seed
+            && (!rebuild || self.seed_secrets == SeedSecrets::Always);
+        if keep {
+            self.clone()
+        } else {
+            self.without_secrets()
+        }
+    }
+
+    /// The plan with its users' password hashes and SSH keys left out.
+    pub fn without_secrets(&self) -> InitPlan {
+        let mut plan = self.clone();
+        for u in &mut plan.users {
+            u.password_hash = None;
+            u.ssh_keys.clear();
+        }
+        plan
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +359,7 @@ mod tests {
 
     fn plan() -> InitPlan {
         InitPlan {
+            seed_secrets: SeedSecrets::FirstBoot,
             instance_id: "i-1".into(),
             hostname: "web-1".into(),
             users: vec![InitUser {
@@ -351,5 +394,23 @@ mod tests {
         assert!(h.starts_with("$6$"), "{h}");
         assert!(sha_crypt::sha512_check("s3cret", &h).is_ok());
         assert!(sha_crypt::sha512_check("wrong", &h).is_err());
+    }
+
+    #[test]
+    fn only_a_seed_the_guest_reads_its_secrets_from_holds_them() {
+        let hash = |p: &InitPlan| p.users[0].password_hash.clone();
+        let mut p = plan();
+        p.users[0].ssh_keys = vec!["ssh-ed25519 AAAA k".into()];
+        // cloud-init's first seed has them; a rebuild after first boot does not.
+        assert_eq!(hash(&p.for_seed(false)), Some("$6$salt$hash".into()));
+        assert_eq!(hash(&p.for_seed(true)), None);
+        assert!(p.for_seed(true).users[0].ssh_keys.is_empty());
+        // A stateless image asks for them in every seed.
+        p.seed_secrets = SeedSecrets::Always;
+        assert_eq!(hash(&p.for_seed(true)), Some("$6$salt$hash".into()));
+        // The agent delivers them: no seed holds them.
+        p.delivery = Delivery::Agent;
+        assert_eq!(hash(&p.for_seed(false)), None);
+        assert_eq!(hash(&p.for_seed(true)), None);
     }
 }

@@ -320,6 +320,14 @@ async fn a_real_guest_gets_what_the_api_promised_and_leaves_nothing() {
         sha_crypt::sha512_check("s3cret-pw", &root_hash).is_ok(),
         "root hash {root_hash} is not the requested password"
     );
+    // This image reads its seed like cloud-init: the first seed holds the hash.
+    let seed_file = cloud.images().join(format!("{gid}-seed.iso"));
+    let seed_text =
+        |f: &std::path::Path| String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+    assert!(
+        seed_text(&seed_file).contains(&root_hash),
+        "the first seed lacks the hash"
+    );
     // busybox (installed by .ci/host-setup.sh) has ping; the host may have no other.
     let ping = Command::new("busybox")
         .args(["ping", "-c", "1", "-W", "3", &ip])
@@ -437,6 +445,25 @@ async fn a_real_guest_gets_what_the_api_promised_and_leaves_nothing() {
     act(&cloud, &gid, "start").await;
     state_soon(&cloud, &gid, "running").await;
     wait_agent(&name, Duration::from_secs(120));
+    // The seed was rebuilt before the power-on. This image applies its seed at every boot
+    // (its profile says `seed_secrets: "always"`), so the rebuild kept the hash and the
+    // guest booted with its name and password intact.
+    let seed = seed_text(&seed_file);
+    assert!(
+        seed.contains(&format!("hostname: \"{name}\"")),
+        "not a seed: {seed}"
+    );
+    assert!(
+        seed.contains(&root_hash),
+        "the rebuild lost the hash: {seed}"
+    );
+    let host = agent(&name, json!({"execute": "guest-get-host-name"})).unwrap();
+    assert_eq!(host["host-name"], json!(name));
+    let shadow = guest_exec(&name, "/bin/cat", &["/etc/shadow"]);
+    assert!(
+        shadow.contains(&root_hash),
+        "the password changed with the seed: {shadow}"
+    );
     act(&cloud, &gid, "reboot").await;
     state_soon(&cloud, &gid, "running").await;
     wait_agent(&name, Duration::from_secs(120));

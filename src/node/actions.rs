@@ -68,6 +68,14 @@ impl Plans {
     }
 }
 
+/// Renders and writes a seed ISO (atomically).
+async fn write_seed(renderer: &Renderer, plan: &InitPlan, path: &str) -> Result<(), ActionError> {
+    let docs = render_seed(renderer, plan).map_err(|e| ActionError::Permanent(e.to_string()))?;
+    write_seed_iso(&docs, Path::new(path))
+        .await
+        .map_err(|e| ActionError::Transient(e.to_string()))
+}
+
 /// Why an action failed, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -166,12 +174,9 @@ pub async fn run(
             inside(&s.storage_dir, path)?;
             // The write is atomic (rename), so replacing is as idempotent as creating.
             if *replace || !Path::new(path).exists() {
-                let plan = plans.get(&s.scripts, init)?;
-                let docs = render_seed(renderer, &plan)
-                    .map_err(|e| ActionError::Permanent(e.to_string()))?;
-                write_seed_iso(&docs, Path::new(path))
-                    .await
-                    .map_err(|e| ActionError::Transient(e.to_string()))?;
+                // Secrets only where the guest reads them from this seed (InitPlan::for_seed).
+                let plan = plans.get(&s.scripts, init)?.for_seed(*replace);
+                write_seed(renderer, &plan, path).await?;
             }
             Ok(ok(None))
         }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::sandbox::{Sandbox, Script, ScriptError};
 use crate::guestinit::{
     check_hash, check_mode, check_path, check_user, AgentAction, Delivery, InitFile, InitPlan,
-    InitUser, StaticNetwork,
+    InitUser, SeedSecrets, StaticNetwork,
 };
 
 /// What a script knows about its guest. Absent values are `()` in Rhai.
@@ -75,6 +75,8 @@ struct PlanOut {
     commands: Vec<String>,
     #[serde(default)]
     delivery: Option<String>,
+    #[serde(default)]
+    seed_secrets: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -157,7 +159,17 @@ pub fn eval_profile(
             )))
         }
     };
+    let seed_secrets = match p.seed_secrets.as_deref() {
+        None | Some("first_boot") => SeedSecrets::FirstBoot,
+        Some("always") => SeedSecrets::Always,
+        Some(other) => {
+            return Err(bad(format!(
+                "seed_secrets {other:?} must be \"first_boot\" or \"always\""
+            )))
+        }
+    };
     Ok(InitPlan {
+        seed_secrets,
         instance_id: guest.id.clone(),
         hostname: p.hostname,
         users,

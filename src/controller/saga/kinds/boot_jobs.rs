@@ -13,9 +13,10 @@
 //!    every boot); the other jobs run.
 //! 3. `complete` (controller): each job `done` or `failed` with its per-action results;
 //!    a successful password reset or key injection also updates the guest's init secrets,
-//!    so a later seed rebuild does not bring the old password back.
-//! 4. `refresh_seed` (node): the seed is rebuilt from the current record (hostname, IP,
-//!    password hash), for images that read it at every boot.
+//!    so that a later agent delivery does not bring the old password back.
+//! 4. `refresh_seed` (node): the seed is rebuilt from the current record (hostname, IP),
+//!    for images that read it at every boot. Like every rebuild after the first boot, it
+//!    leaves out the password hash and SSH keys (see `node::actions`).
 //!
 //! When does a run start? At once when the caller asks and the guest runs; otherwise at its
 //! next boot: a guest seen entering `running` (libvirt's lifecycle event, or a start,

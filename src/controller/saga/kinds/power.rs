@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Effect, OpKind};
 use crate::controller::saga::steps::{guest_of, StepError};
-use crate::model::NodeAction;
+use crate::model::{NodeAction, SubStep};
 
 /// How long a shutdown waits for the guest to power off when the request names no time.
 pub const DEFAULT_SHUTDOWN_SECS: u64 = 120;
@@ -102,9 +102,32 @@ pub async fn run(cx: &mut Ctx<'_, '_>, p: &Power, undo: bool) -> Result<Effect, 
     if undo {
         return Ok(Effect::Done);
     }
+    // A guest powered on has had its first boot: its seed is rebuilt without secrets
+    // first (cloud-init reads it at every boot, but sets users once per instance).
+    let seal = match p {
+        Power::Start => super::boot_jobs::refresh_seed_action(cx.tx, &g, None).await?,
+        _ => None,
+    };
     let guest_id = g.id;
     let action = match *p {
-        Power::Start => NodeAction::Start { guest_id },
+        Power::Start => {
+            let start = NodeAction::Start { guest_id };
+            match seal {
+                Some(seal) => NodeAction::Sequence {
+                    steps: vec![
+                        SubStep {
+                            stage: "rebuilding the init seed without secrets".into(),
+                            action: seal,
+                        },
+                        SubStep {
+                            stage: "starting".into(),
+                            action: start,
+                        },
+                    ],
+                },
+                None => start,
+            }
+        }
         Power::Shutdown { timeout_secs } => NodeAction::Shutdown {
             guest_id,
             timeout_secs: timeout_secs.unwrap_or(DEFAULT_SHUTDOWN_SECS),
