@@ -11,6 +11,7 @@
 //! failed, 2 when the command could not be carried out at all.
 
 mod admin;
+mod disks;
 mod guests;
 mod nodes;
 mod ops;
@@ -22,6 +23,7 @@ mod tokens;
 mod users;
 
 pub use admin::{AuditArgs, SettingsCmd};
+pub use disks::DiskCmd;
 pub use guests::GuestCmd;
 pub use nodes::{NodeCmd, PluginCmd};
 pub use ops::OpCmd;

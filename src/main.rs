@@ -96,6 +96,9 @@ enum Cmd {
     /// Nodes: the hosts guests run on.
     #[command(subcommand)]
     Node(cli::NodeCmd),
+    /// Data disks: create, attach, detach, grow, delete.
+    #[command(subcommand)]
+    Disk(cli::DiskCmd),
     /// OS-init profiles (Rhai).
     #[command(subcommand)]
     Profile(cli::ScriptCmd),
@@ -266,6 +269,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Bootjob(c) => client(client_opts, |k| async move { k.boot_jobs(c).await }).await?,
         Cmd::Node(c) => client(client_opts, |k| async move { k.node(c).await }).await?,
+        Cmd::Disk(c) => client(client_opts, |k| async move { k.disk(c).await }).await?,
         Cmd::Plugin(c) => client(client_opts, |k| async move { k.plugin(c).await }).await?,
         Cmd::Token(c) => client(client_opts, |k| async move { k.token(c).await }).await?,
         Cmd::User(c) => client(client_opts, |k| async move { k.user(c).await }).await?,

@@ -334,6 +334,36 @@ pub enum NodeAction {
     Cleanup {
         items: Vec<CleanupItem>,
     },
+    /// Creates an empty qcow2 data disk of `size_mib` unless it exists.
+    CreateVolume {
+        path: String,
+        size_mib: u64,
+    },
+    /// Adds a data disk to a guest's definition, and to the running domain when it runs
+    /// (hot-plug). A no-op when the definition already has it.
+    AttachDisk {
+        guest_id: String,
+        path: String,
+        target: String,
+        #[serde(default)]
+        limits: Option<IoTune>,
+    },
+    /// Removes a data disk from the running domain (when it runs) and the definition. A
+    /// no-op when the definition no longer has it.
+    DetachDisk {
+        guest_id: String,
+        path: String,
+        target: String,
+    },
+    /// Grows a data disk to `size_mib`: through the running domain (`virDomainBlockResize`)
+    /// when it is attached to a running guest, on the file otherwise. Never shrinks.
+    GrowDisk {
+        path: String,
+        size_mib: u64,
+        /// The guest and device when attached.
+        #[serde(default)]
+        attached: Option<(String, String)>,
+    },
     /// Sets a console ticket's password on the running domain, live only, expiring at
     /// `valid_until_ms` (libvirt's `passwdValidTo`).
     ConsoleTicket {
@@ -342,6 +372,13 @@ pub enum NodeAction {
         password: String,
         valid_until_ms: i64,
     },
+}
+
+/// A data disk's I/O limits as libvirt's `<iotune>` takes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoTune {
+    pub total_iops_sec: Option<u64>,
+    pub total_bytes_sec: Option<u64>,
 }
 
 /// One part of a [`NodeAction::Sequence`]: what it does and how the operation's stage
@@ -452,6 +489,10 @@ impl NodeAction {
             NodeAction::Sequence { .. } => "sequence",
             NodeAction::Cleanup { .. } => "cleanup",
             NodeAction::ConsoleTicket { .. } => "console_ticket",
+            NodeAction::CreateVolume { .. } => "create_volume",
+            NodeAction::AttachDisk { .. } => "attach_disk",
+            NodeAction::DetachDisk { .. } => "detach_disk",
+            NodeAction::GrowDisk { .. } => "grow_disk",
         }
     }
 

@@ -149,6 +149,17 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
         &cloud,
         &ann,
         Method::POST,
+        "/disks",
+        Some(json!({"name": "ann-disk", "size_gib": 1, "guest": g})),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let ann_disk = v["disk_id"].as_str().unwrap().to_string();
+    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    let (s, v) = call(
+        &cloud,
+        &ann,
+        Method::POST,
         "/boot-scripts",
         Some(json!({"name": "ann-motd", "source": "fn actions(guest, params) { [] }"})),
     )
@@ -242,6 +253,38 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
             [A, A, A, A],
         ),
         (m("GET"), "/guests".into(), None, [A, A, A, A]),
+        (m("GET"), "/disks".into(), None, [A, A, A, A]),
+        (m("GET"), format!("/disks/{ann_disk}"), None, [A, A, A, H]),
+        (
+            m("POST"),
+            format!("/disks/{ann_disk}/resize"),
+            Some(json!({"size_gib": 1})),
+            [S(400), S(400), S(400), H],
+        ),
+        (
+            m("POST"),
+            format!("/disks/{ann_disk}/detach"),
+            None,
+            [S(409), S(409), S(409), H],
+        ),
+        (
+            m("POST"),
+            format!("/disks/{ann_disk}/attach"),
+            Some(json!({"guest": "no-such-guest"})),
+            [H, H, H, H],
+        ),
+        (
+            m("DELETE"),
+            "/disks/no-such-disk".into(),
+            None,
+            [H, H, H, H],
+        ),
+        (
+            m("POST"),
+            "/disks".into(),
+            Some(json!({"name": "bad name", "size_gib": 1})),
+            [S(400), S(400), S(400), S(400)],
+        ),
         (m("GET"), format!("/guests/{g}"), None, [A, A, A, H]),
         (m("GET"), "/guests/ann-1".into(), None, [A, A, A, H]),
         (

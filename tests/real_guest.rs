@@ -902,3 +902,135 @@ async fn profiles_and_boot_jobs_change_a_real_guest() {
     );
     cloud.assert_no_leaks().await;
 }
+
+const NET_E: (&str, &str, &str, &str) = (
+    "198.51.100.65/28",
+    "198.51.100.64/28",
+    "198.51.100.66",
+    "198.51.100.78",
+);
+
+/// The size of the guest's block device `dev` in bytes, or None when it has none.
+fn guest_disk_bytes(dom: &str, dev: &str) -> Option<u64> {
+    let out = guest_exec(
+        dom,
+        "/bin/sh",
+        &[
+            "-c",
+            &format!("cat /sys/block/{dev}/size 2>/dev/null || true"),
+        ],
+    );
+    out.trim().parse::<u64>().ok().map(|sectors| sectors * 512)
+}
+
+/// Waits (up to 60 s) until the guest's view of `dev` satisfies `want`.
+fn guest_sees(dom: &str, dev: &str, want: impl Fn(Option<u64>) -> bool) -> Duration {
+    let t0 = Instant::now();
+    let mut seen = None;
+    while t0.elapsed() < Duration::from_secs(60) {
+        seen = guest_disk_bytes(dom, dev);
+        if want(seen) {
+            return t0.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the guest's {dev} reads {seen:?}");
+}
+
+/// A data disk hot-plugged into a running guest appears in it, grows in it and leaves it;
+/// a node killed right after the hot-plug finishes the attach when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_disk_is_attached_grown_and_detached_live() {
+    if !libvirt_ready() {
+        return;
+    }
+    let (gw_cidr, cidr, first, last) = NET_E;
+    let gw = gw_cidr.split('/').next().unwrap();
+    let bridge = Bridge::new(gw_cidr);
+    let mut cloud = tcg_cloud(&bridge, 6060).await;
+    let (s, v) = cloud
+        .post(
+            "/ip-pools",
+            json!({"name": "dnet", "cidr": cidr, "range_start": first, "range_end": last, "gateway": gw}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let name = format!("dk{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let _sweep = DomainSweep(name.clone());
+    let (gid, op) = cloud
+        .create(json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    wait_agent(&name, Duration::from_secs(120));
+    let ok = |r: (u16, Value)| {
+        assert_eq!(r.0, 202, "{}", r.1);
+        r.1["operation_id"].as_str().unwrap().to_string()
+    };
+    let op = ok(cloud
+        .post("/disks", json!({"name": "live", "size_gib": 1, "guest": name, "limits": {"total_iops_sec": 2000}}))
+        .await);
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+
+    // Attach: the guest sees a 1 GiB vdc.
+    let t0 = Instant::now();
+    let op = ok(cloud
+        .post("/disks/live/attach", json!({"guest": name}))
+        .await);
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let to_op = t0.elapsed();
+    let seen = to_op + guest_sees(&name, "vdc", |b| b == Some(1 << 30));
+    eprintln!("live attach: operation {to_op:?}, seen in the guest {seen:?}");
+    let (_, x) = virsh(&["dumpxml", "--inactive", &name]);
+    assert!(
+        x.contains("<total_iops_sec>2000</total_iops_sec>"),
+        "limits not in the definition: {x}"
+    );
+
+    // Grow live: the guest sees 2 GiB without a restart.
+    let op = ok(cloud
+        .post("/disks/live/resize", json!({"size_gib": 2}))
+        .await);
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    guest_sees(&name, "vdc", |b| b == Some(2 << 30));
+
+    // Detach live: the device leaves the guest and the definition.
+    let op = ok(cloud.post("/disks/live/detach", json!({})).await);
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    guest_sees(&name, "vdc", |b| b.is_none());
+    assert!(!virsh(&["dumpxml", "--inactive", &name])
+        .1
+        .contains("-data.qcow2"));
+
+    // The node dies right after hot-plugging, before it reports: back, it finds the disk
+    // attached and reports that.
+    cloud.node.take().unwrap().kill9();
+    cloud.start_node(&[("CORRAL_FAULT", "after:node:attach_disk")]);
+    let op = ok(cloud
+        .post("/disks/live/attach", json!({"guest": name}))
+        .await);
+    assert!(
+        cloud
+            .node
+            .as_mut()
+            .unwrap()
+            .wait_exit(Duration::from_secs(60)),
+        "the node fault never fired"
+    );
+    cloud.start_node(&[]);
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    guest_sees(&name, "vdc", |b| b == Some(2 << 30));
+    let (_, x) = virsh(&["dumpxml", &name]);
+    assert_eq!(x.matches("-data.qcow2").count(), 1, "attached twice: {x}");
+
+    let op = ok(cloud.post("/disks/live/detach", json!({})).await);
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let op = ok(cloud.delete("/disks/live").await);
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+    assert_eq!(
+        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    cloud.assert_no_leaks().await;
+}

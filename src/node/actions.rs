@@ -210,6 +210,35 @@ pub async fn run(
                 output: None,
             })
         }
+        NodeAction::CreateVolume { path, size_mib } => {
+            inside(&s.storage_dir, path)?;
+            super::disks::create_volume(path, *size_mib).await
+        }
+        NodeAction::AttachDisk {
+            guest_id,
+            path,
+            target,
+            limits,
+        } => {
+            inside(&s.storage_dir, path)?;
+            super::disks::attach(hv, guest_id, path, target, limits.as_ref()).await
+        }
+        NodeAction::DetachDisk {
+            guest_id,
+            path,
+            target,
+        } => {
+            inside(&s.storage_dir, path)?;
+            super::disks::detach(hv, guest_id, path, target).await
+        }
+        NodeAction::GrowDisk {
+            path,
+            size_mib,
+            attached,
+        } => {
+            inside(&s.storage_dir, path)?;
+            super::disks::grow(hv, path, *size_mib, attached.as_ref()).await
+        }
         NodeAction::ConsoleTicket {
             guest_id,
             vnc_port,

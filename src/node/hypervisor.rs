@@ -79,6 +79,15 @@ pub trait Hypervisor: Send + Sync {
     async fn xml(&self, uuid: &str) -> Result<String, HvError>;
     /// Updates a device in place: live when the domain runs, and in its persistent config.
     async fn update_device(&self, uuid: &str, xml: &str, live: bool) -> Result<(), HvError>;
+    /// The persistent definition, secrets included (its VNC password): only for
+    /// redefining the domain, never reported.
+    async fn definition(&self, uuid: &str) -> Result<String, HvError>;
+    /// Hot-plugs a device into the running domain and adds it to its definition.
+    async fn attach_live(&self, uuid: &str, xml: &str) -> Result<(), HvError>;
+    /// Unplugs a device from the running domain and removes it from its definition.
+    async fn detach_live(&self, uuid: &str, xml: &str) -> Result<(), HvError>;
+    /// Grows a disk of the running domain to `bytes`.
+    async fn block_resize(&self, uuid: &str, target: &str, bytes: u64) -> Result<(), HvError>;
     /// Updates the running domain's graphics device only, never its definition: a
     /// console ticket's password lives as long as the domain runs, at most.
     async fn update_graphics_live(&self, uuid: &str, xml: &str) -> Result<(), HvError>;
@@ -238,6 +247,37 @@ impl Hypervisor for Libvirt {
         })
         .await
     }
+    async fn definition(&self, uuid: &str) -> Result<String, HvError> {
+        self.on_domain(uuid, |d| {
+            d.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE | sys::VIR_DOMAIN_XML_SECURE)
+                .map_err(Into::into)
+        })
+        .await
+    }
+    async fn attach_live(&self, uuid: &str, xml: &str) -> Result<(), HvError> {
+        let xml = xml.to_string();
+        let flags = sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG;
+        self.on_domain(uuid, move |d| {
+            d.attach_device_flags(&xml, flags).map_err(Into::into)
+        })
+        .await
+    }
+    async fn detach_live(&self, uuid: &str, xml: &str) -> Result<(), HvError> {
+        let xml = xml.to_string();
+        let flags = sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG;
+        self.on_domain(uuid, move |d| {
+            d.detach_device_flags(&xml, flags).map_err(Into::into)
+        })
+        .await
+    }
+    async fn block_resize(&self, uuid: &str, target: &str, bytes: u64) -> Result<(), HvError> {
+        let target = target.to_string();
+        self.on_domain(uuid, move |d| {
+            d.block_resize(&target, bytes, sys::VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                .map_err(Into::into)
+        })
+        .await
+    }
     async fn list(&self) -> Result<Vec<DomEntry>, HvError> {
         self.with(|c| {
             let mut out = Vec::new();
@@ -321,8 +361,11 @@ impl Hypervisor for Fake {
             .domains
             .lock()
             .map_err(|e| HvError::Join(e.to_string()))?;
-        m.entry(uuid)
-            .or_insert_with(|| (xml.to_string(), DomState::Shutoff));
+        // Defining again replaces the definition, as libvirt does.
+        let e = m
+            .entry(uuid)
+            .or_insert_with(|| (String::new(), DomState::Shutoff));
+        e.0 = xml.to_string();
         Ok(())
     }
     async fn undefine(&self, uuid: &str) -> Result<(), HvError> {
@@ -362,6 +405,22 @@ impl Hypervisor for Fake {
         self.with_dom(uuid, |_| ())
     }
     async fn update_graphics_live(&self, uuid: &str, _xml: &str) -> Result<(), HvError> {
+        self.with_dom(uuid, |_| ())
+    }
+    async fn definition(&self, uuid: &str) -> Result<String, HvError> {
+        self.with_dom(uuid, |d| d.0.clone())
+    }
+    async fn attach_live(&self, uuid: &str, xml: &str) -> Result<(), HvError> {
+        let xml = xml.to_string();
+        self.with_dom(uuid, move |d| {
+            d.0 = d.0.replace("</devices>", &format!("{xml}</devices>"));
+        })
+    }
+    async fn detach_live(&self, uuid: &str, xml: &str) -> Result<(), HvError> {
+        let xml = xml.to_string();
+        self.with_dom(uuid, move |d| d.0 = d.0.replace(&xml, ""))
+    }
+    async fn block_resize(&self, uuid: &str, _target: &str, _bytes: u64) -> Result<(), HvError> {
         self.with_dom(uuid, |_| ())
     }
     async fn list(&self) -> Result<Vec<DomEntry>, HvError> {

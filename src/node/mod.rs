@@ -13,6 +13,7 @@
 
 pub mod actions;
 pub mod agent;
+pub mod disks;
 pub mod events;
 pub mod facts;
 pub mod hypervisor;

@@ -397,10 +397,18 @@ impl Cloud {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(&self.token);
+        self.call_as(&self.token, method, path, body).await
+    }
+
+    /// A call with another token.
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self.http.request(method, self.url(path)).bearer_auth(token);
         if let Some(b) = body {
             r = r.json(&b);
         }
@@ -411,6 +419,27 @@ impl Cloud {
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// Creates a user with role `user` and returns a token of theirs.
+    pub async fn new_user(&self, name: &str) -> String {
+        let pw = format!("{name}-password-1");
+        let (s, v) = self
+            .post(
+                "/users",
+                json!({"name": name, "password": pw, "role": "user"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let r = self
+            .http
+            .post(self.url("/auth/login"))
+            .json(&json!({"username": name, "password": pw}))
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        v["token"].as_str().unwrap().to_string()
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {

@@ -44,6 +44,7 @@ __all__ = [
     "AddSshKeys",
     "Address",
     "AddressState",
+    "AttachDisk",
     "AuditEntry",
     "Bandwidth",
     "BootJob",
@@ -52,11 +53,15 @@ __all__ = [
     "ConsoleRequest",
     "ConsoleTicket",
     "CorrectIp",
+    "CreateDisk",
     "CreateGuest",
     "CreatePool",
     "CreateTemplate",
     "CreatedToken",
     "Disk",
+    "DiskAccepted",
+    "DiskDetail",
+    "DiskLimits",
     "DomainXml",
     "EnrollNode",
     "ErrorBody",
@@ -96,6 +101,7 @@ __all__ = [
     "RecoverRequest",
     "ResetPassword",
     "ResetRequest",
+    "ResizeDisk",
     "Retention",
     "ScriptSource",
     "ScriptView",
@@ -148,6 +154,7 @@ from corral_client.models.add_range import AddRange as AddRange
 from corral_client.models.add_ssh_keys import AddSshKeys as AddSshKeys
 from corral_client.models.address import Address as Address
 from corral_client.models.address_state import AddressState as AddressState
+from corral_client.models.attach_disk import AttachDisk as AttachDisk
 from corral_client.models.audit_entry import AuditEntry as AuditEntry
 from corral_client.models.bandwidth import Bandwidth as Bandwidth
 from corral_client.models.boot_job import BootJob as BootJob
@@ -156,11 +163,15 @@ from corral_client.models.cleanup_entry import CleanupEntry as CleanupEntry
 from corral_client.models.console_request import ConsoleRequest as ConsoleRequest
 from corral_client.models.console_ticket import ConsoleTicket as ConsoleTicket
 from corral_client.models.correct_ip import CorrectIp as CorrectIp
+from corral_client.models.create_disk import CreateDisk as CreateDisk
 from corral_client.models.create_guest import CreateGuest as CreateGuest
 from corral_client.models.create_pool import CreatePool as CreatePool
 from corral_client.models.create_template import CreateTemplate as CreateTemplate
 from corral_client.models.created_token import CreatedToken as CreatedToken
 from corral_client.models.disk import Disk as Disk
+from corral_client.models.disk_accepted import DiskAccepted as DiskAccepted
+from corral_client.models.disk_detail import DiskDetail as DiskDetail
+from corral_client.models.disk_limits import DiskLimits as DiskLimits
 from corral_client.models.domain_xml import DomainXml as DomainXml
 from corral_client.models.enroll_node import EnrollNode as EnrollNode
 from corral_client.models.error_body import ErrorBody as ErrorBody
@@ -200,6 +211,7 @@ from corral_client.models.recover_accepted import RecoverAccepted as RecoverAcce
 from corral_client.models.recover_request import RecoverRequest as RecoverRequest
 from corral_client.models.reset_password import ResetPassword as ResetPassword
 from corral_client.models.reset_request import ResetRequest as ResetRequest
+from corral_client.models.resize_disk import ResizeDisk as ResizeDisk
 from corral_client.models.retention import Retention as Retention
 from corral_client.models.script_source import ScriptSource as ScriptSource
 from corral_client.models.script_view import ScriptView as ScriptView

@@ -26,6 +26,54 @@ class TestGuestsApi(unittest.TestCase):
     def tearDown(self) -> None:
         pass
 
+    def test_disk_attach(self) -> None:
+        """Test case for disk_attach
+
+        Attach a data disk to a guest on the same node: hot-plugged when the guest runs, and in its definition either way. Runs as `disk.attach`.
+        """
+        pass
+
+    def test_disk_create(self) -> None:
+        """Test case for disk_create
+
+        Create an empty data disk (qcow2) on a node. Runs as `disk.create`.
+        """
+        pass
+
+    def test_disk_delete(self) -> None:
+        """Test case for disk_delete
+
+        Delete a detached data disk and its file. Runs as `disk.delete`.
+        """
+        pass
+
+    def test_disk_detach(self) -> None:
+        """Test case for disk_detach
+
+        Detach a data disk from its guest (the running guest releases it). Runs as `disk.detach`; the disk stays, free for another guest on its node.
+        """
+        pass
+
+    def test_disk_get(self) -> None:
+        """Test case for disk_get
+
+        """
+        pass
+
+    def test_disk_list(self) -> None:
+        """Test case for disk_list
+
+        Disks the caller may see: data disks, and with `include_system=true` also the system and seed disks of their guests (S20).
+        """
+        pass
+
+    def test_disk_resize(self) -> None:
+        """Test case for disk_resize
+
+        Grow a data disk: live when its guest runs, on the file otherwise. Runs as `disk.resize`. A size that is not larger is refused.
+        """
+        pass
+
     def test_guest_action(self) -> None:
         """Test case for guest_action
 

@@ -10,6 +10,7 @@ mod audit;
 mod auth;
 mod bootjobs;
 mod console;
+mod disks;
 pub mod error;
 mod events;
 mod guest_config;
@@ -66,32 +67,15 @@ pub struct AppState {
     pub enroller: Arc<crate::controller::enroll::Enroller>,
 }
 
+// poem-openapi implements `OpenApi` for tuples of up to 16: the services go in two.
 type Apis = (
-    system::SystemApi,
-    auth::AuthApi,
-    guests::GuestApi,
-    guest_config::GuestConfigApi,
-    console::ConsoleApi,
-    operations::OperationApi,
-    resources::TemplateApi,
-    pools::PoolApi,
-    nodes::NodeApi,
-    events::EventApi,
-    scripts::ScriptApi,
-    bootjobs::BootJobApi,
-    plugins::PluginApi,
-    users::UserApi,
-    audit::AuditApi,
-    recovery::RecoveryApi,
-);
-
-fn apis() -> Apis {
     (
         system::SystemApi,
         auth::AuthApi,
         guests::GuestApi,
         guest_config::GuestConfigApi,
         console::ConsoleApi,
+        disks::DiskApi,
         operations::OperationApi,
         resources::TemplateApi,
         pools::PoolApi,
@@ -100,9 +84,29 @@ fn apis() -> Apis {
         scripts::ScriptApi,
         bootjobs::BootJobApi,
         plugins::PluginApi,
-        users::UserApi,
-        audit::AuditApi,
-        recovery::RecoveryApi,
+    ),
+    (users::UserApi, audit::AuditApi, recovery::RecoveryApi),
+);
+
+fn apis() -> Apis {
+    (
+        (
+            system::SystemApi,
+            auth::AuthApi,
+            guests::GuestApi,
+            guest_config::GuestConfigApi,
+            console::ConsoleApi,
+            disks::DiskApi,
+            operations::OperationApi,
+            resources::TemplateApi,
+            pools::PoolApi,
+            nodes::NodeApi,
+            events::EventApi,
+            scripts::ScriptApi,
+            bootjobs::BootJobApi,
+            plugins::PluginApi,
+        ),
+        (users::UserApi, audit::AuditApi, recovery::RecoveryApi),
     )
 }
 

@@ -219,6 +219,8 @@ pub async fn unlock_guest(tx: &mut Tx<'_>, id: &str, op: &str) -> Result<(), Sto
 /// Removes a guest's row with its disk records and boot jobs.
 pub async fn delete_guest(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
     for sql in [
+        // Data disks outlive their guest: detached, kept for another.
+        "UPDATE disks SET guest_id = NULL, target = NULL WHERE guest_id = ? AND kind = 'data'",
         "DELETE FROM disks WHERE guest_id = ?",
         "DELETE FROM boot_jobs WHERE guest_id = ?",
     ] {
@@ -378,12 +380,15 @@ impl Store {
         .await?)
     }
 
-    pub async fn disks(&self, include_system: bool) -> Result<Vec<DiskRow>, StoreError> {
-        Ok(sqlx::query_as::<_, DiskRow>(
-            "SELECT id, guest_id, node_id, path, kind, backing, created_at FROM disks \
-             WHERE (? OR kind != 'system') ORDER BY created_at",
-        )
-        .bind(include_system)
+    /// Every guest, or one owner's.
+    pub async fn guests_of_owner(&self, owner: Option<&str>) -> Result<Vec<GuestRow>, StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            guest_cols!(),
+            " FROM guests WHERE (? IS NULL OR owner_id = ?) ORDER BY created_at, id"
+        ))
+        .bind(owner)
+        .bind(owner)
         .fetch_all(self.pool())
         .await?)
     }

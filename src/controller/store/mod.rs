@@ -17,6 +17,7 @@ macro_rules! page_clause {
 mod audit;
 mod changes;
 mod cleanup;
+mod disks;
 pub mod events;
 mod guests;
 mod nodes;
@@ -38,6 +39,7 @@ use sqlx::SqlitePool;
 pub use audit::{AuditFilter, AuditRow};
 pub use changes::{Changes, Stamp};
 pub use cleanup::*;
+pub use disks::*;
 pub use events::EventRow;
 pub use guests::*;
 pub use nodes::NodeRow;
@@ -188,6 +190,7 @@ impl Store {
             (16, include_str!("migrations/016_recovery.sql")),
             (17, include_str!("migrations/017_node_credentials.sql")),
             (18, include_str!("migrations/018_no_vnc_passwords.sql")),
+            (19, include_str!("migrations/019_data_disks.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

@@ -20,6 +20,7 @@ from corral_client.models.add_range import AddRange
 from corral_client.models.add_ssh_keys import AddSshKeys
 from corral_client.models.address import Address
 from corral_client.models.address_state import AddressState
+from corral_client.models.attach_disk import AttachDisk
 from corral_client.models.audit_entry import AuditEntry
 from corral_client.models.bandwidth import Bandwidth
 from corral_client.models.boot_job import BootJob
@@ -28,11 +29,15 @@ from corral_client.models.cleanup_entry import CleanupEntry
 from corral_client.models.console_request import ConsoleRequest
 from corral_client.models.console_ticket import ConsoleTicket
 from corral_client.models.correct_ip import CorrectIp
+from corral_client.models.create_disk import CreateDisk
 from corral_client.models.create_guest import CreateGuest
 from corral_client.models.create_pool import CreatePool
 from corral_client.models.create_template import CreateTemplate
 from corral_client.models.created_token import CreatedToken
 from corral_client.models.disk import Disk
+from corral_client.models.disk_accepted import DiskAccepted
+from corral_client.models.disk_detail import DiskDetail
+from corral_client.models.disk_limits import DiskLimits
 from corral_client.models.domain_xml import DomainXml
 from corral_client.models.enroll_node import EnrollNode
 from corral_client.models.error_body import ErrorBody
@@ -72,6 +77,7 @@ from corral_client.models.recover_accepted import RecoverAccepted
 from corral_client.models.recover_request import RecoverRequest
 from corral_client.models.reset_password import ResetPassword
 from corral_client.models.reset_request import ResetRequest
+from corral_client.models.resize_disk import ResizeDisk
 from corral_client.models.retention import Retention
 from corral_client.models.script_source import ScriptSource
 from corral_client.models.script_view import ScriptView

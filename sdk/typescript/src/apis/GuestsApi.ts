@@ -29,6 +29,11 @@ import {
     AddSshKeysToJSON,
 } from '../models/AddSshKeys';
 import {
+    type AttachDisk,
+    AttachDiskFromJSON,
+    AttachDiskToJSON,
+} from '../models/AttachDisk';
+import {
     type Bandwidth,
     BandwidthFromJSON,
     BandwidthToJSON,
@@ -54,10 +59,25 @@ import {
     CorrectIpToJSON,
 } from '../models/CorrectIp';
 import {
+    type CreateDisk,
+    CreateDiskFromJSON,
+    CreateDiskToJSON,
+} from '../models/CreateDisk';
+import {
     type CreateGuest,
     CreateGuestFromJSON,
     CreateGuestToJSON,
 } from '../models/CreateGuest';
+import {
+    type DiskAccepted,
+    DiskAcceptedFromJSON,
+    DiskAcceptedToJSON,
+} from '../models/DiskAccepted';
+import {
+    type DiskDetail,
+    DiskDetailFromJSON,
+    DiskDetailToJSON,
+} from '../models/DiskDetail';
 import {
     type DomainXml,
     DomainXmlFromJSON,
@@ -99,10 +119,72 @@ import {
     ResetPasswordToJSON,
 } from '../models/ResetPassword';
 import {
+    type ResizeDisk,
+    ResizeDiskFromJSON,
+    ResizeDiskToJSON,
+} from '../models/ResizeDisk';
+import {
     type UpdateGuest,
     UpdateGuestFromJSON,
     UpdateGuestToJSON,
 } from '../models/UpdateGuest';
+
+export interface DiskAttachRequest {
+    /**
+     * 
+     */
+    id: string;
+    /**
+     * 
+     */
+    attachDisk: AttachDisk;
+}
+
+export interface DiskCreateRequest {
+    /**
+     * 
+     */
+    createDisk: CreateDisk;
+}
+
+export interface DiskDeleteRequest {
+    /**
+     * 
+     */
+    id: string;
+}
+
+export interface DiskDetachRequest {
+    /**
+     * 
+     */
+    id: string;
+}
+
+export interface DiskGetRequest {
+    /**
+     * 
+     */
+    id: string;
+}
+
+export interface DiskListRequest {
+    /**
+     * 
+     */
+    includeSystem?: boolean;
+}
+
+export interface DiskResizeRequest {
+    /**
+     * 
+     */
+    id: string;
+    /**
+     * 
+     */
+    resizeDisk: ResizeDisk;
+}
 
 export interface GuestActionRequest {
     /**
@@ -251,6 +333,393 @@ export interface GuestUpdateRequest {
  * 
  */
 export class GuestsApi extends runtime.BaseAPI {
+
+    /**
+     * Creates request options for diskAttach without sending the request
+     */
+    async diskAttachRequestOpts(requestParameters: DiskAttachRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling diskAttach().'
+            );
+        }
+
+        if (requestParameters['attachDisk'] == null) {
+            throw new runtime.RequiredError(
+                'attachDisk',
+                'Required parameter "attachDisk" was null or undefined when calling diskAttach().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/disks/{id}/attach`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+            body: AttachDiskToJSON(requestParameters['attachDisk']),
+        };
+    }
+
+    /**
+     * Attach a data disk to a guest on the same node: hot-plugged when the guest runs, and in its definition either way. Runs as `disk.attach`.
+     */
+    async diskAttachRaw(requestParameters: DiskAttachRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<DiskAccepted>> {
+        const requestOptions = await this.diskAttachRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => DiskAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Attach a data disk to a guest on the same node: hot-plugged when the guest runs, and in its definition either way. Runs as `disk.attach`.
+     */
+    async diskAttach(requestParameters: DiskAttachRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<DiskAccepted> {
+        const response = await this.diskAttachRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for diskCreate without sending the request
+     */
+    async diskCreateRequestOpts(requestParameters: DiskCreateRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['createDisk'] == null) {
+            throw new runtime.RequiredError(
+                'createDisk',
+                'Required parameter "createDisk" was null or undefined when calling diskCreate().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/disks`;
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+            body: CreateDiskToJSON(requestParameters['createDisk']),
+        };
+    }
+
+    /**
+     * Create an empty data disk (qcow2) on a node. Runs as `disk.create`.
+     */
+    async diskCreateRaw(requestParameters: DiskCreateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<DiskAccepted>> {
+        const requestOptions = await this.diskCreateRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => DiskAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Create an empty data disk (qcow2) on a node. Runs as `disk.create`.
+     */
+    async diskCreate(requestParameters: DiskCreateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<DiskAccepted> {
+        const response = await this.diskCreateRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for diskDelete without sending the request
+     */
+    async diskDeleteRequestOpts(requestParameters: DiskDeleteRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling diskDelete().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/disks/{id}`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'DELETE',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Delete a detached data disk and its file. Runs as `disk.delete`.
+     */
+    async diskDeleteRaw(requestParameters: DiskDeleteRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<DiskAccepted>> {
+        const requestOptions = await this.diskDeleteRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => DiskAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Delete a detached data disk and its file. Runs as `disk.delete`.
+     */
+    async diskDelete(requestParameters: DiskDeleteRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<DiskAccepted> {
+        const response = await this.diskDeleteRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for diskDetach without sending the request
+     */
+    async diskDetachRequestOpts(requestParameters: DiskDetachRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling diskDetach().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/disks/{id}/detach`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Detach a data disk from its guest (the running guest releases it). Runs as `disk.detach`; the disk stays, free for another guest on its node.
+     */
+    async diskDetachRaw(requestParameters: DiskDetachRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<DiskAccepted>> {
+        const requestOptions = await this.diskDetachRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => DiskAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Detach a data disk from its guest (the running guest releases it). Runs as `disk.detach`; the disk stays, free for another guest on its node.
+     */
+    async diskDetach(requestParameters: DiskDetachRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<DiskAccepted> {
+        const response = await this.diskDetachRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for diskGet without sending the request
+     */
+    async diskGetRequestOpts(requestParameters: DiskGetRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling diskGet().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/disks/{id}`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'GET',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     */
+    async diskGetRaw(requestParameters: DiskGetRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<DiskDetail>> {
+        const requestOptions = await this.diskGetRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => DiskDetailFromJSON(jsonValue));
+    }
+
+    /**
+     */
+    async diskGet(requestParameters: DiskGetRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<DiskDetail> {
+        const response = await this.diskGetRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for diskList without sending the request
+     */
+    async diskListRequestOpts(requestParameters: DiskListRequest): Promise<runtime.RequestOpts> {
+        const queryParameters: any = {};
+
+        if (requestParameters['includeSystem'] != null) {
+            queryParameters['include_system'] = requestParameters['includeSystem'];
+        }
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/disks`;
+
+        return {
+            path: urlPath,
+            method: 'GET',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Disks the caller may see: data disks, and with `include_system=true` also the system and seed disks of their guests (S20).
+     */
+    async diskListRaw(requestParameters: DiskListRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Array<DiskDetail>>> {
+        const requestOptions = await this.diskListRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => jsonValue.map(DiskDetailFromJSON));
+    }
+
+    /**
+     * Disks the caller may see: data disks, and with `include_system=true` also the system and seed disks of their guests (S20).
+     */
+    async diskList(requestParameters: DiskListRequest = {}, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Array<DiskDetail>> {
+        const response = await this.diskListRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for diskResize without sending the request
+     */
+    async diskResizeRequestOpts(requestParameters: DiskResizeRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling diskResize().'
+            );
+        }
+
+        if (requestParameters['resizeDisk'] == null) {
+            throw new runtime.RequiredError(
+                'resizeDisk',
+                'Required parameter "resizeDisk" was null or undefined when calling diskResize().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/disks/{id}/resize`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+            body: ResizeDiskToJSON(requestParameters['resizeDisk']),
+        };
+    }
+
+    /**
+     * Grow a data disk: live when its guest runs, on the file otherwise. Runs as `disk.resize`. A size that is not larger is refused.
+     */
+    async diskResizeRaw(requestParameters: DiskResizeRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<DiskAccepted>> {
+        const requestOptions = await this.diskResizeRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => DiskAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Grow a data disk: live when its guest runs, on the file otherwise. Runs as `disk.resize`. A size that is not larger is refused.
+     */
+    async diskResize(requestParameters: DiskResizeRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<DiskAccepted> {
+        const response = await this.diskResizeRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
 
     /**
      * Creates request options for guestAction without sending the request

@@ -20,6 +20,11 @@ pub mod change_ip;
 pub mod console;
 pub mod create;
 pub mod delete;
+pub mod disk_attach;
+pub mod disk_create;
+pub mod disk_delete;
+pub mod disk_detach;
+pub mod disk_resize;
 pub mod node_cleanup;
 pub mod node_remove;
 pub mod power;
@@ -71,6 +76,11 @@ pub enum OpKind {
     NodeRemove,
     NodeCleanup,
     GuestConsole,
+    DiskCreate,
+    DiskAttach,
+    DiskDetach,
+    DiskResize,
+    DiskDelete,
 }
 
 impl OpKind {
@@ -90,6 +100,11 @@ impl OpKind {
         OpKind::NodeRemove,
         OpKind::NodeCleanup,
         OpKind::GuestConsole,
+        OpKind::DiskCreate,
+        OpKind::DiskAttach,
+        OpKind::DiskDetach,
+        OpKind::DiskResize,
+        OpKind::DiskDelete,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -109,6 +124,11 @@ impl OpKind {
             OpKind::NodeRemove => "node.remove",
             OpKind::NodeCleanup => "node.cleanup",
             OpKind::GuestConsole => "guest.console",
+            OpKind::DiskCreate => "disk.create",
+            OpKind::DiskAttach => "disk.attach",
+            OpKind::DiskDetach => "disk.detach",
+            OpKind::DiskResize => "disk.resize",
+            OpKind::DiskDelete => "disk.delete",
         }
     }
 
@@ -133,6 +153,11 @@ impl OpKind {
             | OpKind::GuestResume => vec![power::Power::step_of(self).name()],
             OpKind::GuestSetBandwidth => names(set_bandwidth::Step::ALL, set_bandwidth::Step::name),
             OpKind::GuestConsole => names(console::Step::ALL, console::Step::name),
+            OpKind::DiskCreate => names(disk_create::Step::ALL, disk_create::Step::name),
+            OpKind::DiskAttach => names(disk_attach::Step::ALL, disk_attach::Step::name),
+            OpKind::DiskDetach => names(disk_detach::Step::ALL, disk_detach::Step::name),
+            OpKind::DiskResize => names(disk_resize::Step::ALL, disk_resize::Step::name),
+            OpKind::DiskDelete => names(disk_delete::Step::ALL, disk_delete::Step::name),
             OpKind::GuestBootJobs => names(boot_jobs::Step::ALL, boot_jobs::Step::name),
             OpKind::GuestChangeIp => names(change_ip::Step::ALL, change_ip::Step::name),
             OpKind::NodeRemove => names(node_remove::Step::ALL, node_remove::Step::name),
@@ -153,6 +178,11 @@ impl OpKind {
             OpKind::GuestSuspend => include_str!("../../../../jobs/guest.suspend.toml"),
             OpKind::GuestResume => include_str!("../../../../jobs/guest.resume.toml"),
             OpKind::GuestConsole => include_str!("../../../../jobs/guest.console.toml"),
+            OpKind::DiskCreate => include_str!("../../../../jobs/disk.create.toml"),
+            OpKind::DiskAttach => include_str!("../../../../jobs/disk.attach.toml"),
+            OpKind::DiskDetach => include_str!("../../../../jobs/disk.detach.toml"),
+            OpKind::DiskResize => include_str!("../../../../jobs/disk.resize.toml"),
+            OpKind::DiskDelete => include_str!("../../../../jobs/disk.delete.toml"),
             OpKind::GuestSetBandwidth => {
                 include_str!("../../../../jobs/guest.set_bandwidth.toml")
             }
@@ -189,6 +219,11 @@ pub enum Request {
     Power(power::Power),
     SetBandwidth(set_bandwidth::Payload),
     Console(console::Payload),
+    DiskCreate(disk_create::DiskRef),
+    DiskAttach(disk_attach::Payload),
+    DiskDetach(disk_create::DiskRef),
+    DiskResize(disk_resize::Payload),
+    DiskDelete(disk_create::DiskRef),
     BootJobs(boot_jobs::RunPayload),
     ChangeIp(change_ip::ChangeIpPayload),
     NodeRemove(node_remove::Payload),
@@ -224,6 +259,11 @@ impl Request {
             Request::Power(p) => p.kind(),
             Request::SetBandwidth(_) => OpKind::GuestSetBandwidth,
             Request::Console(_) => OpKind::GuestConsole,
+            Request::DiskCreate(_) => OpKind::DiskCreate,
+            Request::DiskAttach(_) => OpKind::DiskAttach,
+            Request::DiskDetach(_) => OpKind::DiskDetach,
+            Request::DiskResize(_) => OpKind::DiskResize,
+            Request::DiskDelete(_) => OpKind::DiskDelete,
             Request::BootJobs(_) => OpKind::GuestBootJobs,
             Request::ChangeIp(_) => OpKind::GuestChangeIp,
             Request::NodeRemove(_) => OpKind::NodeRemove,
@@ -240,6 +280,11 @@ impl Request {
             Request::Power(p) => p.payload(),
             Request::SetBandwidth(p) => serde_json::to_value(p)?,
             Request::Console(p) => serde_json::to_value(p)?,
+            Request::DiskCreate(p) | Request::DiskDetach(p) | Request::DiskDelete(p) => {
+                serde_json::to_value(p)?
+            }
+            Request::DiskAttach(p) => serde_json::to_value(p)?,
+            Request::DiskResize(p) => serde_json::to_value(p)?,
             Request::BootJobs(p) => serde_json::to_value(p)?,
             Request::ChangeIp(p) => serde_json::to_value(p)?,
             Request::NodeRemove(p) => serde_json::to_value(p)?,
@@ -264,6 +309,11 @@ impl Request {
             }
             OpKind::GuestSetBandwidth => Request::SetBandwidth(typed(k, payload)?),
             OpKind::GuestConsole => Request::Console(typed(k, payload)?),
+            OpKind::DiskCreate => Request::DiskCreate(typed(k, payload)?),
+            OpKind::DiskAttach => Request::DiskAttach(typed(k, payload)?),
+            OpKind::DiskDetach => Request::DiskDetach(typed(k, payload)?),
+            OpKind::DiskResize => Request::DiskResize(typed(k, payload)?),
+            OpKind::DiskDelete => Request::DiskDelete(typed(k, payload)?),
             OpKind::GuestBootJobs => Request::BootJobs(typed(k, payload)?),
             OpKind::GuestChangeIp => Request::ChangeIp(typed(k, payload)?),
             OpKind::NodeRemove => Request::NodeRemove(typed(k, payload)?),
@@ -345,6 +395,26 @@ pub async fn run(
             let s = console::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             console::run(cx, p, s, undo).await
         }
+        Request::DiskCreate(p) => {
+            let s = disk_create::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            disk_create::run(cx, p, s, undo).await
+        }
+        Request::DiskAttach(p) => {
+            let s = disk_attach::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            disk_attach::run(cx, p, s, undo).await
+        }
+        Request::DiskDetach(p) => {
+            let s = disk_detach::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            disk_detach::run(cx, p, s, undo).await
+        }
+        Request::DiskResize(p) => {
+            let s = disk_resize::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            disk_resize::run(cx, p, s, undo).await
+        }
+        Request::DiskDelete(p) => {
+            let s = disk_delete::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            disk_delete::run(cx, p, s, undo).await
+        }
         Request::BootJobs(p) => {
             let s = boot_jobs::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             boot_jobs::run(cx, p, s, undo).await
@@ -371,13 +441,19 @@ pub async fn on_finish(
     op: &mut OpRow,
     state: OpState,
 ) -> Result<(), StoreError> {
-    if let Request::Console(p) = req {
-        // The ticket's password is forgotten as soon as its operation ends.
-        op.payload = serde_json::to_string(&console::Payload {
-            password: String::new(),
-            ..p.clone()
-        })?;
+    match req {
+        Request::Console(p) => {
+            // The ticket's password is forgotten as soon as its operation ends.
+            op.payload = serde_json::to_string(&console::Payload {
+                password: String::new(),
+                ..p.clone()
+            })?;
+        }
+        Request::DiskCreate(p) => disk_create::on_finish(tx, p, state).await?,
+        _ => {}
     }
+    // A disk operation's hold on its disk ends with it.
+    crate::controller::store::unlock_disks(tx, &op.id).await?;
     let Some(guest) = op.guest_id.as_deref() else {
         return Ok(());
     };
@@ -387,6 +463,11 @@ pub async fn on_finish(
         Request::Power(_)
         | Request::SetBandwidth(_)
         | Request::Console(_)
+        | Request::DiskCreate(_)
+        | Request::DiskAttach(_)
+        | Request::DiskDetach(_)
+        | Request::DiskResize(_)
+        | Request::DiskDelete(_)
         | Request::BootJobs(_)
         | Request::ChangeIp(_)
         | Request::NodeRemove(_)
@@ -426,6 +507,23 @@ mod tests {
             Request::Console(console::Payload {
                 password: "p".into(),
                 valid_until_ms: 1,
+            }),
+            Request::DiskCreate(disk_create::DiskRef {
+                disk_id: "d".into(),
+            }),
+            Request::DiskAttach(disk_attach::Payload {
+                disk_id: "d".into(),
+                target: "vdc".into(),
+            }),
+            Request::DiskDetach(disk_create::DiskRef {
+                disk_id: "d".into(),
+            }),
+            Request::DiskResize(disk_resize::Payload {
+                disk_id: "d".into(),
+                size_mib: 2048,
+            }),
+            Request::DiskDelete(disk_create::DiskRef {
+                disk_id: "d".into(),
             }),
             Request::BootJobs(boot_jobs::RunPayload {
                 job_ids: Some(vec!["j".into()]),

@@ -1,0 +1,40 @@
+//! `disk.delete` (S04): a detached data disk and its file go. The API refuses a disk that
+//! is attached.
+//!
+//! `remove_file` (node) removes the file (a no-op when it is gone); `forget` (controller)
+//! removes the record. Neither has an undo: a half-deleted disk is finished, not restored.
+
+use super::disk_create::{disk_of, DiskRef};
+use super::{Ctx, Effect};
+use crate::controller::saga::steps::StepError;
+use crate::controller::store as st;
+use crate::model::NodeAction;
+
+super::steps! {
+    pub enum Step {
+        RemoveFile = "remove_file",
+        Forget = "forget",
+    }
+}
+
+pub async fn run(
+    cx: &mut Ctx<'_, '_>,
+    p: &DiskRef,
+    step: Step,
+    undo: bool,
+) -> Result<Effect, StepError> {
+    if undo {
+        return Ok(Effect::Done);
+    }
+    let d = disk_of(cx.tx, &p.disk_id).await?;
+    Ok(match step {
+        Step::RemoveFile => Effect::Node {
+            node: d.node_id,
+            action: NodeAction::RemoveFile { path: d.path },
+        },
+        Step::Forget => {
+            st::forget_disk(cx.tx, &d.id).await?;
+            Effect::Done
+        }
+    })
+}
