@@ -16,6 +16,7 @@
 mod agent;
 pub mod reads;
 mod scripts;
+mod storage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,8 @@ pub struct BenchOpts {
     pub reads_only: bool,
     /// Timed seconds per endpoint for the read figures.
     pub reads_secs: f64,
+    /// Only the storage figures.
+    pub storage_only: bool,
 }
 
 fn free_port() -> Result<u16, BenchError> {
@@ -508,6 +511,9 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
     }
     if o.scripts_only {
         return Ok(());
+    }
+    if o.storage_only {
+        return storage::run(tmp).await;
     }
     if o.reads > 0 || o.reads_only {
         reads::run(

@@ -19,6 +19,7 @@ pub mod output;
 mod progress;
 mod resources;
 mod scripts;
+mod snapshots;
 mod tokens;
 mod users;
 
@@ -30,6 +31,7 @@ pub use ops::OpCmd;
 pub use output::Output;
 pub use resources::{PoolCmd, TemplateCmd};
 pub use scripts::{BootJobCmd, ScriptCmd, ScriptKind};
+pub use snapshots::SnapshotCmd;
 pub use tokens::TokenCmd;
 pub use users::UserCmd;
 

@@ -80,6 +80,10 @@ enum Cmd {
         /// Timed seconds per endpoint for the read figures.
         #[arg(long, default_value_t = 3.0)]
         reads_secs: f64,
+        /// Only the storage figures: snapshot create and revert at 1 and 16 GiB on the
+        /// local qemu:///system.
+        #[arg(long)]
+        storage_only: bool,
     },
     /// Guests.
     #[command(subcommand)]
@@ -99,6 +103,9 @@ enum Cmd {
     /// Data disks: create, attach, detach, grow, delete.
     #[command(subcommand)]
     Disk(cli::DiskCmd),
+    /// Guest snapshots: take, list, revert, delete.
+    #[command(subcommand)]
+    Snapshot(cli::SnapshotCmd),
     /// OS-init profiles (Rhai).
     #[command(subcommand)]
     Profile(cli::ScriptCmd),
@@ -235,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
             reads,
             reads_only,
             reads_secs,
+            storage_only,
         } => {
             corral::bench::run(corral::bench::BenchOpts {
                 scripts,
@@ -248,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
                 reads,
                 reads_only,
                 reads_secs,
+                storage_only,
             })
             .await?
         }
@@ -270,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Bootjob(c) => client(client_opts, |k| async move { k.boot_jobs(c).await }).await?,
         Cmd::Node(c) => client(client_opts, |k| async move { k.node(c).await }).await?,
         Cmd::Disk(c) => client(client_opts, |k| async move { k.disk(c).await }).await?,
+        Cmd::Snapshot(c) => client(client_opts, |k| async move { k.snapshot(c).await }).await?,
         Cmd::Plugin(c) => client(client_opts, |k| async move { k.plugin(c).await }).await?,
         Cmd::Token(c) => client(client_opts, |k| async move { k.token(c).await }).await?,
         Cmd::User(c) => client(client_opts, |k| async move { k.user(c).await }).await?,

@@ -364,6 +364,23 @@ pub enum NodeAction {
         #[serde(default)]
         attached: Option<(String, String)>,
     },
+    /// Takes internal snapshot `name` of a guest (disks, and memory when it runs), its
+    /// filesystems frozen through the guest agent first when the agent answers.
+    CreateSnapshot {
+        guest_id: String,
+        name: String,
+    },
+    /// Returns a guest to snapshot `name` (its disks, and its memory and running state
+    /// when the snapshot holds them).
+    RevertSnapshot {
+        guest_id: String,
+        name: String,
+    },
+    /// Deletes snapshot `name`; a no-op when it is gone.
+    DeleteSnapshot {
+        guest_id: String,
+        name: String,
+    },
     /// Sets a console ticket's password on the running domain, live only, expiring at
     /// `valid_until_ms` (libvirt's `passwdValidTo`).
     ConsoleTicket {
@@ -493,6 +510,9 @@ impl NodeAction {
             NodeAction::AttachDisk { .. } => "attach_disk",
             NodeAction::DetachDisk { .. } => "detach_disk",
             NodeAction::GrowDisk { .. } => "grow_disk",
+            NodeAction::CreateSnapshot { .. } => "create_snapshot",
+            NodeAction::RevertSnapshot { .. } => "revert_snapshot",
+            NodeAction::DeleteSnapshot { .. } => "delete_snapshot",
         }
     }
 

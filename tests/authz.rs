@@ -253,6 +253,30 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
             [A, A, A, A],
         ),
         (m("GET"), "/guests".into(), None, [A, A, A, A]),
+        (
+            m("GET"),
+            format!("/guests/{g}/snapshots"),
+            None,
+            [A, A, A, H],
+        ),
+        (
+            m("POST"),
+            format!("/guests/{g}/snapshots"),
+            Some(json!({"name": "bad name"})),
+            [S(400), S(400), S(400), H],
+        ),
+        (
+            m("POST"),
+            format!("/guests/{g}/snapshots/nothing/revert"),
+            None,
+            [H, H, H, H],
+        ),
+        (
+            m("DELETE"),
+            format!("/guests/{g}/snapshots/nothing"),
+            None,
+            [H, H, H, H],
+        ),
         (m("GET"), "/disks".into(), None, [A, A, A, A]),
         (m("GET"), format!("/disks/{ann_disk}"), None, [A, A, A, H]),
         (

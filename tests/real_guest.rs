@@ -1034,3 +1034,103 @@ async fn a_data_disk_is_attached_grown_and_detached_live() {
     );
     cloud.assert_no_leaks().await;
 }
+
+const NET_F: (&str, &str, &str, &str) = (
+    "198.51.100.81/28",
+    "198.51.100.80/28",
+    "198.51.100.82",
+    "198.51.100.94",
+);
+
+/// A snapshot of a running guest, reverted: a file written before it is there, one
+/// written after is gone; a node killed right after taking one leaves exactly one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reverted_guest_has_what_it_had_at_the_snapshot() {
+    if !libvirt_ready() {
+        return;
+    }
+    let (gw_cidr, cidr, first, last) = NET_F;
+    let gw = gw_cidr.split('/').next().unwrap();
+    let bridge = Bridge::new(gw_cidr);
+    let mut cloud = tcg_cloud(&bridge, 6085).await;
+    let (s, v) = cloud
+        .post(
+            "/ip-pools",
+            json!({"name": "snet", "cidr": cidr, "range_start": first, "range_end": last, "gateway": gw}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let name = format!("sn{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let _sweep = DomainSweep(name.clone());
+    let (gid, op) = cloud
+        .create(json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    wait_agent(&name, Duration::from_secs(120));
+    let base = format!("/guests/{gid}/snapshots");
+    let ok = |r: (u16, Value)| {
+        assert_eq!(r.0, 202, "{}", r.1);
+        r.1["operation_id"].as_str().unwrap().to_string()
+    };
+    let sh = |cmd: &str| guest_exec(&name, "/bin/sh", &["-c", cmd]);
+
+    sh("echo kept > /root/before; sync");
+    let t0 = Instant::now();
+    let op = ok(cloud.post(&base, json!({"name": "one"})).await);
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    eprintln!("snapshot of a running guest: {:?}", t0.elapsed());
+    let (_, list) = cloud.get(&base).await;
+    assert_eq!(list[0]["vm_state"], "running", "{list}");
+    eprintln!("quiesced: {}", list[0]["quiesced"]);
+    assert!(list[0]["quiesced"].is_boolean());
+    // Thawed, whatever happened: the guest still writes.
+    sh("echo lost > /root/after; sync");
+    assert_eq!(sh("cat /root/after").trim(), "lost");
+
+    let t0 = Instant::now();
+    let op = ok(cloud.post(&format!("{base}/one/revert"), json!(null)).await);
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    eprintln!("revert of a running guest: {:?}", t0.elapsed());
+    wait_agent(&name, Duration::from_secs(60));
+    assert_eq!(sh("cat /root/before").trim(), "kept");
+    assert_eq!(
+        sh("cat /root/after 2>/dev/null || echo none").trim(),
+        "none"
+    );
+    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+    assert_eq!(g["state"], "running", "{g}");
+
+    // The node dies right after taking a snapshot, before it reports.
+    cloud.node.take().unwrap().kill9();
+    cloud.start_node(&[("CORRAL_FAULT", "after:node:create_snapshot")]);
+    let op = ok(cloud.post(&base, json!({"name": "two"})).await);
+    assert!(
+        cloud
+            .node
+            .as_mut()
+            .unwrap()
+            .wait_exit(Duration::from_secs(60)),
+        "the node fault never fired"
+    );
+    cloud.start_node(&[]);
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let (_, names) = virsh(&["snapshot-list", "--name", &name]);
+    let mut names: Vec<&str> = names.split_whitespace().collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    // The guest is not left frozen.
+    sh("echo fine > /root/later; sync");
+
+    for s in ["one", "two"] {
+        let op = ok(cloud.delete(&format!("{base}/{s}")).await);
+        assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    }
+    assert_eq!(virsh(&["snapshot-list", "--name", &name]).1.trim(), "");
+    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+    assert_eq!(
+        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    cloud.assert_no_leaks().await;
+}

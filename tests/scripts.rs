@@ -449,6 +449,14 @@ async fn ip_changes_are_checked_and_atomic() {
     assert_eq!(ip_of(a.clone()).await, ip_a);
     // A running guest on the test driver has no agent: the live change fails, and the
     // new lease, the seed and the record go back as they were.
+    // (Its state settles from libvirt's events first: a change-ip of a guest not running
+    // is applied at its next boot instead.)
+    for _ in 0..100 {
+        if cloud.get(&format!("/guests/{a}")).await.1["state"] == "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let (s, v) = cloud
         .post(&format!("/guests/{a}/change-ip"), json!({}))
         .await;

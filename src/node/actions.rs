@@ -239,6 +239,15 @@ pub async fn run(
             inside(&s.storage_dir, path)?;
             super::disks::grow(hv, path, *size_mib, attached.as_ref()).await
         }
+        NodeAction::CreateSnapshot { guest_id, name } => {
+            super::snapshots::create(hv, guest_id, name).await
+        }
+        NodeAction::RevertSnapshot { guest_id, name } => {
+            super::snapshots::revert(hv, guest_id, name).await
+        }
+        NodeAction::DeleteSnapshot { guest_id, name } => {
+            super::snapshots::delete(hv, guest_id, name).await
+        }
         NodeAction::ConsoleTicket {
             guest_id,
             vnc_port,

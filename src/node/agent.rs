@@ -84,6 +84,40 @@ async fn wait_for_agent(
     }
 }
 
+/// Freezes the guest's filesystems when its agent answers within a moment: `Ok(true)`
+/// when frozen, `Ok(false)` with no agent or a guest that cannot freeze (the reason is
+/// logged). A guest left frozen by an earlier attempt is thawed first.
+pub async fn freeze(hv: &dyn Hypervisor, guest: &str) -> bool {
+    if call(hv, guest, json!({"execute": "guest-ping"}), 2)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    thaw_if_frozen(hv, guest).await;
+    match call(hv, guest, json!({"execute": "guest-fsfreeze-freeze"}), 30).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::info!(guest, "not quiesced: the agent could not freeze: {e}");
+            // A partial freeze must not stay.
+            thaw_if_frozen(hv, guest).await;
+            false
+        }
+    }
+}
+
+/// Thaws the guest's filesystems if they are frozen (a no-op otherwise or without agent).
+pub async fn thaw_if_frozen(hv: &dyn Hypervisor, guest: &str) {
+    let frozen = call(hv, guest, json!({"execute": "guest-fsfreeze-status"}), 5)
+        .await
+        .is_ok_and(|s| s == json!("frozen"));
+    if frozen {
+        if let Err(e) = call(hv, guest, json!({"execute": "guest-fsfreeze-thaw"}), 30).await {
+            tracing::warn!(guest, "thawing the guest's filesystems: {e}");
+        }
+    }
+}
+
 /// Runs `sh -c command` in the guest (stdin from `input`); returns exit code and output.
 async fn exec(
     hv: &dyn Hypervisor,

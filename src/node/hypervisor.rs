@@ -88,6 +88,12 @@ pub trait Hypervisor: Send + Sync {
     async fn detach_live(&self, uuid: &str, xml: &str) -> Result<(), HvError>;
     /// Grows a disk of the running domain to `bytes`.
     async fn block_resize(&self, uuid: &str, target: &str, bytes: u64) -> Result<(), HvError>;
+    /// Whether the domain has snapshot `name`.
+    async fn has_snapshot(&self, uuid: &str, name: &str) -> Result<bool, HvError>;
+    /// Takes internal snapshot `name` (libvirt's default: disks, plus memory when running).
+    async fn create_snapshot(&self, uuid: &str, name: &str) -> Result<(), HvError>;
+    async fn revert_snapshot(&self, uuid: &str, name: &str) -> Result<(), HvError>;
+    async fn delete_snapshot(&self, uuid: &str, name: &str) -> Result<(), HvError>;
     /// Updates the running domain's graphics device only, never its definition: a
     /// console ticket's password lives as long as the domain runs, at most.
     async fn update_graphics_live(&self, uuid: &str, xml: &str) -> Result<(), HvError>;
@@ -243,6 +249,42 @@ impl Hypervisor for Libvirt {
         let xml = xml.to_string();
         self.on_domain(uuid, move |d| {
             d.update_device_flags(&xml, sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map_err(Into::into)
+        })
+        .await
+    }
+    async fn has_snapshot(&self, uuid: &str, name: &str) -> Result<bool, HvError> {
+        let name = name.to_string();
+        self.on_domain(uuid, move |d| {
+            Ok(d.list_all_snapshots(0)?
+                .iter()
+                .any(|s| s.name().is_ok_and(|n| n == name)))
+        })
+        .await
+    }
+    async fn create_snapshot(&self, uuid: &str, name: &str) -> Result<(), HvError> {
+        let xml = format!("<domainsnapshot><name>{name}</name></domainsnapshot>");
+        self.on_domain(uuid, move |d| {
+            d.create_snapshot_xml(&xml, 0)
+                .map(|_| ())
+                .map_err(Into::into)
+        })
+        .await
+    }
+    async fn revert_snapshot(&self, uuid: &str, name: &str) -> Result<(), HvError> {
+        let name = name.to_string();
+        self.on_domain(uuid, move |d| {
+            virt::domain::Domain::lookup_snapshot_by_name(d, &name, 0)?
+                .revert(0)
+                .map_err(Into::into)
+        })
+        .await
+    }
+    async fn delete_snapshot(&self, uuid: &str, name: &str) -> Result<(), HvError> {
+        let name = name.to_string();
+        self.on_domain(uuid, move |d| {
+            virt::domain::Domain::lookup_snapshot_by_name(d, &name, 0)?
+                .delete(0)
                 .map_err(Into::into)
         })
         .await
@@ -409,6 +451,25 @@ impl Hypervisor for Fake {
     }
     async fn definition(&self, uuid: &str) -> Result<String, HvError> {
         self.with_dom(uuid, |d| d.0.clone())
+    }
+    async fn has_snapshot(&self, uuid: &str, name: &str) -> Result<bool, HvError> {
+        let tag = format!("<!--snapshot:{name}-->");
+        self.with_dom(uuid, |d| d.0.contains(&tag))
+    }
+    async fn create_snapshot(&self, uuid: &str, name: &str) -> Result<(), HvError> {
+        let tag = format!("<!--snapshot:{name}-->");
+        self.with_dom(uuid, |d| d.0.push_str(&tag))
+    }
+    async fn revert_snapshot(&self, uuid: &str, name: &str) -> Result<(), HvError> {
+        let tag = format!("<!--snapshot:{name}-->");
+        match self.with_dom(uuid, |d| d.0.contains(&tag))? {
+            true => Ok(()),
+            false => Err(HvError::Libvirt(format!("no snapshot {name}"))),
+        }
+    }
+    async fn delete_snapshot(&self, uuid: &str, name: &str) -> Result<(), HvError> {
+        let tag = format!("<!--snapshot:{name}-->");
+        self.with_dom(uuid, |d| d.0 = d.0.replace(&tag, ""))
     }
     async fn attach_live(&self, uuid: &str, xml: &str) -> Result<(), HvError> {
         let xml = xml.to_string();

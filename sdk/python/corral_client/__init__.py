@@ -56,6 +56,7 @@ __all__ = [
     "CreateDisk",
     "CreateGuest",
     "CreatePool",
+    "CreateSnapshot",
     "CreateTemplate",
     "CreatedToken",
     "Disk",
@@ -111,6 +112,8 @@ __all__ = [
     "SmtpChange",
     "SmtpSecurity",
     "SmtpView",
+    "Snapshot",
+    "SnapshotAccepted",
     "StateChanged",
     "Step",
     "Template",
@@ -166,6 +169,7 @@ from corral_client.models.correct_ip import CorrectIp as CorrectIp
 from corral_client.models.create_disk import CreateDisk as CreateDisk
 from corral_client.models.create_guest import CreateGuest as CreateGuest
 from corral_client.models.create_pool import CreatePool as CreatePool
+from corral_client.models.create_snapshot import CreateSnapshot as CreateSnapshot
 from corral_client.models.create_template import CreateTemplate as CreateTemplate
 from corral_client.models.created_token import CreatedToken as CreatedToken
 from corral_client.models.disk import Disk as Disk
@@ -221,6 +225,8 @@ from corral_client.models.settings_change import SettingsChange as SettingsChang
 from corral_client.models.smtp_change import SmtpChange as SmtpChange
 from corral_client.models.smtp_security import SmtpSecurity as SmtpSecurity
 from corral_client.models.smtp_view import SmtpView as SmtpView
+from corral_client.models.snapshot import Snapshot as Snapshot
+from corral_client.models.snapshot_accepted import SnapshotAccepted as SnapshotAccepted
 from corral_client.models.state_changed import StateChanged as StateChanged
 from corral_client.models.step import Step as Step
 from corral_client.models.template import Template as Template

@@ -165,6 +165,34 @@ class TestGuestsApi(unittest.TestCase):
         """
         pass
 
+    def test_snapshot_create(self) -> None:
+        """Test case for snapshot_create
+
+        Take a snapshot: disks, and memory when the guest runs; the filesystems are frozen through the guest agent first when it answers. Runs as `snapshot.create`.
+        """
+        pass
+
+    def test_snapshot_delete(self) -> None:
+        """Test case for snapshot_delete
+
+        Delete a snapshot. Runs as `snapshot.delete`.
+        """
+        pass
+
+    def test_snapshot_list(self) -> None:
+        """Test case for snapshot_list
+
+        The guest's snapshots, oldest first.
+        """
+        pass
+
+    def test_snapshot_revert(self) -> None:
+        """Test case for snapshot_revert
+
+        Return the guest to a snapshot: its disks, and its memory and running state when the snapshot holds them. What was written since is gone. Runs as `snapshot.revert`.
+        """
+        pass
+
 
 if __name__ == '__main__':
     unittest.main()

@@ -23,6 +23,7 @@ mod pools;
 mod recovery;
 mod resources;
 mod scripts;
+mod snapshots;
 mod spec;
 mod strict;
 mod system;
@@ -85,7 +86,12 @@ type Apis = (
         bootjobs::BootJobApi,
         plugins::PluginApi,
     ),
-    (users::UserApi, audit::AuditApi, recovery::RecoveryApi),
+    (
+        users::UserApi,
+        audit::AuditApi,
+        recovery::RecoveryApi,
+        snapshots::SnapshotApi,
+    ),
 );
 
 fn apis() -> Apis {
@@ -106,7 +112,12 @@ fn apis() -> Apis {
             bootjobs::BootJobApi,
             plugins::PluginApi,
         ),
-        (users::UserApi, audit::AuditApi, recovery::RecoveryApi),
+        (
+            users::UserApi,
+            audit::AuditApi,
+            recovery::RecoveryApi,
+            snapshots::SnapshotApi,
+        ),
     )
 }
 

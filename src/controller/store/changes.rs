@@ -58,6 +58,7 @@ const TABLES: &[&str] = &[
     "settings",
     "password_resets",
     "node_credentials",
+    "snapshots",
 ];
 
 /// One counter per table, and one shared by any table missing from the list.

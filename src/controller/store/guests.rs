@@ -223,6 +223,8 @@ pub async fn delete_guest(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
         "UPDATE disks SET guest_id = NULL, target = NULL WHERE guest_id = ? AND kind = 'data'",
         "DELETE FROM disks WHERE guest_id = ?",
         "DELETE FROM boot_jobs WHERE guest_id = ?",
+        // Internal snapshots live in the system disk, which is gone.
+        "DELETE FROM snapshots WHERE guest_id = ?",
     ] {
         sqlx::query(sql).bind(id).execute(&mut **tx).await?;
     }

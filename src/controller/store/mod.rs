@@ -26,6 +26,7 @@ mod recovery;
 mod resources;
 mod saga;
 mod scripts;
+mod snapshots;
 mod users;
 
 use std::path::Path;
@@ -47,6 +48,7 @@ pub use ops::*;
 pub use resources::*;
 pub use saga::*;
 pub use scripts::*;
+pub use snapshots::*;
 pub use users::{Role, TokenRow, UserRow};
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
@@ -191,6 +193,7 @@ impl Store {
             (17, include_str!("migrations/017_node_credentials.sql")),
             (18, include_str!("migrations/018_no_vnc_passwords.sql")),
             (19, include_str!("migrations/019_data_disks.sql")),
+            (20, include_str!("migrations/020_snapshots.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

@@ -32,6 +32,7 @@ from corral_client.models.correct_ip import CorrectIp
 from corral_client.models.create_disk import CreateDisk
 from corral_client.models.create_guest import CreateGuest
 from corral_client.models.create_pool import CreatePool
+from corral_client.models.create_snapshot import CreateSnapshot
 from corral_client.models.create_template import CreateTemplate
 from corral_client.models.created_token import CreatedToken
 from corral_client.models.disk import Disk
@@ -87,6 +88,8 @@ from corral_client.models.settings_change import SettingsChange
 from corral_client.models.smtp_change import SmtpChange
 from corral_client.models.smtp_security import SmtpSecurity
 from corral_client.models.smtp_view import SmtpView
+from corral_client.models.snapshot import Snapshot
+from corral_client.models.snapshot_accepted import SnapshotAccepted
 from corral_client.models.state_changed import StateChanged
 from corral_client.models.step import Step
 from corral_client.models.template import Template

@@ -69,6 +69,11 @@ import {
     CreateGuestToJSON,
 } from '../models/CreateGuest';
 import {
+    type CreateSnapshot,
+    CreateSnapshotFromJSON,
+    CreateSnapshotToJSON,
+} from '../models/CreateSnapshot';
+import {
     type DiskAccepted,
     DiskAcceptedFromJSON,
     DiskAcceptedToJSON,
@@ -123,6 +128,16 @@ import {
     ResizeDiskFromJSON,
     ResizeDiskToJSON,
 } from '../models/ResizeDisk';
+import {
+    type Snapshot,
+    SnapshotFromJSON,
+    SnapshotToJSON,
+} from '../models/Snapshot';
+import {
+    type SnapshotAccepted,
+    SnapshotAcceptedFromJSON,
+    SnapshotAcceptedToJSON,
+} from '../models/SnapshotAccepted';
 import {
     type UpdateGuest,
     UpdateGuestFromJSON,
@@ -327,6 +342,46 @@ export interface GuestUpdateRequest {
      * 
      */
     updateGuest: UpdateGuest;
+}
+
+export interface SnapshotCreateRequest {
+    /**
+     * 
+     */
+    id: string;
+    /**
+     * 
+     */
+    createSnapshot: CreateSnapshot;
+}
+
+export interface SnapshotDeleteRequest {
+    /**
+     * 
+     */
+    id: string;
+    /**
+     * 
+     */
+    snapshot: string;
+}
+
+export interface SnapshotListRequest {
+    /**
+     * 
+     */
+    id: string;
+}
+
+export interface SnapshotRevertRequest {
+    /**
+     * 
+     */
+    id: string;
+    /**
+     * 
+     */
+    snapshot: string;
 }
 
 /**
@@ -1503,6 +1558,244 @@ export class GuestsApi extends runtime.BaseAPI {
      */
     async guestUpdate(requestParameters: GuestUpdateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<GuestChange> {
         const response = await this.guestUpdateRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for snapshotCreate without sending the request
+     */
+    async snapshotCreateRequestOpts(requestParameters: SnapshotCreateRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling snapshotCreate().'
+            );
+        }
+
+        if (requestParameters['createSnapshot'] == null) {
+            throw new runtime.RequiredError(
+                'createSnapshot',
+                'Required parameter "createSnapshot" was null or undefined when calling snapshotCreate().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/guests/{id}/snapshots`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+            body: CreateSnapshotToJSON(requestParameters['createSnapshot']),
+        };
+    }
+
+    /**
+     * Take a snapshot: disks, and memory when the guest runs; the filesystems are frozen through the guest agent first when it answers. Runs as `snapshot.create`.
+     */
+    async snapshotCreateRaw(requestParameters: SnapshotCreateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<SnapshotAccepted>> {
+        const requestOptions = await this.snapshotCreateRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => SnapshotAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Take a snapshot: disks, and memory when the guest runs; the filesystems are frozen through the guest agent first when it answers. Runs as `snapshot.create`.
+     */
+    async snapshotCreate(requestParameters: SnapshotCreateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<SnapshotAccepted> {
+        const response = await this.snapshotCreateRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for snapshotDelete without sending the request
+     */
+    async snapshotDeleteRequestOpts(requestParameters: SnapshotDeleteRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling snapshotDelete().'
+            );
+        }
+
+        if (requestParameters['snapshot'] == null) {
+            throw new runtime.RequiredError(
+                'snapshot',
+                'Required parameter "snapshot" was null or undefined when calling snapshotDelete().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/guests/{id}/snapshots/{snapshot}`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+        urlPath = urlPath.replace('{snapshot}', encodeURIComponent(String(requestParameters['snapshot'])));
+
+        return {
+            path: urlPath,
+            method: 'DELETE',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Delete a snapshot. Runs as `snapshot.delete`.
+     */
+    async snapshotDeleteRaw(requestParameters: SnapshotDeleteRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<SnapshotAccepted>> {
+        const requestOptions = await this.snapshotDeleteRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => SnapshotAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Delete a snapshot. Runs as `snapshot.delete`.
+     */
+    async snapshotDelete(requestParameters: SnapshotDeleteRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<SnapshotAccepted> {
+        const response = await this.snapshotDeleteRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for snapshotList without sending the request
+     */
+    async snapshotListRequestOpts(requestParameters: SnapshotListRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling snapshotList().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/guests/{id}/snapshots`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'GET',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * The guest\'s snapshots, oldest first.
+     */
+    async snapshotListRaw(requestParameters: SnapshotListRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Array<Snapshot>>> {
+        const requestOptions = await this.snapshotListRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => jsonValue.map(SnapshotFromJSON));
+    }
+
+    /**
+     * The guest\'s snapshots, oldest first.
+     */
+    async snapshotList(requestParameters: SnapshotListRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Array<Snapshot>> {
+        const response = await this.snapshotListRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for snapshotRevert without sending the request
+     */
+    async snapshotRevertRequestOpts(requestParameters: SnapshotRevertRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling snapshotRevert().'
+            );
+        }
+
+        if (requestParameters['snapshot'] == null) {
+            throw new runtime.RequiredError(
+                'snapshot',
+                'Required parameter "snapshot" was null or undefined when calling snapshotRevert().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/guests/{id}/snapshots/{snapshot}/revert`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+        urlPath = urlPath.replace('{snapshot}', encodeURIComponent(String(requestParameters['snapshot'])));
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Return the guest to a snapshot: its disks, and its memory and running state when the snapshot holds them. What was written since is gone. Runs as `snapshot.revert`.
+     */
+    async snapshotRevertRaw(requestParameters: SnapshotRevertRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<SnapshotAccepted>> {
+        const requestOptions = await this.snapshotRevertRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => SnapshotAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Return the guest to a snapshot: its disks, and its memory and running state when the snapshot holds them. What was written since is gone. Runs as `snapshot.revert`.
+     */
+    async snapshotRevert(requestParameters: SnapshotRevertRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<SnapshotAccepted> {
+        const response = await this.snapshotRevertRaw(requestParameters, initOverrides);
         return await response.value();
     }
 

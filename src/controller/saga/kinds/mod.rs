@@ -29,6 +29,9 @@ pub mod node_cleanup;
 pub mod node_remove;
 pub mod power;
 pub mod set_bandwidth;
+pub mod snapshot_create;
+pub mod snapshot_delete;
+pub mod snapshot_revert;
 
 use serde::de::DeserializeOwned;
 
@@ -81,6 +84,9 @@ pub enum OpKind {
     DiskDetach,
     DiskResize,
     DiskDelete,
+    SnapshotCreate,
+    SnapshotRevert,
+    SnapshotDelete,
 }
 
 impl OpKind {
@@ -105,6 +111,9 @@ impl OpKind {
         OpKind::DiskDetach,
         OpKind::DiskResize,
         OpKind::DiskDelete,
+        OpKind::SnapshotCreate,
+        OpKind::SnapshotRevert,
+        OpKind::SnapshotDelete,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -129,6 +138,9 @@ impl OpKind {
             OpKind::DiskDetach => "disk.detach",
             OpKind::DiskResize => "disk.resize",
             OpKind::DiskDelete => "disk.delete",
+            OpKind::SnapshotCreate => "snapshot.create",
+            OpKind::SnapshotRevert => "snapshot.revert",
+            OpKind::SnapshotDelete => "snapshot.delete",
         }
     }
 
@@ -158,6 +170,15 @@ impl OpKind {
             OpKind::DiskDetach => names(disk_detach::Step::ALL, disk_detach::Step::name),
             OpKind::DiskResize => names(disk_resize::Step::ALL, disk_resize::Step::name),
             OpKind::DiskDelete => names(disk_delete::Step::ALL, disk_delete::Step::name),
+            OpKind::SnapshotCreate => {
+                names(snapshot_create::Step::ALL, snapshot_create::Step::name)
+            }
+            OpKind::SnapshotRevert => {
+                names(snapshot_revert::Step::ALL, snapshot_revert::Step::name)
+            }
+            OpKind::SnapshotDelete => {
+                names(snapshot_delete::Step::ALL, snapshot_delete::Step::name)
+            }
             OpKind::GuestBootJobs => names(boot_jobs::Step::ALL, boot_jobs::Step::name),
             OpKind::GuestChangeIp => names(change_ip::Step::ALL, change_ip::Step::name),
             OpKind::NodeRemove => names(node_remove::Step::ALL, node_remove::Step::name),
@@ -183,6 +204,9 @@ impl OpKind {
             OpKind::DiskDetach => include_str!("../../../../jobs/disk.detach.toml"),
             OpKind::DiskResize => include_str!("../../../../jobs/disk.resize.toml"),
             OpKind::DiskDelete => include_str!("../../../../jobs/disk.delete.toml"),
+            OpKind::SnapshotCreate => include_str!("../../../../jobs/snapshot.create.toml"),
+            OpKind::SnapshotRevert => include_str!("../../../../jobs/snapshot.revert.toml"),
+            OpKind::SnapshotDelete => include_str!("../../../../jobs/snapshot.delete.toml"),
             OpKind::GuestSetBandwidth => {
                 include_str!("../../../../jobs/guest.set_bandwidth.toml")
             }
@@ -224,6 +248,9 @@ pub enum Request {
     DiskDetach(disk_create::DiskRef),
     DiskResize(disk_resize::Payload),
     DiskDelete(disk_create::DiskRef),
+    SnapshotCreate(snapshot_create::SnapshotRef),
+    SnapshotRevert(snapshot_create::SnapshotRef),
+    SnapshotDelete(snapshot_create::SnapshotRef),
     BootJobs(boot_jobs::RunPayload),
     ChangeIp(change_ip::ChangeIpPayload),
     NodeRemove(node_remove::Payload),
@@ -264,6 +291,9 @@ impl Request {
             Request::DiskDetach(_) => OpKind::DiskDetach,
             Request::DiskResize(_) => OpKind::DiskResize,
             Request::DiskDelete(_) => OpKind::DiskDelete,
+            Request::SnapshotCreate(_) => OpKind::SnapshotCreate,
+            Request::SnapshotRevert(_) => OpKind::SnapshotRevert,
+            Request::SnapshotDelete(_) => OpKind::SnapshotDelete,
             Request::BootJobs(_) => OpKind::GuestBootJobs,
             Request::ChangeIp(_) => OpKind::GuestChangeIp,
             Request::NodeRemove(_) => OpKind::NodeRemove,
@@ -285,6 +315,9 @@ impl Request {
             }
             Request::DiskAttach(p) => serde_json::to_value(p)?,
             Request::DiskResize(p) => serde_json::to_value(p)?,
+            Request::SnapshotCreate(p)
+            | Request::SnapshotRevert(p)
+            | Request::SnapshotDelete(p) => serde_json::to_value(p)?,
             Request::BootJobs(p) => serde_json::to_value(p)?,
             Request::ChangeIp(p) => serde_json::to_value(p)?,
             Request::NodeRemove(p) => serde_json::to_value(p)?,
@@ -314,6 +347,9 @@ impl Request {
             OpKind::DiskDetach => Request::DiskDetach(typed(k, payload)?),
             OpKind::DiskResize => Request::DiskResize(typed(k, payload)?),
             OpKind::DiskDelete => Request::DiskDelete(typed(k, payload)?),
+            OpKind::SnapshotCreate => Request::SnapshotCreate(typed(k, payload)?),
+            OpKind::SnapshotRevert => Request::SnapshotRevert(typed(k, payload)?),
+            OpKind::SnapshotDelete => Request::SnapshotDelete(typed(k, payload)?),
             OpKind::GuestBootJobs => Request::BootJobs(typed(k, payload)?),
             OpKind::GuestChangeIp => Request::ChangeIp(typed(k, payload)?),
             OpKind::NodeRemove => Request::NodeRemove(typed(k, payload)?),
@@ -415,6 +451,18 @@ pub async fn run(
             let s = disk_delete::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             disk_delete::run(cx, p, s, undo).await
         }
+        Request::SnapshotCreate(p) => {
+            let s = snapshot_create::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            snapshot_create::run(cx, p, s, undo).await
+        }
+        Request::SnapshotRevert(p) => {
+            let s = snapshot_revert::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            snapshot_revert::run(cx, p, s, undo).await
+        }
+        Request::SnapshotDelete(p) => {
+            let s = snapshot_delete::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            snapshot_delete::run(cx, p, s, undo).await
+        }
         Request::BootJobs(p) => {
             let s = boot_jobs::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             boot_jobs::run(cx, p, s, undo).await
@@ -450,6 +498,7 @@ pub async fn on_finish(
             })?;
         }
         Request::DiskCreate(p) => disk_create::on_finish(tx, p, state).await?,
+        Request::SnapshotCreate(p) => snapshot_create::on_finish(tx, p, state).await?,
         _ => {}
     }
     // A disk operation's hold on its disk ends with it.
@@ -468,6 +517,9 @@ pub async fn on_finish(
         | Request::DiskDetach(_)
         | Request::DiskResize(_)
         | Request::DiskDelete(_)
+        | Request::SnapshotCreate(_)
+        | Request::SnapshotRevert(_)
+        | Request::SnapshotDelete(_)
         | Request::BootJobs(_)
         | Request::ChangeIp(_)
         | Request::NodeRemove(_)
@@ -524,6 +576,15 @@ mod tests {
             }),
             Request::DiskDelete(disk_create::DiskRef {
                 disk_id: "d".into(),
+            }),
+            Request::SnapshotCreate(snapshot_create::SnapshotRef {
+                snapshot_id: "s".into(),
+            }),
+            Request::SnapshotRevert(snapshot_create::SnapshotRef {
+                snapshot_id: "s".into(),
+            }),
+            Request::SnapshotDelete(snapshot_create::SnapshotRef {
+                snapshot_id: "s".into(),
             }),
             Request::BootJobs(boot_jobs::RunPayload {
                 job_ids: Some(vec!["j".into()]),

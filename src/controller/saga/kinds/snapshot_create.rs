@@ -1,0 +1,76 @@
+//! `snapshot.create` (S80): an internal snapshot of a guest, its filesystems frozen
+//! through the guest agent when it answers (see `node::snapshots`).
+//!
+//! The API records the snapshot (`creating`) with this operation, which holds the guest:
+//! snapshot work on one guest is exclusive, and anything else asked of the guest meanwhile
+//! answers 409 naming this operation (S83). `take` (node; undo: delete the snapshot) takes
+//! it; `record` (controller) marks it `ready` with the guest state it holds and whether it
+//! was quiesced. An operation that does not succeed forgets the record.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Effect};
+use crate::controller::saga::steps::{guest_of, StepError};
+use crate::controller::store::{self as st, StoreError, Tx};
+use crate::model::{NodeAction, OpState};
+
+/// Stored payload of every snapshot kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    pub snapshot_id: String,
+}
+
+super::steps! {
+    pub enum Step {
+        Take = "take",
+        Record = "record",
+    }
+}
+
+pub async fn run(
+    cx: &mut Ctx<'_, '_>,
+    p: &SnapshotRef,
+    step: Step,
+    undo: bool,
+) -> Result<Effect, StepError> {
+    let g = guest_of(cx.tx, cx.op).await?;
+    let node = g
+        .node_id
+        .clone()
+        .ok_or_else(|| StepError::Permanent(format!("guest {} is on no node", g.name)))?;
+    let action = |undo| {
+        let (guest_id, name) = (g.id.clone(), p.snapshot_id.clone());
+        if undo {
+            NodeAction::DeleteSnapshot { guest_id, name }
+        } else {
+            NodeAction::CreateSnapshot { guest_id, name }
+        }
+    };
+    Ok(match (step, undo) {
+        (Step::Take, undo) => Effect::Node {
+            node,
+            action: action(undo),
+        },
+        (Step::Record, false) => {
+            let out = cx
+                .op
+                .step_records()
+                .ok()
+                .and_then(|s| s.into_iter().find(|s| s.name == "take"))
+                .and_then(|s| s.output)
+                .unwrap_or_default();
+            let vm_state = out["vm_state"].as_str().unwrap_or("unknown");
+            let quiesced = out["quiesced"].as_bool().unwrap_or(false);
+            st::snapshot_taken(cx.tx, &p.snapshot_id, vm_state, quiesced).await?;
+            Effect::Done
+        }
+        (Step::Record, true) => Effect::Done,
+    })
+}
+
+pub async fn on_finish(tx: &mut Tx<'_>, p: &SnapshotRef, state: OpState) -> Result<(), StoreError> {
+    if state != OpState::Succeeded {
+        st::forget_snapshot(tx, &p.snapshot_id).await?;
+    }
+    Ok(())
+}
