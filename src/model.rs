@@ -381,6 +381,12 @@ pub enum NodeAction {
         guest_id: String,
         name: String,
     },
+    /// Sets a stopped guest's vCPUs and memory in its definition.
+    ResizeDomain {
+        guest_id: String,
+        cpus: u32,
+        memory_mib: u32,
+    },
     /// Sets a console ticket's password on the running domain, live only, expiring at
     /// `valid_until_ms` (libvirt's `passwdValidTo`).
     ConsoleTicket {
@@ -511,6 +517,7 @@ impl NodeAction {
             NodeAction::DetachDisk { .. } => "detach_disk",
             NodeAction::GrowDisk { .. } => "grow_disk",
             NodeAction::CreateSnapshot { .. } => "create_snapshot",
+            NodeAction::ResizeDomain { .. } => "resize_domain",
             NodeAction::RevertSnapshot { .. } => "revert_snapshot",
             NodeAction::DeleteSnapshot { .. } => "delete_snapshot",
         }

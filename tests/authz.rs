@@ -277,6 +277,12 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
             None,
             [H, H, H, H],
         ),
+        (
+            m("PUT"),
+            format!("/guests/{g}/size"),
+            Some(json!({})),
+            [S(400), S(400), S(400), H],
+        ),
         (m("GET"), "/disks".into(), None, [A, A, A, A]),
         (m("GET"), format!("/disks/{ann_disk}"), None, [A, A, A, H]),
         (

@@ -1127,6 +1127,30 @@ async fn a_reverted_guest_has_what_it_had_at_the_snapshot() {
         assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
     }
     assert_eq!(virsh(&["snapshot-list", "--name", &name]).1.trim(), "");
+
+    // Resized while shut off, it boots with its new vCPUs and memory.
+    act(&cloud, &gid, "poweroff").await;
+    let (s, v) = cloud
+        .call(
+            reqwest::Method::PUT,
+            &format!("/guests/{gid}/size"),
+            Some(json!({"cpus": 2, "memory_mib": 256})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        cloud.wait_op(v["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    act(&cloud, &gid, "start").await;
+    wait_agent(&name, Duration::from_secs(120));
+    let cpus = sh("grep -c ^processor /proc/cpuinfo");
+    assert_eq!(cpus.trim(), "2", "vCPUs after the resize");
+    let kib: u64 = sh("awk '/MemTotal/ {print $2}' /proc/meminfo")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(kib > 200 * 1024, "memory after the resize: {kib} KiB");
     let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
     assert_eq!(
         cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],

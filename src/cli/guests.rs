@@ -58,6 +58,16 @@ pub enum GuestCmd {
     },
     /// One guest, every field.
     Show { guest: String },
+    /// Change a shut-off guest's vCPUs and/or memory (e.g. --memory 512MiB).
+    Resize {
+        guest: String,
+        #[arg(long)]
+        cpu: Option<u32>,
+        #[arg(long)]
+        memory: Option<String>,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Open a running guest's VNC console: prints where to connect and a one-time
     /// password that stops working after --valid seconds.
     Console {
@@ -210,6 +220,23 @@ impl Client {
             GuestCmd::Show { guest } => {
                 let g = guests_api::guest_get(c, &guest).await?;
                 emit_record(self.out, &g);
+                Ok(true)
+            }
+            GuestCmd::Resize {
+                guest,
+                cpu,
+                memory,
+                wait,
+            } => {
+                let size = models::GuestSize {
+                    cpus: cpu,
+                    memory_mib: memory.as_deref().map(parse_mib).transpose()?,
+                };
+                let a = guests_api::guest_resize(c, &guest, size).await?;
+                if wait {
+                    return self.follow(&[a.operation_id]).await;
+                }
+                emit_record(self.out, &a);
                 Ok(true)
             }
             GuestCmd::Console { guest, valid } => {

@@ -239,6 +239,11 @@ pub async fn run(
             inside(&s.storage_dir, path)?;
             super::disks::grow(hv, path, *size_mib, attached.as_ref()).await
         }
+        NodeAction::ResizeDomain {
+            guest_id,
+            cpus,
+            memory_mib,
+        } => super::resize::resize(hv, guest_id, *cpus, *memory_mib).await,
         NodeAction::CreateSnapshot { guest_id, name } => {
             super::snapshots::create(hv, guest_id, name).await
         }

@@ -19,6 +19,7 @@ pub mod facts;
 pub mod hypervisor;
 pub mod ports;
 pub mod qcow2;
+pub mod resize;
 pub mod snapshots;
 
 use std::collections::HashMap;

@@ -74,6 +74,7 @@ __all__ = [
     "GuestChange",
     "GuestPending",
     "GuestRecords",
+    "GuestSize",
     "GuestState",
     "Health",
     "LoginRequest",
@@ -187,6 +188,7 @@ from corral_client.models.guest_action import GuestAction as GuestAction
 from corral_client.models.guest_change import GuestChange as GuestChange
 from corral_client.models.guest_pending import GuestPending as GuestPending
 from corral_client.models.guest_records import GuestRecords as GuestRecords
+from corral_client.models.guest_size import GuestSize as GuestSize
 from corral_client.models.guest_state import GuestState as GuestState
 from corral_client.models.health import Health as Health
 from corral_client.models.login_request import LoginRequest as LoginRequest

@@ -151,6 +151,13 @@ class TestGuestsApi(unittest.TestCase):
         """
         pass
 
+    def test_guest_resize(self) -> None:
+        """Test case for guest_resize
+
+        Change a shut-off guest's vCPUs and memory (either or both). Runs as `guest.resize`; it boots with them at its next start.
+        """
+        pass
+
     def test_guest_set_bandwidth(self) -> None:
         """Test case for guest_set_bandwidth
 

@@ -21,6 +21,7 @@ mod pages;
 mod plugins;
 mod pools;
 mod recovery;
+mod resize;
 mod resources;
 mod scripts;
 mod snapshots;
@@ -91,6 +92,7 @@ type Apis = (
         audit::AuditApi,
         recovery::RecoveryApi,
         snapshots::SnapshotApi,
+        resize::ResizeApi,
     ),
 );
 
@@ -117,6 +119,7 @@ fn apis() -> Apis {
             audit::AuditApi,
             recovery::RecoveryApi,
             snapshots::SnapshotApi,
+            resize::ResizeApi,
         ),
     )
 }

@@ -116,6 +116,22 @@ pub async fn finish_creating(tx: &mut Tx<'_>, guest: &str) -> Result<(), StoreEr
     Ok(())
 }
 
+pub async fn set_guest_size(
+    tx: &mut Tx<'_>,
+    guest: &str,
+    cpus: u32,
+    memory_mib: u32,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET cpus = ?, memory_mib = ?, updated_at = ? WHERE id = ?")
+        .bind(cpus)
+        .bind(memory_mib)
+        .bind(now_ms())
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 pub async fn set_guest_bandwidth(
     tx: &mut Tx<'_>,
     guest: &str,

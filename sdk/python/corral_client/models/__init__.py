@@ -50,6 +50,7 @@ from corral_client.models.guest_action import GuestAction
 from corral_client.models.guest_change import GuestChange
 from corral_client.models.guest_pending import GuestPending
 from corral_client.models.guest_records import GuestRecords
+from corral_client.models.guest_size import GuestSize
 from corral_client.models.guest_state import GuestState
 from corral_client.models.health import Health
 from corral_client.models.login_request import LoginRequest

@@ -72,6 +72,8 @@ pub mod guest_pending;
 pub use self::guest_pending::GuestPending;
 pub mod guest_records;
 pub use self::guest_records::GuestRecords;
+pub mod guest_size;
+pub use self::guest_size::GuestSize;
 pub mod guest_state;
 pub use self::guest_state::GuestState;
 pub mod health;

@@ -109,6 +109,11 @@ import {
     GuestChangeToJSON,
 } from '../models/GuestChange';
 import {
+    type GuestSize,
+    GuestSizeFromJSON,
+    GuestSizeToJSON,
+} from '../models/GuestSize';
+import {
     type GuestState,
     GuestStateFromJSON,
     GuestStateToJSON,
@@ -320,6 +325,17 @@ export interface GuestResetPasswordRequest {
      * 
      */
     resetPassword: ResetPassword;
+}
+
+export interface GuestResizeRequest {
+    /**
+     * 
+     */
+    id: string;
+    /**
+     * 
+     */
+    guestSize: GuestSize;
 }
 
 export interface GuestSetBandwidthRequest {
@@ -1432,6 +1448,69 @@ export class GuestsApi extends runtime.BaseAPI {
      */
     async guestResetPassword(requestParameters: GuestResetPasswordRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<PasswordReset> {
         const response = await this.guestResetPasswordRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for guestResize without sending the request
+     */
+    async guestResizeRequestOpts(requestParameters: GuestResizeRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling guestResize().'
+            );
+        }
+
+        if (requestParameters['guestSize'] == null) {
+            throw new runtime.RequiredError(
+                'guestSize',
+                'Required parameter "guestSize" was null or undefined when calling guestResize().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/guests/{id}/size`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'PUT',
+            headers: headerParameters,
+            query: queryParameters,
+            body: GuestSizeToJSON(requestParameters['guestSize']),
+        };
+    }
+
+    /**
+     * Change a shut-off guest\'s vCPUs and memory (either or both). Runs as `guest.resize`; it boots with them at its next start.
+     */
+    async guestResizeRaw(requestParameters: GuestResizeRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Accepted>> {
+        const requestOptions = await this.guestResizeRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => AcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Change a shut-off guest\'s vCPUs and memory (either or both). Runs as `guest.resize`; it boots with them at its next start.
+     */
+    async guestResize(requestParameters: GuestResizeRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Accepted> {
+        const response = await this.guestResizeRaw(requestParameters, initOverrides);
         return await response.value();
     }
 

@@ -37,6 +37,7 @@ export * from './GuestAction';
 export * from './GuestChange';
 export * from './GuestPending';
 export * from './GuestRecords';
+export * from './GuestSize';
 export * from './GuestState';
 export * from './Health';
 export * from './LoginRequest';

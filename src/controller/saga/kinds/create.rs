@@ -208,23 +208,17 @@ pub async fn set_error(tx: &mut Tx<'_>, guest: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Chooses the node (see `controller::placement`). Waiting for a node that is not there
-/// yet is transient for a grace period (a fresh `corral up`, a node restarting); a node
-/// that is there but cannot take the guest is a permanent refusal naming the reason.
-async fn place(
+/// Every node as placement sees it: its facts and what its guests already use.
+pub async fn candidates(
     tx: &mut Tx<'_>,
-    env: &StepEnv,
-    op: &OpRow,
-    g: &GuestRow,
-) -> Result<String, StepError> {
-    use crate::controller::placement::{self, Candidate, PlaceError};
+) -> Result<Vec<crate::controller::placement::Candidate>, StepError> {
     use crate::model::NodeFacts;
-    let candidates: Vec<Candidate> = st::node_loads(tx)
+    Ok(st::node_loads(tx)
         .await?
         .into_iter()
         .map(|n| {
             let f: NodeFacts = serde_json::from_str(&n.facts).unwrap_or_default();
-            Candidate {
+            crate::controller::placement::Candidate {
                 id: n.id,
                 online: n.online,
                 accept_auto: n.accept_auto,
@@ -240,7 +234,20 @@ async fn place(
                 bridges: (!f.bridges.is_empty()).then_some(f.bridges),
             }
         })
-        .collect();
+        .collect())
+}
+
+/// Chooses the node (see `controller::placement`). Waiting for a node that is not there
+/// yet is transient for a grace period (a fresh `corral up`, a node restarting); a node
+/// that is there but cannot take the guest is a permanent refusal naming the reason.
+async fn place(
+    tx: &mut Tx<'_>,
+    env: &StepEnv,
+    op: &OpRow,
+    g: &GuestRow,
+) -> Result<String, StepError> {
+    use crate::controller::placement::{self, Candidate, PlaceError};
+    let candidates = candidates(tx).await?;
     let young = now_ms() - op.created_at < env.placement_grace_ms;
     let pool_bridge = match &g.pool_id {
         Some(p) => st::pool_in(tx, p)

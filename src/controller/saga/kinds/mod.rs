@@ -28,6 +28,7 @@ pub mod disk_resize;
 pub mod node_cleanup;
 pub mod node_remove;
 pub mod power;
+pub mod resize;
 pub mod set_bandwidth;
 pub mod snapshot_create;
 pub mod snapshot_delete;
@@ -87,6 +88,7 @@ pub enum OpKind {
     SnapshotCreate,
     SnapshotRevert,
     SnapshotDelete,
+    GuestResize,
 }
 
 impl OpKind {
@@ -114,6 +116,7 @@ impl OpKind {
         OpKind::SnapshotCreate,
         OpKind::SnapshotRevert,
         OpKind::SnapshotDelete,
+        OpKind::GuestResize,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -141,6 +144,7 @@ impl OpKind {
             OpKind::SnapshotCreate => "snapshot.create",
             OpKind::SnapshotRevert => "snapshot.revert",
             OpKind::SnapshotDelete => "snapshot.delete",
+            OpKind::GuestResize => "guest.resize",
         }
     }
 
@@ -179,6 +183,7 @@ impl OpKind {
             OpKind::SnapshotDelete => {
                 names(snapshot_delete::Step::ALL, snapshot_delete::Step::name)
             }
+            OpKind::GuestResize => names(resize::Step::ALL, resize::Step::name),
             OpKind::GuestBootJobs => names(boot_jobs::Step::ALL, boot_jobs::Step::name),
             OpKind::GuestChangeIp => names(change_ip::Step::ALL, change_ip::Step::name),
             OpKind::NodeRemove => names(node_remove::Step::ALL, node_remove::Step::name),
@@ -207,6 +212,7 @@ impl OpKind {
             OpKind::SnapshotCreate => include_str!("../../../../jobs/snapshot.create.toml"),
             OpKind::SnapshotRevert => include_str!("../../../../jobs/snapshot.revert.toml"),
             OpKind::SnapshotDelete => include_str!("../../../../jobs/snapshot.delete.toml"),
+            OpKind::GuestResize => include_str!("../../../../jobs/guest.resize.toml"),
             OpKind::GuestSetBandwidth => {
                 include_str!("../../../../jobs/guest.set_bandwidth.toml")
             }
@@ -251,6 +257,7 @@ pub enum Request {
     SnapshotCreate(snapshot_create::SnapshotRef),
     SnapshotRevert(snapshot_create::SnapshotRef),
     SnapshotDelete(snapshot_create::SnapshotRef),
+    Resize(resize::Payload),
     BootJobs(boot_jobs::RunPayload),
     ChangeIp(change_ip::ChangeIpPayload),
     NodeRemove(node_remove::Payload),
@@ -294,6 +301,7 @@ impl Request {
             Request::SnapshotCreate(_) => OpKind::SnapshotCreate,
             Request::SnapshotRevert(_) => OpKind::SnapshotRevert,
             Request::SnapshotDelete(_) => OpKind::SnapshotDelete,
+            Request::Resize(_) => OpKind::GuestResize,
             Request::BootJobs(_) => OpKind::GuestBootJobs,
             Request::ChangeIp(_) => OpKind::GuestChangeIp,
             Request::NodeRemove(_) => OpKind::NodeRemove,
@@ -315,6 +323,7 @@ impl Request {
             }
             Request::DiskAttach(p) => serde_json::to_value(p)?,
             Request::DiskResize(p) => serde_json::to_value(p)?,
+            Request::Resize(p) => serde_json::to_value(p)?,
             Request::SnapshotCreate(p)
             | Request::SnapshotRevert(p)
             | Request::SnapshotDelete(p) => serde_json::to_value(p)?,
@@ -350,6 +359,7 @@ impl Request {
             OpKind::SnapshotCreate => Request::SnapshotCreate(typed(k, payload)?),
             OpKind::SnapshotRevert => Request::SnapshotRevert(typed(k, payload)?),
             OpKind::SnapshotDelete => Request::SnapshotDelete(typed(k, payload)?),
+            OpKind::GuestResize => Request::Resize(typed(k, payload)?),
             OpKind::GuestBootJobs => Request::BootJobs(typed(k, payload)?),
             OpKind::GuestChangeIp => Request::ChangeIp(typed(k, payload)?),
             OpKind::NodeRemove => Request::NodeRemove(typed(k, payload)?),
@@ -459,6 +469,10 @@ pub async fn run(
             let s = snapshot_revert::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             snapshot_revert::run(cx, p, s, undo).await
         }
+        Request::Resize(p) => {
+            let s = resize::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            resize::run(cx, p, s, undo).await
+        }
         Request::SnapshotDelete(p) => {
             let s = snapshot_delete::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             snapshot_delete::run(cx, p, s, undo).await
@@ -520,6 +534,7 @@ pub async fn on_finish(
         | Request::SnapshotCreate(_)
         | Request::SnapshotRevert(_)
         | Request::SnapshotDelete(_)
+        | Request::Resize(_)
         | Request::BootJobs(_)
         | Request::ChangeIp(_)
         | Request::NodeRemove(_)
@@ -585,6 +600,12 @@ mod tests {
             }),
             Request::SnapshotDelete(snapshot_create::SnapshotRef {
                 snapshot_id: "s".into(),
+            }),
+            Request::Resize(resize::Payload {
+                cpus: 2,
+                memory_mib: 256,
+                old_cpus: 1,
+                old_memory_mib: 128,
             }),
             Request::BootJobs(boot_jobs::RunPayload {
                 job_ids: Some(vec!["j".into()]),

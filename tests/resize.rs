@@ -1,0 +1,95 @@
+//! Resizing guests on the libvirt test driver and a real Redis: a running guest is
+//! refused, bad sizes are 400s, a size the node cannot hold fails naming the node and
+//! the reason and changes nothing, a good one changes definition and record, and a
+//! controller killed mid-way finishes it. A resized real guest booting with its new
+//! size is in `real_guest.rs`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{require, Cloud};
+use serde_json::{json, Value};
+
+async fn put(cloud: &Cloud, path: &str, body: Value) -> (u16, Value) {
+    cloud.call(reqwest::Method::PUT, path, Some(body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_guest_is_resized_within_its_nodes_capacity() {
+    if !(require("redis-server") && require("qemu-img")) {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    let (gid, op) = cloud
+        .create(json!({"name": "r", "template": "tiny", "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let size = format!("/guests/{gid}/size");
+
+    let (s, v) = put(&cloud, &size, json!({"cpus": 2})).await;
+    assert_eq!(s, 409, "a running guest: {v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("shut it down"),
+        "{v}"
+    );
+    let (_, v) = cloud
+        .post(&format!("/guests/{gid}/actions/poweroff"), json!(null))
+        .await;
+    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+
+    for (body, want) in [
+        (json!({}), 400),
+        (json!({"cpus": 1, "memory_mib": 128}), 400),
+        (json!({"cpus": 0}), 400),
+        (json!({"memory_mib": 1}), 400),
+        (json!({"cpus": "two"}), 400),
+    ] {
+        let (s, v) = put(&cloud, &size, body.clone()).await;
+        assert_eq!(s, want, "{body}: {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+
+    // More than the node holds: the operation fails naming the node and the reason.
+    let xml_before = cloud.get(&format!("/guests/{gid}/domain-xml")).await.1;
+    let (s, v) = put(&cloud, &size, json!({"memory_mib": 1_048_576})).await;
+    assert_eq!(s, 202, "{v}");
+    let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    let err = op["error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("node {}", cloud.node_id)) && err.contains("memory"),
+        "{err}"
+    );
+    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+    assert_eq!(
+        (g["cpus"].clone(), g["memory_mib"].clone()),
+        (json!(1), json!(128))
+    );
+    assert_eq!(
+        cloud.get(&format!("/guests/{gid}/domain-xml")).await.1,
+        xml_before
+    );
+
+    // A good size, with the controller killed after dispatching the node's part.
+    let fault = "dispatched:guest.resize:redefine";
+    cloud.arm_fault(fault).await;
+    let (s, v) = put(&cloud, &size, json!({"cpus": 2, "memory_mib": 256})).await;
+    assert_eq!(s, 202, "{v}");
+    cloud.restart_after_fault(fault).await;
+    let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+    assert_eq!(
+        (g["cpus"].clone(), g["memory_mib"].clone()),
+        (json!(2), json!(256))
+    );
+    let x = cloud.get(&format!("/guests/{gid}/domain-xml")).await.1["xml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(x.contains(">2</vcpu>") && x.contains("262144"), "{x}");
+    cloud.delete_all_and_check().await;
+}
