@@ -381,6 +381,15 @@ pub enum NodeAction {
         guest_id: String,
         name: String,
     },
+    /// Flattens a guest's disk (at internal snapshot `snapshot` when given) into a new
+    /// qcow2 template image at `dest`, in one of the node's template directories;
+    /// reports its progress and answers the image's SHA-256 and size.
+    ConvertImage {
+        source: String,
+        #[serde(default)]
+        snapshot: Option<String>,
+        dest: String,
+    },
     /// Sets a stopped guest's vCPUs and memory in its definition.
     ResizeDomain {
         guest_id: String,
@@ -518,6 +527,7 @@ impl NodeAction {
             NodeAction::GrowDisk { .. } => "grow_disk",
             NodeAction::CreateSnapshot { .. } => "create_snapshot",
             NodeAction::ResizeDomain { .. } => "resize_domain",
+            NodeAction::ConvertImage { .. } => "convert_image",
             NodeAction::RevertSnapshot { .. } => "revert_snapshot",
             NodeAction::DeleteSnapshot { .. } => "delete_snapshot",
         }

@@ -283,6 +283,12 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
             Some(json!({})),
             [S(400), S(400), S(400), H],
         ),
+        (
+            m("POST"),
+            format!("/guests/{g}/template"),
+            Some(json!({"name": "bad name"})),
+            [S(400), S(400), S(400), H],
+        ),
         (m("GET"), "/disks".into(), None, [A, A, A, A]),
         (m("GET"), format!("/disks/{ann_disk}"), None, [A, A, A, H]),
         (

@@ -1151,6 +1151,56 @@ async fn a_reverted_guest_has_what_it_had_at_the_snapshot() {
         .parse()
         .unwrap();
     assert!(kib > 200 * 1024, "memory after the resize: {kib} KiB");
+
+    // Made into a template, it gives a new guest what it wrote on its disk. (This image
+    // keeps no filesystem on disk: the data is a block past what its boot partition
+    // uses, 64 KiB before the end of the 64 MiB disk.)
+    let marker = format!("corral-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    sh(&format!(
+        "printf {marker} | dd of=/dev/vda bs=512 seek=130944 conv=notrunc 2>/dev/null; sync"
+    ));
+    act(&cloud, &gid, "poweroff").await;
+    let tname = format!("{name}-t");
+    let t0 = Instant::now();
+    let (s, v) = cloud
+        .post(
+            &format!("/guests/{gid}/template"),
+            json!({"name": tname, "os_init_profile": "test-guest"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        cloud.wait_op(v["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    eprintln!("template from a 64 MiB guest: {:?}", t0.elapsed());
+    let (_, t) = cloud.get(&format!("/templates/{tname}")).await;
+    assert_eq!(t["sha256"].as_str().unwrap().len(), 64, "{t}");
+    let copy = format!("{name}-c");
+    let _sweep_copy = DomainSweep(copy.clone());
+    let (cid, op) = cloud
+        .create(json!({"name": copy, "template": tname, "cpus": 1, "memory_mib": 128}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    wait_agent(&copy, Duration::from_secs(120));
+    let read = guest_exec(
+        &copy,
+        "/bin/sh",
+        &[
+            "-c",
+            &format!(
+                "dd if=/dev/vda bs=512 skip=130944 count=1 2>/dev/null | head -c {}",
+                marker.len()
+            ),
+        ],
+    );
+    assert_eq!(read, marker, "the new guest lacks what the first one wrote");
+    let (_, d) = cloud.delete(&format!("/guests/{cid}")).await;
+    assert_eq!(
+        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
     let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
     assert_eq!(
         cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],

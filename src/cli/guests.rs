@@ -58,6 +58,15 @@ pub enum GuestCmd {
     },
     /// One guest, every field.
     Show { guest: String },
+    /// Make a new template from a shut-off guest's disk, or from one of its snapshots.
+    Template {
+        guest: String,
+        name: String,
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Change a shut-off guest's vCPUs and/or memory (e.g. --memory 512MiB).
     Resize {
         guest: String,
@@ -220,6 +229,22 @@ impl Client {
             GuestCmd::Show { guest } => {
                 let g = guests_api::guest_get(c, &guest).await?;
                 emit_record(self.out, &g);
+                Ok(true)
+            }
+            GuestCmd::Template {
+                guest,
+                name,
+                snapshot,
+                wait,
+            } => {
+                let mut req = models::GuestToTemplate::new(name);
+                req.snapshot = snapshot;
+                let a =
+                    corral_client::apis::resources_api::guest_to_template(c, &guest, req).await?;
+                if wait {
+                    return self.follow(&[a.operation_id]).await;
+                }
+                emit_record(self.out, &a);
                 Ok(true)
             }
             GuestCmd::Resize {

@@ -156,7 +156,10 @@ pub async fn run(
             Ok(ok(None))
         }
         NodeAction::RemoveFile { path } => {
-            inside(&s.storage_dir, path)?;
+            // A template image corral was writing may be undone too.
+            if !super::images::in_dirs(&s.image_dirs, path) {
+                inside(&s.storage_dir, path)?;
+            }
             for file in [super::staged(path), path.clone()] {
                 match tokio::fs::remove_file(&file).await {
                     Ok(()) => {}
@@ -360,6 +363,9 @@ pub async fn run(
             agent_outcome(report, true)
         }
         // The node's job handler runs a sequence sub-step by sub-step; one never nests.
+        NodeAction::ConvertImage { .. } => Err(ActionError::Permanent(
+            "an image conversion runs on its own, not inside a sequence".into(),
+        )),
         NodeAction::Sequence { .. } => Err(ActionError::Permanent(
             "a sequence runs only as a whole job".into(),
         )),

@@ -17,6 +17,7 @@ pub mod disks;
 pub mod events;
 pub mod facts;
 pub mod hypervisor;
+pub mod images;
 pub mod ports;
 pub mod qcow2;
 pub mod resize;
@@ -159,6 +160,17 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
     }
     let outcome = match &job.action {
         NodeAction::Sequence { steps } => run_sequence(&ctx, &job, steps).await?,
+        NodeAction::ConvertImage {
+            source,
+            snapshot,
+            dest,
+        } => {
+            let r = run_convert(&ctx, &job, source, snapshot.as_deref(), dest).await;
+            if let Some(f) = &ctx.fault {
+                f.check("node", job.action.name(), "after");
+            }
+            actions::outcome(r)
+        }
         action => {
             let r = actions::run(
                 ctx.hv.as_ref(),
@@ -202,6 +214,64 @@ const REFENCE_AFTER: Duration = Duration::from_secs(1);
 /// failure ends the sequence, its error prefixed with the sub-step's stage. Once it has run
 /// for [`REFENCE_AFTER`], the fence is checked again before each sub-step, so a superseded
 /// copy of a long sequence stops early.
+/// [`NodeAction::ConvertImage`]: the conversion's percent goes to the controller as
+/// step progress (at most every [`PROGRESS_EVERY`]), then the checksum is computed.
+async fn run_convert(
+    ctx: &NodeCtx,
+    job: &NodeJob,
+    source: &str,
+    snapshot: Option<&str>,
+    dest: &str,
+) -> Result<StepOutcome, actions::ActionError> {
+    let s = &ctx.settings;
+    if !source.starts_with(&*s.storage_dir.to_string_lossy()) || source.contains("/../") {
+        return Err(actions::ActionError::Permanent(format!(
+            "{source} is outside the node's disk-image directory"
+        )));
+    }
+    if !images::in_dirs(&s.image_dirs, dest) {
+        return Err(actions::ActionError::Permanent(format!(
+            "{dest} is outside the node's template directories (image_dirs)"
+        )));
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let convert = images::convert(source, snapshot, dest, move |p| {
+        let _ = tx.send(p);
+    });
+    tokio::pin!(convert);
+    let mut reported = tokio::time::Instant::now();
+    let r = loop {
+        tokio::select! {
+            r = &mut convert => break r,
+            Some(p) = rx.recv() => {
+                if reported.elapsed() >= PROGRESS_EVERY {
+                    reported = tokio::time::Instant::now();
+                    let ev = NodeEvent::StepProgress {
+                        node_id: ctx.node_id.clone(),
+                        op_id: job.op_id.clone(),
+                        step: job.step,
+                        attempt: job.attempt,
+                        undo: job.undo,
+                        done: p.min(99),
+                        of: 100,
+                        stage: format!("converting the disk: {p}%"),
+                    };
+                    if let Err(e) = ctx.publisher.publish(&ev).await {
+                        tracing::debug!(op = %job.op_id, "progress not reported: {e}");
+                    }
+                }
+            }
+        }
+    };
+    r?;
+    let (sha256, bytes) = images::checksum(dest).await?;
+    Ok(StepOutcome::Ok {
+        guest_state: None,
+        domain_xml: None,
+        output: Some(serde_json::json!({"sha256": sha256, "size_bytes": bytes, "path": dest})),
+    })
+}
+
 async fn run_sequence(
     ctx: &NodeCtx,
     job: &NodeJob,

@@ -76,6 +76,7 @@ __all__ = [
     "GuestRecords",
     "GuestSize",
     "GuestState",
+    "GuestToTemplate",
     "Health",
     "LoginRequest",
     "LoginResponse",
@@ -118,6 +119,7 @@ __all__ = [
     "StateChanged",
     "Step",
     "Template",
+    "TemplateAccepted",
     "Token",
     "UpdateGuest",
     "UpdateTemplate",
@@ -190,6 +192,7 @@ from corral_client.models.guest_pending import GuestPending as GuestPending
 from corral_client.models.guest_records import GuestRecords as GuestRecords
 from corral_client.models.guest_size import GuestSize as GuestSize
 from corral_client.models.guest_state import GuestState as GuestState
+from corral_client.models.guest_to_template import GuestToTemplate as GuestToTemplate
 from corral_client.models.health import Health as Health
 from corral_client.models.login_request import LoginRequest as LoginRequest
 from corral_client.models.login_response import LoginResponse as LoginResponse
@@ -232,6 +235,7 @@ from corral_client.models.snapshot_accepted import SnapshotAccepted as SnapshotA
 from corral_client.models.state_changed import StateChanged as StateChanged
 from corral_client.models.step import Step as Step
 from corral_client.models.template import Template as Template
+from corral_client.models.template_accepted import TemplateAccepted as TemplateAccepted
 from corral_client.models.token import Token as Token
 from corral_client.models.update_guest import UpdateGuest as UpdateGuest
 from corral_client.models.update_template import UpdateTemplate as UpdateTemplate

@@ -26,6 +26,13 @@ class TestResourcesApi(unittest.TestCase):
     def tearDown(self) -> None:
         pass
 
+    def test_guest_to_template(self) -> None:
+        """Test case for guest_to_template
+
+        Make a new template from a guest's disk, or from one of its snapshots: the image is flattened with progress, checksummed (SHA-256) and registered private to the caller. Runs as `template.from_guest`.
+        """
+        pass
+
     def test_pool_add_range(self) -> None:
         """Test case for pool_add_range
 

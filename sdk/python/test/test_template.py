@@ -43,7 +43,9 @@ class TestTemplate(unittest.TestCase):
                 os_type = '',
                 owner_id = '',
                 path = '',
-                public = True
+                public = True,
+                sha256 = '',
+                size_bytes = 56
             )
         else:
             return Template(

@@ -28,6 +28,7 @@ mod snapshots;
 mod spec;
 mod strict;
 mod system;
+mod to_template;
 mod users;
 
 use std::sync::Arc;
@@ -93,6 +94,7 @@ type Apis = (
         recovery::RecoveryApi,
         snapshots::SnapshotApi,
         resize::ResizeApi,
+        to_template::ToTemplateApi,
     ),
 );
 
@@ -120,6 +122,7 @@ fn apis() -> Apis {
             recovery::RecoveryApi,
             snapshots::SnapshotApi,
             resize::ResizeApi,
+            to_template::ToTemplateApi,
         ),
     )
 }

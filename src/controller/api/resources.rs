@@ -60,6 +60,9 @@ pub struct Template {
     pub public: bool,
     /// The user who registered it; absent for templates from before owners existed.
     pub owner_id: Option<String>,
+    /// SHA-256 of the image, for templates corral wrote (from a guest or a snapshot).
+    pub sha256: Option<String>,
+    pub size_bytes: Option<u64>,
 }
 
 fn template_view(t: TemplateRow) -> Template {
@@ -76,6 +79,8 @@ fn template_view(t: TemplateRow) -> Template {
         created_at: rfc3339(t.created_at),
         public: t.public,
         owner_id: t.owner_id,
+        sha256: t.sha256,
+        size_bytes: t.size_bytes.map(|b| b.max(0) as u64),
     }
 }
 
@@ -198,6 +203,8 @@ impl TemplateApi {
             os_init_profile: b.os_init_profile.clone(),
             owner_id: Some(auth.0.id.clone()),
             public,
+            sha256: None,
+            size_bytes: None,
         };
         if let Some(p) = &row.os_init_profile {
             super::scripts::require_profile(&state, p).await?;

@@ -194,6 +194,7 @@ impl Store {
             (18, include_str!("migrations/018_no_vnc_passwords.sql")),
             (19, include_str!("migrations/019_data_disks.sql")),
             (20, include_str!("migrations/020_snapshots.sql")),
+            (21, include_str!("migrations/021_template_checksums.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

@@ -16,6 +16,9 @@ pub struct TemplateRow {
     pub owner_id: Option<String>,
     /// Every user may use a public template; a private one is its owner's.
     pub public: bool,
+    /// For images corral wrote: their SHA-256 and size.
+    pub sha256: Option<String>,
+    pub size_bytes: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -67,30 +70,40 @@ pub async fn pools_in(tx: &mut Tx<'_>) -> Result<Vec<PoolRow>, StoreError> {
     .await?)
 }
 
+/// Registers a template inside a transaction (an operation's step).
+pub async fn insert_template_in(tx: &mut super::Tx<'_>, t: &TemplateRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO templates (id, name, path, os_type, min_memory_mib, created_at, \
+         os_init_profile, owner_id, public, sha256, size_bytes) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&t.id)
+    .bind(&t.name)
+    .bind(&t.path)
+    .bind(&t.os_type)
+    .bind(t.min_memory_mib)
+    .bind(t.created_at)
+    .bind(&t.os_init_profile)
+    .bind(&t.owner_id)
+    .bind(t.public)
+    .bind(&t.sha256)
+    .bind(t.size_bytes)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     pub async fn insert_template(&self, t: &TemplateRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO templates (id, name, path, os_type, min_memory_mib, created_at, \
-             os_init_profile, owner_id, public) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&t.id)
-        .bind(&t.name)
-        .bind(&t.path)
-        .bind(&t.os_type)
-        .bind(t.min_memory_mib)
-        .bind(t.created_at)
-        .bind(&t.os_init_profile)
-        .bind(&t.owner_id)
-        .bind(t.public)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        let mut tx = self.begin().await?;
+        insert_template_in(&mut tx, t).await?;
+        self.commit(tx).await
     }
 
     pub async fn template(&self, id_or_name: &str) -> Result<Option<TemplateRow>, StoreError> {
         Ok(sqlx::query_as::<_, TemplateRow>(
             "SELECT id, name, path, os_type, min_memory_mib, created_at, os_init_profile, \
-             owner_id, public FROM templates WHERE id = ? OR name = ?",
+             owner_id, public, sha256, size_bytes FROM templates WHERE id = ? OR name = ?",
         )
         .bind(id_or_name)
         .bind(id_or_name)
@@ -101,7 +114,7 @@ impl Store {
     pub async fn templates(&self) -> Result<Vec<TemplateRow>, StoreError> {
         Ok(sqlx::query_as::<_, TemplateRow>(
             "SELECT id, name, path, os_type, min_memory_mib, created_at, os_init_profile, \
-             owner_id, public FROM templates ORDER BY name",
+             owner_id, public, sha256, size_bytes FROM templates ORDER BY name",
         )
         .fetch_all(self.pool())
         .await?)

@@ -52,6 +52,7 @@ from corral_client.models.guest_pending import GuestPending
 from corral_client.models.guest_records import GuestRecords
 from corral_client.models.guest_size import GuestSize
 from corral_client.models.guest_state import GuestState
+from corral_client.models.guest_to_template import GuestToTemplate
 from corral_client.models.health import Health
 from corral_client.models.login_request import LoginRequest
 from corral_client.models.login_response import LoginResponse
@@ -94,6 +95,7 @@ from corral_client.models.snapshot_accepted import SnapshotAccepted
 from corral_client.models.state_changed import StateChanged
 from corral_client.models.step import Step
 from corral_client.models.template import Template
+from corral_client.models.template_accepted import TemplateAccepted
 from corral_client.models.token import Token
 from corral_client.models.update_guest import UpdateGuest
 from corral_client.models.update_template import UpdateTemplate

@@ -36,7 +36,9 @@ class Template(BaseModel):
     owner_id: Optional[StrictStr] = Field(default=None, description="The user who registered it; absent for templates from before owners existed.")
     path: StrictStr
     public: StrictBool = Field(description="Every user may use a public template; a private one is its owner's.")
-    __properties: ClassVar[List[str]] = ["created_at", "id", "min_memory_mib", "name", "os_init_profile", "os_type", "owner_id", "path", "public"]
+    sha256: Optional[StrictStr] = Field(default=None, description="SHA-256 of the image, for templates corral wrote (from a guest or a snapshot).")
+    size_bytes: Optional[StrictInt] = None
+    __properties: ClassVar[List[str]] = ["created_at", "id", "min_memory_mib", "name", "os_init_profile", "os_type", "owner_id", "path", "public", "sha256", "size_bytes"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -97,7 +99,9 @@ class Template(BaseModel):
             "os_type": obj.get("os_type"),
             "owner_id": obj.get("owner_id"),
             "path": obj.get("path"),
-            "public": obj.get("public")
+            "public": obj.get("public"),
+            "sha256": obj.get("sha256"),
+            "size_bytes": obj.get("size_bytes")
         })
         return _obj
 

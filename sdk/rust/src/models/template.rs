@@ -34,6 +34,11 @@ pub struct Template {
     /// Every user may use a public template; a private one is its owner's.
     #[serde(rename = "public")]
     pub public: bool,
+    /// SHA-256 of the image, for templates corral wrote (from a guest or a snapshot).
+    #[serde(rename = "sha256", skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(rename = "size_bytes", skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
 }
 
 impl Template {
@@ -57,6 +62,8 @@ impl Template {
             owner_id: None,
             path,
             public,
+            sha256: None,
+            size_bytes: None,
         }
     }
 }

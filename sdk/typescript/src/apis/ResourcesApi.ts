@@ -44,6 +44,11 @@ import {
     ErrorBodyToJSON,
 } from '../models/ErrorBody';
 import {
+    type GuestToTemplate,
+    GuestToTemplateFromJSON,
+    GuestToTemplateToJSON,
+} from '../models/GuestToTemplate';
+import {
     type Pool,
     PoolFromJSON,
     PoolToJSON,
@@ -64,10 +69,26 @@ import {
     TemplateToJSON,
 } from '../models/Template';
 import {
+    type TemplateAccepted,
+    TemplateAcceptedFromJSON,
+    TemplateAcceptedToJSON,
+} from '../models/TemplateAccepted';
+import {
     type UpdateTemplate,
     UpdateTemplateFromJSON,
     UpdateTemplateToJSON,
 } from '../models/UpdateTemplate';
+
+export interface GuestToTemplateRequest {
+    /**
+     * 
+     */
+    id: string;
+    /**
+     * 
+     */
+    guestToTemplate: GuestToTemplate;
+}
 
 export interface PoolAddRangeRequest {
     /**
@@ -167,6 +188,69 @@ export interface TemplateUpdateRequest {
  * 
  */
 export class ResourcesApi extends runtime.BaseAPI {
+
+    /**
+     * Creates request options for guestToTemplate without sending the request
+     */
+    async guestToTemplateRequestOpts(requestParameters: GuestToTemplateRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling guestToTemplate().'
+            );
+        }
+
+        if (requestParameters['guestToTemplate'] == null) {
+            throw new runtime.RequiredError(
+                'guestToTemplate',
+                'Required parameter "guestToTemplate" was null or undefined when calling guestToTemplate().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/guests/{id}/template`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+            body: GuestToTemplateToJSON(requestParameters['guestToTemplate']),
+        };
+    }
+
+    /**
+     * Make a new template from a guest\'s disk, or from one of its snapshots: the image is flattened with progress, checksummed (SHA-256) and registered private to the caller. Runs as `template.from_guest`.
+     */
+    async guestToTemplateRaw(requestParameters: GuestToTemplateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<TemplateAccepted>> {
+        const requestOptions = await this.guestToTemplateRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => TemplateAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Make a new template from a guest\'s disk, or from one of its snapshots: the image is flattened with progress, checksummed (SHA-256) and registered private to the caller. Runs as `template.from_guest`.
+     */
+    async guestToTemplate(requestParameters: GuestToTemplateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<TemplateAccepted> {
+        const response = await this.guestToTemplateRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
 
     /**
      * Creates request options for poolAddRange without sending the request

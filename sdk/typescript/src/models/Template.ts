@@ -55,6 +55,14 @@ export interface Template {
      * Every user may use a public template; a private one is its owner's.
      */
     _public: boolean;
+    /**
+     * SHA-256 of the image, for templates corral wrote (from a guest or a snapshot).
+     */
+    sha256?: string;
+    /**
+     * 
+     */
+    sizeBytes?: number;
 }
 
 /**
@@ -91,6 +99,8 @@ export function TemplateFromJSONTyped(json: any, ignoreDiscriminator: boolean): 
         'ownerId': json['owner_id'] == null ? undefined : json['owner_id'],
         'path': json['path'],
         '_public': json['public'],
+        'sha256': json['sha256'] == null ? undefined : json['sha256'],
+        'sizeBytes': json['size_bytes'] == null ? undefined : json['size_bytes'],
     };
 }
 
@@ -114,6 +124,8 @@ export function TemplateToJSONTyped(value?: Template | null, ignoreDiscriminator
         'owner_id': value['ownerId'],
         'path': value['path'],
         'public': value['_public'],
+        'sha256': value['sha256'],
+        'size_bytes': value['sizeBytes'],
     };
 }
 

@@ -33,6 +33,7 @@ pub mod set_bandwidth;
 pub mod snapshot_create;
 pub mod snapshot_delete;
 pub mod snapshot_revert;
+pub mod to_template;
 
 use serde::de::DeserializeOwned;
 
@@ -89,6 +90,7 @@ pub enum OpKind {
     SnapshotRevert,
     SnapshotDelete,
     GuestResize,
+    TemplateFromGuest,
 }
 
 impl OpKind {
@@ -117,6 +119,7 @@ impl OpKind {
         OpKind::SnapshotRevert,
         OpKind::SnapshotDelete,
         OpKind::GuestResize,
+        OpKind::TemplateFromGuest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -145,6 +148,7 @@ impl OpKind {
             OpKind::SnapshotRevert => "snapshot.revert",
             OpKind::SnapshotDelete => "snapshot.delete",
             OpKind::GuestResize => "guest.resize",
+            OpKind::TemplateFromGuest => "template.from_guest",
         }
     }
 
@@ -184,6 +188,7 @@ impl OpKind {
                 names(snapshot_delete::Step::ALL, snapshot_delete::Step::name)
             }
             OpKind::GuestResize => names(resize::Step::ALL, resize::Step::name),
+            OpKind::TemplateFromGuest => names(to_template::Step::ALL, to_template::Step::name),
             OpKind::GuestBootJobs => names(boot_jobs::Step::ALL, boot_jobs::Step::name),
             OpKind::GuestChangeIp => names(change_ip::Step::ALL, change_ip::Step::name),
             OpKind::NodeRemove => names(node_remove::Step::ALL, node_remove::Step::name),
@@ -213,6 +218,7 @@ impl OpKind {
             OpKind::SnapshotRevert => include_str!("../../../../jobs/snapshot.revert.toml"),
             OpKind::SnapshotDelete => include_str!("../../../../jobs/snapshot.delete.toml"),
             OpKind::GuestResize => include_str!("../../../../jobs/guest.resize.toml"),
+            OpKind::TemplateFromGuest => include_str!("../../../../jobs/template.from_guest.toml"),
             OpKind::GuestSetBandwidth => {
                 include_str!("../../../../jobs/guest.set_bandwidth.toml")
             }
@@ -258,6 +264,7 @@ pub enum Request {
     SnapshotRevert(snapshot_create::SnapshotRef),
     SnapshotDelete(snapshot_create::SnapshotRef),
     Resize(resize::Payload),
+    ToTemplate(to_template::Payload),
     BootJobs(boot_jobs::RunPayload),
     ChangeIp(change_ip::ChangeIpPayload),
     NodeRemove(node_remove::Payload),
@@ -302,6 +309,7 @@ impl Request {
             Request::SnapshotRevert(_) => OpKind::SnapshotRevert,
             Request::SnapshotDelete(_) => OpKind::SnapshotDelete,
             Request::Resize(_) => OpKind::GuestResize,
+            Request::ToTemplate(_) => OpKind::TemplateFromGuest,
             Request::BootJobs(_) => OpKind::GuestBootJobs,
             Request::ChangeIp(_) => OpKind::GuestChangeIp,
             Request::NodeRemove(_) => OpKind::NodeRemove,
@@ -324,6 +332,7 @@ impl Request {
             Request::DiskAttach(p) => serde_json::to_value(p)?,
             Request::DiskResize(p) => serde_json::to_value(p)?,
             Request::Resize(p) => serde_json::to_value(p)?,
+            Request::ToTemplate(p) => serde_json::to_value(p)?,
             Request::SnapshotCreate(p)
             | Request::SnapshotRevert(p)
             | Request::SnapshotDelete(p) => serde_json::to_value(p)?,
@@ -360,6 +369,7 @@ impl Request {
             OpKind::SnapshotRevert => Request::SnapshotRevert(typed(k, payload)?),
             OpKind::SnapshotDelete => Request::SnapshotDelete(typed(k, payload)?),
             OpKind::GuestResize => Request::Resize(typed(k, payload)?),
+            OpKind::TemplateFromGuest => Request::ToTemplate(typed(k, payload)?),
             OpKind::GuestBootJobs => Request::BootJobs(typed(k, payload)?),
             OpKind::GuestChangeIp => Request::ChangeIp(typed(k, payload)?),
             OpKind::NodeRemove => Request::NodeRemove(typed(k, payload)?),
@@ -469,6 +479,10 @@ pub async fn run(
             let s = snapshot_revert::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             snapshot_revert::run(cx, p, s, undo).await
         }
+        Request::ToTemplate(p) => {
+            let s = to_template::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            to_template::run(cx, p, s, undo).await
+        }
         Request::Resize(p) => {
             let s = resize::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             resize::run(cx, p, s, undo).await
@@ -535,6 +549,7 @@ pub async fn on_finish(
         | Request::SnapshotRevert(_)
         | Request::SnapshotDelete(_)
         | Request::Resize(_)
+        | Request::ToTemplate(_)
         | Request::BootJobs(_)
         | Request::ChangeIp(_)
         | Request::NodeRemove(_)
@@ -606,6 +621,16 @@ mod tests {
                 memory_mib: 256,
                 old_cpus: 1,
                 old_memory_mib: 128,
+            }),
+            Request::ToTemplate(to_template::Payload {
+                template_id: "t".into(),
+                name: "n".into(),
+                path: "/p".into(),
+                os_type: "linux".into(),
+                min_memory_mib: 64,
+                os_init_profile: None,
+                snapshot_id: Some("s".into()),
+                owner_id: None,
             }),
             Request::BootJobs(boot_jobs::RunPayload {
                 job_ids: Some(vec!["j".into()]),

@@ -1,0 +1,167 @@
+//! A guest, or one of its snapshots, made into a template (S43):
+//! `POST /guests/{id}/template` runs `template.from_guest` (see `saga::kinds::to_template`).
+//! The request is checked first: a name in use, a guest that runs (without a snapshot to
+//! take the disk from) or a snapshot that is not ready is a 4xx that starts nothing.
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::access;
+use super::error::{ApiResult, Error};
+use super::operations::{start_op, Target};
+use super::resources::OsType;
+use super::{AppState, Auth};
+use crate::controller::saga::kinds::{to_template, Request};
+use crate::model::{new_id, GuestState};
+
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
+pub struct GuestToTemplate {
+    /// The new template's name (unique): 1-63 letters, digits, `.`, `_` or `-`.
+    pub name: String,
+    /// Default: the guest's.
+    pub os_type: Option<OsType>,
+    /// Default: 64.
+    #[oai(validator(minimum(value = "16"), maximum(value = "1048576")))]
+    pub min_memory_mib: Option<u32>,
+    /// Default: the guest's profile.
+    pub os_init_profile: Option<String>,
+    /// Take the disk as it was at this snapshot (id or name); the guest may run. Without
+    /// it the guest must be shut off.
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Object)]
+pub struct TemplateAccepted {
+    pub template_id: String,
+    pub operation_id: String,
+}
+
+#[derive(ApiResponse)]
+pub enum TemplateOp {
+    /// Accepted; follow the operation at `Location`.
+    #[oai(status = 202)]
+    Accepted(Json<TemplateAccepted>, #[oai(header = "Location")] String),
+}
+
+pub struct ToTemplateApi;
+
+#[OpenApi(tag = "super::system::Tag::Resources")]
+impl ToTemplateApi {
+    /// Make a new template from a guest's disk, or from one of its snapshots: the image is
+    /// flattened with progress, checksummed (SHA-256) and registered private to the
+    /// caller. Runs as `template.from_guest`.
+    #[oai(
+        path = "/guests/:id/template",
+        method = "post",
+        operation_id = "guest_to_template"
+    )]
+    async fn to_template(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<GuestToTemplate>,
+    ) -> ApiResult<TemplateOp> {
+        let g = access::guest(&state, &auth.0, &id).await?;
+        let b = body.0;
+        let ok = !b.name.is_empty()
+            && b.name.len() <= 63
+            && b.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(Error::BadRequest(format!(
+                "template name {:?}: use 1-63 letters, digits, '.', '_' or '-'",
+                b.name
+            ))
+            .into());
+        }
+        if state.store.template(&b.name).await?.is_some() {
+            return Err(Error::Conflict {
+                message: format!("a template named {} exists", b.name),
+                details: None,
+            }
+            .into());
+        }
+        let snapshot_id = match &b.snapshot {
+            Some(s) => {
+                let snap = state
+                    .store
+                    .snapshot(&g.id, s)
+                    .await?
+                    .ok_or_else(|| Error::not_found("snapshot", s.clone()))?;
+                if snap.state != "ready" {
+                    return Err(Error::Conflict {
+                        message: format!("snapshot {} is {}", snap.name, snap.state),
+                        details: None,
+                    }
+                    .into());
+                }
+                Some(snap.id)
+            }
+            None => None,
+        };
+        if g.node_id.is_none() || (snapshot_id.is_none() && g.state != GuestState::Shutoff) {
+            return Err(Error::Conflict {
+                message: format!(
+                    "guest {} is {}: shut it down, or name one of its snapshots",
+                    g.name, g.state
+                ),
+                details: None,
+            }
+            .into());
+        }
+        let Some(dir) = state.image_dirs.first() else {
+            return Err(Error::Conflict {
+                message: "no template directory is configured (image_dirs)".into(),
+                details: None,
+            }
+            .into());
+        };
+        if let Some(p) = &b.os_init_profile {
+            super::scripts::require_profile(&state, p).await?;
+        }
+        let template_id = new_id();
+        let req = Request::ToTemplate(to_template::Payload {
+            path: format!(
+                "{}/{}-{}.qcow2",
+                dir.display().to_string().trim_end_matches('/'),
+                b.name,
+                &template_id[..8]
+            ),
+            template_id: template_id.clone(),
+            name: b.name,
+            os_type: match b.os_type {
+                Some(OsType::Windows) => "windows".into(),
+                Some(OsType::Linux) => "linux".into(),
+                None => g.os_type.clone(),
+            },
+            min_memory_mib: i64::from(b.min_memory_mib.unwrap_or(64)),
+            os_init_profile: b.os_init_profile.or_else(|| g.os_init_profile.clone()),
+            snapshot_id,
+            owner_id: Some(auth.0.id.clone()),
+        });
+        let mut tx = state.store.begin().await?;
+        let op = start_op(
+            &state,
+            &mut tx,
+            &req,
+            Target::Guest(&g.id),
+            &auth.0.name,
+            true,
+        )
+        .await?;
+        state.store.commit(tx).await?;
+        state.waker.wake(&op.id);
+        Ok(TemplateOp::Accepted(
+            Json(TemplateAccepted {
+                template_id,
+                operation_id: op.id.clone(),
+            }),
+            format!("/api/v1/operations/{}", op.id),
+        ))
+    }
+}

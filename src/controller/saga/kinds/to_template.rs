@@ -1,0 +1,105 @@
+//! `template.from_guest` (S43): a guest's system disk, or one of its snapshots, flattened
+//! into a new template.
+//!
+//! The API checks the name is free and the guest shut off (or the snapshot ready), and
+//! picks the image's path in the first template directory. `convert` (node; undo: remove
+//! the image) runs `qemu-img convert`, reporting its percent as the operation's progress,
+//! and answers the image's SHA-256 and size; `record` (controller) registers the template
+//! with them, private to the caller. The operation holds the guest, so nothing changes
+//! its disk meanwhile.
+//!
+//! The image is written on the guest's node; other nodes see it where the template
+//! directory is shared between them.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Effect};
+use crate::controller::saga::steps::{disk_path, guest_of, StepError};
+use crate::controller::store::{self as st, TemplateRow};
+use crate::model::{now_ms, NodeAction};
+
+/// Stored payload.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    pub template_id: String,
+    pub name: String,
+    pub path: String,
+    pub os_type: String,
+    pub min_memory_mib: i64,
+    pub os_init_profile: Option<String>,
+    /// Flatten this snapshot instead of the disk as it is.
+    pub snapshot_id: Option<String>,
+    pub owner_id: Option<String>,
+}
+
+super::steps! {
+    pub enum Step {
+        Convert = "convert",
+        Record = "record",
+    }
+}
+
+pub async fn run(
+    cx: &mut Ctx<'_, '_>,
+    p: &Payload,
+    step: Step,
+    undo: bool,
+) -> Result<Effect, StepError> {
+    let g = guest_of(cx.tx, cx.op).await?;
+    let node = g
+        .node_id
+        .clone()
+        .ok_or_else(|| StepError::Permanent(format!("guest {} is on no node", g.name)))?;
+    Ok(match (step, undo) {
+        (Step::Convert, false) => {
+            let disks = st::disks_of_in(cx.tx, &g.id).await?;
+            let source = disk_path(&disks, "system")
+                .ok_or_else(|| StepError::Permanent("the guest has no system disk".into()))?;
+            Effect::Node {
+                node,
+                action: NodeAction::ConvertImage {
+                    source,
+                    snapshot: p.snapshot_id.clone(),
+                    dest: p.path.clone(),
+                },
+            }
+        }
+        (Step::Convert, true) => Effect::Node {
+            node,
+            action: NodeAction::RemoveFile {
+                path: p.path.clone(),
+            },
+        },
+        (Step::Record, false) => {
+            let out = cx
+                .op
+                .step_records()
+                .ok()
+                .and_then(|s| s.into_iter().find(|s| s.name == "convert"))
+                .and_then(|s| s.output)
+                .unwrap_or_default();
+            let row = TemplateRow {
+                id: p.template_id.clone(),
+                name: p.name.clone(),
+                path: p.path.clone(),
+                os_type: p.os_type.clone(),
+                min_memory_mib: p.min_memory_mib,
+                created_at: now_ms(),
+                os_init_profile: p.os_init_profile.clone(),
+                owner_id: p.owner_id.clone(),
+                public: false,
+                sha256: out["sha256"].as_str().map(str::to_string),
+                size_bytes: out["size_bytes"].as_i64(),
+            };
+            st::insert_template_in(cx.tx, &row).await.map_err(|e| {
+                if e.is_unique_violation() {
+                    StepError::Permanent(format!("a template named {} appeared meanwhile", p.name))
+                } else {
+                    e.into()
+                }
+            })?;
+            Effect::Done
+        }
+        (Step::Record, true) => Effect::Done,
+    })
+}
