@@ -552,7 +552,10 @@ async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
         tokio::select! {
             _ = &mut shutdown => return,
             Some(uuid) = changed.recv() => {
-                // One domain changed: report just it, right away.
+                // One domain changed: report just it, right away. The observation's time
+                // is taken before the state is read: a result the controller applied
+                // while this report was on its way must win over it.
+                let seen_at = now_ms();
                 let state = match ctx.hv.state(&uuid).await {
                     Ok(Some(s)) => s.as_str().to_string(),
                     Ok(None) => { last.remove(&uuid); continue; }
@@ -568,7 +571,7 @@ async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
                     }
                 }
                 if last.get(&uuid) != Some(&state) {
-                    let ev = NodeEvent::DomainState { node_id: ctx.node_id.clone(), guest_id: uuid.clone(), state: state.clone(), at_ms: now_ms() };
+                    let ev = NodeEvent::DomainState { node_id: ctx.node_id.clone(), guest_id: uuid.clone(), state: state.clone(), at_ms: seen_at };
                     if ctx.publisher.publish(&ev).await.is_ok() {
                         last.insert(uuid, state);
                     }
@@ -577,6 +580,8 @@ async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
             }
             _ = tick.tick() => {}
         }
+        // As above: the inventory is as of before the listing.
+        let listed_at = now_ms();
         let doms = match ctx.hv.list().await {
             Ok(d) => d,
             Err(e) => {
@@ -594,7 +599,7 @@ async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
                     node_id: ctx.node_id.clone(),
                     guest_id: d.uuid.clone(),
                     state: st.clone(),
-                    at_ms: now_ms(),
+                    at_ms: listed_at,
                 };
                 if ctx.publisher.publish(&ev).await.is_err() {
                     continue; // not recorded as seen: reported again next tick
@@ -614,7 +619,7 @@ async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
                     state: d.state.as_str().into(),
                 })
                 .collect(),
-            at_ms: now_ms(),
+            at_ms: listed_at,
         };
         if let Err(e) = ctx.publisher.publish(&ev).await {
             tracing::warn!("inventory: {e}");
