@@ -409,8 +409,8 @@ async fn check_pages(server: &Server, pool: &str, records: usize) -> Result<(), 
 pub async fn run(o: &ReadOpts, tmp: &Path) -> Result<(), BenchError> {
     let dir = tmp.join("reads");
     std::fs::create_dir_all(&dir)?;
-    let redis_url = format!("redis://127.0.0.1:{}/", super::free_port()?);
-    let _redis = crate::up::ensure_redis(&redis_url, &dir)
+    let url = format!("redis://127.0.0.1:{}/", super::free_port()?);
+    let (redis_url, _redis) = crate::up::ensure_redis(&url, &dir)
         .await
         .map_err(setup("redis"))?;
     let server = Server::start(&dir, &redis_url).await?;
