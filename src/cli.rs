@@ -29,7 +29,7 @@ pub use guests::GuestCmd;
 pub use nodes::{NodeCmd, PluginCmd};
 pub use ops::OpCmd;
 pub use output::Output;
-pub use resources::{PoolCmd, TemplateCmd};
+pub use resources::{file_body, PoolCmd, TemplateCmd};
 pub use scripts::{BootJobCmd, ScriptCmd, ScriptKind};
 pub use snapshots::SnapshotCmd;
 pub use tokens::TokenCmd;

@@ -289,6 +289,19 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
             Some(json!({"name": "bad name"})),
             [S(400), S(400), S(400), H],
         ),
+        (
+            m("PUT"),
+            "/templates/new-img/image?os_type=linux&sha256=abc".into(),
+            None,
+            // Without `Content-Type: application/octet-stream`.
+            [S(415), S(415), S(415), S(415)],
+        ),
+        (
+            m("GET"),
+            "/templates/ann-tmpl/image".into(),
+            None,
+            [A, A, A, H],
+        ),
         (m("GET"), "/disks".into(), None, [A, A, A, A]),
         (m("GET"), format!("/disks/{ann_disk}"), None, [A, A, A, H]),
         (

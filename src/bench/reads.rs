@@ -52,17 +52,21 @@ struct Figure {
 }
 
 /// The controller running in this process, on its own runtime thread.
-struct Server {
-    addr: SocketAddr,
-    token: String,
+/// A controller in this process, on its own database and Redis.
+pub(super) struct Server {
+    pub(super) addr: SocketAddr,
+    pub(super) token: String,
     store: Store,
     stop: watch::Sender<bool>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Server {
-    async fn start(dir: &Path, redis_url: &str) -> Result<Server, BenchError> {
+    /// Starts it in `dir`; template images go to `dir/templates`.
+    pub(super) async fn start(dir: &Path, redis_url: &str) -> Result<Server, BenchError> {
+        std::fs::create_dir_all(dir.join("templates"))?;
         let cfg = ControllerConfig {
+            image_dirs: vec![dir.join("templates")],
             database: dir.join("corral.db"),
             redis_url: redis_url.to_string(),
             data_dir: dir.to_path_buf(),
@@ -106,7 +110,7 @@ impl Server {
         })
     }
 
-    async fn shutdown(self) {
+    pub(super) async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
     }

@@ -160,6 +160,64 @@ async fn to_template(dir: &Path) -> Result<(f64, f64), BenchError> {
     Ok((corral, hand))
 }
 
+/// Seconds to upload `MIB` MiB through the API (streamed, checksummed, inspected and
+/// registered) and to `cp` the same file on the same disk.
+async fn upload(dir: &Path) -> Result<(f64, f64), BenchError> {
+    const MIB: usize = 1024;
+    let src = dir.join("upload-src.raw");
+    {
+        use rand::{RngCore, SeedableRng};
+        use std::io::Write;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src)?);
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..MIB {
+            rng.fill_bytes(&mut buf);
+            f.write_all(&buf)?;
+        }
+        f.flush()?;
+    }
+    let src_s = src.display().to_string();
+    let (sha, _) = crate::node::images::checksum(&src_s)
+        .await
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let copy = dir.join("upload-cp.raw").display().to_string();
+    let t = Instant::now();
+    sh("cp", &[&src_s, &copy]).await?;
+    let cp = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&copy);
+
+    let srv_dir = dir.join("upload-controller");
+    std::fs::create_dir_all(&srv_dir)?;
+    let (redis_url, _redis) = crate::up::ensure_redis(
+        &format!("redis://127.0.0.1:{}/", super::free_port()?),
+        &srv_dir,
+    )
+    .await
+    .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let server = super::reads::Server::start(&srv_dir, &redis_url).await?;
+    let file = tokio::fs::File::open(&src).await?;
+    let t = Instant::now();
+    let resp = reqwest::Client::new()
+        .put(format!(
+            "http://{}/api/v1/templates/bench-upload/image?os_type=linux&sha256={sha}",
+            server.addr
+        ))
+        .bearer_auth(&server.token)
+        .header("content-type", "application/octet-stream")
+        .body(crate::cli::file_body(file))
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let up = t.elapsed().as_secs_f64();
+    server.shutdown().await;
+    let _ = std::fs::remove_file(&src);
+    if status != 201 {
+        return Err(BenchError::Setup(format!("the upload answered {status}")));
+    }
+    Ok((up, cp))
+}
+
 pub async fn run(dir: &Path) -> Result<(), BenchError> {
     let hv = Libvirt::new("qemu:///system");
     let small = one(&hv, dir, 1).await?;
@@ -183,6 +241,13 @@ pub async fn run(dir: &Path) -> Result<(), BenchError> {
     println!(
         "  external disk-only create (for comparison; libvirt 9.0 cannot revert it): 1 GiB {:.3} s, 16 GiB {:.3} s",
         small.2, big.2
+    );
+    let (up, cp) = upload(dir).await?;
+    println!(
+        "upload of a 1024 MiB image through the API: {up:.3} s ({:.0} MiB/s, checksummed and inspected), cp of the same file {cp:.3} s ({:.0} MiB/s): {:.2}x cp's throughput",
+        1024.0 / up,
+        1024.0 / cp,
+        cp / up
     );
     let (corral, hand) = to_template(dir).await?;
     println!(

@@ -157,7 +157,7 @@ pub async fn run(
         }
         NodeAction::RemoveFile { path } => {
             // A template image corral was writing may be undone too.
-            if !super::images::in_dirs(&s.image_dirs, path) {
+            if !crate::config::in_dirs(&s.image_dirs, path) {
                 inside(&s.storage_dir, path)?;
             }
             for file in [super::staged(path), path.clone()] {

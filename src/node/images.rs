@@ -6,19 +6,13 @@
 //! finds either nothing (and converts again) or the finished image (and only checksums
 //! it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use super::actions::ActionError;
-
-/// Whether `path` lies inside one of `dirs`.
-pub fn in_dirs(dirs: &[PathBuf], path: &str) -> bool {
-    let p = Path::new(path);
-    p.is_absolute() && !path.contains("/../") && dirs.iter().any(|d| p.starts_with(d))
-}
 
 /// The SHA-256 (hex) and size of a file, read on a blocking thread.
 pub async fn checksum(path: &str) -> Result<(String, u64), ActionError> {

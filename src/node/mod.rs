@@ -229,7 +229,7 @@ async fn run_convert(
             "{source} is outside the node's disk-image directory"
         )));
     }
-    if !images::in_dirs(&s.image_dirs, dest) {
+    if !crate::config::in_dirs(&s.image_dirs, dest) {
         return Err(actions::ActionError::Permanent(format!(
             "{dest} is outside the node's template directories (image_dirs)"
         )));

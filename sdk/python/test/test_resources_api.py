@@ -94,6 +94,13 @@ class TestResourcesApi(unittest.TestCase):
         """
         pass
 
+    def test_template_download(self) -> None:
+        """Test case for template_download
+
+        Download a template's image, streamed.
+        """
+        pass
+
     def test_template_get(self) -> None:
         """Test case for template_get
 
@@ -110,6 +117,13 @@ class TestResourcesApi(unittest.TestCase):
         """Test case for template_update
 
         Change a template's OS-init profile (S02).
+        """
+        pass
+
+    def test_template_upload(self) -> None:
+        """Test case for template_upload
+
+        Upload a new template's image (qcow2 or raw), streamed: checked against `sha256` and inspected before anything is kept, then registered as template `name`.
         """
         pass
 

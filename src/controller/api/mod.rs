@@ -15,6 +15,7 @@ pub mod error;
 mod events;
 mod guest_config;
 mod guests;
+mod images;
 mod nodes;
 mod operations;
 mod pages;
@@ -95,6 +96,7 @@ type Apis = (
         snapshots::SnapshotApi,
         resize::ResizeApi,
         to_template::ToTemplateApi,
+        images::ImageApi,
     ),
 );
 
@@ -123,6 +125,7 @@ fn apis() -> Apis {
             snapshots::SnapshotApi,
             resize::ResizeApi,
             to_template::ToTemplateApi,
+            images::ImageApi,
         ),
     )
 }
@@ -204,7 +207,10 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
                             | poem::http::Method::PUT
                             | poem::http::Method::PATCH
                     );
-                    if has_body {
+                    // Template images are streamed to disk by their handler, unbounded
+                    // here (the handler caps them), once the caller is known.
+                    let streamed = caller.is_some() && images::is_upload(req.method(), &path);
+                    if has_body && !streamed {
                         // Every body is read here, bounded, before a handler sees it.
                         let declared = req
                             .headers()

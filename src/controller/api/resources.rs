@@ -65,7 +65,7 @@ pub struct Template {
     pub size_bytes: Option<u64>,
 }
 
-fn template_view(t: TemplateRow) -> Template {
+pub fn template_view(t: TemplateRow) -> Template {
     Template {
         os_init_profile: t
             .os_init_profile

@@ -49,6 +49,11 @@ import {
     GuestToTemplateToJSON,
 } from '../models/GuestToTemplate';
 import {
+    type OsType,
+    OsTypeFromJSON,
+    OsTypeToJSON,
+} from '../models/OsType';
+import {
     type Pool,
     PoolFromJSON,
     PoolToJSON,
@@ -166,6 +171,13 @@ export interface TemplateDeleteRequest {
     id: string;
 }
 
+export interface TemplateDownloadRequest {
+    /**
+     * 
+     */
+    name: string;
+}
+
 export interface TemplateGetRequest {
     /**
      * 
@@ -182,6 +194,29 @@ export interface TemplateUpdateRequest {
      * 
      */
     updateTemplate: UpdateTemplate;
+}
+
+export interface TemplateUploadRequest {
+    /**
+     * 
+     */
+    name: string;
+    /**
+     * 
+     */
+    osType: OsType;
+    /**
+     * SHA-256 of the image, hex: the upload is refused unless it matches.
+     */
+    sha256: string;
+    /**
+     * 
+     */
+    body: Blob;
+    /**
+     * 
+     */
+    minMemoryMib?: number;
 }
 
 /**
@@ -752,6 +787,59 @@ export class ResourcesApi extends runtime.BaseAPI {
     }
 
     /**
+     * Creates request options for templateDownload without sending the request
+     */
+    async templateDownloadRequestOpts(requestParameters: TemplateDownloadRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['name'] == null) {
+            throw new runtime.RequiredError(
+                'name',
+                'Required parameter "name" was null or undefined when calling templateDownload().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/templates/{name}/image`;
+        urlPath = urlPath.replace('{name}', encodeURIComponent(String(requestParameters['name'])));
+
+        return {
+            path: urlPath,
+            method: 'GET',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Download a template\'s image, streamed.
+     */
+    async templateDownloadRaw(requestParameters: TemplateDownloadRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<runtime.HttpFile>> {
+        const requestOptions = await this.templateDownloadRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.BlobApiResponse(response);
+    }
+
+    /**
+     * Download a template\'s image, streamed.
+     */
+    async templateDownload(requestParameters: TemplateDownloadRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.HttpFile> {
+        const response = await this.templateDownloadRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
      * Creates request options for templateGet without sending the request
      */
     async templateGetRequestOpts(requestParameters: TemplateGetRequest): Promise<runtime.RequestOpts> {
@@ -905,6 +993,95 @@ export class ResourcesApi extends runtime.BaseAPI {
      */
     async templateUpdate(requestParameters: TemplateUpdateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Template> {
         const response = await this.templateUpdateRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for templateUpload without sending the request
+     */
+    async templateUploadRequestOpts(requestParameters: TemplateUploadRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['name'] == null) {
+            throw new runtime.RequiredError(
+                'name',
+                'Required parameter "name" was null or undefined when calling templateUpload().'
+            );
+        }
+
+        if (requestParameters['osType'] == null) {
+            throw new runtime.RequiredError(
+                'osType',
+                'Required parameter "osType" was null or undefined when calling templateUpload().'
+            );
+        }
+
+        if (requestParameters['sha256'] == null) {
+            throw new runtime.RequiredError(
+                'sha256',
+                'Required parameter "sha256" was null or undefined when calling templateUpload().'
+            );
+        }
+
+        if (requestParameters['body'] == null) {
+            throw new runtime.RequiredError(
+                'body',
+                'Required parameter "body" was null or undefined when calling templateUpload().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        if (requestParameters['osType'] != null) {
+            queryParameters['os_type'] = requestParameters['osType'];
+        }
+
+        if (requestParameters['sha256'] != null) {
+            queryParameters['sha256'] = requestParameters['sha256'];
+        }
+
+        if (requestParameters['minMemoryMib'] != null) {
+            queryParameters['min_memory_mib'] = requestParameters['minMemoryMib'];
+        }
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/octet-stream';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/templates/{name}/image`;
+        urlPath = urlPath.replace('{name}', encodeURIComponent(String(requestParameters['name'])));
+
+        return {
+            path: urlPath,
+            method: 'PUT',
+            headers: headerParameters,
+            query: queryParameters,
+            body: requestParameters['body'] as any,
+        };
+    }
+
+    /**
+     * Upload a new template\'s image (qcow2 or raw), streamed: checked against `sha256` and inspected before anything is kept, then registered as template `name`.
+     */
+    async templateUploadRaw(requestParameters: TemplateUploadRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Template>> {
+        const requestOptions = await this.templateUploadRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => TemplateFromJSON(jsonValue));
+    }
+
+    /**
+     * Upload a new template\'s image (qcow2 or raw), streamed: checked against `sha256` and inspected before anything is kept, then registered as template `name`.
+     */
+    async templateUpload(requestParameters: TemplateUploadRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Template> {
+        const response = await this.templateUploadRaw(requestParameters, initOverrides);
         return await response.value();
     }
 

@@ -1,0 +1,275 @@
+//! Template images over HTTP (S60, S43): upload a new template's image, download any
+//! template's image.
+//!
+//! Upload (`PUT /templates/{name}/image?os_type=…&sha256=…`) streams the body to a
+//! temporary file in the first template directory while hashing it: nothing is held in
+//! memory. It is then checked, and nothing is kept unless every check passes:
+//! 1. the SHA-256 the client gave matches what arrived;
+//! 2. `qemu-img info` finds a `qcow2` or `raw` image;
+//! 3. a qcow2 image has no backing file outside the template directories and no
+//!    external data file.
+//!
+//! The image is then renamed into place and registered as a template (private to a user,
+//! public when an administrator or operator uploads). An interrupted upload leaves
+//! nothing: send it again (restartable). The body limit of the rest of the API does not
+//! apply to this one route (`api::app`).
+//!
+//! Download (`GET /templates/{name}/image`) streams the file with its checksum in
+//! `X-Checksum-Sha256` when corral knows it.
+//!
+//! The image is written on the controller's host; nodes elsewhere see it where the
+//! template directory is shared.
+
+use poem::web::Data;
+use poem::Body;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::{Binary, Json};
+use poem_openapi::{ApiResponse, OpenApi};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::error::{ApiResult, Error};
+use super::resources::{template_view, OsType, Template};
+use super::{access, AppState, Auth};
+use crate::controller::store::TemplateRow;
+use crate::model::{new_id, now_ms};
+
+/// The largest image accepted, bytes (1 TiB).
+const MAX_IMAGE: u64 = 1 << 40;
+
+/// The route `api::app` lets through without its body limit.
+pub fn is_upload(method: &poem::http::Method, path: &str) -> bool {
+    method == poem::http::Method::PUT
+        && path
+            .strip_prefix("/api/v1/templates/")
+            .and_then(|rest| rest.strip_suffix("/image"))
+            .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
+#[derive(ApiResponse)]
+pub enum Uploaded {
+    /// The template, registered.
+    #[oai(status = 201)]
+    Created(Json<Template>),
+}
+
+#[derive(ApiResponse)]
+pub enum Download {
+    #[oai(status = 200, content_type = "application/octet-stream")]
+    Ok(
+        Binary<Body>,
+        /// SHA-256 of the image, when corral computed it (uploaded or made from a guest).
+        #[oai(header = "X-Checksum-Sha256")]
+        Option<String>,
+    ),
+}
+
+fn unprocessable(m: String) -> Error {
+    Error::Unprocessable(m)
+}
+
+/// What `qemu-img info` says of a file: its format, or why it is refused.
+async fn inspect(path: &str, dirs: &[std::path::PathBuf]) -> Result<String, Error> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "--output=json", path])
+        .output()
+        .await
+        .map_err(|e| Error::Unavailable(format!("running qemu-img: {e}")))?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        unprocessable(format!(
+            "the upload is not a disk image qemu-img can read: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })?;
+    let format = info["format"].as_str().unwrap_or("").to_string();
+    if format != "qcow2" && format != "raw" {
+        return Err(unprocessable(format!(
+            "the image is {format:?}: templates are qcow2 or raw"
+        )));
+    }
+    if let Some(backing) = info["full-backing-filename"]
+        .as_str()
+        .or(info["backing-filename"].as_str())
+    {
+        if !crate::config::in_dirs(dirs, backing) {
+            return Err(unprocessable(format!(
+                "the image's backing file {backing} is outside the template directories"
+            )));
+        }
+    }
+    if info["format-specific"]["data"]["data-file"].is_string() {
+        return Err(unprocessable(
+            "the image keeps its data in an external file: upload a self-contained image".into(),
+        ));
+    }
+    Ok(format)
+}
+
+pub struct ImageApi;
+
+#[OpenApi(tag = "super::system::Tag::Resources")]
+impl ImageApi {
+    /// Upload a new template's image (qcow2 or raw), streamed: checked against `sha256`
+    /// and inspected before anything is kept, then registered as template `name`.
+    #[oai(
+        path = "/templates/:name/image",
+        method = "put",
+        operation_id = "template_upload"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn upload(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        name: Path<String>,
+        os_type: Query<OsType>,
+        /// SHA-256 of the image, hex: the upload is refused unless it matches.
+        sha256: Query<String>,
+        #[oai(validator(minimum(value = "16"), maximum(value = "1048576")))] min_memory_mib: Query<
+            Option<u32>,
+        >,
+        body: Binary<Body>,
+    ) -> ApiResult<Uploaded> {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(Error::BadRequest(format!(
+                "template name {:?}: use 1-63 letters, digits, '.', '_' or '-'",
+                name.0
+            ))
+            .into());
+        }
+        let want = sha256.0.to_ascii_lowercase();
+        if want.len() != 64 || !want.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::BadRequest("sha256 must be 64 hex digits".into()).into());
+        }
+        if state.store.template(&name).await?.is_some() {
+            return Err(Error::Conflict {
+                message: format!("a template named {} exists", name.0),
+                details: None,
+            }
+            .into());
+        }
+        let Some(dir) = state.image_dirs.first().cloned() else {
+            return Err(Error::Conflict {
+                message: "no template directory is configured (image_dirs)".into(),
+                details: None,
+            }
+            .into());
+        };
+        let tmp = dir.join(format!(".{}-{}.upload", name.0, &new_id()[..8]));
+        let tmp_s = tmp.display().to_string();
+        let received = receive(body.0, &tmp).await;
+        let checked = match received {
+            Ok((got, _)) if got != want => Err(unprocessable(format!(
+                "the upload's SHA-256 is {got}, not {want}: nothing was kept; send it again"
+            ))),
+            Ok((_, size)) => inspect(&tmp_s, &state.image_dirs).await.map(|f| (f, size)),
+            Err(e) => Err(e),
+        };
+        let (format, size) = match checked {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e.into());
+            }
+        };
+        let dest = dir.join(format!("{}.{format}", name.0));
+        let dest_s = dest.display().to_string();
+        if dest.exists() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(Error::Conflict {
+                message: format!("{dest_s} exists; choose another name"),
+                details: None,
+            }
+            .into());
+        }
+        if let Err(e) = tokio::fs::rename(&tmp, &dest).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(Error::Unavailable(format!("keeping the image: {e}")).into());
+        }
+        let row = TemplateRow {
+            id: new_id(),
+            name: name.0.clone(),
+            path: dest_s,
+            os_type: match os_type.0 {
+                OsType::Linux => "linux".into(),
+                OsType::Windows => "windows".into(),
+            },
+            min_memory_mib: i64::from(min_memory_mib.0.unwrap_or(64)),
+            created_at: now_ms(),
+            os_init_profile: None,
+            owner_id: Some(auth.0.id.clone()),
+            public: auth.0.sees_all(),
+            sha256: Some(want),
+            size_bytes: Some(size as i64),
+        };
+        if let Err(e) = state.store.insert_template(&row).await {
+            let _ = tokio::fs::remove_file(&dest).await;
+            return Err(Error::from(e).into());
+        }
+        Ok(Uploaded::Created(Json(template_view(row))))
+    }
+
+    /// Download a template's image, streamed.
+    #[oai(
+        path = "/templates/:name/image",
+        method = "get",
+        operation_id = "template_download"
+    )]
+    async fn download(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        name: Path<String>,
+    ) -> ApiResult<Download> {
+        let t = state
+            .store
+            .template(&name)
+            .await?
+            .filter(|t| access::sees_template(&auth.0, t))
+            .ok_or_else(|| Error::not_found("template", name.0.clone()))?;
+        let file = tokio::fs::File::open(&t.path)
+            .await
+            .map_err(|e| Error::Conflict {
+                message: format!("the image {} cannot be read on this host: {e}", t.path),
+                details: None,
+            })?;
+        Ok(Download::Ok(Binary(Body::from_async_read(file)), t.sha256))
+    }
+}
+
+/// Streams `body` into `path` (created 0600), hashing it; its SHA-256 and size.
+async fn receive(body: Body, path: &std::path::Path) -> Result<(String, u64), Error> {
+    use futures::StreamExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(|e| Error::Unavailable(format!("writing the upload: {e}")))?;
+    let mut hash = Sha256::new();
+    let mut size = 0u64;
+    let mut stream = body.into_bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::BadRequest(format!("the upload broke off: {e}")))?;
+        size += chunk.len() as u64;
+        if size > MAX_IMAGE {
+            return Err(Error::TooLarge {
+                limit: MAX_IMAGE as usize,
+            });
+        }
+        hash.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| Error::Unavailable(format!("writing the upload: {e}")))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| Error::Unavailable(format!("writing the upload: {e}")))?;
+    Ok((hex::encode(hash.finalize()), size))
+}

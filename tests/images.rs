@@ -1,0 +1,220 @@
+//! Template images over HTTP against a real controller: an upload streamed past the API's
+//! body limit, checked and registered with its checksum, downloaded byte for byte; a
+//! wrong checksum, a foreign format, a backing file outside the template directories and
+//! bad parameters each refused with a 4xx that keeps nothing; another user's private
+//! image is not there for them.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{require, Cloud};
+use sha2::{Digest, Sha256};
+
+fn image(dir: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let mut a = vec!["create", "-q"];
+    a.extend_from_slice(args);
+    let p = path.display().to_string();
+    a.push(&p);
+    a.push("16M");
+    assert!(Command::new("qemu-img")
+        .args(&a)
+        .status()
+        .unwrap()
+        .success());
+    path
+}
+
+async fn upload(
+    cloud: &Cloud,
+    token: &str,
+    name: &str,
+    query: &str,
+    bytes: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .put(cloud.url(&format!("/templates/{name}/image?{query}")))
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or_default())
+}
+
+fn leftovers(cloud: &Cloud) -> Vec<String> {
+    std::fs::read_dir(cloud.dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".upload") || n.starts_with("up-"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_is_uploaded_checked_and_downloaded() {
+    if !(require("redis-server") && require("qemu-img") && require("qemu-io")) {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    let admin = cloud.token().to_string();
+    let work = tempfile::tempdir().unwrap();
+
+    // A qcow2 with 4 MiB of data: past the API's 1 MiB body limit.
+    let good = image(work.path(), "good.qcow2", &["-f", "qcow2"]);
+    assert!(Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x61 0 4M",
+            good.to_str().unwrap()
+        ])
+        .status()
+        .unwrap()
+        .success());
+    let bytes = std::fs::read(&good).unwrap();
+    assert!(bytes.len() > 4 << 20);
+    let sum = hex::encode(Sha256::digest(&bytes));
+
+    // Refusals first: nothing is kept by any of them.
+    let vdi = std::fs::read(image(work.path(), "x.vdi", &["-f", "vdi"])).unwrap();
+    let vdi_sum = hex::encode(Sha256::digest(&vdi));
+    let outside = std::fs::read(image(
+        work.path(),
+        "backed.qcow2",
+        &["-f", "qcow2", "-b", "/etc/hostname", "-F", "raw"],
+    ))
+    .unwrap();
+    let outside_sum = hex::encode(Sha256::digest(&outside));
+    let zeros = "0".repeat(64);
+    for (name, query, body, want, says) in [
+        (
+            "up-bad-sum",
+            format!("os_type=linux&sha256={zeros}"),
+            bytes.clone(),
+            422,
+            "SHA-256",
+        ),
+        (
+            "up-vdi",
+            format!("os_type=linux&sha256={vdi_sum}"),
+            vdi,
+            422,
+            "qcow2 or raw",
+        ),
+        (
+            "up-backed",
+            format!("os_type=linux&sha256={outside_sum}"),
+            outside,
+            422,
+            "backing file",
+        ),
+        (
+            "up-x",
+            "os_type=linux&sha256=abc".into(),
+            bytes.clone(),
+            400,
+            "64 hex",
+        ),
+        (
+            "up-x",
+            format!("os_type=plan9&sha256={sum}"),
+            bytes.clone(),
+            400,
+            "",
+        ),
+        (
+            "bad name",
+            format!("os_type=linux&sha256={sum}"),
+            bytes.clone(),
+            400,
+            "",
+        ),
+        (
+            "tiny",
+            format!("os_type=linux&sha256={sum}"),
+            bytes.clone(),
+            409,
+            "exists",
+        ),
+    ] {
+        if name == "tiny" {
+            cloud.template("tiny").await;
+        }
+        let (s, v) = upload(&cloud, &admin, name, &query, body).await;
+        assert_eq!(s, want, "{name} {query}: {v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains(says)),
+            "{name}: {v}"
+        );
+        assert_eq!(leftovers(&cloud), Vec::<String>::new(), "{name} left files");
+    }
+    let (_, list) = cloud.get("/templates").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "only tiny: {list}");
+
+    // The good one.
+    let (s, t) = upload(
+        &cloud,
+        &admin,
+        "up-good",
+        &format!("os_type=linux&sha256={sum}"),
+        bytes.clone(),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    assert_eq!(t["sha256"], serde_json::json!(sum));
+    assert_eq!(t["size_bytes"], serde_json::json!(bytes.len()));
+    assert_eq!(t["public"], true);
+    assert_eq!(std::fs::read(t["path"].as_str().unwrap()).unwrap(), bytes);
+    let r = reqwest::Client::new()
+        .get(cloud.url("/templates/up-good/image"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-checksum-sha256"].to_str().unwrap(), sum);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), bytes);
+    // A guest from it.
+    let (_, op) = cloud
+        .create(serde_json::json!({"name": "from-upload", "template": "up-good", "cpus": 1, "memory_mib": 64}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+
+    // A user's upload is private: another user cannot download it.
+    let ann = cloud.new_user("ann").await;
+    let bob = cloud.new_user("bob").await;
+    let (s, t) = upload(
+        &cloud,
+        &ann,
+        "up-ann",
+        &format!("os_type=linux&sha256={sum}"),
+        bytes.clone(),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    assert_eq!(t["public"], false);
+    let status = |token: String| {
+        let url = cloud.url("/templates/up-ann/image");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(bob).await, 404);
+    assert_eq!(status(ann).await, 200);
+    cloud.delete_all_and_check().await;
+}
