@@ -1098,8 +1098,33 @@ async fn a_reverted_guest_has_what_it_had_at_the_snapshot() {
         sh("cat /root/after 2>/dev/null || echo none").trim(),
         "none"
     );
-    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-    assert_eq!(g["state"], "running", "{g}");
+    // libvirt pauses a domain while it loads a snapshot's memory: its events settle the
+    // state a moment after the operation ends.
+    state_soon(&cloud, &gid, "running").await;
+
+    // A template from the snapshot, taken while the guest runs: a whole qcow2 image.
+    let (s, v) = cloud
+        .post(
+            &format!("/guests/{gid}/template"),
+            json!({"name": format!("{name}-s"), "snapshot": "one"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let (_, t) = cloud.get(&format!("/templates/{name}-s")).await;
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", t["path"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2", "{info}");
+    assert_eq!(info["virtual-size"], json!(64u64 << 20), "{info}");
+    assert!(
+        info.get("backing-filename").is_none(),
+        "not flattened: {info}"
+    );
+    assert_eq!(t["sha256"].as_str().unwrap().len(), 64, "{t}");
 
     // The node dies right after taking a snapshot, before it reports.
     cloud.node.take().unwrap().kill9();
