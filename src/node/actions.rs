@@ -118,7 +118,7 @@ pub fn outcome(r: Result<StepOutcome, ActionError>) -> StepOutcome {
 
 /// Refuses paths outside the node's disk-image directory: a job names files to create and
 /// delete, and a node must never be talked into touching anything else.
-fn inside(storage: &Path, path: &str) -> Result<(), ActionError> {
+pub(crate) fn inside(storage: &Path, path: &str) -> Result<(), ActionError> {
     let p = Path::new(path);
     if p.is_absolute() && p.starts_with(storage) && !path.contains("/../") {
         Ok(())

@@ -224,11 +224,7 @@ async fn run_convert(
     dest: &str,
 ) -> Result<StepOutcome, actions::ActionError> {
     let s = &ctx.settings;
-    if !source.starts_with(&*s.storage_dir.to_string_lossy()) || source.contains("/../") {
-        return Err(actions::ActionError::Permanent(format!(
-            "{source} is outside the node's disk-image directory"
-        )));
-    }
+    actions::inside(&s.storage_dir, source)?;
     if !crate::config::in_dirs(&s.image_dirs, dest) {
         return Err(actions::ActionError::Permanent(format!(
             "{dest} is outside the node's template directories (image_dirs)"

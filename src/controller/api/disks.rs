@@ -112,20 +112,20 @@ fn accepted(disk: &str, op: &str) -> DiskOp {
             disk_id: disk.to_string(),
             operation_id: op.to_string(),
         }),
-        format!("/api/v1/operations/{op}"),
+        super::guests::op_location(op),
     )
 }
 
-fn limits_view(t: IoTune) -> Option<DiskLimits> {
-    (t != IoTune::default()).then_some(DiskLimits {
+fn limits_view(t: IoTune) -> DiskLimits {
+    DiskLimits {
         total_iops_sec: t.total_iops_sec,
         total_bytes_sec: t.total_bytes_sec,
-    })
+    }
 }
 
 fn view(d: DataDiskRow) -> DiskDetail {
     DiskDetail {
-        limits: limits_view(d.limits()),
+        limits: d.limits().map(limits_view),
         size_gib: Some((d.size_mib as u64).div_ceil(1024)),
         kind: "data".into(),
         id: d.id,
@@ -153,21 +153,6 @@ async fn disk(state: &AppState, caller: &Caller, id: &str) -> Result<DataDiskRow
         .await?
         .filter(|d| sees(caller, d))
         .ok_or_else(|| Error::not_found("disk", id))
-}
-
-fn check_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadRequest(format!(
-            "disk name {name:?}: use 1-63 letters, digits, '.', '_' or '-'"
-        )))
-    }
 }
 
 fn conflict(message: String) -> Error {
@@ -286,7 +271,7 @@ impl DiskApi {
         body: Json<CreateDisk>,
     ) -> ApiResult<DiskOp> {
         let b = body.0;
-        check_name(&b.name)?;
+        super::check_name("disk", &b.name)?;
         if b.size_gib == 0 || b.size_gib > MAX_GIB {
             return Err(Error::BadRequest(format!("size_gib must be 1 to {MAX_GIB}")).into());
         }

@@ -254,7 +254,7 @@ pub async fn submit(
     Ok(accepted(guest.to_string(), &op.id))
 }
 
-fn op_location(id: &str) -> String {
+pub(super) fn op_location(id: &str) -> String {
     format!("/api/v1/operations/{id}")
 }
 

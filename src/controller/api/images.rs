@@ -130,18 +130,7 @@ impl ImageApi {
         >,
         body: Binary<Body>,
     ) -> ApiResult<Uploaded> {
-        let ok = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok {
-            return Err(Error::BadRequest(format!(
-                "template name {:?}: use 1-63 letters, digits, '.', '_' or '-'",
-                name.0
-            ))
-            .into());
-        }
+        super::check_name("template", &name)?;
         let want = sha256.0.to_ascii_lowercase();
         if want.len() != 64 || !want.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Error::BadRequest("sha256 must be 64 hex digits".into()).into());

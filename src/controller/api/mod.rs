@@ -71,6 +71,23 @@ pub struct AppState {
     pub enroller: Arc<crate::controller::enroll::Enroller>,
 }
 
+/// Names of disks, snapshots and uploaded or made templates: 1-63 letters, digits, `.`,
+/// `_` or `-`. `what` names the kind in the 400.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), error::Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(error::Error::BadRequest(format!(
+            "{what} name {name:?}: use 1-63 letters, digits, '.', '_' or '-'"
+        )))
+    }
+}
+
 // poem-openapi implements `OpenApi` for tuples of up to 16: the services go in two.
 type Apis = (
     (

@@ -115,7 +115,7 @@ async fn launch(
             snapshot_id: snapshot_id.to_string(),
             operation_id: op.id.clone(),
         }),
-        format!("/api/v1/operations/{}", op.id),
+        super::guests::op_location(&op.id),
     ))
 }
 
@@ -163,18 +163,7 @@ impl SnapshotApi {
     ) -> ApiResult<SnapshotOp> {
         let g = access::guest(&state, &auth.0, &id).await?;
         let b = body.0;
-        let ok = !b.name.is_empty()
-            && b.name.len() <= 63
-            && b.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok {
-            return Err(Error::BadRequest(format!(
-                "snapshot name {:?}: use 1-63 letters, digits, '.', '_' or '-'",
-                b.name
-            ))
-            .into());
-        }
+        super::check_name("snapshot", &b.name)?;
         ready(&g)?;
         if state.store.snapshot(&g.id, &b.name).await?.is_some() {
             return Err(Error::Conflict {

@@ -67,18 +67,7 @@ impl ToTemplateApi {
     ) -> ApiResult<TemplateOp> {
         let g = access::guest(&state, &auth.0, &id).await?;
         let b = body.0;
-        let ok = !b.name.is_empty()
-            && b.name.len() <= 63
-            && b.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok {
-            return Err(Error::BadRequest(format!(
-                "template name {:?}: use 1-63 letters, digits, '.', '_' or '-'",
-                b.name
-            ))
-            .into());
-        }
+        super::check_name("template", &b.name)?;
         if state.store.template(&b.name).await?.is_some() {
             return Err(Error::Conflict {
                 message: format!("a template named {} exists", b.name),
@@ -161,7 +150,7 @@ impl ToTemplateApi {
                 template_id,
                 operation_id: op.id.clone(),
             }),
-            format!("/api/v1/operations/{}", op.id),
+            super::guests::op_location(&op.id),
         ))
     }
 }

@@ -61,6 +61,13 @@ pub fn seed_path(storage_dir: &str, guest: &str) -> String {
     format!("{}/{guest}-seed.iso", storage_dir.trim_end_matches('/'))
 }
 
+/// The node a guest is on; a guest on none cannot have node work done.
+pub fn node_of(g: &GuestRow) -> Result<String, StepError> {
+    g.node_id
+        .clone()
+        .ok_or_else(|| StepError::Permanent(format!("guest {} is on no node", g.name)))
+}
+
 /// The guest the operation works on.
 pub async fn guest_of(tx: &mut Tx<'_>, op: &OpRow) -> Result<GuestRow, StepError> {
     let id = op.guest_id.as_deref().unwrap_or_default();

@@ -24,12 +24,12 @@ pub struct DataDiskRow {
 }
 
 impl DataDiskRow {
-    /// Its I/O limits (kept in the domain definition while attached).
-    pub fn limits(&self) -> IoTune {
+    /// Its I/O limits (kept in the domain definition while attached), if it has any.
+    pub fn limits(&self) -> Option<IoTune> {
         self.iotune
             .as_deref()
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_default()
+            .and_then(|t| serde_json::from_str::<IoTune>(t).ok())
+            .filter(|l| *l != IoTune::default())
     }
 }
 

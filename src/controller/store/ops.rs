@@ -35,6 +35,15 @@ impl OpRow {
     pub fn step_records(&self) -> Result<Vec<StepRecord>, StoreError> {
         Ok(serde_json::from_str(&self.steps)?)
     }
+
+    /// What step `name` reported (its `output`), if it did.
+    pub fn step_output(&self, name: &str) -> Option<serde_json::Value> {
+        self.step_records()
+            .ok()?
+            .into_iter()
+            .find(|s| s.name == name)?
+            .output
+    }
 }
 
 macro_rules! op_cols {

@@ -162,10 +162,7 @@ async fn run_action(
 
 async fn complete(tx: &mut Tx<'_>, op: &OpRow, g: &st::GuestRow) -> Result<(), StepError> {
     let report: AgentReport = op
-        .step_records()
-        .ok()
-        .and_then(|s| s.into_iter().find(|s| s.name == "run"))
-        .and_then(|s| s.output)
+        .step_output("run")
         .and_then(|o| serde_json::from_value(o).ok())
         .unwrap_or_default();
     let mut secrets = g.secrets();

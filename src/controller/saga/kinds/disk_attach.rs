@@ -41,7 +41,6 @@ pub async fn run(
         .clone()
         .ok_or_else(|| StepError::Permanent("an attach names its guest".into()))?;
     let limits = d.limits();
-    let limits = (limits != Default::default()).then_some(limits);
     Ok(match (step, undo) {
         (Step::Attach, false) => Effect::Node {
             node: d.node_id,

@@ -35,7 +35,6 @@ pub async fn run(
         .clone()
         .ok_or_else(|| StepError::Permanent(format!("disk {} is not attached", d.name)))?;
     let limits = d.limits();
-    let limits = (limits != Default::default()).then_some(limits);
     Ok(match (step, undo) {
         (Step::Detach, false) => Effect::Node {
             node: d.node_id,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Effect};
 use crate::controller::placement::{self, PlaceError};
-use crate::controller::saga::steps::{guest_of, StepError};
+use crate::controller::saga::steps::{guest_of, node_of, StepError};
 use crate::controller::store as st;
 use crate::model::NodeAction;
 
@@ -43,10 +43,7 @@ pub async fn run(
     undo: bool,
 ) -> Result<Effect, StepError> {
     let g = guest_of(cx.tx, cx.op).await?;
-    let node = g
-        .node_id
-        .clone()
-        .ok_or_else(|| StepError::Permanent(format!("guest {} is on no node", g.name)))?;
+    let node = node_of(&g)?;
     Ok(match (step, undo) {
         (Step::Check, false) => {
             let candidates = super::create::candidates(cx.tx).await?;

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Effect};
-use crate::controller::saga::steps::{guest_of, StepError};
+use crate::controller::saga::steps::{guest_of, node_of, StepError};
 use crate::controller::store::{self as st, StoreError, Tx};
 use crate::model::{NodeAction, OpState};
 
@@ -34,10 +34,7 @@ pub async fn run(
     undo: bool,
 ) -> Result<Effect, StepError> {
     let g = guest_of(cx.tx, cx.op).await?;
-    let node = g
-        .node_id
-        .clone()
-        .ok_or_else(|| StepError::Permanent(format!("guest {} is on no node", g.name)))?;
+    let node = node_of(&g)?;
     let action = |undo| {
         let (guest_id, name) = (g.id.clone(), p.snapshot_id.clone());
         if undo {
@@ -52,13 +49,7 @@ pub async fn run(
             action: action(undo),
         },
         (Step::Record, false) => {
-            let out = cx
-                .op
-                .step_records()
-                .ok()
-                .and_then(|s| s.into_iter().find(|s| s.name == "take"))
-                .and_then(|s| s.output)
-                .unwrap_or_default();
+            let out = cx.op.step_output("take").unwrap_or_default();
             let vm_state = out["vm_state"].as_str().unwrap_or("unknown");
             let quiesced = out["quiesced"].as_bool().unwrap_or(false);
             st::snapshot_taken(cx.tx, &p.snapshot_id, vm_state, quiesced).await?;

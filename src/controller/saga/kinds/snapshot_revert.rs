@@ -5,7 +5,7 @@
 
 use super::snapshot_create::SnapshotRef;
 use super::{Ctx, Effect};
-use crate::controller::saga::steps::{guest_of, StepError};
+use crate::controller::saga::steps::{guest_of, node_of, StepError};
 use crate::model::NodeAction;
 
 super::steps! {
@@ -24,10 +24,7 @@ pub async fn run(
         return Ok(Effect::Done);
     }
     let g = guest_of(cx.tx, cx.op).await?;
-    let node = g
-        .node_id
-        .clone()
-        .ok_or_else(|| StepError::Permanent(format!("guest {} is on no node", g.name)))?;
+    let node = node_of(&g)?;
     Ok(Effect::Node {
         node,
         action: NodeAction::RevertSnapshot {

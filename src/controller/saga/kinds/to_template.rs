@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Effect};
-use crate::controller::saga::steps::{disk_path, guest_of, StepError};
+use crate::controller::saga::steps::{disk_path, guest_of, node_of, StepError};
 use crate::controller::store::{self as st, TemplateRow};
 use crate::model::{now_ms, NodeAction};
 
@@ -46,10 +46,7 @@ pub async fn run(
     undo: bool,
 ) -> Result<Effect, StepError> {
     let g = guest_of(cx.tx, cx.op).await?;
-    let node = g
-        .node_id
-        .clone()
-        .ok_or_else(|| StepError::Permanent(format!("guest {} is on no node", g.name)))?;
+    let node = node_of(&g)?;
     Ok(match (step, undo) {
         (Step::Convert, false) => {
             let disks = st::disks_of_in(cx.tx, &g.id).await?;
@@ -71,13 +68,7 @@ pub async fn run(
             },
         },
         (Step::Record, false) => {
-            let out = cx
-                .op
-                .step_records()
-                .ok()
-                .and_then(|s| s.into_iter().find(|s| s.name == "convert"))
-                .and_then(|s| s.output)
-                .unwrap_or_default();
+            let out = cx.op.step_output("convert").unwrap_or_default();
             let row = TemplateRow {
                 id: p.template_id.clone(),
                 name: p.name.clone(),
