@@ -304,6 +304,8 @@ fn spec(i: usize, dir: &Path) -> DomainSpec {
         name: format!("raw-{i}"),
         cpus: 1,
         memory_mib: 128,
+        max_cpus: 0,
+        max_memory_mib: 0,
         windows: false,
         disk_path: dir.join("raw.qcow2").display().to_string(),
         seed_path: dir.join("raw-seed.iso").display().to_string(),

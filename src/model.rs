@@ -230,6 +230,30 @@ impl Bandwidth {
     }
 }
 
+/// A guest's vCPUs and memory, and the ceiling up to which they grow while it runs
+/// (vCPU hot-plug, balloon). A maximum of 0, or below the current size, means the
+/// current size: no live growth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestSize {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub max_cpus: u32,
+    #[serde(default)]
+    pub max_memory_mib: u32,
+}
+
+impl GuestSize {
+    /// The same size with its maxima made explicit (never below the current size).
+    pub fn normalized(self) -> GuestSize {
+        GuestSize {
+            max_cpus: self.max_cpus.max(self.cpus),
+            max_memory_mib: self.max_memory_mib.max(self.memory_mib),
+            ..self
+        }
+    }
+}
+
 /// Everything the node needs to define a guest's domain; rendered on the node so that
 /// node facts (domain type, emulator) are applied where they are true.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,6 +262,11 @@ pub struct DomainSpec {
     pub name: String,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// The live-growth ceiling (0: the current size).
+    #[serde(default)]
+    pub max_cpus: u32,
+    #[serde(default)]
+    pub max_memory_mib: u32,
     pub windows: bool,
     pub disk_path: String,
     pub seed_path: String,
@@ -364,6 +393,14 @@ pub enum NodeAction {
         #[serde(default)]
         attached: Option<(String, String)>,
     },
+    /// Sets the I/O limits of data disk `path` (device `target`) of a guest: live and in
+    /// the definition when it runs, in the definition otherwise. None lifts them.
+    SetDiskLimits {
+        guest_id: String,
+        path: String,
+        target: String,
+        limits: Option<IoTune>,
+    },
     /// Takes internal snapshot `name` of a guest (disks, and memory when it runs), its
     /// filesystems frozen through the guest agent first when the agent answers.
     CreateSnapshot {
@@ -390,11 +427,12 @@ pub enum NodeAction {
         snapshot: Option<String>,
         dest: String,
     },
-    /// Sets a stopped guest's vCPUs and memory in its definition.
+    /// Sets a guest's vCPUs and memory: in its definition when it is stopped (the
+    /// maxima too), live and in the definition when it runs (within the maxima).
     ResizeDomain {
         guest_id: String,
-        cpus: u32,
-        memory_mib: u32,
+        #[serde(flatten)]
+        size: GuestSize,
     },
     /// Sets a console ticket's password on the running domain, live only, expiring at
     /// `valid_until_ms` (libvirt's `passwdValidTo`).
@@ -525,6 +563,7 @@ impl NodeAction {
             NodeAction::AttachDisk { .. } => "attach_disk",
             NodeAction::DetachDisk { .. } => "detach_disk",
             NodeAction::GrowDisk { .. } => "grow_disk",
+            NodeAction::SetDiskLimits { .. } => "set_disk_limits",
             NodeAction::CreateSnapshot { .. } => "create_snapshot",
             NodeAction::ResizeDomain { .. } => "resize_domain",
             NodeAction::ConvertImage { .. } => "convert_image",

@@ -124,6 +124,8 @@ mod tests {
             name: "web-1".into(),
             cpus: 2,
             memory_mib: 512,
+            max_cpus: 0,
+            max_memory_mib: 0,
             windows,
             disk_path: "/var/lib/corral/images/g.qcow2".into(),
             seed_path: "/var/lib/corral/images/g-seed.iso".into(),
@@ -175,6 +177,26 @@ mod tests {
         assert!(xml.contains("offset='localtime'") && xml.contains("<tb-cache"));
         assert!(xml.contains("pa&lt;ss&gt;&amp;"), "secrets are escaped");
         golden("domain-tcg-windows.xml", &xml);
+    }
+
+    #[test]
+    fn maxima_above_the_size_leave_room_for_live_growth() {
+        let mut s = spec(false);
+        s.max_cpus = 4;
+        s.max_memory_mib = 2048;
+        let xml = domain(&s, "qemu");
+        assert!(xml.contains("<vcpu current='2'>4</vcpu>"), "{xml}");
+        assert!(xml.contains("<memory unit='MiB'>2048</memory>"), "{xml}");
+        assert!(
+            xml.contains("<currentMemory unit='MiB'>512</currentMemory>"),
+            "{xml}"
+        );
+        // A maximum below the size is the size.
+        s.max_cpus = 1;
+        s.max_memory_mib = 0;
+        let xml = domain(&s, "qemu");
+        assert!(xml.contains("<vcpu>2</vcpu>"), "{xml}");
+        assert!(xml.contains("<memory unit='MiB'>512</memory>"), "{xml}");
     }
 
     #[test]

@@ -311,6 +311,12 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
             [S(400), S(400), S(400), H],
         ),
         (
+            m("PUT"),
+            format!("/disks/{ann_disk}/limits"),
+            Some(json!({})),
+            [S(400), S(400), S(400), H],
+        ),
+        (
             m("POST"),
             format!("/disks/{ann_disk}/detach"),
             None,

@@ -289,3 +289,79 @@ async fn controller_killed_during_a_boot_job_run_loses_no_job() {
     }
     cloud.delete_all_and_check().await;
 }
+
+/// A console ticket whose controller dies while the node sets it: the caller's request
+/// fails, the operation still ends after the restart (the test driver has no VNC to set,
+/// so it fails cleanly), and no stored operation keeps the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_during_a_console_ticket_keeps_no_password() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    let (gid, op) = cloud
+        .create(json!({"name": "c", "template": "tiny", "cpus": 1, "memory_mib": 64}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let mut seen: Vec<String> = Vec::new();
+    for fault in [
+        "unpushed:guest.console:ticket",
+        "dispatched:guest.console:ticket",
+    ] {
+        cloud.arm_fault(fault).await;
+        let answer = reqwest::Client::new()
+            .post(cloud.url(&format!("/guests/{gid}/console")))
+            .bearer_auth(cloud.token())
+            .json(&json!({"valid_seconds": 60}))
+            .send()
+            .await;
+        assert!(
+            answer.is_err() || answer.is_ok_and(|r| r.status().is_server_error()),
+            "{fault}: the controller answered although it died"
+        );
+        cloud.restart_after_fault(fault).await;
+        let (_, ops) = cloud
+            .get(&format!("/operations?guest_id={gid}&kind=guest.console"))
+            .await;
+        let id = ops
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["id"].as_str())
+            .find(|id| !seen.iter().any(|s| s == id))
+            .unwrap_or_default()
+            .to_string();
+        seen.push(id.clone());
+        assert!(!id.is_empty(), "{fault}: no console operation in {ops}");
+        let op = cloud.wait_op(&id).await;
+        assert!(
+            op["state"] == "succeeded" || op["state"] == "failed",
+            "{fault}: {op}"
+        );
+        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+        assert!(
+            g.get("operation_id").is_none(),
+            "{fault}: the guest is still held: {g}"
+        );
+        let db = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}?mode=ro",
+            cloud.dir().join("corral.db").display()
+        ))
+        .await
+        .unwrap();
+        let (payload,): (String,) = sqlx::query_as("SELECT payload FROM operations WHERE id = ?")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        let p: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(
+            p["password"], "",
+            "{fault}: the ticket outlived its operation: {p}"
+        );
+        db.close().await;
+    }
+    cloud.delete_all_and_check().await;
+}

@@ -327,46 +327,95 @@ async fn disk_operations_survive_the_controller_or_the_node_killed_at_each_step(
     let mut cloud = Cloud::split("test:///default").await;
     cloud.template("tiny").await;
     let g = stopped_guest(&cloud, "g").await;
+    // Each step of each disk operation, with the controller killed there: the operation
+    // finishes exactly once.
     let controller_faults = [
         "unpushed:disk.create:create_volume",
         "dispatched:disk.create:create_volume",
         "after:disk.create:record",
         "dispatched:disk.attach:attach",
         "after:disk.attach:record",
+        "unpushed:disk.detach:detach",
+        "dispatched:disk.detach:detach",
+        "after:disk.detach:record",
+        "dispatched:disk.resize:grow",
+        "after:disk.resize:record",
+        "unpushed:disk.delete:remove_file",
+        "dispatched:disk.delete:remove_file",
+        "after:disk.delete:forget",
     ];
     for (i, fault) in controller_faults.iter().enumerate() {
         let name = format!("c{i}");
+        let path = format!("/disks/{name}");
         let create_body = json!({"name": name, "size_gib": 1, "guest": "g"});
-        if fault.contains("disk.attach") {
-            done(&cloud, cloud.post("/disks", create_body).await).await;
+        // What runs before the faulted operation, and the faulted operation.
+        let (s, v) = if fault.contains("disk.create") {
             cloud.arm_fault(fault).await;
-            let (s, v) = cloud
-                .post(&format!("/disks/{name}/attach"), json!({"guest": "g"}))
+            cloud.post("/disks", create_body.clone()).await
+        } else {
+            done(&cloud, cloud.post("/disks", create_body.clone()).await).await;
+            let attached = fault.contains("disk.detach");
+            if attached || fault.contains("disk.attach") {
+                done(
+                    &cloud,
+                    cloud
+                        .post(&format!("{path}/attach"), json!({"guest": "g"}))
+                        .await,
+                )
                 .await;
-            assert_eq!(s, 202, "{v}");
-            cloud.restart_after_fault(fault).await;
-            let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
-            assert_eq!(op["state"], "succeeded", "{fault}: {op}");
+                if !attached {
+                    done(
+                        &cloud,
+                        cloud.post(&format!("{path}/detach"), json!({})).await,
+                    )
+                    .await;
+                }
+            }
+            cloud.arm_fault(fault).await;
+            if attached {
+                cloud.post(&format!("{path}/detach"), json!({})).await
+            } else if fault.contains("disk.attach") {
+                cloud
+                    .post(&format!("{path}/attach"), json!({"guest": "g"}))
+                    .await
+            } else if fault.contains("disk.resize") {
+                cloud
+                    .post(&format!("{path}/resize"), json!({"size_gib": 2}))
+                    .await
+            } else {
+                cloud.delete(&path).await
+            }
+        };
+        assert_eq!(s, 202, "{fault}: {v}");
+        cloud.restart_after_fault(fault).await;
+        let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+        assert_eq!(op["state"], "succeeded", "{fault}: {op}");
+        let (s, d) = cloud.get(&path).await;
+        if fault.contains("disk.delete") {
+            assert_eq!(s, 404, "{fault}: {d}");
+            continue;
+        }
+        if fault.contains("disk.attach") {
+            assert_eq!(d["guest_id"], json!(g), "{fault}: {d}");
+            assert_eq!(
+                xml(&cloud, &g).await.matches("-data.qcow2").count(),
+                1,
+                "{fault}"
+            );
             done(
                 &cloud,
-                cloud
-                    .post(&format!("/disks/{name}/detach"), json!({}))
-                    .await,
+                cloud.post(&format!("{path}/detach"), json!({})).await,
             )
             .await;
-        } else {
-            cloud.arm_fault(fault).await;
-            let (s, v) = cloud.post("/disks", create_body).await;
-            assert_eq!(s, 202, "{v}");
-            cloud.restart_after_fault(fault).await;
-            let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
-            assert_eq!(op["state"], "succeeded", "{fault}: {op}");
+        }
+        if fault.contains("disk.resize") {
+            assert_eq!(d["size_gib"], 2, "{fault}: {d}");
         }
         assert!(!xml(&cloud, &g).await.contains("-data.qcow2"), "{fault}");
-        let (_, d) = cloud.get(&format!("/disks/{name}")).await;
+        let (_, d) = cloud.get(&path).await;
         assert_eq!(d["state"], "ready", "{fault}: {d}");
         assert!(d.get("busy_with").is_none(), "{fault}: {d}");
-        done(&cloud, cloud.delete(&format!("/disks/{name}")).await).await;
+        done(&cloud, cloud.delete(&path).await).await;
     }
     // The node killed after it wrote the file, before it reported. (The test driver's
     // domains live in the node process, so the node-side attach is killed on real
@@ -402,5 +451,133 @@ async fn disk_operations_survive_the_controller_or_the_node_killed_at_each_step(
     assert!(!xml(&cloud, g["id"].as_str().unwrap())
         .await
         .contains("-data.qcow2"));
+    cloud.delete_all_and_check().await;
+}
+
+/// The `<iotune>` of disk `path` in `xml`, as (iops, bytes/s); None without limits.
+fn tune_of(xml: &str, path: &str) -> Option<(u64, u64)> {
+    let at = xml.find(&format!("file='{path}'"))?;
+    let disk = &xml[at..at + xml[at..].find("</disk>")?];
+    let num = |tag: &str| {
+        let open = format!("<{tag}>");
+        disk.find(&open).map(|i| {
+            let rest = &disk[i + open.len()..];
+            rest[..rest.find('<').unwrap()].parse::<u64>().unwrap()
+        })
+    };
+    disk.contains("<iotune>").then(|| {
+        (
+            num("total_iops_sec").unwrap_or(0),
+            num("total_bytes_sec").unwrap_or(0),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disks_limits_change_on_a_running_a_stopped_and_no_guest() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    let gid = stopped_guest(&cloud, "g").await;
+    done(
+        &cloud,
+        cloud
+            .post(
+                "/disks",
+                json!({"name": "d", "size_gib": 1, "guest": "g",
+                                   "limits": {"total_iops_sec": 500}}),
+            )
+            .await,
+    )
+    .await;
+    let (_, d) = cloud.get("/disks/d").await;
+    let path = d["path"].as_str().unwrap().to_string();
+    let limits = |body: Value| cloud.call(reqwest::Method::PUT, "/disks/d/limits", Some(body));
+
+    // Bad input: 400 naming what to fix, nothing changes.
+    for (body, want) in [
+        (json!({"total_iops_sec": 500}), "already has"),
+        (json!({"total_iops_sec": 0}), "total_iops_sec"),
+        (json!({"total_iops_sec": "x"}), "total_iops_sec"),
+        (json!({"read_iops_sec": 5}), "read_iops_sec"),
+    ] {
+        let (s, v) = limits(body.clone()).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(want), "{body}: {v}");
+    }
+    let (_, d) = cloud.get("/disks/d").await;
+    assert_eq!(d["limits"], json!({"total_iops_sec": 500}));
+
+    // Detached: only the record changes; attaching renders them. (The test driver cannot
+    // hot-plug: the disk is attached while the guest is off, then it starts.)
+    done(&cloud, limits(json!({"total_iops_sec": 600})).await).await;
+    done(
+        &cloud,
+        cloud.post("/disks/d/attach", json!({"guest": "g"})).await,
+    )
+    .await;
+    assert_eq!(tune_of(&xml(&cloud, &gid).await, &path), Some((600, 0)));
+    done(
+        &cloud,
+        cloud
+            .post(&format!("/guests/{gid}/actions/start"), json!({}))
+            .await,
+    )
+    .await;
+
+    // Attached to a running guest: live, with the controller killed after dispatching
+    // the node's part and after recording.
+    for (fault, iops, bytes) in [
+        ("dispatched:disk.set_limits:apply", 700, 0),
+        ("after:disk.set_limits:record", 0, 1_048_576),
+    ] {
+        cloud.arm_fault(fault).await;
+        let body = match iops {
+            0 => json!({"total_bytes_sec": bytes}),
+            n => json!({"total_iops_sec": n}),
+        };
+        let (s, v) = cloud
+            .call(reqwest::Method::PUT, "/disks/d/limits", Some(body))
+            .await;
+        assert_eq!(s, 202, "{v}");
+        cloud.restart_after_fault(fault).await;
+        let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+        assert_eq!(op["state"], "succeeded", "{fault}: {op}");
+        assert_eq!(
+            tune_of(&xml(&cloud, &gid).await, &path),
+            Some((iops, bytes)),
+            "{fault}"
+        );
+        let (_, d) = cloud.get("/disks/d").await;
+        assert!(d.get("busy_with").is_none(), "{fault}: {d}");
+    }
+    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+    assert_eq!(
+        g["state"], "running",
+        "changing limits never stops the guest"
+    );
+
+    // Stopped: the definition is rewritten; `{}` lifts every limit.
+    done(
+        &cloud,
+        cloud
+            .post(&format!("/guests/{gid}/actions/poweroff"), json!({}))
+            .await,
+    )
+    .await;
+    done(
+        &cloud,
+        cloud
+            .call(reqwest::Method::PUT, "/disks/d/limits", Some(json!({})))
+            .await,
+    )
+    .await;
+    assert_eq!(tune_of(&xml(&cloud, &gid).await, &path), None);
+    let (_, d) = cloud.get("/disks/d").await;
+    assert!(d.get("limits").is_none(), "{d}");
+    done(&cloud, cloud.post("/disks/d/detach", json!({})).await).await;
+    done(&cloud, cloud.delete("/disks/d").await).await;
     cloud.delete_all_and_check().await;
 }

@@ -79,6 +79,8 @@ async fn seed(store: &Store, pool: &str, template: &str) -> Seeded {
                 init_secrets: None,
                 owner_id: None,
                 tags: "[]".into(),
+                max_cpus: None,
+                max_memory_mib: None,
             },
         )
         .await

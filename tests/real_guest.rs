@@ -937,8 +937,38 @@ fn guest_sees(dom: &str, dev: &str, want: impl Fn(Option<u64>) -> bool) -> Durat
     panic!("the guest's {dev} reads {seen:?}");
 }
 
-/// A data disk hot-plugged into a running guest appears in it, grows in it and leaves it;
-/// a node killed right after the hot-plug finishes the attach when it returns.
+/// Memory the guest sees, in KiB.
+fn guest_mem_kib(dom: &str) -> u64 {
+    guest_exec(
+        dom,
+        "/bin/sh",
+        &["-c", "awk '/MemTotal/ {print $2}' /proc/meminfo"],
+    )
+    .trim()
+    .parse()
+    .unwrap_or(0)
+}
+
+/// Waits until `check` holds for what `read` gives; panics with the last value after 60 s.
+fn guest_until<T: std::fmt::Debug>(read: impl Fn() -> T, check: impl Fn(&T) -> bool) -> T {
+    let started = Instant::now();
+    loop {
+        let v = read();
+        if check(&v) {
+            return v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "guest still shows {v:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A running guest changed without a restart: more vCPUs (hot-plugged and onlined through
+/// its agent) and more memory (balloon) within the maxima it was created with; a data
+/// disk hot-plugged into it appears in it, grows in it, gets new I/O limits and leaves
+/// it; a node killed right after the hot-plug finishes the attach when it returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_disk_is_attached_grown_and_detached_live() {
     if !libvirt_ready() {
@@ -958,7 +988,10 @@ async fn a_data_disk_is_attached_grown_and_detached_live() {
     let name = format!("dk{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let _sweep = DomainSweep(name.clone());
     let (gid, op) = cloud
-        .create(json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 128}))
+        .create(
+            json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 128,
+                       "max_cpus": 2, "max_memory_mib": 256}),
+        )
         .await[0]
         .clone();
     assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
@@ -967,6 +1000,33 @@ async fn a_data_disk_is_attached_grown_and_detached_live() {
         assert_eq!(r.0, 202, "{}", r.1);
         r.1["operation_id"].as_str().unwrap().to_string()
     };
+
+    // Grown live: the guest sees a second vCPU online and more memory, without a restart.
+    let online = || guest_exec(&name, "/bin/cat", &["/sys/devices/system/cpu/online"]);
+    assert_eq!(online().trim(), "0", "one vCPU at first");
+    let before = guest_until(|| guest_mem_kib(&name), |k| *k > 0 && *k < 140 * 1024);
+    let op = ok(cloud
+        .call(
+            reqwest::Method::PUT,
+            &format!("/guests/{gid}/size"),
+            Some(json!({"cpus": 2, "memory_mib": 240})),
+        )
+        .await);
+    let done = cloud.wait_op(&op).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    guest_until(online, |o| o.trim() == "0-1");
+    let after = guest_until(|| guest_mem_kib(&name), |k| *k > before + 100 * 1024);
+    eprintln!("live resize: MemTotal {before} KiB -> {after} KiB, vCPUs 0 -> 0-1");
+    let (_, x) = virsh(&["dumpxml", "--inactive", &name]);
+    assert!(
+        x.contains("<vcpu placement='static'>2</vcpu>"),
+        "vCPUs not in the definition: {x}"
+    );
+    assert!(
+        x.contains("<currentMemory unit='KiB'>245760<"),
+        "memory not in the definition: {x}"
+    );
+
     let op = ok(cloud
         .post("/disks", json!({"name": "live", "size_gib": 1, "guest": name, "limits": {"total_iops_sec": 2000}}))
         .await);
@@ -985,6 +1045,26 @@ async fn a_data_disk_is_attached_grown_and_detached_live() {
     assert!(
         x.contains("<total_iops_sec>2000</total_iops_sec>"),
         "limits not in the definition: {x}"
+    );
+
+    // New limits while it runs: QEMU throttles with them now, and the definition keeps them.
+    let op = ok(cloud
+        .call(
+            reqwest::Method::PUT,
+            "/disks/live/limits",
+            Some(json!({"total_iops_sec": 3000, "total_bytes_sec": 52428800})),
+        )
+        .await);
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let (_, tune) = virsh(&["blkdeviotune", &name, "vdc", "--live"]);
+    assert!(
+        tune.contains("total_iops_sec : 3000") && tune.contains("total_bytes_sec: 52428800"),
+        "QEMU's throttle: {tune}"
+    );
+    let (_, x) = virsh(&["dumpxml", "--inactive", &name]);
+    assert!(
+        x.contains("<total_iops_sec>3000</total_iops_sec>"),
+        "new limits not in the definition: {x}"
     );
 
     // Grow live: the guest sees 2 GiB without a restart.

@@ -93,3 +93,132 @@ async fn a_stopped_guest_is_resized_within_its_nodes_capacity() {
     assert!(x.contains(">2</vcpu>") && x.contains("262144"), "{x}");
     cloud.delete_all_and_check().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_changes_size_live_within_its_maxima() {
+    if !(require("redis-server") && require("qemu-img")) {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    let base = json!({"name": "l", "template": "tiny", "cpus": 2, "memory_mib": 128});
+    for (extra, field) in [
+        (json!({"max_cpus": 1}), "max_cpus"),
+        (json!({"max_cpus": 257}), "max_cpus"),
+        (json!({"max_memory_mib": 64}), "max_memory_mib"),
+    ] {
+        let mut body = base.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (s, v) = cloud.post("/guests", body).await;
+        assert_eq!(s, 400, "{extra}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(field), "{v}");
+    }
+    let (_, guests) = cloud.get("/guests").await;
+    assert_eq!(guests, json!([]), "a refused create left a guest");
+
+    let mut body = base.clone();
+    body["cpus"] = json!(1);
+    body["max_cpus"] = json!(4);
+    body["max_memory_mib"] = json!(512);
+    let (gid, op) = cloud.create(body).await[0].clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+    assert_eq!(
+        (&g["max_cpus"], &g["max_memory_mib"]),
+        (&json!(4), &json!(512))
+    );
+    let x = xml(&cloud, &gid).await;
+    assert!(
+        x.contains("current='1'>4</vcpu>") && x.contains("524288"),
+        "{x}"
+    );
+
+    // Beyond the maxima, or changing them, while it runs: 409, nothing changes.
+    let size = format!("/guests/{gid}/size");
+    for body in [
+        json!({"cpus": 5}),
+        json!({"max_cpus": 8}),
+        json!({"memory_mib": 1024}),
+    ] {
+        let (s, v) = put(&cloud, &size, body.clone()).await;
+        assert_eq!(s, 409, "{body}: {v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("4 vCPUs and 512 MiB"),
+            "{v}"
+        );
+    }
+
+    // Growing live, with the controller killed after each of its controller steps.
+    for (fault, cpus, mem) in [
+        ("after:guest.resize:check", 3, 384),
+        ("after:guest.resize:record", 2, 256),
+    ] {
+        cloud.arm_fault(fault).await;
+        let (s, v) = put(&cloud, &size, json!({"cpus": cpus, "memory_mib": mem})).await;
+        assert_eq!(s, 202, "{v}");
+        cloud.restart_after_fault(fault).await;
+        let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+        assert_eq!(op["state"], "succeeded", "{fault}: {op}");
+        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+        assert_eq!(g["state"], "running", "{g}");
+        assert_eq!(
+            (&g["cpus"], &g["memory_mib"]),
+            (&json!(cpus), &json!(mem)),
+            "{g}"
+        );
+        assert_eq!(
+            (&g["max_cpus"], &g["max_memory_mib"]),
+            (&json!(4), &json!(512))
+        );
+        let x = xml(&cloud, &gid).await;
+        assert!(
+            x.contains(&format!("current='{cpus}'>4</vcpu>"))
+                && x.contains(&format!(">{}</currentMemory>", mem * 1024)),
+            "{fault}: {x}"
+        );
+    }
+
+    // Shut off, the maxima change too, and a size beyond the old ones is fine.
+    let (_, v) = cloud
+        .post(&format!("/guests/{gid}/actions/poweroff"), json!(null))
+        .await;
+    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    let (s, v) = put(
+        &cloud,
+        &size,
+        json!({"cpus": 6, "max_cpus": 8, "memory_mib": 640}),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        cloud.wait_op(v["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+    assert_eq!(
+        (
+            &g["cpus"],
+            &g["max_cpus"],
+            &g["memory_mib"],
+            &g["max_memory_mib"]
+        ),
+        (&json!(6), &json!(8), &json!(640), &json!(640)),
+        "a size past the old memory maximum raises it: {g}"
+    );
+    let x = xml(&cloud, &gid).await;
+    assert!(x.contains("current='6'>8</vcpu>"), "{x}");
+    cloud.delete_all_and_check().await;
+}
+
+async fn xml(cloud: &Cloud, gid: &str) -> String {
+    let path = format!("/guests/{gid}/domain-xml");
+    cloud.get(&path).await.1["xml"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

@@ -289,6 +289,8 @@ async fn seed(
                     init_secrets: None,
                     owner_id: None,
                     tags: "[]".into(),
+                    max_cpus: None,
+                    max_memory_mib: None,
                 },
             )
             .await

@@ -56,6 +56,19 @@ pub enum DiskCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Replace a data disk's I/O limits (live when its guest runs); neither flag lifts
+    /// them.
+    Limits {
+        disk: String,
+        /// I/O operations per second.
+        #[arg(long)]
+        iops: Option<u64>,
+        /// Bytes per second.
+        #[arg(long)]
+        bps: Option<u64>,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Delete a detached data disk and its file.
     Delete {
         disk: String,
@@ -135,6 +148,19 @@ impl Client {
                 wait,
             } => {
                 let a = guests_api::disk_resize(c, &disk, ResizeDisk::new(size_gib)).await?;
+                self.disk_op(a, wait).await
+            }
+            DiskCmd::Limits {
+                disk,
+                iops,
+                bps,
+                wait,
+            } => {
+                let limits = DiskLimits {
+                    total_iops_sec: iops,
+                    total_bytes_sec: bps,
+                };
+                let a = guests_api::disk_set_limits(c, &disk, limits).await?;
                 self.disk_op(a, wait).await
             }
             DiskCmd::Delete { disk, wait } => {

@@ -21,6 +21,12 @@ pub enum GuestCmd {
         /// e.g. 128MiB, 1GiB, or a number of MiB.
         #[arg(long, default_value = "128MiB")]
         memory: String,
+        /// vCPUs it can grow to while running (default: --cpu, no live growth).
+        #[arg(long)]
+        max_cpu: Option<u32>,
+        /// Memory it can grow to while running (default: --memory).
+        #[arg(long)]
+        max_memory: Option<String>,
         #[arg(long, default_value_t = 1)]
         count: u32,
         /// The guest's name; with --count, the prefix of the names.
@@ -67,13 +73,20 @@ pub enum GuestCmd {
         #[arg(long)]
         wait: bool,
     },
-    /// Change a shut-off guest's vCPUs and/or memory (e.g. --memory 512MiB).
+    /// Change a guest's vCPUs and/or memory (e.g. --memory 512MiB): any size while it is
+    /// shut off, within its maxima while it runs.
     Resize {
         guest: String,
         #[arg(long)]
         cpu: Option<u32>,
         #[arg(long)]
         memory: Option<String>,
+        /// A new ceiling for live growth (the guest must be shut off).
+        #[arg(long)]
+        max_cpu: Option<u32>,
+        /// A new ceiling for live growth (the guest must be shut off).
+        #[arg(long)]
+        max_memory: Option<String>,
         #[arg(long)]
         wait: bool,
     },
@@ -172,6 +185,8 @@ impl Client {
                 template,
                 cpu,
                 memory,
+                max_cpu,
+                max_memory,
                 count,
                 name,
                 node,
@@ -183,6 +198,8 @@ impl Client {
                 wait,
             } => {
                 let mut g = CreateGuest::new(cpu, parse_mib(&memory)?, template);
+                g.max_cpus = max_cpu;
+                g.max_memory_mib = max_memory.as_deref().map(parse_mib).transpose()?;
                 g.count = (count != 1).then_some(count);
                 g.name = name;
                 g.node = node;
@@ -251,11 +268,15 @@ impl Client {
                 guest,
                 cpu,
                 memory,
+                max_cpu,
+                max_memory,
                 wait,
             } => {
                 let size = models::GuestSize {
                     cpus: cpu,
                     memory_mib: memory.as_deref().map(parse_mib).transpose()?,
+                    max_cpus: max_cpu,
+                    max_memory_mib: max_memory.as_deref().map(parse_mib).transpose()?,
                 };
                 let a = guests_api::guest_resize(c, &guest, size).await?;
                 if wait {

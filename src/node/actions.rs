@@ -242,11 +242,18 @@ pub async fn run(
             inside(&s.storage_dir, path)?;
             super::disks::grow(hv, path, *size_mib, attached.as_ref()).await
         }
-        NodeAction::ResizeDomain {
+        NodeAction::SetDiskLimits {
             guest_id,
-            cpus,
-            memory_mib,
-        } => super::resize::resize(hv, guest_id, *cpus, *memory_mib).await,
+            path,
+            target,
+            limits,
+        } => {
+            inside(&s.storage_dir, path)?;
+            super::disks::set_limits(hv, guest_id, path, target, limits.as_ref()).await
+        }
+        NodeAction::ResizeDomain { guest_id, size } => {
+            super::resize::resize(hv, guest_id, *size).await
+        }
         NodeAction::CreateSnapshot { guest_id, name } => {
             super::snapshots::create(hv, guest_id, name).await
         }

@@ -12,7 +12,8 @@
 //!   Neither ever shrinks.
 //!
 //! The disk's I/O limits are rendered into its `<iotune>`, so they live in the
-//! definition and survive restarts.
+//! definition and survive restarts. Changing them on a running guest goes through QEMU
+//! (see `iotune`) and the definition at once.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -190,6 +191,44 @@ pub async fn detach(
                 .await
                 .map_err(|e| ActionError::Permanent(format!("removing the disk: {e}")))?;
         }
+    }
+    Ok(done(hv.xml(guest).await?))
+}
+
+/// Sets the I/O limits of an attached disk: through QEMU and in the definition when the
+/// guest runs (`virDomainSetBlockIoTune`), by redefining the domain with the disk's
+/// element re-rendered otherwise. Setting the same limits again changes nothing.
+pub async fn set_limits(
+    hv: &dyn Hypervisor,
+    guest: &str,
+    path: &str,
+    target: &str,
+    limits: Option<&IoTune>,
+) -> Result<StepOutcome, ActionError> {
+    if !valid_target(target) {
+        return Err(ActionError::Permanent(format!(
+            "{target:?} is not a device name corral uses"
+        )));
+    }
+    let state = hv
+        .state(guest)
+        .await?
+        .ok_or_else(|| ActionError::Permanent(format!("domain {guest} is not defined here")))?;
+    let def = hv.definition(guest).await?;
+    let Some(without) = without_disk(&def, path) else {
+        return Err(ActionError::Permanent(format!(
+            "the guest's definition has no disk {path}"
+        )));
+    };
+    if state == DomState::Running {
+        hv.set_disk_limits_live(guest, target, limits)
+            .await
+            .map_err(|e| ActionError::Permanent(format!("setting the disk's limits: {e}")))?;
+    } else {
+        let device = disk_xml(path, target, limits)?;
+        hv.define(&with_device(&without, &device)?)
+            .await
+            .map_err(|e| ActionError::Permanent(format!("redefining the disk: {e}")))?;
     }
     Ok(done(hv.xml(guest).await?))
 }

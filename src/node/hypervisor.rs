@@ -13,6 +13,8 @@ use virt::domain::{Domain, DomainState, DomainStateEnum};
 use virt::enumutil::Enum;
 use virt::sys;
 
+use crate::model::IoTune;
+
 /// Domain states as corral names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DomState {
@@ -88,6 +90,19 @@ pub trait Hypervisor: Send + Sync {
     async fn detach_live(&self, uuid: &str, xml: &str) -> Result<(), HvError>;
     /// Grows a disk of the running domain to `bytes`.
     async fn block_resize(&self, uuid: &str, target: &str, bytes: u64) -> Result<(), HvError>;
+    /// Sets the I/O limits of disk `target` of a running domain, and in its definition.
+    async fn set_disk_limits_live(
+        &self,
+        uuid: &str,
+        target: &str,
+        limits: Option<&IoTune>,
+    ) -> Result<(), HvError>;
+    /// Plugs or unplugs vCPUs of a running domain, and sets the same count in its
+    /// definition.
+    async fn set_vcpus_live(&self, uuid: &str, cpus: u32) -> Result<(), HvError>;
+    /// Sets a running domain's balloon target, and the same current memory in its
+    /// definition.
+    async fn set_memory_live(&self, uuid: &str, memory_mib: u32) -> Result<(), HvError>;
     /// Whether the domain has snapshot `name`.
     async fn has_snapshot(&self, uuid: &str, name: &str) -> Result<bool, HvError>;
     /// Takes internal snapshot `name` (libvirt's default: disks, plus memory when running).
@@ -324,6 +339,38 @@ impl Hypervisor for Libvirt {
         })
         .await
     }
+    async fn set_disk_limits_live(
+        &self,
+        uuid: &str,
+        target: &str,
+        limits: Option<&IoTune>,
+    ) -> Result<(), HvError> {
+        let (target, limits) = (target.to_string(), limits.cloned());
+        // Live, then the definition: not every driver takes both in one call.
+        self.on_domain(uuid, move |d| {
+            super::iotune::set(d, &target, limits.as_ref(), sys::VIR_DOMAIN_AFFECT_LIVE)?;
+            super::iotune::set(d, &target, limits.as_ref(), sys::VIR_DOMAIN_AFFECT_CONFIG)
+                .map_err(Into::into)
+        })
+        .await
+    }
+    async fn set_vcpus_live(&self, uuid: &str, cpus: u32) -> Result<(), HvError> {
+        let flags = sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG;
+        self.on_domain(uuid, move |d| {
+            d.set_vcpus_flags(cpus, flags).map_err(Into::into)
+        })
+        .await
+    }
+    async fn set_memory_live(&self, uuid: &str, memory_mib: u32) -> Result<(), HvError> {
+        // Two calls: some drivers (the test driver) refuse LIVE and CONFIG together here.
+        self.on_domain(uuid, move |d| {
+            let kib = u64::from(memory_mib) * 1024;
+            d.set_memory_flags(kib, sys::VIR_DOMAIN_AFFECT_LIVE)?;
+            d.set_memory_flags(kib, sys::VIR_DOMAIN_AFFECT_CONFIG)
+                .map_err(Into::into)
+        })
+        .await
+    }
     async fn list(&self) -> Result<Vec<DomEntry>, HvError> {
         self.with(|c| {
             let mut out = Vec::new();
@@ -486,6 +533,20 @@ impl Hypervisor for Fake {
         self.with_dom(uuid, move |d| d.0 = d.0.replace(&xml, ""))
     }
     async fn block_resize(&self, uuid: &str, _target: &str, _bytes: u64) -> Result<(), HvError> {
+        self.with_dom(uuid, |_| ())
+    }
+    async fn set_disk_limits_live(
+        &self,
+        uuid: &str,
+        _target: &str,
+        _limits: Option<&IoTune>,
+    ) -> Result<(), HvError> {
+        self.with_dom(uuid, |_| ())
+    }
+    async fn set_vcpus_live(&self, uuid: &str, _cpus: u32) -> Result<(), HvError> {
+        self.with_dom(uuid, |_| ())
+    }
+    async fn set_memory_live(&self, uuid: &str, _memory_mib: u32) -> Result<(), HvError> {
         self.with_dom(uuid, |_| ())
     }
     async fn list(&self) -> Result<Vec<DomEntry>, HvError> {

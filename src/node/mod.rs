@@ -18,6 +18,7 @@ pub mod events;
 pub mod facts;
 pub mod hypervisor;
 pub mod images;
+pub mod iotune;
 pub mod ports;
 pub mod qcow2;
 pub mod resize;

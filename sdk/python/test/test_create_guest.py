@@ -42,6 +42,8 @@ class TestCreateGuest(unittest.TestCase):
                 cpus = 56,
                 hostname = '',
                 ip = '',
+                max_cpus = 56,
+                max_memory_mib = 56,
                 memory_mib = 56,
                 name = '',
                 node = '',

@@ -36,6 +36,8 @@ class TestGuestSize(unittest.TestCase):
         if include_optional:
             return GuestSize(
                 cpus = 1.0,
+                max_cpus = 1.0,
+                max_memory_mib = 32.0,
                 memory_mib = 32.0
             )
         else:

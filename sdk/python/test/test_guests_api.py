@@ -74,6 +74,13 @@ class TestGuestsApi(unittest.TestCase):
         """
         pass
 
+    def test_disk_set_limits(self) -> None:
+        """Test case for disk_set_limits
+
+        Replace a data disk's I/O limits; `{}` lifts them. Runs as `disk.set_limits`: live when its guest runs (no restart, no detach), in the definition otherwise, so they survive restarts. A detached disk gets them when it is next attached.
+        """
+        pass
+
     def test_guest_action(self) -> None:
         """Test case for guest_action
 
@@ -154,7 +161,7 @@ class TestGuestsApi(unittest.TestCase):
     def test_guest_resize(self) -> None:
         """Test case for guest_resize
 
-        Change a shut-off guest's vCPUs and memory (either or both). Runs as `guest.resize`; it boots with them at its next start.
+        Change a guest's vCPUs and memory (any of the fields). Runs as `guest.resize`.
         """
         pass
 

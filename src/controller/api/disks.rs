@@ -21,7 +21,9 @@ use super::auth::Caller;
 use super::error::{ApiResult, Error};
 use super::operations::{start_op, Target};
 use super::{AppState, Auth};
-use crate::controller::saga::kinds::{disk_attach, disk_create::DiskRef, disk_resize, Request};
+use crate::controller::saga::kinds::{
+    disk_attach, disk_create::DiskRef, disk_limits, disk_resize, Request,
+};
 use crate::controller::store::{self as st, DataDiskRow};
 use crate::model::{new_id, now_ms, rfc3339, IoTune};
 
@@ -436,6 +438,50 @@ impl DiskApi {
         let req = Request::DiskResize(disk_resize::Payload {
             disk_id: d.id.clone(),
             size_mib,
+        });
+        let target = match &d.guest_id {
+            Some(g) => Target::Guest(g),
+            None => Target::Node(&d.node_id),
+        };
+        Ok(launch(&state, &auth.0, req, target, &d.id, None).await?)
+    }
+
+    /// Replace a data disk's I/O limits; `{}` lifts them. Runs as `disk.set_limits`: live
+    /// when its guest runs (no restart, no detach), in the definition otherwise, so they
+    /// survive restarts. A detached disk gets them when it is next attached.
+    #[oai(
+        path = "/disks/:id/limits",
+        method = "put",
+        operation_id = "disk_set_limits"
+    )]
+    async fn set_limits(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<DiskLimits>,
+    ) -> ApiResult<DiskOp> {
+        let d = disk(&state, &auth.0, &id).await?;
+        let limits = Some(IoTune {
+            total_iops_sec: body.0.total_iops_sec,
+            total_bytes_sec: body.0.total_bytes_sec,
+        })
+        .filter(|l| *l != IoTune::default());
+        let old_limits = d.limits();
+        if limits == old_limits {
+            return Err(Error::BadRequest(format!(
+                "disk {} already has these limits: give other ones",
+                d.name
+            ))
+            .into());
+        }
+        if d.state != "ready" {
+            return Err(conflict(format!("disk {} is {}", d.name, d.state)).into());
+        }
+        let req = Request::DiskSetLimits(disk_limits::Payload {
+            disk_id: d.id.clone(),
+            limits,
+            old_limits,
         });
         let target = match &d.guest_id {
             Some(g) => Target::Guest(g),

@@ -32,6 +32,13 @@ pub struct CreateGuest {
     pub cpus: u32,
     /// Memory in MiB; at least the template's minimum.
     pub memory_mib: u32,
+    /// vCPUs the guest can grow to while running (hot-plug), `cpus`–256; default `cpus`
+    /// (no live growth). Hot-plugged vCPUs are onlined through the guest agent.
+    pub max_cpus: Option<u32>,
+    /// Memory in MiB the guest can grow to while running (balloon), `memory_mib`–1048576;
+    /// default `memory_mib`. The guest needs a virtio balloon driver; placement counts
+    /// `memory_mib`.
+    pub max_memory_mib: Option<u32>,
     /// How many guests, 1–100 (S27: spread over nodes, lightest first).
     pub count: Option<u32>,
     /// Node id to place on (S50); default: automatic placement.
@@ -120,6 +127,10 @@ pub struct Guest {
     pub os_type: String,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// What a live resize can grow `cpus` to.
+    pub max_cpus: u32,
+    /// What a live resize can grow `memory_mib` to.
+    pub max_memory_mib: u32,
     pub ip: Option<String>,
     pub pool_id: Option<String>,
     pub mac: Option<String>,
@@ -150,6 +161,26 @@ pub enum GuestAction {
     Resume,
 }
 
+/// Maxima for live growth are at least the size and at most what a domain can have.
+pub(super) fn check_maxima(
+    cpus: u32,
+    memory_mib: u32,
+    max_cpus: Option<u32>,
+    max_memory_mib: Option<u32>,
+) -> Result<(), Error> {
+    if let Some(m) = max_cpus.filter(|m| !(cpus..=256).contains(m)) {
+        return Err(Error::BadRequest(format!(
+            "max_cpus must be between cpus ({cpus}) and 256, not {m}"
+        )));
+    }
+    if let Some(m) = max_memory_mib.filter(|m| !(memory_mib..=1_048_576).contains(m)) {
+        return Err(Error::BadRequest(format!(
+            "max_memory_mib must be between memory_mib ({memory_mib}) and 1048576, not {m}"
+        )));
+    }
+    Ok(())
+}
+
 fn view(g: &GuestRow, disks: Vec<st::DiskRow>) -> Guest {
     Guest {
         id: g.id.clone(),
@@ -161,6 +192,8 @@ fn view(g: &GuestRow, disks: Vec<st::DiskRow>) -> Guest {
         os_type: g.os_type.clone(),
         cpus: g.cpus as u32,
         memory_mib: g.memory_mib as u32,
+        max_cpus: g.max_cpus(),
+        max_memory_mib: g.max_memory_mib(),
         ip: g.ip.clone(),
         pool_id: g.pool_id.clone(),
         mac: g.mac.clone(),
@@ -279,6 +312,7 @@ impl GuestApi {
         if !(1..=64).contains(&req.cpus) {
             return Err(Error::BadRequest(format!("cpus must be 1–64, not {}", req.cpus)).into());
         }
+        check_maxima(req.cpus, req.memory_mib, req.max_cpus, req.max_memory_mib)?;
         if req.node.is_some() {
             access::operator(&auth.0, "placing a guest on a chosen node")?;
         }
@@ -449,6 +483,8 @@ impl GuestApi {
                 os_type: template.os_type.clone(),
                 cpus: i64::from(req.cpus),
                 memory_mib: i64::from(req.memory_mib),
+                max_cpus: req.max_cpus.map(i64::from),
+                max_memory_mib: req.max_memory_mib.map(i64::from),
                 node_id: None,
                 requested_node: req.node.clone(),
                 pool_id: pool.as_ref().map(|p| p.id.clone()),

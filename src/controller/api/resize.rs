@@ -1,6 +1,7 @@
 //! Resizing a guest (S75): `PUT /guests/{id}/size` runs `guest.resize` (see
-//! `saga::kinds::resize`) on a guest that is shut off; its node's capacity is checked
-//! again by the operation, and a refusal names the node and the reason.
+//! `saga::kinds::resize`): any size on a guest that is shut off, within its maxima on
+//! one that runs. Its node's capacity is checked again by the operation, and a refusal
+//! names the node and the reason.
 
 use poem::web::Data;
 use poem_openapi::param::Path;
@@ -8,10 +9,11 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
 use super::access;
-use super::error::{ApiResult, Error};
-use super::guests::{submit, OpResponse};
+use super::error::{ApiError, ApiResult, Error};
+use super::guests::{check_maxima, submit, OpResponse};
 use super::{AppState, Auth};
 use crate::controller::saga::kinds::{resize, Request};
+use crate::controller::store::GuestRow;
 use crate::model::GuestState;
 
 #[derive(Debug, Object)]
@@ -21,14 +23,24 @@ pub struct GuestSize {
     pub cpus: Option<u32>,
     #[oai(validator(minimum(value = "32"), maximum(value = "1048576")))]
     pub memory_mib: Option<u32>,
+    /// The ceiling for live growth (vCPU hot-plug); only while the guest is shut off.
+    #[oai(validator(minimum(value = "1"), maximum(value = "256")))]
+    pub max_cpus: Option<u32>,
+    /// The ceiling for live growth (balloon); only while the guest is shut off.
+    #[oai(validator(minimum(value = "32"), maximum(value = "1048576")))]
+    pub max_memory_mib: Option<u32>,
 }
 
 pub struct ResizeApi;
 
 #[OpenApi(tag = "super::system::Tag::Guests")]
 impl ResizeApi {
-    /// Change a shut-off guest's vCPUs and memory (either or both). Runs as
-    /// `guest.resize`; it boots with them at its next start.
+    /// Change a guest's vCPUs and memory (any of the fields). Runs as `guest.resize`.
+    ///
+    /// A shut-off guest takes any size and new maxima, and boots with them. A running
+    /// guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at
+    /// creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives
+    /// or takes memory. Beyond them, or to change them, shut it down first (409).
     #[oai(
         path = "/guests/:id/size",
         method = "put",
@@ -42,32 +54,66 @@ impl ResizeApi {
         body: Json<GuestSize>,
     ) -> ApiResult<OpResponse> {
         let g = access::guest(&state, &auth.0, &id).await?;
-        let cpus = body.0.cpus.unwrap_or(g.cpus as u32);
-        let memory_mib = body.0.memory_mib.unwrap_or(g.memory_mib as u32);
-        if cpus == g.cpus as u32 && memory_mib == g.memory_mib as u32 {
+        let b = body.0;
+        let (old_max_cpus, old_max_memory) = (g.max_cpus(), g.max_memory_mib());
+        let cpus = b.cpus.unwrap_or(g.cpus as u32);
+        let memory_mib = b.memory_mib.unwrap_or(g.memory_mib as u32);
+        // An unchanged maximum follows a size that outgrows it.
+        let max_cpus = b.max_cpus.unwrap_or(old_max_cpus.max(cpus));
+        let max_memory_mib = b.max_memory_mib.unwrap_or(old_max_memory.max(memory_mib));
+        check_maxima(cpus, memory_mib, Some(max_cpus), Some(max_memory_mib))?;
+        let unchanged = cpus == g.cpus as u32
+            && memory_mib == g.memory_mib as u32
+            && max_cpus == old_max_cpus
+            && max_memory_mib == old_max_memory;
+        if unchanged {
             return Err(Error::BadRequest(format!(
-                "guest {} already has {cpus} vCPUs and {memory_mib} MiB: give another size",
+                "guest {} already has {cpus} vCPUs and {memory_mib} MiB (at most {max_cpus} and \
+                 {max_memory_mib} MiB): give another size",
                 g.name
             ))
             .into());
         }
-        if g.state != GuestState::Shutoff || g.node_id.is_none() {
-            return Err(Error::Conflict {
-                message: format!(
-                    "guest {} is {}: shut it down to resize it (live resizing needs a maximum \
-                     set when the guest is created, which corral does not set yet)",
-                    g.name, g.state
-                ),
-                details: None,
+        let maxima_change = max_cpus != old_max_cpus || max_memory_mib != old_max_memory;
+        match g.state {
+            _ if g.node_id.is_none() => return Err(conflict(&g, "has no node yet")),
+            GuestState::Shutoff => {}
+            GuestState::Running if maxima_change => {
+                return Err(conflict(
+                    &g,
+                    &format!(
+                        "runs: it can change live up to {old_max_cpus} vCPUs and \
+                         {old_max_memory} MiB; shut it down to go beyond that or to change \
+                         the maximum"
+                    ),
+                ))
             }
-            .into());
+            GuestState::Running => {}
+            other => {
+                return Err(conflict(
+                    &g,
+                    &format!("is {other}: start it or shut it down to resize it"),
+                ))
+            }
         }
         let req = Request::Resize(resize::Payload {
             cpus,
             memory_mib,
             old_cpus: g.cpus as u32,
             old_memory_mib: g.memory_mib as u32,
+            max_cpus,
+            max_memory_mib,
+            old_max_cpus,
+            old_max_memory_mib: old_max_memory,
         });
         Ok(submit(&state, &req, &g.id, &auth.0.name).await?)
     }
+}
+
+fn conflict(g: &GuestRow, why: &str) -> ApiError {
+    Error::Conflict {
+        message: format!("guest {} {why}", g.name),
+        details: None,
+    }
+    .into()
 }

@@ -113,6 +113,8 @@ pub async fn domain_spec(
         name: g.name.clone(),
         cpus: g.cpus as u32,
         memory_mib: g.memory_mib as u32,
+        max_cpus: g.max_cpus(),
+        max_memory_mib: g.max_memory_mib(),
         windows: g.os_type == "windows",
         disk_path: disk_path(&disks, "system").unwrap_or_default(),
         seed_path: disk_path(&disks, "seed").unwrap_or_default(),

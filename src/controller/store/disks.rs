@@ -132,6 +132,21 @@ pub async fn set_disk_size(tx: &mut Tx<'_>, id: &str, size_mib: i64) -> Result<(
     Ok(())
 }
 
+/// A disk's I/O limits (None: unlimited).
+pub async fn set_disk_limits(
+    tx: &mut Tx<'_>,
+    id: &str,
+    limits: Option<&IoTune>,
+) -> Result<(), StoreError> {
+    let json = limits.map(serde_json::to_string).transpose()?;
+    sqlx::query("UPDATE disks SET iotune = ? WHERE id = ?")
+        .bind(json)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 pub async fn forget_disk(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM disks WHERE id = ? AND kind = 'data'")
         .bind(id)

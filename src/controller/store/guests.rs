@@ -35,6 +35,9 @@ pub struct GuestRow {
     pub owner_id: Option<String>,
     /// JSON array of the guest's tags (S61).
     pub tags: String,
+    /// Ceiling for live growth (S75); None: the current size.
+    pub max_cpus: Option<i64>,
+    pub max_memory_mib: Option<i64>,
 }
 
 /// The password hash and SSH keys of a guest's init plan. Only a crypt hash is ever kept.
@@ -46,6 +49,16 @@ pub struct InitSecrets {
 }
 
 impl GuestRow {
+    /// The vCPUs the guest's domain is defined with, up to which it grows while running.
+    pub fn max_cpus(&self) -> u32 {
+        self.max_cpus.unwrap_or(0).max(self.cpus) as u32
+    }
+
+    /// The memory the guest's domain is defined with, up to which the balloon gives.
+    pub fn max_memory_mib(&self) -> u32 {
+        self.max_memory_mib.unwrap_or(0).max(self.memory_mib) as u32
+    }
+
     pub fn tags(&self) -> Vec<String> {
         serde_json::from_str(&self.tags).unwrap_or_default()
     }
@@ -79,7 +92,8 @@ macro_rules! guest_cols {
     () => {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
     node_id, requested_node, pool_id, requested_ip, ip, vnc_port, mac, state, lock_op, \
-    domain_xml, created_at, updated_at, bandwidth, os_init_profile, init_secrets, owner_id, tags"
+    domain_xml, created_at, updated_at, bandwidth, os_init_profile, init_secrets, owner_id, tags, \
+    max_cpus, max_memory_mib"
     };
 }
 
@@ -89,7 +103,7 @@ macro_rules! guest_list_cols {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
     node_id, requested_node, pool_id, requested_ip, ip, vnc_port, mac, state, \
     lock_op, NULL AS domain_xml, created_at, updated_at, bandwidth, os_init_profile, \
-    NULL AS init_secrets, owner_id, tags"
+    NULL AS init_secrets, owner_id, tags, max_cpus, max_memory_mib"
     };
 }
 
@@ -97,8 +111,8 @@ pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreErro
     sqlx::query(
         "INSERT INTO guests (id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
          requested_node, pool_id, requested_ip, state, lock_op, created_at, updated_at, bandwidth, \
-         os_init_profile, init_secrets, owner_id, tags) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         os_init_profile, init_secrets, owner_id, tags, max_cpus, max_memory_mib) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&g.id)
     .bind(&g.name)
@@ -120,6 +134,8 @@ pub async fn insert_guest(tx: &mut Tx<'_>, g: &GuestRow) -> Result<(), StoreErro
     .bind(&g.init_secrets)
     .bind(&g.owner_id)
     .bind(&g.tags)
+    .bind(g.max_cpus)
+    .bind(g.max_memory_mib)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -116,19 +116,24 @@ pub async fn finish_creating(tx: &mut Tx<'_>, guest: &str) -> Result<(), StoreEr
     Ok(())
 }
 
+/// A guest's size and its ceiling for live growth.
 pub async fn set_guest_size(
     tx: &mut Tx<'_>,
     guest: &str,
-    cpus: u32,
-    memory_mib: u32,
+    size: &crate::model::GuestSize,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE guests SET cpus = ?, memory_mib = ?, updated_at = ? WHERE id = ?")
-        .bind(cpus)
-        .bind(memory_mib)
-        .bind(now_ms())
-        .bind(guest)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE guests SET cpus = ?, memory_mib = ?, max_cpus = ?, max_memory_mib = ?, \
+         updated_at = ? WHERE id = ?",
+    )
+    .bind(size.cpus)
+    .bind(size.memory_mib)
+    .bind(size.max_cpus)
+    .bind(size.max_memory_mib)
+    .bind(now_ms())
+    .bind(guest)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -304,6 +309,8 @@ mod tests {
             init_secrets: None,
             owner_id: None,
             tags: "[]".into(),
+            max_cpus: None,
+            max_memory_mib: None,
         }
     }
 

@@ -32,6 +32,7 @@ from corral_client.models.create_guest import CreateGuest
 from corral_client.models.create_snapshot import CreateSnapshot
 from corral_client.models.disk_accepted import DiskAccepted
 from corral_client.models.disk_detail import DiskDetail
+from corral_client.models.disk_limits import DiskLimits
 from corral_client.models.domain_xml import DomainXml
 from corral_client.models.guest import Guest
 from corral_client.models.guest_action import GuestAction
@@ -2156,6 +2157,325 @@ class GuestsApi:
         return self.api_client.param_serialize(
             method='POST',
             resource_path='/disks/{id}/resize',
+            path_params=_path_params,
+            query_params=_query_params,
+            header_params=_header_params,
+            body=_body_params,
+            post_params=_form_params,
+            files=_files,
+            auth_settings=_auth_settings,
+            collection_formats=_collection_formats,
+            _host=_host,
+            _request_auth=_request_auth
+        )
+
+
+
+
+    @validate_call
+    def disk_set_limits(
+        self,
+        id: Annotated[str, Field(min_length=1, strict=True)],
+        disk_limits: DiskLimits,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> DiskAccepted:
+        """Replace a data disk's I/O limits; `{}` lifts them. Runs as `disk.set_limits`: live when its guest runs (no restart, no detach), in the definition otherwise, so they survive restarts. A detached disk gets them when it is next attached.
+
+
+        :param id: (required)
+        :type id: str
+        :param disk_limits: (required)
+        :type disk_limits: DiskLimits
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._disk_set_limits_serialize(
+            id=id,
+            disk_limits=disk_limits,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '202': "DiskAccepted",
+            '400': "ErrorBody",
+            '401': "ErrorBody",
+            '403': "ErrorBody",
+            '404': "ErrorBody",
+            '409': "ErrorBody",
+            '413': "ErrorBody",
+            '415': "ErrorBody",
+            '422': "ErrorBody",
+            '429': "ErrorBody",
+            '500': "ErrorBody",
+            '503': "ErrorBody",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        ).data
+
+
+    @validate_call
+    def disk_set_limits_with_http_info(
+        self,
+        id: Annotated[str, Field(min_length=1, strict=True)],
+        disk_limits: DiskLimits,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> ApiResponse[DiskAccepted]:
+        """Replace a data disk's I/O limits; `{}` lifts them. Runs as `disk.set_limits`: live when its guest runs (no restart, no detach), in the definition otherwise, so they survive restarts. A detached disk gets them when it is next attached.
+
+
+        :param id: (required)
+        :type id: str
+        :param disk_limits: (required)
+        :type disk_limits: DiskLimits
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._disk_set_limits_serialize(
+            id=id,
+            disk_limits=disk_limits,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '202': "DiskAccepted",
+            '400': "ErrorBody",
+            '401': "ErrorBody",
+            '403': "ErrorBody",
+            '404': "ErrorBody",
+            '409': "ErrorBody",
+            '413': "ErrorBody",
+            '415': "ErrorBody",
+            '422': "ErrorBody",
+            '429': "ErrorBody",
+            '500': "ErrorBody",
+            '503': "ErrorBody",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        response_data.read()
+        return self.api_client.response_deserialize(
+            response_data=response_data,
+            response_types_map=_response_types_map,
+        )
+
+
+    @validate_call
+    def disk_set_limits_without_preload_content(
+        self,
+        id: Annotated[str, Field(min_length=1, strict=True)],
+        disk_limits: DiskLimits,
+        _request_timeout: Union[
+            None,
+            Annotated[StrictFloat, Field(gt=0)],
+            Tuple[
+                Annotated[StrictFloat, Field(gt=0)],
+                Annotated[StrictFloat, Field(gt=0)]
+            ]
+        ] = None,
+        _request_auth: Optional[Dict[StrictStr, Any]] = None,
+        _content_type: Optional[StrictStr] = None,
+        _headers: Optional[Dict[StrictStr, Any]] = None,
+        _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
+    ) -> RESTResponseType:
+        """Replace a data disk's I/O limits; `{}` lifts them. Runs as `disk.set_limits`: live when its guest runs (no restart, no detach), in the definition otherwise, so they survive restarts. A detached disk gets them when it is next attached.
+
+
+        :param id: (required)
+        :type id: str
+        :param disk_limits: (required)
+        :type disk_limits: DiskLimits
+        :param _request_timeout: timeout setting for this request. If one
+                                 number provided, it will be total request
+                                 timeout. It can also be a pair (tuple) of
+                                 (connection, read) timeouts.
+        :type _request_timeout: int, tuple(int, int), optional
+        :param _request_auth: set to override the auth_settings for an a single
+                              request; this effectively ignores the
+                              authentication in the spec for a single request.
+        :type _request_auth: dict, optional
+        :param _content_type: force content-type for the request.
+        :type _content_type: str, Optional
+        :param _headers: set to override the headers for a single
+                         request; this effectively ignores the headers
+                         in the spec for a single request.
+        :type _headers: dict, optional
+        :param _host_index: set to override the host_index for a single
+                            request; this effectively ignores the host_index
+                            in the spec for a single request.
+        :type _host_index: int, optional
+        :return: Returns the result object.
+        """ # noqa: E501
+
+        _param = self._disk_set_limits_serialize(
+            id=id,
+            disk_limits=disk_limits,
+            _request_auth=_request_auth,
+            _content_type=_content_type,
+            _headers=_headers,
+            _host_index=_host_index
+        )
+
+        _response_types_map: Dict[str, Optional[str]] = {
+            '202': "DiskAccepted",
+            '400': "ErrorBody",
+            '401': "ErrorBody",
+            '403': "ErrorBody",
+            '404': "ErrorBody",
+            '409': "ErrorBody",
+            '413': "ErrorBody",
+            '415': "ErrorBody",
+            '422': "ErrorBody",
+            '429': "ErrorBody",
+            '500': "ErrorBody",
+            '503': "ErrorBody",
+        }
+        response_data = self.api_client.call_api(
+            *_param,
+            _request_timeout=_request_timeout
+        )
+        return response_data.response
+
+
+    def _disk_set_limits_serialize(
+        self,
+        id,
+        disk_limits,
+        _request_auth,
+        _content_type,
+        _headers,
+        _host_index,
+    ) -> RequestSerialized:
+
+        _host = None
+
+        _collection_formats: Dict[str, str] = {
+        }
+
+        _path_params: Dict[str, str] = {}
+        _query_params: List[Tuple[str, str]] = []
+        _header_params: Dict[str, Optional[str]] = _headers or {}
+        _form_params: List[Tuple[str, str]] = []
+        _files: Dict[
+            str, Union[str, bytes, List[str], List[bytes], List[Tuple[str, bytes]]]
+        ] = {}
+        _body_params: Optional[bytes] = None
+
+        # process the path parameters
+        if id is not None:
+            _path_params['id'] = id
+        # process the query parameters
+        # process the header parameters
+        # process the form parameters
+        # process the body parameter
+        if disk_limits is not None:
+            _body_params = disk_limits
+
+
+        # set the HTTP header `Accept`
+        if 'Accept' not in _header_params:
+            _header_params['Accept'] = self.api_client.select_header_accept(
+                [
+                    'application/json; charset=utf-8'
+                ]
+            )
+
+        # set the HTTP header `Content-Type`
+        if _content_type:
+            _header_params['Content-Type'] = _content_type
+        else:
+            _default_content_type = (
+                self.api_client.select_header_content_type(
+                    [
+                        'application/json; charset=utf-8'
+                    ]
+                )
+            )
+            if _default_content_type is not None:
+                _header_params['Content-Type'] = _default_content_type
+
+        # authentication setting
+        _auth_settings: List[str] = [
+            'Auth'
+        ]
+
+        return self.api_client.param_serialize(
+            method='PUT',
+            resource_path='/disks/{id}/limits',
             path_params=_path_params,
             query_params=_query_params,
             header_params=_header_params,
@@ -5645,8 +5965,9 @@ class GuestsApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> Accepted:
-        """Change a shut-off guest's vCPUs and memory (either or both). Runs as `guest.resize`; it boots with them at its next start.
+        """Change a guest's vCPUs and memory (any of the fields). Runs as `guest.resize`.
 
+        A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
 
         :param id: (required)
         :type id: str
@@ -5726,8 +6047,9 @@ class GuestsApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[Accepted]:
-        """Change a shut-off guest's vCPUs and memory (either or both). Runs as `guest.resize`; it boots with them at its next start.
+        """Change a guest's vCPUs and memory (any of the fields). Runs as `guest.resize`.
 
+        A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
 
         :param id: (required)
         :type id: str
@@ -5807,8 +6129,9 @@ class GuestsApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Change a shut-off guest's vCPUs and memory (either or both). Runs as `guest.resize`; it boots with them at its next start.
+        """Change a guest's vCPUs and memory (any of the fields). Runs as `guest.resize`.
 
+        A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
 
         :param id: (required)
         :type id: str

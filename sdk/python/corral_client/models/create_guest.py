@@ -33,6 +33,8 @@ class CreateGuest(BaseModel):
     cpus: StrictInt = Field(description="vCPUs, 1–64.")
     hostname: Optional[StrictStr] = Field(default=None, description="Hostname inside the guest; default: the name.")
     ip: Optional[StrictStr] = Field(default=None, description="A specific IPv4 address from a pool (only with count 1).")
+    max_cpus: Optional[StrictInt] = Field(default=None, description="vCPUs the guest can grow to while running (hot-plug), `cpus`–256; default `cpus` (no live growth). Hot-plugged vCPUs are onlined through the guest agent.")
+    max_memory_mib: Optional[StrictInt] = Field(default=None, description="Memory in MiB the guest can grow to while running (balloon), `memory_mib`–1048576; default `memory_mib`. The guest needs a virtio balloon driver; placement counts `memory_mib`.")
     memory_mib: StrictInt = Field(description="Memory in MiB; at least the template's minimum.")
     name: Optional[StrictStr] = Field(default=None, description="Guest name (lowercase letters, digits, `-`; starts with a letter; ≤ 63). With `count` > 1 it is a prefix: `web` gives `web-1`, `web-2`, ... Default: `vm-<random>`.")
     node: Optional[StrictStr] = Field(default=None, description="Node id to place on (S50); default: automatic placement.")
@@ -42,7 +44,7 @@ class CreateGuest(BaseModel):
     ssh_keys: Optional[List[StrictStr]] = Field(default=None, description="SSH public keys for root.")
     tags: Optional[List[StrictStr]] = Field(default=None, description="Labels for grouping and filtering (S61): up to 32, each 1–64 of letters, digits and `.`, `_`, `-`, `:`, `=`, `/`.")
     template: StrictStr = Field(description="Template id or name.")
-    __properties: ClassVar[List[str]] = ["bandwidth", "count", "cpus", "hostname", "ip", "memory_mib", "name", "node", "os_init_profile", "password", "pool", "ssh_keys", "tags", "template"]
+    __properties: ClassVar[List[str]] = ["bandwidth", "count", "cpus", "hostname", "ip", "max_cpus", "max_memory_mib", "memory_mib", "name", "node", "os_init_profile", "password", "pool", "ssh_keys", "tags", "template"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -103,6 +105,8 @@ class CreateGuest(BaseModel):
             "cpus": obj.get("cpus"),
             "hostname": obj.get("hostname"),
             "ip": obj.get("ip"),
+            "max_cpus": obj.get("max_cpus"),
+            "max_memory_mib": obj.get("max_memory_mib"),
             "memory_mib": obj.get("memory_mib"),
             "name": obj.get("name"),
             "node": obj.get("node"),

@@ -38,6 +38,8 @@ class Guest(BaseModel):
     id: StrictStr
     ip: Optional[StrictStr] = None
     mac: Optional[StrictStr] = None
+    max_cpus: StrictInt = Field(description="What a live resize can grow `cpus` to.")
+    max_memory_mib: StrictInt = Field(description="What a live resize can grow `memory_mib` to.")
     memory_mib: StrictInt
     name: StrictStr
     node_id: Optional[StrictStr] = None
@@ -49,7 +51,7 @@ class Guest(BaseModel):
     template_id: StrictStr
     updated_at: StrictStr
     vnc_port: Optional[StrictInt] = None
-    __properties: ClassVar[List[str]] = ["bandwidth", "cpus", "created_at", "disks", "hostname", "id", "ip", "mac", "memory_mib", "name", "node_id", "operation_id", "os_type", "pool_id", "state", "tags", "template_id", "updated_at", "vnc_port"]
+    __properties: ClassVar[List[str]] = ["bandwidth", "cpus", "created_at", "disks", "hostname", "id", "ip", "mac", "max_cpus", "max_memory_mib", "memory_mib", "name", "node_id", "operation_id", "os_type", "pool_id", "state", "tags", "template_id", "updated_at", "vnc_port"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -119,6 +121,8 @@ class Guest(BaseModel):
             "id": obj.get("id"),
             "ip": obj.get("ip"),
             "mac": obj.get("mac"),
+            "max_cpus": obj.get("max_cpus"),
+            "max_memory_mib": obj.get("max_memory_mib"),
             "memory_mib": obj.get("memory_mib"),
             "name": obj.get("name"),
             "node_id": obj.get("node_id"),

@@ -29,8 +29,10 @@ class GuestSize(BaseModel):
     GuestSize
     """ # noqa: E501
     cpus: Optional[Annotated[int, Field(le=256, strict=True, ge=1)]] = None
+    max_cpus: Optional[Annotated[int, Field(le=256, strict=True, ge=1)]] = Field(default=None, description="The ceiling for live growth (vCPU hot-plug); only while the guest is shut off.")
+    max_memory_mib: Optional[Annotated[int, Field(le=1048576, strict=True, ge=32)]] = Field(default=None, description="The ceiling for live growth (balloon); only while the guest is shut off.")
     memory_mib: Optional[Annotated[int, Field(le=1048576, strict=True, ge=32)]] = None
-    __properties: ClassVar[List[str]] = ["cpus", "memory_mib"]
+    __properties: ClassVar[List[str]] = ["cpus", "max_cpus", "max_memory_mib", "memory_mib"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -84,6 +86,8 @@ class GuestSize(BaseModel):
 
         _obj = cls.model_validate({
             "cpus": obj.get("cpus"),
+            "max_cpus": obj.get("max_cpus"),
+            "max_memory_mib": obj.get("max_memory_mib"),
             "memory_mib": obj.get("memory_mib")
         })
         return _obj

@@ -139,6 +139,24 @@ pub enum DiskResizeError {
     UnknownValue(serde_json::Value),
 }
 
+/// struct for typed errors of method [`disk_set_limits`]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DiskSetLimitsError {
+    Status400(models::ErrorBody),
+    Status401(models::ErrorBody),
+    Status403(models::ErrorBody),
+    Status404(models::ErrorBody),
+    Status409(models::ErrorBody),
+    Status413(models::ErrorBody),
+    Status415(models::ErrorBody),
+    Status422(models::ErrorBody),
+    Status429(models::ErrorBody),
+    Status500(models::ErrorBody),
+    Status503(models::ErrorBody),
+    UnknownValue(serde_json::Value),
+}
+
 /// struct for typed errors of method [`guest_action`]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -825,6 +843,59 @@ pub async fn disk_resize(
     }
 }
 
+pub async fn disk_set_limits(
+    configuration: &configuration::Configuration,
+    id: &str,
+    disk_limits: models::DiskLimits,
+) -> Result<models::DiskAccepted, Error<DiskSetLimitsError>> {
+    // add a prefix to parameters to efficiently prevent name collisions
+    let p_path_id = id;
+    let p_body_disk_limits = disk_limits;
+
+    let uri_str = format!(
+        "{}/disks/{id}/limits",
+        configuration.base_path,
+        id = crate::apis::urlencode(p_path_id)
+    );
+    let mut req_builder = configuration.client.request(reqwest::Method::PUT, &uri_str);
+
+    if let Some(ref user_agent) = configuration.user_agent {
+        req_builder = req_builder.header(reqwest::header::USER_AGENT, user_agent.clone());
+    }
+    if let Some(ref token) = configuration.bearer_access_token {
+        req_builder = req_builder.bearer_auth(token.to_owned());
+    };
+    req_builder = req_builder.json(&p_body_disk_limits);
+
+    let req = req_builder.build()?;
+    let resp = configuration.client.execute(req).await?;
+
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream");
+    let content_type = super::ContentType::from(content_type);
+
+    if !status.is_client_error() && !status.is_server_error() {
+        let content = resp.text().await?;
+        match content_type {
+            ContentType::Json => serde_json::from_str(&content).map_err(Error::from),
+            ContentType::Text => return Err(Error::from(serde_json::Error::custom("Received `text/plain` content type response that cannot be converted to `models::DiskAccepted`"))),
+            ContentType::Unsupported(unknown_type) => return Err(Error::from(serde_json::Error::custom(format!("Received `{unknown_type}` content type response that cannot be converted to `models::DiskAccepted`")))),
+        }
+    } else {
+        let content = resp.text().await?;
+        let entity: Option<DiskSetLimitsError> = serde_json::from_str(&content).ok();
+        Err(Error::ResponseError(ResponseContent {
+            status,
+            content,
+            entity,
+        }))
+    }
+}
+
 pub async fn guest_action(
     configuration: &configuration::Configuration,
     id: &str,
@@ -1428,6 +1499,7 @@ pub async fn guest_reset_password(
     }
 }
 
+/// A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
 pub async fn guest_resize(
     configuration: &configuration::Configuration,
     id: &str,

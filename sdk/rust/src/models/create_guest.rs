@@ -28,6 +28,12 @@ pub struct CreateGuest {
     /// A specific IPv4 address from a pool (only with count 1).
     #[serde(rename = "ip", skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// vCPUs the guest can grow to while running (hot-plug), `cpus`–256; default `cpus` (no live growth). Hot-plugged vCPUs are onlined through the guest agent.
+    #[serde(rename = "max_cpus", skip_serializing_if = "Option::is_none")]
+    pub max_cpus: Option<u32>,
+    /// Memory in MiB the guest can grow to while running (balloon), `memory_mib`–1048576; default `memory_mib`. The guest needs a virtio balloon driver; placement counts `memory_mib`.
+    #[serde(rename = "max_memory_mib", skip_serializing_if = "Option::is_none")]
+    pub max_memory_mib: Option<u32>,
     /// Memory in MiB; at least the template's minimum.
     #[serde(rename = "memory_mib")]
     pub memory_mib: u32,
@@ -65,6 +71,8 @@ impl CreateGuest {
             cpus,
             hostname: None,
             ip: None,
+            max_cpus: None,
+            max_memory_mib: None,
             memory_mib,
             name: None,
             node: None,

@@ -30,6 +30,12 @@ pub struct Guest {
     pub ip: Option<String>,
     #[serde(rename = "mac", skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// What a live resize can grow `cpus` to.
+    #[serde(rename = "max_cpus")]
+    pub max_cpus: u32,
+    /// What a live resize can grow `memory_mib` to.
+    #[serde(rename = "max_memory_mib")]
+    pub max_memory_mib: u32,
     #[serde(rename = "memory_mib")]
     pub memory_mib: u32,
     #[serde(rename = "name")]
@@ -62,6 +68,8 @@ impl Guest {
         disks: Vec<models::Disk>,
         hostname: String,
         id: String,
+        max_cpus: u32,
+        max_memory_mib: u32,
         memory_mib: u32,
         name: String,
         os_type: String,
@@ -79,6 +87,8 @@ impl Guest {
             id,
             ip: None,
             mac: None,
+            max_cpus,
+            max_memory_mib,
             memory_mib,
             name,
             node_id: None,

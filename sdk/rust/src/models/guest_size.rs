@@ -15,6 +15,12 @@ use serde::{Deserialize, Serialize};
 pub struct GuestSize {
     #[serde(rename = "cpus", skip_serializing_if = "Option::is_none")]
     pub cpus: Option<u32>,
+    /// The ceiling for live growth (vCPU hot-plug); only while the guest is shut off.
+    #[serde(rename = "max_cpus", skip_serializing_if = "Option::is_none")]
+    pub max_cpus: Option<u32>,
+    /// The ceiling for live growth (balloon); only while the guest is shut off.
+    #[serde(rename = "max_memory_mib", skip_serializing_if = "Option::is_none")]
+    pub max_memory_mib: Option<u32>,
     #[serde(rename = "memory_mib", skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
 }
@@ -23,6 +29,8 @@ impl GuestSize {
     pub fn new() -> GuestSize {
         GuestSize {
             cpus: None,
+            max_cpus: None,
+            max_memory_mib: None,
             memory_mib: None,
         }
     }

@@ -84,6 +84,11 @@ import {
     DiskDetailToJSON,
 } from '../models/DiskDetail';
 import {
+    type DiskLimits,
+    DiskLimitsFromJSON,
+    DiskLimitsToJSON,
+} from '../models/DiskLimits';
+import {
     type DomainXml,
     DomainXmlFromJSON,
     DomainXmlToJSON,
@@ -204,6 +209,17 @@ export interface DiskResizeRequest {
      * 
      */
     resizeDisk: ResizeDisk;
+}
+
+export interface DiskSetLimitsRequest {
+    /**
+     * 
+     */
+    id: string;
+    /**
+     * 
+     */
+    diskLimits: DiskLimits;
 }
 
 export interface GuestActionRequest {
@@ -789,6 +805,69 @@ export class GuestsApi extends runtime.BaseAPI {
      */
     async diskResize(requestParameters: DiskResizeRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<DiskAccepted> {
         const response = await this.diskResizeRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for diskSetLimits without sending the request
+     */
+    async diskSetLimitsRequestOpts(requestParameters: DiskSetLimitsRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling diskSetLimits().'
+            );
+        }
+
+        if (requestParameters['diskLimits'] == null) {
+            throw new runtime.RequiredError(
+                'diskLimits',
+                'Required parameter "diskLimits" was null or undefined when calling diskSetLimits().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/disks/{id}/limits`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'PUT',
+            headers: headerParameters,
+            query: queryParameters,
+            body: DiskLimitsToJSON(requestParameters['diskLimits']),
+        };
+    }
+
+    /**
+     * Replace a data disk\'s I/O limits; `{}` lifts them. Runs as `disk.set_limits`: live when its guest runs (no restart, no detach), in the definition otherwise, so they survive restarts. A detached disk gets them when it is next attached.
+     */
+    async diskSetLimitsRaw(requestParameters: DiskSetLimitsRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<DiskAccepted>> {
+        const requestOptions = await this.diskSetLimitsRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => DiskAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Replace a data disk\'s I/O limits; `{}` lifts them. Runs as `disk.set_limits`: live when its guest runs (no restart, no detach), in the definition otherwise, so they survive restarts. A detached disk gets them when it is next attached.
+     */
+    async diskSetLimits(requestParameters: DiskSetLimitsRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<DiskAccepted> {
+        const response = await this.diskSetLimitsRaw(requestParameters, initOverrides);
         return await response.value();
     }
 
@@ -1497,7 +1576,8 @@ export class GuestsApi extends runtime.BaseAPI {
     }
 
     /**
-     * Change a shut-off guest\'s vCPUs and memory (either or both). Runs as `guest.resize`; it boots with them at its next start.
+     * A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
+     * Change a guest\'s vCPUs and memory (any of the fields). Runs as `guest.resize`.
      */
     async guestResizeRaw(requestParameters: GuestResizeRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Accepted>> {
         const requestOptions = await this.guestResizeRequestOpts(requestParameters);
@@ -1507,7 +1587,8 @@ export class GuestsApi extends runtime.BaseAPI {
     }
 
     /**
-     * Change a shut-off guest\'s vCPUs and memory (either or both). Runs as `guest.resize`; it boots with them at its next start.
+     * A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
+     * Change a guest\'s vCPUs and memory (any of the fields). Runs as `guest.resize`.
      */
     async guestResize(requestParameters: GuestResizeRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Accepted> {
         const response = await this.guestResizeRaw(requestParameters, initOverrides);

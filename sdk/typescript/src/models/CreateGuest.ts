@@ -48,6 +48,17 @@ export interface CreateGuest {
      */
     ip?: string;
     /**
+     * vCPUs the guest can grow to while running (hot-plug), `cpus`–256; default `cpus`
+     * (no live growth). Hot-plugged vCPUs are onlined through the guest agent.
+     */
+    maxCpus?: number;
+    /**
+     * Memory in MiB the guest can grow to while running (balloon), `memory_mib`–1048576;
+     * default `memory_mib`. The guest needs a virtio balloon driver; placement counts
+     * `memory_mib`.
+     */
+    maxMemoryMib?: number;
+    /**
      * Memory in MiB; at least the template's minimum.
      */
     memoryMib: number;
@@ -112,6 +123,8 @@ export function CreateGuestFromJSONTyped(json: any, ignoreDiscriminator: boolean
         'cpus': json['cpus'],
         'hostname': json['hostname'] == null ? undefined : json['hostname'],
         'ip': json['ip'] == null ? undefined : json['ip'],
+        'maxCpus': json['max_cpus'] == null ? undefined : json['max_cpus'],
+        'maxMemoryMib': json['max_memory_mib'] == null ? undefined : json['max_memory_mib'],
         'memoryMib': json['memory_mib'],
         'name': json['name'] == null ? undefined : json['name'],
         'node': json['node'] == null ? undefined : json['node'],
@@ -140,6 +153,8 @@ export function CreateGuestToJSONTyped(value?: CreateGuest | null, ignoreDiscrim
         'cpus': value['cpus'],
         'hostname': value['hostname'],
         'ip': value['ip'],
+        'max_cpus': value['maxCpus'],
+        'max_memory_mib': value['maxMemoryMib'],
         'memory_mib': value['memoryMib'],
         'name': value['name'],
         'node': value['node'],

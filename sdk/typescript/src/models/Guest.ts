@@ -74,6 +74,14 @@ export interface Guest {
      */
     mac?: string;
     /**
+     * What a live resize can grow `cpus` to.
+     */
+    maxCpus: number;
+    /**
+     * What a live resize can grow `memory_mib` to.
+     */
+    maxMemoryMib: number;
+    /**
      * 
      */
     memoryMib: number;
@@ -130,6 +138,8 @@ export function instanceOfGuest(value: object): value is Guest {
     if (!('disks' in value) || value['disks'] === undefined) return false;
     if (!('hostname' in value) || value['hostname'] === undefined) return false;
     if (!('id' in value) || value['id'] === undefined) return false;
+    if ((!('maxCpus' in (value as Record<string, any>)) && !('max_cpus' in (value as Record<string, any>))) || ((value as Record<string, any>)['maxCpus'] === undefined && (value as Record<string, any>)['max_cpus'] === undefined)) return false;
+    if ((!('maxMemoryMib' in (value as Record<string, any>)) && !('max_memory_mib' in (value as Record<string, any>))) || ((value as Record<string, any>)['maxMemoryMib'] === undefined && (value as Record<string, any>)['max_memory_mib'] === undefined)) return false;
     if ((!('memoryMib' in (value as Record<string, any>)) && !('memory_mib' in (value as Record<string, any>))) || ((value as Record<string, any>)['memoryMib'] === undefined && (value as Record<string, any>)['memory_mib'] === undefined)) return false;
     if (!('name' in value) || value['name'] === undefined) return false;
     if ((!('osType' in (value as Record<string, any>)) && !('os_type' in (value as Record<string, any>))) || ((value as Record<string, any>)['osType'] === undefined && (value as Record<string, any>)['os_type'] === undefined)) return false;
@@ -158,6 +168,8 @@ export function GuestFromJSONTyped(json: any, ignoreDiscriminator: boolean): Gue
         'id': json['id'],
         'ip': json['ip'] == null ? undefined : json['ip'],
         'mac': json['mac'] == null ? undefined : json['mac'],
+        'maxCpus': json['max_cpus'],
+        'maxMemoryMib': json['max_memory_mib'],
         'memoryMib': json['memory_mib'],
         'name': json['name'],
         'nodeId': json['node_id'] == null ? undefined : json['node_id'],
@@ -191,6 +203,8 @@ export function GuestToJSONTyped(value?: Guest | null, ignoreDiscriminator: bool
         'id': value['id'],
         'ip': value['ip'],
         'mac': value['mac'],
+        'max_cpus': value['maxCpus'],
+        'max_memory_mib': value['maxMemoryMib'],
         'memory_mib': value['memoryMib'],
         'name': value['name'],
         'node_id': value['nodeId'],

@@ -24,6 +24,14 @@ export interface GuestSize {
      */
     cpus?: number;
     /**
+     * The ceiling for live growth (vCPU hot-plug); only while the guest is shut off.
+     */
+    maxCpus?: number;
+    /**
+     * The ceiling for live growth (balloon); only while the guest is shut off.
+     */
+    maxMemoryMib?: number;
+    /**
      * 
      */
     memoryMib?: number;
@@ -47,6 +55,8 @@ export function GuestSizeFromJSONTyped(json: any, ignoreDiscriminator: boolean):
     return {
         
         'cpus': json['cpus'] == null ? undefined : json['cpus'],
+        'maxCpus': json['max_cpus'] == null ? undefined : json['max_cpus'],
+        'maxMemoryMib': json['max_memory_mib'] == null ? undefined : json['max_memory_mib'],
         'memoryMib': json['memory_mib'] == null ? undefined : json['memory_mib'],
     };
 }
@@ -63,6 +73,8 @@ export function GuestSizeToJSONTyped(value?: GuestSize | null, ignoreDiscriminat
     return {
         
         'cpus': value['cpus'],
+        'max_cpus': value['maxCpus'],
+        'max_memory_mib': value['maxMemoryMib'],
         'memory_mib': value['memoryMib'],
     };
 }

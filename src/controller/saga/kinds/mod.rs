@@ -24,6 +24,7 @@ pub mod disk_attach;
 pub mod disk_create;
 pub mod disk_delete;
 pub mod disk_detach;
+pub mod disk_limits;
 pub mod disk_resize;
 pub mod node_cleanup;
 pub mod node_remove;
@@ -85,6 +86,7 @@ pub enum OpKind {
     DiskAttach,
     DiskDetach,
     DiskResize,
+    DiskSetLimits,
     DiskDelete,
     SnapshotCreate,
     SnapshotRevert,
@@ -114,6 +116,7 @@ impl OpKind {
         OpKind::DiskAttach,
         OpKind::DiskDetach,
         OpKind::DiskResize,
+        OpKind::DiskSetLimits,
         OpKind::DiskDelete,
         OpKind::SnapshotCreate,
         OpKind::SnapshotRevert,
@@ -143,6 +146,7 @@ impl OpKind {
             OpKind::DiskAttach => "disk.attach",
             OpKind::DiskDetach => "disk.detach",
             OpKind::DiskResize => "disk.resize",
+            OpKind::DiskSetLimits => "disk.set_limits",
             OpKind::DiskDelete => "disk.delete",
             OpKind::SnapshotCreate => "snapshot.create",
             OpKind::SnapshotRevert => "snapshot.revert",
@@ -177,6 +181,7 @@ impl OpKind {
             OpKind::DiskAttach => names(disk_attach::Step::ALL, disk_attach::Step::name),
             OpKind::DiskDetach => names(disk_detach::Step::ALL, disk_detach::Step::name),
             OpKind::DiskResize => names(disk_resize::Step::ALL, disk_resize::Step::name),
+            OpKind::DiskSetLimits => names(disk_limits::Step::ALL, disk_limits::Step::name),
             OpKind::DiskDelete => names(disk_delete::Step::ALL, disk_delete::Step::name),
             OpKind::SnapshotCreate => {
                 names(snapshot_create::Step::ALL, snapshot_create::Step::name)
@@ -213,6 +218,7 @@ impl OpKind {
             OpKind::DiskAttach => include_str!("../../../../jobs/disk.attach.toml"),
             OpKind::DiskDetach => include_str!("../../../../jobs/disk.detach.toml"),
             OpKind::DiskResize => include_str!("../../../../jobs/disk.resize.toml"),
+            OpKind::DiskSetLimits => include_str!("../../../../jobs/disk.set_limits.toml"),
             OpKind::DiskDelete => include_str!("../../../../jobs/disk.delete.toml"),
             OpKind::SnapshotCreate => include_str!("../../../../jobs/snapshot.create.toml"),
             OpKind::SnapshotRevert => include_str!("../../../../jobs/snapshot.revert.toml"),
@@ -259,6 +265,7 @@ pub enum Request {
     DiskAttach(disk_attach::Payload),
     DiskDetach(disk_create::DiskRef),
     DiskResize(disk_resize::Payload),
+    DiskSetLimits(disk_limits::Payload),
     DiskDelete(disk_create::DiskRef),
     SnapshotCreate(snapshot_create::SnapshotRef),
     SnapshotRevert(snapshot_create::SnapshotRef),
@@ -304,6 +311,7 @@ impl Request {
             Request::DiskAttach(_) => OpKind::DiskAttach,
             Request::DiskDetach(_) => OpKind::DiskDetach,
             Request::DiskResize(_) => OpKind::DiskResize,
+            Request::DiskSetLimits(_) => OpKind::DiskSetLimits,
             Request::DiskDelete(_) => OpKind::DiskDelete,
             Request::SnapshotCreate(_) => OpKind::SnapshotCreate,
             Request::SnapshotRevert(_) => OpKind::SnapshotRevert,
@@ -331,6 +339,7 @@ impl Request {
             }
             Request::DiskAttach(p) => serde_json::to_value(p)?,
             Request::DiskResize(p) => serde_json::to_value(p)?,
+            Request::DiskSetLimits(p) => serde_json::to_value(p)?,
             Request::Resize(p) => serde_json::to_value(p)?,
             Request::ToTemplate(p) => serde_json::to_value(p)?,
             Request::SnapshotCreate(p)
@@ -364,6 +373,7 @@ impl Request {
             OpKind::DiskAttach => Request::DiskAttach(typed(k, payload)?),
             OpKind::DiskDetach => Request::DiskDetach(typed(k, payload)?),
             OpKind::DiskResize => Request::DiskResize(typed(k, payload)?),
+            OpKind::DiskSetLimits => Request::DiskSetLimits(typed(k, payload)?),
             OpKind::DiskDelete => Request::DiskDelete(typed(k, payload)?),
             OpKind::SnapshotCreate => Request::SnapshotCreate(typed(k, payload)?),
             OpKind::SnapshotRevert => Request::SnapshotRevert(typed(k, payload)?),
@@ -467,6 +477,10 @@ pub async fn run(
             let s = disk_resize::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             disk_resize::run(cx, p, s, undo).await
         }
+        Request::DiskSetLimits(p) => {
+            let s = disk_limits::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
+            disk_limits::run(cx, p, s, undo).await
+        }
         Request::DiskDelete(p) => {
             let s = disk_delete::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
             disk_delete::run(cx, p, s, undo).await
@@ -544,6 +558,7 @@ pub async fn on_finish(
         | Request::DiskAttach(_)
         | Request::DiskDetach(_)
         | Request::DiskResize(_)
+        | Request::DiskSetLimits(_)
         | Request::DiskDelete(_)
         | Request::SnapshotCreate(_)
         | Request::SnapshotRevert(_)
@@ -604,6 +619,14 @@ mod tests {
                 disk_id: "d".into(),
                 size_mib: 2048,
             }),
+            Request::DiskSetLimits(disk_limits::Payload {
+                disk_id: "d".into(),
+                limits: Some(crate::model::IoTune {
+                    total_iops_sec: Some(100),
+                    total_bytes_sec: None,
+                }),
+                old_limits: None,
+            }),
             Request::DiskDelete(disk_create::DiskRef {
                 disk_id: "d".into(),
             }),
@@ -621,6 +644,8 @@ mod tests {
                 memory_mib: 256,
                 old_cpus: 1,
                 old_memory_mib: 128,
+                max_cpus: 4,
+                ..Default::default()
             }),
             Request::ToTemplate(to_template::Payload {
                 template_id: "t".into(),

@@ -1,15 +1,18 @@
-//! `guest.resize` (S75): a stopped guest's vCPUs and memory change.
+//! `guest.resize` (S75): a guest's vCPUs and memory change; a stopped guest's maxima too.
 //!
 //! 1. `check` (controller): the guest's node must have room for what it grows by, judged
 //!    as placement judges a new guest (memory and vCPU capacity with over-commit, load);
 //!    a refusal fails the operation naming the node and the reason.
-//! 2. `redefine` (node; undo: back to the old sizes): the domain's definition gets the
-//!    new `<vcpu>` and memory. The node refuses a guest that runs.
+//! 2. `redefine` (node; undo: back to the old sizes): a stopped domain's definition gets
+//!    the new `<vcpu>` and memory; a running one moves within its maxima live (vCPU
+//!    hot-plug, balloon) and in its definition, and the node onlines the new vCPUs
+//!    through the guest agent.
 //! 3. `record` (controller): the guest's record, which placement counts, follows.
 //!
-//! Live resizing (vCPU hot-plug, balloon) needs a maximum in the definition from the
-//! guest's creation; corral defines guests without one, so resizing waits for a
-//! shutdown (the API answers 409 for a running guest).
+//! The maxima are set when the guest is created (`max_cpus`, `max_memory_mib`; default:
+//! its size, so no live growth unless asked for, as Proxmox and Incus do) or by an
+//! offline resize. The domain is defined with the maxima and QEMU reserves nothing for
+//! the memory the balloon holds back, so placement counts the current size.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,15 +20,46 @@ use super::{Ctx, Effect};
 use crate::controller::placement::{self, PlaceError};
 use crate::controller::saga::steps::{guest_of, node_of, StepError};
 use crate::controller::store as st;
-use crate::model::NodeAction;
+use crate::model::{GuestSize, NodeAction};
 
-/// Stored payload: the new sizes, and the old ones for the undo.
+/// Stored payload: the new sizes, and the old ones for the undo. A maximum of 0 is the
+/// size itself (no live growth).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Payload {
     pub cpus: u32,
     pub memory_mib: u32,
     pub old_cpus: u32,
     pub old_memory_mib: u32,
+    #[serde(default)]
+    pub max_cpus: u32,
+    #[serde(default)]
+    pub max_memory_mib: u32,
+    #[serde(default)]
+    pub old_max_cpus: u32,
+    #[serde(default)]
+    pub old_max_memory_mib: u32,
+}
+
+impl Payload {
+    pub fn new_size(&self) -> GuestSize {
+        GuestSize {
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            max_cpus: self.max_cpus,
+            max_memory_mib: self.max_memory_mib,
+        }
+        .normalized()
+    }
+
+    pub fn old_size(&self) -> GuestSize {
+        GuestSize {
+            cpus: self.old_cpus,
+            memory_mib: self.old_memory_mib,
+            max_cpus: self.old_max_cpus,
+            max_memory_mib: self.old_max_memory_mib,
+        }
+        .normalized()
+    }
 }
 
 super::steps! {
@@ -68,22 +102,17 @@ pub async fn run(
             }
         }
         (Step::Redefine, undo) => {
-            let (cpus, memory_mib) = if undo {
-                (p.old_cpus, p.old_memory_mib)
-            } else {
-                (p.cpus, p.memory_mib)
-            };
+            let size = if undo { p.old_size() } else { p.new_size() };
             Effect::Node {
                 node,
                 action: NodeAction::ResizeDomain {
                     guest_id: g.id,
-                    cpus,
-                    memory_mib,
+                    size,
                 },
             }
         }
         (Step::Record, false) => {
-            st::set_guest_size(cx.tx, &g.id, p.cpus, p.memory_mib).await?;
+            st::set_guest_size(cx.tx, &g.id, &p.new_size()).await?;
             Effect::Done
         }
         (Step::Check | Step::Record, true) => Effect::Done,
