@@ -149,9 +149,26 @@ pub struct NodeConfig {
     /// Empty: `vm_network_bridge` alone. The node refuses a domain on any other bridge
     /// (the management bridge above all), and reports only these for placement.
     pub allowed_bridges: Vec<String>,
+    /// The controller's base URL (`CORRAL_CONTROLLER_URL`, e.g. `http://controller:8080`):
+    /// template images this node does not see in `image_dirs` are fetched from there on
+    /// first use, with the node's Redis credential. Unset: such a template fails.
+    pub controller_url: Option<String>,
+    /// Where fetched template images are kept (`CORRAL_TEMPLATE_CACHE`); default:
+    /// `template-cache` beside `storage_dir`.
+    pub template_cache: Option<PathBuf>,
 }
 
 impl NodeConfig {
+    /// Where this node keeps the template images it fetched.
+    pub fn template_cache_dir(&self) -> PathBuf {
+        self.template_cache.clone().unwrap_or_else(|| {
+            self.storage_dir
+                .parent()
+                .unwrap_or(&self.storage_dir)
+                .join("template-cache")
+        })
+    }
+
     /// The bridges guests may use on this node.
     pub fn bridges_allowed(&self) -> Vec<String> {
         if self.allowed_bridges.is_empty() {
@@ -186,6 +203,8 @@ impl Default for NodeConfig {
             image_dirs: vec![PathBuf::from(DEFAULT_IMAGE_DIR)],
             script_deadline_ms: 500,
             allowed_bridges: Vec::new(),
+            controller_url: None,
+            template_cache: None,
         }
     }
 }
@@ -325,6 +344,12 @@ impl Config {
         }
         if let Some(v) = env_var("CORRAL_IMAGE_DIRS") {
             n.image_dirs = dir_list(&v);
+        }
+        if let Some(v) = env_var("CORRAL_CONTROLLER_URL") {
+            n.controller_url = Some(v);
+        }
+        if let Some(v) = env_var("CORRAL_TEMPLATE_CACHE") {
+            n.template_cache = Some(v.into());
         }
         if let Some(v) = env_var("CORRAL_ALLOWED_BRIDGES") {
             n.allowed_bridges = v

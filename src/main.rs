@@ -191,6 +191,15 @@ async fn main() -> anyhow::Result<()> {
                 "corral API on http://{}/api/v1 (Swagger UI: /docs, health: /healthz)",
                 listener.local_addr()?
             );
+            // Where the local node fetches template images it does not see in its image
+            // directories (on one machine it sees them all, unless configured otherwise).
+            if cfg.node.controller_url.is_none() {
+                let mut at = listener.local_addr()?;
+                if at.ip().is_unspecified() {
+                    at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                cfg.node.controller_url = Some(format!("http://{at}"));
+            }
             println!(
                 "admin token file: {}",
                 cfg.controller.data_dir.join("admin.token").display()

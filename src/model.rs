@@ -286,9 +286,14 @@ pub struct DomainSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum NodeAction {
+    /// A guest's system disk: an overlay on its template's image, from `template_path`
+    /// when the node sees it in its image directories, else from the node's cached copy
+    /// of `template` (fetched from the controller on first use).
     CreateDisk {
         path: String,
         template_path: String,
+        #[serde(default)]
+        template: Option<TemplateSource>,
     },
     RemoveFile {
         path: String,
@@ -442,6 +447,14 @@ pub enum NodeAction {
         password: String,
         valid_until_ms: i64,
     },
+}
+
+/// Which template a disk is made from, for a node that must fetch its image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateSource {
+    pub id: String,
+    /// The image's SHA-256 when corral knows it; the fetched copy must match.
+    pub sha256: Option<String>,
 }
 
 /// A data disk's I/O limits as libvirt's `<iotune>` takes them.

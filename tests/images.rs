@@ -11,6 +11,7 @@ mod common;
 use std::process::Command;
 
 use common::{require, Cloud};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 fn image(dir: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf {
@@ -216,5 +217,160 @@ async fn an_image_is_uploaded_checked_and_downloaded() {
     };
     assert_eq!(status(bob).await, 404);
     assert_eq!(status(ann).await, 200);
+    cloud.delete_all_and_check().await;
+}
+
+/// The backing file a qcow2 names.
+fn backing_of(path: &str) -> String {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U", path])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["backing-filename"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A node on a host without the template directory: it fetches an uploaded image from the
+/// controller once, checks its SHA-256, and makes every guest of that template on its
+/// copy. Only an enrolled node's credential opens the route; a template whose image the
+/// controller cannot read fails its guest's creation cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_template_directory_fetches_the_image_once() {
+    if !(require("redis-server") && require("qemu-img")) {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    let admin = cloud.token().to_string();
+    let work = tempfile::tempdir().unwrap();
+    let src = image(work.path(), "far.qcow2", &["-f", "qcow2"]);
+    let bytes = std::fs::read(&src).unwrap();
+    let sum = hex::encode(Sha256::digest(&bytes));
+    let (s, t) = upload(
+        &cloud,
+        &admin,
+        "far",
+        &format!("os_type=linux&sha256={sum}"),
+        bytes.clone(),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    let tid = t["id"].as_str().unwrap().to_string();
+
+    // Node "far" sees none of the controller's template directories.
+    let far = cloud.dir().join("far");
+    let base = cloud.url("").trim_end_matches("/api/v1").to_string();
+    let env = [
+        ("CORRAL_IMAGE_DIRS", far.join("templates")),
+        ("CORRAL_STORAGE_DIR", far.join("disks")),
+        ("CORRAL_TEMPLATE_CACHE", far.join("cache")),
+    ]
+    .map(|(k, v)| (k, v.display().to_string()));
+    let mut extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    extra.push(("CORRAL_CONTROLLER_URL", &base));
+    cloud.add_node("far", &extra).await;
+
+    let created = cloud
+        .create(
+            json!({"name": "f", "template": "far", "cpus": 1, "memory_mib": 64,
+                       "count": 2, "node": "far"}),
+        )
+        .await;
+    for (_, op) in &created {
+        let op = cloud.wait_op(op).await;
+        assert_eq!(op["state"], "succeeded", "{op}");
+    }
+    let cached = far.join("cache").join(format!("{tid}.img"));
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        bytes,
+        "the cached copy differs"
+    );
+    for (gid, _) in &created {
+        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+        let system = g["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["kind"] == "system")
+            .unwrap()["path"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(backing_of(&system), cached.display().to_string());
+    }
+    let log = std::fs::read_to_string(cloud.dir().join("controller.log")).unwrap();
+    assert_eq!(
+        log.matches("a node fetches a template image").count(),
+        1,
+        "fetched more than once"
+    );
+
+    // The route: no user token, no wrong secret, no unknown node.
+    let route = format!("{base}/node/v1/templates/{tid}/image");
+    let secret = {
+        let url = cloud.node_urls["far"].clone();
+        reqwest::Url::parse(&url)
+            .unwrap()
+            .password()
+            .unwrap()
+            .to_string()
+    };
+    let http = reqwest::Client::new();
+    for (node, bearer) in [
+        ("far", admin.as_str()),
+        ("far", "not-the-secret"),
+        ("nobody", secret.as_str()),
+    ] {
+        let r = http
+            .get(&route)
+            .bearer_auth(bearer)
+            .header("X-Corral-Node", node)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{node} with {bearer}");
+    }
+    let r = http.get(&route).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "a user token alone");
+    let r = http
+        .get(&route)
+        .bearer_auth(&secret)
+        .header("X-Corral-Node", "far")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-checksum-sha256"].to_str().unwrap(), sum);
+
+    // An image the controller cannot read: the creation fails and unwinds.
+    let gone = image(cloud.dir(), "gone.qcow2", &["-f", "qcow2"]);
+    let (s, v) = cloud
+        .post(
+            "/templates",
+            json!({"name": "gone", "path": gone.display().to_string(), "os_type": "linux"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    std::fs::remove_file(&gone).unwrap();
+    let (_, op) = cloud
+        .create(
+            json!({"name": "g", "template": "gone", "cpus": 1, "memory_mib": 64,
+                       "node": "far"}),
+        )
+        .await[0]
+        .clone();
+    let op = cloud.wait_op(&op).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert!(
+        op["error"].as_str().unwrap().contains("cannot be read"),
+        "{op}"
+    );
+    assert!(!far
+        .join("cache")
+        .join(format!("{}.img", v["id"].as_str().unwrap()))
+        .exists());
     cloud.delete_all_and_check().await;
 }

@@ -29,6 +29,8 @@ pub struct NodeSettings {
     pub scripts: std::sync::Arc<crate::script::Scripts>,
     /// The bridges a guest may be attached to.
     pub allowed_bridges: Vec<String>,
+    /// Where template images this node does not see are fetched from.
+    pub images: Option<std::sync::Arc<super::fetch::ImageSource>>,
 }
 
 /// Refuses a NIC on a bridge this node does not allow guests on.
@@ -141,18 +143,11 @@ pub async fn run(
         NodeAction::CreateDisk {
             path,
             template_path,
+            template,
         } => {
             inside(&s.storage_dir, path)?;
-            // Never from another guest's disk, even when an image directory holds the
-            // disk-image directory.
-            if !crate::config::in_dirs(&s.image_dirs, template_path)
-                || crate::config::in_dirs(std::slice::from_ref(&s.storage_dir), template_path)
-            {
-                return Err(ActionError::Permanent(format!(
-                    "template image {template_path} is outside this node's image directories"
-                )));
-            }
-            create_disk(path, template_path).await?;
+            let backing = backing_image(s, template_path, template.as_ref()).await?;
+            create_disk(path, &backing).await?;
             Ok(ok(None))
         }
         NodeAction::RemoveFile { path } => {
@@ -550,6 +545,31 @@ fn ignore_gone(r: Result<(), HvError>) -> Result<(), ActionError> {
 
 /// A linked clone of the template (a qcow2 overlay naming it as backing file, written
 /// in-process, see [`super::qcow2`]): instant whatever the template's size.
+/// The image a system disk is made on: the template's own when this node sees it in its
+/// image directories (never another guest's disk, even when an image directory holds the
+/// disk-image directory), else this node's cached copy, fetched when missing.
+async fn backing_image(
+    s: &NodeSettings,
+    template_path: &str,
+    template: Option<&crate::model::TemplateSource>,
+) -> Result<String, ActionError> {
+    let allowed = crate::config::in_dirs(&s.image_dirs, template_path)
+        && !crate::config::in_dirs(std::slice::from_ref(&s.storage_dir), template_path);
+    if allowed && Path::new(template_path).exists() {
+        return Ok(template_path.to_string());
+    }
+    match (template, &s.images) {
+        (Some(t), Some(images)) => images.cached(t).await,
+        _ if !allowed => Err(ActionError::Permanent(format!(
+            "template image {template_path} is outside this node's image directories"
+        ))),
+        _ => Err(ActionError::Permanent(format!(
+            "template image {template_path} does not exist on this node, and the node has \
+             no controller_url to fetch it from"
+        ))),
+    }
+}
+
 async fn create_disk(path: &str, template: &str) -> Result<(), ActionError> {
     let (path, template) = (path.to_string(), template.to_string());
     tokio::task::spawn_blocking(move || create_disk_blocking(&path, &template))

@@ -16,6 +16,7 @@ pub mod agent;
 pub mod disks;
 pub mod events;
 pub mod facts;
+pub mod fetch;
 pub mod hypervisor;
 pub mod images;
 pub mod iotune;
@@ -380,6 +381,16 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     // (`corral node enroll <id>`), which also gives the Redis credentials of `redis_url`.
     tracing::info!(node = %node_id, stream = %transport::events_stream(&node_id), "reporting");
     let publisher = Publisher::new(&cfg.redis_url, &node_id);
+    let images = fetch::ImageSource::new(
+        cfg.controller_url.as_deref(),
+        &cfg.redis_url,
+        &node_id,
+        cfg.template_cache_dir(),
+    )
+    .map(Arc::new);
+    if let Some(i) = &images {
+        i.sweep();
+    }
     let ctx = Arc::new(NodeCtx {
         node_id,
         settings: NodeSettings {
@@ -389,6 +400,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
             storage_dir: cfg.storage_dir.clone(),
             image_dirs: cfg.image_dirs.clone(),
             allowed_bridges: cfg.bridges_allowed(),
+            images,
             scripts: Arc::new(
                 crate::script::Scripts::new(crate::script::Limits {
                     deadline: Duration::from_millis(cfg.script_deadline_ms.max(1)),

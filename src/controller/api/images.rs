@@ -17,8 +17,8 @@
 //! Download (`GET /templates/{name}/image`) streams the file with its checksum in
 //! `X-Checksum-Sha256` when corral knows it.
 //!
-//! The image is written on the controller's host; nodes elsewhere see it where the
-//! template directory is shared.
+//! The image is written on the controller's host; a node that does not see it in its own
+//! template directories fetches it from the controller on first use (`node_images`).
 
 use poem::web::Data;
 use poem::Body;

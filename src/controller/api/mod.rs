@@ -16,6 +16,7 @@ mod events;
 mod guest_config;
 mod guests;
 mod images;
+mod node_images;
 mod nodes;
 mod operations;
 mod pages;
@@ -196,6 +197,7 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
             })),
         )
         .at("/healthz", poem::get(system::healthz))
+        .at(node_images::ROUTE, poem::get(node_images::serve))
         .data(state)
         .with(Tracing)
         .around(move |ep, mut req| {

@@ -223,6 +223,16 @@ impl Store {
         Ok(r.is_some())
     }
 
+    /// The digest of node `id`'s secret, if it is enrolled.
+    pub async fn node_secret_sha256(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let r: Option<(String,)> =
+            sqlx::query_as("SELECT secret_sha256 FROM node_credentials WHERE node_id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(r.map(|(h,)| h))
+    }
+
     /// Every enrolled node's credential, by id.
     pub async fn node_credentials(&self) -> Result<Vec<NodeCredential>, StoreError> {
         Ok(

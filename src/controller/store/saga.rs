@@ -234,6 +234,16 @@ pub async fn set_guest_hostname(
     Ok(())
 }
 
+/// The SHA-256 of a template's image, when corral knows it.
+pub async fn template_sha256_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<String>, StoreError> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT sha256 FROM templates WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(row.and_then(|(s,)| s))
+}
+
 pub async fn template_name_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<String>, StoreError> {
     let row: Option<(String,)> = sqlx::query_as("SELECT name FROM templates WHERE id = ?")
         .bind(id)

@@ -23,7 +23,7 @@ use crate::controller::saga::steps::{
     disk_path, domain_spec, facts_of, guest_of, seed_path, system_disk_path, StepEnv, StepError,
 };
 use crate::controller::store::{self as st, events, GuestRow, OpRow, StoreError, Tx};
-use crate::model::{new_id, now_ms, GuestState, NodeAction, OpState, SubStep};
+use crate::model::{new_id, now_ms, GuestState, NodeAction, OpState, SubStep, TemplateSource};
 
 super::steps! {
     pub enum Step {
@@ -99,6 +99,10 @@ async fn build(tx: &mut Tx<'_>, g: &GuestRow, node: &str) -> Result<NodeAction, 
                     path: disk_path(&disks, "system")
                         .ok_or_else(|| StepError::Permanent("no system disk recorded".into()))?,
                     template_path: g.template_path.clone(),
+                    template: Some(TemplateSource {
+                        id: g.template_id.clone(),
+                        sha256: st::template_sha256_in(tx, &g.template_id).await?,
+                    }),
                 },
             ),
             sub(

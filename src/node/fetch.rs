@@ -1,0 +1,209 @@
+//! Template images reach the nodes that need them.
+//!
+//! A guest's system disk is a qcow2 overlay on its template's image. When this node sees
+//! that image in one of its image directories (a shared template directory, or the
+//! controller's own host), the overlay is made on it as it is. When it does not, the node
+//! fetches the image from the controller (`GET /node/v1/templates/{id}/image`, with the
+//! secret of its Redis credential) into its template cache, once, and every later guest
+//! of that template on this node is made on the cached copy:
+//!
+//! 1. one fetch at a time per node, so two guests of a new template wait for one copy;
+//! 2. the body is streamed to `.<id>.part` in the cache while it is hashed, never held;
+//! 3. the SHA-256 must be the template's (from the job, else the controller's header);
+//!    a mismatch keeps nothing;
+//! 4. the part is renamed to `<id>.img`: a cached image is complete by its name, and a
+//!    node killed mid-fetch leaves a part that the next fetch starts over (and that the
+//!    node removes when it starts).
+//!
+//! Template images never change under an id (an upload is a new template), so the cache
+//! needs no invalidation; a deleted template's copy stays until removed by hand.
+
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::actions::ActionError;
+use crate::model::TemplateSource;
+
+/// Where and how this node fetches template images.
+pub struct ImageSource {
+    /// The controller's base URL, e.g. `http://controller:8080`.
+    pub base_url: String,
+    pub node_id: String,
+    /// The secret of this node's Redis credential.
+    pub secret: String,
+    pub cache_dir: PathBuf,
+    http: reqwest::Client,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl ImageSource {
+    /// A source from the node's settings: None without a controller URL, or without a
+    /// password in its Redis URL (a node that was never enrolled cannot prove who it is).
+    pub fn new(
+        controller_url: Option<&str>,
+        redis_url: &str,
+        node_id: &str,
+        cache_dir: PathBuf,
+    ) -> Option<ImageSource> {
+        let base_url = controller_url?.trim_end_matches('/').to_string();
+        let secret = reqwest::Url::parse(redis_url).ok()?.password()?.to_string();
+        let secret = percent_decode(&secret);
+        Some(ImageSource {
+            base_url,
+            node_id: node_id.to_string(),
+            secret,
+            cache_dir,
+            http: reqwest::Client::new(),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Removes what a node killed mid-fetch left.
+    pub fn sweep(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.cache_dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') && name.ends_with(".part") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// The cached copy of template `t`, fetched first when this node has none.
+    pub async fn cached(&self, t: &TemplateSource) -> Result<String, ActionError> {
+        if t.id.is_empty() || !t.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(ActionError::Permanent(format!(
+                "{:?} is not a template id",
+                t.id
+            )));
+        }
+        let dest = self.cache_dir.join(format!("{}.img", t.id));
+        let _one = self.one_at_a_time.lock().await;
+        if !dest.exists() {
+            self.fetch(t, &dest).await?;
+        }
+        Ok(dest.display().to_string())
+    }
+
+    async fn fetch(&self, t: &TemplateSource, dest: &Path) -> Result<(), ActionError> {
+        let transient = |what: &str, e: &dyn std::fmt::Display| {
+            ActionError::Transient(format!("fetching template {}: {what}: {e}", t.id))
+        };
+        tokio::fs::create_dir_all(&self.cache_dir)
+            .await
+            .map_err(|e| transient("creating the cache", &e))?;
+        let url = format!("{}/node/v1/templates/{}/image", self.base_url, t.id);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.secret)
+            .header("X-Corral-Node", &self.node_id)
+            .send()
+            .await
+            .map_err(|e| transient("reaching the controller", &e))?;
+        match resp.status().as_u16() {
+            200 => {}
+            401 => {
+                return Err(ActionError::Permanent(
+                    "the controller refused this node's credential for a template image".into(),
+                ))
+            }
+            404 => {
+                return Err(ActionError::Permanent(format!(
+                    "the controller has no template {}",
+                    t.id
+                )))
+            }
+            409 => {
+                let why = resp.text().await.unwrap_or_default();
+                return Err(ActionError::Permanent(why));
+            }
+            s => return Err(transient("the controller answered", &s)),
+        }
+        let want = t.sha256.clone().or_else(|| {
+            resp.headers()
+                .get("x-checksum-sha256")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        });
+        let part = self.cache_dir.join(format!(".{}.part", t.id));
+        let mut file = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| transient("writing the cache", &e))?;
+        let mut hash = Sha256::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| transient("the transfer broke off", &e))?;
+            hash.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| transient("writing the cache", &e))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| transient("writing the cache", &e))?;
+        let got = hex::encode(hash.finalize());
+        if let Some(want) = want.filter(|w| *w != got) {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(ActionError::Permanent(format!(
+                "template {} arrived with SHA-256 {got}, not {want}: nothing kept",
+                t.id
+            )));
+        }
+        tokio::fs::rename(&part, dest)
+            .await
+            .map_err(|e| transient("keeping the image", &e))?;
+        tracing::info!(template = t.id, sha256 = got, "template image cached");
+        Ok(())
+    }
+}
+
+/// `%XX` escapes of a URL's userinfo, decoded.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_comes_from_the_redis_url() {
+        let s = ImageSource::new(
+            Some("http://c:8080/"),
+            "redis://corral-node-a:s%2Fx@127.0.0.1:6379/",
+            "a",
+            PathBuf::from("/tmp"),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.base_url.as_str(), s.secret.as_str()),
+            ("http://c:8080", "s/x")
+        );
+        assert!(ImageSource::new(None, "redis://u:p@h/", "a", PathBuf::new()).is_none());
+        assert!(ImageSource::new(Some("http://c"), "redis://h/", "a", PathBuf::new()).is_none());
+    }
+}
