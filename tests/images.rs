@@ -182,6 +182,23 @@ async fn an_image_is_uploaded_checked_and_downloaded() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["x-checksum-sha256"].to_str().unwrap(), sum);
     assert_eq!(r.bytes().await.unwrap().to_vec(), bytes);
+    // It was followed on the event stream: bytes up to the whole, then the checks.
+    let stages = upload_events(&cloud, "up-good").await;
+    assert_eq!(stages.first().unwrap()["stage"], "receiving", "{stages:?}");
+    let last_received = stages
+        .iter()
+        .rev()
+        .find(|e| e["stage"] == "receiving")
+        .unwrap();
+    assert_eq!(last_received["percent"], 100, "{stages:?}");
+    assert_eq!(last_received["total_bytes"], json!(bytes.len()));
+    assert_eq!(last_received["requested_by"], "admin");
+    let ends: Vec<&str> = stages
+        .iter()
+        .filter_map(|e| e["stage"].as_str())
+        .filter(|s| *s != "receiving")
+        .collect();
+    assert_eq!(ends, ["checking", "registered"]);
     // A guest from it.
     let (_, op) = cloud
         .create(serde_json::json!({"name": "from-upload", "template": "up-good", "cpus": 1, "memory_mib": 64}))
@@ -372,5 +389,87 @@ async fn a_node_without_the_template_directory_fetches_the_image_once() {
         .join("cache")
         .join(format!("{}.img", v["id"].as_str().unwrap()))
         .exists());
+    cloud.delete_all_and_check().await;
+}
+
+/// The `template.upload` events of template `name`, in order.
+async fn upload_events(cloud: &Cloud, name: &str) -> Vec<serde_json::Value> {
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        cloud.dir().join("corral.db").display()
+    ))
+    .await
+    .unwrap();
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT data FROM events WHERE kind = 'template.upload' AND subject = ? ORDER BY seq",
+    )
+    .bind(name)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    rows.iter()
+        .map(|(d,)| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// A controller killed while it receives an upload: the caller's request fails, and the
+/// controller, started again, removes the partial file; the same upload then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_by_a_controller_crash_leaves_nothing() {
+    if !(require("redis-server") && require("qemu-img")) {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    let admin = cloud.token().to_string();
+    let work = tempfile::tempdir().unwrap();
+    let src = image(work.path(), "cut.qcow2", &["-f", "qcow2"]);
+    let bytes = std::fs::read(&src).unwrap();
+    let sum = hex::encode(Sha256::digest(&bytes));
+
+    // The first half, then silence: the controller holds a partial file.
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+    tx.unbounded_send(Ok(bytes[..bytes.len() / 2].to_vec()))
+        .unwrap();
+    let sending = tokio::spawn(
+        reqwest::Client::new()
+            .put(cloud.url(&format!("/templates/cut/image?os_type=linux&sha256={sum}")))
+            .bearer_auth(&admin)
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(rx))
+            .send(),
+    );
+    for _ in 0..100 {
+        if !leftovers(&cloud).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(leftovers(&cloud).len(), 1, "no partial upload to cut");
+    cloud.controller.take().unwrap().kill9();
+    assert!(
+        sending.await.unwrap().is_err(),
+        "the cut upload was answered"
+    );
+    drop(tx);
+    cloud.start_controller(&[]).await;
+    assert_eq!(
+        leftovers(&cloud),
+        Vec::<String>::new(),
+        "the partial upload stayed"
+    );
+    let (s, _) = cloud.get("/templates/cut").await;
+    assert_eq!(s, 404, "a cut upload registered a template");
+
+    // Sent again, whole: registered.
+    let (s, t) = upload(
+        &cloud,
+        &admin,
+        "cut",
+        &format!("os_type=linux&sha256={sum}"),
+        bytes,
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
     cloud.delete_all_and_check().await;
 }

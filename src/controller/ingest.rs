@@ -155,12 +155,7 @@ impl Ingest {
             }
         }
         let body = serde_json::json!({"node_id": node, "reason": why});
-        let record = async {
-            let mut tx = self.store.begin().await?;
-            events::append(&mut tx, "node.refused", node, &body).await?;
-            self.store.commit(tx).await
-        };
-        if let Err(e) = record.await {
+        if let Err(e) = self.store.record_event("node.refused", node, &body).await {
             tracing::warn!(node, "recording a refused event: {e}");
         }
     }

@@ -66,6 +66,7 @@ pub async fn run(
 ) -> Result<(), ControllerError> {
     let store = Store::open(&cfg.database).await?;
     let admin_token = auth::bootstrap(&store, &cfg).await?;
+    api::sweep_uploads(&cfg.image_dirs);
     let catalog = Arc::new(Catalog::builtin()?);
     let limits = crate::script::Limits {
         deadline: Duration::from_millis(cfg.script_deadline_ms.max(1)),

@@ -21,7 +21,7 @@ pub struct EventItem {
     /// Monotonic sequence number; also the SSE event id.
     pub seq: i64,
     pub at: String,
-    /// `operation`, `guest.state` or `node.state`.
+    /// `operation`, `guest.state`, `node.state`, `node.refused` or `template.upload`.
     pub kind: String,
     /// Id of the operation, guest or node concerned.
     pub subject: String,

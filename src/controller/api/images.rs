@@ -14,6 +14,12 @@
 //! nothing: send it again (restartable). The body limit of the rest of the API does not
 //! apply to this one route (`api::app`).
 //!
+//! The upload is followed on the event stream: `template.upload` events (subject: the
+//! template's name) carry the bytes received, the total from `Content-Length` and the
+//! percent while it arrives, then `checking`, and `registered` or `refused`. The
+//! temporary file of an upload the controller was receiving when it stopped is removed
+//! when it starts again ([`sweep`]).
+//!
 //! Download (`GET /templates/{name}/image`) streams the file with its checksum in
 //! `X-Checksum-Sha256` when corral knows it.
 //!
@@ -129,6 +135,7 @@ impl ImageApi {
             Option<u32>,
         >,
         body: Binary<Body>,
+        req: &poem::Request,
     ) -> ApiResult<Uploaded> {
         super::check_name("template", &name)?;
         let want = sha256.0.to_ascii_lowercase();
@@ -151,7 +158,21 @@ impl ImageApi {
         };
         let tmp = dir.join(format!(".{}-{}.upload", name.0, &new_id()[..8]));
         let tmp_s = tmp.display().to_string();
-        let received = receive(body.0, &tmp).await;
+        let mut progress = Progress {
+            store: &state.store,
+            name: &name.0,
+            requested_by: &auth.0.name,
+            total: req
+                .headers()
+                .get(poem::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            reported: None,
+        };
+        let received = receive(body.0, &tmp, &mut progress).await;
+        if let Ok((_, size)) = &received {
+            progress.report("checking", *size).await;
+        }
         let checked = match received {
             Ok((got, _)) if got != want => Err(unprocessable(format!(
                 "the upload's SHA-256 is {got}, not {want}: nothing was kept; send it again"
@@ -163,6 +184,7 @@ impl ImageApi {
             Ok(v) => v,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
+                progress.report("refused", 0).await;
                 return Err(e.into());
             }
         };
@@ -198,8 +220,10 @@ impl ImageApi {
         };
         if let Err(e) = state.store.insert_template(&row).await {
             let _ = tokio::fs::remove_file(&dest).await;
+            progress.report("refused", 0).await;
             return Err(Error::from(e).into());
         }
+        progress.report("registered", size).await;
         Ok(Uploaded::Created(Json(template_view(row))))
     }
 
@@ -231,8 +255,70 @@ impl ImageApi {
     }
 }
 
+/// An upload's progress, as `template.upload` events on the event stream: whoever follows
+/// `GET /events` (the uploader sees their own) watches the bytes arrive and the checks.
+struct Progress<'a> {
+    store: &'a crate::controller::store::Store,
+    name: &'a str,
+    requested_by: &'a str,
+    /// From `Content-Length`, when the client sent one.
+    total: Option<u64>,
+    reported: Option<(u64, std::time::Instant)>,
+}
+
+impl Progress<'_> {
+    /// Reports `stage` with `received` bytes so far. While receiving, only every 5% or
+    /// every second, so a large image makes dozens of events, not thousands.
+    async fn report(&mut self, stage: &str, received: u64) {
+        let percent = self
+            .total
+            .filter(|t| *t > 0)
+            .map(|t| (received.min(t) * 100 / t) as u8);
+        if stage == "receiving" {
+            if let Some((last, at)) = self.reported {
+                let step = self.total.map_or(u64::MAX, |t| t / 20);
+                if received.saturating_sub(last) < step && at.elapsed().as_secs() < 1 {
+                    return;
+                }
+            }
+        }
+        self.reported = Some((received, std::time::Instant::now()));
+        let data = serde_json::json!({
+            "requested_by": self.requested_by, "stage": stage, "received_bytes": received,
+            "total_bytes": self.total, "percent": percent,
+        });
+        if let Err(e) = self
+            .store
+            .record_event("template.upload", self.name, &data)
+            .await
+        {
+            tracing::debug!(template = self.name, "upload progress not recorded: {e}");
+        }
+    }
+}
+
+/// Removes the temporary files of uploads a stopped controller was receiving.
+pub fn sweep(dirs: &[std::path::PathBuf]) {
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') && name.ends_with(".upload") {
+                tracing::info!(file = %e.path().display(), "removing an interrupted upload");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Streams `body` into `path` (created 0600), hashing it; its SHA-256 and size.
-async fn receive(body: Body, path: &std::path::Path) -> Result<(String, u64), Error> {
+async fn receive(
+    body: Body,
+    path: &std::path::Path,
+    progress: &mut Progress<'_>,
+) -> Result<(String, u64), Error> {
     use futures::StreamExt;
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
@@ -256,6 +342,7 @@ async fn receive(body: Body, path: &std::path::Path) -> Result<(String, u64), Er
         file.write_all(&chunk)
             .await
             .map_err(|e| Error::Unavailable(format!("writing the upload: {e}")))?;
+        progress.report("receiving", size).await;
     }
     file.flush()
         .await

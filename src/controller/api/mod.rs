@@ -16,6 +16,7 @@ mod events;
 mod guest_config;
 mod guests;
 mod images;
+pub use images::sweep as sweep_uploads;
 mod node_images;
 mod nodes;
 mod operations;

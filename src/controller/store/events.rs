@@ -34,6 +34,18 @@ pub async fn append<T: Serialize>(
 }
 
 impl Store {
+    /// Records an event that goes with no other change, in its own transaction.
+    pub async fn record_event<T: Serialize>(
+        &self,
+        kind: &str,
+        subject: &str,
+        data: &T,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        append(&mut tx, kind, subject, data).await?;
+        self.commit(tx).await
+    }
+
     pub async fn events_after(&self, seq: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
         Ok(sqlx::query_as::<_, EventRow>(
             "SELECT seq, at, kind, subject, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",

@@ -29,7 +29,7 @@ class EventItem(BaseModel):
     """ # noqa: E501
     at: StrictStr
     data: Optional[Any]
-    kind: StrictStr = Field(description="`operation`, `guest.state` or `node.state`.")
+    kind: StrictStr = Field(description="`operation`, `guest.state`, `node.state`, `node.refused` or `template.upload`.")
     seq: StrictInt = Field(description="Monotonic sequence number; also the SSE event id.")
     subject: StrictStr = Field(description="Id of the operation, guest or node concerned.")
     __properties: ClassVar[List[str]] = ["at", "data", "kind", "seq", "subject"]

@@ -17,7 +17,7 @@ pub struct EventItem {
     pub at: String,
     #[serde(rename = "data", deserialize_with = "Option::deserialize")]
     pub data: Option<serde_json::Value>,
-    /// `operation`, `guest.state` or `node.state`.
+    /// `operation`, `guest.state`, `node.state`, `node.refused` or `template.upload`.
     #[serde(rename = "kind")]
     pub kind: String,
     /// Monotonic sequence number; also the SSE event id.

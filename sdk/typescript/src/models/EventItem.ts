@@ -28,7 +28,7 @@ export interface EventItem {
      */
     data: any | null;
     /**
-     * `operation`, `guest.state` or `node.state`.
+     * `operation`, `guest.state`, `node.state`, `node.refused` or `template.upload`.
      */
     kind: string;
     /**
