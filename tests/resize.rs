@@ -152,6 +152,10 @@ async fn a_running_guest_changes_size_live_within_its_maxima() {
             "{v}"
         );
     }
+    // Less than its template needs: 422 naming the minimum.
+    let (s, v) = put(&cloud, &size, json!({"memory_mib": 40})).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("minimum"), "{v}");
 
     // Growing live, with the controller killed after each of its controller steps.
     for (fault, cpus, mem) in [

@@ -206,4 +206,36 @@ mod tests {
         assert!(ImageSource::new(None, "redis://u:p@h/", "a", PathBuf::new()).is_none());
         assert!(ImageSource::new(Some("http://c"), "redis://h/", "a", PathBuf::new()).is_none());
     }
+
+    #[tokio::test]
+    async fn a_cached_image_is_used_and_a_part_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = ImageSource::new(
+            // Nothing listens there: a fetch would fail.
+            Some("http://127.0.0.1:9"),
+            "redis://u:p@h/",
+            "a",
+            dir.path().to_path_buf(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("t-1.img"), b"x").unwrap();
+        std::fs::write(dir.path().join(".t-2.part"), b"half").unwrap();
+        let t = |id: &str| TemplateSource {
+            id: id.into(),
+            sha256: None,
+        };
+        let got = src.cached(&t("t-1")).await.unwrap();
+        assert_eq!(got, dir.path().join("t-1.img").display().to_string());
+        assert!(matches!(
+            src.cached(&t("t-2")).await,
+            Err(ActionError::Transient(_))
+        ));
+        assert!(matches!(
+            src.cached(&t("../x")).await,
+            Err(ActionError::Permanent(_))
+        ));
+        src.sweep();
+        assert!(!dir.path().join(".t-2.part").exists());
+        assert!(dir.path().join("t-1.img").exists());
+    }
 }

@@ -62,6 +62,17 @@ impl ResizeApi {
         let max_cpus = b.max_cpus.unwrap_or(old_max_cpus.max(cpus));
         let max_memory_mib = b.max_memory_mib.unwrap_or(old_max_memory.max(memory_mib));
         check_maxima(cpus, memory_mib, Some(max_cpus), Some(max_memory_mib))?;
+        // Less memory than its image needs would starve the guest, live or not.
+        if let Some(t) = state.store.template(&g.template_id).await? {
+            let floor = t.min_memory_mib.max(64);
+            if i64::from(memory_mib) < floor {
+                return Err(Error::Unprocessable(format!(
+                    "memory_mib {memory_mib} is below the minimum of template {} ({floor} MiB)",
+                    t.name
+                ))
+                .into());
+            }
+        }
         let unchanged = cpus == g.cpus as u32
             && memory_mib == g.memory_mib as u32
             && max_cpus == old_max_cpus
