@@ -211,11 +211,6 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long a sequence runs before it checks its fence again between sub-steps.
 const REFENCE_AFTER: Duration = Duration::from_secs(1);
 
-/// Runs a sequence's sub-steps in order and reports progress as sub-steps end (at most
-/// every [`PROGRESS_EVERY`], best effort: the step's result is what counts). The first
-/// failure ends the sequence, its error prefixed with the sub-step's stage. Once it has run
-/// for [`REFENCE_AFTER`], the fence is checked again before each sub-step, so a superseded
-/// copy of a long sequence stops early.
 /// [`NodeAction::ConvertImage`]: the conversion's percent goes to the controller as
 /// step progress (at most every [`PROGRESS_EVERY`]), then the checksum is computed.
 async fn run_convert(
@@ -270,6 +265,11 @@ async fn run_convert(
     })
 }
 
+/// Runs a sequence's sub-steps in order and reports progress as sub-steps end (at most
+/// every [`PROGRESS_EVERY`], best effort: the step's result is what counts). The first
+/// failure ends the sequence, its error prefixed with the sub-step's stage. Once it has run
+/// for [`REFENCE_AFTER`], the fence is checked again before each sub-step, so a superseded
+/// copy of a long sequence stops early.
 async fn run_sequence(
     ctx: &NodeCtx,
     job: &NodeJob,
