@@ -324,6 +324,22 @@ async fn a_node_without_the_template_directory_fetches_the_image_once() {
         1,
         "fetched more than once"
     );
+    // The fetch was the creation's progress while it ran.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        cloud.dir().join("corral.db").display()
+    ))
+    .await
+    .unwrap();
+    let (fetching,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM events WHERE kind = 'operation' \
+         AND data LIKE '%fetching the template image%'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    assert!(fetching >= 1, "no progress while fetching");
 
     // The route: no user token, no wrong secret, no unknown node.
     let route = format!("{base}/node/v1/templates/{tid}/image");

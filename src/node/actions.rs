@@ -146,7 +146,7 @@ pub async fn run(
             template,
         } => {
             inside(&s.storage_dir, path)?;
-            let backing = backing_image(s, template_path, template.as_ref()).await?;
+            let backing = backing_image(s, template_path, template.as_ref(), &|_, _| {}).await?;
             create_disk(path, &backing).await?;
             Ok(ok(None))
         }
@@ -548,10 +548,11 @@ fn ignore_gone(r: Result<(), HvError>) -> Result<(), ActionError> {
 /// The image a system disk is made on: the template's own when this node sees it in its
 /// image directories (never another guest's disk, even when an image directory holds the
 /// disk-image directory), else this node's cached copy, fetched when missing.
-async fn backing_image(
+pub async fn backing_image(
     s: &NodeSettings,
     template_path: &str,
     template: Option<&crate::model::TemplateSource>,
+    progress: &super::fetch::Progress<'_>,
 ) -> Result<String, ActionError> {
     let allowed = crate::config::in_dirs(&s.image_dirs, template_path)
         && !crate::config::in_dirs(std::slice::from_ref(&s.storage_dir), template_path);
@@ -559,7 +560,7 @@ async fn backing_image(
         return Ok(template_path.to_string());
     }
     match (template, &s.images) {
-        (Some(t), Some(images)) => images.cached(t).await,
+        (Some(t), Some(images)) => images.cached(t, progress).await,
         _ if !allowed => Err(ActionError::Permanent(format!(
             "template image {template_path} is outside this node's image directories"
         ))),

@@ -29,6 +29,8 @@ use crate::script::hostapi::shell_quote;
 /// Longest a single command may run in the guest.
 const EXEC_LIMIT: Duration = Duration::from_secs(300);
 const OUTPUT_KEEP: usize = 1024;
+/// How long a guest's agent may stay silent before a live resize goes on without it.
+const AGENT_GRACE: Duration = Duration::from_secs(5);
 
 fn b64(s: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -121,38 +123,43 @@ pub async fn thaw_if_frozen(hv: &dyn Hypervisor, guest: &str) {
 /// Brings the guest's plugged vCPUs online through its agent (`guest-set-vcpus`): a
 /// hot-plugged vCPU arrives offline unless something in the guest (udev, the agent)
 /// onlines it. Waits up to `wait` for the guest to see `want` vCPUs; returns how many are
-/// online, or None without an agent.
+/// online, or None when no agent answered within [`AGENT_GRACE`].
 pub async fn online_vcpus(
     hv: &dyn Hypervisor,
     guest: &str,
     want: u32,
     wait: Duration,
 ) -> Option<u32> {
-    call(hv, guest, json!({"execute": "guest-ping"}), 2)
-        .await
-        .ok()?;
     let started = Instant::now();
     let mut online = None;
     while started.elapsed() < wait {
-        // A guest busy taking the new vCPU may miss an answer: that is not "no agent".
-        if let Ok(vcpus) = call(hv, guest, json!({"execute": "guest-get-vcpus"}), 5).await {
-            let list = vcpus.as_array().cloned().unwrap_or_default();
-            let offline: Vec<Value> = list
-                .iter()
-                .filter(|v| v["online"] == json!(false))
-                .map(|v| json!({"logical-id": v["logical-id"], "online": true}))
-                .collect();
-            let now = (list.len() - offline.len()) as u32;
-            online = Some(now);
-            if offline.is_empty() && now >= want {
-                break;
-            }
-            if !offline.is_empty() {
-                let cmd = json!({"execute": "guest-set-vcpus", "arguments": {"vcpus": offline}});
-                if let Err(e) = call(hv, guest, cmd, 10).await {
-                    tracing::info!(guest, "onlining hot-plugged vCPUs: {e}");
+        match call(hv, guest, json!({"execute": "guest-get-vcpus"}), 5).await {
+            Ok(vcpus) => {
+                let list = vcpus.as_array().cloned().unwrap_or_default();
+                let offline: Vec<Value> = list
+                    .iter()
+                    .filter(|v| v["online"] == json!(false))
+                    .map(|v| json!({"logical-id": v["logical-id"], "online": true}))
+                    .collect();
+                let now = (list.len() - offline.len()) as u32;
+                online = Some(now);
+                if offline.is_empty() && now >= want {
+                    break;
+                }
+                if !offline.is_empty() {
+                    let cmd =
+                        json!({"execute": "guest-set-vcpus", "arguments": {"vcpus": offline}});
+                    if let Err(e) = call(hv, guest, cmd, 10).await {
+                        tracing::info!(guest, "onlining hot-plugged vCPUs: {e}");
+                    }
                 }
             }
+            // A hypervisor without agent support will not grow one by waiting.
+            Err(e) if e.to_string().contains("not supported") => break,
+            // A guest busy taking the new vCPU may miss an answer; one that never
+            // answers has no agent.
+            Err(_) if online.is_none() && started.elapsed() >= AGENT_GRACE => break,
+            Err(_) => {}
         }
         // The guest's kernel registers a hot-plugged vCPU a moment after the plug.
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -9,6 +9,7 @@
 //!
 //! 1. one fetch at a time per node, so two guests of a new template wait for one copy;
 //! 2. the body is streamed to `.<id>.part` in the cache while it is hashed, never held;
+//!    its bytes are the creation's progress ("fetching the template image: N%");
 //! 3. the SHA-256 must be the template's (from the job, else the controller's header);
 //!    a mismatch keeps nothing;
 //! 4. the part is renamed to `<id>.img`: a cached image is complete by its name, and a
@@ -26,6 +27,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::actions::ActionError;
 use crate::model::TemplateSource;
+
+/// Hears a fetch's bytes received and its total.
+pub type Progress<'a> = dyn Fn(u64, Option<u64>) + Send + Sync + 'a;
 
 /// Where and how this node fetches template images.
 pub struct ImageSource {
@@ -74,8 +78,13 @@ impl ImageSource {
         }
     }
 
-    /// The cached copy of template `t`, fetched first when this node has none.
-    pub async fn cached(&self, t: &TemplateSource) -> Result<String, ActionError> {
+    /// The cached copy of template `t`, fetched first when this node has none;
+    /// `progress` hears the bytes received and the total, when the controller said it.
+    pub async fn cached(
+        &self,
+        t: &TemplateSource,
+        progress: &Progress<'_>,
+    ) -> Result<String, ActionError> {
         if t.id.is_empty() || !t.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(ActionError::Permanent(format!(
                 "{:?} is not a template id",
@@ -85,12 +94,17 @@ impl ImageSource {
         let dest = self.cache_dir.join(format!("{}.img", t.id));
         let _one = self.one_at_a_time.lock().await;
         if !dest.exists() {
-            self.fetch(t, &dest).await?;
+            self.fetch(t, &dest, progress).await?;
         }
         Ok(dest.display().to_string())
     }
 
-    async fn fetch(&self, t: &TemplateSource, dest: &Path) -> Result<(), ActionError> {
+    async fn fetch(
+        &self,
+        t: &TemplateSource,
+        dest: &Path,
+        progress: &Progress<'_>,
+    ) -> Result<(), ActionError> {
         let transient = |what: &str, e: &dyn std::fmt::Display| {
             ActionError::Transient(format!("fetching template {}: {what}: {e}", t.id))
         };
@@ -135,10 +149,14 @@ impl ImageSource {
         let mut file = tokio::fs::File::create(&part)
             .await
             .map_err(|e| transient("writing the cache", &e))?;
+        let total = resp.content_length();
+        let mut received = 0u64;
         let mut hash = Sha256::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| transient("the transfer broke off", &e))?;
+            received += chunk.len() as u64;
+            progress(received, total);
             hash.update(&chunk);
             file.write_all(&chunk)
                 .await
@@ -224,14 +242,15 @@ mod tests {
             id: id.into(),
             sha256: None,
         };
-        let got = src.cached(&t("t-1")).await.unwrap();
+        let quiet = |_, _| {};
+        let got = src.cached(&t("t-1"), &quiet).await.unwrap();
         assert_eq!(got, dir.path().join("t-1.img").display().to_string());
         assert!(matches!(
-            src.cached(&t("t-2")).await,
+            src.cached(&t("t-2"), &quiet).await,
             Err(ActionError::Transient(_))
         ));
         assert!(matches!(
-            src.cached(&t("../x")).await,
+            src.cached(&t("../x"), &quiet).await,
             Err(ActionError::Permanent(_))
         ));
         src.sweep();

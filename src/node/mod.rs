@@ -265,6 +265,61 @@ async fn run_convert(
     })
 }
 
+/// Before a system disk is made on a template image this node must fetch, the fetch runs
+/// on its own, its bytes reported as the step's progress within sub-step `at` of the
+/// sequence (at most every [`PROGRESS_EVERY`]); the disk is then made on the cached copy.
+async fn prefetch(
+    ctx: &NodeCtx,
+    job: &NodeJob,
+    action: &NodeAction,
+    (at, of): (usize, usize),
+) -> Result<(), actions::ActionError> {
+    let NodeAction::CreateDisk {
+        template_path,
+        template: Some(t),
+        ..
+    } = action
+    else {
+        return Ok(());
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Option<u64>)>();
+    let report = move |got, total| {
+        let _ = tx.send((got, total));
+    };
+    let fetch = actions::backing_image(&ctx.settings, template_path, Some(t), &report);
+    tokio::pin!(fetch);
+    // The first bytes are reported at once: a fetch is news even when it is short.
+    let mut reported: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            r = &mut fetch => return r.map(|_| ()),
+            Some((got, total)) = rx.recv() => {
+                if reported.is_some_and(|at| at.elapsed() < PROGRESS_EVERY) {
+                    continue;
+                }
+                reported = Some(tokio::time::Instant::now());
+                let percent = total.filter(|t| *t > 0).map(|t| got.min(t) * 100 / t);
+                let ev = NodeEvent::StepProgress {
+                    node_id: ctx.node_id.clone(),
+                    op_id: job.op_id.clone(),
+                    step: job.step,
+                    attempt: job.attempt,
+                    undo: job.undo,
+                    done: (at as u32) * 100 + percent.unwrap_or(0).min(99) as u32,
+                    of: (of as u32) * 100,
+                    stage: match percent {
+                        Some(p) => format!("fetching the template image: {p}%"),
+                        None => format!("fetching the template image: {} MiB", got >> 20),
+                    },
+                };
+                if let Err(e) = ctx.publisher.publish(&ev).await {
+                    tracing::debug!(op = %job.op_id, "progress not reported: {e}");
+                }
+            }
+        }
+    }
+}
+
 /// Runs a sequence's sub-steps in order and reports progress as sub-steps end (at most
 /// every [`PROGRESS_EVERY`], best effort: the step's result is what counts). The first
 /// failure ends the sequence, its error prefixed with the sub-step's stage. Once it has run
@@ -294,14 +349,19 @@ async fn run_sequence(
                 permanent: false,
             });
         }
-        let r = actions::run(
-            ctx.hv.as_ref(),
-            &ctx.renderer,
-            &ctx.settings,
-            &sub.action,
-            &mut plans,
-        )
-        .await;
+        let r = match prefetch(ctx, job, &sub.action, (i, steps.len())).await {
+            Err(e) => Err(e),
+            Ok(()) => {
+                actions::run(
+                    ctx.hv.as_ref(),
+                    &ctx.renderer,
+                    &ctx.settings,
+                    &sub.action,
+                    &mut plans,
+                )
+                .await
+            }
+        };
         if let Some(f) = &ctx.fault {
             f.check("node", sub.action.name(), "after");
         }

@@ -103,7 +103,9 @@ impl ResizeApi {
             other => {
                 return Err(conflict(
                     &g,
-                    &format!("is {other}: start it or shut it down to resize it"),
+                    &format!(
+                        "is {other}: it resizes while it runs (within its maxima) or is shut off"
+                    ),
                 ))
             }
         }
