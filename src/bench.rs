@@ -79,6 +79,8 @@ pub struct BenchOpts {
     pub reads_secs: f64,
     /// Only the storage figures.
     pub storage_only: bool,
+    /// The storage figures as well (after the others).
+    pub storage: bool,
 }
 
 fn free_port() -> Result<u16, BenchError> {
@@ -723,6 +725,9 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         let fixture = std::fs::canonicalize(fixture)?;
         tcg(&api, &env, tmp, &fixture, o.events, &mut procs).await?;
     }
+    if o.storage {
+        storage::run(tmp).await?;
+    }
     Ok(())
 }
 
@@ -749,14 +754,11 @@ async fn agent_call(name: &str, cmd: &str) -> Result<Value, BenchError> {
 }
 
 /// Waits until guest `name` (through its agent) has block device `dev`.
-async fn guest_sees_block(
-    name: &str,
-    dev: &str,
-    timeout: Duration,
-) -> Result<Duration, BenchError> {
+/// How long until shell condition `cond` holds inside guest `name` (through its agent).
+async fn guest_until(name: &str, cond: &str, timeout: Duration) -> Result<Duration, BenchError> {
     let t0 = Instant::now();
     let cmd = json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh",
-        "arg": ["-c", format!("test -e /sys/block/{dev}")]}})
+        "arg": ["-c", cond]}})
     .to_string();
     while t0.elapsed() < timeout {
         let pid = agent_call(name, &cmd).await?["return"]["pid"].as_i64();
@@ -776,7 +778,9 @@ async fn guest_sees_block(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(BenchError::Setup(format!("guest {name} never saw {dev}")))
+    Err(BenchError::Setup(format!(
+        "guest {name} never saw `{cond}` hold"
+    )))
 }
 
 async fn agent_ready(name: &str, timeout: Duration) -> Result<Duration, BenchError> {
@@ -936,7 +940,10 @@ async fn tcg_on(
     let name = format!("tcg-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let t0 = Instant::now();
     let ops = api
-        .create(json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 128, "node": "bench-tcg"}))
+        .create(
+            json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 128,
+                       "max_cpus": 2, "max_memory_mib": 256, "node": "bench-tcg"}),
+        )
         .await?;
     let op = ops
         .first()
@@ -977,7 +984,7 @@ async fn tcg_on(
         return Err(BenchError::Setup(format!("live attach failed: {v}")));
     }
     let to_op = t0.elapsed();
-    let seen = guest_sees_block(&name, "vdc", Duration::from_secs(60)).await?;
+    let seen = guest_until(&name, "test -e /sys/block/vdc", Duration::from_secs(60)).await?;
     println!(
         "live attach (1 TCG guest):             {:>10.3} s   operation {:.3} s, seen in the guest {:.3} s",
         (to_op + seen).as_secs_f64(),
@@ -985,8 +992,33 @@ async fn tcg_on(
         (to_op + seen).as_secs_f64()
     );
 
-    // Event latency: virsh suspend/resume behind corral's back, timed to the SSE event.
+    // Live resize: a vCPU hot-plugged (and onlined by the node through the agent) and
+    // the balloon let out, to the operation's end and to the guest seeing both.
     let gid = v["guest_id"].as_str().unwrap_or_default().to_string();
+    let t0 = Instant::now();
+    let size = corral_client::models::GuestSize {
+        cpus: Some(2),
+        memory_mib: Some(240),
+        max_cpus: None,
+        max_memory_mib: None,
+    };
+    let resized = guests_api::guest_resize(api.c(), &gid, size).await?;
+    let r = api.wait(&resized.operation_id).await?;
+    if r["state"] != "succeeded" {
+        return Err(BenchError::Setup(format!("live resize failed: {r}")));
+    }
+    let to_op = t0.elapsed();
+    let cond = "[ \"$(cat /sys/devices/system/cpu/online)\" = 0-1 ] && \
+                [ $(awk '/MemTotal/ {print $2}' /proc/meminfo) -gt 204800 ]";
+    let seen = to_op + guest_until(&name, cond, Duration::from_secs(60)).await?;
+    println!(
+        "live resize 1->2 vCPUs, 128->240 MiB:  {:>10.3} s   operation {:.3} s, seen in the guest {:.3} s",
+        seen.as_secs_f64(),
+        to_op.as_secs_f64(),
+        seen.as_secs_f64()
+    );
+
+    // Event latency: virsh suspend/resume behind corral's back, timed to the SSE event.
     let mut events = api.s.events(None);
     // From virsh's return (the event already happened) and from before virsh ran (an upper
     // bound that includes virsh's own start-up and the action itself).

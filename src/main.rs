@@ -81,9 +81,12 @@ enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         reads_secs: f64,
         /// Only the storage figures: snapshot create and revert at 1 and 16 GiB on the
-        /// local qemu:///system.
+        /// local qemu:///system, upload against cp, template against qemu-img.
         #[arg(long)]
         storage_only: bool,
+        /// The storage figures too, in the same run as the others.
+        #[arg(long)]
+        storage: bool,
     },
     /// Guests.
     #[command(subcommand)]
@@ -252,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
             reads_only,
             reads_secs,
             storage_only,
+            storage,
         } => {
             corral::bench::run(corral::bench::BenchOpts {
                 scripts,
@@ -266,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
                 reads_only,
                 reads_secs,
                 storage_only,
+                storage,
             })
             .await?
         }
