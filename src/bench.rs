@@ -992,12 +992,13 @@ async fn tcg_on(
         (to_op + seen).as_secs_f64()
     );
 
-    // Live resize: a vCPU hot-plugged (and onlined by the node through the agent) and
-    // the balloon let out, to the operation's end and to the guest seeing both.
+    // Live resize: the balloon let out, to the operation's end and to the guest seeing
+    // the memory. (vCPUs change live only on KVM: under TCG, QEMU aborts a guest that
+    // gets a vCPU plugged once its translation regions are used up.)
     let gid = v["guest_id"].as_str().unwrap_or_default().to_string();
     let t0 = Instant::now();
     let size = corral_client::models::GuestSize {
-        cpus: Some(2),
+        cpus: None,
         memory_mib: Some(240),
         max_cpus: None,
         max_memory_mib: None,
@@ -1008,11 +1009,10 @@ async fn tcg_on(
         return Err(BenchError::Setup(format!("live resize failed: {r}")));
     }
     let to_op = t0.elapsed();
-    let cond = "[ \"$(cat /sys/devices/system/cpu/online)\" = 0-1 ] && \
-                [ $(awk '/MemTotal/ {print $2}' /proc/meminfo) -gt 204800 ]";
+    let cond = "[ $(awk '/MemTotal/ {print $2}' /proc/meminfo) -gt 204800 ]";
     let seen = to_op + guest_until(&name, cond, Duration::from_secs(60)).await?;
     println!(
-        "live resize 1->2 vCPUs, 128->240 MiB:  {:>10.3} s   operation {:.3} s, seen in the guest {:.3} s",
+        "live memory 128->240 MiB (balloon):    {:>10.3} s   operation {:.3} s, seen in the guest {:.3} s",
         seen.as_secs_f64(),
         to_op.as_secs_f64(),
         seen.as_secs_f64()

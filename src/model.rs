@@ -230,6 +230,13 @@ impl Bandwidth {
     }
 }
 
+/// Why a guest under TCG keeps its vCPUs while it runs (the API and the node say it).
+/// Seen with QEMU 7.2: `tcg_region_initial_alloc__locked: assertion failed`, the guest
+/// gone, when a vCPU was plugged into a guest that had booted and run for a few seconds.
+pub const TCG_VCPUS: &str = "which runs guests under TCG (QEMU without KVM): QEMU's \
+    multi-threaded TCG aborts the guest when a vCPU is plugged after its translation \
+    cache regions are used up, so vCPUs change while it is shut off (memory changes live)";
+
 /// A guest's vCPUs and memory, and the ceiling up to which they grow while it runs
 /// (vCPU hot-plug, balloon). A maximum of 0, or below the current size, means the
 /// current size: no live growth.

@@ -965,8 +965,8 @@ fn guest_until<T: std::fmt::Debug>(read: impl Fn() -> T, check: impl Fn(&T) -> b
     }
 }
 
-/// A running guest changed without a restart: more vCPUs (hot-plugged and onlined through
-/// its agent) and more memory (balloon) within the maxima it was created with; a data
+/// A running guest changed without a restart: more memory (balloon) within the maximum it
+/// was created with (its vCPUs only while it is off: it runs under TCG); a data
 /// disk hot-plugged into it appears in it, grows in it, gets new I/O limits and leaves
 /// it; a node killed right after the hot-plug finishes the attach when it returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1001,27 +1001,31 @@ async fn a_data_disk_is_attached_grown_and_detached_live() {
         r.1["operation_id"].as_str().unwrap().to_string()
     };
 
-    // Grown live: the guest sees a second vCPU online and more memory, without a restart.
+    // Grown live: the guest sees more memory (the balloon lets go), without a restart.
+    // Under TCG its vCPUs change only while it is off (QEMU aborts a TCG guest that gets
+    // a vCPU plugged once its translation regions are used up): a 409 that says so.
     let online = || guest_exec(&name, "/bin/cat", &["/sys/devices/system/cpu/online"]);
     assert_eq!(online().trim(), "0", "one vCPU at first");
     let before = guest_until(|| guest_mem_kib(&name), |k| *k > 0 && *k < 140 * 1024);
+    let size = format!("/guests/{gid}/size");
+    let (s, v) = cloud
+        .call(reqwest::Method::PUT, &size, Some(json!({"cpus": 2})))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("TCG"), "{v}");
     let op = ok(cloud
         .call(
             reqwest::Method::PUT,
-            &format!("/guests/{gid}/size"),
-            Some(json!({"cpus": 2, "memory_mib": 240})),
+            &size,
+            Some(json!({"memory_mib": 240})),
         )
         .await);
     let done = cloud.wait_op(&op).await;
     assert_eq!(done["state"], "succeeded", "{done}");
-    guest_until(online, |o| o.trim() == "0-1");
     let after = guest_until(|| guest_mem_kib(&name), |k| *k > before + 100 * 1024);
-    eprintln!("live resize: MemTotal {before} KiB -> {after} KiB, vCPUs 0 -> 0-1");
+    eprintln!("live resize: MemTotal {before} KiB -> {after} KiB");
+    assert_eq!(online().trim(), "0", "the guest runs on, with its vCPU");
     let (_, x) = virsh(&["dumpxml", "--inactive", &name]);
-    assert!(
-        x.contains("<vcpu placement='static'>2</vcpu>"),
-        "vCPUs not in the definition: {x}"
-    );
     assert!(
         x.contains("<currentMemory unit='KiB'>245760<"),
         "memory not in the definition: {x}"

@@ -93,6 +93,16 @@ pub fn maxima(def: &str) -> Result<(u32, u32), ActionError> {
     Ok((cpus, mib as u32))
 }
 
+/// The vCPUs a running domain has plugged: `<vcpu current='N'>`, else its `<vcpu>`.
+fn live_vcpus(xml: &str) -> Option<u32> {
+    let at = xml.find("<vcpu")?;
+    let head = &xml[at..at + xml[at..].find('>')?];
+    match head.find("current='") {
+        Some(i) => head[i + 9..].split('\'').next()?.parse().ok(),
+        None => element_text(xml, "vcpu")?.0.parse().ok(),
+    }
+}
+
 /// How long a live resize waits for the guest to see hot-plugged vCPUs.
 const ONLINE_WAIT: Duration = Duration::from_secs(20);
 
@@ -146,9 +156,18 @@ async fn live(
         )));
     }
     let failed = |what: &str, e| ActionError::Permanent(format!("{what}: {e}"));
-    hv.set_vcpus_live(guest, size.cpus)
-        .await
-        .map_err(|e| failed("changing the vCPUs live", e))?;
+    let live = hv.xml(guest).await?;
+    if live_vcpus(&live) != Some(size.cpus) {
+        if live.contains("<domain type='qemu'") {
+            return Err(ActionError::Permanent(format!(
+                "this node {}",
+                crate::model::TCG_VCPUS
+            )));
+        }
+        hv.set_vcpus_live(guest, size.cpus)
+            .await
+            .map_err(|e| failed("changing the vCPUs live", e))?;
+    }
     hv.set_memory_live(guest, size.memory_mib)
         .await
         .map_err(|e| failed("setting the balloon", e))?;
@@ -203,5 +222,8 @@ mod tests {
         );
         assert_eq!(maxima(&r).unwrap(), (4, 512));
         assert!(maxima("<domain><vcpu>x</vcpu></domain>").is_err());
+        assert_eq!(live_vcpus(&r), Some(1));
+        assert_eq!(live_vcpus(def), Some(1));
+        assert_eq!(live_vcpus("<domain/>"), None);
     }
 }

@@ -39,8 +39,9 @@ impl ResizeApi {
     ///
     /// A shut-off guest takes any size and new maxima, and boots with them. A running
     /// guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at
-    /// creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives
-    /// or takes memory. Beyond them, or to change them, shut it down first (409).
+    /// creation): vCPUs are hot-plugged and onlined through its agent (on KVM; under TCG
+    /// vCPUs change only while it is off), the balloon gives or takes memory. Beyond
+    /// them, or to change them, shut it down first (409).
     #[oai(
         path = "/guests/:id/size",
         method = "put",
@@ -98,6 +99,20 @@ impl ResizeApi {
                          the maximum"
                     ),
                 ))
+            }
+            GuestState::Running if cpus != g.cpus as u32 => {
+                let node = g.node_id.as_deref().unwrap_or_default();
+                let tcg = state
+                    .store
+                    .node(node)
+                    .await?
+                    .is_some_and(|n| n.node_facts().domain_type == "qemu");
+                if tcg {
+                    return Err(conflict(
+                        &g,
+                        &format!("runs on node {node}, {}", crate::model::TCG_VCPUS),
+                    ));
+                }
             }
             GuestState::Running => {}
             other => {
