@@ -14,6 +14,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod digest;
 pub mod fault;
 pub mod guestinit;
 pub mod iso;

@@ -489,3 +489,49 @@ async fn an_upload_cut_by_a_controller_crash_leaves_nothing() {
     assert_eq!(s, 201, "{t}");
     cloud.delete_all_and_check().await;
 }
+
+/// A template registered by path gets its checksum and size in the background, and the
+/// template list is a downloads list: each entry's `download_url` streams the image with
+/// that checksum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_template_list_is_a_downloads_list_with_checksums() {
+    if !(require("redis-server") && require("qemu-img")) {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    let t = cloud.template("by-path").await;
+    let path = t["path"].as_str().unwrap().to_string();
+    let bytes = std::fs::read(&path).unwrap();
+    let sum = hex::encode(Sha256::digest(&bytes));
+    let mut listed = json!(null);
+    for _ in 0..100 {
+        let (_, list) = cloud.get("/templates").await;
+        listed = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "by-path")
+            .cloned()
+            .unwrap();
+        if listed.get("sha256").is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed["sha256"], json!(sum), "{listed}");
+    assert_eq!(listed["size_bytes"], json!(bytes.len()));
+    let url = listed["download_url"].as_str().unwrap();
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}{url}",
+            cloud.url("").trim_end_matches("/api/v1")
+        ))
+        .bearer_auth(cloud.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-checksum-sha256"].to_str().unwrap(), sum);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), bytes);
+    cloud.delete_all_and_check().await;
+}

@@ -161,13 +161,27 @@ impl Client {
             TemplateCmd::List => {
                 let list = resources_api::template_list(c).await?;
                 emit(self.out, &list, || {
-                    let mut t = Table::new(&["name", "os", "profile", "min memory", "path", "age"]);
+                    let mut t = Table::new(&[
+                        "name",
+                        "os",
+                        "profile",
+                        "min memory",
+                        "size",
+                        "sha256",
+                        "path",
+                        "age",
+                    ]);
                     for x in &list {
                         t.row(vec![
                             x.name.clone(),
                             x.os_type.clone(),
                             x.os_init_profile.clone(),
                             mib(u64::from(x.min_memory_mib)),
+                            x.size_bytes.map(|b| mib(b >> 20)).unwrap_or_default(),
+                            x.sha256
+                                .as_deref()
+                                .map(|h| h.chars().take(12).collect())
+                                .unwrap_or_default(),
                             x.path.clone(),
                             age(&x.created_at),
                         ]);

@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod api;
 pub mod auth;
+pub mod checksums;
 pub mod enroll;
 pub mod hooks;
 pub mod ingest;
@@ -144,6 +145,7 @@ pub async fn run(
     ));
     let purge_task = tokio::spawn(auth::purge_expired(store.clone(), stop(shutdown.clone())));
     let retention_task = tokio::spawn(api::retention_loop(store.clone(), stop(shutdown.clone())));
+    let checksum_task = tokio::spawn(checksums::run(store.clone(), stop(shutdown.clone())));
 
     let addr = listener.local_addr()?;
     let state = api::AppState {
@@ -175,6 +177,7 @@ pub async fn run(
         plugin_events,
         purge_task,
         retention_task,
+        checksum_task,
         enroll_task
     );
     Ok(())

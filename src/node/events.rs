@@ -1,5 +1,6 @@
-//! libvirt domain lifecycle events: one of the two modules with `unsafe` code (the other
-//! is the controller store's WAL hook, `controller/store/changes.rs`).
+//! libvirt domain lifecycle events: one of the three modules with `unsafe` code (the
+//! others are the controller store's WAL hook, `controller/store/changes.rs`, and a disk's
+//! live I/O limits, `node/iotune.rs`).
 //!
 //! The `virt` crate does not wrap event callbacks, so this module calls the C API
 //! directly: it registers libvirt's default event loop (before any connection is opened),

@@ -8,7 +8,6 @@
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -16,26 +15,11 @@ use super::actions::ActionError;
 
 /// The SHA-256 (hex) and size of a file, read on a blocking thread.
 pub async fn checksum(path: &str) -> Result<(String, u64), ActionError> {
-    let path = path.to_string();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut f = std::fs::File::open(&path)?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
-        loop {
-            let k = f.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            h.update(&buf[..k]);
-            n += k as u64;
-        }
-        Ok::<_, std::io::Error>((hex::encode(h.finalize()), n))
-    })
-    .await
-    .map_err(|e| ActionError::Transient(e.to_string()))?
-    .map_err(|e| ActionError::Transient(format!("reading the image: {e}")))
+    let path = std::path::PathBuf::from(path);
+    tokio::task::spawn_blocking(move || crate::digest::sha256_file(&path))
+        .await
+        .map_err(|e| ActionError::Transient(e.to_string()))?
+        .map_err(|e| ActionError::Transient(format!("reading the image: {e}")))
 }
 
 /// Converts `source` (at internal snapshot `snapshot`, when given) into a standalone

@@ -1,6 +1,7 @@
 //! Changing a running guest's disk I/O limits: `virDomainSetBlockIoTune`, which the
-//! `virt` crate does not wrap. This is the one place corral calls libvirt's C API
-//! itself, so the one place `unsafe` is allowed; everything else goes through `virt`.
+//! `virt` crate does not wrap. One of the three modules with `unsafe` code (with the
+//! lifecycle events, `node/events.rs`, and the store's WAL hook); every other libvirt call
+//! goes through `virt`.
 //!
 //! libvirt's `update-device` cannot change `<iotune>` on a live disk, and detaching and
 //! re-attaching would take the disk from the guest, so the throttle is set through the

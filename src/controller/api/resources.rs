@@ -60,13 +60,19 @@ pub struct Template {
     pub public: bool,
     /// The user who registered it; absent for templates from before owners existed.
     pub owner_id: Option<String>,
-    /// SHA-256 of the image, for templates corral wrote (from a guest or a snapshot).
+    /// SHA-256 of the image: recorded as corral writes an image (upload, from a guest),
+    /// computed in the background for one registered by path (absent until then, or
+    /// while the controller's host cannot read it).
     pub sha256: Option<String>,
     pub size_bytes: Option<u64>,
+    /// Where the image downloads from (streamed, with `X-Checksum-Sha256`): the template
+    /// list is the downloads list (S43).
+    pub download_url: String,
 }
 
 pub fn template_view(t: TemplateRow) -> Template {
     Template {
+        download_url: format!("/api/v1/templates/{}/image", t.id),
         os_init_profile: t
             .os_init_profile
             .clone()
@@ -217,6 +223,9 @@ impl TemplateApi {
             .into()),
             r => {
                 r?;
+                // Its checksum is computed in the background, starting now.
+                let store = state.store.clone();
+                tokio::spawn(async move { crate::controller::checksums::fill(&store).await });
                 Ok(Created::Created(Json(template_view(row))))
             }
         }

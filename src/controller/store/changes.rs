@@ -23,8 +23,8 @@
 //! optimisation). Migrations run before any cache exists.
 //!
 //! sqlx wraps the update hook but not the WAL hook, so this module calls SQLite's C API for
-//! that one hook: one of the two modules with `unsafe` code (the node's libvirt event
-//! callback is the other).
+//! that one hook: one of the three modules with `unsafe` code (the others are the node's
+//! libvirt event callback and its live disk I/O limits).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int, c_void};

@@ -133,6 +133,25 @@ impl Store {
         Ok(())
     }
 
+    /// Records the SHA-256 and size of a template's image, unless it has one already.
+    pub async fn set_template_checksum(
+        &self,
+        id: &str,
+        sha256: &str,
+        size_bytes: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE templates SET sha256 = ?, size_bytes = ? WHERE id = ? AND sha256 IS NULL",
+        )
+        .bind(sha256)
+        .bind(size_bytes as i64)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        self.commit(tx).await
+    }
+
     pub async fn delete_template(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM templates WHERE id = ?")
             .bind(id)
