@@ -156,6 +156,10 @@ pub struct NodeConfig {
     /// Where fetched template images are kept (`CORRAL_TEMPLATE_CACHE`); default:
     /// `template-cache` beside `storage_dir`.
     pub template_cache: Option<PathBuf>,
+    /// Bandwidth, MiB/s, a disk conversion into a template may use (`qemu-img convert -r`,
+    /// `CORRAL_CONVERT_RATE_MIB`), so guests on the node keep their share of the disk, as
+    /// Proxmox's `bwlimit`; unset: unlimited.
+    pub convert_rate_mib: Option<u64>,
 }
 
 impl NodeConfig {
@@ -205,6 +209,7 @@ impl Default for NodeConfig {
             allowed_bridges: Vec::new(),
             controller_url: None,
             template_cache: None,
+            convert_rate_mib: None,
         }
     }
 }
@@ -350,6 +355,11 @@ impl Config {
         }
         if let Some(v) = env_var("CORRAL_TEMPLATE_CACHE") {
             n.template_cache = Some(v.into());
+        }
+        if let Some(v) = env_var("CORRAL_CONVERT_RATE_MIB") {
+            n.convert_rate_mib = Some(v.parse().map_err(|_| {
+                ConfigError::Invalid(format!("CORRAL_CONVERT_RATE_MIB {v:?} is not a number"))
+            })?);
         }
         if let Some(v) = env_var("CORRAL_ALLOWED_BRIDGES") {
             n.allowed_bridges = v

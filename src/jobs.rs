@@ -42,6 +42,11 @@ pub struct StepDef {
     /// controller's `step_lease_secs` (guest-agent runs wait for a booting guest).
     #[serde(default)]
     pub lease_secs: Option<u64>,
+    /// A long node step a cancel need not wait for: the controller gives it up at once
+    /// (its undo's leftovers go on the node's cleanup list) and tells the node, which
+    /// stops it and removes what it wrote.
+    #[serde(default)]
+    pub interruptible: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -90,19 +90,38 @@ pub fn fence_key(node_id: &str, op_id: &str, step: usize, undo: bool) -> String 
     )
 }
 
-/// Whether `attempt` is the one the controller waits for. Errors are Redis errors: the
-/// caller retries later rather than guessing.
-pub async fn fence_holds(
+/// What a fence holding no attempt means: the step was given up while it ran (attempts
+/// count from 1).
+pub const INTERRUPTED: u32 = 0;
+/// How long an interrupted fence is kept: longer than any job polls it.
+const INTERRUPTED_TTL: Duration = Duration::from_secs(3600);
+
+/// What a running job's fence says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The controller waits for this attempt.
+    Holds,
+    /// The step was given up: stop, and remove what was written.
+    Interrupted,
+    /// Another attempt runs, or the step is settled: stop, and leave everything.
+    Gone,
+}
+
+/// What the fence says about `job`.
+pub async fn fence_state(
     conn: &mut ConnectionManager,
     node_id: &str,
     job: &NodeJob,
-) -> Result<bool, TransportError> {
-    let attempt = job.attempt;
+) -> Result<Fence, TransportError> {
     let v: Option<u32> = redis::cmd("GET")
         .arg(fence_key(node_id, &job.op_id, job.step, job.undo))
         .query_async(conn)
         .await?;
-    Ok(v == Some(attempt))
+    Ok(match v {
+        Some(a) if a == job.attempt => Fence::Holds,
+        Some(INTERRUPTED) => Fence::Interrupted,
+        _ => Fence::Gone,
+    })
 }
 
 /// Producer side of the node queues, used by the controller.
@@ -170,6 +189,26 @@ impl Queues {
             .query_async(&mut conn)
             .await?;
         Ok(v == Some(attempt))
+    }
+
+    /// The step was given up while it ran: the fence names no attempt ([`INTERRUPTED`]),
+    /// so the running job stops and removes what it wrote, and no copy starts.
+    pub async fn interrupt(
+        &self,
+        node_id: &str,
+        op_id: &str,
+        step: usize,
+        undo: bool,
+    ) -> Result<(), TransportError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("SET")
+            .arg(fence_key(node_id, op_id, step, undo))
+            .arg(INTERRUPTED)
+            .arg("PX")
+            .arg(INTERRUPTED_TTL.as_millis() as u64)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// The step is settled: no copy of its job may run any more.

@@ -120,3 +120,109 @@ async fn a_shut_off_guest_becomes_a_template_with_its_checksum() {
         .any(|e| e.file_name().to_string_lossy().starts_with("from-snap")));
     cloud.delete_all_and_check().await;
 }
+
+/// A cancel does not wait for a long conversion: the node stops `qemu-img` and removes
+/// the partial image, the step is given up (not awaited), no template is registered, and
+/// the node takes work again once its cleanup ran. The conversion is slowed with the
+/// node's `convert_rate_mib` so the cancel lands while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_a_conversion_in_flight() {
+    if !(require("redis-server") && require("qemu-img") && require("qemu-io")) {
+        return;
+    }
+    let cloud = Cloud::split_with(
+        "test:///default",
+        vec![("CORRAL_CONVERT_RATE_MIB".into(), "4".into())],
+    )
+    .await;
+    // A template with room for 64 MiB of data, and a guest whose disk holds it.
+    let big = cloud.dir().join("big.qcow2");
+    let ok = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&big)
+        .arg("256M")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let (s, v) = cloud
+        .post(
+            "/templates",
+            json!({"name": "big", "path": big.display().to_string(), "os_type": "linux"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (gid, op) = cloud
+        .create(json!({"name": "src", "template": "big", "cpus": 1, "memory_mib": 64}))
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let (_, v) = cloud
+        .post(&format!("/guests/{gid}/actions/poweroff"), json!(null))
+        .await;
+    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+    let system = g["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "system")
+        .unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wrote = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 0 64M", &system])
+        .output()
+        .unwrap();
+    assert!(wrote.status.success(), "{wrote:?}");
+
+    let (s, v) = cloud
+        .post(&format!("/guests/{gid}/template"), json!({"name": "slow"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let op = v["operation_id"].as_str().unwrap().to_string();
+    // Cancelled once the copy is under way (its partial image exists).
+    let partial = |cloud: &Cloud| {
+        std::fs::read_dir(cloud.dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("slow"))
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..200 {
+        if !partial(&cloud).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!partial(&cloud).is_empty(), "the conversion never started");
+    let (s, v) = cloud
+        .post(&format!("/operations/{op}/cancel"), json!(null))
+        .await;
+    assert!(s == 200 || s == 202, "{s}: {v}");
+    let done = cloud.wait_op(&op).await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert_eq!(
+        done["steps"][0]["state"], "abandoned",
+        "not awaited: {done}"
+    );
+
+    // The node stopped the copy itself and removed its partial image.
+    let mut stopped = false;
+    for _ in 0..100 {
+        let log = std::fs::read_to_string(cloud.dir().join("agent.log")).unwrap_or_default();
+        if log.contains("interrupted by a cancel") {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(stopped, "the node never stopped the conversion");
+    let (s, _) = cloud.get("/templates/slow").await;
+    assert_eq!(s, 404, "a cancelled conversion registered a template");
+    // The cleanup list goes through; the node takes work again, and nothing is left.
+    cloud.delete_all_and_check().await;
+    assert_eq!(partial(&cloud), Vec::<String>::new(), "the image stayed");
+}

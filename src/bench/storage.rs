@@ -147,7 +147,7 @@ async fn to_template(dir: &Path) -> Result<(f64, f64), BenchError> {
     let hand = t.elapsed().as_secs_f64();
     let ours = dir.join("tpl-corral.qcow2").display().to_string();
     let t = Instant::now();
-    crate::node::images::convert(&disk, None, &ours, |_| {})
+    crate::node::images::convert(&disk, None, &ours, None, |_| {})
         .await
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     crate::node::images::checksum(&ours)

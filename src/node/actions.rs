@@ -31,6 +31,8 @@ pub struct NodeSettings {
     pub allowed_bridges: Vec<String>,
     /// Where template images this node does not see are fetched from.
     pub images: Option<std::sync::Arc<super::fetch::ImageSource>>,
+    /// Bandwidth a disk conversion (guest → template) may use, MiB/s; None: unlimited.
+    pub convert_rate_mib: Option<u64>,
 }
 
 /// Refuses a NIC on a bridge this node does not allow guests on.

@@ -28,6 +28,7 @@ pub async fn convert(
     source: &str,
     snapshot: Option<&str>,
     dest: &str,
+    rate_limit_mib: Option<u64>,
     mut progress: impl FnMut(u32),
 ) -> Result<(), ActionError> {
     if Path::new(dest).exists() {
@@ -37,6 +38,12 @@ pub async fn convert(
     let mut cmd = Command::new("qemu-img");
     // -U: a snapshot can be read while the guest runs; a stopped guest's disk is idle.
     cmd.args(["convert", "-p", "-U", "-O", "qcow2"]);
+    // The node's guests keep their share of the disk while a template is written.
+    if let Some(r) = rate_limit_mib.filter(|r| *r > 0) {
+        cmd.arg("-r").arg(format!("{r}M"));
+    }
+    // A conversion given up (an interrupting cancel) stops with its future.
+    cmd.kill_on_drop(true);
     if let Some(s) = snapshot {
         cmd.arg("-l").arg(format!("snapshot.name={s}"));
     }

@@ -112,14 +112,22 @@ impl Publisher {
 
     /// Whether the job's attempt is still the one the controller waits for.
     pub async fn fence_holds(&self, job: &NodeJob) -> Result<bool, transport::TransportError> {
+        Ok(self.fence_state(job).await? == transport::Fence::Holds)
+    }
+
+    /// What `job`'s fence says: run on, stop and clean up (interrupted), or stop.
+    pub async fn fence_state(
+        &self,
+        job: &NodeJob,
+    ) -> Result<transport::Fence, transport::TransportError> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
             *guard = Some(transport::connect(&self.url).await?);
         }
         let Some(conn) = guard.as_mut() else {
-            return Ok(false);
+            return Ok(transport::Fence::Gone);
         };
-        let r = transport::fence_holds(conn, &self.node_id, job).await;
+        let r = transport::fence_state(conn, &self.node_id, job).await;
         if r.is_err() {
             *guard = None;
         }
@@ -228,14 +236,20 @@ async fn run_convert(
         )));
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
-    let convert = images::convert(source, snapshot, dest, move |p| {
+    let convert = images::convert(source, snapshot, dest, s.convert_rate_mib, move |p| {
         let _ = tx.send(p);
     });
     tokio::pin!(convert);
     let mut reported = tokio::time::Instant::now();
+    let mut refence = tokio::time::interval(REFENCE_AFTER);
     let r = loop {
         tokio::select! {
             r = &mut convert => break r,
+            _ = refence.tick() => {
+                if let Some(stop) = interrupted(ctx, job, &[&staged(dest)]).await {
+                    return Err(stop);
+                }
+            }
             Some(p) = rx.recv() => {
                 if reported.elapsed() >= PROGRESS_EVERY {
                     reported = tokio::time::Instant::now();
@@ -257,12 +271,41 @@ async fn run_convert(
         }
     };
     r?;
+    // Given up while the last bytes were written: the image is not kept.
+    if let Some(stop) = interrupted(ctx, job, &[dest]).await {
+        return Err(stop);
+    }
     let (sha256, bytes) = images::checksum(dest).await?;
     Ok(StepOutcome::Ok {
         guest_state: None,
         domain_xml: None,
         output: Some(serde_json::json!({"sha256": sha256, "size_bytes": bytes, "path": dest})),
     })
+}
+
+/// Whether a running job must stop: None while its fence names it (or Redis cannot say).
+/// Interrupted by a cancel, `written` is removed first; superseded by another attempt,
+/// everything is left to it.
+async fn interrupted(
+    ctx: &NodeCtx,
+    job: &NodeJob,
+    written: &[&str],
+) -> Option<actions::ActionError> {
+    match ctx.publisher.fence_state(job).await {
+        Ok(transport::Fence::Holds) | Err(_) => None,
+        Ok(transport::Fence::Interrupted) => {
+            for f in written {
+                let _ = tokio::fs::remove_file(f).await;
+            }
+            tracing::info!(op = %job.op_id, step = job.step, "interrupted by a cancel; stopped");
+            Some(actions::ActionError::Permanent(
+                "interrupted by a cancel".into(),
+            ))
+        }
+        Ok(transport::Fence::Gone) => Some(actions::ActionError::Transient(
+            "superseded by a newer attempt".into(),
+        )),
+    }
 }
 
 /// Before a system disk is made on a template image this node must fetch, the fetch runs
@@ -461,6 +504,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
             image_dirs: cfg.image_dirs.clone(),
             allowed_bridges: cfg.bridges_allowed(),
             images,
+            convert_rate_mib: cfg.convert_rate_mib,
             scripts: Arc::new(
                 crate::script::Scripts::new(crate::script::Limits {
                     deadline: Duration::from_millis(cfg.script_deadline_ms.max(1)),

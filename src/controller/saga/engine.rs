@@ -94,6 +94,14 @@ enum Post {
         job: NodeJob,
         ttl: Duration,
     },
+    /// A running step was given up (an interrupting cancel): its fence says so, and the
+    /// node stops the job and removes what it wrote.
+    Interrupt {
+        node: String,
+        op: String,
+        step: usize,
+        undo: bool,
+    },
     /// A step's result is applied: no copy of its job may run any more.
     Unfence {
         node: String,
@@ -151,6 +159,18 @@ impl Poster {
                 if let Err(e) = self.queues.unfence(&node, &op, step, undo).await {
                     // The key expires by itself; until then a stale copy could still run once.
                     tracing::warn!(op = %op, step, "unfencing: {e}");
+                }
+            }
+            Post::Interrupt {
+                node,
+                op,
+                step,
+                undo,
+            } => {
+                if let Err(e) = self.queues.interrupt(&node, &op, step, undo).await {
+                    // The job runs to its end; its result is ignored and the cleanup
+                    // list removes what it wrote.
+                    tracing::warn!(op = %op, step, "interrupting: {e}");
                 }
             }
             Post::AfterStep(op, step) => {
@@ -436,6 +456,14 @@ impl Engine {
                     Flow::Stop
                 }
                 Next::Abandon { step, undo } => {
+                    if let (Some(n), false) = (&node, saga.node_offline) {
+                        post.push(Post::Interrupt {
+                            node: n.clone(),
+                            op: op.id.clone(),
+                            step,
+                            undo,
+                        });
+                    }
                     self.abandon(&mut tx, op, &req, saga, def, step, undo)
                         .await?;
                     Flow::Continue
@@ -726,8 +754,9 @@ impl Engine {
         Flow::Stop
     }
 
-    /// Gives up a node step whose node is offline (a cancel, the node's removal): what its
-    /// undo would remove goes on the node's cleanup list, and the unwind goes on.
+    /// Gives up a node step whose node is offline (a cancel, the node's removal), or an
+    /// interruptible one a cancel stops: what its undo would remove goes on the node's
+    /// cleanup list, and the unwind goes on.
     #[allow(clippy::too_many_arguments)]
     async fn abandon(
         &self,
@@ -739,10 +768,13 @@ impl Engine {
         step: usize,
         undo: bool,
     ) -> Result<(), EngineError> {
-        let reason = op
-            .abandon_reason
-            .clone()
-            .unwrap_or_else(|| "cancelled while its node was offline".into());
+        let reason = op.abandon_reason.clone().unwrap_or_else(|| {
+            if saga.node_offline {
+                "cancelled while its node was offline".into()
+            } else {
+                "cancelled while it ran".into()
+            }
+        });
         let why = format!("abandoned: {reason}");
         if def.steps[step].undo {
             self.list_leftover(tx, op, req, &saga, def, step, &why)

@@ -91,6 +91,14 @@ impl Saga {
         self.cancel_requested && self.node_offline && s.runs_on == RunsOn::Node
     }
 
+    /// A cancel of an interruptible node step in flight: given up at once, node online or
+    /// not (the engine tells the node to stop it).
+    fn interrupts(&self, def: &KindDef, i: usize, s: &StepRecord) -> bool {
+        self.cancel_requested
+            && s.runs_on == RunsOn::Node
+            && def.steps.get(i).is_some_and(|d| d.interruptible)
+    }
+
     /// An undo failed: the resources the node may still use must not be given back.
     pub fn keep_leases(&self) -> bool {
         self.steps.iter().any(|s| s.state == StepState::UndoFailed)
@@ -126,7 +134,9 @@ impl Saga {
                                 undo: false,
                             }
                         }
-                        StepState::Running if self.abandons(step) => {
+                        StepState::Running
+                            if self.abandons(step) || self.interrupts(def, i, step) =>
+                        {
                             return Next::Abandon {
                                 step: i,
                                 undo: false,

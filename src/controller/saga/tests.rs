@@ -380,3 +380,40 @@ fn a_step_lease_outlasts_its_actions_own_time_limit() {
         }
     );
 }
+
+#[test]
+fn a_cancel_gives_up_an_interruptible_node_step_in_flight_on_a_live_node() {
+    let c = Catalog::builtin().unwrap();
+    let def = c.get(OpKind::TemplateFromGuest);
+    assert!(
+        def.steps[0].interruptible,
+        "the conversion is interruptible"
+    );
+    let mut s = saga(def);
+    let Next::Execute {
+        step: 0,
+        undo: false,
+    } = s.next(def, 0, LEASE)
+    else {
+        panic!("the conversion goes first");
+    };
+    s.mark_started(0, false, 0, None);
+    assert_eq!(s.next(def, 1, LEASE), Next::Wait, "no cancel: it waits");
+    s.cancel_requested = true;
+    assert_eq!(
+        s.next(def, 2, LEASE),
+        Next::Abandon {
+            step: 0,
+            undo: false
+        },
+        "the node is online, yet the cancel does not wait"
+    );
+    s.mark_abandoned(0, "abandoned: test", 2);
+    assert_eq!(s.next(def, 3, LEASE), Next::Finished(OpState::Cancelled));
+
+    // A step that is not interruptible is still awaited on a live node.
+    let def = c.get(OpKind::GuestCreate);
+    let mut s = create_dispatched_at(def, 2);
+    s.cancel_requested = true;
+    assert_eq!(s.next(def, 3, LEASE), Next::Wait);
+}
