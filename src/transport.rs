@@ -200,15 +200,8 @@ impl Queues {
         step: usize,
         undo: bool,
     ) -> Result<(), TransportError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("SET")
-            .arg(fence_key(node_id, op_id, step, undo))
-            .arg(INTERRUPTED)
-            .arg("PX")
-            .arg(INTERRUPTED_TTL.as_millis() as u64)
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+        self.fence(node_id, op_id, step, undo, INTERRUPTED, INTERRUPTED_TTL)
+            .await
     }
 
     /// The step is settled: no copy of its job may run any more.

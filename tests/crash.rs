@@ -345,12 +345,7 @@ async fn controller_killed_during_a_console_ticket_keeps_no_password() {
             g.get("operation_id").is_none(),
             "{fault}: the guest is still held: {g}"
         );
-        let db = sqlx::SqlitePool::connect(&format!(
-            "sqlite://{}?mode=ro",
-            cloud.dir().join("corral.db").display()
-        ))
-        .await
-        .unwrap();
+        let db = cloud.db().await;
         let (payload,): (String,) = sqlx::query_as("SELECT payload FROM operations WHERE id = ?")
             .bind(&id)
             .fetch_one(&db)

@@ -306,16 +306,7 @@ async fn a_node_without_the_template_directory_fetches_the_image_once() {
         "the cached copy differs"
     );
     for (gid, _) in &created {
-        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-        let system = g["disks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["kind"] == "system")
-            .unwrap()["path"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let system = cloud.system_disk(gid).await;
         assert_eq!(backing_of(&system), cached.display().to_string());
     }
     let log = std::fs::read_to_string(cloud.dir().join("controller.log")).unwrap();
@@ -325,12 +316,7 @@ async fn a_node_without_the_template_directory_fetches_the_image_once() {
         "fetched more than once"
     );
     // The fetch was the creation's progress while it ran.
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}?mode=ro",
-        cloud.dir().join("corral.db").display()
-    ))
-    .await
-    .unwrap();
+    let db = cloud.db().await;
     let (fetching,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM events WHERE kind = 'operation' \
          AND data LIKE '%fetching the template image%'",
@@ -410,12 +396,7 @@ async fn a_node_without_the_template_directory_fetches_the_image_once() {
 
 /// The `template.upload` events of template `name`, in order.
 async fn upload_events(cloud: &Cloud, name: &str) -> Vec<serde_json::Value> {
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}?mode=ro",
-        cloud.dir().join("corral.db").display()
-    ))
-    .await
-    .unwrap();
+    let db = cloud.db().await;
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT data FROM events WHERE kind = 'template.upload' AND subject = ? ORDER BY seq",
     )

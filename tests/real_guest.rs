@@ -358,12 +358,7 @@ async fn a_real_guest_gets_what_the_api_promised_and_leaves_nothing() {
         !config.contains(&pw),
         "the ticket reached the definition: {config}"
     );
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}?mode=ro",
-        cloud.dir().join("corral.db").display()
-    ))
-    .await
-    .unwrap();
+    let db = cloud.db().await;
     let stored: Vec<(String,)> = sqlx::query_as("SELECT payload FROM operations")
         .fetch_all(&db)
         .await

@@ -161,16 +161,7 @@ async fn a_cancel_stops_a_conversion_in_flight() {
         .post(&format!("/guests/{gid}/actions/poweroff"), json!(null))
         .await;
     cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
-    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-    let system = g["disks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["kind"] == "system")
-        .unwrap()["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let system = cloud.system_disk(&gid).await;
     let wrote = std::process::Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write -P 0x5a 0 64M", &system])
         .output()

@@ -253,19 +253,8 @@ async fn run_convert(
             Some(p) = rx.recv() => {
                 if reported.elapsed() >= PROGRESS_EVERY {
                     reported = tokio::time::Instant::now();
-                    let ev = NodeEvent::StepProgress {
-                        node_id: ctx.node_id.clone(),
-                        op_id: job.op_id.clone(),
-                        step: job.step,
-                        attempt: job.attempt,
-                        undo: job.undo,
-                        done: p.min(99),
-                        of: 100,
-                        stage: format!("converting the disk: {p}%"),
-                    };
-                    if let Err(e) = ctx.publisher.publish(&ev).await {
-                        tracing::debug!(op = %job.op_id, "progress not reported: {e}");
-                    }
+                    progress(ctx, job, (p.min(99), 100), format!("converting the disk: {p}%"))
+                        .await;
                 }
             }
         }
@@ -281,6 +270,24 @@ async fn run_convert(
         domain_xml: None,
         output: Some(serde_json::json!({"sha256": sha256, "size_bytes": bytes, "path": dest})),
     })
+}
+
+/// Reports how far `job` is (`done` of `of`, and what it does now), best effort: the
+/// step's result is what counts.
+async fn progress(ctx: &NodeCtx, job: &NodeJob, (done, of): (u32, u32), stage: String) {
+    let ev = NodeEvent::StepProgress {
+        node_id: ctx.node_id.clone(),
+        op_id: job.op_id.clone(),
+        step: job.step,
+        attempt: job.attempt,
+        undo: job.undo,
+        done,
+        of,
+        stage,
+    };
+    if let Err(e) = ctx.publisher.publish(&ev).await {
+        tracing::debug!(op = %job.op_id, "progress not reported: {e}");
+    }
 }
 
 /// Whether a running job must stop: None while its fence names it (or Redis cannot say).
@@ -342,22 +349,12 @@ async fn prefetch(
                 }
                 reported = Some(tokio::time::Instant::now());
                 let percent = total.filter(|t| *t > 0).map(|t| got.min(t) * 100 / t);
-                let ev = NodeEvent::StepProgress {
-                    node_id: ctx.node_id.clone(),
-                    op_id: job.op_id.clone(),
-                    step: job.step,
-                    attempt: job.attempt,
-                    undo: job.undo,
-                    done: (at as u32) * 100 + percent.unwrap_or(0).min(99) as u32,
-                    of: (of as u32) * 100,
-                    stage: match percent {
-                        Some(p) => format!("fetching the template image: {p}%"),
-                        None => format!("fetching the template image: {} MiB", got >> 20),
-                    },
+                let stage = match percent {
+                    Some(p) => format!("fetching the template image: {p}%"),
+                    None => format!("fetching the template image: {} MiB", got >> 20),
                 };
-                if let Err(e) = ctx.publisher.publish(&ev).await {
-                    tracing::debug!(op = %job.op_id, "progress not reported: {e}");
-                }
+                let done = (at as u32) * 100 + percent.unwrap_or(0).min(99) as u32;
+                progress(ctx, job, (done, (of as u32) * 100), stage).await;
             }
         }
     }
@@ -432,19 +429,8 @@ async fn run_sequence(
             .filter(|_| reported.elapsed() >= PROGRESS_EVERY)
         {
             reported = tokio::time::Instant::now();
-            let progress = NodeEvent::StepProgress {
-                node_id: ctx.node_id.clone(),
-                op_id: job.op_id.clone(),
-                step: job.step,
-                attempt: job.attempt,
-                undo: job.undo,
-                done: i as u32 + 1,
-                of: steps.len() as u32,
-                stage: next.stage.clone(),
-            };
-            if let Err(e) = ctx.publisher.publish(&progress).await {
-                tracing::debug!(op = %job.op_id, "progress not reported: {e}");
-            }
+            let done = (i as u32 + 1, steps.len() as u32);
+            progress(ctx, job, done, next.stage.clone()).await;
         }
     }
     Ok(StepOutcome::Ok {

@@ -217,6 +217,30 @@ impl Cloud {
         self.dir().join("images")
     }
 
+    /// The controller's database, read-only, for checks the API does not show.
+    pub async fn db(&self) -> sqlx::SqlitePool {
+        sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}?mode=ro",
+            self.dir().join("corral.db").display()
+        ))
+        .await
+        .unwrap()
+    }
+
+    /// The path of guest `gid`'s system disk, as its record says.
+    pub async fn system_disk(&self, gid: &str) -> String {
+        let (_, g) = self.get(&format!("/guests/{gid}")).await;
+        g["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["kind"] == "system")
+            .unwrap_or_else(|| panic!("guest {gid} has no system disk: {g}"))["path"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     fn command(&self, args: &[&str], extra: &[(&str, &str)]) -> Command {
         let mut c = Command::new(bin());
         c.args(args)
