@@ -29,6 +29,13 @@ fn image(dir: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf
     path
 }
 
+/// A new empty qcow2's bytes and their SHA-256.
+fn qcow2_with_sum(dir: &std::path::Path, name: &str) -> (Vec<u8>, String) {
+    let bytes = std::fs::read(image(dir, name, &["-f", "qcow2"])).unwrap();
+    let sum = hex::encode(Sha256::digest(&bytes));
+    (bytes, sum)
+}
+
 async fn upload(
     cloud: &Cloud,
     token: &str,
@@ -262,9 +269,7 @@ async fn a_node_without_the_template_directory_fetches_the_image_once() {
     let mut cloud = Cloud::split("test:///default").await;
     let admin = cloud.token().to_string();
     let work = tempfile::tempdir().unwrap();
-    let src = image(work.path(), "far.qcow2", &["-f", "qcow2"]);
-    let bytes = std::fs::read(&src).unwrap();
-    let sum = hex::encode(Sha256::digest(&bytes));
+    let (bytes, sum) = qcow2_with_sum(work.path(), "far.qcow2");
     let (s, t) = upload(
         &cloud,
         &admin,
@@ -420,9 +425,7 @@ async fn an_upload_cut_by_a_controller_crash_leaves_nothing() {
     let mut cloud = Cloud::split("test:///default").await;
     let admin = cloud.token().to_string();
     let work = tempfile::tempdir().unwrap();
-    let src = image(work.path(), "cut.qcow2", &["-f", "qcow2"]);
-    let bytes = std::fs::read(&src).unwrap();
-    let sum = hex::encode(Sha256::digest(&bytes));
+    let (bytes, sum) = qcow2_with_sum(work.path(), "cut.qcow2");
 
     // The first half, then silence: the controller holds a partial file.
     let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
