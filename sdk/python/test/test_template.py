@@ -36,6 +36,7 @@ class TestTemplate(unittest.TestCase):
         if include_optional:
             return Template(
                 created_at = '',
+                download_url = '',
                 id = '',
                 min_memory_mib = 56,
                 name = '',
@@ -50,6 +51,7 @@ class TestTemplate(unittest.TestCase):
         else:
             return Template(
                 created_at = '',
+                download_url = '',
                 id = '',
                 min_memory_mib = 56,
                 name = '',

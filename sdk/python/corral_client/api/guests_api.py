@@ -5967,7 +5967,7 @@ class GuestsApi:
     ) -> Accepted:
         """Change a guest's vCPUs and memory (any of the fields). Runs as `guest.resize`.
 
-        A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
+        A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent (on KVM; under TCG vCPUs change only while it is off), the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
 
         :param id: (required)
         :type id: str
@@ -6049,7 +6049,7 @@ class GuestsApi:
     ) -> ApiResponse[Accepted]:
         """Change a guest's vCPUs and memory (any of the fields). Runs as `guest.resize`.
 
-        A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
+        A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent (on KVM; under TCG vCPUs change only while it is off), the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
 
         :param id: (required)
         :type id: str
@@ -6131,7 +6131,7 @@ class GuestsApi:
     ) -> RESTResponseType:
         """Change a guest's vCPUs and memory (any of the fields). Runs as `guest.resize`.
 
-        A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
+        A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent (on KVM; under TCG vCPUs change only while it is off), the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
 
         :param id: (required)
         :type id: str

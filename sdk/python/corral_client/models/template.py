@@ -28,6 +28,7 @@ class Template(BaseModel):
     Template
     """ # noqa: E501
     created_at: StrictStr
+    download_url: StrictStr = Field(description="Where the image downloads from (streamed, with `X-Checksum-Sha256`): the template list is the downloads list (S43).")
     id: StrictStr
     min_memory_mib: StrictInt
     name: StrictStr
@@ -36,9 +37,9 @@ class Template(BaseModel):
     owner_id: Optional[StrictStr] = Field(default=None, description="The user who registered it; absent for templates from before owners existed.")
     path: StrictStr
     public: StrictBool = Field(description="Every user may use a public template; a private one is its owner's.")
-    sha256: Optional[StrictStr] = Field(default=None, description="SHA-256 of the image, for templates corral wrote (from a guest or a snapshot).")
+    sha256: Optional[StrictStr] = Field(default=None, description="SHA-256 of the image: recorded as corral writes an image (upload, from a guest), computed in the background for one registered by path (absent until then, or while the controller's host cannot read it).")
     size_bytes: Optional[StrictInt] = None
-    __properties: ClassVar[List[str]] = ["created_at", "id", "min_memory_mib", "name", "os_init_profile", "os_type", "owner_id", "path", "public", "sha256", "size_bytes"]
+    __properties: ClassVar[List[str]] = ["created_at", "download_url", "id", "min_memory_mib", "name", "os_init_profile", "os_type", "owner_id", "path", "public", "sha256", "size_bytes"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -92,6 +93,7 @@ class Template(BaseModel):
 
         _obj = cls.model_validate({
             "created_at": obj.get("created_at"),
+            "download_url": obj.get("download_url"),
             "id": obj.get("id"),
             "min_memory_mib": obj.get("min_memory_mib"),
             "name": obj.get("name"),

@@ -1499,7 +1499,7 @@ pub async fn guest_reset_password(
     }
 }
 
-/// A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
+/// A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent (on KVM; under TCG vCPUs change only while it is off), the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
 pub async fn guest_resize(
     configuration: &configuration::Configuration,
     id: &str,

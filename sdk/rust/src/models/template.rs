@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub struct Template {
     #[serde(rename = "created_at")]
     pub created_at: String,
+    /// Where the image downloads from (streamed, with `X-Checksum-Sha256`): the template list is the downloads list (S43).
+    #[serde(rename = "download_url")]
+    pub download_url: String,
     #[serde(rename = "id")]
     pub id: String,
     #[serde(rename = "min_memory_mib")]
@@ -34,7 +37,7 @@ pub struct Template {
     /// Every user may use a public template; a private one is its owner's.
     #[serde(rename = "public")]
     pub public: bool,
-    /// SHA-256 of the image, for templates corral wrote (from a guest or a snapshot).
+    /// SHA-256 of the image: recorded as corral writes an image (upload, from a guest), computed in the background for one registered by path (absent until then, or while the controller's host cannot read it).
     #[serde(rename = "sha256", skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     #[serde(rename = "size_bytes", skip_serializing_if = "Option::is_none")]
@@ -44,6 +47,7 @@ pub struct Template {
 impl Template {
     pub fn new(
         created_at: String,
+        download_url: String,
         id: String,
         min_memory_mib: u32,
         name: String,
@@ -54,6 +58,7 @@ impl Template {
     ) -> Template {
         Template {
             created_at,
+            download_url,
             id,
             min_memory_mib,
             name,

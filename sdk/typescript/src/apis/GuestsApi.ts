@@ -1576,7 +1576,7 @@ export class GuestsApi extends runtime.BaseAPI {
     }
 
     /**
-     * A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
+     * A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent (on KVM; under TCG vCPUs change only while it is off), the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
      * Change a guest\'s vCPUs and memory (any of the fields). Runs as `guest.resize`.
      */
     async guestResizeRaw(requestParameters: GuestResizeRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Accepted>> {
@@ -1587,7 +1587,7 @@ export class GuestsApi extends runtime.BaseAPI {
     }
 
     /**
-     * A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent, the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
+     * A shut-off guest takes any size and new maxima, and boots with them. A running guest changes live within its maxima (`max_cpus`, `max_memory_mib`, set at creation): vCPUs are hot-plugged and onlined through its agent (on KVM; under TCG vCPUs change only while it is off), the balloon gives or takes memory. Beyond them, or to change them, shut it down first (409).
      * Change a guest\'s vCPUs and memory (any of the fields). Runs as `guest.resize`.
      */
     async guestResize(requestParameters: GuestResizeRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Accepted> {

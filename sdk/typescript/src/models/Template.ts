@@ -24,6 +24,11 @@ export interface Template {
      */
     createdAt: string;
     /**
+     * Where the image downloads from (streamed, with `X-Checksum-Sha256`): the template
+     * list is the downloads list (S43).
+     */
+    downloadUrl: string;
+    /**
      * 
      */
     id: string;
@@ -56,7 +61,9 @@ export interface Template {
      */
     _public: boolean;
     /**
-     * SHA-256 of the image, for templates corral wrote (from a guest or a snapshot).
+     * SHA-256 of the image: recorded as corral writes an image (upload, from a guest),
+     * computed in the background for one registered by path (absent until then, or
+     * while the controller's host cannot read it).
      */
     sha256?: string;
     /**
@@ -70,6 +77,7 @@ export interface Template {
  */
 export function instanceOfTemplate(value: object): value is Template {
     if ((!('createdAt' in (value as Record<string, any>)) && !('created_at' in (value as Record<string, any>))) || ((value as Record<string, any>)['createdAt'] === undefined && (value as Record<string, any>)['created_at'] === undefined)) return false;
+    if ((!('downloadUrl' in (value as Record<string, any>)) && !('download_url' in (value as Record<string, any>))) || ((value as Record<string, any>)['downloadUrl'] === undefined && (value as Record<string, any>)['download_url'] === undefined)) return false;
     if (!('id' in value) || value['id'] === undefined) return false;
     if ((!('minMemoryMib' in (value as Record<string, any>)) && !('min_memory_mib' in (value as Record<string, any>))) || ((value as Record<string, any>)['minMemoryMib'] === undefined && (value as Record<string, any>)['min_memory_mib'] === undefined)) return false;
     if (!('name' in value) || value['name'] === undefined) return false;
@@ -91,6 +99,7 @@ export function TemplateFromJSONTyped(json: any, ignoreDiscriminator: boolean): 
     return {
         
         'createdAt': json['created_at'],
+        'downloadUrl': json['download_url'],
         'id': json['id'],
         'minMemoryMib': json['min_memory_mib'],
         'name': json['name'],
@@ -116,6 +125,7 @@ export function TemplateToJSONTyped(value?: Template | null, ignoreDiscriminator
     return {
         
         'created_at': value['createdAt'],
+        'download_url': value['downloadUrl'],
         'id': value['id'],
         'min_memory_mib': value['minMemoryMib'],
         'name': value['name'],
