@@ -53,8 +53,7 @@ impl ImageSource {
         cache_dir: PathBuf,
     ) -> Option<ImageSource> {
         let base_url = controller_url?.trim_end_matches('/').to_string();
-        let secret = reqwest::Url::parse(redis_url).ok()?.password()?.to_string();
-        let secret = percent_decode(&secret);
+        let secret = crate::transport::acl::node_secret(redis_url)?;
         Some(ImageSource {
             base_url,
             node_id: node_id.to_string(),
@@ -181,29 +180,6 @@ impl ImageSource {
     }
 }
 
-/// `%XX` escapes of a URL's userinfo, decoded.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,14 +188,14 @@ mod tests {
     fn the_secret_comes_from_the_redis_url() {
         let s = ImageSource::new(
             Some("http://c:8080/"),
-            "redis://corral-node-a:s%2Fx@127.0.0.1:6379/",
+            "redis://corral-node-a:s3cret@127.0.0.1:6379/",
             "a",
             PathBuf::from("/tmp"),
         )
         .unwrap();
         assert_eq!(
             (s.base_url.as_str(), s.secret.as_str()),
-            ("http://c:8080", "s/x")
+            ("http://c:8080", "s3cret")
         );
         assert!(ImageSource::new(None, "redis://u:p@h/", "a", PathBuf::new()).is_none());
         assert!(ImageSource::new(Some("http://c"), "redis://h/", "a", PathBuf::new()).is_none());

@@ -102,6 +102,22 @@ pub async fn remove(conn: &mut ConnectionManager, node_id: &str) -> Result<(), T
     Ok(())
 }
 
+/// The secret in a `redis_url` made by [`node_url`] (either form): what a node shows the
+/// controller to fetch a template image. None without one.
+pub fn node_secret(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let secret = if scheme.contains("unix") {
+        rest.split_once('?')?
+            .1
+            .split('&')
+            .find_map(|p| p.strip_prefix("pass="))?
+    } else {
+        let authority = rest.split('/').next()?;
+        authority.rsplit_once('@')?.0.split_once(':')?.1
+    };
+    (!secret.is_empty()).then(|| secret.to_string())
+}
+
 /// The node ids that have a Redis user now.
 pub async fn installed(conn: &mut ConnectionManager) -> Result<Vec<String>, TransportError> {
     let users: Vec<String> = redis::cmd("ACL").arg("USERS").query_async(conn).await?;
@@ -183,6 +199,22 @@ mod tests {
             node_url("redis+unix:///run/r.sock?db=1&pass=x", "n1", "s3"),
             "redis+unix:///run/r.sock?db=1&user=corral-node-n1&pass=s3"
         );
+    }
+
+    #[test]
+    fn a_node_finds_its_secret_in_either_url_form() {
+        for url in [
+            "redis://127.0.0.1:6379/",
+            "rediss://u:p@h",
+            "redis+unix:///run/r.sock?db=1&pass=x",
+        ] {
+            assert_eq!(
+                node_secret(&node_url(url, "n1", "s3")).as_deref(),
+                Some("s3")
+            );
+        }
+        assert_eq!(node_secret("redis://127.0.0.1:6379/"), None);
+        assert_eq!(node_secret("redis+unix:///run/r.sock"), None);
     }
 
     #[test]

@@ -118,6 +118,15 @@ fn accepted(disk: &str, op: &str) -> DiskOp {
     )
 }
 
+/// What an operation on disk `d` holds besides the disk: its guest while attached (the
+/// change reaches the guest's domain), else its node.
+fn held_by(d: &DataDiskRow) -> Target<'_> {
+    match &d.guest_id {
+        Some(g) => Target::Guest(g),
+        None => Target::Node(&d.node_id),
+    }
+}
+
 fn limits_view(t: IoTune) -> DiskLimits {
     DiskLimits {
         total_iops_sec: t.total_iops_sec,
@@ -439,11 +448,7 @@ impl DiskApi {
             disk_id: d.id.clone(),
             size_mib,
         });
-        let target = match &d.guest_id {
-            Some(g) => Target::Guest(g),
-            None => Target::Node(&d.node_id),
-        };
-        Ok(launch(&state, &auth.0, req, target, &d.id, None).await?)
+        Ok(launch(&state, &auth.0, req, held_by(&d), &d.id, None).await?)
     }
 
     /// Replace a data disk's I/O limits; `{}` lifts them. Runs as `disk.set_limits`: live
@@ -483,11 +488,7 @@ impl DiskApi {
             limits,
             old_limits,
         });
-        let target = match &d.guest_id {
-            Some(g) => Target::Guest(g),
-            None => Target::Node(&d.node_id),
-        };
-        Ok(launch(&state, &auth.0, req, target, &d.id, None).await?)
+        Ok(launch(&state, &auth.0, req, held_by(&d), &d.id, None).await?)
     }
 
     /// Delete a detached data disk and its file. Runs as `disk.delete`.
