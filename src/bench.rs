@@ -55,6 +55,38 @@ impl<T> From<corral_client::apis::Error<T>> for BenchError {
     }
 }
 
+/// A private Redis on `port` with a password, its data in `dir`, as `corral up` starts
+/// one: the URL (carrying the password) and the guard that stops it.
+pub(crate) async fn private_redis(
+    port: u16,
+    dir: &Path,
+) -> Result<(String, Option<crate::up::supervise::Supervisor>), BenchError> {
+    let backoff = crate::up::supervise::Backoff::new(&crate::config::UpConfig::default());
+    crate::up::ensure_redis(&format!("redis://127.0.0.1:{port}/"), dir, backoff)
+        .await
+        .map_err(setup("redis"))
+}
+
+/// An empty 16 MiB qcow2 at `path`: a template image the bench makes for itself, so it
+/// needs nothing a machine had before the run.
+pub(crate) async fn blank_qcow2(path: &Path) -> Result<(), BenchError> {
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg("16M")
+        .status()
+        .await?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err(BenchError::Setup(format!(
+            "qemu-img create {} failed",
+            path.display()
+        )))
+    }
+}
+
 fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BenchError + '_ {
     move |e| BenchError::Setup(format!("{what}: {e}"))
 }
@@ -542,9 +574,7 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
 
     let rport = free_port()?;
     // A private Redis with a password (the URL answered carries it).
-    let (redis_url, _redis) = crate::up::ensure_redis(&format!("redis://127.0.0.1:{rport}/"), tmp)
-        .await
-        .map_err(setup("redis"))?;
+    let (redis_url, _redis) = private_redis(rport, tmp).await?;
     let port = free_port()?;
     // Templates: the bench's own image in `tmp`, and the TCG fixture's directory.
     let mut image_dirs = tmp.display().to_string();
@@ -624,16 +654,7 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
     );
 
     let tmpl = tmp.join("tmpl.qcow2");
-    let ok = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&tmpl)
-        .arg("16M")
-        .status()
-        .await?
-        .success();
-    if !ok {
-        return Err(BenchError::Setup("qemu-img create failed".into()));
-    }
+    blank_qcow2(&tmpl).await?;
     // Long enough (several seconds) that a moment's noise on the machine does not swing
     // the baseline every create ratio is taken against.
     const BY_HAND: usize = 500;

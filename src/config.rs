@@ -214,12 +214,33 @@ impl Default for NodeConfig {
     }
 }
 
-/// The file format: `[controller]` and `[node]` tables, both optional.
+/// The file format: `[controller]`, `[node]` and `[up]` tables, all optional.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub controller: ControllerConfig,
     pub node: NodeConfig,
+    pub up: UpConfig,
+}
+
+/// `corral up` only: how it keeps the processes it started (its Redis) running.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpConfig {
+    /// The wait before the first restart of a child that exited
+    /// (`CORRAL_RESTART_BACKOFF_MS`); it doubles with each exit that follows soon after.
+    pub restart_backoff_ms: u64,
+    /// The longest wait between restarts (`CORRAL_RESTART_BACKOFF_MAX_MS`).
+    pub restart_backoff_max_ms: u64,
+}
+
+impl Default for UpConfig {
+    fn default() -> Self {
+        UpConfig {
+            restart_backoff_ms: 250,
+            restart_backoff_max_ms: 8_000,
+        }
+    }
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -280,6 +301,11 @@ impl Config {
     }
 
     fn apply_env(&mut self) -> Result<(), ConfigError> {
+        env_parse("CORRAL_RESTART_BACKOFF_MS", &mut self.up.restart_backoff_ms)?;
+        env_parse(
+            "CORRAL_RESTART_BACKOFF_MAX_MS",
+            &mut self.up.restart_backoff_max_ms,
+        )?;
         let c = &mut self.controller;
         env_parse("CORRAL_LISTEN", &mut c.listen)?;
         env_parse("CORRAL_DATABASE", &mut c.database)?;

@@ -181,8 +181,9 @@ async fn main() -> anyhow::Result<()> {
                 cfg.controller.data_dir = data_dir.clone();
                 cfg.node.storage_dir = data_dir.join("images");
             }
-            let (redis_url, _redis) =
-                corral::up::ensure_redis(&cfg.controller.redis_url, &data_dir).await?;
+            let backoff = corral::up::supervise::Backoff::new(&cfg.up);
+            let (redis_url, mut redis) =
+                corral::up::ensure_redis(&cfg.controller.redis_url, &data_dir, backoff).await?;
             cfg.controller.redis_url = redis_url;
             let node_id = corral::node::identity(&cfg.node)?;
             cfg.controller.local_node = Some(node_id.clone());
@@ -220,6 +221,9 @@ async fn main() -> anyhow::Result<()> {
                 controller.await??;
                 anyhow::bail!("the controller stopped before it started");
             };
+            if let Some(restarts) = redis.as_mut().and_then(|r| r.take_restarts()) {
+                tokio::spawn(corral::up::record_restarts(restarts, running.store.clone()));
+            }
             let mut node_cfg = cfg.node.clone();
             node_cfg.node_id = Some(node_id);
             if let Some(url) = running.local_node_redis_url {

@@ -72,6 +72,9 @@ pub struct StepRecord {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub error: Option<String>,
+    /// The node's typed reason, when it refused the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
     /// What the step reported beyond success (a guest-agent run's per-action results).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
@@ -646,7 +649,26 @@ pub enum StepOutcome {
         error: String,
         /// Permanent failures unwind at once; transient ones are re-dispatched.
         permanent: bool,
+        /// Set when the node refused the job by its own rules.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refusal: Option<Refusal>,
     },
+}
+
+/// Why a node refused a job by its own rules, whatever the controller asked of it. The
+/// code travels with the step's result, is kept on the failed step and shown as the
+/// operation's `error_code`, so clients act on what was refused, never on a message's
+/// wording. Codes are stored in rows: append only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, poem_openapi::Enum)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum Refusal {
+    /// A NIC on a bridge outside the node's `allowed_bridges`.
+    BridgeNotAllowed,
+    /// A file outside the node's disk-image directory.
+    OutsideStorage,
+    /// A template image outside the node's image directories.
+    OutsideImageDirs,
 }
 
 /// Facts a node reports with every heartbeat.

@@ -8,6 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use common::host::Bridge;
 use common::{require, Cloud};
 use serde_json::{json, Value};
 
@@ -367,19 +368,32 @@ async fn a_template_comes_only_from_the_image_directories() {
 
 /// A pool may name any bridge, but a node puts guests only on the bridges it allows
 /// (`allowed_bridges`, by default its guest bridge): a guest on the management bridge is
-/// refused by the node with the reason, and its failed creation leaves nothing behind.
+/// refused by the node itself, typed as `bridge_not_allowed`, and its failed creation
+/// leaves nothing behind.
+///
+/// Host objects: the test makes the "management" bridge itself (a per-run name, removed
+/// on drop). The node allows only another per-run name that no host has, so it reports no
+/// guest bridge and placement has nothing to hold the pool's bridge against: the request
+/// reaches the node, which is the defence under test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_refuses_a_bridge_it_does_not_allow() {
-    if !(parts() && common::require("qemu-img")) {
+    if !(parts() && common::require("qemu-img") && common::require("ip")) {
         return;
     }
-    let cloud = Cloud::split("test:///default").await;
+    let mgmt = Bridge::new_bare();
+    let allowed = common::host::per_run_name();
+    assert!(!common::host::interface_exists(&allowed));
+    let cloud = Cloud::split_with(
+        "test:///default",
+        vec![("CORRAL_ALLOWED_BRIDGES".into(), allowed.clone())],
+    )
+    .await;
     cloud.template("tiny").await;
     let (s, v) = cloud
         .post(
             "/ip-pools",
             json!({"name": "mgmt", "cidr": "198.51.100.0/24", "range_start": "198.51.100.10",
-                   "range_end": "198.51.100.20", "bridge": "br-mgmt"}),
+                   "range_end": "198.51.100.20", "bridge": mgmt.name}),
         )
         .await;
     assert_eq!(s, 201, "{v}");
@@ -389,11 +403,15 @@ async fn a_node_refuses_a_bridge_it_does_not_allow() {
         .clone();
     let v = cloud.wait_op(&op).await;
     assert_eq!(v["state"], "failed", "{v}");
-    let err = v["error"].as_str().unwrap_or("");
-    assert!(
-        err.contains("bridge br-mgmt is not one this node lets guests use"),
-        "{v}"
-    );
+    assert_eq!(v["error_code"], "bridge_not_allowed", "{v}");
+    let refused: Vec<&Value> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["error_code"] == "bridge_not_allowed")
+        .collect();
+    assert_eq!(refused.len(), 1, "one step was refused by the node: {v}");
+    assert_eq!(refused[0]["runs_on"], "node", "{v}");
     let (s, d) = cloud.delete(&format!("/guests/{gid}")).await;
     assert_eq!(s, 202, "{d}");
     assert_eq!(

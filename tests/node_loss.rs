@@ -294,8 +294,38 @@ async fn a_node_that_returns_cleans_up_before_new_work() {
     );
 }
 
+/// The fences of `op` on `node` that still name an attempt (an interrupted one holds 0).
+fn live_fences(cloud: &Cloud, node: &str, op: &str) -> Vec<String> {
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &cloud.redis.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    cli(&[
+        "--scan",
+        "--pattern",
+        &format!("corral:fence:{node}:{op}:*"),
+    ])
+    .lines()
+    .filter(|k| cli(&["GET", k]) != "0")
+    .map(String::from)
+    .collect()
+}
+
 /// `node.cleanup` is a saga like any other: a controller killed after dispatching its node
 /// step, or after recording the results, finishes it on restart and leaks nothing.
+///
+/// The node dies in the create's build step, so that step's job is in flight when the
+/// create is cancelled. Its fence is removed at the cancel: when the node returns, apalis
+/// re-delivers the orphaned job, which must skip rather than write the disk and seed again
+/// after the cleanup removed them (the race this test once lost under load).
+///
+/// Host objects: none beyond the test's own directory (`images-c`, the node's storage
+/// directory), its Redis and its processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cleanup_survives_a_controller_crash_at_each_step() {
     if !(require("redis-server") && require("qemu-img") && require("genisoimage")) {
@@ -329,6 +359,23 @@ async fn a_cleanup_survives_a_controller_crash_at_each_step() {
             .await;
         assert_eq!(cloud.wait_op(&ops[0].1).await["state"], "cancelled");
         assert!(!files_in(&dir).is_empty(), "the create left files");
+        // The create's job died in flight with its node, and apalis hands it back once the
+        // node returns: no fence may still let it run, or it would write again what the
+        // cleanup removes (after the cleanup list is empty, so the checks below miss it).
+        // (The fence goes just after the commit that ends the operation: allow a moment.)
+        let mut live = live_fences(&cloud, "node-c", &ops[0].1);
+        for _ in 0..50 {
+            if live.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            live = live_fences(&cloud, "node-c", &ops[0].1);
+        }
+        assert_eq!(
+            live,
+            Vec::<String>::new(),
+            "a fence of the cancelled create still lets its job run"
+        );
 
         // The node returns while the controller is armed to die in the cleanup.
         cloud.arm_fault(fault).await;

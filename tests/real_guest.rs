@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::host::Bridge;
 use common::{require, Cloud};
 use serde_json::{json, Value};
 
@@ -91,53 +92,6 @@ impl Drop for DomainSweep {
             let _ = virsh(&["destroy", &d]);
             let _ = virsh(&["undefine", &d]);
         }
-    }
-}
-
-/// A bridge with the pool's gateway address on it; removed on drop.
-struct Bridge {
-    name: String,
-}
-
-impl Bridge {
-    fn new(gateway_cidr: &str) -> Bridge {
-        let name = format!("crl{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        for args in [
-            vec!["link", "add", &name, "type", "bridge"],
-            vec!["addr", "add", gateway_cidr, "dev", &name],
-            vec!["link", "set", &name, "up"],
-        ] {
-            assert!(
-                Command::new("ip").args(&args).status().unwrap().success(),
-                "ip {args:?}"
-            );
-        }
-        Bridge { name }
-    }
-}
-
-impl Bridge {
-    /// A bridge with no address on the host side.
-    fn new_bare() -> Bridge {
-        let name = format!("crl{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        for args in [
-            vec!["link", "add", &name, "type", "bridge"],
-            vec!["link", "set", &name, "up"],
-        ] {
-            assert!(
-                Command::new("ip").args(&args).status().unwrap().success(),
-                "ip {args:?}"
-            );
-        }
-        Bridge { name }
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.name])
-            .status();
     }
 }
 

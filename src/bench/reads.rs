@@ -11,7 +11,7 @@
 //! as `wrk` does, so the figures measure the server rather than a client library.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,8 @@ struct Figure {
 pub(super) struct Server {
     pub(super) addr: SocketAddr,
     pub(super) token: String,
+    /// The controller's template image directory.
+    pub(super) templates: PathBuf,
     store: Store,
     stop: watch::Sender<bool>,
     thread: std::thread::JoinHandle<()>,
@@ -104,6 +106,7 @@ impl Server {
         Ok(Server {
             addr: running.addr,
             token: running.admin_token,
+            templates: dir.join("templates"),
             store: running.store,
             stop,
             thread,
@@ -245,9 +248,10 @@ async fn seed(
     store: &Store,
     n: usize,
     pool: &str,
-    template: &str,
+    template: (&str, &str),
     first_ip: Ipv4Addr,
 ) -> Result<(), BenchError> {
+    let (template, image) = template;
     let base = now_ms() - n as i64;
     let catalog = crate::jobs::Catalog::builtin().map_err(setup("the operation catalog"))?;
     let create = catalog.get(crate::controller::saga::kinds::OpKind::GuestCreate);
@@ -268,7 +272,7 @@ async fn seed(
                     name: name.clone(),
                     hostname: name.clone(),
                     template_id: template.to_string(),
-                    template_path: "/var/lib/corral/templates/bench.qcow2".into(),
+                    template_path: image.into(),
                     os_type: "linux".into(),
                     cpus: 1,
                     memory_mib: 512,
@@ -317,8 +321,7 @@ async fn seed(
                         node_id: "bench-node".into(),
                         path: format!("/var/lib/corral/images/{id}-{kind}"),
                         kind: kind.into(),
-                        backing: (kind == "system")
-                            .then(|| "/var/lib/corral/templates/bench.qcow2".into()),
+                        backing: (kind == "system").then(|| image.into()),
                         created_at: at,
                     },
                 )
@@ -415,10 +418,7 @@ async fn check_pages(server: &Server, pool: &str, records: usize) -> Result<(), 
 pub async fn run(o: &ReadOpts, tmp: &Path) -> Result<(), BenchError> {
     let dir = tmp.join("reads");
     std::fs::create_dir_all(&dir)?;
-    let url = format!("redis://127.0.0.1:{}/", super::free_port()?);
-    let (redis_url, _redis) = crate::up::ensure_redis(&url, &dir)
-        .await
-        .map_err(setup("redis"))?;
+    let (redis_url, _redis) = super::private_redis(super::free_port()?, &dir).await?;
     let server = Server::start(&dir, &redis_url).await?;
     let result = run_on(&server, o).await;
     server.shutdown().await;
@@ -427,14 +427,22 @@ pub async fn run(o: &ReadOpts, tmp: &Path) -> Result<(), BenchError> {
 
 async fn run_on(server: &Server, o: &ReadOpts) -> Result<(), BenchError> {
     let http = reqwest::Client::new();
-    let (_, tmpl) = server
+    let image = server.templates.join("bench.qcow2");
+    super::blank_qcow2(&image).await?;
+    let image = image.display().to_string();
+    let (status, tmpl) = server
         .call(
             &http,
             reqwest::Method::POST,
             "/api/v1/templates",
-            Some(json!({"name": "bench", "path": "/var/lib/corral/templates/bench.qcow2", "os_type": "linux"})),
+            Some(json!({"name": "bench", "path": image, "os_type": "linux"})),
         )
         .await?;
+    if status != 201 {
+        return Err(BenchError::Setup(format!(
+            "registering the template: {status} {tmpl}"
+        )));
+    }
     // A /15 holds 131,000 addresses: room for any record count the bench is given.
     let (status, pool) = server
         .call(
@@ -460,7 +468,7 @@ async fn run_on(server: &Server, o: &ReadOpts) -> Result<(), BenchError> {
         &server.store,
         records,
         pool,
-        template,
+        (template, &image),
         Ipv4Addr::new(10, 0, 0, 10),
     )
     .await?;

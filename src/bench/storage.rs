@@ -189,12 +189,7 @@ async fn upload(dir: &Path) -> Result<(f64, f64), BenchError> {
 
     let srv_dir = dir.join("upload-controller");
     std::fs::create_dir_all(&srv_dir)?;
-    let (redis_url, _redis) = crate::up::ensure_redis(
-        &format!("redis://127.0.0.1:{}/", super::free_port()?),
-        &srv_dir,
-    )
-    .await
-    .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let (redis_url, _redis) = super::private_redis(super::free_port()?, &srv_dir).await?;
     let server = super::reads::Server::start(&srv_dir, &redis_url).await?;
     let file = tokio::fs::File::open(&src).await?;
     let t = Instant::now();

@@ -13,7 +13,7 @@ use super::hypervisor::{DomState, HvError, Hypervisor};
 use crate::guestinit::{render_seed, write_seed_iso, Delivery, InitPlan};
 use crate::model::{
     AgentBatch, AgentReport, BatchReport, CleanupReport, CleanupResult, InitInput, NodeAction,
-    StepOutcome,
+    Refusal, StepOutcome,
 };
 use crate::render::Renderer;
 
@@ -40,10 +40,13 @@ fn bridge_allowed(s: &NodeSettings, bridge: &str) -> Result<(), ActionError> {
     if s.allowed_bridges.iter().any(|b| b == bridge) {
         Ok(())
     } else {
-        Err(ActionError::Permanent(format!(
-            "bridge {bridge} is not one this node lets guests use (allowed_bridges: {})",
-            s.allowed_bridges.join(", ")
-        )))
+        Err(ActionError::Refused(
+            Refusal::BridgeNotAllowed,
+            format!(
+                "bridge {bridge} is not one this node lets guests use (allowed_bridges: {})",
+                s.allowed_bridges.join(", ")
+            ),
+        ))
     }
 }
 
@@ -87,6 +90,9 @@ pub enum ActionError {
     Permanent(String),
     #[error("{0}")]
     Transient(String),
+    /// Refused by the node's own rules (permanent), with the typed reason.
+    #[error("{1}")]
+    Refused(Refusal, String),
 }
 
 impl From<HvError> for ActionError {
@@ -112,10 +118,17 @@ pub fn outcome(r: Result<StepOutcome, ActionError>) -> StepOutcome {
         Err(ActionError::Permanent(error)) => StepOutcome::Failed {
             error,
             permanent: true,
+            refusal: None,
         },
         Err(ActionError::Transient(error)) => StepOutcome::Failed {
             error,
             permanent: false,
+            refusal: None,
+        },
+        Err(ActionError::Refused(refusal, error)) => StepOutcome::Failed {
+            error,
+            permanent: true,
+            refusal: Some(refusal),
         },
     }
 }
@@ -127,10 +140,13 @@ pub(crate) fn inside(storage: &Path, path: &str) -> Result<(), ActionError> {
     if p.is_absolute() && p.starts_with(storage) && !path.contains("/../") {
         Ok(())
     } else {
-        Err(ActionError::Permanent(format!(
-            "{path} is outside the node's disk-image directory {}",
-            storage.display()
-        )))
+        Err(ActionError::Refused(
+            Refusal::OutsideStorage,
+            format!(
+                "{path} is outside the node's disk-image directory {}",
+                storage.display()
+            ),
+        ))
     }
 }
 
@@ -563,9 +579,10 @@ pub async fn backing_image(
     }
     match (template, &s.images) {
         (Some(t), Some(images)) => images.cached(t, progress).await,
-        _ if !allowed => Err(ActionError::Permanent(format!(
-            "template image {template_path} is outside this node's image directories"
-        ))),
+        _ if !allowed => Err(ActionError::Refused(
+            Refusal::OutsideImageDirs,
+            format!("template image {template_path} is outside this node's image directories"),
+        )),
         _ => Err(ActionError::Permanent(format!(
             "template image {template_path} does not exist on this node, and the node has \
              no controller_url to fetch it from"

@@ -387,6 +387,7 @@ async fn run_sequence(
             return Ok(StepOutcome::Failed {
                 error: "superseded by a newer attempt".into(),
                 permanent: false,
+                refusal: None,
             });
         }
         let r = match prefetch(ctx, job, &sub.action, (i, steps.len())).await {
@@ -406,10 +407,15 @@ async fn run_sequence(
             f.check("node", sub.action.name(), "after");
         }
         match actions::outcome(r) {
-            StepOutcome::Failed { error, permanent } => {
+            StepOutcome::Failed {
+                error,
+                permanent,
+                refusal,
+            } => {
                 return Ok(StepOutcome::Failed {
                     error: format!("{}: {error}", sub.stage),
                     permanent,
+                    refusal,
                 })
             }
             StepOutcome::Ok {

@@ -11,6 +11,8 @@
 //! returns; under CI (`CI=true`) a missing part is a failure, never a silent skip.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod host;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

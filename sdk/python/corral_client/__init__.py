@@ -102,6 +102,7 @@ __all__ = [
     "Rate",
     "RecoverAccepted",
     "RecoverRequest",
+    "Refusal",
     "ResetPassword",
     "ResetRequest",
     "ResizeDisk",
@@ -218,6 +219,7 @@ from corral_client.models.range import Range as Range
 from corral_client.models.rate import Rate as Rate
 from corral_client.models.recover_accepted import RecoverAccepted as RecoverAccepted
 from corral_client.models.recover_request import RecoverRequest as RecoverRequest
+from corral_client.models.refusal import Refusal as Refusal
 from corral_client.models.reset_password import ResetPassword as ResetPassword
 from corral_client.models.reset_request import ResetRequest as ResetRequest
 from corral_client.models.resize_disk import ResizeDisk as ResizeDisk

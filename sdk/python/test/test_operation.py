@@ -38,6 +38,7 @@ class TestOperation(unittest.TestCase):
                 cancel_requested = True,
                 created_at = '',
                 error = '',
+                error_code = 'bridge_not_allowed',
                 finished_at = '',
                 guest_id = '',
                 id = '',
@@ -56,6 +57,7 @@ class TestOperation(unittest.TestCase):
                     corral_client.models.step.Step(
                         attempt = 56, 
                         error = '', 
+                        error_code = null, 
                         finished_at = '', 
                         name = '', 
                         output = null, 
@@ -84,6 +86,7 @@ class TestOperation(unittest.TestCase):
                     corral_client.models.step.Step(
                         attempt = 56, 
                         error = '', 
+                        error_code = null, 
                         finished_at = '', 
                         name = '', 
                         output = null, 

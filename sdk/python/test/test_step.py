@@ -37,6 +37,7 @@ class TestStep(unittest.TestCase):
             return Step(
                 attempt = 56,
                 error = '',
+                error_code = 'bridge_not_allowed',
                 finished_at = '',
                 name = '',
                 output = None,

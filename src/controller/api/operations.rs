@@ -13,7 +13,7 @@ use super::{access, AppState, Auth};
 use crate::controller::saga::kinds::{OpKind, Request};
 use crate::controller::saga::{eta_seconds, launch};
 use crate::controller::store::{OpFilter, OpRow, Tx};
-use crate::model::{now_ms, rfc3339};
+use crate::model::{now_ms, rfc3339, Refusal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "snake_case")]
@@ -53,6 +53,8 @@ pub struct Step {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub error: Option<String>,
+    /// Set when the node refused the step by its own rules: what was refused.
+    pub error_code: Option<Refusal>,
     /// What the step reported: for guest-agent runs, `agent_wait_ms`, `run_ms` and each
     /// batch's per-action results (`batches[].results[]`: action, ok, exit_code, output).
     pub output: Option<serde_json::Value>,
@@ -83,6 +85,9 @@ pub struct Operation {
     pub steps: Vec<Step>,
     /// The error chain when the operation failed or an undo could not complete.
     pub error: Option<String>,
+    /// A stable code for the failure, when a node refused a step by its own rules
+    /// (the first such step's): act on this, not on the wording of `error`.
+    pub error_code: Option<Refusal>,
     pub cancel_requested: bool,
     pub requested_by: String,
     pub created_at: String,
@@ -123,10 +128,12 @@ pub fn view(op: &OpRow) -> Operation {
                 started_at: s.started_at.map(rfc3339),
                 finished_at: s.finished_at.map(rfc3339),
                 error: s.error.clone(),
+                error_code: s.refusal,
                 output: s.output.clone(),
             })
             .collect(),
         error: op.error.clone(),
+        error_code: steps.iter().find_map(|s| s.refusal),
         cancel_requested: op.cancel_requested,
         requested_by: op.requested_by.clone(),
         created_at: rfc3339(op.created_at),

@@ -456,12 +456,25 @@ impl Engine {
                     Flow::Stop
                 }
                 Next::Abandon { step, undo } => {
-                    if let (Some(n), false) = (&node, saga.node_offline) {
-                        post.push(Post::Interrupt {
-                            node: n.clone(),
-                            op: op.id.clone(),
-                            step,
-                            undo,
+                    if let Some(n) = &node {
+                        let (node, op) = (n.clone(), op.id.clone());
+                        post.push(if saga.node_offline {
+                            // The node died with the job in flight: apalis hands that job
+                            // back once the node returns. Its fence must be gone by then,
+                            // or the copy would write again what the cleanup list removes.
+                            Post::Unfence {
+                                node,
+                                op,
+                                step,
+                                undo,
+                            }
+                        } else {
+                            Post::Interrupt {
+                                node,
+                                op,
+                                step,
+                                undo,
+                            }
                         });
                     }
                     self.abandon(&mut tx, op, &req, saga, def, step, undo)

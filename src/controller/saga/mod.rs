@@ -67,6 +67,7 @@ pub fn new_steps(def: &KindDef) -> Vec<StepRecord> {
             started_at: None,
             finished_at: None,
             error: None,
+            refusal: None,
             output: None,
         })
         .collect()
@@ -304,8 +305,14 @@ impl Saga {
                 }
                 self.mark_finished(i, undo, None, now)
             }
-            StepOutcome::Failed { error, permanent } => {
-                if !permanent && s.tries < max_tries {
+            StepOutcome::Failed {
+                error,
+                permanent,
+                refusal,
+            } => {
+                let retry = !permanent && s.tries < max_tries;
+                self.steps[i].refusal = *refusal;
+                if retry {
                     // Transient: put it back; the engine dispatches it again.
                     let s = &mut self.steps[i];
                     s.state = if undo {

@@ -33,6 +33,7 @@ fn drive(def: &KindDef, fail_at: Option<usize>) -> (Vec<(usize, bool)>, OpState)
                     StepOutcome::Failed {
                         error: "boom".into(),
                         permanent: true,
+                        refusal: None,
                     }
                 } else {
                     OK
@@ -110,6 +111,7 @@ fn transient_failures_are_retried_then_unwound() {
     let transient = StepOutcome::Failed {
         error: "busy".into(),
         permanent: false,
+        refusal: None,
     };
     for round in 1..=3 {
         assert_eq!(
@@ -280,6 +282,7 @@ fn an_undo_waiting_on_an_offline_node_is_abandoned_on_cancel() {
     let failed = StepOutcome::Failed {
         error: "boom".into(),
         permanent: true,
+        refusal: None,
     };
     assert!(s.apply_result(2, a, false, &failed, 3, 0));
     assert_eq!(
@@ -310,6 +313,7 @@ fn a_failed_undo_keeps_leases_and_fails_the_operation() {
     let failed = StepOutcome::Failed {
         error: "cannot start".into(),
         permanent: true,
+        refusal: None,
     };
     let a = s.steps[2].attempt;
     assert!(s.apply_result(2, a, false, &failed, 3, 0));
@@ -326,6 +330,7 @@ fn a_failed_undo_keeps_leases_and_fails_the_operation() {
     let down = StepOutcome::Failed {
         error: "libvirt is down".into(),
         permanent: true,
+        refusal: None,
     };
     assert!(s.apply_result(2, a, true, &down, 3, 0));
     assert_eq!(s.steps[2].state, StepState::UndoFailed);

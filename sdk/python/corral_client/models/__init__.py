@@ -78,6 +78,7 @@ from corral_client.models.range import Range
 from corral_client.models.rate import Rate
 from corral_client.models.recover_accepted import RecoverAccepted
 from corral_client.models.recover_request import RecoverRequest
+from corral_client.models.refusal import Refusal
 from corral_client.models.reset_password import ResetPassword
 from corral_client.models.reset_request import ResetRequest
 from corral_client.models.resize_disk import ResizeDisk

@@ -20,6 +20,7 @@ import json
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from typing import Any, ClassVar, Dict, List, Optional
 from corral_client.models.progress import Progress
+from corral_client.models.refusal import Refusal
 from corral_client.models.step import Step
 from typing import Optional, Set
 from typing_extensions import Self
@@ -32,6 +33,7 @@ class Operation(BaseModel):
     cancel_requested: StrictBool
     created_at: StrictStr
     error: Optional[StrictStr] = Field(default=None, description="The error chain when the operation failed or an undo could not complete.")
+    error_code: Optional[Refusal] = Field(default=None, description="A stable code for the failure, when a node refused a step by its own rules (the first such step's): act on this, not on the wording of `error`.")
     finished_at: Optional[StrictStr] = None
     guest_id: Optional[StrictStr] = None
     id: StrictStr
@@ -42,7 +44,7 @@ class Operation(BaseModel):
     state: StrictStr
     steps: List[Step]
     updated_at: StrictStr
-    __properties: ClassVar[List[str]] = ["cancel_requested", "created_at", "error", "finished_at", "guest_id", "id", "kind", "node_id", "progress", "requested_by", "state", "steps", "updated_at"]
+    __properties: ClassVar[List[str]] = ["cancel_requested", "created_at", "error", "error_code", "finished_at", "guest_id", "id", "kind", "node_id", "progress", "requested_by", "state", "steps", "updated_at"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -107,6 +109,7 @@ class Operation(BaseModel):
             "cancel_requested": obj.get("cancel_requested"),
             "created_at": obj.get("created_at"),
             "error": obj.get("error"),
+            "error_code": obj.get("error_code"),
             "finished_at": obj.get("finished_at"),
             "guest_id": obj.get("guest_id"),
             "id": obj.get("id"),

@@ -19,6 +19,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from typing import Any, ClassVar, Dict, List, Optional
+from corral_client.models.refusal import Refusal
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -29,13 +30,14 @@ class Step(BaseModel):
     """ # noqa: E501
     attempt: StrictInt
     error: Optional[StrictStr] = None
+    error_code: Optional[Refusal] = Field(default=None, description="Set when the node refused the step by its own rules: what was refused.")
     finished_at: Optional[StrictStr] = None
     name: StrictStr
     output: Optional[Any] = Field(default=None, description="What the step reported: for guest-agent runs, `agent_wait_ms`, `run_ms` and each batch's per-action results (`batches[].results[]`: action, ok, exit_code, output).")
     runs_on: StrictStr = Field(description="`controller` or `node`.")
     started_at: Optional[StrictStr] = None
     state: StrictStr = Field(description="pending, running, done, failed, undoing, undone, undo_failed (its undo could not complete: what it made is on the node's cleanup list and its resources stay held), abandoned (given up while its node was offline).")
-    __properties: ClassVar[List[str]] = ["attempt", "error", "finished_at", "name", "output", "runs_on", "started_at", "state"]
+    __properties: ClassVar[List[str]] = ["attempt", "error", "error_code", "finished_at", "name", "output", "runs_on", "started_at", "state"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -95,6 +97,7 @@ class Step(BaseModel):
         _obj = cls.model_validate({
             "attempt": obj.get("attempt"),
             "error": obj.get("error"),
+            "error_code": obj.get("error_code"),
             "finished_at": obj.get("finished_at"),
             "name": obj.get("name"),
             "output": obj.get("output"),

@@ -128,6 +128,8 @@ pub mod recover_accepted;
 pub use self::recover_accepted::RecoverAccepted;
 pub mod recover_request;
 pub use self::recover_request::RecoverRequest;
+pub mod refusal;
+pub use self::refusal::Refusal;
 pub mod reset_password;
 pub use self::reset_password::ResetPassword;
 pub mod reset_request;

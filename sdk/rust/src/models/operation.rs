@@ -20,6 +20,9 @@ pub struct Operation {
     /// The error chain when the operation failed or an undo could not complete.
     #[serde(rename = "error", skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A stable code for the failure, when a node refused a step by its own rules (the first such step's): act on this, not on the wording of `error`.
+    #[serde(rename = "error_code", skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<models::Refusal>,
     #[serde(rename = "finished_at", skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
     #[serde(rename = "guest_id", skip_serializing_if = "Option::is_none")]
@@ -59,6 +62,7 @@ impl Operation {
             cancel_requested,
             created_at,
             error: None,
+            error_code: None,
             finished_at: None,
             guest_id: None,
             id,

@@ -17,6 +17,9 @@ pub struct Step {
     pub attempt: u32,
     #[serde(rename = "error", skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when the node refused the step by its own rules: what was refused.
+    #[serde(rename = "error_code", skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<models::Refusal>,
     #[serde(rename = "finished_at", skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
     #[serde(rename = "name")]
@@ -44,6 +47,7 @@ impl Step {
         Step {
             attempt,
             error: None,
+            error_code: None,
             finished_at: None,
             name,
             output: None,

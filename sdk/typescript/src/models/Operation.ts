@@ -13,6 +13,13 @@
  */
 
 import { mapValues } from '../runtime';
+import type { Refusal } from './Refusal';
+import {
+    RefusalFromJSON,
+    RefusalFromJSONTyped,
+    RefusalToJSON,
+    RefusalToJSONTyped,
+} from './Refusal';
 import type { Progress } from './Progress';
 import {
     ProgressFromJSON,
@@ -46,6 +53,11 @@ export interface Operation {
      * The error chain when the operation failed or an undo could not complete.
      */
     error?: string;
+    /**
+     * A stable code for the failure, when a node refused a step by its own rules
+     * (the first such step's): act on this, not on the wording of `error`.
+     */
+    errorCode?: Refusal;
     /**
      * 
      */
@@ -88,6 +100,8 @@ export interface Operation {
     updatedAt: string;
 }
 
+
+
 /**
  * Check if a given object implements the Operation interface.
  */
@@ -117,6 +131,7 @@ export function OperationFromJSONTyped(json: any, ignoreDiscriminator: boolean):
         'cancelRequested': json['cancel_requested'],
         'createdAt': json['created_at'],
         'error': json['error'] == null ? undefined : json['error'],
+        'errorCode': json['error_code'] == null ? undefined : RefusalFromJSON(json['error_code']),
         'finishedAt': json['finished_at'] == null ? undefined : json['finished_at'],
         'guestId': json['guest_id'] == null ? undefined : json['guest_id'],
         'id': json['id'],
@@ -144,6 +159,7 @@ export function OperationToJSONTyped(value?: Operation | null, ignoreDiscriminat
         'cancel_requested': value['cancelRequested'],
         'created_at': value['createdAt'],
         'error': value['error'],
+        'error_code': RefusalToJSON(value['errorCode']),
         'finished_at': value['finishedAt'],
         'guest_id': value['guestId'],
         'id': value['id'],

@@ -13,6 +13,14 @@
  */
 
 import { mapValues } from '../runtime';
+import type { Refusal } from './Refusal';
+import {
+    RefusalFromJSON,
+    RefusalFromJSONTyped,
+    RefusalToJSON,
+    RefusalToJSONTyped,
+} from './Refusal';
+
 /**
  * 
  * @export
@@ -27,6 +35,10 @@ export interface Step {
      * 
      */
     error?: string;
+    /**
+     * Set when the node refused the step by its own rules: what was refused.
+     */
+    errorCode?: Refusal;
     /**
      * 
      */
@@ -56,6 +68,8 @@ export interface Step {
     state: string;
 }
 
+
+
 /**
  * Check if a given object implements the Step interface.
  */
@@ -79,6 +93,7 @@ export function StepFromJSONTyped(json: any, ignoreDiscriminator: boolean): Step
         
         'attempt': json['attempt'],
         'error': json['error'] == null ? undefined : json['error'],
+        'errorCode': json['error_code'] == null ? undefined : RefusalFromJSON(json['error_code']),
         'finishedAt': json['finished_at'] == null ? undefined : json['finished_at'],
         'name': json['name'],
         'output': json['output'] === undefined ? undefined : json['output'] === null ? null : json['output'],
@@ -101,6 +116,7 @@ export function StepToJSONTyped(value?: Step | null, ignoreDiscriminator: boolea
         
         'attempt': value['attempt'],
         'error': value['error'],
+        'error_code': RefusalToJSON(value['errorCode']),
         'finished_at': value['finishedAt'],
         'name': value['name'],
         'output': value['output'],

@@ -65,6 +65,7 @@ export * from './Range';
 export * from './Rate';
 export * from './RecoverAccepted';
 export * from './RecoverRequest';
+export * from './Refusal';
 export * from './ResetPassword';
 export * from './ResetRequest';
 export * from './ResizeDisk';

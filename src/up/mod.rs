@@ -6,12 +6,19 @@
 //! the controller as Redis's `default` user; the local node gets its own ACL user like any
 //! node (see `controller::enroll`). A Redis already answering at the URL is used as
 //! configured, with a warning when it lets anyone in without a password.
+//!
+//! The Redis `corral up` starts is its own to keep running: [`supervise`] restarts it
+//! when it dies. One it found answering is someone else's, and is never restarted.
+
+pub mod supervise;
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use supervise::{Backoff, RedisSpec, Supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -77,8 +84,13 @@ fn redis_secret(data_dir: &Path) -> std::io::Result<String> {
 /// Makes sure a Redis answers at `url` and returns the URL to use: `url` itself when it
 /// carries a password or an open Redis answers there (with a warning), else the URL with
 /// the data directory's password, starting a private Redis that requires it (port from
-/// the URL, data in `data_dir`) when none answers. The child dies with us (`kill_on_drop`).
-pub async fn ensure_redis(url: &str, data_dir: &Path) -> Result<(String, Option<Child>), UpError> {
+/// the URL, data in `data_dir`) when none answers. A Redis started here comes with its
+/// [`Supervisor`], which restarts it with `backoff` and kills it when dropped.
+pub async fn ensure_redis(
+    url: &str,
+    data_dir: &Path,
+    backoff: Backoff,
+) -> Result<(String, Option<Supervisor>), UpError> {
     let err = |why: String| UpError::Redis {
         url: url.into(),
         why,
@@ -126,44 +138,41 @@ pub async fn ensure_redis(url: &str, data_dir: &Path) -> Result<(String, Option<
             .map_err(|e| err(e.to_string()))?;
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
     }
-    // The password goes in on stdin (`redis-server -`), never on a command line `ps` shows.
-    let mut child = Command::new("redis-server")
-        .args([
-            "-",
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
+    let spec = RedisSpec {
+        port,
+        dir: dir.clone(),
+        password,
+        url: url.clone(),
+    };
+    let child = spec
         .spawn()
+        .await
         .map_err(|e| err(format!("{e} (apt-get install redis-server)")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use tokio::io::AsyncWriteExt;
-        stdin
-            .write_all(format!("requirepass {password}\n").as_bytes())
+    if !spec.answers().await {
+        return Err(err("it did not answer within 5 s".into()));
+    }
+    println!(
+        "started redis-server on port {port} with a password (data in {}); corral up restarts it if it dies",
+        dir.display()
+    );
+    Ok((url, Some(Supervisor::redis(spec, child, backoff))))
+}
+
+/// Records each restart of a supervised child as a `system.redis_restarted` event (subject:
+/// the program), so `GET /events` shows it. A record that fails is logged: the restart
+/// itself already happened.
+pub async fn record_restarts(
+    mut restarts: tokio::sync::mpsc::UnboundedReceiver<supervise::Restart>,
+    store: crate::controller::store::Store,
+) {
+    while let Some(r) = restarts.recv().await {
+        if let Err(e) = store
+            .record_event("system.redis_restarted", r.program, &r)
             .await
-            .map_err(|e| err(format!("passing the password: {e}")))?;
-    }
-    for _ in 0..50 {
-        if redis_answers(&url).await {
-            println!(
-                "started redis-server on port {port} with a password (data in {})",
-                dir.display()
-            );
-            return Ok((url, Some(child)));
+        {
+            tracing::warn!("recording the restart of {}: {e}", r.program);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(err("it did not answer within 5 s".into()))
 }
 
 /// Creates the guests' bridge when it is missing (a fresh machine has none), so the first
