@@ -348,7 +348,11 @@ pub async fn write_seed_iso(docs: &SeedDocs, path: &Path) -> Result<(), InitErro
     }
     let image = crate::iso::build("cidata", &files).map_err(|e| InitError::Iso(e.to_string()))?;
     let tmp = crate::node::staged(&path.to_string_lossy());
-    tokio::fs::write(&tmp, &image).await?;
+    // The seed holds password hashes and SSH keys: 0600, like every file corral keeps.
+    let staged = std::path::PathBuf::from(&tmp);
+    tokio::task::spawn_blocking(move || crate::modes::write_private(&staged, &image))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
     tokio::fs::rename(&tmp, path).await?;
     Ok(())
 }

@@ -8,7 +8,8 @@
 //! * [`jobs`]: the operation-kind catalog from `jobs/*.toml`;
 //! * [`render`], [`guestinit`]: minijinja templates, init plans and NoCloud seeds;
 //! * [`script`]: the Rhai sandbox, OS-init profiles and boot jobs;
-//! * [`config`]: configuration; [`cli`]: the client subcommands; [`up`]: single-machine mode.
+//! * [`config`]: configuration; [`cli`]: the client subcommands; [`up`]: single-machine mode;
+//! * [`modes`]: 0700 directories and 0600 files for everything corral keeps.
 
 pub mod bench;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod guestinit;
 pub mod iso;
 pub mod jobs;
 pub mod model;
+pub mod modes;
 pub mod node;
 pub mod render;
 pub mod script;

@@ -60,7 +60,13 @@ fn leftovers(cloud: &Cloud) -> Vec<String> {
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".upload") || n.starts_with("up-"))
+        // An upload is kept as `<template id>.<format>`; `.<id>.upload` while it arrives.
+        .filter(|n| {
+            n.ends_with(".upload")
+                || n.split('.')
+                    .next()
+                    .is_some_and(|stem| uuid::Uuid::parse_str(stem).is_ok())
+        })
         .collect()
 }
 

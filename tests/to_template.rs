@@ -75,6 +75,12 @@ async fn a_shut_off_guest_becomes_a_template_with_its_checksum() {
         file.starts_with(&cloud.dir().display().to_string()),
         "{file}"
     );
+    // Named by the template's id, not by anything the caller chose.
+    assert_eq!(
+        std::path::Path::new(file).file_name().unwrap().to_str(),
+        Some(format!("{}.qcow2", t["id"].as_str().unwrap()).as_str()),
+        "{t}"
+    );
     let bytes = std::fs::read(file).unwrap();
     assert_eq!(t["sha256"], json!(hex::encode(Sha256::digest(&bytes))));
     assert_eq!(t["size_bytes"], json!(bytes.len()));

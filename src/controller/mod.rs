@@ -65,6 +65,9 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
     started: Option<tokio::sync::oneshot::Sender<Running>>,
 ) -> Result<(), ControllerError> {
+    // The database, the admin token and the Redis secret: 0700 and 0600, an older
+    // installation's modes narrowed (and logged).
+    crate::modes::tighten_logged(&cfg.data_dir);
     let store = Store::open(&cfg.database).await?;
     let admin_token = auth::bootstrap(&store, &cfg).await?;
     api::sweep_uploads(&cfg.image_dirs);

@@ -625,7 +625,7 @@ fn create_disk_blocking(path: &str, template: &str) -> Result<(), ActionError> {
     let size = qcow2::virtual_size(Path::new(template)).map_err(permanent)?;
     let image = qcow2::overlay(template, size).map_err(permanent)?;
     let tmp = super::staged(path);
-    let written = std::fs::write(&tmp, &image).and_then(|()| {
+    let written = crate::modes::write_private(Path::new(&tmp), &image).and_then(|()| {
         std::fs::OpenOptions::new()
             .write(true)
             .open(&tmp)?

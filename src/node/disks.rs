@@ -110,6 +110,9 @@ pub async fn create_volume(path: &str, size_mib: u64) -> Result<StepOutcome, Act
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
+        // qemu-img creates it 0644: a guest's data is its owner's alone.
+        crate::modes::make_private(Path::new(&tmp))
+            .map_err(|e| ActionError::Transient(e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| ActionError::Transient(e.to_string()))?;
     }
     Ok(StepOutcome::Ok {

@@ -107,8 +107,7 @@ impl ImageSource {
         let transient = |what: &str, e: &dyn std::fmt::Display| {
             ActionError::Transient(format!("fetching template {}: {what}: {e}", t.id))
         };
-        tokio::fs::create_dir_all(&self.cache_dir)
-            .await
+        crate::modes::private_dir(&self.cache_dir)
             .map_err(|e| transient("creating the cache", &e))?;
         let url = format!("{}/node/v1/templates/{}/image", self.base_url, t.id);
         let resp = self
@@ -145,7 +144,12 @@ impl ImageSource {
                 .map(str::to_ascii_lowercase)
         });
         let part = self.cache_dir.join(format!(".{}.part", t.id));
-        let mut file = tokio::fs::File::create(&part)
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::modes::FILE)
+            .open(&part)
             .await
             .map_err(|e| transient("writing the cache", &e))?;
         let total = resp.content_length();

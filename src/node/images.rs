@@ -79,5 +79,8 @@ pub async fn convert(
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
+    // A guest's disk made an image: its owner's alone until they publish it.
+    crate::modes::make_private(Path::new(&tmp))
+        .map_err(|e| ActionError::Transient(e.to_string()))?;
     std::fs::rename(&tmp, dest).map_err(|e| ActionError::Transient(e.to_string()))
 }

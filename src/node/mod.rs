@@ -464,10 +464,12 @@ pub fn identity(cfg: &NodeConfig) -> Result<String, NodeError> {
 /// Runs the node agent until `shutdown` flips to true.
 pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(), NodeError> {
     let node_id = identity(&cfg)?;
-    std::fs::create_dir_all(&cfg.storage_dir).map_err(|source| NodeError::Storage {
+    // Guests' disks and seeds: 0700 and 0600, an older installation's modes narrowed.
+    crate::modes::private_dir(&cfg.storage_dir).map_err(|source| NodeError::Storage {
         path: cfg.storage_dir.display().to_string(),
         source,
     })?;
+    crate::modes::tighten_logged(&cfg.storage_dir);
     // libvirt's event loop must exist before the first connection is opened.
     events::init_event_loop();
     let domain_type = facts::domain_type(&cfg);

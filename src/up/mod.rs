@@ -69,7 +69,7 @@ fn redis_secret(data_dir: &Path) -> std::io::Result<String> {
             return Ok(s.trim().to_string());
         }
     }
-    std::fs::create_dir_all(data_dir)?;
+    crate::modes::private_dir(data_dir)?;
     let secret = crate::transport::acl::new_secret();
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -83,7 +83,7 @@ class TestResourcesApi(unittest.TestCase):
     def test_template_create(self) -> None:
         """Test case for template_create
 
-        Register a template image.
+        Register an image already on the hosts as a template, by its path (administrators). Everyone else uploads an image (`PUT /templates/{name}/image`) or makes one from a guest: a path names a file, and a file may be someone else's.
         """
         pass
 

@@ -6,10 +6,11 @@
 //! memory. It is then checked, and nothing is kept unless every check passes:
 //! 1. the SHA-256 the client gave matches what arrived;
 //! 2. `qemu-img info` finds a `qcow2` or `raw` image;
-//! 3. a qcow2 image has no backing file outside the template directories and no
-//!    external data file.
+//! 3. a qcow2 image has no external data file, and no backing file but the image of a
+//!    template the uploader may use (another user's private image is not one).
 //!
-//! The image is then renamed into place and registered as a template (private to a user,
+//! The image is then renamed into place, named by the new template's id (a path nobody
+//! can guess or choose, so no one can point at it), and registered as a template (private to a user,
 //! public when an administrator or operator uploads). An interrupted upload leaves
 //! nothing: send it again (restartable). The body limit of the rest of the API does not
 //! apply to this one route (`api::app`).
@@ -74,8 +75,10 @@ fn unprocessable(m: String) -> Error {
     Error::Unprocessable(m)
 }
 
-/// What `qemu-img info` says of a file: its format, or why it is refused.
-async fn inspect(path: &str, dirs: &[std::path::PathBuf]) -> Result<String, Error> {
+/// What `qemu-img info` says of a file: its format, or why it is refused. A backing file
+/// must be the image of a template in `usable` (those the uploader may see): anything else
+/// could be another user's private image, reached through the new template's chain.
+async fn inspect(path: &str, usable: &[TemplateRow]) -> Result<String, Error> {
     let out = tokio::process::Command::new("qemu-img")
         .args(["info", "--output=json", path])
         .output()
@@ -97,9 +100,10 @@ async fn inspect(path: &str, dirs: &[std::path::PathBuf]) -> Result<String, Erro
         .as_str()
         .or(info["backing-filename"].as_str())
     {
-        if !crate::config::in_dirs(dirs, backing) {
+        if !is_template_image(backing, usable) {
             return Err(unprocessable(format!(
-                "the image's backing file {backing} is outside the template directories"
+                "the image's backing file {backing} is not the image of a template you may \
+                 use: upload a self-contained image (qemu-img convert -O qcow2 IN OUT)"
             )));
         }
     }
@@ -109,6 +113,16 @@ async fn inspect(path: &str, dirs: &[std::path::PathBuf]) -> Result<String, Erro
         ));
     }
     Ok(format)
+}
+
+/// Whether `path` is (resolves to the same file as) the image of one of `templates`.
+fn is_template_image(path: &str, templates: &[TemplateRow]) -> bool {
+    let Ok(file) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    templates
+        .iter()
+        .any(|t| std::fs::canonicalize(&t.path).is_ok_and(|p| p == file))
 }
 
 pub struct ImageApi;
@@ -156,7 +170,9 @@ impl ImageApi {
             }
             .into());
         };
-        let tmp = dir.join(format!(".{}-{}.upload", name.0, &new_id()[..8]));
+        // The file is named by the new template's id: a path nobody can guess or choose.
+        let id = new_id();
+        let tmp = dir.join(format!(".{id}.upload"));
         let tmp_s = tmp.display().to_string();
         let mut progress = Progress {
             store: &state.store,
@@ -177,7 +193,16 @@ impl ImageApi {
             Ok((got, _)) if got != want => Err(unprocessable(format!(
                 "the upload's SHA-256 is {got}, not {want}: nothing was kept; send it again"
             ))),
-            Ok((_, size)) => inspect(&tmp_s, &state.image_dirs).await.map(|f| (f, size)),
+            Ok((_, size)) => {
+                let usable: Vec<TemplateRow> = state
+                    .store
+                    .templates()
+                    .await?
+                    .into_iter()
+                    .filter(|t| access::sees_template(&auth.0, t))
+                    .collect();
+                inspect(&tmp_s, &usable).await.map(|f| (f, size))
+            }
             Err(e) => Err(e),
         };
         let (format, size) = match checked {
@@ -188,7 +213,7 @@ impl ImageApi {
                 return Err(e.into());
             }
         };
-        let dest = dir.join(format!("{}.{format}", name.0));
+        let dest = dir.join(format!("{id}.{format}"));
         let dest_s = dest.display().to_string();
         if dest.exists() {
             let _ = tokio::fs::remove_file(&tmp).await;
@@ -203,7 +228,7 @@ impl ImageApi {
             return Err(Error::Unavailable(format!("keeping the image: {e}")).into());
         }
         let row = TemplateRow {
-            id: new_id(),
+            id,
             name: name.0.clone(),
             path: dest_s,
             os_type: match os_type.0 {
@@ -274,7 +299,8 @@ impl Progress<'_> {
             .total
             .filter(|t| *t > 0)
             .map(|t| (received.min(t) * 100 / t) as u8);
-        if stage == "receiving" {
+        // The last bytes always report, so a follower sees the upload reach 100%.
+        if stage == "receiving" && self.total != Some(received) {
             if let Some((last, at)) = self.reported {
                 let step = self.total.map_or(u64::MAX, |t| t / 20);
                 if received.saturating_sub(last) < step && at.elapsed().as_secs() < 1 {

@@ -32,8 +32,8 @@ pub struct CreateTemplate {
     /// OS-init profile its guests get (S02); default: `cloud-init`, or `windows` for
     /// Windows templates.
     pub os_init_profile: Option<String>,
-    /// Whether every user may use it. Default: public when an administrator or operator
-    /// registers it, private (the owner's) when a user does; users cannot publish.
+    /// Whether every user may use it. Default: public (only administrators register
+    /// images by path).
     pub public: Option<bool>,
 }
 
@@ -136,7 +136,9 @@ pub struct TemplateApi;
 
 #[OpenApi(tag = "super::system::Tag::Resources")]
 impl TemplateApi {
-    /// Register a template image.
+    /// Register an image already on the hosts as a template, by its path
+    /// (administrators). Everyone else uploads an image (`PUT /templates/{name}/image`)
+    /// or makes one from a guest: a path names a file, and a file may be someone else's.
     #[oai(path = "/templates", method = "post", operation_id = "template_create")]
     async fn create(
         &self,
@@ -144,6 +146,10 @@ impl TemplateApi {
         state: Data<&AppState>,
         body: Json<CreateTemplate>,
     ) -> ApiResult<Created<Template>> {
+        access::admin(
+            &auth.0,
+            "registering an image by path (upload it with PUT /templates/{name}/image)",
+        )?;
         let b = body.0;
         let public = b.public.unwrap_or(auth.0.sees_all());
         if public && !auth.0.sees_all() {

@@ -115,11 +115,10 @@ impl ToTemplateApi {
         }
         let template_id = new_id();
         let req = Request::ToTemplate(to_template::Payload {
+            // Named by the template's id: a path nobody can guess or choose.
             path: format!(
-                "{}/{}-{}.qcow2",
+                "{}/{template_id}.qcow2",
                 dir.display().to_string().trim_end_matches('/'),
-                b.name,
-                &template_id[..8]
             ),
             template_id: template_id.clone(),
             name: b.name,

@@ -95,8 +95,8 @@ impl Store {
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         // The database holds password and token digests and guests' secrets: its directory
         // is created 0700 and the file kept 0600 (SQLite gives its WAL and shared-memory
-        // files the database file's mode). An existing directory keeps its mode: the disk
-        // images may live under it for a hypervisor that runs as another user.
+        // files the database file's mode). The controller narrows the data directory at
+        // start (`modes::tighten`).
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 use std::os::unix::fs::DirBuilderExt;

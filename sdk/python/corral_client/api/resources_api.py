@@ -2528,7 +2528,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> Template:
-        """Register a template image.
+        """Register an image already on the hosts as a template, by its path (administrators). Everyone else uploads an image (`PUT /templates/{name}/image`) or makes one from a guest: a path names a file, and a file may be someone else's.
 
 
         :param create_template: (required)
@@ -2605,7 +2605,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[Template]:
-        """Register a template image.
+        """Register an image already on the hosts as a template, by its path (administrators). Everyone else uploads an image (`PUT /templates/{name}/image`) or makes one from a guest: a path names a file, and a file may be someone else's.
 
 
         :param create_template: (required)
@@ -2682,7 +2682,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Register a template image.
+        """Register an image already on the hosts as a template, by its path (administrators). Everyone else uploads an image (`PUT /templates/{name}/image`) or makes one from a guest: a path names a file, and a file may be someone else's.
 
 
         :param create_template: (required)

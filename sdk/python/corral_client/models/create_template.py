@@ -33,7 +33,7 @@ class CreateTemplate(BaseModel):
     os_init_profile: Optional[StrictStr] = Field(default=None, description="OS-init profile its guests get (S02); default: `cloud-init`, or `windows` for Windows templates.")
     os_type: OsType
     path: StrictStr = Field(description="Full path of the qcow2 image on the nodes (S07). Guests get linked clones of it.")
-    public: Optional[StrictBool] = Field(default=None, description="Whether every user may use it. Default: public when an administrator or operator registers it, private (the owner's) when a user does; users cannot publish.")
+    public: Optional[StrictBool] = Field(default=None, description="Whether every user may use it. Default: public (only administrators register images by path).")
     __properties: ClassVar[List[str]] = ["min_memory_mib", "name", "os_init_profile", "os_type", "path", "public"]
 
     model_config = ConfigDict(

@@ -27,7 +27,7 @@ pub struct CreateTemplate {
     /// Full path of the qcow2 image on the nodes (S07). Guests get linked clones of it.
     #[serde(rename = "path")]
     pub path: String,
-    /// Whether every user may use it. Default: public when an administrator or operator registers it, private (the owner's) when a user does; users cannot publish.
+    /// Whether every user may use it. Default: public (only administrators register images by path).
     #[serde(rename = "public", skip_serializing_if = "Option::is_none")]
     pub public: Option<bool>,
 }

@@ -717,7 +717,7 @@ export class ResourcesApi extends runtime.BaseAPI {
     }
 
     /**
-     * Register a template image.
+     * Register an image already on the hosts as a template, by its path (administrators). Everyone else uploads an image (`PUT /templates/{name}/image`) or makes one from a guest: a path names a file, and a file may be someone else\'s.
      */
     async templateCreateRaw(requestParameters: TemplateCreateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Template>> {
         const requestOptions = await this.templateCreateRequestOpts(requestParameters);
@@ -727,7 +727,7 @@ export class ResourcesApi extends runtime.BaseAPI {
     }
 
     /**
-     * Register a template image.
+     * Register an image already on the hosts as a template, by its path (administrators). Everyone else uploads an image (`PUT /templates/{name}/image`) or makes one from a guest: a path names a file, and a file may be someone else\'s.
      */
     async templateCreate(requestParameters: TemplateCreateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Template> {
         const response = await this.templateCreateRaw(requestParameters, initOverrides);

@@ -49,8 +49,8 @@ export interface CreateTemplate {
      */
     path: string;
     /**
-     * Whether every user may use it. Default: public when an administrator or operator
-     * registers it, private (the owner's) when a user does; users cannot publish.
+     * Whether every user may use it. Default: public (only administrators register
+     * images by path).
      */
     _public?: boolean;
 }

@@ -1,0 +1,252 @@
+//! Trust between users, each rule tested by making the attack, as another user would,
+//! against a real controller and node (Redis, libvirt's test driver):
+//! * images: a path names a file, and a file may be someone else's. Registering by path is
+//!   an administrator's act; images corral writes (uploads, guests made templates) are
+//!   named by the template's id, never by a name the caller chose; an upload whose backing
+//!   file is not a template the uploader may use is refused, so a private image cannot be
+//!   reached through another's chain.
+//! * modes: another local user reads nothing corral keeps (0700 directories, 0600 files,
+//!   seeds with password hashes and SSH keys above all); an older installation's wider
+//!   modes are narrowed at start, and the change is logged.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::{require, Cloud};
+use reqwest::Method;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+fn parts() -> bool {
+    require("redis-server") && require("qemu-img")
+}
+
+/// A new qcow2 at `path` (16 MiB), with `args` (a backing file) added to `qemu-img create`.
+fn qcow2(path: &Path, args: &[&str]) -> (Vec<u8>, String) {
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .args(args)
+        .arg(path)
+        .arg("16M")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "qemu-img create {args:?}");
+    let bytes = std::fs::read(path).unwrap();
+    let sum = hex::encode(Sha256::digest(&bytes));
+    (bytes, sum)
+}
+
+async fn upload(cloud: &Cloud, token: &str, name: &str, bytes: Vec<u8>, sum: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .put(cloud.url(&format!(
+            "/templates/{name}/image?os_type=linux&sha256={sum}"
+        )))
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or_default())
+}
+
+/// The image files in the controller's template directory (the test's directory).
+fn images(cloud: &Cloud) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(cloud.dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".qcow2") || n.ends_with(".raw") || n.ends_with(".upload"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Ann's private image, and everything Bob might try to take it with: its path registered
+/// as his own template, an upload backed by it, a download. Each is refused and leaves
+/// nothing; an upload backed by a public template is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_cannot_take_another_users_private_image() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    let ann = cloud.new_user("ann").await;
+    let bob = cloud.new_user("bob").await;
+    let work = tempfile::tempdir().unwrap();
+    let tiny = cloud.template("tiny").await;
+
+    // Ann's upload is kept under a name she did not choose: the template's id.
+    let (bytes, sum) = qcow2(&work.path().join("secret.qcow2"), &[]);
+    let (s, secret) = upload(&cloud, &ann, "ann-secret", bytes, &sum).await;
+    assert_eq!(s, 201, "{secret}");
+    assert_eq!(secret["public"], false, "{secret}");
+    let path = secret["path"].as_str().unwrap().to_string();
+    assert_eq!(
+        Path::new(&path).file_name().unwrap().to_str().unwrap(),
+        format!("{}.qcow2", secret["id"].as_str().unwrap()),
+        "{secret}"
+    );
+    assert!(!path.contains("ann-secret"), "{path}");
+    let before = images(&cloud);
+
+    // 1. Her path, registered as Bob's template (he learnt or guessed it): 403, by role.
+    for public in [false, true] {
+        let (s, v) = cloud
+            .call_as(
+                &bob,
+                Method::POST,
+                "/templates",
+                Some(json!({"name": "mine", "path": path, "os_type": "linux", "public": public})),
+            )
+            .await;
+        assert_eq!(s, 403, "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("administrator"),
+            "{v}"
+        );
+    }
+    // 2. An upload whose backing file is her image: 422, nothing kept.
+    let (bytes, sum) = qcow2(
+        &work.path().join("thief.qcow2"),
+        &["-b", &path, "-F", "qcow2"],
+    );
+    let (s, v) = upload(&cloud, &bob, "thief", bytes, &sum).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("backing file"),
+        "{v}"
+    );
+    // The same by a relative backing name, resolved next to the upload.
+    let relative = Path::new(&path).file_name().unwrap().to_str().unwrap();
+    let (bytes, sum) = qcow2(
+        &work.path().join("thief-rel.qcow2"),
+        &["-u", "-b", relative, "-F", "qcow2"],
+    );
+    let (s, v) = upload(&cloud, &bob, "thief-rel", bytes, &sum).await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(images(&cloud), before, "a refused upload left a file");
+    // 3. Her template by name or id, and its image: 404, as if it did not exist.
+    for p in [
+        "/templates/ann-secret".to_string(),
+        format!("/templates/{}", secret["id"].as_str().unwrap()),
+        "/templates/ann-secret/image".into(),
+    ] {
+        let (s, v) = cloud.call_as(&bob, Method::GET, &p, None).await;
+        assert_eq!(s, 404, "{p}: {v}");
+    }
+    let (_, list) = cloud.call_as(&bob, Method::GET, "/templates", None).await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tiny"], "{list}");
+
+    // A backing file that is a public template is his to use.
+    let (bytes, sum) = qcow2(
+        &work.path().join("layer.qcow2"),
+        &["-b", tiny["path"].as_str().unwrap(), "-F", "qcow2"],
+    );
+    let (s, v) = upload(&cloud, &bob, "bob-layer", bytes, &sum).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["public"], false, "{v}");
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn set_mode(p: &Path, m: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+}
+
+/// Whether the unprivileged user `nobody` can read `path` (the attack itself).
+fn nobody_reads(path: &Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "nobody", "--", "head", "-c", "1"])
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_local_user_reads_nothing_corral_keeps() {
+    if !(parts() && require("runuser")) {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    cloud.pool("lan", "192.0.2.10", "192.0.2.20").await;
+    let (gid, op) = cloud
+        .create(
+            json!({"name": "s", "template": "tiny", "cpus": 1, "memory_mib": 64,
+                       "pool": "lan", "password": "s3cret-pw"}),
+        )
+        .await[0]
+        .clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let disk = std::path::PathBuf::from(cloud.system_disk(&gid).await);
+    let seed = std::fs::read_dir(cloud.images())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "iso"))
+        .expect("the guest's seed");
+    let data = cloud.dir().to_path_buf();
+    let db = data.join("corral.db");
+    let images = cloud.images();
+    let files = [&disk, &seed, &db];
+    let check = |when: &str| {
+        assert_eq!(mode(&data), 0o700, "{when}: the data directory");
+        assert_eq!(mode(&images), 0o700, "{when}: the disk-image directory");
+        for f in files {
+            assert_eq!(mode(f), 0o600, "{when}: {}", f.display());
+        }
+    };
+    check("new");
+    // The attack: another user on the host, the directory opened up as old releases left it.
+    set_mode(&data, 0o755);
+    set_mode(&images, 0o755);
+    assert!(
+        !nobody_reads(&seed),
+        "mode 0600 alone keeps the seed from nobody"
+    );
+
+    // An older installation: everything as wide as it used to be, then a restart.
+    for f in files {
+        set_mode(f, 0o644);
+    }
+    assert!(
+        nobody_reads(&seed),
+        "the setup of the old modes did not take"
+    );
+    cloud.controller.as_mut().unwrap().kill9();
+    cloud.node.as_mut().unwrap().kill9();
+    cloud.start_controller(&[]).await;
+    cloud.start_node(&[]);
+    cloud.wait_node_online().await;
+    check("narrowed at start");
+    assert!(!nobody_reads(&seed));
+    assert!(!nobody_reads(&db));
+    let log = cloud.log_tail(400);
+    for f in [&data, &seed, &db] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("narrowed the mode") && l.contains(&*f.to_string_lossy())),
+            "no log line for {}:\n{log}",
+            f.display()
+        );
+    }
+    cloud.delete_all_and_check().await;
+}
