@@ -1,5 +1,5 @@
 //! Logging in and tokens against a real corral (Redis + libvirt test driver): failed
-//! logins lock a user name, bodies over the limit are refused before anything reads them,
+//! logins lock a user name for the address they came from, bodies over the limit are refused before anything reads them,
 //! named tokens expire and are revoked, and `corral up`'s admin token survives restarts.
 #![allow(clippy::unwrap_used)]
 
@@ -17,7 +17,15 @@ fn parts() -> bool {
 }
 
 async fn login(cloud: &Cloud, user: &str, password: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    login_from(cloud, "127.0.0.1", user, password).await
+}
+
+/// A login from another loopback address (all of 127/8 reaches the server).
+async fn login_from(cloud: &Cloud, from: &str, user: &str, password: &str) -> (u16, Value) {
+    let r = reqwest::Client::builder()
+        .local_address(Some(from.parse().unwrap()))
+        .build()
+        .unwrap()
         .post(cloud.url("/auth/login"))
         .json(&json!({"username": user, "password": password}))
         .send()
@@ -55,19 +63,30 @@ async fn failed_logins_lock_the_name_and_tokens_expire_and_are_revoked() {
         .as_secs();
     assert!((11 * 3600..=12 * 3600).contains(&left), "{left}");
 
-    // Five wrong passwords lock the name: even the right one is refused, with a 429 that
-    // says for how long. An unknown name answers like a wrong password.
+    // Five wrong passwords from one address lock the name for that address: even the
+    // right one is refused there, with a 429 that says for how long. An unknown name
+    // answers like a wrong password.
+    let attacker = "127.0.0.2";
     for _ in 0..5 {
-        let (s, v) = login(&cloud, "admin", "wrong").await;
+        let (s, v) = login_from(&cloud, attacker, "admin", "wrong").await;
         assert_eq!(s, 401, "{v}");
     }
-    let (s, v) = login(&cloud, "admin", "test-admin-pw").await;
+    let (s, v) = login_from(&cloud, attacker, "admin", "test-admin-pw").await;
     assert_eq!(s, 429, "{v}");
     assert!(v["message"].as_str().unwrap().contains("locked"), "{v}");
     assert!(
         v["details"]["retry_after_secs"].as_u64().unwrap() > 0,
         "{v}"
     );
+    // The administrator at another address is not locked out (no denial of service by
+    // name), and a clean address's failure is its own.
+    let (s, v) = login(&cloud, "admin", "test-admin-pw").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = login_from(&cloud, "127.0.0.3", "admin", "wrong").await;
+    assert_eq!(s, 401, "{v}");
+    // A name far beyond the API's limit is refused before anything counts it.
+    let (s, v) = login_from(&cloud, "127.0.0.4", &"a".repeat(100_000), "x").await;
+    assert_eq!(s, 400, "{v}");
     let (s, _) = login(&cloud, "nobody", "x").await;
     assert_eq!(s, 401);
     // Tokens issued before keep working: the lock is on logging in.

@@ -11,12 +11,13 @@
 //! (mode 0600, directory 0700) so the local CLI works without a login. Later starts keep
 //! that file while its token is valid: no token is minted per start.
 //!
-//! Failed logins are throttled in memory ([`Throttle`]): a user name is locked for
-//! [`LOCKOUT`] after [`MAX_FAILURES`] failures within [`WINDOW`], and one address may try
-//! at most [`PER_ADDRESS`] logins per minute. A restart forgets the counts; an attacker
-//! gains a few attempts per restart, which an operator would notice first.
+//! Failed logins are throttled in memory ([`Throttle`]) per user name *and* address, never
+//! per name alone: five wrong passwords for `admin` from one address lock `admin` for that
+//! address, not for the administrator at their own desk.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -182,28 +183,83 @@ pub async fn purge_expired(store: Store, shutdown: impl std::future::Future<Outp
     }
 }
 
-/// Failures of one user name or address.
-#[derive(Debug, Clone, Copy)]
-struct Tries {
-    count: u32,
-    since: std::time::Instant,
-    locked_until: Option<std::time::Instant>,
-}
-
-/// Failed logins before a user name is locked.
+/// Failed logins before a name is locked for the address they came from.
 pub const MAX_FAILURES: u32 = 5;
-/// The window those failures are counted in.
-pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
-/// How long a locked name stays locked.
-pub const LOCKOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// The window failures are counted in.
+pub const WINDOW: Duration = Duration::from_secs(600);
+/// How long a first lock lasts; each lock of the same pair that follows within
+/// [`FORGET_AFTER`] lasts twice the one before, up to [`MAX_LOCKOUT`].
+pub const LOCKOUT: Duration = Duration::from_secs(300);
+/// The longest lock.
+pub const MAX_LOCKOUT: Duration = Duration::from_secs(3600);
+/// A pair with no failure for this long starts over (its back-off forgotten).
+pub const FORGET_AFTER: Duration = Duration::from_secs(86_400);
+/// Failures of one name from all addresses within [`WINDOW`] that mark it as under
+/// attack: every address that has failed for it is then locked, whatever its own count.
+pub const NAME_UNDER_ATTACK: u32 = 50;
 /// Logins one address may try per minute, successful or not.
 pub const PER_ADDRESS: u32 = 30;
+/// Entries each of the throttle's maps keeps at most: attempts beyond that evict the
+/// oldest, so a flood of made-up names and addresses costs bounded memory.
+pub const MAX_ENTRIES: usize = 20_000;
+/// The longest name the throttle keys on (the API's limit for user names).
+pub const MAX_NAME: usize = 64;
 
-/// Login throttling, in memory; see the module docs.
+/// Failures of one (name, address) pair.
+#[derive(Debug, Clone, Copy)]
+struct PairTries {
+    count: u32,
+    since: Instant,
+    last: Instant,
+    locked_until: Option<Instant>,
+    /// Locks so far: the next lasts `LOCKOUT × 2^locks`.
+    locks: u32,
+}
+
+/// Attempts of one address, or failures of one name, in a window.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    count: u32,
+    since: Instant,
+}
+
+impl Count {
+    /// Adds one, starting over when `window` has passed; the count after.
+    fn bump(&mut self, now: Instant, window: Duration) -> u32 {
+        if now.duration_since(self.since) >= window {
+            *self = Count {
+                count: 0,
+                since: now,
+            };
+        }
+        self.count += 1;
+        self.count
+    }
+}
+
+/// Login throttling, in memory, in the way of fail2ban and Keycloak's brute-force
+/// detection, but never keyed on a name alone:
+/// * a (name, address) pair is locked after [`MAX_FAILURES`] failures in [`WINDOW`], for
+///   [`LOCKOUT`], doubling with each lock that follows (fail2ban's `bantime.increment`),
+///   up to [`MAX_LOCKOUT`]; a success clears the pair;
+/// * one address may try [`PER_ADDRESS`] logins a minute, whatever the names;
+/// * a name failed [`NAME_UNDER_ATTACK`] times in the window from all addresses is under
+///   attack: each address that failed for it at least once is locked out of it. An
+///   address that never failed for the name is never stopped by the name's state, so
+///   nobody can lock the administrator out by guessing from elsewhere.
+///
+/// A restart forgets the counts; an attacker gains a few attempts per restart, which an
+/// operator would notice first. Maps are bounded by [`MAX_ENTRIES`].
 #[derive(Default)]
 pub struct Throttle {
-    names: std::sync::Mutex<std::collections::HashMap<String, Tries>>,
-    addresses: std::sync::Mutex<std::collections::HashMap<String, Tries>>,
+    inner: std::sync::Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    pairs: HashMap<(String, String), PairTries>,
+    names: HashMap<String, Count>,
+    addresses: HashMap<String, Count>,
 }
 
 /// Why a login is not even tried: the message and the seconds until it would be.
@@ -213,80 +269,159 @@ pub struct Refused {
     pub retry_after: u64,
 }
 
+/// The key a name is counted under: at most [`MAX_NAME`] bytes (longer names are refused
+/// by the API before they get here; this keeps the bound whatever the caller).
+fn name_key(name: &str) -> String {
+    let mut end = name.len().min(MAX_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
+/// Makes room for one more entry: expired ones go first, then the oldest.
+fn make_room<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    stale: impl Fn(&V) -> bool,
+    age: impl Fn(&V) -> Instant,
+) {
+    if map.len() < MAX_ENTRIES {
+        return;
+    }
+    map.retain(|_, v| !stale(v));
+    while map.len() >= MAX_ENTRIES {
+        let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, v)| age(v))
+            .map(|(k, _)| k.clone())
+        else {
+            break;
+        };
+        map.remove(&oldest);
+    }
+}
+
+fn secs(d: Duration) -> u64 {
+    d.as_secs().max(1)
+}
+
 impl Throttle {
     /// Called before checking a password: counts the attempt against the address and
-    /// refuses it when the address or the name is over its limit.
+    /// refuses it when the address, or this name from this address, is over its limit.
     pub fn admit(&self, name: &str, address: &str) -> Result<(), Refused> {
-        let now = std::time::Instant::now();
-        {
-            let mut a = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
-            if a.len() > 100_000 {
-                a.retain(|_, t| now.duration_since(t.since) < std::time::Duration::from_secs(60));
-            }
-            let t = a.entry(address.to_string()).or_insert(Tries {
-                count: 0,
-                since: now,
-                locked_until: None,
-            });
-            if now.duration_since(t.since) >= std::time::Duration::from_secs(60) {
-                *t = Tries {
-                    count: 0,
-                    since: now,
-                    locked_until: None,
-                };
-            }
-            t.count += 1;
-            if t.count > PER_ADDRESS {
-                let left = 60u64.saturating_sub(now.duration_since(t.since).as_secs());
-                return Err(Refused {
-                    message: format!("too many logins from {address}"),
-                    retry_after: left.max(1),
-                });
-            }
+        let now = Instant::now();
+        let name = name_key(name);
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let minute = Duration::from_secs(60);
+        if !c.addresses.contains_key(address) {
+            make_room(
+                &mut c.addresses,
+                |t| now.duration_since(t.since) >= minute,
+                |t| t.since,
+            );
         }
-        let n = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(until) = n.get(name).and_then(|t| t.locked_until) {
-            if until > now {
-                return Err(Refused {
-                    message: format!("user {name} is locked after {MAX_FAILURES} failed logins"),
-                    retry_after: until.duration_since(now).as_secs().max(1),
-                });
-            }
+        let a = c.addresses.entry(address.to_string()).or_insert(Count {
+            count: 0,
+            since: now,
+        });
+        if a.bump(now, minute) > PER_ADDRESS {
+            let left = minute.saturating_sub(now.duration_since(a.since));
+            return Err(Refused {
+                message: format!("too many logins from {address}"),
+                retry_after: secs(left),
+            });
+        }
+        let Some(pair) = c.pairs.get(&(name.clone(), address.to_string())).copied() else {
+            return Ok(());
+        };
+        if let Some(until) = pair.locked_until.filter(|u| *u > now) {
+            return Err(Refused {
+                message: format!(
+                    "user {name} is locked for this address after {MAX_FAILURES} failed logins"
+                ),
+                retry_after: secs(until.duration_since(now)),
+            });
+        }
+        let attacked = c
+            .names
+            .get(&name)
+            .is_some_and(|n| now.duration_since(n.since) < WINDOW && n.count >= NAME_UNDER_ATTACK);
+        if attacked && now.duration_since(pair.last) < WINDOW {
+            return Err(Refused {
+                message: format!("user {name} is under attack: addresses that failed for it wait"),
+                retry_after: secs(LOCKOUT),
+            });
         }
         Ok(())
     }
 
-    /// A failed password for `name`: locks it once the window holds too many.
-    pub fn failed(&self, name: &str) {
-        let now = std::time::Instant::now();
-        let mut n = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        if n.len() > 100_000 {
-            n.retain(|_, t| t.locked_until.is_some_and(|u| u > now));
+    /// A failed password for `name` from `address`: counts it for the pair (locking it
+    /// once the window holds too many) and for the name.
+    pub fn failed(&self, name: &str, address: &str) {
+        let now = Instant::now();
+        let name = name_key(name);
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if !c.names.contains_key(&name) {
+            make_room(
+                &mut c.names,
+                |t| now.duration_since(t.since) >= WINDOW,
+                |t| t.since,
+            );
         }
-        let t = n.entry(name.to_string()).or_insert(Tries {
-            count: 0,
-            since: now,
-            locked_until: None,
-        });
-        if now.duration_since(t.since) >= WINDOW || t.locked_until.is_some_and(|u| u <= now) {
-            *t = Tries {
+        c.names
+            .entry(name.clone())
+            .or_insert(Count {
                 count: 0,
                 since: now,
-                locked_until: None,
-            };
+            })
+            .bump(now, WINDOW);
+        let key = (name, address.to_string());
+        if !c.pairs.contains_key(&key) {
+            make_room(
+                &mut c.pairs,
+                |t| {
+                    t.locked_until.is_none_or(|u| u <= now)
+                        && now.duration_since(t.last) >= FORGET_AFTER
+                },
+                |t| t.last,
+            );
         }
+        let t = c.pairs.entry(key).or_insert(PairTries {
+            count: 0,
+            since: now,
+            last: now,
+            locked_until: None,
+            locks: 0,
+        });
+        if now.duration_since(t.last) >= FORGET_AFTER {
+            t.locks = 0;
+        }
+        if now.duration_since(t.since) >= WINDOW || t.locked_until.is_some_and(|u| u <= now) {
+            t.count = 0;
+            t.since = now;
+            t.locked_until = None;
+        }
+        t.last = now;
         t.count += 1;
         if t.count >= MAX_FAILURES {
-            t.locked_until = Some(now + LOCKOUT);
+            let lock = LOCKOUT
+                .saturating_mul(1u32 << t.locks.min(16))
+                .min(MAX_LOCKOUT);
+            t.locked_until = Some(now + lock);
+            t.locks += 1;
         }
     }
 
-    /// A successful login clears the name's failures.
-    pub fn succeeded(&self, name: &str) {
-        self.names
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+    /// A successful login clears the pair's failures (and its back-off).
+    pub fn succeeded(&self, name: &str, address: &str) {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        c.pairs.remove(&(name_key(name), address.to_string()));
+    }
+
+    /// How many entries the throttle holds (pairs, names, addresses).
+    pub fn entries(&self) -> (usize, usize, usize) {
+        let c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (c.pairs.len(), c.names.len(), c.addresses.len())
     }
 }
 
@@ -386,21 +521,23 @@ mod tests {
     }
 
     #[test]
-    fn a_name_locks_after_its_failures_and_an_address_after_its_rate() {
+    fn a_name_locks_only_for_the_addresses_that_failed_for_it() {
         let t = Throttle::default();
         for _ in 0..MAX_FAILURES {
-            assert!(t.admit("ann", "10.0.0.1").is_ok());
-            t.failed("ann");
+            assert!(t.admit("admin", "10.0.0.1").is_ok());
+            t.failed("admin", "10.0.0.1");
         }
-        let refused = t.admit("ann", "10.0.0.2").unwrap_err();
+        let refused = t.admit("admin", "10.0.0.1").unwrap_err();
         assert!(refused.message.contains("locked"), "{refused:?}");
         assert!(refused.retry_after > 0 && refused.retry_after <= LOCKOUT.as_secs());
-        // Another name is not locked with it; a success clears a name's count.
-        assert!(t.admit("bob", "10.0.0.2").is_ok());
-        t.failed("bob");
-        t.succeeded("bob");
+        // The administrator elsewhere is not locked out; nor is another name.
+        assert!(t.admit("admin", "10.0.0.2").is_ok());
+        assert!(t.admit("bob", "10.0.0.1").is_ok());
+        // A success clears a pair's count.
+        t.failed("bob", "10.0.0.3");
+        t.succeeded("bob", "10.0.0.3");
         for _ in 0..MAX_FAILURES - 1 {
-            t.failed("bob");
+            t.failed("bob", "10.0.0.3");
         }
         assert!(t.admit("bob", "10.0.0.3").is_ok());
         // One address: PER_ADDRESS tries a minute, whatever the names.
@@ -410,5 +547,64 @@ mod tests {
         }
         let refused = t.admit("u-last", "10.0.0.9").unwrap_err();
         assert!(refused.message.contains("10.0.0.9"), "{refused:?}");
+    }
+
+    #[test]
+    fn a_name_under_attack_stops_the_attackers_and_not_a_clean_address() {
+        let t = Throttle::default();
+        // Many addresses, a few wrong passwords each: no pair reaches its own limit.
+        for i in 0..NAME_UNDER_ATTACK {
+            t.failed("admin", &format!("10.1.{}.{}", i / 200, i % 200));
+        }
+        let refused = t.admit("admin", "10.1.0.7").unwrap_err();
+        assert!(refused.message.contains("under attack"), "{refused:?}");
+        assert!(
+            t.admit("admin", "192.0.2.1").is_ok(),
+            "a clean address logs in"
+        );
+    }
+
+    #[test]
+    fn repeated_locks_of_a_pair_last_longer() {
+        let t = Throttle::default();
+        let lock = |t: &Throttle| {
+            for _ in 0..MAX_FAILURES {
+                t.failed("ann", "10.0.0.1");
+            }
+            t.admit("ann", "10.0.0.1").unwrap_err().retry_after
+        };
+        let first = lock(&t);
+        // Expire the lock by hand: the next one is twice as long.
+        t.inner
+            .lock()
+            .unwrap()
+            .pairs
+            .values_mut()
+            .for_each(|p| p.locked_until = Some(Instant::now()));
+        let second = lock(&t);
+        assert!(
+            first <= LOCKOUT.as_secs() && second > LOCKOUT.as_secs(),
+            "{first} {second}"
+        );
+        assert!(second <= MAX_LOCKOUT.as_secs());
+    }
+
+    #[test]
+    fn the_throttle_holds_a_bounded_number_of_short_keys() {
+        let t = Throttle::default();
+        let long = "x".repeat(1 << 20);
+        for i in 0..(MAX_ENTRIES + 500) {
+            t.failed(
+                &format!("{long}{i}"),
+                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+            );
+        }
+        let (pairs, names, _) = t.entries();
+        assert!(
+            pairs <= MAX_ENTRIES && names <= MAX_ENTRIES,
+            "{pairs} {names}"
+        );
+        let c = t.inner.lock().unwrap();
+        assert!(c.names.keys().all(|k| k.len() <= MAX_NAME));
     }
 }

@@ -53,7 +53,9 @@ pub async fn caller(store: &Store, token: &str) -> Option<Caller> {
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct LoginRequest {
+    #[oai(validator(max_length = 64))]
     pub username: String,
+    #[oai(validator(max_length = 1024))]
     pub password: String,
 }
 
@@ -147,8 +149,10 @@ pub struct AuthApi;
 #[OpenApi(tag = "super::system::Tag::Auth")]
 impl AuthApi {
     /// Exchange a username and password for an API token that expires after
-    /// `login_token_hours` (12 by default). After 5 failed logins in 10 minutes a user name
-    /// is locked for 5 minutes, and one address may try 30 logins a minute (429).
+    /// `login_token_hours` (12 by default). After 5 failed logins in 10 minutes from one
+    /// address, the user name is locked for that address for 5 minutes (doubling with
+    /// each lock that follows, up to an hour); other addresses are not locked out. One
+    /// address may try 30 logins a minute (429).
     #[oai(path = "/auth/login", method = "post", operation_id = "auth_login")]
     async fn login(
         &self,
@@ -160,10 +164,10 @@ impl AuthApi {
         admit(&state, &username, remote)?;
         let user = state.store.user_by_name(&username).await?;
         let Some(user) = verify_login(password, user).await else {
-            state.throttle.failed(&username);
+            state.throttle.failed(&username, &peer_ip(remote));
             return Err(Error::Unauthorized.into());
         };
-        state.throttle.succeeded(&username);
+        state.throttle.succeeded(&username, &peer_ip(remote));
         let expires_at = now_ms() + (state.login_token_hours as i64) * 3_600_000;
         let (row, token) = issue_token(&state.store, &user, "login", Some(expires_at))
             .await

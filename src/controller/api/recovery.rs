@@ -195,6 +195,7 @@ pub async fn send(smtp: &Smtp, to: &str, subject: &str, text: String) -> Result<
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct RecoverRequest {
+    #[oai(validator(max_length = 64))]
     pub username: String,
 }
 

@@ -62,7 +62,7 @@ class AuthApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> LoginResponse:
-        """Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes a user name is locked for 5 minutes, and one address may try 30 logins a minute (429).
+        """Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes from one address, the user name is locked for that address for 5 minutes (doubling with each lock that follows, up to an hour); other addresses are not locked out. One address may try 30 logins a minute (429).
 
 
         :param login_request: (required)
@@ -139,7 +139,7 @@ class AuthApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[LoginResponse]:
-        """Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes a user name is locked for 5 minutes, and one address may try 30 logins a minute (429).
+        """Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes from one address, the user name is locked for that address for 5 minutes (doubling with each lock that follows, up to an hour); other addresses are not locked out. One address may try 30 logins a minute (429).
 
 
         :param login_request: (required)
@@ -216,7 +216,7 @@ class AuthApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes a user name is locked for 5 minutes, and one address may try 30 logins a minute (429).
+        """Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes from one address, the user name is locked for that address for 5 minutes (doubling with each lock that follows, up to an hour); other addresses are not locked out. One address may try 30 logins a minute (429).
 
 
         :param login_request: (required)

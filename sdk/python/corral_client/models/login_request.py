@@ -17,8 +17,9 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, Field
 from typing import Any, ClassVar, Dict, List
+from typing_extensions import Annotated
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -27,8 +28,8 @@ class LoginRequest(BaseModel):
     """
     LoginRequest
     """ # noqa: E501
-    password: StrictStr
-    username: StrictStr
+    password: Annotated[str, Field(strict=True, max_length=1024)]
+    username: Annotated[str, Field(strict=True, max_length=64)]
     __properties: ClassVar[List[str]] = ["password", "username"]
 
     model_config = ConfigDict(

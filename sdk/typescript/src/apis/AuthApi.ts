@@ -129,7 +129,7 @@ export class AuthApi extends runtime.BaseAPI {
     }
 
     /**
-     * Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes a user name is locked for 5 minutes, and one address may try 30 logins a minute (429).
+     * Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes from one address, the user name is locked for that address for 5 minutes (doubling with each lock that follows, up to an hour); other addresses are not locked out. One address may try 30 logins a minute (429).
      */
     async authLoginRaw(requestParameters: AuthLoginRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<LoginResponse>> {
         const requestOptions = await this.authLoginRequestOpts(requestParameters);
@@ -139,7 +139,7 @@ export class AuthApi extends runtime.BaseAPI {
     }
 
     /**
-     * Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes a user name is locked for 5 minutes, and one address may try 30 logins a minute (429).
+     * Exchange a username and password for an API token that expires after `login_token_hours` (12 by default). After 5 failed logins in 10 minutes from one address, the user name is locked for that address for 5 minutes (doubling with each lock that follows, up to an hour); other addresses are not locked out. One address may try 30 logins a minute (429).
      */
     async authLogin(requestParameters: AuthLoginRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<LoginResponse> {
         const response = await this.authLoginRaw(requestParameters, initOverrides);
