@@ -322,7 +322,15 @@ async fn a_revoked_or_rotated_credential_stops_working_and_enrollment_checks_its
     );
     assert_eq!(cloud.delete("/nodes/nobody/credential").await.0, 404);
 
-    // Rotation: the old secret is refused at once.
+    // A connection logged in with the old secret (an intruder's, or the node's own).
+    let mut open = redis::Client::open(old.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: String = redis::cmd("PING").query_async(&mut open).await.unwrap();
+
+    // Rotation: the old secret is refused at once, and its open connections are cut.
     let (s, v) = cloud
         .post(&format!("/nodes/{a}/credential"), json!({}))
         .await;
@@ -341,6 +349,13 @@ async fn a_revoked_or_rotated_credential_stops_working_and_enrollment_checks_its
     };
     assert!(!ping(old.clone()).await, "the old secret still works");
     assert!(ping(new.clone()).await, "the new secret does not work");
+    assert!(
+        redis::cmd("PING")
+            .query_async::<String>(&mut open)
+            .await
+            .is_err(),
+        "a connection opened with the old secret still works"
+    );
 
     // Revocation: the user goes within a sync round.
     assert_eq!(cloud.delete(&format!("/nodes/{a}/credential")).await.0, 204);

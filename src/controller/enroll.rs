@@ -93,9 +93,12 @@ impl Enroller {
         }
         self.nodes
             .send_replace(Arc::new(node_ids(&self.store).await?));
-        // Installed now when Redis answers; otherwise the sync loop does it once it does.
-        if let Err(e) = self.install(id, &digest).await {
-            tracing::warn!(node = id, "installing the node's Redis user: {e}; retrying");
+        // Installed now when Redis answers; otherwise the sync loop does it once it does
+        // (and a Redis that was away has no connection left from the old secret).
+        match self.install(id, &digest).await {
+            Err(e) => tracing::warn!(node = id, "installing the node's Redis user: {e}; retrying"),
+            Ok(()) if rotate => self.cut_old_connections(id).await,
+            Ok(()) => {}
         }
         Ok(Credential {
             node_id: id.to_string(),
@@ -131,6 +134,35 @@ impl Enroller {
         let c = transport::connect(&self.redis_url).await?;
         *guard = Some(c.clone());
         Ok(c)
+    }
+
+    /// After a rotation: connections made with the old secret are closed, as a revocation
+    /// closes them (the node logs in again with its new secret). A failure is retried once
+    /// Redis answers, and logged: the old secret itself is already refused.
+    async fn cut_old_connections(&self, id: &str) {
+        for _ in 0..3 {
+            match self.conn().await {
+                Ok(mut conn) => match acl::kill_clients(&mut conn, id).await {
+                    Ok(n) => {
+                        tracing::info!(
+                            node = id,
+                            closed = n,
+                            "closed the connections of the rotated credential"
+                        );
+                        return;
+                    }
+                    Err(e) => tracing::warn!(
+                        node = id,
+                        "closing the rotated credential's connections: {e}"
+                    ),
+                },
+                Err(e) => tracing::warn!(
+                    node = id,
+                    "closing the rotated credential's connections: {e}"
+                ),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     async fn install(&self, id: &str, digest: &str) -> Result<(), transport::TransportError> {

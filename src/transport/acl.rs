@@ -88,6 +88,21 @@ pub async fn install(
     Ok(())
 }
 
+/// Closes every connection node `node_id`'s user has open: after a rotation, what was
+/// logged in with the old secret must not keep working (Redis re-checks a user's rules on
+/// each command, but not the password it logged in with). Returns how many were closed.
+pub async fn kill_clients(
+    conn: &mut ConnectionManager,
+    node_id: &str,
+) -> Result<i64, TransportError> {
+    Ok(redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg(user_name(node_id))
+        .query_async::<i64>(conn)
+        .await?)
+}
+
 /// Removes node `node_id`'s user (its connections are closed by Redis) and its stream.
 pub async fn remove(conn: &mut ConnectionManager, node_id: &str) -> Result<(), TransportError> {
     redis::cmd("ACL")
