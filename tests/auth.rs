@@ -127,7 +127,14 @@ async fn failed_logins_lock_the_name_and_tokens_expire_and_are_revoked() {
         v["token"].as_str().unwrap().to_string(),
         v["id"].as_str().unwrap().to_string(),
     );
-    assert!(v.get("expires_at").is_none(), "{v}");
+    // Asked for without an expiry, a token gets the site's maximum: 90 days.
+    let expires = humantime::parse_rfc3339(v["expires_at"].as_str().unwrap()).unwrap();
+    let days = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    assert_eq!(days, 89, "{v}");
     assert_eq!(get_with(&cloud, &deploy, "/about").await, 200);
     let (s, _) = cloud.delete(&format!("/tokens/{id}")).await;
     assert_eq!(s, 204);
@@ -148,6 +155,34 @@ async fn failed_logins_lock_the_name_and_tokens_expire_and_are_revoked() {
         .as_u16();
     assert_eq!(s, 204);
     assert_eq!(get_with(&cloud, &session, "/about").await, 401);
+
+    // Beyond the site's limit: 422, naming it. A site that allows eternal tokens gets them.
+    let (s, v) = cloud
+        .post(
+            "/tokens",
+            json!({"name": "long", "expires_in_secs": 91 * 86_400}),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("90 days"), "{v}");
+    let (s, v) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            "/settings",
+            Some(json!({"tokens": {"max_days": 366, "allow_no_expiry": true}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = cloud.post("/tokens", json!({"name": "eternal"})).await;
+    assert_eq!(s, 201, "{v}");
+    assert!(v.get("expires_at").is_none(), "{v}");
+    let (s, v) = cloud
+        .post(
+            "/tokens",
+            json!({"name": "long", "expires_in_secs": 91 * 86_400}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
 
     // Bad token requests: a blank name, an expiry out of range.
     for bad in [

@@ -8,6 +8,8 @@
 //! * modes: another local user reads nothing corral keeps (0700 directories, 0600 files,
 //!   seeds with password hashes and SSH keys above all); an older installation's wider
 //!   modes are narrowed at start, and the change is logged.
+//! * passwords: a token stolen before a password change stops working after it, whether
+//!   the user changed it or an administrator did; the session that changed it stays.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -249,4 +251,64 @@ async fn another_local_user_reads_nothing_corral_keeps() {
         );
     }
     cloud.delete_all_and_check().await;
+}
+
+async fn status(cloud: &Cloud, token: &str, path: &str) -> u16 {
+    cloud.call_as(token, Method::GET, path, None).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_ends_the_other_sessions() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    let ann = cloud.new_user("ann").await;
+    // The thief's copy: a named token of Ann's, made with her session.
+    let (s, v) = cloud
+        .call_as(
+            &ann,
+            Method::POST,
+            "/tokens",
+            Some(json!({"name": "laptop"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let stolen = v["token"].as_str().unwrap().to_string();
+    assert_eq!(status(&cloud, &stolen, "/about").await, 200);
+
+    // Ann changes her password: the stolen token dies, her session lives.
+    let (s, v) = cloud
+        .call_as(
+            &ann,
+            Method::POST,
+            "/users/me/password",
+            Some(json!({"current": "ann-password-1", "new": "ann-password-2"})),
+        )
+        .await;
+    assert!(s == 200 || s == 204, "{s} {v}");
+    assert_eq!(status(&cloud, &stolen, "/about").await, 401);
+    assert_eq!(status(&cloud, &ann, "/about").await, 200);
+
+    // An administrator sets a new one: every session of hers ends.
+    let (_, users) = cloud.get("/users").await;
+    let id = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "ann")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, v) = cloud
+        .call(
+            Method::PATCH,
+            &format!("/users/{id}"),
+            Some(json!({"password": "ann-password-3"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(status(&cloud, &ann, "/about").await, 401);
+    assert_eq!(status(&cloud, cloud.token(), "/about").await, 200);
 }

@@ -122,6 +122,7 @@ __all__ = [
     "Template",
     "TemplateAccepted",
     "Token",
+    "TokenPolicy",
     "UpdateGuest",
     "UpdateTemplate",
     "User",
@@ -239,6 +240,7 @@ from corral_client.models.step import Step as Step
 from corral_client.models.template import Template as Template
 from corral_client.models.template_accepted import TemplateAccepted as TemplateAccepted
 from corral_client.models.token import Token as Token
+from corral_client.models.token_policy import TokenPolicy as TokenPolicy
 from corral_client.models.update_guest import UpdateGuest as UpdateGuest
 from corral_client.models.update_template import UpdateTemplate as UpdateTemplate
 from corral_client.models.user import User as User

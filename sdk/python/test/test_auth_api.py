@@ -57,7 +57,7 @@ class TestAuthApi(unittest.TestCase):
     def test_token_create(self) -> None:
         """Test case for token_create
 
-        Create a named API token for yourself (for scripts and CI), optionally expiring. Its value is in this answer only.
+        Create a named API token for yourself (for scripts and CI), expiring within the site's limit. Its value is in this answer only.
         """
         pass
 

@@ -46,7 +46,10 @@ class TestSettings(unittest.TestCase):
                     port = 56, 
                     reset_url = '', 
                     security = 'none', 
-                    username = '', )
+                    username = '', ),
+                tokens = corral_client.models.token_policy.TokenPolicy(
+                    allow_no_expiry = True, 
+                    max_days = 1.0, )
             )
         else:
             return Settings(
@@ -62,6 +65,9 @@ class TestSettings(unittest.TestCase):
                     reset_url = '', 
                     security = 'none', 
                     username = '', ),
+                tokens = corral_client.models.token_policy.TokenPolicy(
+                    allow_no_expiry = True, 
+                    max_days = 1.0, ),
         )
         """
 

@@ -46,7 +46,10 @@ class TestSettingsChange(unittest.TestCase):
                     port = 56, 
                     reset_url = '', 
                     security = 'none', 
-                    username = '', )
+                    username = '', ),
+                tokens = corral_client.models.token_policy.TokenPolicy(
+                    allow_no_expiry = True, 
+                    max_days = 1.0, )
             )
         else:
             return SettingsChange(

@@ -29,7 +29,7 @@ class TestUsersApi(unittest.TestCase):
     def test_user_change_password(self) -> None:
         """Test case for user_change_password
 
-        Change your own password: give the current one.
+        Change your own password: give the current one. Your other tokens are revoked.
         """
         pass
 
@@ -71,7 +71,7 @@ class TestUsersApi(unittest.TestCase):
     def test_user_update(self) -> None:
         """Test case for user_update
 
-        Change a user's role or set a new password (administrators only).
+        Change a user's role or set a new password (administrators only); a new password revokes the user's tokens.
         """
         pass
 

@@ -50,6 +50,46 @@ impl Default for Retention {
     }
 }
 
+/// How long API tokens may live (`PATCH /settings`, `tokens`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Object)]
+#[serde(default)]
+#[oai(deny_unknown_fields)]
+pub struct TokenPolicy {
+    /// The longest lifetime of a named token, days (1–366). A token asked for without an
+    /// expiry gets this one. Default 90.
+    #[oai(validator(minimum(value = "1"), maximum(value = "366")))]
+    pub max_days: u32,
+    /// Whether a named token may be created without any expiry. Default false: a token
+    /// that never expires is a credential nobody remembers to revoke.
+    pub allow_no_expiry: bool,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        TokenPolicy {
+            max_days: 90,
+            allow_no_expiry: false,
+        }
+    }
+}
+
+impl TokenPolicy {
+    /// When a token asked for with `expires_in_secs` expires (ms), or why it may not be.
+    pub fn expiry(&self, now: i64, expires_in_secs: Option<u64>) -> Result<Option<i64>, Error> {
+        let max_secs = u64::from(self.max_days) * 86_400;
+        match expires_in_secs {
+            None if self.allow_no_expiry => Ok(None),
+            None => Ok(Some(now + (max_secs as i64) * 1000)),
+            Some(s) if s > max_secs => Err(Error::Unprocessable(format!(
+                "expires_in_secs {s} is beyond the site's limit of {} days ({max_secs} s): \
+                 ask for less, or an administrator raises tokens.max_days",
+                self.max_days
+            ))),
+            Some(s) => Ok(Some(now + (s as i64) * 1000)),
+        }
+    }
+}
+
 impl Retention {
     /// The purge cutoffs (ms) at `now`.
     pub fn cutoffs(&self, now: i64) -> (Option<i64>, Option<i64>, Option<i64>) {
@@ -98,6 +138,8 @@ pub struct Settings {
     pub retention: Retention,
     /// Mail, for password recovery (S33, S94).
     pub smtp: super::recovery::SmtpView,
+    /// How long API tokens may live.
+    pub tokens: TokenPolicy,
 }
 
 #[derive(Debug, Object)]
@@ -105,6 +147,7 @@ pub struct Settings {
 pub struct SettingsChange {
     pub retention: Option<Retention>,
     pub smtp: Option<super::recovery::SmtpChange>,
+    pub tokens: Option<TokenPolicy>,
 }
 
 pub struct AuditApi;
@@ -172,6 +215,7 @@ impl AuditApi {
         Ok(Json(Settings {
             retention: state.store.setting("retention").await?,
             smtp: smtp.view(),
+            tokens: state.store.setting("tokens").await?,
         }))
     }
 
@@ -184,7 +228,11 @@ impl AuditApi {
         body: Json<SettingsChange>,
     ) -> ApiResult<Json<Settings>> {
         access::admin(&auth.0, "changing the system settings")?;
-        let SettingsChange { retention, smtp } = body.0;
+        let SettingsChange {
+            retention,
+            smtp,
+            tokens,
+        } = body.0;
         // Both are checked before either is written.
         let smtp = match smtp {
             Some(c) => {
@@ -198,6 +246,9 @@ impl AuditApi {
         }
         if let Some(s) = &smtp {
             state.store.set_setting("smtp", s).await?;
+        }
+        if let Some(t) = &tokens {
+            state.store.set_setting("tokens", t).await?;
         }
         self.settings(auth, state).await
     }

@@ -74,7 +74,9 @@ pub struct NewToken {
     /// What the token is for, e.g. `ci-deploy` (1–64 characters).
     #[oai(validator(min_length = 1, max_length = 64))]
     pub name: String,
-    /// Seconds until it expires, 1 to 31,622,400 (366 days). Absent: it never expires.
+    /// Seconds until it expires, 1 to the site's `tokens.max_days` (90 days unless an
+    /// administrator changed it). Absent: that maximum, or never when the site allows
+    /// tokens without expiry (`tokens.allow_no_expiry`).
     #[oai(validator(minimum(value = "1"), maximum(value = "31622400")))]
     pub expires_in_secs: Option<u64>,
 }
@@ -188,8 +190,8 @@ impl AuthApi {
         Ok(Revoked::Revoked)
     }
 
-    /// Create a named API token for yourself (for scripts and CI), optionally expiring.
-    /// Its value is in this answer only.
+    /// Create a named API token for yourself (for scripts and CI), expiring within the
+    /// site's limit. Its value is in this answer only.
     #[oai(path = "/tokens", method = "post", operation_id = "token_create")]
     async fn create_token(
         &self,
@@ -201,7 +203,8 @@ impl AuthApi {
         if name.is_empty() {
             return Err(Error::BadRequest("name must not be blank".into()).into());
         }
-        let expires_at = body.expires_in_secs.map(|s| now_ms() + (s as i64) * 1000);
+        let policy: super::audit::TokenPolicy = state.store.setting("tokens").await?;
+        let expires_at = policy.expiry(now_ms(), body.expires_in_secs)?;
         let (row, token) = issue_token(&state.store, &auth.0.user, name, expires_at)
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))?;

@@ -249,7 +249,7 @@ impl UserApi {
         Ok(Json(full_view(&state, &auth.0.user).await?))
     }
 
-    /// Change your own password: give the current one.
+    /// Change your own password: give the current one. Your other tokens are revoked.
     #[oai(
         path = "/users/me/password",
         method = "post",
@@ -274,6 +274,12 @@ impl UserApi {
             .store
             .update_user(&auth.0.id, None, Some(&hash))
             .await?;
+        // Whoever held another of this user's tokens (a stolen one) loses it with the old
+        // password; the session that changed it stays.
+        state
+            .store
+            .revoke_other_tokens(&auth.0.id, &auth.0.token_id)
+            .await?;
         Ok(Done::Done)
     }
 
@@ -289,7 +295,8 @@ impl UserApi {
         Ok(Json(full_view(&state, &user_of(&state, &id).await?).await?))
     }
 
-    /// Change a user's role or set a new password (administrators only).
+    /// Change a user's role or set a new password (administrators only); a new password
+    /// revokes the user's tokens.
     #[oai(path = "/users/:id", method = "patch", operation_id = "user_update")]
     async fn update(
         &self,
@@ -320,6 +327,14 @@ impl UserApi {
             .store
             .update_user(&u.id, role, hash.as_deref())
             .await?;
+        if hash.is_some() {
+            // A new password set by an administrator ends the user's sessions (all but the
+            // administrator's own, when they set their own password this way).
+            state
+                .store
+                .revoke_other_tokens(&u.id, &auth.0.token_id)
+                .await?;
+        }
         if let Some(e) = email {
             state.store.set_user_email(&u.id, e.as_deref()).await?;
         }

@@ -250,6 +250,19 @@ impl Store {
         Ok(n)
     }
 
+    /// Revokes every token of a user but `keep` (the one that changed their password).
+    pub async fn revoke_other_tokens(&self, user_id: &str, keep: &str) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query("DELETE FROM tokens WHERE user_id = ? AND id <> ?")
+            .bind(user_id)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        self.commit(tx).await?;
+        Ok(n)
+    }
+
     /// Drops tokens that expired before `now`.
     pub async fn purge_expired_tokens(&self, now: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;

@@ -1247,7 +1247,7 @@ class AuthApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> CreatedToken:
-        """Create a named API token for yourself (for scripts and CI), optionally expiring. Its value is in this answer only.
+        """Create a named API token for yourself (for scripts and CI), expiring within the site's limit. Its value is in this answer only.
 
 
         :param new_token: (required)
@@ -1324,7 +1324,7 @@ class AuthApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[CreatedToken]:
-        """Create a named API token for yourself (for scripts and CI), optionally expiring. Its value is in this answer only.
+        """Create a named API token for yourself (for scripts and CI), expiring within the site's limit. Its value is in this answer only.
 
 
         :param new_token: (required)
@@ -1401,7 +1401,7 @@ class AuthApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Create a named API token for yourself (for scripts and CI), optionally expiring. Its value is in this answer only.
+        """Create a named API token for yourself (for scripts and CI), expiring within the site's limit. Its value is in this answer only.
 
 
         :param new_token: (required)

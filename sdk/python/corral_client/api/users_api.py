@@ -58,7 +58,7 @@ class UsersApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> None:
-        """Change your own password: give the current one.
+        """Change your own password: give the current one. Your other tokens are revoked.
 
 
         :param password_change: (required)
@@ -135,7 +135,7 @@ class UsersApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[None]:
-        """Change your own password: give the current one.
+        """Change your own password: give the current one. Your other tokens are revoked.
 
 
         :param password_change: (required)
@@ -212,7 +212,7 @@ class UsersApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Change your own password: give the current one.
+        """Change your own password: give the current one. Your other tokens are revoked.
 
 
         :param password_change: (required)
@@ -1801,7 +1801,7 @@ class UsersApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> User:
-        """Change a user's role or set a new password (administrators only).
+        """Change a user's role or set a new password (administrators only); a new password revokes the user's tokens.
 
 
         :param id: (required)
@@ -1882,7 +1882,7 @@ class UsersApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[User]:
-        """Change a user's role or set a new password (administrators only).
+        """Change a user's role or set a new password (administrators only); a new password revokes the user's tokens.
 
 
         :param id: (required)
@@ -1963,7 +1963,7 @@ class UsersApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Change a user's role or set a new password (administrators only).
+        """Change a user's role or set a new password (administrators only); a new password revokes the user's tokens.
 
 
         :param id: (required)

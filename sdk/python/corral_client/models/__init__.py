@@ -98,6 +98,7 @@ from corral_client.models.step import Step
 from corral_client.models.template import Template
 from corral_client.models.template_accepted import TemplateAccepted
 from corral_client.models.token import Token
+from corral_client.models.token_policy import TokenPolicy
 from corral_client.models.update_guest import UpdateGuest
 from corral_client.models.update_template import UpdateTemplate
 from corral_client.models.user import User

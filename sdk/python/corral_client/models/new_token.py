@@ -28,7 +28,7 @@ class NewToken(BaseModel):
     """
     NewToken
     """ # noqa: E501
-    expires_in_secs: Optional[Annotated[int, Field(le=31622400, strict=True, ge=1)]] = Field(default=None, description="Seconds until it expires, 1 to 31,622,400 (366 days). Absent: it never expires.")
+    expires_in_secs: Optional[Annotated[int, Field(le=31622400, strict=True, ge=1)]] = Field(default=None, description="Seconds until it expires, 1 to the site's `tokens.max_days` (90 days unless an administrator changed it). Absent: that maximum, or never when the site allows tokens without expiry (`tokens.allow_no_expiry`).")
     name: Annotated[str, Field(min_length=1, strict=True, max_length=64)] = Field(description="What the token is for, e.g. `ci-deploy` (1–64 characters).")
     __properties: ClassVar[List[str]] = ["expires_in_secs", "name"]
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from typing import Any, ClassVar, Dict, List, Optional
 from corral_client.models.retention import Retention
 from corral_client.models.smtp_change import SmtpChange
+from corral_client.models.token_policy import TokenPolicy
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -31,7 +32,8 @@ class SettingsChange(BaseModel):
     """ # noqa: E501
     retention: Optional[Retention] = None
     smtp: Optional[SmtpChange] = None
-    __properties: ClassVar[List[str]] = ["retention", "smtp"]
+    tokens: Optional[TokenPolicy] = None
+    __properties: ClassVar[List[str]] = ["retention", "smtp", "tokens"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -78,6 +80,9 @@ class SettingsChange(BaseModel):
         # override the default output from pydantic by calling `to_dict()` of smtp
         if self.smtp:
             _dict['smtp'] = self.smtp.to_dict()
+        # override the default output from pydantic by calling `to_dict()` of tokens
+        if self.tokens:
+            _dict['tokens'] = self.tokens.to_dict()
         return _dict
 
     @classmethod
@@ -91,7 +96,8 @@ class SettingsChange(BaseModel):
 
         _obj = cls.model_validate({
             "retention": Retention.from_dict(obj["retention"]) if obj.get("retention") is not None else None,
-            "smtp": SmtpChange.from_dict(obj["smtp"]) if obj.get("smtp") is not None else None
+            "smtp": SmtpChange.from_dict(obj["smtp"]) if obj.get("smtp") is not None else None,
+            "tokens": TokenPolicy.from_dict(obj["tokens"]) if obj.get("tokens") is not None else None
         })
         return _obj
 

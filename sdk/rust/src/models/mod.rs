@@ -168,6 +168,8 @@ pub mod template_accepted;
 pub use self::template_accepted::TemplateAccepted;
 pub mod token;
 pub use self::token::Token;
+pub mod token_policy;
+pub use self::token_policy::TokenPolicy;
 pub mod update_guest;
 pub use self::update_guest::UpdateGuest;
 pub mod update_template;

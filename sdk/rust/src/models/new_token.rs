@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewToken {
-    /// Seconds until it expires, 1 to 31,622,400 (366 days). Absent: it never expires.
+    /// Seconds until it expires, 1 to the site's `tokens.max_days` (90 days unless an administrator changed it). Absent: that maximum, or never when the site allows tokens without expiry (`tokens.allow_no_expiry`).
     #[serde(rename = "expires_in_secs", skip_serializing_if = "Option::is_none")]
     pub expires_in_secs: Option<u64>,
     /// What the token is for, e.g. `ci-deploy` (1–64 characters).

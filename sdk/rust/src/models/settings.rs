@@ -18,13 +18,21 @@ pub struct Settings {
     /// Mail, for password recovery (S33, S94).
     #[serde(rename = "smtp")]
     pub smtp: Box<models::SmtpView>,
+    /// How long API tokens may live.
+    #[serde(rename = "tokens")]
+    pub tokens: Box<models::TokenPolicy>,
 }
 
 impl Settings {
-    pub fn new(retention: models::Retention, smtp: models::SmtpView) -> Settings {
+    pub fn new(
+        retention: models::Retention,
+        smtp: models::SmtpView,
+        tokens: models::TokenPolicy,
+    ) -> Settings {
         Settings {
             retention: Box::new(retention),
             smtp: Box::new(smtp),
+            tokens: Box::new(tokens),
         }
     }
 }

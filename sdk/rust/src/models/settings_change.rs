@@ -17,6 +17,8 @@ pub struct SettingsChange {
     pub retention: Option<Box<models::Retention>>,
     #[serde(rename = "smtp", skip_serializing_if = "Option::is_none")]
     pub smtp: Option<Box<models::SmtpChange>>,
+    #[serde(rename = "tokens", skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Box<models::TokenPolicy>>,
 }
 
 impl SettingsChange {
@@ -24,6 +26,7 @@ impl SettingsChange {
         SettingsChange {
             retention: None,
             smtp: None,
+            tokens: None,
         }
     }
 }

@@ -321,7 +321,7 @@ export class AuthApi extends runtime.BaseAPI {
     }
 
     /**
-     * Create a named API token for yourself (for scripts and CI), optionally expiring. Its value is in this answer only.
+     * Create a named API token for yourself (for scripts and CI), expiring within the site\'s limit. Its value is in this answer only.
      */
     async tokenCreateRaw(requestParameters: TokenCreateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<CreatedToken>> {
         const requestOptions = await this.tokenCreateRequestOpts(requestParameters);
@@ -331,7 +331,7 @@ export class AuthApi extends runtime.BaseAPI {
     }
 
     /**
-     * Create a named API token for yourself (for scripts and CI), optionally expiring. Its value is in this answer only.
+     * Create a named API token for yourself (for scripts and CI), expiring within the site\'s limit. Its value is in this answer only.
      */
     async tokenCreate(requestParameters: TokenCreateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<CreatedToken> {
         const response = await this.tokenCreateRaw(requestParameters, initOverrides);

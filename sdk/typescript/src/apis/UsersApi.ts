@@ -121,7 +121,7 @@ export class UsersApi extends runtime.BaseAPI {
     }
 
     /**
-     * Change your own password: give the current one.
+     * Change your own password: give the current one. Your other tokens are revoked.
      */
     async userChangePasswordRaw(requestParameters: UserChangePasswordRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<void>> {
         const requestOptions = await this.userChangePasswordRequestOpts(requestParameters);
@@ -131,7 +131,7 @@ export class UsersApi extends runtime.BaseAPI {
     }
 
     /**
-     * Change your own password: give the current one.
+     * Change your own password: give the current one. Your other tokens are revoked.
      */
     async userChangePassword(requestParameters: UserChangePasswordRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<void> {
         await this.userChangePasswordRaw(requestParameters, initOverrides);
@@ -433,7 +433,7 @@ export class UsersApi extends runtime.BaseAPI {
     }
 
     /**
-     * Change a user\'s role or set a new password (administrators only).
+     * Change a user\'s role or set a new password (administrators only); a new password revokes the user\'s tokens.
      */
     async userUpdateRaw(requestParameters: UserUpdateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<User>> {
         const requestOptions = await this.userUpdateRequestOpts(requestParameters);
@@ -443,7 +443,7 @@ export class UsersApi extends runtime.BaseAPI {
     }
 
     /**
-     * Change a user\'s role or set a new password (administrators only).
+     * Change a user\'s role or set a new password (administrators only); a new password revokes the user\'s tokens.
      */
     async userUpdate(requestParameters: UserUpdateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<User> {
         const response = await this.userUpdateRaw(requestParameters, initOverrides);

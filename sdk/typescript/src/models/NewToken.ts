@@ -20,7 +20,9 @@ import { mapValues } from '../runtime';
  */
 export interface NewToken {
     /**
-     * Seconds until it expires, 1 to 31,622,400 (366 days). Absent: it never expires.
+     * Seconds until it expires, 1 to the site's `tokens.max_days` (90 days unless an
+     * administrator changed it). Absent: that maximum, or never when the site allows
+     * tokens without expiry (`tokens.allow_no_expiry`).
      */
     expiresInSecs?: number;
     /**

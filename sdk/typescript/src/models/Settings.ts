@@ -20,6 +20,13 @@ import {
     SmtpViewToJSON,
     SmtpViewToJSONTyped,
 } from './SmtpView';
+import type { TokenPolicy } from './TokenPolicy';
+import {
+    TokenPolicyFromJSON,
+    TokenPolicyFromJSONTyped,
+    TokenPolicyToJSON,
+    TokenPolicyToJSONTyped,
+} from './TokenPolicy';
 import type { Retention } from './Retention';
 import {
     RetentionFromJSON,
@@ -42,6 +49,10 @@ export interface Settings {
      * Mail, for password recovery (S33, S94).
      */
     smtp: SmtpView;
+    /**
+     * How long API tokens may live.
+     */
+    tokens: TokenPolicy;
 }
 
 /**
@@ -50,6 +61,7 @@ export interface Settings {
 export function instanceOfSettings(value: object): value is Settings {
     if (!('retention' in value) || value['retention'] === undefined) return false;
     if (!('smtp' in value) || value['smtp'] === undefined) return false;
+    if (!('tokens' in value) || value['tokens'] === undefined) return false;
     return true;
 }
 
@@ -65,6 +77,7 @@ export function SettingsFromJSONTyped(json: any, ignoreDiscriminator: boolean): 
         
         'retention': RetentionFromJSON(json['retention']),
         'smtp': SmtpViewFromJSON(json['smtp']),
+        'tokens': TokenPolicyFromJSON(json['tokens']),
     };
 }
 
@@ -81,6 +94,7 @@ export function SettingsToJSONTyped(value?: Settings | null, ignoreDiscriminator
         
         'retention': RetentionToJSON(value['retention']),
         'smtp': SmtpViewToJSON(value['smtp']),
+        'tokens': TokenPolicyToJSON(value['tokens']),
     };
 }
 

@@ -20,6 +20,13 @@ import {
     SmtpChangeToJSON,
     SmtpChangeToJSONTyped,
 } from './SmtpChange';
+import type { TokenPolicy } from './TokenPolicy';
+import {
+    TokenPolicyFromJSON,
+    TokenPolicyFromJSONTyped,
+    TokenPolicyToJSON,
+    TokenPolicyToJSONTyped,
+} from './TokenPolicy';
 import type { Retention } from './Retention';
 import {
     RetentionFromJSON,
@@ -42,6 +49,10 @@ export interface SettingsChange {
      * 
      */
     smtp?: SmtpChange;
+    /**
+     * 
+     */
+    tokens?: TokenPolicy;
 }
 
 /**
@@ -63,6 +74,7 @@ export function SettingsChangeFromJSONTyped(json: any, ignoreDiscriminator: bool
         
         'retention': json['retention'] == null ? undefined : RetentionFromJSON(json['retention']),
         'smtp': json['smtp'] == null ? undefined : SmtpChangeFromJSON(json['smtp']),
+        'tokens': json['tokens'] == null ? undefined : TokenPolicyFromJSON(json['tokens']),
     };
 }
 
@@ -79,6 +91,7 @@ export function SettingsChangeToJSONTyped(value?: SettingsChange | null, ignoreD
         
         'retention': RetentionToJSON(value['retention']),
         'smtp': SmtpChangeToJSON(value['smtp']),
+        'tokens': TokenPolicyToJSON(value['tokens']),
     };
 }
 

@@ -85,6 +85,7 @@ export * from './Step';
 export * from './Template';
 export * from './TemplateAccepted';
 export * from './Token';
+export * from './TokenPolicy';
 export * from './UpdateGuest';
 export * from './UpdateTemplate';
 export * from './User';
