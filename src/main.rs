@@ -329,7 +329,10 @@ where
         Ok(true) => Ok(()),
         Ok(false) => std::process::exit(1),
         Err(e) => {
-            eprintln!("error: {}", k.explain(e));
+            eprintln!(
+                "error: {}",
+                corral::cli::output::printable(&k.explain(e).to_string())
+            );
             std::process::exit(2)
         }
     }

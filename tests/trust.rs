@@ -10,6 +10,8 @@
 //!   modes are narrowed at start, and the change is logged.
 //! * passwords: a token stolen before a password change stops working after it, whether
 //!   the user changed it or an administrator did; the session that changed it stays.
+//! * terminals: a value someone else put on the server (a login name in the audit trail)
+//!   is printed by the CLI with its control characters escaped, never sent raw.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -311,4 +313,38 @@ async fn a_password_change_ends_the_other_sessions() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(status(&cloud, &ann, "/about").await, 401);
     assert_eq!(status(&cloud, cloud.token(), "/about").await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_no_ones_terminal_escapes() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    // Anyone may try a login: its name lands in the audit trail an administrator reads.
+    let evil = "x\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let r = reqwest::Client::new()
+        .post(cloud.url("/auth/login"))
+        .json(&json!({"username": evil, "password": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let out = Command::new(common::bin())
+        .args(["audit", "--limit", "20"])
+        .env("CORRAL_URL", cloud.url(""))
+        .env("CORRAL_TOKEN", cloud.token())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("x\\x1b]0;pwned\\x07"), "{text}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
 }

@@ -94,10 +94,14 @@ impl Client {
                 }
                 println!(
                     "{} {} {}  {}% {}",
-                    op.id, op.kind, op.state, op.progress.percent, op.progress.stage
+                    op.id,
+                    op.kind,
+                    op.state,
+                    op.progress.percent,
+                    super::output::printable_line(&op.progress.stage)
                 );
                 if let Some(e) = &op.error {
-                    println!("error: {e}");
+                    println!("error: {}", super::output::printable(e));
                 }
                 let mut t = Table::new(&["step", "runs on", "state", "attempt", "error"]);
                 for s in &op.steps {

@@ -14,6 +14,38 @@ pub enum Output {
     Yaml,
 }
 
+/// `s` with every control character but newline and tab written as an escape (`\x1b`,
+/// `\u{9b}`): a value from the server (a name, a stage, an error, an audit row, a
+/// script) may be someone else's, and must not drive the reader's terminal (move the
+/// cursor, retitle the window, hide what follows).
+pub fn printable(s: &str) -> String {
+    escape(s, |c| c.is_control() && c != '\n' && c != '\t')
+}
+
+/// [`printable`] for one line: newlines and tabs are escaped too.
+pub fn printable_line(s: &str) -> String {
+    escape(s, char::is_control)
+}
+
+fn escape(s: &str, bad: impl Fn(char) -> bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if bad(c) {
+            match u32::from(c) {
+                n @ 0..=0xff => {
+                    let _ = write!(out, "\\x{n:02x}");
+                }
+                n => {
+                    let _ = write!(out, "\\u{{{n:x}}}");
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Rows under a header; columns are padded to their widest cell.
 pub struct Table {
     headers: Vec<&'static str>,
@@ -28,8 +60,10 @@ impl Table {
         }
     }
 
+    /// Adds a row; every cell is made [`printable_line`].
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.iter().map(|c| printable_line(c)).collect());
     }
 
     pub fn render(&self) -> String {
@@ -252,6 +286,19 @@ mod tests {
             yaml(&v),
             "- cpus: 2\n  disk:\n    size: \"1\"\n  e: []\n  ip: null\n  name: \"web-1\"\n  tags:\n  - \"a\"\n"
         );
+    }
+
+    #[test]
+    fn values_cannot_drive_the_terminal() {
+        let evil = "web\x1b]0;pwned\x07\x1b[2J\u{9b}31m\nok\tx";
+        assert_eq!(
+            printable_line(evil),
+            "web\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\x0aok\\x09x"
+        );
+        assert_eq!(printable("a\nb\x1b"), "a\nb\\x1b");
+        let mut t = Table::new(&["name"]);
+        t.row(vec![evil.into()]);
+        assert!(!t.render().contains('\x1b'), "{}", t.render());
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl Client {
                 };
                 let now = (
                     op.state.clone(),
-                    op.progress.stage.clone(),
+                    super::output::printable_line(&op.progress.stage),
                     op.progress.percent,
                 );
                 line.done = TERMINAL.contains(&op.state.as_str());
@@ -83,6 +83,7 @@ impl Client {
                         if tty {
                             // Reprinted below the bars once everything has ended.
                         } else {
+                            let e = super::output::printable(e);
                             let _ = writeln!(out, "{:width$}  error: {e}", line.label);
                         }
                     }
@@ -102,7 +103,7 @@ impl Client {
                 if !line.ok {
                     let op = operations_api::operation_get(self.config(), id).await?;
                     if let Some(e) = op.error {
-                        eprintln!("{}: {e}", line.label);
+                        eprintln!("{}: {}", line.label, super::output::printable(&e));
                     }
                 }
             }

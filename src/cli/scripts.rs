@@ -122,7 +122,7 @@ impl Client {
                     ScriptKind::Boot => api::boot_script_get(c, &name).await?,
                 };
                 if self.out == super::Output::Table {
-                    println!("{}", s.source);
+                    println!("{}", super::output::printable(&s.source));
                     return Ok(true);
                 }
                 one(s)
