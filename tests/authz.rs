@@ -457,13 +457,13 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
             m("GET"),
             "/boot-scripts/ann-motd".into(),
             None,
-            [A, A, A, A],
+            [A, A, A, H],
         ),
         (
             m("PUT"),
             "/boot-scripts/ann-motd".into(),
             Some(json!({"source": "fn actions(guest, params) { [] }"})),
-            [A, F, A, F],
+            [A, F, A, H],
         ),
         (m("GET"), "/os-init-profiles".into(), None, [A, A, A, A]),
         (
@@ -585,7 +585,7 @@ async fn every_endpoint_answers_each_role_as_its_rights_say() {
             m("DELETE"),
             "/boot-scripts/ann-motd".into(),
             None,
-            [A, F, A, F],
+            [A, F, A, H],
         ),
         (m("DELETE"), format!("/guests/{g}"), None, [A, A, S(202), H]),
     ];

@@ -134,6 +134,7 @@ async fn seed(store: &Store, pool: &str, template: &str) -> Seeded {
                     guest_id: Some(id.clone()),
                     node_id: Some(node.into()),
                     state: op_state.into(),
+                    requested_by_id: None,
                     steps: "[]".into(),
                     cursor: 0,
                     payload: "{}".into(),

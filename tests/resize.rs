@@ -26,7 +26,8 @@ async fn a_stopped_guest_is_resized_within_its_nodes_capacity() {
         .create(json!({"name": "r", "template": "tiny", "cpus": 1, "memory_mib": 128}))
         .await[0]
         .clone();
-    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let created = cloud.wait_op(&op).await;
+    assert_eq!(created["state"], "succeeded", "{created}");
     let size = format!("/guests/{gid}/size");
 
     let (s, v) = put(&cloud, &size, json!({"cpus": 2})).await;
@@ -123,7 +124,8 @@ async fn a_running_guest_changes_size_live_within_its_maxima() {
     body["max_cpus"] = json!(4);
     body["max_memory_mib"] = json!(512);
     let (gid, op) = cloud.create(body).await[0].clone();
-    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let created = cloud.wait_op(&op).await;
+    assert_eq!(created["state"], "succeeded", "{created}");
     let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
     assert_eq!(
         (&g["max_cpus"], &g["max_memory_mib"]),

@@ -10,6 +10,10 @@
 //!   modes are narrowed at start, and the change is logged.
 //! * passwords: a token stolen before a password change stops working after it, whether
 //!   the user changed it or an administrator did; the session that changed it stays.
+//! * ownership is by user id: a user deleted and another created with the same name
+//!   inherits nothing (operations, scripts); deleting a user who owns anything is refused.
+//! * boot scripts are their author's (and operators') unless published: another user can
+//!   neither read, list, change nor queue a private one.
 //! * terminals: a value someone else put on the server (a login name in the audit trail)
 //!   is printed by the CLI with its control characters escaped, never sent raw.
 #![allow(clippy::unwrap_used)]
@@ -347,4 +351,145 @@ async fn the_cli_prints_no_ones_terminal_escapes() {
         !text.contains('\u{1b}') && !text.contains('\u{7}'),
         "{text:?}"
     );
+}
+
+async fn user_id(cloud: &Cloud, name: &str) -> String {
+    let (_, users) = cloud.get("/users").await;
+    users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == name)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_with_an_old_name_inherits_nothing_and_scripts_are_private() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    let ann = cloud.new_user("ann").await;
+    let bob = cloud.new_user("bob").await;
+    let (s, v) = cloud
+        .call_as(
+            &ann,
+            Method::POST,
+            "/guests",
+            Some(json!({"name": "ann-1", "template": "tiny", "cpus": 1, "memory_mib": 64})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let ann_op = v["operations"][0]["operation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gid = v["operations"][0]["guest_id"].as_str().unwrap().to_string();
+    assert_eq!(cloud.wait_op(&ann_op).await["state"], "succeeded");
+    let src = "// Ann's own.\nfn actions(guest, params) { [exec(\"true\")] }";
+    let (s, v) = cloud
+        .call_as(
+            &ann,
+            Method::POST,
+            "/boot-scripts",
+            Some(json!({"name": "ann-job", "source": src})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["public"], false, "{v}");
+
+    // Bob: her script is not there for him, whatever he tries.
+    let (s, v) = cloud
+        .call_as(&bob, Method::GET, "/boot-scripts/ann-job", None)
+        .await;
+    assert_eq!(s, 404, "{v}");
+    let (_, list) = cloud
+        .call_as(&bob, Method::GET, "/boot-scripts", None)
+        .await;
+    assert!(!list.to_string().contains("ann-job"), "{list}");
+    let (s, v) = cloud
+        .call_as(
+            &bob,
+            Method::PUT,
+            "/boot-scripts/ann-job",
+            Some(json!({"source": src})),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = cloud
+        .call_as(
+            &bob,
+            Method::POST,
+            "/guests",
+            Some(json!({"name": "bob-1", "template": "tiny", "cpus": 1, "memory_mib": 64})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let bob_op = v["operations"][0]["operation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(cloud.wait_op(&bob_op).await["state"], "succeeded");
+    let (s, v) = cloud
+        .call_as(
+            &bob,
+            Method::POST,
+            "/boot-jobs",
+            Some(json!({"guests": ["bob-1"], "script": "ann-job"})),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    // Published, it is his to read and queue; still not his to change.
+    let (s, v) = cloud
+        .call_as(
+            &ann,
+            Method::PUT,
+            "/boot-scripts/ann-job",
+            Some(json!({"source": src, "public": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = cloud
+        .call_as(&bob, Method::GET, "/boot-scripts/ann-job", None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = cloud
+        .call_as(
+            &bob,
+            Method::PUT,
+            "/boot-scripts/ann-job",
+            Some(json!({"source": src})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+
+    // Deleting Ann is refused while she owns anything.
+    let ann_id = user_id(&cloud, "ann").await;
+    let (s, v) = cloud.delete(&format!("/users/{ann_id}")).await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["details"]["guests"], 1, "{v}");
+    assert_eq!(v["details"]["scripts"], 1, "{v}");
+    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+    assert_eq!(
+        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    let (s, v) = cloud.delete("/boot-scripts/ann-job").await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = cloud.delete(&format!("/users/{ann_id}")).await;
+    assert!(s == 200 || s == 204, "{s} {v}");
+
+    // A new Ann: none of the old one's operations are hers.
+    let ann2 = cloud.new_user("ann").await;
+    assert_ne!(user_id(&cloud, "ann").await, ann_id);
+    let (s, v) = cloud
+        .call_as(&ann2, Method::GET, &format!("/operations/{ann_op}"), None)
+        .await;
+    assert_eq!(s, 404, "{v}");
+    let (_, ops) = cloud.call_as(&ann2, Method::GET, "/operations", None).await;
+    assert_eq!(ops, json!([]), "{ops}");
 }

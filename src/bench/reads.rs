@@ -338,6 +338,7 @@ async fn seed(
                     guest_id: Some(id),
                     node_id: Some("bench-node".into()),
                     state: "succeeded".into(),
+                    requested_by_id: None,
                     steps: steps.clone(),
                     cursor: 11,
                     payload: payload.to_string(),

@@ -268,6 +268,10 @@ impl Cloud {
             .env("CORRAL_RECONCILE_SECS", "2")
             // Test-driver guests use no CPU or memory; tests of capacity set their own.
             .env("CORRAL_CPU_OVERCOMMIT", "64")
+            // The host's load average is whatever else runs on the test machine (a build,
+            // a benchmark, the other test thread), not an input of any test: placement by
+            // load is a unit test (`placement.rs`).
+            .env("CORRAL_PLACEMENT_MAX_LOAD_PER_CPU", "1000000")
             .env("CORRAL_MEMORY_OVERCOMMIT", "4");
         if args[0] == "agent" {
             // A node reports through its own Redis user, given at enrollment.

@@ -36,6 +36,7 @@ class TestNewScript(unittest.TestCase):
         if include_optional:
             return NewScript(
                 name = '',
+                public = True,
                 source = ''
             )
         else:

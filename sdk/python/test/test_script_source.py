@@ -35,6 +35,7 @@ class TestScriptSource(unittest.TestCase):
         model = ScriptSource()
         if include_optional:
             return ScriptSource(
+                public = True,
                 source = ''
             )
         else:

@@ -43,7 +43,7 @@ class TestUsersApi(unittest.TestCase):
     def test_user_delete(self) -> None:
         """Test case for user_delete
 
-        Delete a user and their tokens (administrators only).
+        Delete a user and their tokens (administrators only). Refused (409) while they own guests, templates, data disks or boot scripts: delete those first. Ownership is by user id, so nothing of theirs ever passes to a later user of the same name; their operations and audit entries keep naming them.
         """
         pass
 

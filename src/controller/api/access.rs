@@ -28,7 +28,7 @@ pub fn sees_guest(caller: &Caller, g: &GuestRow) -> bool {
 
 /// Whether the caller may see an operation: their own request, or about a guest of theirs.
 pub async fn sees_op(state: &AppState, caller: &Caller, op: &OpRow) -> Result<bool, Error> {
-    if caller.sees_all() || op.requested_by == caller.name {
+    if caller.sees_all() || op.requested_by_id.as_deref() == Some(caller.id.as_str()) {
         return Ok(true);
     }
     match &op.guest_id {

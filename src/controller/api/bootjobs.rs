@@ -18,6 +18,7 @@ use super::{AppState, Auth};
 use crate::controller::saga::initplan::script_source;
 use crate::controller::saga::kinds::boot_jobs::{mark_booted, RunPayload};
 use crate::controller::saga::kinds::Request;
+use crate::controller::store::Requester;
 use crate::controller::store::{self as st, BootJobRow, GuestRow, Tx};
 use crate::model::rfc3339;
 use crate::model::GuestState;
@@ -145,7 +146,7 @@ pub async fn queue(
     script: &str,
     params: &serde_json::Value,
     system: bool,
-    user: &str,
+    by: Requester<'_>,
 ) -> Result<String, Error> {
     let pending = st::pending_jobs_in(tx, guest).await?.len();
     if pending >= MAX_PENDING_PER_GUEST {
@@ -157,7 +158,7 @@ pub async fn queue(
             details: Some(serde_json::json!({"pending": pending})),
         });
     }
-    let mut job = BootJobRow::pending(guest, script, params, system, user);
+    let mut job = BootJobRow::pending(guest, script, params, system, by);
     job.source = script_source(tx, Kind::Boot, script)
         .await
         .map_err(|e| Error::Unavailable(e.to_string()))?;
@@ -177,7 +178,7 @@ pub async fn run_now(
     tx: &mut Tx<'_>,
     g: &GuestRow,
     jobs: Vec<String>,
-    user: &str,
+    by: Requester<'_>,
 ) -> Result<Option<String>, Error> {
     if g.state != GuestState::Running {
         return Ok(None);
@@ -189,7 +190,7 @@ pub async fn run_now(
     let req = Request::BootJobs(RunPayload {
         job_ids: Some(jobs),
     });
-    let op = start_op(state, tx, &req, Target::Guest(&g.id), user, true).await?;
+    let op = start_op(state, tx, &req, Target::Guest(&g.id), by, true).await?;
     Ok(Some(op.id))
 }
 
@@ -242,11 +243,17 @@ impl BootJobApi {
             ))
             .into());
         }
+        let mut rows = Vec::new();
+        for name in &b.guests {
+            rows.push(super::access::guest(&state, &auth.0, name).await?);
+        }
+        // After the guests: another's guest answers 404 whatever the script.
         if !system
             && state
                 .store
                 .script(Kind::Boot.as_str(), &b.script)
                 .await?
+                .filter(|r| super::scripts::sees_script(&auth.0, r))
                 .is_none()
         {
             return Err(Error::Unprocessable(format!(
@@ -255,16 +262,27 @@ impl BootJobApi {
             ))
             .into());
         }
-        let mut rows = Vec::new();
-        for name in &b.guests {
-            rows.push(super::access::guest(&state, &auth.0, name).await?);
-        }
         let mut tx = state.store.begin().await?;
         let mut out = Vec::new();
         for g in &rows {
-            let id = queue(&mut tx, &g.id, &b.script, &params, system, &auth.0.name).await?;
+            let id = queue(
+                &mut tx,
+                &g.id,
+                &b.script,
+                &params,
+                system,
+                Requester::user(&auth.0.user),
+            )
+            .await?;
             let operation_id = if b.run_now {
-                run_now(&state, &mut tx, g, vec![id.clone()], &auth.0.name).await?
+                run_now(
+                    &state,
+                    &mut tx,
+                    g,
+                    vec![id.clone()],
+                    Requester::user(&auth.0.user),
+                )
+                .await?
             } else {
                 None
             };

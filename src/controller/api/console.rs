@@ -18,6 +18,7 @@ use super::operations::{start_op, wait_end, Target};
 use super::{access, AppState, Auth};
 use crate::controller::saga::kinds::console::{self, MAX_VALID_SECS};
 use crate::controller::saga::kinds::Request;
+use crate::controller::store::Requester;
 use crate::model::{now_ms, random_secret, rfc3339, GuestState, OpState};
 
 /// How long the handler waits for the node to set the password.
@@ -98,7 +99,7 @@ impl ConsoleApi {
             &mut tx,
             &req,
             Target::Guest(&g.id),
-            &auth.0.name,
+            Requester::user(&auth.0.user),
             true,
         )
         .await?;

@@ -24,6 +24,7 @@ use super::{AppState, Auth};
 use crate::controller::saga::kinds::{
     disk_attach, disk_create::DiskRef, disk_limits, disk_resize, Request,
 };
+use crate::controller::store::Requester;
 use crate::controller::store::{self as st, DataDiskRow};
 use crate::model::{new_id, now_ms, rfc3339, IoTune};
 
@@ -193,7 +194,15 @@ async fn launch(
 ) -> Result<DiskOp, Error> {
     let mut tx = state.store.begin().await?;
     let lock_guest = matches!(target, Target::Guest(_));
-    let op = start_op(state, &mut tx, &req, target, &caller.name, lock_guest).await?;
+    let op = start_op(
+        state,
+        &mut tx,
+        &req,
+        target,
+        Requester::user(&caller.user),
+        lock_guest,
+    )
+    .await?;
     match insert {
         Some(mut d) => {
             d.lock_op = Some(op.id.clone());

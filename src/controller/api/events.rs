@@ -51,10 +51,7 @@ impl EventApi {
         };
         let store = state.store.clone();
         // A user sees the events of their own guests and requests only.
-        let viewer = auth
-            .0
-            .owner_scope()
-            .map(|id| (id.to_string(), auth.0.name.clone()));
+        let viewer = auth.0.owner_scope().map(str::to_string);
         let stream = futures::stream::unfold((store, start), move |(store, mut cursor)| {
             let viewer = viewer.clone();
             async move {
@@ -77,12 +74,12 @@ impl EventApi {
                                 .collect();
                             let items = match &viewer {
                                 None => items,
-                                Some((id, name)) => {
+                                Some(id) => {
                                     let owned =
                                         store.guest_ids_of_owner(id).await.unwrap_or_default();
                                     items
                                         .into_iter()
-                                        .filter(|e| visible(e, &owned, name))
+                                        .filter(|e| visible(e, &owned, id))
                                         .collect()
                                 }
                             };
@@ -113,10 +110,11 @@ impl EventApi {
     }
 }
 
-/// Whether a user sees an event: one naming a guest they own, or a request they made.
-fn visible(e: &EventItem, owned: &std::collections::HashSet<String>, name: &str) -> bool {
+/// Whether a user sees an event: one naming a guest they own, or a request they made
+/// (by their user id: a name can belong to someone else tomorrow).
+fn visible(e: &EventItem, owned: &std::collections::HashSet<String>, user_id: &str) -> bool {
     let guest = e.data["guest_id"]
         .as_str()
         .or(e.kind.starts_with("guest.").then_some(e.subject.as_str()));
-    guest.is_some_and(|g| owned.contains(g)) || e.data["requested_by"] == name
+    guest.is_some_and(|g| owned.contains(g)) || e.data["requested_by_id"] == user_id
 }

@@ -21,6 +21,7 @@ use super::{AppState, Auth};
 use crate::controller::alloc;
 use crate::controller::saga::kinds::change_ip::ChangeIpPayload;
 use crate::controller::saga::kinds::Request;
+use crate::controller::store::Requester;
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::{check_user, crypt_password};
 use crate::model::random_secret;
@@ -100,11 +101,11 @@ async fn system_job(
     g: &GuestRow,
     script: &str,
     params: &serde_json::Value,
-    user: &str,
+    by: Requester<'_>,
 ) -> Result<(String, Option<String>), Error> {
     let mut tx = state.store.begin().await?;
-    let job = queue(&mut tx, &g.id, script, params, true, user).await?;
-    let op = run_now(state, &mut tx, g, vec![job.clone()], user).await?;
+    let job = queue(&mut tx, &g.id, script, params, true, by).await?;
+    let op = run_now(state, &mut tx, g, vec![job.clone()], by).await?;
     state.store.commit(tx).await?;
     if let Some(op) = &op {
         state.waker.wake(op);
@@ -186,7 +187,14 @@ impl GuestConfigApi {
             .into());
         }
         let params = serde_json::json!({ "user": user, "password_hash": hash });
-        let (job, op) = system_job(&state, &g, "reset-password", &params, &auth.0.name).await?;
+        let (job, op) = system_job(
+            &state,
+            &g,
+            "reset-password",
+            &params,
+            Requester::user(&auth.0.user),
+        )
+        .await?;
         Ok(PasswordResponse::Accepted(Json(PasswordReset {
             guest_id: g.id,
             boot_job_id: job,
@@ -232,7 +240,14 @@ impl GuestConfigApi {
             }
         }
         let params = serde_json::json!({ "user": user, "keys": b.keys });
-        let (job, op) = system_job(&state, &g, "inject-ssh-keys", &params, &auth.0.name).await?;
+        let (job, op) = system_job(
+            &state,
+            &g,
+            "inject-ssh-keys",
+            &params,
+            Requester::user(&auth.0.user),
+        )
+        .await?;
         Ok(Json(GuestChange {
             guest_id: g.id,
             boot_job_id: Some(job),
@@ -297,7 +312,7 @@ impl GuestConfigApi {
             address: body.0.ip,
             ..Default::default()
         });
-        Ok(submit(&state, &req, &g.id, &auth.0.name).await?)
+        Ok(submit(&state, &req, &g.id, Requester::user(&auth.0.user)).await?)
     }
 }
 
@@ -420,8 +435,23 @@ pub(super) async fn update(
     };
     st::set_guest_hostname(&mut tx, &g.id, &hostname).await?;
     let params = serde_json::json!({ "hostname": hostname });
-    let job = queue(&mut tx, &g.id, "set-hostname", &params, true, &auth.0.name).await?;
-    let op = run_now(state, &mut tx, &g, vec![job.clone()], &auth.0.name).await?;
+    let job = queue(
+        &mut tx,
+        &g.id,
+        "set-hostname",
+        &params,
+        true,
+        Requester::user(&auth.0.user),
+    )
+    .await?;
+    let op = run_now(
+        state,
+        &mut tx,
+        &g,
+        vec![job.clone()],
+        Requester::user(&auth.0.user),
+    )
+    .await?;
     st::events::append(
         &mut tx,
         "guest.hostname",

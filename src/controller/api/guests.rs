@@ -14,6 +14,7 @@ use super::{access, AppState, Auth};
 use crate::controller::alloc;
 use crate::controller::saga::kinds::power::Power;
 use crate::controller::saga::kinds::{set_bandwidth, Request};
+use crate::controller::store::Requester;
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::crypt_password;
 use crate::model::GuestState;
@@ -278,10 +279,10 @@ pub async fn submit(
     state: &AppState,
     req: &Request,
     guest: &str,
-    user: &str,
+    by: Requester<'_>,
 ) -> Result<OpResponse, Error> {
     let mut tx = state.store.begin().await?;
-    let op = start_op(state, &mut tx, req, Target::Guest(guest), user, true).await?;
+    let op = start_op(state, &mut tx, req, Target::Guest(guest), by, true).await?;
     state.store.commit(tx).await?;
     state.waker.wake(&op.id);
     Ok(accepted(guest.to_string(), &op.id))
@@ -518,7 +519,7 @@ impl GuestApi {
                 &mut tx,
                 &Request::GuestCreate,
                 Target::Guest(&id),
-                &auth.0.name,
+                Requester::user(&auth.0.user),
                 true,
             )
             .await?;
@@ -645,7 +646,7 @@ impl GuestApi {
             &mut tx,
             &Request::GuestDelete,
             Target::Guest(&g.id),
-            &auth.0.name,
+            Requester::user(&auth.0.user),
             true,
         )
         .await?;
@@ -766,7 +767,7 @@ impl GuestApi {
         let req = Request::SetBandwidth(set_bandwidth::Payload {
             bandwidth: (!empty).then(|| body.0.clone()),
         });
-        Ok(submit(&state, &req, &g.id, &auth.0.name).await?)
+        Ok(submit(&state, &req, &g.id, Requester::user(&auth.0.user)).await?)
     }
 
     /// Power actions: start, shutdown, poweroff, reboot, reset, suspend, resume.
@@ -807,7 +808,13 @@ impl GuestApi {
             GuestAction::Suspend => Power::Suspend,
             GuestAction::Resume => Power::Resume,
         };
-        Ok(submit(&state, &Request::Power(power), &g.id, &auth.0.name).await?)
+        Ok(submit(
+            &state,
+            &Request::Power(power),
+            &g.id,
+            Requester::user(&auth.0.user),
+        )
+        .await?)
     }
 }
 

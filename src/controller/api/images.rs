@@ -178,6 +178,7 @@ impl ImageApi {
             store: &state.store,
             name: &name.0,
             requested_by: &auth.0.name,
+            requested_by_id: &auth.0.id,
             total: req
                 .headers()
                 .get(poem::http::header::CONTENT_LENGTH)
@@ -286,6 +287,7 @@ struct Progress<'a> {
     store: &'a crate::controller::store::Store,
     name: &'a str,
     requested_by: &'a str,
+    requested_by_id: &'a str,
     /// From `Content-Length`, when the client sent one.
     total: Option<u64>,
     reported: Option<(u64, std::time::Instant)>,
@@ -310,7 +312,7 @@ impl Progress<'_> {
         }
         self.reported = Some((received, std::time::Instant::now()));
         let data = serde_json::json!({
-            "requested_by": self.requested_by, "stage": stage, "received_bytes": received,
+            "requested_by": self.requested_by, "requested_by_id": self.requested_by_id, "stage": stage, "received_bytes": received,
             "total_bytes": self.total, "percent": percent,
         });
         if let Err(e) = self

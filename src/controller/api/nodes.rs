@@ -8,6 +8,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use super::error::{ApiResult, Error};
 use super::{access, AppState, Auth};
 use crate::controller::saga::kinds::{node_remove, Request};
+use crate::controller::store::Requester;
 use crate::controller::store::{CleanupRow, NodeRow};
 use crate::model::{now_ms, rfc3339, NodeAction};
 
@@ -295,7 +296,7 @@ impl NodeApi {
             &mut tx,
             &req,
             super::operations::Target::Node(&n.id),
-            &auth.0.name,
+            Requester::user(&auth.0.user),
             false,
         )
         .await?;

@@ -12,7 +12,7 @@ use super::pages::{Cached, Clock};
 use super::{access, AppState, Auth};
 use crate::controller::saga::kinds::{OpKind, Request};
 use crate::controller::saga::{eta_seconds, launch};
-use crate::controller::store::{OpFilter, OpRow, Tx};
+use crate::controller::store::{OpFilter, OpRow, Requester, Tx};
 use crate::model::{now_ms, rfc3339, Refusal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -150,7 +150,7 @@ pub async fn start_op(
     tx: &mut Tx<'_>,
     req: &Request,
     target: Target<'_>,
-    user: &str,
+    by: Requester<'_>,
     lock: bool,
 ) -> Result<OpRow, Error> {
     // guest.create asks its plugins with the whole request, in its handler.
@@ -163,13 +163,13 @@ pub async fn start_op(
             p.remove("password");
         }
         let view = serde_json::json!({"kind": kind, "guest_id": guest_id, "node_id": node_id,
-            "payload": payload, "requested_by": user});
+            "payload": payload, "requested_by": by.name});
         state
             .plugins
             .before(kind, &view)
             .map_err(|e| Error::Unprocessable(e.to_string()))?;
     }
-    launch::create_op(&state.catalog, tx, req, target, user, lock)
+    launch::create_op(&state.catalog, tx, req, target, by, lock)
         .await
         .map_err(launch_error)
 }
@@ -228,10 +228,7 @@ impl OperationApi {
             active_only: active.0,
             limit: limit.0,
             offset: offset.0,
-            visible_to: auth
-                .0
-                .owner_scope()
-                .map(|id| (auth.0.name.clone(), id.to_string())),
+            visible_to: auth.0.owner_scope().map(str::to_string),
         };
         let key = format!("operations?{filter:?}");
         // A user's view also follows who owns which guest.

@@ -14,6 +14,7 @@ use super::guests::{check_maxima, submit, OpResponse};
 use super::{AppState, Auth};
 use crate::controller::saga::kinds::{resize, Request};
 use crate::controller::store::GuestRow;
+use crate::controller::store::Requester;
 use crate::model::GuestState;
 
 #[derive(Debug, Object)]
@@ -134,7 +135,7 @@ impl ResizeApi {
             old_max_cpus,
             old_max_memory_mib: old_max_memory,
         });
-        Ok(submit(&state, &req, &g.id, &auth.0.name).await?)
+        Ok(submit(&state, &req, &g.id, Requester::user(&auth.0.user)).await?)
     }
 }
 

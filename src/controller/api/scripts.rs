@@ -32,6 +32,11 @@ pub struct ScriptView {
     pub description: String,
     pub source: String,
     pub created_by: Option<String>,
+    /// The author's user id.
+    pub owner_id: Option<String>,
+    /// Boot scripts: every user may see and queue it. Otherwise only its author and
+    /// operators see it. Shipped profiles and users' profiles are public.
+    pub public: bool,
     pub updated_at: Option<String>,
 }
 
@@ -41,14 +46,20 @@ pub struct NewScript {
     /// 1–64 lowercase letters, digits, `-` or `_`.
     pub name: String,
     /// Rhai source. A profile defines `fn plan(guest)`, a boot script
-    /// `fn actions(guest, params)`.
+    /// `fn actions(guest, params)`. Secrets belong in the parameters a job is queued
+    /// with (never shown back), not here: others may read a public script.
     pub source: String,
+    /// Boot scripts: let every user see and queue it (default false: yours alone, and
+    /// operators'). Profiles are always public.
+    pub public: Option<bool>,
 }
 
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct ScriptSource {
     pub source: String,
+    /// Boot scripts: publish or withdraw it; absent: unchanged.
+    pub public: Option<bool>,
 }
 
 #[derive(ApiResponse)]
@@ -72,11 +83,14 @@ fn shipped_view(kind: Kind, name: &str, source: &str) -> ScriptView {
         description: description(source),
         source: source.to_string(),
         created_by: None,
+        owner_id: None,
+        public: true,
         updated_at: None,
     }
 }
 
 fn stored_view(r: ScriptRow) -> ScriptView {
+    let profile = r.kind == Kind::Profile.as_str();
     ScriptView {
         description: description(&r.source),
         name: r.name,
@@ -85,8 +99,19 @@ fn stored_view(r: ScriptRow) -> ScriptView {
         system: false,
         source: r.source,
         created_by: Some(r.created_by),
+        owner_id: r.owner_id,
+        public: r.public || profile,
         updated_at: Some(rfc3339(r.updated_at)),
     }
+}
+
+/// Whether the caller sees a stored script: profiles are everyone's; a boot script is its
+/// author's, operators' and, when public, everyone's. One not seen answers 404.
+pub fn sees_script(caller: &super::auth::Caller, r: &ScriptRow) -> bool {
+    r.kind == Kind::Profile.as_str()
+        || r.public
+        || caller.sees_all()
+        || r.owner_id.as_deref() == Some(caller.id.as_str())
 }
 
 /// Whether `auth` may see shipped scripts of `kind` (system boot jobs: administrators).
@@ -114,6 +139,7 @@ async fn list(
             .scripts(kind.as_str())
             .await?
             .into_iter()
+            .filter(|r| sees_script(&auth.0, r))
             .map(stored_view),
     );
     Ok(out)
@@ -125,7 +151,9 @@ async fn get(state: &AppState, kind: Kind, auth: &Auth, name: &str) -> ApiResult
             return Ok(shipped_view(kind, name, s));
         }
     } else if let Some(r) = state.store.script(kind.as_str(), name).await? {
-        return Ok(stored_view(r));
+        if sees_script(&auth.0, &r) {
+            return Ok(stored_view(r));
+        }
     }
     Err(Error::not_found(what(kind), name).into())
 }
@@ -150,8 +178,10 @@ fn read_only(kind: Kind, name: &str) -> Error {
 /// Profiles run as root in every guest of the templates that use them: administrators
 /// write them. A boot script runs only where it is queued: its author or an administrator
 /// changes it.
-fn may_write(kind: Kind, auth: &Auth, owner: Option<&str>) -> Result<(), Error> {
-    let ok = auth.0.is_admin || (kind == Kind::Boot && owner.is_none_or(|o| o == auth.0.name));
+fn may_write(kind: Kind, auth: &Auth, owner: Option<Option<&str>>) -> Result<(), Error> {
+    // By the author's user id: a later user with the same name is someone else.
+    let ok = auth.0.is_admin
+        || (kind == Kind::Boot && owner.is_none_or(|o| o == Some(auth.0.id.as_str())));
     if ok {
         Ok(())
     } else {
@@ -206,6 +236,8 @@ async fn create(
         created_by: auth.0.name.clone(),
         created_at: now,
         updated_at: now,
+        owner_id: Some(auth.0.id.clone()),
+        public: body.public.unwrap_or(kind == Kind::Profile),
     };
     state.store.put_script(&row).await?;
     Ok(stored_view(row))
@@ -225,13 +257,17 @@ async fn update(
         .store
         .script(kind.as_str(), name)
         .await?
+        .filter(|r| sees_script(&auth.0, r))
         .ok_or_else(|| Error::not_found(what(kind), name))?;
-    may_write(kind, auth, Some(&row.created_by))?;
+    may_write(kind, auth, Some(row.owner_id.as_deref()))?;
     state
         .scripts
         .validate(kind, name, &body.source)
         .map_err(Error::from)?;
     row.source = body.source;
+    if let Some(p) = body.public {
+        row.public = p || kind == Kind::Profile;
+    }
     row.updated_at = now_ms();
     state.store.put_script(&row).await?;
     Ok(stored_view(row))
@@ -241,10 +277,15 @@ async fn delete(state: &AppState, kind: Kind, auth: &Auth, name: &str) -> ApiRes
     if catalog::shipped(kind, name).is_some() {
         return Err(read_only(kind, name).into());
     }
-    let Some(row) = state.store.script(kind.as_str(), name).await? else {
+    let Some(row) = state
+        .store
+        .script(kind.as_str(), name)
+        .await?
+        .filter(|r| sees_script(&auth.0, r))
+    else {
         return Err(Error::not_found(what(kind), name).into());
     };
-    may_write(kind, auth, Some(&row.created_by))?;
+    may_write(kind, auth, Some(row.owner_id.as_deref()))?;
     let in_use = match kind {
         Kind::Profile => {
             let (templates, creating) = state.store.profile_users(name).await?;

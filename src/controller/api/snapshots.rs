@@ -18,6 +18,7 @@ use super::operations::{start_op, Target};
 use super::{AppState, Auth};
 use crate::controller::saga::kinds::snapshot_create::SnapshotRef;
 use crate::controller::saga::kinds::Request;
+use crate::controller::store::Requester;
 use crate::controller::store::{self as st, GuestRow, SnapshotRow};
 use crate::model::{new_id, now_ms, rfc3339};
 
@@ -97,14 +98,14 @@ async fn snapshot(state: &AppState, g: &GuestRow, id: &str) -> Result<SnapshotRo
 /// Starts `req` on guest `g` (holding it), first writing `insert` when given.
 async fn launch(
     state: &AppState,
-    user: &str,
+    by: Requester<'_>,
     g: &GuestRow,
     snapshot_id: &str,
     req: Request,
     insert: Option<SnapshotRow>,
 ) -> Result<SnapshotOp, Error> {
     let mut tx = state.store.begin().await?;
-    let op = start_op(state, &mut tx, &req, Target::Guest(&g.id), user, true).await?;
+    let op = start_op(state, &mut tx, &req, Target::Guest(&g.id), by, true).await?;
     if let Some(s) = insert {
         st::insert_snapshot(&mut tx, &s).await?;
     }
@@ -186,7 +187,15 @@ impl SnapshotApi {
         let req = Request::SnapshotCreate(SnapshotRef {
             snapshot_id: sid.clone(),
         });
-        Ok(launch(&state, &auth.0.name, &g, &sid, req, Some(row)).await?)
+        Ok(launch(
+            &state,
+            Requester::user(&auth.0.user),
+            &g,
+            &sid,
+            req,
+            Some(row),
+        )
+        .await?)
     }
 
     /// Return the guest to a snapshot: its disks, and its memory and running state when
@@ -216,7 +225,7 @@ impl SnapshotApi {
         let req = Request::SnapshotRevert(SnapshotRef {
             snapshot_id: s.id.clone(),
         });
-        Ok(launch(&state, &auth.0.name, &g, &s.id, req, None).await?)
+        Ok(launch(&state, Requester::user(&auth.0.user), &g, &s.id, req, None).await?)
     }
 
     /// Delete a snapshot. Runs as `snapshot.delete`.
@@ -237,6 +246,6 @@ impl SnapshotApi {
         let req = Request::SnapshotDelete(SnapshotRef {
             snapshot_id: s.id.clone(),
         });
-        Ok(launch(&state, &auth.0.name, &g, &s.id, req, None).await?)
+        Ok(launch(&state, Requester::user(&auth.0.user), &g, &s.id, req, None).await?)
     }
 }

@@ -14,6 +14,7 @@ use super::operations::{start_op, Target};
 use super::resources::OsType;
 use super::{AppState, Auth};
 use crate::controller::saga::kinds::{to_template, Request};
+use crate::controller::store::Requester;
 use crate::model::{new_id, GuestState};
 
 #[derive(Debug, Object)]
@@ -138,7 +139,7 @@ impl ToTemplateApi {
             &mut tx,
             &req,
             Target::Guest(&g.id),
-            &auth.0.name,
+            Requester::user(&auth.0.user),
             true,
         )
         .await?;

@@ -343,7 +343,10 @@ impl UserApi {
         ))
     }
 
-    /// Delete a user and their tokens (administrators only).
+    /// Delete a user and their tokens (administrators only). Refused (409) while they own
+    /// guests, templates, data disks or boot scripts: delete those first. Ownership is by
+    /// user id, so nothing of theirs ever passes to a later user of the same name; their
+    /// operations and audit entries keep naming them.
     #[oai(path = "/users/:id", method = "delete", operation_id = "user_delete")]
     async fn delete(
         &self,
@@ -354,6 +357,19 @@ impl UserApi {
         admin_only(&auth)?;
         let u = user_of(&state, &id).await?;
         keeps_an_admin(&state, &u).await?;
+        let [guests, templates, disks, scripts] = state.store.owned_by(&u.id).await?;
+        if guests + templates + disks + scripts > 0 {
+            return Err(Error::Conflict {
+                message: format!(
+                    "user {} owns {guests} guest(s), {templates} template(s), {disks} data disk(s) \
+                     and {scripts} script(s): delete them first",
+                    u.name
+                ),
+                details: Some(serde_json::json!({"guests": guests, "templates": templates,
+                    "disks": disks, "scripts": scripts})),
+            }
+            .into());
+        }
         state.store.delete_user(&u.id).await?;
         Ok(Done::Done)
     }

@@ -303,7 +303,7 @@ impl Engine {
                 &mut tx,
                 &Request::NodeCleanup,
                 super::launch::Target::Node(&node),
-                "corral",
+                st::Requester::system("corral"),
                 false,
             )
             .await?;
@@ -1114,5 +1114,6 @@ pub fn progress_event(op: &OpRow, now: i64) -> serde_json::Value {
         "eta_seconds": eta_seconds(op.started_at, now, op.percent),
         "error": op.error,
         "message": op.message,
+        "requested_by_id": op.requested_by_id,
     })
 }

@@ -36,7 +36,7 @@ pub async fn create_op(
     tx: &mut Tx<'_>,
     req: &Request,
     target: Target<'_>,
-    user: &str,
+    by: st::Requester<'_>,
     lock: bool,
 ) -> Result<OpRow, LaunchError> {
     let (guest, node) = target.ids();
@@ -59,7 +59,8 @@ pub async fn create_op(
         error: None,
         cancel_requested: false,
         inflight_node: None,
-        requested_by: user.into(),
+        requested_by: by.name.into(),
+        requested_by_id: by.id.map(String::from),
         created_at: now,
         started_at: None,
         updated_at: now,
@@ -80,7 +81,8 @@ pub async fn create_op(
         "operation",
         &op.id,
         &serde_json::json!({"operation_id": op.id, "kind": kind, "guest_id": guest, "node_id": node, "state": "pending",
-                            "stage": "queued", "percent": 0, "requested_by": user}),
+                            "stage": "queued", "percent": 0, "requested_by": by.name,
+                            "requested_by_id": by.id}),
     )
     .await?;
     Ok(op)

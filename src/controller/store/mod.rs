@@ -196,6 +196,7 @@ impl Store {
             (20, include_str!("migrations/020_snapshots.sql")),
             (21, include_str!("migrations/021_template_checksums.sql")),
             (22, include_str!("migrations/022_guest_maxima.sql")),
+            (23, include_str!("migrations/023_owner_ids.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

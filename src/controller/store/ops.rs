@@ -19,7 +19,10 @@ pub struct OpRow {
     pub error: Option<String>,
     pub cancel_requested: bool,
     pub inflight_node: Option<String>,
+    /// The requester's name when they asked (shown; never used to decide access).
     pub requested_by: String,
+    /// The requester's user id (None: corral itself, or a user from before ids were kept).
+    pub requested_by_id: Option<String>,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub updated_at: i64,
@@ -46,11 +49,33 @@ impl OpRow {
     }
 }
 
+/// Who asked for an operation or a boot job: the id decides who may see it, the name is
+/// what people read.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    pub id: Option<&'a str>,
+    pub name: &'a str,
+}
+
+impl<'a> Requester<'a> {
+    pub fn user(u: &'a super::UserRow) -> Self {
+        Requester {
+            id: Some(&u.id),
+            name: &u.name,
+        }
+    }
+
+    /// corral itself (the janitor, a run of boot jobs after a boot), under `name`.
+    pub fn system(name: &'a str) -> Self {
+        Requester { id: None, name }
+    }
+}
+
 macro_rules! op_cols {
     () => {
         "id, kind, guest_id, node_id, state, steps, cursor, payload, stage, percent, message, \
-    error, cancel_requested, inflight_node, requested_by, created_at, started_at, updated_at, finished_at, \
-    abandon_reason"
+    error, cancel_requested, inflight_node, requested_by, requested_by_id, created_at, started_at, \
+    updated_at, finished_at, abandon_reason"
     };
 }
 
@@ -63,16 +88,16 @@ pub struct OpFilter {
     pub active_only: bool,
     pub limit: i64,
     pub offset: i64,
-    /// Only what this user (name, id) may see: their requests and operations on their
+    /// Only what this user (by id) may see: their requests and operations on their
     /// guests. None: everything.
-    pub visible_to: Option<(String, String)>,
+    pub visible_to: Option<String>,
 }
 
 pub async fn insert_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
     sqlx::query(concat!(
         "INSERT INTO operations (",
         op_cols!(),
-        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&op.id)
     .bind(&op.kind)
@@ -89,6 +114,7 @@ pub async fn insert_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
     .bind(op.cancel_requested)
     .bind(&op.inflight_node)
     .bind(&op.requested_by)
+    .bind(&op.requested_by_id)
     .bind(op.created_at)
     .bind(op.started_at)
     .bind(op.updated_at)
@@ -170,9 +196,9 @@ impl Store {
         if f.active_only {
             q.push(" AND state IN ('pending', 'running', 'undoing')");
         }
-        if let Some((name, id)) = &f.visible_to {
-            q.push(" AND (requested_by = ")
-                .push_bind(name)
+        if let Some(id) = &f.visible_to {
+            q.push(" AND (requested_by_id = ")
+                .push_bind(id)
                 .push(" OR guest_id IN (SELECT id FROM guests WHERE owner_id = ")
                 .push_bind(id)
                 .push("))");

@@ -12,9 +12,14 @@ pub struct ScriptRow {
     pub kind: String,
     pub name: String,
     pub source: String,
+    /// The author's name when they wrote it (shown only).
     pub created_by: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The author's user id: who may see (unless public) and change it.
+    pub owner_id: Option<String>,
+    /// A boot script every user may see and queue.
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -31,6 +36,8 @@ pub struct BootJobRow {
     pub error: Option<String>,
     pub attempts: i64,
     pub requested_by: String,
+    /// The requester's user id (None: corral itself).
+    pub requested_by_id: Option<String>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
     /// The script's source when the job was queued (what runs); None for jobs queued
@@ -45,7 +52,7 @@ impl BootJobRow {
         script: &str,
         params: &serde_json::Value,
         system: bool,
-        user: &str,
+        by: super::Requester<'_>,
     ) -> Self {
         BootJobRow {
             id: crate::model::new_id(),
@@ -59,7 +66,8 @@ impl BootJobRow {
             results: None,
             error: None,
             attempts: 0,
-            requested_by: user.to_string(),
+            requested_by: by.name.to_string(),
+            requested_by_id: by.id.map(String::from),
             created_at: now_ms(),
             finished_at: None,
             source: None,
@@ -70,7 +78,7 @@ impl BootJobRow {
 macro_rules! job_cols {
     () => {
         "id, guest_id, script, params, system, state, operation_id, actions, results, error, \
-         attempts, requested_by, created_at, finished_at, source"
+         attempts, requested_by, requested_by_id, created_at, finished_at, source"
     };
 }
 
@@ -80,7 +88,7 @@ pub async fn script_in(
     name: &str,
 ) -> Result<Option<ScriptRow>, StoreError> {
     Ok(sqlx::query_as::<_, ScriptRow>(
-        "SELECT kind, name, source, created_by, created_at, updated_at FROM scripts WHERE kind = ? AND name = ?",
+        "SELECT kind, name, source, created_by, created_at, updated_at, owner_id, public FROM scripts WHERE kind = ? AND name = ?",
     )
     .bind(kind)
     .bind(name)
@@ -92,7 +100,7 @@ pub async fn insert_boot_job(tx: &mut Tx<'_>, j: &BootJobRow) -> Result<(), Stor
     sqlx::query(concat!(
         "INSERT INTO boot_jobs (",
         job_cols!(),
-        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&j.id)
     .bind(&j.guest_id)
@@ -106,6 +114,7 @@ pub async fn insert_boot_job(tx: &mut Tx<'_>, j: &BootJobRow) -> Result<(), Stor
     .bind(&j.error)
     .bind(j.attempts)
     .bind(&j.requested_by)
+    .bind(&j.requested_by_id)
     .bind(j.created_at)
     .bind(j.finished_at)
     .bind(&j.source)
@@ -203,7 +212,7 @@ pub async fn has_pending_jobs(tx: &mut Tx<'_>, guest: &str) -> Result<bool, Stor
 impl Store {
     pub async fn scripts(&self, kind: &str) -> Result<Vec<ScriptRow>, StoreError> {
         Ok(sqlx::query_as::<_, ScriptRow>(
-            "SELECT kind, name, source, created_by, created_at, updated_at FROM scripts WHERE kind = ? ORDER BY name",
+            "SELECT kind, name, source, created_by, created_at, updated_at, owner_id, public FROM scripts WHERE kind = ? ORDER BY name",
         )
         .bind(kind)
         .fetch_all(self.pool())
@@ -212,7 +221,7 @@ impl Store {
 
     pub async fn script(&self, kind: &str, name: &str) -> Result<Option<ScriptRow>, StoreError> {
         Ok(sqlx::query_as::<_, ScriptRow>(
-            "SELECT kind, name, source, created_by, created_at, updated_at FROM scripts WHERE kind = ? AND name = ?",
+            "SELECT kind, name, source, created_by, created_at, updated_at, owner_id, public FROM scripts WHERE kind = ? AND name = ?",
         )
         .bind(kind)
         .bind(name)
@@ -223,9 +232,10 @@ impl Store {
     /// Inserts or replaces a script (the caller has validated it).
     pub async fn put_script(&self, s: &ScriptRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO scripts (kind, name, source, created_by, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (kind, name) DO UPDATE SET source = excluded.source, updated_at = excluded.updated_at",
+            "INSERT INTO scripts (kind, name, source, created_by, created_at, updated_at, owner_id, public) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (kind, name) DO UPDATE SET source = excluded.source, \
+             updated_at = excluded.updated_at, public = excluded.public",
         )
         .bind(&s.kind)
         .bind(&s.name)
@@ -233,6 +243,8 @@ impl Store {
         .bind(&s.created_by)
         .bind(s.created_at)
         .bind(s.updated_at)
+        .bind(&s.owner_id)
+        .bind(s.public)
         .execute(self.pool())
         .await?;
         Ok(())

@@ -151,6 +151,27 @@ impl Store {
         self.commit(tx).await
     }
 
+    /// What a user owns: guests, templates, data disks, scripts (in that order).
+    pub async fn owned_by(&self, user_id: &str) -> Result<[i64; 4], StoreError> {
+        let mut out = [0i64; 4];
+        for (i, q) in [
+            "SELECT COUNT(*) FROM guests WHERE owner_id = ?",
+            "SELECT COUNT(*) FROM templates WHERE owner_id = ?",
+            "SELECT COUNT(*) FROM disks WHERE owner_id = ? AND kind = 'data'",
+            "SELECT COUNT(*) FROM scripts WHERE owner_id = ?",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (n,): (i64,) = sqlx::query_as(q)
+                .bind(user_id)
+                .fetch_one(self.pool())
+                .await?;
+            out[i] = n;
+        }
+        Ok(out)
+    }
+
     /// How many administrators there are (the last one may not be demoted or deleted).
     pub async fn admin_count(&self) -> Result<i64, StoreError> {
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE role = 'admin'")

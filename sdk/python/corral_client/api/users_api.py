@@ -666,7 +666,7 @@ class UsersApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> None:
-        """Delete a user and their tokens (administrators only).
+        """Delete a user and their tokens (administrators only). Refused (409) while they own guests, templates, data disks or boot scripts: delete those first. Ownership is by user id, so nothing of theirs ever passes to a later user of the same name; their operations and audit entries keep naming them.
 
 
         :param id: (required)
@@ -743,7 +743,7 @@ class UsersApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[None]:
-        """Delete a user and their tokens (administrators only).
+        """Delete a user and their tokens (administrators only). Refused (409) while they own guests, templates, data disks or boot scripts: delete those first. Ownership is by user id, so nothing of theirs ever passes to a later user of the same name; their operations and audit entries keep naming them.
 
 
         :param id: (required)
@@ -820,7 +820,7 @@ class UsersApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Delete a user and their tokens (administrators only).
+        """Delete a user and their tokens (administrators only). Refused (409) while they own guests, templates, data disks or boot scripts: delete those first. Ownership is by user id, so nothing of theirs ever passes to a later user of the same name; their operations and audit entries keep naming them.
 
 
         :param id: (required)

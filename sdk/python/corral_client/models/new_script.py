@@ -17,8 +17,8 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
-from typing import Any, ClassVar, Dict, List
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from typing import Any, ClassVar, Dict, List, Optional
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -28,8 +28,9 @@ class NewScript(BaseModel):
     NewScript
     """ # noqa: E501
     name: StrictStr = Field(description="1–64 lowercase letters, digits, `-` or `_`.")
-    source: StrictStr = Field(description="Rhai source. A profile defines `fn plan(guest)`, a boot script `fn actions(guest, params)`.")
-    __properties: ClassVar[List[str]] = ["name", "source"]
+    public: Optional[StrictBool] = Field(default=None, description="Boot scripts: let every user see and queue it (default false: yours alone, and operators'). Profiles are always public.")
+    source: StrictStr = Field(description="Rhai source. A profile defines `fn plan(guest)`, a boot script `fn actions(guest, params)`. Secrets belong in the parameters a job is queued with (never shown back), not here: others may read a public script.")
+    __properties: ClassVar[List[str]] = ["name", "public", "source"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -83,6 +84,7 @@ class NewScript(BaseModel):
 
         _obj = cls.model_validate({
             "name": obj.get("name"),
+            "public": obj.get("public"),
             "source": obj.get("source")
         })
         return _obj

@@ -17,8 +17,8 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, StrictStr
-from typing import Any, ClassVar, Dict, List
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from typing import Any, ClassVar, Dict, List, Optional
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -27,8 +27,9 @@ class ScriptSource(BaseModel):
     """
     ScriptSource
     """ # noqa: E501
+    public: Optional[StrictBool] = Field(default=None, description="Boot scripts: publish or withdraw it; absent: unchanged.")
     source: StrictStr
-    __properties: ClassVar[List[str]] = ["source"]
+    __properties: ClassVar[List[str]] = ["public", "source"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -81,6 +82,7 @@ class ScriptSource(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
+            "public": obj.get("public"),
             "source": obj.get("source")
         })
         return _obj

@@ -31,11 +31,13 @@ class ScriptView(BaseModel):
     description: StrictStr = Field(description="The script's leading comment.")
     kind: StrictStr = Field(description="`os-init` or `boot`.")
     name: StrictStr
+    owner_id: Optional[StrictStr] = Field(default=None, description="The author's user id.")
+    public: StrictBool = Field(description="Boot scripts: every user may see and queue it. Otherwise only its author and operators see it. Shipped profiles and users' profiles are public.")
     shipped: StrictBool = Field(description="Ships with corral (read-only).")
     source: StrictStr
     system: StrictBool = Field(description="A system job: corral queues it itself; hidden from non-administrators.")
     updated_at: Optional[StrictStr] = None
-    __properties: ClassVar[List[str]] = ["created_by", "description", "kind", "name", "shipped", "source", "system", "updated_at"]
+    __properties: ClassVar[List[str]] = ["created_by", "description", "kind", "name", "owner_id", "public", "shipped", "source", "system", "updated_at"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -92,6 +94,8 @@ class ScriptView(BaseModel):
             "description": obj.get("description"),
             "kind": obj.get("kind"),
             "name": obj.get("name"),
+            "owner_id": obj.get("owner_id"),
+            "public": obj.get("public"),
             "shipped": obj.get("shipped"),
             "source": obj.get("source"),
             "system": obj.get("system"),

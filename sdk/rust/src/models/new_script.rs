@@ -16,13 +16,20 @@ pub struct NewScript {
     /// 1–64 lowercase letters, digits, `-` or `_`.
     #[serde(rename = "name")]
     pub name: String,
-    /// Rhai source. A profile defines `fn plan(guest)`, a boot script `fn actions(guest, params)`.
+    /// Boot scripts: let every user see and queue it (default false: yours alone, and operators'). Profiles are always public.
+    #[serde(rename = "public", skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
+    /// Rhai source. A profile defines `fn plan(guest)`, a boot script `fn actions(guest, params)`. Secrets belong in the parameters a job is queued with (never shown back), not here: others may read a public script.
     #[serde(rename = "source")]
     pub source: String,
 }
 
 impl NewScript {
     pub fn new(name: String, source: String) -> NewScript {
-        NewScript { name, source }
+        NewScript {
+            name,
+            public: None,
+            source,
+        }
     }
 }

@@ -13,12 +13,18 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScriptSource {
+    /// Boot scripts: publish or withdraw it; absent: unchanged.
+    #[serde(rename = "public", skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
     #[serde(rename = "source")]
     pub source: String,
 }
 
 impl ScriptSource {
     pub fn new(source: String) -> ScriptSource {
-        ScriptSource { source }
+        ScriptSource {
+            public: None,
+            source,
+        }
     }
 }

@@ -23,6 +23,12 @@ pub struct ScriptView {
     pub kind: String,
     #[serde(rename = "name")]
     pub name: String,
+    /// The author's user id.
+    #[serde(rename = "owner_id", skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<String>,
+    /// Boot scripts: every user may see and queue it. Otherwise only its author and operators see it. Shipped profiles and users' profiles are public.
+    #[serde(rename = "public")]
+    pub public: bool,
     /// Ships with corral (read-only).
     #[serde(rename = "shipped")]
     pub shipped: bool,
@@ -40,6 +46,7 @@ impl ScriptView {
         description: String,
         kind: String,
         name: String,
+        public: bool,
         shipped: bool,
         source: String,
         system: bool,
@@ -49,6 +56,8 @@ impl ScriptView {
             description,
             kind,
             name,
+            owner_id: None,
+            public,
             shipped,
             source,
             system,

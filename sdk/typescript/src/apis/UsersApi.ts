@@ -228,7 +228,7 @@ export class UsersApi extends runtime.BaseAPI {
     }
 
     /**
-     * Delete a user and their tokens (administrators only).
+     * Delete a user and their tokens (administrators only). Refused (409) while they own guests, templates, data disks or boot scripts: delete those first. Ownership is by user id, so nothing of theirs ever passes to a later user of the same name; their operations and audit entries keep naming them.
      */
     async userDeleteRaw(requestParameters: UserDeleteRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<void>> {
         const requestOptions = await this.userDeleteRequestOpts(requestParameters);
@@ -238,7 +238,7 @@ export class UsersApi extends runtime.BaseAPI {
     }
 
     /**
-     * Delete a user and their tokens (administrators only).
+     * Delete a user and their tokens (administrators only). Refused (409) while they own guests, templates, data disks or boot scripts: delete those first. Ownership is by user id, so nothing of theirs ever passes to a later user of the same name; their operations and audit entries keep naming them.
      */
     async userDelete(requestParameters: UserDeleteRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<void> {
         await this.userDeleteRaw(requestParameters, initOverrides);

@@ -24,8 +24,14 @@ export interface NewScript {
      */
     name: string;
     /**
+     * Boot scripts: let every user see and queue it (default false: yours alone, and
+     * operators'). Profiles are always public.
+     */
+    _public?: boolean;
+    /**
      * Rhai source. A profile defines `fn plan(guest)`, a boot script
-     * `fn actions(guest, params)`.
+     * `fn actions(guest, params)`. Secrets belong in the parameters a job is queued
+     * with (never shown back), not here: others may read a public script.
      */
     source: string;
 }
@@ -50,6 +56,7 @@ export function NewScriptFromJSONTyped(json: any, ignoreDiscriminator: boolean):
     return {
         
         'name': json['name'],
+        '_public': json['public'] == null ? undefined : json['public'],
         'source': json['source'],
     };
 }
@@ -66,6 +73,7 @@ export function NewScriptToJSONTyped(value?: NewScript | null, ignoreDiscriminat
     return {
         
         'name': value['name'],
+        'public': value['_public'],
         'source': value['source'],
     };
 }

@@ -20,6 +20,10 @@ import { mapValues } from '../runtime';
  */
 export interface ScriptSource {
     /**
+     * Boot scripts: publish or withdraw it; absent: unchanged.
+     */
+    _public?: boolean;
+    /**
      * 
      */
     source: string;
@@ -43,6 +47,7 @@ export function ScriptSourceFromJSONTyped(json: any, ignoreDiscriminator: boolea
     }
     return {
         
+        '_public': json['public'] == null ? undefined : json['public'],
         'source': json['source'],
     };
 }
@@ -58,6 +63,7 @@ export function ScriptSourceToJSONTyped(value?: ScriptSource | null, ignoreDiscr
 
     return {
         
+        'public': value['_public'],
         'source': value['source'],
     };
 }

@@ -36,6 +36,15 @@ export interface ScriptView {
      */
     name: string;
     /**
+     * The author's user id.
+     */
+    ownerId?: string;
+    /**
+     * Boot scripts: every user may see and queue it. Otherwise only its author and
+     * operators see it. Shipped profiles and users' profiles are public.
+     */
+    _public: boolean;
+    /**
      * Ships with corral (read-only).
      */
     shipped: boolean;
@@ -60,6 +69,7 @@ export function instanceOfScriptView(value: object): value is ScriptView {
     if (!('description' in value) || value['description'] === undefined) return false;
     if (!('kind' in value) || value['kind'] === undefined) return false;
     if (!('name' in value) || value['name'] === undefined) return false;
+    if ((!('_public' in (value as Record<string, any>)) && !('public' in (value as Record<string, any>))) || ((value as Record<string, any>)['_public'] === undefined && (value as Record<string, any>)['public'] === undefined)) return false;
     if (!('shipped' in value) || value['shipped'] === undefined) return false;
     if (!('source' in value) || value['source'] === undefined) return false;
     if (!('system' in value) || value['system'] === undefined) return false;
@@ -80,6 +90,8 @@ export function ScriptViewFromJSONTyped(json: any, ignoreDiscriminator: boolean)
         'description': json['description'],
         'kind': json['kind'],
         'name': json['name'],
+        'ownerId': json['owner_id'] == null ? undefined : json['owner_id'],
+        '_public': json['public'],
         'shipped': json['shipped'],
         'source': json['source'],
         'system': json['system'],
@@ -102,6 +114,8 @@ export function ScriptViewToJSONTyped(value?: ScriptView | null, ignoreDiscrimin
         'description': value['description'],
         'kind': value['kind'],
         'name': value['name'],
+        'owner_id': value['ownerId'],
+        'public': value['_public'],
         'shipped': value['shipped'],
         'source': value['source'],
         'system': value['system'],

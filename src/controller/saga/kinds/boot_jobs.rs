@@ -256,7 +256,7 @@ pub async fn start_due_runs(store: &Store, catalog: &Catalog) -> Result<Vec<Stri
                 &mut tx,
                 &Request::BootJobs(RunPayload::default()),
                 Target::Guest(&guest),
-                "corral",
+                st::Requester::system("corral"),
                 true,
             )
             .await

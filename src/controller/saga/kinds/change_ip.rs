@@ -256,7 +256,11 @@ async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepErr
             Some((old_ip.as_str(), old_pool.as_str())),
         )
         .await?;
-        let mut job = st::BootJobRow::pending(&g.id, "change-ip", &params, true, &op.requested_by);
+        let by = st::Requester {
+            id: op.requested_by_id.as_deref(),
+            name: &op.requested_by,
+        };
+        let mut job = st::BootJobRow::pending(&g.id, "change-ip", &params, true, by);
         job.source =
             crate::script::catalog::shipped(crate::script::catalog::Kind::Boot, "change-ip")
                 .map(String::from);
