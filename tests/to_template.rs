@@ -12,6 +12,14 @@ use common::{require, Cloud};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+/// An image corral wrote for a template: named by the template's id (`<id>.qcow2`, or
+/// `<id>.qcow2.tmp` while it is written).
+fn by_id(file: &str) -> bool {
+    file.split('.')
+        .next()
+        .is_some_and(|stem| uuid::Uuid::parse_str(stem).is_ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shut_off_guest_becomes_a_template_with_its_checksum() {
     if !(require("redis-server") && require("qemu-img")) {
@@ -88,7 +96,7 @@ async fn a_shut_off_guest_becomes_a_template_with_its_checksum() {
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("made-"))
+        .filter(|n| by_id(n))
         .collect();
     assert_eq!(made.len(), 1, "{made:?}");
 
@@ -185,7 +193,7 @@ async fn a_cancel_stops_a_conversion_in_flight() {
             .unwrap()
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.starts_with("slow"))
+            .filter(|n| by_id(n))
             .collect::<Vec<_>>()
     };
     for _ in 0..200 {

@@ -14,6 +14,10 @@
 //!   inherits nothing (operations, scripts); deleting a user who owns anything is refused.
 //! * boot scripts are their author's (and operators') unless published: another user can
 //!   neither read, list, change nor queue a private one.
+//! * names: one rule for every kind of object, unique across the cloud; a lookup by name
+//!   lands on the caller's object or on nothing, and a taken name or address is said to
+//!   be taken without saying whose. A user learns no other user's guests from a pool's
+//!   addresses, and no node ids by placing a disk.
 //! * terminals: a value someone else put on the server (a login name in the audit trail)
 //!   is printed by the CLI with its control characters escaped, never sent raw.
 #![allow(clippy::unwrap_used)]
@@ -492,4 +496,123 @@ async fn a_new_user_with_an_old_name_inherits_nothing_and_scripts_are_private() 
     assert_eq!(s, 404, "{v}");
     let (_, ops) = cloud.call_as(&ann2, Method::GET, "/operations", None).await;
     assert_eq!(ops, json!([]), "{ops}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_addresses_of_others_are_only_ever_taken() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    cloud.template("tiny").await;
+    let pool = cloud.pool("lan", "192.0.2.10", "192.0.2.30").await;
+    let pool_id = pool["id"].as_str().unwrap().to_string();
+    let ann = cloud.new_user("ann").await;
+    let bob = cloud.new_user("bob").await;
+    let guest = |name: &str| json!({"name": name, "template": "tiny", "cpus": 1, "memory_mib": 64, "pool": "lan"});
+    let mut ann_ip = String::new();
+    for (who, name) in [(&ann, "web-7"), (&bob, "bob-1")] {
+        let (s, v) = cloud
+            .call_as(who, Method::POST, "/guests", Some(guest(name)))
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let op = v["operations"][0]["operation_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+        if name == "web-7" {
+            let (_, g) = cloud.call_as(who, Method::GET, "/guests/web-7", None).await;
+            ann_ip = g["ip"].as_str().unwrap().to_string();
+        }
+    }
+    let (s, v) = cloud
+        .call_as(
+            &ann,
+            Method::POST,
+            "/disks",
+            Some(json!({"name": "data-1", "size_gib": 1, "guest": "web-7"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+
+    // Bob's attempts: each name is "taken", never "ann's", and nothing is created.
+    let taken = |v: &Value, name: &str| {
+        let m = v["message"].as_str().unwrap_or("");
+        assert!(m.contains(&format!("{name} is taken")), "{v}");
+        assert!(
+            !m.contains("ann") && !v.to_string().contains("guest_id"),
+            "{v}"
+        );
+    };
+    let (s, v) = cloud
+        .call_as(&bob, Method::POST, "/guests", Some(guest("web-7")))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    taken(&v, "web-7");
+    let (s, v) = cloud
+        .call_as(
+            &bob,
+            Method::POST,
+            "/disks",
+            Some(json!({"name": "data-1", "size_gib": 1, "guest": "bob-1"})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    taken(&v, "data-1");
+    let (s, v) = cloud
+        .call_as(
+            &bob,
+            Method::POST,
+            "/guests/bob-1/change-ip",
+            Some(json!({"ip": ann_ip})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        !v.to_string().contains("web-7") && !v.to_string().contains("guest_id"),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("taken"), "{v}");
+    // By name, Ann's disk is not there for Bob, and is there for Ann.
+    let (s, _) = cloud
+        .call_as(&bob, Method::GET, "/disks/data-1", None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, d) = cloud
+        .call_as(&ann, Method::GET, "/disks/data-1", None)
+        .await;
+    assert_eq!(s, 200, "{d}");
+    // The pool's addresses: Bob sees his own guest's, and Ann's only as allocated.
+    let (s, list) = cloud
+        .call_as(
+            &bob,
+            Method::GET,
+            &format!("/ip-pools/{pool_id}/addresses?state=allocated"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{list}");
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{list}");
+    let ann_row = rows.iter().find(|a| a["ip"] == json!(ann_ip)).unwrap();
+    assert!(ann_row.get("guest_id").is_none(), "{list}");
+    assert!(
+        rows.iter().any(|a| a["guest_id"].is_string()),
+        "his own: {list}"
+    );
+    // A node of his choosing: refused by role, whether or not it exists.
+    let node = cloud.node_id.clone();
+    for n in [node.as_str(), "no-such-node"] {
+        let (s, v) = cloud
+            .call_as(
+                &bob,
+                Method::POST,
+                "/disks",
+                Some(json!({"name": "d", "size_gib": 1, "node": n})),
+            )
+            .await;
+        assert_eq!(s, 403, "{n}: {v}");
+    }
 }

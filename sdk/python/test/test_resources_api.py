@@ -43,7 +43,7 @@ class TestResourcesApi(unittest.TestCase):
     def test_pool_addresses(self) -> None:
         """Test case for pool_addresses
 
-        Every address of the pool's ranges with its state, in order; filter by state.
+        Every address of the pool's ranges with its state, in order; filter by state. A user sees which guest holds an address only for their own guests; another's address reads `allocated`, with no guest.
         """
         pass
 

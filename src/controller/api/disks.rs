@@ -167,6 +167,14 @@ async fn disk(state: &AppState, caller: &Caller, id: &str) -> Result<DataDiskRow
         .ok_or_else(|| Error::not_found("disk", id))
 }
 
+async fn disk_visible(state: &AppState, caller: &Caller, name: &str) -> Result<bool, Error> {
+    Ok(state
+        .store
+        .data_disk(name)
+        .await?
+        .is_some_and(|d| sees(caller, &d)))
+}
+
 fn conflict(message: String) -> Error {
     Error::Conflict {
         message,
@@ -206,7 +214,18 @@ async fn launch(
     match insert {
         Some(mut d) => {
             d.lock_op = Some(op.id.clone());
-            st::insert_data_disk(&mut tx, &d).await?;
+            match st::insert_data_disk(&mut tx, &d).await {
+                // Names are unique across the cloud; whose disk has it is not said.
+                Err(e) if e.is_unique_violation() => {
+                    let theirs = disk_visible(state, caller, &d.name).await?;
+                    return Err(conflict(if theirs {
+                        format!("a disk named {} already exists", d.name)
+                    } else {
+                        format!("the name {} is taken: choose another", d.name)
+                    }));
+                }
+                r => r?,
+            }
         }
         None => {
             if let Some(holder) = st::lock_disk(&mut tx, disk, &op.id).await? {
@@ -299,7 +318,11 @@ impl DiskApi {
             (Some(_), Some(_)) => {
                 return Err(Error::BadRequest("give `node` or `guest`, not both".into()).into())
             }
-            (Some(n), None) => n.clone(),
+            (Some(n), None) => {
+                // Users do not see nodes: which ids exist is not theirs to learn.
+                access::operator(&auth.0, "placing a disk on a chosen node")?;
+                n.clone()
+            }
             (None, Some(g)) => access::guest(&state, &auth.0, g)
                 .await?
                 .node_id

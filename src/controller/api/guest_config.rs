@@ -338,9 +338,23 @@ async fn precheck_manual(state: &AppState, g: &GuestRow, addr: &str) -> Result<(
         )));
     }
     if let Some((gid, name)) = state.store.address_holder(addr).await? {
-        return Err(Error::Conflict {
-            message: format!("IP {addr} is used by guest {name}"),
-            details: Some(serde_json::json!({"guest_id": gid})),
+        // Named only when the holder is the same owner's guest: another user's guest is
+        // none of the caller's business, only that the address is taken.
+        let same_owner = state
+            .store
+            .guest(&gid)
+            .await?
+            .is_some_and(|h| h.owner_id.is_some() && h.owner_id == g.owner_id);
+        return Err(if same_owner {
+            Error::Conflict {
+                message: format!("IP {addr} is used by guest {name}"),
+                details: Some(serde_json::json!({"guest_id": gid})),
+            }
+        } else {
+            Error::Conflict {
+                message: format!("IP {addr} is taken"),
+                details: None,
+            }
         });
     }
     if let Some((s, note)) = state.store.address_mark(addr).await? {

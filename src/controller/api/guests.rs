@@ -506,11 +506,17 @@ impl GuestApi {
             };
             match st::insert_guest(&mut tx, &row).await {
                 Err(e) if e.is_unique_violation() => {
+                    // Whose it is is said only to its owner (or an operator).
+                    let theirs = access::guest(&state, &auth.0, &name).await.is_ok();
                     return Err(Error::Conflict {
-                        message: format!("a guest named {name} already exists"),
+                        message: if theirs {
+                            format!("a guest named {name} already exists")
+                        } else {
+                            format!("the name {name} is taken: choose another")
+                        },
                         details: None,
                     }
-                    .into())
+                    .into());
                 }
                 r => r?,
             }

@@ -156,13 +156,7 @@ impl ImageApi {
         if want.len() != 64 || !want.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Error::BadRequest("sha256 must be 64 hex digits".into()).into());
         }
-        if state.store.template(&name).await?.is_some() {
-            return Err(Error::Conflict {
-                message: format!("a template named {} exists", name.0),
-                details: None,
-            }
-            .into());
-        }
+        super::resources::refuse_taken_name(&state, &auth.0, &name).await?;
         let Some(dir) = state.image_dirs.first().cloned() else {
             return Err(Error::Conflict {
                 message: "no template directory is configured (image_dirs)".into(),

@@ -388,7 +388,9 @@ impl PoolApi {
         Ok(Json(view(&state, p).await?))
     }
 
-    /// Every address of the pool's ranges with its state, in order; filter by state.
+    /// Every address of the pool's ranges with its state, in order; filter by state. A user
+    /// sees which guest holds an address only for their own guests; another's address
+    /// reads `allocated`, with no guest.
     #[oai(
         path = "/ip-pools/:id/addresses",
         method = "get",
@@ -396,7 +398,7 @@ impl PoolApi {
     )]
     async fn addresses(
         &self,
-        _auth: Auth,
+        auth: Auth,
         state: Data<&AppState>,
         id: Path<String>,
         #[oai(name = "state")] filter: Query<Option<AddressState>>,
@@ -407,8 +409,16 @@ impl PoolApi {
         limit: Query<u64>,
         #[oai(default)] offset: Query<u64>,
     ) -> ApiResult<Cached<Vec<Address>>> {
-        let key = format!("addresses/{}?{:?}&{}&{}", id.0, filter.0, limit.0, offset.0);
-        let tables = ["ip_pools", "ip_ranges", "ip_leases", "ip_marks"];
+        let viewer = auth.0.owner_scope().map(str::to_string);
+        let key = format!(
+            "addresses/{}?{:?}&{}&{}&{}",
+            id.0,
+            filter.0,
+            limit.0,
+            offset.0,
+            access::view_key(&auth.0)
+        );
+        let tables = ["ip_pools", "ip_ranges", "ip_leases", "ip_marks", "guests"];
         state
             .pages
             .page(key, &tables, async {
@@ -417,7 +427,7 @@ impl PoolApi {
                     .await
                     .map_err(Error::from)?;
                 let (offset, limit) = (offset.0, limit.0 as usize);
-                let out = match filter.0 {
+                let out: Vec<Address> = match filter.0 {
                     // The page's addresses are computed; only their holders are looked up.
                     None => {
                         let ips: Vec<Ipv4Addr> = range.addresses_from(offset).take(limit).collect();
@@ -455,6 +465,20 @@ impl PoolApi {
                             .skip(offset as usize)
                             .take(limit)
                             .map(|(ip, h)| address(*ip, Some(h)))
+                            .collect()
+                    }
+                };
+                let out = match &viewer {
+                    None => out,
+                    Some(me) => {
+                        let mine = state.store.guest_ids_of_owner(me).await?;
+                        out.into_iter()
+                            .map(|mut a: Address| {
+                                if a.guest_id.as_ref().is_some_and(|g| !mine.contains(g)) {
+                                    a.guest_id = None;
+                                }
+                                a
+                            })
                             .collect()
                     }
                 };

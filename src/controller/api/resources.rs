@@ -116,6 +116,25 @@ async fn template_or_404(
         .ok_or_else(|| Error::not_found("template", id))
 }
 
+/// 409 for a template name in use: whose template it is is said only to who may see it.
+pub async fn refuse_taken_name(
+    state: &AppState,
+    caller: &super::auth::Caller,
+    name: &str,
+) -> Result<(), Error> {
+    match state.store.template(name).await? {
+        None => Ok(()),
+        Some(t) => Err(Error::Conflict {
+            message: if access::sees_template(caller, &t) {
+                format!("a template named {name} exists")
+            } else {
+                format!("the name {name} is taken: choose another")
+            },
+            details: None,
+        }),
+    }
+}
+
 /// The template if the caller may change it; 403 for a public one that is not theirs.
 async fn owned_template(
     state: &AppState,

@@ -208,18 +208,19 @@ async fn create(
     if catalog::shipped(kind, &body.name).is_some() {
         return Err(read_only(kind, &body.name).into());
     }
-    if state
-        .store
-        .script(kind.as_str(), &body.name)
-        .await?
-        .is_some()
-    {
-        return Err(Error::Conflict {
-            message: format!(
+    if let Some(existing) = state.store.script(kind.as_str(), &body.name).await? {
+        // Names are unique across the cloud; whose script has it is not said.
+        let message = if sees_script(&auth.0, &existing) {
+            format!(
                 "{} {} already exists; PUT changes it",
                 what(kind),
                 body.name
-            ),
+            )
+        } else {
+            format!("the name {} is taken: choose another", body.name)
+        };
+        return Err(Error::Conflict {
+            message,
             details: None,
         }
         .into());

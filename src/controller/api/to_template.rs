@@ -69,13 +69,7 @@ impl ToTemplateApi {
         let g = access::guest(&state, &auth.0, &id).await?;
         let b = body.0;
         super::check_name("template", &b.name)?;
-        if state.store.template(&b.name).await?.is_some() {
-            return Err(Error::Conflict {
-                message: format!("a template named {} exists", b.name),
-                details: None,
-            }
-            .into());
-        }
+        super::resources::refuse_taken_name(&state, &auth.0, &b.name).await?;
         let snapshot_id = match &b.snapshot {
             Some(s) => {
                 let snap = state

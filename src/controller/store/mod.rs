@@ -197,6 +197,7 @@ impl Store {
             (21, include_str!("migrations/021_template_checksums.sql")),
             (22, include_str!("migrations/022_guest_maxima.sql")),
             (23, include_str!("migrations/023_owner_ids.sql")),
+            (24, include_str!("migrations/024_one_naming_rule.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

@@ -708,7 +708,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> List[Address]:
-        """Every address of the pool's ranges with its state, in order; filter by state.
+        """Every address of the pool's ranges with its state, in order; filter by state. A user sees which guest holds an address only for their own guests; another's address reads `allocated`, with no guest.
 
 
         :param id: (required)
@@ -797,7 +797,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[List[Address]]:
-        """Every address of the pool's ranges with its state, in order; filter by state.
+        """Every address of the pool's ranges with its state, in order; filter by state. A user sees which guest holds an address only for their own guests; another's address reads `allocated`, with no guest.
 
 
         :param id: (required)
@@ -886,7 +886,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Every address of the pool's ranges with its state, in order; filter by state.
+        """Every address of the pool's ranges with its state, in order; filter by state. A user sees which guest holds an address only for their own guests; another's address reads `allocated`, with no guest.
 
 
         :param id: (required)

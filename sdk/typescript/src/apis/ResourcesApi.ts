@@ -398,7 +398,7 @@ export class ResourcesApi extends runtime.BaseAPI {
     }
 
     /**
-     * Every address of the pool\'s ranges with its state, in order; filter by state.
+     * Every address of the pool\'s ranges with its state, in order; filter by state. A user sees which guest holds an address only for their own guests; another\'s address reads `allocated`, with no guest.
      */
     async poolAddressesRaw(requestParameters: PoolAddressesRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Array<Address>>> {
         const requestOptions = await this.poolAddressesRequestOpts(requestParameters);
@@ -408,7 +408,7 @@ export class ResourcesApi extends runtime.BaseAPI {
     }
 
     /**
-     * Every address of the pool\'s ranges with its state, in order; filter by state.
+     * Every address of the pool\'s ranges with its state, in order; filter by state. A user sees which guest holds an address only for their own guests; another\'s address reads `allocated`, with no guest.
      */
     async poolAddresses(requestParameters: PoolAddressesRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Array<Address>> {
         const response = await this.poolAddressesRaw(requestParameters, initOverrides);
