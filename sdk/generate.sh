@@ -59,11 +59,12 @@ gen -g rust -o "$out/rust" \
 
 if [ "${1:-}" = "--check" ]; then
     stale=0
+    # Build outputs (ignored by git: pip's build/, npm's node_modules and dist, ...) are
+    # not the SDK: a checkout that ran the smoke tests before still compares clean.
+    skip=(-x node_modules -x dist -x target -x __pycache__ -x '*.egg-info' -x build)
     for lang in python typescript rust; do
-        diff -r -x node_modules -x dist -x target -x __pycache__ -x '*.egg-info' \
-            "$root/sdk/$lang" "$out/$lang" | head -40 && true
-        diff -r -q -x node_modules -x dist -x target -x __pycache__ -x '*.egg-info' \
-            "$root/sdk/$lang" "$out/$lang" >/dev/null || stale=1
+        diff -r "${skip[@]}" "$root/sdk/$lang" "$out/$lang" | head -40 && true
+        diff -r -q "${skip[@]}" "$root/sdk/$lang" "$out/$lang" >/dev/null || stale=1
     done
     if [ "$stale" -ne 0 ]; then
         echo "the SDKs are stale: run sdk/generate.sh and commit the result"

@@ -390,3 +390,121 @@ async fn node_users_come_back_after_redis_restarts_without_them() {
         .clone();
     assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
 }
+
+/// A node is trusted for its work, not its claims: a heartbeat that claims a thousand
+/// times the CPUs and memory, a huge over-commit and `/` as its disk-image directory (to
+/// attract guests and their secrets, and to make every template path "a guest's disk")
+/// changes nothing placement or template registration sees; the claim is shown as held
+/// until an administrator accepts it, and `/` is never accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_lie_its_way_to_capacity_or_directories() {
+    if !parts() {
+        return;
+    }
+    let mut cloud = Cloud::split("test:///default").await;
+    let a = cloud.node_id.clone();
+    let (_, honest) = cloud.get(&format!("/nodes/{a}")).await;
+    let storage_dir = honest["storage_dir"].as_str().unwrap().to_string();
+    assert!(!storage_dir.is_empty(), "{honest}");
+    // The intruder holds the node's credential; the real agent is gone.
+    cloud.node.as_mut().unwrap().kill9();
+    let mut conn = transport::connect(&cloud.node_urls[&a]).await.unwrap();
+    let facts: NodeFacts = serde_json::from_value(honest_facts(&honest)).unwrap();
+    let lie = NodeFacts {
+        cpus: facts.cpus * 1000,
+        memory_mib: 1 << 40,
+        free_memory_mib: 1 << 40,
+        memory_overcommit: Some(1000.0),
+        storage_dir: "/".into(),
+        ..facts
+    };
+    forge(
+        &mut conn,
+        &a,
+        &NodeEvent::Heartbeat {
+            node_id: a.clone(),
+            facts: Box::new(lie.clone()),
+            at_ms: corral::model::now_ms(),
+        },
+    )
+    .await;
+    let mut node = Value::Null;
+    for _ in 0..50 {
+        node = cloud.get(&format!("/nodes/{a}")).await.1;
+        if !node["held"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node["held"]["cpus"], json!(lie.cpus), "{node}");
+    assert_eq!(node["held"]["storage_dir"], "/", "{node}");
+    assert_eq!(node["cpus"], honest["cpus"], "{node}");
+    assert_eq!(node["memory_mib"], honest["memory_mib"], "{node}");
+    assert_eq!(node["storage_dir"], json!(storage_dir), "{node}");
+    // Template registration still works for everyone.
+    cloud.template("still-fine").await;
+    // Placement: a guest the claimed memory would fit, the accepted memory does not.
+    let (s, v) = cloud
+        .post(
+            "/guests",
+            json!({"name": "big", "template": "still-fine", "cpus": 1,
+                   "memory_mib": honest["memory_mib"].as_u64().unwrap() * 8}),
+        )
+        .await;
+    if s == 202 {
+        let op = v["operations"][0]["operation_id"].as_str().unwrap();
+        let done = cloud.wait_op(op).await;
+        assert_eq!(done["state"], "failed", "placed on a lie: {done}");
+    } else {
+        assert!(s == 409 || s == 422, "{s} {v}");
+    }
+    // An administrator accepts the claim: the figures, never `/`.
+    let (s, v) = cloud
+        .post(&format!("/nodes/{a}/capacity"), json!(null))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["cpus"], json!(lie.cpus), "{v}");
+    assert_eq!(v["storage_dir"], json!(storage_dir), "{v}");
+    // Not an operator's act.
+    let op_token = {
+        let (s, u) = cloud
+            .post(
+                "/users",
+                json!({"name": "olga", "password": "olga-password", "role": "operator"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{u}");
+        let r: Value = reqwest::Client::new()
+            .post(cloud.url("/auth/login"))
+            .json(&json!({"username": "olga", "password": "olga-password"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["token"].as_str().unwrap().to_string()
+    };
+    let (s, _) = cloud
+        .call_as(
+            &op_token,
+            reqwest::Method::POST,
+            &format!("/nodes/{a}/capacity"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+}
+
+/// The facts a node view shows, as a heartbeat carries them.
+fn honest_facts(n: &Value) -> Value {
+    json!({
+        "hostname": n["hostname"], "address": n["address"], "domain_type": n["domain_type"],
+        "cpus": n["cpus"], "memory_mib": n["memory_mib"], "free_memory_mib": n["free_memory_mib"],
+        "load1": n["load1"], "storage_dir": n["storage_dir"], "bridge": n["vm_network_bridge"],
+        "manage_bridge": n["vm_manage_network_bridge"], "hypervisor_uri": n["hypervisor_uri"],
+        "version": n["version"], "workers": [], "bridges": n["bridges"],
+        "storage_total_mib": n["storage_total_mib"], "storage_free_mib": n["storage_free_mib"],
+        "cpu_overcommit": 64.0, "memory_overcommit": 4.0,
+    })
+}

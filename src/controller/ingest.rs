@@ -34,6 +34,8 @@ pub struct Ingest {
     pub consumer: String,
     /// Refusals recorded per node in the current minute: (its start, count).
     pub refusals: std::sync::Mutex<HashMap<String, (i64, u32)>>,
+    /// The controller's template directories: no node's disk-image directory may hold one.
+    pub image_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Ingest {
@@ -173,7 +175,9 @@ impl Ingest {
                 facts,
                 at_ms,
             } => {
-                self.store.heartbeat(&node_id, &facts, at_ms).await?;
+                self.store
+                    .heartbeat(&node_id, &facts, at_ms, &self.image_dirs)
+                    .await?;
             }
             NodeEvent::StepFinished {
                 op_id,

@@ -130,6 +130,7 @@ pub async fn run(
         engine: engine.clone(),
         consumer: "controller".into(),
         refusals: Default::default(),
+        image_dirs: cfg.image_dirs.clone(),
     };
     let ingest_task = tokio::spawn(ingest.run(
         cfg.redis_url.clone(),

@@ -78,6 +78,7 @@ __all__ = [
     "GuestState",
     "GuestToTemplate",
     "Health",
+    "HeldClaims",
     "LoginRequest",
     "LoginResponse",
     "NewScript",
@@ -196,6 +197,7 @@ from corral_client.models.guest_size import GuestSize as GuestSize
 from corral_client.models.guest_state import GuestState as GuestState
 from corral_client.models.guest_to_template import GuestToTemplate as GuestToTemplate
 from corral_client.models.health import Health as Health
+from corral_client.models.held_claims import HeldClaims as HeldClaims
 from corral_client.models.login_request import LoginRequest as LoginRequest
 from corral_client.models.login_response import LoginResponse as LoginResponse
 from corral_client.models.new_script import NewScript as NewScript

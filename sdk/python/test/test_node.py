@@ -64,6 +64,13 @@ class TestNode(unittest.TestCase):
                     ],
                 free_memory_mib = 56,
                 guests = 56,
+                held = corral_client.models.held_claims.HeldClaims(
+                    cpu_overcommit = 1.337, 
+                    cpus = 56, 
+                    memory_mib = 56, 
+                    memory_overcommit = 1.337, 
+                    storage_dir = '', 
+                    storage_total_mib = 56, ),
                 hostname = '',
                 hypervisor_uri = '',
                 id = '',

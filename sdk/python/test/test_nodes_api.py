@@ -26,6 +26,13 @@ class TestNodesApi(unittest.TestCase):
     def tearDown(self) -> None:
         pass
 
+    def test_node_accept_capacity(self) -> None:
+        """Test case for node_accept_capacity
+
+        Accept what a node claims now (its CPUs, memory, storage, over-commit ratios and disk-image directory) as its capacity (administrators only). Until then a claim beyond what was accepted (at its first heartbeat, or last time) is held and not used. A disk-image directory that would hold a template directory is never accepted.
+        """
+        pass
+
     def test_node_enroll(self) -> None:
         """Test case for node_enroll
 

@@ -64,6 +64,22 @@ pub struct Node {
     /// uuid or a recorded path) when the node is online, first thing after it returns,
     /// and retried by the janitor until it succeeds.
     pub cleanup: Vec<CleanupEntry>,
+    /// What the node claims beyond what an administrator accepted: not used (placement
+    /// and everything else see the accepted figures and directory) until accepted with
+    /// `POST /nodes/{id}/capacity`. Absent when it claims nothing more.
+    pub held: Option<HeldClaims>,
+}
+
+/// A node's claims held back (each only where it claims more, or another directory).
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct HeldClaims {
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub storage_total_mib: Option<u64>,
+    pub cpu_overcommit: Option<f64>,
+    pub memory_overcommit: Option<f64>,
+    pub storage_dir: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -130,8 +146,23 @@ async fn view(state: &AppState, n: NodeRow) -> Result<Node, Error> {
         .into_iter()
         .map(cleanup_entry)
         .collect();
+    let held = state
+        .store
+        .node_claims(&n.id)
+        .await?
+        .map(|(_, h)| h)
+        .filter(|h| !h.is_empty())
+        .map(|h| HeldClaims {
+            cpus: h.cpus,
+            memory_mib: h.memory_mib,
+            storage_total_mib: h.storage_total_mib,
+            cpu_overcommit: h.cpu_overcommit,
+            memory_overcommit: h.memory_overcommit,
+            storage_dir: h.storage_dir,
+        });
     Ok(Node {
         cleanup,
+        held,
         vnc_port_min: f.vnc_ports.map(|p| p.0),
         vnc_port_max: f.vnc_ports.map(|p| p.1),
         foreign_domains,
@@ -346,6 +377,37 @@ impl NodeApi {
                 .await
                 .map_err(Error::from)?,
         ))
+    }
+
+    /// Accept what a node claims now (its CPUs, memory, storage, over-commit ratios and
+    /// disk-image directory) as its capacity (administrators only). Until then a claim
+    /// beyond what was accepted (at its first heartbeat, or last time) is held and not
+    /// used. A disk-image directory that would hold a template directory is never accepted.
+    #[oai(
+        path = "/nodes/:id/capacity",
+        method = "post",
+        operation_id = "node_accept_capacity"
+    )]
+    async fn accept_capacity(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+    ) -> ApiResult<Json<Node>> {
+        access::admin(&auth.0, "accepting a node's capacity")?;
+        if !state
+            .store
+            .accept_node_claims(&id, &state.image_dirs)
+            .await?
+        {
+            return Err(Error::not_found("node", id.0.clone()).into());
+        }
+        let n = state
+            .store
+            .node(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("node", id.0.clone()))?;
+        Ok(Json(view(&state, n).await?))
     }
 
     /// Give an enrolled node a new Redis secret; the old one stops working at once. The

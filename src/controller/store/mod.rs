@@ -16,6 +16,7 @@ macro_rules! page_clause {
 
 mod audit;
 mod changes;
+pub mod claims;
 mod cleanup;
 mod disks;
 pub mod events;
@@ -198,6 +199,7 @@ impl Store {
             (22, include_str!("migrations/022_guest_maxima.sql")),
             (23, include_str!("migrations/023_owner_ids.sql")),
             (24, include_str!("migrations/024_one_naming_rule.sql")),
+            (25, include_str!("migrations/025_node_claims.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

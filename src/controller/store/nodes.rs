@@ -30,25 +30,97 @@ macro_rules! node_cols {
 }
 
 impl Store {
-    /// Records a heartbeat; returns true when the node came (back) online.
+    /// What node `id` claims beyond what was accepted (None: an unknown node, or one
+    /// that has not reported yet).
+    pub async fn node_claims(
+        &self,
+        id: &str,
+    ) -> Result<Option<(super::claims::Accepted, super::claims::Held)>, StoreError> {
+        let row: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT accepted, claimed FROM nodes WHERE id = ?")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        let Some((Some(accepted), Some(claimed))) = row else {
+            return Ok(None);
+        };
+        let accepted: super::claims::Accepted = serde_json::from_str(&accepted)?;
+        let claimed: NodeFacts = serde_json::from_str(&claimed)?;
+        let (_, held) = accepted.bound(&claimed);
+        Ok(Some((accepted, held)))
+    }
+
+    /// Accepts node `id`'s latest claims (an administrator's act); false when it has none.
+    /// A disk-image directory that would hold a template directory stays refused.
+    pub async fn accept_node_claims(
+        &self,
+        id: &str,
+        image_dirs: &[std::path::PathBuf],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT claimed FROM nodes WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((Some(claimed),)) = row else {
+            return Ok(false);
+        };
+        let claim: NodeFacts = serde_json::from_str(&claimed)?;
+        let mut accepted = super::claims::Accepted::first(&claim, image_dirs);
+        if accepted.storage_dir.is_empty() {
+            // A directory that would hold the templates: the one accepted before stays.
+            let before: Option<(Option<String>,)> =
+                sqlx::query_as("SELECT accepted FROM nodes WHERE id = ?")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((Some(b),)) = before {
+                let b: super::claims::Accepted = serde_json::from_str(&b)?;
+                accepted.storage_dir = b.storage_dir;
+            }
+        }
+        let (facts, _) = accepted.bound(&claim);
+        sqlx::query("UPDATE nodes SET accepted = ?, facts = ? WHERE id = ?")
+            .bind(serde_json::to_string(&accepted)?)
+            .bind(serde_json::to_string(&facts)?)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx).await?;
+        Ok(true)
+    }
+
+    /// Records a heartbeat; returns true when the node came (back) online. The node's
+    /// claims are kept as sent (`claimed`) and as what readers use (`facts`): bounded by
+    /// what was accepted (see [`super::claims`]); its first claims become the accepted ones.
     pub async fn heartbeat(
         &self,
         id: &str,
-        facts: &NodeFacts,
+        claim: &NodeFacts,
         at_ms: i64,
+        image_dirs: &[std::path::PathBuf],
     ) -> Result<bool, StoreError> {
+        use super::claims::Accepted;
         let mut tx = self.begin().await?;
         let now = now_ms();
-        let was: Option<(bool,)> = sqlx::query_as("SELECT online FROM nodes WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let json = serde_json::to_string(facts)?;
+        let was: Option<(bool, Option<String>)> =
+            sqlx::query_as("SELECT online, accepted FROM nodes WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let accepted = match was.as_ref().and_then(|(_, a)| a.as_deref()) {
+            Some(a) => serde_json::from_str(a)?,
+            None => Accepted::first(claim, image_dirs),
+        };
+        let (facts, _held) = accepted.bound(claim);
+        let json = serde_json::to_string(&facts)?;
         sqlx::query(
-            "INSERT INTO nodes (id, hostname, facts, online, last_seen, last_seen_local, created_at) \
-             VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET hostname = excluded.hostname, \
-             facts = excluded.facts, online = 1, last_seen = excluded.last_seen, \
-             last_seen_local = excluded.last_seen_local, offline_since = NULL",
+            "INSERT INTO nodes (id, hostname, facts, online, last_seen, last_seen_local, created_at, \
+             accepted, claimed) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET \
+             hostname = excluded.hostname, facts = excluded.facts, online = 1, \
+             last_seen = excluded.last_seen, last_seen_local = excluded.last_seen_local, \
+             offline_since = NULL, accepted = excluded.accepted, claimed = excluded.claimed",
         )
         .bind(id)
         .bind(&facts.hostname)
@@ -56,9 +128,11 @@ impl Store {
         .bind(at_ms)
         .bind(now)
         .bind(now)
+        .bind(serde_json::to_string(&accepted)?)
+        .bind(serde_json::to_string(claim)?)
         .execute(&mut *tx)
         .await?;
-        let came_online = !matches!(was, Some((true,)));
+        let came_online = !matches!(was, Some((true, _)));
         if came_online {
             events::append(
                 &mut tx,

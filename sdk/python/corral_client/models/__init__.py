@@ -54,6 +54,7 @@ from corral_client.models.guest_size import GuestSize
 from corral_client.models.guest_state import GuestState
 from corral_client.models.guest_to_template import GuestToTemplate
 from corral_client.models.health import Health
+from corral_client.models.held_claims import HeldClaims
 from corral_client.models.login_request import LoginRequest
 from corral_client.models.login_response import LoginResponse
 from corral_client.models.new_script import NewScript

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from typing import Any, ClassVar, Dict, List, Optional, Union
 from corral_client.models.cleanup_entry import CleanupEntry
 from corral_client.models.foreign_domain import ForeignDomain
+from corral_client.models.held_claims import HeldClaims
 from corral_client.models.worker import Worker
 from typing import Optional, Set
 from typing_extensions import Self
@@ -41,6 +42,7 @@ class Node(BaseModel):
     foreign_domains: List[ForeignDomain] = Field(description="Domains on the node that corral does not manage (S16, S17): never touched.")
     free_memory_mib: StrictInt
     guests: StrictInt
+    held: Optional[HeldClaims] = Field(default=None, description="What the node claims beyond what an administrator accepted: not used (placement and everything else see the accepted figures and directory) until accepted with `POST /nodes/{id}/capacity`. Absent when it claims nothing more.")
     hostname: StrictStr
     hypervisor_uri: StrictStr
     id: StrictStr = Field(description="From /etc/machine-id unless configured (S93).")
@@ -59,7 +61,7 @@ class Node(BaseModel):
     vnc_port_max: Optional[StrictInt] = None
     vnc_port_min: Optional[StrictInt] = Field(default=None, description="VNC ports this node hands out.")
     workers: List[Worker]
-    __properties: ClassVar[List[str]] = ["accept_auto", "address", "bridges", "cleanup", "cpu_model", "cpu_virt", "cpus", "domain_type", "foreign_domains", "free_memory_mib", "guests", "hostname", "hypervisor_uri", "id", "last_seen", "load1", "memory_mib", "offline_seconds", "offline_since", "online", "storage_dir", "storage_free_mib", "storage_total_mib", "version", "vm_manage_network_bridge", "vm_network_bridge", "vnc_port_max", "vnc_port_min", "workers"]
+    __properties: ClassVar[List[str]] = ["accept_auto", "address", "bridges", "cleanup", "cpu_model", "cpu_virt", "cpus", "domain_type", "foreign_domains", "free_memory_mib", "guests", "held", "hostname", "hypervisor_uri", "id", "last_seen", "load1", "memory_mib", "offline_seconds", "offline_since", "online", "storage_dir", "storage_free_mib", "storage_total_mib", "version", "vm_manage_network_bridge", "vm_network_bridge", "vnc_port_max", "vnc_port_min", "workers"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -112,6 +114,9 @@ class Node(BaseModel):
             for _item_foreign_domains in self.foreign_domains:
                 _items.append(_item_foreign_domains.to_dict() if _item_foreign_domains is not None else None)
             _dict['foreign_domains'] = _items
+        # override the default output from pydantic by calling `to_dict()` of held
+        if self.held:
+            _dict['held'] = self.held.to_dict()
         # override the default output from pydantic by calling `to_dict()` of each item in workers (list)
         _items = []
         if self.workers:
@@ -141,6 +146,7 @@ class Node(BaseModel):
             "foreign_domains": [ForeignDomain.from_dict(_item) for _item in obj["foreign_domains"]] if obj.get("foreign_domains") is not None else None,
             "free_memory_mib": obj.get("free_memory_mib"),
             "guests": obj.get("guests"),
+            "held": HeldClaims.from_dict(obj["held"]) if obj.get("held") is not None else None,
             "hostname": obj.get("hostname"),
             "hypervisor_uri": obj.get("hypervisor_uri"),
             "id": obj.get("id"),

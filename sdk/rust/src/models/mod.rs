@@ -80,6 +80,8 @@ pub mod guest_to_template;
 pub use self::guest_to_template::GuestToTemplate;
 pub mod health;
 pub use self::health::Health;
+pub mod held_claims;
+pub use self::held_claims::HeldClaims;
 pub mod login_request;
 pub use self::login_request::LoginRequest;
 pub mod login_response;

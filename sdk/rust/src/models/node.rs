@@ -41,6 +41,9 @@ pub struct Node {
     pub free_memory_mib: u64,
     #[serde(rename = "guests")]
     pub guests: u32,
+    /// What the node claims beyond what an administrator accepted: not used (placement and everything else see the accepted figures and directory) until accepted with `POST /nodes/{id}/capacity`. Absent when it claims nothing more.
+    #[serde(rename = "held", skip_serializing_if = "Option::is_none")]
+    pub held: Option<Box<models::HeldClaims>>,
     #[serde(rename = "hostname")]
     pub hostname: String,
     #[serde(rename = "hypervisor_uri")]
@@ -124,6 +127,7 @@ impl Node {
             foreign_domains,
             free_memory_mib,
             guests,
+            held: None,
             hostname,
             hypervisor_uri,
             id,

@@ -49,6 +49,13 @@ import {
     NodeSettingsToJSON,
 } from '../models/NodeSettings';
 
+export interface NodeAcceptCapacityRequest {
+    /**
+     * 
+     */
+    id: string;
+}
+
 export interface NodeEnrollRequest {
     /**
      * 
@@ -110,6 +117,59 @@ export interface NodeUpdateRequest {
  * 
  */
 export class NodesApi extends runtime.BaseAPI {
+
+    /**
+     * Creates request options for nodeAcceptCapacity without sending the request
+     */
+    async nodeAcceptCapacityRequestOpts(requestParameters: NodeAcceptCapacityRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling nodeAcceptCapacity().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/nodes/{id}/capacity`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Accept what a node claims now (its CPUs, memory, storage, over-commit ratios and disk-image directory) as its capacity (administrators only). Until then a claim beyond what was accepted (at its first heartbeat, or last time) is held and not used. A disk-image directory that would hold a template directory is never accepted.
+     */
+    async nodeAcceptCapacityRaw(requestParameters: NodeAcceptCapacityRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Node>> {
+        const requestOptions = await this.nodeAcceptCapacityRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => NodeFromJSON(jsonValue));
+    }
+
+    /**
+     * Accept what a node claims now (its CPUs, memory, storage, over-commit ratios and disk-image directory) as its capacity (administrators only). Until then a claim beyond what was accepted (at its first heartbeat, or last time) is held and not used. A disk-image directory that would hold a template directory is never accepted.
+     */
+    async nodeAcceptCapacity(requestParameters: NodeAcceptCapacityRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Node> {
+        const response = await this.nodeAcceptCapacityRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
 
     /**
      * Creates request options for nodeEnroll without sending the request

@@ -27,6 +27,13 @@ import {
     ForeignDomainToJSON,
     ForeignDomainToJSONTyped,
 } from './ForeignDomain';
+import type { HeldClaims } from './HeldClaims';
+import {
+    HeldClaimsFromJSON,
+    HeldClaimsFromJSONTyped,
+    HeldClaimsToJSON,
+    HeldClaimsToJSONTyped,
+} from './HeldClaims';
 import type { Worker } from './Worker';
 import {
     WorkerFromJSON,
@@ -87,6 +94,12 @@ export interface Node {
      * 
      */
     guests: number;
+    /**
+     * What the node claims beyond what an administrator accepted: not used (placement
+     * and everything else see the accepted figures and directory) until accepted with
+     * `POST /nodes/{id}/capacity`. Absent when it claims nothing more.
+     */
+    held?: HeldClaims;
     /**
      * 
      */
@@ -214,6 +227,7 @@ export function NodeFromJSONTyped(json: any, ignoreDiscriminator: boolean): Node
         'foreignDomains': ((json['foreign_domains'] as Array<any>).map(ForeignDomainFromJSON)),
         'freeMemoryMib': json['free_memory_mib'],
         'guests': json['guests'],
+        'held': json['held'] == null ? undefined : HeldClaimsFromJSON(json['held']),
         'hostname': json['hostname'],
         'hypervisorUri': json['hypervisor_uri'],
         'id': json['id'],
@@ -257,6 +271,7 @@ export function NodeToJSONTyped(value?: Node | null, ignoreDiscriminator: boolea
         'foreign_domains': ((value['foreignDomains'] as Array<any>).map(ForeignDomainToJSON)),
         'free_memory_mib': value['freeMemoryMib'],
         'guests': value['guests'],
+        'held': HeldClaimsToJSON(value['held']),
         'hostname': value['hostname'],
         'hypervisor_uri': value['hypervisorUri'],
         'id': value['id'],

@@ -41,6 +41,7 @@ export * from './GuestSize';
 export * from './GuestState';
 export * from './GuestToTemplate';
 export * from './Health';
+export * from './HeldClaims';
 export * from './LoginRequest';
 export * from './LoginResponse';
 export * from './NewScript';
