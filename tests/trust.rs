@@ -18,6 +18,8 @@
 //!   lands on the caller's object or on nothing, and a taken name or address is said to
 //!   be taken without saying whose. A user learns no other user's guests from a pool's
 //!   addresses, and no node ids by placing a disk.
+//! * growth: anonymous writes add no audit rows; a user's uploads are bounded by a
+//!   per-upload cap and a quota a site sets (the login throttle's bounds are unit tests).
 //! * terminals: a value someone else put on the server (a login name in the audit trail)
 //!   is printed by the CLI with its control characters escaped, never sent raw.
 #![allow(clippy::unwrap_used)]
@@ -615,4 +617,57 @@ async fn names_and_addresses_of_others_are_only_ever_taken() {
             .await;
         assert_eq!(s, 403, "{n}: {v}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_grows_the_controller_without_bound() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::split("test:///default").await;
+    let ann = cloud.new_user("ann").await;
+    // Anonymous writes: no audit rows, however many.
+    let (_, before) = cloud.get("/audit?limit=1000").await;
+    for _ in 0..50 {
+        let r = reqwest::Client::new()
+            .post(cloud.url("/tokens"))
+            .bearer_auth("not-a-token")
+            .json(&json!({"name": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    let (_, after) = cloud.get("/audit?limit=1000").await;
+    assert_eq!(after, before, "anonymous writes were recorded");
+    // Uploads: a 1 MiB quota takes one small image, not a second of over a MiB.
+    let (s, v) = cloud
+        .call(
+            Method::PATCH,
+            "/settings",
+            Some(json!({"uploads": {"max_upload_mib": 4, "user_quota_mib": 1}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let work = tempfile::tempdir().unwrap();
+    let (bytes, sum) = qcow2(&work.path().join("small.qcow2"), &[]);
+    let (s, v) = upload(&cloud, &ann, "small", bytes, &sum).await;
+    assert_eq!(s, 201, "{v}");
+    let big = vec![0u8; 1 << 20];
+    let big_sum = hex::encode(Sha256::digest(&big));
+    let (s, v) = upload(&cloud, &ann, "big", big.clone(), &big_sum).await;
+    assert_eq!(s, 413, "{v}");
+    // The per-upload cap binds operators and administrators too.
+    let huge = vec![0u8; 5 << 20];
+    let huge_sum = hex::encode(Sha256::digest(&huge));
+    let (s, v) = upload(&cloud, cloud.token(), "huge", huge, &huge_sum).await;
+    assert_eq!(s, 413, "{v}");
+    assert_eq!(
+        images(&cloud)
+            .iter()
+            .filter(|n| n.ends_with(".upload"))
+            .count(),
+        0,
+        "a refused upload left a file"
+    );
 }

@@ -126,6 +126,7 @@ __all__ = [
     "TokenPolicy",
     "UpdateGuest",
     "UpdateTemplate",
+    "UploadPolicy",
     "User",
     "UserChange",
     "UserRole",
@@ -245,6 +246,7 @@ from corral_client.models.token import Token as Token
 from corral_client.models.token_policy import TokenPolicy as TokenPolicy
 from corral_client.models.update_guest import UpdateGuest as UpdateGuest
 from corral_client.models.update_template import UpdateTemplate as UpdateTemplate
+from corral_client.models.upload_policy import UploadPolicy as UploadPolicy
 from corral_client.models.user import User as User
 from corral_client.models.user_change import UserChange as UserChange
 from corral_client.models.user_role import UserRole as UserRole

@@ -49,7 +49,10 @@ class TestSettingsChange(unittest.TestCase):
                     username = '', ),
                 tokens = corral_client.models.token_policy.TokenPolicy(
                     allow_no_expiry = True, 
-                    max_days = 1.0, )
+                    max_days = 1.0, ),
+                uploads = corral_client.models.upload_policy.UploadPolicy(
+                    max_upload_mib = 1.0, 
+                    user_quota_mib = 1.0, )
             )
         else:
             return SettingsChange(

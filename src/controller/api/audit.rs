@@ -50,6 +50,30 @@ impl Default for Retention {
     }
 }
 
+/// How much users may upload (`PATCH /settings`, `uploads`). Operators and
+/// administrators are bound by the per-upload cap only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Object)]
+#[serde(default)]
+#[oai(deny_unknown_fields)]
+pub struct UploadPolicy {
+    /// The largest image one upload may be, MiB (1 to 1,048,576). Default 65,536 (64 GiB).
+    #[oai(validator(minimum(value = "1"), maximum(value = "1048576")))]
+    pub max_upload_mib: u32,
+    /// What a user's templates may hold in all, MiB (1 to 67,108,864). Default 262,144
+    /// (256 GiB).
+    #[oai(validator(minimum(value = "1"), maximum(value = "67108864")))]
+    pub user_quota_mib: u32,
+}
+
+impl Default for UploadPolicy {
+    fn default() -> Self {
+        UploadPolicy {
+            max_upload_mib: 65_536,
+            user_quota_mib: 262_144,
+        }
+    }
+}
+
 /// How long API tokens may live (`PATCH /settings`, `tokens`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Object)]
 #[serde(default)]
@@ -140,6 +164,8 @@ pub struct Settings {
     pub smtp: super::recovery::SmtpView,
     /// How long API tokens may live.
     pub tokens: TokenPolicy,
+    /// How much may be uploaded.
+    pub uploads: UploadPolicy,
 }
 
 #[derive(Debug, Object)]
@@ -148,6 +174,7 @@ pub struct SettingsChange {
     pub retention: Option<Retention>,
     pub smtp: Option<super::recovery::SmtpChange>,
     pub tokens: Option<TokenPolicy>,
+    pub uploads: Option<UploadPolicy>,
 }
 
 pub struct AuditApi;
@@ -216,6 +243,7 @@ impl AuditApi {
             retention: state.store.setting("retention").await?,
             smtp: smtp.view(),
             tokens: state.store.setting("tokens").await?,
+            uploads: state.store.setting("uploads").await?,
         }))
     }
 
@@ -232,6 +260,7 @@ impl AuditApi {
             retention,
             smtp,
             tokens,
+            uploads,
         } = body.0;
         // Both are checked before either is written.
         let smtp = match smtp {
@@ -249,6 +278,9 @@ impl AuditApi {
         }
         if let Some(t) = &tokens {
             state.store.set_setting("tokens", t).await?;
+        }
+        if let Some(u) = &uploads {
+            state.store.set_setting("uploads", u).await?;
         }
         self.settings(auth, state).await
     }
@@ -349,6 +381,14 @@ impl Trail {
     }
 
     /// Whether a request is a write the trail records.
+    /// The routes that work without a token: logging in and recovering a password.
+    pub fn is_auth(path: &str) -> bool {
+        matches!(
+            path,
+            "/api/v1/auth/login" | "/api/v1/auth/recover" | "/api/v1/auth/reset"
+        )
+    }
+
     pub fn records(method: &poem::http::Method, path: &str) -> bool {
         use poem::http::Method;
         path.starts_with("/api/v1/")

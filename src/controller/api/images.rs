@@ -41,8 +41,7 @@ use super::{access, AppState, Auth};
 use crate::controller::store::TemplateRow;
 use crate::model::{new_id, now_ms};
 
-/// The largest image accepted, bytes (1 TiB).
-const MAX_IMAGE: u64 = 1 << 40;
+const MIB: u64 = 1 << 20;
 
 /// The route `api::app` lets through without its body limit.
 pub fn is_upload(method: &poem::http::Method, path: &str) -> bool {
@@ -125,6 +124,26 @@ fn is_template_image(path: &str, templates: &[TemplateRow]) -> bool {
         .any(|t| std::fs::canonicalize(&t.path).is_ok_and(|p| p == file))
 }
 
+/// How many bytes this upload may be: the site's per-upload cap and, for users, what is
+/// left of their quota (the sizes of the templates they own).
+async fn upload_limit(state: &AppState, caller: &super::auth::Caller) -> Result<u64, Error> {
+    let policy: super::audit::UploadPolicy = state.store.setting("uploads").await?;
+    let cap = u64::from(policy.max_upload_mib) * MIB;
+    if caller.sees_all() {
+        return Ok(cap);
+    }
+    let used: u64 = state
+        .store
+        .templates()
+        .await?
+        .iter()
+        .filter(|t| t.owner_id.as_deref() == Some(caller.id.as_str()))
+        .map(|t| t.size_bytes.unwrap_or(0).max(0) as u64)
+        .sum();
+    let left = (u64::from(policy.user_quota_mib) * MIB).saturating_sub(used);
+    Ok(cap.min(left))
+}
+
 pub struct ImageApi;
 
 #[OpenApi(tag = "super::system::Tag::Resources")]
@@ -180,7 +199,14 @@ impl ImageApi {
                 .and_then(|v| v.parse().ok()),
             reported: None,
         };
-        let received = receive(body.0, &tmp, &mut progress).await;
+        let limit = upload_limit(&state, &auth.0).await?;
+        if progress.total.is_some_and(|t| t > limit) {
+            return Err(Error::TooLarge {
+                limit: limit as usize,
+            }
+            .into());
+        }
+        let received = receive(body.0, &tmp, &mut progress, limit).await;
         if let Ok((_, size)) = &received {
             progress.report("checking", *size).await;
         }
@@ -340,6 +366,7 @@ async fn receive(
     body: Body,
     path: &std::path::Path,
     progress: &mut Progress<'_>,
+    limit: u64,
 ) -> Result<(String, u64), Error> {
     use futures::StreamExt;
     let mut file = tokio::fs::OpenOptions::new()
@@ -355,9 +382,9 @@ async fn receive(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Error::BadRequest(format!("the upload broke off: {e}")))?;
         size += chunk.len() as u64;
-        if size > MAX_IMAGE {
+        if size > limit {
             return Err(Error::TooLarge {
-                limit: MAX_IMAGE as usize,
+                limit: limit as usize,
             });
         }
         hash.update(&chunk);

@@ -290,7 +290,11 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
                     }
                     resp
                 };
-                if audited {
+                // A write without a working token changed nothing: it is not recorded,
+                // so anonymous requests cannot grow the trail. Logins and recovery are
+                // (who tried matters), and the login throttle bounds them per address.
+                let anonymous_noise = caller.is_none() && !audit::Trail::is_auth(&path);
+                if audited && !anonymous_noise {
                     trail
                         .record(
                             &store,

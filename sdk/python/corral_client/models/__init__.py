@@ -102,6 +102,7 @@ from corral_client.models.token import Token
 from corral_client.models.token_policy import TokenPolicy
 from corral_client.models.update_guest import UpdateGuest
 from corral_client.models.update_template import UpdateTemplate
+from corral_client.models.upload_policy import UploadPolicy
 from corral_client.models.user import User
 from corral_client.models.user_change import UserChange
 from corral_client.models.user_role import UserRole

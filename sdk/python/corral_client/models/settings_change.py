@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 from corral_client.models.retention import Retention
 from corral_client.models.smtp_change import SmtpChange
 from corral_client.models.token_policy import TokenPolicy
+from corral_client.models.upload_policy import UploadPolicy
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -33,7 +34,8 @@ class SettingsChange(BaseModel):
     retention: Optional[Retention] = None
     smtp: Optional[SmtpChange] = None
     tokens: Optional[TokenPolicy] = None
-    __properties: ClassVar[List[str]] = ["retention", "smtp", "tokens"]
+    uploads: Optional[UploadPolicy] = None
+    __properties: ClassVar[List[str]] = ["retention", "smtp", "tokens", "uploads"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -83,6 +85,9 @@ class SettingsChange(BaseModel):
         # override the default output from pydantic by calling `to_dict()` of tokens
         if self.tokens:
             _dict['tokens'] = self.tokens.to_dict()
+        # override the default output from pydantic by calling `to_dict()` of uploads
+        if self.uploads:
+            _dict['uploads'] = self.uploads.to_dict()
         return _dict
 
     @classmethod
@@ -97,7 +102,8 @@ class SettingsChange(BaseModel):
         _obj = cls.model_validate({
             "retention": Retention.from_dict(obj["retention"]) if obj.get("retention") is not None else None,
             "smtp": SmtpChange.from_dict(obj["smtp"]) if obj.get("smtp") is not None else None,
-            "tokens": TokenPolicy.from_dict(obj["tokens"]) if obj.get("tokens") is not None else None
+            "tokens": TokenPolicy.from_dict(obj["tokens"]) if obj.get("tokens") is not None else None,
+            "uploads": UploadPolicy.from_dict(obj["uploads"]) if obj.get("uploads") is not None else None
         })
         return _obj
 

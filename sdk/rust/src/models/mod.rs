@@ -176,6 +176,8 @@ pub mod update_guest;
 pub use self::update_guest::UpdateGuest;
 pub mod update_template;
 pub use self::update_template::UpdateTemplate;
+pub mod upload_policy;
+pub use self::upload_policy::UploadPolicy;
 pub mod user;
 pub use self::user::User;
 pub mod user_change;

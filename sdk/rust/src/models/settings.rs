@@ -21,6 +21,9 @@ pub struct Settings {
     /// How long API tokens may live.
     #[serde(rename = "tokens")]
     pub tokens: Box<models::TokenPolicy>,
+    /// How much may be uploaded.
+    #[serde(rename = "uploads")]
+    pub uploads: Box<models::UploadPolicy>,
 }
 
 impl Settings {
@@ -28,11 +31,13 @@ impl Settings {
         retention: models::Retention,
         smtp: models::SmtpView,
         tokens: models::TokenPolicy,
+        uploads: models::UploadPolicy,
     ) -> Settings {
         Settings {
             retention: Box::new(retention),
             smtp: Box::new(smtp),
             tokens: Box::new(tokens),
+            uploads: Box::new(uploads),
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct SettingsChange {
     pub smtp: Option<Box<models::SmtpChange>>,
     #[serde(rename = "tokens", skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Box<models::TokenPolicy>>,
+    #[serde(rename = "uploads", skip_serializing_if = "Option::is_none")]
+    pub uploads: Option<Box<models::UploadPolicy>>,
 }
 
 impl SettingsChange {
@@ -27,6 +29,7 @@ impl SettingsChange {
             retention: None,
             smtp: None,
             tokens: None,
+            uploads: None,
         }
     }
 }

@@ -20,6 +20,13 @@ import {
     SmtpViewToJSON,
     SmtpViewToJSONTyped,
 } from './SmtpView';
+import type { UploadPolicy } from './UploadPolicy';
+import {
+    UploadPolicyFromJSON,
+    UploadPolicyFromJSONTyped,
+    UploadPolicyToJSON,
+    UploadPolicyToJSONTyped,
+} from './UploadPolicy';
 import type { TokenPolicy } from './TokenPolicy';
 import {
     TokenPolicyFromJSON,
@@ -53,6 +60,10 @@ export interface Settings {
      * How long API tokens may live.
      */
     tokens: TokenPolicy;
+    /**
+     * How much may be uploaded.
+     */
+    uploads: UploadPolicy;
 }
 
 /**
@@ -62,6 +73,7 @@ export function instanceOfSettings(value: object): value is Settings {
     if (!('retention' in value) || value['retention'] === undefined) return false;
     if (!('smtp' in value) || value['smtp'] === undefined) return false;
     if (!('tokens' in value) || value['tokens'] === undefined) return false;
+    if (!('uploads' in value) || value['uploads'] === undefined) return false;
     return true;
 }
 
@@ -78,6 +90,7 @@ export function SettingsFromJSONTyped(json: any, ignoreDiscriminator: boolean): 
         'retention': RetentionFromJSON(json['retention']),
         'smtp': SmtpViewFromJSON(json['smtp']),
         'tokens': TokenPolicyFromJSON(json['tokens']),
+        'uploads': UploadPolicyFromJSON(json['uploads']),
     };
 }
 
@@ -95,6 +108,7 @@ export function SettingsToJSONTyped(value?: Settings | null, ignoreDiscriminator
         'retention': RetentionToJSON(value['retention']),
         'smtp': SmtpViewToJSON(value['smtp']),
         'tokens': TokenPolicyToJSON(value['tokens']),
+        'uploads': UploadPolicyToJSON(value['uploads']),
     };
 }
 

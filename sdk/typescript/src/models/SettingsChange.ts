@@ -13,6 +13,13 @@
  */
 
 import { mapValues } from '../runtime';
+import type { UploadPolicy } from './UploadPolicy';
+import {
+    UploadPolicyFromJSON,
+    UploadPolicyFromJSONTyped,
+    UploadPolicyToJSON,
+    UploadPolicyToJSONTyped,
+} from './UploadPolicy';
 import type { SmtpChange } from './SmtpChange';
 import {
     SmtpChangeFromJSON,
@@ -53,6 +60,10 @@ export interface SettingsChange {
      * 
      */
     tokens?: TokenPolicy;
+    /**
+     * 
+     */
+    uploads?: UploadPolicy;
 }
 
 /**
@@ -75,6 +86,7 @@ export function SettingsChangeFromJSONTyped(json: any, ignoreDiscriminator: bool
         'retention': json['retention'] == null ? undefined : RetentionFromJSON(json['retention']),
         'smtp': json['smtp'] == null ? undefined : SmtpChangeFromJSON(json['smtp']),
         'tokens': json['tokens'] == null ? undefined : TokenPolicyFromJSON(json['tokens']),
+        'uploads': json['uploads'] == null ? undefined : UploadPolicyFromJSON(json['uploads']),
     };
 }
 
@@ -92,6 +104,7 @@ export function SettingsChangeToJSONTyped(value?: SettingsChange | null, ignoreD
         'retention': RetentionToJSON(value['retention']),
         'smtp': SmtpChangeToJSON(value['smtp']),
         'tokens': TokenPolicyToJSON(value['tokens']),
+        'uploads': UploadPolicyToJSON(value['uploads']),
     };
 }
 

@@ -89,6 +89,7 @@ export * from './Token';
 export * from './TokenPolicy';
 export * from './UpdateGuest';
 export * from './UpdateTemplate';
+export * from './UploadPolicy';
 export * from './User';
 export * from './UserChange';
 export * from './UserRole';
