@@ -122,6 +122,36 @@ async fn one_nodes_credentials_cannot_act_for_another_node() {
         ),
         ("list users", redis::cmd("ACL").arg("LIST").clone()),
         ("flush scripts", redis::cmd("SCRIPT").arg("FLUSH").clone()),
+        // Beyond its keys, or administering its own stream: none of a node's work.
+        ("count keys", redis::cmd("DBSIZE").clone()),
+        (
+            "list channels",
+            redis::cmd("PUBSUB").arg("CHANNELS").clone(),
+        ),
+        ("memory stats", redis::cmd("MEMORY").arg("STATS").clone()),
+        (
+            "trim its own stream",
+            redis::cmd("XTRIM")
+                .arg(format!("corral:events:{a}"))
+                .arg("MAXLEN")
+                .arg(0)
+                .clone(),
+        ),
+        (
+            "destroy its stream's group",
+            redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(format!("corral:events:{a}"))
+                .arg("controller")
+                .clone(),
+        ),
+        (
+            "delete from its own stream",
+            redis::cmd("XDEL")
+                .arg(format!("corral:events:{a}"))
+                .arg("0-1")
+                .clone(),
+        ),
     ];
     let mut table = Vec::new();
     for (what, cmd) in cmds {

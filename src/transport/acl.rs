@@ -51,9 +51,76 @@ pub fn digest(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
+/// The only commands a node's user may run: what its worker runs (apalis-redis's Lua
+/// scripts, which Redis checks command by command, and the few commands it sends itself),
+/// its event publisher (`XADD`), its fence checks (`GET`), its wake channel, and connection
+/// upkeep. Nothing that looks beyond its own keys (`KEYS`, `SCAN`, `DBSIZE`, `MEMORY`,
+/// `PUBSUB`, `INFO`, `CONFIG`), administers a stream (`XTRIM`, `XGROUP`, `XDEL`), or
+/// touches scripts or functions beyond loading its own (`SCRIPT FLUSH`, `FUNCTION`).
+pub const NODE_COMMANDS: &[&str] = &[
+    // Connection upkeep.
+    "auth",
+    "hello",
+    "ping",
+    "echo",
+    "select",
+    "reset",
+    "quit",
+    "client|setname",
+    "client|getname",
+    "client|id",
+    // apalis-redis's scripts, run by digest and loaded when Redis lost them.
+    "evalsha",
+    "eval",
+    "script|load",
+    "script|exists",
+    "time",
+    // What those scripts and the worker call.
+    "get",
+    "set",
+    "setnx",
+    "del",
+    "exists",
+    "expire",
+    "hget",
+    "hset",
+    "hsetnx",
+    "hmget",
+    "hmset",
+    "hdel",
+    "hgetall",
+    "hkeys",
+    "zadd",
+    "zrem",
+    "zcard",
+    "zcount",
+    "zscore",
+    "zrange",
+    "zrevrange",
+    "zrangebyscore",
+    "lpush",
+    "rpush",
+    "llen",
+    "lrange",
+    "lrem",
+    "ltrim",
+    "sadd",
+    "srem",
+    "scard",
+    "smembers",
+    "sismember",
+    // Its event stream, its wake channel.
+    "xadd",
+    "publish",
+    "subscribe",
+    "unsubscribe",
+    "psubscribe",
+    "punsubscribe",
+];
+
 /// The ACL rules of node `node_id`'s user, after `reset`.
 pub fn rules(node_id: &str, secret_sha256: &str) -> Vec<String> {
-    vec![
+    let mut r = vec![
         "reset".into(),
         "on".into(),
         format!("#{secret_sha256}"),
@@ -62,15 +129,10 @@ pub fn rules(node_id: &str, secret_sha256: &str) -> Vec<String> {
         format!("~{}", events_stream(node_id)),
         format!("%R~corral:fence:{node_id}:*"),
         format!("&{}", super::wake_channel(node_id)),
-        "+@all".into(),
-        "-@admin".into(),
-        "-@dangerous".into(),
-        "-scan".into(),
-        "-randomkey".into(),
-        "-script|flush".into(),
-        "-script|kill".into(),
-        "-function".into(),
-    ]
+        "-@all".into(),
+    ];
+    r.extend(NODE_COMMANDS.iter().map(|c| format!("+{c}")));
+    r
 }
 
 /// Installs (or replaces) node `node_id`'s user.
