@@ -359,6 +359,28 @@ async fn the_cli_prints_no_ones_terminal_escapes() {
     );
 }
 
+/// Creates guest `name` (template `tiny`, pool `lan` when the cloud has one) as the holder
+/// of `token`, waits for it, and returns its (guest id, operation id).
+async fn create_as(cloud: &Cloud, token: &str, name: &str) -> (String, String) {
+    let (_, pools) = cloud.get("/ip-pools").await;
+    let mut body = json!({"name": name, "template": "tiny", "cpus": 1, "memory_mib": 64});
+    if pools.as_array().is_some_and(|p| !p.is_empty()) {
+        body["pool"] = json!("lan");
+    }
+    let (s, v) = cloud
+        .call_as(token, Method::POST, "/guests", Some(body))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let op = v["operations"][0]["operation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gid = v["operations"][0]["guest_id"].as_str().unwrap().to_string();
+    let done = cloud.wait_op(&op).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    (gid, op)
+}
+
 async fn user_id(cloud: &Cloud, name: &str) -> String {
     let (_, users) = cloud.get("/users").await;
     users
@@ -381,21 +403,7 @@ async fn a_new_user_with_an_old_name_inherits_nothing_and_scripts_are_private() 
     cloud.template("tiny").await;
     let ann = cloud.new_user("ann").await;
     let bob = cloud.new_user("bob").await;
-    let (s, v) = cloud
-        .call_as(
-            &ann,
-            Method::POST,
-            "/guests",
-            Some(json!({"name": "ann-1", "template": "tiny", "cpus": 1, "memory_mib": 64})),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let ann_op = v["operations"][0]["operation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let gid = v["operations"][0]["guest_id"].as_str().unwrap().to_string();
-    assert_eq!(cloud.wait_op(&ann_op).await["state"], "succeeded");
+    let (gid, ann_op) = create_as(&cloud, &ann, "ann-1").await;
     let src = "// Ann's own.\nfn actions(guest, params) { [exec(\"true\")] }";
     let (s, v) = cloud
         .call_as(
@@ -426,20 +434,7 @@ async fn a_new_user_with_an_old_name_inherits_nothing_and_scripts_are_private() 
         )
         .await;
     assert_eq!(s, 404, "{v}");
-    let (s, v) = cloud
-        .call_as(
-            &bob,
-            Method::POST,
-            "/guests",
-            Some(json!({"name": "bob-1", "template": "tiny", "cpus": 1, "memory_mib": 64})),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let bob_op = v["operations"][0]["operation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(cloud.wait_op(&bob_op).await["state"], "succeeded");
+    create_as(&cloud, &bob, "bob-1").await;
     let (s, v) = cloud
         .call_as(
             &bob,
@@ -512,22 +507,12 @@ async fn names_and_addresses_of_others_are_only_ever_taken() {
     let ann = cloud.new_user("ann").await;
     let bob = cloud.new_user("bob").await;
     let guest = |name: &str| json!({"name": name, "template": "tiny", "cpus": 1, "memory_mib": 64, "pool": "lan"});
-    let mut ann_ip = String::new();
-    for (who, name) in [(&ann, "web-7"), (&bob, "bob-1")] {
-        let (s, v) = cloud
-            .call_as(who, Method::POST, "/guests", Some(guest(name)))
-            .await;
-        assert_eq!(s, 202, "{v}");
-        let op = v["operations"][0]["operation_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
-        if name == "web-7" {
-            let (_, g) = cloud.call_as(who, Method::GET, "/guests/web-7", None).await;
-            ann_ip = g["ip"].as_str().unwrap().to_string();
-        }
-    }
+    create_as(&cloud, &ann, "web-7").await;
+    create_as(&cloud, &bob, "bob-1").await;
+    let (_, g) = cloud
+        .call_as(&ann, Method::GET, "/guests/web-7", None)
+        .await;
+    let ann_ip = g["ip"].as_str().unwrap().to_string();
     let (s, v) = cloud
         .call_as(
             &ann,

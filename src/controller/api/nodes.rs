@@ -135,6 +135,16 @@ pub struct NodeSettings {
     pub accept_auto: Option<bool>,
 }
 
+/// Node `id` as the API shows it; 404 when there is none.
+async fn node_view(state: &AppState, id: &str) -> Result<Node, Error> {
+    let n = state
+        .store
+        .node(id)
+        .await?
+        .ok_or_else(|| Error::not_found("node", id))?;
+    view(state, n).await
+}
+
 async fn view(state: &AppState, n: NodeRow) -> Result<Node, Error> {
     let f = n.node_facts();
     let guests = state.store.guest_count_on_node(&n.id).await? as u32;
@@ -286,12 +296,7 @@ impl NodeApi {
         id: Path<String>,
     ) -> ApiResult<Json<Node>> {
         access::operator(&auth.0, "reading a node")?;
-        let n = state
-            .store
-            .node(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("node", id.0.clone()))?;
-        Ok(Json(view(&state, n).await?))
+        Ok(Json(node_view(&state, &id).await?))
     }
 
     /// Remove a node (S35): allowed when it is offline, or online without guests. Say what
@@ -351,12 +356,7 @@ impl NodeApi {
                 return Err(Error::not_found("node", id.0.clone()).into());
             }
         }
-        let n = state
-            .store
-            .node(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("node", id.0.clone()))?;
-        Ok(Json(view(&state, n).await?))
+        Ok(Json(node_view(&state, &id).await?))
     }
 
     /// Enroll a node: it gets its own Redis user and the controller starts reading its
@@ -402,12 +402,7 @@ impl NodeApi {
         {
             return Err(Error::not_found("node", id.0.clone()).into());
         }
-        let n = state
-            .store
-            .node(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("node", id.0.clone()))?;
-        Ok(Json(view(&state, n).await?))
+        Ok(Json(node_view(&state, &id).await?))
     }
 
     /// Give an enrolled node a new Redis secret; the old one stops working at once. The
