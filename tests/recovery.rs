@@ -189,6 +189,16 @@ async fn a_forgotten_password_is_reset_through_a_mailed_single_use_link() {
         !v.to_string().contains("relay-secret"),
         "the password is never shown: {v}"
     );
+    // Nor kept in clear: whoever copies the database finds it sealed (issue "Trust,
+    // round 2", secrets at rest); the key is beside it, 0600.
+    let (stored,): (String,) = sqlx::query_as("SELECT value FROM settings WHERE key = 'smtp'")
+        .fetch_one(&cloud.db().await)
+        .await
+        .unwrap();
+    assert!(
+        !stored.contains("relay-secret") && stored.contains("sealed:v1:"),
+        "{stored}"
+    );
     // The relay here takes no login: drop the credentials again.
     let (s, v) = cloud
         .call(

@@ -20,6 +20,7 @@
 //!   addresses, and no node ids by placing a disk.
 //! * growth: anonymous writes add no audit rows; a user's uploads are bounded by a
 //!   per-upload cap and a quota a site sets (the login throttle's bounds are unit tests).
+//! * secrets at rest: the SMTP password is sealed in the database (`tests/recovery.rs`).
 //! * terminals: a value someone else put on the server (a login name in the audit trail)
 //!   is printed by the CLI with its control characters escaped, never sent raw.
 #![allow(clippy::unwrap_used)]

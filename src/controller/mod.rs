@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod placement;
 pub mod plugins;
 pub mod saga;
+pub mod sealed;
 pub mod store;
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub enum ControllerError {
     Script(#[from] crate::script::ScriptError),
     #[error("enrolling the local node: {0}")]
     Enroll(#[from] enroll::EnrollError),
+    #[error(transparent)]
+    Seal(#[from] sealed::SealError),
 }
 
 /// A running controller's handles, for `corral up` and tests.
@@ -69,6 +72,8 @@ pub async fn run(
     // installation's modes narrowed (and logged).
     crate::modes::tighten_logged(&cfg.data_dir);
     let store = Store::open(&cfg.database).await?;
+    let sealer = Arc::new(sealed::Sealer::of_dir(&cfg.data_dir)?);
+    api::seal_stored_secrets(&store, &sealer).await?;
     let admin_token = auth::bootstrap(&store, &cfg).await?;
     api::sweep_uploads(&cfg.image_dirs);
     let catalog = Arc::new(Catalog::builtin()?);
@@ -164,6 +169,7 @@ pub async fn run(
         login_token_hours: cfg.login_token_hours,
         image_dirs: Arc::new(cfg.image_dirs.clone()),
         enroller,
+        sealer,
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {

@@ -238,7 +238,7 @@ impl AuditApi {
     #[oai(path = "/settings", method = "get", operation_id = "settings_get")]
     async fn settings(&self, auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Settings>> {
         access::admin(&auth.0, "reading the system settings")?;
-        let smtp: super::recovery::Smtp = state.store.setting("smtp").await?;
+        let smtp = super::recovery::load_smtp(&state).await?;
         Ok(Json(Settings {
             retention: state.store.setting("retention").await?,
             smtp: smtp.view(),
@@ -265,7 +265,7 @@ impl AuditApi {
         // Both are checked before either is written.
         let smtp = match smtp {
             Some(c) => {
-                let stored: super::recovery::Smtp = state.store.setting("smtp").await?;
+                let stored = super::recovery::load_smtp(&state).await?;
                 Some(stored.changed(c)?)
             }
             None => None,
@@ -274,7 +274,7 @@ impl AuditApi {
             state.store.set_setting("retention", r).await?;
         }
         if let Some(s) = &smtp {
-            state.store.set_setting("smtp", s).await?;
+            super::recovery::save_smtp(&state, s).await?;
         }
         if let Some(t) = &tokens {
             state.store.set_setting("tokens", t).await?;

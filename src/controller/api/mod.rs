@@ -50,6 +50,7 @@ use error::Error;
 pub use audit::purge_loop as retention_loop;
 pub use auth::Auth;
 pub use pages::Pages;
+pub use recovery::seal_stored_secrets;
 pub use system::RedisProbe;
 
 /// Shared by every handler.
@@ -71,6 +72,8 @@ pub struct AppState {
     pub image_dirs: Arc<Vec<std::path::PathBuf>>,
     /// Node enrollment and the nodes' Redis users.
     pub enroller: Arc<crate::controller::enroll::Enroller>,
+    /// Seals the secrets kept in the database (the SMTP password).
+    pub sealer: Arc<crate::controller::sealed::Sealer>,
 }
 
 /// Names of disks, snapshots and uploaded or made templates: 1-63 letters, digits, `.`,

@@ -102,6 +102,53 @@ pub struct SmtpChange {
     pub reset_url: Option<String>,
 }
 
+/// The stored SMTP settings, the password opened.
+pub async fn load_smtp(state: &AppState) -> Result<Smtp, Error> {
+    let mut s: Smtp = state.store.setting("smtp").await?;
+    if let Some(p) = &s.password {
+        s.password = Some(
+            state
+                .sealer
+                .open(p)
+                .map_err(|e| Error::Unavailable(e.to_string()))?,
+        );
+    }
+    Ok(s)
+}
+
+/// Stores the SMTP settings, the password sealed.
+pub async fn save_smtp(state: &AppState, s: &Smtp) -> Result<(), Error> {
+    let mut stored = s.clone();
+    if let Some(p) = s.password.as_deref().filter(|p| !p.is_empty()) {
+        stored.password = Some(
+            state
+                .sealer
+                .seal(p)
+                .map_err(|e| Error::Unavailable(e.to_string()))?,
+        );
+    }
+    state.store.set_setting("smtp", &stored).await?;
+    Ok(())
+}
+
+/// At start: an SMTP password stored in clear (before sealing) is sealed.
+pub async fn seal_stored_secrets(
+    store: &crate::controller::store::Store,
+    sealer: &crate::controller::sealed::Sealer,
+) -> Result<(), crate::controller::ControllerError> {
+    let mut s: Smtp = store.setting("smtp").await?;
+    let Some(p) = s.password.clone().filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    if crate::controller::sealed::Sealer::is_sealed(&p) {
+        return Ok(());
+    }
+    s.password = Some(sealer.seal(&p)?);
+    store.set_setting("smtp", &s).await?;
+    tracing::info!("sealed the SMTP password stored in clear");
+    Ok(())
+}
+
 impl Smtp {
     pub fn view(&self) -> SmtpView {
         SmtpView {
@@ -242,7 +289,7 @@ impl RecoveryApi {
         body: Json<RecoverRequest>,
     ) -> ApiResult<Recovering> {
         super::auth::admit(&state, &body.username, remote)?;
-        let smtp: Smtp = state.store.setting("smtp").await?;
+        let smtp = load_smtp(&state).await?;
         if smtp.host.is_empty() {
             return Err(Error::Forbidden(
                 "password recovery is off: this cloud has no mail settings; ask an administrator to reset the password"
