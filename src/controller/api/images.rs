@@ -124,6 +124,41 @@ fn is_template_image(path: &str, templates: &[TemplateRow]) -> bool {
         .any(|t| std::fs::canonicalize(&t.path).is_ok_and(|p| p == file))
 }
 
+/// Receives an upload into `tmp` within the caller's limit and checks it: its SHA-256
+/// against `want`, then what `qemu-img` finds (its format, on success, and its size).
+/// The caller removes `tmp` on any error.
+async fn receive_checked(
+    state: &AppState,
+    caller: &super::auth::Caller,
+    body: Body,
+    tmp: &std::path::Path,
+    progress: &mut Progress<'_>,
+    want: &str,
+) -> Result<(String, u64), Error> {
+    let limit = upload_limit(state, caller).await?;
+    if progress.total.is_some_and(|t| t > limit) {
+        return Err(Error::TooLarge {
+            limit: limit as usize,
+        });
+    }
+    let (got, size) = receive(body, tmp, progress, limit).await?;
+    progress.report("checking", size).await;
+    if got != want {
+        return Err(unprocessable(format!(
+            "the upload's SHA-256 is {got}, not {want}: nothing was kept; send it again"
+        )));
+    }
+    let usable: Vec<TemplateRow> = state
+        .store
+        .templates()
+        .await?
+        .into_iter()
+        .filter(|t| access::sees_template(caller, t))
+        .collect();
+    let format = inspect(&tmp.display().to_string(), &usable).await?;
+    Ok((format, size))
+}
+
 /// How many bytes this upload may be: the site's per-upload cap and, for users, what is
 /// left of their quota (the sizes of the templates they own).
 async fn upload_limit(state: &AppState, caller: &super::auth::Caller) -> Result<u64, Error> {
@@ -186,7 +221,6 @@ impl ImageApi {
         // The file is named by the new template's id: a path nobody can guess or choose.
         let id = new_id();
         let tmp = dir.join(format!(".{id}.upload"));
-        let tmp_s = tmp.display().to_string();
         let mut progress = Progress {
             store: &state.store,
             name: &name.0,
@@ -199,33 +233,7 @@ impl ImageApi {
                 .and_then(|v| v.parse().ok()),
             reported: None,
         };
-        let limit = upload_limit(&state, &auth.0).await?;
-        if progress.total.is_some_and(|t| t > limit) {
-            return Err(Error::TooLarge {
-                limit: limit as usize,
-            }
-            .into());
-        }
-        let received = receive(body.0, &tmp, &mut progress, limit).await;
-        if let Ok((_, size)) = &received {
-            progress.report("checking", *size).await;
-        }
-        let checked = match received {
-            Ok((got, _)) if got != want => Err(unprocessable(format!(
-                "the upload's SHA-256 is {got}, not {want}: nothing was kept; send it again"
-            ))),
-            Ok((_, size)) => {
-                let usable: Vec<TemplateRow> = state
-                    .store
-                    .templates()
-                    .await?
-                    .into_iter()
-                    .filter(|t| access::sees_template(&auth.0, t))
-                    .collect();
-                inspect(&tmp_s, &usable).await.map(|f| (f, size))
-            }
-            Err(e) => Err(e),
-        };
+        let checked = receive_checked(&state, &auth.0, body.0, &tmp, &mut progress, &want).await;
         let (format, size) = match checked {
             Ok(v) => v,
             Err(e) => {
