@@ -25,6 +25,7 @@ use tokio::sync::Mutex;
 use crate::model::{NodeEvent, NodeJob};
 
 pub mod acl;
+pub mod jobdata;
 
 /// The controller's consumer group on every node's event stream.
 pub const CONTROLLER_GROUP: &str = "controller";
@@ -64,7 +65,9 @@ pub fn queue_config(node_id: &str) -> QueueConfig {
         .heartbeat_interval(Duration::from_secs(2))
         .missed_heartbeats(3)
         .batch_size(16)
-        .persist_results(false)
+        // Nodes acknowledge finished jobs, so the controller can delete their data, which
+        // may hold secrets (see [`jobdata`]).
+        .persist_results(true)
         // No `tasks:*` pub/sub: nothing listens, and a node's ACL allows no such channel.
         .emit_events(false)
 }

@@ -796,17 +796,20 @@ async fn profiles_and_boot_jobs_change_a_real_guest() {
         "the guest does not answer on its new address"
     );
 
-    // A boot job queued while the guest is off runs at its next start (S13, S14).
+    // A boot job queued while the guest is off runs at its next start (S13, S14), with
+    // the parameter its script declares secret: sealed while it waits, opened for the run.
     act(&cloud, &gid, "poweroff").await;
     let (s, v) = cloud
         .post("/boot-scripts", json!({"name": "stamp", "source":
-            "fn actions(guest, params) { [write_file(\"/run/stamp\", `booted ${guest.hostname}`, \"0600\")] }"}))
+            "fn secrets() { [\"pin\"] }\n\
+             fn actions(guest, params) { [write_file(\"/run/stamp\", `booted ${guest.hostname} ${params.pin}`, \"0600\")] }"}))
         .await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = cloud
         .post(
             "/boot-jobs",
-            json!({"guests": [gid], "script": "stamp", "run_now": true}),
+            json!({"guests": [gid], "script": "stamp", "run_now": true,
+                   "params": {"pin": "pin-40a7"}}),
         )
         .await;
     assert_eq!(s, 202, "{v}");
@@ -829,8 +832,16 @@ async fn profiles_and_boot_jobs_change_a_real_guest() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["params"]["pin"], "***", "{done}");
+    let sealed: Option<String> =
+        sqlx::query_scalar("SELECT sealed_params FROM boot_jobs WHERE id = ?")
+            .bind(&job)
+            .fetch_one(&cloud.db().await)
+            .await
+            .unwrap();
+    assert_eq!(sealed, None, "a job that ran keeps its secret");
     let stamp = guest_exec(&name, "/bin/cat", &["/run/stamp"]);
-    assert_eq!(stamp, format!("booted {new_host}"));
+    assert_eq!(stamp, format!("booted {new_host} pin-40a7"));
     let run = cloud.wait_op(done["operation_id"].as_str().unwrap()).await;
     let out = &run["steps"][1]["output"];
     eprintln!(

@@ -20,7 +20,10 @@
 //!   addresses, and no node ids by placing a disk.
 //! * growth: anonymous writes add no audit rows; a user's uploads are bounded by a
 //!   per-upload cap and a quota a site sets (the login throttle's bounds are unit tests).
-//! * secrets at rest: the SMTP password is sealed in the database (`tests/recovery.rs`).
+//! * secrets at rest: the SMTP password is sealed in the database (`tests/recovery.rs`);
+//!   a node job's arguments (SSH keys, password hashes) leave Redis once the job ends; a
+//!   boot script's declared secret parameters are sealed, shown as `***` and deleted when
+//!   the job ends or is withdrawn.
 //! * terminals: a value someone else put on the server (a login name in the audit trail)
 //!   is printed by the CLI with its control characters escaped, never sent raw.
 #![allow(clippy::unwrap_used)]
@@ -656,4 +659,115 @@ async fn nobody_grows_the_controller_without_bound() {
         0,
         "a refused upload left a file"
     );
+}
+
+/// Every value of `hash` in Redis, as text.
+async fn redis_hash_values(url: &str, key: &str) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let all: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    all.into_iter()
+        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+        .collect()
+}
+
+/// Whether the controller's database files (with the write-ahead log) hold `text`.
+fn database_holds(cloud: &Cloud, text: &str) -> bool {
+    ["corral.db", "corral.db-wal"].iter().any(|f| {
+        std::fs::read(cloud.dir().join(f))
+            .is_ok_and(|b| b.windows(text.len()).any(|w| w == text.as_bytes()))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_leave_redis_and_the_database_once_their_jobs_end() {
+    if !parts() {
+        return;
+    }
+    let cloud = Cloud::up().await;
+    cloud.template("tiny").await;
+    // A guest's SSH key and password hash travel in its create's node job.
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAKeptOutOfRedis test";
+    let ids = cloud
+        .create(
+            json!({"name": "sec", "template": "tiny", "cpus": 1, "memory_mib": 64,
+            "password": "pw-12345678", "ssh_keys": [key]}),
+        )
+        .await;
+    let (gid, op) = ids[0].clone();
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    // Once the jobs ended, their data leaves the node's queue (swept every 2 s).
+    let data = format!("corral:node:{}:data", cloud.node_id);
+    let mut left = Vec::new();
+    for _ in 0..150 {
+        left = redis_hash_values(&cloud.redis.url(), &data)
+            .await
+            .into_iter()
+            .filter(|v| v.contains("KeptOutOfRedis") || v.contains("$6$"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        left.is_empty(),
+        "ended jobs still hold secrets in {data}: {left:?}"
+    );
+
+    // A script says which parameters are secret; a name corral would not have guessed.
+    let src = "fn secrets() { [\"pwd\"] }\n\
+               fn actions(guest, params) { [write_file(\"/etc/app.conf\", params.pwd + params.note)] }";
+    let (s, v) = cloud
+        .post("/boot-scripts", json!({"name": "vault", "source": src}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = cloud
+        .post(&format!("/guests/{gid}/actions/poweroff"), json!(null))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    let pwd = "PwdMarker-8c1f2e";
+    let (s, v) = cloud
+        .post(
+            "/boot-jobs",
+            json!({"guests": [gid], "script": "vault",
+                   "params": {"pwd": pwd, "note": "visible-note"}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let job = v["jobs"][0]["id"].as_str().unwrap().to_string();
+    let (_, shown) = cloud.get(&format!("/boot-jobs/{job}")).await;
+    assert_eq!(shown["params"]["pwd"], json!("***"), "{shown}");
+    assert_eq!(shown["params"]["note"], json!("visible-note"), "{shown}");
+    assert!(
+        !database_holds(&cloud, pwd),
+        "the database holds the secret in clear"
+    );
+    let sealed = || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT sealed_params FROM boot_jobs WHERE id = ?")
+            .bind(&job)
+            .fetch_one(&cloud.db().await)
+            .await
+            .unwrap()
+    };
+    assert!(sealed().await.is_some_and(|s| s.starts_with("sealed:v1:")));
+    // Withdrawn, the job keeps no secret, even sealed.
+    let (s, _) = cloud.delete(&format!("/boot-jobs/{job}")).await;
+    assert_eq!(s, 204);
+    assert_eq!(sealed().await, None);
+    // A declaration that names no parameters is refused when the script is saved.
+    let (s, v) = cloud
+        .post(
+            "/boot-scripts",
+            json!({"name": "bad-secrets",
+                   "source": "fn secrets() { 42 }\nfn actions(guest, params) { [] }"}),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("secrets()"), "{v}");
 }

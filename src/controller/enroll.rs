@@ -9,7 +9,8 @@
 //! 2. Every [`SYNC_EVERY`] the sync loop makes Redis agree with the database: it installs
 //!    users Redis does not have (Redis forgets `ACL SETUSER` users when it restarts) or
 //!    has with an older digest, creates each enrolled node's stream and consumer group,
-//!    and removes the users and streams of nodes no longer enrolled (a removed node).
+//!    deletes the data of each node's ended jobs (`transport::jobdata`), and removes the
+//!    users, queues and streams of nodes no longer enrolled (a removed node).
 //! 3. Ingest reads the streams of [`Enroller::nodes`] only; an event's stream names its
 //!    sender, and the sender is checked against what the event is about (`ingest`).
 //!
@@ -195,8 +196,16 @@ impl Enroller {
             }
             // Streams and groups Redis lost (a wipe) come back before ingest reads them.
             transport::ensure_groups(&mut conn, &ids).await?;
+            // Ended jobs' arguments (secrets among them) leave Redis.
+            for id in &ids {
+                let swept = transport::jobdata::sweep(&mut conn, id).await?;
+                if swept > 0 {
+                    tracing::debug!(node = %id, swept, "deleted the data of ended jobs");
+                }
+            }
             let enrolled: HashSet<&String> = ids.iter().collect();
             for gone in present.iter().filter(|p| !enrolled.contains(p)) {
+                transport::jobdata::purge(&mut conn, gone).await?;
                 acl::remove(&mut conn, gone).await?;
                 self.installed.lock().await.remove(gone);
                 tracing::info!(node = %gone, "removed the Redis user of a node no longer enrolled");

@@ -112,6 +112,7 @@ pub async fn run(
             },
             scripts: scripts.clone(),
             plugins: plugins.clone(),
+            sealer: sealer.clone(),
         },
         lease_ms: (cfg.step_lease_secs * 1000) as i64,
         max_tries: cfg.step_max_attempts,

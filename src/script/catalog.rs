@@ -174,13 +174,25 @@ impl Scripts {
         Ok(script)
     }
 
-    /// Checks a script before it is saved: compiles, and a profile must plan a sample guest.
+    /// Checks a script before it is saved: compiles; a profile must plan a sample guest, and
+    /// a boot script's `secrets()`, if any, must name parameters.
     pub fn validate(&self, kind: Kind, name: &str, source: &str) -> Result<(), ScriptError> {
         let script = self.compiled(kind, name, source)?;
-        if kind == Kind::Profile {
-            guest::eval_profile(&self.sandbox, &script, &sample_guest())?;
+        match kind {
+            Kind::Profile => {
+                guest::eval_profile(&self.sandbox, &script, &sample_guest())?;
+            }
+            Kind::Boot => {
+                guest::eval_secrets(&self.sandbox, &script)?;
+            }
         }
         Ok(())
+    }
+
+    /// The parameters boot script `name` declares secret (its `fn secrets()`).
+    pub fn secrets(&self, name: &str, source: &str) -> Result<Vec<String>, ScriptError> {
+        let script = self.compiled(Kind::Boot, name, source)?;
+        guest::eval_secrets(&self.sandbox, &script)
     }
 
     pub fn plan(

@@ -208,6 +208,47 @@ pub fn eval_boot(
     Ok(actions)
 }
 
+/// The most parameters a boot script may declare secret, and the longest name.
+const MAX_SECRETS: usize = 64;
+const MAX_SECRET_NAME: usize = 64;
+
+/// The parameters a boot script declares secret: what its optional `fn secrets()` returns,
+/// an array of parameter names (none without the function). corral seals those
+/// parameters' values in its database, shows them as `"***"`, and deletes them once the
+/// job has ended (see `controller::api::bootjobs`): the script's author says what is
+/// secret, instead of corral guessing from names.
+pub fn eval_secrets(sb: &Sandbox, script: &Script) -> Result<Vec<String>, ScriptError> {
+    let declared = script
+        .ast
+        .iter_functions()
+        .any(|f| f.name == "secrets" && f.params.is_empty());
+    if !declared {
+        return Ok(Vec::new());
+    }
+    let out = sb.call(script, "secrets", ())?;
+    let bad = |m: String| ScriptError::shape(&script.name, m);
+    let names: Vec<String> = rhai::serde::from_dynamic(&out).map_err(|e| {
+        bad(format!(
+            "secrets() must return an array of parameter names: {e}"
+        ))
+    })?;
+    if names.len() > MAX_SECRETS {
+        return Err(bad(format!(
+            "secrets() names {} parameters; at most {MAX_SECRETS}",
+            names.len()
+        )));
+    }
+    if let Some(n) = names
+        .iter()
+        .find(|n| n.is_empty() || n.len() > MAX_SECRET_NAME)
+    {
+        return Err(bad(format!(
+            "secrets(): parameter name {n:?} must be 1 to {MAX_SECRET_NAME} bytes"
+        )));
+    }
+    Ok(names)
+}
+
 /// RFC 1123 host name: labels of letters, digits and hyphens, 1..=63 each, 253 in all.
 pub fn check_hostname(h: &str) -> Result<(), String> {
     let ok = !h.is_empty()

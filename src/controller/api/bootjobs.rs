@@ -3,9 +3,15 @@
 //!
 //! A job runs at the guest's next boot, or at once when the caller asks (`run_now`) and the
 //! guest is running: then a `guest.boot_jobs` operation claims it right away. A busy guest
-//! (another operation holds it) runs it as soon as it is free. Parameters are stored, so
-//! they must never hold a password: the shipped password reset takes a crypt hash, made by
-//! `POST /guests/{id}/password`.
+//! (another operation holds it) runs it as soon as it is free.
+//!
+//! Parameters are stored until the job runs. A script declares which of them are secret
+//! (`fn secrets()`, returning their names; see `script::guest::eval_secrets`): their values
+//! are sealed with the controller's key (`controller::sealed`) in `sealed_params`, `params`
+//! keeps `"***"` in their place (so every view and the audit show that), the run opens them
+//! just before it goes to the node, and ending or withdrawing the job deletes them. The
+//! node's copy in Redis goes when its job ends (`transport::jobdata`). corral no longer
+//! guesses secrets from parameter names: a name says nothing certain (`pwd`, `pin`, `key`).
 
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
@@ -31,7 +37,9 @@ pub struct QueueBootJobs {
     pub guests: Vec<String>,
     /// Boot script name.
     pub script: String,
-    /// The script's `params` (a JSON object). Never a password: give hashes.
+    /// The script's `params` (a JSON object). The values of those the script declares
+    /// secret (its `fn secrets()`) are sealed, shown as `"***"` and deleted once the job
+    /// ends.
     pub params: Option<serde_json::Value>,
     /// Run now on guests that are running, instead of at their next boot.
     #[oai(default)]
@@ -66,7 +74,7 @@ pub struct BootJob {
     pub id: String,
     pub guest_id: String,
     pub script: String,
-    /// The script's parameters; password hashes are shown as `"***"`.
+    /// The script's parameters; those it declares secret read `"***"`.
     pub params: serde_json::Value,
     /// Queued by corral itself (password reset, hostname, IP change).
     pub system: bool,
@@ -98,13 +106,12 @@ pub enum JobCancelled {
     Cancelled,
 }
 
+/// Hides the password hash of a reset queued before scripts declared their secrets, while
+/// it is pending (migration 026 hid those of ended jobs). Newer jobs store no secret in
+/// `params` at all.
 fn redact(mut v: serde_json::Value) -> serde_json::Value {
-    if let Some(m) = v.as_object_mut() {
-        for (k, val) in m.iter_mut() {
-            if k.contains("password") {
-                *val = serde_json::Value::String("***".into());
-            }
-        }
+    if let Some(h) = v.get_mut("password_hash") {
+        *h = HIDDEN.into();
     }
     v
 }
@@ -134,6 +141,9 @@ pub fn job_view(j: BootJobRow) -> BootJob {
     }
 }
 
+/// Parameters one job may take.
+const MAX_PARAMS: usize = 256;
+
 /// Pending boot jobs one guest may hold: a run replays all of them at its next boot, so an
 /// unbounded queue would let one caller make every boot of that guest arbitrarily long.
 pub const MAX_PENDING_PER_GUEST: usize = 64;
@@ -141,6 +151,7 @@ pub const MAX_PENDING_PER_GUEST: usize = 64;
 /// Queues one job in `tx`, pinning the script's current source: the job runs that, even
 /// if the script changes before the guest boots.
 pub async fn queue(
+    state: &AppState,
     tx: &mut Tx<'_>,
     guest: &str,
     script: &str,
@@ -158,17 +169,50 @@ pub async fn queue(
             details: Some(serde_json::json!({"pending": pending})),
         });
     }
-    let mut job = BootJobRow::pending(guest, script, params, system, by);
-    job.source = script_source(tx, Kind::Boot, script)
+    let source = script_source(tx, Kind::Boot, script)
         .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?
+        .ok_or_else(|| {
+            Error::Unprocessable(format!(
+                "boot script {script} does not exist (GET /boot-scripts lists them)"
+            ))
+        })?;
+    let declared = state
+        .scripts
+        .secrets(script, &source)
+        .map_err(|e| Error::Unprocessable(e.to_string()))?;
+    let (shown, sealed) = split_secrets(params, &declared);
+    let mut job = BootJobRow::pending(guest, script, &shown, system, by);
+    job.source = Some(source);
+    job.sealed_params = sealed
+        .map(|v| state.sealer.seal(&v.to_string()))
+        .transpose()
         .map_err(|e| Error::Unavailable(e.to_string()))?;
-    if job.source.is_none() {
-        return Err(Error::Unprocessable(format!(
-            "boot script {script} does not exist (GET /boot-scripts lists them)"
-        )));
-    }
     st::insert_boot_job(tx, &job).await?;
     Ok(job.id)
+}
+
+/// What a secret parameter's value reads as wherever a job is shown or stored in clear.
+pub const HIDDEN: &str = "***";
+
+/// Splits `params` into what is stored in clear (the declared secrets' values replaced by
+/// [`HIDDEN`]) and the declared secrets' values (None when there are none).
+fn split_secrets(
+    params: &serde_json::Value,
+    declared: &[String],
+) -> (serde_json::Value, Option<serde_json::Value>) {
+    let Some(obj) = params.as_object() else {
+        return (params.clone(), None);
+    };
+    let mut shown = obj.clone();
+    let mut secret = serde_json::Map::new();
+    for name in declared {
+        if let Some(v) = shown.get_mut(name) {
+            secret.insert(name.clone(), std::mem::replace(v, HIDDEN.into()));
+        }
+    }
+    let sealed = (!secret.is_empty()).then_some(serde_json::Value::Object(secret));
+    (serde_json::Value::Object(shown), sealed)
 }
 
 /// Starts a run of `jobs` now if the guest is running and free; a running but busy guest
@@ -214,15 +258,10 @@ impl BootJobApi {
         let Some(obj) = params.as_object() else {
             return Err(Error::BadRequest("params must be a JSON object".into()).into());
         };
-        let secret = |k: &str| {
-            let k = k.to_ascii_lowercase();
-            ["password", "passwd", "secret"]
-                .iter()
-                .any(|w| k.contains(w))
-        };
-        if let Some(k) = obj.keys().find(|k| secret(k)) {
+        if obj.len() > MAX_PARAMS {
             return Err(Error::BadRequest(format!(
-                "params.{k}: boot jobs are stored and never hold a password; POST /guests/{{id}}/password resets one"
+                "params has {} entries; at most {MAX_PARAMS}",
+                obj.len()
             ))
             .into());
         }
@@ -266,6 +305,7 @@ impl BootJobApi {
         let mut out = Vec::new();
         for g in &rows {
             let id = queue(
+                &state,
                 &mut tx,
                 &g.id,
                 &b.script,

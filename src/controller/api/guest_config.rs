@@ -104,7 +104,7 @@ async fn system_job(
     by: Requester<'_>,
 ) -> Result<(String, Option<String>), Error> {
     let mut tx = state.store.begin().await?;
-    let job = queue(&mut tx, &g.id, script, params, true, by).await?;
+    let job = queue(state, &mut tx, &g.id, script, params, true, by).await?;
     let op = run_now(state, &mut tx, g, vec![job.clone()], by).await?;
     state.store.commit(tx).await?;
     if let Some(op) = &op {
@@ -450,6 +450,7 @@ pub(super) async fn update(
     st::set_guest_hostname(&mut tx, &g.id, &hostname).await?;
     let params = serde_json::json!({ "hostname": hostname });
     let job = queue(
+        state,
         &mut tx,
         &g.id,
         "set-hostname",

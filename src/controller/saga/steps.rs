@@ -51,6 +51,8 @@ pub struct StepEnv {
     /// OS-init profiles and boot scripts.
     pub scripts: std::sync::Arc<crate::script::Scripts>,
     pub plugins: std::sync::Arc<crate::controller::plugins::Plugins>,
+    /// Opens boot jobs' sealed secret parameters just before they run.
+    pub sealer: std::sync::Arc<crate::controller::sealed::Sealer>,
 }
 
 pub fn system_disk_path(storage_dir: &str, guest: &str) -> String {

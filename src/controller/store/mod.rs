@@ -200,6 +200,7 @@ impl Store {
             (23, include_str!("migrations/023_owner_ids.sql")),
             (24, include_str!("migrations/024_one_naming_rule.sql")),
             (25, include_str!("migrations/025_node_claims.sql")),
+            (26, include_str!("migrations/026_sealed_boot_params.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

@@ -43,6 +43,9 @@ pub struct BootJobRow {
     /// The script's source when the job was queued (what runs); None for jobs queued
     /// before sources were pinned.
     pub source: Option<String>,
+    /// The values of the parameters the script declares secret, sealed
+    /// (`controller::sealed`); `params` shows them as `"***"`. None once the job ended.
+    pub sealed_params: Option<String>,
 }
 
 impl BootJobRow {
@@ -71,6 +74,7 @@ impl BootJobRow {
             created_at: now_ms(),
             finished_at: None,
             source: None,
+            sealed_params: None,
         }
     }
 }
@@ -78,7 +82,7 @@ impl BootJobRow {
 macro_rules! job_cols {
     () => {
         "id, guest_id, script, params, system, state, operation_id, actions, results, error, \
-         attempts, requested_by, requested_by_id, created_at, finished_at, source"
+         attempts, requested_by, requested_by_id, created_at, finished_at, source, sealed_params"
     };
 }
 
@@ -100,7 +104,7 @@ pub async fn insert_boot_job(tx: &mut Tx<'_>, j: &BootJobRow) -> Result<(), Stor
     sqlx::query(concat!(
         "INSERT INTO boot_jobs (",
         job_cols!(),
-        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&j.id)
     .bind(&j.guest_id)
@@ -118,6 +122,7 @@ pub async fn insert_boot_job(tx: &mut Tx<'_>, j: &BootJobRow) -> Result<(), Stor
     .bind(j.created_at)
     .bind(j.finished_at)
     .bind(&j.source)
+    .bind(&j.sealed_params)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -165,7 +170,7 @@ pub async fn claim_job(
     Ok(())
 }
 
-/// Ends a job: `done` or `failed`, with its per-action results.
+/// Ends a job: `done` or `failed`, with its per-action results. Its secret parameters go.
 pub async fn end_job(
     tx: &mut Tx<'_>,
     id: &str,
@@ -174,7 +179,8 @@ pub async fn end_job(
     error: Option<&str>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE boot_jobs SET state = ?, results = ?, error = ?, finished_at = ? WHERE id = ?",
+        "UPDATE boot_jobs SET state = ?, results = ?, error = ?, finished_at = ?, \
+         sealed_params = NULL WHERE id = ?",
     )
     .bind(state)
     .bind(results)
@@ -336,10 +342,12 @@ impl Store {
         .await?)
     }
 
-    /// Withdraws a pending job. False when it is no longer pending.
+    /// Withdraws a pending job (its secret parameters go). False when it is no longer
+    /// pending.
     pub async fn cancel_boot_job(&self, id: &str) -> Result<bool, StoreError> {
         let r = sqlx::query(
-            "UPDATE boot_jobs SET state = 'cancelled', finished_at = ? WHERE id = ? AND state = 'pending'",
+            "UPDATE boot_jobs SET state = 'cancelled', finished_at = ?, sealed_params = NULL \
+             WHERE id = ? AND state = 'pending'",
         )
         .bind(now_ms())
         .bind(id)

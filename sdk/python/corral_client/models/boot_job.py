@@ -34,7 +34,7 @@ class BootJob(BaseModel):
     guest_id: StrictStr
     id: StrictStr
     operation_id: Optional[StrictStr] = None
-    params: Optional[Any] = Field(description="The script's parameters; password hashes are shown as `\"***\"`.")
+    params: Optional[Any] = Field(description="The script's parameters; those it declares secret read `\"***\"`.")
     requested_by: StrictStr
     results: Optional[Any] = Field(default=None, description="Per-action results of the last run: action, ok, exit_code, output.")
     script: StrictStr

@@ -28,7 +28,7 @@ class QueueBootJobs(BaseModel):
     QueueBootJobs
     """ # noqa: E501
     guests: List[StrictStr] = Field(description="Guest ids or names (1–1000).")
-    params: Optional[Any] = Field(default=None, description="The script's `params` (a JSON object). Never a password: give hashes.")
+    params: Optional[Any] = Field(default=None, description="The script's `params` (a JSON object). The values of those the script declares secret (its `fn secrets()`) are sealed, shown as `\"***\"` and deleted once the job ends.")
     run_now: Optional[StrictBool] = Field(default=False, description="Run now on guests that are running, instead of at their next boot.")
     script: StrictStr = Field(description="Boot script name.")
     __properties: ClassVar[List[str]] = ["guests", "params", "run_now", "script"]

@@ -27,7 +27,7 @@ pub struct BootJob {
     pub id: String,
     #[serde(rename = "operation_id", skip_serializing_if = "Option::is_none")]
     pub operation_id: Option<String>,
-    /// The script's parameters; password hashes are shown as `\"***\"`.
+    /// The script's parameters; those it declares secret read `\"***\"`.
     #[serde(rename = "params", deserialize_with = "Option::deserialize")]
     pub params: Option<serde_json::Value>,
     #[serde(rename = "requested_by")]

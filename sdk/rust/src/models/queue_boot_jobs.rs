@@ -16,7 +16,7 @@ pub struct QueueBootJobs {
     /// Guest ids or names (1–1000).
     #[serde(rename = "guests")]
     pub guests: Vec<String>,
-    /// The script's `params` (a JSON object). Never a password: give hashes.
+    /// The script's `params` (a JSON object). The values of those the script declares secret (its `fn secrets()`) are sealed, shown as `\"***\"` and deleted once the job ends.
     #[serde(
         rename = "params",
         default,

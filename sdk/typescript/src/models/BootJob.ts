@@ -48,7 +48,7 @@ export interface BootJob {
      */
     operationId?: string;
     /**
-     * The script's parameters; password hashes are shown as `"***"`.
+     * The script's parameters; those it declares secret read `"***"`.
      */
     params: any | null;
     /**

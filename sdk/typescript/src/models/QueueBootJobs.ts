@@ -24,7 +24,9 @@ export interface QueueBootJobs {
      */
     guests: Array<string>;
     /**
-     * The script's `params` (a JSON object). Never a password: give hashes.
+     * The script's `params` (a JSON object). The values of those the script declares
+     * secret (its `fn secrets()`) are sealed, shown as `"***"` and deleted once the job
+     * ends.
      */
     params?: any | null;
     /**

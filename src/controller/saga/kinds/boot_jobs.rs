@@ -29,7 +29,7 @@ use super::{Ctx, Effect, Request};
 use crate::controller::alloc;
 use crate::controller::saga::initplan::{guest_facts, init_input, script_source};
 use crate::controller::saga::launch::{create_op, LaunchError, Target};
-use crate::controller::saga::steps::{guest_of, StepError};
+use crate::controller::saga::steps::{guest_of, StepEnv, StepError};
 use crate::controller::store::{self as st, OpRow, Store, StoreError, Tx};
 use crate::jobs::Catalog;
 use crate::model::{AgentBatch, AgentReport, BatchScript, NodeAction};
@@ -71,9 +71,9 @@ pub async fn run(
             unclaim(cx.tx, cx.op).await?;
             None
         }
-        (Step::Run, false) => run_action(cx.tx, cx.op, &g).await?,
+        (Step::Run, false) => run_action(cx.tx, cx.env, cx.op, &g).await?,
         (Step::Complete, false) => {
-            complete(cx.tx, cx.op, &g).await?;
+            complete(cx.tx, cx.env, cx.op, &g).await?;
             None
         }
         (Step::RefreshSeed, false) => refresh_seed_action(cx.tx, &g, None).await?,
@@ -120,6 +120,7 @@ async fn unclaim(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StepError> {
 /// on the node. None when nothing was claimed.
 async fn run_action(
     tx: &mut Tx<'_>,
+    env: &StepEnv,
     op: &OpRow,
     g: &st::GuestRow,
 ) -> Result<Option<NodeAction>, StepError> {
@@ -130,6 +131,14 @@ async fn run_action(
     let facts = guest_facts(tx, g, None).await?;
     let mut batches = Vec::with_capacity(jobs.len());
     for j in jobs {
+        let params = match params_of(env, &j) {
+            Ok(p) => p,
+            Err(e) => {
+                // Only this job cannot run; it would fail the same way at every boot.
+                st::end_job(tx, &j.id, "failed", None, Some(&e.to_string())).await?;
+                continue;
+            }
+        };
         let source = match j.source {
             Some(s) => s,
             None => script_source(tx, Kind::Boot, &j.script)
@@ -147,7 +156,7 @@ async fn run_action(
             script: Some(Box::new(BatchScript {
                 name: j.script,
                 source,
-                params: serde_json::from_str(&j.params).unwrap_or(serde_json::Value::Null),
+                params,
                 facts,
             })),
         });
@@ -160,7 +169,33 @@ async fn run_action(
     }))
 }
 
-async fn complete(tx: &mut Tx<'_>, op: &OpRow, g: &st::GuestRow) -> Result<(), StepError> {
+/// A job's parameters as its script receives them: the stored ones, with the values of
+/// its declared secrets opened (see `controller::api::bootjobs`).
+fn params_of(
+    env: &StepEnv,
+    job: &st::BootJobRow,
+) -> Result<serde_json::Value, crate::controller::sealed::SealError> {
+    let mut params: serde_json::Value =
+        serde_json::from_str(&job.params).unwrap_or(serde_json::Value::Null);
+    let Some(sealed) = &job.sealed_params else {
+        return Ok(params);
+    };
+    let secrets: serde_json::Value =
+        serde_json::from_str(&env.sealer.open(sealed)?).unwrap_or_default();
+    if let (Some(p), Some(s)) = (params.as_object_mut(), secrets.as_object()) {
+        for (k, v) in s {
+            p.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(params)
+}
+
+async fn complete(
+    tx: &mut Tx<'_>,
+    env: &StepEnv,
+    op: &OpRow,
+    g: &st::GuestRow,
+) -> Result<(), StepError> {
     let report: AgentReport = op
         .step_output("run")
         .and_then(|o| serde_json::from_value(o).ok())
@@ -181,8 +216,9 @@ async fn complete(tx: &mut Tx<'_>, op: &OpRow, g: &st::GuestRow) -> Result<(), S
                 Some("the node did not report this job".to_string()),
             ),
         };
+        // Read before the end deletes the sealed values.
+        let params = params_of(env, &job).unwrap_or_default();
         st::end_job(tx, &job.id, state, results.as_deref(), error.as_deref()).await?;
-        let params: serde_json::Value = serde_json::from_str(&job.params).unwrap_or_default();
         // Init secrets are the guest's main account's (root): other users' are not replayed.
         let main_user = params["user"].as_str().is_none_or(|u| u == "root");
         if state == "done" && job.system && main_user {
