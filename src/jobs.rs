@@ -1,22 +1,24 @@
-//! The catalog of operation kinds, declared in `jobs/*.toml` and compiled into the binary.
+//! The catalog of operation kinds, built from the kinds' own modules.
 //!
-//! A kind is an ordered list of saga steps. The declaration says where each step runs, its
-//! progress label, weight and lease; the kind's module in `controller::saga::kinds` owns
-//! the step enum and how each step runs and is undone. Loading checks one against the
-//! other: a step declared but not in the enum (a typo) or in the enum but not declared
-//! fails the catalog, and so the controller's start and the unit tests.
-
-use serde::Deserialize;
+//! A kind is an ordered list of saga steps. Each kind's module in
+//! `controller::saga::kinds` declares its steps once, in its step enum: each variant's
+//! [`StepDef`] says where the step runs, whether it has an undo, its progress label, its
+//! weight in the percent, and optionally its lease and whether a cancel may interrupt it.
+//! The enum's order is the saga's order; the names are the ones stored in operation rows.
+//! Nothing is declared twice, so nothing can disagree: [`Catalog::builtin`] only checks
+//! what a compiler cannot (unique names, weights above zero). `corral kinds` prints the
+//! catalog.
 
 use crate::controller::saga::kinds::OpKind;
 use crate::model::RunsOn;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One operation kind as the engine sees it.
+#[derive(Debug, Clone, Copy)]
 pub struct KindDef {
-    pub kind: String,
-    pub description: String,
-    pub steps: Vec<StepDef>,
+    /// The stored name (`guest.create`).
+    pub kind: &'static str,
+    pub description: &'static str,
+    pub steps: &'static [StepDef],
 }
 
 impl KindDef {
@@ -30,66 +32,98 @@ impl KindDef {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One saga step, declared beside its code with the `const` builders below:
+/// `StepDef::node("build", "building the guest").undoable().weight(12)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepDef {
-    pub name: String,
+    /// The stored name (append-only: rows in the field carry it).
+    pub name: &'static str,
     pub runs_on: RunsOn,
-    pub stage: String,
+    /// The progress label while it runs.
+    pub stage: &'static str,
+    /// Its share of the operation's percent.
     pub weight: u32,
+    /// Whether it has an undo that an unwind must run.
     pub undo: bool,
     /// The step's own lease, for node steps that may rightly run longer than the
     /// controller's `step_lease_secs` (guest-agent runs wait for a booting guest).
-    #[serde(default)]
     pub lease_secs: Option<u64>,
     /// A long node step a cancel need not wait for: the controller gives it up at once
     /// (its undo's leftovers go on the node's cleanup list) and tells the node, which
     /// stops it and removes what it wrote.
-    #[serde(default)]
     pub interruptible: bool,
+}
+
+impl StepDef {
+    const fn new(name: &'static str, runs_on: RunsOn, stage: &'static str) -> StepDef {
+        StepDef {
+            name,
+            runs_on,
+            stage,
+            weight: 1,
+            undo: false,
+            lease_secs: None,
+            interruptible: false,
+        }
+    }
+    /// A step done in the controller's transaction.
+    pub const fn controller(name: &'static str, stage: &'static str) -> StepDef {
+        StepDef::new(name, RunsOn::Controller, stage)
+    }
+    /// A step dispatched to a node.
+    pub const fn node(name: &'static str, stage: &'static str) -> StepDef {
+        StepDef::new(name, RunsOn::Node, stage)
+    }
+    /// The step has an undo.
+    pub const fn undoable(self) -> StepDef {
+        StepDef { undo: true, ..self }
+    }
+    pub const fn weight(self, weight: u32) -> StepDef {
+        StepDef { weight, ..self }
+    }
+    pub const fn lease_secs(self, secs: u64) -> StepDef {
+        StepDef {
+            lease_secs: Some(secs),
+            ..self
+        }
+    }
+    pub const fn interruptible(self) -> StepDef {
+        StepDef {
+            interruptible: true,
+            ..self
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("jobs catalog: {kind}: {source}")]
-    Parse {
-        kind: OpKind,
-        #[source]
-        source: toml::de::Error,
-    },
-    #[error("jobs catalog: jobs/{kind}.toml declares kind {declared}")]
-    Misnamed { kind: OpKind, declared: String },
-    #[error("jobs catalog: {kind} declares steps {declared:?}, its Rust module has {code:?}")]
-    Steps {
-        kind: OpKind,
-        declared: Vec<String>,
-        code: Vec<&'static str>,
-    },
+    #[error("operation kind {kind} has no steps")]
+    NoSteps { kind: OpKind },
+    #[error("operation kind {kind} names step {step} twice")]
+    Twice { kind: OpKind, step: &'static str },
+    #[error("step {step} of {kind} weighs nothing: its progress would never move")]
+    Weightless { kind: OpKind, step: &'static str },
+    #[error("kind name {0} is used twice")]
+    KindTwice(&'static str),
 }
 
-/// Parses `kind`'s declaration and checks it against the kind's step enum.
-fn declared(kind: OpKind, src: &str) -> Result<KindDef, CatalogError> {
-    let def: KindDef =
-        toml::from_str(src).map_err(|source| CatalogError::Parse { kind, source })?;
-    if def.kind != kind.as_str() {
-        return Err(CatalogError::Misnamed {
-            kind,
-            declared: def.kind,
-        });
+/// What a compiler cannot check of one kind's table.
+fn check(kind: OpKind, def: &KindDef) -> Result<(), CatalogError> {
+    if def.steps.is_empty() {
+        return Err(CatalogError::NoSteps { kind });
     }
-    let declared: Vec<String> = def.steps.iter().map(|s| s.name.clone()).collect();
-    let code = kind.step_names();
-    if declared != code {
-        return Err(CatalogError::Steps {
-            kind,
-            declared,
-            code,
-        });
+    for (i, s) in def.steps.iter().enumerate() {
+        if def.steps[..i].iter().any(|o| o.name == s.name) {
+            return Err(CatalogError::Twice { kind, step: s.name });
+        }
+        if s.weight == 0 {
+            return Err(CatalogError::Weightless { kind, step: s.name });
+        }
     }
-    Ok(def)
+    Ok(())
 }
 
-/// Every kind's declaration, checked against its module; indexed by [`OpKind`].
+/// Every kind's table, checked; indexed by [`OpKind`].
 #[derive(Debug, Clone)]
 pub struct Catalog {
     kinds: Vec<(OpKind, KindDef)>,
@@ -97,9 +131,14 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn builtin() -> Result<Self, CatalogError> {
-        let mut kinds = Vec::with_capacity(OpKind::ALL.len());
+        let mut kinds: Vec<(OpKind, KindDef)> = Vec::with_capacity(OpKind::ALL.len());
         for &kind in OpKind::ALL {
-            kinds.push((kind, declared(kind, kind.declaration())?));
+            let def = kind.def();
+            check(kind, &def)?;
+            if kinds.iter().any(|(_, d)| d.kind == def.kind) {
+                return Err(CatalogError::KindTwice(def.kind));
+            }
+            kinds.push((kind, def));
         }
         Ok(Catalog { kinds })
     }
@@ -112,6 +151,43 @@ impl Catalog {
     pub fn kinds(&self) -> impl Iterator<Item = &KindDef> {
         self.kinds.iter().map(|(_, d)| d)
     }
+
+    /// The kinds at a glance (`corral kinds`): each kind, then its steps in order with
+    /// where they run, whether they undo, their weight, lease and stage.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for k in self.kinds() {
+            let _ = writeln!(out, "{}  {}", k.kind, k.description);
+            for (i, s) in k.steps.iter().enumerate() {
+                let runs_on = match s.runs_on {
+                    RunsOn::Controller => "controller",
+                    RunsOn::Node => "node",
+                };
+                let mut flags = Vec::new();
+                if s.undo {
+                    flags.push("undo".to_string());
+                }
+                if s.interruptible {
+                    flags.push("interruptible".to_string());
+                }
+                if let Some(l) = s.lease_secs {
+                    flags.push(format!("lease {l}s"));
+                }
+                let _ = writeln!(
+                    out,
+                    "  {:>2}. {:<18} {:<10} w{:<3} {:<33} {}",
+                    i + 1,
+                    s.name,
+                    runs_on,
+                    s.weight,
+                    flags.join(", "),
+                    s.stage
+                );
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -119,37 +195,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_misspelled_or_missing_step_or_another_kinds_table_is_refused() {
-        let src = OpKind::GuestCreate.declaration();
-        let typo = src.replacen("name = \"build\"", "name = \"biuld\"", 1);
+    fn a_repeated_or_weightless_step_or_an_empty_kind_is_refused() {
+        const TWICE: &[StepDef] = &[StepDef::node("a", "x"), StepDef::controller("a", "y")];
+        const LIGHT: &[StepDef] = &[StepDef::node("a", "x").weight(0)];
+        let def = |steps| KindDef {
+            kind: "test.kind",
+            description: "",
+            steps,
+        };
+        let k = OpKind::GuestCreate;
         assert!(matches!(
-            declared(OpKind::GuestCreate, &typo),
-            Err(CatalogError::Steps { .. })
+            check(k, &def(TWICE)),
+            Err(CatalogError::Twice { step: "a", .. })
         ));
-        let start = src.find("[[steps]]\nname = \"allocate\"").unwrap();
-        let end = start + src[start + 1..].find("[[steps]]").unwrap() + 1;
-        let missing = format!("{}{}", &src[..start], &src[end..]);
-        assert!(declared(OpKind::GuestCreate, &missing).is_err());
-        let other = OpKind::GuestDelete.declaration();
         assert!(matches!(
-            declared(OpKind::GuestCreate, other),
-            Err(CatalogError::Misnamed { .. })
+            check(k, &def(LIGHT)),
+            Err(CatalogError::Weightless { .. })
         ));
-        assert!(declared(OpKind::GuestCreate, src).is_ok());
+        assert!(matches!(
+            check(k, &def(&[])),
+            Err(CatalogError::NoSteps { .. })
+        ));
     }
 
     #[test]
-    fn builtin_catalog_parses_and_every_kind_has_steps() {
+    fn builtin_catalog_loads_every_kind() {
         let c = Catalog::builtin().unwrap();
         assert_eq!(c.get(OpKind::GuestCreate).kind, "guest.create");
         assert_eq!(c.kinds().count(), OpKind::ALL.len());
-        for k in c.kinds() {
-            assert!(!k.steps.is_empty(), "{} has no steps", k.kind);
-            assert!(
-                k.steps.iter().all(|s| s.weight > 0),
-                "{}: zero weight",
-                k.kind
-            );
-        }
+        let build = &c.get(OpKind::GuestCreate).steps[2];
+        assert_eq!(
+            (build.name, build.runs_on, build.undo, build.weight),
+            ("build", RunsOn::Node, true, 12)
+        );
     }
 }

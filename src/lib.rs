@@ -5,7 +5,7 @@
 //! * [`node`]: the node agent (job worker, heartbeats, domain watcher, hypervisor trait);
 //! * [`transport`]: Redis queues (apalis-redis) and the event stream;
 //! * [`model`]: types shared by both sides and the wire enums;
-//! * [`jobs`]: the operation-kind catalog from `jobs/*.toml`;
+//! * [`jobs`]: the operation-kind catalog, built from the kinds' modules;
 //! * [`render`], [`guestinit`]: minijinja templates, init plans and NoCloud seeds;
 //! * [`script`]: the Rhai sandbox, OS-init profiles and boot jobs;
 //! * [`config`]: configuration; [`cli`]: the client subcommands; [`up`]: single-machine mode;

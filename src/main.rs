@@ -44,6 +44,8 @@ enum Cmd {
     Agent,
     /// Print the OpenAPI document.
     Openapi,
+    /// Print the operation kinds and their saga steps, as this binary runs them.
+    Kinds,
     /// Measure: raw vs end-to-end create rate, RSS, TCG guest timings, event latency, reads.
     Bench {
         /// Evaluations of each shipped Rhai script for the script-cost figures (0: skip).
@@ -246,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
             corral::node::run(cfg.node, shutdown_signal()).await?;
         }
         Cmd::Openapi => println!("{}", corral::controller::api::spec_json()),
+        Cmd::Kinds => print!("{}", corral::jobs::Catalog::builtin()?.table()),
         Cmd::Bench {
             scripts,
             scripts_only,

@@ -231,7 +231,7 @@ pub async fn run_now(
         mark_booted(tx, &g.id).await?;
         return Ok(None);
     }
-    let req = Request::BootJobs(RunPayload {
+    let req = Request::GuestBootJobs(RunPayload {
         job_ids: Some(jobs),
     });
     let op = start_op(state, tx, &req, Target::Guest(&g.id), by, true).await?;

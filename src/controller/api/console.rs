@@ -89,7 +89,7 @@ impl ConsoleApi {
         // VNC authentication reads eight characters.
         let password = random_secret(8);
         let valid_until_ms = now_ms() + (secs as i64) * 1000;
-        let req = Request::Console(console::Payload {
+        let req = Request::GuestConsole(console::Payload {
             password: password.clone(),
             valid_until_ms,
         });

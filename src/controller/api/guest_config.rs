@@ -308,7 +308,7 @@ impl GuestConfigApi {
                 }
             }
         }
-        let req = Request::ChangeIp(ChangeIpPayload {
+        let req = Request::GuestChangeIp(ChangeIpPayload {
             address: body.0.ip,
             ..Default::default()
         });

@@ -13,7 +13,7 @@ use super::pages::{Cached, Clock};
 use super::{access, AppState, Auth};
 use crate::controller::alloc;
 use crate::controller::saga::kinds::power::Power;
-use crate::controller::saga::kinds::{set_bandwidth, Request};
+use crate::controller::saga::kinds::{self, set_bandwidth, Request};
 use crate::controller::store::Requester;
 use crate::controller::store::{self as st, GuestRow};
 use crate::guestinit::crypt_password;
@@ -523,7 +523,7 @@ impl GuestApi {
             let op = start_op(
                 &state,
                 &mut tx,
-                &Request::GuestCreate,
+                &Request::GuestCreate(kinds::NoPayload),
                 Target::Guest(&id),
                 Requester::user(&auth.0.user),
                 true,
@@ -650,7 +650,7 @@ impl GuestApi {
         let op = start_op(
             &state,
             &mut tx,
-            &Request::GuestDelete,
+            &Request::GuestDelete(kinds::NoPayload),
             Target::Guest(&g.id),
             Requester::user(&auth.0.user),
             true,
@@ -770,7 +770,7 @@ impl GuestApi {
             .into());
         }
         let empty = body.inbound.is_none() && body.outbound.is_none();
-        let req = Request::SetBandwidth(set_bandwidth::Payload {
+        let req = Request::GuestSetBandwidth(set_bandwidth::Payload {
             bandwidth: (!empty).then(|| body.0.clone()),
         });
         Ok(submit(&state, &req, &g.id, Requester::user(&auth.0.user)).await?)
@@ -816,7 +816,7 @@ impl GuestApi {
         };
         Ok(submit(
             &state,
-            &Request::Power(power),
+            &power.request(),
             &g.id,
             Requester::user(&auth.0.user),
         )

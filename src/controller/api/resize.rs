@@ -125,7 +125,7 @@ impl ResizeApi {
                 ))
             }
         }
-        let req = Request::Resize(resize::Payload {
+        let req = Request::GuestResize(resize::Payload {
             cpus,
             memory_mib,
             old_cpus: g.cpus as u32,

@@ -164,7 +164,7 @@ impl SystemApi {
         Ok(Json(About {
             name: "corral".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            operation_kinds: state.catalog.kinds().map(|k| k.kind.clone()).collect(),
+            operation_kinds: state.catalog.kinds().map(|k| k.kind.to_string()).collect(),
         }))
     }
 }

@@ -109,7 +109,7 @@ impl ToTemplateApi {
             super::scripts::require_profile(&state, p).await?;
         }
         let template_id = new_id();
-        let req = Request::ToTemplate(to_template::Payload {
+        let req = Request::TemplateFromGuest(to_template::Payload {
             // Named by the template's id: a path nobody can guess or choose.
             path: format!(
                 "{}/{template_id}.qcow2",

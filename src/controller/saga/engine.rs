@@ -301,7 +301,7 @@ impl Engine {
             let op = super::launch::create_op(
                 &self.catalog,
                 &mut tx,
-                &Request::NodeCleanup,
+                &Request::NodeCleanup(kinds::NoPayload),
                 super::launch::Target::Node(&node),
                 st::Requester::system("corral"),
                 false,
@@ -575,7 +575,7 @@ impl Engine {
         gated: Option<String>,
         post: &mut Vec<Post>,
     ) -> Result<Flow, EngineError> {
-        let name = def.steps[step].name.as_str();
+        let name = def.steps[step].name;
         let runs_on = def.steps[step].runs_on;
         let now = now_ms();
         // What the operation was before the step: a step rolled back leaves it so.
@@ -719,7 +719,7 @@ impl Engine {
         action: NodeAction,
         post: &mut Vec<Post>,
     ) -> Flow {
-        let name = def.steps[step].name.clone();
+        let name = def.steps[step].name;
         op.node_id = Some(node.clone());
         let declared = def.lease_ms(step, self.lease_ms);
         // A minute beyond the action's own limit covers its report's way back.
@@ -741,7 +741,7 @@ impl Engine {
             }
         }
         // Committed, not yet pushed: the window `recover_unpushed` closes.
-        post.push(Post::inject(&op.kind, &name, "unpushed"));
+        post.push(Post::inject(&op.kind, name, "unpushed"));
         // The fence lives twice the lease: a job older than that has been superseded.
         let ttl = Duration::from_millis((own.unwrap_or(declared) * 2).max(1) as u64);
         post.push(Post::Push {
@@ -757,7 +757,7 @@ impl Engine {
         });
         post.push(Post::inject(
             &op.kind,
-            &name,
+            name,
             if undo {
                 "undo_dispatched"
             } else {
@@ -812,7 +812,7 @@ impl Engine {
         step: usize,
         reason: &str,
     ) -> Result<(), EngineError> {
-        let name = def.steps[step].name.as_str();
+        let name = def.steps[step].name;
         let undo_action = self.run_step(tx, op, req, saga, name, true).await;
         match undo_action {
             Ok(Effect::Node { node, action }) => {
@@ -1057,7 +1057,7 @@ async fn fail_unreadable(tx: &mut Tx<'_>, op: &mut OpRow, error: &str) -> Result
 /// left by a corral whose kind had other steps), if they do not.
 fn foreign_steps(saga: &Saga, def: &KindDef) -> Option<String> {
     let stored: Vec<&str> = saga.steps.iter().map(|s| s.name.as_str()).collect();
-    let known: Vec<&str> = def.steps.iter().map(|s| s.name.as_str()).collect();
+    let known: Vec<&str> = def.steps.iter().map(|s| s.name).collect();
     (stored != known).then(|| {
         format!(
             "this operation's steps ({}) are not those of {} in this version of corral ({}); \

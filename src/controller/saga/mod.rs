@@ -57,7 +57,7 @@ pub fn new_steps(def: &KindDef) -> Vec<StepRecord> {
     def.steps
         .iter()
         .map(|s| StepRecord {
-            name: s.name.clone(),
+            name: s.name.to_string(),
             runs_on: s.runs_on,
             state: StepState::Pending,
             attempt: 0,
@@ -364,7 +364,7 @@ impl Saga {
     /// The stage label for progress: the step in hand, in its direction.
     pub fn stage(&self, def: &KindDef) -> String {
         let i = self.cursor.max(0) as usize;
-        let label = def.steps.get(i).map(|d| d.stage.as_str()).unwrap_or("");
+        let label = def.steps.get(i).map(|d| d.stage).unwrap_or("");
         match self.state {
             OpState::Undoing => format!("undoing: {label}"),
             OpState::Succeeded => "done".into(),

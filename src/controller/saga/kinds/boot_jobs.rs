@@ -25,7 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, Effect, Request};
+use super::{Ctx, Effect, Kind, Request, StepDef};
 use crate::controller::alloc;
 use crate::controller::saga::initplan::{guest_facts, init_input, script_source};
 use crate::controller::saga::launch::{create_op, LaunchError, Target};
@@ -33,7 +33,7 @@ use crate::controller::saga::steps::{guest_of, StepEnv, StepError};
 use crate::controller::store::{self as st, OpRow, Store, StoreError, Tx};
 use crate::jobs::Catalog;
 use crate::model::{AgentBatch, AgentReport, BatchScript, NodeAction};
-use crate::script::catalog::Kind;
+use crate::script::catalog::Kind as ScriptKind;
 
 /// How long a run waits for the agent of a guest that just booted.
 pub const AGENT_WAIT_SECS: u64 = 300;
@@ -48,38 +48,49 @@ pub struct RunPayload {
 
 super::steps! {
     pub enum Step {
-        Claim = "claim",
-        Run = "run",
-        Complete = "complete",
-        RefreshSeed = "refresh_seed",
+        Claim = StepDef::controller("claim", "evaluating boot scripts").undoable(),
+        Run = StepDef::node("run", "running boot jobs in the guest").weight(6).lease_secs(900),
+        Complete = StepDef::controller("complete", "recording results"),
+        RefreshSeed = StepDef::node("refresh_seed", "rebuilding the init seed"),
     }
 }
 
-pub async fn run(
-    cx: &mut Ctx<'_, '_>,
-    p: &RunPayload,
-    step: Step,
-    undo: bool,
-) -> Result<Effect, StepError> {
-    let g = guest_of(cx.tx, cx.op).await?;
-    let action = match (step, undo) {
-        (Step::Claim, false) => {
-            claim(cx.tx, cx.op, &g, p).await?;
-            None
-        }
-        (Step::Claim, true) => {
-            unclaim(cx.tx, cx.op).await?;
-            None
-        }
-        (Step::Run, false) => run_action(cx.tx, cx.env, cx.op, &g).await?,
-        (Step::Complete, false) => {
-            complete(cx.tx, cx.env, cx.op, &g).await?;
-            None
-        }
-        (Step::RefreshSeed, false) => refresh_seed_action(cx.tx, &g, None).await?,
-        (Step::Run | Step::Complete | Step::RefreshSeed, true) => None,
-    };
-    Ok(super::on_guest_node(&g, action))
+/// `guest.boot_jobs`: run a guest's pending boot jobs through its guest agent (at boot, or now).
+pub struct BootJobs;
+
+impl Kind for BootJobs {
+    const NAME: &'static str = "guest.boot_jobs";
+    const DESCRIPTION: &'static str =
+        "Run a guest's pending boot jobs through its guest agent (at boot, or now).";
+    type Payload = RunPayload;
+    type Step = Step;
+
+    async fn run(
+        cx: &mut Ctx<'_, '_>,
+        p: &RunPayload,
+        step: Step,
+        undo: bool,
+    ) -> Result<Effect, StepError> {
+        let g = guest_of(cx.tx, cx.op).await?;
+        let action = match (step, undo) {
+            (Step::Claim, false) => {
+                claim(cx.tx, cx.op, &g, p).await?;
+                None
+            }
+            (Step::Claim, true) => {
+                unclaim(cx.tx, cx.op).await?;
+                None
+            }
+            (Step::Run, false) => run_action(cx.tx, cx.env, cx.op, &g).await?,
+            (Step::Complete, false) => {
+                complete(cx.tx, cx.env, cx.op, &g).await?;
+                None
+            }
+            (Step::RefreshSeed, false) => refresh_seed_action(cx.tx, &g, None).await?,
+            (Step::Run | Step::Complete | Step::RefreshSeed, true) => None,
+        };
+        Ok(super::on_guest_node(&g, action))
+    }
 }
 
 async fn claim(
@@ -93,8 +104,10 @@ async fn claim(
             continue;
         }
         // The source pinned at queue time; jobs from before pinning take the current one.
-        let pinned =
-            job.source.is_some() || script_source(tx, Kind::Boot, &job.script).await?.is_some();
+        let pinned = job.source.is_some()
+            || script_source(tx, ScriptKind::Boot, &job.script)
+                .await?
+                .is_some();
         if pinned {
             st::claim_job(tx, &job.id, &op.id, "[]").await?;
         } else {
@@ -141,7 +154,7 @@ async fn run_action(
         };
         let source = match j.source {
             Some(s) => s,
-            None => script_source(tx, Kind::Boot, &j.script)
+            None => script_source(tx, ScriptKind::Boot, &j.script)
                 .await?
                 .unwrap_or_default(),
         };
@@ -290,7 +303,7 @@ pub async fn start_due_runs(store: &Store, catalog: &Catalog) -> Result<Vec<Stri
             match create_op(
                 catalog,
                 &mut tx,
-                &Request::BootJobs(RunPayload::default()),
+                &Request::GuestBootJobs(RunPayload::default()),
                 Target::Guest(&guest),
                 st::Requester::system("corral"),
                 true,

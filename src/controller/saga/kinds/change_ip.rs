@@ -16,14 +16,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, Effect};
+use super::{Ctx, Effect, Kind, StepDef};
 use crate::controller::alloc;
 use crate::controller::saga::initplan::{guest_facts, script_source};
 use crate::controller::saga::kinds::boot_jobs::refresh_seed_action;
 use crate::controller::saga::steps::{guest_of, StepError};
 use crate::controller::store::{self as st, events, GuestRow, OpRow, StoreError, Tx};
 use crate::model::{AgentBatch, GuestState, NodeAction};
-use crate::script::catalog::Kind;
+use crate::script::catalog::Kind as ScriptKind;
 
 /// Payload of `guest.change_ip`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -40,10 +40,10 @@ pub struct ChangeIpPayload {
 
 super::steps! {
     pub enum Step {
-        Reserve = "reserve",
-        RefreshSeed = "refresh_seed",
-        Apply = "apply",
-        Commit = "commit",
+        Reserve = StepDef::controller("reserve", "leasing the new address").undoable(),
+        RefreshSeed = StepDef::node("refresh_seed", "rebuilding the init seed").undoable(),
+        Apply = StepDef::node("apply", "changing the address in the guest").undoable().weight(3).lease_secs(420),
+        Commit = StepDef::controller("commit", "recording"),
     }
 }
 
@@ -53,31 +53,47 @@ fn payload(op: &OpRow) -> Result<ChangeIpPayload, StepError> {
         .map_err(|e| StepError::Permanent(format!("payload of guest.change_ip is corrupt: {e}")))
 }
 
-pub async fn run(cx: &mut Ctx<'_, '_>, step: Step, undo: bool) -> Result<Effect, StepError> {
-    let g = guest_of(cx.tx, cx.op).await?;
-    let action = match (step, undo) {
-        (Step::Reserve, false) => {
-            reserve(cx.tx, cx.op, &g).await?;
-            None
-        }
-        (Step::Reserve, true) => {
-            unreserve(cx.tx, cx.op, &g).await?;
-            None
-        }
-        (Step::RefreshSeed, undo) => {
-            // Forward: the seed for the new address; undo: from the record (the old one).
-            let new = if undo { None } else { new_address(cx.op)? };
-            let ip = new.as_ref().map(|(i, p)| (i.as_str(), p.as_str()));
-            refresh_seed_action(cx.tx, &g, ip).await?
-        }
-        (Step::Apply, undo) => apply_action(cx.tx, cx.op, &g, undo).await?,
-        (Step::Commit, false) => {
-            commit(cx.tx, cx.op, &g).await?;
-            None
-        }
-        (Step::Commit, true) => None,
-    };
-    Ok(super::on_guest_node(&g, action))
+/// `guest.change_ip`: move a guest to another IP address: lease, seed, live change, record.
+pub struct ChangeIp;
+
+impl Kind for ChangeIp {
+    const NAME: &'static str = "guest.change_ip";
+    const DESCRIPTION: &'static str =
+        "Move a guest to another IP address: lease, seed, live change, record.";
+    type Payload = ChangeIpPayload;
+    type Step = Step;
+
+    async fn run(
+        cx: &mut Ctx<'_, '_>,
+        _p: &ChangeIpPayload,
+        step: Step,
+        undo: bool,
+    ) -> Result<Effect, StepError> {
+        let g = guest_of(cx.tx, cx.op).await?;
+        let action = match (step, undo) {
+            (Step::Reserve, false) => {
+                reserve(cx.tx, cx.op, &g).await?;
+                None
+            }
+            (Step::Reserve, true) => {
+                unreserve(cx.tx, cx.op, &g).await?;
+                None
+            }
+            (Step::RefreshSeed, undo) => {
+                // Forward: the seed for the new address; undo: from the record (the old one).
+                let new = if undo { None } else { new_address(cx.op)? };
+                let ip = new.as_ref().map(|(i, p)| (i.as_str(), p.as_str()));
+                refresh_seed_action(cx.tx, &g, ip).await?
+            }
+            (Step::Apply, undo) => apply_action(cx.tx, cx.op, &g, undo).await?,
+            (Step::Commit, false) => {
+                commit(cx.tx, cx.op, &g).await?;
+                None
+            }
+            (Step::Commit, true) => None,
+        };
+        Ok(super::on_guest_node(&g, action))
+    }
 }
 
 async fn reserve(tx: &mut Tx<'_>, op: &mut OpRow, g: &GuestRow) -> Result<(), StepError> {
@@ -149,7 +165,7 @@ async fn change_ip_batch(
     from: Option<(&str, &str)>,
 ) -> Result<AgentBatch, StepError> {
     let params = change_ip_params(tx, g, to, from).await?;
-    let source = script_source(tx, Kind::Boot, "change-ip")
+    let source = script_source(tx, ScriptKind::Boot, "change-ip")
         .await?
         .unwrap_or_default();
     let facts = guest_facts(tx, g, Some(to)).await?;
@@ -262,8 +278,7 @@ async fn commit(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepErr
         };
         let mut job = st::BootJobRow::pending(&g.id, "change-ip", &params, true, by);
         job.source =
-            crate::script::catalog::shipped(crate::script::catalog::Kind::Boot, "change-ip")
-                .map(String::from);
+            crate::script::catalog::shipped(ScriptKind::Boot, "change-ip").map(String::from);
         st::insert_boot_job(tx, &job).await?;
         Some(job.id)
     } else {

@@ -16,7 +16,7 @@
 //! On finish: cancelled before anything existed, the record goes; failed, it reads
 //! `error` (the user deletes it); succeeded, its boot jobs are due.
 
-use super::{Ctx, Effect};
+use super::{Ctx, Effect, Kind, NoPayload, StepDef};
 use crate::controller::alloc;
 use crate::controller::saga::initplan::init_input;
 use crate::controller::saga::steps::{
@@ -27,60 +27,89 @@ use crate::model::{new_id, now_ms, GuestState, NodeAction, OpState, SubStep, Tem
 
 super::steps! {
     pub enum Step {
-        Place = "place",
-        Allocate = "allocate",
-        Build = "build",
-        Finish = "finish",
+        Place = StepDef::controller("place", "placing").undoable(),
+        Allocate = StepDef::controller("allocate", "allocating IP, VNC port and MAC").undoable(),
+        Build = StepDef::node("build", "building the guest").undoable().weight(12),
+        Finish = StepDef::controller("finish", "recording"),
     }
 }
 
 /// How long the agent delivery waits for the guest agent to answer.
 const AGENT_WAIT_SECS: u64 = 600;
 
-pub async fn run(cx: &mut Ctx<'_, '_>, step: Step, undo: bool) -> Result<Effect, StepError> {
-    let g = guest_of(cx.tx, cx.op).await?;
-    Ok(match (step, undo) {
-        (Step::Place, false) => {
-            let node = place(cx.tx, cx.env, cx.op, &g).await?;
-            st::set_guest_node(cx.tx, &g.id, Some(&node)).await?;
-            cx.op.node_id = Some(node);
-            Effect::Done
+/// `guest.create`: place, allocate, build the disk and seed, define and start a new guest.
+pub struct Create;
+
+impl Kind for Create {
+    const NAME: &'static str = "guest.create";
+    const DESCRIPTION: &'static str =
+        "Place, allocate, build the disk and seed, define and start a new guest.";
+    const BOOTS_GUEST: bool = true;
+    type Payload = NoPayload;
+    type Step = Step;
+
+    async fn on_finish(
+        tx: &mut Tx<'_>,
+        _p: &mut NoPayload,
+        guest: Option<&str>,
+        state: OpState,
+    ) -> Result<(), StoreError> {
+        match guest {
+            Some(g) => end(tx, g, state).await,
+            None => Ok(()),
         }
-        (Step::Place, true) => {
-            if !cx.keep_leases {
-                st::set_guest_node(cx.tx, &g.id, None).await?;
+    }
+
+    async fn run(
+        cx: &mut Ctx<'_, '_>,
+        _p: &NoPayload,
+        step: Step,
+        undo: bool,
+    ) -> Result<Effect, StepError> {
+        let g = guest_of(cx.tx, cx.op).await?;
+        Ok(match (step, undo) {
+            (Step::Place, false) => {
+                let node = place(cx.tx, cx.env, cx.op, &g).await?;
+                st::set_guest_node(cx.tx, &g.id, Some(&node)).await?;
+                cx.op.node_id = Some(node);
+                Effect::Done
             }
-            Effect::Done
-        }
-        (Step::Allocate, false) => {
-            allocate(cx.tx, cx.env, &g).await?;
-            Effect::Done
-        }
-        (Step::Allocate, true) => {
-            release(cx.tx, &g.id, cx.keep_leases).await?;
-            Effect::Done
-        }
-        (Step::Build, false) => match &g.node_id {
-            Some(node) => Effect::Node {
-                node: node.clone(),
-                action: build(cx.tx, &g, node).await?,
+            (Step::Place, true) => {
+                if !cx.keep_leases {
+                    st::set_guest_node(cx.tx, &g.id, None).await?;
+                }
+                Effect::Done
+            }
+            (Step::Allocate, false) => {
+                allocate(cx.tx, cx.env, &g).await?;
+                Effect::Done
+            }
+            (Step::Allocate, true) => {
+                release(cx.tx, &g.id, cx.keep_leases).await?;
+                Effect::Done
+            }
+            (Step::Build, false) => match &g.node_id {
+                Some(node) => Effect::Node {
+                    node: node.clone(),
+                    action: build(cx.tx, &g, node).await?,
+                },
+                // The guest never got a node: nothing exists anywhere to act on.
+                None => Effect::Done,
             },
-            // The guest never got a node: nothing exists anywhere to act on.
-            None => Effect::Done,
-        },
-        (Step::Build, true) => match &g.node_id {
-            Some(node) => Effect::Node {
-                node: node.clone(),
-                action: unbuild(cx.tx, &g).await?,
+            (Step::Build, true) => match &g.node_id {
+                Some(node) => Effect::Node {
+                    node: node.clone(),
+                    action: unbuild(cx.tx, &g).await?,
+                },
+                None => Effect::Done,
             },
-            None => Effect::Done,
-        },
-        (Step::Finish, false) => {
-            st::finish_creating(cx.tx, &g.id).await?;
-            Effect::Done
-        }
-        (Step::Finish, true) => Effect::Done,
-    })
+            (Step::Finish, false) => {
+                st::finish_creating(cx.tx, &g.id).await?;
+                Effect::Done
+            }
+            (Step::Finish, true) => Effect::Done,
+        })
+    }
 }
 
 /// The build job: disk, seed, domain, start, agent delivery.
@@ -184,7 +213,7 @@ pub async fn release(tx: &mut Tx<'_>, guest: &str, keep: bool) -> Result<(), Ste
     Ok(())
 }
 
-pub async fn on_finish(tx: &mut Tx<'_>, guest: &str, state: OpState) -> Result<(), StoreError> {
+async fn end(tx: &mut Tx<'_>, guest: &str, state: OpState) -> Result<(), StoreError> {
     match state {
         OpState::Cancelled => {
             if !alloc::held_for_cleanup(tx, guest).await? {

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, Effect};
+use super::{Ctx, Effect, Kind, StepDef};
 use crate::controller::saga::steps::StepError;
 use crate::controller::store::{self as st, StoreError, Tx};
 use crate::model::{NodeAction, OpState};
@@ -21,8 +21,8 @@ pub struct DiskRef {
 
 super::steps! {
     pub enum Step {
-        CreateVolume = "create_volume",
-        Record = "record",
+        CreateVolume = StepDef::node("create_volume", "creating the disk file").undoable().weight(3),
+        Record = StepDef::controller("record", "recording"),
     }
 }
 
@@ -33,37 +33,52 @@ pub async fn disk_of(tx: &mut Tx<'_>, id: &str) -> Result<st::DataDiskRow, StepE
         .ok_or_else(|| StepError::Permanent(format!("disk {id} no longer exists")))
 }
 
-pub async fn run(
-    cx: &mut Ctx<'_, '_>,
-    p: &DiskRef,
-    step: Step,
-    undo: bool,
-) -> Result<Effect, StepError> {
-    let d = disk_of(cx.tx, &p.disk_id).await?;
-    let node = d.node_id.clone();
-    Ok(match (step, undo) {
-        (Step::CreateVolume, false) => Effect::Node {
-            node,
-            action: NodeAction::CreateVolume {
-                path: d.path,
-                size_mib: d.size_mib.max(1) as u64,
-            },
-        },
-        (Step::CreateVolume, true) => Effect::Node {
-            node,
-            action: NodeAction::RemoveFile { path: d.path },
-        },
-        (Step::Record, false) => {
-            st::set_disk_state(cx.tx, &d.id, "ready").await?;
-            Effect::Done
-        }
-        (Step::Record, true) => Effect::Done,
-    })
-}
+/// `disk.create`: create an empty data disk on a node (S04, S05).
+pub struct DiskCreate;
 
-pub async fn on_finish(tx: &mut Tx<'_>, p: &DiskRef, state: OpState) -> Result<(), StoreError> {
-    if state != OpState::Succeeded {
-        st::forget_disk(tx, &p.disk_id).await?;
+impl Kind for DiskCreate {
+    const NAME: &'static str = "disk.create";
+    const DESCRIPTION: &'static str = "Create an empty data disk on a node (S04, S05).";
+    type Payload = DiskRef;
+    type Step = Step;
+
+    async fn on_finish(
+        tx: &mut Tx<'_>,
+        p: &mut DiskRef,
+        _guest: Option<&str>,
+        state: OpState,
+    ) -> Result<(), StoreError> {
+        if state != OpState::Succeeded {
+            st::forget_disk(tx, &p.disk_id).await?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    async fn run(
+        cx: &mut Ctx<'_, '_>,
+        p: &DiskRef,
+        step: Step,
+        undo: bool,
+    ) -> Result<Effect, StepError> {
+        let d = disk_of(cx.tx, &p.disk_id).await?;
+        let node = d.node_id.clone();
+        Ok(match (step, undo) {
+            (Step::CreateVolume, false) => Effect::Node {
+                node,
+                action: NodeAction::CreateVolume {
+                    path: d.path,
+                    size_mib: d.size_mib.max(1) as u64,
+                },
+            },
+            (Step::CreateVolume, true) => Effect::Node {
+                node,
+                action: NodeAction::RemoveFile { path: d.path },
+            },
+            (Step::Record, false) => {
+                st::set_disk_state(cx.tx, &d.id, "ready").await?;
+                Effect::Done
+            }
+            (Step::Record, true) => Effect::Done,
+        })
+    }
 }

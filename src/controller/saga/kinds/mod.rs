@@ -1,19 +1,24 @@
-//! Operation kinds: one module each (Oxide omicron's sagas are the model).
+//! Operation kinds: one module each (Oxide omicron's sagas are the model), registered by
+//! one line in the [`kinds!`] table below.
 //!
 //! A kind module holds:
-//! * its steps as an enum ([`steps!`]) whose serde names are the names stored in operation
-//!   rows and declared, with their stage, weight and lease, in `jobs/<kind>.toml`;
-//! * its typed payload (part of [`Request`], the one request type stored as an operation's
-//!   payload; the kind derives from it);
-//! * `run`: each step's do and undo side by side, in one exhaustive `match` over the step
-//!   enum, so a step without a handler does not compile;
-//! * `on_finish`: what the kind does to its guest or node when the operation ends.
+//! * its steps, once, as an enum ([`steps!`]): each variant's [`StepDef`] gives the name
+//!   stored in operation rows, where it runs, whether it has an undo, its stage, weight and
+//!   lease. The enum's order is the saga's;
+//! * its typed payload (stored as the operation's payload, decoded strictly);
+//! * a marker type implementing [`Kind`]: the stored name, the description, and `run`,
+//!   each step's do and undo side by side in one exhaustive `match` over the step enum, so
+//!   a step without a handler does not compile; optionally `on_finish`, what the kind does
+//!   to its guest, disk or payload when the operation ends.
+//!
+//! From the table, [`kinds!`] builds [`OpKind`] (the kinds by name), [`Request`] (one
+//! variant per kind, holding its payload: what the API or the controller asked for) and
+//! their dispatch. Adding a kind is its module plus one line; a test walks the table
+//! (names unique, every stored payload decodes back).
 //!
 //! A controller step does its work in the engine's transaction and answers
 //! [`Effect::Done`]; a node step answers [`Effect::Node`] with the action to dispatch, or
 //! [`Effect::Done`] when there is nothing to do on a node (the guest never got one).
-//! The catalog (`crate::jobs`) refuses to load when a kind's declared step list differs
-//! from its enum, so a misspelled step in `jobs/` fails at start and in the unit tests.
 
 pub mod boot_jobs;
 pub mod change_ip;
@@ -37,210 +42,247 @@ pub mod snapshot_revert;
 pub mod to_template;
 
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::steps::{StepEnv, StepError};
 use crate::controller::store::{OpRow, StoreError, Tx};
+use crate::jobs::KindDef;
+pub use crate::jobs::StepDef;
 use crate::model::{NodeAction, OpState};
 
-/// Declares a kind's step enum: variants with their stable stored names, `ALL` in order,
-/// `name()` and `parse()`.
+/// Declares a kind's step enum, each variant with its [`StepDef`]:
+/// ```ignore
+/// steps! {
+///     pub enum Step {
+///         Place = StepDef::controller("place", "placing").undoable(),
+///         Build = StepDef::node("build", "building the guest").undoable().weight(12),
+///     }
+/// }
+/// ```
+/// It implements [`StepSet`]: `ALL` in order, the definitions, `name()` and `parse()`.
 macro_rules! steps {
-    ($(#[$m:meta])* pub enum $name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* pub enum $name:ident { $($variant:ident = $def:expr),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum $name { $($variant),+ }
+        impl $crate::controller::saga::kinds::StepSet for $name {
+            const ALL: &'static [$name] = &[$($name::$variant),+];
+            const DEFS: &'static [$crate::jobs::StepDef] = &[$($def),+];
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
         impl $name {
-            /// Every step, in the order the kind runs them.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
             /// The stored name (append-only: rows in the field carry it).
             pub fn name(self) -> &'static str {
-                match self { $($name::$variant => $s),+ }
-            }
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($s => Some($name::$variant),)+ _ => None }
+                <$name as $crate::controller::saga::kinds::StepSet>::def(self).name
             }
         }
     };
 }
 pub(crate) use steps;
 
-/// Every operation kind. The stored names are append-only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OpKind {
-    GuestCreate,
-    GuestDelete,
-    GuestStart,
-    GuestShutdown,
-    GuestPoweroff,
-    GuestReboot,
-    GuestReset,
-    GuestSuspend,
-    GuestResume,
-    GuestSetBandwidth,
-    GuestBootJobs,
-    GuestChangeIp,
-    NodeRemove,
-    NodeCleanup,
-    GuestConsole,
-    DiskCreate,
-    DiskAttach,
-    DiskDetach,
-    DiskResize,
-    DiskSetLimits,
-    DiskDelete,
-    SnapshotCreate,
-    SnapshotRevert,
-    SnapshotDelete,
-    GuestResize,
-    TemplateFromGuest,
+/// A kind's steps: an enum made by [`steps!`].
+pub trait StepSet: Copy + Sized + 'static {
+    /// Every step, in the order the kind runs them.
+    const ALL: &'static [Self];
+    /// Their definitions, in the same order.
+    const DEFS: &'static [StepDef];
+    /// The step's position in [`StepSet::ALL`].
+    fn index(self) -> usize;
+    fn def(self) -> &'static StepDef {
+        &Self::DEFS[self.index()]
+    }
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|s| Self::DEFS[s.index()].name == name)
+    }
+}
+
+/// One operation kind, implemented by a marker type in the kind's module.
+// The futures are never boxed or named: [`kinds!`] calls each impl by its concrete type,
+// so whether they are `Send` is known there.
+#[allow(async_fn_in_trait)]
+pub trait Kind {
+    /// The stored name (`guest.create`): append-only, rows in the field carry it.
+    const NAME: &'static str;
+    /// One sentence for people: `corral kinds`, the docs.
+    const DESCRIPTION: &'static str;
+    /// A successful run boots the guest (its boot jobs become due).
+    const BOOTS_GUEST: bool = false;
+    /// What the request carries, stored as the operation's payload.
+    type Payload: Serialize + DeserializeOwned + Clone + PartialEq + Default + std::fmt::Debug;
+    type Step: StepSet;
+
+    /// Step `step`'s do (`undo = false`) or undo.
+    async fn run(
+        cx: &mut Ctx<'_, '_>,
+        p: &Self::Payload,
+        step: Self::Step,
+        undo: bool,
+    ) -> Result<Effect, StepError>;
+
+    /// What the kind does when its operation ends (before the guest's lock is released);
+    /// a change to `p` is stored as the operation's payload.
+    async fn on_finish(
+        tx: &mut Tx<'_>,
+        p: &mut Self::Payload,
+        guest: Option<&str>,
+        state: OpState,
+    ) -> Result<(), StoreError> {
+        let _ = (tx, p, guest, state);
+        Ok(())
+    }
+}
+
+/// The payload of kinds that take none: stored as `{}`; any JSON object decodes to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoPayload;
+
+impl Serialize for NoPayload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::ser::SerializeMap::end(s.serialize_map(Some(0))?)
+    }
+}
+
+impl<'de> Deserialize<'de> for NoPayload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        std::collections::BTreeMap::<String, serde::de::IgnoredAny>::deserialize(d)
+            .map(|_| NoPayload)
+    }
+}
+
+/// Builds [`OpKind`], [`Request`] and their dispatch from one table of
+/// `Variant => module::Marker` lines.
+macro_rules! kinds {
+    ($($variant:ident => $kind:ty),+ $(,)?) => {
+        /// Every operation kind. The stored names are append-only.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum OpKind { $($variant),+ }
+
+        impl OpKind {
+            pub const ALL: &'static [OpKind] = &[$(OpKind::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(OpKind::$variant => <$kind as Kind>::NAME),+ }
+            }
+
+            /// The kind's table: name, description, steps.
+            pub fn def(self) -> KindDef {
+                match self {
+                    $(OpKind::$variant => KindDef {
+                        kind: <$kind as Kind>::NAME,
+                        description: <$kind as Kind>::DESCRIPTION,
+                        steps: <<$kind as Kind>::Step as StepSet>::DEFS,
+                    }),+
+                }
+            }
+
+            /// A successful run of this kind boots the guest (its boot jobs become due).
+            pub fn boots_guest(self) -> bool {
+                match self { $(OpKind::$variant => <$kind as Kind>::BOOTS_GUEST),+ }
+            }
+        }
+
+        /// The typed request of an operation: what the API (or the controller itself)
+        /// asked for. Stored as the operation's `kind` and `payload` columns; decoded
+        /// strictly, so a corrupt payload fails its operation with a message instead of
+        /// running with defaults.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Request { $($variant(<$kind as Kind>::Payload)),+ }
+
+        impl Request {
+            pub fn kind(&self) -> OpKind {
+                match self { $(Request::$variant(_) => OpKind::$variant),+ }
+            }
+
+            /// The stored payload.
+            pub fn payload(&self) -> Result<serde_json::Value, StoreError> {
+                Ok(match self { $(Request::$variant(p) => serde_json::to_value(p)?),+ })
+            }
+
+            /// Decodes a stored operation's request.
+            pub fn decode(kind: &str, payload: &str) -> Result<Request, KindError> {
+                let k = OpKind::parse(kind).ok_or_else(|| KindError::Unknown(kind.to_string()))?;
+                Ok(match k { $(OpKind::$variant => Request::$variant(typed(k, payload)?)),+ })
+            }
+
+            /// Runs step `name`, forward or as its undo.
+            async fn run_step(
+                &self,
+                cx: &mut Ctx<'_, '_>,
+                name: &str,
+                undo: bool,
+            ) -> Result<Effect, StepError> {
+                match self {
+                    $(Request::$variant(p) => {
+                        let s = <<$kind as Kind>::Step as StepSet>::parse(name)
+                            .ok_or_else(|| unknown_step(self.kind(), name))?;
+                        <$kind as Kind>::run(cx, p, s, undo).await
+                    }),+
+                }
+            }
+
+            /// A request of kind `k` with the default payload (tests walk the registry).
+            #[cfg(test)]
+            pub fn sample(k: OpKind) -> Request {
+                match k { $(OpKind::$variant => Request::$variant(Default::default())),+ }
+            }
+
+            /// The kind's own end (see [`Kind::on_finish`]).
+            async fn finish(
+                &mut self,
+                tx: &mut Tx<'_>,
+                guest: Option<&str>,
+                state: OpState,
+            ) -> Result<(), StoreError> {
+                match self {
+                    $(Request::$variant(p) => <$kind as Kind>::on_finish(tx, p, guest, state).await),+
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    GuestCreate => create::Create,
+    GuestDelete => delete::Delete,
+    GuestStart => power::Start,
+    GuestShutdown => power::Shutdown,
+    GuestPoweroff => power::Poweroff,
+    GuestReboot => power::Reboot,
+    GuestReset => power::Reset,
+    GuestSuspend => power::Suspend,
+    GuestResume => power::Resume,
+    GuestSetBandwidth => set_bandwidth::SetBandwidth,
+    GuestBootJobs => boot_jobs::BootJobs,
+    GuestChangeIp => change_ip::ChangeIp,
+    NodeRemove => node_remove::NodeRemove,
+    NodeCleanup => node_cleanup::NodeCleanup,
+    GuestConsole => console::Console,
+    DiskCreate => disk_create::DiskCreate,
+    DiskAttach => disk_attach::DiskAttach,
+    DiskDetach => disk_detach::DiskDetach,
+    DiskResize => disk_resize::DiskResize,
+    DiskSetLimits => disk_limits::DiskSetLimits,
+    DiskDelete => disk_delete::DiskDelete,
+    SnapshotCreate => snapshot_create::SnapshotCreate,
+    SnapshotRevert => snapshot_revert::SnapshotRevert,
+    SnapshotDelete => snapshot_delete::SnapshotDelete,
+    GuestResize => resize::Resize,
+    TemplateFromGuest => to_template::ToTemplate,
 }
 
 impl OpKind {
-    pub const ALL: &'static [OpKind] = &[
-        OpKind::GuestCreate,
-        OpKind::GuestDelete,
-        OpKind::GuestStart,
-        OpKind::GuestShutdown,
-        OpKind::GuestPoweroff,
-        OpKind::GuestReboot,
-        OpKind::GuestReset,
-        OpKind::GuestSuspend,
-        OpKind::GuestResume,
-        OpKind::GuestSetBandwidth,
-        OpKind::GuestBootJobs,
-        OpKind::GuestChangeIp,
-        OpKind::NodeRemove,
-        OpKind::NodeCleanup,
-        OpKind::GuestConsole,
-        OpKind::DiskCreate,
-        OpKind::DiskAttach,
-        OpKind::DiskDetach,
-        OpKind::DiskResize,
-        OpKind::DiskSetLimits,
-        OpKind::DiskDelete,
-        OpKind::SnapshotCreate,
-        OpKind::SnapshotRevert,
-        OpKind::SnapshotDelete,
-        OpKind::GuestResize,
-        OpKind::TemplateFromGuest,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpKind::GuestCreate => "guest.create",
-            OpKind::GuestDelete => "guest.delete",
-            OpKind::GuestStart => "guest.start",
-            OpKind::GuestShutdown => "guest.shutdown",
-            OpKind::GuestPoweroff => "guest.poweroff",
-            OpKind::GuestReboot => "guest.reboot",
-            OpKind::GuestReset => "guest.reset",
-            OpKind::GuestSuspend => "guest.suspend",
-            OpKind::GuestResume => "guest.resume",
-            OpKind::GuestSetBandwidth => "guest.set_bandwidth",
-            OpKind::GuestBootJobs => "guest.boot_jobs",
-            OpKind::GuestChangeIp => "guest.change_ip",
-            OpKind::NodeRemove => "node.remove",
-            OpKind::NodeCleanup => "node.cleanup",
-            OpKind::GuestConsole => "guest.console",
-            OpKind::DiskCreate => "disk.create",
-            OpKind::DiskAttach => "disk.attach",
-            OpKind::DiskDetach => "disk.detach",
-            OpKind::DiskResize => "disk.resize",
-            OpKind::DiskSetLimits => "disk.set_limits",
-            OpKind::DiskDelete => "disk.delete",
-            OpKind::SnapshotCreate => "snapshot.create",
-            OpKind::SnapshotRevert => "snapshot.revert",
-            OpKind::SnapshotDelete => "snapshot.delete",
-            OpKind::GuestResize => "guest.resize",
-            OpKind::TemplateFromGuest => "template.from_guest",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Self> {
         OpKind::ALL.iter().copied().find(|k| k.as_str() == s)
     }
 
-    /// The kind's step names, in order, from its step enum.
+    /// The kind's step names, in order.
     pub fn step_names(self) -> Vec<&'static str> {
-        fn names<S: Copy>(all: &[S], name: fn(S) -> &'static str) -> Vec<&'static str> {
-            all.iter().map(|s| name(*s)).collect()
-        }
-        match self {
-            OpKind::GuestCreate => names(create::Step::ALL, create::Step::name),
-            OpKind::GuestDelete => names(delete::Step::ALL, delete::Step::name),
-            OpKind::GuestStart
-            | OpKind::GuestShutdown
-            | OpKind::GuestPoweroff
-            | OpKind::GuestReboot
-            | OpKind::GuestReset
-            | OpKind::GuestSuspend
-            | OpKind::GuestResume => vec![power::Power::step_of(self).name()],
-            OpKind::GuestSetBandwidth => names(set_bandwidth::Step::ALL, set_bandwidth::Step::name),
-            OpKind::GuestConsole => names(console::Step::ALL, console::Step::name),
-            OpKind::DiskCreate => names(disk_create::Step::ALL, disk_create::Step::name),
-            OpKind::DiskAttach => names(disk_attach::Step::ALL, disk_attach::Step::name),
-            OpKind::DiskDetach => names(disk_detach::Step::ALL, disk_detach::Step::name),
-            OpKind::DiskResize => names(disk_resize::Step::ALL, disk_resize::Step::name),
-            OpKind::DiskSetLimits => names(disk_limits::Step::ALL, disk_limits::Step::name),
-            OpKind::DiskDelete => names(disk_delete::Step::ALL, disk_delete::Step::name),
-            OpKind::SnapshotCreate => {
-                names(snapshot_create::Step::ALL, snapshot_create::Step::name)
-            }
-            OpKind::SnapshotRevert => {
-                names(snapshot_revert::Step::ALL, snapshot_revert::Step::name)
-            }
-            OpKind::SnapshotDelete => {
-                names(snapshot_delete::Step::ALL, snapshot_delete::Step::name)
-            }
-            OpKind::GuestResize => names(resize::Step::ALL, resize::Step::name),
-            OpKind::TemplateFromGuest => names(to_template::Step::ALL, to_template::Step::name),
-            OpKind::GuestBootJobs => names(boot_jobs::Step::ALL, boot_jobs::Step::name),
-            OpKind::GuestChangeIp => names(change_ip::Step::ALL, change_ip::Step::name),
-            OpKind::NodeRemove => names(node_remove::Step::ALL, node_remove::Step::name),
-            OpKind::NodeCleanup => names(node_cleanup::Step::ALL, node_cleanup::Step::name),
-        }
-    }
-
-    /// The kind's declaration in `jobs/` (stage labels, weights, leases).
-    pub fn declaration(self) -> &'static str {
-        match self {
-            OpKind::GuestCreate => include_str!("../../../../jobs/guest.create.toml"),
-            OpKind::GuestDelete => include_str!("../../../../jobs/guest.delete.toml"),
-            OpKind::GuestStart => include_str!("../../../../jobs/guest.start.toml"),
-            OpKind::GuestShutdown => include_str!("../../../../jobs/guest.shutdown.toml"),
-            OpKind::GuestPoweroff => include_str!("../../../../jobs/guest.poweroff.toml"),
-            OpKind::GuestReboot => include_str!("../../../../jobs/guest.reboot.toml"),
-            OpKind::GuestReset => include_str!("../../../../jobs/guest.reset.toml"),
-            OpKind::GuestSuspend => include_str!("../../../../jobs/guest.suspend.toml"),
-            OpKind::GuestResume => include_str!("../../../../jobs/guest.resume.toml"),
-            OpKind::GuestConsole => include_str!("../../../../jobs/guest.console.toml"),
-            OpKind::DiskCreate => include_str!("../../../../jobs/disk.create.toml"),
-            OpKind::DiskAttach => include_str!("../../../../jobs/disk.attach.toml"),
-            OpKind::DiskDetach => include_str!("../../../../jobs/disk.detach.toml"),
-            OpKind::DiskResize => include_str!("../../../../jobs/disk.resize.toml"),
-            OpKind::DiskSetLimits => include_str!("../../../../jobs/disk.set_limits.toml"),
-            OpKind::DiskDelete => include_str!("../../../../jobs/disk.delete.toml"),
-            OpKind::SnapshotCreate => include_str!("../../../../jobs/snapshot.create.toml"),
-            OpKind::SnapshotRevert => include_str!("../../../../jobs/snapshot.revert.toml"),
-            OpKind::SnapshotDelete => include_str!("../../../../jobs/snapshot.delete.toml"),
-            OpKind::GuestResize => include_str!("../../../../jobs/guest.resize.toml"),
-            OpKind::TemplateFromGuest => include_str!("../../../../jobs/template.from_guest.toml"),
-            OpKind::GuestSetBandwidth => {
-                include_str!("../../../../jobs/guest.set_bandwidth.toml")
-            }
-            OpKind::GuestBootJobs => include_str!("../../../../jobs/guest.boot_jobs.toml"),
-            OpKind::GuestChangeIp => include_str!("../../../../jobs/guest.change_ip.toml"),
-            OpKind::NodeRemove => include_str!("../../../../jobs/node.remove.toml"),
-            OpKind::NodeCleanup => include_str!("../../../../jobs/node.cleanup.toml"),
-        }
-    }
-
-    /// A successful run of this kind boots the guest (its boot jobs become due).
-    pub fn boots_guest(self) -> bool {
-        matches!(
-            self,
-            OpKind::GuestCreate | OpKind::GuestStart | OpKind::GuestReboot | OpKind::GuestReset
-        )
+        self.def().steps.iter().map(|s| s.name).collect()
     }
 }
 
@@ -250,39 +292,11 @@ impl std::fmt::Display for OpKind {
     }
 }
 
-/// The typed request of an operation: what the API (or the controller itself) asked for.
-/// Stored as the operation's `kind` and `payload` columns; decoded strictly, so a corrupt
-/// payload fails its operation with a message instead of running with defaults.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Request {
-    /// The guest row holds the whole request (sizes, template, pool, secrets).
-    GuestCreate,
-    GuestDelete,
-    Power(power::Power),
-    SetBandwidth(set_bandwidth::Payload),
-    Console(console::Payload),
-    DiskCreate(disk_create::DiskRef),
-    DiskAttach(disk_attach::Payload),
-    DiskDetach(disk_create::DiskRef),
-    DiskResize(disk_resize::Payload),
-    DiskSetLimits(disk_limits::Payload),
-    DiskDelete(disk_create::DiskRef),
-    SnapshotCreate(snapshot_create::SnapshotRef),
-    SnapshotRevert(snapshot_create::SnapshotRef),
-    SnapshotDelete(snapshot_create::SnapshotRef),
-    Resize(resize::Payload),
-    ToTemplate(to_template::Payload),
-    BootJobs(boot_jobs::RunPayload),
-    ChangeIp(change_ip::ChangeIpPayload),
-    NodeRemove(node_remove::Payload),
-    NodeCleanup,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum KindError {
     #[error("unknown operation kind {0}")]
     Unknown(String),
-    #[error("payload of {kind} is corrupt: {source}")]
+    #[error("payload of {kind} is corrupt")]
     Payload {
         kind: OpKind,
         #[source]
@@ -294,99 +308,7 @@ fn typed<T: DeserializeOwned>(kind: OpKind, payload: &str) -> Result<T, KindErro
     serde_json::from_str(payload).map_err(|source| KindError::Payload { kind, source })
 }
 
-/// The payload of kinds that take none: an empty object (or anything without meaning).
-fn none(kind: OpKind, payload: &str) -> Result<(), KindError> {
-    typed::<serde_json::Map<String, serde_json::Value>>(kind, payload).map(|_| ())
-}
-
 impl Request {
-    pub fn kind(&self) -> OpKind {
-        match self {
-            Request::GuestCreate => OpKind::GuestCreate,
-            Request::GuestDelete => OpKind::GuestDelete,
-            Request::Power(p) => p.kind(),
-            Request::SetBandwidth(_) => OpKind::GuestSetBandwidth,
-            Request::Console(_) => OpKind::GuestConsole,
-            Request::DiskCreate(_) => OpKind::DiskCreate,
-            Request::DiskAttach(_) => OpKind::DiskAttach,
-            Request::DiskDetach(_) => OpKind::DiskDetach,
-            Request::DiskResize(_) => OpKind::DiskResize,
-            Request::DiskSetLimits(_) => OpKind::DiskSetLimits,
-            Request::DiskDelete(_) => OpKind::DiskDelete,
-            Request::SnapshotCreate(_) => OpKind::SnapshotCreate,
-            Request::SnapshotRevert(_) => OpKind::SnapshotRevert,
-            Request::SnapshotDelete(_) => OpKind::SnapshotDelete,
-            Request::Resize(_) => OpKind::GuestResize,
-            Request::ToTemplate(_) => OpKind::TemplateFromGuest,
-            Request::BootJobs(_) => OpKind::GuestBootJobs,
-            Request::ChangeIp(_) => OpKind::GuestChangeIp,
-            Request::NodeRemove(_) => OpKind::NodeRemove,
-            Request::NodeCleanup => OpKind::NodeCleanup,
-        }
-    }
-
-    /// The stored payload.
-    pub fn payload(&self) -> Result<serde_json::Value, StoreError> {
-        Ok(match self {
-            Request::GuestCreate | Request::GuestDelete | Request::NodeCleanup => {
-                serde_json::json!({})
-            }
-            Request::Power(p) => p.payload(),
-            Request::SetBandwidth(p) => serde_json::to_value(p)?,
-            Request::Console(p) => serde_json::to_value(p)?,
-            Request::DiskCreate(p) | Request::DiskDetach(p) | Request::DiskDelete(p) => {
-                serde_json::to_value(p)?
-            }
-            Request::DiskAttach(p) => serde_json::to_value(p)?,
-            Request::DiskResize(p) => serde_json::to_value(p)?,
-            Request::DiskSetLimits(p) => serde_json::to_value(p)?,
-            Request::Resize(p) => serde_json::to_value(p)?,
-            Request::ToTemplate(p) => serde_json::to_value(p)?,
-            Request::SnapshotCreate(p)
-            | Request::SnapshotRevert(p)
-            | Request::SnapshotDelete(p) => serde_json::to_value(p)?,
-            Request::BootJobs(p) => serde_json::to_value(p)?,
-            Request::ChangeIp(p) => serde_json::to_value(p)?,
-            Request::NodeRemove(p) => serde_json::to_value(p)?,
-        })
-    }
-
-    /// Decodes a stored operation's request.
-    pub fn decode(kind: &str, payload: &str) -> Result<Request, KindError> {
-        let k = OpKind::parse(kind).ok_or_else(|| KindError::Unknown(kind.to_string()))?;
-        Ok(match k {
-            OpKind::GuestCreate => none(k, payload).map(|_| Request::GuestCreate)?,
-            OpKind::GuestDelete => none(k, payload).map(|_| Request::GuestDelete)?,
-            OpKind::GuestStart
-            | OpKind::GuestShutdown
-            | OpKind::GuestPoweroff
-            | OpKind::GuestReboot
-            | OpKind::GuestReset
-            | OpKind::GuestSuspend
-            | OpKind::GuestResume => {
-                let p: power::PowerPayload = typed(k, payload)?;
-                Request::Power(power::Power::from_kind(k, p.timeout_secs))
-            }
-            OpKind::GuestSetBandwidth => Request::SetBandwidth(typed(k, payload)?),
-            OpKind::GuestConsole => Request::Console(typed(k, payload)?),
-            OpKind::DiskCreate => Request::DiskCreate(typed(k, payload)?),
-            OpKind::DiskAttach => Request::DiskAttach(typed(k, payload)?),
-            OpKind::DiskDetach => Request::DiskDetach(typed(k, payload)?),
-            OpKind::DiskResize => Request::DiskResize(typed(k, payload)?),
-            OpKind::DiskSetLimits => Request::DiskSetLimits(typed(k, payload)?),
-            OpKind::DiskDelete => Request::DiskDelete(typed(k, payload)?),
-            OpKind::SnapshotCreate => Request::SnapshotCreate(typed(k, payload)?),
-            OpKind::SnapshotRevert => Request::SnapshotRevert(typed(k, payload)?),
-            OpKind::SnapshotDelete => Request::SnapshotDelete(typed(k, payload)?),
-            OpKind::GuestResize => Request::Resize(typed(k, payload)?),
-            OpKind::TemplateFromGuest => Request::ToTemplate(typed(k, payload)?),
-            OpKind::GuestBootJobs => Request::BootJobs(typed(k, payload)?),
-            OpKind::GuestChangeIp => Request::ChangeIp(typed(k, payload)?),
-            OpKind::NodeRemove => Request::NodeRemove(typed(k, payload)?),
-            OpKind::NodeCleanup => none(k, payload).map(|_| Request::NodeCleanup)?,
-        })
-    }
-
     /// The request stored in an operation row.
     pub fn of(op: &OpRow) -> Result<Request, KindError> {
         Request::decode(&op.kind, &op.payload)
@@ -437,142 +359,30 @@ pub async fn run(
     name: &str,
     undo: bool,
 ) -> Result<Effect, StepError> {
-    let kind = req.kind();
-    match req {
-        Request::GuestCreate => {
-            let s = create::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            create::run(cx, s, undo).await
-        }
-        Request::GuestDelete => {
-            let s = delete::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            delete::run(cx, s, undo).await
-        }
-        Request::Power(p) => {
-            if name != power::Power::step_of(kind).name() {
-                return Err(unknown_step(kind, name));
-            }
-            power::run(cx, p, undo).await
-        }
-        Request::SetBandwidth(p) => {
-            let s = set_bandwidth::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            set_bandwidth::run(cx, p, s, undo).await
-        }
-        Request::Console(p) => {
-            let s = console::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            console::run(cx, p, s, undo).await
-        }
-        Request::DiskCreate(p) => {
-            let s = disk_create::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            disk_create::run(cx, p, s, undo).await
-        }
-        Request::DiskAttach(p) => {
-            let s = disk_attach::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            disk_attach::run(cx, p, s, undo).await
-        }
-        Request::DiskDetach(p) => {
-            let s = disk_detach::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            disk_detach::run(cx, p, s, undo).await
-        }
-        Request::DiskResize(p) => {
-            let s = disk_resize::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            disk_resize::run(cx, p, s, undo).await
-        }
-        Request::DiskSetLimits(p) => {
-            let s = disk_limits::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            disk_limits::run(cx, p, s, undo).await
-        }
-        Request::DiskDelete(p) => {
-            let s = disk_delete::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            disk_delete::run(cx, p, s, undo).await
-        }
-        Request::SnapshotCreate(p) => {
-            let s = snapshot_create::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            snapshot_create::run(cx, p, s, undo).await
-        }
-        Request::SnapshotRevert(p) => {
-            let s = snapshot_revert::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            snapshot_revert::run(cx, p, s, undo).await
-        }
-        Request::ToTemplate(p) => {
-            let s = to_template::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            to_template::run(cx, p, s, undo).await
-        }
-        Request::Resize(p) => {
-            let s = resize::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            resize::run(cx, p, s, undo).await
-        }
-        Request::SnapshotDelete(p) => {
-            let s = snapshot_delete::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            snapshot_delete::run(cx, p, s, undo).await
-        }
-        Request::BootJobs(p) => {
-            let s = boot_jobs::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            boot_jobs::run(cx, p, s, undo).await
-        }
-        Request::ChangeIp(_) => {
-            let s = change_ip::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            change_ip::run(cx, s, undo).await
-        }
-        Request::NodeRemove(p) => {
-            let s = node_remove::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            node_remove::run(cx, p, s, undo).await
-        }
-        Request::NodeCleanup => {
-            let s = node_cleanup::Step::parse(name).ok_or_else(|| unknown_step(kind, name))?;
-            node_cleanup::run(cx, s, undo).await
-        }
-    }
+    req.run_step(cx, name, undo).await
 }
 
-/// What the kind does when its operation ends (before the guest's lock is released).
+/// What happens when an operation ends (before the guest's lock is released): the kind's
+/// own [`Kind::on_finish`], then what every kind shares.
 pub async fn on_finish(
     tx: &mut Tx<'_>,
     req: &Request,
     op: &mut OpRow,
     state: OpState,
 ) -> Result<(), StoreError> {
-    match req {
-        Request::Console(p) => {
-            // The ticket's password is forgotten as soon as its operation ends.
-            op.payload = serde_json::to_string(&console::Payload {
-                password: String::new(),
-                ..p.clone()
-            })?;
-        }
-        Request::DiskCreate(p) => disk_create::on_finish(tx, p, state).await?,
-        Request::SnapshotCreate(p) => snapshot_create::on_finish(tx, p, state).await?,
-        _ => {}
+    let mut after = req.clone();
+    after.finish(tx, op.guest_id.as_deref(), state).await?;
+    if after != *req {
+        // For example a console ticket's password, forgotten as its operation ends.
+        op.payload = after.payload()?.to_string();
     }
     // A disk operation's hold on its disk ends with it.
     crate::controller::store::unlock_disks(tx, &op.id).await?;
-    let Some(guest) = op.guest_id.as_deref() else {
-        return Ok(());
-    };
-    match req {
-        Request::GuestCreate => create::on_finish(tx, guest, state).await?,
-        Request::GuestDelete => delete::on_finish(tx, guest, state).await?,
-        Request::Power(_)
-        | Request::SetBandwidth(_)
-        | Request::Console(_)
-        | Request::DiskCreate(_)
-        | Request::DiskAttach(_)
-        | Request::DiskDetach(_)
-        | Request::DiskResize(_)
-        | Request::DiskSetLimits(_)
-        | Request::DiskDelete(_)
-        | Request::SnapshotCreate(_)
-        | Request::SnapshotRevert(_)
-        | Request::SnapshotDelete(_)
-        | Request::Resize(_)
-        | Request::ToTemplate(_)
-        | Request::BootJobs(_)
-        | Request::ChangeIp(_)
-        | Request::NodeRemove(_)
-        | Request::NodeCleanup => {}
-    }
-    if state == OpState::Succeeded && req.kind().boots_guest() {
-        // The guest has just booted: its pending boot jobs run once it is free.
-        boot_jobs::mark_booted(tx, guest).await?;
+    if let Some(guest) = op.guest_id.as_deref() {
+        if state == OpState::Succeeded && req.kind().boots_guest() {
+            // The guest has just booted: its pending boot jobs run once it is free.
+            boot_jobs::mark_booted(tx, guest).await?;
+        }
     }
     Ok(())
 }
@@ -581,27 +391,39 @@ pub async fn on_finish(
 mod tests {
     use super::*;
 
+    /// Walks the registry: every kind's name parses back and is unique, it has steps, each
+    /// step parses back by its stored name, and its default request survives being stored.
     #[test]
-    fn kind_names_round_trip_and_are_unique() {
+    fn every_registered_kind_round_trips() {
         let mut seen = std::collections::HashSet::new();
         for k in OpKind::ALL {
             assert_eq!(OpKind::parse(k.as_str()), Some(*k));
-            assert!(seen.insert(k.as_str()));
-            assert!(!k.step_names().is_empty());
+            assert!(seen.insert(k.as_str()), "{k} is registered twice");
+            assert!(!k.step_names().is_empty(), "{k} has no steps");
+            let r = Request::sample(*k);
+            assert_eq!(r.kind(), *k);
+            let payload = r.payload().unwrap().to_string();
+            assert_eq!(Request::decode(k.as_str(), &payload).unwrap(), r);
         }
+        assert_eq!(
+            create::Step::parse("build"),
+            Some(create::Step::Build),
+            "steps parse by their stored names"
+        );
     }
 
     #[test]
     fn requests_round_trip_through_their_stored_form() {
         let reqs = [
-            Request::GuestCreate,
-            Request::GuestDelete,
-            Request::Power(power::Power::Shutdown {
+            Request::GuestCreate(NoPayload),
+            Request::GuestDelete(NoPayload),
+            power::Power::Shutdown {
                 timeout_secs: Some(600),
-            }),
-            Request::Power(power::Power::Reset),
-            Request::SetBandwidth(set_bandwidth::Payload { bandwidth: None }),
-            Request::Console(console::Payload {
+            }
+            .request(),
+            power::Power::Reset.request(),
+            Request::GuestSetBandwidth(set_bandwidth::Payload { bandwidth: None }),
+            Request::GuestConsole(console::Payload {
                 password: "p".into(),
                 valid_until_ms: 1,
             }),
@@ -639,7 +461,7 @@ mod tests {
             Request::SnapshotDelete(snapshot_create::SnapshotRef {
                 snapshot_id: "s".into(),
             }),
-            Request::Resize(resize::Payload {
+            Request::GuestResize(resize::Payload {
                 cpus: 2,
                 memory_mib: 256,
                 old_cpus: 1,
@@ -647,7 +469,7 @@ mod tests {
                 max_cpus: 4,
                 ..Default::default()
             }),
-            Request::ToTemplate(to_template::Payload {
+            Request::TemplateFromGuest(to_template::Payload {
                 template_id: "t".into(),
                 name: "n".into(),
                 path: "/p".into(),
@@ -657,14 +479,14 @@ mod tests {
                 snapshot_id: Some("s".into()),
                 owner_id: None,
             }),
-            Request::BootJobs(boot_jobs::RunPayload {
+            Request::GuestBootJobs(boot_jobs::RunPayload {
                 job_ids: Some(vec!["j".into()]),
             }),
-            Request::ChangeIp(change_ip::ChangeIpPayload::default()),
+            Request::GuestChangeIp(change_ip::ChangeIpPayload::default()),
             Request::NodeRemove(node_remove::Payload {
                 delete_guests: true,
             }),
-            Request::NodeCleanup,
+            Request::NodeCleanup(NoPayload),
         ];
         for r in reqs {
             let payload = r.payload().unwrap().to_string();
@@ -676,6 +498,7 @@ mod tests {
     fn a_corrupt_payload_is_an_error_not_a_default() {
         let e = Request::decode("guest.set_bandwidth", r#"{"bandwidth": "fast"}"#).unwrap_err();
         assert!(e.to_string().contains("guest.set_bandwidth"), "{e}");
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
         assert!(Request::decode("guest.shutdown", r#"{"timeout_secs": "x"}"#).is_err());
         assert!(Request::decode("guest.create", "[]").is_err());
         assert!(matches!(

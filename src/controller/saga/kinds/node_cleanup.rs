@@ -8,7 +8,7 @@
 //!    attempt; a guest whose list is empty gets back the leases it held for cleanup; the
 //!    event log says what was removed.
 
-use super::{Ctx, Effect};
+use super::{Ctx, Effect, Kind, NoPayload, StepDef};
 use crate::controller::alloc;
 use crate::controller::saga::steps::StepError;
 use crate::controller::store::{self as st, events};
@@ -16,35 +16,51 @@ use crate::model::{CleanupItem, CleanupReport, NodeAction};
 
 super::steps! {
     pub enum Step {
-        Clean = "clean",
-        Record = "record",
+        Clean = StepDef::node("clean", "removing leftovers on the node").weight(3),
+        Record = StepDef::controller("record", "recording"),
     }
 }
 
-pub async fn run(cx: &mut Ctx<'_, '_>, step: Step, undo: bool) -> Result<Effect, StepError> {
-    let node = cx.op.node_id.clone().unwrap_or_default();
-    match (step, undo) {
-        (Step::Clean, false) => {
-            let mut items = Vec::new();
-            for row in st::cleanup_of_node_in(cx.tx, &node).await? {
-                items.push(CleanupItem {
-                    id: row.id,
-                    action: row.node_action()?,
-                });
+/// `node.cleanup`: run a node's cleanup list: what abandoned steps and failed undos left there.
+pub struct NodeCleanup;
+
+impl Kind for NodeCleanup {
+    const NAME: &'static str = "node.cleanup";
+    const DESCRIPTION: &'static str =
+        "Run a node's cleanup list: what abandoned steps and failed undos left there.";
+    type Payload = NoPayload;
+    type Step = Step;
+
+    async fn run(
+        cx: &mut Ctx<'_, '_>,
+        _p: &NoPayload,
+        step: Step,
+        undo: bool,
+    ) -> Result<Effect, StepError> {
+        let node = cx.op.node_id.clone().unwrap_or_default();
+        match (step, undo) {
+            (Step::Clean, false) => {
+                let mut items = Vec::new();
+                for row in st::cleanup_of_node_in(cx.tx, &node).await? {
+                    items.push(CleanupItem {
+                        id: row.id,
+                        action: row.node_action()?,
+                    });
+                }
+                if items.is_empty() {
+                    return Ok(Effect::Done);
+                }
+                Ok(Effect::Node {
+                    node,
+                    action: NodeAction::Cleanup { items },
+                })
             }
-            if items.is_empty() {
-                return Ok(Effect::Done);
+            (Step::Record, false) => {
+                record(cx, &node).await?;
+                Ok(Effect::Done)
             }
-            Ok(Effect::Node {
-                node,
-                action: NodeAction::Cleanup { items },
-            })
+            (Step::Clean | Step::Record, true) => Ok(Effect::Done),
         }
-        (Step::Record, false) => {
-            record(cx, &node).await?;
-            Ok(Effect::Done)
-        }
-        (Step::Clean | Step::Record, true) => Ok(Effect::Done),
     }
 }
 

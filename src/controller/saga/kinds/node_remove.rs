@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, Effect};
+use super::{Ctx, Effect, Kind, StepDef};
 use crate::controller::alloc;
 use crate::controller::saga::steps::StepError;
 use crate::controller::store::{self as st, events};
@@ -26,19 +26,29 @@ pub struct Payload {
 
 super::steps! {
     pub enum Step {
-        RemoveNode = "remove_node",
+        RemoveNode = StepDef::controller("remove_node", "removing the node"),
     }
 }
 
-pub async fn run(
-    cx: &mut Ctx<'_, '_>,
-    p: &Payload,
-    step: Step,
-    undo: bool,
-) -> Result<Effect, StepError> {
-    match (step, undo) {
-        (Step::RemoveNode, false) => remove_node(cx, p).await.map(|_| Effect::Done),
-        (Step::RemoveNode, true) => Ok(Effect::Done),
+/// `node.remove`: remove a node (S35): offline, or online without guests; its guests' records and disks are kept or deleted with it (S58).
+pub struct NodeRemove;
+
+impl Kind for NodeRemove {
+    const NAME: &'static str = "node.remove";
+    const DESCRIPTION: &'static str = "Remove a node (S35): offline, or online without guests; its guests' records and disks are kept or deleted with it (S58).";
+    type Payload = Payload;
+    type Step = Step;
+
+    async fn run(
+        cx: &mut Ctx<'_, '_>,
+        p: &Payload,
+        step: Step,
+        undo: bool,
+    ) -> Result<Effect, StepError> {
+        match (step, undo) {
+            (Step::RemoveNode, false) => remove_node(cx, p).await.map(|_| Effect::Done),
+            (Step::RemoveNode, true) => Ok(Effect::Done),
+        }
     }
 }
 

@@ -1,11 +1,11 @@
 //! The power operations, one node step each: `guest.start`, `guest.shutdown`,
 //! `guest.poweroff`, `guest.reboot`, `guest.reset`, `guest.suspend`, `guest.resume`.
-//! They share one module because each is a single action with no undo; the kind is the
-//! [`Power`] variant.
+//! They share one module because each is a single action with no undo: each kind is a
+//! marker made by `power_kind!`, and the node action it asks for is a [`Power`].
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, Effect, OpKind};
+use super::{Ctx, Effect, Kind, NoPayload, Request, StepDef};
 use crate::controller::saga::steps::{guest_of, StepError};
 use crate::model::{NodeAction, SubStep};
 
@@ -19,19 +19,73 @@ pub struct PowerPayload {
     pub timeout_secs: Option<u64>,
 }
 
-super::steps! {
-    /// The one step of each power kind.
-    pub enum Step {
-        Start = "start",
-        Shutdown = "shutdown",
-        Poweroff = "poweroff",
-        Reboot = "reboot",
-        Reset = "reset",
-        Suspend = "suspend",
-        Resume = "resume",
+/// Declares one power kind: its marker, its one step and what that step asks of the node.
+macro_rules! power_kind {
+    ($marker:ident, $steps:ident, $payload:ty, $kind:literal, $desc:literal, boots: $boots:literal,
+     $step:ident = $def:expr, $power:expr) => {
+        super::steps! {
+            #[doc = concat!("The one step of `", $kind, "`.")]
+            pub enum $steps { $step = $def }
+        }
+
+        #[doc = concat!("`", $kind, "`: ", $desc)]
+        pub struct $marker;
+
+        impl Kind for $marker {
+            const NAME: &'static str = $kind;
+            const DESCRIPTION: &'static str = $desc;
+            const BOOTS_GUEST: bool = $boots;
+            type Payload = $payload;
+            type Step = $steps;
+
+            async fn run(
+                cx: &mut Ctx<'_, '_>,
+                p: &$payload,
+                _step: $steps,
+                undo: bool,
+            ) -> Result<Effect, StepError> {
+                run(cx, $power(p.timeout()), undo).await
+            }
+        }
+    };
+}
+
+power_kind!(Start, StartStep, NoPayload, "guest.start", "Start a stopped guest.", boots: true,
+    Start = StepDef::node("start", "starting"), |_| Power::Start);
+power_kind!(Shutdown, ShutdownStep, PowerPayload, "guest.shutdown",
+    "ACPI shutdown; waits until the guest is off.", boots: false,
+    Shutdown = StepDef::node("shutdown", "shutting down"),
+    |timeout_secs| Power::Shutdown { timeout_secs });
+power_kind!(Poweroff, PoweroffStep, NoPayload, "guest.poweroff",
+    "Force the guest off (like pulling the plug).", boots: false,
+    Poweroff = StepDef::node("poweroff", "powering off"), |_| Power::Poweroff);
+power_kind!(Reboot, RebootStep, NoPayload, "guest.reboot", "ACPI reboot.", boots: true,
+    Reboot = StepDef::node("reboot", "rebooting"), |_| Power::Reboot);
+power_kind!(Reset, ResetStep, NoPayload, "guest.reset", "Force reset (like the reset button).", boots: true,
+    Reset = StepDef::node("reset", "resetting"), |_| Power::Reset);
+power_kind!(Suspend, SuspendStep, NoPayload, "guest.suspend", "Pause the guest's vCPUs.", boots: false,
+    Suspend = StepDef::node("suspend", "suspending"), |_| Power::Suspend);
+power_kind!(Resume, ResumeStep, NoPayload, "guest.resume", "Resume a paused guest.", boots: false,
+    Resume = StepDef::node("resume", "resuming"), |_| Power::Resume);
+
+/// What a power kind's payload says about its time limit.
+trait Timeout {
+    fn timeout(&self) -> Option<u64>;
+}
+
+impl Timeout for NoPayload {
+    fn timeout(&self) -> Option<u64> {
+        None
     }
 }
 
+impl Timeout for PowerPayload {
+    fn timeout(&self) -> Option<u64> {
+        self.timeout_secs
+    }
+}
+
+/// What one power operation asks of the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Power {
     Start,
@@ -47,54 +101,23 @@ pub enum Power {
 }
 
 impl Power {
-    pub fn kind(self) -> OpKind {
+    /// The request of this power operation.
+    pub fn request(self) -> Request {
         match self {
-            Power::Start => OpKind::GuestStart,
-            Power::Shutdown { .. } => OpKind::GuestShutdown,
-            Power::Poweroff => OpKind::GuestPoweroff,
-            Power::Reboot => OpKind::GuestReboot,
-            Power::Reset => OpKind::GuestReset,
-            Power::Suspend => OpKind::GuestSuspend,
-            Power::Resume => OpKind::GuestResume,
-        }
-    }
-
-    /// The request of a power kind (`timeout_secs` matters to shutdown only).
-    pub fn from_kind(kind: OpKind, timeout_secs: Option<u64>) -> Power {
-        match Power::step_of(kind) {
-            Step::Start => Power::Start,
-            Step::Shutdown => Power::Shutdown { timeout_secs },
-            Step::Poweroff => Power::Poweroff,
-            Step::Reboot => Power::Reboot,
-            Step::Reset => Power::Reset,
-            Step::Suspend => Power::Suspend,
-            Step::Resume => Power::Resume,
-        }
-    }
-
-    /// The single step of a power kind (`start` for kinds that are not power kinds, which
-    /// never ask).
-    pub fn step_of(kind: OpKind) -> Step {
-        match kind {
-            OpKind::GuestShutdown => Step::Shutdown,
-            OpKind::GuestPoweroff => Step::Poweroff,
-            OpKind::GuestReboot => Step::Reboot,
-            OpKind::GuestReset => Step::Reset,
-            OpKind::GuestSuspend => Step::Suspend,
-            OpKind::GuestResume => Step::Resume,
-            _ => Step::Start,
-        }
-    }
-
-    pub fn payload(self) -> serde_json::Value {
-        match self {
-            Power::Shutdown { timeout_secs } => serde_json::json!({ "timeout_secs": timeout_secs }),
-            _ => serde_json::json!({}),
+            Power::Start => Request::GuestStart(NoPayload),
+            Power::Shutdown { timeout_secs } => {
+                Request::GuestShutdown(PowerPayload { timeout_secs })
+            }
+            Power::Poweroff => Request::GuestPoweroff(NoPayload),
+            Power::Reboot => Request::GuestReboot(NoPayload),
+            Power::Reset => Request::GuestReset(NoPayload),
+            Power::Suspend => Request::GuestSuspend(NoPayload),
+            Power::Resume => Request::GuestResume(NoPayload),
         }
     }
 }
 
-pub async fn run(cx: &mut Ctx<'_, '_>, p: &Power, undo: bool) -> Result<Effect, StepError> {
+async fn run(cx: &mut Ctx<'_, '_>, p: Power, undo: bool) -> Result<Effect, StepError> {
     let g = guest_of(cx.tx, cx.op).await?;
     let Some(node) = g.node_id.clone() else {
         return Ok(Effect::Done);
@@ -109,7 +132,7 @@ pub async fn run(cx: &mut Ctx<'_, '_>, p: &Power, undo: bool) -> Result<Effect, 
         _ => None,
     };
     let guest_id = g.id;
-    let action = match *p {
+    let action = match p {
         Power::Start => {
             let start = NodeAction::Start { guest_id };
             match seal {

@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, Effect};
+use super::{Ctx, Effect, Kind, StepDef};
 use crate::controller::placement::{self, PlaceError};
 use crate::controller::saga::steps::{guest_of, node_of, StepError};
 use crate::controller::store as st;
@@ -64,57 +64,67 @@ impl Payload {
 
 super::steps! {
     pub enum Step {
-        Check = "check",
-        Redefine = "redefine",
-        Record = "record",
+        Check = StepDef::controller("check", "checking the node's capacity"),
+        Redefine = StepDef::node("redefine", "resizing (live, or in the definition)").undoable().weight(2),
+        Record = StepDef::controller("record", "recording"),
     }
 }
 
-pub async fn run(
-    cx: &mut Ctx<'_, '_>,
-    p: &Payload,
-    step: Step,
-    undo: bool,
-) -> Result<Effect, StepError> {
-    let g = guest_of(cx.tx, cx.op).await?;
-    let node = node_of(&g)?;
-    Ok(match (step, undo) {
-        (Step::Check, false) => {
-            let candidates = super::create::candidates(cx.tx).await?;
-            let need = placement::Need {
-                memory_mib: u64::from(p.memory_mib.saturating_sub(p.old_memory_mib)),
-                cpus: u64::from(p.cpus.saturating_sub(p.old_cpus)),
-                bridge: None,
-            };
-            match placement::place(&candidates, need, Some(&node), &cx.env.thresholds) {
-                Ok(_) => Effect::Done,
-                Err(PlaceError::Refused(r)) => {
-                    let why: Vec<String> = r
-                        .into_iter()
-                        .map(|r| format!("node {}: {}", r.node, r.reason))
-                        .collect();
-                    return Err(StepError::Permanent(format!(
-                        "no room for the new size: {}",
-                        why.join("; ")
-                    )));
+/// `guest.resize`: change a guest's vCPUs and memory within its node's capacity: any size while it is stopped, live within its maxima while it runs (S75).
+pub struct Resize;
+
+impl Kind for Resize {
+    const NAME: &'static str = "guest.resize";
+    const DESCRIPTION: &'static str = "Change a guest's vCPUs and memory within its node's capacity: any size while it is stopped, live within its maxima while it runs (S75).";
+    type Payload = Payload;
+    type Step = Step;
+
+    async fn run(
+        cx: &mut Ctx<'_, '_>,
+        p: &Payload,
+        step: Step,
+        undo: bool,
+    ) -> Result<Effect, StepError> {
+        let g = guest_of(cx.tx, cx.op).await?;
+        let node = node_of(&g)?;
+        Ok(match (step, undo) {
+            (Step::Check, false) => {
+                let candidates = super::create::candidates(cx.tx).await?;
+                let need = placement::Need {
+                    memory_mib: u64::from(p.memory_mib.saturating_sub(p.old_memory_mib)),
+                    cpus: u64::from(p.cpus.saturating_sub(p.old_cpus)),
+                    bridge: None,
+                };
+                match placement::place(&candidates, need, Some(&node), &cx.env.thresholds) {
+                    Ok(_) => Effect::Done,
+                    Err(PlaceError::Refused(r)) => {
+                        let why: Vec<String> = r
+                            .into_iter()
+                            .map(|r| format!("node {}: {}", r.node, r.reason))
+                            .collect();
+                        return Err(StepError::Permanent(format!(
+                            "no room for the new size: {}",
+                            why.join("; ")
+                        )));
+                    }
+                    Err(e) => return Err(StepError::Permanent(e.to_string())),
                 }
-                Err(e) => return Err(StepError::Permanent(e.to_string())),
             }
-        }
-        (Step::Redefine, undo) => {
-            let size = if undo { p.old_size() } else { p.new_size() };
-            Effect::Node {
-                node,
-                action: NodeAction::ResizeDomain {
-                    guest_id: g.id,
-                    size,
-                },
+            (Step::Redefine, undo) => {
+                let size = if undo { p.old_size() } else { p.new_size() };
+                Effect::Node {
+                    node,
+                    action: NodeAction::ResizeDomain {
+                        guest_id: g.id,
+                        size,
+                    },
+                }
             }
-        }
-        (Step::Record, false) => {
-            st::set_guest_size(cx.tx, &g.id, &p.new_size()).await?;
-            Effect::Done
-        }
-        (Step::Check | Step::Record, true) => Effect::Done,
-    })
+            (Step::Record, false) => {
+                st::set_guest_size(cx.tx, &g.id, &p.new_size()).await?;
+                Effect::Done
+            }
+            (Step::Check | Step::Record, true) => Effect::Done,
+        })
+    }
 }

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, Effect};
+use super::{Ctx, Effect, Kind, StepDef};
 use crate::controller::saga::steps::{guest_of, node_of, StepError};
 use crate::controller::store::{self as st, StoreError, Tx};
 use crate::model::{NodeAction, OpState};
@@ -22,46 +22,61 @@ pub struct SnapshotRef {
 
 super::steps! {
     pub enum Step {
-        Take = "take",
-        Record = "record",
+        Take = StepDef::node("take", "taking the snapshot").undoable().weight(4),
+        Record = StepDef::controller("record", "recording"),
     }
 }
 
-pub async fn run(
-    cx: &mut Ctx<'_, '_>,
-    p: &SnapshotRef,
-    step: Step,
-    undo: bool,
-) -> Result<Effect, StepError> {
-    let g = guest_of(cx.tx, cx.op).await?;
-    let node = node_of(&g)?;
-    let action = |undo| {
-        let (guest_id, name) = (g.id.clone(), p.snapshot_id.clone());
-        if undo {
-            NodeAction::DeleteSnapshot { guest_id, name }
-        } else {
-            NodeAction::CreateSnapshot { guest_id, name }
-        }
-    };
-    Ok(match (step, undo) {
-        (Step::Take, undo) => Effect::Node {
-            node,
-            action: action(undo),
-        },
-        (Step::Record, false) => {
-            let out = cx.op.step_output("take").unwrap_or_default();
-            let vm_state = out["vm_state"].as_str().unwrap_or("unknown");
-            let quiesced = out["quiesced"].as_bool().unwrap_or(false);
-            st::snapshot_taken(cx.tx, &p.snapshot_id, vm_state, quiesced).await?;
-            Effect::Done
-        }
-        (Step::Record, true) => Effect::Done,
-    })
-}
+/// `snapshot.create`: take an internal snapshot of a guest, its filesystems frozen through the agent when it answers (S80, S83).
+pub struct SnapshotCreate;
 
-pub async fn on_finish(tx: &mut Tx<'_>, p: &SnapshotRef, state: OpState) -> Result<(), StoreError> {
-    if state != OpState::Succeeded {
-        st::forget_snapshot(tx, &p.snapshot_id).await?;
+impl Kind for SnapshotCreate {
+    const NAME: &'static str = "snapshot.create";
+    const DESCRIPTION: &'static str = "Take an internal snapshot of a guest, its filesystems frozen through the agent when it answers (S80, S83).";
+    type Payload = SnapshotRef;
+    type Step = Step;
+
+    async fn on_finish(
+        tx: &mut Tx<'_>,
+        p: &mut SnapshotRef,
+        _guest: Option<&str>,
+        state: OpState,
+    ) -> Result<(), StoreError> {
+        if state != OpState::Succeeded {
+            st::forget_snapshot(tx, &p.snapshot_id).await?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    async fn run(
+        cx: &mut Ctx<'_, '_>,
+        p: &SnapshotRef,
+        step: Step,
+        undo: bool,
+    ) -> Result<Effect, StepError> {
+        let g = guest_of(cx.tx, cx.op).await?;
+        let node = node_of(&g)?;
+        let action = |undo| {
+            let (guest_id, name) = (g.id.clone(), p.snapshot_id.clone());
+            if undo {
+                NodeAction::DeleteSnapshot { guest_id, name }
+            } else {
+                NodeAction::CreateSnapshot { guest_id, name }
+            }
+        };
+        Ok(match (step, undo) {
+            (Step::Take, undo) => Effect::Node {
+                node,
+                action: action(undo),
+            },
+            (Step::Record, false) => {
+                let out = cx.op.step_output("take").unwrap_or_default();
+                let vm_state = out["vm_state"].as_str().unwrap_or("unknown");
+                let quiesced = out["quiesced"].as_bool().unwrap_or(false);
+                st::snapshot_taken(cx.tx, &p.snapshot_id, vm_state, quiesced).await?;
+                Effect::Done
+            }
+            (Step::Record, true) => Effect::Done,
+        })
+    }
 }

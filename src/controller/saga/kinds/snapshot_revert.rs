@@ -4,32 +4,42 @@
 //! The guest's state follows the node's report.
 
 use super::snapshot_create::SnapshotRef;
-use super::{Ctx, Effect};
+use super::{Ctx, Effect, Kind, StepDef};
 use crate::controller::saga::steps::{guest_of, node_of, StepError};
 use crate::model::NodeAction;
 
 super::steps! {
     pub enum Step {
-        Revert = "revert",
+        Revert = StepDef::node("revert", "reverting"),
     }
 }
 
-pub async fn run(
-    cx: &mut Ctx<'_, '_>,
-    p: &SnapshotRef,
-    _step: Step,
-    undo: bool,
-) -> Result<Effect, StepError> {
-    if undo {
-        return Ok(Effect::Done);
+/// `snapshot.revert`: return a guest to one of its snapshots (S80).
+pub struct SnapshotRevert;
+
+impl Kind for SnapshotRevert {
+    const NAME: &'static str = "snapshot.revert";
+    const DESCRIPTION: &'static str = "Return a guest to one of its snapshots (S80).";
+    type Payload = SnapshotRef;
+    type Step = Step;
+
+    async fn run(
+        cx: &mut Ctx<'_, '_>,
+        p: &SnapshotRef,
+        _step: Step,
+        undo: bool,
+    ) -> Result<Effect, StepError> {
+        if undo {
+            return Ok(Effect::Done);
+        }
+        let g = guest_of(cx.tx, cx.op).await?;
+        let node = node_of(&g)?;
+        Ok(Effect::Node {
+            node,
+            action: NodeAction::RevertSnapshot {
+                guest_id: g.id,
+                name: p.snapshot_id.clone(),
+            },
+        })
     }
-    let g = guest_of(cx.tx, cx.op).await?;
-    let node = node_of(&g)?;
-    Ok(Effect::Node {
-        node,
-        action: NodeAction::RevertSnapshot {
-            guest_id: g.id,
-            name: p.snapshot_id.clone(),
-        },
-    })
 }

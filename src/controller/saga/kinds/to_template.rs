@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, Effect};
+use super::{Ctx, Effect, Kind, StepDef};
 use crate::controller::saga::steps::{disk_path, guest_of, node_of, StepError};
 use crate::controller::store::{self as st, TemplateRow};
 use crate::model::{now_ms, NodeAction};
@@ -34,63 +34,76 @@ pub struct Payload {
 
 super::steps! {
     pub enum Step {
-        Convert = "convert",
-        Record = "record",
+        Convert = StepDef::node("convert", "converting the disk").undoable().weight(9).lease_secs(3600).interruptible(),
+        Record = StepDef::controller("record", "registering the template"),
     }
 }
 
-pub async fn run(
-    cx: &mut Ctx<'_, '_>,
-    p: &Payload,
-    step: Step,
-    undo: bool,
-) -> Result<Effect, StepError> {
-    let g = guest_of(cx.tx, cx.op).await?;
-    let node = node_of(&g)?;
-    Ok(match (step, undo) {
-        (Step::Convert, false) => {
-            let disks = st::disks_of_in(cx.tx, &g.id).await?;
-            let source = disk_path(&disks, "system")
-                .ok_or_else(|| StepError::Permanent("the guest has no system disk".into()))?;
-            Effect::Node {
-                node,
-                action: NodeAction::ConvertImage {
-                    source,
-                    snapshot: p.snapshot_id.clone(),
-                    dest: p.path.clone(),
-                },
-            }
-        }
-        (Step::Convert, true) => Effect::Node {
-            node,
-            action: NodeAction::RemoveFile {
-                path: p.path.clone(),
-            },
-        },
-        (Step::Record, false) => {
-            let out = cx.op.step_output("convert").unwrap_or_default();
-            let row = TemplateRow {
-                id: p.template_id.clone(),
-                name: p.name.clone(),
-                path: p.path.clone(),
-                os_type: p.os_type.clone(),
-                min_memory_mib: p.min_memory_mib,
-                created_at: now_ms(),
-                os_init_profile: p.os_init_profile.clone(),
-                owner_id: p.owner_id.clone(),
-                public: false,
-                sha256: out["sha256"].as_str().map(str::to_string),
-                size_bytes: out["size_bytes"].as_i64(),
-            };
-            st::insert_template_in(cx.tx, &row).await.map_err(|e| {
-                if e.is_unique_violation() {
-                    StepError::Permanent(format!("a template named {} appeared meanwhile", p.name))
-                } else {
-                    e.into()
+/// `template.from_guest`: flatten a guest's disk, or one of its snapshots, into a new template with its checksum (S43).
+pub struct ToTemplate;
+
+impl Kind for ToTemplate {
+    const NAME: &'static str = "template.from_guest";
+    const DESCRIPTION: &'static str = "Flatten a guest's disk, or one of its snapshots, into a new template with its checksum (S43).";
+    type Payload = Payload;
+    type Step = Step;
+
+    async fn run(
+        cx: &mut Ctx<'_, '_>,
+        p: &Payload,
+        step: Step,
+        undo: bool,
+    ) -> Result<Effect, StepError> {
+        let g = guest_of(cx.tx, cx.op).await?;
+        let node = node_of(&g)?;
+        Ok(match (step, undo) {
+            (Step::Convert, false) => {
+                let disks = st::disks_of_in(cx.tx, &g.id).await?;
+                let source = disk_path(&disks, "system")
+                    .ok_or_else(|| StepError::Permanent("the guest has no system disk".into()))?;
+                Effect::Node {
+                    node,
+                    action: NodeAction::ConvertImage {
+                        source,
+                        snapshot: p.snapshot_id.clone(),
+                        dest: p.path.clone(),
+                    },
                 }
-            })?;
-            Effect::Done
-        }
-        (Step::Record, true) => Effect::Done,
-    })
+            }
+            (Step::Convert, true) => Effect::Node {
+                node,
+                action: NodeAction::RemoveFile {
+                    path: p.path.clone(),
+                },
+            },
+            (Step::Record, false) => {
+                let out = cx.op.step_output("convert").unwrap_or_default();
+                let row = TemplateRow {
+                    id: p.template_id.clone(),
+                    name: p.name.clone(),
+                    path: p.path.clone(),
+                    os_type: p.os_type.clone(),
+                    min_memory_mib: p.min_memory_mib,
+                    created_at: now_ms(),
+                    os_init_profile: p.os_init_profile.clone(),
+                    owner_id: p.owner_id.clone(),
+                    public: false,
+                    sha256: out["sha256"].as_str().map(str::to_string),
+                    size_bytes: out["size_bytes"].as_i64(),
+                };
+                st::insert_template_in(cx.tx, &row).await.map_err(|e| {
+                    if e.is_unique_violation() {
+                        StepError::Permanent(format!(
+                            "a template named {} appeared meanwhile",
+                            p.name
+                        ))
+                    } else {
+                        e.into()
+                    }
+                })?;
+                Effect::Done
+            }
+            (Step::Record, true) => Effect::Done,
+        })
+    }
 }
