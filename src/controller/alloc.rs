@@ -12,6 +12,7 @@ use rand::Rng;
 
 use sqlx::SqliteConnection;
 
+use super::store::leases::{self, HolderRow};
 use super::store::{PoolRow, StoreError, Tx};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,9 @@ pub enum AllocError {
     VncExhausted { node: String, min: u16, max: u16 },
     #[error("IP pool {pool} is corrupt: {why}")]
     BadPool { pool: String, why: String },
+    /// Another allocation took what this one chose; trying again finds another.
+    #[error("another allocation took {0} first")]
+    Raced(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -88,11 +92,7 @@ impl PoolRange {
 
     /// Loads a pool's ranges and parses it.
     pub async fn load(conn: &mut SqliteConnection, p: &PoolRow) -> Result<Self, AllocError> {
-        let ranges: Vec<(String, String)> =
-            sqlx::query_as("SELECT start, end FROM ip_ranges WHERE pool_id = ?")
-                .bind(&p.id)
-                .fetch_all(&mut *conn)
-                .await?;
+        let ranges = leases::pool_ranges(conn, &p.id).await?;
         PoolRange::parse(p, &ranges)
     }
 
@@ -187,19 +187,11 @@ pub async fn pool_stats(
     p: &PoolRow,
 ) -> Result<(PoolRange, PoolStats), AllocError> {
     let range = load_pool(store, p).await?;
-    let leases: Vec<(String,)> = sqlx::query_as("SELECT ip FROM ip_leases WHERE pool_id = ?")
-        .bind(&p.id)
-        .fetch_all(store.pool())
-        .await?;
-    let marks: Vec<(String, String)> =
-        sqlx::query_as("SELECT ip, state FROM ip_marks WHERE pool_id = ?")
-            .bind(&p.id)
-            .fetch_all(store.pool())
-            .await?;
+    let (leased, marks) = leases::pool_usage(store, &p.id).await?;
     let inside = |ip: &str| ip.parse().map(|a| range.contains(a)).unwrap_or(false);
     let stats = PoolStats {
         size: range.size(),
-        allocated: leases.iter().filter(|l| inside(&l.0)).count() as u64,
+        allocated: leased.iter().filter(|l| inside(l)).count() as u64,
         reserved: marks
             .iter()
             .filter(|m| m.1 == "reserved" && inside(&m.0))
@@ -221,9 +213,6 @@ pub enum Holder {
     Mark { state: String, note: String },
 }
 
-/// A lease or mark row: (ip, guest, mark state, note).
-type HolderRow = (String, Option<String>, Option<String>, Option<String>);
-
 /// Parsed holders, marks before leases: collected into a map, a lease overrides a mark on
 /// the same address (as allocation sees it).
 fn parse_holders(rows: Vec<HolderRow>) -> impl Iterator<Item = (Ipv4Addr, Holder)> {
@@ -243,29 +232,12 @@ fn parse_holders(rows: Vec<HolderRow>) -> impl Iterator<Item = (Ipv4Addr, Holder
         })
 }
 
-/// Leases and marks of a pool.
-const HOLDERS: &str = "SELECT ip, guest_id, NULL, NULL FROM ip_leases WHERE pool_id = ? \
-     UNION ALL SELECT ip, NULL, state, note FROM ip_marks WHERE pool_id = ?";
-
-/// Leases and marks of some addresses of a pool (the addresses as one JSON array). The
-/// addresses drive the join (`CROSS JOIN` fixes the order): one primary-key lookup each,
-/// never a walk over all the pool's leases.
-const HOLDERS_OF: &str = "SELECT l.ip, l.guest_id, NULL, NULL FROM json_each(?) AS a \
-     CROSS JOIN ip_leases AS l ON l.ip = a.value WHERE l.pool_id = ? \
-     UNION ALL SELECT m.ip, NULL, m.state, m.note FROM json_each(?) AS a \
-     CROSS JOIN ip_marks AS m ON m.ip = a.value WHERE m.pool_id = ?";
-
 /// Holders of every leased or marked address of a pool, in address order.
 pub async fn holders(
     store: &super::store::Store,
     pool_id: &str,
 ) -> Result<std::collections::BTreeMap<Ipv4Addr, Holder>, AllocError> {
-    let rows = sqlx::query_as(HOLDERS)
-        .bind(pool_id)
-        .bind(pool_id)
-        .fetch_all(store.pool())
-        .await?;
-    Ok(parse_holders(rows).collect())
+    Ok(parse_holders(leases::holders(store, pool_id).await?).collect())
 }
 
 /// Holders of `ips` in a pool: one indexed lookup per address, whatever the pool's size.
@@ -274,16 +246,8 @@ pub async fn holders_of(
     pool_id: &str,
     ips: &[Ipv4Addr],
 ) -> Result<std::collections::HashMap<Ipv4Addr, Holder>, AllocError> {
-    let list = serde_json::to_string(&ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>())
-        .map_err(StoreError::from)?;
-    let rows = sqlx::query_as(HOLDERS_OF)
-        .bind(&list)
-        .bind(pool_id)
-        .bind(&list)
-        .bind(pool_id)
-        .fetch_all(store.pool())
-        .await?;
-    Ok(parse_holders(rows).collect())
+    let ips: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+    Ok(parse_holders(leases::holders_of(store, pool_id, &ips).await?).collect())
 }
 
 /// Where each pool's last allocation was: the next search starts just after it (next
@@ -320,14 +284,7 @@ async fn probe_from_hint(
         .addresses()
         .take_while(|a| last.is_some_and(|l| *a <= l));
     for ip in after.chain(before).take(PROBES) {
-        let (taken,): (bool,) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM ip_leases WHERE ip = ?1) \
-                 OR EXISTS (SELECT 1 FROM ip_marks WHERE ip = ?1)",
-        )
-        .bind(ip.to_string())
-        .fetch_one(&mut **tx)
-        .await?;
-        if !taken {
+        if !leases::ip_taken(tx, &ip.to_string()).await? {
             return Ok(Some(ip));
         }
     }
@@ -336,23 +293,8 @@ async fn probe_from_hint(
 
 /// Addresses of a pool that cannot be handed out: leased, reserved or disabled.
 async fn taken_in(tx: &mut Tx<'_>, pool_id: &str) -> Result<HashSet<Ipv4Addr>, AllocError> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT ip FROM ip_leases WHERE pool_id = ? UNION SELECT ip FROM ip_marks WHERE pool_id = ?",
-    )
-    .bind(pool_id)
-    .bind(pool_id)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows.into_iter().filter_map(|r| r.0.parse().ok()).collect())
-}
-
-/// Why `ip` may not be handed out even though it is inside a range, if it is marked.
-async fn mark_of(tx: &mut Tx<'_>, ip: Ipv4Addr) -> Result<Option<String>, AllocError> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT state FROM ip_marks WHERE ip = ?")
-        .bind(ip.to_string())
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(row.map(|r| r.0))
+    let rows = leases::taken_in(tx, pool_id).await?;
+    Ok(rows.into_iter().filter_map(|r| r.parse().ok()).collect())
 }
 
 pub(crate) async fn lease_ip(
@@ -361,18 +303,10 @@ pub(crate) async fn lease_ip(
     pool: &str,
     guest: &str,
 ) -> Result<(), AllocError> {
-    let r = sqlx::query("INSERT INTO ip_leases (ip, pool_id, guest_id) VALUES (?, ?, ?)")
-        .bind(ip.to_string())
-        .bind(pool)
-        .bind(guest)
-        .execute(&mut **tx)
-        .await;
-    match r {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-            Err(AllocError::IpInUse(ip.to_string()))
-        }
-        Err(e) => Err(e.into()),
+    if leases::insert_ip(tx, &ip.to_string(), pool, guest).await? {
+        Ok(())
+    } else {
+        Err(AllocError::IpInUse(ip.to_string()))
     }
 }
 
@@ -425,7 +359,8 @@ pub async fn lease_given(
                 pool: p.name.clone(),
             });
         }
-        if let Some(state) = mark_of(tx, ip).await? {
+        // Inside a range, but marked: not to be handed out.
+        if let Some(state) = leases::mark_of(tx, &ip.to_string()).await? {
             return Err(AllocError::IpMarked(ip.to_string(), state));
         }
         lease_ip(tx, ip, &p.id, guest).await?;
@@ -439,11 +374,7 @@ pub async fn lease_given(
 
 /// Returns every address a guest holds (its record is being corrected).
 pub async fn release_ips(tx: &mut Tx<'_>, guest: &str) -> Result<(), AllocError> {
-    sqlx::query("DELETE FROM ip_leases WHERE guest_id = ?")
-        .bind(guest)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    Ok(leases::release_ips(tx, guest).await?)
 }
 
 /// Allocates an address for `guest`: the requested one (see [`lease_given`]) or the next
@@ -486,31 +417,16 @@ pub async fn allocate_vnc(
     guest: &str,
 ) -> Result<u16, AllocError> {
     // Usually the port after the node's highest one is free: one indexed lookup.
-    let (highest,): (Option<i64>,) =
-        sqlx::query_as("SELECT MAX(port) FROM vnc_leases WHERE node_id = ?")
-            .bind(node)
-            .fetch_one(&mut **tx)
-            .await?;
-    let next = highest.map_or(i64::from(min), |h| h + 1);
-    if (i64::from(min)..=i64::from(max)).contains(&next) {
-        let r = sqlx::query(
-            "INSERT OR IGNORE INTO vnc_leases (node_id, port, guest_id) VALUES (?, ?, ?)",
-        )
-        .bind(node)
-        .bind(next)
-        .bind(guest)
-        .execute(&mut **tx)
-        .await?;
-        if r.rows_affected() == 1 {
-            return Ok(next as u16);
-        }
+    let next = leases::highest_vnc(tx, node)
+        .await?
+        .map_or(i64::from(min), |h| h + 1);
+    if (i64::from(min)..=i64::from(max)).contains(&next)
+        && leases::insert_vnc(tx, node, next, guest).await?
+    {
+        return Ok(next as u16);
     }
     // Past the top of the range: the first gap, from every lease of the node.
-    let rows: Vec<(i64,)> = sqlx::query_as("SELECT port FROM vnc_leases WHERE node_id = ?")
-        .bind(node)
-        .fetch_all(&mut **tx)
-        .await?;
-    let taken: HashSet<i64> = rows.into_iter().map(|r| r.0).collect();
+    let taken: HashSet<i64> = leases::vnc_ports(tx, node).await?.into_iter().collect();
     let port = (min..=max)
         .find(|p| !taken.contains(&i64::from(*p)))
         .ok_or_else(|| AllocError::VncExhausted {
@@ -518,33 +434,22 @@ pub async fn allocate_vnc(
             min,
             max,
         })?;
-    sqlx::query("INSERT INTO vnc_leases (node_id, port, guest_id) VALUES (?, ?, ?)")
-        .bind(node)
-        .bind(i64::from(port))
-        .bind(guest)
-        .execute(&mut **tx)
-        .await?;
-    Ok(port)
+    if leases::insert_vnc(tx, node, i64::from(port), guest).await? {
+        Ok(port)
+    } else {
+        Err(AllocError::Raced("a VNC port"))
+    }
 }
 
 /// Allocates a random locally administered MAC in QEMU's 52:54:00 prefix.
 pub async fn allocate_mac(tx: &mut Tx<'_>, guest: &str) -> Result<String, AllocError> {
     for _ in 0..32 {
         let mac = random_mac();
-        let r = sqlx::query("INSERT INTO mac_leases (mac, guest_id) VALUES (?, ?)")
-            .bind(&mac)
-            .bind(guest)
-            .execute(&mut **tx)
-            .await;
-        match r {
-            Ok(_) => return Ok(mac),
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => continue,
-            Err(e) => return Err(e.into()),
+        if leases::insert_mac(tx, &mac, guest).await? {
+            return Ok(mac);
         }
     }
-    Err(AllocError::Store(StoreError::Db(sqlx::Error::Protocol(
-        "could not find a free MAC in 32 tries".into(),
-    ))))
+    Err(AllocError::Raced("32 MAC addresses in a row"))
 }
 
 pub fn random_mac() -> String {
@@ -559,69 +464,29 @@ pub fn random_mac() -> String {
 
 /// Returns every lease `guest` holds.
 pub async fn release_all(tx: &mut Tx<'_>, guest: &str) -> Result<(), AllocError> {
-    for sql in [
-        "DELETE FROM ip_leases WHERE guest_id = ?",
-        "DELETE FROM vnc_leases WHERE guest_id = ?",
-        "DELETE FROM mac_leases WHERE guest_id = ?",
-    ] {
-        sqlx::query(sql).bind(guest).execute(&mut **tx).await?;
-    }
-    Ok(())
+    Ok(leases::release_all(tx, guest).await?)
 }
 
 /// Returns one address a guest held (the old address after an IP change).
 pub async fn release_ip(tx: &mut Tx<'_>, ip: &str, guest: &str) -> Result<(), AllocError> {
-    sqlx::query("DELETE FROM ip_leases WHERE ip = ? AND guest_id = ?")
-        .bind(ip)
-        .bind(guest)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    Ok(leases::release_ip(tx, ip, guest).await?)
 }
 
 /// Keeps a guest's leases, marked as waiting for its node's cleanup: an undo on the node
 /// did not complete, so the domain or files using them may still exist there.
 pub async fn mark_for_cleanup(tx: &mut Tx<'_>, guest: &str) -> Result<(), AllocError> {
-    for sql in [
-        "UPDATE ip_leases SET needs_cleanup = 1 WHERE guest_id = ?",
-        "UPDATE vnc_leases SET needs_cleanup = 1 WHERE guest_id = ?",
-        "UPDATE mac_leases SET needs_cleanup = 1 WHERE guest_id = ?",
-    ] {
-        sqlx::query(sql).bind(guest).execute(&mut **tx).await?;
-    }
-    Ok(())
+    Ok(leases::mark_for_cleanup(tx, guest).await?)
 }
 
 /// Whether any of a guest's leases waits for cleanup.
 pub async fn held_for_cleanup(tx: &mut Tx<'_>, guest: &str) -> Result<bool, StoreError> {
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM ip_leases WHERE guest_id = ?1 AND needs_cleanup = 1) \
-              + (SELECT COUNT(*) FROM vnc_leases WHERE guest_id = ?1 AND needs_cleanup = 1) \
-              + (SELECT COUNT(*) FROM mac_leases WHERE guest_id = ?1 AND needs_cleanup = 1)",
-    )
-    .bind(guest)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(n > 0)
+    leases::held_for_cleanup(tx, guest).await
 }
 
 /// Frees the leases a guest held for cleanup, once the node confirmed its objects gone.
 /// Returns whether there were any.
 pub async fn release_cleaned(tx: &mut Tx<'_>, guest: &str) -> Result<bool, AllocError> {
-    let mut any = false;
-    for sql in [
-        "DELETE FROM ip_leases WHERE guest_id = ? AND needs_cleanup = 1",
-        "DELETE FROM vnc_leases WHERE guest_id = ? AND needs_cleanup = 1",
-        "DELETE FROM mac_leases WHERE guest_id = ? AND needs_cleanup = 1",
-    ] {
-        any |= sqlx::query(sql)
-            .bind(guest)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-            > 0;
-    }
-    Ok(any)
+    Ok(leases::release_cleaned(tx, guest).await?)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
 use super::saga::engine::{Engine, EngineError};
-use super::store::{events, Store, StoreError};
+use super::store::{events, observed, Store, StoreError};
 use crate::model::{now_ms, GuestState, NodeEvent};
 use crate::transport::{self, TransportError};
 
@@ -222,16 +222,7 @@ impl Ingest {
                 guest_id,
                 xml,
             } => {
-                sqlx::query(
-                    "UPDATE guests SET domain_xml = ?, updated_at = ? WHERE id = ? AND node_id = ?",
-                )
-                .bind(&xml)
-                .bind(now_ms())
-                .bind(&guest_id)
-                .bind(&node_id)
-                .execute(self.store.pool())
-                .await
-                .map_err(StoreError::from)?;
+                observed::set_reported_xml(&self.store, &node_id, &guest_id, &xml).await?;
             }
             NodeEvent::Inventory {
                 node_id,
@@ -281,12 +272,7 @@ impl Ingest {
                 // Booted behind corral's back (or by the guest itself): boot jobs are due.
                 crate::controller::saga::kinds::boot_jobs::mark_booted(&mut tx, guest).await?;
             }
-            sqlx::query("UPDATE guests SET state = ?, updated_at = ? WHERE id = ?")
-                .bind(state.as_str())
-                .bind(now_ms())
-                .bind(guest)
-                .execute(&mut *tx)
-                .await?;
+            observed::set_observed_state(&mut tx, guest, *state).await?;
             events::append(
                 &mut tx,
                 "guest.state",
@@ -307,26 +293,13 @@ impl Ingest {
         domains: &[crate::model::DomainInfo],
     ) -> Result<(), StoreError> {
         let ids: Vec<&str> = domains.iter().map(|d| d.guest_id.as_str()).collect();
-        let ours: HashSet<String> = sqlx::query_as::<_, (String,)>(
-            "SELECT id FROM guests WHERE id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(serde_json::to_string(&ids)?)
-        .fetch_all(self.store.pool())
-        .await?
-        .into_iter()
-        .map(|r| r.0)
-        .collect();
+        let ours = observed::known_guests(&self.store, &ids).await?;
         let foreign: Vec<serde_json::Value> = domains
             .iter()
             .filter(|d| !ours.contains(&d.guest_id))
             .map(|d| serde_json::json!({"uuid": d.guest_id, "name": d.name, "state": d.state}))
             .collect();
-        sqlx::query("UPDATE nodes SET foreign_domains = ? WHERE id = ?")
-            .bind(serde_json::Value::Array(foreign).to_string())
-            .bind(node)
-            .execute(self.store.pool())
-            .await?;
-        Ok(())
+        observed::set_foreign_domains(&self.store, node, &foreign).await
     }
 
     /// Guests the node should have but does not report.
@@ -336,14 +309,7 @@ impl Ingest {
         seen: &[(String, GuestState)],
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        let rows: Vec<(String, GuestState)> = sqlx::query_as(
-            "SELECT id, state FROM guests WHERE node_id = ? AND lock_op IS NULL \
-             AND domain_xml IS NOT NULL AND state_at <= ?",
-        )
-        .bind(node)
-        .bind(at_ms)
-        .fetch_all(self.store.pool())
-        .await?;
+        let rows = observed::expected_on(&self.store, node, at_ms).await?;
         let seen: HashSet<&str> = seen.iter().map(|(g, _)| g.as_str()).collect();
         let missing: Vec<String> = rows
             .into_iter()
@@ -356,14 +322,9 @@ impl Ingest {
         }
         let mut tx = self.store.begin().await?;
         for g in &missing {
-            sqlx::query(
-                "UPDATE guests SET state = ?, updated_at = ? WHERE id = ? AND lock_op IS NULL",
-            )
-            .bind(s.as_str())
-            .bind(now_ms())
-            .bind(g)
-            .execute(&mut *tx)
-            .await?;
+            if !observed::set_missing(&mut tx, g).await? {
+                continue;
+            }
             events::append(
                 &mut tx,
                 "guest.state",
@@ -444,23 +405,14 @@ fn typed_states(reported: impl Iterator<Item = (String, String)>) -> Vec<(String
         .collect()
 }
 
-/// Stored states of the `seen` guests that are on `node`, by guest id: one primary-key
-/// lookup per reported guest (`CROSS JOIN` fixes the order), never a walk over the node.
+/// Stored states of the `seen` guests that are on `node`, by guest id.
 async fn states_on<'e, E: sqlx::SqliteExecutor<'e>>(
     ex: E,
     node: &str,
     seen: &[(String, GuestState)],
 ) -> Result<HashMap<String, (GuestState, i64)>, StoreError> {
     let ids: Vec<&str> = seen.iter().map(|(g, _)| g.as_str()).collect();
-    let rows: Vec<(String, GuestState, i64)> = sqlx::query_as(
-        "SELECT g.id, g.state, g.state_at FROM json_each(?) AS s CROSS JOIN guests AS g \
-         ON g.id = s.value WHERE g.node_id = ?",
-    )
-    .bind(serde_json::to_string(&ids)?)
-    .bind(node)
-    .fetch_all(ex)
-    .await?;
-    Ok(rows.into_iter().map(|(g, s, at)| (g, (s, at))).collect())
+    observed::states_on(ex, node, &ids).await
 }
 
 #[derive(Debug, thiserror::Error)]

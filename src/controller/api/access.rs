@@ -10,7 +10,8 @@
 use super::auth::Caller;
 use super::error::Error;
 use super::AppState;
-use crate::controller::store::{GuestRow, OpRow, Role, TemplateRow};
+use crate::controller::store::{GuestRow, OpRow, Role, ScriptRow, TemplateRow};
+use crate::script::catalog::Kind;
 
 /// The guest `id` (id or name) if the caller may see it; 404 otherwise.
 pub async fn guest(state: &AppState, caller: &Caller, id: &str) -> Result<GuestRow, Error> {
@@ -77,6 +78,49 @@ pub fn operator(caller: &Caller, what: &str) -> Result<(), Error> {
             "{what} needs an operator or an administrator"
         )))
     }
+}
+
+/// Whether the caller may see a script: every profile (they shape every guest, and hold no
+/// one's secrets); a boot script when it is published, theirs, or they see everything.
+pub fn sees_script(caller: &Caller, r: &ScriptRow) -> bool {
+    r.kind == Kind::Profile.as_str()
+        || r.public
+        || caller.sees_all()
+        || r.owner_id.as_deref() == Some(caller.id.as_str())
+}
+
+/// Whether the caller sees corral's own (shipped) scripts of `kind` and the jobs they
+/// run: every profile; system boot jobs only for administrators who ask (S21).
+pub fn sees_system(caller: &Caller, kind: Kind, asked: bool) -> bool {
+    kind == Kind::Profile || (caller.role() == Role::Admin && asked)
+}
+
+/// Whether the caller may see a system boot job at all (administrators).
+pub fn sees_system_jobs(caller: &Caller) -> bool {
+    caller.role() == Role::Admin
+}
+
+/// Who may write a script. Profiles run as root in every guest of the templates that use
+/// them: administrators write them. A boot script runs only where it is queued: its
+/// author (by user id: a later user with the same name is someone else) or an
+/// administrator changes it. `owner`: None for a new script.
+pub fn may_write_script(
+    caller: &Caller,
+    kind: Kind,
+    owner: Option<Option<&str>>,
+) -> Result<(), Error> {
+    let ok = caller.role() == Role::Admin
+        || (kind == Kind::Boot && owner.is_none_or(|o| o == Some(caller.id.as_str())));
+    if ok {
+        return Ok(());
+    }
+    let (who, what) = match kind {
+        Kind::Boot => (" or the script's author", "boot script"),
+        Kind::Profile => ("", "OS-init profile"),
+    };
+    Err(Error::Forbidden(format!(
+        "only an administrator{who} may change this {what}"
+    )))
 }
 
 /// The key a cached list page is kept under for this caller's view.

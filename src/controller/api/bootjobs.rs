@@ -266,12 +266,8 @@ impl BootJobApi {
             .into());
         }
         let system = catalog::shipped(Kind::Boot, &b.script).is_some();
-        if system && !auth.0.is_admin {
-            return Err(Error::Forbidden(format!(
-                "{} is a system job: only administrators queue it",
-                b.script
-            ))
-            .into());
+        if system {
+            super::access::admin(&auth.0, &format!("{}, a system job,", b.script))?;
         }
         if system {
             // Corral's own jobs take checked parameters: through their endpoints only.
@@ -292,7 +288,7 @@ impl BootJobApi {
                 .store
                 .script(Kind::Boot.as_str(), &b.script)
                 .await?
-                .filter(|r| super::scripts::sees_script(&auth.0, r))
+                .filter(|r| super::access::sees_script(&auth.0, r))
                 .is_none()
         {
             return Err(Error::Unprocessable(format!(
@@ -374,7 +370,7 @@ impl BootJobApi {
             }
         }
         let g = super::access::guest(&state, &auth.0, &id).await?;
-        let system = auth.0.is_admin && include_system.0;
+        let system = super::access::sees_system(&auth.0, Kind::Boot, include_system.0);
         let rows = state
             .store
             .boot_jobs_of(&g.id, job_state.0.as_deref(), system, limit.0, offset.0)
@@ -394,7 +390,7 @@ impl BootJobApi {
         state: Data<&AppState>,
         #[oai(default)] include_system: Query<bool>,
     ) -> ApiResult<Json<Vec<GuestPending>>> {
-        let system = auth.0.is_admin && include_system.0;
+        let system = super::access::sees_system(&auth.0, Kind::Boot, include_system.0);
         // A user sees their own guests only: one lookup of them, not one per guest.
         let owned = match auth.0.owner_scope() {
             Some(id) => Some(state.store.guest_ids_of_owner(id).await?),
@@ -462,7 +458,7 @@ async fn visible_job(state: &AppState, auth: &Auth, id: &str) -> Result<BootJobR
         .store
         .boot_job(id)
         .await?
-        .filter(|j| !j.system || auth.0.is_admin)
+        .filter(|j| !j.system || super::access::sees_system_jobs(&auth.0))
         .ok_or_else(missing)?;
     super::access::guest(state, &auth.0, &j.guest_id)
         .await

@@ -191,12 +191,14 @@ impl From<crate::controller::alloc::AllocError> for Error {
         use crate::controller::alloc::AllocError as A;
         match e {
             A::Store(s) => Error::Store(s),
-            A::IpInUse(_) | A::PoolExhausted(_) | A::NoFreeAddress | A::VncExhausted { .. } => {
-                Error::Conflict {
-                    message: e.to_string(),
-                    details: None,
-                }
-            }
+            A::IpInUse(_)
+            | A::PoolExhausted(_)
+            | A::NoFreeAddress
+            | A::VncExhausted { .. }
+            | A::Raced(_) => Error::Conflict {
+                message: e.to_string(),
+                details: None,
+            },
             A::NotAnAddress(_) => Error::BadRequest(e.to_string()),
             A::NotInPool(_)
             | A::NotInNetwork(_)

@@ -18,7 +18,7 @@ use super::pages::{Cached, Clock};
 use super::resources::{Created, Deleted};
 use super::{access, AppState, Auth};
 use crate::controller::alloc::{self, Holder};
-use crate::controller::store::PoolRow;
+use crate::controller::store::{leases, PoolRow};
 use crate::model::{new_id, now_ms, rfc3339};
 
 #[derive(Debug, Object)]
@@ -378,13 +378,7 @@ impl PoolApi {
         let end = parse_ip("end", &body.end)?;
         let gateway = p.gateway.as_deref().and_then(|g| g.parse().ok());
         check_range(&state, net, &p.bridge, gateway, start, end).await?;
-        sqlx::query("INSERT INTO ip_ranges (pool_id, start, end) VALUES (?, ?, ?)")
-            .bind(&p.id)
-            .bind(start.to_string())
-            .bind(end.to_string())
-            .execute(state.store.pool())
-            .await
-            .map_err(crate::controller::store::StoreError::from)?;
+        leases::insert_range(&state.store, &p.id, &start.to_string(), &end.to_string()).await?;
         Ok(Json(view(&state, p).await?))
     }
 
@@ -540,12 +534,8 @@ impl PoolApi {
             .map(|a| Ipv4Addr::from(a).to_string())
             .collect();
         let mut tx = state.store.begin().await?;
-        let leased: Vec<(String, String)> = sqlx::query_as("SELECT ip, guest_id FROM ip_leases")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(crate::controller::store::StoreError::from)?;
-        let held: Vec<&(String, String)> =
-            leased.iter().filter(|(ip, _)| ips.contains(ip)).collect();
+        let mut held = leases::leased_among(&mut tx, &ips).await?;
+        held.sort();
         if let Some((ip, guest)) = held.first() {
             return Err(Error::Conflict {
                 message: format!("{ip} is allocated to guest {guest}; delete the guest or change its address first"),
@@ -555,27 +545,8 @@ impl PoolApi {
         }
         let mut changed = 0;
         for ip in &ips {
-            let r = match mark {
-                None => sqlx::query("DELETE FROM ip_marks WHERE ip = ? AND pool_id = ?")
-                    .bind(ip)
-                    .bind(&p.id)
-                    .execute(&mut *tx)
-                    .await,
-                Some(m) => sqlx::query(
-                    "INSERT INTO ip_marks (ip, pool_id, state, note, created_at) VALUES (?, ?, ?, ?, ?) \
-                     ON CONFLICT(ip) DO UPDATE SET state = excluded.state, note = excluded.note, pool_id = excluded.pool_id",
-                )
-                .bind(ip)
-                .bind(&p.id)
-                .bind(m)
-                .bind(&body.note)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await,
-            };
-            changed += r
-                .map_err(crate::controller::store::StoreError::from)?
-                .rows_affected();
+            let m = mark.map(|m| (m, body.note.as_str()));
+            changed += u64::from(leases::set_mark(&mut tx, ip, &p.id, m).await?);
         }
         state.store.commit(tx).await?;
         Ok(Json(StateChanged { changed }))

@@ -13,7 +13,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
-use super::{AppState, Auth};
+use super::{access, AppState, Auth};
 use crate::controller::store::ScriptRow;
 use crate::model::{now_ms, rfc3339};
 use crate::script::catalog::{self, check_name, description, Kind};
@@ -105,20 +105,6 @@ fn stored_view(r: ScriptRow) -> ScriptView {
     }
 }
 
-/// Whether the caller sees a stored script: profiles are everyone's; a boot script is its
-/// author's, operators' and, when public, everyone's. One not seen answers 404.
-pub fn sees_script(caller: &super::auth::Caller, r: &ScriptRow) -> bool {
-    r.kind == Kind::Profile.as_str()
-        || r.public
-        || caller.sees_all()
-        || r.owner_id.as_deref() == Some(caller.id.as_str())
-}
-
-/// Whether `auth` may see shipped scripts of `kind` (system boot jobs: administrators).
-fn sees_system(kind: Kind, auth: &Auth, asked: bool) -> bool {
-    kind == Kind::Profile || (auth.0.is_admin && asked)
-}
-
 async fn list(
     state: &AppState,
     kind: Kind,
@@ -126,7 +112,7 @@ async fn list(
     include_system: bool,
 ) -> ApiResult<Vec<ScriptView>> {
     let mut out: Vec<ScriptView> = Vec::new();
-    if sees_system(kind, auth, include_system) {
+    if access::sees_system(&auth.0, kind, include_system) {
         let shipped = match kind {
             Kind::Profile => catalog::PROFILES,
             Kind::Boot => catalog::BOOT_JOBS,
@@ -139,7 +125,7 @@ async fn list(
             .scripts(kind.as_str())
             .await?
             .into_iter()
-            .filter(|r| sees_script(&auth.0, r))
+            .filter(|r| access::sees_script(&auth.0, r))
             .map(stored_view),
     );
     Ok(out)
@@ -147,11 +133,11 @@ async fn list(
 
 async fn get(state: &AppState, kind: Kind, auth: &Auth, name: &str) -> ApiResult<ScriptView> {
     if let Some(s) = catalog::shipped(kind, name) {
-        if sees_system(kind, auth, true) {
+        if access::sees_system(&auth.0, kind, true) {
             return Ok(shipped_view(kind, name, s));
         }
     } else if let Some(r) = state.store.script(kind.as_str(), name).await? {
-        if sees_script(&auth.0, &r) {
+        if access::sees_script(&auth.0, &r) {
             return Ok(stored_view(r));
         }
     }
@@ -175,42 +161,20 @@ fn read_only(kind: Kind, name: &str) -> Error {
     }
 }
 
-/// Profiles run as root in every guest of the templates that use them: administrators
-/// write them. A boot script runs only where it is queued: its author or an administrator
-/// changes it.
-fn may_write(kind: Kind, auth: &Auth, owner: Option<Option<&str>>) -> Result<(), Error> {
-    // By the author's user id: a later user with the same name is someone else.
-    let ok = auth.0.is_admin
-        || (kind == Kind::Boot && owner.is_none_or(|o| o == Some(auth.0.id.as_str())));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Forbidden(format!(
-            "only an administrator{} may change this {}",
-            if kind == Kind::Boot {
-                " or the script's author"
-            } else {
-                ""
-            },
-            what(kind)
-        )))
-    }
-}
-
 async fn create(
     state: &AppState,
     kind: Kind,
     auth: &Auth,
     body: NewScript,
 ) -> ApiResult<ScriptView> {
-    may_write(kind, auth, None)?;
+    access::may_write_script(&auth.0, kind, None)?;
     check_name(&body.name).map_err(Error::BadRequest)?;
     if catalog::shipped(kind, &body.name).is_some() {
         return Err(read_only(kind, &body.name).into());
     }
     if let Some(existing) = state.store.script(kind.as_str(), &body.name).await? {
         // Names are unique across the cloud; whose script has it is not said.
-        let message = if sees_script(&auth.0, &existing) {
+        let message = if access::sees_script(&auth.0, &existing) {
             format!(
                 "{} {} already exists; PUT changes it",
                 what(kind),
@@ -258,9 +222,9 @@ async fn update(
         .store
         .script(kind.as_str(), name)
         .await?
-        .filter(|r| sees_script(&auth.0, r))
+        .filter(|r| access::sees_script(&auth.0, r))
         .ok_or_else(|| Error::not_found(what(kind), name))?;
-    may_write(kind, auth, Some(row.owner_id.as_deref()))?;
+    access::may_write_script(&auth.0, kind, Some(row.owner_id.as_deref()))?;
     state
         .scripts
         .validate(kind, name, &body.source)
@@ -282,11 +246,11 @@ async fn delete(state: &AppState, kind: Kind, auth: &Auth, name: &str) -> ApiRes
         .store
         .script(kind.as_str(), name)
         .await?
-        .filter(|r| sees_script(&auth.0, r))
+        .filter(|r| access::sees_script(&auth.0, r))
     else {
         return Err(Error::not_found(what(kind), name).into());
     };
-    may_write(kind, auth, Some(row.owner_id.as_deref()))?;
+    access::may_write_script(&auth.0, kind, Some(row.owner_id.as_deref()))?;
     let in_use = match kind {
         Kind::Profile => {
             let (templates, creating) = state.store.profile_users(name).await?;

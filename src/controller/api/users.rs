@@ -11,7 +11,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
-use super::{AppState, Auth};
+use super::{access, AppState, Auth};
 use crate::controller::auth::{hash_password_blocking, verify_login};
 use crate::controller::store::{Role, UserRow};
 use crate::model::{new_id, now_ms, rfc3339};
@@ -128,16 +128,6 @@ fn check_email(e: &str) -> Result<Option<String>, Error> {
     Ok(Some(e.to_string()))
 }
 
-fn admin_only(auth: &Auth) -> Result<(), Error> {
-    if auth.0.role() == Role::Admin {
-        Ok(())
-    } else {
-        Err(Error::Forbidden(
-            "managing users needs an administrator".into(),
-        ))
-    }
-}
-
 pub(super) fn check_password(p: &str) -> Result<(), Error> {
     if p.chars().count() < MIN_PASSWORD {
         return Err(Error::BadRequest(format!(
@@ -190,7 +180,7 @@ impl UserApi {
     /// Every user (administrators only).
     #[oai(path = "/users", method = "get", operation_id = "user_list")]
     async fn list(&self, auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Vec<User>>> {
-        admin_only(&auth)?;
+        access::admin(&auth.0, "managing users")?;
         let mut emails = state.store.user_emails().await?;
         Ok(Json(
             state
@@ -211,7 +201,7 @@ impl UserApi {
         state: Data<&AppState>,
         body: Json<NewUser>,
     ) -> ApiResult<UserCreated> {
-        admin_only(&auth)?;
+        access::admin(&auth.0, "managing users")?;
         check_name(&body.name)?;
         check_password(&body.password)?;
         let email = check_email(body.email.as_deref().unwrap_or_default())?;
@@ -291,7 +281,7 @@ impl UserApi {
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Json<User>> {
-        admin_only(&auth)?;
+        access::admin(&auth.0, "managing users")?;
         Ok(Json(full_view(&state, &user_of(&state, &id).await?).await?))
     }
 
@@ -305,7 +295,7 @@ impl UserApi {
         id: Path<String>,
         body: Json<UserChange>,
     ) -> ApiResult<Json<User>> {
-        admin_only(&auth)?;
+        access::admin(&auth.0, "managing users")?;
         let u = user_of(&state, &id).await?;
         let role = body.role.map(Role::from);
         let email = body.email.as_deref().map(check_email).transpose()?;
@@ -354,7 +344,7 @@ impl UserApi {
         state: Data<&AppState>,
         id: Path<String>,
     ) -> ApiResult<Done> {
-        admin_only(&auth)?;
+        access::admin(&auth.0, "managing users")?;
         let u = user_of(&state, &id).await?;
         keeps_an_admin(&state, &u).await?;
         let [guests, templates, disks, scripts] = state.store.owned_by(&u.id).await?;

@@ -36,6 +36,7 @@ impl From<AllocError> for StepError {
     fn from(e: AllocError) -> Self {
         match e {
             AllocError::Store(s) => StepError::Transient(s.to_string()),
+            r @ AllocError::Raced(_) => StepError::Transient(r.to_string()),
             other => StepError::Permanent(other.to_string()),
         }
     }
