@@ -298,7 +298,7 @@ pub enum InitError {
     #[error("writing the seed: {0}")]
     Io(#[from] std::io::Error),
     #[error("building the seed image: {0}")]
-    Iso(String),
+    Iso(#[from] crate::iso::IsoError),
     #[error("hashing the password: {0}")]
     Hash(String),
 }
@@ -346,13 +346,13 @@ pub async fn write_seed_iso(docs: &SeedDocs, path: &Path) -> Result<(), InitErro
     if let Some(net) = &docs.network_config {
         files.push(("network-config", net.as_bytes()));
     }
-    let image = crate::iso::build("cidata", &files).map_err(|e| InitError::Iso(e.to_string()))?;
+    let image = crate::iso::build("cidata", &files)?;
     let tmp = crate::node::staged(&path.to_string_lossy());
     // The seed holds password hashes and SSH keys: 0600, like every file corral keeps.
     let staged = std::path::PathBuf::from(&tmp);
     tokio::task::spawn_blocking(move || crate::modes::write_private(&staged, &image))
         .await
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        .map_err(std::io::Error::other)??;
     tokio::fs::rename(&tmp, path).await?;
     Ok(())
 }

@@ -9,9 +9,11 @@
 //! * [`render`], [`guestinit`]: minijinja templates, init plans and NoCloud seeds;
 //! * [`script`]: the Rhai sandbox, OS-init profiles and boot jobs;
 //! * [`config`]: configuration; [`cli`]: the client subcommands; [`up`]: single-machine mode;
-//! * [`modes`]: 0700 directories and 0600 files for everything corral keeps.
+//! * [`modes`]: 0700 directories and 0600 files for everything corral keeps;
+//! * [`chain`]: errors keep their causes, and become text only at the edges.
 
 pub mod bench;
+pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod controller;

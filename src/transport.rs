@@ -36,8 +36,8 @@ const STREAM_MAXLEN: usize = 100_000;
 pub enum TransportError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("queue push: {0}")]
-    Push(String),
+    #[error("pushing a job")]
+    Push(#[source] crate::chain::Cause),
     #[error("encoding: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -232,7 +232,7 @@ impl Queues {
         storage
             .push(job)
             .await
-            .map_err(|e| TransportError::Push(e.to_string()))?;
+            .map_err(|e| TransportError::Push(Box::new(e)))?;
         drop(map);
         // A lost wake costs one fallback poll interval, nothing more.
         let mut conn = self.conn().await?;

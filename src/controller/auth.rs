@@ -35,7 +35,11 @@ pub enum AuthError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("hashing password: {0}")]
-    Hash(String),
+    Hash(argon2::password_hash::Error),
+    #[error("the hashing task failed")]
+    Join(#[source] tokio::task::JoinError),
+    #[error("the admin user is missing")]
+    NoAdmin,
     #[error("writing {path}: {source}")]
     TokenFile {
         path: PathBuf,
@@ -49,7 +53,7 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| AuthError::Hash(e.to_string()))
+        .map_err(AuthError::Hash)
 }
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
@@ -97,7 +101,7 @@ pub async fn issue_token(
 pub async fn hash_password_blocking(password: String) -> Result<String, AuthError> {
     tokio::task::spawn_blocking(move || hash_password(&password))
         .await
-        .map_err(|e| AuthError::Hash(e.to_string()))?
+        .map_err(AuthError::Join)?
 }
 
 /// Checks a login on the blocking pool. An unknown user costs the same hash as a known
@@ -155,7 +159,7 @@ pub async fn bootstrap(store: &Store, cfg: &ControllerConfig) -> Result<String, 
     let admin = store
         .user_by_name("admin")
         .await?
-        .ok_or_else(|| AuthError::Hash("the admin user is missing".into()))?;
+        .ok_or(AuthError::NoAdmin)?;
     let (_, token) = issue_token(store, &admin, "admin.token", None).await?;
     write_token_file(&path, &token)?;
     Ok(token)

@@ -67,13 +67,13 @@ impl Ingest {
                     self.drain(&mut conn, &list, false).await?;
                 }
                 #[allow(unreachable_code)]
-                Ok::<(), TransportError>(())
+                Ok::<(), IngestError>(())
             };
             tokio::select! {
                 _ = &mut shutdown => return,
                 r = session => {
                     if let Err(e) = r {
-                        tracing::warn!("event streams: {e}; reconnecting");
+                        tracing::warn!("event streams: {}; reconnecting", crate::chain::chain(&e));
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -86,7 +86,7 @@ impl Ingest {
         conn: &mut ConnectionManager,
         nodes: &[String],
         pending: bool,
-    ) -> Result<(), TransportError> {
+    ) -> Result<(), IngestError> {
         loop {
             let entries = match transport::read_group(
                 conn,
@@ -103,7 +103,7 @@ impl Ingest {
                     transport::ensure_groups(conn, nodes).await?;
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
             if entries.is_empty() {
                 return Ok(());
@@ -119,9 +119,12 @@ impl Ingest {
                             Err(HandleError::Refused(why)) => self.refuse(&node, &why).await,
                             Err(e) => {
                                 // Not acknowledged: it is re-read after the next reconnect.
-                                tracing::warn!("handling node event {id} of {node}: {e}");
                                 ack_all(conn, &acked).await?;
-                                return Err(TransportError::Push(e.to_string()));
+                                return Err(IngestError::Handle {
+                                    id: id.clone(),
+                                    node: node.clone(),
+                                    source: e,
+                                });
                             }
                         },
                         Err(e) => {
@@ -415,12 +418,28 @@ async fn states_on<'e, E: sqlx::SqliteExecutor<'e>>(
     observed::states_on(ex, node, &ids).await
 }
 
+/// Why reading the streams stopped; the loop reconnects and reads again.
+#[derive(Debug, thiserror::Error)]
+enum IngestError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// An event could not be applied (the database was busy): it stays unacknowledged
+    /// and is read again.
+    #[error("handling event {id} of node {node}")]
+    Handle {
+        id: String,
+        node: String,
+        #[source]
+        source: HandleError,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 enum HandleError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Engine(String),
+    #[error("applying it")]
+    Engine(#[source] EngineError),
     /// The sender may not report this: acknowledged and dropped, never retried.
     #[error("{0}")]
     Refused(String),
@@ -430,7 +449,7 @@ impl HandleError {
     fn engine(e: EngineError) -> Self {
         match e {
             EngineError::NotYours { .. } => HandleError::Refused(e.to_string()),
-            e => HandleError::Engine(e.to_string()),
+            e => HandleError::Engine(e),
         }
     }
 }

@@ -57,9 +57,9 @@ pub enum PlaceError {
     UnknownNode(String),
     #[error("no node can take this guest: {}", .0.iter().map(|r| format!("{}: {}", r.node, r.reason)).collect::<Vec<_>>().join("; "))]
     Refused(Vec<Refusal>),
-    /// A placement plugin failed; the message names it.
-    #[error("{0}")]
-    Plugin(String),
+    /// A placement plugin failed; its error names it.
+    #[error(transparent)]
+    Plugin(crate::controller::plugins::PluginError),
 }
 
 /// What placement plugins think of one eligible node.
@@ -145,7 +145,9 @@ pub fn place_with(
     need: Need<'_>,
     requested: Option<&str>,
     t: &Thresholds,
-    opinions: impl FnOnce(&[&Candidate]) -> Result<Vec<Opinion>, String>,
+    opinions: impl FnOnce(
+        &[&Candidate],
+    ) -> Result<Vec<Opinion>, crate::controller::plugins::PluginError>,
 ) -> Result<String, PlaceError> {
     let Need {
         memory_mib,
@@ -217,6 +219,7 @@ pub fn place_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::plugins::PluginError;
 
     const T: Thresholds = Thresholds {
         max_memory_pct: 90.0,
@@ -372,9 +375,14 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("b: plugin p: not b"), "{e}");
         // A failing plugin fails placement with its message; a hand-picked node skips plugins.
-        let e = place_with(&nodes, need, None, &T, |_| Err("plugin p: boom".into())).unwrap_err();
-        assert_eq!(e, PlaceError::Plugin("plugin p: boom".into()));
-        let got = place_with(&nodes, need, Some("b"), &T, |_| Err("never asked".into()));
+        let boom = || PluginError::Failed {
+            plugin: "p".into(),
+            message: "boom".into(),
+        };
+        let e = place_with(&nodes, need, None, &T, |_| Err(boom())).unwrap_err();
+        assert_eq!(e, PlaceError::Plugin(boom()));
+        assert_eq!(e.to_string(), "plugin p: boom");
+        let got = place_with(&nodes, need, Some("b"), &T, |_| Err(boom()));
         assert_eq!(got.unwrap(), "b");
     }
 }

@@ -69,7 +69,7 @@ impl Plans {
         // A script error names the script and the line; running it again gives the same.
         let plan = scripts
             .plan(&init.profile, &init.source, &init.facts)
-            .map_err(|e| ActionError::Permanent(e.to_string()))?;
+            .map_err(|e| ActionError::failed("running the OS-init profile", e))?;
         self.0 = Some((init.clone(), plan.clone()));
         Ok(plan)
     }
@@ -77,29 +77,71 @@ impl Plans {
 
 /// Renders and writes a seed ISO (atomically).
 async fn write_seed(renderer: &Renderer, plan: &InitPlan, path: &str) -> Result<(), ActionError> {
-    let docs = render_seed(renderer, plan).map_err(|e| ActionError::Permanent(e.to_string()))?;
+    let docs =
+        render_seed(renderer, plan).map_err(|e| ActionError::failed("rendering the seed", e))?;
     write_seed_iso(&docs, Path::new(path))
         .await
-        .map_err(|e| ActionError::Transient(e.to_string()))
+        .map_err(|e| ActionError::retry("writing the seed", e))
 }
 
-/// Why an action failed, and whether trying again can help.
+/// Why an action failed, and whether trying again can help. Each variant that wraps an
+/// error keeps it as its source; the step's error text is the whole chain
+/// ([`crate::chain::chain`]), made in [`outcome`].
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
+    /// The action cannot succeed as asked: the step fails and unwinds.
     #[error("{0}")]
     Permanent(String),
+    /// Trying again later may succeed.
     #[error("{0}")]
     Transient(String),
     /// Refused by the node's own rules (permanent), with the typed reason.
     #[error("{1}")]
     Refused(Refusal, String),
+    /// `what` failed because of `source`.
+    #[error("{what}")]
+    Failed {
+        what: String,
+        permanent: bool,
+        #[source]
+        source: crate::chain::Cause,
+    },
+    /// The hypervisor failed; its error says whether to try again.
+    #[error(transparent)]
+    Hv(#[from] HvError),
 }
 
-impl From<HvError> for ActionError {
-    fn from(e: HvError) -> Self {
-        match e {
-            HvError::NoDomain(_) => ActionError::Permanent(e.to_string()),
-            other => ActionError::Transient(other.to_string()),
+impl ActionError {
+    /// `what` failed for good because of `e`.
+    pub fn failed(
+        what: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ActionError::Failed {
+            what: what.into(),
+            permanent: true,
+            source: Box::new(e),
+        }
+    }
+
+    /// `what` failed because of `e`; trying again may succeed.
+    pub fn retry(
+        what: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ActionError::Failed {
+            what: what.into(),
+            permanent: false,
+            source: Box::new(e),
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ActionError::Permanent(_) | ActionError::Refused(..) => true,
+            ActionError::Transient(_) => false,
+            ActionError::Failed { permanent, .. } => *permanent,
+            ActionError::Hv(e) => !e.is_transient(),
         }
     }
 }
@@ -112,23 +154,17 @@ fn ok(state: Option<DomState>) -> StepOutcome {
     }
 }
 
+/// A step's outcome as it goes to the controller: an error becomes its whole chain here.
 pub fn outcome(r: Result<StepOutcome, ActionError>) -> StepOutcome {
     match r {
         Ok(o) => o,
-        Err(ActionError::Permanent(error)) => StepOutcome::Failed {
-            error,
-            permanent: true,
-            refusal: None,
-        },
-        Err(ActionError::Transient(error)) => StepOutcome::Failed {
-            error,
-            permanent: false,
-            refusal: None,
-        },
-        Err(ActionError::Refused(refusal, error)) => StepOutcome::Failed {
-            error,
-            permanent: true,
-            refusal: Some(refusal),
+        Err(e) => StepOutcome::Failed {
+            error: crate::chain::chain(&e),
+            permanent: e.is_permanent(),
+            refusal: match e {
+                ActionError::Refused(r, _) => Some(r),
+                _ => None,
+            },
         },
     }
 }
@@ -177,7 +213,7 @@ pub async fn run(
                 match tokio::fs::remove_file(&file).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(ActionError::Transient(format!("removing {file}: {e}"))),
+                    Err(e) => return Err(ActionError::retry(format!("removing {file}"), e)),
                 }
             }
             Ok(ok(None))
@@ -213,11 +249,11 @@ pub async fn run(
                         emulator => None::<String>,
                     },
                 )
-                .map_err(|e| ActionError::Permanent(e.to_string()))?;
+                .map_err(|e| ActionError::failed("rendering the domain XML", e))?;
             if hv.state(&spec.guest_id).await?.is_none() {
                 hv.define(&xml)
                     .await
-                    .map_err(|e| ActionError::Permanent(e.to_string()))?;
+                    .map_err(|e| ActionError::failed("defining the domain", e))?;
             }
             let live = hv.xml(&spec.guest_id).await?;
             Ok(StepOutcome::Ok {
@@ -305,7 +341,7 @@ pub async fn run(
             );
             hv.update_graphics_live(guest_id, &xml)
                 .await
-                .map_err(|e| ActionError::Permanent(e.to_string()))?;
+                .map_err(|e| ActionError::failed("setting the console password", e))?;
             Ok(ok(None))
         }
         NodeAction::UpdateInterface { spec } => {
@@ -315,11 +351,11 @@ pub async fn run(
                     "interface.xml",
                     minijinja::context! { spec => crate::render::val(spec) },
                 )
-                .map_err(|e| ActionError::Permanent(e.to_string()))?;
+                .map_err(|e| ActionError::failed("rendering the interface XML", e))?;
             let live = require(hv, &spec.guest_id).await? == DomState::Running;
             hv.update_device(&spec.guest_id, &xml, live)
                 .await
-                .map_err(|e| ActionError::Permanent(e.to_string()))?;
+                .map_err(|e| ActionError::failed("updating the interface", e))?;
             Ok(StepOutcome::Ok {
                 guest_state: None,
                 domain_xml: Some(hv.xml(&spec.guest_id).await?),
@@ -408,7 +444,7 @@ pub async fn run(
                 _ => hv
                     .start(guest_id)
                     .await
-                    .map_err(|e| ActionError::Permanent(e.to_string()))?,
+                    .map_err(|e| ActionError::failed("starting the domain", e))?,
             }
             Ok(ok(hv.state(guest_id).await?))
         }
@@ -495,7 +531,7 @@ pub async fn run(
                 domain_xml: None,
                 output: Some(
                     serde_json::to_value(CleanupReport { results })
-                        .map_err(|e| ActionError::Permanent(e.to_string()))?,
+                        .map_err(|e| ActionError::failed("encoding the report", e))?,
                 ),
             })
         }
@@ -530,7 +566,8 @@ fn agent_outcome(
         guest_state: None,
         domain_xml: None,
         output: Some(
-            serde_json::to_value(&report).map_err(|e| ActionError::Permanent(e.to_string()))?,
+            serde_json::to_value(&report)
+                .map_err(|e| ActionError::failed("encoding the report", e))?,
         ),
     })
 }
@@ -594,12 +631,12 @@ async fn create_disk(path: &str, template: &str) -> Result<(), ActionError> {
     let (path, template) = (path.to_string(), template.to_string());
     tokio::task::spawn_blocking(move || create_disk_blocking(&path, &template))
         .await
-        .map_err(|e| ActionError::Transient(format!("creating the disk: {e}")))?
+        .map_err(|e| ActionError::retry("creating the disk", e))?
 }
 
 fn create_disk_blocking(path: &str, template: &str) -> Result<(), ActionError> {
     use super::qcow2;
-    let permanent = |e: qcow2::Qcow2Error| ActionError::Permanent(e.to_string());
+    let permanent = |e: qcow2::Qcow2Error| ActionError::failed("reading the template", e);
     if !Path::new(template).exists() {
         return Err(ActionError::Permanent(format!(
             "template image {template} does not exist on this node"
@@ -617,7 +654,7 @@ fn create_disk_blocking(path: &str, template: &str) -> Result<(), ActionError> {
             "{path} exists and is not a clone of {template}"
         )));
     }
-    let transient = |what: &str, e: std::io::Error| ActionError::Transient(format!("{what}: {e}"));
+    let transient = |what: &str, e: std::io::Error| ActionError::retry(what, e);
     if let Some(dir) = Path::new(path).parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| transient(&format!("creating {}", dir.display()), e))?;

@@ -43,8 +43,10 @@ async fn call(
     timeout: i32,
 ) -> Result<Value, HvError> {
     let answer = hv.agent(guest, &cmd.to_string(), timeout).await?;
-    let v: Value = serde_json::from_str(&answer)
-        .map_err(|e| HvError::Libvirt(format!("guest agent answered {answer:?}: {e}")))?;
+    let v: Value = match serde_json::from_str(&answer) {
+        Ok(v) => v,
+        Err(source) => return Err(HvError::AgentAnswer { answer, source }),
+    };
     Ok(v.get("return").cloned().unwrap_or(Value::Null))
 }
 
@@ -69,10 +71,11 @@ async fn wait_for_agent(
         match call(hv, guest, json!({"execute": "guest-ping"}), 2).await {
             Ok(_) => return Ok(started.elapsed()),
             // A hypervisor without agent support will not grow one by waiting.
-            Err(e) if e.to_string().contains("not supported") => {
-                return Err(ActionError::Permanent(format!(
-                    "this hypervisor cannot reach a guest agent: {e}"
-                )))
+            Err(e @ HvError::Unsupported(_)) => {
+                return Err(ActionError::failed(
+                    "this hypervisor cannot reach a guest agent",
+                    e,
+                ))
             }
             Err(_) => {}
         }
@@ -155,7 +158,7 @@ pub async fn online_vcpus(
                 }
             }
             // A hypervisor without agent support will not grow one by waiting.
-            Err(e) if e.to_string().contains("not supported") => break,
+            Err(HvError::Unsupported(_)) => break,
             // A guest busy taking the new vCPU may miss an answer; one that never
             // answers has no agent.
             Err(_) if online.is_none() && started.elapsed() >= AGENT_GRACE => break,
@@ -187,7 +190,7 @@ async fn exec(
     .await?;
     let pid = r["pid"]
         .as_i64()
-        .ok_or_else(|| HvError::Libvirt(format!("guest-exec gave no pid: {r}")))?;
+        .ok_or_else(|| HvError::Agent(format!("guest-exec gave no pid: {r}")))?;
     let started = Instant::now();
     let mut delay = Duration::from_millis(20);
     loop {
@@ -212,8 +215,8 @@ async fn exec(
             return Ok((st["exitcode"].as_i64().unwrap_or(-1), out));
         }
         if started.elapsed() > EXEC_LIMIT {
-            return Err(HvError::Libvirt(format!(
-                "still running after {} s",
+            return Err(HvError::Agent(format!(
+                "the command is still running after {} s",
                 EXEC_LIMIT.as_secs()
             )));
         }

@@ -102,7 +102,7 @@ pub async fn create_volume(path: &str, size_mib: u64) -> Result<StepOutcome, Act
             .args(["create", "-q", "-f", "qcow2", &tmp, &format!("{size_mib}M")])
             .output()
             .await
-            .map_err(|e| ActionError::Transient(format!("running qemu-img: {e}")))?;
+            .map_err(|e| ActionError::retry("running qemu-img", e))?;
         if !out.status.success() {
             let _ = std::fs::remove_file(&tmp);
             return Err(ActionError::Permanent(format!(
@@ -112,8 +112,9 @@ pub async fn create_volume(path: &str, size_mib: u64) -> Result<StepOutcome, Act
         }
         // qemu-img creates it 0644: a guest's data is its owner's alone.
         crate::modes::make_private(Path::new(&tmp))
-            .map_err(|e| ActionError::Transient(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| ActionError::Transient(e.to_string()))?;
+            .map_err(|e| ActionError::retry("making the disk private", e))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| ActionError::retry("moving the disk in place", e))?;
     }
     Ok(StepOutcome::Ok {
         guest_state: None,
@@ -138,14 +139,14 @@ pub async fn attach(
         if !has_disk(&hv.xml(guest).await?, path) {
             hv.attach_live(guest, &device)
                 .await
-                .map_err(|e| ActionError::Permanent(format!("hot-plugging the disk: {e}")))?;
+                .map_err(|e| ActionError::failed("hot-plugging the disk", e))?;
         }
     } else {
         let def = hv.definition(guest).await?;
         if !has_disk(&def, path) {
             hv.define(&with_device(&def, &device)?)
                 .await
-                .map_err(|e| ActionError::Permanent(format!("adding the disk: {e}")))?;
+                .map_err(|e| ActionError::failed("adding the disk", e))?;
         }
     }
     Ok(done(hv.xml(guest).await?))
@@ -170,7 +171,7 @@ pub async fn detach(
             let device = disk_xml(path, target, None)?;
             hv.detach_live(guest, &device)
                 .await
-                .map_err(|e| ActionError::Transient(format!("unplugging the disk: {e}")))?;
+                .map_err(|e| ActionError::retry("unplugging the disk", e))?;
             let asked = Instant::now();
             while has_disk(&hv.xml(guest).await?, path) {
                 if asked.elapsed() > RELEASE_WAIT {
@@ -192,7 +193,7 @@ pub async fn detach(
         if let Some(without) = without_disk(&def, path) {
             hv.define(&without)
                 .await
-                .map_err(|e| ActionError::Permanent(format!("removing the disk: {e}")))?;
+                .map_err(|e| ActionError::failed("removing the disk", e))?;
         }
     }
     Ok(done(hv.xml(guest).await?))
@@ -226,12 +227,12 @@ pub async fn set_limits(
     if state == DomState::Running {
         hv.set_disk_limits_live(guest, target, limits)
             .await
-            .map_err(|e| ActionError::Permanent(format!("setting the disk's limits: {e}")))?;
+            .map_err(|e| ActionError::failed("setting the disk's limits", e))?;
     } else {
         let device = disk_xml(path, target, limits)?;
         hv.define(&with_device(&without, &device)?)
             .await
-            .map_err(|e| ActionError::Permanent(format!("redefining the disk: {e}")))?;
+            .map_err(|e| ActionError::failed("redefining the disk", e))?;
     }
     Ok(done(hv.xml(guest).await?))
 }
@@ -242,7 +243,7 @@ async fn virtual_size(path: &str) -> Result<u64, ActionError> {
         .args(["info", "--output=json", "-U", path])
         .output()
         .await
-        .map_err(|e| ActionError::Transient(format!("running qemu-img: {e}")))?;
+        .map_err(|e| ActionError::retry("running qemu-img", e))?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
         ActionError::Permanent(format!(
             "qemu-img info {path}: {}",
@@ -265,7 +266,7 @@ pub async fn grow(
         if hv.state(guest).await? == Some(DomState::Running) {
             hv.block_resize(guest, target, bytes)
                 .await
-                .map_err(|e| ActionError::Permanent(format!("growing the disk live: {e}")))?;
+                .map_err(|e| ActionError::failed("growing the disk live", e))?;
             return Ok(done(hv.xml(guest).await?));
         }
     }
@@ -274,7 +275,7 @@ pub async fn grow(
             .args(["resize", "-q", path, &format!("{size_mib}M")])
             .output()
             .await
-            .map_err(|e| ActionError::Transient(format!("running qemu-img: {e}")))?;
+            .map_err(|e| ActionError::retry("running qemu-img", e))?;
         if !out.status.success() {
             return Err(ActionError::Permanent(format!(
                 "qemu-img resize: {}",

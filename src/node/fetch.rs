@@ -104,11 +104,8 @@ impl ImageSource {
         dest: &Path,
         progress: &Progress<'_>,
     ) -> Result<(), ActionError> {
-        let transient = |what: &str, e: &dyn std::fmt::Display| {
-            ActionError::Transient(format!("fetching template {}: {what}: {e}", t.id))
-        };
         crate::modes::private_dir(&self.cache_dir)
-            .map_err(|e| transient("creating the cache", &e))?;
+            .map_err(|e| fetch_failed(&t.id, "creating the cache", e))?;
         let url = format!("{}/node/v1/templates/{}/image", self.base_url, t.id);
         let resp = self
             .http
@@ -117,7 +114,7 @@ impl ImageSource {
             .header("X-Corral-Node", &self.node_id)
             .send()
             .await
-            .map_err(|e| transient("reaching the controller", &e))?;
+            .map_err(|e| fetch_failed(&t.id, "reaching the controller", e))?;
         match resp.status().as_u16() {
             200 => {}
             401 => {
@@ -135,7 +132,12 @@ impl ImageSource {
                 let why = resp.text().await.unwrap_or_default();
                 return Err(ActionError::Permanent(why));
             }
-            s => return Err(transient("the controller answered", &s)),
+            s => {
+                return Err(ActionError::Transient(format!(
+                    "fetching template {}: the controller answered {s}",
+                    t.id
+                )))
+            }
         }
         let want = t.sha256.clone().or_else(|| {
             resp.headers()
@@ -151,23 +153,23 @@ impl ImageSource {
             .mode(crate::modes::FILE)
             .open(&part)
             .await
-            .map_err(|e| transient("writing the cache", &e))?;
+            .map_err(|e| fetch_failed(&t.id, "writing the cache", e))?;
         let total = resp.content_length();
         let mut received = 0u64;
         let mut hash = Sha256::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| transient("the transfer broke off", &e))?;
+            let chunk = chunk.map_err(|e| fetch_failed(&t.id, "the transfer broke off", e))?;
             received += chunk.len() as u64;
             progress(received, total);
             hash.update(&chunk);
             file.write_all(&chunk)
                 .await
-                .map_err(|e| transient("writing the cache", &e))?;
+                .map_err(|e| fetch_failed(&t.id, "writing the cache", e))?;
         }
         file.sync_all()
             .await
-            .map_err(|e| transient("writing the cache", &e))?;
+            .map_err(|e| fetch_failed(&t.id, "writing the cache", e))?;
         let got = hex::encode(hash.finalize());
         if let Some(want) = want.filter(|w| *w != got) {
             let _ = tokio::fs::remove_file(&part).await;
@@ -178,10 +180,19 @@ impl ImageSource {
         }
         tokio::fs::rename(&part, dest)
             .await
-            .map_err(|e| transient("keeping the image", &e))?;
+            .map_err(|e| fetch_failed(&t.id, "keeping the image", e))?;
         tracing::info!(template = t.id, sha256 = got, "template image cached");
         Ok(())
     }
+}
+
+/// A fetch of template `id` failed at `what`; the next try starts over.
+fn fetch_failed<E: std::error::Error + Send + Sync + 'static>(
+    id: &str,
+    what: &str,
+    e: E,
+) -> ActionError {
+    ActionError::retry(format!("fetching template {id}: {what}"), e)
 }
 
 #[cfg(test)]
@@ -225,10 +236,10 @@ mod tests {
         let quiet = |_, _| {};
         let got = src.cached(&t("t-1"), &quiet).await.unwrap();
         assert_eq!(got, dir.path().join("t-1.img").display().to_string());
-        assert!(matches!(
-            src.cached(&t("t-2"), &quiet).await,
-            Err(ActionError::Transient(_))
-        ));
+        assert!(src
+            .cached(&t("t-2"), &quiet)
+            .await
+            .is_err_and(|e| !e.is_permanent()));
         assert!(matches!(
             src.cached(&t("../x"), &quiet).await,
             Err(ActionError::Permanent(_))

@@ -41,19 +41,73 @@ impl DomState {
     }
 }
 
+/// What went wrong in the hypervisor, classified by libvirt's error code (never by its
+/// message), with libvirt's error (code, domain, message) kept as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum HvError {
-    #[error("libvirt: {0}")]
-    Libvirt(String),
     #[error("domain {0} not found")]
     NoDomain(String),
-    #[error("hypervisor task failed: {0}")]
-    Join(String),
+    #[error("the domain has no such snapshot")]
+    NoSnapshot(#[source] Option<virt::error::Error>),
+    /// The driver cannot do this at all (the test driver has no guest agent): waiting
+    /// or trying again cannot help.
+    #[error("the hypervisor does not support this")]
+    Unsupported(#[source] virt::error::Error),
+    /// The guest agent did not answer (the guest boots, or has no agent).
+    #[error("the guest agent is not responding")]
+    AgentUnresponsive(#[source] Option<virt::error::Error>),
+    /// The domain's state does not allow it (libvirt's "operation invalid").
+    #[error("the domain's state does not allow this")]
+    InvalidState(#[source] virt::error::Error),
+    #[error("libvirt")]
+    Libvirt(#[source] virt::error::Error),
+    /// The agent answered something that is not its protocol.
+    #[error("the guest agent answered {answer:?}")]
+    AgentAnswer {
+        answer: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The agent's protocol went wrong in a way it reports no error for.
+    #[error("guest agent: {0}")]
+    Agent(String),
+    /// What the fake hypervisor of the unit tests refuses.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the hypervisor's blocking task failed")]
+    Join(#[source] tokio::task::JoinError),
+    #[error("the hypervisor connection's lock is poisoned")]
+    Poisoned,
 }
 
 impl From<virt::error::Error> for HvError {
     fn from(e: virt::error::Error) -> Self {
-        HvError::Libvirt(e.to_string())
+        use virt::error::ErrorNumber as N;
+        match e.code() {
+            Enum::Known(N::NoSupport | N::OperationUnsupported | N::ArgumentUnsupported) => {
+                HvError::Unsupported(e)
+            }
+            Enum::Known(N::AgentUnresponsive | N::AgentUnsynced) => {
+                HvError::AgentUnresponsive(Some(e))
+            }
+            Enum::Known(N::NoDomainSnapshot) => HvError::NoSnapshot(Some(e)),
+            Enum::Known(N::OperationInvalid) => HvError::InvalidState(e),
+            _ => HvError::Libvirt(e),
+        }
+    }
+}
+
+impl HvError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            HvError::AgentUnresponsive(_)
+                | HvError::Agent(_)
+                | HvError::Libvirt(_)
+                | HvError::Join(_)
+                | HvError::Poisoned
+        )
     }
 }
 
@@ -164,7 +218,7 @@ impl Libvirt {
         let uri = self.uri.clone();
         tokio::task::spawn_blocking(move || {
             let conn = {
-                let mut guard = slot.lock().map_err(|e| HvError::Join(e.to_string()))?;
+                let mut guard = slot.lock().map_err(|_| HvError::Poisoned)?;
                 match guard.as_ref() {
                     Some(c) if c.is_alive().unwrap_or(false) => c.clone(),
                     _ => {
@@ -177,7 +231,7 @@ impl Libvirt {
             f(&conn)
         })
         .await
-        .map_err(|e| HvError::Join(e.to_string()))?
+        .map_err(HvError::Join)?
     }
 
     async fn on_domain<T, F>(&self, uuid: &str, f: F) -> Result<T, HvError>
@@ -419,10 +473,7 @@ impl Fake {
         uuid: &str,
         f: impl FnOnce(&mut (String, DomState)) -> T,
     ) -> Result<T, HvError> {
-        let mut m = self
-            .domains
-            .lock()
-            .map_err(|e| HvError::Join(e.to_string()))?;
+        let mut m = self.domains.lock().map_err(|_| HvError::Poisoned)?;
         m.get_mut(uuid)
             .map(f)
             .ok_or_else(|| HvError::NoDomain(uuid.into()))
@@ -449,11 +500,9 @@ impl Hypervisor for Fake {
         }
     }
     async fn define(&self, xml: &str) -> Result<(), HvError> {
-        let uuid = xml_field(xml, "uuid").ok_or_else(|| HvError::Libvirt("no uuid".into()))?;
-        let mut m = self
-            .domains
-            .lock()
-            .map_err(|e| HvError::Join(e.to_string()))?;
+        let uuid =
+            xml_field(xml, "uuid").ok_or_else(|| HvError::Refused("the XML has no uuid".into()))?;
+        let mut m = self.domains.lock().map_err(|_| HvError::Poisoned)?;
         // Defining again replaces the definition, as libvirt does.
         let e = m
             .entry(uuid)
@@ -462,10 +511,7 @@ impl Hypervisor for Fake {
         Ok(())
     }
     async fn undefine(&self, uuid: &str) -> Result<(), HvError> {
-        let mut m = self
-            .domains
-            .lock()
-            .map_err(|e| HvError::Join(e.to_string()))?;
+        let mut m = self.domains.lock().map_err(|_| HvError::Poisoned)?;
         m.remove(uuid)
             .map(|_| ())
             .ok_or_else(|| HvError::NoDomain(uuid.into()))
@@ -515,7 +561,7 @@ impl Hypervisor for Fake {
         let tag = format!("<!--snapshot:{name}-->");
         match self.with_dom(uuid, |d| d.0.contains(&tag))? {
             true => Ok(()),
-            false => Err(HvError::Libvirt(format!("no snapshot {name}"))),
+            false => Err(HvError::NoSnapshot(None)),
         }
     }
     async fn delete_snapshot(&self, uuid: &str, name: &str) -> Result<(), HvError> {
@@ -550,10 +596,7 @@ impl Hypervisor for Fake {
         self.with_dom(uuid, |_| ())
     }
     async fn list(&self) -> Result<Vec<DomEntry>, HvError> {
-        let m = self
-            .domains
-            .lock()
-            .map_err(|e| HvError::Join(e.to_string()))?;
+        let m = self.domains.lock().map_err(|_| HvError::Poisoned)?;
         Ok(m.iter()
             .map(|(u, (x, s))| DomEntry {
                 uuid: u.clone(),
@@ -571,15 +614,13 @@ impl Hypervisor for Fake {
         _timeout_secs: i32,
     ) -> Result<String, HvError> {
         if self.with_dom(uuid, |d| d.1)? != DomState::Running {
-            return Err(HvError::Libvirt(
-                "Guest agent is not responding: domain is not running".into(),
-            ));
+            return Err(HvError::AgentUnresponsive(None));
         }
         if let Ok(mut log) = self.agent_log.lock() {
             log.push(command.to_string());
         }
-        let v: serde_json::Value =
-            serde_json::from_str(command).map_err(|e| HvError::Libvirt(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_str(command)
+            .map_err(|_| HvError::Refused("the agent command is not JSON".into()))?;
         let answer = match v["execute"].as_str().unwrap_or_default() {
             "guest-exec" => serde_json::json!({"return": {"pid": 1}}),
             "guest-exec-status" => serde_json::json!({"return": {"exited": true, "exitcode": 0}}),

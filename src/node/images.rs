@@ -18,8 +18,8 @@ pub async fn checksum(path: &str) -> Result<(String, u64), ActionError> {
     let path = std::path::PathBuf::from(path);
     tokio::task::spawn_blocking(move || crate::digest::sha256_file(&path))
         .await
-        .map_err(|e| ActionError::Transient(e.to_string()))?
-        .map_err(|e| ActionError::Transient(format!("reading the image: {e}")))
+        .map_err(|e| ActionError::retry("reading the image", e))?
+        .map_err(|e| ActionError::retry("reading the image", e))
 }
 
 /// Converts `source` (at internal snapshot `snapshot`, when given) into a standalone
@@ -52,7 +52,7 @@ pub async fn convert(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| ActionError::Transient(format!("running qemu-img: {e}")))?;
+        .map_err(|e| ActionError::retry("running qemu-img", e))?;
     if let Some(out) = child.stdout.take() {
         // `-p` rewrites one line with `\r`: "    (12.50/100%)".
         let mut parts = BufReader::new(out).split(b'\r');
@@ -71,7 +71,7 @@ pub async fn convert(
     let out = child
         .wait_with_output()
         .await
-        .map_err(|e| ActionError::Transient(format!("qemu-img: {e}")))?;
+        .map_err(|e| ActionError::retry("qemu-img", e))?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(ActionError::Permanent(format!(
@@ -81,6 +81,6 @@ pub async fn convert(
     }
     // A guest's disk made an image: its owner's alone until they publish it.
     crate::modes::make_private(Path::new(&tmp))
-        .map_err(|e| ActionError::Transient(e.to_string()))?;
-    std::fs::rename(&tmp, dest).map_err(|e| ActionError::Transient(e.to_string()))
+        .map_err(|e| ActionError::retry("making the image private", e))?;
+    std::fs::rename(&tmp, dest).map_err(|e| ActionError::retry("moving the image in place", e))
 }

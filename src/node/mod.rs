@@ -49,14 +49,23 @@ pub enum NodeError {
     Render(#[from] crate::render::RenderError),
     #[error("node identity: {0}")]
     Identity(String),
-    #[error("the script engine: {0}")]
-    Scripts(String),
+    #[error("the script engine")]
+    Scripts(#[source] crate::script::ScriptError),
     #[error("creating the disk-image directory {path}: {source}")]
     Storage {
         path: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why the queue worker stopped; the loop starts it again.
+#[derive(Debug, thiserror::Error)]
+enum QueueError {
+    #[error("connecting to Redis")]
+    Redis(#[source] transport::TransportError),
+    #[error("the worker")]
+    Worker(#[source] apalis::prelude::WorkerError),
 }
 
 /// Everything a job handler needs; shared by all loops.
@@ -504,7 +513,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
                     deadline: Duration::from_millis(cfg.script_deadline_ms.max(1)),
                     ..Default::default()
                 })
-                .map_err(|e| NodeError::Scripts(e.to_string()))?,
+                .map_err(NodeError::Scripts)?,
             ),
         },
         hv: Arc::new(Libvirt::new(&cfg.hypervisor_uri)),
@@ -581,11 +590,11 @@ async fn queue_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
         let session = async {
             let conn = transport::connect(&ctx.cfg.redis_url)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(QueueError::Redis)?;
             // Woken by the controller's publish after each push; polled as a fallback.
             let wakes = wake_stream(&ctx.cfg.redis_url, &ctx.node_id)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| QueueError::Redis(e.into()))?;
             let strategy = Strategy::new()
                 .stream(wakes)
                 .interval(Duration::from_millis(500));
@@ -605,13 +614,13 @@ async fn queue_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
                 .concurrency(ctx.cfg.concurrency.max(1))
                 .build(handle);
             ctx.set_worker("queue", "running");
-            worker.run().await.map_err(|e| e.to_string())
+            worker.run().await.map_err(QueueError::Worker)
         };
         tokio::select! {
             _ = &mut shutdown => return,
             r = session => {
                 if let Err(e) = r {
-                    tracing::warn!("queue worker stopped: {e}; restarting");
+                    tracing::warn!("queue worker stopped: {}; restarting", crate::chain::chain(&e));
                 }
                 ctx.set_worker("queue", "restarting");
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::actions::ActionError;
 use super::agent;
-use super::hypervisor::{DomState, Hypervisor};
+use super::hypervisor::{DomState, HvError, Hypervisor};
 use crate::model::{GuestSize, StepOutcome};
 
 /// `def` with element `tag` (its attributes and content) replaced by `with`.
@@ -121,7 +121,7 @@ pub async fn resize(
             let def = hv.definition(guest).await?;
             hv.define(&resized(&def, size)?)
                 .await
-                .map_err(|e| ActionError::Permanent(format!("redefining the domain: {e}")))?;
+                .map_err(|e| ActionError::failed("redefining the domain", e))?;
             json!({"live": false})
         }
         Some(DomState::Running) => live(hv, guest, size).await?,
@@ -155,7 +155,7 @@ async fn live(
             size.cpus, size.memory_mib
         )));
     }
-    let failed = |what: &str, e| ActionError::Permanent(format!("{what}: {e}"));
+    let failed = |what: &'static str, e: HvError| ActionError::failed(what, e);
     let live = hv.xml(guest).await?;
     if live_vcpus(&live) != Some(size.cpus) {
         if live.contains("<domain type='qemu'") {

@@ -46,7 +46,7 @@ pub async fn create(
     if frozen {
         super::agent::thaw_if_frozen(hv, guest).await;
     }
-    took.map_err(|e| ActionError::Permanent(format!("taking the snapshot: {e}")))?;
+    took.map_err(|e| ActionError::failed("taking the snapshot", e))?;
     Ok(noted(
         None,
         serde_json::json!({"vm_state": state.as_str(), "quiesced": frozen}),
@@ -65,7 +65,7 @@ pub async fn revert(
     }
     hv.revert_snapshot(guest, name)
         .await
-        .map_err(|e| ActionError::Permanent(format!("reverting: {e}")))?;
+        .map_err(|e| ActionError::failed("reverting", e))?;
     let state = hv.state(guest).await?;
     Ok(noted(state, serde_json::json!({})))
 }
@@ -78,7 +78,7 @@ pub async fn delete(
     if hv.state(guest).await?.is_some() && hv.has_snapshot(guest, name).await? {
         hv.delete_snapshot(guest, name)
             .await
-            .map_err(|e| ActionError::Permanent(format!("deleting the snapshot: {e}")))?;
+            .map_err(|e| ActionError::failed("deleting the snapshot", e))?;
     }
     Ok(noted(None, serde_json::json!({})))
 }

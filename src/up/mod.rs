@@ -24,6 +24,14 @@ use supervise::{Backoff, RedisSpec, Supervisor};
 pub enum UpError {
     #[error("redis is not reachable at {url} and redis-server could not be started: {why}")]
     Redis { url: String, why: String },
+    /// What starting a Redis needed failed.
+    #[error("redis is not reachable at {url} and redis-server could not be started: {what}")]
+    Start {
+        url: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 async fn redis_answers(url: &str) -> bool {
@@ -98,7 +106,11 @@ pub async fn ensure_redis(
     let (url, password) = match password_of(url) {
         Some(p) => (url.to_string(), p.to_string()),
         None => {
-            let secret = redis_secret(data_dir).map_err(|e| err(e.to_string()))?;
+            let secret = redis_secret(data_dir).map_err(|source| UpError::Start {
+                url: url.into(),
+                what: "reading its password",
+                source,
+            })?;
             let ours = with_password(url, &secret);
             if redis_answers(&ours).await {
                 return Ok((ours, None));
@@ -135,7 +147,11 @@ pub async fn ensure_redis(
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|source| UpError::Start {
+                url: url.clone(),
+                what: "making its data directory",
+                source,
+            })?;
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
     }
     let spec = RedisSpec {
@@ -144,10 +160,11 @@ pub async fn ensure_redis(
         password,
         url: url.clone(),
     };
-    let child = spec
-        .spawn()
-        .await
-        .map_err(|e| err(format!("{e} (apt-get install redis-server)")))?;
+    let child = spec.spawn().await.map_err(|source| UpError::Start {
+        url: url.clone(),
+        what: "running redis-server (apt-get install redis-server)",
+        source,
+    })?;
     if !spec.answers().await {
         return Err(err("it did not answer within 5 s".into()));
     }

@@ -68,7 +68,7 @@ pub enum Verdict {
     Veto { plugin: String, reason: String },
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum PluginError {
     /// A `before` hook refused the request; the reason is the plugin's, for the user.
     #[error("plugin {plugin}: refused: {reason}")]

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::kinds::{self, Ctx, Effect, OpKind, Request};
-use super::steps::{StepEnv, StepError};
+use super::steps::{StepEnv, StepError, StepErrorClass};
 use super::{eta_seconds, Next, Saga};
 use crate::controller::store::{self as st, events, OpRow, Store, StoreError, Tx};
 use crate::fault::Fault;
@@ -53,9 +53,12 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Launch(#[from] super::launch::LaunchError),
-    /// Try again later (the database was busy).
-    #[error("{0}")]
-    Transient(String),
+    /// Redis did not answer: try again later.
+    #[error("the node queues")]
+    Queue(#[from] crate::transport::TransportError),
+    /// Recording a step's leftovers failed: try again later.
+    #[error("recording a step's leftovers")]
+    Leftovers(#[source] StepError),
     /// A node reported on a step that was dispatched to another node (or to none): the
     /// report is refused, whatever it says.
     #[error("node {node} reported on operation {op}, which it does not hold")]
@@ -340,7 +343,7 @@ impl Engine {
                     .queues
                     .fence_is(node, &op.id, i, undo, s.attempt)
                     .await
-                    .map_err(|e| EngineError::Transient(e.to_string()))?;
+                    .map_err(EngineError::Queue)?;
                 if fenced {
                     continue;
                 }
@@ -616,26 +619,31 @@ impl Engine {
                 }
                 Ok(self.dispatch(op, saga, def, step, undo, node, action, post))
             }
-            Err(StepError::Waiting(e)) => {
-                // What the step asked for stays; the sweep runs the step again.
-                sp.commit().await?;
-                note(op, &e);
-                Ok(Flow::Stop)
-            }
-            Err(StepError::Transient(e)) => {
-                sp.rollback().await?; // whatever the step wrote
-                tracing::debug!(op = %op.id, step = %name, "transient: {e}");
-                *op = unchanged;
-                note(op, &e);
-                Ok(Flow::Stop)
-            }
-            Err(StepError::Permanent(e)) => {
-                sp.rollback().await?;
-                *op = unchanged;
-                let mut saga = load(op)?;
-                saga.mark_started(step, undo, now, None);
-                self.settle(op, &mut saga, def, step, undo, Some(e), post);
-                Ok(Flow::Continue)
+            Err(err) => {
+                let e = err.message();
+                match err.class() {
+                    StepErrorClass::Waiting => {
+                        // What the step asked for stays; the sweep runs the step again.
+                        sp.commit().await?;
+                        note(op, &e);
+                        Ok(Flow::Stop)
+                    }
+                    StepErrorClass::Transient => {
+                        sp.rollback().await?; // whatever the step wrote
+                        tracing::debug!(op = %op.id, step = %name, "transient: {e}");
+                        *op = unchanged;
+                        note(op, &e);
+                        Ok(Flow::Stop)
+                    }
+                    StepErrorClass::Permanent => {
+                        sp.rollback().await?;
+                        *op = unchanged;
+                        let mut saga = load(op)?;
+                        saga.mark_started(step, undo, now, None);
+                        self.settle(op, &mut saga, def, step, undo, Some(e), post);
+                        Ok(Flow::Continue)
+                    }
+                }
             }
         }
     }
@@ -827,13 +835,11 @@ impl Engine {
                 .await?;
             }
             Ok(Effect::Done) => {}
-            Err(StepError::Transient(e) | StepError::Waiting(e)) => {
-                return Err(EngineError::Transient(e))
+            Err(e) if e.class() == StepErrorClass::Permanent => {
+                // The guest is gone: nothing names what could be left.
+                tracing::warn!(op = %op.id, step = name, "no leftover recorded: {}", e.message())
             }
-            // The guest is gone: nothing names what could be left.
-            Err(StepError::Permanent(e)) => {
-                tracing::warn!(op = %op.id, step = name, "no leftover recorded: {e}")
-            }
+            Err(e) => return Err(EngineError::Leftovers(e)),
         }
         Ok(())
     }

@@ -6,9 +6,12 @@ use crate::controller::alloc::AllocError;
 use crate::controller::store::{self as st, GuestRow, OpRow, StoreError, Tx};
 use crate::model::{DomainSpec, NodeFacts};
 
+/// Why a step did not finish. Variants that wrap an error keep it as their source; the
+/// text the operation shows is the whole chain ([`crate::chain::chain`]), made by the
+/// engine through [`StepError::message`].
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
-    /// Retry later without failing the step (database busy, node not registered yet).
+    /// Retry later without failing the step (node not registered yet).
     #[error("{0}")]
     Transient(String),
     /// Keep what the step wrote (it asked for something to happen first) and run it again
@@ -18,26 +21,69 @@ pub enum StepError {
     /// The step cannot succeed: fail it and unwind.
     #[error("{0}")]
     Permanent(String),
+    /// `what` failed for good because of `source`: fail the step and unwind.
+    #[error("{what}")]
+    Failed {
+        what: String,
+        #[source]
+        source: crate::chain::Cause,
+    },
+    /// The database failed (busy, locked): retry later.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An allocator refused (for good) or lost a race (retry).
+    #[error(transparent)]
+    Alloc(AllocError),
 }
 
-impl From<StoreError> for StepError {
-    fn from(e: StoreError) -> Self {
-        StepError::Transient(e.to_string())
+/// What the engine does about a [`StepError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepErrorClass {
+    Transient,
+    Waiting,
+    Permanent,
+}
+
+impl StepError {
+    /// `what` failed for good because of `e`.
+    pub fn failed(
+        what: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StepError::Failed {
+            what: what.into(),
+            source: Box::new(e),
+        }
+    }
+
+    pub fn class(&self) -> StepErrorClass {
+        match self {
+            StepError::Transient(_) | StepError::Store(_) => StepErrorClass::Transient,
+            StepError::Alloc(AllocError::Raced(_)) => StepErrorClass::Transient,
+            StepError::Waiting(_) => StepErrorClass::Waiting,
+            StepError::Permanent(_) | StepError::Failed { .. } | StepError::Alloc(_) => {
+                StepErrorClass::Permanent
+            }
+        }
+    }
+
+    /// The text an operation shows: the whole chain.
+    pub fn message(&self) -> String {
+        crate::chain::chain(self)
     }
 }
 
 impl From<sqlx::Error> for StepError {
     fn from(e: sqlx::Error) -> Self {
-        StepError::Transient(e.to_string())
+        StepError::Store(StoreError::Db(e))
     }
 }
 
 impl From<AllocError> for StepError {
     fn from(e: AllocError) -> Self {
         match e {
-            AllocError::Store(s) => StepError::Transient(s.to_string()),
-            r @ AllocError::Raced(_) => StepError::Transient(r.to_string()),
-            other => StepError::Permanent(other.to_string()),
+            AllocError::Store(s) => StepError::Store(s),
+            other => StepError::Alloc(other),
         }
     }
 }

@@ -50,7 +50,7 @@ super::steps! {
 /// The payload as `reserve` left it in the row (it records the leased address there).
 fn payload(op: &OpRow) -> Result<ChangeIpPayload, StepError> {
     serde_json::from_str(&op.payload)
-        .map_err(|e| StepError::Permanent(format!("payload of guest.change_ip is corrupt: {e}")))
+        .map_err(|e| StepError::failed("payload of guest.change_ip is corrupt", e))
 }
 
 /// `guest.change_ip`: move a guest to another IP address: lease, seed, live change, record.

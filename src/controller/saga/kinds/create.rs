@@ -312,7 +312,7 @@ async fn place(
         Err(PlaceError::Refused(r)) if young && r.iter().all(|r| r.reason == "offline") => Err(
             StepError::Transient("waiting for a node to come online".into()),
         ),
-        Err(e) => Err(StepError::Permanent(e.to_string())),
+        Err(e) => Err(StepError::failed("placing the guest", e)),
     }
 }
 
@@ -321,7 +321,7 @@ fn plugin_opinions(
     plugins: &crate::controller::plugins::Plugins,
     request: &serde_json::Value,
     eligible: &[&crate::controller::placement::Candidate],
-) -> Result<Vec<crate::controller::placement::Opinion>, String> {
+) -> Result<Vec<crate::controller::placement::Opinion>, crate::controller::plugins::PluginError> {
     use crate::controller::placement::Opinion;
     use crate::controller::plugins::Verdict;
     if !plugins.has_placement() {
@@ -337,7 +337,7 @@ fn plugin_opinions(
                 "guests": c.guests, "load1": c.load1})
         })
         .collect();
-    let verdicts = plugins.score(request, &nodes).map_err(|e| e.to_string())?;
+    let verdicts = plugins.score(request, &nodes)?;
     Ok(verdicts
         .into_iter()
         .map(|v| match v {

@@ -73,7 +73,7 @@ async fn record(cx: &mut Ctx<'_, '_>, node: &str) -> Result<(), StepError> {
         .and_then(|s| s.output)
         .map(serde_json::from_value)
         .transpose()
-        .map_err(|e| StepError::Permanent(format!("the node's cleanup report is corrupt: {e}")))?
+        .map_err(|e| StepError::failed("the node's cleanup report is corrupt", e))?
         .unwrap_or_default();
     let rows = st::cleanup_of_node_in(cx.tx, node).await?;
     let mut removed = Vec::new();

@@ -107,7 +107,7 @@ impl Kind for Resize {
                             why.join("; ")
                         )));
                     }
-                    Err(e) => return Err(StepError::Permanent(e.to_string())),
+                    Err(e) => return Err(StepError::failed("checking the node's capacity", e)),
                 }
             }
             (Step::Redefine, undo) => {
