@@ -11,15 +11,20 @@
 
 mod agent_init;
 mod agent_run;
+mod attach_disk;
 mod build_seed;
 mod cleanup;
 mod console_ticket;
 mod create_disk;
+mod create_volume;
 mod define;
 mod destroy;
+mod detach_disk;
+mod grow_disk;
 mod reboot;
 mod remove_file;
 mod resume;
+mod set_disk_limits;
 mod shutdown;
 mod start;
 mod suspend;
@@ -30,10 +35,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::hypervisor::{DomState, HvError, Hypervisor};
+use super::{resize, snapshots};
 use crate::guestinit::{render_seed, write_seed_iso, Delivery, InitPlan};
 use crate::model::{
     AgentBatch, AgentReport, BatchReport, CleanupItem, CleanupReport, CleanupResult, DomainSpec,
-    InitInput, NodeAction, Refusal, StepOutcome, TemplateSource,
+    InitInput, IoTune, NodeAction, Refusal, StepOutcome, TemplateSource,
 };
 use crate::render::Renderer;
 
@@ -222,108 +228,43 @@ pub async fn run(
     dispatch(&mut cx, action).await
 }
 
+// A table, one line per action: rustfmt would spread each struct pattern over lines.
+#[rustfmt::skip]
 async fn dispatch(cx: &mut Cx<'_>, action: &NodeAction) -> Result<StepOutcome, ActionError> {
-    let (hv, s) = (cx.hv, cx.s);
+    use NodeAction as A;
+    let hv = cx.hv;
     match action {
-        NodeAction::CreateDisk {
-            path,
-            template_path,
-            template,
-        } => create_disk::run(cx, path, template_path, template.as_ref()).await,
-        NodeAction::RemoveFile { path } => remove_file::run(cx, path).await,
-        NodeAction::BuildSeed {
-            path,
-            init,
-            replace,
-        } => build_seed::run(cx, path, init, *replace).await,
-        NodeAction::Define { spec } => define::run(cx, spec).await,
-        NodeAction::ConsoleTicket {
-            guest_id,
-            vnc_port,
-            password,
-            valid_until_ms,
-        } => console_ticket::run(cx, guest_id, *vnc_port, password, *valid_until_ms).await,
-        NodeAction::UpdateInterface { spec } => update_interface::run(cx, spec).await,
-        NodeAction::AgentRun {
-            guest_id,
-            batches,
-            wait_secs,
-            strict,
-        } => agent_run::run(cx, guest_id, batches, *wait_secs, *strict).await,
-        NodeAction::AgentInit {
-            guest_id,
-            init,
-            wait_secs,
-        } => agent_init::run(cx, guest_id, init, *wait_secs).await,
-        NodeAction::Undefine { guest_id } => undefine::run(cx, guest_id).await,
-        NodeAction::Start { guest_id } => start::run(cx, guest_id).await,
-        NodeAction::Destroy { guest_id } => destroy::run(cx, guest_id).await,
-        NodeAction::Shutdown {
-            guest_id,
-            timeout_secs,
-        } => shutdown::run(cx, guest_id, *timeout_secs).await,
-        NodeAction::Suspend { guest_id } => suspend::run(cx, guest_id).await,
-        NodeAction::Cleanup { items } => cleanup::run(cx, items).await,
-        NodeAction::Resume { guest_id } => resume::run(cx, guest_id).await,
-        NodeAction::CreateVolume { path, size_mib } => {
-            inside(&s.storage_dir, path)?;
-            super::disks::create_volume(path, *size_mib).await
+        A::CreateDisk { path, template_path, template } => create_disk::run(cx, path, template_path, template.as_ref()).await,
+        A::RemoveFile { path } => remove_file::run(cx, path).await,
+        A::BuildSeed { path, init, replace } => build_seed::run(cx, path, init, *replace).await,
+        A::Define { spec } => define::run(cx, spec).await,
+        A::ConsoleTicket { guest_id, vnc_port, password, valid_until_ms } => console_ticket::run(cx, guest_id, *vnc_port, password, *valid_until_ms).await,
+        A::UpdateInterface { spec } => update_interface::run(cx, spec).await,
+        A::AgentRun { guest_id, batches, wait_secs, strict } => agent_run::run(cx, guest_id, batches, *wait_secs, *strict).await,
+        A::AgentInit { guest_id, init, wait_secs } => agent_init::run(cx, guest_id, init, *wait_secs).await,
+        A::Undefine { guest_id } => undefine::run(cx, guest_id).await,
+        A::Start { guest_id } => start::run(cx, guest_id).await,
+        A::Destroy { guest_id } => destroy::run(cx, guest_id).await,
+        A::Shutdown { guest_id, timeout_secs } => shutdown::run(cx, guest_id, *timeout_secs).await,
+        A::Reboot { guest_id } => reboot::run(cx, guest_id, false).await,
+        A::Reset { guest_id } => reboot::run(cx, guest_id, true).await,
+        A::Suspend { guest_id } => suspend::run(cx, guest_id).await,
+        A::Resume { guest_id } => resume::run(cx, guest_id).await,
+        A::Cleanup { items } => cleanup::run(cx, items).await,
+        A::CreateVolume { path, size_mib } => create_volume::run(cx, path, *size_mib).await,
+        A::AttachDisk { guest_id, path, target, limits } => attach_disk::run(cx, guest_id, path, target, limits.as_ref()).await,
+        A::DetachDisk { guest_id, path, target } => detach_disk::run(cx, guest_id, path, target).await,
+        A::GrowDisk { path, size_mib, attached } => grow_disk::run(cx, path, *size_mib, attached.as_ref()).await,
+        A::SetDiskLimits { guest_id, path, target, limits } => set_disk_limits::run(cx, guest_id, path, target, limits.as_ref()).await,
+        A::ResizeDomain { guest_id, size } => resize::resize(hv, guest_id, *size).await,
+        A::CreateSnapshot { guest_id, name } => snapshots::create(hv, guest_id, name).await,
+        A::RevertSnapshot { guest_id, name } => snapshots::revert(hv, guest_id, name).await,
+        A::DeleteSnapshot { guest_id, name } => snapshots::delete(hv, guest_id, name).await,
+        // The node's job handler runs these whole (a sequence sub-step by sub-step, a
+        // conversion with its progress): they never nest.
+        A::ConvertImage { .. } | A::Sequence { .. } => {
+            Err(ActionError::Permanent(format!("{} runs only as a whole job", action.name())))
         }
-        NodeAction::AttachDisk {
-            guest_id,
-            path,
-            target,
-            limits,
-        } => {
-            inside(&s.storage_dir, path)?;
-            super::disks::attach(hv, guest_id, path, target, limits.as_ref()).await
-        }
-        NodeAction::DetachDisk {
-            guest_id,
-            path,
-            target,
-        } => {
-            inside(&s.storage_dir, path)?;
-            super::disks::detach(hv, guest_id, path, target).await
-        }
-        NodeAction::GrowDisk {
-            path,
-            size_mib,
-            attached,
-        } => {
-            inside(&s.storage_dir, path)?;
-            super::disks::grow(hv, path, *size_mib, attached.as_ref()).await
-        }
-        NodeAction::SetDiskLimits {
-            guest_id,
-            path,
-            target,
-            limits,
-        } => {
-            inside(&s.storage_dir, path)?;
-            super::disks::set_limits(hv, guest_id, path, target, limits.as_ref()).await
-        }
-        NodeAction::ResizeDomain { guest_id, size } => {
-            super::resize::resize(hv, guest_id, *size).await
-        }
-        NodeAction::CreateSnapshot { guest_id, name } => {
-            super::snapshots::create(hv, guest_id, name).await
-        }
-        NodeAction::RevertSnapshot { guest_id, name } => {
-            super::snapshots::revert(hv, guest_id, name).await
-        }
-        NodeAction::DeleteSnapshot { guest_id, name } => {
-            super::snapshots::delete(hv, guest_id, name).await
-        }
-        NodeAction::Reboot { guest_id } => reboot::run(cx, guest_id, false).await,
-        NodeAction::Reset { guest_id } => reboot::run(cx, guest_id, true).await,
-        // The node's job handler runs a sequence sub-step by sub-step; one never nests.
-        NodeAction::ConvertImage { .. } => Err(ActionError::Permanent(
-            "an image conversion runs on its own, not inside a sequence".into(),
-        )),
-        NodeAction::Sequence { .. } => Err(ActionError::Permanent(
-            "a sequence runs only as a whole job".into(),
-        )),
     }
 }
 
