@@ -499,6 +499,44 @@ pub struct CleanupItem {
     pub action: NodeAction,
 }
 
+/// A node action's typed report: what a successful step carries as its `output`, one
+/// type per action that reports anything. The node encodes it ([`StepOutcome::reported`]),
+/// the controller reads it back as the same type (`OpRow::report`), never by field name.
+pub trait Report: Serialize + serde::de::DeserializeOwned {}
+
+impl Report for CleanupReport {}
+impl Report for AgentReport {}
+impl Report for SnapshotReport {}
+impl Report for ConvertReport {}
+impl Report for ResizeReport {}
+
+/// What a node reports for [`NodeAction::CreateSnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    /// The guest's state when it was taken (`running`, `shutoff`, …).
+    pub vm_state: String,
+    /// Whether its filesystems were frozen through the guest agent for it.
+    pub quiesced: bool,
+}
+
+/// What a node reports for [`NodeAction::ConvertImage`]: the image it wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConvertReport {
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub path: String,
+}
+
+/// What a node reports for [`NodeAction::ResizeDomain`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResizeReport {
+    /// Resized while running (else in the definition).
+    pub live: bool,
+    /// vCPUs the guest reports online after a live resize, when its agent answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus_online: Option<u32>,
+}
+
 /// What a node reports for a [`NodeAction::Cleanup`] (the step's `output`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CleanupReport {
@@ -653,6 +691,21 @@ pub enum StepOutcome {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         refusal: Option<Refusal>,
     },
+}
+
+impl StepOutcome {
+    /// A success carrying the action's typed report.
+    pub fn reported<R: Report>(
+        guest_state: Option<String>,
+        domain_xml: Option<String>,
+        report: &R,
+    ) -> Result<StepOutcome, serde_json::Error> {
+        Ok(StepOutcome::Ok {
+            guest_state,
+            domain_xml,
+            output: Some(serde_json::to_value(report)?),
+        })
+    }
 }
 
 /// Why a node refused a job by its own rules, whatever the controller asked of it. The

@@ -274,11 +274,13 @@ async fn run_convert(
         return Err(stop);
     }
     let (sha256, bytes) = images::checksum(dest).await?;
-    Ok(StepOutcome::Ok {
-        guest_state: None,
-        domain_xml: None,
-        output: Some(serde_json::json!({"sha256": sha256, "size_bytes": bytes, "path": dest})),
-    })
+    let report = crate::model::ConvertReport {
+        sha256,
+        size_bytes: bytes,
+        path: dest.to_string(),
+    };
+    StepOutcome::reported(None, None, &report)
+        .map_err(|e| actions::ActionError::failed("encoding the report", e))
 }
 
 /// Reports how far `job` is (`done` of `of`, and what it does now), best effort: the

@@ -8,12 +8,10 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
 use super::actions::ActionError;
 use super::agent;
 use super::hypervisor::{DomState, HvError, Hypervisor};
-use crate::model::{GuestSize, StepOutcome};
+use crate::model::{GuestSize, ResizeReport, StepOutcome};
 
 /// `def` with element `tag` (its attributes and content) replaced by `with`.
 fn replace_element(def: &str, tag: &str, with: &str) -> Result<String, ActionError> {
@@ -122,7 +120,10 @@ pub async fn resize(
             hv.define(&resized(&def, size)?)
                 .await
                 .map_err(|e| ActionError::failed("redefining the domain", e))?;
-            json!({"live": false})
+            ResizeReport {
+                live: false,
+                vcpus_online: None,
+            }
         }
         Some(DomState::Running) => live(hv, guest, size).await?,
         Some(other) => {
@@ -132,11 +133,8 @@ pub async fn resize(
             )))
         }
     };
-    Ok(StepOutcome::Ok {
-        guest_state: None,
-        domain_xml: Some(hv.xml(guest).await?),
-        output: Some(output),
-    })
+    StepOutcome::reported(None, Some(hv.xml(guest).await?), &output)
+        .map_err(|e| ActionError::failed("encoding the report", e))
 }
 
 /// A running guest moves within the maxima of its definition: vCPUs are plugged (and
@@ -146,7 +144,7 @@ async fn live(
     hv: &dyn Hypervisor,
     guest: &str,
     size: GuestSize,
-) -> Result<serde_json::Value, ActionError> {
+) -> Result<ResizeReport, ActionError> {
     let (max_cpus, max_mib) = maxima(&hv.definition(guest).await?)?;
     if size.cpus > max_cpus || size.memory_mib > max_mib {
         return Err(ActionError::Permanent(format!(
@@ -172,7 +170,10 @@ async fn live(
         .await
         .map_err(|e| failed("setting the balloon", e))?;
     let online = agent::online_vcpus(hv, guest, size.cpus, ONLINE_WAIT).await;
-    Ok(json!({"live": true, "vcpus_online": online}))
+    Ok(ResizeReport {
+        live: true,
+        vcpus_online: online,
+    })
 }
 
 #[cfg(test)]

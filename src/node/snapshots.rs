@@ -12,13 +12,22 @@
 
 use super::actions::ActionError;
 use super::hypervisor::{DomState, Hypervisor};
-use crate::model::StepOutcome;
+use crate::model::{SnapshotReport, StepOutcome};
 
-fn noted(state: Option<DomState>, output: serde_json::Value) -> StepOutcome {
+fn taken(vm_state: DomState, quiesced: bool) -> Result<StepOutcome, ActionError> {
+    let report = SnapshotReport {
+        vm_state: vm_state.as_str().to_string(),
+        quiesced,
+    };
+    StepOutcome::reported(None, None, &report)
+        .map_err(|e| ActionError::failed("encoding the report", e))
+}
+
+fn done(state: Option<DomState>) -> StepOutcome {
     StepOutcome::Ok {
         guest_state: state.map(|s| s.as_str().to_string()),
         domain_xml: None,
-        output: Some(output),
+        output: None,
     }
 }
 
@@ -36,10 +45,7 @@ pub async fn create(
         if running {
             super::agent::thaw_if_frozen(hv, guest).await;
         }
-        return Ok(noted(
-            None,
-            serde_json::json!({"vm_state": state.as_str(), "quiesced": false}),
-        ));
+        return taken(state, false);
     }
     let frozen = running && super::agent::freeze(hv, guest).await;
     let took = hv.create_snapshot(guest, name).await;
@@ -47,10 +53,7 @@ pub async fn create(
         super::agent::thaw_if_frozen(hv, guest).await;
     }
     took.map_err(|e| ActionError::failed("taking the snapshot", e))?;
-    Ok(noted(
-        None,
-        serde_json::json!({"vm_state": state.as_str(), "quiesced": frozen}),
-    ))
+    taken(state, frozen)
 }
 
 pub async fn revert(
@@ -67,7 +70,7 @@ pub async fn revert(
         .await
         .map_err(|e| ActionError::failed("reverting", e))?;
     let state = hv.state(guest).await?;
-    Ok(noted(state, serde_json::json!({})))
+    Ok(done(state))
 }
 
 pub async fn delete(
@@ -80,5 +83,5 @@ pub async fn delete(
             .await
             .map_err(|e| ActionError::failed("deleting the snapshot", e))?;
     }
-    Ok(noted(None, serde_json::json!({})))
+    Ok(done(None))
 }

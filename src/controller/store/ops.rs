@@ -39,13 +39,16 @@ impl OpRow {
         Ok(serde_json::from_str(&self.steps)?)
     }
 
-    /// What step `name` reported (its `output`), if it did.
-    pub fn step_output(&self, name: &str) -> Option<serde_json::Value> {
-        self.step_records()
-            .ok()?
+    /// What step `name` reported, read as its action's typed report: None when it
+    /// reported nothing (it did not run on a node), an error when the report is not of
+    /// that type (a corrupt row, or a node that lies).
+    pub fn report<R: crate::model::Report>(&self, name: &str) -> Result<Option<R>, StoreError> {
+        let output = self
+            .step_records()?
             .into_iter()
-            .find(|s| s.name == name)?
-            .output
+            .find(|s| s.name == name)
+            .and_then(|s| s.output);
+        Ok(output.map(serde_json::from_value).transpose()?)
     }
 }
 

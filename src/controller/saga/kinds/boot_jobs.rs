@@ -209,10 +209,8 @@ async fn complete(
     op: &OpRow,
     g: &st::GuestRow,
 ) -> Result<(), StepError> {
-    let report: AgentReport = op
-        .step_output("run")
-        .and_then(|o| serde_json::from_value(o).ok())
-        .unwrap_or_default();
+    // No report: the run had nothing to do on the node (no job was claimed).
+    let report: AgentReport = op.report(Step::Run.name())?.unwrap_or_default();
     let mut secrets = g.secrets();
     let mut secrets_changed = false;
     for job in st::jobs_of_op_in(tx, &op.id).await? {

@@ -65,16 +65,7 @@ impl Kind for NodeCleanup {
 }
 
 async fn record(cx: &mut Ctx<'_, '_>, node: &str) -> Result<(), StepError> {
-    let report: CleanupReport = cx
-        .op
-        .step_records()?
-        .into_iter()
-        .find(|s| s.name == Step::Clean.name())
-        .and_then(|s| s.output)
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| StepError::failed("the node's cleanup report is corrupt", e))?
-        .unwrap_or_default();
+    let report: CleanupReport = cx.op.report(Step::Clean.name())?.unwrap_or_default();
     let rows = st::cleanup_of_node_in(cx.tx, node).await?;
     let mut removed = Vec::new();
     let mut failed = Vec::new();

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{Ctx, Effect, Kind, StepDef};
 use crate::controller::saga::steps::{guest_of, node_of, StepError};
 use crate::controller::store::{self as st, StoreError, Tx};
-use crate::model::{NodeAction, OpState};
+use crate::model::{NodeAction, OpState, SnapshotReport};
 
 /// Stored payload of every snapshot kind.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -70,10 +70,11 @@ impl Kind for SnapshotCreate {
                 action: action(undo),
             },
             (Step::Record, false) => {
-                let out = cx.op.step_output("take").unwrap_or_default();
-                let vm_state = out["vm_state"].as_str().unwrap_or("unknown");
-                let quiesced = out["quiesced"].as_bool().unwrap_or(false);
-                st::snapshot_taken(cx.tx, &p.snapshot_id, vm_state, quiesced).await?;
+                let taken: SnapshotReport = cx
+                    .op
+                    .report(Step::Take.name())?
+                    .ok_or_else(|| StepError::Permanent("the node reported no snapshot".into()))?;
+                st::snapshot_taken(cx.tx, &p.snapshot_id, &taken.vm_state, taken.quiesced).await?;
                 Effect::Done
             }
             (Step::Record, true) => Effect::Done,

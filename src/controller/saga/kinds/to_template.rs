@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{Ctx, Effect, Kind, StepDef};
 use crate::controller::saga::steps::{disk_path, guest_of, node_of, StepError};
 use crate::controller::store::{self as st, TemplateRow};
-use crate::model::{now_ms, NodeAction};
+use crate::model::{now_ms, ConvertReport, NodeAction};
 
 /// Stored payload.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -77,7 +77,10 @@ impl Kind for ToTemplate {
                 },
             },
             (Step::Record, false) => {
-                let out = cx.op.step_output("convert").unwrap_or_default();
+                let image: ConvertReport = cx
+                    .op
+                    .report(Step::Convert.name())?
+                    .ok_or_else(|| StepError::Permanent("the node reported no image".into()))?;
                 let row = TemplateRow {
                     id: p.template_id.clone(),
                     name: p.name.clone(),
@@ -88,8 +91,8 @@ impl Kind for ToTemplate {
                     os_init_profile: p.os_init_profile.clone(),
                     owner_id: p.owner_id.clone(),
                     public: false,
-                    sha256: out["sha256"].as_str().map(str::to_string),
-                    size_bytes: out["size_bytes"].as_i64(),
+                    sha256: Some(image.sha256),
+                    size_bytes: i64::try_from(image.size_bytes).ok(),
                 };
                 st::insert_template_in(cx.tx, &row).await.map_err(|e| {
                     if e.is_unique_violation() {
