@@ -80,9 +80,11 @@ pub struct StepRecord {
     pub output: Option<serde_json::Value>,
 }
 
-/// Lifecycle of an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Lifecycle of an operation. Stored as text: a value no version wrote fails the row's
+/// decoding with the value named, instead of reading as some default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
 pub enum OpState {
     Pending,
     Running,

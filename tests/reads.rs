@@ -133,7 +133,7 @@ async fn seed(store: &Store, pool: &str, template: &str) -> Seeded {
                     kind: kind.into(),
                     guest_id: Some(id.clone()),
                     node_id: Some(node.into()),
-                    state: op_state.into(),
+                    state: corral::model::OpState::parse(op_state).unwrap(),
                     requested_by_id: None,
                     steps: "[]".into(),
                     cursor: 0,

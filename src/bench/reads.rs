@@ -337,7 +337,7 @@ async fn seed(
                     kind: "guest.create".into(),
                     guest_id: Some(id),
                     node_id: Some("bench-node".into()),
-                    state: "succeeded".into(),
+                    state: crate::model::OpState::Succeeded,
                     requested_by_id: None,
                     steps: steps.clone(),
                     cursor: 11,

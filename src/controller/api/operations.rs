@@ -103,7 +103,7 @@ pub fn view(op: &OpRow) -> Operation {
         kind: op.kind.clone(),
         guest_id: op.guest_id.clone(),
         node_id: op.node_id.clone(),
-        state: op.state.clone(),
+        state: op.state.as_str().to_string(),
         progress: Progress {
             stage: op.stage.clone(),
             step: (op.cursor.max(0) as u32 + 1).min(steps.len() as u32),
@@ -310,7 +310,8 @@ impl OperationApi {
             return Err(Error::Conflict {
                 message: format!(
                     "operation {} is {} and can no longer be cancelled",
-                    op.id, op.state
+                    op.id,
+                    op.state.as_str()
                 ),
                 details: None,
             }

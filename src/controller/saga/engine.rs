@@ -981,7 +981,7 @@ impl Engine {
     /// it waits on. Only the copy changes; the run writes it once before its commit.
     fn save(&self, op: &mut OpRow, saga: &Saga, def: &KindDef) {
         let now = now_ms();
-        op.state = saga.state.as_str().to_string();
+        op.state = saga.state;
         // Step records always serialize (plain data); an empty list would be caught by
         // `foreign_steps` at the next read rather than lost silently.
         op.steps = serde_json::to_string(&saga.steps).unwrap_or_default();
@@ -1047,7 +1047,7 @@ impl Engine {
 async fn fail_unreadable(tx: &mut Tx<'_>, op: &mut OpRow, error: &str) -> Result<(), EngineError> {
     tracing::error!(op = %op.id, "{error}");
     let now = now_ms();
-    op.state = OpState::Failed.as_str().into();
+    op.state = OpState::Failed;
     op.error = Some(error.to_string());
     op.inflight_node = None;
     op.stage = "failed".into();

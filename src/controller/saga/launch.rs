@@ -49,7 +49,7 @@ pub async fn create_op(
         kind: kind.into(),
         guest_id: guest.map(String::from),
         node_id: node.map(String::from),
-        state: OpState::Pending.as_str().into(),
+        state: OpState::Pending,
         steps: serde_json::to_string(&super::new_steps(def)).map_err(StoreError::from)?,
         cursor: 0,
         payload: payload.to_string(),

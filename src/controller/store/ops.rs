@@ -9,7 +9,7 @@ pub struct OpRow {
     pub kind: String,
     pub guest_id: Option<String>,
     pub node_id: Option<String>,
-    pub state: String,
+    pub state: crate::model::OpState,
     pub steps: String,
     pub cursor: i64,
     pub payload: String,
@@ -33,7 +33,7 @@ pub struct OpRow {
 
 impl OpRow {
     pub fn op_state(&self) -> OpState {
-        OpState::parse(&self.state).unwrap_or(OpState::Failed)
+        self.state
     }
     pub fn step_records(&self) -> Result<Vec<StepRecord>, StoreError> {
         Ok(serde_json::from_str(&self.steps)?)
@@ -254,5 +254,53 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(r.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::OpState;
+
+    #[tokio::test]
+    async fn an_unknown_stored_state_is_an_error_naming_it_not_a_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).await.unwrap();
+        let op = OpRow {
+            id: "op-1".into(),
+            kind: "guest.create".into(),
+            guest_id: None,
+            node_id: None,
+            state: OpState::Pending,
+            requested_by_id: None,
+            steps: "[]".into(),
+            cursor: 0,
+            payload: "{}".into(),
+            stage: String::new(),
+            percent: 0,
+            message: String::new(),
+            error: None,
+            cancel_requested: false,
+            inflight_node: None,
+            requested_by: "admin".into(),
+            created_at: 0,
+            started_at: None,
+            updated_at: 0,
+            finished_at: None,
+            abandon_reason: None,
+        };
+        let mut tx = store.begin().await.unwrap();
+        insert_op(&mut tx, &op).await.unwrap();
+        store.commit(tx).await.unwrap();
+        assert_eq!(
+            store.op("op-1").await.unwrap().unwrap().state,
+            OpState::Pending
+        );
+        sqlx::query("UPDATE operations SET state = 'exploded' WHERE id = 'op-1'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let e = store.op("op-1").await.unwrap_err();
+        assert!(crate::chain::chain(&e).contains("exploded"), "{e}");
     }
 }
