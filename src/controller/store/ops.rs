@@ -106,7 +106,7 @@ pub async fn insert_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
     .bind(&op.kind)
     .bind(&op.guest_id)
     .bind(&op.node_id)
-    .bind(&op.state)
+    .bind(op.state)
     .bind(&op.steps)
     .bind(op.cursor)
     .bind(&op.payload)
@@ -147,7 +147,7 @@ pub async fn save_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
          inflight_node = ? WHERE id = ?",
     )
     .bind(&op.node_id)
-    .bind(&op.state)
+    .bind(op.state)
     .bind(&op.steps)
     .bind(op.cursor)
     .bind(&op.stage)
