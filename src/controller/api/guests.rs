@@ -16,10 +16,8 @@ use crate::controller::saga::kinds::power::Power;
 use crate::controller::saga::kinds::{self, set_bandwidth, Request};
 use crate::controller::store::Requester;
 use crate::controller::store::{self as st, GuestRow};
-use crate::guestinit::crypt_password;
 use crate::model::GuestState;
-use crate::model::{new_id, now_ms, rfc3339, Bandwidth};
-use crate::script::catalog::default_profile;
+use crate::model::{rfc3339, Bandwidth};
 
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
@@ -306,204 +304,12 @@ impl GuestApi {
     ) -> ApiResult<CreateResponse> {
         let mut req = body.0;
         plugin_before_create(&state, &auth, &mut req)?;
-        let count = req.count.unwrap_or(1);
-        if !(1..=100).contains(&count) {
-            return Err(Error::BadRequest(format!("count must be 1–100, not {count}")).into());
-        }
-        if !(1..=64).contains(&req.cpus) {
-            return Err(Error::BadRequest(format!("cpus must be 1–64, not {}", req.cpus)).into());
-        }
-        check_maxima(req.cpus, req.memory_mib, req.max_cpus, req.max_memory_mib)?;
-        if req.node.is_some() {
-            access::operator(&auth.0, "placing a guest on a chosen node")?;
-        }
-        let template = state
-            .store
-            .template(&req.template)
-            .await?
-            .filter(|t| access::sees_template(&auth.0, t))
-            .ok_or_else(|| {
-            Error::Unprocessable(format!(
-                "unknown template {:?}: register it with POST /api/v1/templates or pick one from GET /api/v1/templates",
-                req.template
-            ))
-        })?;
-        if i64::from(req.memory_mib) < template.min_memory_mib.max(64) {
-            return Err(Error::Unprocessable(format!(
-                "memory_mib {} is below the minimum of template {} ({} MiB)",
-                req.memory_mib,
-                template.name,
-                template.min_memory_mib.max(64)
-            ))
-            .into());
-        }
-        if let Some(n) = &req.node {
-            if state.store.node(n).await?.is_none() {
-                return Err(Error::Unprocessable(format!(
-                    "unknown node {n:?}: see GET /api/v1/nodes"
-                ))
-                .into());
-            }
-        }
-        let pools = state.store.pools().await?;
-        let pool = match &req.pool {
-            Some(p) => Some(state.store.pool_by(p).await?.ok_or_else(|| {
-                Error::Unprocessable(format!("unknown IP pool {p:?}: see GET /api/v1/ip-pools"))
-            })?),
-            None => None,
-        };
-        if let Some(ip) = &req.ip {
-            if count != 1 {
-                return Err(Error::BadRequest("ip can only be given with count 1".into()).into());
-            }
-            let addr: std::net::Ipv4Addr = ip
-                .parse()
-                .map_err(|_| Error::BadRequest(format!("ip {ip:?} is not an IPv4 address")))?;
-            let candidates: Vec<&st::PoolRow> = match &pool {
-                Some(p) => vec![p],
-                None => pools.iter().collect(),
-            };
-            let mut inside = false;
-            for p in candidates {
-                inside |= alloc::load_pool(&state.store, p)
-                    .await
-                    .map_err(Error::from)?
-                    .contains(addr);
-            }
-            if !inside {
-                return Err(Error::Unprocessable(format!(
-                    "ip {ip} is not inside an IP pool's allocatable range"
-                ))
-                .into());
-            }
-        }
-        // Capacity check up front for a clear answer (the saga still guards each lease).
-        if !pools.is_empty() && req.ip.is_none() {
-            let (free, what) = match &pool {
-                Some(p) => (pool_free(&state, p).await?, format!("IP pool {}", p.name)),
-                None => {
-                    let mut n = 0;
-                    for p in &pools {
-                        n += pool_free(&state, p).await?;
-                    }
-                    (n, "the IP pools".to_string())
-                }
-            };
-            if free < i64::from(count) {
-                return Err(Error::Conflict {
-                    message: format!("{what} have {free} free address(es); {count} requested. Add addresses or free some."),
-                    details: Some(serde_json::json!({"free": free, "requested": count})),
-                }
-                .into());
-            }
-        }
-        let base = match &req.name {
-            Some(n) if valid_name(n) => n.clone(),
-            Some(n) => {
-                return Err(Error::BadRequest(format!(
-                    "name {n:?} is invalid: use lowercase letters, digits and '-', start with a letter, at most 63"
-                ))
-                .into())
-            }
-            None => format!("vm-{}", &new_id()[..8]),
-        };
-        if let Some(h) = &req.hostname {
-            if !valid_name(h) {
-                return Err(Error::BadRequest(format!("hostname {h:?} is invalid")).into());
-            }
-        }
-        if let Some(b) = &req.bandwidth {
-            b.validate()
-                .map_err(|e| Error::BadRequest(format!("bandwidth: {e}")))?;
-        }
-        let tags_json =
-            serde_json::to_string(&check_tags(req.tags.as_deref().unwrap_or_default())?)
-                .map_err(st::StoreError::from)?;
-        let bandwidth_json = req
-            .bandwidth
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(st::StoreError::from)?;
-        let password_hash = match &req.password {
-            Some(p) if p.is_empty() => {
-                return Err(Error::BadRequest("password must not be empty".into()).into())
-            }
-            Some(p) => Some(crypt_password(p).map_err(|e| Error::Unavailable(e.to_string()))?),
-            None => None,
-        };
-        let profile = match req
-            .os_init_profile
-            .clone()
-            .or(template.os_init_profile.clone())
-        {
-            Some(p) => {
-                super::scripts::require_profile(&state, &p).await?;
-                p
-            }
-            None => default_profile(&template.os_type).to_string(),
-        };
-        if template.os_type == "windows" && password_hash.is_some() {
-            return Err(Error::Unprocessable(
-                "Windows guests take no initial password from corral: Windows cannot use a crypt \
-                 hash and corral never keeps a password in plain text. Give ssh_keys, or set the \
-                 password in the template image."
-                    .into(),
-            )
-            .into());
-        }
-        let secrets = serde_json::to_string(&st::InitSecrets {
-            password_hash: password_hash.clone(),
-            ssh_keys: req.ssh_keys.clone().unwrap_or_default(),
-        })
-        .map_err(st::StoreError::from)?;
-        // The hash and keys live on the guest row (profiles need them again for seed
-        // rebuilds); the operation carries nothing secret.
-
+        let valid = super::guest_create::validate(&state, &auth.0, req).await?;
+        let rows = super::guest_create::rows(&valid, &auth.0.id)?;
         let mut tx = state.store.begin().await?;
         let mut accepted = Vec::new();
-        for i in 1..=count {
-            let name = if count == 1 {
-                base.clone()
-            } else {
-                format!("{base}-{i}")
-            };
-            if name.len() > 63 {
-                return Err(
-                    Error::BadRequest(format!("name {name} is longer than 63 characters")).into(),
-                );
-            }
-            let now = now_ms();
-            let id = new_id();
-            let row = GuestRow {
-                id: id.clone(),
-                name: name.clone(),
-                hostname: req.hostname.clone().unwrap_or(name.clone()),
-                template_id: template.id.clone(),
-                template_path: template.path.clone(),
-                os_type: template.os_type.clone(),
-                cpus: i64::from(req.cpus),
-                memory_mib: i64::from(req.memory_mib),
-                max_cpus: req.max_cpus.map(i64::from),
-                max_memory_mib: req.max_memory_mib.map(i64::from),
-                node_id: None,
-                requested_node: req.node.clone(),
-                pool_id: pool.as_ref().map(|p| p.id.clone()),
-                requested_ip: req.ip.clone(),
-                ip: None,
-                vnc_port: None,
-                mac: None,
-                state: GuestState::Creating,
-                lock_op: None,
-                domain_xml: None,
-                created_at: now,
-                updated_at: now,
-                bandwidth: bandwidth_json.clone(),
-                os_init_profile: Some(profile.clone()),
-                init_secrets: Some(secrets.clone()),
-                owner_id: Some(auth.0.id.clone()),
-                tags: tags_json.clone(),
-            };
+        for row in rows {
+            let (id, name) = (row.id.clone(), row.name.clone());
             match st::insert_guest(&mut tx, &row).await {
                 Err(e) if e.is_unique_violation() => {
                     // Whose it is is said only to its owner (or an operator).
@@ -824,14 +630,6 @@ impl GuestApi {
     }
 }
 
-async fn pool_free(state: &AppState, p: &st::PoolRow) -> Result<i64, Error> {
-    let (_, stats) = alloc::pool_stats(&state.store, p)
-        .await
-        .map_err(Error::from)?;
-    Ok(stats.free() as i64)
-}
-
-/// Allocator errors seen at the edge: a corrupt pool is the server's fault, the rest 422.
 /// Runs the plugins' `before:guest.create` hooks: a refusal is a 422 naming the plugin;
 /// the name and hostname may come back adjusted (the rest of the request is checked after).
 fn plugin_before_create(state: &AppState, auth: &Auth, req: &mut CreateGuest) -> Result<(), Error> {

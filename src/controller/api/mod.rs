@@ -14,6 +14,7 @@ mod disks;
 pub mod error;
 mod events;
 mod guest_config;
+mod guest_create;
 mod guests;
 mod images;
 pub use images::sweep as sweep_uploads;

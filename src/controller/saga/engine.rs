@@ -71,6 +71,38 @@ impl From<sqlx::Error> for EngineError {
     }
 }
 
+/// What an operation waiting for offline node `n` says.
+fn waiting_for(n: &str, liveness: Option<(bool, Option<i64>)>) -> String {
+    match liveness {
+        Some((_, Some(since))) => format!("waiting for node {n}, offline since {}", rfc3339(since)),
+        Some(_) => format!("waiting for node {n}, offline"),
+        None => format!("waiting for node {n}, which is not registered"),
+    }
+}
+
+/// Node liveness as one run has read it: each node is read once per run.
+struct Liveness(std::collections::HashMap<String, Option<(bool, Option<i64>)>>);
+
+impl Liveness {
+    fn new() -> Self {
+        Liveness(std::collections::HashMap::new())
+    }
+
+    /// Whether node `n` is online, and since when it is offline (None: not registered).
+    async fn of(
+        &mut self,
+        tx: &mut Tx<'_>,
+        n: &str,
+    ) -> Result<Option<(bool, Option<i64>)>, EngineError> {
+        if let Some(l) = self.0.get(n) {
+            return Ok(*l);
+        }
+        let l = st::node_liveness_in(tx, n).await?;
+        self.0.insert(n.to_string(), l);
+        Ok(l)
+    }
+}
+
 /// How often (in 100 ms sweep ticks) the engine looks for dispatches Redis does not hold.
 const UNPUSHED_EVERY_TICKS: u64 = 30;
 /// A dispatch younger than this may still be on its way to Redis.
@@ -122,6 +154,31 @@ enum Post {
         step: String,
         when: &'static str,
     },
+}
+
+impl Post {
+    /// What follows giving up a running step on `node`: an interrupt the running job
+    /// sees; or, when the node is offline and died with the job in flight, its fence
+    /// removed, because apalis hands that job back once the node returns, and a copy whose
+    /// fence still held would write again what the cleanup list removes.
+    fn abandoned(node: &str, op: &str, step: usize, undo: bool, offline: bool) -> Post {
+        let (node, op) = (node.to_string(), op.to_string());
+        if offline {
+            Post::Unfence {
+                node,
+                op,
+                step,
+                undo,
+            }
+        } else {
+            Post::Interrupt {
+                node,
+                op,
+                step,
+                undo,
+            }
+        }
+    }
 }
 
 /// What a run does once its transaction is committed.
@@ -407,120 +464,15 @@ impl Engine {
                 None => (None, None),
             },
         };
-        let mut liveness_of: std::collections::HashMap<String, Option<(bool, Option<i64>)>> =
-            std::collections::HashMap::new();
+        let mut liveness = Liveness::new();
         for _ in 0..64 {
             let Some(op) = current.as_mut() else {
                 break;
             };
-            if op.op_state().is_terminal() {
-                break;
-            }
-            let req = match Request::of(op) {
-                Ok(r) => r,
-                Err(e) => {
-                    fail_unreadable(&mut tx, op, &e.to_string()).await?;
-                    post.push(Post::Ended(op.id.clone()));
-                    break;
-                }
-            };
-            let def = self.catalog.get(req.kind());
-            let mut saga = load(op)?;
-            if let Some(why) = foreign_steps(&saga, def) {
-                fail_unreadable(&mut tx, op, &why).await?;
-                post.push(Post::Ended(op.id.clone()));
-                break;
-            }
-            let node = node_of(&mut tx, op).await?;
-            let liveness = match &node {
-                Some(n) => match liveness_of.get(n) {
-                    Some(l) => *l,
-                    None => {
-                        let l = st::node_liveness_in(&mut tx, n).await?;
-                        liveness_of.insert(n.clone(), l);
-                        l
-                    }
-                },
-                None => None,
-            };
-            saga.node_offline = node.is_some() && !matches!(liveness, Some((true, _)));
-            let before = saga.clone();
-            let flow = match saga.next(def, now_ms(), self.lease_ms) {
-                Next::Wait => {
-                    if saga != before {
-                        self.save(op, &saga, def);
-                    }
-                    Flow::Stop
-                }
-                Next::Finished(state) => {
-                    self.finish(&mut tx, op, &req, &saga, def, state).await?;
-                    post.push(Post::AfterOp(Box::new(op.clone())));
-                    post.push(Post::Ended(op.id.clone()));
-                    Flow::Stop
-                }
-                Next::Abandon { step, undo } => {
-                    if let Some(n) = &node {
-                        let (node, op) = (n.clone(), op.id.clone());
-                        post.push(if saga.node_offline {
-                            // The node died with the job in flight: apalis hands that job
-                            // back once the node returns. Its fence must be gone by then,
-                            // or the copy would write again what the cleanup list removes.
-                            Post::Unfence {
-                                node,
-                                op,
-                                step,
-                                undo,
-                            }
-                        } else {
-                            Post::Interrupt {
-                                node,
-                                op,
-                                step,
-                                undo,
-                            }
-                        });
-                    }
-                    self.abandon(&mut tx, op, &req, saga, def, step, undo)
-                        .await?;
-                    Flow::Continue
-                }
-                Next::Execute { step, .. }
-                    if def.steps[step].runs_on == RunsOn::Node && saga.node_offline =>
-                {
-                    let n = node.unwrap_or_default();
-                    let msg = match liveness {
-                        Some((_, Some(since))) => {
-                            format!("waiting for node {n}, offline since {}", rfc3339(since))
-                        }
-                        Some(_) => format!("waiting for node {n}, offline"),
-                        None => format!("waiting for node {n}, which is not registered"),
-                    };
-                    note(op, &msg);
-                    Flow::Stop
-                }
-                Next::Execute { step, undo } => {
-                    // A node step's room on its node is checked before its action is
-                    // computed: a full window costs one query, not the whole step.
-                    let gate = match (&node, def.steps[step].runs_on) {
-                        (Some(n), RunsOn::Node) => {
-                            let redispatch = saga.steps[step].dispatched_at.is_some();
-                            match self.gate(&mut tx, op, &req, n, redispatch).await? {
-                                Some(flow) => Err(flow),
-                                None => Ok(Some(n.clone())),
-                            }
-                        }
-                        _ => Ok(None),
-                    };
-                    match gate {
-                        Err(flow) => flow,
-                        Ok(gated) => {
-                            self.execute(&mut tx, op, &req, saga, def, step, undo, gated, &mut post)
-                                .await?
-                        }
-                    }
-                }
-            };
-            match flow {
+            match self
+                .step_once(&mut tx, op, &mut liveness, &mut post)
+                .await?
+            {
                 Flow::Continue => {}
                 Flow::Stop => break,
                 Flow::WindowFull(n) => {
@@ -529,8 +481,99 @@ impl Engine {
                 }
             }
         }
-        // The run's changes to the operation go to the database once, with one progress
-        // event: what happened between two commits is never visible anyway.
+        self.close_run(tx, current, stored, post).await?;
+        Ok(full)
+    }
+
+    /// Moves operation `op` by one step of its saga, in `tx`: what a run repeats until the
+    /// operation waits, ends, or the node's window is full.
+    async fn step_once(
+        &self,
+        tx: &mut Tx<'static>,
+        op: &mut OpRow,
+        liveness: &mut Liveness,
+        post: &mut Vec<Post>,
+    ) -> Result<Flow, EngineError> {
+        if op.op_state().is_terminal() {
+            return Ok(Flow::Stop);
+        }
+        let req = match Request::of(op) {
+            Ok(r) => r,
+            Err(e) => {
+                fail_unreadable(tx, op, &crate::chain::chain(&e)).await?;
+                post.push(Post::Ended(op.id.clone()));
+                return Ok(Flow::Stop);
+            }
+        };
+        let def = self.catalog.get(req.kind());
+        let mut saga = load(op)?;
+        if let Some(why) = foreign_steps(&saga, def) {
+            fail_unreadable(tx, op, &why).await?;
+            post.push(Post::Ended(op.id.clone()));
+            return Ok(Flow::Stop);
+        }
+        let node = node_of(tx, op).await?;
+        let liveness = match &node {
+            Some(n) => liveness.of(tx, n).await?,
+            None => None,
+        };
+        saga.node_offline = node.is_some() && !matches!(liveness, Some((true, _)));
+        let before = saga.clone();
+        Ok(match saga.next(def, now_ms(), self.lease_ms) {
+            Next::Wait => {
+                if saga != before {
+                    self.save(op, &saga, def);
+                }
+                Flow::Stop
+            }
+            Next::Finished(state) => {
+                self.finish(tx, op, &req, &saga, def, state).await?;
+                post.push(Post::AfterOp(Box::new(op.clone())));
+                post.push(Post::Ended(op.id.clone()));
+                Flow::Stop
+            }
+            Next::Abandon { step, undo } => {
+                if let Some(n) = &node {
+                    post.push(Post::abandoned(n, &op.id, step, undo, saga.node_offline));
+                }
+                self.abandon(tx, op, &req, saga, def, step, undo).await?;
+                Flow::Continue
+            }
+            Next::Execute { step, .. }
+                if def.steps[step].runs_on == RunsOn::Node && saga.node_offline =>
+            {
+                note(op, &waiting_for(&node.unwrap_or_default(), liveness));
+                Flow::Stop
+            }
+            Next::Execute { step, undo } => {
+                // A node step's room on its node is checked before its action is
+                // computed: a full window costs one query, not the whole step.
+                let gated = match (&node, def.steps[step].runs_on) {
+                    (Some(n), RunsOn::Node) => {
+                        let redispatch = saga.steps[step].dispatched_at.is_some();
+                        if let Some(flow) = self.gate(tx, op, &req, n, redispatch).await? {
+                            return Ok(flow);
+                        }
+                        Some(n.clone())
+                    }
+                    _ => None,
+                };
+                self.execute(tx, op, &req, saga, def, step, undo, gated, post)
+                    .await?
+            }
+        })
+    }
+
+    /// Ends a run: the operation's changes go to the database once, with one progress
+    /// event (what happened between two commits is never visible anyway), then the run's
+    /// effects on Redis.
+    async fn close_run(
+        &self,
+        mut tx: Tx<'static>,
+        mut current: Option<OpRow>,
+        stored: Option<OpRow>,
+        post: Vec<Post>,
+    ) -> Result<(), EngineError> {
         if let Some(op) = current.as_mut() {
             if stored.as_ref() != Some(&*op) {
                 st::save_op(&mut tx, op).await?;
@@ -560,7 +603,7 @@ impl Engine {
                 }
             });
         }
-        Ok(full)
+        Ok(())
     }
 
     /// Runs step `step` (forward or undo): a controller step to its end, a node step up to
@@ -584,17 +627,10 @@ impl Engine {
         // What the operation was before the step: a step rolled back leaves it so.
         let unchanged = op.clone();
         let mut sp = sqlx::Connection::begin(&mut **tx).await?;
-        let result = self.run_step(&mut sp, op, req, &saga, name, undo).await;
-        let result = match result {
-            Ok(Effect::Node { action, .. }) if runs_on == RunsOn::Controller => {
-                Err(StepError::Permanent(format!(
-                    "step {name} runs on the controller but asked a node to {}",
-                    action.name()
-                )))
-            }
-            r => r,
-        };
-        match result {
+        match self
+            .run_step(&mut sp, op, req, &saga, def.steps[step], undo)
+            .await
+        {
             Ok(Effect::Done) => {
                 sp.commit().await?;
                 saga.mark_started(step, undo, now, None);
@@ -648,14 +684,14 @@ impl Engine {
         }
     }
 
-    /// Runs the kind's handler of step `name` (forward or undo) in `tx`.
+    /// Runs the kind's handler of step `def` (forward or undo) in `tx`.
     async fn run_step(
         &self,
         tx: &mut Tx<'_>,
         op: &mut OpRow,
         req: &Request,
         saga: &Saga,
-        name: &str,
+        def: crate::jobs::StepDef,
         undo: bool,
     ) -> Result<Effect, StepError> {
         let mut cx = Ctx {
@@ -664,7 +700,16 @@ impl Engine {
             op,
             keep_leases: saga.keep_leases(),
         };
-        kinds::run(&mut cx, req, name, undo).await
+        match kinds::run(&mut cx, req, def.name, undo).await? {
+            Effect::Node { action, .. } if def.runs_on == RunsOn::Controller => {
+                Err(StepError::Permanent(format!(
+                    "step {} runs on the controller but asked a node to {}",
+                    def.name,
+                    action.name()
+                )))
+            }
+            effect => Ok(effect),
+        }
     }
 
     /// Records the end of a started step (with its error, if any).
@@ -821,7 +866,9 @@ impl Engine {
         reason: &str,
     ) -> Result<(), EngineError> {
         let name = def.steps[step].name;
-        let undo_action = self.run_step(tx, op, req, saga, name, true).await;
+        let undo_action = self
+            .run_step(tx, op, req, saga, def.steps[step], true)
+            .await;
         match undo_action {
             Ok(Effect::Node { node, action }) => {
                 st::add_cleanup(
