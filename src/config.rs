@@ -300,7 +300,14 @@ impl Config {
         Ok(cfg)
     }
 
+    /// `CORRAL_*` variables override the file, per role.
     fn apply_env(&mut self) -> Result<(), ConfigError> {
+        self.apply_controller_env()?;
+        self.apply_node_env()
+    }
+
+    /// The variables of `corral up` and the controller (some set both roles).
+    fn apply_controller_env(&mut self) -> Result<(), ConfigError> {
         env_parse("CORRAL_RESTART_BACKOFF_MS", &mut self.up.restart_backoff_ms)?;
         env_parse(
             "CORRAL_RESTART_BACKOFF_MAX_MS",
@@ -348,6 +355,11 @@ impl Config {
             c.redis_url = v.clone();
             self.node.redis_url = v;
         }
+        Ok(())
+    }
+
+    /// The node's variables.
+    fn apply_node_env(&mut self) -> Result<(), ConfigError> {
         let n = &mut self.node;
         if let Some(v) = env_var("CORRAL_NODE_ID") {
             n.node_id = Some(v);

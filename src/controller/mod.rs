@@ -61,27 +61,31 @@ pub struct Running {
     pub local_node_redis_url: Option<String>,
 }
 
-/// Starts the controller on `listener` and runs until `shutdown` flips to true.
-pub async fn run(
-    cfg: ControllerConfig,
-    listener: TcpListener,
-    shutdown: watch::Receiver<bool>,
-    started: Option<tokio::sync::oneshot::Sender<Running>>,
-) -> Result<(), ControllerError> {
+/// What the controller runs on, loaded and checked at start.
+struct Parts {
+    store: Store,
+    sealer: Arc<sealed::Sealer>,
+    admin_token: String,
+    catalog: Arc<Catalog>,
+    scripts: Arc<crate::script::Scripts>,
+    plugins: Arc<plugins::Plugins>,
+}
+
+/// Opens the database (modes narrowed, secrets sealed, the admin bootstrapped) and loads
+/// the kinds, the scripts and the plugins.
+async fn parts(cfg: &ControllerConfig) -> Result<Parts, ControllerError> {
     // The database, the admin token and the Redis secret: 0700 and 0600, an older
     // installation's modes narrowed (and logged).
     crate::modes::tighten_logged(&cfg.data_dir);
     let store = Store::open(&cfg.database).await?;
     let sealer = Arc::new(sealed::Sealer::of_dir(&cfg.data_dir)?);
     api::seal_stored_secrets(&store, &sealer).await?;
-    let admin_token = auth::bootstrap(&store, &cfg).await?;
+    let admin_token = auth::bootstrap(&store, cfg).await?;
     api::sweep_uploads(&cfg.image_dirs);
-    let catalog = Arc::new(Catalog::builtin()?);
     let limits = crate::script::Limits {
         deadline: Duration::from_millis(cfg.script_deadline_ms.max(1)),
         ..Default::default()
     };
-    let scripts = Arc::new(crate::script::Scripts::new(limits)?);
     let plugins = Arc::new(plugins::Plugins::load(
         &cfg.plugins_dir,
         &cfg.plugins,
@@ -93,15 +97,23 @@ pub async fn run(
             None => tracing::info!(plugin = %p.name, state = %p.state, "plugin found"),
         }
     }
+    Ok(Parts {
+        store,
+        sealer,
+        admin_token,
+        catalog: Arc::new(Catalog::builtin()?),
+        scripts: Arc::new(crate::script::Scripts::new(limits)?),
+        plugins,
+    })
+}
 
-    // Redis may not be up yet (S84): the queue producer and the ingest loop connect
-    // lazily and keep retrying; the API serves meanwhile.
-    let queues = Arc::new(transport::Queues::new(&cfg.redis_url));
-    let (waker, wakes) = engine::channel();
-    let engine = Arc::new(Engine {
-        store: store.clone(),
-        catalog: catalog.clone(),
-        queues,
+/// The saga engine. Redis may not be up yet (S84): the queue producer connects lazily
+/// and keeps retrying; the API serves meanwhile.
+fn engine(cfg: &ControllerConfig, p: &Parts) -> Arc<Engine> {
+    Arc::new(Engine {
+        store: p.store.clone(),
+        catalog: p.catalog.clone(),
+        queues: Arc::new(transport::Queues::new(&cfg.redis_url)),
         env: StepEnv {
             vnc_port_min: cfg.vnc_port_min,
             vnc_port_max: cfg.vnc_port_max,
@@ -110,86 +122,100 @@ pub async fn run(
                 max_memory_pct: cfg.placement_max_memory_pct,
                 max_load_per_cpu: cfg.placement_max_load_per_cpu,
             },
-            scripts: scripts.clone(),
-            plugins: plugins.clone(),
-            sealer: sealer.clone(),
+            scripts: p.scripts.clone(),
+            plugins: p.plugins.clone(),
+            sealer: p.sealer.clone(),
         },
         lease_ms: (cfg.step_lease_secs * 1000) as i64,
         max_tries: cfg.step_max_attempts,
         window: cfg.dispatch_window,
         janitor_ms: (cfg.janitor_secs.max(1) * 1000) as i64,
         fault: Fault::from_env(),
-    });
+    })
+}
 
-    let stop = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    let enroller = enroll::Enroller::new(store.clone(), &cfg.redis_url).await?;
-    let local_node_redis_url = match &cfg.local_node {
-        Some(id) => Some(enroller.enroll_local(id).await?.redis_url),
-        None => None,
-    };
-    let enroll_task = tokio::spawn(enroller.clone().run(stop(shutdown.clone())));
-    let engine_task = tokio::spawn(engine.clone().run(wakes, stop(shutdown.clone())));
+/// Resolves once `rx` flips to true.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Starts the background loops: the engine, node enrollment, the event streams, node
+/// liveness, plugins' event feed, and the purge, retention and checksum sweeps.
+fn spawn_loops(
+    cfg: &ControllerConfig,
+    p: &Parts,
+    engine: Arc<Engine>,
+    wakes: tokio::sync::mpsc::UnboundedReceiver<String>,
+    enroller: &Arc<enroll::Enroller>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let stop = || stopped(shutdown.clone());
     let ingest = ingest::Ingest {
-        store: store.clone(),
+        store: p.store.clone(),
         engine: engine.clone(),
         consumer: "controller".into(),
         refusals: Default::default(),
         image_dirs: cfg.image_dirs.clone(),
     };
-    let ingest_task = tokio::spawn(ingest.run(
-        cfg.redis_url.clone(),
-        enroller.nodes(),
-        stop(shutdown.clone()),
-    ));
-    let plugin_events = tokio::spawn(hooks::feed_events(
-        store.clone(),
-        plugins.clone(),
-        stop(shutdown.clone()),
-    ));
-    let live_task = tokio::spawn(ingest::liveness(
-        store.clone(),
-        Duration::from_secs(cfg.node_timeout_secs),
-        stop(shutdown.clone()),
-    ));
-    let purge_task = tokio::spawn(auth::purge_expired(store.clone(), stop(shutdown.clone())));
-    let retention_task = tokio::spawn(api::retention_loop(store.clone(), stop(shutdown.clone())));
-    let checksum_task = tokio::spawn(checksums::run(store.clone(), stop(shutdown.clone())));
+    let timeout = Duration::from_secs(cfg.node_timeout_secs);
+    vec![
+        tokio::spawn(enroller.clone().run(stop())),
+        tokio::spawn(engine.run(wakes, stop())),
+        tokio::spawn(ingest.run(cfg.redis_url.clone(), enroller.nodes(), stop())),
+        tokio::spawn(hooks::feed_events(
+            p.store.clone(),
+            p.plugins.clone(),
+            stop(),
+        )),
+        tokio::spawn(ingest::liveness(p.store.clone(), timeout, stop())),
+        tokio::spawn(auth::purge_expired(p.store.clone(), stop())),
+        tokio::spawn(api::retention_loop(p.store.clone(), stop())),
+        tokio::spawn(checksums::run(p.store.clone(), stop())),
+    ]
+}
 
+/// Starts the controller on `listener` and runs until `shutdown` flips to true.
+pub async fn run(
+    cfg: ControllerConfig,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+    started: Option<tokio::sync::oneshot::Sender<Running>>,
+) -> Result<(), ControllerError> {
+    let p = parts(&cfg).await?;
+    let (waker, wakes) = engine::channel();
+    let engine = engine(&cfg, &p);
+    let enroller = enroll::Enroller::new(p.store.clone(), &cfg.redis_url).await?;
+    let local_node_redis_url = match &cfg.local_node {
+        Some(id) => Some(enroller.enroll_local(id).await?.redis_url),
+        None => None,
+    };
+    let tasks = spawn_loops(&cfg, &p, engine, wakes, &enroller, &shutdown);
     let addr = listener.local_addr()?;
     let state = api::AppState {
-        store: store.clone(),
-        catalog,
+        store: p.store.clone(),
+        catalog: p.catalog,
         waker,
         redis: Arc::new(api::RedisProbe::new(&cfg.redis_url)),
-        scripts,
-        plugins: plugins.clone(),
-        pages: Arc::new(api::Pages::new(store.changes.clone())),
+        scripts: p.scripts,
+        plugins: p.plugins,
+        pages: Arc::new(api::Pages::new(p.store.changes.clone())),
         throttle: Arc::new(auth::Throttle::default()),
         login_token_hours: cfg.login_token_hours,
         image_dirs: Arc::new(cfg.image_dirs.clone()),
         enroller,
-        sealer,
+        sealer: p.sealer,
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {
             addr,
-            store: store.clone(),
-            admin_token,
+            store: p.store.clone(),
+            admin_token: p.admin_token,
             local_node_redis_url,
         });
     }
-    api::serve(state, listener, stop(shutdown.clone())).await?;
-    let _ = tokio::join!(
-        engine_task,
-        ingest_task,
-        live_task,
-        plugin_events,
-        purge_task,
-        retention_task,
-        checksum_task,
-        enroll_task
-    );
+    api::serve(state, listener, stopped(shutdown.clone())).await?;
+    for t in tasks {
+        let _ = t.await;
+    }
     Ok(())
 }

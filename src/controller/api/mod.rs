@@ -40,7 +40,7 @@ use std::sync::Arc;
 use poem::http::header::CONTENT_LENGTH;
 use poem::listener::TcpAcceptor;
 use poem::middleware::Tracing;
-use poem::{Endpoint, EndpointExt, IntoResponse, Route};
+use poem::{EndpointExt, IntoResponse, Route};
 use poem_openapi::OpenApiService;
 
 use super::saga::engine::Waker;
@@ -94,8 +94,18 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), error::Error> {
     }
 }
 
-// poem-openapi implements `OpenApi` for tuples of up to 16: the services go in two.
-type Apis = (
+/// The services, listed once: the type of the tuple and its value come from one list.
+/// poem-openapi implements `OpenApi` for tuples of up to 16, so they go in two.
+macro_rules! services {
+    (($($a:path),+ $(,)?), ($($b:path),+ $(,)?)) => {
+        type Apis = (($($a,)+), ($($b,)+));
+        fn apis() -> Apis {
+            (($($a,)+), ($($b,)+))
+        }
+    };
+}
+
+services!(
     (
         system::SystemApi,
         auth::AuthApi,
@@ -120,38 +130,8 @@ type Apis = (
         resize::ResizeApi,
         to_template::ToTemplateApi,
         images::ImageApi,
-    ),
-);
-
-fn apis() -> Apis {
-    (
-        (
-            system::SystemApi,
-            auth::AuthApi,
-            guests::GuestApi,
-            guest_config::GuestConfigApi,
-            console::ConsoleApi,
-            disks::DiskApi,
-            operations::OperationApi,
-            resources::TemplateApi,
-            pools::PoolApi,
-            nodes::NodeApi,
-            events::EventApi,
-            scripts::ScriptApi,
-            bootjobs::BootJobApi,
-            plugins::PluginApi,
-        ),
-        (
-            users::UserApi,
-            audit::AuditApi,
-            recovery::RecoveryApi,
-            snapshots::SnapshotApi,
-            resize::ResizeApi,
-            to_template::ToTemplateApi,
-            images::ImageApi,
-        ),
     )
-}
+);
 
 fn service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(apis(), "corral", env!("CARGO_PKG_VERSION"))
@@ -181,15 +161,18 @@ async fn caller_of(store: &Store, req: &poem::Request) -> Option<auth::Caller> {
 /// (a script's source is capped at 256 KiB by the sandbox).
 pub const MAX_BODY: usize = 1 << 20;
 
-/// The whole HTTP application.
+/// The whole HTTP application: the API, its docs and spec, health, and the node image
+/// route, behind [`Edge`].
 pub fn app(state: AppState) -> impl poem::Endpoint {
     let api = service();
     let docs = api.swagger_ui();
     let spec = spec_json();
-    let methods = Arc::new(spec::Methods::of(&spec, "/api/v1"));
-    let bodies = Arc::new(strict::Bodies::of(&spec, "/api/v1"));
-    let trail = Arc::new(audit::Trail::of(&spec, "/api/v1"));
-    let store = state.store.clone();
+    let edge = Arc::new(Edge {
+        methods: spec::Methods::of(&spec, "/api/v1"),
+        bodies: strict::Bodies::of(&spec, "/api/v1"),
+        trail: audit::Trail::of(&spec, "/api/v1"),
+        store: state.store.clone(),
+    });
     Route::new()
         .nest("/api/v1", api)
         .nest("/docs", docs)
@@ -205,115 +188,140 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         .at(node_images::ROUTE, poem::get(node_images::serve))
         .data(state)
         .with(Tracing)
-        .around(move |ep, mut req| {
-            let methods = methods.clone();
-            let bodies = bodies.clone();
-            let trail = trail.clone();
-            let store = store.clone();
-            async move {
-                let path = req.uri().path().to_string();
-                let method = req.method().clone();
-                // A write is attributed to the token's user as it was before the request
-                // ran (a logout revokes the very token).
-                let audited = audit::Trail::records(&method, &path);
-                let caller = if audited {
-                    caller_of(&store, &req).await
-                } else {
-                    None
-                };
-                let address = auth::peer_ip(req.remote_addr());
-                let mut login_name = None;
-                // The answer, from the handler or from the checks before it.
-                let mut resp = 'answer: {
-                    let has_body = matches!(
-                        *req.method(),
-                        poem::http::Method::POST
-                            | poem::http::Method::PUT
-                            | poem::http::Method::PATCH
-                    );
-                    // Template images are streamed to disk by their handler, unbounded
-                    // here (the handler caps them), once the caller is known.
-                    let streamed = caller.is_some() && images::is_upload(req.method(), &path);
-                    if has_body && !streamed {
-                        // Every body is read here, bounded, before a handler sees it.
-                        let declared = req
-                            .headers()
-                            .get(CONTENT_LENGTH)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<u64>().ok());
-                        let too_large = || {
-                            error::ApiError::from(Error::TooLarge { limit: MAX_BODY })
-                                .into_response()
-                        };
-                        if declared.is_some_and(|n| n > MAX_BODY as u64) {
-                            break 'answer too_large();
-                        }
-                        let Ok(bytes) = req.take_body().into_bytes_limit(MAX_BODY).await else {
-                            break 'answer too_large();
-                        };
-                        // An unknown caller's body is not looked at, so that the handler
-                        // answers 401 before anything about the body.
-                        let known = match bodies.schema(req.method().as_str(), &path) {
-                            Some((schema, true)) => caller.is_some().then_some(schema),
-                            Some((schema, false)) => Some(schema),
-                            None => None,
-                        };
-                        if path == "/api/v1/auth/login" || path == "/api/v1/auth/recover" {
-                            // Who tried: the trail names the account a login (or a
-                            // recovery) was for.
-                            login_name = serde_json::from_slice::<serde_json::Value>(&bytes)
-                                .ok()
-                                .and_then(|v| {
-                                    v["username"].as_str().map(|n| n.chars().take(64).collect())
-                                });
-                        }
-                        if let Some(schema) = known {
-                            // Unparsable JSON is left to the payload parser and its message.
-                            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                                if let Err(message) = bodies.check(&value, schema) {
-                                    break 'answer error::ApiError::from(Error::BadRequest(
-                                        message,
-                                    ))
-                                    .into_response();
-                                }
-                            }
-                        }
-                        req.set_body(bytes);
-                    }
-                    let resp = match ep.call(req).await {
-                        Ok(r) => r.into_response(),
-                        Err(e) => e.into_response(),
-                    };
-                    let mut resp = error::normalize(resp).await;
-                    if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
-                        if let Some(allow) = methods.allow(&path) {
-                            if let Ok(v) = poem::http::HeaderValue::from_str(allow) {
-                                resp.headers_mut().insert(poem::http::header::ALLOW, v);
-                            }
-                        }
-                    }
-                    resp
-                };
-                // A write without a working token changed nothing: it is not recorded,
-                // so anonymous requests cannot grow the trail. Logins and recovery are
-                // (who tried matters), and the login throttle bounds them per address.
-                let anonymous_noise = caller.is_none() && !audit::Trail::is_auth(&path);
-                if audited && !anonymous_noise {
-                    trail
-                        .record(
-                            &store,
-                            method.as_str(),
-                            &path,
-                            caller.as_ref(),
-                            login_name,
-                            address,
-                            &mut resp,
-                        )
-                        .await;
-                }
-                Ok(resp)
-            }
+        .around(move |ep, req| {
+            let edge = edge.clone();
+            async move { Ok(edge.handle(ep, req).await) }
         })
+}
+
+/// What every request passes before and after its handler: bodies read bounded and
+/// checked against the spec, errors in one shape, `Allow` on a 405, writes recorded in
+/// the audit trail.
+struct Edge {
+    methods: spec::Methods,
+    bodies: strict::Bodies,
+    trail: audit::Trail,
+    store: Store,
+}
+
+impl Edge {
+    async fn handle<E: poem::Endpoint>(
+        &self,
+        ep: Arc<E>,
+        mut req: poem::Request,
+    ) -> poem::Response {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        // A write is attributed to the token's user as it was before the request ran (a
+        // logout revokes the very token).
+        let audited = audit::Trail::records(&method, &path);
+        let caller = if audited {
+            caller_of(&self.store, &req).await
+        } else {
+            None
+        };
+        let address = auth::peer_ip(req.remote_addr());
+        let (mut resp, login_name) = match self.read_body(&mut req, caller.is_some(), &path).await {
+            Err(refused) => (refused, None),
+            Ok(login_name) => (self.call(&*ep, req, &path).await, login_name),
+        };
+        // A write without a working token changed nothing: it is not recorded, so
+        // anonymous requests cannot grow the trail. Logins and recovery are (who tried
+        // matters), and the login throttle bounds them per address.
+        let anonymous_noise = caller.is_none() && !audit::Trail::is_auth(&path);
+        if audited && !anonymous_noise {
+            let c = caller.as_ref();
+            self.trail
+                .record(
+                    &self.store,
+                    method.as_str(),
+                    &path,
+                    c,
+                    login_name,
+                    address,
+                    &mut resp,
+                )
+                .await;
+        }
+        resp
+    }
+
+    /// Reads a write's body, bounded, and checks it against the spec before any handler
+    /// sees it (an unknown caller's body is not looked at, so that the handler answers 401
+    /// first). Answers the login name a login or recovery was for, or the refusal.
+    async fn read_body(
+        &self,
+        req: &mut poem::Request,
+        known_caller: bool,
+        path: &str,
+    ) -> Result<Option<String>, poem::Response> {
+        let has_body = matches!(
+            *req.method(),
+            poem::http::Method::POST | poem::http::Method::PUT | poem::http::Method::PATCH
+        );
+        // Template images are streamed to disk by their handler, unbounded here (the
+        // handler caps them), once the caller is known.
+        if !has_body || (known_caller && images::is_upload(req.method(), path)) {
+            return Ok(None);
+        }
+        let too_large =
+            || error::ApiError::from(Error::TooLarge { limit: MAX_BODY }).into_response();
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_large());
+        }
+        let Ok(bytes) = req.take_body().into_bytes_limit(MAX_BODY).await else {
+            return Err(too_large());
+        };
+        let known = match self.bodies.schema(req.method().as_str(), path) {
+            Some((schema, true)) => known_caller.then_some(schema),
+            Some((schema, false)) => Some(schema),
+            None => None,
+        };
+        let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+        // Who tried: the trail names the account a login (or a recovery) was for.
+        let login_name = (path == "/api/v1/auth/login" || path == "/api/v1/auth/recover")
+            .then(|| {
+                value.as_ref()?["username"]
+                    .as_str()
+                    .map(|n| n.chars().take(64).collect())
+            })
+            .flatten();
+        // Unparsable JSON is left to the payload parser and its message.
+        if let (Some(schema), Some(value)) = (known, &value) {
+            if let Err(message) = self.bodies.check(value, schema) {
+                return Err(error::ApiError::from(Error::BadRequest(message)).into_response());
+            }
+        }
+        req.set_body(bytes);
+        Ok(login_name)
+    }
+
+    /// The handler's answer, in the one error shape, with `Allow` on a 405.
+    async fn call<E: poem::Endpoint>(
+        &self,
+        ep: &E,
+        req: poem::Request,
+        path: &str,
+    ) -> poem::Response {
+        let resp = match ep.call(req).await {
+            Ok(r) => r.into_response(),
+            Err(e) => e.into_response(),
+        };
+        let mut resp = error::normalize(resp).await;
+        if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+            if let Some(allow) = self.methods.allow(path) {
+                if let Ok(v) = poem::http::HeaderValue::from_str(allow) {
+                    resp.headers_mut().insert(poem::http::header::ALLOW, v);
+                }
+            }
+        }
+        resp
+    }
 }
 
 /// Serves until `shutdown` resolves. The caller owns the listener (tests use port 0).

@@ -109,116 +109,102 @@ impl Saga {
     /// skips, the turn to undo) on the way.
     pub fn next(&mut self, def: &KindDef, now: i64, lease_ms: i64) -> Next {
         loop {
-            match self.state {
+            let decided = match self.state {
                 OpState::Pending => {
                     if self.cancel_requested {
                         self.state = OpState::Cancelled;
-                        continue;
+                    } else {
+                        self.state = OpState::Running;
+                        self.cursor = 0;
                     }
-                    self.state = OpState::Running;
-                    self.cursor = 0;
+                    None
                 }
-                OpState::Running => {
-                    let i = self.cursor.max(0) as usize;
-                    if i >= self.steps.len() {
-                        self.state = OpState::Succeeded;
-                        continue;
-                    }
-                    let step = &self.steps[i];
-                    match step.state {
-                        StepState::Pending if self.cancel_requested => {
-                            self.begin_undo(i as i64 - 1)
-                        }
-                        StepState::Pending => {
-                            return Next::Execute {
-                                step: i,
-                                undo: false,
-                            }
-                        }
-                        StepState::Running
-                            if self.abandons(step) || self.interrupts(def, i, step) =>
-                        {
-                            return Next::Abandon {
-                                step: i,
-                                undo: false,
-                            }
-                        }
-                        StepState::Running
-                            if Self::lease_expired(step, now, def.lease_ms(i, lease_ms)) =>
-                        {
-                            return Next::Execute {
-                                step: i,
-                                undo: false,
-                            }
-                        }
-                        StepState::Running => return Next::Wait,
-                        StepState::Done => self.cursor += 1,
-                        StepState::Failed
-                        | StepState::Undoing
-                        | StepState::Undone
-                        | StepState::UndoFailed
-                        | StepState::Abandoned => self.begin_undo(i as i64),
-                    }
-                }
-                OpState::Undoing => {
-                    if self.cursor < 0 {
-                        let failed = self.steps.iter().any(|s| s.state == StepState::Failed)
-                            || self.error.is_some();
-                        self.state = if failed || !self.cancel_requested {
-                            OpState::Failed
-                        } else {
-                            OpState::Cancelled
-                        };
-                        continue;
-                    }
-                    let i = self.cursor as usize;
-                    let has_undo = def.steps.get(i).is_some_and(|d| d.undo);
-                    let step = &self.steps[i];
-                    let abandon = self.abandons(step);
-                    let step = &mut self.steps[i];
-                    match step.state {
-                        StepState::Pending
-                        | StepState::Undone
-                        | StepState::UndoFailed
-                        | StepState::Abandoned => self.cursor -= 1,
-                        StepState::Done | StepState::Failed | StepState::Running => {
-                            if has_undo && abandon {
-                                return Next::Abandon {
-                                    step: i,
-                                    undo: true,
-                                };
-                            }
-                            if has_undo {
-                                return Next::Execute {
-                                    step: i,
-                                    undo: true,
-                                };
-                            }
-                            if step.state != StepState::Failed {
-                                step.state = StepState::Undone;
-                            }
-                            self.cursor -= 1;
-                        }
-                        StepState::Undoing if abandon => {
-                            return Next::Abandon {
-                                step: i,
-                                undo: true,
-                            }
-                        }
-                        StepState::Undoing
-                            if Self::lease_expired(step, now, def.lease_ms(i, lease_ms)) =>
-                        {
-                            return Next::Execute {
-                                step: i,
-                                undo: true,
-                            }
-                        }
-                        StepState::Undoing => return Next::Wait,
-                    }
-                }
-                s => return Next::Finished(s),
+                OpState::Running => self.next_forward(def, now, lease_ms),
+                OpState::Undoing => self.next_backward(def, now, lease_ms),
+                s => Some(Next::Finished(s)),
+            };
+            if let Some(next) = decided {
+                return next;
             }
         }
+    }
+
+    /// One move forward: the action at the cursor, or None after a bookkeeping transition
+    /// (the cursor moved on, the run succeeded, the turn to undo).
+    fn next_forward(&mut self, def: &KindDef, now: i64, lease_ms: i64) -> Option<Next> {
+        let i = self.cursor.max(0) as usize;
+        if i >= self.steps.len() {
+            self.state = OpState::Succeeded;
+            return None;
+        }
+        let step = &self.steps[i];
+        let forward = |step| Some(Next::Execute { step, undo: false });
+        match step.state {
+            StepState::Pending if self.cancel_requested => self.begin_undo(i as i64 - 1),
+            StepState::Pending => return forward(i),
+            StepState::Running if self.abandons(step) || self.interrupts(def, i, step) => {
+                return Some(Next::Abandon {
+                    step: i,
+                    undo: false,
+                })
+            }
+            StepState::Running if Self::lease_expired(step, now, def.lease_ms(i, lease_ms)) => {
+                return forward(i)
+            }
+            StepState::Running => return Some(Next::Wait),
+            StepState::Done => self.cursor += 1,
+            StepState::Failed
+            | StepState::Undoing
+            | StepState::Undone
+            | StepState::UndoFailed
+            | StepState::Abandoned => self.begin_undo(i as i64),
+        }
+        None
+    }
+
+    /// One move back: the undo at the cursor, or None after a bookkeeping transition (a
+    /// step without an undo passed, the unwind's end).
+    fn next_backward(&mut self, def: &KindDef, now: i64, lease_ms: i64) -> Option<Next> {
+        if self.cursor < 0 {
+            let failed =
+                self.steps.iter().any(|s| s.state == StepState::Failed) || self.error.is_some();
+            self.state = if failed || !self.cancel_requested {
+                OpState::Failed
+            } else {
+                OpState::Cancelled
+            };
+            return None;
+        }
+        let i = self.cursor as usize;
+        let has_undo = def.steps.get(i).is_some_and(|d| d.undo);
+        let abandon = self.abandons(&self.steps[i]);
+        let back = |step| Some(Next::Execute { step, undo: true });
+        let give_up = |step| Some(Next::Abandon { step, undo: true });
+        let step = &mut self.steps[i];
+        match step.state {
+            StepState::Pending
+            | StepState::Undone
+            | StepState::UndoFailed
+            | StepState::Abandoned => self.cursor -= 1,
+            StepState::Done | StepState::Failed | StepState::Running => {
+                if has_undo && abandon {
+                    return give_up(i);
+                }
+                if has_undo {
+                    return back(i);
+                }
+                if step.state != StepState::Failed {
+                    step.state = StepState::Undone;
+                }
+                self.cursor -= 1;
+            }
+            StepState::Undoing if abandon => return give_up(i),
+            StepState::Undoing if Self::lease_expired(step, now, def.lease_ms(i, lease_ms)) => {
+                return back(i)
+            }
+            StepState::Undoing => return Some(Next::Wait),
+        }
+        None
     }
 
     /// Records that step `i` was started (controller) or dispatched (node) now, with the
