@@ -34,8 +34,8 @@ use corral_client::models::{
 };
 use corral_client::session::Session;
 
-use crate::model::DomainSpec;
-use crate::render::{val, Renderer};
+use corral::model::DomainSpec;
+use corral::render::{val, Renderer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -60,9 +60,9 @@ impl<T> From<corral_client::apis::Error<T>> for BenchError {
 pub(crate) async fn private_redis(
     port: u16,
     dir: &Path,
-) -> Result<(String, Option<crate::up::supervise::Supervisor>), BenchError> {
-    let backoff = crate::up::supervise::Backoff::new(&crate::config::UpConfig::default());
-    crate::up::ensure_redis(&format!("redis://127.0.0.1:{port}/"), dir, backoff)
+) -> Result<(String, Option<corral::up::supervise::Supervisor>), BenchError> {
+    let backoff = corral::up::supervise::Backoff::new(&corral::config::UpConfig::default());
+    corral::up::ensure_redis(&format!("redis://127.0.0.1:{port}/"), dir, backoff)
         .await
         .map_err(setup("redis"))
 }
@@ -167,7 +167,7 @@ async fn timed_creates(
 /// Placement decisions per second of the pure placement logic: a batch of `guests` over
 /// `nodes` candidates, updating the accounting after each decision as the saga does.
 fn placement_rate(nodes: usize, guests: usize) -> f64 {
-    use crate::controller::placement::{place, Candidate, Thresholds};
+    use corral::controller::placement::{place, Candidate, Thresholds};
     let mut c: Vec<Candidate> = (0..nodes)
         .map(|i| Candidate {
             id: format!("n{i:03}"),
@@ -190,7 +190,7 @@ fn placement_rate(nodes: usize, guests: usize) -> f64 {
     };
     let t0 = Instant::now();
     for _ in 0..guests {
-        let need = crate::controller::placement::Need {
+        let need = corral::controller::placement::Need {
             memory_mib: 1024,
             cpus: 1,
             bridge: None,
@@ -216,46 +216,63 @@ async fn fleet(
     nodes: usize,
     guests: usize,
 ) -> Result<(), BenchError> {
-    use crate::model::{NodeEvent, NodeFacts};
     // Enrolled like real nodes, so the controller reads their streams; the bench writes
     // those streams with the controller's own Redis access.
     for i in 0..nodes {
         nodes_api::node_enroll(api.c(), EnrollNode::new(format!("sim-{i:03}"))).await?;
     }
-    let url = redis_url.to_string();
-    // The simulated nodes heartbeat every 5 s for the whole measurement.
-    let beats = tokio::spawn(async move {
-        let Ok(mut conn) = crate::transport::connect(&url).await else {
-            return;
-        };
-        loop {
-            for i in 0..nodes {
-                let ev = NodeEvent::Heartbeat {
-                    node_id: format!("sim-{i:03}"),
-                    facts: Box::new(NodeFacts {
-                        hostname: format!("sim-{i:03}"),
-                        domain_type: "kvm".into(),
-                        cpus: 32,
-                        memory_mib: 262_144,
-                        free_memory_mib: 200_000,
-                        load1: 1.0,
-                        storage_dir: "/var/lib/corral/images".into(),
-                        bridge: "corral0".into(),
-                        vnc_ports: Some((5900, 6899)),
-                        ..Default::default()
-                    }),
-                    at_ms: crate::model::now_ms(),
-                };
-                let _ = crate::transport::publish(&mut conn, &format!("sim-{i:03}"), &ev).await;
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    });
+    let beats = spawn_heartbeats(redis_url.to_string(), nodes);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Only the simulated nodes take guests from now on.
     let mut no_auto = NodeSettings::new();
     no_auto.accept_auto = Some(false);
     nodes_api::node_update(api.c(), "bench-test", no_auto).await?;
+    heartbeat_load(ctl_pid, nodes).await;
+    placed_batch(api, nodes, guests).await?;
+    beats.abort();
+    Ok(())
+}
+
+/// The simulated nodes `sim-000`… heartbeat every 5 s for the whole measurement, until the
+/// task answered is aborted.
+fn spawn_heartbeats(url: String, nodes: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut conn) = corral::transport::connect(&url).await else {
+            return;
+        };
+        loop {
+            for i in 0..nodes {
+                let ev = sim_heartbeat(i);
+                let _ = corral::transport::publish(&mut conn, &format!("sim-{i:03}"), &ev).await;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    })
+}
+
+/// One heartbeat of simulated node `i`: a large, lightly loaded host.
+fn sim_heartbeat(i: usize) -> corral::model::NodeEvent {
+    use corral::model::{NodeEvent, NodeFacts};
+    NodeEvent::Heartbeat {
+        node_id: format!("sim-{i:03}"),
+        facts: Box::new(NodeFacts {
+            hostname: format!("sim-{i:03}"),
+            domain_type: "kvm".into(),
+            cpus: 32,
+            memory_mib: 262_144,
+            free_memory_mib: 200_000,
+            load1: 1.0,
+            storage_dir: "/var/lib/corral/images".into(),
+            bridge: "corral0".into(),
+            vnc_ports: Some((5900, 6899)),
+            ..Default::default()
+        }),
+        at_ms: corral::model::now_ms(),
+    }
+}
+
+/// Prints the controller's CPU share and RSS over 30 s of `nodes` heartbeating.
+async fn heartbeat_load(ctl_pid: u32, nodes: usize) {
     let cpu0 = cpu_secs(ctl_pid);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -264,7 +281,11 @@ async fn fleet(
         "controller with {nodes} nodes heartbeating every 5 s: {share:>6.2} % of one core, RSS {:.1} MiB (30 s)",
         rss_mib(ctl_pid)
     );
-    // A batch through the API: the time until every guest has passed its place step.
+}
+
+/// A batch through the API: prints the time until every guest has passed its place step,
+/// and how the guests spread over the nodes.
+async fn placed_batch(api: &Api, nodes: usize, guests: usize) -> Result<(), BenchError> {
     let t0 = Instant::now();
     let mut made = 0;
     while made < guests {
@@ -273,30 +294,13 @@ async fn fleet(
             .await?;
         made += n;
     }
-    let mut placed: HashMap<String, usize> = HashMap::new();
-    loop {
-        placed.clear();
-        let mut offset = 0;
-        let mut total = 0;
-        loop {
-            let page =
-                guests_api::guest_list(api.c(), None, None, None, Some(1000), Some(offset)).await?;
-            for g in &page {
-                if let (Some(n), true) = (&g.node_id, g.name.starts_with('f')) {
-                    *placed.entry(n.clone()).or_default() += 1;
-                    total += 1;
-                }
-            }
-            if page.len() < 1000 {
-                break;
-            }
-            offset += 1000;
-        }
+    let placed = loop {
+        let (placed, total) = placed_counts(api).await?;
         if total >= guests || t0.elapsed() > Duration::from_secs(600) {
-            break;
+            break placed;
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
-    }
+    };
     let secs = t0.elapsed().as_secs_f64();
     let (min, max) = (
         placed.values().min().copied().unwrap_or(0),
@@ -307,8 +311,29 @@ async fn fleet(
         guests as f64 / secs,
         placed.len()
     );
-    beats.abort();
     Ok(())
+}
+
+/// The batch's guests (named `f…`) placed so far, per node, and their total.
+async fn placed_counts(api: &Api) -> Result<(HashMap<String, usize>, usize), BenchError> {
+    let mut placed: HashMap<String, usize> = HashMap::new();
+    let mut offset = 0;
+    let mut total = 0;
+    loop {
+        let page =
+            guests_api::guest_list(api.c(), None, None, None, Some(1000), Some(offset)).await?;
+        for g in &page {
+            if let (Some(n), true) = (&g.node_id, g.name.starts_with('f')) {
+                *placed.entry(n.clone()).or_default() += 1;
+                total += 1;
+            }
+        }
+        if page.len() < 1000 {
+            break;
+        }
+        offset += 1000;
+    }
+    Ok((placed, total))
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -343,7 +368,7 @@ fn spec(i: usize, dir: &Path) -> DomainSpec {
         windows: false,
         disk_path: dir.join("raw.qcow2").display().to_string(),
         seed_path: dir.join("raw-seed.iso").display().to_string(),
-        mac: crate::controller::alloc::random_mac(),
+        mac: corral::controller::alloc::random_mac(),
         bridge: "corral0".into(),
         bandwidth: None,
         vlan: None,
@@ -571,11 +596,88 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         "raw test driver define+start:          {raw:>10.0} domains/s  ({} domains)",
         o.raw
     );
+    let mut rig = Rig::start(o, tmp).await?;
+    let full = bench_resources(&rig.api, tmp).await?;
+    create_figures(&rig, o, raw, full).await?;
+    if o.fleet > 0 {
+        println!(
+            "placement logic, 1000 guests over {} nodes: {:>10.0} decisions/s",
+            o.fleet,
+            placement_rate(o.fleet, 1000)
+        );
+        fleet(&rig.api, &rig.redis_url, rig.ctl_pid, o.fleet, 1000).await?;
+    }
+    if let Some(fixture) = &o.tcg {
+        // qemu-img resolves a relative backing file against the new image's directory.
+        let fixture = std::fs::canonicalize(fixture)?;
+        tcg(&rig.api, &rig.env, tmp, &fixture, o.events, &mut rig.procs).await?;
+    }
+    if o.storage {
+        storage::run(tmp).await?;
+    }
+    Ok(())
+}
 
-    let rport = free_port()?;
-    // A private Redis with a password (the URL answered carries it).
-    let (redis_url, _redis) = private_redis(rport, tmp).await?;
-    let port = free_port()?;
+/// What the end-to-end figures run against: a private Redis, `corral controller` and a
+/// `corral agent` on the test driver, and a client logged in as the admin.
+///
+/// Fields drop in order: the client, then the child processes, then Redis.
+struct Rig {
+    api: Api,
+    /// The controller's and the nodes' environment.
+    env: Vec<(&'static str, String)>,
+    procs: Procs,
+    redis_url: String,
+    ctl_pid: u32,
+    node_pid: u32,
+    _redis: Option<corral::up::supervise::Supervisor>,
+}
+
+impl Rig {
+    /// Starts Redis, the controller and the test-driver node, and logs in.
+    async fn start(o: &BenchOpts, tmp: &Path) -> Result<Rig, BenchError> {
+        let rport = free_port()?;
+        // A private Redis with a password (the URL answered carries it).
+        let (redis_url, redis) = private_redis(rport, tmp).await?;
+        let port = free_port()?;
+        let env = bench_env(o, tmp, port, &redis_url);
+        let controller = corral(&["controller"], &env, &tmp.join("controller.log"))?;
+        let ctl_pid = controller.id().unwrap_or(0);
+        let mut procs = Procs {
+            children: vec![controller],
+        };
+        let api = login(&format!("http://127.0.0.1:{port}/api/v1"), tmp).await?;
+        // The node reports through its own Redis user: enrolled first, started with its URL.
+        let node_env = api.enrolled_env(&env, "bench-test").await?;
+        let node = corral(&["agent"], &node_env, &tmp.join("node.log"))?;
+        let node_pid = node.id().unwrap_or(0);
+        procs.children.push(node);
+        for _ in 0..100 {
+            if api.node_online("bench-test").await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        println!(
+            "corral node RSS, idle:                 {:>10.1} MiB",
+            rss_mib(node_pid)
+        );
+        Ok(Rig {
+            api,
+            env,
+            procs,
+            redis_url,
+            ctl_pid,
+            node_pid,
+            _redis: redis,
+        })
+    }
+}
+
+/// The environment of the bench's controller and test-driver node: everything in `tmp`,
+/// the API on `port`.
+fn bench_env(o: &BenchOpts, tmp: &Path, port: u16, redis_url: &str) -> Vec<(&'static str, String)> {
     // Templates: the bench's own image in `tmp`, and the TCG fixture's directory.
     let mut image_dirs = tmp.display().to_string();
     if let Some(dir) = o
@@ -587,7 +689,7 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         image_dirs.push(',');
         image_dirs.push_str(&dir);
     }
-    let env = vec![
+    vec![
         ("CORRAL_LISTEN", format!("127.0.0.1:{port}")),
         ("CORRAL_IMAGE_DIRS", image_dirs),
         (
@@ -599,7 +701,7 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
             "CORRAL_STORAGE_DIR",
             tmp.join("images").display().to_string(),
         ),
-        ("CORRAL_REDIS_URL", redis_url.clone()),
+        ("CORRAL_REDIS_URL", redis_url.to_string()),
         ("CORRAL_HYPERVISOR_URI", "test:///default".into()),
         ("CORRAL_NODE_ID", "bench-test".into()),
         ("CORRAL_ADMIN_PASSWORD", "bench-admin".into()),
@@ -614,45 +716,26 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
             "CORRAL_LOG",
             std::env::var("CORRAL_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
         ),
-    ];
-    let controller = corral(&["controller"], &env, &tmp.join("controller.log"))?;
-    let ctl_pid = controller.id().unwrap_or(0);
-    let mut procs = Procs {
-        children: vec![controller],
-    };
-    let base = format!("http://127.0.0.1:{port}/api/v1");
-    let mut session = None;
-    for _ in 0..300 {
-        if let Ok(s) = Session::login(&base, "admin", "bench-admin").await {
-            session = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let Some(s) = session else {
-        return Err(BenchError::Setup(format!(
-            "controller did not start; see {}",
-            tmp.display()
-        )));
-    };
-    let api = Api { s };
-    // The node reports through its own Redis user: enrolled first, started with its URL.
-    let node_env = api.enrolled_env(&env, "bench-test").await?;
-    let node = corral(&["agent"], &node_env, &tmp.join("node.log"))?;
-    let node_pid = node.id().unwrap_or(0);
-    procs.children.push(node);
-    for _ in 0..100 {
-        if api.node_online("bench-test").await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    println!(
-        "corral node RSS, idle:                 {:>10.1} MiB",
-        rss_mib(node_pid)
-    );
+    ]
+}
 
+/// Logs in to the controller at `base` as the admin, waiting up to 30 s for it to start.
+async fn login(base: &str, tmp: &Path) -> Result<Api, BenchError> {
+    for _ in 0..300 {
+        if let Ok(s) = Session::login(base, "admin", "bench-admin").await {
+            return Ok(Api { s });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(BenchError::Setup(format!(
+        "controller did not start; see {}",
+        tmp.display()
+    )))
+}
+
+/// Times the by-hand baseline, then registers its template image as template `b` and a
+/// pool `bench`; the baseline's rate (guests/s).
+async fn bench_resources(api: &Api, tmp: &Path) -> Result<f64, BenchError> {
     let tmpl = tmp.join("tmpl.qcow2");
     blank_qcow2(&tmpl).await?;
     // Long enough (several seconds) that a moment's noise on the machine does not swing
@@ -677,10 +760,16 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         ),
     )
     .await?;
+    Ok(full)
+}
 
+/// The create rate on an empty cloud, next to the `raw` and by-hand (`full`) rates; the
+/// same with `--rss-guests` guests present; the RSS of both processes.
+async fn create_figures(rig: &Rig, o: &BenchOpts, raw: f64, full: f64) -> Result<(), BenchError> {
+    let (api, ctl_pid) = (&rig.api, rig.ctl_pid);
     // End-to-end creates, in batches of 100 as a client would send them.
     let mut made = 0;
-    let (rate, cpu_ms) = timed_creates(&api, o.guests, &mut made, ctl_pid).await?;
+    let (rate, cpu_ms) = timed_creates(api, o.guests, &mut made, ctl_pid).await?;
     println!(
         "guest.create end to end (API, test drv): {rate:>10.1} ops/s  ({} guests; {:.3} of raw \
          define+start, {:.2} of the same work by hand; controller CPU {cpu_ms:.2} ms per create)",
@@ -688,38 +777,13 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         rate / raw,
         rate / full
     );
-
     // Fill up to the RSS target, then read the controller's RSS.
-    while made < o.rss_guests {
-        let n = (o.rss_guests - made).min(100);
-        let batch = api.create(json!({"name": format!("b{made}"), "template": "b", "cpus": 1, "memory_mib": 64, "count": n})).await?;
-        made += n;
-        if let Some(last) = batch.last() {
-            api.wait(last).await?;
-        }
-    }
+    fill_to(api, o.rss_guests, &mut made).await?;
     if o.rss_guests > o.guests {
-        loop {
-            let active = operations_api::operation_list(
-                api.c(),
-                None,
-                None,
-                None,
-                Some(true),
-                Some(1),
-                None,
-            )
-            .await?;
-            if active.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-    if o.rss_guests > o.guests {
+        wait_idle(api).await?;
         // The same batch again with the cloud full: a controller must not slow as it fills.
         let held = made;
-        let (rate_full, cpu_full) = timed_creates(&api, o.guests, &mut made, ctl_pid).await?;
+        let (rate_full, cpu_full) = timed_creates(api, o.guests, &mut made, ctl_pid).await?;
         println!(
             "guest.create with {held} guests present: {rate_full:>10.1} ops/s  ({:.2} of the rate on an \
              empty cloud; controller CPU {cpu_full:.2} ms per create, {cpu_ms:.2} when empty)",
@@ -730,26 +794,36 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
         "corral controller RSS, {:>6} guests:   {:>10.1} MiB   (node: {:.1} MiB)",
         made,
         rss_mib(ctl_pid),
-        rss_mib(node_pid)
+        rss_mib(rig.node_pid)
     );
+    Ok(())
+}
 
-    if o.fleet > 0 {
-        println!(
-            "placement logic, 1000 guests over {} nodes: {:>10.0} decisions/s",
-            o.fleet,
-            placement_rate(o.fleet, 1000)
-        );
-        fleet(&api, &redis_url, ctl_pid, o.fleet, 1000).await?;
-    }
-    if let Some(fixture) = &o.tcg {
-        // qemu-img resolves a relative backing file against the new image's directory.
-        let fixture = std::fs::canonicalize(fixture)?;
-        tcg(&api, &env, tmp, &fixture, o.events, &mut procs).await?;
-    }
-    if o.storage {
-        storage::run(tmp).await?;
+/// Creates guests in batches of 100 until `target` have been made, waiting for the last
+/// operation of each batch.
+async fn fill_to(api: &Api, target: usize, made: &mut usize) -> Result<(), BenchError> {
+    while *made < target {
+        let n = (target - *made).min(100);
+        let batch = api.create(json!({"name": format!("b{made}"), "template": "b", "cpus": 1, "memory_mib": 64, "count": n})).await?;
+        *made += n;
+        if let Some(last) = batch.last() {
+            api.wait(last).await?;
+        }
     }
     Ok(())
+}
+
+/// Waits until no operation is active.
+async fn wait_idle(api: &Api) -> Result<(), BenchError> {
+    loop {
+        let active =
+            operations_api::operation_list(api.c(), None, None, None, Some(true), Some(1), None)
+                .await?;
+        if active.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn sh(cmd: &str, args: &[&str]) -> Result<(), BenchError> {
@@ -859,7 +933,28 @@ async fn tcg_on(
     procs: &mut Procs,
     bridge: &str,
 ) -> Result<(), BenchError> {
-    // Direct: the same steps by hand (seed, linked clone, define, start), the same XML.
+    let direct = direct_guest(tmp, fixture, bridge).await?;
+    start_tcg_node(api, env, tmp, procs, bridge).await?;
+    let name = api_guest(api, fixture, direct).await?;
+    let gid = live_attach(api, &name).await?;
+    live_resize(api, &name, &gid).await?;
+    event_latency(api, &name, &gid, events_n).await?;
+    agent::run(api, &gid, 10).await?;
+    let d = guests_api::guest_delete(api.c(), &gid).await?;
+    api.wait(&d.operation_id).await?;
+    Ok(())
+}
+
+/// Times from the first to the last step of a guest made by hand, and to its agent.
+#[derive(Debug, Clone, Copy)]
+struct Direct {
+    running: Duration,
+    agent: Duration,
+}
+
+/// Direct: the same steps by hand (seed, linked clone, define, start), the same XML, on
+/// `bridge`; the guest is removed again.
+async fn direct_guest(tmp: &Path, fixture: &Path, bridge: &str) -> Result<Direct, BenchError> {
     let r = Renderer::new(None).map_err(setup("renderer"))?;
     let mut s = spec(0, tmp);
     s.name = format!("direct-{}", &s.guest_id[..8]);
@@ -868,29 +963,12 @@ async fn tcg_on(
     let disk = tmp.join("direct.qcow2");
     s.disk_path = disk.display().to_string();
     s.seed_path = tmp.join("direct-seed.iso").display().to_string();
-    // The same seed a corral guest gets (static address, so no DHCP wait in the guest),
-    // written in the timed section like corral's build_seed step.
-    let plan = crate::guestinit::InitPlan {
-        instance_id: s.guest_id.clone(),
-        hostname: "direct".into(),
-        users: vec![],
-        network: Some(crate::guestinit::StaticNetwork {
-            mac: s.mac.clone(),
-            address: "198.18.255.200/15".into(),
-            gateway: None,
-            dns: vec![],
-        }),
-        write_files: vec![],
-        runcmd: vec![],
-        delivery: Default::default(),
-        seed_secrets: Default::default(),
-    };
-    let docs = crate::guestinit::render_seed(&r, &plan).map_err(setup("seed"))?;
+    let docs = corral::guestinit::render_seed(&r, &direct_plan(&s)).map_err(setup("seed"))?;
     let xml_path = tmp.join("direct.xml");
     std::fs::write(&xml_path, render_domain(&r, &s, "qemu")?)?;
     let fx = fixture.display().to_string();
     let t0 = Instant::now();
-    crate::guestinit::write_seed_iso(&docs, Path::new(&s.seed_path))
+    corral::guestinit::write_seed_iso(&docs, Path::new(&s.seed_path))
         .await
         .map_err(setup("seed iso"))?;
     sh(
@@ -919,12 +997,41 @@ async fn tcg_on(
     )
     .await?;
     sh("virsh", &["-c", "qemu:///system", "start", &s.name]).await?;
-    let direct_running = t0.elapsed();
-    let direct_agent = direct_running + agent_ready(&s.name, Duration::from_secs(180)).await?;
+    let running = t0.elapsed();
+    let agent = running + agent_ready(&s.name, Duration::from_secs(180)).await?;
     let _ = sh("virsh", &["-c", "qemu:///system", "destroy", &s.name]).await;
     let _ = sh("virsh", &["-c", "qemu:///system", "undefine", &s.name]).await;
+    Ok(Direct { running, agent })
+}
 
-    // Through corral: a second node on qemu:///system.
+/// The same seed a corral guest gets (static address, so no DHCP wait in the guest); the
+/// direct guest writes it in the timed section like corral's build_seed step.
+fn direct_plan(s: &DomainSpec) -> corral::guestinit::InitPlan {
+    corral::guestinit::InitPlan {
+        instance_id: s.guest_id.clone(),
+        hostname: "direct".into(),
+        users: vec![],
+        network: Some(corral::guestinit::StaticNetwork {
+            mac: s.mac.clone(),
+            address: "198.18.255.200/15".into(),
+            gateway: None,
+            dns: vec![],
+        }),
+        write_files: vec![],
+        runcmd: vec![],
+        delivery: Default::default(),
+        seed_secrets: Default::default(),
+    }
+}
+
+/// Through corral: a second node, `bench-tcg`, on qemu:///system and `bridge`.
+async fn start_tcg_node(
+    api: &Api,
+    env: &[(&str, String)],
+    tmp: &Path,
+    procs: &mut Procs,
+    bridge: &str,
+) -> Result<(), BenchError> {
     let mut env2: Vec<(&str, String)> = env
         .iter()
         .filter(|(k, _)| {
@@ -953,6 +1060,12 @@ async fn tcg_on(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+/// A TCG guest created through the API on `bench-tcg` from `fixture`, timed to running and
+/// to its agent, and printed next to the `direct` times; the guest's name.
+async fn api_guest(api: &Api, fixture: &Path, direct: Direct) -> Result<String, BenchError> {
     resources_api::template_create(
         api.c(),
         CreateTemplate::new("gi".into(), OsType::Linux, fixture.display().to_string()),
@@ -978,18 +1091,21 @@ async fn tcg_on(
     println!(
         "API -> running (1 TCG guest):          {:>10.3} s   direct {:.3} s   ratio {:.2}",
         api_running.as_secs_f64(),
-        direct_running.as_secs_f64(),
-        api_running.as_secs_f64() / direct_running.as_secs_f64()
+        direct.running.as_secs_f64(),
+        api_running.as_secs_f64() / direct.running.as_secs_f64()
     );
     println!(
         "API -> guest agent ready:              {:>10.3} s   direct {:.3} s   ratio {:.2}",
         api_agent.as_secs_f64(),
-        direct_agent.as_secs_f64(),
-        api_agent.as_secs_f64() / direct_agent.as_secs_f64()
+        direct.agent.as_secs_f64(),
+        api_agent.as_secs_f64() / direct.agent.as_secs_f64()
     );
+    Ok(name)
+}
 
-    // Live attach: a data disk hot-plugged through the API, to the operation's end and to
-    // the moment the guest sees the device.
+/// Live attach: a data disk hot-plugged through the API into guest `name`, to the
+/// operation's end and to the moment the guest sees the device; the guest's id.
+async fn live_attach(api: &Api, name: &str) -> Result<String, BenchError> {
     let created = guests_api::disk_create(api.c(), {
         let mut d = CreateDisk::new("bench-live".into(), 1);
         d.node = Some("bench-tcg".into());
@@ -999,24 +1115,26 @@ async fn tcg_on(
     api.wait(&created.operation_id).await?;
     let t0 = Instant::now();
     let attach =
-        guests_api::disk_attach(api.c(), "bench-live", AttachDisk::new(name.clone())).await?;
+        guests_api::disk_attach(api.c(), "bench-live", AttachDisk::new(name.to_string())).await?;
     let v = api.wait(&attach.operation_id).await?;
     if v["state"] != "succeeded" {
         return Err(BenchError::Setup(format!("live attach failed: {v}")));
     }
     let to_op = t0.elapsed();
-    let seen = guest_until(&name, "test -e /sys/block/vdc", Duration::from_secs(60)).await?;
+    let seen = guest_until(name, "test -e /sys/block/vdc", Duration::from_secs(60)).await?;
     println!(
         "live attach (1 TCG guest):             {:>10.3} s   operation {:.3} s, seen in the guest {:.3} s",
         (to_op + seen).as_secs_f64(),
         to_op.as_secs_f64(),
         (to_op + seen).as_secs_f64()
     );
+    Ok(v["guest_id"].as_str().unwrap_or_default().to_string())
+}
 
-    // Live resize: the balloon let out, to the operation's end and to the guest seeing
-    // the memory. (vCPUs change live only on KVM: under TCG, QEMU aborts a guest that
-    // gets a vCPU plugged once its translation regions are used up.)
-    let gid = v["guest_id"].as_str().unwrap_or_default().to_string();
+/// Live resize: the balloon let out, to the operation's end and to the guest seeing
+/// the memory. (vCPUs change live only on KVM: under TCG, QEMU aborts a guest that
+/// gets a vCPU plugged once its translation regions are used up.)
+async fn live_resize(api: &Api, name: &str, gid: &str) -> Result<(), BenchError> {
     let t0 = Instant::now();
     let size = corral_client::models::GuestSize {
         cpus: None,
@@ -1024,22 +1142,31 @@ async fn tcg_on(
         max_cpus: None,
         max_memory_mib: None,
     };
-    let resized = guests_api::guest_resize(api.c(), &gid, size).await?;
+    let resized = guests_api::guest_resize(api.c(), gid, size).await?;
     let r = api.wait(&resized.operation_id).await?;
     if r["state"] != "succeeded" {
         return Err(BenchError::Setup(format!("live resize failed: {r}")));
     }
     let to_op = t0.elapsed();
     let cond = "[ $(awk '/MemTotal/ {print $2}' /proc/meminfo) -gt 204800 ]";
-    let seen = to_op + guest_until(&name, cond, Duration::from_secs(60)).await?;
+    let seen = to_op + guest_until(name, cond, Duration::from_secs(60)).await?;
     println!(
         "live memory 128->240 MiB (balloon):    {:>10.3} s   operation {:.3} s, seen in the guest {:.3} s",
         seen.as_secs_f64(),
         to_op.as_secs_f64(),
         seen.as_secs_f64()
     );
+    Ok(())
+}
 
-    // Event latency: virsh suspend/resume behind corral's back, timed to the SSE event.
+/// Event latency: virsh suspend/resume of guest `name` (id `gid`) behind corral's back,
+/// `events_n` times, timed to the SSE event.
+async fn event_latency(
+    api: &Api,
+    name: &str,
+    gid: &str,
+    events_n: usize,
+) -> Result<(), BenchError> {
     let mut events = api.s.events(None);
     // From virsh's return (the event already happened) and from before virsh ran (an upper
     // bound that includes virsh's own start-up and the action itself).
@@ -1052,13 +1179,12 @@ async fn tcg_on(
             ("resume", "running")
         };
         let before = Instant::now();
-        sh("virsh", &["-c", "qemu:///system", cmd, &name]).await?;
+        sh("virsh", &["-c", "qemu:///system", cmd, name]).await?;
         let t = Instant::now();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, events.next()).await {
             let data = ev.data.unwrap_or_default();
-            if ev.kind == "guest.state" && data["guest_id"] == gid.as_str() && data["state"] == want
-            {
+            if ev.kind == "guest.state" && data["guest_id"] == gid && data["state"] == want {
                 let now = Instant::now();
                 lat.push((now - t).as_secs_f64() * 1000.0);
                 lat_cmd.push((now - before).as_secs_f64() * 1000.0);
@@ -1080,8 +1206,5 @@ async fn tcg_on(
         percentile(&lat_cmd, 0.5),
         percentile(&lat_cmd, 0.99),
     );
-    agent::run(api, &gid, 10).await?;
-    let d = guests_api::guest_delete(api.c(), &gid).await?;
-    api.wait(&d.operation_id).await?;
     Ok(())
 }

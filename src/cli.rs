@@ -35,8 +35,6 @@ pub use snapshots::SnapshotCmd;
 pub use tokens::TokenCmd;
 pub use users::UserCmd;
 
-use std::time::Duration;
-
 use clap::Args;
 use corral_client::apis::configuration::Configuration;
 use corral_client::session::{Session, SessionError};
@@ -165,21 +163,6 @@ impl Client {
             },
             other => other,
         }
-    }
-
-    /// Polls until the API answers, for scripts that start `corral up` in the background.
-    pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if corral_client::apis::system_api::about(self.config())
-                .await
-                .is_ok()
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        false
     }
 
     /// Runs `each` for every item; failures are reported per item and the rest go on.

@@ -8,13 +8,14 @@
 //! * [`jobs`]: the operation-kind catalog, built from the kinds' modules;
 //! * [`render`], [`guestinit`]: minijinja templates, init plans and NoCloud seeds;
 //! * [`script`]: the Rhai sandbox, OS-init profiles and boot jobs;
-//! * [`config`]: configuration; [`cli`]: the client subcommands; [`up`]: single-machine mode;
+//! * [`config`]: configuration; [`up`]: single-machine mode;
 //! * [`modes`]: 0700 directories and 0600 files for everything corral keeps;
 //! * [`chain`]: errors keep their causes, and become text only at the edges.
+//!
+//! The CLI client (`cli`) and `corral bench` (`bench`) are modules of the `corral` binary
+//! (src/main.rs), not of this library: no library user needs them.
 
-pub mod bench;
 pub mod chain;
-pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod digest;

@@ -21,10 +21,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
 use super::{percentile, setup, BenchError};
-use crate::config::ControllerConfig;
-use crate::controller::alloc;
-use crate::controller::store::{self as st, GuestRow, OpRow, Store};
-use crate::model::{new_id, now_ms};
+use corral::config::ControllerConfig;
+use corral::controller::alloc;
+use corral::controller::store::{self as st, GuestRow, OpRow, Store};
+use corral::model::{new_id, now_ms};
 
 /// Concurrent keep-alive connections, as in the figures of the issue (`wrk -c 64`).
 const CONNECTIONS: usize = 64;
@@ -94,7 +94,7 @@ impl Server {
                         Err(e) => return eprintln!("bench controller listener: {e}"),
                     };
                     if let Err(e) =
-                        crate::controller::run(cfg, listener, stopped, Some(started)).await
+                        corral::controller::run(cfg, listener, stopped, Some(started)).await
                     {
                         eprintln!("bench controller: {e}");
                     }
@@ -230,10 +230,10 @@ async fn measure(server: &Server, path: &str, secs: f64) -> Result<Figure, Bench
 
 /// The steps of a finished `guest.create`, as the operation row holds them: the kind's own
 /// step list from the catalog, each done.
-fn finished_steps(def: &crate::jobs::KindDef, at: i64) -> Result<String, BenchError> {
-    let mut steps = crate::controller::saga::new_steps(def);
+fn finished_steps(def: &corral::jobs::KindDef, at: i64) -> Result<String, BenchError> {
+    let mut steps = corral::controller::saga::new_steps(def);
     for s in &mut steps {
-        s.state = crate::model::StepState::Done;
+        s.state = corral::model::StepState::Done;
         s.attempt = 1;
         s.tries = 1;
         s.started_at = Some(at);
@@ -251,10 +251,9 @@ async fn seed(
     template: (&str, &str),
     first_ip: Ipv4Addr,
 ) -> Result<(), BenchError> {
-    let (template, image) = template;
     let base = now_ms() - n as i64;
-    let catalog = crate::jobs::Catalog::builtin().map_err(setup("the operation catalog"))?;
-    let create = catalog.get(crate::controller::saga::kinds::OpKind::GuestCreate);
+    let catalog = corral::jobs::Catalog::builtin().map_err(setup("the operation catalog"))?;
+    let create = catalog.get(corral::controller::saga::kinds::OpKind::GuestCreate);
     let mut done = 0;
     while done < n {
         let mut tx = store.begin().await.map_err(setup("seeding"))?;
@@ -262,107 +261,134 @@ async fn seed(
             // Guests made by one batched create share a timestamp; the name breaks the tie.
             let at = base + (i / 100) as i64 * 100;
             let steps = finished_steps(create, at)?;
-            let id = new_id();
-            let name = format!("r{i:06}");
             let ip = Ipv4Addr::from(u32::from(first_ip) + i as u32);
-            st::insert_guest(
-                &mut tx,
-                &GuestRow {
-                    id: id.clone(),
-                    name: name.clone(),
-                    hostname: name.clone(),
-                    template_id: template.to_string(),
-                    template_path: image.into(),
-                    os_type: "linux".into(),
-                    cpus: 1,
-                    memory_mib: 512,
-                    node_id: None,
-                    requested_node: None,
-                    pool_id: Some(pool.to_string()),
-                    requested_ip: None,
-                    ip: None,
-                    vnc_port: None,
-                    mac: None,
-                    state: crate::model::GuestState::Running,
-                    lock_op: None,
-                    domain_xml: None,
-                    created_at: at,
-                    updated_at: at,
-                    bandwidth: None,
-                    os_init_profile: Some("linux-default".into()),
-                    init_secrets: None,
-                    owner_id: None,
-                    tags: "[]".into(),
-                    max_cpus: None,
-                    max_memory_mib: None,
-                },
-            )
-            .await
-            .map_err(setup("seeding guests"))?;
-            alloc::lease_ip(&mut tx, ip, pool, &id)
-                .await
-                .map_err(setup("seeding leases"))?;
-            sqlx::query(
-                "UPDATE guests SET node_id = 'bench-node', ip = ?, mac = ?, vnc_port = ? WHERE id = ?",
-            )
-            .bind(ip.to_string())
-            .bind(alloc::random_mac())
-            .bind(5900 + (i % 1000) as i64)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await
-            .map_err(setup("seeding guests"))?;
-            for kind in ["system", "seed"] {
-                st::insert_disk(
-                    &mut tx,
-                    &st::DiskRow {
-                        id: new_id(),
-                        guest_id: Some(id.clone()),
-                        node_id: "bench-node".into(),
-                        path: format!("/var/lib/corral/images/{id}-{kind}"),
-                        kind: kind.into(),
-                        backing: (kind == "system").then(|| image.into()),
-                        created_at: at,
-                    },
-                )
-                .await
-                .map_err(setup("seeding disks"))?;
-            }
-            let payload = json!({"name": name, "template": template, "cpus": 1, "memory_mib": 512,
-                                 "pool": pool, "hostname": name, "ssh_keys": []});
-            st::insert_op(
-                &mut tx,
-                &OpRow {
-                    id: new_id(),
-                    kind: "guest.create".into(),
-                    guest_id: Some(id),
-                    node_id: Some("bench-node".into()),
-                    state: crate::model::OpState::Succeeded,
-                    requested_by_id: None,
-                    steps: steps.clone(),
-                    cursor: 11,
-                    payload: payload.to_string(),
-                    stage: "done".into(),
-                    percent: 100,
-                    message: String::new(),
-                    error: None,
-                    cancel_requested: false,
-                    inflight_node: None,
-                    requested_by: "admin".into(),
-                    created_at: at,
-                    started_at: Some(at),
-                    updated_at: at + 60,
-                    finished_at: Some(at + 60),
-                    abandon_reason: None,
-                },
-            )
-            .await
-            .map_err(setup("seeding operations"))?;
+            seed_guest(&mut tx, i, at, steps, pool, template, ip).await?;
         }
         store.commit(tx).await.map_err(setup("seeding"))?;
         done = (done + SEED_BATCH).min(n);
     }
     Ok(())
+}
+
+/// Writes guest number `i`, made at `at` from `template` (id, image path): its record on
+/// `bench-node` with address `ip` leased from `pool`, its two disks and its finished
+/// `guest.create` operation (with `steps`).
+async fn seed_guest(
+    tx: &mut st::Tx<'_>,
+    i: usize,
+    at: i64,
+    steps: String,
+    pool: &str,
+    template: (&str, &str),
+    ip: Ipv4Addr,
+) -> Result<(), BenchError> {
+    let (template, image) = template;
+    let id = new_id();
+    let name = format!("r{i:06}");
+    st::insert_guest(tx, &guest_row(&id, &name, pool, template, image, at))
+        .await
+        .map_err(setup("seeding guests"))?;
+    // The store's insert, as alloc::lease_ip does it (that one is the library's own).
+    let leased = st::leases::insert_ip(tx, &ip.to_string(), pool, &id)
+        .await
+        .map_err(setup("seeding leases"))?;
+    if !leased {
+        return Err(setup("seeding leases")(format!("{ip} is in use")));
+    }
+    sqlx::query(
+        "UPDATE guests SET node_id = 'bench-node', ip = ?, mac = ?, vnc_port = ? WHERE id = ?",
+    )
+    .bind(ip.to_string())
+    .bind(alloc::random_mac())
+    .bind(5900 + (i % 1000) as i64)
+    .bind(&id)
+    .execute(&mut **tx)
+    .await
+    .map_err(setup("seeding guests"))?;
+    for kind in ["system", "seed"] {
+        st::insert_disk(
+            tx,
+            &st::DiskRow {
+                id: new_id(),
+                guest_id: Some(id.clone()),
+                node_id: "bench-node".into(),
+                path: format!("/var/lib/corral/images/{id}-{kind}"),
+                kind: kind.into(),
+                backing: (kind == "system").then(|| image.into()),
+                created_at: at,
+            },
+        )
+        .await
+        .map_err(setup("seeding disks"))?;
+    }
+    let payload = json!({"name": name, "template": template, "cpus": 1, "memory_mib": 512,
+                         "pool": pool, "hostname": name, "ssh_keys": []});
+    st::insert_op(tx, &create_op_row(id, payload, steps, at))
+        .await
+        .map_err(setup("seeding operations"))?;
+    Ok(())
+}
+
+/// A running guest `id` named `name` as a create from `template` (its `image`) in `pool`
+/// leaves it at `at`, before its node, address, MAC and VNC port are set.
+fn guest_row(id: &str, name: &str, pool: &str, template: &str, image: &str, at: i64) -> GuestRow {
+    GuestRow {
+        id: id.to_string(),
+        name: name.to_string(),
+        hostname: name.to_string(),
+        template_id: template.to_string(),
+        template_path: image.into(),
+        os_type: "linux".into(),
+        cpus: 1,
+        memory_mib: 512,
+        node_id: None,
+        requested_node: None,
+        pool_id: Some(pool.to_string()),
+        requested_ip: None,
+        ip: None,
+        vnc_port: None,
+        mac: None,
+        state: corral::model::GuestState::Running,
+        lock_op: None,
+        domain_xml: None,
+        created_at: at,
+        updated_at: at,
+        bandwidth: None,
+        os_init_profile: Some("linux-default".into()),
+        init_secrets: None,
+        owner_id: None,
+        tags: "[]".into(),
+        max_cpus: None,
+        max_memory_mib: None,
+    }
+}
+
+/// The `guest.create` operation of guest `guest`, requested at `at` with `payload` and
+/// succeeded a minute later with every one of `steps` done.
+fn create_op_row(guest: String, payload: Value, steps: String, at: i64) -> OpRow {
+    OpRow {
+        id: new_id(),
+        kind: "guest.create".into(),
+        guest_id: Some(guest),
+        node_id: Some("bench-node".into()),
+        state: corral::model::OpState::Succeeded,
+        requested_by_id: None,
+        steps,
+        cursor: 11,
+        payload: payload.to_string(),
+        stage: "done".into(),
+        percent: 100,
+        message: String::new(),
+        error: None,
+        cancel_requested: false,
+        inflight_node: None,
+        requested_by: "admin".into(),
+        created_at: at,
+        started_at: Some(at),
+        updated_at: at + 60,
+        finished_at: Some(at + 60),
+        abandon_reason: None,
+    }
 }
 
 /// The endpoints measured in each run, `/about` first (the reference).
@@ -427,6 +453,35 @@ pub async fn run(o: &ReadOpts, tmp: &Path) -> Result<(), BenchError> {
 }
 
 async fn run_on(server: &Server, o: &ReadOpts) -> Result<(), BenchError> {
+    let (template, image, pool) = register(server).await?;
+    let records = o.records.min(131_000);
+
+    let empty = run_all(server, &pool, o.secs).await?;
+    let t0 = Instant::now();
+    seed(
+        &server.store,
+        records,
+        &pool,
+        (&template, &image),
+        Ipv4Addr::new(10, 0, 0, 10),
+    )
+    .await?;
+    let seeded = t0.elapsed().as_secs_f64();
+    check_pages(server, &pool, records).await?;
+    let loaded = run_all(server, &pool, o.secs).await?;
+
+    println!(
+        "reads: {CONNECTIONS} keep-alive connections, {:.0} s per endpoint; {records} guests, \
+         operations and leased addresses written in {seeded:.1} s",
+        o.secs
+    );
+    print_table(&pool, records, &empty, &loaded);
+    Ok(())
+}
+
+/// Registers a blank template image and a /15 pool; the template's id, its image path
+/// and the pool's id.
+async fn register(server: &Server) -> Result<(String, String, String), BenchError> {
     let http = reqwest::Client::new();
     let image = server.templates.join("bench.qcow2");
     super::blank_qcow2(&image).await?;
@@ -456,32 +511,16 @@ async fn run_on(server: &Server, o: &ReadOpts) -> Result<(), BenchError> {
             ),
         )
         .await?;
-    let (Some(template), Some(pool)) = (tmpl["id"].as_str(), pool["id"].as_str()) else {
+    let (Some(template), Some(pool_id)) = (tmpl["id"].as_str(), pool["id"].as_str()) else {
         return Err(BenchError::Setup(format!(
             "creating the pool: {status} {pool}"
         )));
     };
-    let records = o.records.min(131_000);
+    Ok((template.to_string(), image, pool_id.to_string()))
+}
 
-    let empty = run_all(server, pool, o.secs).await?;
-    let t0 = Instant::now();
-    seed(
-        &server.store,
-        records,
-        pool,
-        (template, &image),
-        Ipv4Addr::new(10, 0, 0, 10),
-    )
-    .await?;
-    let seeded = t0.elapsed().as_secs_f64();
-    check_pages(server, pool, records).await?;
-    let loaded = run_all(server, pool, o.secs).await?;
-
-    println!(
-        "reads: {CONNECTIONS} keep-alive connections, {:.0} s per endpoint; {records} guests, \
-         operations and leased addresses written in {seeded:.1} s",
-        o.secs
-    );
+/// The figures of both runs side by side, each rate also as a ratio to `/about`'s.
+fn print_table(pool: &str, records: usize, empty: &[Figure], loaded: &[Figure]) {
     println!(
         "  {:<40} {:>28}  {:>28}",
         "",
@@ -523,5 +562,4 @@ async fn run_on(server: &Server, o: &ReadOpts) -> Result<(), BenchError> {
         "  GET /guests?limit=1 with {records} guests vs none: {:.2}x the rate",
         loaded[1].rate / empty[1].rate
     );
-    Ok(())
 }

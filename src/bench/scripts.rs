@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use crate::script::catalog::{sample_guest, sample_params, BOOT_JOBS, PROFILES};
-use crate::script::{Limits, Scripts};
+use corral::script::catalog::{sample_guest, sample_params, BOOT_JOBS, PROFILES};
+use corral::script::{Limits, Scripts};
 
 /// Prints µs per evaluation; returns an error text if a shipped script fails.
 pub fn run(n: usize) -> Result<(), String> {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::process::Command;
 
 use super::BenchError;
-use crate::node::hypervisor::{Hypervisor, Libvirt};
+use corral::node::hypervisor::{Hypervisor, Libvirt};
 
 /// Written into every disk before it is timed.
 const DATA_MIB: u64 = 1024;
@@ -82,16 +82,16 @@ async fn one(hv: &Libvirt, dir: &Path, gib: u64) -> Result<(f64, f64, f64), Benc
         let (mut creates, mut reverts) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             let t = Instant::now();
-            crate::node::snapshots::create(hv, &uuid, "bench")
+            corral::node::snapshots::create(hv, &uuid, "bench")
                 .await
                 .map_err(|e| BenchError::Setup(e.to_string()))?;
             creates.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
-            crate::node::snapshots::revert(hv, &uuid, "bench")
+            corral::node::snapshots::revert(hv, &uuid, "bench")
                 .await
                 .map_err(|e| BenchError::Setup(e.to_string()))?;
             reverts.push(t.elapsed().as_secs_f64());
-            crate::node::snapshots::delete(hv, &uuid, "bench")
+            corral::node::snapshots::delete(hv, &uuid, "bench")
                 .await
                 .map_err(|e| BenchError::Setup(e.to_string()))?;
         }
@@ -147,10 +147,10 @@ async fn to_template(dir: &Path) -> Result<(f64, f64), BenchError> {
     let hand = t.elapsed().as_secs_f64();
     let ours = dir.join("tpl-corral.qcow2").display().to_string();
     let t = Instant::now();
-    crate::node::images::convert(&disk, None, &ours, None, |_| {})
+    corral::node::images::convert(&disk, None, &ours, None, |_| {})
         .await
         .map_err(|e| BenchError::Setup(e.to_string()))?;
-    crate::node::images::checksum(&ours)
+    corral::node::images::checksum(&ours)
         .await
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let corral = t.elapsed().as_secs_f64();
@@ -178,7 +178,7 @@ async fn upload(dir: &Path) -> Result<(f64, f64), BenchError> {
         f.flush()?;
     }
     let src_s = src.display().to_string();
-    let (sha, _) = crate::node::images::checksum(&src_s)
+    let (sha, _) = corral::node::images::checksum(&src_s)
         .await
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let copy = dir.join("upload-cp.raw").display().to_string();

@@ -89,26 +89,7 @@ impl Client {
     pub async fn disk(&self, cmd: DiskCmd) -> Result<bool, CliError> {
         let c = self.config();
         match cmd {
-            DiskCmd::List { all } => {
-                let list = guests_api::disk_list(c, Some(all)).await?;
-                emit(self.out, &list, || {
-                    let mut t =
-                        Table::new(&["name", "kind", "size", "node", "guest", "device", "state"]);
-                    for d in &list {
-                        t.row(vec![
-                            d.name.clone(),
-                            d.kind.clone(),
-                            d.size_gib.map(|g| format!("{g} GiB")).unwrap_or_default(),
-                            d.node_id.clone(),
-                            opt(&d.guest_id),
-                            opt(&d.target),
-                            d.state.clone(),
-                        ]);
-                    }
-                    t
-                });
-                Ok(true)
-            }
+            DiskCmd::List { all } => self.disk_list(all).await,
             DiskCmd::Show { disk } => {
                 emit_record(self.out, &guests_api::disk_get(c, &disk).await?);
                 Ok(true)
@@ -168,5 +149,26 @@ impl Client {
                 self.disk_op(a, wait).await
             }
         }
+    }
+
+    /// `disk list`: the data disks, and with `all` the system and seed disks too.
+    async fn disk_list(&self, all: bool) -> Result<bool, CliError> {
+        let list = guests_api::disk_list(self.config(), Some(all)).await?;
+        emit(self.out, &list, || {
+            let mut t = Table::new(&["name", "kind", "size", "node", "guest", "device", "state"]);
+            for d in &list {
+                t.row(vec![
+                    d.name.clone(),
+                    d.kind.clone(),
+                    d.size_gib.map(|g| format!("{g} GiB")).unwrap_or_default(),
+                    d.node_id.clone(),
+                    opt(&d.guest_id),
+                    opt(&d.target),
+                    d.state.clone(),
+                ]);
+            }
+            t
+        });
+        Ok(true)
     }
 }

@@ -13,43 +13,7 @@ use super::{parse_mib, CliError, Client};
 #[derive(Debug, Subcommand)]
 pub enum GuestCmd {
     /// Create guests (one operation each). With --count N and --name web: web-1 … web-N.
-    Create {
-        #[arg(long)]
-        template: String,
-        #[arg(long, default_value_t = 1)]
-        cpu: u32,
-        /// e.g. 128MiB, 1GiB, or a number of MiB.
-        #[arg(long, default_value = "128MiB")]
-        memory: String,
-        /// vCPUs it can grow to while running (default: --cpu, no live growth).
-        #[arg(long)]
-        max_cpu: Option<u32>,
-        /// Memory it can grow to while running (default: --memory).
-        #[arg(long)]
-        max_memory: Option<String>,
-        #[arg(long, default_value_t = 1)]
-        count: u32,
-        /// The guest's name; with --count, the prefix of the names.
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        node: Option<String>,
-        #[arg(long)]
-        pool: Option<String>,
-        #[arg(long)]
-        ip: Option<String>,
-        #[arg(long)]
-        password: Option<String>,
-        /// An SSH public key for the guest's user (repeatable).
-        #[arg(long = "ssh-key")]
-        ssh_keys: Vec<String>,
-        /// A tag for grouping and filtering (repeatable).
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-        /// Follow the operations to their end.
-        #[arg(long)]
-        wait: bool,
-    },
+    Create(CreateArgs),
     /// List guests: name, state, node, address, CPUs, memory, age.
     List {
         /// Only guests in this state (running, shutoff, …).
@@ -152,6 +116,46 @@ pub enum GuestCmd {
     },
 }
 
+/// The arguments of `corral guest create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    template: String,
+    #[arg(long, default_value_t = 1)]
+    cpu: u32,
+    /// e.g. 128MiB, 1GiB, or a number of MiB.
+    #[arg(long, default_value = "128MiB")]
+    memory: String,
+    /// vCPUs it can grow to while running (default: --cpu, no live growth).
+    #[arg(long)]
+    max_cpu: Option<u32>,
+    /// Memory it can grow to while running (default: --memory).
+    #[arg(long)]
+    max_memory: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// The guest's name; with --count, the prefix of the names.
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    node: Option<String>,
+    #[arg(long)]
+    pool: Option<String>,
+    #[arg(long)]
+    ip: Option<String>,
+    #[arg(long)]
+    password: Option<String>,
+    /// An SSH public key for the guest's user (repeatable).
+    #[arg(long = "ssh-key")]
+    ssh_keys: Vec<String>,
+    /// A tag for grouping and filtering (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Follow the operations to their end.
+    #[arg(long)]
+    wait: bool,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Power {
     /// Guest names or ids.
@@ -179,72 +183,11 @@ fn parse_state(s: &str) -> Result<GuestState, CliError> {
 
 impl Client {
     pub async fn guest(&self, cmd: GuestCmd) -> Result<bool, CliError> {
-        let c = self.config();
         match cmd {
-            GuestCmd::Create {
-                template,
-                cpu,
-                memory,
-                max_cpu,
-                max_memory,
-                count,
-                name,
-                node,
-                pool,
-                ip,
-                password,
-                ssh_keys,
-                tags,
-                wait,
-            } => {
-                let mut g = CreateGuest::new(cpu, parse_mib(&memory)?, template);
-                g.max_cpus = max_cpu;
-                g.max_memory_mib = max_memory.as_deref().map(parse_mib).transpose()?;
-                g.count = (count != 1).then_some(count);
-                g.name = name;
-                g.node = node;
-                g.pool = pool;
-                g.ip = ip;
-                g.password = password;
-                g.ssh_keys = (!ssh_keys.is_empty()).then_some(ssh_keys);
-                g.tags = (!tags.is_empty()).then_some(tags);
-                let accepted = guests_api::guest_create(c, g).await?;
-                let ids: Vec<String> = accepted
-                    .operations
-                    .iter()
-                    .map(|a| a.operation_id.clone())
-                    .collect();
-                self.accepted(&accepted.operations, wait, &ids).await
-            }
-            GuestCmd::List {
-                state: s,
-                node,
-                tag,
-            } => {
-                let s = s.as_deref().map(parse_state).transpose()?;
-                let guests =
-                    guests_api::guest_list(c, s, node.as_deref(), tag.as_deref(), Some(1000), None)
-                        .await?;
-                emit(self.out, &guests, || {
-                    let mut t =
-                        Table::new(&["name", "state", "node", "ip", "cpus", "memory", "age"]);
-                    for g in &guests {
-                        t.row(vec![
-                            g.name.clone(),
-                            state(&g.state),
-                            opt(&g.node_id),
-                            opt(&g.ip),
-                            g.cpus.to_string(),
-                            mib(u64::from(g.memory_mib)),
-                            age(&g.created_at),
-                        ]);
-                    }
-                    t
-                });
-                Ok(true)
-            }
+            GuestCmd::Create(args) => self.guest_create(args).await,
+            GuestCmd::List { state, node, tag } => self.guest_list(state, node, tag).await,
             GuestCmd::Show { guest } => {
-                let g = guests_api::guest_get(c, &guest).await?;
+                let g = guests_api::guest_get(self.config(), &guest).await?;
                 emit_record(self.out, &g);
                 Ok(true)
             }
@@ -253,17 +196,7 @@ impl Client {
                 name,
                 snapshot,
                 wait,
-            } => {
-                let mut req = models::GuestToTemplate::new(name);
-                req.snapshot = snapshot;
-                let a =
-                    corral_client::apis::resources_api::guest_to_template(c, &guest, req).await?;
-                if wait {
-                    return self.follow(&[a.operation_id]).await;
-                }
-                emit_record(self.out, &a);
-                Ok(true)
-            }
+            } => self.guest_template(guest, name, snapshot, wait).await,
             GuestCmd::Resize {
                 guest,
                 cpu,
@@ -278,28 +211,17 @@ impl Client {
                     max_cpus: max_cpu,
                     max_memory_mib: max_memory.as_deref().map(parse_mib).transpose()?,
                 };
-                let a = guests_api::guest_resize(c, &guest, size).await?;
-                if wait {
-                    return self.follow(&[a.operation_id]).await;
-                }
-                emit_record(self.out, &a);
-                Ok(true)
+                self.guest_resize(guest, size, wait).await
             }
             GuestCmd::Console { guest, valid } => {
                 let req = models::ConsoleRequest {
                     valid_seconds: Some(valid),
                 };
-                emit_record(self.out, &guests_api::guest_console(c, &guest, req).await?);
+                let console = guests_api::guest_console(self.config(), &guest, req).await?;
+                emit_record(self.out, &console);
                 Ok(true)
             }
-            GuestCmd::Delete { guests, wait } => {
-                let (accepted, all) = self
-                    .each(&guests, |g| async move {
-                        Ok(guests_api::guest_delete(c, &g).await?)
-                    })
-                    .await;
-                Ok(self.started(&accepted, wait).await? && all)
-            }
+            GuestCmd::Delete { guests, wait } => self.guest_delete(guests, wait).await,
             GuestCmd::Start(p) => self.power(p, GuestAction::Start, None).await,
             GuestCmd::Shutdown { power, timeout } => {
                 self.power(power, GuestAction::Shutdown, timeout).await
@@ -313,13 +235,7 @@ impl Client {
                 guest,
                 hostname,
                 wait,
-            } => {
-                let mut u = UpdateGuest::new();
-                u.hostname = Some(hostname);
-                let change = guests_api::guest_update(c, &guest, u).await?;
-                emit_record(self.out, &change);
-                self.then_follow(change.operation_id, wait).await
-            }
+            } => self.guest_hostname(guest, hostname, wait).await,
             GuestCmd::Password {
                 guest,
                 user,
@@ -331,21 +247,147 @@ impl Client {
                 r.user = user;
                 r.password = password;
                 r.generate = generate.then_some(true);
-                let reset = guests_api::guest_reset_password(c, &guest, r).await?;
-                if let Some(pw) = &reset.password {
-                    // Shown once: corral keeps only its hash.
-                    eprintln!("new password (shown once): {pw}");
-                }
-                emit_record(self.out, &reset);
-                self.then_follow(reset.operation_id, wait).await
+                self.guest_password(guest, r, wait).await
             }
             GuestCmd::ChangeIp { guest, ip, wait } => {
                 let mut body = ChangeIp::new();
                 body.ip = ip;
-                let a = guests_api::guest_change_ip(c, &guest, body).await?;
+                let a = guests_api::guest_change_ip(self.config(), &guest, body).await?;
                 self.started(&[a], wait).await
             }
         }
+    }
+
+    /// `guest create`: one operation per guest, listed or followed.
+    async fn guest_create(&self, a: CreateArgs) -> Result<bool, CliError> {
+        let mut g = CreateGuest::new(a.cpu, parse_mib(&a.memory)?, a.template);
+        g.max_cpus = a.max_cpu;
+        g.max_memory_mib = a.max_memory.as_deref().map(parse_mib).transpose()?;
+        g.count = (a.count != 1).then_some(a.count);
+        g.name = a.name;
+        g.node = a.node;
+        g.pool = a.pool;
+        g.ip = a.ip;
+        g.password = a.password;
+        g.ssh_keys = (!a.ssh_keys.is_empty()).then_some(a.ssh_keys);
+        g.tags = (!a.tags.is_empty()).then_some(a.tags);
+        let accepted = guests_api::guest_create(self.config(), g).await?;
+        let ids: Vec<String> = accepted
+            .operations
+            .iter()
+            .map(|a| a.operation_id.clone())
+            .collect();
+        self.accepted(&accepted.operations, a.wait, &ids).await
+    }
+
+    /// `guest list`, filtered by state, node and tag.
+    async fn guest_list(
+        &self,
+        s: Option<String>,
+        node: Option<String>,
+        tag: Option<String>,
+    ) -> Result<bool, CliError> {
+        let s = s.as_deref().map(parse_state).transpose()?;
+        let guests = guests_api::guest_list(
+            self.config(),
+            s,
+            node.as_deref(),
+            tag.as_deref(),
+            Some(1000),
+            None,
+        )
+        .await?;
+        emit(self.out, &guests, || {
+            let mut t = Table::new(&["name", "state", "node", "ip", "cpus", "memory", "age"]);
+            for g in &guests {
+                t.row(vec![
+                    g.name.clone(),
+                    state(&g.state),
+                    opt(&g.node_id),
+                    opt(&g.ip),
+                    g.cpus.to_string(),
+                    mib(u64::from(g.memory_mib)),
+                    age(&g.created_at),
+                ]);
+            }
+            t
+        });
+        Ok(true)
+    }
+
+    /// `guest template`: a new template `name` from `guest`'s disk or one of its snapshots.
+    async fn guest_template(
+        &self,
+        guest: String,
+        name: String,
+        snapshot: Option<String>,
+        wait: bool,
+    ) -> Result<bool, CliError> {
+        let mut req = models::GuestToTemplate::new(name);
+        req.snapshot = snapshot;
+        let a = corral_client::apis::resources_api::guest_to_template(self.config(), &guest, req)
+            .await?;
+        if wait {
+            return self.follow(&[a.operation_id]).await;
+        }
+        emit_record(self.out, &a);
+        Ok(true)
+    }
+
+    /// `guest resize` to `size`.
+    async fn guest_resize(
+        &self,
+        guest: String,
+        size: models::GuestSize,
+        wait: bool,
+    ) -> Result<bool, CliError> {
+        let a = guests_api::guest_resize(self.config(), &guest, size).await?;
+        if wait {
+            return self.follow(&[a.operation_id]).await;
+        }
+        emit_record(self.out, &a);
+        Ok(true)
+    }
+
+    /// `guest delete`: one operation per guest; a guest that fails does not stop the rest.
+    async fn guest_delete(&self, guests: Vec<String>, wait: bool) -> Result<bool, CliError> {
+        let c = self.config();
+        let (accepted, all) = self
+            .each(&guests, |g| async move {
+                Ok(guests_api::guest_delete(c, &g).await?)
+            })
+            .await;
+        Ok(self.started(&accepted, wait).await? && all)
+    }
+
+    /// `guest hostname`: the change, and its operation followed with `wait`.
+    async fn guest_hostname(
+        &self,
+        guest: String,
+        hostname: String,
+        wait: bool,
+    ) -> Result<bool, CliError> {
+        let mut u = UpdateGuest::new();
+        u.hostname = Some(hostname);
+        let change = guests_api::guest_update(self.config(), &guest, u).await?;
+        emit_record(self.out, &change);
+        self.then_follow(change.operation_id, wait).await
+    }
+
+    /// `guest password`: the reset `r`; a generated password is printed once.
+    async fn guest_password(
+        &self,
+        guest: String,
+        r: ResetPassword,
+        wait: bool,
+    ) -> Result<bool, CliError> {
+        let reset = guests_api::guest_reset_password(self.config(), &guest, r).await?;
+        if let Some(pw) = &reset.password {
+            // Shown once: corral keeps only its hash.
+            eprintln!("new password (shown once): {pw}");
+        }
+        emit_record(self.out, &reset);
+        self.then_follow(reset.operation_id, wait).await
     }
 
     async fn power(

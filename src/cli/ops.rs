@@ -40,114 +40,131 @@ pub enum OpCmd {
 
 impl Client {
     pub async fn op(&self, cmd: OpCmd) -> Result<bool, CliError> {
-        let c = self.config();
         match cmd {
             OpCmd::List {
                 active,
                 state,
                 kind,
                 guest,
-            } => {
-                let state = state
-                    .map(|s| {
-                        serde_json::from_value::<OperationState>(serde_json::Value::String(
-                            s.clone(),
-                        ))
-                        .map_err(|_| {
-                            CliError::Usage(format!(
-                                "no operation state {s:?}: use pending, running, undoing, succeeded, failed or cancelled"
-                            ))
-                        })
-                    })
-                    .transpose()?;
-                let ops = operations_api::operation_list(
-                    c,
-                    state,
-                    kind.as_deref(),
-                    guest.as_deref(),
-                    Some(active),
-                    Some(1000),
-                    None,
-                )
-                .await?;
-                emit(self.out, &ops, || {
-                    let mut t = Table::new(&["id", "kind", "state", "progress", "guest", "age"]);
-                    for o in &ops {
-                        t.row(vec![
-                            o.id.clone(),
-                            o.kind.clone(),
-                            o.state.clone(),
-                            format!("{:>3}% {}", o.progress.percent, o.progress.stage),
-                            opt(&o.guest_id),
-                            age(&o.created_at),
-                        ]);
-                    }
-                    t
-                });
-                Ok(true)
-            }
-            OpCmd::Show { id } => {
-                let op = operations_api::operation_get(c, &id).await?;
-                if self.out != super::Output::Table {
-                    emit_record(self.out, &op);
-                    return Ok(true);
-                }
-                println!(
-                    "{} {} {}  {}% {}",
-                    op.id,
-                    op.kind,
-                    op.state,
-                    op.progress.percent,
-                    super::output::printable_line(&op.progress.stage)
-                );
-                if let Some(e) = &op.error {
-                    println!("error: {}", super::output::printable(e));
-                }
-                let mut t = Table::new(&["step", "runs on", "state", "attempt", "error"]);
-                for s in &op.steps {
-                    t.row(vec![
-                        s.name.clone(),
-                        s.runs_on.clone(),
-                        s.state.clone(),
-                        s.attempt.to_string(),
-                        opt(&s.error),
-                    ]);
-                }
-                print!("{}", t.render());
-                Ok(true)
-            }
-            OpCmd::Wait { ids } => {
-                if self.out == super::Output::Table {
-                    return self.follow(&ids).await;
-                }
-                let mut ended = Vec::new();
-                for id in &ids {
-                    ended.push(self.session.wait(id).await?);
-                }
-                let ok = ended.iter().all(|o| o.state == "succeeded");
-                emit(self.out, &ended, || Table::new(&[]));
-                Ok(ok)
-            }
-            OpCmd::Cancel { ids } => {
-                let (ops, all) = self
-                    .each(&ids, |id| async move {
-                        Ok(operations_api::operation_cancel(c, &id).await?)
-                    })
-                    .await;
-                emit(self.out, &ops, || {
-                    let mut t = Table::new(&["id", "kind", "state", "cancel requested"]);
-                    for o in &ops {
-                        t.row(vec![
-                            o.id.clone(),
-                            o.kind.clone(),
-                            o.state.clone(),
-                            o.cancel_requested.to_string(),
-                        ]);
-                    }
-                    t
-                });
-                Ok(all)
-            }
+            } => self.op_list(active, state, kind, guest).await,
+            OpCmd::Show { id } => self.op_show(&id).await,
+            OpCmd::Wait { ids } => self.op_wait(&ids).await,
+            OpCmd::Cancel { ids } => self.op_cancel(&ids).await,
         }
+    }
+
+    /// `op list`, filtered.
+    async fn op_list(
+        &self,
+        active: bool,
+        state: Option<String>,
+        kind: Option<String>,
+        guest: Option<String>,
+    ) -> Result<bool, CliError> {
+        let state = state
+            .map(|s| {
+                serde_json::from_value::<OperationState>(serde_json::Value::String(s.clone()))
+                    .map_err(|_| {
+                        CliError::Usage(format!(
+                            "no operation state {s:?}: use pending, running, undoing, succeeded, failed or cancelled"
+                        ))
+                    })
+            })
+            .transpose()?;
+        let ops = operations_api::operation_list(
+            self.config(),
+            state,
+            kind.as_deref(),
+            guest.as_deref(),
+            Some(active),
+            Some(1000),
+            None,
+        )
+        .await?;
+        emit(self.out, &ops, || {
+            let mut t = Table::new(&["id", "kind", "state", "progress", "guest", "age"]);
+            for o in &ops {
+                t.row(vec![
+                    o.id.clone(),
+                    o.kind.clone(),
+                    o.state.clone(),
+                    format!("{:>3}% {}", o.progress.percent, o.progress.stage),
+                    opt(&o.guest_id),
+                    age(&o.created_at),
+                ]);
+            }
+            t
+        });
+        Ok(true)
+    }
+
+    /// `op show`: the operation, then a table of its steps.
+    async fn op_show(&self, id: &str) -> Result<bool, CliError> {
+        let op = operations_api::operation_get(self.config(), id).await?;
+        if self.out != super::Output::Table {
+            emit_record(self.out, &op);
+            return Ok(true);
+        }
+        println!(
+            "{} {} {}  {}% {}",
+            op.id,
+            op.kind,
+            op.state,
+            op.progress.percent,
+            super::output::printable_line(&op.progress.stage)
+        );
+        if let Some(e) = &op.error {
+            println!("error: {}", super::output::printable(e));
+        }
+        let mut t = Table::new(&["step", "runs on", "state", "attempt", "error"]);
+        for s in &op.steps {
+            t.row(vec![
+                s.name.clone(),
+                s.runs_on.clone(),
+                s.state.clone(),
+                s.attempt.to_string(),
+                opt(&s.error),
+            ]);
+        }
+        print!("{}", t.render());
+        Ok(true)
+    }
+
+    /// `op wait`: progress on a table output, the ended operations otherwise; true when
+    /// all succeeded.
+    async fn op_wait(&self, ids: &[String]) -> Result<bool, CliError> {
+        if self.out == super::Output::Table {
+            return self.follow(ids).await;
+        }
+        let mut ended = Vec::new();
+        for id in ids {
+            ended.push(self.session.wait(id).await?);
+        }
+        let ok = ended.iter().all(|o| o.state == "succeeded");
+        emit(self.out, &ended, || Table::new(&[]));
+        Ok(ok)
+    }
+
+    /// `op cancel`: one request per operation; one that fails does not stop the rest.
+    async fn op_cancel(&self, ids: &[String]) -> Result<bool, CliError> {
+        let c = self.config();
+        let (ops, all) = self
+            .each(ids, |id| async move {
+                Ok(operations_api::operation_cancel(c, &id).await?)
+            })
+            .await;
+        emit(self.out, &ops, || {
+            let mut t = Table::new(&["id", "kind", "state", "cancel requested"]);
+            for o in &ops {
+                t.row(vec![
+                    o.id.clone(),
+                    o.kind.clone(),
+                    o.state.clone(),
+                    o.cancel_requested.to_string(),
+                ]);
+            }
+            t
+        });
+        Ok(all)
     }
 }

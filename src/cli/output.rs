@@ -315,6 +315,6 @@ mod tests {
         assert_eq!(mib(2048), "2GiB");
         assert_eq!(mib(1536), "1.5GiB");
         assert_eq!(age("not a time"), "-");
-        assert!(age(&crate::model::rfc3339(crate::model::now_ms() - 90_000)).ends_with('s'));
+        assert!(age(&corral::model::rfc3339(corral::model::now_ms() - 90_000)).ends_with('s'));
     }
 }

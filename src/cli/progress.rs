@@ -41,65 +41,48 @@ impl Client {
         let width = lines.iter().map(|l| l.label.len()).max().unwrap_or(0);
         let mut drawn = 0usize;
         loop {
-            let mut ops = Vec::with_capacity(ids.len());
-            for (id, line) in ids.iter().zip(&lines) {
-                // Ended operations are not asked again.
-                if line.done {
-                    ops.push(None);
-                } else {
-                    ops.push(Some(
-                        operations_api::operation_get(self.config(), id).await?,
-                    ));
-                }
-            }
-            let mut out = std::io::stdout().lock();
-            if tty && drawn > 0 {
-                let _ = write!(out, "\x1b[{drawn}A");
-            }
-            for (line, op) in lines.iter_mut().zip(&ops) {
-                let Some(op) = op else {
-                    if tty {
-                        let _ = writeln!(out, "{}", bar_line(line, width));
-                    }
-                    continue;
-                };
-                let now = (
-                    op.state.clone(),
-                    super::output::printable_line(&op.progress.stage),
-                    op.progress.percent,
-                );
-                line.done = TERMINAL.contains(&op.state.as_str());
-                line.ok = op.state == "succeeded";
-                let changed = line.shown.as_ref() != Some(&now);
-                line.shown = Some(now);
-                if tty {
-                    let _ = write!(out, "\x1b[2K");
-                    let _ = writeln!(out, "{}", bar_line(line, width));
-                } else if changed {
-                    let _ = writeln!(out, "{}", plain_line(line, width));
-                }
-                if line.done && !line.ok {
-                    if let Some(e) = &op.error {
-                        if tty {
-                            // Reprinted below the bars once everything has ended.
-                        } else {
-                            let e = super::output::printable(e);
-                            let _ = writeln!(out, "{:width$}  error: {e}", line.label);
-                        }
-                    }
-                }
-            }
-            let _ = out.flush();
+            let ops = self.poll(ids, &lines).await?;
+            draw(&mut lines, &ops, tty, width, drawn);
             drawn = lines.len();
             if lines.iter().all(|l| l.done) {
                 break;
             }
-            drop(out);
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        self.report_failures(ids, &lines, tty).await
+    }
+
+    /// The operations not yet ended, as they are now; None for those that have.
+    async fn poll(
+        &self,
+        ids: &[String],
+        lines: &[Line],
+    ) -> Result<Vec<Option<Operation>>, CliError> {
+        let mut ops = Vec::with_capacity(ids.len());
+        for (id, line) in ids.iter().zip(lines) {
+            // Ended operations are not asked again.
+            if line.done {
+                ops.push(None);
+            } else {
+                ops.push(Some(
+                    operations_api::operation_get(self.config(), id).await?,
+                ));
+            }
+        }
+        Ok(ops)
+    }
+
+    /// After the end: on a terminal, the errors below the bars; then how many failed.
+    /// True when all succeeded.
+    async fn report_failures(
+        &self,
+        ids: &[String],
+        lines: &[Line],
+        tty: bool,
+    ) -> Result<bool, CliError> {
         let failed: Vec<&Line> = lines.iter().filter(|l| !l.ok).collect();
         if tty {
-            for (id, line) in ids.iter().zip(&lines) {
+            for (id, line) in ids.iter().zip(lines) {
                 if !line.ok {
                     let op = operations_api::operation_get(self.config(), id).await?;
                     if let Some(e) = op.error {
@@ -141,6 +124,50 @@ impl Client {
             .trim()
             .to_string()
     }
+}
+
+/// One round of output: on a terminal the `drawn` bars are redrawn in place; otherwise a
+/// line for each operation whose state, stage or percentage changed (and its error, once
+/// it has failed). Updates `lines` from `ops`.
+fn draw(lines: &mut [Line], ops: &[Option<Operation>], tty: bool, width: usize, drawn: usize) {
+    let mut out = std::io::stdout().lock();
+    if tty && drawn > 0 {
+        let _ = write!(out, "\x1b[{drawn}A");
+    }
+    for (line, op) in lines.iter_mut().zip(ops) {
+        let Some(op) = op else {
+            if tty {
+                let _ = writeln!(out, "{}", bar_line(line, width));
+            }
+            continue;
+        };
+        let now = (
+            op.state.clone(),
+            super::output::printable_line(&op.progress.stage),
+            op.progress.percent,
+        );
+        line.done = TERMINAL.contains(&op.state.as_str());
+        line.ok = op.state == "succeeded";
+        let changed = line.shown.as_ref() != Some(&now);
+        line.shown = Some(now);
+        if tty {
+            let _ = write!(out, "\x1b[2K");
+            let _ = writeln!(out, "{}", bar_line(line, width));
+        } else if changed {
+            let _ = writeln!(out, "{}", plain_line(line, width));
+        }
+        if line.done && !line.ok {
+            if let Some(e) = &op.error {
+                if tty {
+                    // Reprinted below the bars once everything has ended.
+                } else {
+                    let e = super::output::printable(e);
+                    let _ = writeln!(out, "{:width$}  error: {e}", line.label);
+                }
+            }
+        }
+    }
+    let _ = out.flush();
 }
 
 fn bar_line(line: &Line, width: usize) -> String {

@@ -95,57 +95,9 @@ impl Client {
                 file,
                 os,
                 min_memory,
-            } => {
-                let os = os_type(&os)?;
-                let sha = sha256_of(&file)?;
-                // Sent here rather than through the generated client, which streams the
-                // file without the `Content-Type` the endpoint requires.
-                let f = tokio::fs::File::open(&file)
-                    .await
-                    .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-                let os = serde_json::to_value(os)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let mut query = vec![("os_type", os), ("sha256", sha)];
-                if let Some(m) = min_memory {
-                    query.push(("min_memory_mib", m.to_string()));
-                }
-                let mut req = c
-                    .client
-                    .put(format!("{}/templates/{name}/image", c.base_path))
-                    .query(&query)
-                    .header("content-type", "application/octet-stream")
-                    .body(file_body(f));
-                if let Some(t) = &c.bearer_access_token {
-                    req = req.bearer_auth(t);
-                }
-                let resp = req
-                    .send()
-                    .await
-                    .map_err(|e| CliError::Usage(format!("uploading: {e}")))?;
-                let status = resp.status();
-                let v: serde_json::Value = resp.json().await.unwrap_or_default();
-                if !status.is_success() {
-                    return Err(CliError::Usage(format!(
-                        "upload refused ({status}): {}",
-                        v["message"].as_str().unwrap_or("")
-                    )));
-                }
-                emit_record(self.out, &v);
-            }
+            } => self.template_upload(&name, &file, &os, min_memory).await?,
             TemplateCmd::Download { template, file } => {
-                let mut resp = resources_api::template_download(c, &template).await?;
-                let mut out = std::fs::File::create(&file)
-                    .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-                while let Some(chunk) = resp
-                    .chunk()
-                    .await
-                    .map_err(|e| CliError::Usage(format!("downloading: {e}")))?
-                {
-                    std::io::Write::write_all(&mut out, &chunk)
-                        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-                }
+                self.template_download(&template, &file).await?
             }
             TemplateCmd::Add {
                 name,
@@ -158,37 +110,7 @@ impl Client {
                 t.min_memory_mib = min_memory;
                 emit_record(self.out, &resources_api::template_create(c, t).await?);
             }
-            TemplateCmd::List => {
-                let list = resources_api::template_list(c).await?;
-                emit(self.out, &list, || {
-                    let mut t = Table::new(&[
-                        "name",
-                        "os",
-                        "profile",
-                        "min memory",
-                        "size",
-                        "sha256",
-                        "path",
-                        "age",
-                    ]);
-                    for x in &list {
-                        t.row(vec![
-                            x.name.clone(),
-                            x.os_type.clone(),
-                            x.os_init_profile.clone(),
-                            mib(u64::from(x.min_memory_mib)),
-                            x.size_bytes.map(|b| mib(b >> 20)).unwrap_or_default(),
-                            x.sha256
-                                .as_deref()
-                                .map(|h| h.chars().take(12).collect())
-                                .unwrap_or_default(),
-                            x.path.clone(),
-                            age(&x.created_at),
-                        ]);
-                    }
-                    t
-                });
-            }
+            TemplateCmd::List => self.template_list().await?,
             TemplateCmd::Show { template } => {
                 emit_record(self.out, &resources_api::template_get(c, &template).await?);
             }
@@ -206,6 +128,110 @@ impl Client {
             }
         }
         Ok(true)
+    }
+
+    /// `template upload`: streams `file` as template `name`, with its SHA-256 for the
+    /// controller to check.
+    async fn template_upload(
+        &self,
+        name: &str,
+        file: &std::path::Path,
+        os: &str,
+        min_memory: Option<u32>,
+    ) -> Result<(), CliError> {
+        let c = self.config();
+        let os = os_type(os)?;
+        let sha = sha256_of(file)?;
+        // Sent here rather than through the generated client, which streams the
+        // file without the `Content-Type` the endpoint requires.
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+        let os = serde_json::to_value(os)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let mut query = vec![("os_type", os), ("sha256", sha)];
+        if let Some(m) = min_memory {
+            query.push(("min_memory_mib", m.to_string()));
+        }
+        let mut req = c
+            .client
+            .put(format!("{}/templates/{name}/image", c.base_path))
+            .query(&query)
+            .header("content-type", "application/octet-stream")
+            .body(file_body(f));
+        if let Some(t) = &c.bearer_access_token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| CliError::Usage(format!("uploading: {e}")))?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(CliError::Usage(format!(
+                "upload refused ({status}): {}",
+                v["message"].as_str().unwrap_or("")
+            )));
+        }
+        emit_record(self.out, &v);
+        Ok(())
+    }
+
+    /// `template download`: `template`'s image into `file`, chunk by chunk.
+    async fn template_download(
+        &self,
+        template: &str,
+        file: &std::path::Path,
+    ) -> Result<(), CliError> {
+        let mut resp = resources_api::template_download(self.config(), template).await?;
+        let mut out = std::fs::File::create(file)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| CliError::Usage(format!("downloading: {e}")))?
+        {
+            std::io::Write::write_all(&mut out, &chunk)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+        }
+        Ok(())
+    }
+
+    /// `template list`.
+    async fn template_list(&self) -> Result<(), CliError> {
+        let list = resources_api::template_list(self.config()).await?;
+        emit(self.out, &list, || {
+            let mut t = Table::new(&[
+                "name",
+                "os",
+                "profile",
+                "min memory",
+                "size",
+                "sha256",
+                "path",
+                "age",
+            ]);
+            for x in &list {
+                t.row(vec![
+                    x.name.clone(),
+                    x.os_type.clone(),
+                    x.os_init_profile.clone(),
+                    mib(u64::from(x.min_memory_mib)),
+                    x.size_bytes.map(|b| mib(b >> 20)).unwrap_or_default(),
+                    x.sha256
+                        .as_deref()
+                        .map(|h| h.chars().take(12).collect())
+                        .unwrap_or_default(),
+                    x.path.clone(),
+                    age(&x.created_at),
+                ]);
+            }
+            t
+        });
+        Ok(())
     }
 
     pub async fn pool(&self, cmd: PoolCmd) -> Result<bool, CliError> {

@@ -251,52 +251,7 @@ impl BootJobApi {
         body: Json<QueueBootJobs>,
     ) -> ApiResult<QueueResponse> {
         let b = body.0;
-        if b.guests.is_empty() || b.guests.len() > 1000 {
-            return Err(Error::BadRequest("guests must name 1 to 1000 guests".into()).into());
-        }
-        let params = b.params.unwrap_or_else(|| serde_json::json!({}));
-        let Some(obj) = params.as_object() else {
-            return Err(Error::BadRequest("params must be a JSON object".into()).into());
-        };
-        if obj.len() > MAX_PARAMS {
-            return Err(Error::BadRequest(format!(
-                "params has {} entries; at most {MAX_PARAMS}",
-                obj.len()
-            ))
-            .into());
-        }
-        let system = catalog::shipped(Kind::Boot, &b.script).is_some();
-        if system {
-            super::access::admin(&auth.0, &format!("{}, a system job,", b.script))?;
-        }
-        if system {
-            // Corral's own jobs take checked parameters: through their endpoints only.
-            return Err(Error::Unprocessable(format!(
-                "{} is a system job: use PATCH /guests/{{id}} (hostname), POST /guests/{{id}}/password, \
-                 /ssh-keys or /change-ip, which check its parameters",
-                b.script
-            ))
-            .into());
-        }
-        let mut rows = Vec::new();
-        for name in &b.guests {
-            rows.push(super::access::guest(&state, &auth.0, name).await?);
-        }
-        // After the guests: another's guest answers 404 whatever the script.
-        if !system
-            && state
-                .store
-                .script(Kind::Boot.as_str(), &b.script)
-                .await?
-                .filter(|r| super::access::sees_script(&auth.0, r))
-                .is_none()
-        {
-            return Err(Error::Unprocessable(format!(
-                "boot script {} does not exist (GET /boot-scripts lists them)",
-                b.script
-            ))
-            .into());
-        }
+        let (rows, params) = checked(&state, &auth, &b).await?;
         let mut tx = state.store.begin().await?;
         let mut out = Vec::new();
         for g in &rows {
@@ -306,7 +261,7 @@ impl BootJobApi {
                 &g.id,
                 &b.script,
                 &params,
-                system,
+                false,
                 Requester::user(&auth.0.user),
             )
             .await?;
@@ -464,6 +419,56 @@ async fn visible_job(state: &AppState, auth: &Auth, id: &str) -> Result<BootJobR
         .await
         .map_err(|_| missing())?;
     Ok(j)
+}
+
+/// A queue request checked: its guests (each one the caller may see; 404 otherwise) and
+/// its parameters. corral's own (system) jobs are refused here: their endpoints check
+/// their parameters.
+async fn checked(
+    state: &AppState,
+    auth: &Auth,
+    b: &QueueBootJobs,
+) -> Result<(Vec<GuestRow>, serde_json::Value), Error> {
+    if b.guests.is_empty() || b.guests.len() > 1000 {
+        return Err(Error::BadRequest(
+            "guests must name 1 to 1000 guests".into(),
+        ));
+    }
+    let params = b.params.clone().unwrap_or_else(|| serde_json::json!({}));
+    let Some(obj) = params.as_object() else {
+        return Err(Error::BadRequest("params must be a JSON object".into()));
+    };
+    if obj.len() > MAX_PARAMS {
+        return Err(Error::BadRequest(format!(
+            "params has {} entries; at most {MAX_PARAMS}",
+            obj.len()
+        )));
+    }
+    if catalog::shipped(Kind::Boot, &b.script).is_some() {
+        super::access::admin(&auth.0, &format!("{}, a system job,", b.script))?;
+        return Err(Error::Unprocessable(format!(
+            "{} is a system job: use PATCH /guests/{{id}} (hostname), POST /guests/{{id}}/password, \
+             /ssh-keys or /change-ip, which check its parameters",
+            b.script
+        )));
+    }
+    let mut rows = Vec::new();
+    for name in &b.guests {
+        rows.push(super::access::guest(state, &auth.0, name).await?);
+    }
+    // After the guests: another's guest answers 404 whatever the script.
+    let visible = state
+        .store
+        .script(Kind::Boot.as_str(), &b.script)
+        .await?
+        .filter(|r| super::access::sees_script(&auth.0, r));
+    if visible.is_none() {
+        return Err(Error::Unprocessable(format!(
+            "boot script {} does not exist (GET /boot-scripts lists them)",
+            b.script
+        )));
+    }
+    Ok((rows, params))
 }
 
 fn default_limit() -> i64 {

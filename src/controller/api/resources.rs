@@ -184,43 +184,7 @@ impl TemplateApi {
             ))
             .into());
         }
-        let p = std::path::Path::new(&b.path);
-        if !p.is_absolute() || b.path.contains("/../") || b.path.ends_with('/') {
-            return Err(Error::BadRequest(format!(
-                "path {:?} must be a full path to an image file",
-                b.path
-            ))
-            .into());
-        }
-        // Never a guest's disk: nothing inside a node's disk-image directory, even when an
-        // image directory contains it.
-        for n in state.store.nodes().await? {
-            let storage = n.node_facts().storage_dir;
-            if !storage.is_empty()
-                && crate::config::in_dirs(&[std::path::PathBuf::from(&storage)], &b.path)
-            {
-                return Err(Error::Unprocessable(format!(
-                    "path {} is inside node {}'s disk-image directory {storage}: guests' disks \
-                     are not templates (make one from a guest instead)",
-                    b.path, n.id
-                ))
-                .into());
-            }
-        }
-        if !crate::config::in_dirs(&state.image_dirs, &b.path) {
-            let dirs: Vec<String> = state
-                .image_dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect();
-            return Err(Error::Unprocessable(format!(
-                "path {} is outside the template image directories ({}): put the image in \
-                 one of them, or an administrator adds its directory to image_dirs",
-                b.path,
-                dirs.join(", ")
-            ))
-            .into());
-        }
+        check_image_path(&state, &b.path).await?;
         let row = TemplateRow {
             id: new_id(),
             name: b.name.clone(),
@@ -334,4 +298,41 @@ impl TemplateApi {
         state.store.delete_template(&t.id).await?;
         Ok(Deleted::Deleted)
     }
+}
+
+/// An image registered by path: a full path, inside the template image directories, and
+/// never a guest's disk (nothing inside a node's disk-image directory, even when an image
+/// directory contains it).
+async fn check_image_path(state: &AppState, path: &str) -> Result<(), Error> {
+    let p = std::path::Path::new(path);
+    if !p.is_absolute() || path.contains("/../") || path.ends_with('/') {
+        return Err(Error::BadRequest(format!(
+            "path {path:?} must be a full path to an image file"
+        )));
+    }
+    for n in state.store.nodes().await? {
+        let storage = n.node_facts().storage_dir;
+        if !storage.is_empty()
+            && crate::config::in_dirs(&[std::path::PathBuf::from(&storage)], path)
+        {
+            return Err(Error::Unprocessable(format!(
+                "path {path} is inside node {}'s disk-image directory {storage}: guests' disks \
+                 are not templates (make one from a guest instead)",
+                n.id
+            )));
+        }
+    }
+    if !crate::config::in_dirs(&state.image_dirs, path) {
+        let dirs: Vec<String> = state
+            .image_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        return Err(Error::Unprocessable(format!(
+            "path {path} is outside the template image directories ({}): put the image in \
+             one of them, or an administrator adds its directory to image_dirs",
+            dirs.join(", ")
+        )));
+    }
+    Ok(())
 }
