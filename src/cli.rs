@@ -154,6 +154,32 @@ impl Client {
         &self.session.config
     }
 
+    /// Node ids to host names, for tables people read (`-o json` keeps the ids). Empty
+    /// when the caller may not list nodes: the tables then show ids.
+    async fn node_names(&self) -> Names {
+        match corral_client::apis::nodes_api::node_list(self.config(), None).await {
+            Ok(nodes) => Names(nodes.into_iter().map(|n| (n.id, n.hostname)).collect()),
+            Err(_) => Names::default(),
+        }
+    }
+
+    /// Guest ids to names, for tables people read.
+    async fn guest_names(&self) -> Names {
+        let list = corral_client::apis::guests_api::guest_list(
+            self.config(),
+            None,
+            None,
+            None,
+            Some(1000),
+            None,
+        )
+        .await;
+        match list {
+            Ok(guests) => Names(guests.into_iter().map(|g| (g.id, g.name)).collect()),
+            Err(_) => Names::default(),
+        }
+    }
+
     /// Names the server in an unreachable error.
     pub fn explain(&self, e: CliError) -> CliError {
         match e {
@@ -198,5 +224,18 @@ mod tests {
         assert_eq!(parse_mib("256").unwrap(), 256);
         assert!(parse_mib("12XB").is_err());
         assert!(parse_mib("MiB").is_err());
+    }
+}
+
+/// Ids to the names people read; an id without a name (a deleted guest) shows as itself.
+#[derive(Default)]
+struct Names(std::collections::HashMap<String, String>);
+
+impl Names {
+    fn of(&self, id: &Option<String>) -> String {
+        match id {
+            Some(id) => self.0.get(id).cloned().unwrap_or_else(|| id.clone()),
+            None => "-".into(),
+        }
     }
 }

@@ -463,7 +463,7 @@ async fn run_on(server: &Server, o: &ReadOpts) -> Result<(), BenchError> {
         records,
         &pool,
         (&template, &image),
-        Ipv4Addr::new(10, 0, 0, 10),
+        Ipv4Addr::new(198, 18, 0, 10),
     )
     .await?;
     let seeded = t0.elapsed().as_secs_f64();
@@ -506,8 +506,9 @@ async fn register(server: &Server) -> Result<(String, String, String), BenchErro
             reqwest::Method::POST,
             "/api/v1/ip-pools",
             Some(
-                json!({"name": "bench", "cidr": "10.0.0.0/15", "range_start": "10.0.0.10",
-                        "range_end": "10.1.255.250", "gateway": "10.0.0.1"}),
+                // The benchmarking range (RFC 2544), never a network someone uses.
+                json!({"name": "bench", "cidr": "198.18.0.0/15", "range_start": "198.18.0.10",
+                        "range_end": "198.19.255.250", "gateway": "198.18.0.1"}),
             ),
         )
         .await?;

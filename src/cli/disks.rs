@@ -154,6 +154,7 @@ impl Client {
     /// `disk list`: the data disks, and with `all` the system and seed disks too.
     async fn disk_list(&self, all: bool) -> Result<bool, CliError> {
         let list = guests_api::disk_list(self.config(), Some(all)).await?;
+        let (nodes, guests) = (self.node_names().await, self.guest_names().await);
         emit(self.out, &list, || {
             let mut t = Table::new(&["name", "kind", "size", "node", "guest", "device", "state"]);
             for d in &list {
@@ -161,8 +162,8 @@ impl Client {
                     d.name.clone(),
                     d.kind.clone(),
                     d.size_gib.map(|g| format!("{g} GiB")).unwrap_or_default(),
-                    d.node_id.clone(),
-                    opt(&d.guest_id),
+                    nodes.of(&Some(d.node_id.clone())),
+                    guests.of(&d.guest_id),
                     opt(&d.target),
                     d.state.clone(),
                 ]);

@@ -297,13 +297,14 @@ impl Client {
             None,
         )
         .await?;
+        let nodes = self.node_names().await;
         emit(self.out, &guests, || {
             let mut t = Table::new(&["name", "state", "node", "ip", "cpus", "memory", "age"]);
             for g in &guests {
                 t.row(vec![
                     g.name.clone(),
                     state(&g.state),
-                    opt(&g.node_id),
+                    nodes.of(&g.node_id),
                     opt(&g.ip),
                     g.cpus.to_string(),
                     mib(u64::from(g.memory_mib)),

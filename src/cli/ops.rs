@@ -81,6 +81,7 @@ impl Client {
             None,
         )
         .await?;
+        let guests = self.guest_names().await;
         emit(self.out, &ops, || {
             let mut t = Table::new(&["id", "kind", "state", "progress", "guest", "age"]);
             for o in &ops {
@@ -89,7 +90,7 @@ impl Client {
                     o.kind.clone(),
                     o.state.clone(),
                     format!("{:>3}% {}", o.progress.percent, o.progress.stage),
-                    opt(&o.guest_id),
+                    guests.of(&o.guest_id),
                     age(&o.created_at),
                 ]);
             }

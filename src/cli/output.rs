@@ -117,18 +117,50 @@ pub fn emit_record<T: Serialize>(out: Output, value: &T) {
         let mut t = Table::new(&["field", "value"]);
         if let Ok(Value::Object(m)) = serde_json::to_value(value) {
             for (k, v) in m {
-                // One line per field: a multi-line value (a script's source) shows its
-                // first line; `-o json` or `-o yaml` gives all of it.
-                let c = cell(&v);
-                let c = match c.split_once('\n') {
-                    Some((first, _)) => format!("{first} …"),
-                    None => c,
-                };
-                t.row(vec![k, c]);
+                record_rows(&mut t, "", k, &v);
             }
         }
         t
     });
+}
+
+/// One field as rows: a plain value on its own row; a nested record as its name, then
+/// its fields indented under it; a list of records as one `-` entry per record (the
+/// disks of `guest show`), never a JSON cell.
+fn record_rows(t: &mut Table, indent: &str, key: String, v: &Value) {
+    let deeper = format!("{indent}  ");
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            t.row(vec![format!("{indent}{key}"), String::new()]);
+            for (k, v) in m {
+                record_rows(t, &deeper, k.clone(), v);
+            }
+        }
+        Value::Array(a) if a.iter().any(|x| x.is_object()) => {
+            t.row(vec![format!("{indent}{key}"), String::new()]);
+            for item in a {
+                match item {
+                    Value::Object(m) => {
+                        for (i, (k, v)) in m.iter().enumerate() {
+                            let mark = if i == 0 { "- " } else { "  " };
+                            record_rows(t, &format!("{deeper}{mark}"), k.clone(), v);
+                        }
+                    }
+                    other => record_rows(t, &deeper, "-".into(), other),
+                }
+            }
+        }
+        _ => {
+            // One line per field: a multi-line value (a script's source) shows its first
+            // line; `-o json` or `-o yaml` gives all of it.
+            let c = cell(v);
+            let c = match c.split_once('\n') {
+                Some((first, _)) => format!("{first} …"),
+                None => c,
+            };
+            t.row(vec![format!("{indent}{key}"), c]);
+        }
+    }
 }
 
 /// A JSON value as one table cell.
@@ -278,6 +310,20 @@ fn flow(v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn nested_records_are_indented_rows_not_json_cells() {
+        let mut t = Table::new(&["field", "value"]);
+        let disks =
+            json!([{"kind": "system", "path": "/d/a.qcow2"}, {"kind": "seed", "path": "/d/a.iso"}]);
+        record_rows(&mut t, "", "name".into(), &json!("web-1"));
+        record_rows(&mut t, "", "disks".into(), &disks);
+        let out = t.render();
+        assert!(!out.contains('{'), "{out}");
+        for want in ["disks", "  - kind", "    path", "system", "/d/a.iso"] {
+            assert!(out.contains(want), "{want}: {out}");
+        }
+    }
 
     #[test]
     fn yaml_is_block_style_and_quotes_every_string() {

@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use corral_client::apis::{guests_api, nodes_api, operations_api, resources_api};
-use corral_client::models::{CreateGuest, CreatePool, CreateTemplate, OsType};
+use corral_client::apis::{guests_api, nodes_api, operations_api, resources_api, users_api};
+use corral_client::models::{
+    CreateGuest, CreatePool, CreateTemplate, EnrollNode, NewUser, OsType, UserRole,
+};
 use corral_client::session::Session;
 use serde_json::{json, Value};
 
@@ -319,10 +321,10 @@ impl Cloud {
 
     /// Enrolls node `id` (`POST /nodes`) and keeps its `redis_url` for starting it.
     pub async fn enroll(&mut self, id: &str) {
-        let (s, v) = self.post("/nodes", json!({ "id": id })).await;
-        assert_eq!(s, 201, "enrolling {id}: {v}");
-        let url = v["redis_url"].as_str().expect("redis_url").to_string();
-        self.node_urls.insert(id.to_string(), url);
+        let cred = nodes_api::node_enroll(self.c(), EnrollNode::new(id.into()))
+            .await
+            .unwrap_or_else(|e| panic!("enrolling {id}: {}", sdk_error(e)));
+        self.node_urls.insert(id.to_string(), cred.redis_url);
     }
 
     /// `corral up`: both roles in one process.
@@ -454,22 +456,16 @@ impl Cloud {
     /// Creates a user with role `user` and returns a token of theirs.
     pub async fn new_user(&self, name: &str) -> String {
         let pw = format!("{name}-password-1");
-        let (s, v) = self
-            .post(
-                "/users",
-                json!({"name": name, "password": pw, "role": "user"}),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
-        let r = self
-            .http
-            .post(self.url("/auth/login"))
-            .json(&json!({"username": name, "password": pw}))
-            .send()
+        users_api::user_create(
+            self.c(),
+            NewUser::new(name.into(), pw.clone(), UserRole::User),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("user {name}: {}", sdk_error(e)));
+        let s = Session::login(&self.url(""), name, &pw)
             .await
-            .unwrap();
-        let v: Value = r.json().await.unwrap();
-        v["token"].as_str().unwrap().to_string()
+            .unwrap_or_else(|e| panic!("login of {name}: {e}"));
+        s.config.bearer_access_token.clone().unwrap_or_default()
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
