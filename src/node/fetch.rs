@@ -98,6 +98,9 @@ impl ImageSource {
         Ok(dest.display().to_string())
     }
 
+    /// Fetches template `t`'s image into `dest`: requested from the controller, streamed
+    /// into a part file while hashed, checked against the expected SHA-256, then renamed
+    /// into place.
     async fn fetch(
         &self,
         t: &TemplateSource,
@@ -106,71 +109,10 @@ impl ImageSource {
     ) -> Result<(), ActionError> {
         crate::modes::private_dir(&self.cache_dir)
             .map_err(|e| fetch_failed(&t.id, "creating the cache", e))?;
-        let url = format!("{}/node/v1/templates/{}/image", self.base_url, t.id);
-        let resp = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.secret)
-            .header("X-Corral-Node", &self.node_id)
-            .send()
-            .await
-            .map_err(|e| fetch_failed(&t.id, "reaching the controller", e))?;
-        match resp.status().as_u16() {
-            200 => {}
-            401 => {
-                return Err(ActionError::Permanent(
-                    "the controller refused this node's credential for a template image".into(),
-                ))
-            }
-            404 => {
-                return Err(ActionError::Permanent(format!(
-                    "the controller has no template {}",
-                    t.id
-                )))
-            }
-            409 => {
-                let why = resp.text().await.unwrap_or_default();
-                return Err(ActionError::Permanent(why));
-            }
-            s => {
-                return Err(ActionError::Transient(format!(
-                    "fetching template {}: the controller answered {s}",
-                    t.id
-                )))
-            }
-        }
-        let want = t.sha256.clone().or_else(|| {
-            resp.headers()
-                .get("x-checksum-sha256")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_ascii_lowercase)
-        });
+        let resp = self.request(t).await?;
+        let want = expected_sha256(t, &resp);
         let part = self.cache_dir.join(format!(".{}.part", t.id));
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(crate::modes::FILE)
-            .open(&part)
-            .await
-            .map_err(|e| fetch_failed(&t.id, "writing the cache", e))?;
-        let total = resp.content_length();
-        let mut received = 0u64;
-        let mut hash = Sha256::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| fetch_failed(&t.id, "the transfer broke off", e))?;
-            received += chunk.len() as u64;
-            progress(received, total);
-            hash.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| fetch_failed(&t.id, "writing the cache", e))?;
-        }
-        file.sync_all()
-            .await
-            .map_err(|e| fetch_failed(&t.id, "writing the cache", e))?;
-        let got = hex::encode(hash.finalize());
+        let got = receive(t, resp, &part, progress).await?;
         if let Some(want) = want.filter(|w| *w != got) {
             let _ = tokio::fs::remove_file(&part).await;
             return Err(ActionError::Permanent(format!(
@@ -184,6 +126,86 @@ impl ImageSource {
         tracing::info!(template = t.id, sha256 = got, "template image cached");
         Ok(())
     }
+
+    /// Asks the controller for template `t`'s image: its answer when it sends the image.
+    /// A refused credential, an unknown template or a 409 (its message passed on) will
+    /// not change on a retry and are permanent; any other status is worth retrying.
+    async fn request(&self, t: &TemplateSource) -> Result<reqwest::Response, ActionError> {
+        let url = format!("{}/node/v1/templates/{}/image", self.base_url, t.id);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.secret)
+            .header("X-Corral-Node", &self.node_id)
+            .send()
+            .await
+            .map_err(|e| fetch_failed(&t.id, "reaching the controller", e))?;
+        match resp.status().as_u16() {
+            200 => Ok(resp),
+            401 => Err(ActionError::Permanent(
+                "the controller refused this node's credential for a template image".into(),
+            )),
+            404 => Err(ActionError::Permanent(format!(
+                "the controller has no template {}",
+                t.id
+            ))),
+            409 => {
+                let why = resp.text().await.unwrap_or_default();
+                Err(ActionError::Permanent(why))
+            }
+            s => Err(ActionError::Transient(format!(
+                "fetching template {}: the controller answered {s}",
+                t.id
+            ))),
+        }
+    }
+}
+
+/// The SHA-256 the image must have: the job's, else the controller's
+/// `X-Checksum-Sha256`; none when neither knows it.
+fn expected_sha256(t: &TemplateSource, resp: &reqwest::Response) -> Option<String> {
+    t.sha256.clone().or_else(|| {
+        resp.headers()
+            .get("x-checksum-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+    })
+}
+
+/// Streams `resp`'s body into `part` (created or truncated), hashing it and telling
+/// `progress` of each chunk: the SHA-256 of what arrived, once it is on disk. A broken
+/// transfer leaves the part for the next fetch to start over.
+async fn receive(
+    t: &TemplateSource,
+    resp: reqwest::Response,
+    part: &Path,
+    progress: &Progress<'_>,
+) -> Result<String, ActionError> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::modes::FILE)
+        .open(part)
+        .await
+        .map_err(|e| fetch_failed(&t.id, "writing the cache", e))?;
+    let total = resp.content_length();
+    let mut received = 0u64;
+    let mut hash = Sha256::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| fetch_failed(&t.id, "the transfer broke off", e))?;
+        received += chunk.len() as u64;
+        progress(received, total);
+        hash.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| fetch_failed(&t.id, "writing the cache", e))?;
+    }
+    file.sync_all()
+        .await
+        .map_err(|e| fetch_failed(&t.id, "writing the cache", e))?;
+    Ok(hex::encode(hash.finalize()))
 }
 
 /// A fetch of template `id` failed at `what`; the next try starts over.

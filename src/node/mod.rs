@@ -658,61 +658,98 @@ fn ignored(name: &str) -> bool {
     name.starts_with("guestfs-")
 }
 
+/// The `watcher` loop: reports each domain libvirt announces a change of at once, and
+/// reconciles every domain with a full inventory every `reconcile_secs`.
 async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(ctx.cfg.reconcile_secs.max(1)));
-    let mut last: HashMap<String, String> = HashMap::new();
-    let mut last_xml: HashMap<String, String> = HashMap::new();
+    let mut reported = Reported::default();
     let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<String>();
     events::spawn_listener(ctx.cfg.hypervisor_uri.clone(), tx);
     ctx.set_worker("watcher", "running");
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            Some(uuid) = changed.recv() => {
-                // One domain changed: report just it, right away. The observation's time
-                // is taken before the state is read: a result the controller applied
-                // while this report was on its way must win over it.
-                let seen_at = now_ms();
-                let state = match ctx.hv.state(&uuid).await {
-                    Ok(Some(s)) => s.as_str().to_string(),
-                    Ok(None) => { last.remove(&uuid); continue; }
-                    Err(e) => { tracing::warn!("reading state of {uuid}: {e}"); continue; }
-                };
-                // The event may come with a changed definition (S11): push it when it differs.
-                if let Ok(xml) = ctx.hv.xml(&uuid).await {
-                    if last_xml.get(&uuid) != Some(&xml) {
-                        let ev = NodeEvent::DomainXml { node_id: ctx.node_id.clone(), guest_id: uuid.clone(), xml: xml.clone() };
-                        if ctx.publisher.publish(&ev).await.is_ok() {
-                            last_xml.insert(uuid.clone(), xml);
-                        }
-                    }
-                }
-                if last.get(&uuid) != Some(&state) {
-                    let ev = NodeEvent::DomainState { node_id: ctx.node_id.clone(), guest_id: uuid.clone(), state: state.clone(), at_ms: seen_at };
-                    if ctx.publisher.publish(&ev).await.is_ok() {
-                        last.insert(uuid, state);
-                    }
-                }
-                continue;
-            }
-            _ = tick.tick() => {}
+            Some(uuid) = changed.recv() => reported.domain_changed(&ctx, uuid).await,
+            _ = tick.tick() => reported.reconcile(&ctx).await,
         }
-        // As above: the inventory is as of before the listing.
+    }
+}
+
+/// What the watcher last reported of each domain, by uuid: a state or a definition is
+/// sent again only when it differs, and recorded only once it was sent.
+#[derive(Default)]
+struct Reported {
+    /// The state last reported.
+    states: HashMap<String, String>,
+    /// The definition last pushed (S11).
+    xml: HashMap<String, String>,
+}
+
+impl Reported {
+    /// One domain changed: report just it, right away, its definition first when that
+    /// changed too.
+    async fn domain_changed(&mut self, ctx: &NodeCtx, uuid: String) {
+        // The observation's time is taken before the state is read: a result the
+        // controller applied while this report was on its way must win over it.
+        let seen_at = now_ms();
+        let state = match ctx.hv.state(&uuid).await {
+            Ok(Some(s)) => s.as_str().to_string(),
+            Ok(None) => {
+                self.states.remove(&uuid);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("reading state of {uuid}: {e}");
+                return;
+            }
+        };
+        // The event may come with a changed definition (S11): push it when it differs.
+        if let Ok(xml) = ctx.hv.xml(&uuid).await {
+            if self.xml.get(&uuid) != Some(&xml) {
+                let ev = NodeEvent::DomainXml {
+                    node_id: ctx.node_id.clone(),
+                    guest_id: uuid.clone(),
+                    xml: xml.clone(),
+                };
+                if ctx.publisher.publish(&ev).await.is_ok() {
+                    self.xml.insert(uuid.clone(), xml);
+                }
+            }
+        }
+        if self.states.get(&uuid) != Some(&state) {
+            let ev = NodeEvent::DomainState {
+                node_id: ctx.node_id.clone(),
+                guest_id: uuid.clone(),
+                state: state.clone(),
+                at_ms: seen_at,
+            };
+            if ctx.publisher.publish(&ev).await.is_ok() {
+                self.states.insert(uuid, state);
+            }
+        }
+    }
+
+    /// The periodic reconcile (S73): every domain whose state differs from the last
+    /// report is reported, then the full inventory, which catches anything an event
+    /// missed. A hypervisor that cannot list its domains marks the worker and waits for
+    /// the next tick.
+    async fn reconcile(&mut self, ctx: &NodeCtx) {
+        // As for one domain: the inventory is as of before the listing.
         let listed_at = now_ms();
         let doms = match ctx.hv.list().await {
             Ok(d) => d,
             Err(e) => {
                 ctx.set_worker("watcher", "hypervisor unreachable");
                 tracing::warn!("listing domains: {e}");
-                continue;
+                return;
             }
         };
         ctx.set_worker("watcher", "running");
         let mut now_states = HashMap::new();
         for d in doms.iter().filter(|d| !ignored(&d.name)) {
             let st = d.state.as_str().to_string();
-            if last.get(&d.uuid) != Some(&st) {
+            if self.states.get(&d.uuid) != Some(&st) {
                 let ev = NodeEvent::DomainState {
                     node_id: ctx.node_id.clone(),
                     guest_id: d.uuid.clone(),
@@ -725,7 +762,7 @@ async fn watch_loop(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output
             }
             now_states.insert(d.uuid.clone(), st);
         }
-        last = now_states;
+        self.states = now_states;
         let ev = NodeEvent::Inventory {
             node_id: ctx.node_id.clone(),
             domains: doms

@@ -401,6 +401,10 @@ async fn precheck_manual(state: &AppState, g: &GuestRow, addr: &str) -> Result<(
 
 /// `PATCH /guests/{id}`: change a guest's settings inside it, the hostname (S78). The
 /// route lives with the guest's other methods in `guests.rs`, so the path is declared once.
+///
+/// Tags and hostname change in one transaction: the tags are recorded, then the hostname
+/// with its `set-hostname` job (and its run, when the guest runs); the run is woken once
+/// the transaction is committed.
 pub(super) async fn update(
     auth: Auth,
     state: &AppState,
@@ -415,29 +419,11 @@ pub(super) async fn update(
         .map(super::guests::check_tags)
         .transpose()?;
     if let Some(hostname) = &body.hostname {
-        check_hostname(hostname).map_err(Error::BadRequest)?;
-        posix_only(&g, "a hostname change")?;
-        if matches!(g.state, GuestState::Creating | GuestState::Deleting) {
-            return Err(Error::Conflict {
-                message: format!(
-                    "guest {} is {}; change it once that is done",
-                    g.name, g.state
-                ),
-                details: None,
-            }
-            .into());
-        }
+        check_hostname_change(&g, hostname)?;
     }
     let mut tx = state.store.begin().await?;
     if let Some(tags) = &tags {
-        st::set_guest_tags(&mut tx, &g.id, tags).await?;
-        st::events::append(
-            &mut tx,
-            "guest.tags",
-            &g.id,
-            &serde_json::json!({"guest_id": g.id, "tags": tags}),
-        )
-        .await?;
+        record_tags(&mut tx, &g, tags).await?;
     }
     let Some(hostname) = body.hostname else {
         state.store.commit(tx).await?;
@@ -447,33 +433,8 @@ pub(super) async fn update(
             operation_id: None,
         }));
     };
-    st::set_guest_hostname(&mut tx, &g.id, &hostname).await?;
-    let params = serde_json::json!({ "hostname": hostname });
-    let job = queue(
-        state,
-        &mut tx,
-        &g.id,
-        "set-hostname",
-        &params,
-        true,
-        Requester::user(&auth.0.user),
-    )
-    .await?;
-    let op = run_now(
-        state,
-        &mut tx,
-        &g,
-        vec![job.clone()],
-        Requester::user(&auth.0.user),
-    )
-    .await?;
-    st::events::append(
-        &mut tx,
-        "guest.hostname",
-        &g.id,
-        &serde_json::json!({"guest_id": g.id, "hostname": hostname, "boot_job_id": job}),
-    )
-    .await?;
+    let by = Requester::user(&auth.0.user);
+    let (job, op) = record_hostname(state, &mut tx, &g, &hostname, by).await?;
     state.store.commit(tx).await?;
     if let Some(op) = &op {
         state.waker.wake(op);
@@ -483,4 +444,58 @@ pub(super) async fn update(
         boot_job_id: Some(job),
         operation_id: op,
     }))
+}
+
+/// Whether `g` can take `hostname`: a valid hostname (400), a guest with a shell to set it
+/// (422), and one that is not being created or deleted (409).
+fn check_hostname_change(g: &GuestRow, hostname: &str) -> Result<(), Error> {
+    check_hostname(hostname).map_err(Error::BadRequest)?;
+    posix_only(g, "a hostname change")?;
+    if matches!(g.state, GuestState::Creating | GuestState::Deleting) {
+        return Err(Error::Conflict {
+            message: format!(
+                "guest {} is {}; change it once that is done",
+                g.name, g.state
+            ),
+            details: None,
+        });
+    }
+    Ok(())
+}
+
+/// Records `g`'s new tags, with their `guest.tags` event, in `tx`.
+async fn record_tags(tx: &mut st::Tx<'_>, g: &GuestRow, tags: &[String]) -> Result<(), Error> {
+    st::set_guest_tags(tx, &g.id, tags).await?;
+    st::events::append(
+        tx,
+        "guest.tags",
+        &g.id,
+        &serde_json::json!({"guest_id": g.id, "tags": tags}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records `g`'s new hostname in `tx` and queues the `set-hostname` system job, with its
+/// run when the guest is running, and the `guest.hostname` event: the job's id and the
+/// run's, which the caller wakes once `tx` is committed.
+async fn record_hostname(
+    state: &AppState,
+    tx: &mut st::Tx<'_>,
+    g: &GuestRow,
+    hostname: &str,
+    by: Requester<'_>,
+) -> Result<(String, Option<String>), Error> {
+    st::set_guest_hostname(tx, &g.id, hostname).await?;
+    let params = serde_json::json!({ "hostname": hostname });
+    let job = queue(state, tx, &g.id, "set-hostname", &params, true, by).await?;
+    let op = run_now(state, tx, g, vec![job.clone()], by).await?;
+    st::events::append(
+        tx,
+        "guest.hostname",
+        &g.id,
+        &serde_json::json!({"guest_id": g.id, "hostname": hostname, "boot_job_id": job}),
+    )
+    .await?;
+    Ok((job, op))
 }

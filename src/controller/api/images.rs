@@ -179,6 +179,53 @@ async fn upload_limit(state: &AppState, caller: &super::auth::Caller) -> Result<
     Ok(cap.min(left))
 }
 
+/// The client's SHA-256 of the image, lower-cased: 64 hex digits, or 400.
+fn checksum(sha256: &str) -> Result<String, Error> {
+    let want = sha256.to_ascii_lowercase();
+    if want.len() != 64 || !want.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::BadRequest("sha256 must be 64 hex digits".into()));
+    }
+    Ok(want)
+}
+
+/// Where new template images go, uploaded or made from a guest: the first template
+/// directory (409 when none is configured).
+pub(super) fn template_dir(state: &AppState) -> Result<&std::path::Path, Error> {
+    state
+        .image_dirs
+        .first()
+        .map(std::path::PathBuf::as_path)
+        .ok_or_else(|| Error::Conflict {
+            message: "no template directory is configured (image_dirs)".into(),
+            details: None,
+        })
+}
+
+/// The upload's size from its `Content-Length`, when the client sent a readable one.
+fn content_length(req: &poem::Request) -> Option<u64> {
+    req.headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Renames the checked upload `tmp` into place as `dest`, never over an existing file;
+/// on failure `tmp` is removed, so nothing of the upload is left.
+async fn keep(tmp: &std::path::Path, dest: &std::path::Path) -> Result<(), Error> {
+    if dest.exists() {
+        let _ = tokio::fs::remove_file(tmp).await;
+        return Err(Error::Conflict {
+            message: format!("{} exists; choose another name", dest.display()),
+            details: None,
+        });
+    }
+    if let Err(e) = tokio::fs::rename(tmp, dest).await {
+        let _ = tokio::fs::remove_file(tmp).await;
+        return Err(Error::Unavailable(format!("keeping the image: {e}")));
+    }
+    Ok(())
+}
+
 pub struct ImageApi;
 
 #[OpenApi(tag = "super::system::Tag::Resources")]
@@ -206,18 +253,9 @@ impl ImageApi {
         req: &poem::Request,
     ) -> ApiResult<Uploaded> {
         super::check_name("template", &name)?;
-        let want = sha256.0.to_ascii_lowercase();
-        if want.len() != 64 || !want.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::BadRequest("sha256 must be 64 hex digits".into()).into());
-        }
+        let want = checksum(&sha256)?;
         super::resources::refuse_taken_name(&state, &auth.0, &name).await?;
-        let Some(dir) = state.image_dirs.first().cloned() else {
-            return Err(Error::Conflict {
-                message: "no template directory is configured (image_dirs)".into(),
-                details: None,
-            }
-            .into());
-        };
+        let dir = template_dir(&state)?;
         // The file is named by the new template's id: a path nobody can guess or choose.
         let id = new_id();
         let tmp = dir.join(format!(".{id}.upload"));
@@ -226,11 +264,7 @@ impl ImageApi {
             name: &name.0,
             requested_by: &auth.0.name,
             requested_by_id: &auth.0.id,
-            total: req
-                .headers()
-                .get(poem::http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()),
+            total: content_length(req),
             reported: None,
         };
         let checked = receive_checked(&state, &auth.0, body.0, &tmp, &mut progress, &want).await;
@@ -243,23 +277,11 @@ impl ImageApi {
             }
         };
         let dest = dir.join(format!("{id}.{format}"));
-        let dest_s = dest.display().to_string();
-        if dest.exists() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(Error::Conflict {
-                message: format!("{dest_s} exists; choose another name"),
-                details: None,
-            }
-            .into());
-        }
-        if let Err(e) = tokio::fs::rename(&tmp, &dest).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(Error::Unavailable(format!("keeping the image: {e}")).into());
-        }
+        keep(&tmp, &dest).await?;
         let row = TemplateRow {
             id,
             name: name.0.clone(),
-            path: dest_s,
+            path: dest.display().to_string(),
             os_type: match os_type.0 {
                 OsType::Linux => "linux".into(),
                 OsType::Windows => "windows".into(),

@@ -231,6 +231,82 @@ async fn pool_of(state: &AppState, id: &str) -> Result<PoolRow, Error> {
         .ok_or_else(|| Error::not_found("IP pool", id.to_string()))
 }
 
+/// One page of `p`'s addresses in list order (range by range, ascending, gateway
+/// excluded), `offset` and `limit` counted among those in state `filter`.
+async fn addresses_page(
+    state: &AppState,
+    p: &PoolRow,
+    filter: Option<AddressState>,
+    offset: u64,
+    limit: usize,
+) -> Result<Vec<Address>, Error> {
+    let range = alloc::load_pool(&state.store, p)
+        .await
+        .map_err(Error::from)?;
+    Ok(match filter {
+        // The page's addresses are computed; only their holders are looked up.
+        None => {
+            let ips: Vec<Ipv4Addr> = range.addresses_from(offset).take(limit).collect();
+            let held = alloc::holders_of(&state.store, &p.id, &ips)
+                .await
+                .map_err(Error::from)?;
+            ips.into_iter()
+                .map(|ip| address(ip, held.get(&ip)))
+                .collect()
+        }
+        Some(AddressState::Free) => {
+            let held = alloc::holders(&state.store, &p.id)
+                .await
+                .map_err(Error::from)?;
+            range
+                .addresses()
+                .filter(|ip| !held.contains_key(ip))
+                .skip(offset as usize)
+                .take(limit)
+                .map(|ip| address(ip, None))
+                .collect()
+        }
+        // Held addresses in list order: range by range, ascending, gateway excluded.
+        Some(want) => {
+            let held = alloc::holders(&state.store, &p.id)
+                .await
+                .map_err(Error::from)?;
+            range
+                .ranges
+                .iter()
+                .flat_map(|(a, b)| held.range(*a..=*b))
+                .filter(|(ip, h)| Some(**ip) != range.gateway && state_of(Some(h)) == want)
+                .skip(offset as usize)
+                .take(limit)
+                .map(|(ip, h)| address(*ip, Some(h)))
+                .collect()
+        }
+    })
+}
+
+/// For a user (`viewer` is their owner scope), drops the guest from addresses held by
+/// guests that are not theirs: they see that the address is allocated, not by whom.
+/// An admin (`None`) sees every holder.
+async fn hide_others_guests(
+    state: &AppState,
+    viewer: Option<&str>,
+    out: Vec<Address>,
+) -> Result<Vec<Address>, Error> {
+    let Some(me) = viewer else {
+        return Ok(out);
+    };
+    let mine = state.store.guest_ids_of_owner(me).await?;
+    Ok(out
+        .into_iter()
+        .map(|mut a| {
+            if a.guest_id.as_ref().is_some_and(|g| !mine.contains(g)) {
+                a.guest_id = None;
+            }
+            a
+        })
+        .collect())
+}
+
 pub struct PoolApi;
 
 #[OpenApi(tag = "super::system::Tag::Resources")]
@@ -417,65 +493,8 @@ impl PoolApi {
             .pages
             .page(key, &tables, async {
                 let p = pool_of(&state, &id).await?;
-                let range = alloc::load_pool(&state.store, &p)
-                    .await
-                    .map_err(Error::from)?;
-                let (offset, limit) = (offset.0, limit.0 as usize);
-                let out: Vec<Address> = match filter.0 {
-                    // The page's addresses are computed; only their holders are looked up.
-                    None => {
-                        let ips: Vec<Ipv4Addr> = range.addresses_from(offset).take(limit).collect();
-                        let held = alloc::holders_of(&state.store, &p.id, &ips)
-                            .await
-                            .map_err(Error::from)?;
-                        ips.into_iter()
-                            .map(|ip| address(ip, held.get(&ip)))
-                            .collect()
-                    }
-                    Some(AddressState::Free) => {
-                        let held = alloc::holders(&state.store, &p.id)
-                            .await
-                            .map_err(Error::from)?;
-                        range
-                            .addresses()
-                            .filter(|ip| !held.contains_key(ip))
-                            .skip(offset as usize)
-                            .take(limit)
-                            .map(|ip| address(ip, None))
-                            .collect()
-                    }
-                    // Held addresses in list order: range by range, ascending, gateway excluded.
-                    Some(want) => {
-                        let held = alloc::holders(&state.store, &p.id)
-                            .await
-                            .map_err(Error::from)?;
-                        range
-                            .ranges
-                            .iter()
-                            .flat_map(|(a, b)| held.range(*a..=*b))
-                            .filter(|(ip, h)| {
-                                Some(**ip) != range.gateway && state_of(Some(h)) == want
-                            })
-                            .skip(offset as usize)
-                            .take(limit)
-                            .map(|(ip, h)| address(*ip, Some(h)))
-                            .collect()
-                    }
-                };
-                let out = match &viewer {
-                    None => out,
-                    Some(me) => {
-                        let mine = state.store.guest_ids_of_owner(me).await?;
-                        out.into_iter()
-                            .map(|mut a: Address| {
-                                if a.guest_id.as_ref().is_some_and(|g| !mine.contains(g)) {
-                                    a.guest_id = None;
-                                }
-                                a
-                            })
-                            .collect()
-                    }
-                };
+                let out = addresses_page(&state, &p, filter.0, offset.0, limit.0 as usize).await?;
+                let out = hide_others_guests(&state, viewer.as_deref(), out).await?;
                 Ok((out, Clock::Independent))
             })
             .await

@@ -63,19 +63,17 @@ impl Bodies {
         self.walk(value, schema, "")
     }
 
+    /// Checks `value` (found at `at`, empty for the body itself) against `schema`: a
+    /// `$ref` is followed, `null` is refused unless the schema is `nullable`, every
+    /// `allOf` part must hold, then the JSON type, then array items and object fields.
     fn walk(&self, value: &Value, schema: &Value, at: &str) -> Result<(), String> {
-        let field = || {
-            if at.is_empty() {
-                "the body".to_string()
-            } else {
-                format!("`{at}`")
-            }
-        };
         if let Some(name) = schema
             .get("$ref")
             .and_then(Value::as_str)
             .and_then(|r| r.strip_prefix("#/components/schemas/"))
         {
+            // A reference the document does not define cannot be checked; the typed
+            // parser still sees the body.
             return match self.schemas.get(name) {
                 Some(s) => self.walk(value, s, at),
                 None => Ok(()),
@@ -87,7 +85,7 @@ impl Bodies {
             } else {
                 Err(format!(
                     "{} must not be null: leave the field out instead",
-                    field()
+                    field(at)
                 ))
             };
         }
@@ -102,17 +100,12 @@ impl Bodies {
         let Some(ty) = schema.get("type").and_then(Value::as_str) else {
             return Ok(());
         };
-        let fits = match ty {
-            "string" => value.is_string(),
-            "integer" => value.is_i64() || value.is_u64(),
-            "number" => value.is_number(),
-            "boolean" => value.is_boolean(),
-            "array" => value.is_array(),
-            "object" => value.is_object(),
-            _ => true,
-        };
-        if !fits {
-            return Err(format!("{} must be {}, not {value}", field(), article(ty)));
+        if !fits(ty, value) {
+            return Err(format!(
+                "{} must be {}, not {value}",
+                field(at),
+                article(ty)
+            ));
         }
         if let (Some(items), Some(schema)) = (value.as_array(), schema.get("items")) {
             for (i, item) in items.iter().enumerate() {
@@ -120,38 +113,73 @@ impl Bodies {
             }
         }
         if let Some(obj) = value.as_object() {
-            let props = schema.get("properties").and_then(Value::as_object);
-            for name in schema
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-            {
-                if !obj.contains_key(name) {
-                    return Err(format!("`{}` is required", join(at, name)));
-                }
+            self.walk_object(obj, schema, at)?;
+        }
+        Ok(())
+    }
+
+    /// Checks an object's fields: every required field first, then each field in turn
+    /// against its property schema; a field with no schema is refused only when the
+    /// object is closed (`additionalProperties: false`).
+    fn walk_object(
+        &self,
+        obj: &serde_json::Map<String, Value>,
+        schema: &Value,
+        at: &str,
+    ) -> Result<(), String> {
+        let props = schema.get("properties").and_then(Value::as_object);
+        for name in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if !obj.contains_key(name) {
+                return Err(format!("`{}` is required", join(at, name)));
             }
-            let closed = schema.get("additionalProperties") == Some(&Value::Bool(false));
-            for (name, v) in obj {
-                match props.and_then(|p| p.get(name)) {
-                    Some(s) => self.walk(v, s, &join(at, name))?,
-                    None if closed => {
-                        let known: Vec<&str> = props
-                            .map(|p| p.keys().map(String::as_str).collect())
-                            .unwrap_or_default();
-                        return Err(format!(
-                            "unknown field `{}`; {} takes {}",
-                            join(at, name),
-                            field(),
-                            known.join(", ")
-                        ));
-                    }
-                    None => {}
+        }
+        let closed = schema.get("additionalProperties") == Some(&Value::Bool(false));
+        for (name, v) in obj {
+            match props.and_then(|p| p.get(name)) {
+                Some(s) => self.walk(v, s, &join(at, name))?,
+                None if closed => {
+                    let known: Vec<&str> = props
+                        .map(|p| p.keys().map(String::as_str).collect())
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "unknown field `{}`; {} takes {}",
+                        join(at, name),
+                        field(at),
+                        known.join(", ")
+                    ));
                 }
+                None => {}
             }
         }
         Ok(())
+    }
+}
+
+/// How a message names the value at `at`: the body itself, or the field in backticks.
+fn field(at: &str) -> String {
+    if at.is_empty() {
+        "the body".to_string()
+    } else {
+        format!("`{at}`")
+    }
+}
+
+/// Whether `value` has the JSON type `ty` names; a type the checker does not know fits.
+fn fits(ty: &str, value: &Value) -> bool {
+    match ty {
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        _ => true,
     }
 }
 

@@ -14,7 +14,7 @@ use super::operations::{start_op, Target};
 use super::resources::OsType;
 use super::{AppState, Auth};
 use crate::controller::saga::kinds::{to_template, Request};
-use crate::controller::store::Requester;
+use crate::controller::store::{GuestRow, Requester};
 use crate::model::{new_id, GuestState};
 
 #[derive(Debug, Object)]
@@ -70,63 +70,15 @@ impl ToTemplateApi {
         let b = body.0;
         super::check_name("template", &b.name)?;
         super::resources::refuse_taken_name(&state, &auth.0, &b.name).await?;
-        let snapshot_id = match &b.snapshot {
-            Some(s) => {
-                let snap = state
-                    .store
-                    .snapshot(&g.id, s)
-                    .await?
-                    .ok_or_else(|| Error::not_found("snapshot", s.clone()))?;
-                if snap.state != "ready" {
-                    return Err(Error::Conflict {
-                        message: format!("snapshot {} is {}", snap.name, snap.state),
-                        details: None,
-                    }
-                    .into());
-                }
-                Some(snap.id)
-            }
-            None => None,
-        };
-        if g.node_id.is_none() || (snapshot_id.is_none() && g.state != GuestState::Shutoff) {
-            return Err(Error::Conflict {
-                message: format!(
-                    "guest {} is {}: shut it down, or name one of its snapshots",
-                    g.name, g.state
-                ),
-                details: None,
-            }
-            .into());
-        }
-        let Some(dir) = state.image_dirs.first() else {
-            return Err(Error::Conflict {
-                message: "no template directory is configured (image_dirs)".into(),
-                details: None,
-            }
-            .into());
-        };
+        let snapshot_id = ready_snapshot(&state, &g, b.snapshot.as_deref()).await?;
+        check_guest(&g, snapshot_id.is_some())?;
+        let dir = super::images::template_dir(&state)?;
         if let Some(p) = &b.os_init_profile {
             super::scripts::require_profile(&state, p).await?;
         }
         let template_id = new_id();
-        let req = Request::TemplateFromGuest(to_template::Payload {
-            // Named by the template's id: a path nobody can guess or choose.
-            path: format!(
-                "{}/{template_id}.qcow2",
-                dir.display().to_string().trim_end_matches('/'),
-            ),
-            template_id: template_id.clone(),
-            name: b.name,
-            os_type: match b.os_type {
-                Some(OsType::Windows) => "windows".into(),
-                Some(OsType::Linux) => "linux".into(),
-                None => g.os_type.clone(),
-            },
-            min_memory_mib: i64::from(b.min_memory_mib.unwrap_or(64)),
-            os_init_profile: b.os_init_profile.or_else(|| g.os_init_profile.clone()),
-            snapshot_id,
-            owner_id: Some(auth.0.id.clone()),
-        });
+        let req =
+            Request::TemplateFromGuest(payload(b, &g, dir, &template_id, snapshot_id, &auth.0.id));
         let mut tx = state.store.begin().await?;
         let op = start_op(
             &state,
@@ -146,5 +98,74 @@ impl ToTemplateApi {
             }),
             super::guests::op_location(&op.id),
         ))
+    }
+}
+
+/// The id of the snapshot named `snapshot` (id or name) of `g`, when one is asked for:
+/// 404 when `g` has no such snapshot, 409 when it is not ready.
+async fn ready_snapshot(
+    state: &AppState,
+    g: &GuestRow,
+    snapshot: Option<&str>,
+) -> Result<Option<String>, Error> {
+    let Some(s) = snapshot else {
+        return Ok(None);
+    };
+    let snap = state
+        .store
+        .snapshot(&g.id, s)
+        .await?
+        .ok_or_else(|| Error::not_found("snapshot", s.to_string()))?;
+    if snap.state != "ready" {
+        return Err(Error::Conflict {
+            message: format!("snapshot {} is {}", snap.name, snap.state),
+            details: None,
+        });
+    }
+    Ok(Some(snap.id))
+}
+
+/// The guest's disk can be read for a template: it is on a node, and it is shut off
+/// unless the disk is taken from a snapshot (409 otherwise).
+fn check_guest(g: &GuestRow, from_snapshot: bool) -> Result<(), Error> {
+    if g.node_id.is_none() || (!from_snapshot && g.state != GuestState::Shutoff) {
+        return Err(Error::Conflict {
+            message: format!(
+                "guest {} is {}: shut it down, or name one of its snapshots",
+                g.name, g.state
+            ),
+            details: None,
+        });
+    }
+    Ok(())
+}
+
+/// The operation's payload: the request's fields, each left out taking the guest's value
+/// (or 64 MiB for the memory floor), the image in `dir` and the template owned by `owner`.
+fn payload(
+    b: GuestToTemplate,
+    g: &GuestRow,
+    dir: &std::path::Path,
+    template_id: &str,
+    snapshot_id: Option<String>,
+    owner: &str,
+) -> to_template::Payload {
+    to_template::Payload {
+        // Named by the template's id: a path nobody can guess or choose.
+        path: format!(
+            "{}/{template_id}.qcow2",
+            dir.display().to_string().trim_end_matches('/'),
+        ),
+        template_id: template_id.to_string(),
+        name: b.name,
+        os_type: match b.os_type {
+            Some(OsType::Windows) => "windows".into(),
+            Some(OsType::Linux) => "linux".into(),
+            None => g.os_type.clone(),
+        },
+        min_memory_mib: i64::from(b.min_memory_mib.unwrap_or(64)),
+        os_init_profile: b.os_init_profile.or_else(|| g.os_init_profile.clone()),
+        snapshot_id,
+        owner_id: Some(owner.to_string()),
     }
 }

@@ -145,10 +145,10 @@ fn naming_policy_rejects_accepts_and_sets_hostname() {
     assert_eq!(i.failures, 0, "a rejection is not a failure: {i:?}");
 }
 
-#[test]
-fn load_errors_are_listed_with_what_to_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// Writes plugins broken in every way a load can find into `d` (and two idle ones, one
+/// broken, and a file that is not a plugin), and loads them with the broken ones enabled,
+/// together with `ghost`, which is not there.
+fn load_broken(d: &Path) -> Plugins {
     let ok = "fn before(kind, request, config) { () }";
     write(d, "bad-toml", "name = \"bad-toml\"\nversion = 1.0.0\n", ok);
     write(d, "mismatch", &manifest("other", "[\"before:*\"]"), ok);
@@ -176,7 +176,6 @@ fn load_errors_are_listed_with_what_to_fix() {
     write(d, "idle", &manifest("idle", "[\"before:*\"]"), ok);
     write(d, "idle-broken", &manifest("idle-broken", "[\"nope\"]"), ok);
     std::fs::write(d.join("README.md"), "files are not plugins").unwrap();
-
     let all = [
         "bad-toml",
         "mismatch",
@@ -187,48 +186,70 @@ fn load_errors_are_listed_with_what_to_fix() {
         "no-script",
         "ghost",
     ];
-    let p = load(d, &all);
-    let error = |name: &str| {
-        let i = info(&p, name);
-        assert_eq!(i.state, "error", "{i:?}");
-        i.error.unwrap()
-    };
-    let e = error("bad-toml");
+    load(d, &all)
+}
+
+/// The load error of plugin `name`, which must be listed in state `error`.
+fn load_error(p: &Plugins, name: &str) -> String {
+    let i = info(p, name);
+    assert_eq!(i.state, "error", "{i:?}");
+    i.error.unwrap()
+}
+
+#[test]
+fn manifest_errors_are_listed_with_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = load_broken(dir.path());
+    let e = load_error(&p, "bad-toml");
     assert!(
         e.contains("plugin.toml (line 2, column 14)"),
         "position of the bad value: {e}"
     );
-    let e = error("mismatch");
+    let e = load_error(&p, "mismatch");
     assert!(
         e.contains("\"other\"") && e.contains("\"mismatch\"") && e.contains("make them equal"),
         "{e}"
     );
-    let e = error("no-fn");
-    assert!(
-        e.contains("fn on_event with 2 parameter") && e.contains("event"),
-        "{e}"
-    );
-    let e = error("no-compile");
-    assert!(
-        e.contains("plugin/no-compile") && e.contains("line 2, column"),
-        "{e}"
-    );
-    let e = error("bad-hook");
+    let e = load_error(&p, "bad-hook");
     assert!(
         e.contains("unknown hook \"beforehand\"") && e.contains("placement"),
         "{e}"
     );
-    assert!(error("no-kind").contains("operation kind"));
-    let e = error("no-script");
+    assert!(load_error(&p, "no-kind").contains("operation kind"));
+}
+
+#[test]
+fn script_errors_and_missing_plugins_are_listed_with_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = load_broken(d);
+    let e = load_error(&p, "no-fn");
+    assert!(
+        e.contains("fn on_event with 2 parameter") && e.contains("event"),
+        "{e}"
+    );
+    let e = load_error(&p, "no-compile");
+    assert!(
+        e.contains("plugin/no-compile") && e.contains("line 2, column"),
+        "{e}"
+    );
+    let e = load_error(&p, "no-script");
     assert!(
         e.contains("plugin.rhai") && e.contains("cannot read"),
         "{e}"
     );
-    let e = error("ghost");
+    let e = load_error(&p, "ghost");
     assert!(
         e.contains("not found in") && e.contains(&d.display().to_string()),
         "{e}"
     );
+}
+
+#[test]
+fn broken_plugins_are_listed_in_order_and_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = load_broken(d);
     assert_eq!(info(&p, "idle").state, "disabled");
     assert_eq!(info(&p, "idle").error, None);
     // Checked even though disabled, so it can be fixed before it is enabled.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{Ctx, Effect, Kind, StepDef};
 use crate::controller::alloc;
 use crate::controller::saga::steps::StepError;
-use crate::controller::store::{self as st, events};
+use crate::controller::store::{self as st, events, GuestRow, Tx};
 use crate::model::NodeAction;
 
 /// Stored payload: what happens to the records of the node's guests.
@@ -52,6 +52,9 @@ impl Kind for NodeRemove {
     }
 }
 
+/// The step: refuses an online node with guests, waits for the operations holding its
+/// guests to end, deletes the guests' records when asked, then the node's, with a
+/// `node.state` event listing the files left on the node.
 async fn remove_node(cx: &mut Ctx<'_, '_>, p: &Payload) -> Result<(), StepError> {
     let tx = &mut *cx.tx;
     let node = cx.op.node_id.clone().unwrap_or_default();
@@ -67,64 +70,13 @@ async fn remove_node(cx: &mut Ctx<'_, '_>, p: &Payload) -> Result<(), StepError>
             guests.len()
         )));
     }
-    // End the operations that hold the node's guests; they finish on their own (an
-    // offline node's steps are abandoned) and this step runs again.
-    let busy: Vec<String> = guests.iter().filter_map(|g| g.lock_op.clone()).collect();
-    if !busy.is_empty() {
-        let reason = format!("node {node} is being removed");
-        for op in &busy {
-            st::request_abandon(tx, op, &reason).await?;
-        }
-        return Err(StepError::Waiting(format!(
-            "waiting for {} operation(s) on the node's guests to end",
-            busy.len()
-        )));
-    }
+    end_guest_operations(tx, &node, &guests).await?;
     if p.delete_guests {
         for g in &guests {
-            for d in st::disks_of_in(tx, &g.id).await? {
-                st::add_cleanup(
-                    tx,
-                    &node,
-                    Some(&g.id),
-                    Some(&cx.op.id),
-                    &NodeAction::RemoveFile {
-                        path: d.path.clone(),
-                    },
-                    "the node was removed with its guests",
-                )
-                .await?;
-            }
-            st::add_cleanup(
-                tx,
-                &node,
-                Some(&g.id),
-                Some(&cx.op.id),
-                &NodeAction::Undefine {
-                    guest_id: g.id.clone(),
-                },
-                "the node was removed with its guests",
-            )
-            .await?;
-            alloc::release_all(tx, &g.id).await?;
-            st::delete_guest(tx, &g.id).await?;
-            events::append(
-                tx,
-                "guest.state",
-                &g.id,
-                &serde_json::json!({"guest_id": g.id, "state": "deleted"}),
-            )
-            .await?;
+            delete_guest(tx, &node, &cx.op.id, g).await?;
         }
     }
-    // Everything listed for the node: these guests' files and what earlier operations
-    // (abandoned when the node went away) left there.
-    let mut left_files = Vec::new();
-    for item in st::cleanup_of_node_in(tx, &node).await? {
-        if let Ok(NodeAction::RemoveFile { path }) = item.node_action() {
-            left_files.push(path);
-        }
-    }
+    let left_files = files_left_on(tx, &node).await?;
     st::delete_node(tx, &node).await?;
     events::append(
         tx,
@@ -135,4 +87,69 @@ async fn remove_node(cx: &mut Ctx<'_, '_>, p: &Payload) -> Result<(), StepError>
     )
     .await?;
     Ok(())
+}
+
+/// Ends the operations that hold the node's guests: asks each to abandon and waits
+/// (`StepError::Waiting`). They finish on their own (an offline node's steps are
+/// abandoned) and the step runs again; `Ok` once none holds a guest.
+async fn end_guest_operations(
+    tx: &mut Tx<'_>,
+    node: &str,
+    guests: &[GuestRow],
+) -> Result<(), StepError> {
+    let busy: Vec<String> = guests.iter().filter_map(|g| g.lock_op.clone()).collect();
+    if busy.is_empty() {
+        return Ok(());
+    }
+    let reason = format!("node {node} is being removed");
+    for op in &busy {
+        st::request_abandon(tx, op, &reason).await?;
+    }
+    Err(StepError::Waiting(format!(
+        "waiting for {} operation(s) on the node's guests to end",
+        busy.len()
+    )))
+}
+
+/// Deletes guest `g`'s records and frees its leases; its disks and its domain stay on
+/// `node`'s cleanup list (by operation `op`), should the node return under the same id.
+async fn delete_guest(
+    tx: &mut Tx<'_>,
+    node: &str,
+    op: &str,
+    g: &GuestRow,
+) -> Result<(), StepError> {
+    const WHY: &str = "the node was removed with its guests";
+    for d in st::disks_of_in(tx, &g.id).await? {
+        let action = NodeAction::RemoveFile {
+            path: d.path.clone(),
+        };
+        st::add_cleanup(tx, node, Some(&g.id), Some(op), &action, WHY).await?;
+    }
+    let action = NodeAction::Undefine {
+        guest_id: g.id.clone(),
+    };
+    st::add_cleanup(tx, node, Some(&g.id), Some(op), &action, WHY).await?;
+    alloc::release_all(tx, &g.id).await?;
+    st::delete_guest(tx, &g.id).await?;
+    events::append(
+        tx,
+        "guest.state",
+        &g.id,
+        &serde_json::json!({"guest_id": g.id, "state": "deleted"}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every file listed for removal on `node`: the deleted guests' files and what earlier
+/// operations (abandoned when the node went away) left there.
+async fn files_left_on(tx: &mut Tx<'_>, node: &str) -> Result<Vec<String>, StepError> {
+    let mut left_files = Vec::new();
+    for item in st::cleanup_of_node_in(tx, node).await? {
+        if let Ok(NodeAction::RemoveFile { path }) = item.node_action() {
+            left_files.push(path);
+        }
+    }
+    Ok(left_files)
 }
