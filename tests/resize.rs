@@ -8,11 +8,45 @@
 
 mod common;
 
-use common::{require, Cloud};
+use common::{require, sdk_error, Cloud};
+use corral_client::apis::guests_api;
+use corral_client::models::{DomainXml, Guest, GuestAction, GuestSize, GuestState};
 use serde_json::{json, Value};
 
+/// A raw `PUT`, for the refusals (their status and message are what is tested).
 async fn put(cloud: &Cloud, path: &str, body: Value) -> (u16, Value) {
     cloud.call(reqwest::Method::PUT, path, Some(body)).await
+}
+
+/// A size of `cpus` and `memory_mib`, and maxima `max_cpus` (None: unchanged).
+fn to_size(cpus: Option<u32>, memory_mib: Option<u32>, max_cpus: Option<u32>) -> GuestSize {
+    let mut s = GuestSize::new();
+    s.cpus = cpus;
+    s.memory_mib = memory_mib;
+    s.max_cpus = max_cpus;
+    s
+}
+
+/// Asks for guest `gid` to be resized (accepted); returns the operation's id.
+async fn resize(cloud: &Cloud, gid: &str, to: GuestSize) -> String {
+    guests_api::guest_resize(&cloud.sdk().config, gid, to)
+        .await
+        .unwrap_or_else(|e| panic!("resize {gid}: {}", sdk_error(e)))
+        .operation_id
+}
+
+async fn guest(cloud: &Cloud, gid: &str) -> Guest {
+    guests_api::guest_get(&cloud.sdk().config, gid)
+        .await
+        .unwrap_or_else(|e| panic!("guest {gid}: {}", sdk_error(e)))
+}
+
+/// Powers guest `gid` off and waits for it.
+async fn poweroff(cloud: &Cloud, gid: &str) {
+    let a = guests_api::guest_action(&cloud.sdk().config, gid, GuestAction::Poweroff, None)
+        .await
+        .unwrap_or_else(|e| panic!("poweroff {gid}: {}", sdk_error(e)));
+    cloud.wait_op(&a.operation_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,10 +70,7 @@ async fn a_stopped_guest_is_resized_within_its_nodes_capacity() {
         v["message"].as_str().unwrap().contains("shut it down"),
         "{v}"
     );
-    let (_, v) = cloud
-        .post(&format!("/guests/{gid}/actions/poweroff"), json!(null))
-        .await;
-    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    poweroff(&cloud, &gid).await;
 
     for (body, want) in [
         (json!({}), 400),
@@ -54,43 +85,29 @@ async fn a_stopped_guest_is_resized_within_its_nodes_capacity() {
     }
 
     // More than the node holds: the operation fails naming the node and the reason.
-    let xml_before = cloud.get(&format!("/guests/{gid}/domain-xml")).await.1;
-    let (s, v) = put(&cloud, &size, json!({"memory_mib": 1_048_576})).await;
-    assert_eq!(s, 202, "{v}");
-    let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    let xml_before = domain_xml(&cloud, &gid).await;
+    let id = resize(&cloud, &gid, to_size(None, Some(1_048_576), None)).await;
+    let op = cloud.wait_op(&id).await;
     assert_eq!(op["state"], "failed", "{op}");
     let err = op["error"].as_str().unwrap();
     assert!(
         err.contains(&format!("node {}", cloud.node_id)) && err.contains("memory"),
         "{err}"
     );
-    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-    assert_eq!(
-        (g["cpus"].clone(), g["memory_mib"].clone()),
-        (json!(1), json!(128))
-    );
-    assert_eq!(
-        cloud.get(&format!("/guests/{gid}/domain-xml")).await.1,
-        xml_before
-    );
+    let g = guest(&cloud, &gid).await;
+    assert_eq!((g.cpus, g.memory_mib), (1, 128));
+    assert_eq!(domain_xml(&cloud, &gid).await, xml_before);
 
     // A good size, with the controller killed after dispatching the node's part.
     let fault = "dispatched:guest.resize:redefine";
     cloud.arm_fault(fault).await;
-    let (s, v) = put(&cloud, &size, json!({"cpus": 2, "memory_mib": 256})).await;
-    assert_eq!(s, 202, "{v}");
+    let id = resize(&cloud, &gid, to_size(Some(2), Some(256), None)).await;
     cloud.restart_after_fault(fault).await;
-    let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    let op = cloud.wait_op(&id).await;
     assert_eq!(op["state"], "succeeded", "{op}");
-    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-    assert_eq!(
-        (g["cpus"].clone(), g["memory_mib"].clone()),
-        (json!(2), json!(256))
-    );
-    let x = cloud.get(&format!("/guests/{gid}/domain-xml")).await.1["xml"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let g = guest(&cloud, &gid).await;
+    assert_eq!((g.cpus, g.memory_mib), (2, 256));
+    let x = xml(&cloud, &gid).await;
     assert!(x.contains(">2</vcpu>") && x.contains("262144"), "{x}");
     cloud.delete_all_and_check().await;
 }
@@ -116,8 +133,13 @@ async fn a_running_guest_changes_size_live_within_its_maxima() {
         assert_eq!(s, 400, "{extra}: {v}");
         assert!(v["message"].as_str().unwrap().contains(field), "{v}");
     }
-    let (_, guests) = cloud.get("/guests").await;
-    assert_eq!(guests, json!([]), "a refused create left a guest");
+    let guests = guests_api::guest_list(&cloud.sdk().config, None, None, None, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("guests: {}", sdk_error(e)));
+    assert!(
+        guests.is_empty(),
+        "a refused create left a guest: {guests:?}"
+    );
 
     let mut body = base.clone();
     body["cpus"] = json!(1);
@@ -126,11 +148,8 @@ async fn a_running_guest_changes_size_live_within_its_maxima() {
     let (gid, op) = cloud.create(body).await[0].clone();
     let created = cloud.wait_op(&op).await;
     assert_eq!(created["state"], "succeeded", "{created}");
-    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-    assert_eq!(
-        (&g["max_cpus"], &g["max_memory_mib"]),
-        (&json!(4), &json!(512))
-    );
+    let g = guest(&cloud, &gid).await;
+    assert_eq!((g.max_cpus, g.max_memory_mib), (4, 512));
     let x = xml(&cloud, &gid).await;
     assert!(
         x.contains("current='1'>4</vcpu>") && x.contains("524288"),
@@ -165,22 +184,14 @@ async fn a_running_guest_changes_size_live_within_its_maxima() {
         ("after:guest.resize:record", 2, 256),
     ] {
         cloud.arm_fault(fault).await;
-        let (s, v) = put(&cloud, &size, json!({"cpus": cpus, "memory_mib": mem})).await;
-        assert_eq!(s, 202, "{v}");
+        let id = resize(&cloud, &gid, to_size(Some(cpus), Some(mem), None)).await;
         cloud.restart_after_fault(fault).await;
-        let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+        let op = cloud.wait_op(&id).await;
         assert_eq!(op["state"], "succeeded", "{fault}: {op}");
-        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-        assert_eq!(g["state"], "running", "{g}");
-        assert_eq!(
-            (&g["cpus"], &g["memory_mib"]),
-            (&json!(cpus), &json!(mem)),
-            "{g}"
-        );
-        assert_eq!(
-            (&g["max_cpus"], &g["max_memory_mib"]),
-            (&json!(4), &json!(512))
-        );
+        let g = guest(&cloud, &gid).await;
+        assert_eq!(g.state, GuestState::Running, "{g:?}");
+        assert_eq!((g.cpus, g.memory_mib), (cpus, mem), "{g:?}");
+        assert_eq!((g.max_cpus, g.max_memory_mib), (4, 512));
         let x = xml(&cloud, &gid).await;
         assert!(
             x.contains(&format!("current='{cpus}'>4</vcpu>"))
@@ -190,41 +201,28 @@ async fn a_running_guest_changes_size_live_within_its_maxima() {
     }
 
     // Shut off, the maxima change too, and a size beyond the old ones is fine.
-    let (_, v) = cloud
-        .post(&format!("/guests/{gid}/actions/poweroff"), json!(null))
-        .await;
-    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
-    let (s, v) = put(
-        &cloud,
-        &size,
-        json!({"cpus": 6, "max_cpus": 8, "memory_mib": 640}),
-    )
-    .await;
-    assert_eq!(s, 202, "{v}");
+    poweroff(&cloud, &gid).await;
+    let id = resize(&cloud, &gid, to_size(Some(6), Some(640), Some(8))).await;
+    assert_eq!(cloud.wait_op(&id).await["state"], "succeeded");
+    let g = guest(&cloud, &gid).await;
     assert_eq!(
-        cloud.wait_op(v["operation_id"].as_str().unwrap()).await["state"],
-        "succeeded"
-    );
-    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-    assert_eq!(
-        (
-            &g["cpus"],
-            &g["max_cpus"],
-            &g["memory_mib"],
-            &g["max_memory_mib"]
-        ),
-        (&json!(6), &json!(8), &json!(640), &json!(640)),
-        "a size past the old memory maximum raises it: {g}"
+        (g.cpus, g.max_cpus, g.memory_mib, g.max_memory_mib),
+        (6, 8, 640, 640),
+        "a size past the old memory maximum raises it: {g:?}"
     );
     let x = xml(&cloud, &gid).await;
     assert!(x.contains("current='6'>8</vcpu>"), "{x}");
     cloud.delete_all_and_check().await;
 }
 
+async fn domain_xml(cloud: &Cloud, gid: &str) -> DomainXml {
+    guests_api::guest_domain_xml(&cloud.sdk().config, gid)
+        .await
+        .unwrap_or_else(|e| panic!("domain XML of {gid}: {}", sdk_error(e)))
+}
+
 async fn xml(cloud: &Cloud, gid: &str) -> String {
-    let path = format!("/guests/{gid}/domain-xml");
-    cloud.get(&path).await.1["xml"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let x = domain_xml(cloud, gid).await;
+    x.xml
+        .unwrap_or_else(|| panic!("guest {gid} has no domain XML"))
 }

@@ -8,7 +8,9 @@
 
 mod common;
 
-use common::{require, Cloud};
+use common::{require, sdk_error, Cloud};
+use corral_client::apis::guests_api;
+use corral_client::models::{CreateSnapshot, GuestState};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -16,11 +18,41 @@ fn parts() -> bool {
     require("redis-server") && require("qemu-img")
 }
 
-async fn done(cloud: &Cloud, (s, v): (u16, Value)) -> Value {
-    assert_eq!(s, 202, "{v}");
-    let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+/// Waits for operation `id` and checks it succeeded.
+async fn done(cloud: &Cloud, id: &str) {
+    let op = cloud.wait_op(id).await;
     assert_eq!(op["state"], "succeeded", "{op}");
-    v
+}
+
+/// Takes snapshot `name` of guest `gid` (accepted); returns its operation's id.
+async fn take(cloud: &Cloud, gid: &str, name: &str) -> String {
+    guests_api::snapshot_create(&cloud.sdk().config, gid, CreateSnapshot::new(name.into()))
+        .await
+        .unwrap_or_else(|e| panic!("snapshot {name}: {}", sdk_error(e)))
+        .operation_id
+}
+
+/// Deletes snapshot `name` of guest `gid` (accepted); returns its operation's id.
+async fn remove(cloud: &Cloud, gid: &str, name: &str) -> String {
+    guests_api::snapshot_delete(&cloud.sdk().config, gid, name)
+        .await
+        .unwrap_or_else(|e| panic!("delete snapshot {name}: {}", sdk_error(e)))
+        .operation_id
+}
+
+/// Reverts guest `gid` to snapshot `name` (accepted); returns its operation's id.
+async fn revert(cloud: &Cloud, gid: &str, name: &str) -> String {
+    guests_api::snapshot_revert(&cloud.sdk().config, gid, name)
+        .await
+        .unwrap_or_else(|e| panic!("revert to {name}: {}", sdk_error(e)))
+        .operation_id
+}
+
+/// Guest `gid`'s snapshots.
+async fn snapshots(cloud: &Cloud, gid: &str) -> Vec<corral_client::models::Snapshot> {
+    guests_api::snapshot_list(&cloud.sdk().config, gid)
+        .await
+        .unwrap_or_else(|e| panic!("snapshots of {gid}: {}", sdk_error(e)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,19 +69,18 @@ async fn snapshots_are_exclusive_operations_that_refuse_bad_input() {
     assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
     let base = format!("/guests/{gid}/snapshots");
 
-    let v = done(
-        &cloud,
-        cloud
-            .post(&base, json!({"name": "before", "description": "clean"}))
-            .await,
-    )
-    .await;
-    let sid = v["snapshot_id"].as_str().unwrap().to_string();
-    let (_, list) = cloud.get(&base).await;
-    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    assert_eq!(list[0]["state"], "ready");
-    assert_eq!(list[0]["vm_state"], "running");
-    assert_eq!(list[0]["description"], "clean");
+    let mut first = CreateSnapshot::new("before".into());
+    first.description = Some("clean".into());
+    let v = guests_api::snapshot_create(&cloud.sdk().config, &gid, first)
+        .await
+        .unwrap_or_else(|e| panic!("snapshot before: {}", sdk_error(e)));
+    done(&cloud, &v.operation_id).await;
+    let sid = v.snapshot_id;
+    let list = snapshots(&cloud, &gid).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].state, "ready");
+    assert_eq!(list[0].vm_state.as_deref(), Some("running"));
+    assert_eq!(list[0].description.as_deref(), Some("clean"));
 
     // Refusals: each a 4xx with a message, none leaving a snapshot or an operation.
     let other = cloud.new_user("ann").await;
@@ -91,14 +122,12 @@ async fn snapshots_are_exclusive_operations_that_refuse_bad_input() {
             "{path}"
         );
     }
-    assert_eq!(cloud.get(&base).await.1.as_array().unwrap().len(), 1);
+    assert_eq!(snapshots(&cloud, &gid).await.len(), 1);
 
     // While a snapshot is being taken (its node frozen), other work on the guest waits
     // its turn: 409 naming the snapshot's operation.
     cloud.node.as_ref().unwrap().signal("STOP");
-    let (s, v) = cloud.post(&base, json!({"name": "held"})).await;
-    assert_eq!(s, 202, "{v}");
-    let holder = v["operation_id"].as_str().unwrap().to_string();
+    let holder = take(&cloud, &gid, "held").await;
     for (path, body) in [
         (format!("/guests/{gid}/actions/reboot"), json!(null)),
         (base.clone(), json!({"name": "third"})),
@@ -112,19 +141,16 @@ async fn snapshots_are_exclusive_operations_that_refuse_bad_input() {
     assert_eq!(cloud.wait_op(&holder).await["state"], "succeeded");
 
     // Revert to the first, delete both.
-    done(
-        &cloud,
-        cloud
-            .post(&format!("{base}/before/revert"), json!(null))
-            .await,
-    )
-    .await;
-    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-    assert_eq!(g["state"], "running", "{g}");
+    done(&cloud, &revert(&cloud, &gid, "before").await).await;
+    let g = guests_api::guest_get(&cloud.sdk().config, &gid)
+        .await
+        .unwrap_or_else(|e| panic!("guest {gid}: {}", sdk_error(e)));
+    assert_eq!(g.state, GuestState::Running, "{g:?}");
     for name in ["before", "held"] {
-        done(&cloud, cloud.delete(&format!("{base}/{name}")).await).await;
+        done(&cloud, &remove(&cloud, &gid, name).await).await;
     }
-    assert_eq!(cloud.get(&base).await.1, json!([]));
+    let left = snapshots(&cloud, &gid).await;
+    assert!(left.is_empty(), "{left:?}");
 
     // The controller killed at each step of a snapshot: it finishes, once.
     for (i, fault) in [
@@ -140,31 +166,28 @@ async fn snapshots_are_exclusive_operations_that_refuse_bad_input() {
         let name = format!("c{i}");
         if fault.contains("create") {
             cloud.arm_fault(fault).await;
-            let (s, v) = cloud.post(&base, json!({"name": name})).await;
-            assert_eq!(s, 202, "{v}");
+            let id = take(&cloud, &gid, &name).await;
             cloud.restart_after_fault(fault).await;
-            let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+            let op = cloud.wait_op(&id).await;
             assert_eq!(op["state"], "succeeded", "{fault}: {op}");
-            done(&cloud, cloud.delete(&format!("{base}/{name}")).await).await;
+            done(&cloud, &remove(&cloud, &gid, &name).await).await;
         } else {
-            done(&cloud, cloud.post(&base, json!({"name": name})).await).await;
+            done(&cloud, &take(&cloud, &gid, &name).await).await;
             cloud.arm_fault(fault).await;
-            let (s, v) = if fault.contains("revert") {
-                cloud
-                    .post(&format!("{base}/{name}/revert"), json!(null))
-                    .await
+            let id = if fault.contains("revert") {
+                revert(&cloud, &gid, &name).await
             } else {
-                cloud.delete(&format!("{base}/{name}")).await
+                remove(&cloud, &gid, &name).await
             };
-            assert_eq!(s, 202, "{v}");
             cloud.restart_after_fault(fault).await;
-            let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+            let op = cloud.wait_op(&id).await;
             assert_eq!(op["state"], "succeeded", "{fault}: {op}");
             if fault.contains("revert") {
-                done(&cloud, cloud.delete(&format!("{base}/{name}")).await).await;
+                done(&cloud, &remove(&cloud, &gid, &name).await).await;
             }
         }
-        assert_eq!(cloud.get(&base).await.1, json!([]), "{fault}");
+        let left = snapshots(&cloud, &gid).await;
+        assert!(left.is_empty(), "{fault}: {left:?}");
     }
     cloud.delete_all_and_check().await;
 }

@@ -5,19 +5,31 @@
 
 mod common;
 
-use common::{require, Cloud};
+use common::{require, sdk_error, Cloud};
+use corral_client::apis::configuration::Configuration;
+use corral_client::apis::{guests_api, users_api};
+use corral_client::models::{Guest, NewUser, UpdateGuest, UserRole};
+use corral_client::session::Session;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
-fn names(v: &Value) -> Vec<String> {
-    let mut n: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["name"].as_str().unwrap().to_string())
-        .collect();
+fn names(v: &[Guest]) -> Vec<String> {
+    let mut n: Vec<String> = v.iter().map(|g| g.name.clone()).collect();
     n.sort();
     n
+}
+
+/// The guests tagged `tag` that the caller of `c` may see.
+async fn with_tag(c: &Configuration, tag: &str) -> Vec<Guest> {
+    guests_api::guest_list(c, None, None, Some(tag), None, None)
+        .await
+        .unwrap_or_else(|e| panic!("guests tagged {tag}: {}", sdk_error(e)))
+}
+
+async fn guest(cloud: &Cloud, id: &str) -> Guest {
+    guests_api::guest_get(&cloud.sdk().config, id)
+        .await
+        .unwrap_or_else(|e| panic!("guest {id}: {}", sdk_error(e)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,15 +53,13 @@ async fn tags_group_guests_and_filter_lists() {
     for (_, op) in &ops {
         assert_eq!(cloud.wait_op(op).await["state"], "succeeded");
     }
-    let (_, g) = cloud.get("/guests/web-b").await;
-    assert_eq!(g["tags"], json!(["web", "env=test"]), "duplicates go: {g}");
+    let c = &cloud.sdk().config;
+    let g = guest(&cloud, "web-b").await;
+    assert_eq!(g.tags, vec!["web", "env=test"], "duplicates go: {g:?}");
 
-    let (_, l) = cloud.get("/guests?tag=web").await;
-    assert_eq!(names(&l), vec!["web-a", "web-b"]);
-    let (_, l) = cloud.get("/guests?tag=env=prod").await;
-    assert_eq!(names(&l), vec!["db-a", "web-a"]);
-    let (_, l) = cloud.get("/guests?tag=nothing").await;
-    assert_eq!(names(&l), Vec::<String>::new());
+    assert_eq!(names(&with_tag(c, "web").await), vec!["web-a", "web-b"]);
+    assert_eq!(names(&with_tag(c, "env=prod").await), vec!["db-a", "web-a"]);
+    assert_eq!(names(&with_tag(c, "nothing").await), Vec::<String>::new());
 
     // Bad tags: a 400 that says what to fix, and nothing created or changed.
     for bad in [json!([""]), json!(["has space"]), json!([("x".repeat(65))])] {
@@ -76,8 +86,8 @@ async fn tags_group_guests_and_filter_lists() {
         )
         .await;
     assert_eq!(s, 400, "{v}");
-    let (_, g) = cloud.get("/guests/web-a").await;
-    assert_eq!(g["tags"], json!(["web", "env=prod"]), "{g}");
+    let g = guest(&cloud, "web-a").await;
+    assert_eq!(g.tags, vec!["web", "env=prod"], "{g:?}");
     assert_eq!(
         cloud.get("/guests/bad").await.0,
         404,
@@ -85,16 +95,12 @@ async fn tags_group_guests_and_filter_lists() {
     );
 
     // PATCH replaces the whole set, at once, with an event.
-    let (s, v) = cloud
-        .call(
-            Method::PATCH,
-            "/guests/web-a",
-            Some(json!({"tags": ["db"]})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    let (_, l) = cloud.get("/guests?tag=db").await;
-    assert_eq!(names(&l), vec!["db-a", "web-a"]);
+    let mut change = UpdateGuest::new();
+    change.tags = Some(vec!["db".into()]);
+    guests_api::guest_update(c, "web-a", change)
+        .await
+        .unwrap_or_else(|e| panic!("retagging web-a: {}", sdk_error(e)));
+    assert_eq!(names(&with_tag(c, "db").await), vec!["db-a", "web-a"]);
     let tagged = cloud.events("guest.tags").await;
     assert!(
         tagged.iter().any(|e| e["tags"] == json!(["db"])),
@@ -102,34 +108,19 @@ async fn tags_group_guests_and_filter_lists() {
     );
 
     // A user's filter stays within their own guests.
-    let (s, v) = cloud
-        .post(
-            "/users",
-            json!({"name": "ann", "password": "ann-password", "role": "user"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let r = reqwest::Client::new()
-        .post(cloud.url("/auth/login"))
-        .json(&json!({"username": "ann", "password": "ann-password"}))
-        .send()
+    users_api::user_create(
+        c,
+        NewUser::new("ann".into(), "ann-password".into(), UserRole::User),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("user ann: {}", sdk_error(e)));
+    let ann = Session::login(&cloud.url(""), "ann", "ann-password")
         .await
-        .unwrap();
-    let ann = r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = reqwest::Client::new()
-        .request(Method::GET, cloud.url("/guests?tag=db"))
-        .bearer_auth(&ann)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let l: Value = r.json().await.unwrap();
+        .unwrap_or_else(|e| panic!("login of ann: {e}"));
+    let l = with_tag(&ann.config, "db").await;
     assert_eq!(
         names(&l),
         Vec::<String>::new(),
-        "ann sees no admin guest: {l}"
+        "ann sees no admin guest: {l:?}"
     );
 }

@@ -8,9 +8,27 @@
 
 mod common;
 
-use common::{require, Cloud};
+use common::{require, sdk_error, Cloud};
+use corral_client::apis::{guests_api, operations_api, resources_api};
+use corral_client::models::{CreateSnapshot, CreateTemplate, GuestAction, GuestToTemplate, OsType};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+
+/// Powers guest `gid` off and waits for it.
+async fn poweroff(cloud: &Cloud, gid: &str) {
+    let a = guests_api::guest_action(&cloud.sdk().config, gid, GuestAction::Poweroff, None)
+        .await
+        .unwrap_or_else(|e| panic!("poweroff {gid}: {}", sdk_error(e)));
+    cloud.wait_op(&a.operation_id).await;
+}
+
+/// Asks for guest `gid` to become template `to` (accepted); returns the operation's id.
+async fn to_template(cloud: &Cloud, gid: &str, to: GuestToTemplate) -> String {
+    resources_api::guest_to_template(&cloud.sdk().config, gid, to)
+        .await
+        .unwrap_or_else(|e| panic!("{gid} to a template: {}", sdk_error(e)))
+        .operation_id
+}
 
 /// An image corral wrote for a template: named by the template's id (`<id>.qcow2`, or
 /// `<id>.qcow2.tmp` while it is written).
@@ -36,10 +54,7 @@ async fn a_shut_off_guest_becomes_a_template_with_its_checksum() {
 
     let (s, v) = cloud.post(&path, json!({"name": "made"})).await;
     assert_eq!(s, 409, "a running guest without a snapshot: {v}");
-    let (_, v) = cloud
-        .post(&format!("/guests/{gid}/actions/poweroff"), json!(null))
-        .await;
-    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    poweroff(&cloud, &gid).await;
     for (body, want) in [
         (json!({"name": "tiny"}), 409),
         (json!({"name": "bad name"}), 400),
@@ -59,9 +74,7 @@ async fn a_shut_off_guest_becomes_a_template_with_its_checksum() {
     cloud.arm_fault(fault).await;
     cloud.node.take().unwrap().kill9();
     cloud.start_node(&[("CORRAL_FAULT", "after:node:convert_image")]);
-    let (s, v) = cloud.post(&path, json!({"name": "made"})).await;
-    assert_eq!(s, 202, "{v}");
-    let op = v["operation_id"].as_str().unwrap().to_string();
+    let op = to_template(&cloud, &gid, GuestToTemplate::new("made".into())).await;
     cloud.restart_after_fault(fault).await;
     assert!(
         cloud
@@ -75,10 +88,11 @@ async fn a_shut_off_guest_becomes_a_template_with_its_checksum() {
     let done = cloud.wait_op(&op).await;
     assert_eq!(done["state"], "succeeded", "{done}");
 
-    let (s, t) = cloud.get("/templates/made").await;
-    assert_eq!(s, 200, "{t}");
-    assert_eq!(t["public"], false);
-    let file = t["path"].as_str().unwrap();
+    let t = resources_api::template_get(&cloud.sdk().config, "made")
+        .await
+        .unwrap_or_else(|e| panic!("template made: {}", sdk_error(e)));
+    assert!(!t.public, "{t:?}");
+    let file = t.path.as_str();
     assert!(
         file.starts_with(&cloud.dir().display().to_string()),
         "{file}"
@@ -86,12 +100,12 @@ async fn a_shut_off_guest_becomes_a_template_with_its_checksum() {
     // Named by the template's id, not by anything the caller chose.
     assert_eq!(
         std::path::Path::new(file).file_name().unwrap().to_str(),
-        Some(format!("{}.qcow2", t["id"].as_str().unwrap()).as_str()),
-        "{t}"
+        Some(format!("{}.qcow2", t.id).as_str()),
+        "{t:?}"
     );
     let bytes = std::fs::read(file).unwrap();
-    assert_eq!(t["sha256"], json!(hex::encode(Sha256::digest(&bytes))));
-    assert_eq!(t["size_bytes"], json!(bytes.len()));
+    assert_eq!(t.sha256, Some(hex::encode(Sha256::digest(&bytes))));
+    assert_eq!(t.size_bytes, Some(bytes.len() as u64));
     let made: Vec<String> = std::fs::read_dir(cloud.dir())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -110,22 +124,19 @@ async fn a_shut_off_guest_becomes_a_template_with_its_checksum() {
     // A snapshot the test driver keeps only as metadata cannot be read by qemu-img: the
     // conversion fails and leaves no image and no template. (The restarted test-driver
     // node no longer has `src`'s domain: `copy` is used.)
-    let path = format!("/guests/{copy}/template");
-    let (_, v) = cloud
-        .post(
-            &format!("/guests/{copy}/snapshots"),
-            json!({"name": "meta"}),
-        )
+    let v = guests_api::snapshot_create(
+        &cloud.sdk().config,
+        &copy,
+        CreateSnapshot::new("meta".into()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("snapshot meta: {}", sdk_error(e)));
+    assert_eq!(cloud.wait_op(&v.operation_id).await["state"], "succeeded");
+    let mut from_snap = GuestToTemplate::new("from-snap".into());
+    from_snap.snapshot = Some("meta".into());
+    let failed = cloud
+        .wait_op(&to_template(&cloud, &copy, from_snap).await)
         .await;
-    assert_eq!(
-        cloud.wait_op(v["operation_id"].as_str().unwrap()).await["state"],
-        "succeeded"
-    );
-    let (s, v) = cloud
-        .post(&path, json!({"name": "from-snap", "snapshot": "meta"}))
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let failed = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
     assert_eq!(failed["state"], "failed", "{failed}");
     assert_eq!(cloud.get("/templates/from-snap").await.0, 404);
     assert!(!std::fs::read_dir(cloud.dir())
@@ -159,22 +170,18 @@ async fn a_cancel_stops_a_conversion_in_flight() {
         .unwrap()
         .success();
     assert!(ok);
-    let (s, v) = cloud
-        .post(
-            "/templates",
-            json!({"name": "big", "path": big.display().to_string(), "os_type": "linux"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
+    resources_api::template_create(
+        &cloud.sdk().config,
+        CreateTemplate::new("big".into(), OsType::Linux, big.display().to_string()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("template big: {}", sdk_error(e)));
     let (gid, op) = cloud
         .create(json!({"name": "src", "template": "big", "cpus": 1, "memory_mib": 64}))
         .await[0]
         .clone();
     assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
-    let (_, v) = cloud
-        .post(&format!("/guests/{gid}/actions/poweroff"), json!(null))
-        .await;
-    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    poweroff(&cloud, &gid).await;
     let system = cloud.system_disk(&gid).await;
     let wrote = std::process::Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write -P 0x5a 0 64M", &system])
@@ -182,11 +189,7 @@ async fn a_cancel_stops_a_conversion_in_flight() {
         .unwrap();
     assert!(wrote.status.success(), "{wrote:?}");
 
-    let (s, v) = cloud
-        .post(&format!("/guests/{gid}/template"), json!({"name": "slow"}))
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let op = v["operation_id"].as_str().unwrap().to_string();
+    let op = to_template(&cloud, &gid, GuestToTemplate::new("slow".into())).await;
     // Cancelled once the copy is under way (its partial image exists).
     let partial = |cloud: &Cloud| {
         std::fs::read_dir(cloud.dir())
@@ -203,10 +206,9 @@ async fn a_cancel_stops_a_conversion_in_flight() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(!partial(&cloud).is_empty(), "the conversion never started");
-    let (s, v) = cloud
-        .post(&format!("/operations/{op}/cancel"), json!(null))
-        .await;
-    assert!(s == 200 || s == 202, "{s}: {v}");
+    operations_api::operation_cancel(&cloud.sdk().config, &op)
+        .await
+        .unwrap_or_else(|e| panic!("cancel {op}: {}", sdk_error(e)));
     let done = cloud.wait_op(&op).await;
     assert_eq!(done["state"], "cancelled", "{done}");
     assert_eq!(
