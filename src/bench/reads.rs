@@ -295,16 +295,19 @@ async fn seed_guest(
     if !leased {
         return Err(setup("seeding leases")(format!("{ip} is in use")));
     }
-    sqlx::query(
-        "UPDATE guests SET node_id = 'bench-node', ip = ?, mac = ?, vnc_port = ? WHERE id = ?",
-    )
-    .bind(ip.to_string())
-    .bind(alloc::random_mac())
-    .bind(5900 + (i % 1000) as i64)
-    .bind(&id)
-    .execute(&mut **tx)
-    .await
-    .map_err(setup("seeding guests"))?;
+    st::set_guest_node(tx, &id, Some("bench-node"))
+        .await
+        .map_err(setup("seeding guests"))?;
+    let (ip, mac) = (ip.to_string(), alloc::random_mac());
+    let a = st::Allocation {
+        pool_id: Some(pool),
+        ip: Some(&ip),
+        vnc_port: 5900 + (i % 1000) as u16,
+        mac: &mac,
+    };
+    st::set_guest_allocation(tx, &id, &a)
+        .await
+        .map_err(setup("seeding guests"))?;
     for kind in ["system", "seed"] {
         st::insert_disk(
             tx,

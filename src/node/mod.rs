@@ -17,6 +17,7 @@ pub mod disks;
 pub mod events;
 pub mod facts;
 pub mod fetch;
+pub mod footprint;
 pub mod hypervisor;
 pub mod images;
 pub mod iotune;
