@@ -179,11 +179,9 @@ mod tests {
         let page = pages
             .page("users".into(), &["users"], async {
                 renders.fetch_add(1, Ordering::SeqCst);
-                let rows: Vec<(String,)> = sqlx::query_as("SELECT name FROM users ORDER BY name")
-                    .fetch_all(store.pool())
-                    .await
-                    .map_err(crate::controller::store::StoreError::from)?;
-                let names: Vec<String> = rows.into_iter().map(|(n,)| n).collect();
+                let mut names: Vec<String> =
+                    store.users().await?.into_iter().map(|u| u.name).collect();
+                names.sort();
                 Ok((names, Clock::Independent))
             })
             .await;
@@ -209,21 +207,35 @@ mod tests {
         );
 
         // A change elsewhere keeps the page; a change to its table replaces it.
-        sqlx::raw_sql("CREATE TABLE scratch (x); INSERT INTO scratch VALUES (1)")
-            .execute(store.pool())
+        store
+            .insert_template(&crate::controller::store::TemplateRow {
+                id: "t1".into(),
+                name: "tiny".into(),
+                path: "/images/tiny.qcow2".into(),
+                os_type: "linux".into(),
+                min_memory_mib: 64,
+                created_at: 0,
+                os_init_profile: None,
+                owner_id: None,
+                public: true,
+                sha256: None,
+                size_bytes: None,
+            })
             .await
             .unwrap();
         assert_eq!(names(&pages, &store, &renders).await, "[]");
         assert_eq!(renders.load(Ordering::SeqCst), 1);
-        let mut tx = store.begin().await.unwrap();
-        sqlx::query(
-            "INSERT INTO users (id, name, password_hash, is_admin, created_at) \
-             VALUES ('u1', 'ann', 'x', 0, 0)",
-        )
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-        store.commit(tx).await.unwrap();
+        store
+            .insert_user(&crate::controller::store::UserRow {
+                id: "u1".into(),
+                name: "ann".into(),
+                password_hash: "x".into(),
+                is_admin: false,
+                created_at: 0,
+                role: "user".into(),
+            })
+            .await
+            .unwrap();
         assert_eq!(names(&pages, &store, &renders).await, r#"["ann"]"#);
         assert_eq!(renders.load(Ordering::SeqCst), 2);
     }
