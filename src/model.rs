@@ -80,6 +80,58 @@ pub struct StepRecord {
     pub output: Option<serde_json::Value>,
 }
 
+/// Whether a data disk or a snapshot exists yet: `creating` while the operation that
+/// makes it runs, then `ready`. Stored as text: a value no version wrote fails the row's
+/// decoding with the value named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum ReadyState {
+    Creating,
+    Ready,
+}
+
+impl ReadyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadyState::Creating => "creating",
+            ReadyState::Ready => "ready",
+        }
+    }
+}
+
+impl std::fmt::Display for ReadyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lifecycle of a boot job: `pending` → `running` (claimed by a run) → `done` or
+/// `failed`; `cancelled` when withdrawn while pending. Stored as text: a value no version
+/// wrote fails the row's decoding with the value named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum BootJobState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl BootJobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootJobState::Pending => "pending",
+            BootJobState::Running => "running",
+            BootJobState::Done => "done",
+            BootJobState::Failed => "failed",
+            BootJobState::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// Lifecycle of an operation. Stored as text: a value no version wrote fails the row's
 /// decoding with the value named, instead of reading as some default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]

@@ -4,7 +4,12 @@
 
 mod common;
 
-use common::{require, Cloud};
+use common::{require, sdk_error, Cloud};
+use corral_client::apis::{guests_api, resources_api};
+use corral_client::models::{
+    AddRange, Address, AddressState, CorrectIp, CreatePool, GuestState, Pool, SetAddressState,
+    StateChanged,
+};
 use serde_json::{json, Value};
 
 fn parts() -> bool {
@@ -12,18 +17,36 @@ fn parts() -> bool {
 }
 
 async fn states(cloud: &Cloud, pool: &str) -> Vec<(String, String)> {
-    let (s, v) = cloud.get(&format!("/ip-pools/{pool}/addresses")).await;
-    assert_eq!(s, 200, "{v}");
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["ip"].as_str().unwrap().to_string(),
-                a["state"].as_str().unwrap().to_string(),
-            )
-        })
+    resources_api::pool_addresses(&cloud.sdk().config, pool, None, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("addresses of {pool}: {}", sdk_error(e)))
+        .into_iter()
+        .map(|a| (a.ip, a.state.to_string()))
         .collect()
+}
+
+/// Pool `id`'s record.
+async fn pool(cloud: &Cloud, id: &str) -> Pool {
+    resources_api::pool_get(&cloud.sdk().config, id)
+        .await
+        .unwrap_or_else(|e| panic!("pool {id}: {}", sdk_error(e)))
+}
+
+/// Sets addresses `start`..=`end` (just `start` when None) of pool `id` to `state`.
+async fn set_state(
+    cloud: &Cloud,
+    id: &str,
+    start: &str,
+    end: Option<&str>,
+    state: AddressState,
+    note: Option<&str>,
+) -> StateChanged {
+    let mut b = SetAddressState::new(start.into(), state);
+    b.end = end.map(Into::into);
+    b.note = note.map(Into::into);
+    resources_api::pool_set_address_state(&cloud.sdk().config, id, b)
+        .await
+        .unwrap_or_else(|e| panic!("{state} {start} in {id}: {}", sdk_error(e)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,37 +74,59 @@ async fn address_states_ranges_and_ip_correction() {
     let (s, v) = mk(bad).await;
     assert_eq!(s, 400, "{v}");
     assert!(v["message"].as_str().unwrap().contains("cidr"));
-    let (s, p) = mk(base.clone()).await;
-    assert_eq!(s, 201, "{p}");
-    assert_eq!(p["size"], 5);
+    let good: CreatePool = serde_json::from_value(base.clone()).unwrap();
+    let p = resources_api::pool_create(&cloud.sdk().config, good.clone())
+        .await
+        .unwrap_or_else(|e| panic!("pool p: {}", sdk_error(e)));
+    assert_eq!(p.size, 5);
     let mut other = base.clone();
     other["name"] = json!("q");
     let (s, v) = mk(other.clone()).await;
     assert_eq!(s, 409, "overlap on the same network: {v}");
-    other["bridge"] = json!("br-other");
-    let (s, v) = mk(other).await;
-    assert_eq!(s, 201, "the same range on another network is fine: {v}");
+    let mut other = good.clone();
+    other.name = "q".into();
+    other.bridge = Some("br-other".into());
+    resources_api::pool_create(&cloud.sdk().config, other)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the same range on another network is fine: {}",
+                sdk_error(e)
+            )
+        });
 
     // reserve (blacklist) and disable
-    let (s, v) = cloud
-        .post(
-            "/ip-pools/p/addresses/state",
-            json!({"start": "198.51.100.3", "state": "reserved", "note": "VIP"}),
-        )
-        .await;
-    assert_eq!((s, v["changed"].as_u64()), (200, Some(1)));
-    let (s, _) = cloud
-        .post(
-            "/ip-pools/p/addresses/state",
-            json!({"start": "198.51.100.4", "state": "disabled"}),
-        )
-        .await;
-    assert_eq!(s, 200);
-    let (_, reserved) = cloud.get("/ip-pools/p/addresses?state=reserved").await;
-    assert_eq!(
-        reserved,
-        json!([{"ip": "198.51.100.3", "state": "reserved", "note": "VIP"}])
-    );
+    let v = set_state(
+        &cloud,
+        "p",
+        "198.51.100.3",
+        None,
+        AddressState::Reserved,
+        Some("VIP"),
+    )
+    .await;
+    assert_eq!(v.changed, 1);
+    set_state(
+        &cloud,
+        "p",
+        "198.51.100.4",
+        None,
+        AddressState::Disabled,
+        None,
+    )
+    .await;
+    let reserved = resources_api::pool_addresses(
+        &cloud.sdk().config,
+        "p",
+        Some(AddressState::Reserved),
+        None,
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("reserved addresses: {}", sdk_error(e)));
+    let mut vip = Address::new("198.51.100.3".into(), AddressState::Reserved);
+    vip.note = Some("VIP".into());
+    assert_eq!(reserved, vec![vip]);
 
     // allocation skips both
     let ops = cloud
@@ -110,16 +155,11 @@ async fn address_states_ranges_and_ip_correction() {
         .await;
     assert_eq!(s, 409, "pool full: {v}");
     // a requested reserved address is refused by name
-    let (s, v) = cloud
-        .post(
-            "/guests",
-            json!({"template": "tiny", "cpus": 1, "memory_mib": 64, "ip": "198.51.100.3"}),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let v = cloud
-        .wait_op(v["operations"][0]["operation_id"].as_str().unwrap())
-        .await;
+    let (_, op) = cloud
+        .create(json!({"template": "tiny", "cpus": 1, "memory_mib": 64, "ip": "198.51.100.3"}))
+        .await[0]
+        .clone();
+    let v = cloud.wait_op(&op).await;
     assert_eq!(v["state"], "failed");
     assert!(v["error"].as_str().unwrap().contains("reserved"), "{v}");
 
@@ -135,14 +175,14 @@ async fn address_states_ranges_and_ip_correction() {
     assert_eq!(states(&cloud, "p").await, want);
 
     // ranges
-    let (s, v) = cloud
-        .post(
-            "/ip-pools/p/ranges",
-            json!({"start": "198.51.100.10", "end": "198.51.100.11"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!((v["size"].as_u64(), v["free"].as_u64()), (Some(7), Some(2)));
+    let v = resources_api::pool_add_range(
+        &cloud.sdk().config,
+        "p",
+        AddRange::new("198.51.100.11".into(), "198.51.100.10".into()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("range: {}", sdk_error(e)));
+    assert_eq!((v.size, v.free), (7, 2));
     let (s, _) = cloud
         .post(
             "/ip-pools/p/ranges",
@@ -159,18 +199,25 @@ async fn address_states_ranges_and_ip_correction() {
     assert_eq!(s, 400, "the gateway is never allocatable");
 
     // correct a guest's recorded IP (S98)
-    let (_, guests) = cloud.get("/guests?state=running").await;
-    let gs = guests.as_array().unwrap();
-    let (a, b) = (gs[0]["id"].as_str().unwrap(), gs[1]["ip"].as_str().unwrap());
-    let (s, v) = cloud
-        .call(
-            reqwest::Method::PUT,
-            &format!("/guests/{a}/ip"),
-            Some(json!({"ip": "198.51.100.10"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["ip"], "198.51.100.10");
+    let gs = guests_api::guest_list(
+        &cloud.sdk().config,
+        Some(GuestState::Running),
+        None,
+        None,
+        None,
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("running guests: {}", sdk_error(e)));
+    let (a, b) = (gs[0].id.as_str(), gs[1].ip.as_deref().unwrap());
+    let v = guests_api::guest_correct_ip(
+        &cloud.sdk().config,
+        a,
+        CorrectIp::new("198.51.100.10".into()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("correct the IP of {a}: {}", sdk_error(e)));
+    assert_eq!(v.ip.as_deref(), Some("198.51.100.10"));
     let (s, v) = cloud
         .call(
             reqwest::Method::PUT,
@@ -187,34 +234,29 @@ async fn address_states_ranges_and_ip_correction() {
         )
         .await;
     assert_eq!(s, 422, "disabled: {v}");
-    let (_, g) = cloud.get(&format!("/guests/{a}")).await;
+    let g = guests_api::guest_get(&cloud.sdk().config, a)
+        .await
+        .unwrap_or_else(|e| panic!("guest {a}: {}", sdk_error(e)));
     assert_eq!(
-        g["ip"], "198.51.100.10",
+        g.ip.as_deref(),
+        Some("198.51.100.10"),
         "a refused correction changes nothing"
     );
-    let (_, pool) = cloud.get("/ip-pools/p").await;
-    assert_eq!(
-        (pool["used"].as_u64(), pool["free"].as_u64()),
-        (Some(3), Some(2))
-    );
+    let p = pool(&cloud, "p").await;
+    assert_eq!((p.used, p.free), (3, 2));
 
     // re-enable and free
-    let (s, _) = cloud
-        .post(
-            "/ip-pools/p/addresses/state",
-            json!({"start": "198.51.100.3", "end": "198.51.100.4", "state": "free"}),
-        )
-        .await;
-    assert_eq!(s, 200);
-    let (_, pool) = cloud.get("/ip-pools/p").await;
-    assert_eq!(
-        (
-            pool["reserved"].as_u64(),
-            pool["disabled"].as_u64(),
-            pool["free"].as_u64()
-        ),
-        (Some(0), Some(0), Some(4))
-    );
+    set_state(
+        &cloud,
+        "p",
+        "198.51.100.3",
+        Some("198.51.100.4"),
+        AddressState::Free,
+        None,
+    )
+    .await;
+    let p = pool(&cloud, "p").await;
+    assert_eq!((p.reserved, p.disabled, p.free), (0, 0, 4));
 
     cloud.delete_all_and_check().await;
 }

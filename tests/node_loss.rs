@@ -10,12 +10,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{require, Cloud};
-use serde_json::{json, Value};
+use common::{require, sdk_error, Cloud};
+use corral_client::apis::{guests_api, nodes_api, operations_api, resources_api};
+use corral_client::models::{GuestRecords, GuestState, Node, Operation, Pool};
+use serde_json::json;
 
 async fn wait_online(cloud: &Cloud, node: &str, online: bool) {
     for _ in 0..300 {
-        if cloud.get(&format!("/nodes/{node}")).await.1["online"] == json!(online) {
+        if nodes_api::node_get(&cloud.sdk().config, node)
+            .await
+            .is_ok_and(|n| n.online == online)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -23,17 +28,69 @@ async fn wait_online(cloud: &Cloud, node: &str, online: bool) {
     panic!("node {node} never read online={online}");
 }
 
-/// Polls `path` until `check` holds (30 s at most); returns the last answer.
-async fn wait_for(cloud: &Cloud, path: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
+/// Polls node `id` until `check` holds (30 s at most); returns its record.
+async fn wait_node(cloud: &Cloud, id: &str, check: impl Fn(&Node) -> bool) -> Node {
+    let mut last = None;
     for _ in 0..300 {
-        last = cloud.get(path).await.1;
-        if check(&last) {
-            return last;
+        match nodes_api::node_get(&cloud.sdk().config, id).await {
+            Ok(n) if check(&n) => return n,
+            Ok(n) => last = Some(format!("{n:?}")),
+            Err(e) => last = Some(sdk_error(e).to_string()),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{path} never reached the expected state: {last}");
+    panic!("node {id} never reached the expected state: {last:?}");
+}
+
+/// Polls operation `id` until `check` holds (30 s at most); returns it.
+async fn wait_operation(cloud: &Cloud, id: &str, check: impl Fn(&Operation) -> bool) -> Operation {
+    let mut last = None;
+    for _ in 0..300 {
+        match operations_api::operation_get(&cloud.sdk().config, id).await {
+            Ok(o) if check(&o) => return o,
+            Ok(o) => last = Some(format!("{o:?}")),
+            Err(e) => last = Some(sdk_error(e).to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("operation {id} never reached the expected state: {last:?}");
+}
+
+/// Cancels operation `id` (accepted).
+async fn cancel(cloud: &Cloud, id: &str) {
+    operations_api::operation_cancel(&cloud.sdk().config, id)
+        .await
+        .unwrap_or_else(|e| panic!("cancel {id}: {}", sdk_error(e)));
+}
+
+/// Removes node `id`, keeping or deleting its guests' records; returns the operation's id.
+async fn remove_node(cloud: &Cloud, id: &str, guests: GuestRecords) -> String {
+    nodes_api::node_remove(&cloud.sdk().config, id, guests)
+        .await
+        .unwrap_or_else(|e| panic!("remove node {id}: {}", sdk_error(e)))
+        .operation_id
+}
+
+/// The operations still active.
+async fn active_operations(cloud: &Cloud) -> Vec<Operation> {
+    operations_api::operation_list(
+        &cloud.sdk().config,
+        None,
+        None,
+        None,
+        Some(true),
+        None,
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("active operations: {}", sdk_error(e)))
+}
+
+/// Every address pool.
+async fn pools(cloud: &Cloud) -> Vec<Pool> {
+    resources_api::pool_list(&cloud.sdk().config)
+        .await
+        .unwrap_or_else(|e| panic!("pools: {}", sdk_error(e)))
 }
 
 fn files_in(dir: &std::path::Path) -> Vec<String> {
@@ -80,21 +137,16 @@ async fn a_node_that_never_returns_wedges_nothing() {
 
     // Every operation says what it waits for, and none has ended.
     for (_, op) in &ops {
-        let v = wait_for(&cloud, &format!("/operations/{op}"), |v| {
-            v["progress"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("waiting for node node-lost"))
+        let v = wait_operation(&cloud, op, |o| {
+            o.progress.message.contains("waiting for node node-lost")
         })
         .await;
-        assert_eq!(v["state"], "running", "{v}");
+        assert_eq!(v.state, "running", "{v:?}");
     }
 
     // A cancel ends the first at once: abandoned, unwound, leftovers listed.
     let (gid, first) = &ops[0];
-    let (s, v) = cloud
-        .post(&format!("/operations/{first}/cancel"), json!({}))
-        .await;
-    assert_eq!(s, 202, "{v}");
+    cancel(&cloud, first).await;
     let v = cloud.wait_op(first).await;
     assert_eq!(v["state"], "cancelled", "{v}");
     assert!(
@@ -109,20 +161,21 @@ async fn a_node_that_never_returns_wedges_nothing() {
             .any(|s| s["state"] == "abandoned"),
         "{v}"
     );
+    // Raw: the test is about the status of a read of the unwound guest.
     assert_eq!(cloud.get(&format!("/guests/{gid}")).await.0, 404);
-    let (_, node) = cloud.get("/nodes/node-lost").await;
-    let listed: Vec<&Value> = node["cleanup"]
-        .as_array()
-        .unwrap()
+    let node = nodes_api::node_get(&cloud.sdk().config, "node-lost")
+        .await
+        .unwrap_or_else(|e| panic!("node node-lost: {}", sdk_error(e)));
+    let listed: Vec<_> = node
+        .cleanup
         .iter()
-        .filter(|c| c["guest_id"] == json!(gid))
+        .filter(|c| c.guest_id.as_ref() == Some(gid))
         .collect();
-    assert!(!listed.is_empty(), "leftovers of {gid} listed: {node}");
+    assert!(!listed.is_empty(), "leftovers of {gid} listed: {node:?}");
 
     // Removing the node with its guests ends the other operations and frees everything.
-    let (s, v) = cloud.delete("/nodes/node-lost?guests=delete").await;
-    assert_eq!(s, 202, "{v}");
-    let removal = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    let removal = remove_node(&cloud, "node-lost", GuestRecords::Delete).await;
+    let removal = cloud.wait_op(&removal).await;
     assert_eq!(removal["state"], "succeeded", "{removal}");
     for (_, op) in &ops[1..] {
         let v = cloud.wait_op(op).await;
@@ -132,12 +185,17 @@ async fn a_node_that_never_returns_wedges_nothing() {
             "{v}"
         );
     }
-    let (_, active) = cloud.get("/operations?active=true").await;
-    assert_eq!(active, json!([]), "no operation is left active");
-    let (_, pools) = cloud.get("/ip-pools").await;
-    assert_eq!(pools[0]["used"], 0, "every address is free again");
-    let (_, guests) = cloud.get("/guests").await;
-    assert_eq!(guests, json!([]));
+    let active = active_operations(&cloud).await;
+    assert!(active.is_empty(), "no operation is left active: {active:?}");
+    assert_eq!(
+        pools(&cloud).await[0].used,
+        0,
+        "every address is free again"
+    );
+    let guests = guests_api::guest_list(&cloud.sdk().config, None, None, None, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("guests: {}", sdk_error(e)));
+    assert!(guests.is_empty(), "{guests:?}");
     // Whatever is still in the dead node's directory is named in the removal's event.
     let removed = cloud.events("node.state").await;
     let left: Vec<String> = removed
@@ -220,17 +278,21 @@ async fn a_node_that_returns_cleans_up_before_new_work() {
     wait_online(&cloud, "node-back", false).await;
 
     // Removal keeping the records ends the batch; the kept guest reads unknown.
-    let (s, v) = cloud.delete("/nodes/node-back?guests=keep").await;
-    assert_eq!(s, 202, "{v}");
-    let removal = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    let removal = remove_node(&cloud, "node-back", GuestRecords::Keep).await;
+    let removal = cloud.wait_op(&removal).await;
     assert_eq!(removal["state"], "succeeded", "{removal}");
     for (_, op) in &ops {
         assert_eq!(cloud.wait_op(op).await["state"], "cancelled");
     }
-    let (_, g) = cloud.get(&format!("/guests/{}", kept[0].0)).await;
-    assert_eq!(g["state"], "unknown", "{g}");
-    let (_, pools) = cloud.get("/ip-pools").await;
-    assert_eq!(pools[0]["used"], 1, "only the kept guest holds an address");
+    let g = guests_api::guest_get(&cloud.sdk().config, &kept[0].0)
+        .await
+        .unwrap_or_else(|e| panic!("guest {}: {}", kept[0].0, sdk_error(e)));
+    assert_eq!(g.state, GuestState::Unknown, "{g:?}");
+    assert_eq!(
+        pools(&cloud).await[0].used,
+        1,
+        "only the kept guest holds an address"
+    );
     let leftovers: Vec<String> = files_in(&dir)
         .into_iter()
         .filter(|f| !kept_files.contains(f))
@@ -249,7 +311,7 @@ async fn a_node_that_returns_cleans_up_before_new_work() {
         .await;
     let after_op = cloud.wait_op(&after[0].1).await;
     assert_eq!(after_op["state"], "succeeded", "{after_op}");
-    wait_for(&cloud, "/nodes/node-back", |n| n["cleanup"] == json!([])).await;
+    wait_node(&cloud, "node-back", |n| n.cleanup.is_empty()).await;
     for f in &leftovers {
         assert!(
             !std::path::Path::new(f).exists(),
@@ -273,12 +335,20 @@ async fn a_node_that_returns_cleans_up_before_new_work() {
         "the event log names the removals: {cleanups:?}"
     );
     // Cleanup ran before the new guest's first node step.
-    let (_, cleanup_ops) = cloud.get("/operations?kind=node.cleanup").await;
+    let cleanup_ops = operations_api::operation_list(
+        &cloud.sdk().config,
+        None,
+        Some("node.cleanup"),
+        None,
+        None,
+        None,
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("node.cleanup operations: {}", sdk_error(e)));
     let cleaned_at = cleanup_ops
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o["finished_at"].as_str().map(String::from))
+        .into_iter()
+        .filter_map(|o| o.finished_at)
         .min()
         .expect("a node.cleanup operation finished");
     let disk_started = after_op["steps"]
@@ -354,9 +424,7 @@ async fn a_cleanup_survives_a_controller_crash_at_each_step() {
             .await;
         assert!(cloud.extra_nodes[0].wait_exit(Duration::from_secs(60)));
         wait_online(&cloud, "node-c", false).await;
-        cloud
-            .post(&format!("/operations/{}/cancel", ops[0].1), json!({}))
-            .await;
+        cancel(&cloud, &ops[0].1).await;
         assert_eq!(cloud.wait_op(&ops[0].1).await["state"], "cancelled");
         assert!(!files_in(&dir).is_empty(), "the create left files");
         // The create's job died in flight with its node, and apalis hands it back once the
@@ -381,12 +449,14 @@ async fn a_cleanup_survives_a_controller_crash_at_each_step() {
         cloud.arm_fault(fault).await;
         cloud.start_node(&[("CORRAL_NODE_ID", "node-c"), ("CORRAL_STORAGE_DIR", &dir_s)]);
         cloud.restart_after_fault(fault).await;
-        let node = wait_for(&cloud, "/nodes/node-c", |n| n["cleanup"] == json!([])).await;
-        assert_eq!(node["online"], true, "{node}");
+        let node = wait_node(&cloud, "node-c", |n| n.cleanup.is_empty()).await;
+        assert!(node.online, "{node:?}");
         assert_eq!(files_in(&dir), Vec::<String>::new(), "{fault}: files left");
-        let (_, active) = cloud.get("/operations?active=true").await;
-        assert_eq!(active, json!([]), "{fault}: nothing left running");
-        let (_, pools) = cloud.get("/ip-pools").await;
-        assert_eq!(pools[0]["used"], 0, "{fault}");
+        let active = active_operations(&cloud).await;
+        assert!(
+            active.is_empty(),
+            "{fault}: nothing left running: {active:?}"
+        );
+        assert_eq!(pools(&cloud).await[0].used, 0, "{fault}");
     }
 }

@@ -7,8 +7,41 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{require, Cloud};
+use common::{require, sdk_error, Cloud};
+use corral_client::apis::{guests_api, nodes_api, resources_api};
+use corral_client::models::{Guest, GuestRecords, GuestState, Node, NodeSettings};
 use serde_json::json;
+
+/// Sets node `id`'s automatic-placement switch; returns the node.
+async fn accept_auto(cloud: &Cloud, id: &str, accept: bool) -> Node {
+    let mut s = NodeSettings::new();
+    s.accept_auto = Some(accept);
+    nodes_api::node_update(&cloud.sdk().config, id, s)
+        .await
+        .unwrap_or_else(|e| panic!("accept_auto of {id}: {}", sdk_error(e)))
+}
+
+/// Guest `gid`'s record.
+async fn guest(cloud: &Cloud, gid: &str) -> Guest {
+    guests_api::guest_get(&cloud.sdk().config, gid)
+        .await
+        .unwrap_or_else(|e| panic!("guest {gid}: {}", sdk_error(e)))
+}
+
+/// Node `id`'s record.
+async fn node(cloud: &Cloud, id: &str) -> Node {
+    nodes_api::node_get(&cloud.sdk().config, id)
+        .await
+        .unwrap_or_else(|e| panic!("node {id}: {}", sdk_error(e)))
+}
+
+/// Removes node `id`, keeping or deleting its guests' records; returns the operation's id.
+async fn remove_node(cloud: &Cloud, id: &str, guests: GuestRecords) -> String {
+    nodes_api::node_remove(&cloud.sdk().config, id, guests)
+        .await
+        .unwrap_or_else(|e| panic!("remove node {id}: {}", sdk_error(e)))
+        .operation_id
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_spread_and_refusals_say_why() {
@@ -23,14 +56,8 @@ async fn batches_spread_and_refusals_say_why() {
     cloud
         .add_node("node-tiny", &[("CORRAL_MEMORY_OVERCOMMIT", "0.0001")])
         .await;
-    let (s, v) = cloud
-        .call(
-            reqwest::Method::PATCH,
-            "/nodes/node-manual",
-            Some(json!({"accept_auto": false})),
-        )
-        .await;
-    assert_eq!((s, v["accept_auto"].clone()), (200, json!(false)));
+    let n = accept_auto(&cloud, "node-manual", false).await;
+    assert!(!n.accept_auto, "{n:?}");
 
     let ops = cloud
         .create(
@@ -40,10 +67,8 @@ async fn batches_spread_and_refusals_say_why() {
     let mut per_node: HashMap<String, i32> = HashMap::new();
     for (gid, op) in &ops {
         assert_eq!(cloud.wait_op(op).await["state"], "succeeded");
-        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-        *per_node
-            .entry(g["node_id"].as_str().unwrap().to_string())
-            .or_default() += 1;
+        let g = guest(&cloud, gid).await;
+        *per_node.entry(g.node_id.unwrap()).or_default() += 1;
     }
     assert_eq!(
         per_node.len(),
@@ -54,8 +79,10 @@ async fn batches_spread_and_refusals_say_why() {
         (per_node[&a] - per_node["node-d"]).abs() <= 1,
         "spread evenly: {per_node:?}"
     );
-    let (_, live) = cloud.get("/nodes?online=true").await;
-    assert_eq!(live.as_array().unwrap().len(), 4, "live nodes (S09)");
+    let live = nodes_api::node_list(&cloud.sdk().config, Some(true))
+        .await
+        .unwrap_or_else(|e| panic!("live nodes: {}", sdk_error(e)));
+    assert_eq!(live.len(), 4, "live nodes (S09)");
 
     // chosen by hand: the switch does not apply, capacity does
     let (gid, op) = cloud
@@ -64,8 +91,8 @@ async fn batches_spread_and_refusals_say_why() {
         .clone();
     assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
     assert_eq!(
-        cloud.get(&format!("/guests/{gid}")).await.1["node_id"],
-        "node-manual"
+        guest(&cloud, &gid).await.node_id.as_deref(),
+        Some("node-manual")
     );
     let (_, op) = cloud
         .create(json!({"template": "tiny", "cpus": 1, "memory_mib": 64, "node": "node-tiny"}))
@@ -78,13 +105,7 @@ async fn batches_spread_and_refusals_say_why() {
 
     // nobody takes automatic guests: every node is named with its reason
     for n in [a.as_str(), "node-d"] {
-        cloud
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/nodes/{n}"),
-                Some(json!({"accept_auto": false})),
-            )
-            .await;
+        accept_auto(&cloud, n, false).await;
     }
     let (_, op) = cloud
         .create(json!({"template": "tiny", "cpus": 1, "memory_mib": 64}))
@@ -101,15 +122,14 @@ async fn batches_spread_and_refusals_say_why() {
     }
     assert!(err.contains("node-tiny: memory"), "{err}");
 
-    let (_, all) = cloud.get("/guests?limit=1000").await;
-    for g in all.as_array().unwrap() {
-        let (_, d) = cloud
-            .delete(&format!("/guests/{}", g["id"].as_str().unwrap()))
-            .await;
-        assert_eq!(
-            cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
-            "succeeded"
-        );
+    let all = guests_api::guest_list(&cloud.sdk().config, None, None, None, Some(1000), None)
+        .await
+        .unwrap_or_else(|e| panic!("guests: {}", sdk_error(e)));
+    for g in all {
+        let d = guests_api::guest_delete(&cloud.sdk().config, &g.id)
+            .await
+            .unwrap_or_else(|e| panic!("delete {}: {}", g.id, sdk_error(e)));
+        assert_eq!(cloud.wait_op(&d.operation_id).await["state"], "succeeded");
     }
     cloud.assert_no_leaks().await;
 }
@@ -141,43 +161,35 @@ async fn removing_nodes_keeps_or_deletes_their_guests() {
     }
     for n in ["node-keep", "node-drop"] {
         for _ in 0..200 {
-            if cloud.get(&format!("/nodes/{n}")).await.1["online"] == json!(false) {
+            if !node(&cloud, n).await.online {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
-    let (s, v) = cloud.delete("/nodes/node-keep?guests=keep").await;
-    assert_eq!(s, 202, "{v}");
-    assert_eq!(
-        cloud.wait_op(v["operation_id"].as_str().unwrap()).await["state"],
-        "succeeded"
-    );
+    let op = remove_node(&cloud, "node-keep", GuestRecords::Keep).await;
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    // Raw: the test is about the status of a read of a removed node.
     assert_eq!(cloud.get("/nodes/node-keep").await.0, 404);
     for g in &on["node-keep"] {
-        let (s, g) = cloud.get(&format!("/guests/{g}")).await;
-        assert_eq!(
-            (s, g["state"].as_str()),
-            (200, Some("unknown")),
-            "kept: {g}"
-        );
+        let g = guest(&cloud, g).await;
+        assert_eq!(g.state, GuestState::Unknown, "kept: {g:?}");
     }
-    let (s, v) = cloud.delete("/nodes/node-drop?guests=delete").await;
-    assert_eq!(s, 202, "{v}");
-    assert_eq!(
-        cloud.wait_op(v["operation_id"].as_str().unwrap()).await["state"],
-        "succeeded"
-    );
+    let op = remove_node(&cloud, "node-drop", GuestRecords::Delete).await;
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
     for g in &on["node-drop"] {
+        // Raw: the test is about the status of a read of a deleted guest.
         assert_eq!(
             cloud.get(&format!("/guests/{g}")).await.0,
             404,
             "deleted with the node"
         );
     }
-    let (_, pools) = cloud.get("/ip-pools").await;
+    let pools = resources_api::pool_list(&cloud.sdk().config)
+        .await
+        .unwrap_or_else(|e| panic!("pools: {}", sdk_error(e)));
     assert_eq!(
-        pools[0]["used"], 2,
+        pools[0].used, 2,
         "only the kept guests still hold addresses"
     );
     let (s, v) = cloud.delete("/nodes/nope?guests=keep").await;

@@ -7,11 +7,49 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{read_sse, require, Cloud};
+use common::{read_sse, require, sdk_error, Cloud};
+use corral_client::apis::{guests_api, nodes_api, operations_api, resources_api};
+use corral_client::models::{Guest, GuestAction, GuestState, Node, Operation};
 use serde_json::{json, Value};
 
 fn parts() -> bool {
     require("redis-server") && require("qemu-img") && require("genisoimage")
+}
+
+/// Guest `gid`'s record.
+async fn guest(cloud: &Cloud, gid: &str) -> Guest {
+    guests_api::guest_get(&cloud.sdk().config, gid)
+        .await
+        .unwrap_or_else(|e| panic!("guest {gid}: {}", sdk_error(e)))
+}
+
+/// Every guest (the API's default page).
+async fn guests(cloud: &Cloud) -> Vec<Guest> {
+    guests_api::guest_list(&cloud.sdk().config, None, None, None, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("guests: {}", sdk_error(e)))
+}
+
+/// Deletes guest `gid`; returns the operation's id.
+async fn delete_guest(cloud: &Cloud, gid: &str) -> String {
+    guests_api::guest_delete(&cloud.sdk().config, gid)
+        .await
+        .unwrap_or_else(|e| panic!("delete guest {gid}: {}", sdk_error(e)))
+        .operation_id
+}
+
+/// Node `id`'s record.
+async fn node(cloud: &Cloud, id: &str) -> Node {
+    nodes_api::node_get(&cloud.sdk().config, id)
+        .await
+        .unwrap_or_else(|e| panic!("node {id}: {}", sdk_error(e)))
+}
+
+/// Operations, all or only the active ones.
+async fn operations(cloud: &Cloud, active: Option<bool>) -> Vec<Operation> {
+    operations_api::operation_list(&cloud.sdk().config, None, None, None, active, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("operations: {}", sdk_error(e)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,6 +69,7 @@ async fn create_and_delete_many_guests_leaves_nothing_behind() {
         assert_eq!(v["state"], "succeeded", "{v}");
         assert_eq!(v["progress"]["percent"], 100);
     }
+    // Raw: `vnc_password` (which must be absent) is not in the SDK's Guest model.
     let (_, guests) = cloud.get("/guests?limit=1000").await;
     let guests = guests.as_array().unwrap().clone();
     assert_eq!(guests.len(), 24);
@@ -72,19 +111,17 @@ async fn create_and_delete_many_guests_leaves_nothing_behind() {
     // power actions go through operations too
     let g0 = guests[0]["id"].as_str().unwrap();
     for (action, state) in [
-        ("suspend", "paused"),
-        ("resume", "running"),
-        ("poweroff", "shutoff"),
-        ("start", "running"),
+        (GuestAction::Suspend, GuestState::Paused),
+        (GuestAction::Resume, GuestState::Running),
+        (GuestAction::Poweroff, GuestState::Shutoff),
+        (GuestAction::Start, GuestState::Running),
     ] {
-        let (s, v) = cloud
-            .post(&format!("/guests/{g0}/actions/{action}"), json!(null))
-            .await;
-        assert_eq!(s, 202, "{v}");
-        let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+        let v = guests_api::guest_action(&cloud.sdk().config, g0, action, None)
+            .await
+            .unwrap_or_else(|e| panic!("{action} {g0}: {}", sdk_error(e)));
+        let op = cloud.wait_op(&v.operation_id).await;
         assert_eq!(op["state"], "succeeded", "{op}");
-        let (_, g) = cloud.get(&format!("/guests/{g0}")).await;
-        assert_eq!(g["state"], state, "after {action}");
+        assert_eq!(guest(&cloud, g0).await.state, state, "after {action}");
     }
 
     cloud.delete_all_and_check().await;
@@ -141,39 +178,30 @@ async fn concurrent_creates_racing_for_a_small_pool_never_share_an_address() {
         succeeded, 5,
         "exactly the pool's size wins ({refused} refused up front)"
     );
-    let (_, guests) = cloud.get("/guests").await;
-    let running: Vec<&Value> = guests
-        .as_array()
-        .unwrap()
+    let guests = guests(&cloud).await;
+    let running: Vec<&Guest> = guests
         .iter()
-        .filter(|g| g["state"] == "running")
+        .filter(|g| g.state == GuestState::Running)
         .collect();
-    let ips: HashSet<&str> = running.iter().map(|g| g["ip"].as_str().unwrap()).collect();
+    let ips: HashSet<&str> = running.iter().map(|g| g.ip.as_deref().unwrap()).collect();
     assert_eq!(ips.len(), 5, "no duplicates");
     // losers hold nothing: their guests are in state error without address or files
-    for g in guests
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|g| g["state"] == "error")
-    {
+    for g in guests.iter().filter(|g| g.state == GuestState::Error) {
         assert!(
-            g["ip"].is_null() && g["vnc_port"].is_null() && g["mac"].is_null(),
-            "{g}"
+            g.ip.is_none() && g.vnc_port.is_none() && g.mac.is_none(),
+            "{g:?}"
         );
-        assert!(g["disks"].as_array().unwrap().is_empty());
+        assert!(g.disks.is_empty());
     }
-    let (_, pools) = cloud.get("/ip-pools").await;
-    assert_eq!(pools[0]["used"], 5);
+    let pools = resources_api::pool_list(&cloud.sdk().config)
+        .await
+        .unwrap_or_else(|e| panic!("pools: {}", sdk_error(e)));
+    assert_eq!(pools[0].used, 5);
     assert_eq!(cloud.image_files().len(), 10);
     // a guest whose creation failed can be deleted (S30); then everything is gone
     let mut dels = Vec::new();
-    for g in guests.as_array().unwrap() {
-        let (s, v) = cloud
-            .delete(&format!("/guests/{}", g["id"].as_str().unwrap()))
-            .await;
-        assert_eq!(s, 202, "{v}");
-        dels.push(v["operation_id"].as_str().unwrap().to_string());
+    for g in &guests {
+        dels.push(delete_guest(&cloud, &g.id).await);
     }
     for d in dels {
         assert_eq!(cloud.wait_op(&d).await["state"], "succeeded");
@@ -206,10 +234,9 @@ async fn a_busy_guest_answers_409_naming_the_operation_and_cancel_unwinds() {
     assert_eq!(s, 409);
 
     // Cancel: honoured at the next step boundary, then every completed step is undone.
-    let (s, v) = cloud
-        .post(&format!("/operations/{op}/cancel"), json!(null))
-        .await;
-    assert_eq!(s, 202, "{v}");
+    operations_api::operation_cancel(&cloud.sdk().config, &op)
+        .await
+        .unwrap_or_else(|e| panic!("cancel {op}: {}", sdk_error(e)));
     cloud.node.as_ref().unwrap().signal("CONT");
     let v = cloud.wait_op(&op).await;
     assert_eq!(v["state"], "cancelled", "{v}");
@@ -304,10 +331,10 @@ async fn bad_input_gets_a_4xx_with_a_message_and_creates_nothing() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["code"], "unauthorized");
     // nothing was created
-    let (_, g) = cloud.get("/guests").await;
-    assert_eq!(g, json!([]));
-    let (_, ops) = cloud.get("/operations").await;
-    assert_eq!(ops, json!([]));
+    let g = guests(&cloud).await;
+    assert!(g.is_empty(), "{g:?}");
+    let ops = operations(&cloud, None).await;
+    assert!(ops.is_empty(), "{ops:?}");
     // a template in use cannot be deleted (S53)
     cloud.pool("more", "192.0.2.100", "192.0.2.101").await;
     let (gid, op) = cloud
@@ -317,10 +344,10 @@ async fn bad_input_gets_a_4xx_with_a_message_and_creates_nothing() {
     cloud.wait_op(&op).await;
     let (s, v) = cloud.delete("/templates/tiny").await;
     assert_eq!(s, 409, "{v}");
-    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
-    cloud.wait_op(d["operation_id"].as_str().unwrap()).await;
-    let (s, _) = cloud.delete("/templates/tiny").await;
-    assert_eq!(s, 204);
+    cloud.wait_op(&delete_guest(&cloud, &gid).await).await;
+    resources_api::template_delete(&cloud.sdk().config, "tiny")
+        .await
+        .unwrap_or_else(|e| panic!("delete template tiny: {}", sdk_error(e)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,47 +449,46 @@ async fn a_silent_node_goes_offline_and_its_guests_read_unknown_until_it_returns
         .clone();
     assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
     cloud.node.as_ref().unwrap().signal("STOP");
-    let node_path = format!("/nodes/{}", cloud.node_id);
-    let mut offline = json!(null);
+    let mut offline = None;
     for _ in 0..200 {
-        let (_, n) = cloud.get(&node_path).await;
-        if n["online"] == json!(false) {
-            offline = n;
+        let n = node(&cloud, &cloud.node_id).await;
+        if !n.online {
+            offline = Some(n);
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(offline["online"], json!(false), "node never went offline");
+    let offline = offline.expect("node never went offline");
     assert!(
-        offline["offline_since"].is_string() && offline["offline_seconds"].is_number(),
-        "{offline}"
+        offline.offline_since.is_some() && offline.offline_seconds.is_some(),
+        "{offline:?}"
     );
-    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-    assert_eq!(g["state"], "unknown");
+    assert_eq!(guest(&cloud, &gid).await.state, GuestState::Unknown);
     cloud.node.as_ref().unwrap().signal("CONT");
-    let mut back = String::new();
+    let mut back = GuestState::Unknown;
     for _ in 0..200 {
-        back = cloud.get(&format!("/guests/{gid}")).await.1["state"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        if back == "running" {
+        back = guest(&cloud, &gid).await.state;
+        if back == GuestState::Running {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(back, "running", "the reconcile restores the real state");
+    assert_eq!(
+        back,
+        GuestState::Running,
+        "the reconcile restores the real state"
+    );
     // The inventory and the next heartbeat travel separately: wait for the heartbeat too.
-    let mut n = json!(null);
+    let mut n = node(&cloud, &cloud.node_id).await;
     for _ in 0..100 {
-        n = cloud.get(&node_path).await.1;
-        if n["online"] == json!(true) {
+        if n.online {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        n = node(&cloud, &cloud.node_id).await;
     }
-    assert_eq!(n["online"], json!(true), "{n}");
-    assert!(n["offline_since"].is_null());
+    assert!(n.online, "{n:?}");
+    assert!(n.offline_since.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,17 +507,16 @@ async fn the_backlog_stays_in_sql_and_only_the_window_reaches_the_node() {
         .await;
     let mut max_out = 0;
     loop {
-        let (_, active) = cloud.get("/operations?active=true").await;
-        let active = active.as_array().unwrap();
+        let active = operations(&cloud, Some(true)).await;
         if active.is_empty() {
             break;
         }
         let out = active
             .iter()
             .filter(|op| {
-                op["steps"].as_array().unwrap().iter().any(|s| {
-                    s["runs_on"] == "node" && (s["state"] == "running" || s["state"] == "undoing")
-                })
+                op.steps
+                    .iter()
+                    .any(|s| s.runs_on == "node" && (s.state == "running" || s.state == "undoing"))
             })
             .count();
         max_out = max_out.max(out);
@@ -517,33 +542,19 @@ async fn foreign_domains_are_listed_and_never_touched() {
         .await[0]
         .clone();
     cloud.wait_op(&op).await;
-    let path = format!("/nodes/{}", cloud.node_id);
-    let mut node = json!(null);
+    let mut n = node(&cloud, &cloud.node_id).await;
     for _ in 0..100 {
-        node = cloud.get(&path).await.1;
-        if !node["foreign_domains"].as_array().unwrap().is_empty() {
+        if !n.foreign_domains.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        n = node(&cloud, &cloud.node_id).await;
     }
-    let names: Vec<&str> = node["foreign_domains"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["test"], "{node}");
-    assert_eq!(node["foreign_domains"][0]["state"], "running", "untouched");
-    assert_eq!(
-        (node["vnc_port_min"].as_u64(), node["vnc_port_max"].as_u64()),
-        (Some(5900), Some(6899))
-    );
-    let workers: Vec<&str> = node["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = n.foreign_domains.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["test"], "{n:?}");
+    assert_eq!(n.foreign_domains[0].state, "running", "untouched");
+    assert_eq!((n.vnc_port_min, n.vnc_port_max), (Some(5900), Some(6899)));
+    let workers: Vec<&str> = n.workers.iter().map(|w| w.name.as_str()).collect();
     for w in ["heartbeat", "queue", "watcher", "vnc-ports"] {
         assert!(workers.contains(&w), "{workers:?}");
     }
@@ -573,10 +584,13 @@ async fn bandwidth_limits_are_rendered_and_validated() {
         .await[0]
         .clone();
     assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
-    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-    assert_eq!(g["bandwidth"]["inbound"]["average_kbps"], 1000);
-    let (_, x) = cloud.get(&format!("/guests/{gid}/domain-xml")).await;
-    let xml = x["xml"].as_str().unwrap();
+    let g = guest(&cloud, &gid).await;
+    let inbound = g.bandwidth.and_then(|b| b.inbound).unwrap();
+    assert_eq!(inbound.average_kbps, 1000);
+    let x = guests_api::guest_domain_xml(&cloud.sdk().config, &gid)
+        .await
+        .unwrap_or_else(|e| panic!("domain XML of {gid}: {}", sdk_error(e)));
+    let xml = x.xml.unwrap();
     assert!(
         xml.contains("<inbound average='1000' peak='2000' burst='256'/>"),
         "{xml}"

@@ -12,8 +12,24 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{require, Cloud};
+use common::{require, sdk_error, Cloud};
+use corral_client::apis::{guests_api, nodes_api, resources_api};
+use corral_client::models::{GuestState, Node, Pool};
 use serde_json::json;
+
+/// Every address pool.
+async fn pools(cloud: &Cloud) -> Vec<Pool> {
+    resources_api::pool_list(&cloud.sdk().config)
+        .await
+        .unwrap_or_else(|e| panic!("pools: {}", sdk_error(e)))
+}
+
+/// The test's node's record.
+async fn node(cloud: &Cloud) -> Node {
+    nodes_api::node_get(&cloud.sdk().config, &cloud.node_id)
+        .await
+        .unwrap_or_else(|e| panic!("node {}: {}", cloud.node_id, sdk_error(e)))
+}
 
 fn libvirtd_answers() -> bool {
     Command::new("virsh")
@@ -118,27 +134,27 @@ async fn an_undo_failing_against_a_stopped_libvirtd_keeps_its_lease() {
             .any(|s| s["name"] == "build" && s["state"] == "undo_failed"),
         "{v}"
     );
-    let (_, pools) = cloud.get("/ip-pools").await;
-    assert_eq!(pools[0]["used"], 1, "the address stays held: {pools}");
-    let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-    assert_eq!(g["state"], "error", "{g}");
-    assert!(g["ip"].is_string(), "the record still names it: {g}");
-    let (_, node) = cloud.get(&format!("/nodes/{}", cloud.node_id)).await;
-    let listed = node["cleanup"].as_array().unwrap();
+    let held = pools(&cloud).await;
+    assert_eq!(held[0].used, 1, "the address stays held: {held:?}");
+    let g = guests_api::guest_get(&cloud.sdk().config, &gid)
+        .await
+        .unwrap_or_else(|e| panic!("guest {gid}: {}", sdk_error(e)));
+    assert_eq!(g.state, GuestState::Error, "{g:?}");
+    assert!(g.ip.is_some(), "the record still names it: {g:?}");
+    let n = node(&cloud).await;
     assert!(
-        listed
+        n.cleanup
             .iter()
-            .any(|c| c["action"] == "undefine" && c["target"] == json!(gid)),
-        "the failed undefine is on the node's list: {node}"
+            .any(|c| c.action == "undefine" && c.target == gid),
+        "the failed undefine is on the node's list: {n:?}"
     );
 
     // libvirtd returns: the janitor's retry removes the domain and frees the lease.
     start_libvirtd();
     let mut freed = false;
     for _ in 0..300 {
-        let (_, pools) = cloud.get("/ip-pools").await;
-        let (_, node) = cloud.get(&format!("/nodes/{}", cloud.node_id)).await;
-        if pools[0]["used"] == 0 && node["cleanup"] == json!([]) {
+        let used = pools(&cloud).await[0].used;
+        if used == 0 && node(&cloud).await.cleanup.is_empty() {
             freed = true;
             break;
         }

@@ -127,7 +127,7 @@ pub fn job_view(j: BootJobRow) -> BootJob {
         guest_id: j.guest_id,
         script: j.script,
         system: j.system,
-        state: j.state,
+        state: j.state.as_str().to_string(),
         operation_id: j.operation_id,
         error: j.error,
         attempts: j.attempts.max(0) as u32,
@@ -396,7 +396,7 @@ impl BootJobApi {
         let j = visible_job(&state, &auth, &id).await?;
         if !state.store.cancel_boot_job(&j.id).await? {
             return Err(Error::Conflict {
-                message: format!("boot job {} is {}, not pending", j.id, j.state),
+                message: format!("boot job {} is {}, not pending", j.id, j.state.as_str()),
                 details: None,
             }
             .into());

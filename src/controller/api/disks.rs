@@ -146,7 +146,7 @@ fn view(d: DataDiskRow) -> DiskDetail {
         path: d.path,
         guest_id: d.guest_id,
         target: d.target,
-        state: d.state,
+        state: d.state.as_str().to_string(),
         busy_with: d.lock_op,
         owner_id: d.owner_id,
         created_at: rfc3339(d.created_at),
@@ -367,7 +367,7 @@ impl DiskApi {
                 .map(|l| serde_json::to_string(&l))
                 .transpose()
                 .map_err(st::StoreError::from)?,
-            state: "creating".into(),
+            state: crate::model::ReadyState::Creating,
             lock_op: None,
             created_at: now_ms(),
         };
@@ -400,7 +400,7 @@ impl DiskApi {
             ))
             .into());
         }
-        if d.state != "ready" {
+        if d.state != crate::model::ReadyState::Ready {
             return Err(conflict(format!("disk {} is {}", d.name, d.state)).into());
         }
         if g.node_id.as_deref() != Some(d.node_id.as_str()) {
@@ -473,7 +473,7 @@ impl DiskApi {
             ))
             .into());
         }
-        if d.state != "ready" {
+        if d.state != crate::model::ReadyState::Ready {
             return Err(conflict(format!("disk {} is {}", d.name, d.state)).into());
         }
         let req = Request::DiskResize(disk_resize::Payload {
@@ -512,7 +512,7 @@ impl DiskApi {
             ))
             .into());
         }
-        if d.state != "ready" {
+        if d.state != crate::model::ReadyState::Ready {
             return Err(conflict(format!("disk {} is {}", d.name, d.state)).into());
         }
         let req = Request::DiskSetLimits(disk_limits::Payload {

@@ -66,7 +66,7 @@ fn view(s: SnapshotRow) -> Snapshot {
         guest_id: s.guest_id,
         name: s.name,
         description: s.description,
-        state: s.state,
+        state: s.state.as_str().to_string(),
         vm_state: s.vm_state,
         quiesced: s.quiesced,
         created_at: rfc3339(s.created_at),
@@ -179,7 +179,7 @@ impl SnapshotApi {
             guest_id: g.id.clone(),
             name: b.name,
             description: b.description,
-            state: "creating".into(),
+            state: crate::model::ReadyState::Creating,
             vm_state: None,
             quiesced: false,
             created_at: now_ms(),
@@ -215,7 +215,7 @@ impl SnapshotApi {
         let g = access::guest(&state, &auth.0, &id).await?;
         let s = self::snapshot(&state, &g, &snapshot).await?;
         ready(&g)?;
-        if s.state != "ready" {
+        if s.state != crate::model::ReadyState::Ready {
             return Err(Error::Conflict {
                 message: format!("snapshot {} is {}", s.name, s.state),
                 details: None,

@@ -116,7 +116,7 @@ async fn ready_snapshot(
         .snapshot(&g.id, s)
         .await?
         .ok_or_else(|| Error::not_found("snapshot", s.to_string()))?;
-    if snap.state != "ready" {
+    if snap.state != crate::model::ReadyState::Ready {
         return Err(Error::Conflict {
             message: format!("snapshot {} is {}", snap.name, snap.state),
             details: None,

@@ -18,7 +18,7 @@ pub struct DataDiskRow {
     pub guest_id: Option<String>,
     pub target: Option<String>,
     pub iotune: Option<String>,
-    pub state: String,
+    pub state: crate::model::ReadyState,
     pub lock_op: Option<String>,
     pub created_at: i64,
 }
@@ -52,7 +52,7 @@ pub async fn insert_data_disk(tx: &mut Tx<'_>, d: &DataDiskRow) -> Result<(), St
     .bind(&d.path)
     .bind(d.size_mib)
     .bind(&d.iotune)
-    .bind(&d.state)
+    .bind(d.state)
     .bind(&d.lock_op)
     .bind(d.created_at)
     .execute(&mut **tx)

@@ -29,7 +29,7 @@ pub struct BootJobRow {
     pub script: String,
     pub params: String,
     pub system: bool,
-    pub state: String,
+    pub state: crate::model::BootJobState,
     pub operation_id: Option<String>,
     pub actions: Option<String>,
     pub results: Option<String>,
@@ -63,7 +63,7 @@ impl BootJobRow {
             script: script.to_string(),
             params: params.to_string(),
             system,
-            state: "pending".into(),
+            state: crate::model::BootJobState::Pending,
             operation_id: None,
             actions: None,
             results: None,
@@ -111,7 +111,7 @@ pub async fn insert_boot_job(tx: &mut Tx<'_>, j: &BootJobRow) -> Result<(), Stor
     .bind(&j.script)
     .bind(&j.params)
     .bind(j.system)
-    .bind(&j.state)
+    .bind(j.state)
     .bind(&j.operation_id)
     .bind(&j.actions)
     .bind(&j.results)
@@ -174,7 +174,7 @@ pub async fn claim_job(
 pub async fn end_job(
     tx: &mut Tx<'_>,
     id: &str,
-    state: &str,
+    state: crate::model::BootJobState,
     results: Option<&str>,
     error: Option<&str>,
 ) -> Result<(), StoreError> {

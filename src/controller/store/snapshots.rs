@@ -8,7 +8,7 @@ pub struct SnapshotRow {
     pub guest_id: String,
     pub name: String,
     pub description: Option<String>,
-    pub state: String,
+    pub state: crate::model::ReadyState,
     pub vm_state: Option<String>,
     pub quiesced: bool,
     pub created_at: i64,
@@ -29,7 +29,7 @@ pub async fn insert_snapshot(tx: &mut Tx<'_>, s: &SnapshotRow) -> Result<(), Sto
     .bind(&s.guest_id)
     .bind(&s.name)
     .bind(&s.description)
-    .bind(&s.state)
+    .bind(s.state)
     .bind(&s.vm_state)
     .bind(s.quiesced)
     .bind(s.created_at)

@@ -32,7 +32,7 @@ use crate::controller::saga::launch::{create_op, LaunchError, Target};
 use crate::controller::saga::steps::{guest_of, StepEnv, StepError};
 use crate::controller::store::{self as st, OpRow, Store, StoreError, Tx};
 use crate::jobs::Catalog;
-use crate::model::{AgentBatch, AgentReport, BatchScript, NodeAction};
+use crate::model::{AgentBatch, AgentReport, BatchScript, BootJobState, NodeAction};
 use crate::script::catalog::Kind as ScriptKind;
 
 /// How long a run waits for the agent of a guest that just booted.
@@ -112,7 +112,7 @@ async fn claim(
             st::claim_job(tx, &job.id, &op.id, "[]").await?;
         } else {
             let e = format!("boot script {} no longer exists", job.script);
-            st::end_job(tx, &job.id, "failed", None, Some(&e)).await?;
+            st::end_job(tx, &job.id, BootJobState::Failed, None, Some(&e)).await?;
         }
     }
     Ok(())
@@ -148,7 +148,7 @@ async fn run_action(
             Ok(p) => p,
             Err(e) => {
                 // Only this job cannot run; it would fail the same way at every boot.
-                st::end_job(tx, &j.id, "failed", None, Some(&e.to_string())).await?;
+                st::end_job(tx, &j.id, BootJobState::Failed, None, Some(&e.to_string())).await?;
                 continue;
             }
         };
@@ -220,10 +220,10 @@ async fn complete(
             .transpose()
             .map_err(StoreError::from)?;
         let (state, error) = match batch {
-            Some(b) if b.ok => ("done", None),
-            Some(b) => ("failed", b.error.clone()),
+            Some(b) if b.ok => (BootJobState::Done, None),
+            Some(b) => (BootJobState::Failed, b.error.clone()),
             None => (
-                "failed",
+                BootJobState::Failed,
                 Some("the node did not report this job".to_string()),
             ),
         };
@@ -232,7 +232,7 @@ async fn complete(
         st::end_job(tx, &job.id, state, results.as_deref(), error.as_deref()).await?;
         // Init secrets are the guest's main account's (root): other users' are not replayed.
         let main_user = params["user"].as_str().is_none_or(|u| u == "root");
-        if state == "done" && job.system && main_user {
+        if state == BootJobState::Done && job.system && main_user {
             match job.script.as_str() {
                 "reset-password" => {
                     if let Some(h) = params["password_hash"].as_str() {
