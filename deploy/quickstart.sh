@@ -11,5 +11,5 @@ if ! command -v cargo >/dev/null; then
 fi
 command -v cargo >/dev/null || { echo "install Rust first: https://rustup.rs" >&2; exit 1; }
 cargo build --release
-install -m 0755 target/release/corral /usr/local/bin/corral
+install -m 0755 target/release/corral target/release/corral-node /usr/local/bin/
 exec corral up "$@"

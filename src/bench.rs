@@ -336,6 +336,14 @@ async fn placed_counts(api: &Api) -> Result<(HashMap<String, usize>, usize), Ben
     Ok((placed, total))
 }
 
+/// The file name of process `pid`'s executable: which agent binary the figure is of.
+fn exe_name(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "unknown binary".into())
+}
+
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -660,8 +668,9 @@ impl Rig {
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
         println!(
-            "corral node RSS, idle:                 {:>10.1} MiB",
-            rss_mib(node_pid)
+            "corral node RSS, idle:                 {:>10.1} MiB   (budget 30 MiB; {})",
+            rss_mib(node_pid),
+            exe_name(node_pid)
         );
         Ok(Rig {
             api,

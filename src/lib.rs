@@ -26,6 +26,7 @@ pub mod jobs;
 pub mod model;
 pub mod modes;
 pub mod node;
+pub mod process;
 pub mod render;
 pub mod script;
 pub mod transport;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio::sync::watch;
+use corral::process::{init_tracing, shutdown_signal};
 
 use cli::{Client, ClientOpts};
 use corral::config::Config;
@@ -169,30 +169,6 @@ impl From<BenchArgs> for bench::BenchOpts {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_redis=warn,poem=warn")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
-        }
-        let _ = tx.send(true);
-    });
-    rx
-}
-
 async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
@@ -214,8 +190,8 @@ async fn main() -> anyhow::Result<()> {
             corral::controller::run(cfg.controller, listener, shutdown_signal(), None).await?;
         }
         Cmd::Agent => {
-            // Without mimalloc's huge pages: an idle agent then holds a third of the heap.
-            corral::node::footprint::lean_agent();
+            // The lean `corral-node` when installed beside this binary (node::footprint).
+            corral::node::footprint::hand_over(cli.config.as_deref());
             init_tracing();
             let cfg = Config::load(cli.config.as_deref())?;
             corral::node::run(cfg.node, shutdown_signal()).await?;
