@@ -6,49 +6,46 @@
 
 mod common;
 
-use common::{require, Cloud};
+use common::{require, sdk_error, Cloud};
+use corral_client::apis::{guests_api, system_api, users_api};
+use corral_client::models::{
+    AuditEntry, NewUser, Purged, Retention, Settings, SettingsChange, UserRole,
+};
+use corral_client::session::Session;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
-async fn call(
+/// The trail's entries by the filters given (newest first), then those matching `f`.
+async fn entries(
     cloud: &Cloud,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = reqwest::Client::new()
-        .request(method, cloud.url(path))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
+    user: Option<&str>,
+    object: Option<&str>,
+    action: Option<&str>,
+    before: Option<i64>,
+    limit: Option<u64>,
+    f: impl Fn(&AuditEntry) -> bool,
+) -> Vec<AuditEntry> {
+    system_api::audit_list(
+        &cloud.sdk().config,
+        user,
+        object,
+        action,
+        None,
+        before,
+        limit,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("audit: {}", sdk_error(e)))
+    .into_iter()
+    .filter(|e| f(e))
+    .collect()
 }
 
-async fn login(cloud: &Cloud, user: &str, password: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(cloud.url("/auth/login"))
-        .json(&json!({"username": user, "password": password}))
-        .send()
+/// The settings, as the administrator reads them.
+async fn settings(cloud: &Cloud) -> Settings {
+    system_api::settings_get(&cloud.sdk().config)
         .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
-
-/// The trail's entries matching `f`, newest first.
-async fn entries(cloud: &Cloud, query: &str, f: impl Fn(&Value) -> bool) -> Vec<Value> {
-    let (s, v) = cloud.get(&format!("/audit?{query}")).await;
-    assert_eq!(s, 200, "{v}");
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| f(e))
-        .cloned()
-        .collect()
+        .unwrap_or_else(|e| panic!("settings: {}", sdk_error(e)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,51 +54,58 @@ async fn every_write_is_on_the_trail_and_old_records_are_purged() {
         return;
     }
     let cloud = Cloud::split("test:///default").await;
-    let (s, v) = cloud
-        .post(
-            "/users",
-            json!({"name": "ann", "password": "ann-password", "role": "user"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let ann_id = v["id"].as_str().unwrap().to_string();
+    let c = &cloud.sdk().config;
+    let ann_id = users_api::user_create(
+        c,
+        NewUser::new("ann".into(), "ann-password".into(), UserRole::User),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("user ann: {}", sdk_error(e)))
+    .id;
 
     // A failed and a good login: the trail names the account tried.
-    assert_eq!(login(&cloud, "ann", "not-her-password").await.0, 401);
-    let (s, v) = login(&cloud, "ann", "ann-password").await;
-    assert_eq!(s, 200, "{v}");
-    let ann = v["token"].as_str().unwrap().to_string();
+    // Raw: the test checks the refusal's status.
+    let r = reqwest::Client::new()
+        .post(cloud.url("/auth/login"))
+        .json(&json!({"username": "ann", "password": "not-her-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let ann = Session::login(&cloud.url(""), "ann", "ann-password")
+        .await
+        .unwrap_or_else(|e| panic!("login of ann: {e}"))
+        .config
+        .bearer_access_token
+        .unwrap();
 
     // Refused writes: a pool (administrators only), someone else's (or no) guest.
-    let (s, _) = call(
-        &cloud,
-        &ann,
-        Method::POST,
-        "/ip-pools",
-        Some(json!({"name": "x", "cidr": "192.0.2.0/24", "range_start": "192.0.2.10", "range_end": "192.0.2.20"})),
-    )
-    .await;
+    let (s, _) = cloud
+        .call_as(
+            &ann,
+            Method::POST,
+            "/ip-pools",
+            Some(json!({"name": "x", "cidr": "192.0.2.0/24", "range_start": "192.0.2.10", "range_end": "192.0.2.20"})),
+        )
+        .await;
     assert_eq!(s, 403);
-    let (s, _) = call(&cloud, &ann, Method::DELETE, "/guests/no-such-guest", None).await;
+    let (s, _) = cloud
+        .call_as(&ann, Method::DELETE, "/guests/no-such-guest", None)
+        .await;
     assert_eq!(s, 404);
     // A write with a bad body, and one without a working token.
-    let (s, _) = call(
-        &cloud,
-        &ann,
-        Method::POST,
-        "/guests",
-        Some(json!({"name": 12})),
-    )
-    .await;
+    let (s, _) = cloud
+        .call_as(&ann, Method::POST, "/guests", Some(json!({"name": 12})))
+        .await;
     assert_eq!(s, 400);
-    let (s, _) = call(
-        &cloud,
-        "not-a-token",
-        Method::POST,
-        "/tokens",
-        Some(json!({"name": "t"})),
-    )
-    .await;
+    let (s, _) = cloud
+        .call_as(
+            "not-a-token",
+            Method::POST,
+            "/tokens",
+            Some(json!({"name": "t"})),
+        )
+        .await;
     assert_eq!(s, 401);
 
     // Accepted writes by the admin: a pool (201) and a guest (202, an operation).
@@ -112,40 +116,38 @@ async fn every_write_is_on_the_trail_and_old_records_are_purged() {
         .await[0]
         .clone();
     assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
-    let (s, d) = cloud.delete(&format!("/guests/{gid}")).await;
-    assert_eq!(s, 202, "{d}");
+    guests_api::guest_delete(c, &gid)
+        .await
+        .unwrap_or_else(|e| panic!("delete {gid}: {}", sdk_error(e)));
 
     // Reads are not on the trail.
-    let all = entries(&cloud, "limit=1000", |_| true).await;
-    assert!(all.iter().all(|e| e["method"] != "GET"), "{all:?}");
+    let all = entries(&cloud, None, None, None, None, Some(1000), |_| true).await;
+    assert!(all.iter().all(|e| e.method != "GET"), "{all:?}");
     for e in &all {
-        assert_eq!(e["address"], "127.0.0.1", "{e}");
+        assert_eq!(e.address, "127.0.0.1", "{e:?}");
     }
 
-    let logins = entries(&cloud, "action=auth_login&limit=1000", |e| {
-        e["user"] == "ann"
+    let logins = entries(
+        &cloud,
+        None,
+        None,
+        Some("auth_login"),
+        None,
+        Some(1000),
+        |e| e.user.as_deref() == Some("ann"),
+    )
+    .await;
+    let statuses: Vec<u16> = logins.iter().map(|e| e.status).collect();
+    assert_eq!(statuses, vec![200, 401], "newest first: {logins:?}");
+    assert!(logins.iter().all(|e| e.user_id.is_none()), "{logins:?}");
+
+    let by_ann = entries(&cloud, Some(&ann_id), None, None, None, Some(1000), |_| {
+        true
     })
     .await;
-    let statuses: Vec<u64> = logins
+    let seen: Vec<(String, u16, Option<String>)> = by_ann
         .iter()
-        .map(|e| e["status"].as_u64().unwrap())
-        .collect();
-    assert_eq!(statuses, vec![200, 401], "newest first: {logins:?}");
-    assert!(
-        logins.iter().all(|e| e.get("user_id").is_none()),
-        "{logins:?}"
-    );
-
-    let by_ann = entries(&cloud, &format!("user={ann_id}&limit=1000"), |_| true).await;
-    let seen: Vec<(String, u64, Option<String>)> = by_ann
-        .iter()
-        .map(|e| {
-            (
-                e["action"].as_str().unwrap().to_string(),
-                e["status"].as_u64().unwrap(),
-                e["object"].as_str().map(String::from),
-            )
-        })
+        .map(|e| (e.action.clone(), e.status, e.object.clone()))
         .collect();
     assert_eq!(
         seen,
@@ -160,79 +162,86 @@ async fn every_write_is_on_the_trail_and_old_records_are_purged() {
         ],
         "{by_ann:?}"
     );
-    assert!(by_ann.iter().all(|e| e["user"] == "ann"), "{by_ann:?}");
+    assert!(
+        by_ann.iter().all(|e| e.user.as_deref() == Some("ann")),
+        "{by_ann:?}"
+    );
     // A write without a working token changed nothing and is not recorded: anonymous
     // requests cannot grow the trail (logins are, bounded by the login throttle).
-    let anonymous = entries(&cloud, "action=token_create", |e| e["status"] == 401).await;
-    assert_eq!(anonymous, Vec::<Value>::new(), "{anonymous:?}");
+    let anonymous = entries(&cloud, None, None, Some("token_create"), None, None, |e| {
+        e.status == 401
+    })
+    .await;
+    assert_eq!(anonymous, Vec::<AuditEntry>::new(), "{anonymous:?}");
 
     // What a write created, and what it acted on.
-    let pools = entries(&cloud, "action=pool_create", |e| e["status"] == 201).await;
+    let pools = entries(&cloud, None, None, Some("pool_create"), None, None, |e| {
+        e.status == 201
+    })
+    .await;
     assert_eq!(pools.len(), 1, "{pools:?}");
-    assert!(
-        pools[0]["object"].is_string(),
-        "the new pool's id: {pools:?}"
-    );
-    let creates = entries(&cloud, "action=guest_create", |e| e["status"] == 202).await;
+    assert!(pools[0].object.is_some(), "the new pool's id: {pools:?}");
+    let creates = entries(&cloud, None, None, Some("guest_create"), None, None, |e| {
+        e.status == 202
+    })
+    .await;
     assert_eq!(
-        creates[0]["object"],
-        json!(op),
+        creates[0].object.as_deref(),
+        Some(op.as_str()),
         "the operation it started: {creates:?}"
     );
-    assert_eq!(creates[0]["user"], "admin");
-    let deletes = entries(&cloud, &format!("object={gid}"), |_| true).await;
+    assert_eq!(creates[0].user.as_deref(), Some("admin"));
+    let deletes = entries(&cloud, None, Some(&gid), None, None, None, |_| true).await;
     assert_eq!(deletes.len(), 1, "{deletes:?}");
-    assert_eq!(deletes[0]["action"], "guest_delete");
-    assert_eq!(deletes[0]["path"], format!("/api/v1/guests/{gid}"));
+    assert_eq!(deletes[0].action, "guest_delete");
+    assert_eq!(deletes[0].path, format!("/api/v1/guests/{gid}"));
 
     // Pages: `before` continues where a page ended.
-    let first = entries(&cloud, "limit=2", |_| true).await;
+    let first = entries(&cloud, None, None, None, None, Some(2), |_| true).await;
     assert_eq!(first.len(), 2);
     let next = entries(
         &cloud,
-        &format!("limit=2&before={}", first[1]["seq"]),
+        None,
+        None,
+        None,
+        Some(first[1].seq),
+        Some(2),
         |_| true,
     )
     .await;
-    assert!(
-        next[0]["seq"].as_i64() < first[1]["seq"].as_i64(),
-        "{next:?}"
-    );
+    assert!(next[0].seq < first[1].seq, "{next:?}");
     let (s, v) = cloud.get("/audit?since=yesterday").await;
     assert_eq!(s, 400, "{v}");
 
     // Only administrators read it or change settings.
-    assert_eq!(call(&cloud, &ann, Method::GET, "/audit", None).await.0, 403);
     assert_eq!(
-        call(&cloud, &ann, Method::GET, "/settings", None).await.0,
+        cloud.call_as(&ann, Method::GET, "/audit", None).await.0,
         403
     );
     assert_eq!(
-        call(&cloud, &ann, Method::POST, "/settings/purge", None)
+        cloud.call_as(&ann, Method::GET, "/settings", None).await.0,
+        403
+    );
+    assert_eq!(
+        cloud
+            .call_as(&ann, Method::POST, "/settings/purge", None)
             .await
             .0,
         403
     );
 
     // Settings: defaults, a change that sticks, a bad value refused.
-    let (s, v) = cloud.get("/settings").await;
-    assert_eq!(s, 200, "{v}");
     assert_eq!(
-        v["retention"],
-        json!({"audit_days": 365, "operations_days": 90, "events_days": 30})
+        *settings(&cloud).await.retention,
+        Retention::new(365, 30, 90)
     );
-    let (s, v) = cloud
-        .call(
-            Method::PATCH,
-            "/settings",
-            Some(json!({"retention": {"audit_days": 30, "operations_days": 7, "events_days": 0}})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(
-        cloud.get("/settings").await.1["retention"]["operations_days"],
-        7
-    );
+    let mut change = SettingsChange::new();
+    change.retention = Some(Box::new(Retention::new(30, 0, 7)));
+    system_api::settings_update(c, change)
+        .await
+        .unwrap_or_else(|e| panic!("retention: {}", sdk_error(e)));
+    assert_eq!(settings(&cloud).await.retention.operations_days, 7);
+    // Raw: -1 is beyond what the SDK's model can send.
     let (s, v) = cloud
         .call(
             Method::PATCH,
@@ -241,19 +250,26 @@ async fn every_write_is_on_the_trail_and_old_records_are_purged() {
         )
         .await;
     assert_eq!(s, 400, "{v}");
-    assert_eq!(
-        cloud.get("/settings").await.1["retention"]["audit_days"],
-        30
-    );
+    assert_eq!(settings(&cloud).await.retention.audit_days, 30);
 
     // Nothing here is old enough to go; the purge says so, and the trail records it.
-    let (s, v) = cloud.post("/settings/purge", json!(null)).await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v, json!({"audit": 0, "operations": 0, "events": 0}));
-    let purges = entries(&cloud, "action=settings_purge", |_| true).await;
-    let who: Vec<(&str, u64)> = purges
+    let purged = system_api::settings_purge(c)
+        .await
+        .unwrap_or_else(|e| panic!("purge: {}", sdk_error(e)));
+    assert_eq!(purged, Purged::new(0, 0, 0));
+    let purges = entries(
+        &cloud,
+        None,
+        None,
+        Some("settings_purge"),
+        None,
+        None,
+        |_| true,
+    )
+    .await;
+    let who: Vec<(&str, u16)> = purges
         .iter()
-        .map(|e| (e["user"].as_str().unwrap(), e["status"].as_u64().unwrap()))
+        .map(|e| (e.user.as_deref().unwrap(), e.status))
         .collect();
     assert_eq!(who, vec![("admin", 200), ("ann", 403)], "{purges:?}");
 }

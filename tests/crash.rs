@@ -7,11 +7,28 @@ mod common;
 
 use std::time::Duration;
 
-use common::{require, Cloud};
+use common::{require, sdk_error, Cloud};
+use corral_client::apis::{guests_api, operations_api, resources_api, scripts_api, system_api};
+use corral_client::models::{ChangeIp, Guest, GuestAction, GuestState, UpdateGuest};
 use serde_json::json;
 
 fn parts() -> bool {
     require("redis-server") && require("qemu-img") && require("genisoimage")
+}
+
+/// Guest `gid`'s record.
+async fn guest(cloud: &Cloud, gid: &str) -> Guest {
+    guests_api::guest_get(&cloud.sdk().config, gid)
+        .await
+        .unwrap_or_else(|e| panic!("guest {gid}: {}", sdk_error(e)))
+}
+
+/// Deletes guest `gid`; returns the operation's id.
+async fn delete_guest(cloud: &Cloud, gid: &str) -> String {
+    guests_api::guest_delete(&cloud.sdk().config, gid)
+        .await
+        .unwrap_or_else(|e| panic!("delete guest {gid}: {}", sdk_error(e)))
+        .operation_id
 }
 
 const CREATE_FAULTS: &[&str] = &[
@@ -40,10 +57,9 @@ async fn controller_killed_after_every_create_step_resumes_and_leaks_nothing() {
         cloud.restart_after_fault(fault).await;
         let v = cloud.wait_op(&op).await;
         assert_eq!(v["state"], "succeeded", "after {fault}: {v}");
-        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-        assert_eq!(g["state"], "running", "after {fault}: {g}");
-        let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
-        let v = cloud.wait_op(d["operation_id"].as_str().unwrap()).await;
+        let g = guest(&cloud, &gid).await;
+        assert_eq!(g.state, GuestState::Running, "after {fault}: {g:?}");
+        let v = cloud.wait_op(&delete_guest(&cloud, &gid).await).await;
         assert_eq!(v["state"], "succeeded", "delete after {fault}: {v}");
         cloud.assert_no_leaks().await;
     }
@@ -71,8 +87,8 @@ async fn controller_killed_while_unwinding_finishes_the_unwind() {
             .unwrap()
             .wait_exit(Duration::from_secs(30))
         {
-            let (_, v) = cloud.get(&format!("/operations/{op}")).await;
-            panic!("{fault} never fired: {v}");
+            let v = operations_api::operation_get(&cloud.sdk().config, &op).await;
+            panic!("{fault} never fired: {:?}", v.map_err(sdk_error));
         }
         cloud.start_controller(&[]).await;
         let v = cloud.wait_op(&op).await;
@@ -81,15 +97,14 @@ async fn controller_killed_while_unwinding_finishes_the_unwind() {
             v["error"].as_str().unwrap().contains("does not exist"),
             "{v}"
         );
-        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-        assert_eq!(g["state"], "error");
+        let g = guest(&cloud, &gid).await;
+        assert_eq!(g.state, GuestState::Error);
         assert!(
-            g["ip"].is_null() && g["vnc_port"].is_null() && g["mac"].is_null(),
-            "{g}"
+            g.ip.is_none() && g.vnc_port.is_none() && g.mac.is_none(),
+            "{g:?}"
         );
-        let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
         assert_eq!(
-            cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+            cloud.wait_op(&delete_guest(&cloud, &gid).await).await["state"],
             "succeeded"
         );
         cloud.assert_no_leaks().await;
@@ -121,9 +136,8 @@ async fn redis_restart_mid_operation_loses_nothing() {
     let v = cloud.wait_op(&op2).await;
     assert_eq!(v["state"], "succeeded", "{v}");
     for g in [&g1, &g2] {
-        let (_, d) = cloud.delete(&format!("/guests/{g}")).await;
         assert_eq!(
-            cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+            cloud.wait_op(&delete_guest(&cloud, g).await).await["state"],
             "succeeded"
         );
     }
@@ -155,9 +169,8 @@ async fn redis_losing_its_data_mid_operation_is_survived() {
     cloud.node.as_ref().unwrap().signal("CONT");
     let v = cloud.wait_op(&op).await;
     assert_eq!(v["state"], "succeeded", "{v}");
-    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
     assert_eq!(
-        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+        cloud.wait_op(&delete_guest(&cloud, &gid).await).await["state"],
         "succeeded"
     );
     cloud.assert_no_leaks().await;
@@ -176,6 +189,7 @@ async fn controller_and_node_started_before_redis_work_once_it_comes() {
     // Both start with no Redis: the API answers and accepts work, kept in SQL.
     cloud.start_node(&[]);
     cloud.start_controller(&[]).await;
+    // Raw: the test checks the status of a health check that fails.
     let (s, h) = cloud.get("/health").await;
     assert_eq!(s, 503, "{h}");
     assert_eq!(h["database"], "ok");
@@ -187,11 +201,11 @@ async fn controller_and_node_started_before_redis_work_once_it_comes() {
     cloud.redis.restart();
     let v = cloud.wait_op(&op).await;
     assert_eq!(v["state"], "succeeded", "{v}");
-    let (s, _) = cloud.get("/health").await;
-    assert_eq!(s, 200);
-    let (_, d) = cloud.delete(&format!("/guests/{gid}")).await;
+    system_api::health(&cloud.sdk().config)
+        .await
+        .unwrap_or_else(|e| panic!("health with Redis back: {}", sdk_error(e)));
     assert_eq!(
-        cloud.wait_op(d["operation_id"].as_str().unwrap()).await["state"],
+        cloud.wait_op(&delete_guest(&cloud, &gid).await).await["state"],
         "succeeded"
     );
     cloud.assert_no_leaks().await;
@@ -212,10 +226,10 @@ async fn controller_killed_during_an_ip_change_leaves_one_lease() {
         .await[0]
         .clone();
     assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
-    let (_, v) = cloud
-        .post(&format!("/guests/{gid}/actions/poweroff"), json!(null))
-        .await;
-    cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+    let v = guests_api::guest_action(&cloud.sdk().config, &gid, GuestAction::Poweroff, None)
+        .await
+        .unwrap_or_else(|e| panic!("poweroff {gid}: {}", sdk_error(e)));
+    cloud.wait_op(&v.operation_id).await;
     for (i, fault) in [
         "after:guest.change_ip:reserve",
         "dispatched:guest.change_ip:refresh_seed",
@@ -224,21 +238,22 @@ async fn controller_killed_during_an_ip_change_leaves_one_lease() {
     .iter()
     .enumerate()
     {
-        let before = cloud.get(&format!("/guests/{gid}")).await.1["ip"].clone();
+        let before = guest(&cloud, &gid).await.ip;
         cloud.arm_fault(fault).await;
-        let (s, v) = cloud
-            .post(&format!("/guests/{gid}/change-ip"), json!({}))
-            .await;
-        assert_eq!(s, 202, "{v}");
+        let v = guests_api::guest_change_ip(&cloud.sdk().config, &gid, ChangeIp::new())
+            .await
+            .unwrap_or_else(|e| panic!("change-ip {gid}: {}", sdk_error(e)));
         cloud.restart_after_fault(fault).await;
-        let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+        let op = cloud.wait_op(&v.operation_id).await;
         assert_eq!(op["state"], "succeeded", "after {fault}: {op}");
-        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
-        assert_ne!(g["ip"], before, "after {fault}");
-        let (_, pool) = cloud.get("/ip-pools/lan").await;
+        let g = guest(&cloud, &gid).await;
+        assert_ne!(g.ip, before, "after {fault}");
+        let pool = resources_api::pool_get(&cloud.sdk().config, "lan")
+            .await
+            .unwrap_or_else(|e| panic!("pool lan: {}", sdk_error(e)));
         // The stopped guest keeps each old address leased until its next boot applies
         // the change: one lease per change so far, plus the current one, never more.
-        assert_eq!(pool["used"], json!(i + 2), "after {fault}: {pool}");
+        assert_eq!(pool.used, i as u64 + 2, "after {fault}: {pool:?}");
     }
     cloud.delete_all_and_check().await;
 }
@@ -266,24 +281,25 @@ async fn controller_killed_during_a_boot_job_run_loses_no_job() {
     .enumerate()
     {
         cloud.arm_fault(fault).await;
-        let (s, v) = cloud
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/guests/{gid}"),
-                Some(json!({"hostname": format!("name-{i}")})),
-            )
-            .await;
-        assert_eq!(s, 200, "{v}");
+        let mut change = UpdateGuest::new();
+        change.hostname = Some(format!("name-{i}"));
+        let v = guests_api::guest_update(&cloud.sdk().config, &gid, change)
+            .await
+            .unwrap_or_else(|e| panic!("hostname of {gid}: {}", sdk_error(e)));
         cloud.restart_after_fault(fault).await;
-        let op = cloud.wait_op(v["operation_id"].as_str().unwrap()).await;
+        let run = v
+            .operation_id
+            .as_deref()
+            .unwrap_or_else(|| panic!("no run started: {v:?}"));
+        let op = cloud.wait_op(run).await;
         assert_eq!(op["state"], "failed", "after {fault}: {op}");
-        let (_, jobs) = cloud
-            .get(&format!("/guests/{gid}/boot-jobs?include_system=true"))
-            .await;
-        let jobs = jobs.as_array().unwrap();
+        let jobs =
+            scripts_api::guest_boot_jobs(&cloud.sdk().config, &gid, None, Some(true), None, None)
+                .await
+                .unwrap_or_else(|e| panic!("boot jobs of {gid}: {}", sdk_error(e)));
         assert_eq!(jobs.len(), i + 1, "{jobs:?}");
         assert!(
-            jobs.iter().all(|j| j["state"] == "pending"),
+            jobs.iter().all(|j| j.state == "pending"),
             "after {fault}: {jobs:?}"
         );
     }
@@ -311,6 +327,8 @@ async fn controller_killed_during_a_console_ticket_keeps_no_password() {
         "dispatched:guest.console:ticket",
     ] {
         cloud.arm_fault(fault).await;
+        // Raw: the test checks what the caller gets from a controller that dies during the
+        // request: no answer at all, or a server error.
         let answer = reqwest::Client::new()
             .post(cloud.url(&format!("/guests/{gid}/console")))
             .bearer_auth(cloud.token())
@@ -322,28 +340,34 @@ async fn controller_killed_during_a_console_ticket_keeps_no_password() {
             "{fault}: the controller answered although it died"
         );
         cloud.restart_after_fault(fault).await;
-        let (_, ops) = cloud
-            .get(&format!("/operations?guest_id={gid}&kind=guest.console"))
-            .await;
+        let ops = operations_api::operation_list(
+            &cloud.sdk().config,
+            None,
+            Some("guest.console"),
+            Some(&gid),
+            None,
+            None,
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("console operations of {gid}: {}", sdk_error(e)));
         let id = ops
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o["id"].as_str())
+            .iter()
+            .map(|o| o.id.as_str())
             .find(|id| !seen.iter().any(|s| s == id))
             .unwrap_or_default()
             .to_string();
         seen.push(id.clone());
-        assert!(!id.is_empty(), "{fault}: no console operation in {ops}");
+        assert!(!id.is_empty(), "{fault}: no console operation in {ops:?}");
         let op = cloud.wait_op(&id).await;
         assert!(
             op["state"] == "succeeded" || op["state"] == "failed",
             "{fault}: {op}"
         );
-        let (_, g) = cloud.get(&format!("/guests/{gid}")).await;
+        let g = guest(&cloud, &gid).await;
         assert!(
-            g.get("operation_id").is_none(),
-            "{fault}: the guest is still held: {g}"
+            g.operation_id.is_none(),
+            "{fault}: the guest is still held: {g:?}"
         );
         let db = cloud.db().await;
         let (payload,): (String,) = sqlx::query_as("SELECT payload FROM operations WHERE id = ?")

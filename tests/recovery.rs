@@ -9,7 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, require, Cloud};
+use common::{free_port, require, sdk_error, Cloud};
+use corral_client::apis::configuration::Configuration;
+use corral_client::apis::{auth_api, system_api, users_api};
+use corral_client::models::{
+    NewUser, ResetRequest, SettingsChange, SmtpChange, SmtpSecurity, UserRole,
+};
+use corral_client::session::Session;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -113,6 +119,7 @@ fn quoted_printable(raw: &str) -> String {
     out
 }
 
+/// A raw request without a token, for the refusals and answers the test checks on the wire.
 async fn anon(cloud: &Cloud, path: &str, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(cloud.url(path))
@@ -124,15 +131,12 @@ async fn anon(cloud: &Cloud, path: &str, body: Value) -> (u16, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn status_with(cloud: &Cloud, token: &str, path: &str) -> u16 {
-    reqwest::Client::new()
-        .get(cloud.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+/// The SDK's configuration for a caller without a token.
+fn anonymous(cloud: &Cloud) -> Configuration {
+    Configuration {
+        base_path: cloud.url(""),
+        ..Configuration::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,6 +149,7 @@ async fn a_forgotten_password_is_reset_through_a_mailed_single_use_link() {
     };
     let cloud = Cloud::split("test:///default").await;
     let sink = Sink::start(&py, cloud.dir());
+    let c = &cloud.sdk().config;
 
     // No mail settings: recovery is off and says to ask an administrator.
     let (s, v) = anon(&cloud, "/auth/recover", json!({"username": "admin"})).await;
@@ -169,7 +174,12 @@ async fn a_forgotten_password_is_reset_through_a_mailed_single_use_link() {
         )
         .await;
     assert_eq!(s, 400, "{v}");
-    assert_eq!(cloud.get("/settings").await.1["smtp"]["host"], "");
+    let settings = system_api::settings_get(c)
+        .await
+        .unwrap_or_else(|e| panic!("settings: {}", sdk_error(e)));
+    assert_eq!(settings.smtp.host, "");
+    // Raw: the password must appear nowhere in the answer as sent, not only in the fields
+    // the SDK's model carries.
     let (s, v) = cloud
         .call(
             Method::PATCH,
@@ -200,28 +210,25 @@ async fn a_forgotten_password_is_reset_through_a_mailed_single_use_link() {
         "{stored}"
     );
     // The relay here takes no login: drop the credentials again.
-    let (s, v) = cloud
-        .call(
-            Method::PATCH,
-            "/settings",
-            Some(
-                json!({"smtp": {"host": "127.0.0.1", "port": sink.port, "security": "none",
-                                 "password": "", "from": "corral@example.com",
-                                 "reset_url": "https://corral.example/reset?token="}}),
-            ),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["smtp"]["password_set"], false, "{v}");
+    let mut smtp = SmtpChange::new("127.0.0.1".into());
+    smtp.port = Some(sink.port);
+    smtp.security = Some(SmtpSecurity::None);
+    smtp.password = Some(String::new());
+    smtp.from = Some("corral@example.com".into());
+    smtp.reset_url = Some("https://corral.example/reset?token=".into());
+    let mut change = SettingsChange::new();
+    change.smtp = Some(Box::new(smtp));
+    let v = system_api::settings_update(c, change)
+        .await
+        .unwrap_or_else(|e| panic!("smtp settings: {}", sdk_error(e)));
+    assert!(!v.smtp.password_set, "{v:?}");
 
-    let (s, v) = cloud
-        .post(
-            "/users",
-            json!({"name": "ann", "password": "ann-password", "role": "user", "email": "ann@example.com"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    assert_eq!(v["email"], "ann@example.com");
+    let mut new = NewUser::new("ann".into(), "ann-password".into(), UserRole::User);
+    new.email = Some("ann@example.com".into());
+    let v = users_api::user_create(c, new)
+        .await
+        .unwrap_or_else(|e| panic!("user ann: {}", sdk_error(e)));
+    assert_eq!(v.email.as_deref(), Some("ann@example.com"));
     let (s, v) = cloud
         .post(
             "/users",
@@ -229,15 +236,13 @@ async fn a_forgotten_password_is_reset_through_a_mailed_single_use_link() {
         )
         .await;
     assert_eq!(s, 400, "{v}");
-    let (_, v) = anon(
-        &cloud,
-        "/auth/login",
-        json!({"username": "ann", "password": "ann-password"}),
-    )
-    .await;
-    let old_token = v["token"].as_str().unwrap().to_string();
+    let old = Session::login(&cloud.url(""), "ann", "ann-password")
+        .await
+        .unwrap_or_else(|e| panic!("login of ann: {e}"));
+    let old_token = old.config.bearer_access_token.clone().unwrap();
 
     // The same answer for a real account and an unknown one; one mail, to ann.
+    // Raw: the two answers must be the same on the wire, status and whole body.
     let (s, real) = anon(&cloud, "/auth/recover", json!({"username": "ann"})).await;
     assert_eq!(s, 202, "{real}");
     let (s, unknown) = anon(&cloud, "/auth/recover", json!({"username": "nobody"})).await;
@@ -266,14 +271,15 @@ async fn a_forgotten_password_is_reset_through_a_mailed_single_use_link() {
     )
     .await;
     assert_eq!(s, 400, "{v}");
-    assert_eq!(status_with(&cloud, &old_token, "/users/me").await, 200);
-    let (s, v) = anon(
-        &cloud,
-        "/auth/reset",
-        json!({"token": token, "password": "ann-new-password"}),
+    users_api::user_me(&old.config)
+        .await
+        .unwrap_or_else(|e| panic!("the old token before the reset: {}", sdk_error(e)));
+    auth_api::auth_reset(
+        &anonymous(&cloud),
+        ResetRequest::new("ann-new-password".into(), token.clone()),
     )
-    .await;
-    assert_eq!(s, 204, "{v}");
+    .await
+    .unwrap_or_else(|e| panic!("reset: {}", sdk_error(e)));
     let (s, v) = anon(
         &cloud,
         "/auth/reset",
@@ -294,7 +300,13 @@ async fn a_forgotten_password_is_reset_through_a_mailed_single_use_link() {
     assert_eq!(s, 400);
 
     // The old password and every old token are gone; the new password works.
-    assert_eq!(status_with(&cloud, &old_token, "/users/me").await, 401);
+    assert_eq!(
+        cloud
+            .call_as(&old_token, Method::GET, "/users/me", None)
+            .await
+            .0,
+        401
+    );
     let (s, _) = anon(
         &cloud,
         "/auth/login",
@@ -302,24 +314,17 @@ async fn a_forgotten_password_is_reset_through_a_mailed_single_use_link() {
     )
     .await;
     assert_eq!(s, 401);
-    let (s, v) = anon(
-        &cloud,
-        "/auth/login",
-        json!({"username": "ann", "password": "ann-new-password"}),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    Session::login(&cloud.url(""), "ann", "ann-new-password")
+        .await
+        .unwrap_or_else(|e| panic!("login with the new password: {e}"));
 
     // The trail names who asked, from where.
-    let (_, trail) = cloud.get("/audit?action=auth_recover").await;
-    let users: Vec<&str> = trail
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["user"].as_str())
-        .collect();
+    let trail = system_api::audit_list(c, None, None, Some("auth_recover"), None, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("audit: {}", sdk_error(e)));
+    let users: Vec<&str> = trail.iter().filter_map(|e| e.user.as_deref()).collect();
     assert!(
         users.contains(&"ann") && users.contains(&"nobody"),
-        "{trail}"
+        "{trail:?}"
     );
 }
