@@ -160,9 +160,40 @@ pub struct NodeConfig {
     /// `CORRAL_CONVERT_RATE_MIB`), so guests on the node keep their share of the disk, as
     /// Proxmox's `bwlimit`; unset: unlimited.
     pub convert_rate_mib: Option<u64>,
+    /// The libvirt URI another node's agent opens to migrate a guest here
+    /// (`CORRAL_MIGRATION_URI`). Unset: `hypervisor_uri` when it names a remote host,
+    /// else `qemu+tcp://<migration_address>/system` (libvirtd listening on TCP; use
+    /// `qemu+tls://` or `qemu+ssh://` between hosts that do not trust their network).
+    pub migration_uri: Option<String>,
+    /// Where this node's QEMU listens for an incoming migration's memory and disk streams
+    /// (`CORRAL_MIGRATION_ADDRESS`); unset: `vnc_listen`, the management address.
+    pub migration_address: Option<String>,
+    /// Bandwidth, MiB/s, a migration from this node may use unless the request says
+    /// (`CORRAL_MIGRATION_RATE_MIB`); unset: unlimited.
+    pub migration_rate_mib: Option<u64>,
+    /// A name for the shared storage `storage_dir` is on (`CORRAL_SHARED_STORAGE`): nodes
+    /// with the same name and the same `storage_dir` see the same disks, so a migration
+    /// between them copies no disk. Unset: local storage.
+    pub shared_storage: Option<String>,
 }
 
 impl NodeConfig {
+    /// The libvirt URI peers migrate to, and the address QEMU takes the streams on.
+    pub fn migration_endpoint(&self) -> (String, String) {
+        let address = self
+            .migration_address
+            .clone()
+            .unwrap_or_else(|| self.vnc_listen.clone());
+        let uri = self.migration_uri.clone().unwrap_or_else(|| {
+            if self.hypervisor_uri.contains("://") && !self.hypervisor_uri.contains(":///") {
+                self.hypervisor_uri.clone()
+            } else {
+                format!("qemu+tcp://{address}/system")
+            }
+        });
+        (uri, address)
+    }
+
     /// Where this node keeps the template images it fetched.
     pub fn template_cache_dir(&self) -> PathBuf {
         self.template_cache.clone().unwrap_or_else(|| {
@@ -210,6 +241,10 @@ impl Default for NodeConfig {
             controller_url: None,
             template_cache: None,
             convert_rate_mib: None,
+            migration_uri: None,
+            migration_address: None,
+            migration_rate_mib: None,
+            shared_storage: None,
         }
     }
 }
@@ -397,6 +432,20 @@ impl Config {
         if let Some(v) = env_var("CORRAL_CONVERT_RATE_MIB") {
             n.convert_rate_mib = Some(v.parse().map_err(|_| {
                 ConfigError::Invalid(format!("CORRAL_CONVERT_RATE_MIB {v:?} is not a number"))
+            })?);
+        }
+        if let Some(v) = env_var("CORRAL_MIGRATION_URI") {
+            n.migration_uri = Some(v);
+        }
+        if let Some(v) = env_var("CORRAL_MIGRATION_ADDRESS") {
+            n.migration_address = Some(v);
+        }
+        if let Some(v) = env_var("CORRAL_SHARED_STORAGE") {
+            n.shared_storage = Some(v);
+        }
+        if let Some(v) = env_var("CORRAL_MIGRATION_RATE_MIB") {
+            n.migration_rate_mib = Some(v.parse().map_err(|_| {
+                ConfigError::Invalid(format!("CORRAL_MIGRATION_RATE_MIB {v:?} is not a number"))
             })?);
         }
         if let Some(v) = env_var("CORRAL_ALLOWED_BRIDGES") {

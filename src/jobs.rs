@@ -52,6 +52,12 @@ pub struct StepDef {
     /// (its undo's leftovers go on the node's cleanup list) and tells the node, which
     /// stops it and removes what it wrote.
     pub interruptible: bool,
+    /// The point of no return: once it is done the operation only goes forward (a
+    /// migrated guest runs on its new node). A cancel after it has no effect, a failure
+    /// after it does not unwind past it, and a cancel while it runs is passed to the node
+    /// (with `interruptible`) but its result is awaited: it decides which way the
+    /// operation goes.
+    pub pivot: bool,
 }
 
 impl StepDef {
@@ -64,6 +70,7 @@ impl StepDef {
             undo: false,
             lease_secs: None,
             interruptible: false,
+            pivot: false,
         }
     }
     /// A step done in the controller's transaction.
@@ -90,6 +97,12 @@ impl StepDef {
     pub const fn interruptible(self) -> StepDef {
         StepDef {
             interruptible: true,
+            ..self
+        }
+    }
+    pub const fn pivot(self) -> StepDef {
+        StepDef {
+            pivot: true,
             ..self
         }
     }
@@ -170,6 +183,9 @@ impl Catalog {
                 }
                 if s.interruptible {
                     flags.push("interruptible".to_string());
+                }
+                if s.pivot {
+                    flags.push("pivot".to_string());
                 }
                 if let Some(l) = s.lease_secs {
                     flags.push(format!("lease {l}s"));

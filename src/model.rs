@@ -199,6 +199,8 @@ pub enum GuestState {
     Error,
     /// Its `guest.delete` operation is under way.
     Deleting,
+    /// Its `guest.migrate` operation is moving it to another node.
+    Migrating,
 }
 
 impl GuestState {
@@ -212,6 +214,7 @@ impl GuestState {
         GuestState::Missing,
         GuestState::Error,
         GuestState::Deleting,
+        GuestState::Migrating,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -225,6 +228,7 @@ impl GuestState {
             GuestState::Missing => "missing",
             GuestState::Error => "error",
             GuestState::Deleting => "deleting",
+            GuestState::Migrating => "migrating",
         }
     }
 
@@ -236,7 +240,7 @@ impl GuestState {
     pub fn owned_by_operation(self) -> bool {
         matches!(
             self,
-            GuestState::Creating | GuestState::Deleting | GuestState::Error
+            GuestState::Creating | GuestState::Deleting | GuestState::Error | GuestState::Migrating
         )
     }
 }
@@ -496,6 +500,26 @@ pub enum NodeAction {
         snapshot: Option<String>,
         dest: String,
     },
+    /// Removes a guest's copy that must not run here (a migration's leftovers): refused
+    /// while the domain runs on this node; otherwise it is undefined and `paths` removed.
+    DiscardCopy {
+        guest_id: String,
+        paths: Vec<String>,
+    },
+    /// Moves a running guest to another node's hypervisor, live (`node::migrate`): its
+    /// definition follows with `paths` and the VNC port changed, its disks are copied
+    /// unless the storage is shared, and the domain stays defined only on the target.
+    /// Run whole by the node's job handler, which reports libvirt's job statistics.
+    Migrate {
+        guest_id: String,
+        to: Box<MigrationTarget>,
+        /// Each disk's path here and on the target (the system disk, data disks, seed).
+        paths: Vec<(String, String)>,
+        /// The guest's VNC port on the target.
+        vnc_port: u16,
+        #[serde(default)]
+        tuning: MigrationTuning,
+    },
     /// Sets a guest's vCPUs and memory: in its definition when it is stopped (the
     /// maxima too), live and in the definition when it runs (within the maxima).
     ResizeDomain {
@@ -563,6 +587,7 @@ impl Report for AgentReport {}
 impl Report for SnapshotReport {}
 impl Report for ConvertReport {}
 impl Report for ResizeReport {}
+impl Report for MigrateReport {}
 
 /// What a node reports for [`NodeAction::CreateSnapshot`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -579,6 +604,66 @@ pub struct ConvertReport {
     pub sha256: String,
     pub size_bytes: u64,
     pub path: String,
+}
+
+/// Where a migration goes: the target node's hypervisor as the source reaches it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationTarget {
+    pub node_id: String,
+    /// The target's libvirt URI, as its node reports it (`migration_uri`).
+    pub libvirt_uri: String,
+    /// The address the target's QEMU listens on for the memory and disk streams.
+    pub address: String,
+    /// The address VNC listens on there.
+    pub vnc_listen: String,
+    /// The disks live in storage both nodes see (no copy).
+    #[serde(default)]
+    pub shared_storage: bool,
+}
+
+/// How a migration may use the link and the guest (S65).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationTuning {
+    /// MiB/s the migration may use; None: unlimited.
+    #[serde(default)]
+    pub bandwidth_mib: Option<u64>,
+    /// Throttle the guest's vCPUs when it dirties memory faster than the link copies it.
+    #[serde(default)]
+    pub auto_converge: bool,
+    /// Switch to post-copy when pre-copy does not converge.
+    #[serde(default)]
+    pub postcopy: bool,
+}
+
+/// A running migration, from libvirt's job statistics (polled about once a second).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationStats {
+    pub percent: u32,
+    /// Memory and disk bytes processed, remaining and in all (libvirt's data_*).
+    pub processed_bytes: u64,
+    pub remaining_bytes: u64,
+    pub total_bytes: u64,
+    /// Bytes per second the guest dirties, and the pre-copy pass.
+    pub dirty_rate_bps: u64,
+    pub iteration: u64,
+    /// Transfer rate, bytes per second (memory and disk).
+    pub rate_bps: u64,
+    /// Downtime libvirt expects at the switch-over, ms.
+    pub expected_downtime_ms: u64,
+    /// Seconds left at the current rate; None before a rate is known.
+    pub eta_secs: Option<u64>,
+    pub elapsed_ms: u64,
+}
+
+/// What a node reports for [`NodeAction::Migrate`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrateReport {
+    /// The last statistics before completion (libvirt's downtime is the real one).
+    pub stats: MigrationStats,
+    /// Downtime as libvirt measured it, ms (0 when it did not say).
+    pub downtime_ms: u64,
+    /// The domain already ran on the target when the job (re)ran: nothing was moved.
+    pub already_there: bool,
 }
 
 /// What a node reports for [`NodeAction::ResizeDomain`].
@@ -681,6 +766,8 @@ impl NodeAction {
             NodeAction::SetDiskLimits { .. } => "set_disk_limits",
             NodeAction::CreateSnapshot { .. } => "create_snapshot",
             NodeAction::ResizeDomain { .. } => "resize_domain",
+            NodeAction::Migrate { .. } => "migrate",
+            NodeAction::DiscardCopy { .. } => "discard_copy",
             NodeAction::ConvertImage { .. } => "convert_image",
             NodeAction::RevertSnapshot { .. } => "revert_snapshot",
             NodeAction::DeleteSnapshot { .. } => "delete_snapshot",
@@ -818,6 +905,16 @@ pub struct NodeFacts {
     /// This node's VNC port range (allocation is per node).
     #[serde(default)]
     pub vnc_ports: Option<(u16, u16)>,
+    /// How another node's agent reaches this node's libvirt for a migration, and where
+    /// this node's QEMU listens for one (None: an older node, which cannot take guests).
+    #[serde(default)]
+    pub migration_uri: Option<String>,
+    #[serde(default)]
+    pub migration_address: Option<String>,
+    /// `shared_storage`: this node's disk-image directory is shared storage that the
+    /// nodes with the same tag mount at the same path (HA and copy-free migration).
+    #[serde(default)]
+    pub shared_storage: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -863,6 +960,9 @@ pub enum NodeEvent {
         of: u32,
         /// The stage of the sub-step that runs next.
         stage: String,
+        /// A migration's figures (older nodes send none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        migration: Option<Box<MigrationStats>>,
     },
     /// A guest's state changed (seen by the node's watcher).
     DomainState {

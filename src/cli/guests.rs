@@ -54,6 +54,10 @@ pub enum GuestCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Move a running guest to another node, live (administrators). With --wait, a
+    /// progress bar follows libvirt's figures; Ctrl-C leaves the migration running
+    /// (`corral op cancel` stops it, and the guest stays where it was).
+    Migrate(MigrateArgs),
     /// Open a running guest's VNC console: prints where to connect and a one-time
     /// password that stops working after --valid seconds.
     Console {
@@ -114,6 +118,26 @@ pub enum GuestCmd {
         #[arg(long)]
         wait: bool,
     },
+}
+
+/// `guest migrate`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    guest: String,
+    /// The node to move to; left out, placement picks among the other nodes.
+    #[arg(long)]
+    to: Option<String>,
+    /// MiB/s this migration may use.
+    #[arg(long)]
+    bandwidth_mib: Option<u64>,
+    /// Slow the guest down while it dirties memory faster than the link copies it.
+    #[arg(long)]
+    auto_converge: bool,
+    /// Switch to post-copy after three passes.
+    #[arg(long)]
+    postcopy: bool,
+    #[arg(long)]
+    wait: bool,
 }
 
 /// The arguments of `corral guest create`.
@@ -213,6 +237,7 @@ impl Client {
                 };
                 self.guest_resize(guest, size, wait).await
             }
+            GuestCmd::Migrate(m) => self.guest_migrate(m).await,
             GuestCmd::Console { guest, valid } => {
                 let req = models::ConsoleRequest {
                     valid_seconds: Some(valid),
@@ -329,6 +354,22 @@ impl Client {
         let a = corral_client::apis::resources_api::guest_to_template(self.config(), &guest, req)
             .await?;
         if wait {
+            return self.follow(&[a.operation_id]).await;
+        }
+        emit_record(self.out, &a);
+        Ok(true)
+    }
+
+    /// `guest migrate`.
+    async fn guest_migrate(&self, m: MigrateArgs) -> Result<bool, CliError> {
+        let body = models::MigrateGuest {
+            node_id: m.to,
+            bandwidth_mib: m.bandwidth_mib,
+            auto_converge: Some(m.auto_converge),
+            postcopy: Some(m.postcopy),
+        };
+        let a = guests_api::guest_migrate(self.config(), &m.guest, body).await?;
+        if m.wait {
             return self.follow(&[a.operation_id]).await;
         }
         emit_record(self.out, &a);

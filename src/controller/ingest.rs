@@ -204,10 +204,12 @@ impl Ingest {
                 done,
                 of,
                 stage,
+                migration,
                 ..
             } => {
+                let at = (step, attempt, undo);
                 self.engine
-                    .progress(from, &op_id, step, attempt, undo, done, of, &stage)
+                    .progress(from, &op_id, at, (done, of), &stage, migration.as_deref())
                     .await
                     .map_err(HandleError::engine)?;
             }
@@ -511,6 +513,7 @@ mod tests {
                 done,
                 of: 5,
                 stage: "s".into(),
+                migration: None,
             },
         )
     }

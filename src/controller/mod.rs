@@ -189,6 +189,7 @@ pub async fn run(
         Some(id) => Some(enroller.enroll_local(id).await?.redis_url),
         None => None,
     };
+    let thresholds = engine.env.thresholds;
     let tasks = spawn_loops(&cfg, &p, engine, wakes, &enroller, &shutdown);
     let addr = listener.local_addr()?;
     let state = api::AppState {
@@ -204,6 +205,7 @@ pub async fn run(
         image_dirs: Arc::new(cfg.image_dirs.clone()),
         enroller,
         sealer: p.sealer,
+        thresholds,
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {

@@ -98,6 +98,7 @@ pub async fn collect(cfg: &NodeConfig, domain_type: &str, hv: &dyn Hypervisor) -
         .await
         .map(|(l, h)| format!("libvirt {l}, hypervisor {h}"))
         .unwrap_or_default();
+    let (migration_uri, migration_address) = cfg.migration_endpoint();
     NodeFacts {
         hostname,
         address: cfg.vnc_listen.clone(),
@@ -122,6 +123,9 @@ pub async fn collect(cfg: &NodeConfig, domain_type: &str, hv: &dyn Hypervisor) -
         storage_free_mib,
         cpu_overcommit: Some(cfg.cpu_overcommit),
         memory_overcommit: Some(cfg.memory_overcommit),
+        migration_uri: Some(migration_uri),
+        migration_address: Some(migration_address),
+        shared_storage: cfg.shared_storage.clone(),
     }
 }
 

@@ -171,6 +171,54 @@ pub trait Hypervisor: Send + Sync {
     async fn versions(&self) -> Result<(String, String), HvError>;
     /// Sends one QEMU guest agent command (JSON) and returns the agent's JSON answer.
     async fn agent(&self, uuid: &str, command: &str, timeout_secs: i32) -> Result<String, HvError>;
+    /// Moves the running domain to another host live, as `plan` says; returns when
+    /// libvirt has finished (the domain then runs there, defined there only) or failed
+    /// (it still runs here).
+    /// The figures of the finished migration come back, as the target reports them.
+    async fn migrate(&self, uuid: &str, plan: MigrationPlan)
+        -> Result<Option<JobFigures>, HvError>;
+    /// The domain's running job's figures; None when no job runs.
+    async fn job_stats(&self, uuid: &str) -> Result<Option<JobFigures>, HvError>;
+    /// Aborts the domain's running job; a migration leaves the guest here.
+    async fn abort_job(&self, uuid: &str) -> Result<(), HvError>;
+    /// Switches the running migration to post-copy.
+    async fn start_post_copy(&self, uuid: &str) -> Result<(), HvError>;
+    /// The domain's state on the hypervisor at `uri` (another host's).
+    async fn state_at(&self, uri: &str, uuid: &str) -> Result<Option<DomState>, HvError>;
+}
+
+/// A live migration as the hypervisor runs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationPlan {
+    /// The target's libvirt URI and the address its QEMU takes the streams on.
+    pub uri: String,
+    pub address: String,
+    /// Each disk's path here and on the target; the definition follows them.
+    pub paths: Vec<(String, String)>,
+    /// The guest's VNC port and listen address on the target.
+    pub vnc_port: u16,
+    pub vnc_listen: String,
+    /// Copy the disks' own data (not their backing images) with the memory; false:
+    /// the storage is shared.
+    pub copy_storage: bool,
+    pub bandwidth_mib: Option<u64>,
+    pub auto_converge: bool,
+    pub postcopy: bool,
+}
+
+/// libvirt's job statistics, the fields corral reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFigures {
+    pub elapsed_ms: u64,
+    pub data_processed: u64,
+    pub data_remaining: u64,
+    pub data_total: u64,
+    pub mem_bps: u64,
+    pub disk_bps: u64,
+    pub dirty_rate: u64,
+    pub iteration: u64,
+    pub expected_downtime_ms: u64,
+    pub downtime_ms: u64,
 }
 
 pub struct Libvirt {
@@ -450,6 +498,40 @@ impl Hypervisor for Libvirt {
         })
         .await
     }
+    async fn migrate(
+        &self,
+        uuid: &str,
+        plan: MigrationPlan,
+    ) -> Result<Option<JobFigures>, HvError> {
+        self.on_domain(uuid, move |d| super::migrate::libvirt_migrate(d, &plan))
+            .await
+    }
+    async fn job_stats(&self, uuid: &str) -> Result<Option<JobFigures>, HvError> {
+        self.on_domain(uuid, |d| Ok(super::jobctl::stats(d, 0)?))
+            .await
+    }
+    async fn abort_job(&self, uuid: &str) -> Result<(), HvError> {
+        self.on_domain(uuid, |d| Ok(super::jobctl::abort(d)?)).await
+    }
+    async fn start_post_copy(&self, uuid: &str) -> Result<(), HvError> {
+        self.on_domain(uuid, |d| Ok(super::jobctl::start_post_copy(d)?))
+            .await
+    }
+    async fn state_at(&self, uri: &str, uuid: &str) -> Result<Option<DomState>, HvError> {
+        let (uri, uuid) = (uri.to_string(), uuid.to_string());
+        tokio::task::spawn_blocking(move || {
+            let c = Connect::open(Some(&uri))?;
+            let r = match c.lookup_domain_by_uuid_string(&uuid) {
+                Ok(d) => Ok(Some(map_state(d.state()?.0))),
+                Err(e) if is_no_domain(&e) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+            // Dropping the connection closes it.
+            r
+        })
+        .await
+        .map_err(HvError::Join)?
+    }
     async fn versions(&self) -> Result<(String, String), HvError> {
         self.with(|c| {
             let lib = c.lib_version().map(version_string).unwrap_or_default();
@@ -630,5 +712,28 @@ impl Hypervisor for Fake {
     }
     async fn versions(&self) -> Result<(String, String), HvError> {
         Ok(("fake".into(), "fake".into()))
+    }
+    async fn migrate(
+        &self,
+        _uuid: &str,
+        _plan: MigrationPlan,
+    ) -> Result<Option<JobFigures>, HvError> {
+        Err(HvError::Refused(
+            "the fake hypervisor does not migrate".into(),
+        ))
+    }
+    async fn job_stats(&self, _uuid: &str) -> Result<Option<JobFigures>, HvError> {
+        Ok(None)
+    }
+    async fn abort_job(&self, _uuid: &str) -> Result<(), HvError> {
+        Ok(())
+    }
+    async fn start_post_copy(&self, _uuid: &str) -> Result<(), HvError> {
+        Err(HvError::Refused(
+            "the fake hypervisor does not migrate".into(),
+        ))
+    }
+    async fn state_at(&self, _uri: &str, _uuid: &str) -> Result<Option<DomState>, HvError> {
+        Ok(None)
     }
 }

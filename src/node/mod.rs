@@ -21,6 +21,8 @@ pub mod footprint;
 pub mod hypervisor;
 pub mod images;
 pub mod iotune;
+pub mod jobctl;
+pub mod migrate;
 pub mod ports;
 pub mod qcow2;
 pub mod resize;
@@ -191,6 +193,26 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
             }
             actions::outcome(r)
         }
+        NodeAction::Migrate {
+            guest_id,
+            to,
+            paths,
+            vnc_port,
+            tuning,
+        } => {
+            let m = migrate::Migration {
+                guest_id,
+                to,
+                paths,
+                vnc_port: *vnc_port,
+                tuning,
+            };
+            let r = migrate::run(&ctx, &job, m).await;
+            if let Some(f) = &ctx.fault {
+                f.check("node", job.action.name(), "after");
+            }
+            actions::outcome(r)
+        }
         action => {
             let r = actions::run(
                 ctx.hv.as_ref(),
@@ -296,6 +318,7 @@ async fn progress(ctx: &NodeCtx, job: &NodeJob, (done, of): (u32, u32), stage: S
         done,
         of,
         stage,
+        migration: None,
     };
     if let Err(e) = ctx.publisher.publish(&ev).await {
         tracing::debug!(op = %job.op_id, "progress not reported: {e}");

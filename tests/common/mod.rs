@@ -524,7 +524,7 @@ impl Cloud {
     /// The last `n` lines of each process log, for a failing test's message.
     pub fn log_tail(&self, n: usize) -> String {
         let mut out = String::new();
-        for name in ["up", "controller", "node"] {
+        for name in ["up", "controller", "agent"] {
             if let Ok(text) = std::fs::read_to_string(self.dir().join(format!("{name}.log"))) {
                 let lines: Vec<&str> = text.lines().collect();
                 out.push_str(&format!("--- {name}.log\n"));

@@ -81,6 +81,7 @@ __all__ = [
     "HeldClaims",
     "LoginRequest",
     "LoginResponse",
+    "MigrateGuest",
     "NewScript",
     "NewToken",
     "NewUser",
@@ -201,6 +202,7 @@ from corral_client.models.health import Health as Health
 from corral_client.models.held_claims import HeldClaims as HeldClaims
 from corral_client.models.login_request import LoginRequest as LoginRequest
 from corral_client.models.login_response import LoginResponse as LoginResponse
+from corral_client.models.migrate_guest import MigrateGuest as MigrateGuest
 from corral_client.models.new_script import NewScript as NewScript
 from corral_client.models.new_token import NewToken as NewToken
 from corral_client.models.new_user import NewUser as NewUser

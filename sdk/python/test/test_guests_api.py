@@ -151,6 +151,13 @@ class TestGuestsApi(unittest.TestCase):
         """
         pass
 
+    def test_guest_migrate(self) -> None:
+        """Test case for guest_migrate
+
+        Move a running guest to another node, live. Runs as `guest.migrate`.
+        """
+        pass
+
     def test_guest_reset_password(self) -> None:
         """Test case for guest_reset_password
 

@@ -18,6 +18,7 @@ mod guest_create;
 mod guests;
 mod images;
 pub use images::sweep as sweep_uploads;
+mod migrate;
 mod node_images;
 mod nodes;
 mod operations;
@@ -75,6 +76,9 @@ pub struct AppState {
     pub enroller: Arc<crate::controller::enroll::Enroller>,
     /// Seals the secrets kept in the database (the SMTP password).
     pub sealer: Arc<crate::controller::sealed::Sealer>,
+    /// Placement's limits, as the engine has them (a migration's target is checked
+    /// before the operation starts).
+    pub thresholds: crate::controller::placement::Thresholds,
 }
 
 /// Names of disks, snapshots and uploaded or made templates: 1-63 letters, digits, `.`,
@@ -128,6 +132,7 @@ services!(
         recovery::RecoveryApi,
         snapshots::SnapshotApi,
         resize::ResizeApi,
+        migrate::MigrateApi,
         to_template::ToTemplateApi,
         images::ImageApi,
     )

@@ -520,17 +520,20 @@ impl Engine {
         saga.node_offline = node.is_some() && !matches!(liveness, Some((true, _)));
         let before = saga.clone();
         Ok(match saga.next(def, now_ms(), self.lease_ms) {
-            Next::Wait => {
-                if saga != before {
-                    self.save(op, &saga, def);
-                }
-                Flow::Stop
-            }
+            Next::Wait => self.waiting(op, &saga, &before, def),
             Next::Finished(state) => {
                 self.finish(tx, op, &req, &saga, def, state).await?;
                 post.push(Post::AfterOp(Box::new(op.clone())));
                 post.push(Post::Ended(op.id.clone()));
                 Flow::Stop
+            }
+            Next::Interrupt { step } => {
+                // Posted at every wake while the cancel stands; the fence is set once.
+                post.extend(
+                    node.as_ref()
+                        .map(|n| Post::abandoned(n, &op.id, step, false, false)),
+                );
+                self.waiting(op, &saga, &before, def)
             }
             Next::Abandon { step, undo } => {
                 if let Some(n) = &node {
@@ -820,6 +823,14 @@ impl Engine {
         Flow::Stop
     }
 
+    /// Nothing to do until a result or a lease: the row keeps what the saga's look changed.
+    fn waiting(&self, op: &mut OpRow, saga: &Saga, before: &Saga, def: &KindDef) -> Flow {
+        if saga != before {
+            self.save(op, saga, def);
+        }
+        Flow::Stop
+    }
+
     /// Gives up a node step whose node is offline (a cancel, the node's removal), or an
     /// interruptible one a cancel stops: what its undo would remove goes on the node's
     /// cleanup list, and the unwind goes on.
@@ -975,17 +986,14 @@ impl Engine {
     /// Records a node's report that sub-steps of a running step are done: the operation's
     /// stage names the next one and its percent moves in proportion. A report for another
     /// attempt, or for a step that already ended, changes nothing.
-    #[allow(clippy::too_many_arguments)]
     pub async fn progress(
         &self,
         from: &str,
         op_id: &str,
-        step: usize,
-        attempt: u32,
-        undo: bool,
-        done: u32,
-        of: u32,
+        (step, attempt, undo): (usize, u32, bool),
+        (done, of): (u32, u32),
         stage: &str,
+        migration: Option<&crate::model::MigrationStats>,
     ) -> Result<(), EngineError> {
         let mut tx = self.store.begin().await?;
         let Some(mut op) = st::op_in(&mut tx, op_id).await? else {
@@ -1019,7 +1027,15 @@ impl Engine {
         }
         op.updated_at = now;
         st::save_op(&mut tx, &op).await?;
-        events::append(&mut tx, "operation", &op.id, &progress_event(&op, now)).await?;
+        let mut event = progress_event(&op, now);
+        if let Some(m) = migration {
+            // libvirt's figures, as the node read them (S65).
+            event["migration"] = serde_json::to_value(m).unwrap_or_default();
+            if let Some(eta) = m.eta_secs {
+                event["eta_seconds"] = eta.into();
+            }
+        }
+        events::append(&mut tx, "operation", &op.id, &event).await?;
         self.store.commit(tx).await?;
         Ok(())
     }

@@ -49,6 +49,8 @@ pub enum Next {
     Wait,
     /// Give up node step `step` (forward or undo): its node is offline and a cancel came.
     Abandon { step: usize, undo: bool },
+    /// Tell the node running pivot step `step` to stop, and go on waiting for its result.
+    Interrupt { step: usize },
     /// The operation ended in this state.
     Finished(OpState),
 }
@@ -87,17 +89,34 @@ impl Saga {
         s.runs_on == RunsOn::Node && s.dispatched_at.is_some_and(|d| now - d >= lease)
     }
 
-    /// A cancel against an offline node: node steps are given up rather than awaited.
-    fn abandons(&self, s: &StepRecord) -> bool {
-        self.cancel_requested && self.node_offline && s.runs_on == RunsOn::Node
+    /// A cancel against an offline node: node steps are given up rather than awaited,
+    /// except a pivot and what follows it, whose results decide where things are.
+    fn abandons(&self, def: &KindDef, i: usize, s: &StepRecord) -> bool {
+        self.cancel_requested
+            && self.node_offline
+            && s.runs_on == RunsOn::Node
+            && !self.pivot_reached(def, i)
     }
 
     /// A cancel of an interruptible node step in flight: given up at once, node online or
-    /// not (the engine tells the node to stop it).
+    /// not (the engine tells the node to stop it). A pivot is not given up (see
+    /// [`Next::Interrupt`]).
     fn interrupts(&self, def: &KindDef, i: usize, s: &StepRecord) -> bool {
         self.cancel_requested
             && s.runs_on == RunsOn::Node
-            && def.steps.get(i).is_some_and(|d| d.interruptible)
+            && def
+                .steps
+                .get(i)
+                .is_some_and(|d| d.interruptible && !d.pivot)
+    }
+
+    /// Step `i` is a pivot, or comes after one that is done: there is no way back.
+    fn pivot_reached(&self, def: &KindDef, i: usize) -> bool {
+        def.steps.get(i).is_some_and(|d| d.pivot)
+            || self.steps[..i.min(self.steps.len())]
+                .iter()
+                .zip(def.steps.iter())
+                .any(|(s, d)| d.pivot && s.state == StepState::Done)
     }
 
     /// An undo failed: the resources the node may still use must not be given back.
@@ -139,10 +158,21 @@ impl Saga {
         }
         let step = &self.steps[i];
         let forward = |step| Some(Next::Execute { step, undo: false });
+        let past_pivot = self.pivot_reached(def, i) && !def.steps[i].pivot;
         match step.state {
-            StepState::Pending if self.cancel_requested => self.begin_undo(i as i64 - 1),
+            StepState::Pending if self.cancel_requested && !past_pivot => {
+                self.begin_undo(i as i64 - 1)
+            }
             StepState::Pending => return forward(i),
-            StepState::Running if self.abandons(step) || self.interrupts(def, i, step) => {
+            StepState::Running
+                if self.cancel_requested
+                    && def.steps[i].pivot
+                    && def.steps[i].interruptible
+                    && !Self::lease_expired(step, now, def.lease_ms(i, lease_ms)) =>
+            {
+                return Some(Next::Interrupt { step: i })
+            }
+            StepState::Running if self.abandons(def, i, step) || self.interrupts(def, i, step) => {
                 return Some(Next::Abandon {
                     step: i,
                     undo: false,
@@ -176,8 +206,13 @@ impl Saga {
             return None;
         }
         let i = self.cursor as usize;
+        if def.steps.get(i).is_some_and(|d| d.pivot) && self.steps[i].state == StepState::Done {
+            // The way back ends at a pivot that happened: what it did stays.
+            self.state = OpState::Failed;
+            return None;
+        }
         let has_undo = def.steps.get(i).is_some_and(|d| d.undo);
-        let abandon = self.abandons(&self.steps[i]);
+        let abandon = self.abandons(def, i, &self.steps[i]);
         let back = |step| Some(Next::Execute { step, undo: true });
         let give_up = |step| Some(Next::Abandon { step, undo: true });
         let step = &mut self.steps[i];

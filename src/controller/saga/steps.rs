@@ -110,6 +110,22 @@ pub fn seed_path(storage_dir: &str, guest: &str) -> String {
     format!("{}/{guest}-seed.iso", storage_dir.trim_end_matches('/'))
 }
 
+/// The bridge guest `g`'s NIC is on: its pool's, else its node's default (a node that
+/// takes the guest must have it).
+pub async fn guest_bridge(tx: &mut Tx<'_>, g: &GuestRow) -> Result<Option<String>, StepError> {
+    if let Some(p) = &g.pool_id {
+        if let Some(pool) = st::pool_in(tx, p).await? {
+            if !pool.bridge.is_empty() {
+                return Ok(Some(pool.bridge));
+            }
+        }
+    }
+    match &g.node_id {
+        Some(n) => Ok(Some(facts_of(tx, n).await?.bridge).filter(|b| !b.is_empty())),
+        None => Ok(None),
+    }
+}
+
 /// The node a guest is on; a guest on none cannot have node work done.
 pub fn node_of(g: &GuestRow) -> Result<String, StepError> {
     g.node_id

@@ -42,6 +42,7 @@ fn drive(def: &KindDef, fail_at: Option<usize>) -> (Vec<(usize, bool)>, OpState)
             }
             Next::Wait => panic!("nothing is out, yet the saga waits"),
             Next::Abandon { .. } => panic!("no node is offline, yet a step is abandoned"),
+            Next::Interrupt { .. } => panic!("no cancel, yet a step is interrupted"),
             Next::Finished(st) => return (trail, st),
         }
     }
@@ -257,6 +258,7 @@ fn a_step_waiting_on_an_offline_node_waits_until_cancelled_then_is_abandoned() {
                 let a = s.mark_started(step, true, 2, None);
                 assert!(s.apply_result(step, a, true, &OK, 3, 2));
             }
+            Next::Interrupt { .. } => panic!("no pivot here"),
             Next::Finished(st) => {
                 assert_eq!(st, OpState::Cancelled);
                 assert_eq!(
@@ -421,4 +423,98 @@ fn a_cancel_gives_up_an_interruptible_node_step_in_flight_on_a_live_node() {
     let mut s = create_dispatched_at(def, 2);
     s.cancel_requested = true;
     assert_eq!(s.next(def, 3, LEASE), Next::Wait);
+}
+
+/// `guest.migrate` run up to its pivot, `migrate` (index 2), dispatched: the saga and the
+/// pivot's attempt.
+fn run_to_pivot(def: &KindDef) -> (Saga, u32) {
+    assert!(def.steps[2].pivot && def.steps[2].interruptible);
+    let mut s = saga(def);
+    for i in 0..2 {
+        let first = Next::Execute {
+            step: i,
+            undo: false,
+        };
+        assert_eq!(s.next(def, 0, LEASE), first);
+        let a = s.mark_started(i, false, 0, None);
+        assert!(s.apply_result(i, a, false, &OK, 3, 0));
+    }
+    let pivot = Next::Execute {
+        step: 2,
+        undo: false,
+    };
+    assert_eq!(s.next(def, 0, LEASE), pivot);
+    let a = s.mark_started(2, false, 0, None);
+    (s, a)
+}
+
+/// A cancel while the pivot runs is passed to its node, online or not, and its result is
+/// awaited: a failure (the abort landed) unwinds what came before.
+#[test]
+fn a_cancel_during_a_pivot_interrupts_it_and_awaits_its_result() {
+    let c = Catalog::builtin().unwrap();
+    let def = c.get(OpKind::GuestMigrate);
+    // Cancelled mid-migration, on a node that is online or not: interrupted, awaited.
+    let (mut s, a) = run_to_pivot(def);
+    s.cancel_requested = true;
+    s.node_offline = true;
+    assert_eq!(s.next(def, 1, LEASE), Next::Interrupt { step: 2 });
+    s.node_offline = false;
+    assert_eq!(s.next(def, 1, LEASE), Next::Interrupt { step: 2 });
+    // The abort landed: the guest stayed, everything before unwinds.
+    let failed = StepOutcome::Failed {
+        error: "interrupted by a cancel".into(),
+        permanent: true,
+        refusal: None,
+    };
+    assert!(s.apply_result(2, a, false, &failed, 3, 1));
+    assert_eq!(
+        s.next(def, 2, LEASE),
+        Next::Execute {
+            step: 1,
+            undo: true
+        }
+    );
+}
+
+/// Once the pivot is done, a cancel changes nothing and a failure after it does not unwind
+/// what it did.
+#[test]
+fn nothing_unwinds_past_a_pivot_that_happened() {
+    let c = Catalog::builtin().unwrap();
+    let def = c.get(OpKind::GuestMigrate);
+    // The migration finished before the abort: the cancel no longer counts.
+    let (mut s, a) = run_to_pivot(def);
+    s.cancel_requested = true;
+    assert!(s.apply_result(2, a, false, &OK, 3, 1));
+    assert_eq!(
+        s.next(def, 2, LEASE),
+        Next::Execute {
+            step: 3,
+            undo: false
+        }
+    );
+    let a = s.mark_started(3, false, 2, None);
+    assert!(s.apply_result(3, a, false, &OK, 3, 2));
+    assert_eq!(
+        s.next(def, 3, LEASE),
+        Next::Execute {
+            step: 4,
+            undo: false
+        }
+    );
+
+    // A failure after the pivot ends the operation without undoing the move.
+    let a = s.mark_started(4, false, 3, None);
+    let failed = StepOutcome::Failed {
+        error: "boom".into(),
+        permanent: true,
+        refusal: None,
+    };
+    assert!(s.apply_result(4, a, false, &failed, 3, 3));
+    assert_eq!(s.next(def, 4, LEASE), Next::Finished(OpState::Failed));
+    assert!(
+        s.steps[1].state == StepState::Done,
+        "prepare was not undone"
+    );
 }

@@ -192,3 +192,18 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 }
+
+/// The data disks attached to `guest`, by target.
+pub async fn data_disks_of_in(
+    tx: &mut Tx<'_>,
+    guest: &str,
+) -> Result<Vec<DataDiskRow>, StoreError> {
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        data_cols!(),
+        " FROM disks WHERE guest_id = ? AND kind = 'data' ORDER BY target"
+    ))
+    .bind(guest)
+    .fetch_all(&mut **tx)
+    .await?)
+}

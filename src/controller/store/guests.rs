@@ -419,3 +419,36 @@ impl Store {
         Ok(n)
     }
 }
+
+/// A migrated guest's new home: its node and its VNC port there.
+pub async fn move_guest(
+    tx: &mut Tx<'_>,
+    id: &str,
+    node: &str,
+    vnc_port: u16,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE guests SET node_id = ?, vnc_port = ?, updated_at = ? WHERE id = ?")
+        .bind(node)
+        .bind(i64::from(vnc_port))
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A migrated disk's new home: its node and its path there.
+pub async fn move_disk(
+    tx: &mut Tx<'_>,
+    id: &str,
+    node: &str,
+    path: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE disks SET node_id = ?, path = ? WHERE id = ?")
+        .bind(node)
+        .bind(path)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -191,6 +191,22 @@ pub async fn insert_vnc(
     unique(r)
 }
 
+/// Gives up `guest`'s VNC `port` on `node` (the other ports it holds stay).
+pub async fn release_vnc(
+    tx: &mut Tx<'_>,
+    node: &str,
+    port: i64,
+    guest: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM vnc_leases WHERE node_id = ? AND port = ? AND guest_id = ?")
+        .bind(node)
+        .bind(port)
+        .bind(guest)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Leases `mac` to `guest`; false when it is taken.
 pub async fn insert_mac(tx: &mut Tx<'_>, mac: &str, guest: &str) -> Result<bool, StoreError> {
     let r = sqlx::query("INSERT INTO mac_leases (mac, guest_id) VALUES (?, ?)")

@@ -20,6 +20,7 @@ mod create_volume;
 mod define;
 mod destroy;
 mod detach_disk;
+mod discard_copy;
 mod grow_disk;
 mod reboot;
 mod remove_file;
@@ -251,6 +252,7 @@ async fn dispatch(cx: &mut Cx<'_>, action: &NodeAction) -> Result<StepOutcome, A
         A::Suspend { guest_id } => suspend::run(cx, guest_id).await,
         A::Resume { guest_id } => resume::run(cx, guest_id).await,
         A::Cleanup { items } => cleanup::run(cx, items).await,
+        A::DiscardCopy { guest_id, paths } => discard_copy::run(cx, guest_id, paths).await,
         A::CreateVolume { path, size_mib } => create_volume::run(cx, path, *size_mib).await,
         A::AttachDisk { guest_id, path, target, limits } => attach_disk::run(cx, guest_id, path, target, limits.as_ref()).await,
         A::DetachDisk { guest_id, path, target } => detach_disk::run(cx, guest_id, path, target).await,
@@ -262,7 +264,7 @@ async fn dispatch(cx: &mut Cx<'_>, action: &NodeAction) -> Result<StepOutcome, A
         A::DeleteSnapshot { guest_id, name } => snapshots::delete(hv, guest_id, name).await,
         // The node's job handler runs these whole (a sequence sub-step by sub-step, a
         // conversion with its progress): they never nest.
-        A::ConvertImage { .. } | A::Sequence { .. } => {
+        A::ConvertImage { .. } | A::Sequence { .. } | A::Migrate { .. } => {
             Err(ActionError::Permanent(format!("{} runs only as a whole job", action.name())))
         }
     }

@@ -57,6 +57,7 @@ from corral_client.models.health import Health
 from corral_client.models.held_claims import HeldClaims
 from corral_client.models.login_request import LoginRequest
 from corral_client.models.login_response import LoginResponse
+from corral_client.models.migrate_guest import MigrateGuest
 from corral_client.models.new_script import NewScript
 from corral_client.models.new_token import NewToken
 from corral_client.models.new_user import NewUser

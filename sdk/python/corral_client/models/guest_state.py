@@ -35,6 +35,7 @@ class GuestState(str, Enum):
     MISSING = 'missing'
     ERROR = 'error'
     DELETING = 'deleting'
+    MIGRATING = 'migrating'
 
     @classmethod
     def from_json(cls, json_str: str) -> Self:

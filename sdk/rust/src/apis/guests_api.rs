@@ -337,6 +337,24 @@ pub enum GuestListError {
     UnknownValue(serde_json::Value),
 }
 
+/// struct for typed errors of method [`guest_migrate`]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GuestMigrateError {
+    Status400(models::ErrorBody),
+    Status401(models::ErrorBody),
+    Status403(models::ErrorBody),
+    Status404(models::ErrorBody),
+    Status409(models::ErrorBody),
+    Status413(models::ErrorBody),
+    Status415(models::ErrorBody),
+    Status422(models::ErrorBody),
+    Status429(models::ErrorBody),
+    Status500(models::ErrorBody),
+    Status503(models::ErrorBody),
+    UnknownValue(serde_json::Value),
+}
+
 /// struct for typed errors of method [`guest_reset_password`]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -1436,6 +1454,62 @@ pub async fn guest_list(
     } else {
         let content = resp.text().await?;
         let entity: Option<GuestListError> = serde_json::from_str(&content).ok();
+        Err(Error::ResponseError(ResponseContent {
+            status,
+            content,
+            entity,
+        }))
+    }
+}
+
+/// Its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target's range. The operation's progress carries libvirt's figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.
+pub async fn guest_migrate(
+    configuration: &configuration::Configuration,
+    id: &str,
+    migrate_guest: models::MigrateGuest,
+) -> Result<models::Accepted, Error<GuestMigrateError>> {
+    // add a prefix to parameters to efficiently prevent name collisions
+    let p_path_id = id;
+    let p_body_migrate_guest = migrate_guest;
+
+    let uri_str = format!(
+        "{}/guests/{id}/migrate",
+        configuration.base_path,
+        id = crate::apis::urlencode(p_path_id)
+    );
+    let mut req_builder = configuration
+        .client
+        .request(reqwest::Method::POST, &uri_str);
+
+    if let Some(ref user_agent) = configuration.user_agent {
+        req_builder = req_builder.header(reqwest::header::USER_AGENT, user_agent.clone());
+    }
+    if let Some(ref token) = configuration.bearer_access_token {
+        req_builder = req_builder.bearer_auth(token.to_owned());
+    };
+    req_builder = req_builder.json(&p_body_migrate_guest);
+
+    let req = req_builder.build()?;
+    let resp = configuration.client.execute(req).await?;
+
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream");
+    let content_type = super::ContentType::from(content_type);
+
+    if !status.is_client_error() && !status.is_server_error() {
+        let content = resp.text().await?;
+        match content_type {
+            ContentType::Json => serde_json::from_str(&content).map_err(Error::from),
+            ContentType::Text => return Err(Error::from(serde_json::Error::custom("Received `text/plain` content type response that cannot be converted to `models::Accepted`"))),
+            ContentType::Unsupported(unknown_type) => return Err(Error::from(serde_json::Error::custom(format!("Received `{unknown_type}` content type response that cannot be converted to `models::Accepted`")))),
+        }
+    } else {
+        let content = resp.text().await?;
+        let entity: Option<GuestMigrateError> = serde_json::from_str(&content).ok();
         Err(Error::ResponseError(ResponseContent {
             status,
             content,

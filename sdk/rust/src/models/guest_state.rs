@@ -33,6 +33,8 @@ pub enum GuestState {
     Error,
     #[serde(rename = "deleting")]
     Deleting,
+    #[serde(rename = "migrating")]
+    Migrating,
 }
 
 impl std::fmt::Display for GuestState {
@@ -47,6 +49,7 @@ impl std::fmt::Display for GuestState {
             Self::Missing => write!(f, "missing"),
             Self::Error => write!(f, "error"),
             Self::Deleting => write!(f, "deleting"),
+            Self::Migrating => write!(f, "migrating"),
         }
     }
 }

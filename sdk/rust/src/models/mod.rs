@@ -86,6 +86,8 @@ pub mod login_request;
 pub use self::login_request::LoginRequest;
 pub mod login_response;
 pub use self::login_response::LoginResponse;
+pub mod migrate_guest;
+pub use self::migrate_guest::MigrateGuest;
 pub mod new_script;
 pub use self::new_script::NewScript;
 pub mod new_token;

@@ -124,6 +124,11 @@ import {
     GuestStateToJSON,
 } from '../models/GuestState';
 import {
+    type MigrateGuest,
+    MigrateGuestFromJSON,
+    MigrateGuestToJSON,
+} from '../models/MigrateGuest';
+import {
     type PasswordReset,
     PasswordResetFromJSON,
     PasswordResetToJSON,
@@ -330,6 +335,17 @@ export interface GuestListRequest {
      * 
      */
     offset?: number;
+}
+
+export interface GuestMigrateRequest {
+    /**
+     * 
+     */
+    id: string;
+    /**
+     * 
+     */
+    migrateGuest: MigrateGuest;
 }
 
 export interface GuestResetPasswordRequest {
@@ -1464,6 +1480,71 @@ export class GuestsApi extends runtime.BaseAPI {
      */
     async guestList(requestParameters: GuestListRequest = {}, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Array<Guest>> {
         const response = await this.guestListRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for guestMigrate without sending the request
+     */
+    async guestMigrateRequestOpts(requestParameters: GuestMigrateRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling guestMigrate().'
+            );
+        }
+
+        if (requestParameters['migrateGuest'] == null) {
+            throw new runtime.RequiredError(
+                'migrateGuest',
+                'Required parameter "migrateGuest" was null or undefined when calling guestMigrate().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/guests/{id}/migrate`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+            body: MigrateGuestToJSON(requestParameters['migrateGuest']),
+        };
+    }
+
+    /**
+     * Its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target\'s range. The operation\'s progress carries libvirt\'s figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.
+     * Move a running guest to another node, live. Runs as `guest.migrate`.
+     */
+    async guestMigrateRaw(requestParameters: GuestMigrateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Accepted>> {
+        const requestOptions = await this.guestMigrateRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => AcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target\'s range. The operation\'s progress carries libvirt\'s figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.
+     * Move a running guest to another node, live. Runs as `guest.migrate`.
+     */
+    async guestMigrate(requestParameters: GuestMigrateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Accepted> {
+        const response = await this.guestMigrateRaw(requestParameters, initOverrides);
         return await response.value();
     }
 

@@ -27,6 +27,7 @@ export const GuestState = {
     Missing: 'missing',
     Error: 'error',
     Deleting: 'deleting',
+    Migrating: 'migrating',
 } as const;
 export type GuestState = typeof GuestState[keyof typeof GuestState];
 

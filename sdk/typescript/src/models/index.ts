@@ -44,6 +44,7 @@ export * from './Health';
 export * from './HeldClaims';
 export * from './LoginRequest';
 export * from './LoginResponse';
+export * from './MigrateGuest';
 export * from './NewScript';
 export * from './NewToken';
 export * from './NewUser';

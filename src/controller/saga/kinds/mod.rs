@@ -31,6 +31,7 @@ pub mod disk_delete;
 pub mod disk_detach;
 pub mod disk_limits;
 pub mod disk_resize;
+pub mod migrate;
 pub mod node_cleanup;
 pub mod node_remove;
 pub mod power;
@@ -273,6 +274,7 @@ kinds! {
     SnapshotDelete => snapshot_delete::SnapshotDelete,
     GuestResize => resize::Resize,
     TemplateFromGuest => to_template::ToTemplate,
+    GuestMigrate => migrate::Migrate,
 }
 
 impl OpKind {

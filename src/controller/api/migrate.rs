@@ -1,0 +1,138 @@
+//! Moving a guest (S65, S96): `POST /guests/{id}/migrate` runs `guest.migrate` (see
+//! `saga::kinds::migrate`).
+//!
+//! Administrators only: a migration chooses among nodes, which only they see. The
+//! request is checked before anything starts, each refusal a 4xx that changes nothing:
+//! the guest runs (a stopped guest's cold migration is not offered yet), has no
+//! snapshots (they live inside its system disk, which a storage migration copies only
+//! as it is now), and the target exists and can take it (the same choice the operation
+//! makes: not its own node, online, the guest's bridge, memory and vCPUs). A guest busy
+//! with another operation answers 409 naming it, and while it migrates every other
+//! request on it answers 409 naming the migration.
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::access;
+use super::error::{ApiResult, Error};
+use super::guests::{submit, OpResponse};
+use super::{AppState, Auth};
+use crate::controller::saga::kinds::{migrate, Request};
+use crate::controller::store::{GuestRow, Requester};
+use crate::model::{GuestState, MigrationTuning};
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct MigrateGuest {
+    /// The node to move to (its id); left out: placement picks among the other nodes.
+    pub node_id: Option<String>,
+    /// MiB/s the migration may use; left out: the source node's `migration_rate_mib`,
+    /// else unlimited.
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000000")))]
+    pub bandwidth_mib: Option<u64>,
+    /// Slow the guest's vCPUs down while it dirties memory faster than the link copies
+    /// it, so the copy converges (the guest runs slower for a while).
+    #[oai(default)]
+    pub auto_converge: bool,
+    /// After three pre-copy passes, switch to post-copy: the guest runs on the target
+    /// at once and pulls the rest of its memory (it always converges, but a network
+    /// failure during that phase loses the guest).
+    #[oai(default)]
+    pub postcopy: bool,
+}
+
+pub struct MigrateApi;
+
+#[OpenApi(tag = "super::system::Tag::Guests")]
+impl MigrateApi {
+    /// Move a running guest to another node, live. Runs as `guest.migrate`.
+    ///
+    /// Its disks are copied with its memory unless both nodes name the same shared
+    /// storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC
+    /// port is taken from the target's range. The operation's progress carries
+    /// libvirt's figures (`migration`: percent, bytes, dirty rate, pass, expected
+    /// downtime, ETA). Cancelling it aborts the migration and the guest stays where it
+    /// was; once the guest runs on the target, the operation only goes forward.
+    #[oai(
+        path = "/guests/:id/migrate",
+        method = "post",
+        operation_id = "guest_migrate"
+    )]
+    async fn migrate(
+        &self,
+        auth: Auth,
+        state: Data<&AppState>,
+        id: Path<String>,
+        body: Json<MigrateGuest>,
+    ) -> ApiResult<OpResponse> {
+        access::admin(&auth.0, "migrate guests")?;
+        let g = access::guest(&state, &auth.0, &id).await?;
+        let b = body.0;
+        check_guest(&state, &g).await?;
+        if let Some(n) = &b.node_id {
+            if state.store.node(n).await?.is_none() {
+                return Err(Error::NotFound {
+                    what: "node",
+                    id: n.clone(),
+                }
+                .into());
+            }
+        }
+        // The operation's own choice, made now on the current state; nothing is kept.
+        let mut tx = state.store.begin().await?;
+        let chosen = migrate::choose(&mut tx, &state.thresholds, &g, b.node_id.as_deref()).await;
+        drop(tx);
+        if let Err(e) = chosen {
+            return Err(conflict(&e.message()).into());
+        }
+        let req = Request::GuestMigrate(migrate::Payload {
+            node_id: b.node_id,
+            tuning: MigrationTuning {
+                bandwidth_mib: b.bandwidth_mib,
+                auto_converge: b.auto_converge,
+                postcopy: b.postcopy,
+            },
+            chosen: None,
+        });
+        Ok(submit(&state, &req, &g.id, Requester::user(&auth.0.user)).await?)
+    }
+}
+
+/// A guest that can move: running, on a node, without snapshots.
+async fn check_guest(state: &AppState, g: &GuestRow) -> Result<(), Error> {
+    if let Some(holder) = &g.lock_op {
+        // What holds it says more than the state it put the guest in.
+        return Err(conflict(&format!(
+            "guest {} is busy with operation {holder}; wait for it or cancel it",
+            g.name
+        )));
+    }
+    if g.node_id.is_none() {
+        return Err(conflict(&format!("guest {} has no node yet", g.name)));
+    }
+    if g.state != GuestState::Running {
+        return Err(conflict(&format!(
+            "guest {} is {}: only a running guest migrates (live); start it first",
+            g.name, g.state
+        )));
+    }
+    let snapshots = state.store.snapshots_of(&g.id).await?;
+    if !snapshots.is_empty() {
+        return Err(conflict(&format!(
+            "guest {} has {} snapshot(s): they live inside its system disk, and a migration \
+             copies only the disk's current state; delete them first",
+            g.name,
+            snapshots.len()
+        )));
+    }
+    Ok(())
+}
+
+fn conflict(message: &str) -> Error {
+    Error::Conflict {
+        message: message.to_string(),
+        details: None,
+    }
+}

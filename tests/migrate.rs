@@ -1,0 +1,539 @@
+//! Live migration of a real TCG guest between two libvirt daemons on this machine, each
+//! with its own corral node (`common::host::SecondLibvirt`): node `a` on the system
+//! daemon, node `b` on a second daemon in a private mount namespace at 127.0.0.2.
+//!
+//! One guest with a data disk: refusals that change nothing (the same node, an unknown
+//! node, a second migration while one runs), a cancel in the middle of a bandwidth-limited
+//! migration (the guest still runs on `a`, nothing is left on `b`), then a migration to
+//! `b`: the agent answers there with the same hostname and IP, what was written on the
+//! system and data disks before is there after, the progress events carry percent,
+//! remaining bytes and ETA, and `a` has no domain and no disk left. The figures (time,
+//! downtime, events per second) are printed, never asserted.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::host::{Bridge, SecondLibvirt};
+use common::{require, sdk_error, Cloud};
+use corral_client::apis::{guests_api, operations_api, resources_api};
+use corral_client::models::{
+    AttachDisk, CreateDisk, CreatePool, CreateTemplate, MigrateGuest, OsType,
+};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn parts() -> bool {
+    let have = require("virsh") && require("redis-server") && require("unshare");
+    let system = have
+        && Command::new("virsh")
+            .args(["-c", "qemu:///system", "version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !system {
+        if std::env::var("CI").is_ok() {
+            panic!("libvirtd must run in CI (.ci/host-setup.sh starts it)");
+        }
+        eprintln!("SKIPPED: libvirtd is not running (run .ci/host-setup.sh)");
+    }
+    system
+}
+
+fn ok<A, E>(what: &str, answer: Result<A, corral_client::apis::Error<E>>) -> A {
+    answer.unwrap_or_else(|e| panic!("{what}: {}", sdk_error(e)))
+}
+
+/// `virsh -c uri …`: whether it succeeded, and its output.
+fn virsh(uri: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+fn agent(uri: &str, dom: &str, cmd: Value) -> Option<Value> {
+    let (ok, out) = virsh(
+        uri,
+        &[
+            "qemu-agent-command",
+            dom,
+            &cmd.to_string(),
+            "--timeout",
+            "5",
+        ],
+    );
+    ok.then(|| serde_json::from_str::<Value>(&out).ok())
+        .flatten()
+        .map(|v| v["return"].clone())
+}
+
+fn wait_agent(uri: &str, dom: &str) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(180) {
+        if agent(uri, dom, json!({"execute": "guest-ping"})).is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("the agent of {dom} never answered on {uri}");
+}
+
+/// Runs `sh -c script` in the guest through its agent; its standard output.
+fn sh(uri: &str, dom: &str, script: &str) -> String {
+    use base64::Engine as _;
+    let r = agent(
+        uri,
+        dom,
+        json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", script], "capture-output": true}}),
+    )
+    .expect("guest-exec");
+    let pid = r["pid"].as_i64().unwrap();
+    for _ in 0..100 {
+        let s = agent(
+            uri,
+            dom,
+            json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}),
+        )
+        .unwrap();
+        if s["exited"] == json!(true) {
+            let out = s["out-data"].as_str().unwrap_or("");
+            return String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(out)
+                    .unwrap(),
+            )
+            .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{script} did not finish in the guest");
+}
+
+fn running(uri: &str, dom: &str) -> bool {
+    virsh(uri, &["domstate", dom]).1.trim() == "running"
+}
+
+/// Stops and undefines the test's domain on the system daemon, on drop: a failing test
+/// leaves no guest running (the second daemon sweeps its own).
+struct Sweep(String);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let _ = virsh("qemu:///system", &["destroy", &self.0]);
+        let _ = virsh("qemu:///system", &["undefine", &self.0]);
+    }
+}
+
+/// What the test writes in the guest before it moves, and reads after.
+const WRITE: &str = "printf 'system-before\\n' | dd of=/dev/vda bs=512 seek=130944 conv=notrunc \
+                     2>/dev/null; printf 'data-before\\n' | dd of=/dev/vdc conv=notrunc 2>/dev/null; sync";
+const READ: &str = "dd if=/dev/vda bs=512 skip=130944 count=1 2>/dev/null | head -c 14; \
+                    head -c 12 /dev/vdc";
+
+/// Starts a migration of `gid` (accepted); its operation's id.
+async fn migrate(cloud: &Cloud, gid: &str, body: MigrateGuest) -> String {
+    ok(
+        "migrate",
+        guests_api::guest_migrate(&cloud.sdk().config, gid, body).await,
+    )
+    .operation_id
+}
+
+/// Two nodes: `a` on the system daemon, `b` on a second one; a template and a pool on
+/// the test network `net` (a /28 of TEST-NET-2: gateway .1, range .2–.14).
+struct Rig {
+    cloud: Cloud,
+    lv2: SecondLibvirt,
+    _bridge: Bridge,
+    b_images: std::path::PathBuf,
+    node_a: String,
+}
+
+async fn rig(net: u8, vnc: u16) -> Option<Rig> {
+    if !parts() {
+        return None;
+    }
+    let base = format!("198.51.100.{net}");
+    let at = |i: u8| format!("198.51.100.{}", net + i);
+    let bridge = Bridge::new(&format!("{}/28", at(1)));
+    let a_uri = "qemu:///system";
+    let mut cloud = Cloud::split_with(
+        a_uri,
+        vec![
+            ("CORRAL_DOMAIN_TYPE".into(), "qemu".into()),
+            ("CORRAL_VM_NETWORK_BRIDGE".into(), bridge.name.clone()),
+            ("CORRAL_VNC_PORT_MIN".into(), vnc.to_string()),
+            ("CORRAL_VNC_PORT_MAX".into(), (vnc + 9).to_string()),
+            // Node b's agent reaches a's daemon on this machine (migrations back).
+            ("CORRAL_MIGRATION_URI".into(), a_uri.into()),
+            ("CORRAL_MIGRATION_ADDRESS".into(), "127.0.0.1".into()),
+        ],
+    )
+    .await;
+    let Some(lv2) = SecondLibvirt::start(cloud.dir()) else {
+        if std::env::var("CI").is_ok() {
+            panic!("the second libvirtd must start in CI");
+        }
+        eprintln!("SKIPPED: a second libvirtd could not start here");
+        return None;
+    };
+    let b_images = cloud.dir().join("images-b");
+    std::fs::create_dir_all(&b_images).unwrap();
+    start_b(&mut cloud, &lv2, &b_images, vnc).await;
+    let node_a = cloud.node_id.clone();
+    let c = &cloud.sdk().config;
+    let mut t = CreateTemplate::new(
+        "gi".into(),
+        OsType::Linux,
+        common::fixture_dir()
+            .join("template.qcow2")
+            .display()
+            .to_string(),
+    );
+    t.min_memory_mib = Some(96);
+    t.os_init_profile = Some("test-guest".into());
+    ok("template", resources_api::template_create(c, t).await);
+    let mut p = CreatePool::new(format!("{base}/28"), "mnet".into(), at(14), at(2));
+    p.gateway = Some(at(1));
+    ok("pool", resources_api::pool_create(c, p).await);
+    Some(Rig {
+        cloud,
+        lv2,
+        _bridge: bridge,
+        b_images,
+        node_a,
+    })
+}
+
+/// Starts (or restarts) node b's agent on the second daemon.
+async fn start_b(cloud: &mut Cloud, lv2: &SecondLibvirt, images: &std::path::Path, vnc: u16) {
+    let dir = images.display().to_string();
+    let (min, max) = ((vnc + 10).to_string(), (vnc + 19).to_string());
+    cloud
+        .add_node(
+            "node-b",
+            &[
+                ("CORRAL_HYPERVISOR_URI", lv2.uri.as_str()),
+                ("CORRAL_STORAGE_DIR", dir.as_str()),
+                ("CORRAL_MIGRATION_URI", lv2.uri.as_str()),
+                ("CORRAL_MIGRATION_ADDRESS", lv2.address.as_str()),
+                ("CORRAL_VNC_PORT_MIN", min.as_str()),
+                ("CORRAL_VNC_PORT_MAX", max.as_str()),
+            ],
+        )
+        .await;
+}
+
+/// A running guest on node a, its agent answering; (guest id, name).
+async fn guest_on_a(r: &Rig, prefix: &str) -> (String, String) {
+    let name = format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let (gid, op) = r
+        .cloud
+        .create(
+            json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 128, "node": r.node_a}),
+        )
+        .await[0]
+        .clone();
+    assert_eq!(r.cloud.wait_op(&op).await["state"], "succeeded");
+    wait_agent("qemu:///system", &name);
+    (gid, name)
+}
+
+/// Where the guest's domain runs: (on a, on b).
+fn where_runs(r: &Rig, name: &str) -> (bool, bool) {
+    (running("qemu:///system", name), running(&r.lv2.uri, name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_moves_live_with_its_disks_and_a_cancel_leaves_it_home() {
+    let Some(r) = rig(64, 6100).await else {
+        return;
+    };
+    let (cloud, lv2, b_images, node_a) = (&r.cloud, &r.lv2, &r.b_images, r.node_a.clone());
+    let b_dir = b_images.display().to_string();
+    let a_uri = "qemu:///system";
+    let c = &cloud.sdk().config;
+    let (gid, name) = guest_on_a(&r, "mg").await;
+    let _sweep = Sweep(name.clone());
+    let mut disk = CreateDisk::new("mdata".into(), 1);
+    disk.guest = Some(name.clone());
+    let op = ok("disk", guests_api::disk_create(c, disk).await).operation_id;
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let op = ok(
+        "attach",
+        guests_api::disk_attach(c, "mdata", AttachDisk::new(name.clone())).await,
+    )
+    .operation_id;
+    assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
+    let ip = ok("guest", guests_api::guest_get(c, &gid).await)
+        .ip
+        .unwrap();
+    // Raw writes, near the end of the system disk (past its filesystem) and at the start
+    // of the data disk.
+    let w = sh(a_uri, &name, &format!("{WRITE}; {READ}"));
+    assert_eq!(w, "system-before\ndata-before\n", "written on a");
+
+    // Refusals that change nothing.
+    let refused = |node: &str| json!({ "node_id": node });
+    let (s, v) = cloud
+        .call(
+            Method::POST,
+            &format!("/guests/{gid}/migrate"),
+            Some(refused(&node_a)),
+        )
+        .await;
+    assert_eq!(s, 409, "to its own node: {v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("already on node"),
+        "{v}"
+    );
+    let (s, v) = cloud
+        .call(
+            Method::POST,
+            &format!("/guests/{gid}/migrate"),
+            Some(refused("no-such-node")),
+        )
+        .await;
+    assert_eq!(s, 404, "to an unknown node: {v}");
+    let (s, v) = cloud
+        .call(
+            Method::POST,
+            &format!("/guests/{gid}/migrate"),
+            Some(json!({"node_id": "node-b", "speed": 3})),
+        )
+        .await;
+    assert_eq!(s, 400, "an unknown field: {v}");
+    let (s, v) = cloud
+        .call_as(
+            &cloud.new_user("mallory").await,
+            Method::POST,
+            &format!("/guests/{gid}/migrate"),
+            Some(json!({})),
+        )
+        .await;
+    assert!(s == 403 || s == 404, "a user may not move guests: {s} {v}");
+    assert!(lv2.domains().is_empty());
+
+    // A cancel in the middle (1 MiB/s: the memory alone takes minutes).
+    let mut slow = MigrateGuest::new();
+    slow.node_id = Some("node-b".into());
+    slow.bandwidth_mib = Some(1);
+    let op = migrate(cloud, &gid, slow).await;
+    let mut seen = false;
+    for _ in 0..300 {
+        let o = cloud.get(&format!("/operations/{op}")).await.1;
+        if o["progress"]["stage"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("migrating:"))
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen,
+        "the migration never reported progress: {}\n{}",
+        cloud.get(&format!("/operations/{op}")).await.1,
+        cloud.log_tail(40)
+    );
+    let (s, v) = cloud
+        .call(
+            Method::POST,
+            &format!("/guests/{gid}/migrate"),
+            Some(refused("node-b")),
+        )
+        .await;
+    assert_eq!(s, 409, "a second migration: {v}");
+    assert!(
+        v["message"].as_str().unwrap().contains(&op),
+        "names the migration: {v}"
+    );
+    ok("cancel", operations_api::operation_cancel(c, &op).await);
+    let end = cloud.wait_op(&op).await;
+    assert_ne!(end["state"], "succeeded", "{end}");
+    assert!(
+        running(a_uri, &name),
+        "the guest runs on a after the cancel"
+    );
+    assert!(
+        lv2.domains().is_empty(),
+        "b keeps a domain: {:?}",
+        lv2.domains()
+    );
+    let left: Vec<_> = std::fs::read_dir(b_images).unwrap().flatten().collect();
+    assert!(left.is_empty(), "b keeps files: {left:?}");
+    let g = ok("guest", guests_api::guest_get(c, &gid).await);
+    assert_eq!(g.node_id.as_deref(), Some(node_a.as_str()));
+
+    // The migration.
+    eprintln!("cancelled; migrating for real");
+    let t0 = Instant::now();
+    let mut go = MigrateGuest::new();
+    go.node_id = Some("node-b".into());
+    // Limited so that it lasts a few seconds: progress is read once a second.
+    go.bandwidth_mib = Some(32);
+    let op = migrate(cloud, &gid, go).await;
+    let end = cloud.wait_op(&op).await;
+    let took = t0.elapsed();
+    eprintln!("migrated in {took:?}");
+    assert_eq!(end["state"], "succeeded", "{end}");
+    let g = ok("guest", guests_api::guest_get(c, &gid).await);
+    assert_eq!(g.node_id.as_deref(), Some("node-b"));
+    assert!(running(&lv2.uri, &name), "the guest runs on b");
+    assert!(!virsh(a_uri, &["dominfo", &name]).0, "a keeps a domain");
+    let host = agent(&lv2.uri, &name, json!({"execute": "guest-get-host-name"})).unwrap();
+    assert_eq!(host["host-name"], json!(name));
+    let nics = agent(
+        &lv2.uri,
+        &name,
+        json!({"execute": "guest-network-get-interfaces"}),
+    )
+    .unwrap();
+    assert!(nics.to_string().contains(&ip), "{ip} not in {nics}");
+    // From the disks, not the guest's cache (which moved with its memory).
+    let r = sh(
+        &lv2.uri,
+        &name,
+        &format!("echo 3 > /proc/sys/vm/drop_caches; {READ}"),
+    );
+    assert_eq!(r, "system-before\ndata-before\n", "read on b");
+    for d in ok("guest", guests_api::guest_get(c, &gid).await).disks {
+        assert!(d.path.starts_with(&b_dir), "{} is not on b", d.path);
+    }
+    let events = cloud.events("operation").await;
+    let figures: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["operation_id"] == json!(op) && e.get("migration").is_some())
+        .map(|e| &e["migration"])
+        .collect();
+    assert!(
+        !figures.is_empty(),
+        "no progress event carried the migration's figures"
+    );
+    for f in &figures {
+        for k in [
+            "percent",
+            "remaining_bytes",
+            "eta_secs",
+            "dirty_rate_bps",
+            "iteration",
+        ] {
+            assert!(f.get(k).is_some(), "{k} missing in {f}");
+        }
+    }
+    let report = end["steps"][2]["output"].clone();
+    eprintln!(
+        "FIGURES live migration: {took:?} end to end, downtime {} ms (libvirt), {} progress \
+         events ({:.2}/s)",
+        report["downtime_ms"],
+        figures.len(),
+        figures.len() as f64 / took.as_secs_f64()
+    );
+
+    // Deleting it on b leaves nothing anywhere.
+    let d = ok("delete", guests_api::guest_delete(c, &gid).await);
+    assert_eq!(cloud.wait_op(&d.operation_id).await["state"], "succeeded");
+    assert!(lv2.domains().is_empty());
+    let left: Vec<_> = std::fs::read_dir(b_images).unwrap().flatten().collect();
+    assert!(
+        left.iter()
+            .all(|f| !f.file_name().to_string_lossy().contains(&gid)),
+        "{left:?}"
+    );
+}
+
+/// Kill the controller, then the source's agent, then the target's, each during a
+/// migration (slowed to 8 MiB/s so that there is a "during"): each time the operation
+/// ends in one place, the guest runs on exactly one node, and the record names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_ends_in_one_place_whoever_dies_during_it() {
+    let Some(mut r) = rig(80, 6130).await else {
+        return;
+    };
+    let (gid, name) = guest_on_a(&r, "mc").await;
+    let _sweep = Sweep(name.clone());
+    let slow = |to: &str| {
+        let mut m = MigrateGuest::new();
+        m.node_id = Some(to.into());
+        m.bandwidth_mib = Some(8);
+        m
+    };
+    let node_a = r.node_a.clone();
+    for (victim, to) in [
+        ("controller", "node-b"),
+        ("source", &node_a),
+        ("target", "node-b"),
+    ] {
+        let op = migrate(&r.cloud, &gid, slow(to)).await;
+        wait_migrating(&r.cloud, &op).await;
+        match victim {
+            "controller" => {
+                r.cloud.controller.as_mut().unwrap().kill9();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                r.cloud.start_controller(&[]).await;
+            }
+            // b is the source of the migration back to a: its agent dies, libvirt
+            // aborts, and the re-delivered job starts over.
+            // b is the target of the last migration: its agent takes no part in it.
+            _ => restart_b(&mut r).await,
+        }
+        let end = r.cloud.wait_op(&op).await;
+        assert_eq!(end["state"], "succeeded", "{victim} killed: {end}");
+        let g = ok(
+            "guest",
+            guests_api::guest_get(&r.cloud.sdk().config, &gid).await,
+        );
+        let on = where_runs(&r, &name);
+        let want = if to == "node-b" {
+            (false, true)
+        } else {
+            (true, false)
+        };
+        assert_eq!(on, want, "{victim} killed: runs on (a, b) = {on:?}");
+        assert_eq!(
+            g.node_id.as_deref(),
+            Some(to),
+            "{victim} killed: the record"
+        );
+        eprintln!("{victim} killed mid-migration: ended on {to}, as recorded");
+    }
+}
+
+/// Waits until operation `op` reports the migration's figures.
+async fn wait_migrating(cloud: &Cloud, op: &str) {
+    for _ in 0..600 {
+        let o = cloud.get(&format!("/operations/{op}")).await.1;
+        if o["progress"]["stage"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("migrating:"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("operation {op} never reported migrating");
+}
+
+async fn restart_b(r: &mut Rig) {
+    for p in &mut r.cloud.extra_nodes {
+        p.kill9();
+    }
+    r.cloud.extra_nodes.clear();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (lv2, images) = (&r.lv2, r.b_images.clone());
+    start_b(&mut r.cloud, lv2, &images, 6130).await;
+}
