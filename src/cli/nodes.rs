@@ -30,6 +30,13 @@ pub enum NodeCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Move every guest off a node (each a live migration, two at a time); the node stops
+    /// taking new guests. Prints where each guest goes and which cannot move, and why.
+    Drain {
+        node: String,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +102,7 @@ impl Client {
                 nodes_api::node_revoke_credential(c, &node).await?;
                 Ok(true)
             }
+            NodeCmd::Drain { node, wait } => self.node_drain(&node, wait).await,
             NodeCmd::Remove { node, guests, wait } => {
                 let records = if guests == "delete" {
                     GuestRecords::Delete
@@ -109,6 +117,26 @@ impl Client {
                 Ok(true)
             }
         }
+    }
+
+    /// `node drain`: the plan as a table (guest, to node or why it stays), then the
+    /// operation, followed with --wait.
+    async fn node_drain(&self, node: &str, wait: bool) -> Result<bool, CliError> {
+        let a = nodes_api::node_drain(self.config(), node).await?;
+        emit(self.out, &a, || {
+            let mut t = Table::new(&["guest", "goes to", "or stays because"]);
+            for m in &a.moves {
+                t.row(vec![m.guest.clone(), m.to.clone(), String::new()]);
+            }
+            for u in &a.unmovable {
+                t.row(vec![u.guest.clone(), String::new(), u.reason.clone()]);
+            }
+            t
+        });
+        if wait {
+            return self.follow(std::slice::from_ref(&a.operation_id)).await;
+        }
+        Ok(true)
     }
 
     pub async fn plugin(&self, cmd: PluginCmd) -> Result<bool, CliError> {

@@ -125,6 +125,7 @@ fn engine(cfg: &ControllerConfig, p: &Parts) -> Arc<Engine> {
             scripts: p.scripts.clone(),
             plugins: p.plugins.clone(),
             sealer: p.sealer.clone(),
+            catalog: p.catalog.clone(),
         },
         lease_ms: (cfg.step_lease_secs * 1000) as i64,
         max_tries: cfg.step_max_attempts,

@@ -64,6 +64,7 @@ __all__ = [
     "DiskDetail",
     "DiskLimits",
     "DomainXml",
+    "DrainAccepted",
     "EnrollNode",
     "ErrorBody",
     "EventItem",
@@ -93,6 +94,7 @@ __all__ = [
     "OsType",
     "PasswordChange",
     "PasswordReset",
+    "PlannedMove",
     "PluginInfo",
     "Pool",
     "Progress",
@@ -125,6 +127,7 @@ __all__ = [
     "TemplateAccepted",
     "Token",
     "TokenPolicy",
+    "Unmovable",
     "UpdateGuest",
     "UpdateTemplate",
     "UploadPolicy",
@@ -185,6 +188,7 @@ from corral_client.models.disk_accepted import DiskAccepted as DiskAccepted
 from corral_client.models.disk_detail import DiskDetail as DiskDetail
 from corral_client.models.disk_limits import DiskLimits as DiskLimits
 from corral_client.models.domain_xml import DomainXml as DomainXml
+from corral_client.models.drain_accepted import DrainAccepted as DrainAccepted
 from corral_client.models.enroll_node import EnrollNode as EnrollNode
 from corral_client.models.error_body import ErrorBody as ErrorBody
 from corral_client.models.event_item import EventItem as EventItem
@@ -214,6 +218,7 @@ from corral_client.models.operation_state import OperationState as OperationStat
 from corral_client.models.os_type import OsType as OsType
 from corral_client.models.password_change import PasswordChange as PasswordChange
 from corral_client.models.password_reset import PasswordReset as PasswordReset
+from corral_client.models.planned_move import PlannedMove as PlannedMove
 from corral_client.models.plugin_info import PluginInfo as PluginInfo
 from corral_client.models.pool import Pool as Pool
 from corral_client.models.progress import Progress as Progress
@@ -246,6 +251,7 @@ from corral_client.models.template import Template as Template
 from corral_client.models.template_accepted import TemplateAccepted as TemplateAccepted
 from corral_client.models.token import Token as Token
 from corral_client.models.token_policy import TokenPolicy as TokenPolicy
+from corral_client.models.unmovable import Unmovable as Unmovable
 from corral_client.models.update_guest import UpdateGuest as UpdateGuest
 from corral_client.models.update_template import UpdateTemplate as UpdateTemplate
 from corral_client.models.upload_policy import UploadPolicy as UploadPolicy

@@ -33,6 +33,13 @@ class TestNodesApi(unittest.TestCase):
         """
         pass
 
+    def test_node_drain(self) -> None:
+        """Test case for node_drain
+
+        Move every guest off a node, each as its own `guest.migrate`, at most two at a time; the node stops taking automatically placed guests (and stays so). Runs as `node.drain`: it succeeds when every guest moved and otherwise fails naming each guest that stayed and why. Cancelling it cancels the migrations still running.
+        """
+        pass
+
     def test_node_enroll(self) -> None:
         """Test case for node_enroll
 

@@ -18,6 +18,7 @@ mod guest_create;
 mod guests;
 mod images;
 pub use images::sweep as sweep_uploads;
+mod drain;
 mod migrate;
 mod node_images;
 mod nodes;
@@ -133,6 +134,7 @@ services!(
         snapshots::SnapshotApi,
         resize::ResizeApi,
         migrate::MigrateApi,
+        drain::DrainApi,
         to_template::ToTemplateApi,
         images::ImageApi,
     )

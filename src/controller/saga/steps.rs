@@ -100,6 +100,8 @@ pub struct StepEnv {
     pub plugins: std::sync::Arc<crate::controller::plugins::Plugins>,
     /// Opens boot jobs' sealed secret parameters just before they run.
     pub sealer: std::sync::Arc<crate::controller::sealed::Sealer>,
+    /// The operation kinds (a drain starts an operation per guest).
+    pub catalog: std::sync::Arc<crate::jobs::Catalog>,
 }
 
 pub fn system_disk_path(storage_dir: &str, guest: &str) -> String {

@@ -46,7 +46,7 @@ pub use cleanup::*;
 pub use disks::*;
 pub use events::EventRow;
 pub use guests::*;
-pub use nodes::NodeRow;
+pub use nodes::{set_accept_auto_in, NodeRow};
 pub use ops::*;
 pub use resources::*;
 pub use saga::*;

@@ -1,6 +1,6 @@
 //! Node rows: identity, last reported facts, liveness.
 
-use super::{events, Store, StoreError};
+use super::{events, Store, StoreError, Tx};
 use crate::model::{now_ms, NodeFacts};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -315,4 +315,22 @@ impl Store {
                 .await?,
         )
     }
+}
+
+/// Sets whether node `id` takes automatically placed guests; its previous setting.
+pub async fn set_accept_auto_in(
+    tx: &mut Tx<'_>,
+    id: &str,
+    accept: bool,
+) -> Result<Option<bool>, StoreError> {
+    let before: Option<(bool,)> = sqlx::query_as("SELECT accept_auto FROM nodes WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE nodes SET accept_auto = ? WHERE id = ?")
+        .bind(accept)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(before.map(|b| b.0))
 }

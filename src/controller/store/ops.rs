@@ -257,6 +257,32 @@ impl Store {
     }
 }
 
+/// Asks operation `id` to cancel (inside a transaction); false when it already ended.
+pub async fn request_cancel_in(tx: &mut Tx<'_>, id: &str) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "UPDATE operations SET cancel_requested = 1 WHERE id = ? AND state IN ('pending', 'running', 'undoing')",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+impl Store {
+    /// Active operations of `kind` on node `node`.
+    pub async fn active_node_ops(&self, node: &str, kind: &str) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM operations WHERE node_id = ? AND kind = ? \
+             AND state IN ('pending', 'running', 'undoing')",
+        )
+        .bind(node)
+        .bind(kind)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,3 +99,12 @@ impl Store {
         .await?)
     }
 }
+
+/// How many snapshots guest `guest` has.
+pub async fn snapshot_count_in(tx: &mut Tx<'_>, guest: &str) -> Result<i64, StoreError> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM snapshots WHERE guest_id = ?")
+        .bind(guest)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(n)
+}

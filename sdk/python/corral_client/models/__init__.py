@@ -40,6 +40,7 @@ from corral_client.models.disk_accepted import DiskAccepted
 from corral_client.models.disk_detail import DiskDetail
 from corral_client.models.disk_limits import DiskLimits
 from corral_client.models.domain_xml import DomainXml
+from corral_client.models.drain_accepted import DrainAccepted
 from corral_client.models.enroll_node import EnrollNode
 from corral_client.models.error_body import ErrorBody
 from corral_client.models.event_item import EventItem
@@ -69,6 +70,7 @@ from corral_client.models.operation_state import OperationState
 from corral_client.models.os_type import OsType
 from corral_client.models.password_change import PasswordChange
 from corral_client.models.password_reset import PasswordReset
+from corral_client.models.planned_move import PlannedMove
 from corral_client.models.plugin_info import PluginInfo
 from corral_client.models.pool import Pool
 from corral_client.models.progress import Progress
@@ -101,6 +103,7 @@ from corral_client.models.template import Template
 from corral_client.models.template_accepted import TemplateAccepted
 from corral_client.models.token import Token
 from corral_client.models.token_policy import TokenPolicy
+from corral_client.models.unmovable import Unmovable
 from corral_client.models.update_guest import UpdateGuest
 from corral_client.models.update_template import UpdateTemplate
 from corral_client.models.upload_policy import UploadPolicy

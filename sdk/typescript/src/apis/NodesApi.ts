@@ -19,6 +19,11 @@ import {
     AcceptedToJSON,
 } from '../models/Accepted';
 import {
+    type DrainAccepted,
+    DrainAcceptedFromJSON,
+    DrainAcceptedToJSON,
+} from '../models/DrainAccepted';
+import {
     type EnrollNode,
     EnrollNodeFromJSON,
     EnrollNodeToJSON,
@@ -50,6 +55,13 @@ import {
 } from '../models/NodeSettings';
 
 export interface NodeAcceptCapacityRequest {
+    /**
+     * 
+     */
+    id: string;
+}
+
+export interface NodeDrainRequest {
     /**
      * 
      */
@@ -168,6 +180,59 @@ export class NodesApi extends runtime.BaseAPI {
      */
     async nodeAcceptCapacity(requestParameters: NodeAcceptCapacityRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Node> {
         const response = await this.nodeAcceptCapacityRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for nodeDrain without sending the request
+     */
+    async nodeDrainRequestOpts(requestParameters: NodeDrainRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling nodeDrain().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/nodes/{id}/drain`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'POST',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * Move every guest off a node, each as its own `guest.migrate`, at most two at a time; the node stops taking automatically placed guests (and stays so). Runs as `node.drain`: it succeeds when every guest moved and otherwise fails naming each guest that stayed and why. Cancelling it cancels the migrations still running.
+     */
+    async nodeDrainRaw(requestParameters: NodeDrainRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<DrainAccepted>> {
+        const requestOptions = await this.nodeDrainRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => DrainAcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * Move every guest off a node, each as its own `guest.migrate`, at most two at a time; the node stops taking automatically placed guests (and stays so). Runs as `node.drain`: it succeeds when every guest moved and otherwise fails naming each guest that stayed and why. Cancelling it cancels the migrations still running.
+     */
+    async nodeDrain(requestParameters: NodeDrainRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<DrainAccepted> {
+        const response = await this.nodeDrainRaw(requestParameters, initOverrides);
         return await response.value();
     }
 

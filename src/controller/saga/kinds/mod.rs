@@ -31,6 +31,7 @@ pub mod disk_delete;
 pub mod disk_detach;
 pub mod disk_limits;
 pub mod disk_resize;
+pub mod drain;
 pub mod migrate;
 pub mod node_cleanup;
 pub mod node_remove;
@@ -275,6 +276,7 @@ kinds! {
     GuestResize => resize::Resize,
     TemplateFromGuest => to_template::ToTemplate,
     GuestMigrate => migrate::Migrate,
+    NodeDrain => drain::Drain,
 }
 
 impl OpKind {
