@@ -177,7 +177,9 @@ impl Queues {
     }
 
     /// Whether the fence names `attempt` (the job was fenced, so about to be or already
-    /// pushed).
+    /// pushed), or says the step was interrupted since: a pivot step stays running after
+    /// its interrupt, and its job must not be sent again (the copy would be superseded
+    /// by the next interrupt, and the first would never be heard).
     pub async fn fence_is(
         &self,
         node_id: &str,
@@ -191,7 +193,7 @@ impl Queues {
             .arg(fence_key(node_id, op_id, step, undo))
             .query_async(&mut conn)
             .await?;
-        Ok(v == Some(attempt))
+        Ok(v == Some(attempt) || v == Some(INTERRUPTED))
     }
 
     /// The step was given up while it ran: the fence names no attempt ([`INTERRUPTED`]),

@@ -620,3 +620,150 @@ async fn a_drain_moves_every_guest_and_closes_the_node() {
     assert!(!a.accept_auto, "a still takes new guests");
     eprintln!("FIGURES drain of 3 TCG guests: {:?}", t0.elapsed());
 }
+
+/// The figures for the closing note, one run: corral's live migration of the test guest
+/// against the same migration by hand (`virsh migrate` with the same flags) of a twin
+/// guest (the same definition under another name, MAC and disks). Printed, never
+/// asserted; what is asserted is that both guests run on b afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_against_virsh_migrate_by_hand() {
+    let Some(r) = rig(112, 6190).await else {
+        return;
+    };
+    let (gid, name) = guest_on_a(&r, "mf").await;
+    let _sweep = Sweep(name.clone());
+    let twin = format!("{name}-hand");
+    let _twin_sweep = Sweep(twin.clone());
+    let a_uri = "qemu:///system";
+    // The twin: the guest's definition with its own name, MAC, VNC port and disks.
+    let xml = virsh(a_uri, &["dumpxml", "--migratable", &name]).1;
+    let dir = r.cloud.dir().join("by-hand");
+    std::fs::create_dir_all(&dir).unwrap();
+    let template = common::fixture_dir().join("template.qcow2");
+    let g = ok(
+        "guest",
+        guests_api::guest_get(&r.cloud.sdk().config, &gid).await,
+    );
+    let seed = g
+        .disks
+        .iter()
+        .find(|d| d.kind == "seed")
+        .unwrap()
+        .path
+        .clone();
+    let system = g
+        .disks
+        .iter()
+        .find(|d| d.kind == "system")
+        .unwrap()
+        .path
+        .clone();
+    let twin_uuid = uuid::Uuid::new_v4().to_string();
+    let twin_xml = |side: &str| {
+        let disk = dir.join(format!("{side}.qcow2")).display().to_string();
+        let iso = dir.join(format!("{side}-seed.iso")).display().to_string();
+        let mut x = xml
+            .replace(
+                &format!("<name>{name}</name>"),
+                &format!("<name>{twin}</name>"),
+            )
+            .replace(&system, &disk)
+            .replace(&seed, &iso);
+        let mac_at = x.find("<mac address='").unwrap() + 14;
+        x.replace_range(mac_at..mac_at + 17, "52:54:00:aa:bb:cc");
+        let uuid_at = x.find("<uuid>").unwrap();
+        let uuid_end = x.find("</uuid>").unwrap() + 7;
+        x.replace_range(uuid_at..uuid_end, &format!("<uuid>{twin_uuid}</uuid>"));
+        let port_at = x.find("<graphics type='vnc' port='").unwrap() + 27;
+        let port_end = port_at + x[port_at..].find('\'').unwrap();
+        // Both copies exist on this one host during the migration: two ports.
+        x.replace_range(port_at..port_end, if side == "a" { "6198" } else { "6199" });
+        (x, disk, iso)
+    };
+    let (xml_a, disk_a, iso_a) = twin_xml("a");
+    let (xml_b, disk_b, iso_b) = twin_xml("b");
+    for (disk, iso) in [(&disk_a, &iso_a), (&disk_b, &iso_b)] {
+        let t = template.display().to_string();
+        let made = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-b", &t, "-F", "qcow2", disk])
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::fs::copy(&seed, iso).unwrap();
+    }
+    let xml_a_path = dir.join("a.xml");
+    let xml_b_path = dir.join("b.xml");
+    std::fs::write(&xml_a_path, &xml_a).unwrap();
+    std::fs::write(&xml_b_path, &xml_b).unwrap();
+    assert!(virsh(a_uri, &["define", xml_a_path.to_str().unwrap()]).0);
+    assert!(virsh(a_uri, &["start", &twin]).0);
+    wait_agent(a_uri, &twin);
+
+    // corral.
+    let t0 = Instant::now();
+    let mut go = MigrateGuest::new();
+    go.node_id = Some("node-b".into());
+    let op = migrate(&r.cloud, &gid, go).await;
+    let end = r.cloud.wait_op(&op).await;
+    let corral_time = t0.elapsed();
+    assert_eq!(end["state"], "succeeded", "{end}");
+    let corral_downtime = end["steps"][2]["output"]["downtime_ms"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let events = r.cloud.events("operation").await;
+    let corral_events = events
+        .iter()
+        .filter(|e| e["operation_id"] == json!(op) && e.get("migration").is_some())
+        .count();
+
+    // By hand.
+    let t0 = Instant::now();
+    let out = Command::new("virsh")
+        .args([
+            "-c",
+            a_uri,
+            "migrate",
+            "--live",
+            "--persistent",
+            "--undefinesource",
+        ])
+        .args([
+            "--copy-storage-inc",
+            "--verbose",
+            "--xml",
+            xml_b_path.to_str().unwrap(),
+        ])
+        .args(["--migrateuri", "tcp://127.0.0.2", &twin, &r.lv2.uri])
+        .output()
+        .unwrap();
+    let hand_time = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verbose = String::from_utf8_lossy(&out.stderr)
+        .matches("Migration:")
+        .count()
+        + String::from_utf8_lossy(&out.stdout)
+            .matches("Migration:")
+            .count();
+    let info = r.lv2.virsh(&["domjobinfo", &twin, "--completed"]).1;
+    let hand_downtime: f64 = info
+        .lines()
+        .find(|l| l.starts_with("Total downtime:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(running(&r.lv2.uri, &name) && running(&r.lv2.uri, &twin));
+    let rate = |n: usize, t: Duration| n as f64 / t.as_secs_f64();
+    eprintln!(
+        "FIGURES live migration, corral vs virsh by hand: time {corral_time:?} vs {hand_time:?} \
+         ({:.2}x); downtime {corral_downtime} ms vs {hand_downtime} ms ({:.2}x); progress \
+         {:.2}/s ({corral_events} events) vs {:.2}/s ({verbose} virsh updates)",
+        corral_time.as_secs_f64() / hand_time.as_secs_f64(),
+        corral_downtime / hand_downtime.max(1.0),
+        rate(corral_events, corral_time),
+        rate(verbose, hand_time),
+    );
+}

@@ -95,6 +95,29 @@ pub async fn run(
     watch(ctx, job, m.guest_id, plan).await
 }
 
+/// A job whose step was interrupted before it ran: a migration reports where the guest
+/// is (already on the target when an earlier attempt moved it), anything else that it
+/// did not run.
+pub async fn interrupted_before_start(
+    ctx: &NodeCtx,
+    job: &NodeJob,
+) -> Result<StepOutcome, ActionError> {
+    let not_run = || {
+        Err(ActionError::Permanent(
+            "interrupted by a cancel before it ran".into(),
+        ))
+    };
+    let crate::model::NodeAction::Migrate { guest_id, to, .. } = &job.action else {
+        return not_run();
+    };
+    let here = ctx.hv.state(guest_id).await?;
+    let there = ctx.hv.state_at(&to.libvirt_uri, guest_id).await?;
+    if is_live(there) && !is_live(here) {
+        return already_there();
+    }
+    not_run()
+}
+
 fn is_live(s: Option<DomState>) -> bool {
     matches!(s, Some(DomState::Running | DomState::Paused))
 }

@@ -171,14 +171,23 @@ impl Publisher {
 async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError> {
     let ctx: Arc<NodeCtx> = (*ctx).clone();
     // Run only the attempt the controller waits for (see transport::fence_key).
-    if !ctx
+    match ctx
         .publisher
-        .fence_holds(&job)
+        .fence_state(&job)
         .await
         .map_err(|e| Box::new(e) as BoxDynError)?
     {
-        tracing::info!(op = %job.op_id, step = job.step, attempt = job.attempt, "skipping a superseded job");
-        return Ok(());
+        transport::Fence::Holds => {}
+        transport::Fence::Interrupted => {
+            // A cancel reached the step before its job ran. A pivot step waits for this
+            // answer; a migration says where the guest is.
+            let outcome = actions::outcome(migrate::interrupted_before_start(&ctx, &job).await);
+            return report(&ctx, job, outcome).await;
+        }
+        transport::Fence::Gone => {
+            tracing::info!(op = %job.op_id, step = job.step, attempt = job.attempt, "skipping a superseded job");
+            return Ok(());
+        }
     }
     let outcome = match &job.action {
         NodeAction::Sequence { steps } => run_sequence(&ctx, &job, steps).await?,
@@ -228,6 +237,11 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
             actions::outcome(r)
         }
     };
+    report(&ctx, job, outcome).await
+}
+
+/// Sends `job`'s outcome to the controller, patiently.
+async fn report(ctx: &NodeCtx, job: NodeJob, outcome: StepOutcome) -> Result<(), BoxDynError> {
     if let StepOutcome::Failed { error, .. } = &outcome {
         tracing::warn!(op = %job.op_id, step = job.step, undo = job.undo, "job failed: {error}");
     }
