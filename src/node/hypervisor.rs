@@ -71,6 +71,9 @@ pub enum HvError {
     /// The agent's protocol went wrong in a way it reports no error for.
     #[error("guest agent: {0}")]
     Agent(String),
+    /// The domain's definition could not be made for a migration's target.
+    #[error("the definition for the migration's target")]
+    Retarget(#[from] super::migrate::RetargetError),
     /// What the fake hypervisor of the unit tests refuses.
     #[error("{0}")]
     Refused(String),

@@ -249,8 +249,7 @@ pub fn stats(f: &JobFigures) -> MigrationStats {
 /// finished job's figures on the target.
 pub fn libvirt_migrate(d: &Domain, plan: &MigrationPlan) -> Result<Option<JobFigures>, HvError> {
     let xml = d.xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE)?;
-    let xml = retarget_xml(&xml, &plan.paths, plan.vnc_port, &plan.vnc_listen)
-        .map_err(HvError::Refused)?;
+    let xml = retarget_xml(&xml, &plan.paths, plan.vnc_port, &plan.vnc_listen)?;
     let dconn = Connect::open(Some(&plan.uri))?;
     let params = MigrateParameters {
         dest_xml: Some(xml.clone()),
@@ -288,6 +287,15 @@ fn bracket(address: &str) -> String {
     }
 }
 
+/// Why a definition cannot be sent to the target as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum RetargetError {
+    #[error("the definition has no disk at {0}")]
+    NoDisk(String),
+    #[error("the definition has no VNC console")]
+    NoConsole,
+}
+
 /// The domain's definition for the target: every disk source in `paths` moved to its
 /// target path, and the VNC port and address changed. Refuses a definition that lacks
 /// one of the paths or a VNC console, rather than send a guest off half-moved.
@@ -296,23 +304,23 @@ pub fn retarget_xml(
     paths: &[(String, String)],
     vnc_port: u16,
     vnc_listen: &str,
-) -> Result<String, String> {
+) -> Result<String, RetargetError> {
     let mut out = xml.to_string();
     for (from, to) in paths {
         let old = format!("file='{}'", escape(from));
         if !out.contains(&old) {
-            return Err(format!("the definition has no disk at {from}"));
+            return Err(RetargetError::NoDisk(from.clone()));
         }
         out = out.replace(&old, &format!("file='{}'", escape(to)));
     }
     let start = out
         .find("<graphics type='vnc'")
-        .ok_or("the definition has no VNC console")?;
+        .ok_or(RetargetError::NoConsole)?;
     let end = out[start..]
         .find("</graphics>")
         .or_else(|| out[start..].find("/>"))
         .map(|e| start + e)
-        .ok_or("the definition's VNC console is not closed")?;
+        .ok_or(RetargetError::NoConsole)?;
     let graphics = set_attr(&out[start..end], "port", &vnc_port.to_string());
     let graphics = set_attr(&graphics, "listen", vnc_listen);
     let graphics = set_attr(&graphics, "address", vnc_listen);
@@ -372,7 +380,7 @@ mod tests {
     fn a_path_the_definition_lacks_or_no_console_is_refused() {
         let paths = vec![("/a/other.qcow2".to_string(), "/b/other.qcow2".to_string())];
         let e = retarget_xml(XML, &paths, 6001, "10.0.0.2").unwrap_err();
-        assert!(e.contains("/a/other.qcow2"), "{e}");
+        assert!(e.to_string().contains("/a/other.qcow2"), "{e}");
         let no_vnc = XML.replace("type='vnc'", "type='spice'");
         assert!(retarget_xml(&no_vnc, &[], 6001, "x").is_err());
     }
