@@ -20,7 +20,8 @@ use common::host::{Bridge, SecondLibvirt};
 use common::{require, sdk_error, Cloud};
 use corral_client::apis::{guests_api, nodes_api, operations_api, resources_api};
 use corral_client::models::{
-    AttachDisk, CreateDisk, CreatePool, CreateTemplate, GuestAction, MigrateGuest, OsType,
+    AttachDisk, CreateDisk, CreatePool, CreateTemplate, DiskLimits, GuestAction, MigrateGuest,
+    OsType,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -270,6 +271,9 @@ async fn a_running_guest_moves_live_with_its_disks_and_a_cancel_leaves_it_home()
     let _sweep = Sweep(name.clone());
     let mut disk = CreateDisk::new("mdata".into(), 1);
     disk.guest = Some(name.clone());
+    let mut limits = DiskLimits::new();
+    limits.total_iops_sec = Some(2000);
+    disk.limits = Some(Box::new(limits));
     let op = ok("disk", guests_api::disk_create(c, disk).await).operation_id;
     assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
     let op = ok(
@@ -362,6 +366,13 @@ async fn a_running_guest_moves_live_with_its_disks_and_a_cancel_leaves_it_home()
         v["message"].as_str().unwrap().contains(&op),
         "names the migration: {v}"
     );
+    let reboot = format!("/guests/{gid}/actions/reboot");
+    let (s, v) = cloud.call(Method::POST, &reboot, None).await;
+    assert_eq!(s, 409, "another operation while it migrates: {v}");
+    assert!(
+        v["message"].as_str().unwrap().contains(&op),
+        "names the migration: {v}"
+    );
     ok("cancel", operations_api::operation_cancel(c, &op).await);
     let end = cloud.wait_op(&op).await;
     assert_ne!(end["state"], "succeeded", "{end}");
@@ -411,6 +422,12 @@ async fn a_running_guest_moves_live_with_its_disks_and_a_cancel_leaves_it_home()
         &format!("echo 3 > /proc/sys/vm/drop_caches; {READ}"),
     );
     assert_eq!(r, "system-before\ndata-before\n", "read on b");
+    // The data disk's I/O limit went with the definition.
+    let xml = virsh(&lv2.uri, &["dumpxml", &name]).1;
+    assert!(
+        xml.contains("<total_iops_sec>2000</total_iops_sec>"),
+        "{xml}"
+    );
     for d in ok("guest", guests_api::guest_get(c, &gid).await).disks {
         assert!(d.path.starts_with(&b_dir), "{} is not on b", d.path);
     }
