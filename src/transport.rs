@@ -134,7 +134,14 @@ pub struct Queues {
     url: String,
     conn: Mutex<Option<ConnectionManager>>,
     storages: Mutex<HashMap<String, RedisStorage<NodeJob>>>,
+    /// Jobs whose fence was set but whose push failed (Redis went away between the
+    /// two): their fence may survive in Redis's AOF while the job does not, so the
+    /// check for jobs that never reached Redis must not trust the fence for them.
+    unpushed: std::sync::Mutex<std::collections::HashSet<JobKey>>,
 }
+
+/// A job as the fence names it: node, operation, step, undo, attempt.
+type JobKey = (String, String, usize, bool, u32);
 
 impl Queues {
     pub fn new(url: &str) -> Self {
@@ -142,6 +149,7 @@ impl Queues {
             url: url.to_string(),
             conn: Mutex::new(None),
             storages: Mutex::new(HashMap::new()),
+            unpushed: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -188,6 +196,10 @@ impl Queues {
         undo: bool,
         attempt: u32,
     ) -> Result<bool, TransportError> {
+        let key = (node_id.to_string(), op_id.to_string(), step, undo, attempt);
+        if self.unpushed.lock().is_ok_and(|u| u.contains(&key)) {
+            return Ok(false);
+        }
         let mut conn = self.conn().await?;
         let v: Option<u32> = redis::cmd("GET")
             .arg(fence_key(node_id, op_id, step, undo))
@@ -225,7 +237,7 @@ impl Queues {
         Ok(())
     }
 
-    pub async fn push(&self, node_id: &str, job: NodeJob) -> Result<(), TransportError> {
+    async fn push_job(&self, node_id: &str, job: NodeJob) -> Result<(), TransportError> {
         let conn = self.conn().await?;
         let mut map = self.storages.lock().await;
         let storage = map
@@ -234,8 +246,27 @@ impl Queues {
         storage
             .push(job)
             .await
-            .map_err(|e| TransportError::Push(Box::new(e)))?;
-        drop(map);
+            .map_err(|e| TransportError::Push(Box::new(e)))
+    }
+
+    pub async fn push(&self, node_id: &str, job: NodeJob) -> Result<(), TransportError> {
+        let key = (
+            node_id.to_string(),
+            job.op_id.clone(),
+            job.step,
+            job.undo,
+            job.attempt,
+        );
+        let pushed = self.push_job(node_id, job).await;
+        if let Ok(mut u) = self.unpushed.lock() {
+            if pushed.is_ok() {
+                // Whatever attempt of this step failed before, this one is in Redis.
+                u.retain(|k| (&k.0, &k.1, k.2, k.3) != (&key.0, &key.1, key.2, key.3));
+            } else {
+                u.insert(key);
+            }
+        }
+        pushed?;
         // A lost wake costs one fallback poll interval, nothing more.
         let mut conn = self.conn().await?;
         if let Err(e) = redis::cmd("PUBLISH")
