@@ -506,6 +506,27 @@ pub enum NodeAction {
         guest_id: String,
         paths: Vec<String>,
     },
+    /// Copies a stopped guest to another node (`node::cold`): each file of `paths` is
+    /// uploaded through the target's libvirt (unless the storage is shared), then the
+    /// definition (with the paths and the VNC port changed) and its snapshots' metadata
+    /// are defined there. The copy here stays until the migration's `release`.
+    /// Run whole by the node's job handler, which reports the bytes copied.
+    CopyOut {
+        guest_id: String,
+        to: Box<MigrationTarget>,
+        /// Each file's path here and on the target (the system disk, data disks, seed).
+        paths: Vec<(String, String)>,
+        /// The guest's VNC port on the target.
+        vnc_port: u16,
+    },
+    /// Points a system disk copied from another node at this node's copy of its
+    /// template (fetched first when this node lacks it); its data is left as it is.
+    Rebase {
+        path: String,
+        template_path: String,
+        #[serde(default)]
+        template: Option<TemplateSource>,
+    },
     /// Moves a running guest to another node's hypervisor, live (`node::migrate`): its
     /// definition follows with `paths` and the VNC port changed, its disks are copied
     /// unless the storage is shared, and the domain stays defined only on the target.
@@ -588,6 +609,7 @@ impl Report for SnapshotReport {}
 impl Report for ConvertReport {}
 impl Report for ResizeReport {}
 impl Report for MigrateReport {}
+impl Report for CopyReport {}
 
 /// What a node reports for [`NodeAction::CreateSnapshot`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -664,6 +686,16 @@ pub struct MigrateReport {
     pub downtime_ms: u64,
     /// The domain already ran on the target when the job (re)ran: nothing was moved.
     pub already_there: bool,
+}
+
+/// What a node reports for [`NodeAction::CopyOut`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CopyReport {
+    /// Bytes sent to the target (0 with shared storage).
+    pub bytes: u64,
+    /// Snapshots whose metadata was defined on the target.
+    pub snapshots: u32,
+    pub elapsed_ms: u64,
 }
 
 /// What a node reports for [`NodeAction::ResizeDomain`].
@@ -768,6 +800,8 @@ impl NodeAction {
             NodeAction::ResizeDomain { .. } => "resize_domain",
             NodeAction::Migrate { .. } => "migrate",
             NodeAction::DiscardCopy { .. } => "discard_copy",
+            NodeAction::CopyOut { .. } => "copy_out",
+            NodeAction::Rebase { .. } => "rebase",
             NodeAction::ConvertImage { .. } => "convert_image",
             NodeAction::RevertSnapshot { .. } => "revert_snapshot",
             NodeAction::DeleteSnapshot { .. } => "delete_snapshot",

@@ -188,6 +188,16 @@ pub trait Hypervisor: Send + Sync {
     async fn start_post_copy(&self, uuid: &str) -> Result<(), HvError>;
     /// The domain's state on the hypervisor at `uri` (another host's).
     async fn state_at(&self, uri: &str, uuid: &str) -> Result<Option<DomState>, HvError>;
+    /// Copies the stopped domain to another host as `plan` says (`node::cold`): its
+    /// files, then its definition and snapshots' metadata. `sent` hears the bytes sent;
+    /// `stop` set ends the copy between chunks. (bytes sent, snapshots defined).
+    async fn copy_out(
+        &self,
+        uuid: &str,
+        plan: super::cold::CopyPlan,
+        sent: super::cold::Sent,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(u64, u32), HvError>;
 }
 
 /// A live migration as the hypervisor runs it.
@@ -520,6 +530,18 @@ impl Hypervisor for Libvirt {
         self.on_domain(uuid, |d| Ok(super::jobctl::start_post_copy(d)?))
             .await
     }
+    async fn copy_out(
+        &self,
+        uuid: &str,
+        plan: super::cold::CopyPlan,
+        sent: super::cold::Sent,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(u64, u32), HvError> {
+        self.on_domain(uuid, move |d| {
+            super::cold::libvirt_copy_out(d, &plan, &sent, &stop)
+        })
+        .await
+    }
     async fn state_at(&self, uri: &str, uuid: &str) -> Result<Option<DomState>, HvError> {
         let (uri, uuid) = (uri.to_string(), uuid.to_string());
         tokio::task::spawn_blocking(move || {
@@ -738,5 +760,14 @@ impl Hypervisor for Fake {
     }
     async fn state_at(&self, _uri: &str, _uuid: &str) -> Result<Option<DomState>, HvError> {
         Ok(None)
+    }
+    async fn copy_out(
+        &self,
+        _uuid: &str,
+        _plan: super::cold::CopyPlan,
+        _sent: super::cold::Sent,
+        _stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(u64, u32), HvError> {
+        Err(HvError::Refused("the fake hypervisor does not copy".into()))
     }
 }

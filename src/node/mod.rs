@@ -13,6 +13,7 @@
 
 pub mod actions;
 pub mod agent;
+pub mod cold;
 pub mod disks;
 pub mod events;
 pub mod facts;
@@ -197,6 +198,24 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
             dest,
         } => {
             let r = run_convert(&ctx, &job, source, snapshot.as_deref(), dest).await;
+            if let Some(f) = &ctx.fault {
+                f.check("node", job.action.name(), "after");
+            }
+            actions::outcome(r)
+        }
+        NodeAction::CopyOut {
+            guest_id,
+            to,
+            paths,
+            vnc_port,
+        } => {
+            let c = cold::Copy {
+                guest_id,
+                to,
+                paths,
+                vnc_port: *vnc_port,
+            };
+            let r = cold::run(&ctx, &job, c).await;
             if let Some(f) = &ctx.fault {
                 f.check("node", job.action.name(), "after");
             }

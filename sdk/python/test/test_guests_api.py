@@ -154,7 +154,7 @@ class TestGuestsApi(unittest.TestCase):
     def test_guest_migrate(self) -> None:
         """Test case for guest_migrate
 
-        Move a running guest to another node, live. Runs as `guest.migrate`.
+        Move a guest to another node: a running one live (`guest.migrate`), a stopped one cold, with its snapshots (`guest.migrate_cold`).
         """
         pass
 

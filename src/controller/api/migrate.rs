@@ -1,14 +1,16 @@
-//! Moving a guest (S65, S96): `POST /guests/{id}/migrate` runs `guest.migrate` (see
-//! `saga::kinds::migrate`).
+//! Moving a guest (S65, S96): `POST /guests/{id}/migrate` runs `guest.migrate` for a
+//! running guest (live, see `saga::kinds::migrate`) and `guest.migrate_cold` for a
+//! stopped one (its files copied whole, snapshots included, see
+//! `saga::kinds::migrate_cold`).
 //!
 //! Administrators only: a migration chooses among nodes, which only they see. The
 //! request is checked before anything starts, each refusal a 4xx that changes nothing:
-//! the guest runs (a stopped guest's cold migration is not offered yet), has no
-//! snapshots (they live inside its system disk, which a storage migration copies only
-//! as it is now), and the target exists and can take it (the same choice the operation
-//! makes: not its own node, online, the guest's bridge, memory and vCPUs). A guest busy
-//! with another operation answers 409 naming it, and while it migrates every other
-//! request on it answers 409 naming the migration.
+//! the guest runs or is shut off; a running one has no snapshots (they live inside its
+//! system disk, which a live storage migration copies only as it is now: shut it down
+//! to move it with them); and the target exists and can take it (the same choice the
+//! operation makes: not its own node, online, the guest's bridge, memory and vCPUs). A
+//! guest busy with another operation answers 409 naming it, and while it migrates every
+//! other request on it answers 409 naming the migration.
 
 use poem::web::Data;
 use poem_openapi::param::Path;
@@ -47,14 +49,20 @@ pub struct MigrateApi;
 
 #[OpenApi(tag = "super::system::Tag::Guests")]
 impl MigrateApi {
-    /// Move a running guest to another node, live. Runs as `guest.migrate`.
+    /// Move a guest to another node: a running one live (`guest.migrate`), a stopped
+    /// one cold, with its snapshots (`guest.migrate_cold`).
     ///
-    /// Its disks are copied with its memory unless both nodes name the same shared
+    /// Live: its disks are copied with its memory unless both nodes name the same shared
     /// storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC
     /// port is taken from the target's range. The operation's progress carries
     /// libvirt's figures (`migration`: percent, bytes, dirty rate, pass, expected
     /// downtime, ETA). Cancelling it aborts the migration and the guest stays where it
     /// was; once the guest runs on the target, the operation only goes forward.
+    ///
+    /// Cold: its files (system disk with its internal snapshots, data disks, seed) are
+    /// copied through the target's libvirt, its progress the bytes copied; then it is
+    /// defined there with its snapshots and stays shut off. The tuning fields do not
+    /// apply.
     #[oai(
         path = "/guests/:id/migrate",
         method = "post",
@@ -87,7 +95,7 @@ impl MigrateApi {
         if let Err(e) = chosen {
             return Err(conflict(&e.message()).into());
         }
-        let req = Request::GuestMigrate(migrate::Payload {
+        let p = migrate::Payload {
             node_id: b.node_id,
             tuning: MigrationTuning {
                 bandwidth_mib: b.bandwidth_mib,
@@ -95,12 +103,17 @@ impl MigrateApi {
                 postcopy: b.postcopy,
             },
             chosen: None,
-        });
+        };
+        let req = if g.state == GuestState::Shutoff {
+            Request::GuestMigrateCold(p)
+        } else {
+            Request::GuestMigrate(p)
+        };
         Ok(submit(&state, &req, &g.id, Requester::user(&auth.0.user)).await?)
     }
 }
 
-/// A guest that can move: running, on a node, without snapshots.
+/// A guest that can move: on a node; running without snapshots, or shut off.
 async fn check_guest(state: &AppState, g: &GuestRow) -> Result<(), Error> {
     if let Some(holder) = &g.lock_op {
         // What holds it says more than the state it put the guest in.
@@ -112,9 +125,12 @@ async fn check_guest(state: &AppState, g: &GuestRow) -> Result<(), Error> {
     if g.node_id.is_none() {
         return Err(conflict(&format!("guest {} has no node yet", g.name)));
     }
+    if g.state == GuestState::Shutoff {
+        return Ok(());
+    }
     if g.state != GuestState::Running {
         return Err(conflict(&format!(
-            "guest {} is {}: only a running guest migrates (live); start it first",
+            "guest {} is {}: a guest migrates running (live) or shut off (cold)",
             g.name, g.state
         )));
     }
@@ -122,7 +138,8 @@ async fn check_guest(state: &AppState, g: &GuestRow) -> Result<(), Error> {
     if !snapshots.is_empty() {
         return Err(conflict(&format!(
             "guest {} has {} snapshot(s): they live inside its system disk, and a migration \
-             copies only the disk's current state; delete them first",
+             copies only the disk's current state; shut it down to move it with them (cold), or \
+             delete them",
             g.name,
             snapshots.len()
         )));

@@ -22,6 +22,7 @@ mod destroy;
 mod detach_disk;
 mod discard_copy;
 mod grow_disk;
+mod rebase;
 mod reboot;
 mod remove_file;
 mod resume;
@@ -253,6 +254,7 @@ async fn dispatch(cx: &mut Cx<'_>, action: &NodeAction) -> Result<StepOutcome, A
         A::Resume { guest_id } => resume::run(cx, guest_id).await,
         A::Cleanup { items } => cleanup::run(cx, items).await,
         A::DiscardCopy { guest_id, paths } => discard_copy::run(cx, guest_id, paths).await,
+        A::Rebase { path, template_path, template } => rebase::run(cx, path, template_path, template.as_ref()).await,
         A::CreateVolume { path, size_mib } => create_volume::run(cx, path, *size_mib).await,
         A::AttachDisk { guest_id, path, target, limits } => attach_disk::run(cx, guest_id, path, target, limits.as_ref()).await,
         A::DetachDisk { guest_id, path, target } => detach_disk::run(cx, guest_id, path, target).await,
@@ -264,7 +266,7 @@ async fn dispatch(cx: &mut Cx<'_>, action: &NodeAction) -> Result<StepOutcome, A
         A::DeleteSnapshot { guest_id, name } => snapshots::delete(hv, guest_id, name).await,
         // The node's job handler runs these whole (a sequence sub-step by sub-step, a
         // conversion with its progress): they never nest.
-        A::ConvertImage { .. } | A::Sequence { .. } | A::Migrate { .. } => {
+        A::ConvertImage { .. } | A::Sequence { .. } | A::Migrate { .. } | A::CopyOut { .. } => {
             Err(ActionError::Permanent(format!("{} runs only as a whole job", action.name())))
         }
     }

@@ -5647,9 +5647,9 @@ class GuestsApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> Accepted:
-        """Move a running guest to another node, live. Runs as `guest.migrate`.
+        """Move a guest to another node: a running one live (`guest.migrate`), a stopped one cold, with its snapshots (`guest.migrate_cold`).
 
-        Its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target's range. The operation's progress carries libvirt's figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.
+        Live: its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target's range. The operation's progress carries libvirt's figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.  Cold: its files (system disk with its internal snapshots, data disks, seed) are copied through the target's libvirt, its progress the bytes copied; then it is defined there with its snapshots and stays shut off. The tuning fields do not apply.
 
         :param id: (required)
         :type id: str
@@ -5729,9 +5729,9 @@ class GuestsApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[Accepted]:
-        """Move a running guest to another node, live. Runs as `guest.migrate`.
+        """Move a guest to another node: a running one live (`guest.migrate`), a stopped one cold, with its snapshots (`guest.migrate_cold`).
 
-        Its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target's range. The operation's progress carries libvirt's figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.
+        Live: its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target's range. The operation's progress carries libvirt's figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.  Cold: its files (system disk with its internal snapshots, data disks, seed) are copied through the target's libvirt, its progress the bytes copied; then it is defined there with its snapshots and stays shut off. The tuning fields do not apply.
 
         :param id: (required)
         :type id: str
@@ -5811,9 +5811,9 @@ class GuestsApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Move a running guest to another node, live. Runs as `guest.migrate`.
+        """Move a guest to another node: a running one live (`guest.migrate`), a stopped one cold, with its snapshots (`guest.migrate_cold`).
 
-        Its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target's range. The operation's progress carries libvirt's figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.
+        Live: its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target's range. The operation's progress carries libvirt's figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.  Cold: its files (system disk with its internal snapshots, data disks, seed) are copied through the target's libvirt, its progress the bytes copied; then it is defined there with its snapshots and stays shut off. The tuning fields do not apply.
 
         :param id: (required)
         :type id: str

@@ -1462,7 +1462,7 @@ pub async fn guest_list(
     }
 }
 
-/// Its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target's range. The operation's progress carries libvirt's figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.
+/// Live: its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target's range. The operation's progress carries libvirt's figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.  Cold: its files (system disk with its internal snapshots, data disks, seed) are copied through the target's libvirt, its progress the bytes copied; then it is defined there with its snapshots and stays shut off. The tuning fields do not apply.
 pub async fn guest_migrate(
     configuration: &configuration::Configuration,
     id: &str,

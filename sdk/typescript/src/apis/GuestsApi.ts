@@ -1529,8 +1529,8 @@ export class GuestsApi extends runtime.BaseAPI {
     }
 
     /**
-     * Its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target\'s range. The operation\'s progress carries libvirt\'s figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.
-     * Move a running guest to another node, live. Runs as `guest.migrate`.
+     * Live: its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target\'s range. The operation\'s progress carries libvirt\'s figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.  Cold: its files (system disk with its internal snapshots, data disks, seed) are copied through the target\'s libvirt, its progress the bytes copied; then it is defined there with its snapshots and stays shut off. The tuning fields do not apply.
+     * Move a guest to another node: a running one live (`guest.migrate`), a stopped one cold, with its snapshots (`guest.migrate_cold`).
      */
     async guestMigrateRaw(requestParameters: GuestMigrateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Accepted>> {
         const requestOptions = await this.guestMigrateRequestOpts(requestParameters);
@@ -1540,8 +1540,8 @@ export class GuestsApi extends runtime.BaseAPI {
     }
 
     /**
-     * Its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target\'s range. The operation\'s progress carries libvirt\'s figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.
-     * Move a running guest to another node, live. Runs as `guest.migrate`.
+     * Live: its disks are copied with its memory unless both nodes name the same shared storage; its IP, MAC, data disks, seed and I/O limits move with it, and its VNC port is taken from the target\'s range. The operation\'s progress carries libvirt\'s figures (`migration`: percent, bytes, dirty rate, pass, expected downtime, ETA). Cancelling it aborts the migration and the guest stays where it was; once the guest runs on the target, the operation only goes forward.  Cold: its files (system disk with its internal snapshots, data disks, seed) are copied through the target\'s libvirt, its progress the bytes copied; then it is defined there with its snapshots and stays shut off. The tuning fields do not apply.
+     * Move a guest to another node: a running one live (`guest.migrate`), a stopped one cold, with its snapshots (`guest.migrate_cold`).
      */
     async guestMigrate(requestParameters: GuestMigrateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Accepted> {
         const response = await this.guestMigrateRaw(requestParameters, initOverrides);

@@ -6,7 +6,8 @@
 //!    placement chooses, counting the guests already planned there; a guest that cannot
 //!    move is named with the reason (stopped, snapshots, busy, no node can take it).
 //!    After it the drain only goes forward: the node stays closed whatever happens.
-//! 3. `move` (controller): one `guest.migrate` per guest, each its own operation, at
+//! 3. `move` (controller): one `guest.migrate` per guest (`guest.migrate_cold` for a
+//!    stopped one), each its own operation, at
 //!    most [`AT_ONCE`] at a time; the step runs again at each sweep until every one has
 //!    ended. A cancel of the drain cancels the migrations that have not ended (each
 //!    leaves its guest where it was) and starts no more. The drain succeeds when every
@@ -134,16 +135,20 @@ async fn unmovable(tx: &mut Tx<'_>, g: &GuestRow) -> Result<Option<String>, Step
     if let Some(holder) = &g.lock_op {
         return Ok(Some(format!("busy with operation {holder}")));
     }
+    if g.state == GuestState::Shutoff {
+        return Ok(None); // it moves cold, snapshots and all
+    }
     if g.state != GuestState::Running {
         return Ok(Some(format!(
-            "{}: only a running guest migrates (live); move or delete it by hand",
+            "{}: a guest migrates running (live) or shut off (cold); wait for it to settle",
             g.state
         )));
     }
     let snapshots = st::snapshot_count_in(tx, &g.id).await?;
     if snapshots > 0 {
         return Ok(Some(format!(
-            "has {snapshots} snapshot(s), which a migration cannot carry"
+            "running with {snapshots} snapshot(s), which a live migration cannot carry; \
+             shut it down to move it cold"
         )));
     }
     Ok(None)
@@ -260,11 +265,21 @@ async fn advance(cx: &mut Ctx<'_, '_>, p: &mut Payload) -> Result<Option<String>
 
 /// Starts guest `m`'s migration to its planned node; why not, when it cannot start.
 async fn start_move(cx: &mut Ctx<'_, '_>, m: &Move) -> Result<String, String> {
-    let req = Request::GuestMigrate(migrate::Payload {
+    let p = migrate::Payload {
         node_id: Some(m.to.clone()),
         tuning: MigrationTuning::default(),
         chosen: None,
-    });
+    };
+    // Stopped since the plan, or stopped all along: it moves cold.
+    let stopped = matches!(
+        st::guest_in(cx.tx, &m.guest_id).await,
+        Ok(Some(g)) if g.state == GuestState::Shutoff
+    );
+    let req = if stopped {
+        Request::GuestMigrateCold(p)
+    } else {
+        Request::GuestMigrate(p)
+    };
     let by = st::Requester {
         id: cx.op.requested_by_id.as_deref(),
         name: &cx.op.requested_by,

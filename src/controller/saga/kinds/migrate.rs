@@ -127,21 +127,7 @@ impl Kind for Migrate {
                 switch(cx.tx, &g, &chosen(cx.op)?).await?;
                 Effect::Done
             }
-            (Step::Release, false) => {
-                let c = chosen(cx.op)?;
-                let paths = if c.shared_storage {
-                    vec![]
-                } else {
-                    c.disks.iter().map(|d| d.1.clone()).collect()
-                };
-                Effect::Node {
-                    node: c.from,
-                    action: NodeAction::DiscardCopy {
-                        guest_id: g.id.clone(),
-                        paths,
-                    },
-                }
-            }
+            (Step::Release, false) => release(&g, &chosen(cx.op)?),
             (Step::Migrate | Step::Switch | Step::Release, true) => Effect::Done,
         })
     }
@@ -164,19 +150,19 @@ impl Kind for Migrate {
     }
 }
 
-fn payload(op: &OpRow) -> Result<Payload, StepError> {
+pub(super) fn payload(op: &OpRow) -> Result<Payload, StepError> {
     serde_json::from_str(&op.payload)
         .map_err(|e| StepError::failed("payload of guest.migrate is corrupt", e))
 }
 
-fn chosen(op: &OpRow) -> Result<Chosen, StepError> {
+pub(super) fn chosen(op: &OpRow) -> Result<Chosen, StepError> {
     payload(op)?
         .chosen
         .ok_or_else(|| StepError::Permanent("the migration's target was never chosen".into()))
 }
 
 /// The target as the source's agent reaches it.
-fn target(c: &Chosen, f: &NodeFacts) -> Result<MigrationTarget, StepError> {
+pub(super) fn target(c: &Chosen, f: &NodeFacts) -> Result<MigrationTarget, StepError> {
     let (Some(uri), Some(address)) = (f.migration_uri.clone(), f.migration_address.clone()) else {
         return Err(StepError::Permanent(format!(
             "node {} runs an agent too old to take migrated guests",
@@ -194,13 +180,22 @@ fn target(c: &Chosen, f: &NodeFacts) -> Result<MigrationTarget, StepError> {
 
 /// Chooses the target, leases its VNC port and names the disks' paths there.
 async fn reserve(cx: &mut Ctx<'_, '_>, g: &GuestRow) -> Result<(), StepError> {
+    reserve_for(cx, g, GuestState::Running).await
+}
+
+/// [`reserve`] for a guest that must be in state `want` (shut off for a cold migration).
+pub(super) async fn reserve_for(
+    cx: &mut Ctx<'_, '_>,
+    g: &GuestRow,
+    want: GuestState,
+) -> Result<(), StepError> {
     let mut p = payload(cx.op)?;
     if p.chosen.is_some() {
         return Ok(()); // an earlier run of this step chose
     }
-    if g.state != GuestState::Running {
+    if g.state != want {
         return Err(StepError::Permanent(format!(
-            "guest {} is {}: only a running guest migrates",
+            "guest {} is {}: this migration takes a guest that is {want}",
             g.name, g.state
         )));
     }
@@ -292,6 +287,22 @@ pub async fn choose(
     Ok(to)
 }
 
+/// `release`: the source's copies go (only its definition with shared storage).
+pub(super) fn release(g: &GuestRow, c: &Chosen) -> Effect {
+    let paths = if c.shared_storage {
+        vec![]
+    } else {
+        c.disks.iter().map(|d| d.1.clone()).collect()
+    };
+    Effect::Node {
+        node: c.from.clone(),
+        action: NodeAction::DiscardCopy {
+            guest_id: g.id.clone(),
+            paths,
+        },
+    }
+}
+
 /// `path`'s file in the target's disk-image directory.
 fn moved_path(path: &str, storage_dir: &str) -> Result<String, StepError> {
     let name = std::path::Path::new(path)
@@ -302,12 +313,22 @@ fn moved_path(path: &str, storage_dir: &str) -> Result<String, StepError> {
 }
 
 async fn unreserve(tx: &mut Tx<'_>, op: &OpRow, g: &GuestRow) -> Result<(), StepError> {
+    unreserve_to(tx, op, g, GuestState::Running).await
+}
+
+/// Gives the target's port back; the guest is `was` again where it was (its node's
+/// reports take over again).
+pub(super) async fn unreserve_to(
+    tx: &mut Tx<'_>,
+    op: &OpRow,
+    g: &GuestRow,
+    was: GuestState,
+) -> Result<(), StepError> {
     if let Some(c) = payload(op)?.chosen {
         leases::release_vnc(tx, &c.to, i64::from(c.vnc_port), &g.id).await?;
     }
     if g.state == GuestState::Migrating {
-        // It still runs where it was; its node's reports take over again.
-        st::set_guest_state(tx, &g.id, GuestState::Running).await?;
+        st::set_guest_state(tx, &g.id, was).await?;
     }
     Ok(())
 }
@@ -355,6 +376,16 @@ async fn prepare(tx: &mut Tx<'_>, g: &GuestRow, c: &Chosen) -> Result<NodeAction
 
 /// The record follows the guest: node, VNC port, disk paths.
 async fn switch(tx: &mut Tx<'_>, g: &GuestRow, c: &Chosen) -> Result<(), StepError> {
+    switch_to(tx, g, c, GuestState::Running).await
+}
+
+/// [`switch`], the guest `now` on its new node.
+pub(super) async fn switch_to(
+    tx: &mut Tx<'_>,
+    g: &GuestRow,
+    c: &Chosen,
+    now: GuestState,
+) -> Result<(), StepError> {
     if g.node_id.as_deref() == Some(c.to.as_str()) {
         return Ok(()); // already switched
     }
@@ -365,7 +396,7 @@ async fn switch(tx: &mut Tx<'_>, g: &GuestRow, c: &Chosen) -> Result<(), StepErr
     if let Some(old) = c.old_vnc_port {
         leases::release_vnc(tx, &c.from, i64::from(old), &g.id).await?;
     }
-    st::set_guest_state(tx, &g.id, GuestState::Running).await?;
+    st::set_guest_state(tx, &g.id, now).await?;
     crate::controller::store::events::append(
         tx,
         "guest.migrated",

@@ -33,6 +33,7 @@ pub mod disk_limits;
 pub mod disk_resize;
 pub mod drain;
 pub mod migrate;
+pub mod migrate_cold;
 pub mod node_cleanup;
 pub mod node_remove;
 pub mod power;
@@ -276,6 +277,7 @@ kinds! {
     GuestResize => resize::Resize,
     TemplateFromGuest => to_template::ToTemplate,
     GuestMigrate => migrate::Migrate,
+    GuestMigrateCold => migrate_cold::MigrateCold,
     NodeDrain => drain::Drain,
 }
 
