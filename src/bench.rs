@@ -381,6 +381,7 @@ fn spec(i: usize, dir: &Path) -> DomainSpec {
         bandwidth: None,
         vlan: None,
         vnc_port: 5900,
+        ha: false,
     }
 }
 

@@ -42,6 +42,17 @@ pub struct ControllerConfig {
     pub data_dir: PathBuf,
     /// A node missing heartbeats for this long is offline and its guests read "unknown".
     pub node_timeout_secs: u64,
+    /// HA (S74): a node offline for this long after `node_timeout_secs` is fenced and
+    /// its HA guests restarted elsewhere (`CORRAL_HA_AFTER_SECS`). It must outlast the
+    /// nodes' `self_fence_secs`, so that a partitioned node has stopped its HA guests
+    /// before they start elsewhere (a fence is required all the same).
+    pub ha_after_secs: u64,
+    /// The directory whose programs may fence nodes (`CORRAL_FENCE_DIR`): a node's fence
+    /// command names one of them, so the API chooses among what the host's root put
+    /// there and never runs anything else.
+    pub fence_dir: PathBuf,
+    /// How long a fence command may take before it counts as failed.
+    pub fence_timeout_secs: u64,
     /// Node jobs in flight per node; the rest of the backlog waits in SQL (apalis-redis
     /// cannot hold thousands of due jobs in one queue).
     pub dispatch_window: usize,
@@ -84,6 +95,9 @@ impl Default for ControllerConfig {
             local_node: None,
             data_dir: PathBuf::from("/var/lib/corral"),
             node_timeout_secs: 10,
+            ha_after_secs: 60,
+            fence_dir: PathBuf::from("/etc/corral/fence.d"),
+            fence_timeout_secs: 60,
             dispatch_window: 32,
             step_lease_secs: 120,
             janitor_secs: 30,
@@ -175,6 +189,11 @@ pub struct NodeConfig {
     /// with the same name and the same `storage_dir` see the same disks, so a migration
     /// between them copies no disk. Unset: local storage.
     pub shared_storage: Option<String>,
+    /// Self-fencing (S74): with neither Redis nor the controller reachable for this
+    /// long, the node stops its HA guests, which the controller may then restart
+    /// elsewhere (`CORRAL_SELF_FENCE_SECS`; 0: never). Must be shorter than the
+    /// controller's `node_timeout_secs + ha_after_secs`.
+    pub self_fence_secs: u64,
 }
 
 impl NodeConfig {
@@ -245,6 +264,7 @@ impl Default for NodeConfig {
             migration_address: None,
             migration_rate_mib: None,
             shared_storage: None,
+            self_fence_secs: 30,
         }
     }
 }
@@ -356,6 +376,9 @@ impl Config {
         env_parse("CORRAL_DISPATCH_WINDOW", &mut c.dispatch_window)?;
         env_parse("CORRAL_STEP_LEASE_SECS", &mut c.step_lease_secs)?;
         env_parse("CORRAL_JANITOR_SECS", &mut c.janitor_secs)?;
+        env_parse("CORRAL_HA_AFTER_SECS", &mut c.ha_after_secs)?;
+        env_parse("CORRAL_FENCE_DIR", &mut c.fence_dir)?;
+        env_parse("CORRAL_FENCE_TIMEOUT_SECS", &mut c.fence_timeout_secs)?;
         env_parse("CORRAL_LOGIN_TOKEN_HOURS", &mut c.login_token_hours)?;
         if let Some(v) = env_var("CORRAL_IMAGE_DIRS") {
             c.image_dirs = dir_list(&v);
@@ -411,6 +434,7 @@ impl Config {
             n.domain_type = Some(v);
         }
         env_parse("CORRAL_HEARTBEAT_SECS", &mut n.heartbeat_secs)?;
+        env_parse("CORRAL_SELF_FENCE_SECS", &mut n.self_fence_secs)?;
         env_parse("CORRAL_RECONCILE_SECS", &mut n.reconcile_secs)?;
         env_parse("CORRAL_SCRIPT_DEADLINE_MS", &mut n.script_deadline_ms)?;
         env_parse("CORRAL_CONCURRENCY", &mut n.concurrency)?;

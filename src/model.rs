@@ -347,6 +347,10 @@ pub struct DomainSpec {
     #[serde(default)]
     pub vlan: Option<u16>,
     pub vnc_port: u16,
+    /// HA (S74): the definition carries corral's HA mark, which a self-fencing node
+    /// looks for.
+    #[serde(default)]
+    pub ha: bool,
 }
 
 /// What a node is asked to do. Every action is idempotent: "define unless defined",
@@ -518,6 +522,11 @@ pub enum NodeAction {
         paths: Vec<(String, String)>,
         /// The guest's VNC port on the target.
         vnc_port: u16,
+    },
+    /// Sets or clears the domain's HA mark (S74), which a self-fencing node looks for.
+    SetHa {
+        guest_id: String,
+        on: bool,
     },
     /// Points a system disk copied from another node at this node's copy of its
     /// template (fetched first when this node lacks it); its data is left as it is.
@@ -802,6 +811,7 @@ impl NodeAction {
             NodeAction::DiscardCopy { .. } => "discard_copy",
             NodeAction::CopyOut { .. } => "copy_out",
             NodeAction::Rebase { .. } => "rebase",
+            NodeAction::SetHa { .. } => "set_ha",
             NodeAction::ConvertImage { .. } => "convert_image",
             NodeAction::RevertSnapshot { .. } => "revert_snapshot",
             NodeAction::DeleteSnapshot { .. } => "delete_snapshot",

@@ -145,6 +145,7 @@ mod tests {
             }),
             vlan: None,
             vnc_port: 5901,
+            ha: false,
         }
     }
 

@@ -81,6 +81,8 @@ async fn seed(store: &Store, pool: &str, template: &str) -> Seeded {
                 tags: "[]".into(),
                 max_cpus: None,
                 max_memory_mib: None,
+                ha: false,
+                state_reason: None,
             },
         )
         .await

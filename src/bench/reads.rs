@@ -363,6 +363,8 @@ fn guest_row(id: &str, name: &str, pool: &str, template: &str, image: &str, at: 
         tags: "[]".into(),
         max_cpus: None,
         max_memory_mib: None,
+        ha: false,
+        state_reason: None,
     }
 }
 

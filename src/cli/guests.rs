@@ -54,10 +54,21 @@ pub enum GuestCmd {
         #[arg(long)]
         wait: bool,
     },
-    /// Move a running guest to another node, live (administrators). With --wait, a
-    /// progress bar follows libvirt's figures; Ctrl-C leaves the migration running
-    /// (`corral op cancel` stops it, and the guest stays where it was).
+    /// Move a guest to another node (administrators): a running one live, a stopped one
+    /// cold with its snapshots. With --wait, a progress bar follows libvirt's figures
+    /// (or the bytes copied); Ctrl-C leaves the migration running (`corral op cancel`
+    /// stops it, and the guest stays where it was).
     Migrate(MigrateArgs),
+    /// Turn a guest's HA on or off: restarted on another node (on the same shared
+    /// storage) when its node is fenced, stopped by its node when that node fences
+    /// itself.
+    Ha {
+        guest: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Open a running guest's VNC console: prints where to connect and a one-time
     /// password that stops working after --valid seconds.
     Console {
@@ -238,6 +249,15 @@ impl Client {
                 self.guest_resize(guest, size, wait).await
             }
             GuestCmd::Migrate(m) => self.guest_migrate(m).await,
+            GuestCmd::Ha { guest, state, wait } => {
+                let body = models::GuestHa::new(state == "on");
+                let a = guests_api::guest_set_ha(self.config(), &guest, body).await?;
+                if wait {
+                    return self.follow(&[a.operation_id]).await;
+                }
+                emit_record(self.out, &a);
+                Ok(true)
+            }
             GuestCmd::Console { guest, valid } => {
                 let req = models::ConsoleRequest {
                     valid_seconds: Some(valid),

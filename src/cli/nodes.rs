@@ -37,6 +37,17 @@ pub enum NodeCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Set the node's fence command, which HA runs before it restarts the node's guests
+    /// elsewhere: a program in the controller's fence directory and its arguments
+    /// (`{node}` and `{address}` are replaced), e.g.
+    /// `corral node fence n1 -- ipmi-off {address}`. `--clear` removes it.
+    Fence {
+        node: String,
+        #[arg(long, conflicts_with = "command")]
+        clear: bool,
+        #[arg(last = true, required_unless_present = "clear")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +114,16 @@ impl Client {
                 Ok(true)
             }
             NodeCmd::Drain { node, wait } => self.node_drain(&node, wait).await,
+            NodeCmd::Fence {
+                node,
+                clear,
+                command,
+            } => {
+                let mut set = corral_client::models::NodeSettings::new();
+                set.fence_command = Some(if clear { Vec::new() } else { command });
+                emit_record(self.out, &nodes_api::node_update(c, &node, set).await?);
+                Ok(true)
+            }
             NodeCmd::Remove { node, guests, wait } => {
                 let records = if guests == "delete" {
                     GuestRecords::Delete

@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod checksums;
 pub mod enroll;
+pub mod fence;
 pub mod hooks;
 pub mod ingest;
 pub mod placement;
@@ -126,7 +127,12 @@ fn engine(cfg: &ControllerConfig, p: &Parts) -> Arc<Engine> {
             plugins: p.plugins.clone(),
             sealer: p.sealer.clone(),
             catalog: p.catalog.clone(),
+            fencer: Arc::new(crate::controller::fence::Fencer::new(
+                cfg.fence_dir.clone(),
+                std::time::Duration::from_secs(cfg.fence_timeout_secs.max(1)),
+            )),
         },
+        ha_after_ms: (cfg.ha_after_secs * 1000) as i64,
         lease_ms: (cfg.step_lease_secs * 1000) as i64,
         max_tries: cfg.step_max_attempts,
         window: cfg.dispatch_window,
@@ -191,6 +197,7 @@ pub async fn run(
         None => None,
     };
     let thresholds = engine.env.thresholds;
+    let fencer = engine.env.fencer.clone();
     let tasks = spawn_loops(&cfg, &p, engine, wakes, &enroller, &shutdown);
     let addr = listener.local_addr()?;
     let state = api::AppState {
@@ -207,6 +214,7 @@ pub async fn run(
         enroller,
         sealer: p.sealer,
         thresholds,
+        fencer,
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {

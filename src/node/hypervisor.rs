@@ -188,6 +188,10 @@ pub trait Hypervisor: Send + Sync {
     async fn start_post_copy(&self, uuid: &str) -> Result<(), HvError>;
     /// The domain's state on the hypervisor at `uri` (another host's).
     async fn state_at(&self, uri: &str, uuid: &str) -> Result<Option<DomState>, HvError>;
+    /// Whether the domain carries corral's HA mark (its metadata `urn:corral:ha:1`).
+    async fn ha_mark(&self, uuid: &str) -> Result<bool, HvError>;
+    /// Sets or clears the HA mark, in the definition and, when it runs, live.
+    async fn set_ha_mark(&self, uuid: &str, on: bool) -> Result<(), HvError>;
     /// Copies the stopped domain to another host as `plan` says (`node::cold`): its
     /// files, then its definition and snapshots' metadata. `sent` hears the bytes sent;
     /// `stop` set ends the copy between chunks. (bytes sent, snapshots defined).
@@ -199,6 +203,10 @@ pub trait Hypervisor: Send + Sync {
         stop: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(u64, u32), HvError>;
 }
+
+/// The namespace of corral's HA mark in a domain's metadata: the node stops the domains
+/// that carry it when it fences itself.
+pub const HA_NS: &str = "urn:corral:ha:1";
 
 /// A live migration as the hypervisor runs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -530,6 +538,40 @@ impl Hypervisor for Libvirt {
         self.on_domain(uuid, |d| Ok(super::jobctl::start_post_copy(d)?))
             .await
     }
+    async fn ha_mark(&self, uuid: &str) -> Result<bool, HvError> {
+        self.on_domain(uuid, |d| {
+            match d.metadata(sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(HA_NS), 0) {
+                Ok(_) => Ok(true),
+                Err(e) if e.code() == Enum::Known(virt::error::ErrorNumber::NoDomainMetadata) => {
+                    Ok(false)
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+    async fn set_ha_mark(&self, uuid: &str, on: bool) -> Result<(), HvError> {
+        self.on_domain(uuid, move |d| {
+            let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
+            if d.is_active()? {
+                flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+            }
+            let (element, key) = if on {
+                (Some("<ha/>"), Some("corralha"))
+            } else {
+                (None, None)
+            };
+            d.set_metadata(
+                sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                element,
+                key,
+                Some(HA_NS),
+                flags,
+            )?;
+            Ok(())
+        })
+        .await
+    }
     async fn copy_out(
         &self,
         uuid: &str,
@@ -760,6 +802,17 @@ impl Hypervisor for Fake {
     }
     async fn state_at(&self, _uri: &str, _uuid: &str) -> Result<Option<DomState>, HvError> {
         Ok(None)
+    }
+    async fn ha_mark(&self, uuid: &str) -> Result<bool, HvError> {
+        self.with_dom(uuid, |d| d.0.contains(HA_NS))
+    }
+    async fn set_ha_mark(&self, uuid: &str, on: bool) -> Result<(), HvError> {
+        self.with_dom(uuid, |d| {
+            d.0 = d.0.replace(&format!("<ha xmlns='{HA_NS}'/>"), "");
+            if on {
+                d.0.push_str(&format!("<ha xmlns='{HA_NS}'/>"));
+            }
+        })
     }
     async fn copy_out(
         &self,

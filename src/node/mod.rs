@@ -27,6 +27,7 @@ pub mod migrate;
 pub mod ports;
 pub mod qcow2;
 pub mod resize;
+pub mod selffence;
 pub mod snapshots;
 
 use std::collections::HashMap;
@@ -97,6 +98,8 @@ pub struct Publisher {
     url: String,
     node_id: String,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// When an event last reached Redis (ms): the node's contact, for self-fencing.
+    last_ok_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Publisher {
@@ -105,7 +108,13 @@ impl Publisher {
             url: url.to_string(),
             node_id: node_id.to_string(),
             conn: tokio::sync::Mutex::new(None),
+            last_ok_ms: std::sync::atomic::AtomicI64::new(now_ms()),
         }
+    }
+
+    /// When an event last reached Redis (ms; the agent's start before the first).
+    pub fn last_ok_ms(&self) -> i64 {
+        self.last_ok_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub async fn publish(&self, ev: &NodeEvent) -> Result<(), transport::TransportError> {
@@ -119,6 +128,9 @@ impl Publisher {
         let r = transport::publish(conn, &self.node_id, ev).await;
         if r.is_err() {
             *guard = None;
+        } else {
+            self.last_ok_ms
+                .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         }
         r
     }
@@ -594,7 +606,8 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let q = tokio::spawn(queue_loop(ctx.clone(), stop(shutdown.clone())));
     let h = tokio::spawn(heartbeat_loop(ctx.clone(), stop(shutdown.clone())));
     let w = tokio::spawn(watch_loop(ctx.clone(), stop(shutdown.clone())));
-    let _ = tokio::join!(q, h, w);
+    let f = tokio::spawn(selffence::guard(ctx.clone(), stop(shutdown.clone())));
+    let _ = tokio::join!(q, h, w, f);
     Ok(())
 }
 

@@ -73,6 +73,7 @@ __all__ = [
     "Guest",
     "GuestAction",
     "GuestChange",
+    "GuestHa",
     "GuestPending",
     "GuestRecords",
     "GuestSize",
@@ -197,6 +198,7 @@ from corral_client.models.foreign_domain import ForeignDomain as ForeignDomain
 from corral_client.models.guest import Guest as Guest
 from corral_client.models.guest_action import GuestAction as GuestAction
 from corral_client.models.guest_change import GuestChange as GuestChange
+from corral_client.models.guest_ha import GuestHa as GuestHa
 from corral_client.models.guest_pending import GuestPending as GuestPending
 from corral_client.models.guest_records import GuestRecords as GuestRecords
 from corral_client.models.guest_size import GuestSize as GuestSize

@@ -47,6 +47,7 @@ class TestGuest(unittest.TestCase):
                         kind = '', 
                         path = '', )
                     ],
+                ha = True,
                 hostname = '',
                 id = '',
                 ip = '',
@@ -60,6 +61,7 @@ class TestGuest(unittest.TestCase):
                 os_type = '',
                 pool_id = '',
                 state = 'creating',
+                state_reason = '',
                 tags = [
                     ''
                     ],
@@ -78,6 +80,7 @@ class TestGuest(unittest.TestCase):
                         kind = '', 
                         path = '', )
                     ],
+                ha = True,
                 hostname = '',
                 id = '',
                 max_cpus = 56,

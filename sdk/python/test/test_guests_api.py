@@ -179,6 +179,13 @@ class TestGuestsApi(unittest.TestCase):
         """
         pass
 
+    def test_guest_set_ha(self) -> None:
+        """Test case for guest_set_ha
+
+        Turn a guest's HA on or off. Runs as `guest.set_ha`.
+        """
+        pass
+
     def test_guest_update(self) -> None:
         """Test case for guest_update
 

@@ -56,6 +56,10 @@ class TestNode(unittest.TestCase):
                 cpu_virt = True,
                 cpus = 56,
                 domain_type = '',
+                fence_command = [
+                    ''
+                    ],
+                fenced_at = '',
                 foreign_domains = [
                     corral_client.models.foreign_domain.ForeignDomain(
                         name = '', 

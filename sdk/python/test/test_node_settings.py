@@ -35,7 +35,10 @@ class TestNodeSettings(unittest.TestCase):
         model = NodeSettings()
         if include_optional:
             return NodeSettings(
-                accept_auto = True
+                accept_auto = True,
+                fence_command = [
+                    ''
+                    ]
             )
         else:
             return NodeSettings(

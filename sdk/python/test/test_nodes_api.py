@@ -84,7 +84,7 @@ class TestNodesApi(unittest.TestCase):
     def test_node_update(self) -> None:
         """Test case for node_update
 
-        Change node settings (accept automatically placed guests or not).
+        Change node settings: accept automatically placed guests or not, and the fence command HA runs before it restarts the node's guests elsewhere.
         """
         pass
 

@@ -262,6 +262,8 @@ pub fn rows(v: &ValidCreate, owner: &str) -> Result<Vec<GuestRow>, Error> {
             memory_mib: i64::from(v.memory_mib),
             max_cpus: v.max_cpus.map(i64::from),
             max_memory_mib: v.max_memory_mib.map(i64::from),
+            ha: false,
+            state_reason: None,
             node_id: None,
             requested_node: v.node.clone(),
             pool_id: v.pool.as_ref().map(|p| p.id.clone()),

@@ -140,6 +140,12 @@ pub struct Guest {
     pub bandwidth: Option<Bandwidth>,
     pub tags: Vec<String>,
     pub disks: Vec<Disk>,
+    /// HA (S74): restarted on another node when its node is fenced (`PUT
+    /// /guests/{id}/ha`).
+    pub ha: bool,
+    /// Why the guest is in its state, when corral could not act (for example: its node
+    /// is offline and the node's fence failed, so HA restarts nothing).
+    pub state_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -209,6 +215,8 @@ fn view(g: &GuestRow, disks: Vec<st::DiskRow>) -> Guest {
                 backing: d.backing,
             })
             .collect(),
+        ha: g.ha,
+        state_reason: g.state_reason.clone(),
         created_at: rfc3339(g.created_at),
         updated_at: rfc3339(g.updated_at),
     }

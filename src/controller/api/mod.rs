@@ -16,6 +16,7 @@ mod events;
 mod guest_config;
 mod guest_create;
 mod guests;
+mod ha;
 mod images;
 pub use images::sweep as sweep_uploads;
 mod drain;
@@ -80,6 +81,8 @@ pub struct AppState {
     /// Placement's limits, as the engine has them (a migration's target is checked
     /// before the operation starts).
     pub thresholds: crate::controller::placement::Thresholds,
+    /// Checks fence commands as they are set (HA, S74).
+    pub fencer: std::sync::Arc<crate::controller::fence::Fencer>,
 }
 
 /// Names of disks, snapshots and uploaded or made templates: 1-63 letters, digits, `.`,
@@ -137,6 +140,7 @@ services!(
         drain::DrainApi,
         to_template::ToTemplateApi,
         images::ImageApi,
+        ha::HaApi,
     )
 );
 

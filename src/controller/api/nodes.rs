@@ -68,6 +68,11 @@ pub struct Node {
     /// and everything else see the accepted figures and directory) until accepted with
     /// `POST /nodes/{id}/capacity`. Absent when it claims nothing more.
     pub held: Option<HeldClaims>,
+    /// Its fence command (HA, S74): the program (a file in the controller's fence
+    /// directory) and its arguments. Absent: HA cannot restart its guests.
+    pub fence_command: Option<Vec<String>>,
+    /// When its fence was last confirmed.
+    pub fenced_at: Option<String>,
 }
 
 /// A node's claims held back (each only where it claims more, or another directory).
@@ -133,6 +138,13 @@ pub struct ForeignDomain {
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct NodeSettings {
     pub accept_auto: Option<bool>,
+    /// Its fence command (HA, S74): a program in the controller's fence directory
+    /// (`fence_dir`, default `/etc/corral/fence.d`) and its arguments, in which `{node}`
+    /// and `{address}` stand for the node's id and management address. Exit status 0
+    /// confirms the node is off. An empty list removes it. Keep passwords in the
+    /// program, not in its arguments: administrators read them back.
+    #[oai(validator(max_items = 32))]
+    pub fence_command: Option<Vec<String>>,
 }
 
 /// Node `id` as the API shows it; 404 when there is none.
@@ -170,9 +182,12 @@ async fn view(state: &AppState, n: NodeRow) -> Result<Node, Error> {
             memory_overcommit: h.memory_overcommit,
             storage_dir: h.storage_dir,
         });
+    let fence_command = n.fence();
     Ok(Node {
         cleanup,
         held,
+        fence_command,
+        fenced_at: n.fenced_at.map(rfc3339),
         vnc_port_min: f.vnc_ports.map(|p| p.0),
         vnc_port_max: f.vnc_ports.map(|p| p.1),
         foreign_domains,
@@ -341,7 +356,8 @@ impl NodeApi {
         Ok(super::guests::accepted(String::new(), &op.id))
     }
 
-    /// Change node settings (accept automatically placed guests or not).
+    /// Change node settings: accept automatically placed guests or not, and the fence
+    /// command HA runs before it restarts the node's guests elsewhere.
     #[oai(path = "/nodes/:id", method = "patch", operation_id = "node_update")]
     async fn update(
         &self,
@@ -351,6 +367,24 @@ impl NodeApi {
         body: Json<NodeSettings>,
     ) -> ApiResult<Json<Node>> {
         access::admin(&auth.0, "changing a node's settings")?;
+        if let Some(cmd) = &body.0.fence_command {
+            if cmd.iter().any(|a| a.len() > 1024 || a.contains('\0')) {
+                return Err(Error::BadRequest(
+                    "fence_command: each argument is at most 1024 bytes, without NUL".into(),
+                )
+                .into());
+            }
+            if !cmd.is_empty() {
+                state
+                    .fencer
+                    .program(cmd)
+                    .map_err(|e| Error::BadRequest(format!("fence_command: {e}")))?;
+            }
+            let set = (!cmd.is_empty()).then_some(cmd.as_slice());
+            if !state.store.set_node_fence(&id, set).await? {
+                return Err(Error::not_found("node", id.0.clone()).into());
+            }
+        }
         if let Some(a) = body.0.accept_auto {
             if !state.store.set_node_accept_auto(&id, a).await? {
                 return Err(Error::not_found("node", id.0.clone()).into());

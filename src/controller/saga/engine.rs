@@ -39,6 +39,9 @@ pub struct Engine {
     pub catalog: Arc<Catalog>,
     pub queues: Arc<Queues>,
     pub env: StepEnv,
+    /// HA (S74): how long a node stays offline before it is fenced and its HA guests
+    /// restart elsewhere.
+    pub ha_after_ms: i64,
     pub lease_ms: i64,
     pub max_tries: u32,
     pub window: usize,
@@ -105,6 +108,8 @@ impl Liveness {
 
 /// How often (in 100 ms sweep ticks) the engine looks for dispatches Redis does not hold.
 const UNPUSHED_EVERY_TICKS: u64 = 30;
+/// Sweeps (of 100 ms) between two looks for nodes due a failover.
+const HA_EVERY_TICKS: u64 = 10;
 /// A dispatch younger than this may still be on its way to Redis.
 const UNPUSHED_GRACE_MS: i64 = 2_000;
 
@@ -307,6 +312,12 @@ impl Engine {
                             tracing::debug!("looking for dispatches that never reached Redis: {e}");
                         }
                     }
+                    if ticks.is_multiple_of(HA_EVERY_TICKS) {
+                        match self.ha_watch().await {
+                            Ok(ops) => for id in ops { self.advance_logged(&id).await; },
+                            Err(e) => tracing::warn!("HA: {e}"),
+                        }
+                    }
                     ticks = ticks.wrapping_add(1);
                     self.sweep().await
                 }
@@ -347,6 +358,38 @@ impl Engine {
             }
             Err(e) => tracing::warn!("janitor: {e}"),
         }
+    }
+
+    /// Starts a `node.failover` for every node offline for longer than `ha_after_ms`
+    /// with HA guests left on it (see `kinds::node_failover`); after one that could not
+    /// fence, again every `ha_after_ms` (at least 30 s).
+    async fn ha_watch(&self) -> Result<Vec<String>, EngineError> {
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        let due = self
+            .store
+            .nodes_due_failover(
+                &mut tx,
+                now - self.ha_after_ms,
+                now - self.ha_after_ms.max(30_000),
+            )
+            .await?;
+        let mut started = Vec::new();
+        for node in due {
+            tracing::warn!(node = %node, "offline too long with HA guests: failing over");
+            let op = super::launch::create_op(
+                &self.catalog,
+                &mut tx,
+                &Request::NodeFailover(Default::default()),
+                super::launch::Target::Node(&node),
+                st::Requester::system("corral"),
+                false,
+            )
+            .await?;
+            started.push(op.id);
+        }
+        self.store.commit(tx).await?;
+        Ok(started)
     }
 
     /// Starts a `node.cleanup` for every online node with cleanup items due.

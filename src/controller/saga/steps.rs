@@ -102,6 +102,8 @@ pub struct StepEnv {
     pub sealer: std::sync::Arc<crate::controller::sealed::Sealer>,
     /// The operation kinds (a drain starts an operation per guest).
     pub catalog: std::sync::Arc<crate::jobs::Catalog>,
+    /// Runs nodes' fence commands (HA, S74).
+    pub fencer: std::sync::Arc<crate::controller::fence::Fencer>,
 }
 
 pub fn system_disk_path(storage_dir: &str, guest: &str) -> String {
@@ -194,5 +196,6 @@ pub async fn domain_spec(
         bandwidth,
         vlan,
         vnc_port: g.vnc_port.unwrap_or(0) as u16,
+        ha: g.ha,
     })
 }

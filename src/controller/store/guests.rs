@@ -38,6 +38,10 @@ pub struct GuestRow {
     /// Ceiling for live growth (S75); None: the current size.
     pub max_cpus: Option<i64>,
     pub max_memory_mib: Option<i64>,
+    /// HA (S74): restarted on another node when its node is fenced.
+    pub ha: bool,
+    /// Why its state is what it is when corral could not act (HA without a fence).
+    pub state_reason: Option<String>,
 }
 
 /// The password hash and SSH keys of a guest's init plan. Only a crypt hash is ever kept.
@@ -93,7 +97,7 @@ macro_rules! guest_cols {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
     node_id, requested_node, pool_id, requested_ip, ip, vnc_port, mac, state, lock_op, \
     domain_xml, created_at, updated_at, bandwidth, os_init_profile, init_secrets, owner_id, tags, \
-    max_cpus, max_memory_mib"
+    max_cpus, max_memory_mib, ha, state_reason"
     };
 }
 
@@ -103,7 +107,7 @@ macro_rules! guest_list_cols {
         "id, name, hostname, template_id, template_path, os_type, cpus, memory_mib, \
     node_id, requested_node, pool_id, requested_ip, ip, vnc_port, mac, state, \
     lock_op, NULL AS domain_xml, created_at, updated_at, bandwidth, os_init_profile, \
-    NULL AS init_secrets, owner_id, tags, max_cpus, max_memory_mib"
+    NULL AS init_secrets, owner_id, tags, max_cpus, max_memory_mib, ha, state_reason"
     };
 }
 

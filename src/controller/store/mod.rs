@@ -20,7 +20,9 @@ pub mod claims;
 mod cleanup;
 mod disks;
 pub mod events;
+#[macro_use]
 mod guests;
+pub mod ha;
 pub mod leases;
 mod nodes;
 pub mod observed;
@@ -46,7 +48,7 @@ pub use cleanup::*;
 pub use disks::*;
 pub use events::EventRow;
 pub use guests::*;
-pub use nodes::{set_accept_auto_in, NodeRow};
+pub use nodes::{node_in, set_accept_auto_in, NodeRow};
 pub use ops::*;
 pub use resources::*;
 pub use saga::*;
@@ -203,6 +205,7 @@ impl Store {
             (24, include_str!("migrations/024_one_naming_rule.sql")),
             (25, include_str!("migrations/025_node_claims.sql")),
             (26, include_str!("migrations/026_sealed_boot_params.sql")),
+            (27, include_str!("migrations/027_ha.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

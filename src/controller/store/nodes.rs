@@ -15,6 +15,20 @@ pub struct NodeRow {
     pub offline_since: Option<i64>,
     pub created_at: i64,
     pub foreign_domains: String,
+    /// JSON argv of its fence command (HA, S74); its program is a file in the
+    /// controller's fence directory.
+    pub fence_command: Option<String>,
+    /// When its fence was last confirmed.
+    pub fenced_at: Option<i64>,
+}
+
+impl NodeRow {
+    /// Its fence command, as given.
+    pub fn fence(&self) -> Option<Vec<String>> {
+        self.fence_command
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+    }
 }
 
 impl NodeRow {
@@ -25,7 +39,7 @@ impl NodeRow {
 
 macro_rules! node_cols {
     () => {
-        "id, hostname, facts, accept_auto, online, last_seen, last_seen_local, offline_since, created_at, foreign_domains"
+        "id, hostname, facts, accept_auto, online, last_seen, last_seen_local, offline_since, created_at, foreign_domains, fence_command, fenced_at"
     };
 }
 
@@ -333,4 +347,14 @@ pub async fn set_accept_auto_in(
         .execute(&mut **tx)
         .await?;
     Ok(before.map(|b| b.0))
+}
+
+/// Node `id`'s row, read in `tx`.
+pub async fn node_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<NodeRow>, StoreError> {
+    Ok(
+        sqlx::query_as::<_, NodeRow>(concat!("SELECT ", node_cols!(), " FROM nodes WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
 }

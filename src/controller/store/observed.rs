@@ -31,7 +31,8 @@ pub async fn set_observed_state(
     guest: &str,
     state: GuestState,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE guests SET state = ?, updated_at = ? WHERE id = ?")
+    // What its node reports now speaks for itself: an earlier reason is moot.
+    sqlx::query("UPDATE guests SET state = ?, state_reason = NULL, updated_at = ? WHERE id = ?")
         .bind(state.as_str())
         .bind(now_ms())
         .bind(guest)

@@ -321,6 +321,8 @@ mod tests {
             tags: "[]".into(),
             max_cpus: None,
             max_memory_mib: None,
+            ha: false,
+            state_reason: None,
         }
     }
 

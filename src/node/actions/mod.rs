@@ -27,6 +27,7 @@ mod reboot;
 mod remove_file;
 mod resume;
 mod set_disk_limits;
+mod set_ha;
 mod shutdown;
 mod start;
 mod suspend;
@@ -254,6 +255,7 @@ async fn dispatch(cx: &mut Cx<'_>, action: &NodeAction) -> Result<StepOutcome, A
         A::Resume { guest_id } => resume::run(cx, guest_id).await,
         A::Cleanup { items } => cleanup::run(cx, items).await,
         A::DiscardCopy { guest_id, paths } => discard_copy::run(cx, guest_id, paths).await,
+        A::SetHa { guest_id, on } => set_ha::run(cx, guest_id, *on).await,
         A::Rebase { path, template_path, template } => rebase::run(cx, path, template_path, template.as_ref()).await,
         A::CreateVolume { path, size_mib } => create_volume::run(cx, path, *size_mib).await,
         A::AttachDisk { guest_id, path, target, limits } => attach_disk::run(cx, guest_id, path, target, limits.as_ref()).await,

@@ -2422,7 +2422,7 @@ class NodesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> Node:
-        """Change node settings (accept automatically placed guests or not).
+        """Change node settings: accept automatically placed guests or not, and the fence command HA runs before it restarts the node's guests elsewhere.
 
 
         :param id: (required)
@@ -2503,7 +2503,7 @@ class NodesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[Node]:
-        """Change node settings (accept automatically placed guests or not).
+        """Change node settings: accept automatically placed guests or not, and the fence command HA runs before it restarts the node's guests elsewhere.
 
 
         :param id: (required)
@@ -2584,7 +2584,7 @@ class NodesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Change node settings (accept automatically placed guests or not).
+        """Change node settings: accept automatically placed guests or not, and the fence command HA runs before it restarts the node's guests elsewhere.
 
 
         :param id: (required)

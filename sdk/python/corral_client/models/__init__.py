@@ -49,6 +49,7 @@ from corral_client.models.foreign_domain import ForeignDomain
 from corral_client.models.guest import Guest
 from corral_client.models.guest_action import GuestAction
 from corral_client.models.guest_change import GuestChange
+from corral_client.models.guest_ha import GuestHa
 from corral_client.models.guest_pending import GuestPending
 from corral_client.models.guest_records import GuestRecords
 from corral_client.models.guest_size import GuestSize

@@ -17,7 +17,7 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from typing import Any, ClassVar, Dict, List, Optional
 from corral_client.models.bandwidth import Bandwidth
 from corral_client.models.disk import Disk
@@ -34,6 +34,7 @@ class Guest(BaseModel):
     cpus: StrictInt
     created_at: StrictStr
     disks: List[Disk]
+    ha: StrictBool = Field(description="HA (S74): restarted on another node when its node is fenced (`PUT /guests/{id}/ha`).")
     hostname: StrictStr
     id: StrictStr
     ip: Optional[StrictStr] = None
@@ -47,11 +48,12 @@ class Guest(BaseModel):
     os_type: StrictStr
     pool_id: Optional[StrictStr] = None
     state: GuestState
+    state_reason: Optional[StrictStr] = Field(default=None, description="Why the guest is in its state, when corral could not act (for example: its node is offline and the node's fence failed, so HA restarts nothing).")
     tags: List[StrictStr]
     template_id: StrictStr
     updated_at: StrictStr
     vnc_port: Optional[StrictInt] = None
-    __properties: ClassVar[List[str]] = ["bandwidth", "cpus", "created_at", "disks", "hostname", "id", "ip", "mac", "max_cpus", "max_memory_mib", "memory_mib", "name", "node_id", "operation_id", "os_type", "pool_id", "state", "tags", "template_id", "updated_at", "vnc_port"]
+    __properties: ClassVar[List[str]] = ["bandwidth", "cpus", "created_at", "disks", "ha", "hostname", "id", "ip", "mac", "max_cpus", "max_memory_mib", "memory_mib", "name", "node_id", "operation_id", "os_type", "pool_id", "state", "state_reason", "tags", "template_id", "updated_at", "vnc_port"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -117,6 +119,7 @@ class Guest(BaseModel):
             "cpus": obj.get("cpus"),
             "created_at": obj.get("created_at"),
             "disks": [Disk.from_dict(_item) for _item in obj["disks"]] if obj.get("disks") is not None else None,
+            "ha": obj.get("ha"),
             "hostname": obj.get("hostname"),
             "id": obj.get("id"),
             "ip": obj.get("ip"),
@@ -130,6 +133,7 @@ class Guest(BaseModel):
             "os_type": obj.get("os_type"),
             "pool_id": obj.get("pool_id"),
             "state": obj.get("state"),
+            "state_reason": obj.get("state_reason"),
             "tags": obj.get("tags"),
             "template_id": obj.get("template_id"),
             "updated_at": obj.get("updated_at"),

@@ -39,6 +39,8 @@ class Node(BaseModel):
     cpu_virt: StrictBool = Field(description="The CPU has VT-x / AMD-V.")
     cpus: StrictInt
     domain_type: StrictStr = Field(description="`kvm` or `qemu` (TCG), S55.")
+    fence_command: Optional[List[StrictStr]] = Field(default=None, description="Its fence command (HA, S74): the program (a file in the controller's fence directory) and its arguments. Absent: HA cannot restart its guests.")
+    fenced_at: Optional[StrictStr] = Field(default=None, description="When its fence was last confirmed.")
     foreign_domains: List[ForeignDomain] = Field(description="Domains on the node that corral does not manage (S16, S17): never touched.")
     free_memory_mib: StrictInt
     guests: StrictInt
@@ -61,7 +63,7 @@ class Node(BaseModel):
     vnc_port_max: Optional[StrictInt] = None
     vnc_port_min: Optional[StrictInt] = Field(default=None, description="VNC ports this node hands out.")
     workers: List[Worker]
-    __properties: ClassVar[List[str]] = ["accept_auto", "address", "bridges", "cleanup", "cpu_model", "cpu_virt", "cpus", "domain_type", "foreign_domains", "free_memory_mib", "guests", "held", "hostname", "hypervisor_uri", "id", "last_seen", "load1", "memory_mib", "offline_seconds", "offline_since", "online", "storage_dir", "storage_free_mib", "storage_total_mib", "version", "vm_manage_network_bridge", "vm_network_bridge", "vnc_port_max", "vnc_port_min", "workers"]
+    __properties: ClassVar[List[str]] = ["accept_auto", "address", "bridges", "cleanup", "cpu_model", "cpu_virt", "cpus", "domain_type", "fence_command", "fenced_at", "foreign_domains", "free_memory_mib", "guests", "held", "hostname", "hypervisor_uri", "id", "last_seen", "load1", "memory_mib", "offline_seconds", "offline_since", "online", "storage_dir", "storage_free_mib", "storage_total_mib", "version", "vm_manage_network_bridge", "vm_network_bridge", "vnc_port_max", "vnc_port_min", "workers"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -143,6 +145,8 @@ class Node(BaseModel):
             "cpu_virt": obj.get("cpu_virt"),
             "cpus": obj.get("cpus"),
             "domain_type": obj.get("domain_type"),
+            "fence_command": obj.get("fence_command"),
+            "fenced_at": obj.get("fenced_at"),
             "foreign_domains": [ForeignDomain.from_dict(_item) for _item in obj["foreign_domains"]] if obj.get("foreign_domains") is not None else None,
             "free_memory_mib": obj.get("free_memory_mib"),
             "guests": obj.get("guests"),

@@ -17,8 +17,9 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from typing import Any, ClassVar, Dict, List, Optional
+from typing_extensions import Annotated
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -28,7 +29,8 @@ class NodeSettings(BaseModel):
     NodeSettings
     """ # noqa: E501
     accept_auto: Optional[StrictBool] = None
-    __properties: ClassVar[List[str]] = ["accept_auto"]
+    fence_command: Optional[Annotated[List[StrictStr], Field(max_length=32)]] = Field(default=None, description="Its fence command (HA, S74): a program in the controller's fence directory (`fence_dir`, default `/etc/corral/fence.d`) and its arguments, in which `{node}` and `{address}` stand for the node's id and management address. Exit status 0 confirms the node is off. An empty list removes it. Keep passwords in the program, not in its arguments: administrators read them back.")
+    __properties: ClassVar[List[str]] = ["accept_auto", "fence_command"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -81,7 +83,8 @@ class NodeSettings(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
-            "accept_auto": obj.get("accept_auto")
+            "accept_auto": obj.get("accept_auto"),
+            "fence_command": obj.get("fence_command")
         })
         return _obj
 

@@ -409,6 +409,24 @@ pub enum GuestSetBandwidthError {
     UnknownValue(serde_json::Value),
 }
 
+/// struct for typed errors of method [`guest_set_ha`]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GuestSetHaError {
+    Status400(models::ErrorBody),
+    Status401(models::ErrorBody),
+    Status403(models::ErrorBody),
+    Status404(models::ErrorBody),
+    Status409(models::ErrorBody),
+    Status413(models::ErrorBody),
+    Status415(models::ErrorBody),
+    Status422(models::ErrorBody),
+    Status429(models::ErrorBody),
+    Status500(models::ErrorBody),
+    Status503(models::ErrorBody),
+    UnknownValue(serde_json::Value),
+}
+
 /// struct for typed errors of method [`guest_update`]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -1672,6 +1690,60 @@ pub async fn guest_set_bandwidth(
     } else {
         let content = resp.text().await?;
         let entity: Option<GuestSetBandwidthError> = serde_json::from_str(&content).ok();
+        Err(Error::ResponseError(ResponseContent {
+            status,
+            content,
+            entity,
+        }))
+    }
+}
+
+/// An HA guest carries corral's HA mark in its definition: a node cut off from Redis and the controller for `self_fence_secs` stops the guests that carry it, and a node offline for `ha_after_secs` is fenced (its fence command) before its HA guests restart on another node. Only guests on shared storage can restart elsewhere; the guest's `state_reason` says why one did not.
+pub async fn guest_set_ha(
+    configuration: &configuration::Configuration,
+    id: &str,
+    guest_ha: models::GuestHa,
+) -> Result<models::Accepted, Error<GuestSetHaError>> {
+    // add a prefix to parameters to efficiently prevent name collisions
+    let p_path_id = id;
+    let p_body_guest_ha = guest_ha;
+
+    let uri_str = format!(
+        "{}/guests/{id}/ha",
+        configuration.base_path,
+        id = crate::apis::urlencode(p_path_id)
+    );
+    let mut req_builder = configuration.client.request(reqwest::Method::PUT, &uri_str);
+
+    if let Some(ref user_agent) = configuration.user_agent {
+        req_builder = req_builder.header(reqwest::header::USER_AGENT, user_agent.clone());
+    }
+    if let Some(ref token) = configuration.bearer_access_token {
+        req_builder = req_builder.bearer_auth(token.to_owned());
+    };
+    req_builder = req_builder.json(&p_body_guest_ha);
+
+    let req = req_builder.build()?;
+    let resp = configuration.client.execute(req).await?;
+
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream");
+    let content_type = super::ContentType::from(content_type);
+
+    if !status.is_client_error() && !status.is_server_error() {
+        let content = resp.text().await?;
+        match content_type {
+            ContentType::Json => serde_json::from_str(&content).map_err(Error::from),
+            ContentType::Text => return Err(Error::from(serde_json::Error::custom("Received `text/plain` content type response that cannot be converted to `models::Accepted`"))),
+            ContentType::Unsupported(unknown_type) => return Err(Error::from(serde_json::Error::custom(format!("Received `{unknown_type}` content type response that cannot be converted to `models::Accepted`")))),
+        }
+    } else {
+        let content = resp.text().await?;
+        let entity: Option<GuestSetHaError> = serde_json::from_str(&content).ok();
         Err(Error::ResponseError(ResponseContent {
             status,
             content,

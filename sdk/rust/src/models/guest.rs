@@ -22,6 +22,9 @@ pub struct Guest {
     pub created_at: String,
     #[serde(rename = "disks")]
     pub disks: Vec<models::Disk>,
+    /// HA (S74): restarted on another node when its node is fenced (`PUT /guests/{id}/ha`).
+    #[serde(rename = "ha")]
+    pub ha: bool,
     #[serde(rename = "hostname")]
     pub hostname: String,
     #[serde(rename = "id")]
@@ -51,6 +54,9 @@ pub struct Guest {
     pub pool_id: Option<String>,
     #[serde(rename = "state")]
     pub state: models::GuestState,
+    /// Why the guest is in its state, when corral could not act (for example: its node is offline and the node's fence failed, so HA restarts nothing).
+    #[serde(rename = "state_reason", skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
     #[serde(rename = "tags")]
     pub tags: Vec<String>,
     #[serde(rename = "template_id")]
@@ -66,6 +72,7 @@ impl Guest {
         cpus: u32,
         created_at: String,
         disks: Vec<models::Disk>,
+        ha: bool,
         hostname: String,
         id: String,
         max_cpus: u32,
@@ -83,6 +90,7 @@ impl Guest {
             cpus,
             created_at,
             disks,
+            ha,
             hostname,
             id,
             ip: None,
@@ -96,6 +104,7 @@ impl Guest {
             os_type,
             pool_id: None,
             state,
+            state_reason: None,
             tags,
             template_id,
             updated_at,

@@ -70,6 +70,8 @@ pub mod guest_action;
 pub use self::guest_action::GuestAction;
 pub mod guest_change;
 pub use self::guest_change::GuestChange;
+pub mod guest_ha;
+pub use self::guest_ha::GuestHa;
 pub mod guest_pending;
 pub use self::guest_pending::GuestPending;
 pub mod guest_records;

@@ -34,6 +34,12 @@ pub struct Node {
     /// `kvm` or `qemu` (TCG), S55.
     #[serde(rename = "domain_type")]
     pub domain_type: String,
+    /// Its fence command (HA, S74): the program (a file in the controller's fence directory) and its arguments. Absent: HA cannot restart its guests.
+    #[serde(rename = "fence_command", skip_serializing_if = "Option::is_none")]
+    pub fence_command: Option<Vec<String>>,
+    /// When its fence was last confirmed.
+    #[serde(rename = "fenced_at", skip_serializing_if = "Option::is_none")]
+    pub fenced_at: Option<String>,
     /// Domains on the node that corral does not manage (S16, S17): never touched.
     #[serde(rename = "foreign_domains")]
     pub foreign_domains: Vec<models::ForeignDomain>,
@@ -124,6 +130,8 @@ impl Node {
             cpu_virt,
             cpus,
             domain_type,
+            fence_command: None,
+            fenced_at: None,
             foreign_domains,
             free_memory_mib,
             guests,

@@ -15,10 +15,16 @@ use serde::{Deserialize, Serialize};
 pub struct NodeSettings {
     #[serde(rename = "accept_auto", skip_serializing_if = "Option::is_none")]
     pub accept_auto: Option<bool>,
+    /// Its fence command (HA, S74): a program in the controller's fence directory (`fence_dir`, default `/etc/corral/fence.d`) and its arguments, in which `{node}` and `{address}` stand for the node's id and management address. Exit status 0 confirms the node is off. An empty list removes it. Keep passwords in the program, not in its arguments: administrators read them back.
+    #[serde(rename = "fence_command", skip_serializing_if = "Option::is_none")]
+    pub fence_command: Option<Vec<String>>,
 }
 
 impl NodeSettings {
     pub fn new() -> NodeSettings {
-        NodeSettings { accept_auto: None }
+        NodeSettings {
+            accept_auto: None,
+            fence_command: None,
+        }
     }
 }

@@ -114,6 +114,11 @@ import {
     GuestChangeToJSON,
 } from '../models/GuestChange';
 import {
+    type GuestHa,
+    GuestHaFromJSON,
+    GuestHaToJSON,
+} from '../models/GuestHa';
+import {
     type GuestSize,
     GuestSizeFromJSON,
     GuestSizeToJSON,
@@ -379,6 +384,17 @@ export interface GuestSetBandwidthRequest {
      * 
      */
     bandwidth: Bandwidth;
+}
+
+export interface GuestSetHaRequest {
+    /**
+     * 
+     */
+    id: string;
+    /**
+     * 
+     */
+    guestHa: GuestHa;
 }
 
 export interface GuestUpdateRequest {
@@ -1736,6 +1752,71 @@ export class GuestsApi extends runtime.BaseAPI {
      */
     async guestSetBandwidth(requestParameters: GuestSetBandwidthRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Accepted> {
         const response = await this.guestSetBandwidthRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for guestSetHa without sending the request
+     */
+    async guestSetHaRequestOpts(requestParameters: GuestSetHaRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling guestSetHa().'
+            );
+        }
+
+        if (requestParameters['guestHa'] == null) {
+            throw new runtime.RequiredError(
+                'guestHa',
+                'Required parameter "guestHa" was null or undefined when calling guestSetHa().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        headerParameters['Content-Type'] = 'application/json; charset=utf-8';
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/guests/{id}/ha`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'PUT',
+            headers: headerParameters,
+            query: queryParameters,
+            body: GuestHaToJSON(requestParameters['guestHa']),
+        };
+    }
+
+    /**
+     * An HA guest carries corral\'s HA mark in its definition: a node cut off from Redis and the controller for `self_fence_secs` stops the guests that carry it, and a node offline for `ha_after_secs` is fenced (its fence command) before its HA guests restart on another node. Only guests on shared storage can restart elsewhere; the guest\'s `state_reason` says why one did not.
+     * Turn a guest\'s HA on or off. Runs as `guest.set_ha`.
+     */
+    async guestSetHaRaw(requestParameters: GuestSetHaRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Accepted>> {
+        const requestOptions = await this.guestSetHaRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => AcceptedFromJSON(jsonValue));
+    }
+
+    /**
+     * An HA guest carries corral\'s HA mark in its definition: a node cut off from Redis and the controller for `self_fence_secs` stops the guests that carry it, and a node offline for `ha_after_secs` is fenced (its fence command) before its HA guests restart on another node. Only guests on shared storage can restart elsewhere; the guest\'s `state_reason` says why one did not.
+     * Turn a guest\'s HA on or off. Runs as `guest.set_ha`.
+     */
+    async guestSetHa(requestParameters: GuestSetHaRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Accepted> {
+        const response = await this.guestSetHaRaw(requestParameters, initOverrides);
         return await response.value();
     }
 

@@ -606,7 +606,7 @@ export class NodesApi extends runtime.BaseAPI {
     }
 
     /**
-     * Change node settings (accept automatically placed guests or not).
+     * Change node settings: accept automatically placed guests or not, and the fence command HA runs before it restarts the node\'s guests elsewhere.
      */
     async nodeUpdateRaw(requestParameters: NodeUpdateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Node>> {
         const requestOptions = await this.nodeUpdateRequestOpts(requestParameters);
@@ -616,7 +616,7 @@ export class NodesApi extends runtime.BaseAPI {
     }
 
     /**
-     * Change node settings (accept automatically placed guests or not).
+     * Change node settings: accept automatically placed guests or not, and the fence command HA runs before it restarts the node\'s guests elsewhere.
      */
     async nodeUpdate(requestParameters: NodeUpdateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Node> {
         const response = await this.nodeUpdateRaw(requestParameters, initOverrides);

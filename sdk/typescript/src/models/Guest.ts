@@ -58,6 +58,11 @@ export interface Guest {
      */
     disks: Array<Disk>;
     /**
+     * HA (S74): restarted on another node when its node is fenced (`PUT
+     * /guests/{id}/ha`).
+     */
+    ha: boolean;
+    /**
      * 
      */
     hostname: string;
@@ -110,6 +115,11 @@ export interface Guest {
      */
     state: GuestState;
     /**
+     * Why the guest is in its state, when corral could not act (for example: its node
+     * is offline and the node's fence failed, so HA restarts nothing).
+     */
+    stateReason?: string;
+    /**
      * 
      */
     tags: Array<string>;
@@ -136,6 +146,7 @@ export function instanceOfGuest(value: object): value is Guest {
     if (!('cpus' in value) || value['cpus'] === undefined) return false;
     if ((!('createdAt' in (value as Record<string, any>)) && !('created_at' in (value as Record<string, any>))) || ((value as Record<string, any>)['createdAt'] === undefined && (value as Record<string, any>)['created_at'] === undefined)) return false;
     if (!('disks' in value) || value['disks'] === undefined) return false;
+    if (!('ha' in value) || value['ha'] === undefined) return false;
     if (!('hostname' in value) || value['hostname'] === undefined) return false;
     if (!('id' in value) || value['id'] === undefined) return false;
     if ((!('maxCpus' in (value as Record<string, any>)) && !('max_cpus' in (value as Record<string, any>))) || ((value as Record<string, any>)['maxCpus'] === undefined && (value as Record<string, any>)['max_cpus'] === undefined)) return false;
@@ -164,6 +175,7 @@ export function GuestFromJSONTyped(json: any, ignoreDiscriminator: boolean): Gue
         'cpus': json['cpus'],
         'createdAt': json['created_at'],
         'disks': ((json['disks'] as Array<any>).map(DiskFromJSON)),
+        'ha': json['ha'],
         'hostname': json['hostname'],
         'id': json['id'],
         'ip': json['ip'] == null ? undefined : json['ip'],
@@ -177,6 +189,7 @@ export function GuestFromJSONTyped(json: any, ignoreDiscriminator: boolean): Gue
         'osType': json['os_type'],
         'poolId': json['pool_id'] == null ? undefined : json['pool_id'],
         'state': GuestStateFromJSON(json['state']),
+        'stateReason': json['state_reason'] == null ? undefined : json['state_reason'],
         'tags': json['tags'],
         'templateId': json['template_id'],
         'updatedAt': json['updated_at'],
@@ -199,6 +212,7 @@ export function GuestToJSONTyped(value?: Guest | null, ignoreDiscriminator: bool
         'cpus': value['cpus'],
         'created_at': value['createdAt'],
         'disks': ((value['disks'] as Array<any>).map(DiskToJSON)),
+        'ha': value['ha'],
         'hostname': value['hostname'],
         'id': value['id'],
         'ip': value['ip'],
@@ -212,6 +226,7 @@ export function GuestToJSONTyped(value?: Guest | null, ignoreDiscriminator: bool
         'os_type': value['osType'],
         'pool_id': value['poolId'],
         'state': GuestStateToJSON(value['state']),
+        'state_reason': value['stateReason'],
         'tags': value['tags'],
         'template_id': value['templateId'],
         'updated_at': value['updatedAt'],

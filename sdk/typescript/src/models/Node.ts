@@ -83,6 +83,15 @@ export interface Node {
      */
     domainType: string;
     /**
+     * Its fence command (HA, S74): the program (a file in the controller's fence
+     * directory) and its arguments. Absent: HA cannot restart its guests.
+     */
+    fenceCommand?: Array<string>;
+    /**
+     * When its fence was last confirmed.
+     */
+    fencedAt?: string;
+    /**
      * Domains on the node that corral does not manage (S16, S17): never touched.
      */
     foreignDomains: Array<ForeignDomain>;
@@ -224,6 +233,8 @@ export function NodeFromJSONTyped(json: any, ignoreDiscriminator: boolean): Node
         'cpuVirt': json['cpu_virt'],
         'cpus': json['cpus'],
         'domainType': json['domain_type'],
+        'fenceCommand': json['fence_command'] == null ? undefined : json['fence_command'],
+        'fencedAt': json['fenced_at'] == null ? undefined : json['fenced_at'],
         'foreignDomains': ((json['foreign_domains'] as Array<any>).map(ForeignDomainFromJSON)),
         'freeMemoryMib': json['free_memory_mib'],
         'guests': json['guests'],
@@ -268,6 +279,8 @@ export function NodeToJSONTyped(value?: Node | null, ignoreDiscriminator: boolea
         'cpu_virt': value['cpuVirt'],
         'cpus': value['cpus'],
         'domain_type': value['domainType'],
+        'fence_command': value['fenceCommand'],
+        'fenced_at': value['fencedAt'],
         'foreign_domains': ((value['foreignDomains'] as Array<any>).map(ForeignDomainToJSON)),
         'free_memory_mib': value['freeMemoryMib'],
         'guests': value['guests'],

@@ -23,6 +23,14 @@ export interface NodeSettings {
      * 
      */
     acceptAuto?: boolean;
+    /**
+     * Its fence command (HA, S74): a program in the controller's fence directory
+     * (`fence_dir`, default `/etc/corral/fence.d`) and its arguments, in which `{node}`
+     * and `{address}` stand for the node's id and management address. Exit status 0
+     * confirms the node is off. An empty list removes it. Keep passwords in the
+     * program, not in its arguments: administrators read them back.
+     */
+    fenceCommand?: Array<string>;
 }
 
 /**
@@ -43,6 +51,7 @@ export function NodeSettingsFromJSONTyped(json: any, ignoreDiscriminator: boolea
     return {
         
         'acceptAuto': json['accept_auto'] == null ? undefined : json['accept_auto'],
+        'fenceCommand': json['fence_command'] == null ? undefined : json['fence_command'],
     };
 }
 
@@ -58,6 +67,7 @@ export function NodeSettingsToJSONTyped(value?: NodeSettings | null, ignoreDiscr
     return {
         
         'accept_auto': value['acceptAuto'],
+        'fence_command': value['fenceCommand'],
     };
 }
 

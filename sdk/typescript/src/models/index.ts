@@ -36,6 +36,7 @@ export * from './ForeignDomain';
 export * from './Guest';
 export * from './GuestAction';
 export * from './GuestChange';
+export * from './GuestHa';
 export * from './GuestPending';
 export * from './GuestRecords';
 export * from './GuestSize';

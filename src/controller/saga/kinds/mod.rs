@@ -32,13 +32,16 @@ pub mod disk_detach;
 pub mod disk_limits;
 pub mod disk_resize;
 pub mod drain;
+pub mod guest_failover;
 pub mod migrate;
 pub mod migrate_cold;
 pub mod node_cleanup;
+pub mod node_failover;
 pub mod node_remove;
 pub mod power;
 pub mod resize;
 pub mod set_bandwidth;
+pub mod set_ha;
 pub mod snapshot_create;
 pub mod snapshot_delete;
 pub mod snapshot_revert;
@@ -279,6 +282,9 @@ kinds! {
     GuestMigrate => migrate::Migrate,
     GuestMigrateCold => migrate_cold::MigrateCold,
     NodeDrain => drain::Drain,
+    GuestSetHa => set_ha::SetHa,
+    GuestFailover => guest_failover::GuestFailover,
+    NodeFailover => node_failover::NodeFailover,
 }
 
 impl OpKind {
