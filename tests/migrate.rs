@@ -13,11 +13,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::guest::{agent, parts, running, sh, virsh, wait_agent, Sweep};
 use common::host::{Bridge, SecondLibvirt};
-use common::{require, sdk_error, Cloud};
+use common::{sdk_error, Cloud};
 use corral_client::apis::{guests_api, nodes_api, operations_api, resources_api};
 use corral_client::models::{
     AttachDisk, CreateDisk, CreatePool, CreateSnapshot, CreateTemplate, DiskLimits, GuestAction,
@@ -26,113 +27,8 @@ use corral_client::models::{
 use reqwest::Method;
 use serde_json::{json, Value};
 
-fn parts() -> bool {
-    let have = require("virsh") && require("redis-server") && require("unshare");
-    let system = have
-        && Command::new("virsh")
-            .args(["-c", "qemu:///system", "version"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    if !system {
-        if std::env::var("CI").is_ok() {
-            panic!("libvirtd must run in CI (.ci/host-setup.sh starts it)");
-        }
-        eprintln!("SKIPPED: libvirtd is not running (run .ci/host-setup.sh)");
-    }
-    system
-}
-
 fn ok<A, E>(what: &str, answer: Result<A, corral_client::apis::Error<E>>) -> A {
     answer.unwrap_or_else(|e| panic!("{what}: {}", sdk_error(e)))
-}
-
-/// `virsh -c uri …`: whether it succeeded, and its output.
-fn virsh(uri: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("virsh")
-        .arg("-c")
-        .arg(uri)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-    )
-}
-
-fn agent(uri: &str, dom: &str, cmd: Value) -> Option<Value> {
-    let (ok, out) = virsh(
-        uri,
-        &[
-            "qemu-agent-command",
-            dom,
-            &cmd.to_string(),
-            "--timeout",
-            "5",
-        ],
-    );
-    ok.then(|| serde_json::from_str::<Value>(&out).ok())
-        .flatten()
-        .map(|v| v["return"].clone())
-}
-
-fn wait_agent(uri: &str, dom: &str) {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(180) {
-        if agent(uri, dom, json!({"execute": "guest-ping"})).is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    panic!("the agent of {dom} never answered on {uri}");
-}
-
-/// Runs `sh -c script` in the guest through its agent; its standard output.
-fn sh(uri: &str, dom: &str, script: &str) -> String {
-    use base64::Engine as _;
-    let r = agent(
-        uri,
-        dom,
-        json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", script], "capture-output": true}}),
-    )
-    .expect("guest-exec");
-    let pid = r["pid"].as_i64().unwrap();
-    for _ in 0..100 {
-        let s = agent(
-            uri,
-            dom,
-            json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}),
-        )
-        .unwrap();
-        if s["exited"] == json!(true) {
-            let out = s["out-data"].as_str().unwrap_or("");
-            return String::from_utf8(
-                base64::engine::general_purpose::STANDARD
-                    .decode(out)
-                    .unwrap(),
-            )
-            .unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{script} did not finish in the guest");
-}
-
-fn running(uri: &str, dom: &str) -> bool {
-    virsh(uri, &["domstate", dom]).1.trim() == "running"
-}
-
-/// Stops and undefines the test's domain on the system daemon, on drop: a failing test
-/// leaves no guest running (the second daemon sweeps its own).
-struct Sweep(String);
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        let _ = virsh("qemu:///system", &["destroy", &self.0]);
-        let _ = virsh("qemu:///system", &["undefine", &self.0]);
-    }
 }
 
 /// What the test writes in the guest before it moves, and reads after.

@@ -262,6 +262,11 @@ pub fn libvirt_migrate(d: &Domain, plan: &MigrationPlan) -> Result<Option<JobFig
         sys::VIR_MIGRATE_LIVE | sys::VIR_MIGRATE_PERSIST_DEST | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
     if plan.copy_storage {
         flags |= sys::VIR_MIGRATE_NON_SHARED_INC;
+    } else {
+        // Both nodes declared the same shared storage: libvirt recognises only some
+        // cluster filesystems as shared and would refuse the others, so the operator's
+        // declaration is what counts (docs/ARCHITECTURE.md, "Storage layouts").
+        flags |= sys::VIR_MIGRATE_UNSAFE;
     }
     if plan.auto_converge {
         flags |= sys::VIR_MIGRATE_AUTO_CONVERGE;

@@ -7,7 +7,9 @@
 //! a lying power switch) would still leave two copies running; this guard closes that
 //! gap from the node's side. Once a second it looks at when an event last reached Redis;
 //! when that is older than `self_fence_secs`, it asks the controller's `/health` (when
-//! the node knows the controller's URL); when neither answered for `self_fence_secs`,
+//! the node knows the controller's URL); when neither answered for `self_fence_secs`
+//! (counted from the later of the last event that reached Redis and the last answer of
+//! the controller),
 //! every running domain that carries corral's HA mark is destroyed (plain destroy, as a
 //! power cut would). Non-HA guests are never restarted elsewhere, so they keep running.
 //!
@@ -38,7 +40,8 @@ pub async fn guard(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output 
         .controller_url
         .as_deref()
         .map(|u| format!("{}/api/v1/health", u.trim_end_matches('/')));
-    let mut controller_ok_ms = now_ms();
+    // The last answer from the controller's /health, asked only while Redis is silent.
+    let mut controller_ok_ms = 0;
     let mut fenced = false;
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -48,13 +51,13 @@ pub async fn guard(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output 
             _ = tick.tick() => {}
         }
         let now = now_ms();
-        if now - ctx.publisher.last_ok_ms() < lease_ms {
+        let redis_ok_ms = ctx.publisher.last_ok_ms();
+        if now - redis_ok_ms < lease_ms {
             if fenced {
                 tracing::info!("contact is back; the stopped HA guests stay stopped");
                 ctx.set_worker("self-fence", "armed");
                 fenced = false;
             }
-            controller_ok_ms = now;
             continue;
         }
         if let Some(url) = &health {
@@ -67,7 +70,9 @@ pub async fn guard(ctx: Arc<NodeCtx>, shutdown: impl std::future::Future<Output 
                 controller_ok_ms = now;
             }
         }
-        if now - controller_ok_ms < lease_ms {
+        // Contact is the later of the two: the node fences itself `self_fence_secs`
+        // after it last heard from either.
+        if now - redis_ok_ms.max(controller_ok_ms) < lease_ms {
             continue;
         }
         let stopped = stop_ha_guests(ctx.hv.as_ref()).await;

@@ -11,6 +11,7 @@
 //! returns; under CI (`CI=true`) a missing part is a failure, never a silent skip.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod guest;
 pub mod host;
 
 use std::path::{Path, PathBuf};

@@ -362,17 +362,13 @@ impl Engine {
 
     /// Starts a `node.failover` for every node offline for longer than `ha_after_ms`
     /// with HA guests left on it (see `kinds::node_failover`); after one that could not
-    /// fence, again every `ha_after_ms` (at least 30 s).
+    /// fence, again every `ha_after_ms`.
     async fn ha_watch(&self) -> Result<Vec<String>, EngineError> {
         let now = now_ms();
         let mut tx = self.store.begin().await?;
         let due = self
             .store
-            .nodes_due_failover(
-                &mut tx,
-                now - self.ha_after_ms,
-                now - self.ha_after_ms.max(30_000),
-            )
+            .nodes_due_failover(&mut tx, now - self.ha_after_ms, now - self.ha_after_ms)
             .await?;
         let mut started = Vec::new();
         for node in due {

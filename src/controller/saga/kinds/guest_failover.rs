@@ -157,6 +157,9 @@ async fn reserve(cx: &mut Ctx<'_, '_>, p: &Payload, g: &GuestRow) -> Result<(), 
         old_vnc_port: g.vnc_port.map(|v| v as u16),
     });
     cx.op.payload = serde_json::to_string(&full).map_err(StoreError::from)?;
+    // The operation's node is where its node steps go: not the fenced one, which the
+    // engine would wait for.
+    cx.op.node_id = full.chosen.as_ref().map(|c| c.to.clone());
     st::set_guest_state(cx.tx, &g.id, GuestState::Migrating).await?;
     ha::set_reason_in(cx.tx, &g.id, None).await?;
     Ok(())

@@ -14,6 +14,9 @@
 //!    has ended. It succeeds when every HA guest runs elsewhere; otherwise it fails
 //!    naming each guest that did not restart and why, and that guest keeps the reason.
 //!    Guests without HA stay `unknown`, and say the node was fenced.
+//! 3. `report` (controller): fails the failover when the fence or a restart failed. The
+//!    steps before record the reasons and succeed, because a failing step keeps nothing
+//!    it wrote.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +38,10 @@ pub struct Payload {
     pub skipped: Option<String>,
     #[serde(default)]
     pub started: bool,
+    /// Why the failover fails (the fence, or guests that did not restart); reported by
+    /// the last step, so that the reasons written on the guests stay.
+    #[serde(default)]
+    pub failed: Option<String>,
     #[serde(default)]
     pub restarts: Vec<Restart>,
 }
@@ -56,6 +63,7 @@ super::steps! {
     pub enum Step {
         Fence = StepDef::controller("fence", "fencing the node"),
         Restart = StepDef::controller("restart", "restarting its HA guests elsewhere").weight(10),
+        Report = StepDef::controller("report", "reporting"),
     }
 }
 
@@ -79,9 +87,16 @@ impl Kind for NodeFailover {
         }
         let node = cx.op.node_id.clone().unwrap_or_default();
         let mut p = payload(cx.op)?;
+        let busy = p.skipped.is_some() || p.failed.is_some();
         let r = match step {
-            Step::Fence if !p.fenced && p.skipped.is_none() => fence(cx, &node, &mut p).await,
-            Step::Restart if p.skipped.is_none() => restart(cx, &node, &mut p).await,
+            Step::Fence if !p.fenced && !busy => fence(cx, &node, &mut p).await,
+            Step::Restart if !busy => restart(cx, &node, &mut p).await,
+            // A step that fails keeps nothing it wrote: the guests' reasons were written
+            // by the steps before, which succeeded.
+            Step::Report => match &p.failed {
+                Some(why) => Err(StepError::Permanent(why.clone())),
+                None => Ok(()),
+            },
             _ => Ok(()),
         };
         save(cx.op, &p)?;
@@ -150,7 +165,8 @@ async fn fence(cx: &mut Ctx<'_, '_>, node: &str, p: &mut Payload) -> Result<(), 
             for g in ha_guests {
                 ha::set_reason_in(cx.tx, &g.id, Some(&why)).await?;
             }
-            Err(StepError::Permanent(why))
+            p.failed = Some(why);
+            Ok(())
         }
     }
 }
@@ -221,12 +237,13 @@ async fn restart(cx: &mut Ctx<'_, '_>, node: &str, p: &mut Payload) -> Result<()
         .iter()
         .map(|r| format!("{}: {}", r.guest, r.error.as_deref().unwrap_or("failed")))
         .collect();
-    Err(StepError::Permanent(format!(
+    p.failed = Some(format!(
         "{} of {} HA guest(s) did not restart: {}",
         failed.len(),
         p.restarts.len(),
         names.join("; ")
-    )))
+    ));
+    Ok(())
 }
 
 /// Starts guest `g`'s restart; why not, when it cannot start.
