@@ -14,7 +14,8 @@
 //!    removed and never started.
 //! 3. The guest migrates back to b, then b is partitioned (guests alive, Redis and the
 //!    controller unreachable) and its fence "confirms" without doing anything: b stops
-//!    the guest itself (self-fencing) before a starts it.
+//!    the guest itself (self-fencing) before a starts it. The controller is killed as it
+//!    sends the start to a, and the failover finishes after its restart.
 //!
 //! Bad input changes nothing: a fence program outside the fence directory, or missing
 //! (400), and another user's guest (404).
@@ -474,6 +475,9 @@ async fn ha_restarts_a_fenced_nodes_guests_elsewhere_and_never_runs_two_copies()
     assert_eq!(end["state"], "succeeded", "{end}");
     assert!(running(&r.lv2.uri, &name));
     flag(&r, "fence-lies", true);
+    // The controller also dies as it starts the guest on a, and comes back.
+    let fault = "dispatched:guest.failover:start";
+    r.cloud.arm_fault(fault).await;
     let cut = Instant::now();
     r.redis.sever();
     r.api.sever();
@@ -482,6 +486,7 @@ async fn ha_restarts_a_fenced_nodes_guests_elsewhere_and_never_runs_two_copies()
         "b stops the guest itself",
         until(60, || !running(&r.lv2.uri, &name)).await,
     );
+    r.cloud.restart_after_fault(fault).await;
     let started = must(
         &r,
         "the guest runs on a again",

@@ -451,7 +451,8 @@ async fn restart_b(r: &mut Rig) {
     start_b(&mut r.cloud, lv2, &images, 6130).await;
 }
 
-/// Draining node a with three running guests and a stopped one: the answer names where
+/// Draining node a with three running guests (one with a snapshot) and a stopped one,
+/// the controller killed midway: the answer names where
 /// each goes and that the stopped one stays (and why), a second drain and a drain of the
 /// only online node are refused (409), and the drain moves the three to b, each as its
 /// own migration, then fails naming the one that stayed; a takes no new guest after.
@@ -521,7 +522,7 @@ async fn a_drain_moves_every_guest_and_closes_the_node() {
     let (lv2, images) = (&r.lv2, r.b_images.clone());
     start_b(&mut r.cloud, lv2, &images, 6160).await;
 
-    let c = &r.cloud.sdk().config;
+    let c = &r.cloud.sdk().config.clone();
     let plan = ok("drain", nodes_api::node_drain(c, &node_a).await);
     assert_eq!(plan.moves.len(), 3, "{plan:?}");
     assert_eq!(plan.unmovable.len(), 1, "{plan:?}");
@@ -535,7 +536,13 @@ async fn a_drain_moves_every_guest_and_closes_the_node() {
         "{v}"
     );
 
+    // The controller dies as it sends one of the drain's migrations off, and comes back.
     let t0 = Instant::now();
+    // (spawned without waiting for the API: the fault may fire before it is up).
+    let fault = "after:guest.migrate:switch";
+    r.cloud.controller.take().unwrap().kill9();
+    r.cloud.spawn_controller(&[("CORRAL_FAULT", fault)]);
+    r.cloud.restart_after_fault(fault).await;
     let end = r.cloud.wait_op(&plan.operation_id).await;
     assert_eq!(end["state"], "failed", "one guest stays: {end}");
     let error = end["error"].as_str().unwrap_or_default();
@@ -876,4 +883,75 @@ async fn figures_against_virsh_migrate_by_hand() {
         rate(corral_events, corral_time),
         rate(verbose, hand_time),
     );
+}
+
+/// The controller killed (abort, as `kill -9`) right after every step of a live and of a
+/// cold migration, each time the other way between a and b: each operation finishes
+/// after the restart, and the guest is defined on exactly one node, the one its record
+/// names, running after a live move and shut off after a cold one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_after_every_migration_step_ends_in_one_place() {
+    let Some(mut r) = rig(160, 6250).await else {
+        return;
+    };
+    let (gid, name) = guest_on_a(&r, "mx").await;
+    let _sweep = Sweep(name.clone());
+    let node_a = r.node_a.clone();
+    let live = [
+        "after:guest.migrate:reserve",
+        "dispatched:guest.migrate:prepare",
+        "dispatched:guest.migrate:migrate",
+        "after:guest.migrate:switch",
+        "dispatched:guest.migrate:release",
+    ];
+    let cold = [
+        "after:guest.migrate_cold:reserve",
+        "dispatched:guest.migrate_cold:copy",
+        "dispatched:guest.migrate_cold:rebase",
+        "after:guest.migrate_cold:switch",
+        "dispatched:guest.migrate_cold:release",
+    ];
+    let mut on_b = false;
+    for (i, fault) in live.iter().chain(cold.iter()).enumerate() {
+        if i == live.len() {
+            let off = ok(
+                "poweroff",
+                guests_api::guest_action(&r.cloud.sdk().config, &gid, GuestAction::Poweroff, None)
+                    .await,
+            );
+            assert_eq!(
+                r.cloud.wait_op(&off.operation_id).await["state"],
+                "succeeded"
+            );
+        }
+        let to = if on_b { node_a.as_str() } else { "node-b" };
+        r.cloud.arm_fault(fault).await;
+        let mut m = MigrateGuest::new();
+        m.node_id = Some(to.into());
+        let op = migrate(&r.cloud, &gid, m).await;
+        r.cloud.restart_after_fault(fault).await;
+        let end = r.cloud.wait_op(&op).await;
+        assert_eq!(end["state"], "succeeded", "after {fault}: {end}");
+        on_b = !on_b;
+        let g = ok(
+            "guest",
+            guests_api::guest_get(&r.cloud.sdk().config, &gid).await,
+        );
+        assert_eq!(g.node_id.as_deref(), Some(to), "after {fault}: the record");
+        let defined = |uri: &str| virsh(uri, &["domstate", &name]);
+        let (a, b) = (defined("qemu:///system"), defined(&r.lv2.uri));
+        assert_eq!(
+            (a.0, b.0),
+            (!on_b, on_b),
+            "after {fault}: defined on (a, b)"
+        );
+        let state = if on_b { b.1 } else { a.1 };
+        let want = if i < live.len() {
+            "running"
+        } else {
+            "shut off"
+        };
+        assert_eq!(state.trim(), want, "after {fault}");
+        eprintln!("controller killed {fault}: the guest is on {to} only, {want}");
+    }
 }
