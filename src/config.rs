@@ -194,6 +194,9 @@ pub struct NodeConfig {
     /// elsewhere (`CORRAL_SELF_FENCE_SECS`; 0: never). Must be shorter than the
     /// controller's `node_timeout_secs + ha_after_secs`.
     pub self_fence_secs: u64,
+    /// How often the node drops cached images of deleted templates
+    /// (`CORRAL_TEMPLATE_SWEEP_SECS`; also at start).
+    pub template_sweep_secs: u64,
 }
 
 impl NodeConfig {
@@ -265,6 +268,7 @@ impl Default for NodeConfig {
             migration_rate_mib: None,
             shared_storage: None,
             self_fence_secs: 30,
+            template_sweep_secs: 60,
         }
     }
 }
@@ -435,6 +439,7 @@ impl Config {
         }
         env_parse("CORRAL_HEARTBEAT_SECS", &mut n.heartbeat_secs)?;
         env_parse("CORRAL_SELF_FENCE_SECS", &mut n.self_fence_secs)?;
+        env_parse("CORRAL_TEMPLATE_SWEEP_SECS", &mut n.template_sweep_secs)?;
         env_parse("CORRAL_RECONCILE_SECS", &mut n.reconcile_secs)?;
         env_parse("CORRAL_SCRIPT_DEADLINE_MS", &mut n.script_deadline_ms)?;
         env_parse("CORRAL_CONCURRENCY", &mut n.concurrency)?;

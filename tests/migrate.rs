@@ -22,7 +22,7 @@ use common::{sdk_error, Cloud};
 use corral_client::apis::{guests_api, nodes_api, operations_api, resources_api};
 use corral_client::models::{
     AttachDisk, CreateDisk, CreatePool, CreateSnapshot, CreateTemplate, DiskLimits, GuestAction,
-    MigrateGuest, OsType,
+    GuestToTemplate, MigrateGuest, OsType,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -112,10 +112,30 @@ async fn rig(net: u8, vnc: u16) -> Option<Rig> {
     })
 }
 
-/// Starts (or restarts) node b's agent on the second daemon.
+/// Starts (or restarts) node b's agent on the second daemon, as another host would be:
+/// its own disk-image directory, and of the template directories only the fixture's
+/// (the controller's reaches it through the controller, `node::fetch`).
 async fn start_b(cloud: &mut Cloud, lv2: &SecondLibvirt, images: &std::path::Path, vnc: u16) {
+    start_b_with(cloud, lv2, images, vnc, &[]).await;
+}
+
+async fn start_b_with(
+    cloud: &mut Cloud,
+    lv2: &SecondLibvirt,
+    images: &std::path::Path,
+    vnc: u16,
+    extra: &[(&str, &str)],
+) {
     let dir = images.display().to_string();
     let (min, max) = ((vnc + 10).to_string(), (vnc + 19).to_string());
+    let controller = format!("http://127.0.0.1:{}", cloud.port);
+    let fixtures = common::fixture_dir().display().to_string();
+    let mut env = vec![
+        ("CORRAL_CONTROLLER_URL", controller.as_str()),
+        ("CORRAL_IMAGE_DIRS", fixtures.as_str()),
+        ("CORRAL_TEMPLATE_SWEEP_SECS", "1"),
+    ];
+    env.extend_from_slice(extra);
     cloud
         .add_node(
             "node-b",
@@ -126,7 +146,11 @@ async fn start_b(cloud: &mut Cloud, lv2: &SecondLibvirt, images: &std::path::Pat
                 ("CORRAL_MIGRATION_ADDRESS", lv2.address.as_str()),
                 ("CORRAL_VNC_PORT_MIN", min.as_str()),
                 ("CORRAL_VNC_PORT_MAX", max.as_str()),
-            ],
+            ]
+            .iter()
+            .chain(env.iter())
+            .copied()
+            .collect::<Vec<_>>(),
         )
         .await;
 }
@@ -953,5 +977,147 @@ async fn controller_killed_after_every_migration_step_ends_in_one_place() {
         };
         assert_eq!(state.trim(), want, "after {fault}");
         eprintln!("controller killed {fault}: the guest is on {to} only, {want}");
+    }
+}
+
+/// A template made from a guest on b, whose template directories do not hold the
+/// controller's: b converts into its own cache and sends the image to the controller,
+/// which keeps it in its template directory (only from b: node a's credential is
+/// refused, 403, while b's conversion is under way; b killed after converting and
+/// restarted sends it again and the operation succeeds). b then fetches it back like any
+/// template for a new guest. Deleting the template removes the controller's image and b's
+/// cached copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_made_on_another_host_reaches_every_node_and_goes_with_its_deletion() {
+    let Some(mut r) = rig(176, 6270).await else {
+        return;
+    };
+    let c = r.cloud.sdk().config.clone();
+    let name = format!("mt{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let _sweep = Sweep(name.clone());
+    let (gid, op) = r
+        .cloud
+        .create(
+            json!({"name": name, "template": "gi", "cpus": 1, "memory_mib": 128, "node": "node-b"}),
+        )
+        .await[0]
+        .clone();
+    assert_eq!(r.cloud.wait_op(&op).await["state"], "succeeded");
+    let off = ok(
+        "poweroff",
+        guests_api::guest_action(&c, &gid, GuestAction::Poweroff, None).await,
+    );
+    assert_eq!(
+        r.cloud.wait_op(&off.operation_id).await["state"],
+        "succeeded"
+    );
+
+    // b dies right after converting (its image already sent), before it reports.
+    let (lv2, images) = (&r.lv2, r.b_images.clone());
+    for p in &mut r.cloud.extra_nodes {
+        p.kill9();
+    }
+    r.cloud.extra_nodes.clear();
+    start_b_with(
+        &mut r.cloud,
+        lv2,
+        &images,
+        6270,
+        &[("CORRAL_FAULT", "after:node:convert_image")],
+    )
+    .await;
+    let made = ok(
+        "to template",
+        resources_api::guest_to_template(&c, &gid, GuestToTemplate::new("fromb".into())).await,
+    );
+    let tid = made.template_id.clone();
+    let controller_copy = r.cloud.dir().join(format!("{tid}.qcow2"));
+    let cached = r
+        .cloud
+        .dir()
+        .join("template-cache")
+        .join(format!("{tid}.img"));
+    let t0 = Instant::now();
+    while r.cloud.extra_nodes[0].child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "b never converted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        controller_copy.exists(),
+        "the controller has no copy: {}",
+        r.cloud.log_tail(15)
+    );
+    // Node a's credential cannot send the image of b's conversion; no credential at all
+    // is refused too.
+    let secret_of = |url: &str| {
+        url.split(':')
+            .nth(2)
+            .unwrap()
+            .split('@')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let a_secret = secret_of(&r.cloud.node_urls[&r.node_a]);
+    let put = |node: &str, secret: &str| {
+        reqwest::Client::new()
+            .put(format!(
+                "http://127.0.0.1:{}/node/v1/templates/{tid}/image",
+                r.cloud.port
+            ))
+            .bearer_auth(secret)
+            .header("X-Corral-Node", node)
+            .body("not an image")
+    };
+    let s = put(&r.node_a, &a_secret).send().await.unwrap().status();
+    assert_eq!(s.as_u16(), 403, "another node sent b's image");
+    let s = put("node-b", "wrong").send().await.unwrap().status();
+    assert_eq!(s.as_u16(), 401);
+    r.cloud.extra_nodes.clear();
+    let (lv2, images) = (&r.lv2, r.b_images.clone());
+    start_b(&mut r.cloud, lv2, &images, 6270).await;
+    let end = r.cloud.wait_op(&made.operation_id).await;
+    assert_eq!(end["state"], "succeeded", "{end}");
+    let t = ok("template", resources_api::template_get(&c, "fromb").await);
+    let sum = Command::new("sha256sum")
+        .arg(&controller_copy)
+        .output()
+        .unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(
+        t.sha256.as_deref(),
+        sum.split_whitespace().next(),
+        "the controller's copy"
+    );
+
+    // b fetches it back for a new guest, as any node would.
+    std::fs::remove_file(&cached).unwrap();
+    let (g2, op) = r
+        .cloud
+        .create(json!({"name": format!("{name}-2"), "template": "fromb", "cpus": 1, "memory_mib": 128, "node": "node-b"}))
+        .await[0]
+        .clone();
+    let _sweep2 = Sweep(format!("{name}-2"));
+    assert_eq!(r.cloud.wait_op(&op).await["state"], "succeeded");
+    assert!(cached.exists(), "b did not fetch the template");
+
+    // Deleted: the controller's image at once, b's cached copy at b's next sweep.
+    let del = ok("delete", guests_api::guest_delete(&c, &g2).await);
+    assert_eq!(
+        r.cloud.wait_op(&del.operation_id).await["state"],
+        "succeeded"
+    );
+    ok(
+        "template delete",
+        resources_api::template_delete(&c, "fromb").await,
+    );
+    assert!(!controller_copy.exists(), "the controller kept the image");
+    let t0 = Instant::now();
+    while cached.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "b kept its cached copy"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

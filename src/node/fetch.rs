@@ -64,6 +64,15 @@ impl ImageSource {
         })
     }
 
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Where this node keeps template `id`'s image (complete by its name).
+    pub fn cache_path(&self, id: &str) -> std::path::PathBuf {
+        self.cache_dir.join(format!("{id}.img"))
+    }
+
     /// Removes what a node killed mid-fetch left.
     pub fn sweep(&self) {
         let Ok(entries) = std::fs::read_dir(&self.cache_dir) else {

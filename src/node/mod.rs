@@ -25,12 +25,14 @@ pub mod iotune;
 pub mod jobctl;
 pub mod migrate;
 pub mod ports;
+pub mod publish;
 pub mod qcow2;
 pub mod resize;
 pub mod selffence;
 pub mod snapshots;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -307,11 +309,28 @@ async fn run_convert(
 ) -> Result<StepOutcome, actions::ActionError> {
     let s = &ctx.settings;
     actions::inside(&s.storage_dir, source)?;
-    if !crate::config::in_dirs(&s.image_dirs, dest) {
-        return Err(actions::ActionError::Permanent(format!(
-            "{dest} is outside the node's template directories (image_dirs)"
-        )));
-    }
+    // The controller's template directory is one of this node's (the same host, or a
+    // shared directory): the image goes there. Otherwise into this node's cache, and
+    // from there to the controller (`node::publish`).
+    let publish = match &s.images {
+        _ if crate::config::in_dirs(&s.image_dirs, dest) => None,
+        Some(images) => Some((images.clone(), template_id_of(dest)?)),
+        None => {
+            return Err(actions::ActionError::Permanent(format!(
+                "{dest} is outside the node's template directories (image_dirs), and the \
+                 node has no controller_url to send the image to"
+            )))
+        }
+    };
+    let local = match &publish {
+        Some((images, id)) => {
+            crate::modes::private_dir(images.cache_path(id).parent().unwrap_or(Path::new("/")))
+                .map_err(|e| actions::ActionError::retry("creating the template cache", e))?;
+            images.cache_path(id).display().to_string()
+        }
+        None => dest.to_string(),
+    };
+    let dest = local.as_str();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
     let convert = images::convert(source, snapshot, dest, s.convert_rate_mib, move |p| {
         let _ = tx.send(p);
@@ -342,6 +361,16 @@ async fn run_convert(
         return Err(stop);
     }
     let (sha256, bytes) = images::checksum(dest).await?;
+    if let Some((images, id)) = &publish {
+        progress(
+            ctx,
+            job,
+            (99, 100),
+            "sending the image to the controller".into(),
+        )
+        .await;
+        images.publish(id, Path::new(dest), &sha256).await?;
+    }
     let report = crate::model::ConvertReport {
         sha256,
         size_bytes: bytes,
@@ -349,6 +378,18 @@ async fn run_convert(
     };
     StepOutcome::reported(None, None, &report)
         .map_err(|e| actions::ActionError::failed("encoding the report", e))
+}
+
+/// The template id a conversion's destination is named by (`<id>.<format>`).
+fn template_id_of(dest: &str) -> Result<String, actions::ActionError> {
+    Path::new(dest)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .map(String::from)
+        .ok_or_else(|| {
+            actions::ActionError::Permanent(format!("{dest} is not named by a template id"))
+        })
 }
 
 /// Reports how far `job` is (`done` of `of`, and what it does now), best effort: the
@@ -607,6 +648,10 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let h = tokio::spawn(heartbeat_loop(ctx.clone(), stop(shutdown.clone())));
     let w = tokio::spawn(watch_loop(ctx.clone(), stop(shutdown.clone())));
     let f = tokio::spawn(selffence::guard(ctx.clone(), stop(shutdown.clone())));
+    if let Some(images) = ctx.settings.images.clone() {
+        let every = Duration::from_secs(ctx.cfg.template_sweep_secs);
+        tokio::spawn(publish::sweep_loop(images, every, stop(shutdown.clone())));
+    }
     let _ = tokio::join!(q, h, w, f);
     Ok(())
 }

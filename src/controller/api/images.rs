@@ -375,6 +375,65 @@ impl Progress<'_> {
     }
 }
 
+/// A node's image of template `id` (`node_images::receive`), streamed into a part file
+/// beside `dest`, then renamed to it; its SHA-256 and size. Its progress goes out as
+/// `template.upload` events, by the node.
+pub(super) async fn receive_from_node(
+    state: &AppState,
+    node: &str,
+    id: &str,
+    body: Body,
+    total: Option<u64>,
+    dest: &std::path::Path,
+) -> Result<(String, u64), String> {
+    let dir = dest.parent().unwrap_or(std::path::Path::new("/"));
+    let tmp = dir.join(format!(".{id}.upload"));
+    let _ = tokio::fs::remove_file(&tmp).await; // a transfer that broke off
+    let by = format!("node {node}");
+    let mut progress = Progress {
+        store: &state.store,
+        name: id,
+        requested_by: &by,
+        requested_by_id: "",
+        total,
+        reported: None,
+    };
+    let got = receive(body, &tmp, &mut progress, u64::MAX)
+        .await
+        .map_err(|e| e.to_string());
+    let kept = match got {
+        Ok(g) => tokio::fs::rename(&tmp, dest)
+            .await
+            .map(|()| g)
+            .map_err(|e| format!("keeping the image: {e}")),
+        Err(e) => Err(e),
+    };
+    if kept.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    kept
+}
+
+/// The SHA-256 and size of the file at `path`.
+pub(super) async fn sha256_of(path: &std::path::Path) -> Result<(String, u64), String> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let (mut hash, mut size, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
+    loop {
+        let n = f
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        if n == 0 {
+            return Ok((hex::encode(hash.finalize()), size));
+        }
+        size += n as u64;
+        hash.update(&buf[..n]);
+    }
+}
+
 /// Removes the temporary files of uploads a stopped controller was receiving.
 pub fn sweep(dirs: &[std::path::PathBuf]) {
     for dir in dirs {

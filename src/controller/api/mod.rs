@@ -196,7 +196,11 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
             })),
         )
         .at("/healthz", poem::get(system::healthz))
-        .at(node_images::ROUTE, poem::get(node_images::serve))
+        .at(
+            node_images::ROUTE,
+            poem::get(node_images::serve).put(node_images::receive),
+        )
+        .at(node_images::LIST_ROUTE, poem::get(node_images::list))
         .data(state)
         .with(Tracing)
         .around(move |ep, req| {
@@ -271,8 +275,12 @@ impl Edge {
             poem::http::Method::POST | poem::http::Method::PUT | poem::http::Method::PATCH
         );
         // Template images are streamed to disk by their handler, unbounded here (the
-        // handler caps them), once the caller is known.
-        if !has_body || (known_caller && images::is_upload(req.method(), path)) {
+        // handler caps them), once the caller is known. A node's image (node transport,
+        // outside the API) is read by its handler only once the node proved who it is.
+        if !has_body
+            || (known_caller && images::is_upload(req.method(), path))
+            || path.starts_with("/node/v1/")
+        {
             return Ok(None);
         }
         let too_large =

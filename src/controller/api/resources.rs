@@ -270,8 +270,10 @@ impl TemplateApi {
         Ok(Json(template_view(t)))
     }
 
-    /// Remove a template record. Refused while guests use it: their disks are linked clones
-    /// of the image (S53). The image file itself is never deleted by corral.
+    /// Remove a template. Refused while guests use it: their disks are linked clones of
+    /// the image (S53). An image corral wrote (uploaded, or made from a guest) is deleted
+    /// with it, on the controller at once and from each node's cache at the node's next
+    /// sweep; an image registered by its path stays where it is.
     #[oai(
         path = "/templates/:id",
         method = "delete",
@@ -296,8 +298,22 @@ impl TemplateApi {
             .into());
         }
         state.store.delete_template(&t.id).await?;
+        if written_by_corral(&state, &t) {
+            if let Err(e) = tokio::fs::remove_file(&t.path).await {
+                tracing::warn!(template = t.name, "removing its image {}: {e}", t.path);
+            }
+        }
         Ok(Deleted::Deleted)
     }
+}
+
+/// Whether corral wrote template `t`'s image: an upload or a guest's disk made a template
+/// is named by the template's id in the first template directory; nothing registered by
+/// its path can be (the id is new when the record is made).
+fn written_by_corral(state: &AppState, t: &crate::controller::store::TemplateRow) -> bool {
+    let p = std::path::Path::new(&t.path);
+    state.image_dirs.first().map(std::path::PathBuf::as_path) == p.parent()
+        && p.file_stem().and_then(|s| s.to_str()) == Some(t.id.as_str())
 }
 
 /// An image registered by path: a full path, inside the template image directories, and

@@ -8,8 +8,10 @@
 //! with them, private to the caller. The operation holds the guest, so nothing changes
 //! its disk meanwhile.
 //!
-//! The image is written on the guest's node; other nodes see it where the template
-//! directory is shared between them.
+//! The image is written on the guest's node: into the controller's template directory
+//! when the node shares it, otherwise into the node's cache, from which the node sends
+//! it to the controller (`node::publish`) before it reports. Either way the template's
+//! image is then in the controller's template directory, where every node fetches it.
 
 use serde::{Deserialize, Serialize};
 
@@ -70,12 +72,17 @@ impl Kind for ToTemplate {
                     },
                 }
             }
-            (Step::Convert, true) => Effect::Node {
-                node,
-                action: NodeAction::RemoveFile {
-                    path: p.path.clone(),
-                },
-            },
+            (Step::Convert, true) => {
+                // The image is in the controller's template directory (written there by
+                // a node that shares it, or sent by one that does not): removed here.
+                // A node's cached copy goes at its next sweep.
+                match std::fs::remove_file(&p.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StepError::failed("removing the image", e)),
+                }
+                Effect::Done
+            }
             (Step::Record, false) => {
                 let image: ConvertReport = cx
                     .op
