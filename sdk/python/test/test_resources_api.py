@@ -90,7 +90,7 @@ class TestResourcesApi(unittest.TestCase):
     def test_template_delete(self) -> None:
         """Test case for template_delete
 
-        Remove a template record. Refused while guests use it: their disks are linked clones of the image (S53). The image file itself is never deleted by corral.
+        Remove a template. Refused while guests use it: their disks are linked clones of the image (S53). An image corral wrote (uploaded, or made from a guest) is deleted with it, on the controller at once and from each node's cache at the node's next sweep; an image registered by its path stays where it is.
         """
         pass
 

@@ -2832,7 +2832,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> None:
-        """Remove a template record. Refused while guests use it: their disks are linked clones of the image (S53). The image file itself is never deleted by corral.
+        """Remove a template. Refused while guests use it: their disks are linked clones of the image (S53). An image corral wrote (uploaded, or made from a guest) is deleted with it, on the controller at once and from each node's cache at the node's next sweep; an image registered by its path stays where it is.
 
 
         :param id: (required)
@@ -2909,7 +2909,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[None]:
-        """Remove a template record. Refused while guests use it: their disks are linked clones of the image (S53). The image file itself is never deleted by corral.
+        """Remove a template. Refused while guests use it: their disks are linked clones of the image (S53). An image corral wrote (uploaded, or made from a guest) is deleted with it, on the controller at once and from each node's cache at the node's next sweep; an image registered by its path stays where it is.
 
 
         :param id: (required)
@@ -2986,7 +2986,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Remove a template record. Refused while guests use it: their disks are linked clones of the image (S53). The image file itself is never deleted by corral.
+        """Remove a template. Refused while guests use it: their disks are linked clones of the image (S53). An image corral wrote (uploaded, or made from a guest) is deleted with it, on the controller at once and from each node's cache at the node's next sweep; an image registered by its path stays where it is.
 
 
         :param id: (required)

@@ -770,7 +770,7 @@ export class ResourcesApi extends runtime.BaseAPI {
     }
 
     /**
-     * Remove a template record. Refused while guests use it: their disks are linked clones of the image (S53). The image file itself is never deleted by corral.
+     * Remove a template. Refused while guests use it: their disks are linked clones of the image (S53). An image corral wrote (uploaded, or made from a guest) is deleted with it, on the controller at once and from each node\'s cache at the node\'s next sweep; an image registered by its path stays where it is.
      */
     async templateDeleteRaw(requestParameters: TemplateDeleteRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<void>> {
         const requestOptions = await this.templateDeleteRequestOpts(requestParameters);
@@ -780,7 +780,7 @@ export class ResourcesApi extends runtime.BaseAPI {
     }
 
     /**
-     * Remove a template record. Refused while guests use it: their disks are linked clones of the image (S53). The image file itself is never deleted by corral.
+     * Remove a template. Refused while guests use it: their disks are linked clones of the image (S53). An image corral wrote (uploaded, or made from a guest) is deleted with it, on the controller at once and from each node\'s cache at the node\'s next sweep; an image registered by its path stays where it is.
      */
     async templateDelete(requestParameters: TemplateDeleteRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<void> {
         await this.templateDeleteRaw(requestParameters, initOverrides);
