@@ -206,17 +206,30 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
     }
     let outcome = match &job.action {
         NodeAction::Sequence { steps } => run_sequence(&ctx, &job, steps).await?,
+        action => {
+            let r = run_whole(&ctx, &job, action).await;
+            if let Some(f) = &ctx.fault {
+                f.check("node", action.name(), "after");
+            }
+            actions::outcome(r)
+        }
+    };
+    report(&ctx, job, outcome).await
+}
+
+/// One action of `job` (not a sequence): the ones with their own progress and cancel
+/// handling here, every other through `actions::run`.
+async fn run_whole(
+    ctx: &NodeCtx,
+    job: &NodeJob,
+    action: &NodeAction,
+) -> Result<StepOutcome, actions::ActionError> {
+    match action {
         NodeAction::ConvertImage {
             source,
             snapshot,
             dest,
-        } => {
-            let r = run_convert(&ctx, &job, source, snapshot.as_deref(), dest).await;
-            if let Some(f) = &ctx.fault {
-                f.check("node", job.action.name(), "after");
-            }
-            actions::outcome(r)
-        }
+        } => run_convert(ctx, job, source, snapshot.as_deref(), dest).await,
         NodeAction::CopyOut {
             guest_id,
             to,
@@ -229,11 +242,7 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
                 paths,
                 vnc_port: *vnc_port,
             };
-            let r = cold::run(&ctx, &job, c).await;
-            if let Some(f) = &ctx.fault {
-                f.check("node", job.action.name(), "after");
-            }
-            actions::outcome(r)
+            cold::run(ctx, job, c).await
         }
         NodeAction::Migrate {
             guest_id,
@@ -249,28 +258,19 @@ async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError
                 vnc_port: *vnc_port,
                 tuning,
             };
-            let r = migrate::run(&ctx, &job, m).await;
-            if let Some(f) = &ctx.fault {
-                f.check("node", job.action.name(), "after");
-            }
-            actions::outcome(r)
+            migrate::run(ctx, job, m).await
         }
         action => {
-            let r = actions::run(
+            actions::run(
                 ctx.hv.as_ref(),
                 &ctx.renderer,
                 &ctx.settings,
                 action,
                 &mut actions::Plans::default(),
             )
-            .await;
-            if let Some(f) = &ctx.fault {
-                f.check("node", action.name(), "after");
-            }
-            actions::outcome(r)
+            .await
         }
-    };
-    report(&ctx, job, outcome).await
+    }
 }
 
 /// Sends `job`'s outcome to the controller, patiently.
