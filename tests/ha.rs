@@ -450,8 +450,16 @@ async fn ha_restarts_a_fenced_nodes_guests_elsewhere_and_never_runs_two_copies()
         until(180, || running(A, &name)).await,
     );
     let restart = up - lost;
-    let g = ok("guest", guests_api::guest_get(&c, &gid).await);
-    assert_eq!(g.node_id.as_deref(), Some(r.node_a.as_str()), "{g:?}");
+    // The record follows once the start is reported (the failover's last step).
+    let t0 = Instant::now();
+    loop {
+        let g = ok("guest", guests_api::guest_get(&c, &gid).await);
+        if g.node_id.as_deref() == Some(r.node_a.as_str()) && g.state == GuestState::Running {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the record: {g:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let log = std::fs::read_to_string(r.fence.path().join("fence.log")).unwrap();
     assert!(log.contains("fence node-b"), "{log}");
     wait_agent(A, &name);
