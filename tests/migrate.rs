@@ -762,6 +762,10 @@ async fn a_stopped_guest_moves_cold_with_its_snapshot() {
     );
 }
 
+/// Both migrations of the figures are limited to this (MiB/s), so that each lasts long
+/// enough for its progress to be sampled more than once.
+const BANDWIDTH_MIB: u64 = 32;
+
 /// The figures for the closing note, one run: corral's live migration of the test guest
 /// against the same migration by hand (`virsh migrate` with the same flags) of a twin
 /// guest (the same definition under another name, MAC and disks). Printed, never
@@ -844,6 +848,7 @@ async fn figures_against_virsh_migrate_by_hand() {
     let t0 = Instant::now();
     let mut go = MigrateGuest::new();
     go.node_id = Some("node-b".into());
+    go.bandwidth_mib = Some(BANDWIDTH_MIB);
     let op = migrate(&r.cloud, &gid, go).await;
     let end = r.cloud.wait_op(&op).await;
     let corral_time = t0.elapsed();
@@ -870,6 +875,8 @@ async fn figures_against_virsh_migrate_by_hand() {
         ])
         .args([
             "--copy-storage-inc",
+            "--bandwidth",
+            &BANDWIDTH_MIB.to_string(),
             "--verbose",
             "--xml",
             xml_b_path.to_str().unwrap(),
