@@ -235,7 +235,7 @@ fn upload(
         if stop.load(Ordering::Relaxed) {
             let _ = stream.abort();
             let _ = vol.delete(0);
-            return Err(HvError::Refused("the copy was stopped".into()));
+            return Err(HvError::Stopped);
         }
         let n = file.read(&mut buf).map_err(io("reading", from))?;
         if n == 0 {
@@ -286,8 +286,12 @@ fn split(path: &str) -> Result<(&str, &str), HvError> {
         .ok_or_else(|| HvError::Refused(format!("{path} is not a file in a directory")))
 }
 
-fn io<'a>(what: &'a str, path: &'a str) -> impl Fn(std::io::Error) -> HvError + 'a {
-    move |e| HvError::Refused(format!("{what} {path}: {e}"))
+fn io<'a>(what: &'static str, path: &'a str) -> impl Fn(std::io::Error) -> HvError + 'a {
+    move |source| HvError::Io {
+        what,
+        path: path.to_string(),
+        source,
+    }
 }
 
 fn xml_escape(s: &str) -> String {

@@ -74,6 +74,17 @@ pub enum HvError {
     /// The domain's definition could not be made for a migration's target.
     #[error("the definition for the migration's target")]
     Retarget(#[from] super::migrate::RetargetError),
+    /// A local file a hypervisor operation reads (a cold copy's source).
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cold copy stopped between chunks by a cancel.
+    #[error("the copy was stopped")]
+    Stopped,
     /// What the fake hypervisor of the unit tests refuses.
     #[error("{0}")]
     Refused(String),
