@@ -159,7 +159,7 @@ impl Drop for SecondLibvirt {
     fn drop(&mut self) {
         for d in self.domains() {
             let _ = self.virsh(&["destroy", &d]);
-            let _ = self.virsh(&["undefine", &d]);
+            let _ = self.virsh(&["undefine", "--snapshots-metadata", &d]);
         }
         // `sh` exec'd libvirtd: the child is the daemon.
         let _ = self.daemon.kill();
