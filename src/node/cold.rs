@@ -243,8 +243,13 @@ fn upload(
         }
         let mut at = 0;
         while at < n {
-            let k = stream.send(&buf[at..n])?;
-            at += usize::try_from(k).unwrap_or(0).max(1).min(n - at);
+            // A blocking stream takes at least a byte or fails; anything else would
+            // leave a hole in the copy.
+            let k = usize::try_from(stream.send(&buf[at..n])?)
+                .ok()
+                .filter(|k| *k > 0)
+                .ok_or(HvError::Stalled)?;
+            at += k.min(n - at);
         }
         done += n as u64;
         sent(done, total);

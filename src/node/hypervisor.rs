@@ -85,6 +85,9 @@ pub enum HvError {
     /// A cold copy stopped between chunks by a cancel.
     #[error("the copy was stopped")]
     Stopped,
+    /// libvirt's stream accepted no byte of a chunk (a blocking stream never should).
+    #[error("libvirt's stream took no data")]
+    Stalled,
     /// What the fake hypervisor of the unit tests refuses.
     #[error("{0}")]
     Refused(String),

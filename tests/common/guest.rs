@@ -114,6 +114,9 @@ pub struct Sweep(pub String);
 impl Drop for Sweep {
     fn drop(&mut self) {
         let _ = virsh("qemu:///system", &["destroy", &self.0]);
-        let _ = virsh("qemu:///system", &["undefine", "--snapshots-metadata", &self.0]);
+        let _ = virsh(
+            "qemu:///system",
+            &["undefine", "--snapshots-metadata", &self.0],
+        );
     }
 }
