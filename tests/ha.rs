@@ -31,10 +31,8 @@ use std::time::{Duration, Instant};
 use common::guest::{parts, running, wait_agent, Sweep};
 use common::host::{Bridge, SecondLibvirt};
 use common::{sdk_error, Cloud};
-use corral_client::apis::{guests_api, nodes_api, resources_api};
-use corral_client::models::{
-    CreatePool, CreateTemplate, GuestHa, GuestState, MigrateGuest, NodeSettings, OsType,
-};
+use corral_client::apis::{guests_api, nodes_api};
+use corral_client::models::{GuestHa, GuestState, MigrateGuest, NodeSettings};
 use reqwest::Method;
 use serde_json::json;
 
@@ -226,21 +224,7 @@ async fn rig(net: u8, vnc: u16) -> Option<Rig> {
     let api = Cut::to(SocketAddr::from(([127, 0, 0, 1], cloud.port))).await;
     cloud.enroll("node-b").await;
     let node_a = cloud.node_id.clone();
-    let c = &cloud.sdk().config;
-    let mut t = CreateTemplate::new(
-        "gi".into(),
-        OsType::Linux,
-        common::fixture_dir()
-            .join("template.qcow2")
-            .display()
-            .to_string(),
-    );
-    t.min_memory_mib = Some(96);
-    t.os_init_profile = Some("test-guest".into());
-    ok("template", resources_api::template_create(c, t).await);
-    let mut p = CreatePool::new(format!("198.51.100.{net}/28"), "hnet".into(), at(14), at(2));
-    p.gateway = Some(at(1));
-    ok("pool", resources_api::pool_create(c, p).await);
+    common::guest::fixture_template_and_pool(&cloud, net, "hnet").await;
     let mut r = Rig {
         cloud,
         lv2,

@@ -21,8 +21,7 @@ use common::host::{Bridge, SecondLibvirt};
 use common::{sdk_error, Cloud};
 use corral_client::apis::{guests_api, nodes_api, operations_api, resources_api};
 use corral_client::models::{
-    AttachDisk, CreateDisk, CreatePool, CreateSnapshot, CreateTemplate, DiskLimits, GuestAction,
-    GuestToTemplate, MigrateGuest, OsType,
+    AttachDisk, CreateDisk, CreateSnapshot, DiskLimits, GuestAction, GuestToTemplate, MigrateGuest,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -60,7 +59,6 @@ async fn rig(net: u8, vnc: u16) -> Option<Rig> {
     if !parts() {
         return None;
     }
-    let base = format!("198.51.100.{net}");
     let at = |i: u8| format!("198.51.100.{}", net + i);
     let bridge = Bridge::new(&format!("{}/28", at(1)));
     let a_uri = "qemu:///system";
@@ -88,21 +86,7 @@ async fn rig(net: u8, vnc: u16) -> Option<Rig> {
     std::fs::create_dir_all(&b_images).unwrap();
     start_b(&mut cloud, &lv2, &b_images, vnc).await;
     let node_a = cloud.node_id.clone();
-    let c = &cloud.sdk().config;
-    let mut t = CreateTemplate::new(
-        "gi".into(),
-        OsType::Linux,
-        common::fixture_dir()
-            .join("template.qcow2")
-            .display()
-            .to_string(),
-    );
-    t.min_memory_mib = Some(96);
-    t.os_init_profile = Some("test-guest".into());
-    ok("template", resources_api::template_create(c, t).await);
-    let mut p = CreatePool::new(format!("{base}/28"), "mnet".into(), at(14), at(2));
-    p.gateway = Some(at(1));
-    ok("pool", resources_api::pool_create(c, p).await);
+    common::guest::fixture_template_and_pool(&cloud, net, "mnet").await;
     Some(Rig {
         cloud,
         lv2,

@@ -120,3 +120,31 @@ impl Drop for Sweep {
         );
     }
 }
+
+/// The test guest's template, `gi` (the fixture image, its OS-init profile `test-guest`),
+/// and pool `pool` on the test network `198.51.100.{net}/28`: gateway `.{net+1}`, range
+/// `.{net+2}`–`.{net+14}`.
+pub async fn fixture_template_and_pool(cloud: &super::Cloud, net: u8, pool: &str) {
+    use corral_client::apis::resources_api;
+    use corral_client::models::{CreatePool, CreateTemplate, OsType};
+    let c = &cloud.sdk().config;
+    let at = |i: u8| format!("198.51.100.{}", net + i);
+    let mut t = CreateTemplate::new(
+        "gi".into(),
+        OsType::Linux,
+        super::fixture_dir()
+            .join("template.qcow2")
+            .display()
+            .to_string(),
+    );
+    t.min_memory_mib = Some(96);
+    t.os_init_profile = Some("test-guest".into());
+    resources_api::template_create(c, t)
+        .await
+        .unwrap_or_else(|e| panic!("template: {}", super::sdk_error(e)));
+    let mut p = CreatePool::new(format!("198.51.100.{net}/28"), pool.into(), at(14), at(2));
+    p.gateway = Some(at(1));
+    resources_api::pool_create(c, p)
+        .await
+        .unwrap_or_else(|e| panic!("pool: {}", super::sdk_error(e)));
+}

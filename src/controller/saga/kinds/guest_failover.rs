@@ -106,14 +106,7 @@ impl Kind for GuestFailover {
         _state: crate::model::OpState,
     ) -> Result<(), StoreError> {
         // Not restarted: it is still the fenced node's, state unknown.
-        if let Some(g) = guest {
-            if let Some(row) = st::guest_in(tx, g).await? {
-                if row.state == GuestState::Migrating {
-                    st::set_guest_state(tx, g, GuestState::Unknown).await?;
-                }
-            }
-        }
-        Ok(())
+        super::migrate::leave_migrating(tx, guest, GuestState::Unknown).await
     }
 }
 

@@ -139,15 +139,25 @@ impl Kind for Migrate {
         _state: crate::model::OpState,
     ) -> Result<(), StoreError> {
         // However it ended, the guest runs somewhere: its node's reports take over.
-        if let Some(g) = guest {
-            if let Some(row) = st::guest_in(tx, g).await? {
-                if row.state == GuestState::Migrating {
-                    st::set_guest_state(tx, g, GuestState::Running).await?;
-                }
+        leave_migrating(tx, guest, GuestState::Running).await
+    }
+}
+
+/// A guest still `migrating` when its move ended is `state` again; what its node
+/// reports takes over from there.
+pub(super) async fn leave_migrating(
+    tx: &mut Tx<'_>,
+    guest: Option<&str>,
+    state: GuestState,
+) -> Result<(), StoreError> {
+    if let Some(g) = guest {
+        if let Some(row) = st::guest_in(tx, g).await? {
+            if row.state == GuestState::Migrating {
+                st::set_guest_state(tx, g, state).await?;
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 pub(super) fn payload(op: &OpRow) -> Result<Payload, StepError> {

@@ -104,15 +104,8 @@ impl Kind for MigrateCold {
         guest: Option<&str>,
         _state: crate::model::OpState,
     ) -> Result<(), StoreError> {
-        // However it ended, the guest is shut off somewhere: its node's reports take over.
-        if let Some(g) = guest {
-            if let Some(row) = st::guest_in(tx, g).await? {
-                if row.state == GuestState::Migrating {
-                    st::set_guest_state(tx, g, GuestState::Shutoff).await?;
-                }
-            }
-        }
-        Ok(())
+        // However it ended, the guest is shut off somewhere.
+        migrate::leave_migrating(tx, guest, GuestState::Shutoff).await
     }
 }
 
