@@ -249,15 +249,7 @@ impl Client {
                 self.guest_resize(guest, size, wait).await
             }
             GuestCmd::Migrate(m) => self.guest_migrate(m).await,
-            GuestCmd::Ha { guest, state, wait } => {
-                let body = models::GuestHa::new(state == "on");
-                let a = guests_api::guest_set_ha(self.config(), &guest, body).await?;
-                if wait {
-                    return self.follow(&[a.operation_id]).await;
-                }
-                emit_record(self.out, &a);
-                Ok(true)
-            }
+            GuestCmd::Ha { guest, state, wait } => self.guest_ha(&guest, state == "on", wait).await,
             GuestCmd::Console { guest, valid } => {
                 let req = models::ConsoleRequest {
                     valid_seconds: Some(valid),
@@ -373,6 +365,16 @@ impl Client {
         req.snapshot = snapshot;
         let a = corral_client::apis::resources_api::guest_to_template(self.config(), &guest, req)
             .await?;
+        if wait {
+            return self.follow(&[a.operation_id]).await;
+        }
+        emit_record(self.out, &a);
+        Ok(true)
+    }
+
+    /// `guest ha`.
+    async fn guest_ha(&self, guest: &str, on: bool, wait: bool) -> Result<bool, CliError> {
+        let a = guests_api::guest_set_ha(self.config(), guest, models::GuestHa::new(on)).await?;
         if wait {
             return self.follow(&[a.operation_id]).await;
         }

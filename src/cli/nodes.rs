@@ -119,10 +119,8 @@ impl Client {
                 clear,
                 command,
             } => {
-                let mut set = corral_client::models::NodeSettings::new();
-                set.fence_command = Some(if clear { Vec::new() } else { command });
-                emit_record(self.out, &nodes_api::node_update(c, &node, set).await?);
-                Ok(true)
+                self.node_fence(&node, if clear { Vec::new() } else { command })
+                    .await
             }
             NodeCmd::Remove { node, guests, wait } => {
                 let records = if guests == "delete" {
@@ -142,6 +140,17 @@ impl Client {
 
     /// `node drain`: the plan as a table (guest, to node or why it stays), then the
     /// operation, followed with --wait.
+    /// `node fence`: sets the node's fence command (an empty one removes it).
+    async fn node_fence(&self, node: &str, command: Vec<String>) -> Result<bool, CliError> {
+        let mut set = corral_client::models::NodeSettings::new();
+        set.fence_command = Some(command);
+        emit_record(
+            self.out,
+            &nodes_api::node_update(self.config(), node, set).await?,
+        );
+        Ok(true)
+    }
+
     async fn node_drain(&self, node: &str, wait: bool) -> Result<bool, CliError> {
         let a = nodes_api::node_drain(self.config(), node).await?;
         emit(self.out, &a, || {
