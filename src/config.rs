@@ -140,6 +140,8 @@ pub struct NodeConfig {
     pub heartbeat_secs: u64,
     /// Seconds between full inventory reports (the periodic reconcile, S73).
     pub reconcile_secs: u64,
+    /// Seconds between metric samples of the host and its guests (S22, S77); 0: none.
+    pub metrics_secs: u64,
     /// Jobs this node executes at once.
     pub concurrency: usize,
     /// Reserve the VNC range in net.ipv4.ip_local_reserved_ports at start (S69).
@@ -250,6 +252,7 @@ impl Default for NodeConfig {
             machine: "pc".into(),
             heartbeat_secs: 2,
             reconcile_secs: 10,
+            metrics_secs: 15,
             concurrency: 16,
             reserve_vnc_ports: true,
             cpu_overcommit: 16.0,
@@ -441,6 +444,7 @@ impl Config {
         env_parse("CORRAL_SELF_FENCE_SECS", &mut n.self_fence_secs)?;
         env_parse("CORRAL_TEMPLATE_SWEEP_SECS", &mut n.template_sweep_secs)?;
         env_parse("CORRAL_RECONCILE_SECS", &mut n.reconcile_secs)?;
+        env_parse("CORRAL_METRICS_SECS", &mut n.metrics_secs)?;
         env_parse("CORRAL_SCRIPT_DEADLINE_MS", &mut n.script_deadline_ms)?;
         env_parse("CORRAL_CONCURRENCY", &mut n.concurrency)?;
         env_parse("CORRAL_CPU_OVERCOMMIT", &mut n.cpu_overcommit)?;

@@ -5,6 +5,7 @@
 //! * [`node`]: the node agent (job worker, heartbeats, domain watcher, hypervisor trait);
 //! * [`transport`]: Redis queues (apalis-redis) and the event stream;
 //! * [`model`]: types shared by both sides and the wire enums;
+//! * [`metrics`]: metric names and rates, shared by the nodes and the controller;
 //! * [`jobs`]: the operation-kind catalog, built from the kinds' modules;
 //! * [`render`], [`guestinit`]: minijinja templates, init plans and NoCloud seeds;
 //! * [`script`]: the Rhai sandbox, OS-init profiles and boot jobs;
@@ -23,6 +24,7 @@ pub mod fault;
 pub mod guestinit;
 pub mod iso;
 pub mod jobs;
+pub mod metrics;
 pub mod model;
 pub mod modes;
 pub mod node;

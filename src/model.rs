@@ -992,6 +992,9 @@ pub enum NodeEvent {
         attempt: u32,
         undo: bool,
         outcome: StepOutcome,
+        /// What the node logged while it ran the step (older nodes send none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        log: Vec<LogLine>,
     },
     /// A sub-step of a [`NodeAction::Sequence`] ended; `done` of `of` are now done.
     StepProgress {
@@ -1028,6 +1031,34 @@ pub enum NodeEvent {
         domains: Vec<DomainInfo>,
         at_ms: i64,
     },
+    /// One sample of the host's and its guests' figures (S22, S77), taken at `at_ms` by
+    /// the node's clock (S86). See [`crate::metrics`] for the names.
+    Metrics {
+        node_id: String,
+        at_ms: i64,
+        host: crate::metrics::Values,
+        guests: Vec<GuestSample>,
+    },
+}
+
+/// One guest's figures in a [`NodeEvent::Metrics`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestSample {
+    pub guest_id: String,
+    pub values: crate::metrics::Values,
+}
+
+/// One log line of a node step, sent with its result for the operation's log (S31).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// ms, the node's clock.
+    pub at_ms: i64,
+    pub level: String,
+    /// The short message.
+    pub message: String,
+    /// The fields logged with it (`key=value`, space-separated); empty when none.
+    #[serde(default)]
+    pub detail: String,
 }
 
 impl NodeEvent {
@@ -1040,7 +1071,8 @@ impl NodeEvent {
             | NodeEvent::StepProgress { node_id, .. }
             | NodeEvent::DomainState { node_id, .. }
             | NodeEvent::DomainXml { node_id, .. }
-            | NodeEvent::Inventory { node_id, .. } => node_id,
+            | NodeEvent::Inventory { node_id, .. }
+            | NodeEvent::Metrics { node_id, .. } => node_id,
         }
     }
 }

@@ -241,6 +241,22 @@ async fn one_nodes_credentials_cannot_act_for_another_node() {
         },
     )
     .await;
+    // Figures for B's guest, on A's own stream: dropped (history and `top` are only
+    // written for a node's own guests).
+    forge(
+        &mut conn,
+        &a,
+        &NodeEvent::Metrics {
+            node_id: a.clone(),
+            at_ms: corral::model::now_ms(),
+            host: Default::default(),
+            guests: vec![corral::model::GuestSample {
+                guest_id: gid.clone(),
+                values: [("memory_bytes".to_string(), 12_345_678.0)].into(),
+            }],
+        },
+    )
+    .await;
 
     // 4. A step result for B's operation, sent by A while B's build is in flight: B is
     //    frozen, so the real result cannot come first.
@@ -279,6 +295,12 @@ async fn one_nodes_credentials_cannot_act_for_another_node() {
                 domain_xml: None,
                 output: None,
             },
+            log: vec![corral::model::LogLine {
+                at_ms: 0,
+                level: "info".into(),
+                message: "forged by node-a".into(),
+                detail: String::new(),
+            }],
         },
     )
     .await;
@@ -309,6 +331,18 @@ async fn one_nodes_credentials_cannot_act_for_another_node() {
     let (_, guest) = cloud.get(&format!("/guests/{gid}")).await;
     assert_eq!(guest["state"], "running", "{guest}");
     assert!(!guest.to_string().contains("forged"), "{guest}");
+    let (_, log) = cloud.get(&format!("/operations/{op2}/log")).await;
+    assert!(!log.to_string().contains("forged"), "{log}");
+    let (_, history) = cloud
+        .get(&format!("/guests/{gid}/metrics?series=memory_bytes"))
+        .await;
+    let (_, now) = cloud.get("/metrics/guests").await;
+    for v in [&history, &now] {
+        assert!(
+            !v.to_string().contains("12345678"),
+            "A's figures for B's guest were kept: {v}"
+        );
+    }
     assert!(
         victim.exists(),
         "a job A queued for itself ran without a fence"

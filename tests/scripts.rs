@@ -351,6 +351,7 @@ async fn boot_jobs_queue_list_hide_and_survive_a_failed_run() {
                 name: "test".into(),
                 created_at: 0,
                 expires_at: None,
+                scope: "api".into(),
             },
             &corral::controller::auth::token_digest("alice-token"),
         )

@@ -40,6 +40,12 @@ pub enum SettingsCmd {
         operations_days: u32,
         #[arg(long)]
         events_days: u32,
+        /// Raw metric samples, hours (default 24).
+        #[arg(long)]
+        metrics_raw_hours: Option<u32>,
+        /// Metric history (5-minute averages and maxima), days (default 15).
+        #[arg(long)]
+        metrics_days: Option<u32>,
     },
     /// The mail server for password recovery; `--host ''` turns mail off.
     Smtp {
@@ -111,12 +117,13 @@ impl Client {
                 audit_days,
                 operations_days,
                 events_days,
+                metrics_raw_hours,
+                metrics_days,
             } => {
-                change.retention = Some(Box::new(Retention::new(
-                    audit_days,
-                    events_days,
-                    operations_days,
-                )));
+                let mut r = Retention::new(audit_days, events_days, operations_days);
+                r.metrics_raw_hours = metrics_raw_hours;
+                r.metrics_days = metrics_days;
+                change.retention = Some(Box::new(r));
             }
             SettingsCmd::Smtp {
                 host,

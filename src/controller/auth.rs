@@ -85,6 +85,17 @@ pub async fn issue_token(
     name: &str,
     expires_at: Option<i64>,
 ) -> Result<(TokenRow, String), AuthError> {
+    issue_scoped_token(store, user, name, expires_at, "api").await
+}
+
+/// [`issue_token`] of a scope: `api`, or `metrics` (scrape `/metrics` only).
+pub async fn issue_scoped_token(
+    store: &Store,
+    user: &UserRow,
+    name: &str,
+    expires_at: Option<i64>,
+    scope: &str,
+) -> Result<(TokenRow, String), AuthError> {
     let token = new_token();
     let row = TokenRow {
         id: new_id(),
@@ -92,6 +103,7 @@ pub async fn issue_token(
         name: name.to_string(),
         created_at: now_ms(),
         expires_at,
+        scope: scope.to_string(),
     };
     store.insert_token(&row, &token_digest(&token)).await?;
     Ok((row, token))

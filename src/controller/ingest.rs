@@ -21,7 +21,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
 use super::saga::engine::{Engine, EngineError};
-use super::store::{events, observed, Store, StoreError};
+use super::store::{events, observed, oplog, Store, StoreError};
 use crate::model::{now_ms, GuestState, NodeEvent};
 use crate::transport::{self, TransportError};
 
@@ -36,6 +36,8 @@ pub struct Ingest {
     pub refusals: std::sync::Mutex<HashMap<String, (i64, u32)>>,
     /// The controller's template directories: no node's disk-image directory may hold one.
     pub image_dirs: Vec<std::path::PathBuf>,
+    /// Where node and guest samples go.
+    pub metrics: Arc<crate::controller::metrics::Metrics>,
 }
 
 impl Ingest {
@@ -188,6 +190,7 @@ impl Ingest {
                 attempt,
                 undo,
                 outcome,
+                log,
                 ..
             } => {
                 // Applying the result also moves the saga on (same transaction).
@@ -195,6 +198,13 @@ impl Ingest {
                     .apply_result(from, &op_id, step, attempt, undo, &outcome)
                     .await
                     .map_err(HandleError::engine)?;
+                // Only the node holding the operation got this far (another node's
+                // result is refused above): its lines join the operation's log.
+                if !log.is_empty() {
+                    let mut tx = self.store.begin().await?;
+                    oplog::append_node(&mut tx, from, &op_id, step, attempt, undo, &log).await?;
+                    self.store.commit(tx).await?;
+                }
             }
             NodeEvent::StepProgress {
                 op_id,
@@ -229,6 +239,12 @@ impl Ingest {
             } => {
                 observed::set_reported_xml(&self.store, &node_id, &guest_id, &xml).await?;
             }
+            NodeEvent::Metrics {
+                node_id,
+                at_ms,
+                host,
+                guests,
+            } => self.record_metrics(&node_id, at_ms, host, guests).await?,
             NodeEvent::Inventory {
                 node_id,
                 domains,
@@ -288,6 +304,29 @@ impl Ingest {
             *cur = *state;
         }
         self.store.commit(tx).await
+    }
+
+    /// A node's sample: its guests' figures are kept only for guests recorded on it (a
+    /// domain on its way in or out of a migration, or a foreign one, is left out). A
+    /// metrics database that fails loses the sample, logged: history never holds up the
+    /// events that carry state.
+    async fn record_metrics(
+        &self,
+        node: &str,
+        at_ms: i64,
+        host: crate::metrics::Values,
+        guests: Vec<crate::model::GuestSample>,
+    ) -> Result<(), StoreError> {
+        let ids: Vec<&str> = guests.iter().map(|g| g.guest_id.as_str()).collect();
+        let on = observed::states_on(self.store.pool(), node, &ids).await?;
+        let guests = guests
+            .into_iter()
+            .filter(|g| on.contains_key(&g.guest_id))
+            .collect();
+        if let Err(e) = self.metrics.record(node, at_ms, host, guests).await {
+            tracing::warn!(node, "recording a metrics sample: {e}");
+        }
+        Ok(())
     }
 
     /// Domains the node reports that are not corral guests (S16, S17): recorded for the
@@ -544,6 +583,7 @@ mod tests {
                     domain_xml: None,
                     output: None,
                 },
+                log: vec![],
             },
         );
         let batch = vec![

@@ -15,6 +15,7 @@ pub mod enroll;
 pub mod fence;
 pub mod hooks;
 pub mod ingest;
+pub mod metrics;
 pub mod placement;
 pub mod plugins;
 pub mod saga;
@@ -51,6 +52,8 @@ pub enum ControllerError {
     Enroll(#[from] enroll::EnrollError),
     #[error(transparent)]
     Seal(#[from] sealed::SealError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 /// A running controller's handles, for `corral up` and tests.
@@ -70,6 +73,7 @@ struct Parts {
     catalog: Arc<Catalog>,
     scripts: Arc<crate::script::Scripts>,
     plugins: Arc<plugins::Plugins>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Opens the database (modes narrowed, secrets sealed, the admin bootstrapped) and loads
@@ -79,6 +83,7 @@ async fn parts(cfg: &ControllerConfig) -> Result<Parts, ControllerError> {
     // installation's modes narrowed (and logged).
     crate::modes::tighten_logged(&cfg.data_dir);
     let store = Store::open(&cfg.database).await?;
+    let metrics = Arc::new(metrics::Metrics::open(&metrics_database(cfg)).await?);
     let sealer = Arc::new(sealed::Sealer::of_dir(&cfg.data_dir)?);
     api::seal_stored_secrets(&store, &sealer).await?;
     let admin_token = auth::bootstrap(&store, cfg).await?;
@@ -105,7 +110,14 @@ async fn parts(cfg: &ControllerConfig) -> Result<Parts, ControllerError> {
         catalog: Arc::new(Catalog::builtin()?),
         scripts: Arc::new(crate::script::Scripts::new(limits)?),
         plugins,
+        metrics,
     })
+}
+
+/// The metrics database: beside the main one, named after it (`corral.db` →
+/// `corral.metrics.db`).
+pub fn metrics_database(cfg: &ControllerConfig) -> std::path::PathBuf {
+    cfg.database.with_extension("metrics.db")
 }
 
 /// The saga engine. Redis may not be up yet (S84): the queue producer connects lazily
@@ -163,6 +175,7 @@ fn spawn_loops(
         consumer: "controller".into(),
         refusals: Default::default(),
         image_dirs: cfg.image_dirs.clone(),
+        metrics: p.metrics.clone(),
     };
     let timeout = Duration::from_secs(cfg.node_timeout_secs);
     vec![
@@ -176,7 +189,11 @@ fn spawn_loops(
         )),
         tokio::spawn(ingest::liveness(p.store.clone(), timeout, stop())),
         tokio::spawn(auth::purge_expired(p.store.clone(), stop())),
-        tokio::spawn(api::retention_loop(p.store.clone(), stop())),
+        tokio::spawn(api::retention_loop(
+            p.store.clone(),
+            p.metrics.clone(),
+            stop(),
+        )),
         tokio::spawn(checksums::run(p.store.clone(), stop())),
     ]
 }
@@ -215,6 +232,7 @@ pub async fn run(
         sealer: p.sealer,
         thresholds,
         fencer,
+        metrics: p.metrics.clone(),
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {

@@ -49,7 +49,7 @@ fn meminfo(key: &str) -> u64 {
 
 /// Size and free space of the filesystem holding `dir`, MiB (`statvfs`, through `df`
 /// so the node stays free of unsafe code outside the events module).
-fn fs_space(dir: &std::path::Path) -> (u64, u64) {
+pub(crate) fn fs_space(dir: &std::path::Path) -> (u64, u64) {
     let out = std::process::Command::new("df")
         .args(["-Pk"])
         .arg(dir)

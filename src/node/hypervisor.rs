@@ -184,6 +184,8 @@ pub trait Hypervisor: Send + Sync {
     /// console ticket's password lives as long as the domain runs, at most.
     async fn update_graphics_live(&self, uuid: &str, xml: &str) -> Result<(), HvError>;
     async fn list(&self) -> Result<Vec<DomEntry>, HvError>;
+    /// Every running domain's statistics, in one call (`node::domstats`).
+    async fn domain_stats(&self) -> Result<Vec<super::domstats::DomainStats>, HvError>;
     /// libvirt and hypervisor versions, for the node's facts.
     async fn versions(&self) -> Result<(String, String), HvError>;
     /// Sends one QEMU guest agent command (JSON) and returns the agent's JSON answer.
@@ -613,6 +615,9 @@ impl Hypervisor for Libvirt {
         .await
         .map_err(HvError::Join)?
     }
+    async fn domain_stats(&self) -> Result<Vec<super::domstats::DomainStats>, HvError> {
+        self.with(|c| Ok(super::domstats::all(c)?)).await
+    }
     async fn versions(&self) -> Result<(String, String), HvError> {
         self.with(|c| {
             let lib = c.lib_version().map(version_string).unwrap_or_default();
@@ -765,6 +770,27 @@ impl Hypervisor for Fake {
                 uuid: u.clone(),
                 name: xml_field(x, "name").unwrap_or_default(),
                 state: *s,
+            })
+            .collect())
+    }
+    /// Running domains with fixed figures: the `<memory>` of their definition as the
+    /// balloon, and no CPU time.
+    async fn domain_stats(&self) -> Result<Vec<super::domstats::DomainStats>, HvError> {
+        let m = self.domains.lock().map_err(|_| HvError::Poisoned)?;
+        Ok(m.iter()
+            .filter(|(_, (_, s))| *s == DomState::Running)
+            .map(|(u, (x, _))| {
+                let kib = xml_field(x, "memory")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                super::domstats::DomainStats {
+                    uuid: u.clone(),
+                    params: [
+                        ("cpu.time".to_string(), 0.0),
+                        ("balloon.current".to_string(), kib),
+                    ]
+                    .into(),
+                }
             })
             .collect())
     }

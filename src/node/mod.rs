@@ -9,12 +9,14 @@
 //! * `heartbeat`: facts every `heartbeat_secs`;
 //! * `watcher`: reports a domain's state as soon as libvirt announces a lifecycle event
 //!   (`events.rs`), and every `reconcile_secs` compares all states and sends the full
-//!   inventory (the periodic reconcile, S73), which also catches anything an event missed.
+//!   inventory (the periodic reconcile, S73), which also catches anything an event missed;
+//! * `metrics`: the host's and the guests' figures every `metrics_secs` (`metrics.rs`).
 
 pub mod actions;
 pub mod agent;
 pub mod cold;
 pub mod disks;
+pub mod domstats;
 pub mod events;
 pub mod facts;
 pub mod fetch;
@@ -23,7 +25,9 @@ pub mod hypervisor;
 pub mod images;
 pub mod iotune;
 pub mod jobctl;
+pub mod metrics;
 pub mod migrate;
+pub mod oplog;
 pub mod ports;
 pub mod publish;
 pub mod qcow2;
@@ -184,7 +188,19 @@ impl Publisher {
 /// The job handler: run the action, report the outcome. It returns an error only when the
 /// outcome could not be reported, so apalis re-queues the job and it runs again (safely).
 async fn handle(job: NodeJob, ctx: Data<Arc<NodeCtx>>) -> Result<(), BoxDynError> {
-    let ctx: Arc<NodeCtx> = (*ctx).clone();
+    use tracing::Instrument;
+    // What is logged inside this span goes to the operation's log too (`oplog`).
+    let span = tracing::info_span!(
+        "step",
+        op = %job.op_id,
+        step = job.step as u64,
+        attempt = u64::from(job.attempt),
+        undo = job.undo
+    );
+    handle_step(job, (*ctx).clone()).instrument(span).await
+}
+
+async fn handle_step(job: NodeJob, ctx: Arc<NodeCtx>) -> Result<(), BoxDynError> {
     // Run only the attempt the controller waits for (see transport::fence_key).
     match ctx
         .publisher
@@ -278,6 +294,12 @@ async fn report(ctx: &NodeCtx, job: NodeJob, outcome: StepOutcome) -> Result<(),
     if let StepOutcome::Failed { error, .. } = &outcome {
         tracing::warn!(op = %job.op_id, step = job.step, undo = job.undo, "job failed: {error}");
     }
+    let log = oplog::take(&oplog::Key {
+        op: job.op_id.clone(),
+        step: job.step as u64,
+        attempt: u64::from(job.attempt),
+        undo: job.undo,
+    });
     let finished = NodeEvent::StepFinished {
         node_id: ctx.node_id.clone(),
         op_id: job.op_id,
@@ -285,6 +307,7 @@ async fn report(ctx: &NodeCtx, job: NodeJob, outcome: StepOutcome) -> Result<(),
         attempt: job.attempt,
         undo: job.undo,
         outcome,
+        log,
     };
     ctx.publisher
         .publish_patiently(&finished, Duration::from_secs(30))
@@ -533,17 +556,29 @@ async fn run_sequence(
                 permanent,
                 refusal,
             } => {
+                tracing::error!(
+                    sub_step = sub.action.name(),
+                    stage = %sub.stage,
+                    error = %error,
+                    "sub-step {} failed",
+                    sub.action.name()
+                );
                 return Ok(StepOutcome::Failed {
                     error: format!("{}: {error}", sub.stage),
                     permanent,
                     refusal,
-                })
+                });
             }
             StepOutcome::Ok {
                 guest_state,
                 domain_xml,
                 output,
             } => {
+                tracing::debug!(
+                    sub_step = sub.action.name(),
+                    "sub-step {} done",
+                    sub.action.name()
+                );
                 merged = (
                     guest_state.or(merged.0),
                     domain_xml.or(merged.1),
@@ -648,6 +683,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let h = tokio::spawn(heartbeat_loop(ctx.clone(), stop(shutdown.clone())));
     let w = tokio::spawn(watch_loop(ctx.clone(), stop(shutdown.clone())));
     let f = tokio::spawn(selffence::guard(ctx.clone(), stop(shutdown.clone())));
+    tokio::spawn(metrics::metrics_loop(ctx.clone(), stop(shutdown.clone())));
     if let Some(images) = ctx.settings.images.clone() {
         let every = Duration::from_secs(ctx.cfg.template_sweep_secs);
         tokio::spawn(publish::sweep_loop(images, every, stop(shutdown.clone())));

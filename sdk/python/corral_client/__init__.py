@@ -21,6 +21,7 @@ __all__ = [
     "AuthApi",
     "EventsApi",
     "GuestsApi",
+    "MetricsApi",
     "NodesApi",
     "OperationsApi",
     "PluginsApi",
@@ -44,6 +45,7 @@ __all__ = [
     "AddSshKeys",
     "Address",
     "AddressState",
+    "Agg",
     "AttachDisk",
     "AuditEntry",
     "Bandwidth",
@@ -59,6 +61,7 @@ __all__ = [
     "CreateSnapshot",
     "CreateTemplate",
     "CreatedToken",
+    "CurrentFigures",
     "Disk",
     "DiskAccepted",
     "DiskDetail",
@@ -81,8 +84,12 @@ __all__ = [
     "GuestToTemplate",
     "Health",
     "HeldClaims",
+    "LogEntry",
     "LoginRequest",
     "LoginResponse",
+    "MetricHistory",
+    "MetricPoint",
+    "MetricSeries",
     "MigrateGuest",
     "NewScript",
     "NewToken",
@@ -128,6 +135,7 @@ __all__ = [
     "TemplateAccepted",
     "Token",
     "TokenPolicy",
+    "TokenScope",
     "Unmovable",
     "UpdateGuest",
     "UpdateTemplate",
@@ -142,6 +150,7 @@ __all__ = [
 from corral_client.api.auth_api import AuthApi as AuthApi
 from corral_client.api.events_api import EventsApi as EventsApi
 from corral_client.api.guests_api import GuestsApi as GuestsApi
+from corral_client.api.metrics_api import MetricsApi as MetricsApi
 from corral_client.api.nodes_api import NodesApi as NodesApi
 from corral_client.api.operations_api import OperationsApi as OperationsApi
 from corral_client.api.plugins_api import PluginsApi as PluginsApi
@@ -169,6 +178,7 @@ from corral_client.models.add_range import AddRange as AddRange
 from corral_client.models.add_ssh_keys import AddSshKeys as AddSshKeys
 from corral_client.models.address import Address as Address
 from corral_client.models.address_state import AddressState as AddressState
+from corral_client.models.agg import Agg as Agg
 from corral_client.models.attach_disk import AttachDisk as AttachDisk
 from corral_client.models.audit_entry import AuditEntry as AuditEntry
 from corral_client.models.bandwidth import Bandwidth as Bandwidth
@@ -184,6 +194,7 @@ from corral_client.models.create_pool import CreatePool as CreatePool
 from corral_client.models.create_snapshot import CreateSnapshot as CreateSnapshot
 from corral_client.models.create_template import CreateTemplate as CreateTemplate
 from corral_client.models.created_token import CreatedToken as CreatedToken
+from corral_client.models.current_figures import CurrentFigures as CurrentFigures
 from corral_client.models.disk import Disk as Disk
 from corral_client.models.disk_accepted import DiskAccepted as DiskAccepted
 from corral_client.models.disk_detail import DiskDetail as DiskDetail
@@ -206,8 +217,12 @@ from corral_client.models.guest_state import GuestState as GuestState
 from corral_client.models.guest_to_template import GuestToTemplate as GuestToTemplate
 from corral_client.models.health import Health as Health
 from corral_client.models.held_claims import HeldClaims as HeldClaims
+from corral_client.models.log_entry import LogEntry as LogEntry
 from corral_client.models.login_request import LoginRequest as LoginRequest
 from corral_client.models.login_response import LoginResponse as LoginResponse
+from corral_client.models.metric_history import MetricHistory as MetricHistory
+from corral_client.models.metric_point import MetricPoint as MetricPoint
+from corral_client.models.metric_series import MetricSeries as MetricSeries
 from corral_client.models.migrate_guest import MigrateGuest as MigrateGuest
 from corral_client.models.new_script import NewScript as NewScript
 from corral_client.models.new_token import NewToken as NewToken
@@ -253,6 +268,7 @@ from corral_client.models.template import Template as Template
 from corral_client.models.template_accepted import TemplateAccepted as TemplateAccepted
 from corral_client.models.token import Token as Token
 from corral_client.models.token_policy import TokenPolicy as TokenPolicy
+from corral_client.models.token_scope import TokenScope as TokenScope
 from corral_client.models.unmovable import Unmovable as Unmovable
 from corral_client.models.update_guest import UpdateGuest as UpdateGuest
 from corral_client.models.update_template import UpdateTemplate as UpdateTemplate

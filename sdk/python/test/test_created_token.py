@@ -40,6 +40,7 @@ class TestCreatedToken(unittest.TestCase):
                 expires_at = '',
                 id = '',
                 name = '',
+                scope = '',
                 token = ''
             )
         else:
@@ -48,6 +49,7 @@ class TestCreatedToken(unittest.TestCase):
                 current = True,
                 id = '',
                 name = '',
+                scope = '',
                 token = '',
         )
         """

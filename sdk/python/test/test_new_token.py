@@ -36,7 +36,8 @@ class TestNewToken(unittest.TestCase):
         if include_optional:
             return NewToken(
                 expires_in_secs = 1.0,
-                name = '0'
+                name = '0',
+                scope = 'api'
             )
         else:
             return NewToken(

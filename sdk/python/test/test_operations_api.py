@@ -47,6 +47,13 @@ class TestOperationsApi(unittest.TestCase):
         """
         pass
 
+    def test_operation_log(self) -> None:
+        """Test case for operation_log
+
+        An operation's log: what the controller did and what the node said, by step and attempt.
+        """
+        pass
+
     def test_operation_wait(self) -> None:
         """Test case for operation_wait
 

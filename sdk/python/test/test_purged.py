@@ -37,12 +37,16 @@ class TestPurged(unittest.TestCase):
             return Purged(
                 audit = 56,
                 events = 56,
+                metric_rollups = 56,
+                metric_samples = 56,
                 operations = 56
             )
         else:
             return Purged(
                 audit = 56,
                 events = 56,
+                metric_rollups = 56,
+                metric_samples = 56,
                 operations = 56,
         )
         """

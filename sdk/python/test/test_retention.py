@@ -37,6 +37,8 @@ class TestRetention(unittest.TestCase):
             return Retention(
                 audit_days = 56,
                 events_days = 56,
+                metrics_days = 1.0,
+                metrics_raw_hours = 1.0,
                 operations_days = 56
             )
         else:

@@ -38,6 +38,8 @@ class TestSettings(unittest.TestCase):
                 retention = corral_client.models.retention.Retention(
                     audit_days = 56, 
                     events_days = 56, 
+                    metrics_days = 1.0, 
+                    metrics_raw_hours = 1.0, 
                     operations_days = 56, ),
                 smtp = corral_client.models.smtp_view.SmtpView(
                     from = '', 
@@ -59,6 +61,8 @@ class TestSettings(unittest.TestCase):
                 retention = corral_client.models.retention.Retention(
                     audit_days = 56, 
                     events_days = 56, 
+                    metrics_days = 1.0, 
+                    metrics_raw_hours = 1.0, 
                     operations_days = 56, ),
                 smtp = corral_client.models.smtp_view.SmtpView(
                     from = '', 

@@ -39,7 +39,8 @@ class TestToken(unittest.TestCase):
                 current = True,
                 expires_at = '',
                 id = '',
-                name = ''
+                name = '',
+                scope = ''
             )
         else:
             return Token(
@@ -47,6 +48,7 @@ class TestToken(unittest.TestCase):
                 current = True,
                 id = '',
                 name = '',
+                scope = '',
         )
         """
 

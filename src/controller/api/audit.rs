@@ -22,7 +22,10 @@ use super::auth::Caller;
 use super::error::{ApiResult, Error};
 use super::spec::Template;
 use super::{AppState, Auth};
-use crate::controller::store::{AuditFilter, AuditRow, Store, StoreError};
+use std::sync::Arc;
+
+use crate::controller::metrics::Metrics;
+use crate::controller::store::{AuditFilter, AuditRow, Store};
 use crate::model::{now_ms, rfc3339};
 
 const DAY_MS: i64 = 86_400_000;
@@ -38,6 +41,26 @@ pub struct Retention {
     pub operations_days: u32,
     /// The event log (`/events`). Default 30.
     pub events_days: u32,
+    /// Raw metric samples, hours (1–744). Default 24.
+    #[oai(
+        default = "default_raw_hours",
+        validator(minimum(value = "1"), maximum(value = "744"))
+    )]
+    pub metrics_raw_hours: u32,
+    /// Metric history as 5-minute averages and maxima, days (1–3660). Default 15.
+    #[oai(
+        default = "default_metrics_days",
+        validator(minimum(value = "1"), maximum(value = "3660"))
+    )]
+    pub metrics_days: u32,
+}
+
+fn default_raw_hours() -> u32 {
+    24
+}
+
+fn default_metrics_days() -> u32 {
+    15
 }
 
 impl Default for Retention {
@@ -46,6 +69,8 @@ impl Default for Retention {
             audit_days: 365,
             operations_days: 90,
             events_days: 30,
+            metrics_raw_hours: default_raw_hours(),
+            metrics_days: default_metrics_days(),
         }
     }
 }
@@ -115,6 +140,14 @@ impl TokenPolicy {
 }
 
 impl Retention {
+    /// How long metrics are kept (ms): raw samples, rollups.
+    pub fn metrics_kept(&self) -> (i64, i64) {
+        (
+            i64::from(self.metrics_raw_hours.max(1)) * 3_600_000,
+            i64::from(self.metrics_days.max(1)) * DAY_MS,
+        )
+    }
+
     /// The purge cutoffs (ms) at `now`.
     pub fn cutoffs(&self, now: i64) -> (Option<i64>, Option<i64>, Option<i64>) {
         let cut = |days: u32| (days > 0).then(|| now - i64::from(days) * DAY_MS);
@@ -154,6 +187,10 @@ pub struct Purged {
     pub audit: u64,
     pub operations: u64,
     pub events: u64,
+    /// Raw metric samples.
+    pub metric_samples: u64,
+    /// 5-minute metric rollups.
+    pub metric_rollups: u64,
 }
 
 #[derive(Debug, Object)]
@@ -294,12 +331,7 @@ impl AuditApi {
     )]
     async fn purge(&self, auth: Auth, state: Data<&AppState>) -> ApiResult<Json<Purged>> {
         access::admin(&auth.0, "purging old records")?;
-        let (audit, operations, events) = purge(&state.store).await?;
-        Ok(Json(Purged {
-            audit,
-            operations,
-            events,
-        }))
+        Ok(Json(purge(&state.store, &state.metrics).await?))
     }
 }
 
@@ -323,22 +355,41 @@ fn entry(r: AuditRow) -> AuditEntry {
 }
 
 /// Purges by the stored retention settings.
-pub async fn purge(store: &Store) -> Result<(u64, u64, u64), StoreError> {
+pub async fn purge(store: &Store, metrics: &Metrics) -> Result<Purged, Error> {
     let r: Retention = store.setting("retention").await?;
-    let (a, o, e) = r.cutoffs(now_ms());
-    store.purge_older(a, o, e).await
+    let now = now_ms();
+    let (a, o, e) = r.cutoffs(now);
+    let (audit, operations, events) = store.purge_older(a, o, e).await?;
+    let (raw_ms, rollup_ms) = r.metrics_kept();
+    let (metric_samples, metric_rollups) = metrics
+        .purge(now, raw_ms, rollup_ms)
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    Ok(Purged {
+        audit,
+        operations,
+        events,
+        metric_samples,
+        metric_rollups,
+    })
 }
 
 /// Purges every hour until `shutdown` resolves.
-pub async fn purge_loop(store: Store, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn purge_loop(
+    store: Store,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = tick.tick() => match purge(&store).await {
-                Ok((0, 0, 0)) => {}
-                Ok((a, o, e)) => tracing::info!("retention: purged {a} audit entries, {o} operations, {e} events"),
+            _ = tick.tick() => match purge(&store, &metrics).await {
+                Ok(p) => tracing::info!(
+                    "retention: purged {} audit entries, {} operations, {} events, {} metric samples, {} metric rollups",
+                    p.audit, p.operations, p.events, p.metric_samples, p.metric_rollups
+                ),
                 Err(e) => tracing::warn!("retention purge: {e}"),
             },
         }
@@ -487,6 +538,7 @@ mod tests {
             audit_days: 1,
             operations_days: 0,
             events_days: 2,
+            ..Default::default()
         };
         assert_eq!(
             r.cutoffs(10 * DAY_MS),

@@ -12,7 +12,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
 
 use super::error::{ApiResult, Error};
 use super::AppState;
-use crate::controller::auth::{issue_token, token_digest, verify_login};
+use crate::controller::auth::{issue_scoped_token, issue_token, token_digest, verify_login};
 use crate::controller::store::{Store, TokenRow, UserRow};
 use crate::model::{now_ms, rfc3339};
 
@@ -28,6 +28,16 @@ impl Deref for Caller {
     fn deref(&self) -> &UserRow {
         &self.user
     }
+}
+
+/// The caller a bearer token stands for on `/metrics`: an API token or a scrape-only one.
+pub async fn scraper(store: &Store, token: &str) -> Option<Caller> {
+    store
+        .user_by_scoped_token(&token_digest(token), now_ms(), &["api", "metrics"])
+        .await
+        .ok()
+        .flatten()
+        .map(|(user, token_id)| Caller { user, token_id })
 }
 
 /// A bearer token from `POST /auth/login` or `POST /tokens` (or the admin token file of
@@ -79,6 +89,25 @@ pub struct NewToken {
     /// tokens without expiry (`tokens.allow_no_expiry`).
     #[oai(validator(minimum(value = "1"), maximum(value = "31622400")))]
     pub expires_in_secs: Option<u64>,
+    /// `api` (the default): everything you may do. `metrics`: only scraping `/metrics`
+    /// (for Prometheus; an operator's or administrator's), nothing in the API.
+    pub scope: Option<TokenScope>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum TokenScope {
+    Api,
+    Metrics,
+}
+
+impl TokenScope {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Api => "api",
+            TokenScope::Metrics => "metrics",
+        }
+    }
 }
 
 /// A token as listed: never its value.
@@ -92,6 +121,8 @@ pub struct Token {
     pub expires_at: Option<String>,
     /// True for the token this request was sent with.
     pub current: bool,
+    /// `api`, or `metrics` (scrape-only).
+    pub scope: String,
 }
 
 #[derive(Debug, Object)]
@@ -123,6 +154,7 @@ fn view(t: &TokenRow, current: &str) -> Token {
         created_at: rfc3339(t.created_at),
         expires_at: t.expires_at.map(rfc3339),
         current: t.id == current,
+        scope: t.scope.clone(),
     }
 }
 
@@ -205,7 +237,8 @@ impl AuthApi {
         }
         let policy: super::audit::TokenPolicy = state.store.setting("tokens").await?;
         let expires_at = policy.expiry(now_ms(), body.expires_in_secs)?;
-        let (row, token) = issue_token(&state.store, &auth.0.user, name, expires_at)
+        let scope = body.scope.unwrap_or(TokenScope::Api).as_str();
+        let (row, token) = issue_scoped_token(&state.store, &auth.0.user, name, expires_at, scope)
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         Ok(TokenCreated::Created(Json(CreatedToken {

@@ -20,13 +20,16 @@ mod ha;
 mod images;
 pub use images::sweep as sweep_uploads;
 mod drain;
+mod metrics;
 mod migrate;
 mod node_images;
 mod nodes;
 mod operations;
+mod oplog;
 mod pages;
 mod plugins;
 mod pools;
+pub mod prometheus;
 mod recovery;
 mod resize;
 mod resources;
@@ -83,6 +86,8 @@ pub struct AppState {
     pub thresholds: crate::controller::placement::Thresholds,
     /// Checks fence commands as they are set (HA, S74).
     pub fencer: std::sync::Arc<crate::controller::fence::Fencer>,
+    /// Metric history and the newest samples (S22, S87).
+    pub metrics: Arc<crate::controller::metrics::Metrics>,
 }
 
 /// Names of disks, snapshots and uploaded or made templates: 1-63 letters, digits, `.`,
@@ -141,6 +146,8 @@ services!(
         to_template::ToTemplateApi,
         images::ImageApi,
         ha::HaApi,
+        metrics::MetricsApi,
+        oplog::OpLogApi,
     )
 );
 
@@ -201,6 +208,7 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
             poem::get(node_images::serve).put(node_images::receive),
         )
         .at(node_images::LIST_ROUTE, poem::get(node_images::list))
+        .at("/metrics", poem::get(prometheus::serve))
         .data(state)
         .with(Tracing)
         .around(move |ep, req| {
@@ -225,6 +233,7 @@ impl Edge {
         ep: Arc<E>,
         mut req: poem::Request,
     ) -> poem::Response {
+        let started = std::time::Instant::now();
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         // A write is attributed to the token's user as it was before the request ran (a
@@ -258,6 +267,18 @@ impl Edge {
                 )
                 .await;
         }
+        // API latency by operation (paths outside the API are grouped under one name,
+        // so unknown paths cannot grow the label set).
+        let route = self
+            .trail
+            .action(method.as_str(), &path)
+            .map_or("other", |(a, _)| a);
+        crate::controller::metrics::prom::TELEMETRY.api(
+            route,
+            method.as_str(),
+            resp.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
         resp
     }
 

@@ -35,6 +35,8 @@ pub enum Tag {
     Scripts,
     /// Controller plugins.
     Plugins,
+    /// Metric history and current figures of guests and nodes.
+    Metrics,
 }
 
 #[derive(Debug, Object)]
@@ -106,6 +108,32 @@ impl RedisProbe {
             Ok(Err(why)) => why,
             Err(_) => "timed out".to_string(),
         }
+    }
+}
+
+impl RedisProbe {
+    /// How many jobs wait in each node's queue; a node whose count Redis did not give
+    /// (Redis down, or over the probe's time) is left out.
+    pub async fn queue_depths(&self, nodes: &[String]) -> Vec<(String, u64)> {
+        let depths = async {
+            let conn = self
+                .conn
+                .get_or_try_init(|| transport::connect(&self.url))
+                .await
+                .ok()?;
+            let mut pipe = redis::pipe();
+            for n in nodes {
+                pipe.cmd("LLEN")
+                    .arg(transport::queue_config(n).active_jobs_list());
+            }
+            let counts: Vec<u64> = pipe.query_async(&mut conn.clone()).await.ok()?;
+            Some(nodes.iter().cloned().zip(counts).collect())
+        };
+        tokio::time::timeout(REDIS_PROBE_TIMEOUT, depths)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 }
 

@@ -59,6 +59,7 @@ const TABLES: &[&str] = &[
     "password_resets",
     "node_credentials",
     "snapshots",
+    "op_log",
 ];
 
 /// One counter per table, and one shared by any table missing from the list.

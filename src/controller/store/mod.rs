@@ -26,6 +26,7 @@ pub mod ha;
 pub mod leases;
 mod nodes;
 pub mod observed;
+pub mod oplog;
 mod ops;
 mod recovery;
 mod resources;
@@ -206,6 +207,7 @@ impl Store {
             (25, include_str!("migrations/025_node_claims.sql")),
             (26, include_str!("migrations/026_sealed_boot_params.sql")),
             (27, include_str!("migrations/027_ha.sql")),
+            (28, include_str!("migrations/028_op_log_token_scope.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

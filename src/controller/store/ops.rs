@@ -139,8 +139,20 @@ pub async fn op_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<OpRow>, StoreErro
     .await?)
 }
 
-/// Writes back everything the saga runner may change.
+/// Writes back everything the saga runner may change, with the operation's log lines
+/// for what changed (`oplog.rs`).
 pub async fn save_op(tx: &mut Tx<'_>, op: &OpRow) -> Result<(), StoreError> {
+    let steps: Vec<StepRecord> = serde_json::from_str(&op.steps)?;
+    super::oplog::transitions(
+        tx,
+        &op.id,
+        op.node_id.as_deref(),
+        &steps,
+        op.state,
+        op.error.as_deref(),
+        op.updated_at,
+    )
+    .await?;
     sqlx::query(
         "UPDATE operations SET node_id = ?, state = ?, steps = ?, cursor = ?, stage = ?, percent = ?, \
          message = ?, error = ?, started_at = ?, updated_at = ?, finished_at = ?, payload = ?, \
@@ -280,6 +292,26 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+}
+
+impl Store {
+    /// Operations counted by kind and state, for `/metrics`.
+    pub async fn op_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT kind, state, COUNT(*) FROM operations GROUP BY kind, state")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    /// Steps out on each node right now (operations whose step a node holds).
+    pub async fn inflight_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT inflight_node, COUNT(*) FROM operations WHERE inflight_node IS NOT NULL GROUP BY inflight_node",
+        )
+        .fetch_all(self.pool())
+        .await?)
     }
 }
 

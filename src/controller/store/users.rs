@@ -184,8 +184,8 @@ impl Store {
     pub async fn insert_token(&self, t: &TokenRow, hash: &str) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO tokens (hash, id, user_id, name, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tokens (hash, id, user_id, name, created_at, expires_at, scope) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(hash)
         .bind(&t.id)
@@ -193,19 +193,32 @@ impl Store {
         .bind(&t.name)
         .bind(t.created_at)
         .bind(t.expires_at)
+        .bind(&t.scope)
         .execute(&mut *tx)
         .await?;
         self.commit(tx).await
     }
 
-    /// The user and token id behind a bearer token's digest, unless it has expired.
+    /// The user and token id behind a bearer token's digest, unless it has expired. Only
+    /// API tokens: a scrape-only token is not one.
     pub async fn user_by_token(
         &self,
         hash: &str,
         now: i64,
     ) -> Result<Option<(UserRow, String)>, StoreError> {
-        let row: Option<(String, String, String, bool, i64, String, String)> = sqlx::query_as(
-            "SELECT u.id, u.name, u.password_hash, u.is_admin, u.created_at, u.role, t.id \
+        self.user_by_scoped_token(hash, now, &["api"]).await
+    }
+
+    /// The user and token id behind a bearer token's digest of one of `scopes`.
+    pub async fn user_by_scoped_token(
+        &self,
+        hash: &str,
+        now: i64,
+        scopes: &[&str],
+    ) -> Result<Option<(UserRow, String)>, StoreError> {
+        type Found = (String, String, String, bool, i64, String, String, String);
+        let row: Option<Found> = sqlx::query_as(
+            "SELECT u.id, u.name, u.password_hash, u.is_admin, u.created_at, u.role, t.id, t.scope \
              FROM tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.hash = ? AND (t.expires_at IS NULL OR t.expires_at > ?)",
         )
@@ -213,8 +226,9 @@ impl Store {
         .bind(now)
         .fetch_optional(self.pool())
         .await?;
+        let row = row.filter(|r| scopes.contains(&r.7.as_str()));
         Ok(row.map(
-            |(id, name, password_hash, is_admin, created_at, role, token)| {
+            |(id, name, password_hash, is_admin, created_at, role, token, _)| {
                 (
                     UserRow {
                         id,
@@ -238,7 +252,7 @@ impl Store {
     /// A user's tokens, newest first (expired ones included, until purged).
     pub async fn tokens_of(&self, user_id: &str) -> Result<Vec<TokenRow>, StoreError> {
         Ok(sqlx::query_as::<_, TokenRow>(
-            "SELECT id, user_id, name, created_at, expires_at FROM tokens \
+            "SELECT id, user_id, name, created_at, expires_at, scope FROM tokens \
              WHERE user_id = ? ORDER BY created_at DESC, id",
         )
         .bind(user_id)
@@ -306,4 +320,6 @@ pub struct TokenRow {
     pub created_at: i64,
     /// ms since the epoch; `None`: never.
     pub expires_at: Option<i64>,
+    /// `api` (everything its user may do) or `metrics` (only `/metrics`).
+    pub scope: String,
 }

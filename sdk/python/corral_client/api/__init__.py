@@ -4,6 +4,7 @@
 from corral_client.api.auth_api import AuthApi
 from corral_client.api.events_api import EventsApi
 from corral_client.api.guests_api import GuestsApi
+from corral_client.api.metrics_api import MetricsApi
 from corral_client.api.nodes_api import NodesApi
 from corral_client.api.operations_api import OperationsApi
 from corral_client.api.plugins_api import PluginsApi

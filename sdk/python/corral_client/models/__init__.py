@@ -20,6 +20,7 @@ from corral_client.models.add_range import AddRange
 from corral_client.models.add_ssh_keys import AddSshKeys
 from corral_client.models.address import Address
 from corral_client.models.address_state import AddressState
+from corral_client.models.agg import Agg
 from corral_client.models.attach_disk import AttachDisk
 from corral_client.models.audit_entry import AuditEntry
 from corral_client.models.bandwidth import Bandwidth
@@ -35,6 +36,7 @@ from corral_client.models.create_pool import CreatePool
 from corral_client.models.create_snapshot import CreateSnapshot
 from corral_client.models.create_template import CreateTemplate
 from corral_client.models.created_token import CreatedToken
+from corral_client.models.current_figures import CurrentFigures
 from corral_client.models.disk import Disk
 from corral_client.models.disk_accepted import DiskAccepted
 from corral_client.models.disk_detail import DiskDetail
@@ -57,8 +59,12 @@ from corral_client.models.guest_state import GuestState
 from corral_client.models.guest_to_template import GuestToTemplate
 from corral_client.models.health import Health
 from corral_client.models.held_claims import HeldClaims
+from corral_client.models.log_entry import LogEntry
 from corral_client.models.login_request import LoginRequest
 from corral_client.models.login_response import LoginResponse
+from corral_client.models.metric_history import MetricHistory
+from corral_client.models.metric_point import MetricPoint
+from corral_client.models.metric_series import MetricSeries
 from corral_client.models.migrate_guest import MigrateGuest
 from corral_client.models.new_script import NewScript
 from corral_client.models.new_token import NewToken
@@ -104,6 +110,7 @@ from corral_client.models.template import Template
 from corral_client.models.template_accepted import TemplateAccepted
 from corral_client.models.token import Token
 from corral_client.models.token_policy import TokenPolicy
+from corral_client.models.token_scope import TokenScope
 from corral_client.models.unmovable import Unmovable
 from corral_client.models.update_guest import UpdateGuest
 from corral_client.models.update_template import UpdateTemplate

@@ -32,8 +32,9 @@ class CreatedToken(BaseModel):
     expires_at: Optional[StrictStr] = Field(default=None, description="Absent: never expires.")
     id: StrictStr
     name: StrictStr
+    scope: StrictStr = Field(description="`api`, or `metrics` (scrape-only).")
     token: StrictStr = Field(description="Send as `Authorization: Bearer <token>`. Shown once; corral keeps only a digest.")
-    __properties: ClassVar[List[str]] = ["created_at", "current", "expires_at", "id", "name", "token"]
+    __properties: ClassVar[List[str]] = ["created_at", "current", "expires_at", "id", "name", "scope", "token"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -91,6 +92,7 @@ class CreatedToken(BaseModel):
             "expires_at": obj.get("expires_at"),
             "id": obj.get("id"),
             "name": obj.get("name"),
+            "scope": obj.get("scope"),
             "token": obj.get("token")
         })
         return _obj

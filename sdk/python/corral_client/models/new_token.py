@@ -20,6 +20,7 @@ import json
 from pydantic import BaseModel, ConfigDict, Field
 from typing import Any, ClassVar, Dict, List, Optional
 from typing_extensions import Annotated
+from corral_client.models.token_scope import TokenScope
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -30,7 +31,8 @@ class NewToken(BaseModel):
     """ # noqa: E501
     expires_in_secs: Optional[Annotated[int, Field(le=31622400, strict=True, ge=1)]] = Field(default=None, description="Seconds until it expires, 1 to the site's `tokens.max_days` (90 days unless an administrator changed it). Absent: that maximum, or never when the site allows tokens without expiry (`tokens.allow_no_expiry`).")
     name: Annotated[str, Field(min_length=1, strict=True, max_length=64)] = Field(description="What the token is for, e.g. `ci-deploy` (1–64 characters).")
-    __properties: ClassVar[List[str]] = ["expires_in_secs", "name"]
+    scope: Optional[TokenScope] = Field(default=None, description="`api` (the default): everything you may do. `metrics`: only scraping `/metrics` (for Prometheus; an operator's or administrator's), nothing in the API.")
+    __properties: ClassVar[List[str]] = ["expires_in_secs", "name", "scope"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -84,7 +86,8 @@ class NewToken(BaseModel):
 
         _obj = cls.model_validate({
             "expires_in_secs": obj.get("expires_in_secs"),
-            "name": obj.get("name")
+            "name": obj.get("name"),
+            "scope": obj.get("scope")
         })
         return _obj
 

@@ -17,7 +17,7 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from typing import Any, ClassVar, Dict, List
 from typing import Optional, Set
 from typing_extensions import Self
@@ -29,8 +29,10 @@ class Purged(BaseModel):
     """ # noqa: E501
     audit: StrictInt
     events: StrictInt
+    metric_rollups: StrictInt = Field(description="5-minute metric rollups.")
+    metric_samples: StrictInt = Field(description="Raw metric samples.")
     operations: StrictInt
-    __properties: ClassVar[List[str]] = ["audit", "events", "operations"]
+    __properties: ClassVar[List[str]] = ["audit", "events", "metric_rollups", "metric_samples", "operations"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -85,6 +87,8 @@ class Purged(BaseModel):
         _obj = cls.model_validate({
             "audit": obj.get("audit"),
             "events": obj.get("events"),
+            "metric_rollups": obj.get("metric_rollups"),
+            "metric_samples": obj.get("metric_samples"),
             "operations": obj.get("operations")
         })
         return _obj

@@ -18,7 +18,8 @@ import re  # noqa: F401
 import json
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
-from typing import Any, ClassVar, Dict, List
+from typing import Any, ClassVar, Dict, List, Optional
+from typing_extensions import Annotated
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -29,8 +30,10 @@ class Retention(BaseModel):
     """ # noqa: E501
     audit_days: StrictInt = Field(description="The audit trail. Default 365.")
     events_days: StrictInt = Field(description="The event log (`/events`). Default 30.")
+    metrics_days: Optional[Annotated[int, Field(le=3660, strict=True, ge=1)]] = Field(default=15, description="Metric history as 5-minute averages and maxima, days (1–3660). Default 15.")
+    metrics_raw_hours: Optional[Annotated[int, Field(le=744, strict=True, ge=1)]] = Field(default=24, description="Raw metric samples, hours (1–744). Default 24.")
     operations_days: StrictInt = Field(description="Operations that ended. Default 90.")
-    __properties: ClassVar[List[str]] = ["audit_days", "events_days", "operations_days"]
+    __properties: ClassVar[List[str]] = ["audit_days", "events_days", "metrics_days", "metrics_raw_hours", "operations_days"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -85,6 +88,8 @@ class Retention(BaseModel):
         _obj = cls.model_validate({
             "audit_days": obj.get("audit_days"),
             "events_days": obj.get("events_days"),
+            "metrics_days": obj.get("metrics_days") if obj.get("metrics_days") is not None else 15,
+            "metrics_raw_hours": obj.get("metrics_raw_hours") if obj.get("metrics_raw_hours") is not None else 24,
             "operations_days": obj.get("operations_days")
         })
         return _obj

@@ -32,7 +32,8 @@ class Token(BaseModel):
     expires_at: Optional[StrictStr] = Field(default=None, description="Absent: never expires.")
     id: StrictStr
     name: StrictStr
-    __properties: ClassVar[List[str]] = ["created_at", "current", "expires_at", "id", "name"]
+    scope: StrictStr = Field(description="`api`, or `metrics` (scrape-only).")
+    __properties: ClassVar[List[str]] = ["created_at", "current", "expires_at", "id", "name", "scope"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -89,7 +90,8 @@ class Token(BaseModel):
             "current": obj.get("current"),
             "expires_at": obj.get("expires_at"),
             "id": obj.get("id"),
-            "name": obj.get("name")
+            "name": obj.get("name"),
+            "scope": obj.get("scope")
         })
         return _obj
 

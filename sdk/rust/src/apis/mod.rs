@@ -116,6 +116,7 @@ impl From<&str> for ContentType {
 pub mod auth_api;
 pub mod events_api;
 pub mod guests_api;
+pub mod metrics_api;
 pub mod nodes_api;
 pub mod operations_api;
 pub mod plugins_api;

@@ -25,6 +25,9 @@ pub struct CreatedToken {
     pub id: String,
     #[serde(rename = "name")]
     pub name: String,
+    /// `api`, or `metrics` (scrape-only).
+    #[serde(rename = "scope")]
+    pub scope: String,
     /// Send as `Authorization: Bearer <token>`. Shown once; corral keeps only a digest.
     #[serde(rename = "token")]
     pub token: String,
@@ -36,6 +39,7 @@ impl CreatedToken {
         current: bool,
         id: String,
         name: String,
+        scope: String,
         token: String,
     ) -> CreatedToken {
         CreatedToken {
@@ -44,6 +48,7 @@ impl CreatedToken {
             expires_at: None,
             id,
             name,
+            scope,
             token,
         }
     }

@@ -19,6 +19,9 @@ pub struct NewToken {
     /// What the token is for, e.g. `ci-deploy` (1–64 characters).
     #[serde(rename = "name")]
     pub name: String,
+    /// `api` (the default): everything you may do. `metrics`: only scraping `/metrics` (for Prometheus; an operator's or administrator's), nothing in the API.
+    #[serde(rename = "scope", skip_serializing_if = "Option::is_none")]
+    pub scope: Option<models::TokenScope>,
 }
 
 impl NewToken {
@@ -26,6 +29,7 @@ impl NewToken {
         NewToken {
             expires_in_secs: None,
             name,
+            scope: None,
         }
     }
 }

@@ -17,15 +17,29 @@ pub struct Purged {
     pub audit: u64,
     #[serde(rename = "events")]
     pub events: u64,
+    /// 5-minute metric rollups.
+    #[serde(rename = "metric_rollups")]
+    pub metric_rollups: u64,
+    /// Raw metric samples.
+    #[serde(rename = "metric_samples")]
+    pub metric_samples: u64,
     #[serde(rename = "operations")]
     pub operations: u64,
 }
 
 impl Purged {
-    pub fn new(audit: u64, events: u64, operations: u64) -> Purged {
+    pub fn new(
+        audit: u64,
+        events: u64,
+        metric_rollups: u64,
+        metric_samples: u64,
+        operations: u64,
+    ) -> Purged {
         Purged {
             audit,
             events,
+            metric_rollups,
+            metric_samples,
             operations,
         }
     }

@@ -20,6 +20,12 @@ pub struct Retention {
     /// The event log (`/events`). Default 30.
     #[serde(rename = "events_days")]
     pub events_days: u32,
+    /// Metric history as 5-minute averages and maxima, days (1–3660). Default 15.
+    #[serde(rename = "metrics_days", skip_serializing_if = "Option::is_none")]
+    pub metrics_days: Option<u32>,
+    /// Raw metric samples, hours (1–744). Default 24.
+    #[serde(rename = "metrics_raw_hours", skip_serializing_if = "Option::is_none")]
+    pub metrics_raw_hours: Option<u32>,
     /// Operations that ended. Default 90.
     #[serde(rename = "operations_days")]
     pub operations_days: u32,
@@ -31,6 +37,8 @@ impl Retention {
         Retention {
             audit_days,
             events_days,
+            metrics_days: None,
+            metrics_raw_hours: None,
             operations_days,
         }
     }

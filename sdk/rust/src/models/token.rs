@@ -26,17 +26,27 @@ pub struct Token {
     pub id: String,
     #[serde(rename = "name")]
     pub name: String,
+    /// `api`, or `metrics` (scrape-only).
+    #[serde(rename = "scope")]
+    pub scope: String,
 }
 
 impl Token {
     /// A token as listed: never its value.
-    pub fn new(created_at: String, current: bool, id: String, name: String) -> Token {
+    pub fn new(
+        created_at: String,
+        current: bool,
+        id: String,
+        name: String,
+        scope: String,
+    ) -> Token {
         Token {
             created_at,
             current,
             expires_at: None,
             id,
             name,
+            scope,
         }
     }
 }

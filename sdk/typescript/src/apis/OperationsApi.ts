@@ -19,6 +19,11 @@ import {
     ErrorBodyToJSON,
 } from '../models/ErrorBody';
 import {
+    type LogEntry,
+    LogEntryFromJSON,
+    LogEntryToJSON,
+} from '../models/LogEntry';
+import {
     type Operation,
     OperationFromJSON,
     OperationToJSON,
@@ -68,6 +73,13 @@ export interface OperationListRequest {
      * 
      */
     offset?: number;
+}
+
+export interface OperationLogRequest {
+    /**
+     * 
+     */
+    id: string;
 }
 
 export interface OperationWaitRequest {
@@ -258,6 +270,59 @@ export class OperationsApi extends runtime.BaseAPI {
      */
     async operationList(requestParameters: OperationListRequest = {}, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Array<Operation>> {
         const response = await this.operationListRaw(requestParameters, initOverrides);
+        return await response.value();
+    }
+
+    /**
+     * Creates request options for operationLog without sending the request
+     */
+    async operationLogRequestOpts(requestParameters: OperationLogRequest): Promise<runtime.RequestOpts> {
+        if (requestParameters['id'] == null) {
+            throw new runtime.RequiredError(
+                'id',
+                'Required parameter "id" was null or undefined when calling operationLog().'
+            );
+        }
+
+        const queryParameters: any = {};
+
+        const headerParameters: runtime.HTTPHeaders = {};
+
+        if (this.configuration && this.configuration.accessToken) {
+            const token = this.configuration.accessToken;
+            const tokenString = await token("Auth", []);
+
+            if (tokenString) {
+                headerParameters["Authorization"] = `Bearer ${tokenString}`;
+            }
+        }
+
+        let urlPath = `/operations/{id}/log`;
+        urlPath = urlPath.replace('{id}', encodeURIComponent(String(requestParameters['id'])));
+
+        return {
+            path: urlPath,
+            method: 'GET',
+            headers: headerParameters,
+            query: queryParameters,
+        };
+    }
+
+    /**
+     * An operation\'s log: what the controller did and what the node said, by step and attempt.
+     */
+    async operationLogRaw(requestParameters: OperationLogRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Array<LogEntry>>> {
+        const requestOptions = await this.operationLogRequestOpts(requestParameters);
+        const response = await this.request(requestOptions, initOverrides);
+
+        return new runtime.JSONApiResponse(response, (jsonValue) => jsonValue.map(LogEntryFromJSON));
+    }
+
+    /**
+     * An operation\'s log: what the controller did and what the node said, by step and attempt.
+     */
+    async operationLog(requestParameters: OperationLogRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Array<LogEntry>> {
+        const response = await this.operationLogRaw(requestParameters, initOverrides);
         return await response.value();
     }
 

@@ -3,6 +3,7 @@
 export * from './AuthApi';
 export * from './EventsApi';
 export * from './GuestsApi';
+export * from './MetricsApi';
 export * from './NodesApi';
 export * from './OperationsApi';
 export * from './PluginsApi';

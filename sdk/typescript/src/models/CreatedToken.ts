@@ -40,6 +40,10 @@ export interface CreatedToken {
      */
     name: string;
     /**
+     * `api`, or `metrics` (scrape-only).
+     */
+    scope: string;
+    /**
      * Send as `Authorization: Bearer <token>`. Shown once; corral keeps only a digest.
      */
     token: string;
@@ -53,6 +57,7 @@ export function instanceOfCreatedToken(value: object): value is CreatedToken {
     if (!('current' in value) || value['current'] === undefined) return false;
     if (!('id' in value) || value['id'] === undefined) return false;
     if (!('name' in value) || value['name'] === undefined) return false;
+    if (!('scope' in value) || value['scope'] === undefined) return false;
     if (!('token' in value) || value['token'] === undefined) return false;
     return true;
 }
@@ -72,6 +77,7 @@ export function CreatedTokenFromJSONTyped(json: any, ignoreDiscriminator: boolea
         'expiresAt': json['expires_at'] == null ? undefined : json['expires_at'],
         'id': json['id'],
         'name': json['name'],
+        'scope': json['scope'],
         'token': json['token'],
     };
 }
@@ -92,6 +98,7 @@ export function CreatedTokenToJSONTyped(value?: CreatedToken | null, ignoreDiscr
         'expires_at': value['expiresAt'],
         'id': value['id'],
         'name': value['name'],
+        'scope': value['scope'],
         'token': value['token'],
     };
 }

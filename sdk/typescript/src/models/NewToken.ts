@@ -13,6 +13,14 @@
  */
 
 import { mapValues } from '../runtime';
+import type { TokenScope } from './TokenScope';
+import {
+    TokenScopeFromJSON,
+    TokenScopeFromJSONTyped,
+    TokenScopeToJSON,
+    TokenScopeToJSONTyped,
+} from './TokenScope';
+
 /**
  * 
  * @export
@@ -29,7 +37,14 @@ export interface NewToken {
      * What the token is for, e.g. `ci-deploy` (1–64 characters).
      */
     name: string;
+    /**
+     * `api` (the default): everything you may do. `metrics`: only scraping `/metrics`
+     * (for Prometheus; an operator's or administrator's), nothing in the API.
+     */
+    scope?: TokenScope;
 }
+
+
 
 /**
  * Check if a given object implements the NewToken interface.
@@ -51,6 +66,7 @@ export function NewTokenFromJSONTyped(json: any, ignoreDiscriminator: boolean): 
         
         'expiresInSecs': json['expires_in_secs'] == null ? undefined : json['expires_in_secs'],
         'name': json['name'],
+        'scope': json['scope'] == null ? undefined : TokenScopeFromJSON(json['scope']),
     };
 }
 
@@ -67,6 +83,7 @@ export function NewTokenToJSONTyped(value?: NewToken | null, ignoreDiscriminator
         
         'expires_in_secs': value['expiresInSecs'],
         'name': value['name'],
+        'scope': TokenScopeToJSON(value['scope']),
     };
 }
 

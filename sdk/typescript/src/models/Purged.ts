@@ -28,6 +28,14 @@ export interface Purged {
      */
     events: number;
     /**
+     * 5-minute metric rollups.
+     */
+    metricRollups: number;
+    /**
+     * Raw metric samples.
+     */
+    metricSamples: number;
+    /**
      * 
      */
     operations: number;
@@ -39,6 +47,8 @@ export interface Purged {
 export function instanceOfPurged(value: object): value is Purged {
     if (!('audit' in value) || value['audit'] === undefined) return false;
     if (!('events' in value) || value['events'] === undefined) return false;
+    if ((!('metricRollups' in (value as Record<string, any>)) && !('metric_rollups' in (value as Record<string, any>))) || ((value as Record<string, any>)['metricRollups'] === undefined && (value as Record<string, any>)['metric_rollups'] === undefined)) return false;
+    if ((!('metricSamples' in (value as Record<string, any>)) && !('metric_samples' in (value as Record<string, any>))) || ((value as Record<string, any>)['metricSamples'] === undefined && (value as Record<string, any>)['metric_samples'] === undefined)) return false;
     if (!('operations' in value) || value['operations'] === undefined) return false;
     return true;
 }
@@ -55,6 +65,8 @@ export function PurgedFromJSONTyped(json: any, ignoreDiscriminator: boolean): Pu
         
         'audit': json['audit'],
         'events': json['events'],
+        'metricRollups': json['metric_rollups'],
+        'metricSamples': json['metric_samples'],
         'operations': json['operations'],
     };
 }
@@ -72,6 +84,8 @@ export function PurgedToJSONTyped(value?: Purged | null, ignoreDiscriminator: bo
         
         'audit': value['audit'],
         'events': value['events'],
+        'metric_rollups': value['metricRollups'],
+        'metric_samples': value['metricSamples'],
         'operations': value['operations'],
     };
 }

@@ -28,6 +28,14 @@ export interface Retention {
      */
     eventsDays: number;
     /**
+     * Metric history as 5-minute averages and maxima, days (1–3660). Default 15.
+     */
+    metricsDays?: number;
+    /**
+     * Raw metric samples, hours (1–744). Default 24.
+     */
+    metricsRawHours?: number;
+    /**
      * Operations that ended. Default 90.
      */
     operationsDays: number;
@@ -55,6 +63,8 @@ export function RetentionFromJSONTyped(json: any, ignoreDiscriminator: boolean):
         
         'auditDays': json['audit_days'],
         'eventsDays': json['events_days'],
+        'metricsDays': json['metrics_days'] == null ? undefined : json['metrics_days'],
+        'metricsRawHours': json['metrics_raw_hours'] == null ? undefined : json['metrics_raw_hours'],
         'operationsDays': json['operations_days'],
     };
 }
@@ -72,6 +82,8 @@ export function RetentionToJSONTyped(value?: Retention | null, ignoreDiscriminat
         
         'audit_days': value['auditDays'],
         'events_days': value['eventsDays'],
+        'metrics_days': value['metricsDays'],
+        'metrics_raw_hours': value['metricsRawHours'],
         'operations_days': value['operationsDays'],
     };
 }

@@ -39,6 +39,10 @@ export interface Token {
      * 
      */
     name: string;
+    /**
+     * `api`, or `metrics` (scrape-only).
+     */
+    scope: string;
 }
 
 /**
@@ -49,6 +53,7 @@ export function instanceOfToken(value: object): value is Token {
     if (!('current' in value) || value['current'] === undefined) return false;
     if (!('id' in value) || value['id'] === undefined) return false;
     if (!('name' in value) || value['name'] === undefined) return false;
+    if (!('scope' in value) || value['scope'] === undefined) return false;
     return true;
 }
 
@@ -67,6 +72,7 @@ export function TokenFromJSONTyped(json: any, ignoreDiscriminator: boolean): Tok
         'expiresAt': json['expires_at'] == null ? undefined : json['expires_at'],
         'id': json['id'],
         'name': json['name'],
+        'scope': json['scope'],
     };
 }
 
@@ -86,6 +92,7 @@ export function TokenToJSONTyped(value?: Token | null, ignoreDiscriminator: bool
         'expires_at': value['expiresAt'],
         'id': value['id'],
         'name': value['name'],
+        'scope': value['scope'],
     };
 }
 
