@@ -13,6 +13,7 @@
 mod admin;
 mod disks;
 mod guests;
+mod metrics;
 mod nodes;
 mod ops;
 pub mod output;

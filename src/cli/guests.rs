@@ -129,6 +129,14 @@ pub enum GuestCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Every guest's newest figures: CPU, memory, disk and network.
+    Top {
+        /// Only guests on this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// A guest's figures over a range, as a chart.
+    Metrics(super::metrics::RangeArgs),
 }
 
 /// `guest migrate`'s arguments.
@@ -286,6 +294,8 @@ impl Client {
                 r.generate = generate.then_some(true);
                 self.guest_password(guest, r, wait).await
             }
+            GuestCmd::Top { node } => self.guest_top(node).await,
+            GuestCmd::Metrics(a) => self.metrics_chart(false, a).await,
             GuestCmd::ChangeIp { guest, ip, wait } => {
                 let mut body = ChangeIp::new();
                 body.ip = ip;

@@ -48,6 +48,10 @@ pub enum NodeCmd {
         #[arg(last = true, required_unless_present = "clear")]
         command: Vec<String>,
     },
+    /// Every node's newest figures: CPU, memory, storage.
+    Top,
+    /// A node's figures over a range, as a chart.
+    Metrics(super::metrics::RangeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +118,8 @@ impl Client {
                 Ok(true)
             }
             NodeCmd::Drain { node, wait } => self.node_drain(&node, wait).await,
+            NodeCmd::Top => self.node_top().await,
+            NodeCmd::Metrics(a) => self.metrics_chart(true, a).await,
             NodeCmd::Fence {
                 node,
                 clear,

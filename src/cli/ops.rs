@@ -36,6 +36,13 @@ pub enum OpCmd {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// An operation's log: what the controller did and what the node said, by step.
+    Log {
+        id: String,
+        /// Each line's full detail too.
+        #[arg(long)]
+        detail: bool,
+    },
 }
 
 impl Client {
@@ -50,7 +57,40 @@ impl Client {
             OpCmd::Show { id } => self.op_show(&id).await,
             OpCmd::Wait { ids } => self.op_wait(&ids).await,
             OpCmd::Cancel { ids } => self.op_cancel(&ids).await,
+            OpCmd::Log { id, detail } => self.op_log(&id, detail).await,
         }
+    }
+
+    /// `op log`: one line each, the detail indented under it with `--detail` (a failed
+    /// line's detail is always shown).
+    async fn op_log(&self, id: &str, detail: bool) -> Result<bool, CliError> {
+        let lines = operations_api::operation_log(self.config(), id).await?;
+        if self.out != super::Output::Table {
+            emit(self.out, &lines, || Table::new(&[]));
+            return Ok(true);
+        }
+        for l in &lines {
+            let step = match (&l.step_name, l.attempt) {
+                (Some(n), Some(a)) => format!("{n}#{a}{}", if l.undo { " undo" } else { "" }),
+                _ => "-".into(),
+            };
+            println!(
+                "{} {:<5} {:<18} {:<14} {}",
+                l.at,
+                l.level,
+                super::output::printable_line(&l.source),
+                step,
+                super::output::printable_line(&l.message)
+            );
+            if let Some(d) = &l.detail {
+                if detail || l.level == "error" {
+                    for line in d.lines() {
+                        println!("      {}", super::output::printable_line(line));
+                    }
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// `op list`, filtered.

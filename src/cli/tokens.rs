@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use corral_client::apis::auth_api;
-use corral_client::models::NewToken;
+use corral_client::models::{NewToken, TokenScope};
 
 use super::output::{age, emit, emit_record, opt, Table};
 use super::{CliError, Client};
@@ -15,6 +15,9 @@ pub enum TokenCmd {
         /// Lifetime, e.g. 3600s, 90m, 12h, 30d (default: never expires).
         #[arg(long)]
         expires_in: Option<String>,
+        /// `metrics`: a scrape-only token for Prometheus (`/metrics`, nothing else).
+        #[arg(long, value_parser = ["api", "metrics"], default_value = "api")]
+        scope: String,
     },
     /// Your tokens (never their values).
     List,
@@ -51,8 +54,17 @@ impl Client {
     pub async fn token(&self, cmd: TokenCmd) -> Result<bool, CliError> {
         let c = self.config();
         match cmd {
-            TokenCmd::Create { name, expires_in } => {
+            TokenCmd::Create {
+                name,
+                expires_in,
+                scope,
+            } => {
                 let mut t = NewToken::new(name);
+                t.scope = Some(if scope == "metrics" {
+                    TokenScope::Metrics
+                } else {
+                    TokenScope::Api
+                });
                 t.expires_in_secs = expires_in.as_deref().map(parse_secs).transpose()?;
                 let created = auth_api::token_create(c, t).await?;
                 if self.out == super::Output::Table {
