@@ -11,9 +11,12 @@
 //!    directly (`qemu-img create -b`, `virsh define`, `virsh start`), and the latency from a
 //!    libvirt lifecycle event (`virsh suspend`/`resume`) to an SSE client, p50/p99;
 //! 5. `--reads`: the list endpoints under 64 connections, empty and with N records, as
-//!    ratios to `GET /about` in the same run (see [`reads`]).
+//!    ratios to `GET /about` in the same run (see [`reads`]);
+//! 6. metric history at 100 nodes × 100 guests every 15 s: controller CPU, write rate,
+//!    storage per guest per day, a 15-day query, `/metrics` (see `metrics.rs`).
 
 mod agent;
+mod metrics;
 pub mod reads;
 mod scripts;
 mod storage;
@@ -113,6 +116,10 @@ pub struct BenchOpts {
     pub storage_only: bool,
     /// The storage figures as well (after the others).
     pub storage: bool,
+    /// Rounds of the metrics figures, 15 s apart (0: skip).
+    pub metrics_rounds: usize,
+    /// Only the metrics figures.
+    pub metrics_only: bool,
 }
 
 fn free_port() -> Result<u16, BenchError> {
@@ -560,6 +567,15 @@ fn corral(args: &[&str], env: &[(&str, String)], log: &Path) -> Result<Child, Be
     Ok(c.spawn()?)
 }
 
+/// The metrics figures' fleet: 100 nodes × 100 guests, as the issue names it.
+fn metrics_opts(o: &BenchOpts) -> metrics::MetricsOpts {
+    metrics::MetricsOpts {
+        nodes: 100,
+        guests_per_node: 100,
+        rounds: o.metrics_rounds.max(2),
+    }
+}
+
 pub async fn run(o: BenchOpts) -> Result<(), BenchError> {
     let tmp = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
@@ -578,6 +594,9 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    if o.metrics_only {
+        return metrics::run(&metrics_opts(o), tmp).await;
+    }
     if o.scripts > 0 {
         scripts::run(o.scripts).map_err(BenchError::Setup)?;
     }
@@ -599,6 +618,9 @@ async fn run_in(o: &BenchOpts, tmp: &Path) -> Result<(), BenchError> {
     }
     if o.reads_only {
         return Ok(());
+    }
+    if o.metrics_rounds > 0 {
+        metrics::run(&metrics_opts(o), tmp).await?;
     }
     let raw = raw_rate(o.raw, tmp).await?;
     println!(

@@ -147,6 +147,13 @@ struct BenchArgs {
     /// The storage figures too, in the same run as the others.
     #[arg(long)]
     storage: bool,
+    /// Sampling rounds (15 s apart) of 100 simulated nodes × 100 guests for the metrics
+    /// figures (0: skip).
+    #[arg(long, default_value_t = 4)]
+    metrics_rounds: usize,
+    /// Only the metrics figures.
+    #[arg(long)]
+    metrics_only: bool,
 }
 
 impl From<BenchArgs> for bench::BenchOpts {
@@ -165,6 +172,8 @@ impl From<BenchArgs> for bench::BenchOpts {
             reads_secs: a.reads_secs,
             storage_only: a.storage_only,
             storage: a.storage,
+            metrics_rounds: a.metrics_rounds,
+            metrics_only: a.metrics_only,
         }
     }
 }

@@ -35,8 +35,16 @@ async fn until(cloud: &Cloud, path: &str, check: impl Fn(&Value) -> bool) -> Val
     panic!("{path} never got there: {last}\n{}", cloud.log_tail(30));
 }
 
-fn series<'a>(h: &'a Value, name: &str) -> Option<&'a Vec<Value>> {
-    h["series"].as_array()?.iter().find(|s| s["name"] == name)?["points"].as_array()
+/// A series' values.
+fn series(h: &Value, name: &str) -> Option<Vec<f64>> {
+    let s = h["series"].as_array()?.iter().find(|s| s["name"] == name)?;
+    Some(
+        s["values"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect(),
+    )
 }
 
 /// `GET /metrics` with `token` (None: without one).
@@ -128,13 +136,13 @@ async fn history_figures_and_the_exposition_answer_only_whom_they_may() {
     assert_eq!(h["source"], "raw", "{h}");
     let total = series(&h, "memory_total_bytes").unwrap();
     let used = series(&h, "memory_used_bytes").unwrap();
-    let last = |p: &Vec<Value>| p.last().unwrap()["value"].as_f64().unwrap();
+    let last = |p: &Vec<f64>| *p.last().unwrap();
     assert!(
-        last(total) > 64.0 * 1048576.0 && last(used) > 0.0 && last(used) < last(total),
+        last(&total) > 64.0 * 1048576.0 && last(&used) > 0.0 && last(&used) < last(&total),
         "{h}"
     );
-    let cpus = last(series(&h, "cpus").unwrap());
-    let busy = last(series(&h, "cpu_seconds_per_second").unwrap());
+    let cpus = last(&series(&h, "cpus").unwrap());
+    let busy = last(&series(&h, "cpu_seconds_per_second").unwrap());
     assert!(
         cpus >= 1.0 && (0.0..=cpus * 1.05).contains(&busy),
         "{busy} of {cpus}: {h}"

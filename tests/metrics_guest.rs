@@ -29,18 +29,29 @@ async fn points(cloud: &Cloud, gid: &str, series: &str, from: &str) -> Vec<(i64,
         .iter()
         .find(|x| x["name"] == series)
         .map(|x| {
-            x["points"]
+            let at = x["at_ms"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|p| (p["at_ms"].as_i64().unwrap(), p["value"].as_f64().unwrap()))
-                .collect()
+                .map(|t| t.as_i64().unwrap());
+            let vals = x["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap());
+            at.zip(vals).collect()
         })
         .unwrap_or_default()
 }
 
 /// Waits (up to `secs`) until the newest point of a series passes `check`.
-async fn newest_until(cloud: &Cloud, gid: &str, series: &str, secs: u64, check: impl Fn(f64) -> bool) -> f64 {
+async fn newest_until(
+    cloud: &Cloud,
+    gid: &str,
+    series: &str,
+    secs: u64,
+    check: impl Fn(f64) -> bool,
+) -> f64 {
     let t0 = Instant::now();
     let mut last = None;
     while t0.elapsed() < Duration::from_secs(secs) {
@@ -50,7 +61,10 @@ async fn newest_until(cloud: &Cloud, gid: &str, series: &str, secs: u64, check: 
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    panic!("{series} of {gid} never passed the check; last {last:?}\n{}", cloud.log_tail(20));
+    panic!(
+        "{series} of {gid} never passed the check; last {last:?}\n{}",
+        cloud.log_tail(20)
+    );
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -67,7 +81,10 @@ fn exported(text: &str) -> BTreeSet<String> {
 
 /// Every `corral_…` name in the dashboard's queries.
 fn dashboard_names() -> Vec<(String, String)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/grafana-dashboard.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/grafana-dashboard.json"
+    );
     let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut out = Vec::new();
     for p in d["panels"].as_array().unwrap() {
@@ -110,8 +127,10 @@ async fn a_real_guests_cpu_and_memory_series_follow_what_it_does() {
     let name = format!("mt{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let _sweep = Sweep(name.clone());
     let (gid, op) = cloud
-        .create(json!({"name": name, "template": "gi", "pool": "metnet", "cpus": 1,
-                       "memory_mib": 128, "max_memory_mib": 256}))
+        .create(
+            json!({"name": name, "template": "gi", "pool": "metnet", "cpus": 1,
+                       "memory_mib": 128, "max_memory_mib": 256}),
+        )
         .await[0]
         .clone();
     assert_eq!(cloud.wait_op(&op).await["state"], "succeeded");
@@ -124,9 +143,17 @@ async fn a_real_guests_cpu_and_memory_series_follow_what_it_does() {
         .iter()
         .map(|p| p.1)
         .collect();
-    assert!(!idle.is_empty(), "no CPU samples of a running guest\n{}", cloud.log_tail(20));
+    assert!(
+        !idle.is_empty(),
+        "no CPU samples of a running guest\n{}",
+        cloud.log_tail(20)
+    );
     // Busy: a shell loop for 20 s, started through the agent.
-    sh(URI, &name, "(timeout 20 sh -c 'while :; do :; done' >/dev/null 2>&1 &); echo started");
+    sh(
+        URI,
+        &name,
+        "(timeout 20 sh -c 'while :; do :; done' >/dev/null 2>&1 &); echo started",
+    );
     tokio::time::sleep(Duration::from_secs(14)).await;
     let busy: Vec<f64> = points(&cloud, &gid, "cpu_seconds_per_second", "10s")
         .await
@@ -134,14 +161,24 @@ async fn a_real_guests_cpu_and_memory_series_follow_what_it_does() {
         .map(|p| p.1)
         .collect();
     let (idle_avg, busy_avg) = (mean(&idle), mean(&busy));
-    eprintln!("guest CPU (cores busy): idle {idle_avg:.3} {idle:?}, busy loop {busy_avg:.3} {busy:?}");
+    eprintln!(
+        "guest CPU (cores busy): idle {idle_avg:.3} {idle:?}, busy loop {busy_avg:.3} {busy:?}"
+    );
     assert!(
         busy_avg > idle_avg + 0.2 && busy_avg <= 1.1,
         "one vCPU in a busy loop: idle {idle:?}, busy {busy:?}"
     );
     let counter = cloud.get("/metrics/guests").await.1;
-    let g = counter.as_array().unwrap().iter().find(|g| g["id"] == gid.as_str()).unwrap();
-    assert!(g["values"]["cpu_seconds_total"].as_f64().unwrap() > 1.0, "{g}");
+    let g = counter
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == gid.as_str())
+        .unwrap();
+    assert!(
+        g["values"]["cpu_seconds_total"].as_f64().unwrap() > 1.0,
+        "{g}"
+    );
 
     // Memory: the balloon's size follows a live resize; the guest's own use is reported.
     let before = newest_until(&cloud, &gid, "memory_bytes", 30, |v| v > 0.0).await;
@@ -149,19 +186,39 @@ async fn a_real_guests_cpu_and_memory_series_follow_what_it_does() {
     let used = newest_until(&cloud, &gid, "memory_used_bytes", 60, |v| v > 0.0).await;
     assert!(used < before, "used {used} of {before}");
     let (s, v) = cloud
-        .call(reqwest::Method::PUT, &format!("/guests/{gid}/size"), Some(json!({"memory_mib": 240})))
+        .call(
+            reqwest::Method::PUT,
+            &format!("/guests/{gid}/size"),
+            Some(json!({"memory_mib": 240})),
+        )
         .await;
     assert_eq!(s, 202, "{v}");
-    assert_eq!(cloud.wait_op(v["operation_id"].as_str().unwrap()).await["state"], "succeeded");
+    assert_eq!(
+        cloud.wait_op(v["operation_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
     let after = newest_until(&cloud, &gid, "memory_bytes", 60, |v| v > 200.0 * 1048576.0).await;
-    eprintln!("guest memory: {} MiB -> {} MiB (used {} MiB)", before / 1048576.0, after / 1048576.0, used / 1048576.0);
+    eprintln!(
+        "guest memory: {} MiB -> {} MiB (used {} MiB)",
+        before / 1048576.0,
+        after / 1048576.0,
+        used / 1048576.0
+    );
 
     // The node's own series, and the same through the rollups.
-    let (_, h) = cloud.get(&format!("/nodes/{}/metrics?from=2m", cloud.node_id)).await;
-    for s in ["cpu_seconds_per_second", "memory_used_bytes", "filesystem_free_bytes"] {
+    let (_, h) = cloud
+        .get(&format!("/nodes/{}/metrics?from=2m", cloud.node_id))
+        .await;
+    for s in [
+        "cpu_seconds_per_second",
+        "memory_used_bytes",
+        "filesystem_free_bytes",
+    ] {
         assert!(h.to_string().contains(s), "{s}: {h}");
     }
-    let (_, r) = cloud.get(&format!("/guests/{gid}/metrics?from=1h&step=5m&agg=max")).await;
+    let (_, r) = cloud
+        .get(&format!("/guests/{gid}/metrics?from=1h&step=5m&agg=max"))
+        .await;
     assert_eq!(r["source"], "rollup", "{r}");
     assert!(r.to_string().contains("cpu_seconds_per_second"), "{r}");
 
@@ -178,7 +235,10 @@ async fn a_real_guests_cpu_and_memory_series_follow_what_it_does() {
         .unwrap();
     let have = exported(&text);
     for (name, expr) in dashboard_names() {
-        assert!(have.contains(&name), "the dashboard asks for {name} ({expr}), not exported:\n{have:?}");
+        assert!(
+            have.contains(&name),
+            "the dashboard asks for {name} ({expr}), not exported:\n{have:?}"
+        );
     }
     let (s, _) = cloud.delete(&format!("/guests/{gid}")).await;
     assert_eq!(s, 202);

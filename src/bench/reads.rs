@@ -58,7 +58,7 @@ pub(super) struct Server {
     pub(super) token: String,
     /// The controller's template image directory.
     pub(super) templates: PathBuf,
-    store: Store,
+    pub(super) store: Store,
     stop: watch::Sender<bool>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -118,7 +118,7 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         http: &reqwest::Client,
         method: reqwest::Method,
@@ -334,7 +334,14 @@ async fn seed_guest(
 
 /// A running guest `id` named `name` as a create from `template` (its `image`) in `pool`
 /// leaves it at `at`, before its node, address, MAC and VNC port are set.
-fn guest_row(id: &str, name: &str, pool: &str, template: &str, image: &str, at: i64) -> GuestRow {
+pub(super) fn guest_row(
+    id: &str,
+    name: &str,
+    pool: &str,
+    template: &str,
+    image: &str,
+    at: i64,
+) -> GuestRow {
     GuestRow {
         id: id.to_string(),
         name: name.to_string(),
@@ -486,7 +493,7 @@ async fn run_on(server: &Server, o: &ReadOpts) -> Result<(), BenchError> {
 
 /// Registers a blank template image and a /15 pool; the template's id, its image path
 /// and the pool's id.
-async fn register(server: &Server) -> Result<(String, String, String), BenchError> {
+pub(super) async fn register(server: &Server) -> Result<(String, String, String), BenchError> {
     let http = reqwest::Client::new();
     let image = server.templates.join("bench.qcow2");
     super::blank_qcow2(&image).await?;

@@ -201,10 +201,13 @@ impl Client {
             .series
             .iter()
             .map(|s| {
-                (
-                    s.name.as_str(),
-                    s.points.iter().map(|p| (p.at_ms, p.value)).collect(),
-                )
+                let pts = s
+                    .at_ms
+                    .iter()
+                    .copied()
+                    .zip(s.values.iter().copied())
+                    .collect();
+                (s.name.as_str(), pts)
             })
             .collect();
         let points = by_name.get(a.series.as_str()).cloned().unwrap_or_default();

@@ -88,7 +88,6 @@ __all__ = [
     "LoginRequest",
     "LoginResponse",
     "MetricHistory",
-    "MetricPoint",
     "MetricSeries",
     "MigrateGuest",
     "NewScript",
@@ -221,7 +220,6 @@ from corral_client.models.log_entry import LogEntry as LogEntry
 from corral_client.models.login_request import LoginRequest as LoginRequest
 from corral_client.models.login_response import LoginResponse as LoginResponse
 from corral_client.models.metric_history import MetricHistory as MetricHistory
-from corral_client.models.metric_point import MetricPoint as MetricPoint
 from corral_client.models.metric_series import MetricSeries as MetricSeries
 from corral_client.models.migrate_guest import MigrateGuest as MigrateGuest
 from corral_client.models.new_script import NewScript as NewScript

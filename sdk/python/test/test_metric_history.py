@@ -37,14 +37,16 @@ class TestMetricHistory(unittest.TestCase):
             return MetricHistory(
                 agg = 'avg',
                 var_from = '',
+                from_ms = 56,
                 id = '',
                 series = [
                     corral_client.models.metric_series.MetricSeries(
+                        at_ms = [
+                            56
+                            ], 
                         name = '', 
-                        points = [
-                            corral_client.models.metric_point.MetricPoint(
-                                at_ms = 56, 
-                                value = 1.337, )
+                        values = [
+                            1.337
                             ], )
                     ],
                 source = '',
@@ -55,14 +57,16 @@ class TestMetricHistory(unittest.TestCase):
             return MetricHistory(
                 agg = 'avg',
                 var_from = '',
+                from_ms = 56,
                 id = '',
                 series = [
                     corral_client.models.metric_series.MetricSeries(
+                        at_ms = [
+                            56
+                            ], 
                         name = '', 
-                        points = [
-                            corral_client.models.metric_point.MetricPoint(
-                                at_ms = 56, 
-                                value = 1.337, )
+                        values = [
+                            1.337
                             ], )
                     ],
                 source = '',

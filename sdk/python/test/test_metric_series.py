@@ -35,20 +35,22 @@ class TestMetricSeries(unittest.TestCase):
         model = MetricSeries()
         if include_optional:
             return MetricSeries(
+                at_ms = [
+                    56
+                    ],
                 name = '',
-                points = [
-                    corral_client.models.metric_point.MetricPoint(
-                        at_ms = 56, 
-                        value = 1.337, )
+                values = [
+                    1.337
                     ]
             )
         else:
             return MetricSeries(
+                at_ms = [
+                    56
+                    ],
                 name = '',
-                points = [
-                    corral_client.models.metric_point.MetricPoint(
-                        at_ms = 56, 
-                        value = 1.337, )
+                values = [
+                    1.337
                     ],
         )
         """

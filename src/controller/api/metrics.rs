@@ -34,17 +34,14 @@ pub enum Agg {
 }
 
 #[derive(Debug, Object)]
-pub struct MetricPoint {
-    /// The step's start, ms since the epoch.
-    pub at_ms: i64,
-    pub value: f64,
-}
-
-#[derive(Debug, Object)]
 pub struct MetricSeries {
     /// The series, e.g. `cpu_seconds_per_second` (cores busy) or `memory_bytes`.
     pub name: String,
-    pub points: Vec<MetricPoint>,
+    /// The start of each step that has samples, ms since the epoch. Two columns rather
+    /// than (time, value) objects: a 15-day answer has tens of thousands of points.
+    pub at_ms: Vec<i64>,
+    /// The value of each of those steps: `values[i]` is at `at_ms[i]`.
+    pub values: Vec<f64>,
 }
 
 #[derive(Debug, Object)]
@@ -53,6 +50,8 @@ pub struct MetricHistory {
     pub id: String,
     pub from: String,
     pub to: String,
+    /// The first step's start, ms since the epoch.
+    pub from_ms: i64,
     /// The step the points are at (rounded up to whole 5-minute buckets when the
     /// answer comes from the rollups).
     pub step_seconds: i64,
@@ -125,6 +124,7 @@ async fn history(
         id: id.to_string(),
         from: rfc3339(w.from),
         to: rfc3339(w.to),
+        from_ms: w.from,
         step_seconds: w.step_ms / 1000,
         agg,
         source: match w.source {
@@ -134,12 +134,13 @@ async fn history(
         .into(),
         series: h
             .into_iter()
-            .map(|(name, points)| MetricSeries {
-                name,
-                points: points
-                    .into_iter()
-                    .map(|(at_ms, value)| MetricPoint { at_ms, value })
-                    .collect(),
+            .map(|(name, points)| {
+                let (at_ms, values) = points.into_iter().unzip();
+                MetricSeries {
+                    name,
+                    at_ms,
+                    values,
+                }
             })
             .collect(),
     })

@@ -341,6 +341,21 @@ impl Db {
         Ok((raw, rollups))
     }
 
+    /// Compacts the file and answers its size (bytes), for the bench.
+    pub async fn vacuum(&self) -> Result<f64, MetricsError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await?;
+        sqlx::query("VACUUM").execute(&self.writer).await?;
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&self.writer)
+            .await?;
+        let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&self.writer)
+            .await?;
+        Ok((pages * size) as f64)
+    }
+
     /// Row counts (samples, rollups), for the bench and the tests.
     pub async fn counts(&self) -> Result<(i64, i64), MetricsError> {
         let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM raw")

@@ -63,7 +63,6 @@ from corral_client.models.log_entry import LogEntry
 from corral_client.models.login_request import LoginRequest
 from corral_client.models.login_response import LoginResponse
 from corral_client.models.metric_history import MetricHistory
-from corral_client.models.metric_point import MetricPoint
 from corral_client.models.metric_series import MetricSeries
 from corral_client.models.migrate_guest import MigrateGuest
 from corral_client.models.new_script import NewScript

@@ -31,12 +31,13 @@ class MetricHistory(BaseModel):
     """ # noqa: E501
     agg: Agg
     var_from: StrictStr = Field(alias="from")
+    from_ms: StrictInt = Field(description="The first step's start, ms since the epoch.")
     id: StrictStr = Field(description="The guest's or node's id.")
     series: List[MetricSeries]
     source: StrictStr = Field(description="`raw` (the samples) or `rollup` (5-minute averages and maxima).")
     step_seconds: StrictInt = Field(description="The step the points are at (rounded up to whole 5-minute buckets when the answer comes from the rollups).")
     to: StrictStr
-    __properties: ClassVar[List[str]] = ["agg", "from", "id", "series", "source", "step_seconds", "to"]
+    __properties: ClassVar[List[str]] = ["agg", "from", "from_ms", "id", "series", "source", "step_seconds", "to"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -97,6 +98,7 @@ class MetricHistory(BaseModel):
         _obj = cls.model_validate({
             "agg": obj.get("agg"),
             "from": obj.get("from"),
+            "from_ms": obj.get("from_ms"),
             "id": obj.get("id"),
             "series": [MetricSeries.from_dict(_item) for _item in obj["series"]] if obj.get("series") is not None else None,
             "source": obj.get("source"),

@@ -17,9 +17,8 @@ import pprint
 import re  # noqa: F401
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
-from typing import Any, ClassVar, Dict, List
-from corral_client.models.metric_point import MetricPoint
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from typing import Any, ClassVar, Dict, List, Union
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -28,9 +27,10 @@ class MetricSeries(BaseModel):
     """
     MetricSeries
     """ # noqa: E501
+    at_ms: List[StrictInt] = Field(description="The start of each step that has samples, ms since the epoch. Two columns rather than (time, value) objects: a 15-day answer has tens of thousands of points.")
     name: StrictStr = Field(description="The series, e.g. `cpu_seconds_per_second` (cores busy) or `memory_bytes`.")
-    points: List[MetricPoint]
-    __properties: ClassVar[List[str]] = ["name", "points"]
+    values: List[Union[StrictFloat, StrictInt]] = Field(description="The value of each of those steps: `values[i]` is at `at_ms[i]`.")
+    __properties: ClassVar[List[str]] = ["at_ms", "name", "values"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -71,12 +71,6 @@ class MetricSeries(BaseModel):
             exclude=excluded_fields,
             exclude_none=True,
         )
-        # override the default output from pydantic by calling `to_dict()` of each item in points (list)
-        _items = []
-        if self.points:
-            for _item_points in self.points:
-                _items.append(_item_points.to_dict() if _item_points is not None else None)
-            _dict['points'] = _items
         return _dict
 
     @classmethod
@@ -89,8 +83,9 @@ class MetricSeries(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
+            "at_ms": obj.get("at_ms"),
             "name": obj.get("name"),
-            "points": [MetricPoint.from_dict(_item) for _item in obj["points"]] if obj.get("points") is not None else None
+            "values": obj.get("values")
         })
         return _obj
 

@@ -17,6 +17,9 @@ pub struct MetricHistory {
     pub agg: models::Agg,
     #[serde(rename = "from")]
     pub from: String,
+    /// The first step's start, ms since the epoch.
+    #[serde(rename = "from_ms")]
+    pub from_ms: i64,
     /// The guest's or node's id.
     #[serde(rename = "id")]
     pub id: String,
@@ -36,6 +39,7 @@ impl MetricHistory {
     pub fn new(
         agg: models::Agg,
         from: String,
+        from_ms: i64,
         id: String,
         series: Vec<models::MetricSeries>,
         source: String,
@@ -45,6 +49,7 @@ impl MetricHistory {
         MetricHistory {
             agg,
             from,
+            from_ms,
             id,
             series,
             source,

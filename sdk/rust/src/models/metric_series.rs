@@ -13,15 +13,23 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricSeries {
+    /// The start of each step that has samples, ms since the epoch. Two columns rather than (time, value) objects: a 15-day answer has tens of thousands of points.
+    #[serde(rename = "at_ms")]
+    pub at_ms: Vec<i64>,
     /// The series, e.g. `cpu_seconds_per_second` (cores busy) or `memory_bytes`.
     #[serde(rename = "name")]
     pub name: String,
-    #[serde(rename = "points")]
-    pub points: Vec<models::MetricPoint>,
+    /// The value of each of those steps: `values[i]` is at `at_ms[i]`.
+    #[serde(rename = "values")]
+    pub values: Vec<f64>,
 }
 
 impl MetricSeries {
-    pub fn new(name: String, points: Vec<models::MetricPoint>) -> MetricSeries {
-        MetricSeries { name, points }
+    pub fn new(at_ms: Vec<i64>, name: String, values: Vec<f64>) -> MetricSeries {
+        MetricSeries {
+            at_ms,
+            name,
+            values,
+        }
     }
 }

@@ -98,8 +98,6 @@ pub mod login_response;
 pub use self::login_response::LoginResponse;
 pub mod metric_history;
 pub use self::metric_history::MetricHistory;
-pub mod metric_point;
-pub use self::metric_point::MetricPoint;
 pub mod metric_series;
 pub use self::metric_series::MetricSeries;
 pub mod migrate_guest;

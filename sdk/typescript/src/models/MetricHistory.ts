@@ -43,6 +43,10 @@ export interface MetricHistory {
      */
     from: string;
     /**
+     * The first step's start, ms since the epoch.
+     */
+    fromMs: number;
+    /**
      * The guest's or node's id.
      */
     id: string;
@@ -73,6 +77,7 @@ export interface MetricHistory {
 export function instanceOfMetricHistory(value: object): value is MetricHistory {
     if (!('agg' in value) || value['agg'] === undefined) return false;
     if (!('from' in value) || value['from'] === undefined) return false;
+    if ((!('fromMs' in (value as Record<string, any>)) && !('from_ms' in (value as Record<string, any>))) || ((value as Record<string, any>)['fromMs'] === undefined && (value as Record<string, any>)['from_ms'] === undefined)) return false;
     if (!('id' in value) || value['id'] === undefined) return false;
     if (!('series' in value) || value['series'] === undefined) return false;
     if (!('source' in value) || value['source'] === undefined) return false;
@@ -93,6 +98,7 @@ export function MetricHistoryFromJSONTyped(json: any, ignoreDiscriminator: boole
         
         'agg': AggFromJSON(json['agg']),
         'from': json['from'],
+        'fromMs': json['from_ms'],
         'id': json['id'],
         'series': ((json['series'] as Array<any>).map(MetricSeriesFromJSON)),
         'source': json['source'],
@@ -114,6 +120,7 @@ export function MetricHistoryToJSONTyped(value?: MetricHistory | null, ignoreDis
         
         'agg': AggToJSON(value['agg']),
         'from': value['from'],
+        'from_ms': value['fromMs'],
         'id': value['id'],
         'series': ((value['series'] as Array<any>).map(MetricSeriesToJSON)),
         'source': value['source'],

@@ -13,14 +13,6 @@
  */
 
 import { mapValues } from '../runtime';
-import type { MetricPoint } from './MetricPoint';
-import {
-    MetricPointFromJSON,
-    MetricPointFromJSONTyped,
-    MetricPointToJSON,
-    MetricPointToJSONTyped,
-} from './MetricPoint';
-
 /**
  * 
  * @export
@@ -28,21 +20,27 @@ import {
  */
 export interface MetricSeries {
     /**
+     * The start of each step that has samples, ms since the epoch. Two columns rather
+     * than (time, value) objects: a 15-day answer has tens of thousands of points.
+     */
+    atMs: Array<number>;
+    /**
      * The series, e.g. `cpu_seconds_per_second` (cores busy) or `memory_bytes`.
      */
     name: string;
     /**
-     * 
+     * The value of each of those steps: `values[i]` is at `at_ms[i]`.
      */
-    points: Array<MetricPoint>;
+    values: Array<number>;
 }
 
 /**
  * Check if a given object implements the MetricSeries interface.
  */
 export function instanceOfMetricSeries(value: object): value is MetricSeries {
+    if ((!('atMs' in (value as Record<string, any>)) && !('at_ms' in (value as Record<string, any>))) || ((value as Record<string, any>)['atMs'] === undefined && (value as Record<string, any>)['at_ms'] === undefined)) return false;
     if (!('name' in value) || value['name'] === undefined) return false;
-    if (!('points' in value) || value['points'] === undefined) return false;
+    if (!('values' in value) || value['values'] === undefined) return false;
     return true;
 }
 
@@ -56,8 +54,9 @@ export function MetricSeriesFromJSONTyped(json: any, ignoreDiscriminator: boolea
     }
     return {
         
+        'atMs': json['at_ms'],
         'name': json['name'],
-        'points': ((json['points'] as Array<any>).map(MetricPointFromJSON)),
+        'values': json['values'],
     };
 }
 
@@ -72,8 +71,9 @@ export function MetricSeriesToJSONTyped(value?: MetricSeries | null, ignoreDiscr
 
     return {
         
+        'at_ms': value['atMs'],
         'name': value['name'],
-        'points': ((value['points'] as Array<any>).map(MetricPointToJSON)),
+        'values': value['values'],
     };
 }
 

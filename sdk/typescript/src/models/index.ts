@@ -50,7 +50,6 @@ export * from './LogEntry';
 export * from './LoginRequest';
 export * from './LoginResponse';
 export * from './MetricHistory';
-export * from './MetricPoint';
 export * from './MetricSeries';
 export * from './MigrateGuest';
 export * from './NewScript';
