@@ -326,3 +326,39 @@ async fn a_failed_operations_log_names_the_sub_step_and_the_nodes_error() {
     assert_eq!(s, 404);
     let _ = cloud.delete("/templates/tiny").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_go_to_daily_files_when_asked_and_debug_only_when_asked() {
+    if !require("redis-server") {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let dir = logs.path().join("logs");
+    let cloud = Cloud::split_with(
+        "test:///default",
+        vec![("CORRAL_LOG_DIR".into(), dir.display().to_string())],
+    )
+    .await;
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("corral.") && f.ends_with(".log")),
+        "{files:?}"
+    );
+    let text: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+        .collect();
+    assert!(text.contains(" INFO "), "{text}");
+    assert!(
+        !text.contains(" DEBUG "),
+        "debug output nobody asked for: {text}"
+    );
+    // Nothing of it on stderr any more.
+    let stderr = std::fs::read_to_string(cloud.dir().join("controller.log")).unwrap_or_default();
+    assert!(!stderr.contains(" INFO "), "{stderr}");
+}
