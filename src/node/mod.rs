@@ -217,6 +217,13 @@ async fn handle_step(job: NodeJob, ctx: Arc<NodeCtx>) -> Result<(), BoxDynError>
         }
         transport::Fence::Gone => {
             tracing::info!(op = %job.op_id, step = job.step, attempt = job.attempt, "skipping a superseded job");
+            // No result goes out for it: its lines are dropped, not kept for ever.
+            drop(oplog::take(&oplog::Key {
+                op: job.op_id.clone(),
+                step: job.step as u64,
+                attempt: u64::from(job.attempt),
+                undo: job.undo,
+            }));
             return Ok(());
         }
     }
