@@ -241,9 +241,12 @@ mod tests {
         let c = chart("cpu_seconds_per_second", &pts, 10);
         let rows: Vec<&str> = c.lines().collect();
         assert!(rows[0].contains("max 3.000"), "{c}");
-        // The top row is full only at the largest value.
+        // Eight rows of eighths: the top one is full only at the largest value, a
+        // middle one holds the top of 2 (43 of 64 eighths), the bottom one every
+        // value above zero.
         assert_eq!(rows[1], "│   █");
-        assert_eq!(rows[8], "│ ▃▆█");
+        assert_eq!(rows[3], "│  ▃█");
+        assert_eq!(rows[8], "│ ███");
         assert_eq!(human("memory_bytes", 2.0 * 1048576.0), "2.0 MiB");
         assert_eq!(human("disk_read_bytes_per_second", 512.0), "512.0 B/s");
         assert_eq!(default_step("6h", None, 100), "216s");
