@@ -240,6 +240,14 @@ async fn a_real_guests_cpu_and_memory_series_follow_what_it_does() {
             "the dashboard asks for {name} ({expr}), not exported:\n{have:?}"
         );
     }
-    let (s, _) = cloud.delete(&format!("/guests/{gid}")).await;
-    assert_eq!(s, 202);
+    let (s, v) = cloud.delete(&format!("/guests/{gid}")).await;
+    assert_eq!(s, 202, "{v}");
+    let op = v["operation_id"].as_str().unwrap();
+    assert_eq!(cloud.wait_op(op).await["state"], "succeeded");
+    assert!(
+        !common::guest::virsh(URI, &["list", "--all", "--name"])
+            .1
+            .contains(&name),
+        "the deleted guest is still defined"
+    );
 }
