@@ -128,20 +128,23 @@ impl Client {
                 self.node_fence(&node, if clear { Vec::new() } else { command })
                     .await
             }
-            NodeCmd::Remove { node, guests, wait } => {
-                let records = if guests == "delete" {
-                    GuestRecords::Delete
-                } else {
-                    GuestRecords::Keep
-                };
-                let a = nodes_api::node_remove(c, &node, records).await?;
-                if wait {
-                    return self.follow(&[a.operation_id]).await;
-                }
-                emit_record(self.out, &a);
-                Ok(true)
-            }
+            NodeCmd::Remove { node, guests, wait } => self.node_remove(&node, &guests, wait).await,
         }
+    }
+
+    /// `node remove`: its guests' records kept or deleted, followed with --wait.
+    async fn node_remove(&self, node: &str, guests: &str, wait: bool) -> Result<bool, CliError> {
+        let records = if guests == "delete" {
+            GuestRecords::Delete
+        } else {
+            GuestRecords::Keep
+        };
+        let a = nodes_api::node_remove(self.config(), node, records).await?;
+        if wait {
+            return self.follow(&[a.operation_id]).await;
+        }
+        emit_record(self.out, &a);
+        Ok(true)
     }
 
     /// `node drain`: the plan as a table (guest, to node or why it stays), then the

@@ -184,28 +184,7 @@ impl Ingest {
                     .heartbeat(&node_id, &facts, at_ms, &self.image_dirs)
                     .await?;
             }
-            NodeEvent::StepFinished {
-                op_id,
-                step,
-                attempt,
-                undo,
-                outcome,
-                log,
-                ..
-            } => {
-                // Applying the result also moves the saga on (same transaction).
-                self.engine
-                    .apply_result(from, &op_id, step, attempt, undo, &outcome)
-                    .await
-                    .map_err(HandleError::engine)?;
-                // Only the node holding the operation got this far (another node's
-                // result is refused above): its lines join the operation's log.
-                if !log.is_empty() {
-                    let mut tx = self.store.begin().await?;
-                    oplog::append_node(&mut tx, from, &op_id, step, attempt, undo, &log).await?;
-                    self.store.commit(tx).await?;
-                }
-            }
+            ev @ NodeEvent::StepFinished { .. } => self.finished(from, ev).await?,
             NodeEvent::StepProgress {
                 op_id,
                 step,
@@ -304,6 +283,36 @@ impl Ingest {
             *cur = *state;
         }
         self.store.commit(tx).await
+    }
+
+    /// A step's result: applied (which also moves the saga on, in one transaction), then
+    /// the node's lines join the operation's log. Only the node holding the operation
+    /// gets that far: another node's result is refused by the engine.
+    async fn finished(&self, from: &str, ev: NodeEvent) -> Result<(), HandleError> {
+        let NodeEvent::StepFinished {
+            op_id,
+            step,
+            attempt,
+            undo,
+            outcome,
+            log,
+            ..
+        } = ev
+        else {
+            return Ok(());
+        };
+        let op_id = op_id.as_str();
+        let (outcome, log) = (&outcome, log.as_slice());
+        self.engine
+            .apply_result(from, op_id, step, attempt, undo, outcome)
+            .await
+            .map_err(HandleError::engine)?;
+        if !log.is_empty() {
+            let mut tx = self.store.begin().await?;
+            oplog::append_node(&mut tx, from, op_id, step, attempt, undo, log).await?;
+            self.store.commit(tx).await?;
+        }
+        Ok(())
     }
 
     /// A node's sample: its guests' figures are kept only for guests recorded on it (a

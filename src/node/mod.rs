@@ -516,6 +516,19 @@ async fn prefetch(
 /// failure ends the sequence, its error prefixed with the sub-step's stage. Once it has run
 /// for [`REFENCE_AFTER`], the fence is checked again before each sub-step, so a superseded
 /// copy of a long sequence stops early.
+/// `outcome`, once the operation's log has it: a sub-step done, or failed naming itself
+/// and the node's error (S31).
+fn logged(sub: &SubStep, outcome: StepOutcome) -> StepOutcome {
+    let name = sub.action.name();
+    match &outcome {
+        StepOutcome::Failed { error, .. } => {
+            tracing::error!(sub_step = name, stage = %sub.stage, error = %error, "sub-step {name} failed")
+        }
+        StepOutcome::Ok { .. } => tracing::debug!(sub_step = name, "sub-step {name} done"),
+    }
+    outcome
+}
+
 async fn run_sequence(
     ctx: &NodeCtx,
     job: &NodeJob,
@@ -557,19 +570,12 @@ async fn run_sequence(
         if let Some(f) = &ctx.fault {
             f.check("node", sub.action.name(), "after");
         }
-        match actions::outcome(r) {
+        match logged(sub, actions::outcome(r)) {
             StepOutcome::Failed {
                 error,
                 permanent,
                 refusal,
             } => {
-                tracing::error!(
-                    sub_step = sub.action.name(),
-                    stage = %sub.stage,
-                    error = %error,
-                    "sub-step {} failed",
-                    sub.action.name()
-                );
                 return Ok(StepOutcome::Failed {
                     error: format!("{}: {error}", sub.stage),
                     permanent,
@@ -581,11 +587,6 @@ async fn run_sequence(
                 domain_xml,
                 output,
             } => {
-                tracing::debug!(
-                    sub_step = sub.action.name(),
-                    "sub-step {} done",
-                    sub.action.name()
-                );
                 merged = (
                     guest_state.or(merged.0),
                     domain_xml.or(merged.1),

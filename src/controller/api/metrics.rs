@@ -110,7 +110,7 @@ async fn history(
         now_ms(),
         Kept { raw_ms, rollup_ms },
     )
-    .map_err(Error::BadRequest)?;
+    .map_err(|e| Error::BadRequest(e.to_string()))?;
     let kind_agg = match agg {
         Agg::Avg => AggKind::Avg,
         Agg::Max => AggKind::Max,

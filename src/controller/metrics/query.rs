@@ -47,8 +47,25 @@ pub struct Kept {
     pub rollup_ms: i64,
 }
 
+/// Why a window is refused; each says what to fix (the API answers it as a 400).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WindowError {
+    #[error("{what} {value:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor a duration back from now (1h)")]
+    Time { what: &'static str, value: String },
+    #[error("from must be before to")]
+    Inverted,
+    #[error("the range is {days} days; the history keeps {kept} days (retention.metrics_days): ask for less")]
+    TooLong { days: i64, kept: i64 },
+    #[error("step {value:?} is not a duration ({why}); e.g. 15s or 5m")]
+    Step { value: String, why: String },
+    #[error("step {0:?}: it must be at least 1s")]
+    StepTooShort(String),
+    #[error("{0} points per series: at most {MAX_POINTS}; ask for a longer step")]
+    TooManyPoints(i64),
+}
+
 /// A time: RFC 3339, or a duration back from `now` (`90m`, `2d`).
-fn time(what: &str, s: &str, now: i64) -> Result<i64, String> {
+fn time(what: &'static str, s: &str, now: i64) -> Result<i64, WindowError> {
     if let Ok(d) = humantime::parse_duration(s) {
         return Ok(now - d.as_millis() as i64);
     }
@@ -57,8 +74,9 @@ fn time(what: &str, s: &str, now: i64) -> Result<i64, String> {
             t.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64)
         })
-        .map_err(|_| {
-            format!("{what} {s:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor a duration back from now (1h)")
+        .map_err(|_| WindowError::Time {
+            what,
+            value: s.to_string(),
         })
 }
 
@@ -74,30 +92,31 @@ pub fn window(
     step: Option<&str>,
     now: i64,
     kept: Kept,
-) -> Result<Window, String> {
+) -> Result<Window, WindowError> {
     let to = to.map(|t| time("to", t, now)).transpose()?.unwrap_or(now);
     let from = match from {
         Some(f) => time("from", f, now)?,
         None => to - DEFAULT_RANGE_MS,
     };
     if from >= to {
-        return Err("from must be before to".into());
+        return Err(WindowError::Inverted);
     }
     let range = to - from;
     if range > kept.rollup_ms {
-        return Err(format!(
-            "the range is {} days; the history keeps {} days (retention.metrics_days): ask for less",
-            range / 86_400_000,
-            kept.rollup_ms / 86_400_000
-        ));
+        return Err(WindowError::TooLong {
+            days: range / 86_400_000,
+            kept: kept.rollup_ms / 86_400_000,
+        });
     }
     let step_ms = match step {
         Some(s) => {
-            let d = humantime::parse_duration(s)
-                .map_err(|e| format!("step {s:?} is not a duration ({e}); e.g. 15s or 5m"))?;
+            let d = humantime::parse_duration(s).map_err(|e| WindowError::Step {
+                value: s.to_string(),
+                why: e.to_string(),
+            })?;
             let ms = d.as_millis() as i64;
             if ms < 1000 {
-                return Err(format!("step {s:?}: it must be at least 1s"));
+                return Err(WindowError::StepTooShort(s.to_string()));
             }
             ms
         }
@@ -112,10 +131,7 @@ pub fn window(
         (Source::Rollup, round_up(step_ms, BUCKET_MS), from)
     };
     if range / step_ms > MAX_POINTS {
-        return Err(format!(
-            "{} points per series: at most {MAX_POINTS}; ask for a longer step",
-            range / step_ms
-        ));
+        return Err(WindowError::TooManyPoints(range / step_ms));
     }
     Ok(Window {
         from,
