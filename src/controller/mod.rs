@@ -233,6 +233,7 @@ pub async fn run(
         thresholds,
         fencer,
         metrics: p.metrics.clone(),
+        consoles: Arc::default(),
     };
     if let Some(tx) = started {
         let _ = tx.send(Running {

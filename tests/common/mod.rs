@@ -11,8 +11,10 @@
 //! returns; under CI (`CI=true`) a missing part is a failure, never a silent skip.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod browser;
 pub mod guest;
 pub mod host;
+pub mod vnc;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

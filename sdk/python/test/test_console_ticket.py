@@ -41,7 +41,8 @@ class TestConsoleTicket(unittest.TestCase):
                 node_id = '',
                 operation_id = '',
                 password = '',
-                port = 56
+                port = 56,
+                websocket = ''
             )
         else:
             return ConsoleTicket(
@@ -52,6 +53,7 @@ class TestConsoleTicket(unittest.TestCase):
                 operation_id = '',
                 password = '',
                 port = 56,
+                websocket = '',
         )
         """
 

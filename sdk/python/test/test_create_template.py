@@ -35,6 +35,7 @@ class TestCreateTemplate(unittest.TestCase):
         model = CreateTemplate()
         if include_optional:
             return CreateTemplate(
+                description = '',
                 min_memory_mib = 56,
                 name = '',
                 os_init_profile = '',

@@ -59,6 +59,7 @@ class TestGuest(unittest.TestCase):
                 node_id = '',
                 operation_id = '',
                 os_type = '',
+                owner_id = '',
                 pool_id = '',
                 state = 'creating',
                 state_reason = '',

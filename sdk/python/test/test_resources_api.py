@@ -116,7 +116,7 @@ class TestResourcesApi(unittest.TestCase):
     def test_template_update(self) -> None:
         """Test case for template_update
 
-        Change a template's OS-init profile (S02).
+        Change a template's OS-init profile (S02) or its description; what the body leaves out is unchanged.
         """
         pass
 

@@ -36,6 +36,7 @@ class TestTemplate(unittest.TestCase):
         if include_optional:
             return Template(
                 created_at = '',
+                description = '',
                 download_url = '',
                 id = '',
                 min_memory_mib = 56,

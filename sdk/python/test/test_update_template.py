@@ -35,6 +35,7 @@ class TestUpdateTemplate(unittest.TestCase):
         model = UpdateTemplate()
         if include_optional:
             return UpdateTemplate(
+                description = '',
                 os_init_profile = ''
             )
         else:

@@ -8,6 +8,11 @@
  *       createGuest: { template: "tiny", cpus: 1, memoryMib: 256 },
  *     });
  *     const op = await s.wait(accepted.operations[0].operationId);
+ *
+ * In a browser page served by the controller, use `Session.browser("/api/v1", csrf)`
+ * instead: the session cookie (HttpOnly, set by `POST /console/session`) authenticates,
+ * no `Authorization` header is sent, and every request carries `X-CSRF-Token`, which the
+ * server requires on writes.
  */
 import { AuthApi, OperationsApi } from "./apis/index";
 import { Configuration } from "./runtime";
@@ -19,9 +24,30 @@ const TERMINAL = ["succeeded", "failed", "cancelled"];
 export class Session {
   readonly config: Configuration;
 
-  constructor(readonly base: string, readonly token: string) {
+  /**
+   * `token`: an API token, sent as `Authorization: Bearer`. `csrf` (browser mode, see
+   * `Session.browser`): with an empty token, the cookie authenticates instead.
+   */
+  constructor(readonly base: string, readonly token: string, readonly csrf?: string) {
     this.base = base.replace(/\/+$/, "");
-    this.config = new Configuration({ basePath: this.base, accessToken: token });
+    this.config =
+      csrf !== undefined && token === ""
+        ? new Configuration({
+            basePath: this.base,
+            headers: { "X-CSRF-Token": csrf },
+            credentials: "same-origin",
+          })
+        : new Configuration({ basePath: this.base, accessToken: token });
+  }
+
+  /** A session riding on the browser's session cookie; writes carry `X-CSRF-Token`. */
+  static browser(base: string, csrf: string): Session {
+    return new Session(base, "", csrf);
+  }
+
+  /** Whether this session authenticates with the cookie (browser mode). */
+  get isBrowser(): boolean {
+    return this.csrf !== undefined && this.token === "";
   }
 
   static async login(base: string, username: string, password: string): Promise<Session> {
@@ -46,23 +72,29 @@ export class Session {
   /**
    * Follows the event stream from after sequence number `after` (0: from the start;
    * undefined: only new events). A broken connection is reopened with `Last-Event-ID`,
-   * so no event is missed or repeated.
+   * so no event is missed or repeated. `signal` ends the stream (browser pages leaving).
    */
-  async *events(after?: number): AsyncGenerator<EventItem> {
+  async *events(after?: number, signal?: AbortSignal): AsyncGenerator<EventItem> {
     let failures = 0;
     for (;;) {
-      const headers: Record<string, string> = {
-        Authorization: `Bearer ${this.token}`,
-        Accept: "text/event-stream",
-      };
+      const headers: Record<string, string> = { Accept: "text/event-stream" };
+      if (this.isBrowser) {
+        headers["X-CSRF-Token"] = this.csrf as string;
+      } else {
+        headers["Authorization"] = `Bearer ${this.token}`;
+      }
       if (after !== undefined) {
         headers["Last-Event-ID"] = String(after);
       }
       let resp: Response;
       try {
-        resp = await fetch(`${this.base}/events`, { headers });
+        resp = await fetch(`${this.base}/events`, {
+          headers,
+          signal,
+          credentials: this.isBrowser ? "same-origin" : undefined,
+        });
       } catch (e) {
-        if (++failures > 5) throw e;
+        if (signal?.aborted || ++failures > 5) throw e;
         await new Promise((r) => setTimeout(r, 200 * failures));
         continue;
       }
@@ -92,8 +124,9 @@ export class Session {
             yield item;
           }
         }
-      } catch {
+      } catch (e) {
         // The connection broke: reopen after the last event delivered.
+        if (signal?.aborted) throw e;
       }
     }
   }

@@ -436,13 +436,16 @@ impl Trail {
     pub fn is_auth(path: &str) -> bool {
         matches!(
             path,
-            "/api/v1/auth/login" | "/api/v1/auth/recover" | "/api/v1/auth/reset"
+            "/api/v1/auth/login"
+                | "/api/v1/auth/recover"
+                | "/api/v1/auth/reset"
+                | super::web::session::ROUTE
         )
     }
 
     pub fn records(method: &poem::http::Method, path: &str) -> bool {
         use poem::http::Method;
-        path.starts_with("/api/v1/")
+        (path.starts_with("/api/v1/") || path == super::web::session::ROUTE)
             && matches!(
                 *method,
                 Method::POST | Method::PUT | Method::PATCH | Method::DELETE
@@ -463,6 +466,15 @@ impl Trail {
     ) {
         let (action, object) = match self.action(method, path) {
             Some((a, o)) => (a.to_string(), o),
+            // The web console's log in and out are recorded as such.
+            None if path == super::web::session::ROUTE => {
+                let a = if method == "DELETE" {
+                    "console_logout"
+                } else {
+                    "console_login"
+                };
+                (a.to_string(), None)
+            }
             None => ("unknown".to_string(), None),
         };
         // What a request created is where its answer points, or the `id` of the record

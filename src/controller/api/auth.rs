@@ -178,6 +178,29 @@ pub(super) fn admit(state: &AppState, name: &str, remote: &RemoteAddr) -> Result
         })
 }
 
+/// Checks a username and password against the throttle and the stored digest, and issues
+/// a login token (`login_token_hours`). Shared by `POST /auth/login` and the web console's
+/// cookie session, so both count failures and lock out alike.
+pub(crate) async fn log_in(
+    state: &AppState,
+    username: &str,
+    password: String,
+    remote: &RemoteAddr,
+) -> Result<(TokenRow, String, UserRow), Error> {
+    admit(state, username, remote)?;
+    let user = state.store.user_by_name(username).await?;
+    let Some(user) = verify_login(password, user).await else {
+        state.throttle.failed(username, &peer_ip(remote));
+        return Err(Error::Unauthorized);
+    };
+    state.throttle.succeeded(username, &peer_ip(remote));
+    let expires_at = now_ms() + (state.login_token_hours as i64) * 3_600_000;
+    let (row, token) = issue_token(&state.store, &user, "login", Some(expires_at))
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    Ok((row, token, user))
+}
+
 pub struct AuthApi;
 
 #[OpenApi(tag = "super::system::Tag::Auth")]
@@ -195,17 +218,7 @@ impl AuthApi {
         body: Json<LoginRequest>,
     ) -> ApiResult<Json<LoginResponse>> {
         let LoginRequest { username, password } = body.0;
-        admit(&state, &username, remote)?;
-        let user = state.store.user_by_name(&username).await?;
-        let Some(user) = verify_login(password, user).await else {
-            state.throttle.failed(&username, &peer_ip(remote));
-            return Err(Error::Unauthorized.into());
-        };
-        state.throttle.succeeded(&username, &peer_ip(remote));
-        let expires_at = now_ms() + (state.login_token_hours as i64) * 3_600_000;
-        let (row, token) = issue_token(&state.store, &user, "login", Some(expires_at))
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let (row, token, _) = log_in(&state, &username, password, remote).await?;
         Ok(Json(LoginResponse {
             token,
             expires_at: row.expires_at.map(rfc3339),

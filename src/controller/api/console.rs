@@ -46,6 +46,10 @@ pub struct ConsoleTicket {
     pub expires_at: String,
     /// The `guest.console` operation that set it.
     pub operation_id: String,
+    /// The controller's WebSocket to this console (path and single-use ticket, for the
+    /// caller only, valid until `expires_at`): a browser opens it with its session, and
+    /// never reaches the node.
+    pub websocket: String,
 }
 
 #[derive(ApiResponse)]
@@ -134,7 +138,15 @@ impl ConsoleApi {
             .await?
             .map(|n| n.node_facts().address)
             .unwrap_or_default();
+        let websocket = state.consoles.issue(
+            &auth.0.user.id,
+            &g.id,
+            &address,
+            port as u16,
+            valid_until_ms,
+        );
         Ok(TicketIssued::Created(Json(ConsoleTicket {
+            websocket,
             guest_id: g.id,
             node_id: node,
             address,

@@ -146,6 +146,8 @@ pub struct Guest {
     /// Why the guest is in its state, when corral could not act (for example: its node
     /// is offline and the node's fence failed, so HA restarts nothing).
     pub state_reason: Option<String>,
+    /// The user it belongs to; absent for guests from before owners existed.
+    pub owner_id: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -217,6 +219,7 @@ fn view(g: &GuestRow, disks: Vec<st::DiskRow>) -> Guest {
             .collect(),
         ha: g.ha,
         state_reason: g.state_reason.clone(),
+        owner_id: g.owner_id.clone(),
         created_at: rfc3339(g.created_at),
         updated_at: rfc3339(g.updated_at),
     }

@@ -293,6 +293,7 @@ impl ImageApi {
             public: auth.0.sees_all(),
             sha256: Some(want),
             size_bytes: Some(size as i64),
+            description: None,
         };
         if let Err(e) = state.store.insert_template(&row).await {
             let _ = tokio::fs::remove_file(&dest).await;

@@ -40,6 +40,7 @@ mod strict;
 mod system;
 mod to_template;
 mod users;
+mod web;
 
 use std::sync::Arc;
 
@@ -88,6 +89,8 @@ pub struct AppState {
     pub fencer: std::sync::Arc<crate::controller::fence::Fencer>,
     /// Metric history and the newest samples (S22, S87).
     pub metrics: Arc<crate::controller::metrics::Metrics>,
+    /// Unspent console tickets (the web console's VNC WebSocket).
+    pub consoles: Arc<web::vnc::Tickets>,
 }
 
 /// Names of disks, snapshots and uploaded or made templates: 1-63 letters, digits, `.`,
@@ -191,7 +194,7 @@ pub fn app(state: AppState) -> impl poem::Endpoint {
         trail: audit::Trail::of(&spec, "/api/v1"),
         store: state.store.clone(),
     });
-    Route::new()
+    web::routes(Route::new())
         .nest("/api/v1", api)
         .nest("/docs", docs)
         .at(
@@ -234,6 +237,11 @@ impl Edge {
         mut req: poem::Request,
     ) -> poem::Response {
         let started = std::time::Instant::now();
+        // The console's session cookie stands for its bearer token (writes need its CSRF
+        // token); from here on the request looks like any other.
+        if let Some(refused) = web::session::adopt(&mut req) {
+            return refused;
+        }
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         // A write is attributed to the token's user as it was before the request ran (a
@@ -324,7 +332,9 @@ impl Edge {
         };
         let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
         // Who tried: the trail names the account a login (or a recovery) was for.
-        let login_name = (path == "/api/v1/auth/login" || path == "/api/v1/auth/recover")
+        let login_name = (path == "/api/v1/auth/login"
+            || path == "/api/v1/auth/recover"
+            || path == web::session::ROUTE)
             .then(|| {
                 value.as_ref()?["username"]
                     .as_str()

@@ -220,6 +220,7 @@ mod tests {
                 public: true,
                 sha256: None,
                 size_bytes: None,
+                description: None,
             })
             .await
             .unwrap();

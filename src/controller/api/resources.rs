@@ -3,6 +3,7 @@
 use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::error::{ApiResult, Error};
@@ -35,14 +36,22 @@ pub struct CreateTemplate {
     /// Whether every user may use it. Default: public (only administrators register
     /// images by path).
     pub public: Option<bool>,
+    /// Free text shown beside it (at most 1024 characters).
+    #[oai(validator(max_length = 1024))]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct UpdateTemplate {
     /// The OS-init profile new guests of this template get (S02). Guests created earlier
-    /// keep theirs. `null` returns to the default for the template's OS type.
-    pub os_init_profile: Option<String>,
+    /// keep theirs. `null` returns to the default for the template's OS type; absent:
+    /// unchanged.
+    pub os_init_profile: MaybeUndefined<String>,
+    /// Free text shown beside it (at most 1024 characters); `null` clears it; absent:
+    /// unchanged.
+    #[oai(validator(max_length = 1024))]
+    pub description: MaybeUndefined<String>,
 }
 
 #[derive(Debug, Object)]
@@ -68,6 +77,8 @@ pub struct Template {
     /// Where the image downloads from (streamed, with `X-Checksum-Sha256`): the template
     /// list is the downloads list (S43).
     pub download_url: String,
+    /// Free text shown beside it.
+    pub description: Option<String>,
 }
 
 pub fn template_view(t: TemplateRow) -> Template {
@@ -87,6 +98,7 @@ pub fn template_view(t: TemplateRow) -> Template {
         owner_id: t.owner_id,
         sha256: t.sha256,
         size_bytes: t.size_bytes.map(|b| b.max(0) as u64),
+        description: t.description,
     }
 }
 
@@ -200,6 +212,7 @@ impl TemplateApi {
             public,
             sha256: None,
             size_bytes: None,
+            description: b.description.clone(),
         };
         if let Some(p) = &row.os_init_profile {
             super::scripts::require_profile(&state, p).await?;
@@ -245,7 +258,8 @@ impl TemplateApi {
         Ok(Json(template_view(t)))
     }
 
-    /// Change a template's OS-init profile (S02).
+    /// Change a template's OS-init profile (S02) or its description; what the body leaves
+    /// out is unchanged.
     #[oai(
         path = "/templates/:id",
         method = "patch",
@@ -259,13 +273,15 @@ impl TemplateApi {
         body: Json<UpdateTemplate>,
     ) -> ApiResult<Json<Template>> {
         let t = owned_template(&state, &auth.0, &id).await?;
-        if let Some(p) = &body.os_init_profile {
+        if let MaybeUndefined::Value(p) = &body.os_init_profile {
             super::scripts::require_profile(&state, p).await?;
         }
-        state
-            .store
-            .set_template_profile(&t.id, body.os_init_profile.as_deref())
-            .await?;
+        if let Some(p) = body.os_init_profile.as_opt_deref() {
+            state.store.set_template_profile(&t.id, p).await?;
+        }
+        if let Some(d) = body.description.as_opt_deref() {
+            state.store.set_template_description(&t.id, d).await?;
+        }
         let t = template_or_404(&state, &auth.0, &t.id).await?;
         Ok(Json(template_view(t)))
     }

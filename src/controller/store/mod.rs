@@ -208,6 +208,7 @@ impl Store {
             (26, include_str!("migrations/026_sealed_boot_params.sql")),
             (27, include_str!("migrations/027_ha.sql")),
             (28, include_str!("migrations/028_op_log_token_scope.sql")),
+            (29, include_str!("migrations/029_template_description.sql")),
         ];
         let (mut version,): (i64,) = sqlx::query_as("PRAGMA user_version")
             .fetch_one(&self.pool)

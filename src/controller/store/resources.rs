@@ -19,6 +19,8 @@ pub struct TemplateRow {
     /// For images corral wrote: their SHA-256 and size.
     pub sha256: Option<String>,
     pub size_bytes: Option<i64>,
+    /// Free text shown beside it.
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -74,8 +76,8 @@ pub async fn pools_in(tx: &mut Tx<'_>) -> Result<Vec<PoolRow>, StoreError> {
 pub async fn insert_template_in(tx: &mut super::Tx<'_>, t: &TemplateRow) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO templates (id, name, path, os_type, min_memory_mib, created_at, \
-         os_init_profile, owner_id, public, sha256, size_bytes) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         os_init_profile, owner_id, public, sha256, size_bytes, description) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&t.id)
     .bind(&t.name)
@@ -88,6 +90,7 @@ pub async fn insert_template_in(tx: &mut super::Tx<'_>, t: &TemplateRow) -> Resu
     .bind(t.public)
     .bind(&t.sha256)
     .bind(t.size_bytes)
+    .bind(&t.description)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -103,7 +106,8 @@ impl Store {
     pub async fn template(&self, id_or_name: &str) -> Result<Option<TemplateRow>, StoreError> {
         Ok(sqlx::query_as::<_, TemplateRow>(
             "SELECT id, name, path, os_type, min_memory_mib, created_at, os_init_profile, \
-             owner_id, public, sha256, size_bytes FROM templates WHERE id = ? OR name = ?",
+             owner_id, public, sha256, size_bytes, description FROM templates \
+             WHERE id = ? OR name = ?",
         )
         .bind(id_or_name)
         .bind(id_or_name)
@@ -114,10 +118,23 @@ impl Store {
     pub async fn templates(&self) -> Result<Vec<TemplateRow>, StoreError> {
         Ok(sqlx::query_as::<_, TemplateRow>(
             "SELECT id, name, path, os_type, min_memory_mib, created_at, os_init_profile, \
-             owner_id, public, sha256, size_bytes FROM templates ORDER BY name",
+             owner_id, public, sha256, size_bytes, description FROM templates ORDER BY name",
         )
         .fetch_all(self.pool())
         .await?)
+    }
+
+    pub async fn set_template_description(
+        &self,
+        id: &str,
+        description: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE templates SET description = ? WHERE id = ?")
+            .bind(description)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 
     pub async fn set_template_profile(

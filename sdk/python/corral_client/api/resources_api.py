@@ -3983,7 +3983,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> Template:
-        """Change a template's OS-init profile (S02).
+        """Change a template's OS-init profile (S02) or its description; what the body leaves out is unchanged.
 
 
         :param id: (required)
@@ -4064,7 +4064,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> ApiResponse[Template]:
-        """Change a template's OS-init profile (S02).
+        """Change a template's OS-init profile (S02) or its description; what the body leaves out is unchanged.
 
 
         :param id: (required)
@@ -4145,7 +4145,7 @@ class ResourcesApi:
         _headers: Optional[Dict[StrictStr, Any]] = None,
         _host_index: Annotated[StrictInt, Field(ge=0, le=0)] = 0,
     ) -> RESTResponseType:
-        """Change a template's OS-init profile (S02).
+        """Change a template's OS-init profile (S02) or its description; what the body leaves out is unchanged.
 
 
         :param id: (required)

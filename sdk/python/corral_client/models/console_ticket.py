@@ -34,7 +34,8 @@ class ConsoleTicket(BaseModel):
     operation_id: StrictStr = Field(description="The `guest.console` operation that set it.")
     password: StrictStr = Field(description="The VNC password, refused by QEMU after `expires_at`.")
     port: StrictInt
-    __properties: ClassVar[List[str]] = ["address", "expires_at", "guest_id", "node_id", "operation_id", "password", "port"]
+    websocket: StrictStr = Field(description="The controller's WebSocket to this console (path and single-use ticket, for the caller only, valid until `expires_at`): a browser opens it with its session, and never reaches the node.")
+    __properties: ClassVar[List[str]] = ["address", "expires_at", "guest_id", "node_id", "operation_id", "password", "port", "websocket"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -93,7 +94,8 @@ class ConsoleTicket(BaseModel):
             "node_id": obj.get("node_id"),
             "operation_id": obj.get("operation_id"),
             "password": obj.get("password"),
-            "port": obj.get("port")
+            "port": obj.get("port"),
+            "websocket": obj.get("websocket")
         })
         return _obj
 

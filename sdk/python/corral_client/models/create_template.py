@@ -19,6 +19,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from typing import Any, ClassVar, Dict, List, Optional
+from typing_extensions import Annotated
 from corral_client.models.os_type import OsType
 from typing import Optional, Set
 from typing_extensions import Self
@@ -28,13 +29,14 @@ class CreateTemplate(BaseModel):
     """
     CreateTemplate
     """ # noqa: E501
+    description: Optional[Annotated[str, Field(strict=True, max_length=1024)]] = Field(default=None, description="Free text shown beside it (at most 1024 characters).")
     min_memory_mib: Optional[StrictInt] = Field(default=None, description="Smallest memory a guest of this template may have (default 64).")
     name: StrictStr = Field(description="Unique name.")
     os_init_profile: Optional[StrictStr] = Field(default=None, description="OS-init profile its guests get (S02); default: `cloud-init`, or `windows` for Windows templates.")
     os_type: OsType
     path: StrictStr = Field(description="Full path of the qcow2 image on the nodes (S07). Guests get linked clones of it.")
     public: Optional[StrictBool] = Field(default=None, description="Whether every user may use it. Default: public (only administrators register images by path).")
-    __properties: ClassVar[List[str]] = ["min_memory_mib", "name", "os_init_profile", "os_type", "path", "public"]
+    __properties: ClassVar[List[str]] = ["description", "min_memory_mib", "name", "os_init_profile", "os_type", "path", "public"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -87,6 +89,7 @@ class CreateTemplate(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
+            "description": obj.get("description"),
             "min_memory_mib": obj.get("min_memory_mib"),
             "name": obj.get("name"),
             "os_init_profile": obj.get("os_init_profile"),

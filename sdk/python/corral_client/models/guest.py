@@ -46,6 +46,7 @@ class Guest(BaseModel):
     node_id: Optional[StrictStr] = None
     operation_id: Optional[StrictStr] = Field(default=None, description="The operation currently holding the guest.")
     os_type: StrictStr
+    owner_id: Optional[StrictStr] = Field(default=None, description="The user it belongs to; absent for guests from before owners existed.")
     pool_id: Optional[StrictStr] = None
     state: GuestState
     state_reason: Optional[StrictStr] = Field(default=None, description="Why the guest is in its state, when corral could not act (for example: its node is offline and the node's fence failed, so HA restarts nothing).")
@@ -53,7 +54,7 @@ class Guest(BaseModel):
     template_id: StrictStr
     updated_at: StrictStr
     vnc_port: Optional[StrictInt] = None
-    __properties: ClassVar[List[str]] = ["bandwidth", "cpus", "created_at", "disks", "ha", "hostname", "id", "ip", "mac", "max_cpus", "max_memory_mib", "memory_mib", "name", "node_id", "operation_id", "os_type", "pool_id", "state", "state_reason", "tags", "template_id", "updated_at", "vnc_port"]
+    __properties: ClassVar[List[str]] = ["bandwidth", "cpus", "created_at", "disks", "ha", "hostname", "id", "ip", "mac", "max_cpus", "max_memory_mib", "memory_mib", "name", "node_id", "operation_id", "os_type", "owner_id", "pool_id", "state", "state_reason", "tags", "template_id", "updated_at", "vnc_port"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -131,6 +132,7 @@ class Guest(BaseModel):
             "node_id": obj.get("node_id"),
             "operation_id": obj.get("operation_id"),
             "os_type": obj.get("os_type"),
+            "owner_id": obj.get("owner_id"),
             "pool_id": obj.get("pool_id"),
             "state": obj.get("state"),
             "state_reason": obj.get("state_reason"),

@@ -28,6 +28,7 @@ class Template(BaseModel):
     Template
     """ # noqa: E501
     created_at: StrictStr
+    description: Optional[StrictStr] = Field(default=None, description="Free text shown beside it.")
     download_url: StrictStr = Field(description="Where the image downloads from (streamed, with `X-Checksum-Sha256`): the template list is the downloads list (S43).")
     id: StrictStr
     min_memory_mib: StrictInt
@@ -39,7 +40,7 @@ class Template(BaseModel):
     public: StrictBool = Field(description="Every user may use a public template; a private one is its owner's.")
     sha256: Optional[StrictStr] = Field(default=None, description="SHA-256 of the image: recorded as corral writes an image (upload, from a guest), computed in the background for one registered by path (absent until then, or while the controller's host cannot read it).")
     size_bytes: Optional[StrictInt] = None
-    __properties: ClassVar[List[str]] = ["created_at", "download_url", "id", "min_memory_mib", "name", "os_init_profile", "os_type", "owner_id", "path", "public", "sha256", "size_bytes"]
+    __properties: ClassVar[List[str]] = ["created_at", "description", "download_url", "id", "min_memory_mib", "name", "os_init_profile", "os_type", "owner_id", "path", "public", "sha256", "size_bytes"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -93,6 +94,7 @@ class Template(BaseModel):
 
         _obj = cls.model_validate({
             "created_at": obj.get("created_at"),
+            "description": obj.get("description"),
             "download_url": obj.get("download_url"),
             "id": obj.get("id"),
             "min_memory_mib": obj.get("min_memory_mib"),

@@ -19,6 +19,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from typing import Any, ClassVar, Dict, List, Optional
+from typing_extensions import Annotated
 from typing import Optional, Set
 from typing_extensions import Self
 from pydantic_core import to_jsonable_python
@@ -27,8 +28,9 @@ class UpdateTemplate(BaseModel):
     """
     UpdateTemplate
     """ # noqa: E501
-    os_init_profile: Optional[StrictStr] = Field(default=None, description="The OS-init profile new guests of this template get (S02). Guests created earlier keep theirs. `null` returns to the default for the template's OS type.")
-    __properties: ClassVar[List[str]] = ["os_init_profile"]
+    description: Optional[Annotated[str, Field(strict=True, max_length=1024)]] = Field(default=None, description="Free text shown beside it (at most 1024 characters); `null` clears it; absent: unchanged.")
+    os_init_profile: Optional[StrictStr] = Field(default=None, description="The OS-init profile new guests of this template get (S02). Guests created earlier keep theirs. `null` returns to the default for the template's OS type; absent: unchanged.")
+    __properties: ClassVar[List[str]] = ["description", "os_init_profile"]
 
     model_config = ConfigDict(
         validate_by_name=True,
@@ -86,6 +88,7 @@ class UpdateTemplate(BaseModel):
             return cls.model_validate(obj)
 
         _obj = cls.model_validate({
+            "description": obj.get("description"),
             "os_init_profile": obj.get("os_init_profile")
         })
         return _obj

@@ -31,6 +31,9 @@ pub struct ConsoleTicket {
     pub password: String,
     #[serde(rename = "port")]
     pub port: u16,
+    /// The controller's WebSocket to this console (path and single-use ticket, for the caller only, valid until `expires_at`): a browser opens it with its session, and never reaches the node.
+    #[serde(rename = "websocket")]
+    pub websocket: String,
 }
 
 impl ConsoleTicket {
@@ -43,6 +46,7 @@ impl ConsoleTicket {
         operation_id: String,
         password: String,
         port: u16,
+        websocket: String,
     ) -> ConsoleTicket {
         ConsoleTicket {
             address,
@@ -52,6 +56,7 @@ impl ConsoleTicket {
             operation_id,
             password,
             port,
+            websocket,
         }
     }
 }

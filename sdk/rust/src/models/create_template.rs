@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CreateTemplate {
+    /// Free text shown beside it (at most 1024 characters).
+    #[serde(rename = "description", skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Smallest memory a guest of this template may have (default 64).
     #[serde(rename = "min_memory_mib", skip_serializing_if = "Option::is_none")]
     pub min_memory_mib: Option<u32>,
@@ -35,6 +38,7 @@ pub struct CreateTemplate {
 impl CreateTemplate {
     pub fn new(name: String, os_type: models::OsType, path: String) -> CreateTemplate {
         CreateTemplate {
+            description: None,
             min_memory_mib: None,
             name,
             os_init_profile: None,

@@ -50,6 +50,9 @@ pub struct Guest {
     pub operation_id: Option<String>,
     #[serde(rename = "os_type")]
     pub os_type: String,
+    /// The user it belongs to; absent for guests from before owners existed.
+    #[serde(rename = "owner_id", skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<String>,
     #[serde(rename = "pool_id", skip_serializing_if = "Option::is_none")]
     pub pool_id: Option<String>,
     #[serde(rename = "state")]
@@ -102,6 +105,7 @@ impl Guest {
             node_id: None,
             operation_id: None,
             os_type,
+            owner_id: None,
             pool_id: None,
             state,
             state_reason: None,

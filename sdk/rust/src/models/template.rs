@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub struct Template {
     #[serde(rename = "created_at")]
     pub created_at: String,
+    /// Free text shown beside it.
+    #[serde(rename = "description", skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Where the image downloads from (streamed, with `X-Checksum-Sha256`): the template list is the downloads list (S43).
     #[serde(rename = "download_url")]
     pub download_url: String,
@@ -58,6 +61,7 @@ impl Template {
     ) -> Template {
         Template {
             created_at,
+            description: None,
             download_url,
             id,
             min_memory_mib,

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UpdateTemplate {
-    /// The OS-init profile new guests of this template get (S02). Guests created earlier keep theirs. `null` returns to the default for the template's OS type.
+    /// Free text shown beside it (at most 1024 characters); `null` clears it; absent: unchanged.
+    #[serde(rename = "description", skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The OS-init profile new guests of this template get (S02). Guests created earlier keep theirs. `null` returns to the default for the template's OS type; absent: unchanged.
     #[serde(
         rename = "os_init_profile",
         default,
@@ -26,6 +29,7 @@ pub struct UpdateTemplate {
 impl UpdateTemplate {
     pub fn new() -> UpdateTemplate {
         UpdateTemplate {
+            description: None,
             os_init_profile: None,
         }
     }

@@ -979,7 +979,7 @@ export class ResourcesApi extends runtime.BaseAPI {
     }
 
     /**
-     * Change a template\'s OS-init profile (S02).
+     * Change a template\'s OS-init profile (S02) or its description; what the body leaves out is unchanged.
      */
     async templateUpdateRaw(requestParameters: TemplateUpdateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<runtime.ApiResponse<Template>> {
         const requestOptions = await this.templateUpdateRequestOpts(requestParameters);
@@ -989,7 +989,7 @@ export class ResourcesApi extends runtime.BaseAPI {
     }
 
     /**
-     * Change a template\'s OS-init profile (S02).
+     * Change a template\'s OS-init profile (S02) or its description; what the body leaves out is unchanged.
      */
     async templateUpdate(requestParameters: TemplateUpdateRequest, initOverrides?: RequestInit | runtime.InitOverrideFunction): Promise<Template> {
         const response = await this.templateUpdateRaw(requestParameters, initOverrides);

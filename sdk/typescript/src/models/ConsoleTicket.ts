@@ -47,6 +47,12 @@ export interface ConsoleTicket {
      * 
      */
     port: number;
+    /**
+     * The controller's WebSocket to this console (path and single-use ticket, for the
+     * caller only, valid until `expires_at`): a browser opens it with its session, and
+     * never reaches the node.
+     */
+    websocket: string;
 }
 
 /**
@@ -60,6 +66,7 @@ export function instanceOfConsoleTicket(value: object): value is ConsoleTicket {
     if ((!('operationId' in (value as Record<string, any>)) && !('operation_id' in (value as Record<string, any>))) || ((value as Record<string, any>)['operationId'] === undefined && (value as Record<string, any>)['operation_id'] === undefined)) return false;
     if (!('password' in value) || value['password'] === undefined) return false;
     if (!('port' in value) || value['port'] === undefined) return false;
+    if (!('websocket' in value) || value['websocket'] === undefined) return false;
     return true;
 }
 
@@ -80,6 +87,7 @@ export function ConsoleTicketFromJSONTyped(json: any, ignoreDiscriminator: boole
         'operationId': json['operation_id'],
         'password': json['password'],
         'port': json['port'],
+        'websocket': json['websocket'],
     };
 }
 
@@ -101,6 +109,7 @@ export function ConsoleTicketToJSONTyped(value?: ConsoleTicket | null, ignoreDis
         'operation_id': value['operationId'],
         'password': value['password'],
         'port': value['port'],
+        'websocket': value['websocket'],
     };
 }
 

@@ -28,6 +28,10 @@ import {
  */
 export interface CreateTemplate {
     /**
+     * Free text shown beside it (at most 1024 characters).
+     */
+    description?: string;
+    /**
      * Smallest memory a guest of this template may have (default 64).
      */
     minMemoryMib?: number;
@@ -77,6 +81,7 @@ export function CreateTemplateFromJSONTyped(json: any, ignoreDiscriminator: bool
     }
     return {
         
+        'description': json['description'] == null ? undefined : json['description'],
         'minMemoryMib': json['min_memory_mib'] == null ? undefined : json['min_memory_mib'],
         'name': json['name'],
         'osInitProfile': json['os_init_profile'] == null ? undefined : json['os_init_profile'],
@@ -97,6 +102,7 @@ export function CreateTemplateToJSONTyped(value?: CreateTemplate | null, ignoreD
 
     return {
         
+        'description': value['description'],
         'min_memory_mib': value['minMemoryMib'],
         'name': value['name'],
         'os_init_profile': value['osInitProfile'],

@@ -107,6 +107,10 @@ export interface Guest {
      */
     osType: string;
     /**
+     * The user it belongs to; absent for guests from before owners existed.
+     */
+    ownerId?: string;
+    /**
      * 
      */
     poolId?: string;
@@ -187,6 +191,7 @@ export function GuestFromJSONTyped(json: any, ignoreDiscriminator: boolean): Gue
         'nodeId': json['node_id'] == null ? undefined : json['node_id'],
         'operationId': json['operation_id'] == null ? undefined : json['operation_id'],
         'osType': json['os_type'],
+        'ownerId': json['owner_id'] == null ? undefined : json['owner_id'],
         'poolId': json['pool_id'] == null ? undefined : json['pool_id'],
         'state': GuestStateFromJSON(json['state']),
         'stateReason': json['state_reason'] == null ? undefined : json['state_reason'],
@@ -224,6 +229,7 @@ export function GuestToJSONTyped(value?: Guest | null, ignoreDiscriminator: bool
         'node_id': value['nodeId'],
         'operation_id': value['operationId'],
         'os_type': value['osType'],
+        'owner_id': value['ownerId'],
         'pool_id': value['poolId'],
         'state': GuestStateToJSON(value['state']),
         'state_reason': value['stateReason'],

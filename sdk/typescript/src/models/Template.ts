@@ -24,6 +24,10 @@ export interface Template {
      */
     createdAt: string;
     /**
+     * Free text shown beside it.
+     */
+    description?: string;
+    /**
      * Where the image downloads from (streamed, with `X-Checksum-Sha256`): the template
      * list is the downloads list (S43).
      */
@@ -99,6 +103,7 @@ export function TemplateFromJSONTyped(json: any, ignoreDiscriminator: boolean): 
     return {
         
         'createdAt': json['created_at'],
+        'description': json['description'] == null ? undefined : json['description'],
         'downloadUrl': json['download_url'],
         'id': json['id'],
         'minMemoryMib': json['min_memory_mib'],
@@ -125,6 +130,7 @@ export function TemplateToJSONTyped(value?: Template | null, ignoreDiscriminator
     return {
         
         'created_at': value['createdAt'],
+        'description': value['description'],
         'download_url': value['downloadUrl'],
         'id': value['id'],
         'min_memory_mib': value['minMemoryMib'],

@@ -20,8 +20,14 @@ import { mapValues } from '../runtime';
  */
 export interface UpdateTemplate {
     /**
+     * Free text shown beside it (at most 1024 characters); `null` clears it; absent:
+     * unchanged.
+     */
+    description?: string;
+    /**
      * The OS-init profile new guests of this template get (S02). Guests created earlier
-     * keep theirs. `null` returns to the default for the template's OS type.
+     * keep theirs. `null` returns to the default for the template's OS type; absent:
+     * unchanged.
      */
     osInitProfile?: string | null;
 }
@@ -43,6 +49,7 @@ export function UpdateTemplateFromJSONTyped(json: any, ignoreDiscriminator: bool
     }
     return {
         
+        'description': json['description'] == null ? undefined : json['description'],
         'osInitProfile': json['os_init_profile'] === undefined ? undefined : json['os_init_profile'] === null ? null : json['os_init_profile'],
     };
 }
@@ -58,6 +65,7 @@ export function UpdateTemplateToJSONTyped(value?: UpdateTemplate | null, ignoreD
 
     return {
         
+        'description': value['description'],
         'os_init_profile': value['osInitProfile'],
     };
 }

@@ -100,6 +100,7 @@ impl Kind for ToTemplate {
                     public: false,
                     sha256: Some(image.sha256),
                     size_bytes: i64::try_from(image.size_bytes).ok(),
+                    description: None,
                 };
                 st::insert_template_in(cx.tx, &row).await.map_err(|e| {
                     if e.is_unique_violation() {
