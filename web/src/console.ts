@@ -32,12 +32,8 @@ export interface ConsoleHandle {
 /** Asks for a ticket and connects; `status` gets `connecting`, `connected`, `disconnected`. */
 export async function openConsole(guestId: string, screen: HTMLElement, status: (s: string) => void): Promise<ConsoleHandle> {
   status("connecting");
-  const resp = await api().guests.guestConsoleRaw({ id: guestId, consoleRequest: { validSeconds: 60 } });
-  const raw = (await resp.raw.clone().json()) as Record<string, unknown>;
-  const ticket = await resp.value();
-  const path = (raw["websocket"] as string | undefined) ?? ((ticket as unknown as Record<string, unknown>)["websocket"] as string | undefined);
-  if (!path) throw new Error("The server did not say where the console WebSocket is.");
-  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
+  const ticket = await api().guests.guestConsole({ id: guestId, consoleRequest: { validSeconds: 60 } });
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${ticket.websocket}`;
   // Our own socket, handed to noVNC, so the bytes received can be counted.
   const ws = new WebSocket(url, ["binary"]);
   ws.binaryType = "arraybuffer";

@@ -1,15 +1,21 @@
 // #/guests: the guest list (one guestList round trip per load), filters, bulk actions
 // with a per-row result, and live state from `guest.state` events (S64).
 import { GuestState, type Guest, type GuestAction, type Node } from "../../../sdk/typescript/src/index";
-import { api, failure, onLeave, onPage, showError } from "../app";
+import { api, failure, isAdmin, onLeave, onPage, showError } from "../app";
 import { confirmDialog, h, replace, table } from "../dom";
 import { opProgress } from "../progress";
 
-/** The owner's name or id, when the server includes it (not in the Guest schema yet). */
-export function ownerOf(raw: Record<string, unknown> | undefined): string {
-  if (!raw) return "";
-  const o = raw["owner"] ?? raw["owner_name"] ?? raw["owner_id"];
-  return typeof o === "string" ? o : "";
+/** User names by id, for administrators (who may list users); others see their own
+ * guests only, and owners are shown as ids if at all. */
+export async function userNames(): Promise<Map<string, string>> {
+  const m = new Map<string, string>();
+  if (!isAdmin()) return m;
+  try {
+    for (const u of await api().users.userList()) m.set(u.id, u.name);
+  } catch {
+    /* ids are shown instead */
+  }
+  return m;
 }
 
 export async function nodeNames(): Promise<Map<string, Node>> {
@@ -84,7 +90,8 @@ export async function renderGuests(root: HTMLElement): Promise<void> {
   }
 
   let guests: Guest[] = [];
-  let raws = new Map<string, Record<string, unknown>>();
+  let owners = new Map<string, string>();
+  const ownerOf = (g: Guest): string => (g.ownerId ? owners.get(g.ownerId) ?? g.ownerId : "");
 
   const row = (g: Guest): HTMLTableRowElement => {
     const check = h("input", { type: "checkbox", class: "select", "aria-label": `select ${g.name}`, value: g.id });
@@ -97,7 +104,7 @@ export async function renderGuests(root: HTMLElement): Promise<void> {
       h("td", { class: "state", dataset: { state: g.state } }, g.state),
       h("td", { class: "node" }, g.nodeId ? h("a", { href: `#/nodes/${encodeURIComponent(g.nodeId)}` }, node) : ""),
       h("td", { class: "ip" }, g.ip ?? ""),
-      h("td", { class: "owner" }, ownerOf(raws.get(g.id))),
+      h("td", { class: "owner" }, ownerOf(g)),
       h("td", { class: "tags" }, g.tags.map((t) => h("span", { class: "tag" }, t))),
       h("td", { class: "result" }),
     );
@@ -114,12 +121,9 @@ export async function renderGuests(root: HTMLElement): Promise<void> {
         tag: fTag.value.trim() || undefined,
         limit: 1000,
       };
-      const resp = await api().guests.guestListRaw(req);
-      const rawList = (await resp.raw.clone().json()) as Record<string, unknown>[];
-      guests = await resp.value();
-      raws = new Map(rawList.map((r) => [String(r["id"]), r]));
+      [guests, owners] = await Promise.all([api().guests.guestList(req), owners.size ? owners : userNames()]);
       const owner = fOwner.value.trim().toLowerCase();
-      const shown = owner ? guests.filter((g) => ownerOf(raws.get(g.id)).toLowerCase().includes(owner)) : guests;
+      const shown = owner ? guests.filter((g) => ownerOf(g).toLowerCase().includes(owner)) : guests;
       // Keep the selection and results across reloads.
       const checked = new Set([...body.querySelectorAll<HTMLInputElement>("input.select:checked")].map((c) => c.value));
       const results = new Map([...body.querySelectorAll<HTMLElement>("tr")].map((tr) => [tr.dataset.guestId ?? "", tr.querySelector("td.result")]));

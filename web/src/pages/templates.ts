@@ -9,13 +9,10 @@ import * as v from "../validate";
 export async function renderTemplates(root: HTMLElement): Promise<void> {
   const body = h("tbody");
   const load = async () => {
-    const resp = await api().res.templateListRaw();
-    const raw = (await resp.raw.clone().json()) as Record<string, unknown>[];
-    const list = await resp.value();
-    const rawById = new Map(raw.map((r) => [String(r["id"]), r]));
-    replace(body, list.length ? list.map((t) => row(t, rawById.get(t.id))) : h("tr", null, h("td", { colspan: 8 }, "No templates.")));
+    const list = await api().res.templateList();
+    replace(body, list.length ? list.map((t) => row(t)) : h("tr", null, h("td", { colspan: 8 }, "No templates.")));
   };
-  const row = (t: Template, raw?: Record<string, unknown>) => {
+  const row = (t: Template) => {
     const del = h("button", { type: "button", class: "danger small delete-template" }, "Delete");
     del.addEventListener("click", async () => {
       if (!(await confirmDialog(`Delete template ${t.name}?`, "Delete"))) return;
@@ -24,7 +21,7 @@ export async function renderTemplates(root: HTMLElement): Promise<void> {
     });
     // The image streams from the API with the session cookie: a plain link works.
     const href = t.downloadUrl || `${API_BASE}/templates/${encodeURIComponent(t.name)}/image`;
-    const description = typeof raw?.["description"] === "string" ? (raw["description"] as string) : "";
+    const description = t.description ?? "";
     return h(
       "tr",
       { dataset: { templateId: t.id, template: t.name } },
