@@ -165,6 +165,43 @@ async fn session_rules(cloud: &Cloud) {
         .unwrap();
     assert_eq!(out.status(), 204);
     assert_eq!(tokens(&cookie).await.unwrap().status(), 401, "logged out");
+
+    // The console's logins (failed and not) and logouts are in the audit trail.
+    let trail = cloud.get("/audit?limit=50").await.1.to_string();
+    for needle in ["console_login", "console_logout", "/console/session"] {
+        assert!(
+            trail.contains(needle),
+            "no {needle} in the audit trail: {trail}"
+        );
+    }
+
+    // A user's session has a user's rights: no administration through the cookie.
+    let _ = cloud.new_user("cookieuser").await;
+    let ok = http
+        .post(format!("{base}/console/session"))
+        .json(&json!({"username": "cookieuser", "password": "cookieuser-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    let set = ok.headers()["set-cookie"].to_str().unwrap().to_string();
+    let cookie = set.split(';').next().unwrap().to_string();
+    let csrf = ok.json::<Value>().await.unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let made = http
+        .post(format!("{base}/api/v1/users"))
+        .header("cookie", cookie)
+        .header("x-csrf-token", csrf)
+        .json(&json!({"name": "sneaky", "password": "sneaky-password-1", "role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        made.status(),
+        403,
+        "a user made a user through the console session"
+    );
 }
 
 /// Writes `n` running guests of the admin straight into the store (seconds, where real
