@@ -49,6 +49,28 @@ async fn injected(b: &Browser) -> bool {
     .unwrap()
 }
 
+/// What a keyboard or screen-reader user could not use on the current page: a button
+/// without a name, a form control without a label, a click target that takes no focus.
+async fn unreachable(b: &Browser) -> Vec<String> {
+    let v = b
+        .exec(
+            "const bad = [];
+             for (const el of document.querySelectorAll('button')) {
+               if (!(el.textContent.trim() || el.getAttribute('aria-label'))) bad.push('button ' + el.outerHTML.slice(0, 80));
+             }
+             for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+               const named = el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')
+                 || (el.id && document.querySelector('label[for=\"' + el.id + '\"]')) || el.closest('label');
+               if (!named) bad.push('control ' + el.outerHTML.slice(0, 80));
+             }
+             for (const el of document.querySelectorAll('[onclick], div[role=button]:not([tabindex])')) bad.push('click ' + el.outerHTML.slice(0, 80));
+             return bad;",
+            json!([]),
+        )
+        .await;
+    serde_json::from_value(v).unwrap()
+}
+
 /// The session's server side, over plain HTTP: cookie flags, CSRF on writes, logout.
 async fn session_rules(cloud: &Cloud) {
     let http = reqwest::Client::new();
@@ -390,6 +412,24 @@ async fn the_console_does_what_the_api_allows_and_shows_values_as_text() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     b.screenshot("admin").await;
 
+    // Every page in reach of a keyboard and a screen reader.
+    for (page, ready) in [
+        ("#/", "#logout"),
+        ("#/guests", "#guests-table"),
+        (&format!("#/guests/{gid}") as &str, "#guest-state"),
+        ("#/guests/new", "#create-name"),
+        ("#/pools", "#logout"),
+        ("#/nodes", "#logout"),
+        ("#/templates", "#logout"),
+        ("#/scripts", "#logout"),
+        ("#/admin", "#logout"),
+    ] {
+        open(&b, page, ready).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let bad = unreachable(&b).await;
+        assert!(bad.is_empty(), "{page}: {bad:#?}");
+    }
+
     // 6. Validation: errors beside their fields, nothing sent; a server refusal shown.
     let count = || async { cloud.get("/guests").await.1.as_array().unwrap().len() };
     let guests_before = count().await;
@@ -487,6 +527,20 @@ async fn the_console_does_what_the_api_allows_and_shows_values_as_text() {
     );
     b.screenshot("guests-phone").await;
     b.resize(1280, 900).await;
+    // The dark theme, chosen by hand, is kept across a reload.
+    b.click("#theme-toggle").await;
+    let dark = || async {
+        b.exec(
+            "return getComputedStyle(document.body).backgroundColor;",
+            json!([]),
+        )
+        .await
+    };
+    let chosen = dark().await;
+    b.goto(&format!("{}/?reload=1#/guests", root(&cloud))).await;
+    b.wait("#guests-table", 15).await;
+    assert_eq!(dark().await, chosen, "the theme was not kept");
+    b.screenshot("guests-dark").await;
 
     // 7. Another user sees only their guests; the admin's guest URL is "not found".
     let _ = cloud.new_user("webuser").await;
