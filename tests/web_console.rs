@@ -503,7 +503,41 @@ async fn the_console_does_what_the_api_allows_and_shows_values_as_text() {
         )
         .await;
     assert_eq!(s, 201, "{v}");
-    open(&b, "#/templates", "#logout").await;
+    open(&b, "#/templates", "#upload-file").await;
+    // An upload through the page: checksum and upload bars fill, the template is there.
+    let image = cloud.dir().join("upload.qcow2");
+    assert!(std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("32M")
+        .status()
+        .unwrap()
+        .success());
+    b.fill("#upload-name", "uploaded").await;
+    b.fill("#upload-file", image.to_str().unwrap()).await;
+    b.click("#upload-submit").await;
+    let t0 = Instant::now();
+    while !cloud
+        .get("/templates")
+        .await
+        .1
+        .to_string()
+        .contains("\"uploaded\"")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the upload never made a template"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t0 = Instant::now();
+    while b.prop("#upload-progress", "value").await.as_f64() != Some(100.0) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the upload bar stopped short"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     b.wait_text("body", 10, |t| t.contains(XSS)).await;
     assert!(!injected(&b).await, "a template description ran as markup");
     b.screenshot("templates").await;
