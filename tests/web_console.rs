@@ -543,6 +543,26 @@ async fn the_console_does_what_the_api_allows_and_shows_values_as_text() {
     b.screenshot("templates").await;
     open(&b, "#/scripts", "#logout").await;
     b.wait_text("body", 10, |t| t.contains("xss-probe")).await;
+    // A script the sandbox refuses: the error is shown at its line, nothing is saved.
+    b.click("#script-new").await;
+    b.exec(
+        "const s = document.querySelector('#script-kind'); s.value = 'boot';
+         s.dispatchEvent(new Event('change', {bubbles: true}));",
+        json!([]),
+    )
+    .await;
+    b.fill("#script-name", "broken").await;
+    b.fill(
+        "#script-source",
+        "// refused\nfn actions(guest, params) {\n    let x = ;\n    []\n}\n",
+    )
+    .await;
+    b.click("#script-save").await;
+    b.wait("#script-gutter span.err[data-line=\"3\"]", 10).await;
+    let said = b.text("#script-error").await.unwrap();
+    assert!(said.contains("line 3"), "{said}");
+    let (s, _) = cloud.get("/boot-scripts/broken").await;
+    assert_eq!(s, 404, "a refused script was saved");
     b.screenshot("scripts").await;
     assert!(!injected(&b).await, "a script ran as markup");
 
