@@ -540,6 +540,20 @@ async fn the_console_does_what_the_api_allows_and_shows_values_as_text() {
     }
     b.wait_text("body", 10, |t| t.contains(XSS)).await;
     assert!(!injected(&b).await, "a template description ran as markup");
+    // A PATCH changes what it names only: `null` clears the description, the profile stays.
+    let profile = cloud.get(&format!("/templates/{tid}")).await.1["os_init_profile"].clone();
+    let (s, v) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/templates/{tid}"),
+            Some(json!({"description": null})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v.get("description").is_none() && v["os_init_profile"] == profile,
+        "{v}"
+    );
     b.screenshot("templates").await;
     open(&b, "#/scripts", "#logout").await;
     b.wait_text("body", 10, |t| t.contains("xss-probe")).await;

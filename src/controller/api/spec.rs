@@ -22,8 +22,12 @@
 
 use serde_json::{json, Map, Value};
 
-/// Request fields where `null` is a value (schema, field): "back to the default".
-pub const NULL_MEANS: &[(&str, &str)] = &[("UpdateTemplate", "os_init_profile")];
+/// Request fields where `null` is a value (schema, field): "back to the default", or
+/// "clear it".
+pub const NULL_MEANS: &[(&str, &str)] = &[
+    ("UpdateTemplate", "os_init_profile"),
+    ("UpdateTemplate", "description"),
+];
 
 /// The corrected document, pretty-printed.
 pub fn finish(raw: &str) -> String {

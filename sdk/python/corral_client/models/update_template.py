@@ -71,6 +71,11 @@ class UpdateTemplate(BaseModel):
             exclude=excluded_fields,
             exclude_none=True,
         )
+        # set to None if description (nullable) is None
+        # and model_fields_set contains the field
+        if self.description is None and "description" in self.model_fields_set:
+            _dict['description'] = None
+
         # set to None if os_init_profile (nullable) is None
         # and model_fields_set contains the field
         if self.os_init_profile is None and "os_init_profile" in self.model_fields_set:

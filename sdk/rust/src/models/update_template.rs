@@ -14,8 +14,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UpdateTemplate {
     /// Free text shown beside it (at most 1024 characters); `null` clears it; absent: unchanged.
-    #[serde(rename = "description", skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    #[serde(
+        rename = "description",
+        default,
+        with = "::serde_with::rust::double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: Option<Option<String>>,
     /// The OS-init profile new guests of this template get (S02). Guests created earlier keep theirs. `null` returns to the default for the template's OS type; absent: unchanged.
     #[serde(
         rename = "os_init_profile",

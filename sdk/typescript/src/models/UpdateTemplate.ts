@@ -23,7 +23,7 @@ export interface UpdateTemplate {
      * Free text shown beside it (at most 1024 characters); `null` clears it; absent:
      * unchanged.
      */
-    description?: string;
+    description?: string | null;
     /**
      * The OS-init profile new guests of this template get (S02). Guests created earlier
      * keep theirs. `null` returns to the default for the template's OS type; absent:
@@ -49,7 +49,7 @@ export function UpdateTemplateFromJSONTyped(json: any, ignoreDiscriminator: bool
     }
     return {
         
-        'description': json['description'] == null ? undefined : json['description'],
+        'description': json['description'] === undefined ? undefined : json['description'] === null ? null : json['description'],
         'osInitProfile': json['os_init_profile'] === undefined ? undefined : json['os_init_profile'] === null ? null : json['os_init_profile'],
     };
 }
