@@ -22,10 +22,11 @@ fn root(cloud: &Cloud) -> String {
     cloud.url("").trim_end_matches("/api/v1").to_string()
 }
 
-/// Logs in through the login page as `user`.
+/// Logs in through the login page as `user` (which offers recovery: mail is set up by then).
 async fn log_in(b: &Browser, cloud: &Cloud, user: &str, password: &str) {
     b.clear_cookies().await;
     b.goto(&format!("{}/?as={user}#/login", root(cloud))).await;
+    b.wait("#recover-form", 15).await;
     b.fill("#login-username", user).await;
     b.fill("#login-password", password).await;
     b.click("#login-submit").await;
@@ -368,6 +369,11 @@ async fn the_console_does_what_the_api_allows_and_shows_values_as_text() {
     b.clear_cookies().await;
     b.goto(&format!("{}/#/guests", root(&cloud))).await;
     b.wait("#login-username", 15).await;
+    // No mail set up: no recovery offered (it could not send the link).
+    assert!(
+        b.find("#recover-form").await.is_none(),
+        "recovery offered without mail"
+    );
     assert_eq!(b.prop("#login-password", "type").await, "password");
     b.click("#login-show").await;
     assert_eq!(b.prop("#login-password", "type").await, "text");
@@ -609,6 +615,19 @@ async fn the_console_does_what_the_api_allows_and_shows_values_as_text() {
     b.wait("#guests-table", 15).await;
     assert_eq!(dark().await, chosen, "the theme was not kept");
     b.screenshot("guests-dark").await;
+
+    // With mail set up, the login page offers password recovery.
+    let (s, v) = cloud
+        .call(
+            reqwest::Method::PATCH,
+            "/settings",
+            Some(
+                json!({"smtp": {"host": "127.0.0.1", "port": 2525, "security": "none",
+                                 "from": "corral@example.com"}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
 
     // 7. Another user sees only their guests; the admin's guest URL is "not found".
     let _ = cloud.new_user("webuser").await;

@@ -58,7 +58,9 @@ export const state: {
   user: ConsoleSession | null;
   session: Session | null;
   api: Apis;
-} = { user: null, session: null, api: anonymous };
+  /** Whether the server can mail a reset link (told with the 401 of `/console/session`). */
+  recovery: boolean;
+} = { user: null, session: null, api: anonymous, recovery: false };
 
 export function api(): Apis {
   return state.api;
@@ -97,7 +99,11 @@ async function bodyError(resp: Response): Promise<HttpError> {
 
 export async function sessionGet(): Promise<ConsoleSession | null> {
   const resp = await fetch("/console/session", { credentials: "same-origin", headers: { Accept: "application/json" } });
-  if (resp.status === 401) return null;
+  if (resp.status === 401) {
+    const e = await bodyError(resp);
+    state.recovery = (e.details as { recovery?: boolean } | undefined)?.recovery === true;
+    return null;
+  }
   if (!resp.ok) throw await bodyError(resp);
   return (await resp.json()) as ConsoleSession;
 }

@@ -1,5 +1,5 @@
 // #/login: sign in (POST /console/session) and password recovery (authRecover).
-import { anonymous, failure, sessionLogin, type ConsoleSession } from "../app";
+import { anonymous, failure, sessionLogin, state, type ConsoleSession } from "../app";
 import { field, h, passwordInput } from "../dom";
 
 export function renderLogin(root: HTMLElement, done: (user: ConsoleSession) => void): void {
@@ -69,5 +69,7 @@ export function renderLogin(root: HTMLElement, done: (user: ConsoleSession) => v
   });
   const details = h("section", { id: "forgot", class: "card narrow" }, h("h2", { id: "forgot-password" }, "Forgot password?"), recover);
   if (!username.value) setTimeout(() => username.focus(), 0);
-  root.append(form, details);
+  // Recovery is offered only when the server can mail the link.
+  if (state.recovery) root.append(form, details);
+  else root.append(form);
 }

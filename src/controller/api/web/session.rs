@@ -201,16 +201,27 @@ pub async fn open(req: &Request, body: Body, state: Data<&AppState>) -> Response
     }
 }
 
-/// `GET /console/session`: who the cookie stands for, with the CSRF token; 401 when none.
+/// `GET /console/session`: who the cookie stands for, with the CSRF token. Without a
+/// session, 401 with `details.recovery`: whether mail is set up, so the login page offers
+/// password recovery only when it can work.
 #[poem::handler]
 pub async fn current(req: &Request, state: Data<&AppState>) -> Response {
-    let Some(token) = cookie_token(req) else {
-        return refuse(Error::Unauthorized);
-    };
-    match caller(&state.store, &token).await {
-        Some(c) => json(StatusCode::OK, &view(&token, &c, None)),
-        None => refuse(Error::Unauthorized),
+    if let Some(token) = cookie_token(req) {
+        if let Some(c) = caller(&state.store, &token).await {
+            return json(StatusCode::OK, &view(&token, &c, None));
+        }
     }
+    let recovery = super::super::recovery::load_smtp(&state)
+        .await
+        .is_ok_and(|s| !s.host.is_empty());
+    json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({
+            "code": "unauthorized",
+            "message": Error::Unauthorized.to_string(),
+            "details": {"recovery": recovery},
+        }),
+    )
 }
 
 /// `DELETE /console/session`: revokes the session's token and clears the cookie.
