@@ -109,29 +109,7 @@ impl ConsoleApi {
         .await?;
         state.store.commit(tx).await?;
         state.waker.wake(&op.id);
-        let done = wait_end(&state, &op.id, tokio::time::Instant::now() + SET_WITHIN).await?;
-        match done.op_state() {
-            OpState::Succeeded => {}
-            s if s.is_terminal() => {
-                return Err(Error::Conflict {
-                    message: format!(
-                        "the console could not be opened: {}",
-                        done.error.unwrap_or_else(|| s.as_str().to_string())
-                    ),
-                    details: Some(serde_json::json!({"operation_id": op.id})),
-                }
-                .into())
-            }
-            _ => {
-                return Err(Error::Unavailable(format!(
-                    "node {node} did not set the console password within {} s; operation {} \
-                     goes on, and the password it sets expires unused",
-                    SET_WITHIN.as_secs(),
-                    op.id
-                ))
-                .into())
-            }
-        }
+        password_set(&state, &op.id, &node).await?;
         let address = state
             .store
             .node(&node)
@@ -155,5 +133,26 @@ impl ConsoleApi {
             expires_at: rfc3339(valid_until_ms),
             operation_id: op.id,
         })))
+    }
+}
+
+/// Waits for the `guest.console` operation `op` to set the password on `node`: Ok once it
+/// has, 409 when it failed, 503 when the node is too slow (the operation goes on).
+async fn password_set(state: &AppState, op: &str, node: &str) -> Result<(), Error> {
+    let done = wait_end(state, op, tokio::time::Instant::now() + SET_WITHIN).await?;
+    match done.op_state() {
+        OpState::Succeeded => Ok(()),
+        s if s.is_terminal() => Err(Error::Conflict {
+            message: format!(
+                "the console could not be opened: {}",
+                done.error.unwrap_or_else(|| s.as_str().to_string())
+            ),
+            details: Some(serde_json::json!({"operation_id": op})),
+        }),
+        _ => Err(Error::Unavailable(format!(
+            "node {node} did not set the console password within {} s; operation {op} \
+             goes on, and the password it sets expires unused",
+            SET_WITHIN.as_secs(),
+        ))),
     }
 }
