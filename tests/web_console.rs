@@ -338,13 +338,13 @@ async fn list_figures(b: &Browser, cloud: &Cloud, n: usize) {
         );
     }
     let best = |v: &[f64]| v.iter().cloned().fold(f64::MAX, f64::min);
-    eprintln!(
-        "FIGURE guests list with {n} guests: browser first paint {:.0} ms (best of {paints:.0?}), \
+    common::browser::figure(&format!(
+        "guests list with {n} guests: browser first paint {:.0} ms (best of {paints:.0?}), \
          `corral guest list` {:.0} ms (best of {clis:.0?}): ratio {:.2}",
         best(&paints),
         best(&clis),
         best(&paints) / best(&clis)
-    );
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

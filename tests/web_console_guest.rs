@@ -134,12 +134,12 @@ async fn state_change_figure(b: &Browser, cloud: &Cloud, gid: &str, name: &str) 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let at_page = at_page.as_f64().expect("the page never showed paused");
-    eprintln!(
-        "FIGURE libvirt change (virsh suspend) → SSE event {:.0} ms, → page shows it {:.0} ms: ratio {:.2}",
+    common::browser::figure(&format!(
+        "libvirt change (virsh suspend) → SSE event {:.0} ms, → page shows it {:.0} ms: ratio {:.2}",
         at_sse - t0,
         at_page - t0,
         (at_page - t0) / (at_sse - t0)
-    );
+    ));
     assert!(virsh(URI, &["resume", name]).0);
     b.wait_text("#guest-state", 60, |t| t.contains("running"))
         .await;
@@ -239,13 +239,13 @@ async fn tickets_and_throughput(cloud: &Cloud, gid: &str) {
     let link = Link::websocket(&ws_url(&via), cloud.token()).await;
     let (p_bytes, p_time, _, _) = measure(link, via["password"].as_str().unwrap(), FRAMES).await;
     let rate = |b: u64, t: Duration| b as f64 / t.as_secs_f64() / 1048576.0;
-    eprintln!(
-        "FIGURE console throughput, {FRAMES} full raw frames of {w}×{h}: direct VNC {:.1} MiB/s, \
+    common::browser::figure(&format!(
+        "console throughput, {FRAMES} full raw frames of {w}×{h}: direct VNC {:.1} MiB/s, \
          through the controller's WebSocket {:.1} MiB/s: ratio {:.2}",
         rate(d_bytes, d_time),
         rate(p_bytes, p_time),
         rate(p_bytes, p_time) / rate(d_bytes, d_time)
-    );
+    ));
     assert_eq!(d_bytes, p_bytes, "both saw the same frames");
 }
 

@@ -44,6 +44,22 @@ pub fn screenshot_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots"))
 }
 
+/// Prints a measured figure and keeps it in `figures.txt` beside the screenshots (a passing
+/// test's output is not shown; `.ci/run` prints this file at the end).
+pub fn figure(line: &str) {
+    use std::io::Write;
+    eprintln!("FIGURE {line}");
+    let dir = screenshot_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("figures.txt"))
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 impl Browser {
     /// Starts chromedriver and a headless Chromium at 1280×900; `None` (after a loud
     /// message) when they are not installed outside CI. In CI their absence fails.
