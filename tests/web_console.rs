@@ -234,40 +234,14 @@ async fn seed_guests(cloud: &Cloud, n: usize, template: &Value) {
     let store = Store::open(&cloud.dir().join("corral.db")).await.unwrap();
     let at = corral::model::now_ms();
     let mut tx = store.begin().await.unwrap();
+    let tid = template["id"].as_str().unwrap();
     for i in 0..n {
         let name = format!("bulk{i:04}");
         st::insert_guest(
             &mut tx,
             &GuestRow {
-                id: corral::model::new_id(),
-                name: name.clone(),
-                hostname: name,
-                template_id: template["id"].as_str().unwrap().into(),
-                template_path: "/nonexistent".into(),
-                os_type: "linux".into(),
-                cpus: 1,
                 memory_mib: 128,
-                node_id: None,
-                requested_node: None,
-                pool_id: None,
-                requested_ip: None,
-                ip: None,
-                vnc_port: None,
-                mac: None,
-                state: corral::model::GuestState::Running,
-                lock_op: None,
-                domain_xml: None,
-                created_at: at,
-                updated_at: at,
-                bandwidth: None,
-                os_init_profile: None,
-                init_secrets: None,
-                owner_id: None,
-                tags: "[]".into(),
-                max_cpus: None,
-                max_memory_mib: None,
-                ha: false,
-                state_reason: None,
+                ..GuestRow::seeded(&corral::model::new_id(), &name, tid, "/nonexistent", at)
             },
         )
         .await

@@ -343,35 +343,9 @@ pub(super) fn guest_row(
     at: i64,
 ) -> GuestRow {
     GuestRow {
-        id: id.to_string(),
-        name: name.to_string(),
-        hostname: name.to_string(),
-        template_id: template.to_string(),
-        template_path: image.into(),
-        os_type: "linux".into(),
-        cpus: 1,
-        memory_mib: 512,
-        node_id: None,
-        requested_node: None,
         pool_id: Some(pool.to_string()),
-        requested_ip: None,
-        ip: None,
-        vnc_port: None,
-        mac: None,
-        state: corral::model::GuestState::Running,
-        lock_op: None,
-        domain_xml: None,
-        created_at: at,
-        updated_at: at,
-        bandwidth: None,
         os_init_profile: Some("linux-default".into()),
-        init_secrets: None,
-        owner_id: None,
-        tags: "[]".into(),
-        max_cpus: None,
-        max_memory_mib: None,
-        ha: false,
-        state_reason: None,
+        ..GuestRow::seeded(id, name, template, image, at)
     }
 }
 

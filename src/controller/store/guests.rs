@@ -53,6 +53,44 @@ pub struct InitSecrets {
 }
 
 impl GuestRow {
+    /// A running guest's record as a create from template `template_id` (image
+    /// `template_path`) leaves it at `at`: Linux, 1 vCPU, 512 MiB, no owner, node, pool,
+    /// address, MAC or VNC port yet. Benchmarks and tests seed stores with it and change
+    /// what they need.
+    pub fn seeded(id: &str, name: &str, template_id: &str, template_path: &str, at: i64) -> Self {
+        GuestRow {
+            id: id.to_string(),
+            name: name.to_string(),
+            hostname: name.to_string(),
+            template_id: template_id.to_string(),
+            template_path: template_path.to_string(),
+            os_type: "linux".into(),
+            cpus: 1,
+            memory_mib: 512,
+            node_id: None,
+            requested_node: None,
+            pool_id: None,
+            requested_ip: None,
+            ip: None,
+            vnc_port: None,
+            mac: None,
+            state: crate::model::GuestState::Running,
+            lock_op: None,
+            domain_xml: None,
+            created_at: at,
+            updated_at: at,
+            bandwidth: None,
+            os_init_profile: None,
+            init_secrets: None,
+            owner_id: None,
+            tags: "[]".into(),
+            max_cpus: None,
+            max_memory_mib: None,
+            ha: false,
+            state_reason: None,
+        }
+    }
+
     /// The vCPUs the guest's domain is defined with, up to which it grows while running.
     pub fn max_cpus(&self) -> u32 {
         self.max_cpus.unwrap_or(0).max(self.cpus) as u32
