@@ -294,35 +294,11 @@ mod tests {
 
     fn guest(id: &str, node: Option<&str>, state: &str, mem: i64, cpus: i64) -> GuestRow {
         GuestRow {
-            id: id.into(),
-            name: id.into(),
-            hostname: id.into(),
-            template_id: "t".into(),
-            template_path: "/t.qcow2".into(),
-            os_type: "linux".into(),
             cpus,
             memory_mib: mem,
             node_id: node.map(String::from),
-            requested_node: None,
-            pool_id: None,
-            requested_ip: None,
-            ip: None,
-            vnc_port: None,
-            mac: None,
             state: GuestState::parse(state).unwrap(),
-            lock_op: None,
-            domain_xml: None,
-            created_at: 0,
-            updated_at: 0,
-            bandwidth: None,
-            os_init_profile: None,
-            init_secrets: None,
-            owner_id: None,
-            tags: "[]".into(),
-            max_cpus: None,
-            max_memory_mib: None,
-            ha: false,
-            state_reason: None,
+            ..GuestRow::seeded(id, id, "t", "/t.qcow2", 0)
         }
     }
 
